@@ -1,0 +1,55 @@
+"""PCI addresses (BDFs), parsed and validated before any path is built from them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from vfio_manager.errors import UsageError
+
+# domain:bus:device.function; the domain may be omitted (0000 assumed). VMD domains have 5 digits.
+_BDF = re.compile(
+    r"^(?:(?P<domain>[0-9a-f]{4,5}):)?(?P<bus>[0-9a-f]{2}):(?P<device>[0-9a-f]{2})\.(?P<function>[0-7])$"
+)
+
+
+@dataclass(frozen=True, order=True)
+class PciAddress:
+    """A PCI function address; ``str()`` gives the kernel's canonical form ``0000:03:00.0``."""
+
+    domain: int
+    bus: int
+    device: int
+    function: int
+
+    @classmethod
+    def parse(cls, text: str) -> PciAddress:
+        """Parse ``0000:03:00.0`` or ``03:00.0`` (case-insensitive); raise :class:`UsageError`.
+
+        Anything else (``../x``, function 8, device above 0x1f, empty) is refused here, so a
+        malformed argument can never become a path under /sys.
+        """
+        match = _BDF.match(text.strip().lower()) if isinstance(text, str) else None
+        if match is None or int(match["device"], 16) > 0x1F:
+            raise UsageError(
+                f"{text!r} is not a PCI address",
+                remedy="give it as DOMAIN:BUS:DEVICE.FUNCTION, e.g. 0000:03:00.0 or 03:00.0 "
+                "(see `lspci -D`)",
+            )
+        return cls(
+            domain=int(match["domain"] or "0", 16),
+            bus=int(match["bus"], 16),
+            device=int(match["device"], 16),
+            function=int(match["function"]),
+        )
+
+    @classmethod
+    def from_sysfs_name(cls, name: str) -> PciAddress | None:
+        """Parse a directory name read from sysfs; ``None`` for anything that is not a BDF."""
+        try:
+            return cls.parse(name)
+        except UsageError:
+            return None
+
+    def __str__(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.device:02x}.{self.function}"

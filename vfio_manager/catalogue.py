@@ -1,0 +1,47 @@
+"""Rebellions product names by PCI device ID (PF and SR-IOV VF IDs).
+
+Unknown 0x1eff IDs still exist in the field: they are named by ID, never rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+REBELLIONS_VENDOR = 0x1EFF
+PROCESSING_ACCELERATOR_CLASS = 0x120000
+NATIVE_DRIVER = "rebellions"
+
+# device ID -> (product, family, function kind)
+_PRODUCTS: dict[int, tuple[str, str, str]] = {}
+for _product, _family, _pf, _vf in (
+    ("RBLN-CA02", "ATOM", 0x1020, 0x1021),
+    ("RBLN-CA11", "ATOM", 0x1110, 0x1111),
+    ("RBLN-CA12", "ATOM", 0x1120, 0x1121),
+    ("RBLN-CA15", "ATOM", 0x1150, None),
+    ("RBLN-CA21", "ATOM", 0x1210, 0x1211),
+    ("RBLN-CA22", "ATOM", 0x1220, 0x1221),
+    ("RBLN-CA25", "ATOM", 0x1250, 0x1251),
+    ("RBLN-CR03", "REBEL", 0x2030, 0x2031),
+    ("RBLN-CR13", "REBEL", 0x2130, 0x2131),
+):
+    _PRODUCTS[_pf] = (_product, _family, "PF")
+    if _vf is not None:
+        _PRODUCTS[_vf] = (_product, _family, "VF")
+
+
+def product_name(vendor: int, device: int) -> Optional[str]:
+    """A name for people: ``RBLN-CA22``, ``RBLN-CA22 VF``, ``Rebellions 1fff`` when unknown.
+
+    ``None`` for other vendors: the tool has no catalogue for them and shows their IDs only.
+    """
+    if vendor != REBELLIONS_VENDOR:
+        return None
+    known = _PRODUCTS.get(device)
+    if known is None:
+        return f"Rebellions {device:04x}"
+    product, _family, kind = known
+    return product if kind == "PF" else f"{product} VF"
+
+
+def known_device_ids() -> frozenset[int]:
+    return frozenset(_PRODUCTS)

@@ -1,0 +1,353 @@
+"""The click command line; the only module that knows about click, argv and exit codes.
+
+Commands read the topology once, compute a plan, and either print it (``--dry-run``) or hand
+it to the engine. Errors below this layer are :class:`~vfio_manager.errors.VfioManagerError`
+values; here they become a message, a remedy and an exit code on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+import click
+
+from vfio_manager import __version__
+from vfio_manager.address import PciAddress
+from vfio_manager.errors import ExitCode, UsageError, VfioManagerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success: every selected function is where it was asked to be
+  1  a function failed, was refused, or is not converged
+  2  usage error (unknown option, malformed BDF or ID); nothing was read or written
+  3  the host is not ready (IOMMU off, vfio missing); nothing was written
+"""
+
+
+@dataclass
+class Settings:
+    """Global options, resolved once and passed to every command."""
+
+    sysfs_root: str
+    dev_root: str
+    host_root: str
+    timeout: float
+
+
+class _BdfType(click.ParamType):  # type: ignore[type-arg]
+    name = "BDF"
+
+    def convert(
+        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> PciAddress:
+        if isinstance(value, PciAddress):
+            return value
+        try:
+            return PciAddress.parse(str(value))
+        except UsageError as err:
+            self.fail(f"{err.message}; {err.remedy}", param, ctx)
+
+
+BDF = _BdfType()
+
+
+def _selection_options(func: F) -> F:
+    options = [
+        click.option(
+            "--vendor",
+            default="0x1eff",
+            show_default=True,
+            metavar="HEX",
+            help="PCI vendor ID to select.",
+        ),
+        click.option(
+            "--class",
+            "pci_class",
+            default="0x120000",
+            show_default=True,
+            metavar="HEX",
+            help="PCI class to select (0x1200 ignores the programming interface).",
+        ),
+        click.option(
+            "--device-id",
+            "device_ids",
+            multiple=True,
+            metavar="HEX",
+            help="PCI device ID to select; repeatable. Default: every device ID.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Any:
+    from vfio_manager.selection import Selector
+
+    try:
+        return Selector.from_options(vendor, pci_class, tuple(device_ids))
+    except UsageError as err:
+        raise click.UsageError(f"{err.message}; {err.remedy}") from err
+
+
+def _report_error(err: VfioManagerError) -> None:
+    click.echo(f"vfio-manager: error: {err.message}", err=True)
+    if err.remedy:
+        click.echo(f"  remedy: {err.remedy}", err=True)
+
+
+def _handles_errors(func: F) -> F:
+    """Turn a VfioManagerError into its message, remedy and exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VfioManagerError as err:
+            _report_error(err)
+            sys.exit(int(err.exit_code))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vfio-manager")
+@click.option(
+    "--sysfs-root",
+    envvar="VFIO_MANAGER_SYSFS_ROOT",
+    default="/sys",
+    show_default=True,
+    help="Where sysfs is mounted (env VFIO_MANAGER_SYSFS_ROOT).",
+)
+@click.option(
+    "--dev-root",
+    envvar="VFIO_MANAGER_DEV_ROOT",
+    default="/dev",
+    show_default=True,
+    help="Where the host's /dev is mounted (env VFIO_MANAGER_DEV_ROOT).",
+)
+@click.option(
+    "--host-root",
+    envvar="HOST_ROOT",
+    default="/",
+    show_default=True,
+    help="The host's root filesystem, for /proc/cmdline and /lib/modules (env HOST_ROOT).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for a function's /dev/vfio node.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default="auto",
+    show_default=True,
+    help="Log format on stderr; auto is JSON unless stderr is a terminal.",
+)
+@click.option("-v", "--verbose", count=True, help="More log detail (every sysfs write).")
+@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    sysfs_root: str,
+    dev_root: str,
+    host_root: str,
+    timeout: float,
+    log_format: str,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Move Rebellions NPU functions between their native driver and vfio-pci.
+
+    Functions are selected by vendor, class and device ID (default: Rebellions NPUs,
+    vendor 0x1eff, class 0x120000); nothing outside the selection is ever touched.
+    """
+    from vfio_manager import logsetup
+
+    logsetup.configure(log_format, -1 if quiet else verbose)
+    ctx.obj = Settings(sysfs_root, dev_root, host_root, timeout)
+
+
+def _emit(lines: Sequence[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
+# -- status --------------------------------------------------------------------------------
+@cli.command(epilog=EXIT_CODES_HELP)
+@_selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--check", is_flag=True, help="Exit 0 only when every selected function is on vfio-pci."
+)
+@click.pass_obj
+@_handles_errors
+def status(
+    settings: Settings,
+    vendor: str,
+    pci_class: str,
+    device_ids: tuple[str, ...],
+    as_json: bool,
+    check: bool,
+) -> None:
+    """Show the selected functions: driver, override, IOMMU group and its viability.
+
+    Read-only: works anywhere, as any user that can read sysfs.
+    """
+    from vfio_manager import commands
+
+    selector = _selector(vendor, pci_class, device_ids)
+    result = commands.status(settings, selector)
+    _emit(result.json_lines() if as_json else result.table_lines())
+    if check and not result.all_on_vfio:
+        sys.exit(int(ExitCode.FAILED))
+
+
+# -- bind / unbind ---------------------------------------------------------------------------
+def _transition_options(func: F) -> F:
+    func = click.option(
+        "--json", "as_json", is_flag=True, help="Print the plan or the outcome as JSON."
+    )(func)
+    func = click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")(func)
+    return _selection_options(func)
+
+
+def _run_transition(
+    settings: Settings,
+    to_vfio: bool,
+    named: Sequence[PciAddress],
+    selection: tuple[str, str, tuple[str, ...]],
+    *,
+    dry_run: bool,
+    as_json: bool,
+    with_group_peers: bool = False,
+) -> None:
+    from vfio_manager import commands
+
+    selector = _selector(*selection)
+    result = commands.transition(
+        settings,
+        selector,
+        named,
+        to_vfio=to_vfio,
+        dry_run=dry_run,
+        with_group_peers=with_group_peers,
+    )
+    _emit(result.json_lines() if as_json else result.text_lines())
+    if result.exit_code != ExitCode.OK:
+        sys.exit(int(result.exit_code))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
+@_transition_options
+@click.option(
+    "--with-group-peers",
+    is_flag=True,
+    help="Also bind the other endpoint members of each IOMMU group when they match the "
+    "selection or are named.",
+)
+@click.pass_obj
+@_handles_errors
+def bind(
+    settings: Settings,
+    bdfs: tuple[PciAddress, ...],
+    vendor: str,
+    pci_class: str,
+    device_ids: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    with_group_peers: bool,
+) -> None:
+    """Move the named functions to vfio-pci (override, unbind, probe, verify)."""
+    _run_transition(
+        settings,
+        True,
+        bdfs,
+        (vendor, pci_class, device_ids),
+        dry_run=dry_run,
+        as_json=as_json,
+        with_group_peers=with_group_peers,
+    )
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
+@_transition_options
+@click.pass_obj
+@_handles_errors
+def unbind(
+    settings: Settings,
+    bdfs: tuple[PciAddress, ...],
+    vendor: str,
+    pci_class: str,
+    device_ids: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Return the named functions from vfio-pci to their native driver."""
+    _run_transition(
+        settings, False, bdfs, (vendor, pci_class, device_ids), dry_run=dry_run, as_json=as_json
+    )
+
+
+@cli.command("bind-all", epilog=EXIT_CODES_HELP)
+@_transition_options
+@click.option(
+    "--with-group-peers",
+    is_flag=True,
+    help="Also bind other endpoint members of each IOMMU group that match the selection.",
+)
+@click.pass_obj
+@_handles_errors
+def bind_all(
+    settings: Settings,
+    vendor: str,
+    pci_class: str,
+    device_ids: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    with_group_peers: bool,
+) -> None:
+    """Move every selected function to vfio-pci; converged ones are left alone."""
+    _run_transition(
+        settings,
+        True,
+        (),
+        (vendor, pci_class, device_ids),
+        dry_run=dry_run,
+        as_json=as_json,
+        with_group_peers=with_group_peers,
+    )
+
+
+@cli.command("unbind-all", epilog=EXIT_CODES_HELP)
+@_transition_options
+@click.pass_obj
+@_handles_errors
+def unbind_all(
+    settings: Settings,
+    vendor: str,
+    pci_class: str,
+    device_ids: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Return every selected function to its native driver."""
+    _run_transition(
+        settings, False, (), (vendor, pci_class, device_ids), dry_run=dry_run, as_json=as_json
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="vfio-manager")

@@ -1,0 +1,332 @@
+"""Applies a plan: runs each function's steps, verifies, waits, and undoes a failed function.
+
+One function failing never stops the others; it is put back where it started (override and
+driver) and the report says so. /dev/vfio nodes of all functions are awaited side by side
+under one deadline after the writes, never one function after another.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno as errno_mod
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import structlog
+
+from vfio_manager.address import PciAddress
+from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
+from vfio_manager.kernel import Kernel
+from vfio_manager.plan import Action, Direction, FunctionPlan, Plan, Step
+from vfio_manager.viability import is_vfio_driver
+
+log = structlog.get_logger("vfio_manager.engine")
+
+DEFAULT_NODE_TIMEOUT = 10.0
+_POLL_INTERVAL = 0.05
+
+_BIND_ERRNO_HINTS = {
+    errno_mod.EINVAL: "the driver refused the function at probe (no IOMMU group, a bridge, or a "
+    "denylisted ID; dmesg shows 'probe ... failed with error -22')",
+    errno_mod.EBUSY: "the function is busy (an SR-IOV PF with VFs enabled, or bound meanwhile)",
+    errno_mod.ENODEV: "the driver does not match it (driver_override names another driver) or "
+    "the function is gone",
+}
+
+
+class Status(str, enum.Enum):
+    CHANGED = "changed"
+    CONVERGED = "converged"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one function; ``restored_to`` is set when a failure was undone."""
+
+    bdf: str
+    status: Status
+    driver: Optional[str] = None
+    reason: Optional[str] = None
+    remedy: Optional[str] = None
+    step: Optional[str] = None
+    errno: Optional[int] = None
+    restored_to: Optional[str] = None
+    writes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bdf": self.bdf,
+            "outcome": self.status.value,
+            "driver": self.driver,
+            "reason": self.reason,
+            "remedy": self.remedy,
+            "step": self.step,
+            "errno": errno_mod.errorcode.get(self.errno) if self.errno else None,
+            "restored_to": self.restored_to,
+            "writes": self.writes,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    direction: Direction
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        ok = all(o.status in (Status.CHANGED, Status.CONVERGED) for o in self.outcomes)
+        return ExitCode.OK if ok else ExitCode.FAILED
+
+    @property
+    def writes(self) -> int:
+        return sum(o.writes for o in self.outcomes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction.value,
+            "ok": self.exit_code == ExitCode.OK,
+            "writes": self.writes,
+            "functions": [o.to_json() for o in self.outcomes],
+        }
+
+
+def _driver_label(driver: Optional[str]) -> str:
+    return driver if driver is not None else "no driver"
+
+
+class Engine:
+    """Runs plans against the kernel. ``clock``/``sleep`` are injectable for tests."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        *,
+        node_timeout: float = DEFAULT_NODE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.kernel = kernel
+        self.node_timeout = node_timeout
+        self.clock = clock
+        self.sleep = sleep
+
+    # -- public ---------------------------------------------------------------------------
+    def apply(self, plan: Plan) -> Report:
+        outcomes: dict[PciAddress, Outcome] = {}
+        waiting: dict[PciAddress, tuple[FunctionPlan, int, int]] = {}
+        for entry in plan.entries:
+            bdf = entry.function.bdf
+            if entry.refusal is not None:
+                log.warning(
+                    "refused", bdf=bdf, step="plan", outcome="refused", reason=entry.refusal
+                )
+                outcomes[entry.address] = Outcome(
+                    bdf, Status.REFUSED, entry.function.driver, entry.refusal, entry.remedy
+                )
+                continue
+            if entry.converged:
+                log.info(
+                    "converged",
+                    bdf=bdf,
+                    step="plan",
+                    outcome="converged",
+                    driver=entry.function.driver,
+                )
+                outcomes[entry.address] = Outcome(bdf, Status.CONVERGED, entry.function.driver)
+                continue
+            before = self.kernel.sysfs.writes
+            try:
+                wait = self._run_steps(entry)
+            except VfioManagerError as err:
+                outcomes[entry.address] = self._fail(entry, err, self.kernel.sysfs.writes - before)
+                continue
+            writes = self.kernel.sysfs.writes - before
+            if wait is not None and wait.group is not None:
+                waiting[entry.address] = (entry, wait.group, writes)
+            else:
+                outcomes[entry.address] = self._done(entry, writes)
+        outcomes.update(self._wait_for_nodes(waiting))
+        return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
+
+    # -- steps ----------------------------------------------------------------------------
+    def _run_steps(self, entry: FunctionPlan) -> Optional[Step]:
+        """Run the writing and verifying steps; return the wait step, if any, for later."""
+        address = entry.address
+        wait: Optional[Step] = None
+        for step in entry.steps:
+            if step.action is Action.WAIT_VFIO_NODE:
+                wait = step
+                continue
+            try:
+                self._run_step(address, step)
+            except VfioManagerError as err:
+                err.step = err.step or step.action.value
+                err.bdf = str(address)
+                raise
+            log.info(
+                "step", bdf=str(address), step=step.action.value, outcome="done", driver=step.driver
+            )
+        return wait
+
+    def _run_step(self, address: PciAddress, step: Step) -> None:
+        kernel = self.kernel
+        if step.action is Action.SET_OVERRIDE and step.driver is not None:
+            kernel.set_override(address, step.driver)
+        elif step.action is Action.CLEAR_OVERRIDE:
+            kernel.clear_override(address)
+        elif step.action is Action.UNBIND and step.driver is not None:
+            kernel.unbind(address, step.driver)
+        elif step.action is Action.PROBE:
+            kernel.probe(address)
+        elif step.action is Action.VERIFY_DRIVER:
+            self._verify(address, step.driver)
+
+    def _verify(self, address: PciAddress, expected: Optional[str]) -> None:
+        """Read the driver link back; when the expected driver is absent, ask it for its errno."""
+        current = self.kernel.driver_of(address)
+        if expected is None:
+            if is_vfio_driver(current):
+                raise TransitionError(f"{address} is still on {current}")
+            return
+        if current == expected:
+            return
+        if current is not None:
+            raise TransitionError(f"{address} bound to {current} instead of {expected}")
+        if not self.kernel.exists(address):
+            raise TransitionError(f"{address} disappeared", errno=errno_mod.ENODEV)
+        try:
+            self.kernel.bind(address, expected)
+        except SysfsWriteError as err:
+            hint = _BIND_ERRNO_HINTS.get(err.errno or 0, "see dmesg")
+            raise TransitionError(
+                f"{expected} did not bind {address}: "
+                f"{errno_mod.errorcode.get(err.errno or 0, err.errno)}: {hint}",
+                errno=err.errno,
+                remedy="run `vfio-manager check`; `dmesg | tail` shows the driver's own message",
+            ) from err
+        if self.kernel.driver_of(address) != expected:
+            raise TransitionError(f"{expected} did not bind {address} (no error reported)")
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _done(self, entry: FunctionPlan, writes: int) -> Outcome:
+        driver = self.kernel.driver_of(entry.address)
+        status = Status.CHANGED if writes else Status.CONVERGED
+        log.info(
+            "transition",
+            bdf=entry.function.bdf,
+            step="done",
+            outcome=status.value,
+            driver=driver,
+            writes=writes,
+        )
+        return Outcome(entry.function.bdf, status, driver, writes=writes)
+
+    def _wait_for_nodes(
+        self, waiting: dict[PciAddress, tuple[FunctionPlan, int, int]]
+    ) -> dict[PciAddress, Outcome]:
+        """Wait for every /dev/vfio/N at once, under a single deadline."""
+        results: dict[PciAddress, Outcome] = {}
+        deadline = self.clock() + self.node_timeout
+        while waiting:
+            for address, (entry, group, writes) in list(waiting.items()):
+                if self.kernel.sysfs.vfio_node_exists(group):
+                    results[address] = self._done(entry, writes)
+                    del waiting[address]
+            if not waiting or self.clock() >= deadline:
+                break
+            self.sleep(_POLL_INTERVAL)
+        for address, (entry, group, writes) in waiting.items():
+            node = self.kernel.sysfs.vfio_group_node(group)
+            reason = (
+                f"bound to {self.kernel.driver_of(address)}, but {node} did not appear "
+                f"within {self.node_timeout:g}s"
+            )
+            log.error(
+                "transition",
+                bdf=entry.function.bdf,
+                step="wait-vfio-node",
+                outcome="failed",
+                reason=reason,
+            )
+            results[address] = Outcome(
+                entry.function.bdf,
+                Status.FAILED,
+                self.kernel.driver_of(address),
+                reason,
+                "in a container, mount the host's /dev (the node is created by devtmpfs/udev "
+                "on the host); raise --node-timeout on slow hosts",
+                step=Action.WAIT_VFIO_NODE.value,
+                writes=writes,
+            )
+        return results
+
+    def _fail(self, entry: FunctionPlan, err: VfioManagerError, writes: int) -> Outcome:
+        bdf = entry.function.bdf
+        log.error("transition", bdf=bdf, step=err.step, outcome="failed", reason=err.message)
+        if not self.kernel.exists(entry.address):
+            return Outcome(
+                bdf,
+                Status.FAILED,
+                None,
+                f"{err.message}; the function disappeared",
+                "check `dmesg` for a hot-unplug or a surprise removal",
+                err.step,
+                err.errno,
+                writes=writes,
+            )
+        before = self.kernel.sysfs.writes
+        restored, note = self._restore(entry)
+        writes += self.kernel.sysfs.writes - before
+        reason = err.message if note is None else f"{err.message}; {note}"
+        log.warning(
+            "rollback",
+            bdf=bdf,
+            step="restore",
+            outcome="restored" if note is None else "incomplete",
+            restored_to=restored,
+        )
+        return Outcome(
+            bdf,
+            Status.FAILED,
+            self.kernel.driver_of(entry.address),
+            reason,
+            err.remedy,
+            err.step,
+            err.errno,
+            restored_to=restored,
+            writes=writes,
+        )
+
+    def _restore(self, entry: FunctionPlan) -> tuple[str, Optional[str]]:
+        """Put override and driver back as the plan found them; never raise."""
+        start = entry.function
+        address = entry.address
+        kernel = self.kernel
+        try:
+            if kernel.override_of(address) != start.driver_override:
+                if start.driver_override is None:
+                    kernel.clear_override(address)
+                else:
+                    kernel.set_override(address, start.driver_override)
+            current = kernel.driver_of(address)
+            if current != start.driver:
+                if current is not None:
+                    kernel.unbind(address, current)
+                if start.driver is not None:
+                    kernel.probe(address)
+                    if kernel.driver_of(address) is None:
+                        kernel.bind(address, start.driver)
+        except VfioManagerError as err:
+            now = kernel.driver_of(address)
+            return _driver_label(
+                now
+            ), f"could not restore it ({err.message}); now on {_driver_label(now)}"
+        now = kernel.driver_of(address)
+        label = f"{_driver_label(now)} (override {kernel.override_of(address) or 'unset'})"
+        if now != start.driver:
+            return label, f"could not restore {_driver_label(start.driver)}; now on {label}"
+        return label, None

@@ -1,0 +1,86 @@
+"""Errors as values: every failure the tool reports carries an exit code and a remedy.
+
+The CLI catches :class:`VfioManagerError` at its edge and prints ``message`` and ``remedy``;
+nothing below the CLI prints or exits. Exit codes are defined here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno as errno_mod
+import os
+from typing import Optional
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes, documented in ``--help`` and docs/cli.md."""
+
+    OK = 0
+    FAILED = 1  # a function failed, was refused, or is not converged
+    USAGE = 2  # bad command line: unknown option, malformed BDF or ID
+    HOST_NOT_READY = 3  # IOMMU off, vfio modules missing: nothing was written
+
+
+class VfioManagerError(Exception):
+    """Base of every error the tool reports; keeps the context it was raised with."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remedy: Optional[str] = None,
+        bdf: Optional[str] = None,
+        step: Optional[str] = None,
+        path: Optional[str] = None,
+        errno: Optional[int] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+        self.bdf = bdf
+        self.step = step
+        self.path = path
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(VfioManagerError):
+    """The command line cannot be acted on (malformed BDF, bad ID): nothing was read or written."""
+
+    exit_code = ExitCode.USAGE
+
+
+class HostNotReadyError(VfioManagerError):
+    """The host cannot give a function to a VM (IOMMU off, vfio missing): nothing was written."""
+
+    exit_code = ExitCode.HOST_NOT_READY
+
+
+class DeviceNotFoundError(VfioManagerError):
+    """A named function does not exist (or vanished between two steps)."""
+
+
+class NotSelectedError(VfioManagerError):
+    """A named function is outside the vendor/class/ID selection, so the tool will not touch it."""
+
+
+class SysfsWriteError(VfioManagerError):
+    """The kernel rejected a write; ``errno`` is the kernel's answer."""
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, *, path: str, data: str) -> SysfsWriteError:
+        code = exc.errno if exc.errno is not None else errno_mod.EIO
+        name = errno_mod.errorcode.get(code, str(code))
+        return cls(
+            f"writing {data.strip()!r} to {path} failed: {name} ({os.strerror(code)})",
+            path=path,
+            errno=code,
+        )
+
+
+class TransitionError(VfioManagerError):
+    """A function did not reach the driver it was sent to (verification after probe failed)."""

@@ -1,0 +1,70 @@
+"""One verb per kernel file, each a no-op when there is nothing to do.
+
+These are the only functions that change binding state. Each re-reads the state it depends on
+(a cheap read) so a step planned from a stale topology never writes twice, and each error
+names the function, the file and the kernel's errno.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import structlog
+
+from vfio_manager.address import PciAddress
+from vfio_manager.sysfs import Sysfs
+
+log = structlog.get_logger("vfio_manager.kernel")
+
+
+class Kernel:
+    """Binding verbs over a :class:`Sysfs`."""
+
+    def __init__(self, sysfs: Sysfs) -> None:
+        self.sysfs = sysfs
+
+    def driver_of(self, address: PciAddress) -> Optional[str]:
+        return self.sysfs.driver_of(address)
+
+    def override_of(self, address: PciAddress) -> Optional[str]:
+        return self.sysfs.override_of(address)
+
+    def exists(self, address: PciAddress) -> bool:
+        return self.sysfs.function_exists(address)
+
+    def set_override(self, address: PciAddress, driver: str) -> bool:
+        """Only ``driver`` may bind the function from now on. Does not unbind or load anything."""
+        if self.sysfs.override_of(address) == driver:
+            return False
+        self.sysfs.write_device_attr(address, "driver_override", driver + "\n")
+        log.debug("sysfs write", bdf=str(address), step="set-override", value=driver)
+        return True
+
+    def clear_override(self, address: PciAddress) -> bool:
+        """Write a bare newline: the only portable way to clear (a 0-byte write never arrives)."""
+        if self.sysfs.override_of(address) is None:
+            return False
+        self.sysfs.write_device_attr(address, "driver_override", "\n")
+        log.debug("sysfs write", bdf=str(address), step="clear-override")
+        return True
+
+    def unbind(self, address: PciAddress, driver: str) -> bool:
+        """Detach ``driver``; runs the driver's remove() synchronously and may block."""
+        if self.sysfs.driver_of(address) != driver:
+            return False
+        self.sysfs.write_driver_file(driver, "unbind", str(address))
+        log.debug("sysfs write", bdf=str(address), step="unbind", driver=driver)
+        return True
+
+    def probe(self, address: PciAddress) -> bool:
+        """Ask the PCI core to attach the best driver; it reports success even when none binds."""
+        if self.sysfs.driver_of(address) is not None:
+            return False
+        self.sysfs.write_bus_file("drivers_probe", str(address))
+        log.debug("sysfs write", bdf=str(address), step="probe")
+        return True
+
+    def bind(self, address: PciAddress, driver: str) -> None:
+        """Probe ``driver`` on the function now; unlike drivers_probe, errors come back."""
+        self.sysfs.write_driver_file(driver, "bind", str(address))
+        log.debug("sysfs write", bdf=str(address), step="bind", driver=driver)

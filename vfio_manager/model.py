@@ -1,0 +1,88 @@
+"""What the tool knows about a node: frozen snapshots of PCI functions and IOMMU groups.
+
+A :class:`Topology` is read once per command (see :mod:`vfio_manager.inventory`) and then
+only looked up: plans and reports are computed from it without touching sysfs again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from vfio_manager.address import PciAddress
+from vfio_manager.catalogue import product_name
+
+# PCI header type 1/2 functions (PCI-PCI bridges, CardBus bridges): vfio-pci refuses them.
+_BRIDGE_CLASSES = frozenset({0x0604, 0x0607, 0x0609})
+
+
+@dataclass(frozen=True)
+class PciFunction:
+    """One PCI function as sysfs showed it when the topology was read."""
+
+    address: PciAddress
+    vendor: int
+    device: int
+    pci_class: int
+    subsystem_vendor: Optional[int] = None
+    subsystem_device: Optional[int] = None
+    driver: Optional[str] = None
+    driver_override: Optional[str] = None
+    iommu_group: Optional[int] = None
+    numa_node: Optional[int] = None
+    modalias: Optional[str] = None
+    sriov_totalvfs: Optional[int] = None
+    sriov_numvfs: Optional[int] = None
+    physfn: Optional[PciAddress] = None
+    boot_vga: bool = False
+
+    @property
+    def bdf(self) -> str:
+        return str(self.address)
+
+    @property
+    def product(self) -> Optional[str]:
+        return product_name(self.vendor, self.device)
+
+    @property
+    def is_bridge(self) -> bool:
+        return (self.pci_class >> 8) in _BRIDGE_CLASSES
+
+    @property
+    def is_pf_with_vfs(self) -> bool:
+        return bool(self.sriov_numvfs)
+
+    @property
+    def sriov_role(self) -> Optional[str]:
+        if self.physfn is not None:
+            return f"VF of {self.physfn}"
+        if self.sriov_totalvfs:
+            return f"PF with {self.sriov_numvfs or 0}/{self.sriov_totalvfs} VFs"
+        return None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """All functions and IOMMU groups of a node, indexed once."""
+
+    functions: dict[PciAddress, PciFunction]
+    groups: dict[int, tuple[PciAddress, ...]]
+    vfio_nodes: frozenset[str] = field(default_factory=frozenset)
+    driver_modules: dict[str, Optional[str]] = field(default_factory=dict)
+
+    def get(self, address: PciAddress) -> Optional[PciFunction]:
+        return self.functions.get(address)
+
+    def group_members(self, function: PciFunction) -> tuple[PciFunction, ...]:
+        """The functions that must be owned together with ``function`` (itself included)."""
+        if function.iommu_group is None:
+            return (function,)
+        members = self.groups.get(function.iommu_group, (function.address,))
+        return tuple(self.functions[a] for a in members if a in self.functions)
+
+    def vfio_node(self, function: PciFunction) -> Optional[str]:
+        """``/dev/vfio/N`` name of the function's group when the node exists."""
+        if function.iommu_group is None:
+            return None
+        name = str(function.iommu_group)
+        return name if name in self.vfio_nodes else None

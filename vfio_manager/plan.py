@@ -1,0 +1,284 @@
+"""Plans: the pure difference between what sysfs shows and where each function should be.
+
+A plan is computed from a :class:`~vfio_manager.model.Topology` without any I/O, so the same
+code serves ``--dry-run``, the one-shot commands and a reconcile loop. A converged function
+gets no steps, which is how a second run writes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from vfio_manager.address import PciAddress
+from vfio_manager.model import PciFunction, Topology
+from vfio_manager.selection import Selector
+from vfio_manager.viability import VFIO_PCI, group_blockers, is_vfio_driver
+
+
+class Direction(str, enum.Enum):
+    TO_VFIO = "vfio"
+    TO_HOST = "host"
+
+
+class Action(str, enum.Enum):
+    SET_OVERRIDE = "set-override"
+    CLEAR_OVERRIDE = "clear-override"
+    UNBIND = "unbind"
+    PROBE = "probe"
+    VERIFY_DRIVER = "verify-driver"
+    WAIT_VFIO_NODE = "wait-vfio-node"
+
+
+WRITING_ACTIONS = frozenset(
+    {Action.SET_OVERRIDE, Action.CLEAR_OVERRIDE, Action.UNBIND, Action.PROBE}
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel operation; ``driver`` is the override value, the driver left or expected."""
+
+    action: Action
+    driver: Optional[str] = None
+    group: Optional[int] = None
+
+    @property
+    def writes(self) -> bool:
+        return self.action in WRITING_ACTIONS
+
+    def describe(self) -> str:
+        if self.action is Action.SET_OVERRIDE:
+            return f"write {self.driver!r} to driver_override"
+        if self.action is Action.CLEAR_OVERRIDE:
+            return "clear driver_override (write '\\n')"
+        if self.action is Action.UNBIND:
+            return f"unbind from {self.driver}"
+        if self.action is Action.PROBE:
+            return "write the address to drivers_probe"
+        if self.action is Action.VERIFY_DRIVER:
+            return f"check the driver link is {self.driver or 'not a vfio driver'}"
+        return f"wait for /dev/vfio/{self.group}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action.value, "driver": self.driver, "group": self.group}
+
+
+@dataclass(frozen=True)
+class FunctionPlan:
+    """Steps for one function, or the reason it is refused (then it has no steps)."""
+
+    function: PciFunction
+    direction: Direction
+    steps: tuple[Step, ...] = ()
+    refusal: Optional[str] = None
+    remedy: Optional[str] = None
+    target_driver: Optional[str] = None
+
+    @property
+    def address(self) -> PciAddress:
+        return self.function.address
+
+    @property
+    def converged(self) -> bool:
+        return self.refusal is None and not self.steps
+
+    @property
+    def write_count(self) -> int:
+        return sum(1 for step in self.steps if step.writes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bdf": self.function.bdf,
+            "direction": self.direction.value,
+            "driver": self.function.driver,
+            "driver_override": self.function.driver_override,
+            "target_driver": self.target_driver,
+            "converged": self.converged,
+            "refused": self.refusal,
+            "remedy": self.remedy,
+            "steps": [step.to_json() for step in self.steps],
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    direction: Direction
+    entries: tuple[FunctionPlan, ...] = field(default_factory=tuple)
+
+    @property
+    def write_count(self) -> int:
+        return sum(entry.write_count for entry in self.entries)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction.value,
+            "writes": self.write_count,
+            "functions": [entry.to_json() for entry in self.entries],
+        }
+
+
+def _to_vfio_steps(function: PciFunction, vfio_driver: str, has_node: bool) -> tuple[Step, ...]:
+    """Override first (closes the window for the old driver), unbind, probe, verify, wait."""
+    steps: list[Step] = []
+    if function.driver_override != vfio_driver:
+        steps.append(Step(Action.SET_OVERRIDE, vfio_driver))
+    if function.driver != vfio_driver:
+        if function.driver is not None:
+            steps.append(Step(Action.UNBIND, function.driver))
+        steps += [Step(Action.PROBE), Step(Action.VERIFY_DRIVER, vfio_driver)]
+    if steps or not has_node:
+        steps.append(Step(Action.WAIT_VFIO_NODE, group=function.iommu_group))
+    return tuple(steps)
+
+
+def _refusal_to_vfio(function: PciFunction) -> Optional[tuple[str, str]]:
+    """Reasons the kernel would refuse the function whatever we do, with their remedies."""
+    if function.is_bridge:
+        return (
+            "it is a PCI bridge; vfio-pci refuses bridges",
+            "select endpoint functions only (filter by --class)",
+        )
+    if function.iommu_group is None:
+        return (
+            "it has no IOMMU group (the IOMMU is off or the kernel lacks support)",
+            "run `vfio-manager check` for the cause and the kernel argument to add",
+        )
+    if function.is_pf_with_vfs:
+        return (
+            f"it is an SR-IOV PF with {function.sriov_numvfs} VFs enabled; vfio-pci refuses it",
+            "bind its VFs instead (select them with --device-id), or set sriov_numvfs to 0 first",
+        )
+    return None
+
+
+def plan_to_vfio(
+    topology: Topology,
+    targets: Iterable[PciFunction],
+    *,
+    selector: Selector,
+    named: Collection[PciAddress] = (),
+    with_group_peers: bool = False,
+    vfio_driver_for: Callable[[PciFunction], str] = lambda _f: VFIO_PCI,
+) -> Plan:
+    """Plan moving ``targets`` to their vfio driver.
+
+    A function whose IOMMU group has another member on a host driver is refused (the VM could
+    not open the group) unless that member moves too: because it is a target itself, or because
+    ``with_group_peers`` is set and the member is an endpoint that is selected or named.
+    """
+    ordered = list(targets)
+    moving = {f.address for f in ordered}
+    if with_group_peers:
+        for function in list(ordered):
+            for blocker in group_blockers(topology, function, moving=moving):
+                peer = topology.functions[blocker.address]
+                if not peer.is_bridge and (selector.matches(peer) or peer.address in named):
+                    ordered.append(peer)
+                    moving.add(peer.address)
+    entries: list[FunctionPlan] = []
+    refused: set[PciAddress] = set()
+    for function in ordered:
+        vfio_driver = vfio_driver_for(function)
+        reason = _refusal_to_vfio(function)
+        blockers = group_blockers(topology, function, moving=moving)
+        if reason is None and blockers:
+            reason = (
+                f"IOMMU group {function.iommu_group} is not viable: "
+                + ", ".join(str(b) for b in blockers),
+                "add --with-group-peers to bind the other endpoint members too, or unbind the "
+                "blocking members from their host drivers first",
+            )
+        if reason is not None:
+            refused.add(function.address)
+            entries.append(
+                FunctionPlan(
+                    function,
+                    Direction.TO_VFIO,
+                    refusal=reason[0],
+                    remedy=reason[1],
+                    target_driver=vfio_driver,
+                )
+            )
+            continue
+        entries.append(
+            FunctionPlan(
+                function,
+                Direction.TO_VFIO,
+                steps=_to_vfio_steps(
+                    function, vfio_driver, topology.vfio_node(function) is not None
+                ),
+                target_driver=vfio_driver,
+            )
+        )
+    return Plan(Direction.TO_VFIO, tuple(_refuse_group_mates(topology, entries, refused)))
+
+
+def _refuse_group_mates(
+    topology: Topology, entries: list[FunctionPlan], refused: set[PciAddress]
+) -> list[FunctionPlan]:
+    """A group moves whole or not at all: if one member is refused, its movers are refused too."""
+    if not refused:
+        return entries
+    result: list[FunctionPlan] = []
+    for entry in entries:
+        mates = [
+            m.address
+            for m in topology.group_members(entry.function)
+            if m.address in refused and m.address != entry.address
+        ]
+        if entry.refusal is None and entry.steps and mates:
+            entry = FunctionPlan(  # noqa: PLW2901 - the refused replacement of this entry
+                entry.function,
+                entry.direction,
+                refusal=f"IOMMU group {entry.function.iommu_group} member "
+                + ", ".join(str(m) for m in mates)
+                + " is refused, so the group cannot be handed over",
+                remedy="resolve the refusal of that member first",
+                target_driver=entry.target_driver,
+            )
+        result.append(entry)
+    return result
+
+
+def _to_host_steps(function: PciFunction, native: Optional[str]) -> tuple[Step, ...]:
+    """Clear the override first, so the probe after the unbind finds the native driver."""
+    steps: list[Step] = []
+    if function.driver_override is not None and (
+        is_vfio_driver(function.driver_override) or is_vfio_driver(function.driver)
+    ):
+        steps.append(Step(Action.CLEAR_OVERRIDE))
+    on_vfio = is_vfio_driver(function.driver)
+    if on_vfio:
+        steps.append(Step(Action.UNBIND, function.driver))
+    if on_vfio or (function.driver is None and (native is not None or steps)):
+        steps += [Step(Action.PROBE), Step(Action.VERIFY_DRIVER, native)]
+    return tuple(steps)
+
+
+def plan_to_host(
+    topology: Topology,
+    targets: Iterable[PciFunction],
+    *,
+    native_driver_for: Callable[[PciFunction], Optional[str]],
+) -> Plan:
+    """Plan returning ``targets`` to their host driver (``None``: whatever the kernel picks).
+
+    A function left driverless by an earlier tool is probed again when its native driver is
+    known and registered; one whose native module is absent stays driverless, which is success.
+    """
+    del topology  # the reverse move has no group constraint
+    entries = []
+    for function in targets:
+        native = native_driver_for(function)
+        entries.append(
+            FunctionPlan(
+                function,
+                Direction.TO_HOST,
+                steps=_to_host_steps(function, native),
+                target_driver=native,
+            )
+        )
+    return Plan(Direction.TO_HOST, tuple(entries))

@@ -1,0 +1,76 @@
+"""Which functions the tool may touch: vendor, class and device-ID filters.
+
+The defaults select Rebellions NPUs (vendor 0x1eff, class 0x120000). Filtering by class as
+well as vendor keeps the vendor's own bridges and switches out of reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from vfio_manager.catalogue import PROCESSING_ACCELERATOR_CLASS, REBELLIONS_VENDOR
+from vfio_manager.errors import UsageError
+from vfio_manager.model import PciFunction
+
+
+def parse_id(text: str, *, what: str, bits: int) -> int:
+    """Parse ``0x1eff`` / ``1eff`` (hex always, as lspci prints); raise :class:`UsageError`."""
+    raw = text.strip().lower()
+    raw = raw[2:] if raw.startswith("0x") else raw
+    try:
+        value = int(raw, 16)
+    except ValueError:
+        value = -1
+    if not raw or value < 0 or value >= 1 << bits:
+        raise UsageError(
+            f"{text!r} is not a valid {what}",
+            remedy=f"give a hexadecimal {what} of at most {bits // 4} digits, e.g. "
+            + {16: "0x1eff", 24: "0x120000"}.get(bits, "0x1"),
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Vendor, class and device-ID filters; ``None`` means any.
+
+    A class of at most 16 bits (``0x1200``) matches base class and subclass whatever the
+    programming interface; a 24-bit class (``0x120000``) must match exactly.
+    """
+
+    vendor: Optional[int] = REBELLIONS_VENDOR
+    pci_class: Optional[int] = PROCESSING_ACCELERATOR_CLASS
+    device_ids: frozenset[int] = field(default_factory=frozenset)
+    class_bits: int = 24
+
+    def matches(self, function: PciFunction) -> bool:
+        if self.vendor is not None and function.vendor != self.vendor:
+            return False
+        if self.pci_class is not None:
+            actual = function.pci_class >> 8 if self.class_bits == 16 else function.pci_class
+            if actual != self.pci_class:
+                return False
+        return not self.device_ids or function.device in self.device_ids
+
+    def describe(self) -> str:
+        parts = []
+        if self.vendor is not None:
+            parts.append(f"vendor 0x{self.vendor:04x}")
+        if self.pci_class is not None:
+            width = 4 if self.class_bits == 16 else 6
+            parts.append(f"class 0x{self.pci_class:0{width}x}")
+        if self.device_ids:
+            parts.append("device " + "/".join(f"0x{d:04x}" for d in sorted(self.device_ids)))
+        return ", ".join(parts) or "any function"
+
+    @classmethod
+    def from_options(cls, vendor: str, pci_class: str, device_ids: tuple[str, ...]) -> Selector:
+        digits = pci_class.strip().lower()
+        short_class = len(digits[2:] if digits.startswith("0x") else digits) <= 4
+        return cls(
+            vendor=parse_id(vendor, what="vendor ID", bits=16),
+            pci_class=parse_id(pci_class, what="class", bits=16 if short_class else 24),
+            device_ids=frozenset(parse_id(d, what="device ID", bits=16) for d in device_ids),
+            class_bits=16 if short_class else 24,
+        )

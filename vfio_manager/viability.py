@@ -1,0 +1,66 @@
+"""IOMMU group viability: may a VM open this function's group?
+
+The kernel lets user space open a VFIO group only when every member is unbound or bound to
+a driver that leaves DMA to its user (``driver_managed_dma``). The flag is not in sysfs, so
+the list of such drivers lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Optional
+
+from vfio_manager.address import PciAddress
+from vfio_manager.model import PciFunction, Topology
+
+VFIO_PCI = "vfio-pci"
+# Drivers other than the vfio family that leave DMA to the group's user.
+_DMA_SAFE_HOST_DRIVERS = frozenset({"pci-stub", "pcieport"})
+
+
+def is_vfio_driver(driver: Optional[str]) -> bool:
+    """vfio-pci and its variants (``mlx5_vfio_pci``, ``nvgrace_gpu_vfio_pci``, ...)."""
+    return driver is not None and (driver == VFIO_PCI or driver.endswith(("vfio_pci", "vfio-pci")))
+
+
+def is_dma_safe(driver: Optional[str]) -> bool:
+    """True when ``driver`` on a group member keeps the group viable."""
+    return driver is None or is_vfio_driver(driver) or driver in _DMA_SAFE_HOST_DRIVERS
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A group member whose host driver keeps the group from being opened."""
+
+    address: PciAddress
+    driver: str
+    is_bridge: bool
+
+    def __str__(self) -> str:
+        kind = "bridge " if self.is_bridge else ""
+        return f"{kind}{self.address} on {self.driver}"
+
+
+def group_blockers(
+    topology: Topology,
+    function: PciFunction,
+    *,
+    moving: Collection[PciAddress] = (),
+) -> tuple[Blocker, ...]:
+    """Members of the function's group on a host driver, ignoring those about to move to vfio."""
+    return tuple(
+        Blocker(m.address, m.driver, m.is_bridge)
+        for m in topology.group_members(function)
+        if m.address != function.address
+        and m.address not in moving
+        and m.driver is not None
+        and not is_dma_safe(m.driver)
+    )
+
+
+def group_viable(topology: Topology, function: PciFunction) -> Optional[bool]:
+    """Viability as a VM would see it now; ``None`` when the function has no IOMMU group."""
+    if function.iommu_group is None:
+        return None
+    return all(is_dma_safe(m.driver) for m in topology.group_members(function))
