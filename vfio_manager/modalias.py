@@ -14,7 +14,7 @@ from typing import Optional
 
 from vfio_manager.hostfs import HostFiles
 
-_VENDOR_PREFIX = re.compile(r"^v([0-9A-F]{8})")
+_VENDOR_PREFIX = re.compile(r"^v([0-9A-F]{8})", re.IGNORECASE)
 
 
 class AliasTable:
@@ -33,8 +33,8 @@ class AliasTable:
             kind, _, pattern = parts[1].partition(":")
             if kind not in self._buckets:
                 continue
-            vendor = _VENDOR_PREFIX.match(pattern.upper())
-            key = vendor.group(1) if vendor else None
+            vendor = _VENDOR_PREFIX.match(pattern)
+            key = vendor.group(1).upper() if vendor else None
             self._buckets[kind].setdefault(key, []).append((pattern, parts[2]))
 
     @classmethod
@@ -46,16 +46,17 @@ class AliasTable:
         if key in self._cache:
             return self._cache[key]
         body = modalias.partition(":")[2]
-        vendor = _VENDOR_PREFIX.match(body.upper())
+        vendor = _VENDOR_PREFIX.match(body)
         buckets = self._buckets[kind]
-        candidates = buckets.get(vendor.group(1) if vendor else None, []) + buckets.get(None, [])
-        best: Optional[tuple[int, str]] = None
-        for pattern, module in candidates:
+        candidates = buckets.get(vendor.group(1).upper() if vendor else None, [])
+        best: Optional[tuple[int, int, str]] = None
+        for pattern, module in candidates + buckets.get(None, []):
             if fnmatch.fnmatchcase(body, pattern):
-                score = pattern.count("*")
-                if best is None or score < best[0]:
-                    best = (score, module)
-        result = best[1] if best else None
+                # fewest wildcards first; among equals, the longer literal text is more specific
+                score = (pattern.count("*"), -len(pattern.replace("*", "")), module)
+                if best is None or score < best:
+                    best = score
+        result = best[2] if best else None
         self._cache[key] = result
         return result
 
