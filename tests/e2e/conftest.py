@@ -1,12 +1,25 @@
-"""Session setup of the e2e suite. Runs ONLY inside the QEMU guest of tools/e2e/run."""
+"""Session setup of the e2e suite. Runs ONLY inside the QEMU guest of tools/e2e/run.
+
+Boots: tools/e2e/run passes --e2e-boot=on (IOMMU enabled: every test not marked iommu_off)
+or --e2e-boot=off (intel_iommu=off: only the tests marked iommu_off).
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from typing import Optional
 
+import guest
 import pytest
 
 GUEST_FILE = "/etc/vfio-manager-e2e-guest"
+
+
+def _cmdline() -> str:
+    with open("/proc/cmdline") as f:
+        return f.read().strip()
 
 
 def _in_guest() -> bool:
@@ -24,9 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--e2e-boot",
         choices=["on", "off"],
         default=None,
-        help="which boot this is: on (IOMMU enabled) or off (intel_iommu=off)",
+        help="which boot this is: on (IOMMU enabled) or off (intel_iommu=off); "
+        "default: whatever /sys/kernel/iommu_groups says",
     )
-    group.addoption("--e2e-out", default=None, help="folder (on the out share) for recordings")
+    group.addoption(
+        "--e2e-out", default=None, help="folder (on the out share) that receives the recordings"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,3 +53,60 @@ def pytest_configure(config: pytest.Config) -> None:
             "(no vfio_e2e.guest=1 in /proc/cmdline or no " + GUEST_FILE + ")",
             returncode=4,
         )
+    config.addinivalue_line("markers", "iommu_off: runs only in the boot with intel_iommu=off")
+    config.addinivalue_line("markers", "e2e: runs only inside the QEMU guest")
+    actual = "on" if guest.iommu_on() else "off"
+    wanted = config.getoption("--e2e-boot") or actual
+    if wanted != actual:
+        pytest.exit(
+            f"this boot was meant to have the IOMMU {wanted}, but the kernel has it {actual} "
+            f"(cmdline: {_cmdline()})",
+            returncode=3,
+        )
+    config._e2e_boot = actual  # type: ignore[attr-defined]
+    guest.install_write_audit()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    boot = config._e2e_boot  # type: ignore[attr-defined]
+    keep, drop = [], []
+    for item in items:
+        item.add_marker(pytest.mark.e2e)
+        off_test = item.get_closest_marker("iommu_off") is not None
+        (keep if off_test == (boot == "off") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    import platform
+
+    return [
+        f"e2e guest: kernel {platform.release()}, IOMMU {config._e2e_boot}",  # type: ignore[attr-defined]
+        "cmdline: " + _cmdline(),
+    ]
+
+
+@pytest.fixture(scope="session")
+def baseline() -> dict[str, Optional[str]]:
+    """Load vfio-pci (as an admin would) and note each managed function's boot driver."""
+    subprocess.run(["modprobe", "-a", "vfio-pci", "vfio_iommu_type1"], check=True)
+    assert os.path.isdir("/sys/bus/pci/drivers/vfio-pci"), "vfio-pci did not register"
+    return {bdf: guest.driver(bdf) for bdf in guest.MANAGED}
+
+
+@pytest.fixture(autouse=True)
+def _clean_guest(baseline: dict[str, Optional[str]]) -> Iterator[None]:
+    """Each test starts from the boot state and the shares stay on virtio-pci whatever happens."""
+    fixed = guest.restore(baseline)
+    assert not fixed, f"a previous test left residue that the harness had to undo: {fixed}"
+    yield
+    for bdf in guest.SHARES:
+        assert guest.driver(bdf) == "virtio-pci", f"share function {bdf} lost its driver"
+    guest.restore(baseline)
+
+
+@pytest.fixture(scope="session")
+def out_dir(request: pytest.FixtureRequest) -> Optional[str]:
+    return request.config.getoption("--e2e-out")

@@ -1,0 +1,302 @@
+"""What the e2e suite knows about its guest, and the tools it drives it with.
+
+The guest is booted by tools/e2e/run with a fixed set of emulated PCI functions (the QEMU
+command line there is the source of truth). QEMU cannot emulate vendor 0x1eff, so the tests
+select stand-ins with --vendor/--class/--device-id:
+
+- e1000e 8086:10d3 class 0x020000 at 03:00.0 plays the NPU (native driver e1000e, own group)
+- edu 1234:11e8 class 0x00ff00 at 00:04.0 (own group) and 02:02.0 (behind a PCIe-to-PCI
+  bridge on shpchp, grouped with it and with pci-testdev 02:01.0): functions with no driver
+- e1000 8086:100e at 00:05.0 shares a group with virtio-net 1af4:1000 at 00:05.1
+
+00:02.0 and 00:03.0 are the virtio-9p functions that carry the shares: a write to them
+would kill the run, so a guard refuses any such write made from this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+PCI = "/sys/bus/pci/devices"
+
+E1000E = "0000:03:00.0"
+E1000 = "0000:00:05.0"
+VIRTIO_NET = "0000:00:05.1"
+EDU = "0000:00:04.0"
+EDU_BEHIND_BRIDGE = "0000:02:02.0"
+TESTDEV = "0000:02:01.0"
+BRIDGE = "0000:01:00.0"
+SHARES = ("0000:00:02.0", "0000:00:03.0")  # never selected, never written
+# the functions the suite may move, and so puts back after each test
+MANAGED = (E1000E, E1000, EDU, EDU_BEHIND_BRIDGE, TESTDEV, BRIDGE)
+
+SEL_E1000E = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10d3"]
+SEL_E1000 = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x100e"]
+SEL_EDU = ["--vendor", "0x1234", "--class", "0x00ff00", "--device-id", "0x11e8"]
+
+# drivers that keep an IOMMU group viable (kernel: driver_managed_dma), see
+# shared/reference/kernel-binding-facts.md
+DMA_SAFE = {None, "vfio-pci", "pci-stub", "pcieport"}
+
+
+# ---- reading sysfs ------------------------------------------------------------------
+def attr(bdf: str, name: str) -> str:
+    with open(f"{PCI}/{bdf}/{name}") as f:
+        return f.read().rstrip("\n")
+
+
+def driver(bdf: str) -> Optional[str]:
+    link = f"{PCI}/{bdf}/driver"
+    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+
+
+def override(bdf: str) -> Optional[str]:
+    value = attr(bdf, "driver_override")
+    return None if value == "(null)" else value
+
+
+def group(bdf: str) -> Optional[int]:
+    link = f"{PCI}/{bdf}/iommu_group"
+    return int(os.path.basename(os.readlink(link))) if os.path.islink(link) else None
+
+
+def group_members(bdf: str) -> list[str]:
+    g = group(bdf)
+    return [bdf] if g is None else sorted(os.listdir(f"/sys/kernel/iommu_groups/{g}/devices"))
+
+
+def group_viable(bdf: str) -> Optional[bool]:
+    if group(bdf) is None:
+        return None
+    return all(driver(m) in DMA_SAFE for m in group_members(bdf))
+
+
+def vfio_node(bdf: str) -> Optional[str]:
+    g = group(bdf)
+    path = f"/dev/vfio/{g}"
+    return path if g is not None and os.path.exists(path) else None
+
+
+def functions() -> list[str]:
+    return sorted(os.listdir(PCI))
+
+
+def iommu_on() -> bool:
+    return bool(
+        os.path.isdir("/sys/kernel/iommu_groups") and os.listdir("/sys/kernel/iommu_groups")
+    )
+
+
+def state(bdfs: Sequence[str] = MANAGED) -> dict[str, tuple[Optional[str], Optional[str]]]:
+    """(driver, override) of each function: the binding state a test compares."""
+    return {b: (driver(b), override(b)) for b in bdfs}
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+# ---- counting (and guarding) this process's writes ----------------------------------
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+@dataclass
+class _Writes:
+    active: list[list[str]] = field(default_factory=list)
+
+
+_writes = _Writes()
+
+
+def _forbidden(path: str) -> bool:
+    return any(f"/{bdf}" in path for bdf in SHARES) or path.endswith("/drivers/virtio-pci/unbind")
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event != "open" or not args:
+        return
+    path, mode, flags = [*args, None, None][:3]
+    if isinstance(path, int):
+        return
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "replace")
+    writing = (isinstance(flags, int) and flags & _WRITE_FLAGS) or (
+        isinstance(mode, str) and any(c in mode for c in "wax+")
+    )
+    if not writing:
+        return
+    path = os.path.abspath(str(path))
+    if not path.startswith("/sys/"):
+        return
+    if _forbidden(path):
+        raise PermissionError(f"e2e guard: refusing to write {path} (virtio-9p share function)")
+    for record in _writes.active:
+        record.append(path)
+
+
+_installed = False
+
+
+def install_write_audit() -> None:
+    """Count every write-open under /sys made by this process; refuse those to the shares."""
+    global _installed  # noqa: PLW0603
+    if not _installed:
+        sys.addaudithook(_audit)
+        _installed = True
+
+
+@contextlib.contextmanager
+def counting_writes() -> Iterator[list[str]]:
+    """Paths opened for writing under /sys, in order, while the block runs."""
+    record: list[str] = []
+    _writes.active.append(record)
+    try:
+        yield record
+    finally:
+        _writes.active.remove(record)
+
+
+# ---- the CLI ------------------------------------------------------------------------
+@dataclass
+class CliResult:
+    argv: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+    writes: list[str]
+    exception: Optional[BaseException] = None
+
+    def __str__(self) -> str:
+        text = f"vfio-manager {' '.join(self.argv)} -> exit {self.exit_code}"
+        text += f", {len(self.writes)} write(s)"
+        text += "".join(f"\n  wrote {p}" for p in self.writes)
+        text += f"\n--- stdout ---\n{self.stdout}--- stderr ---\n{self.stderr}"
+        if self.exception is not None and not isinstance(self.exception, SystemExit):
+            import traceback
+
+            text += "--- exception ---\n" + "".join(
+                traceback.format_exception(
+                    type(self.exception), self.exception, self.exception.__traceback__
+                )
+            )
+        return text
+
+
+def run_cli(*argv: str) -> CliResult:
+    """Run the real CLI in this process (click's CliRunner), counting its writes to /sys."""
+    from click.testing import CliRunner
+
+    from vfio_manager.cli import cli
+
+    runner = CliRunner()
+    with counting_writes() as writes:
+        result = runner.invoke(cli, list(argv))
+    try:
+        stderr = result.stderr
+    except ValueError:  # click < 8.2 mixes stderr into output
+        stderr = ""
+    return CliResult(
+        list(argv), result.exit_code, result.stdout, stderr, list(writes), result.exception
+    )
+
+
+def cli_has(command: str, option: Optional[str] = None) -> bool:
+    """Whether the CLI under test has ``command`` (and ``option`` in its --help)."""
+    result = run_cli(command, "--help")
+    return result.exit_code == 0 and (option is None or option in result.stdout)
+
+
+# ---- putting the guest back (harness writes, not the tool's) -------------------------
+def _write(path: str, data: str) -> None:
+    assert not _forbidden(path), path
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def restore(baseline: dict[str, Optional[str]]) -> list[str]:
+    """Put each function back on its baseline driver with no override; returns what it fixed."""
+    fixed = []
+    for bdf, want in baseline.items():
+        assert bdf not in SHARES
+        if override(bdf) is None and driver(bdf) == want:
+            continue
+        fixed.append(f"{bdf}: {driver(bdf)}/{override(bdf)} -> {want}")
+        if override(bdf) is not None:
+            _write(f"{PCI}/{bdf}/driver_override", "\n")
+        current = driver(bdf)
+        if current is not None and current != want:
+            _write(f"{PCI}/{bdf}/driver/unbind", bdf)
+        if want is not None and driver(bdf) is None:
+            _write("/sys/bus/pci/drivers_probe", bdf)
+    return fixed
+
+
+def move_to_vfio(bdf: str) -> None:
+    """Harness-side bind to vfio-pci (the careful order), to set up a state for a test."""
+    _write(f"{PCI}/{bdf}/driver_override", "vfio-pci")
+    if driver(bdf) is not None:
+        _write(f"{PCI}/{bdf}/driver/unbind", bdf)
+    _write("/sys/bus/pci/drivers_probe", bdf)
+    assert driver(bdf) == "vfio-pci", f"{bdf} did not bind to vfio-pci"
+
+
+# ---- the VFIO API (ground truth for viability, and a user that holds a device) --------
+def _vfio_io(nr: int) -> int:
+    return (ord(";") << 8) | (100 + nr)
+
+
+VFIO_GROUP_GET_STATUS = _vfio_io(3)
+VFIO_GROUP_SET_CONTAINER = _vfio_io(4)
+VFIO_SET_IOMMU = _vfio_io(2)
+VFIO_GROUP_GET_DEVICE_FD = _vfio_io(6)
+VFIO_TYPE1v2_IOMMU = 3
+
+
+def kernel_group_viable(group_id: int) -> bool:
+    """What the kernel says (VFIO_GROUP_GET_STATUS) about a group with a /dev/vfio node."""
+    fd = os.open(f"/dev/vfio/{group_id}", os.O_RDWR)
+    try:
+        status = bytearray(struct.pack("II", 8, 0))
+        fcntl.ioctl(fd, VFIO_GROUP_GET_STATUS, status, True)
+        return bool(struct.unpack("II", status)[1] & 1)
+    finally:
+        os.close(fd)
+
+
+# A separate process that holds a function the way a VM does: container + group + device fd.
+HOLDER = r"""
+import fcntl, os, struct, sys, time
+bdf, group = sys.argv[1], sys.argv[2]
+io = lambda nr: (ord(";") << 8) | (100 + nr)
+container = os.open("/dev/vfio/vfio", os.O_RDWR)
+grp = os.open("/dev/vfio/" + group, os.O_RDWR)
+fcntl.ioctl(grp, io(4), bytearray(struct.pack("i", container)), True)
+fcntl.ioctl(container, io(2), 3)
+dev = fcntl.ioctl(grp, io(6), bytearray(bdf.encode() + b"\0"), True)
+print("holding", bdf, "device fd", dev, flush=True)
+time.sleep(3600)
+"""
+
+
+def skip_unless_cli_has(command: str, option: Optional[str] = None, why: str = "") -> None:
+    """Skip a test whose CLI surface has not landed yet (and say which issue brings it)."""
+    import pytest
+
+    if not cli_has(command, option):
+        what = f"`vfio-manager {command} --help`" + (f" lists no {option}" if option else " fails")
+        pytest.skip(f"waiting for {why or command}: {what}")

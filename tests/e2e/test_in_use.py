@@ -1,0 +1,60 @@
+"""A process holding /dev/vfio/N (like a VM) makes unbind refuse, promptly, without hanging.
+
+Without in-use detection the kernel's vfio-pci remove() blocks until the holder lets go, and a
+signal then leaves the writer in uninterruptible sleep: so the CLI runs as a separate process
+here, with a deadline, and the holder is killed before anything waits on it.
+"""
+
+import subprocess
+import sys
+import time
+
+import guest
+from guest import E1000E, SEL_E1000E
+
+DEADLINE = 60
+
+
+def test_unbind_refuses_while_a_process_holds_the_group(baseline):
+    guest.skip_unless_cli_has("unbind", "--force", why="in-use detection (later issue)")
+    guest.move_to_vfio(E1000E)
+    group = guest.group(E1000E)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", guest.HOLDER, E1000E, str(group)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    cli = None
+    try:
+        line = holder.stdout.readline()
+        assert line.startswith("holding"), f"holder could not open the device: {line!r}"
+        started = time.monotonic()
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "vfio_manager", "unbind", E1000E, *SEL_E1000E],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = cli.communicate(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            holder.kill()  # lets the kernel's remove() finish, so the CLI can end
+            out, err = cli.communicate(timeout=60)
+            raise AssertionError(f"unbind hung for {DEADLINE}s while the group was held") from None
+        took = time.monotonic() - started
+        assert cli.returncode == 1, f"exit {cli.returncode}\n{out}\n{err}"
+        assert guest.driver(E1000E) == "vfio-pci", "the held function must stay on vfio-pci"
+        assert guest.override(E1000E) == "vfio-pci"
+        text = out + err
+        assert str(holder.pid) in text or "in use" in text.lower(), text
+        assert took < DEADLINE
+    finally:
+        holder.kill()
+        holder.wait()
+        if cli is not None and cli.poll() is None:
+            cli.wait(timeout=60)
+
+    # once the holder is gone the same unbind works
+    r = guest.run_cli("unbind", E1000E, *SEL_E1000E)
+    assert r.exit_code == 0, r
+    assert guest.driver(E1000E) == "e1000e"

@@ -1,0 +1,85 @@
+"""Scripted CLI sequences with sysfs snapshots before and after each step.
+
+Each sequence is written as <out>/recorded/<name>.json (tools/e2e/run --record copies them
+to tests/fixtures/e2e-recorded/; docs/testing.md describes the format). The host suite
+replays them against the fake kernel: same argv, same exit code, same resulting sysfs.
+"""
+
+import json
+import os
+import platform
+
+import guest
+import pytest
+from guest import E1000, SEL_E1000, SEL_E1000E, SEL_EDU
+from sysfs_snapshot import snapshot
+
+FORMAT = 1
+NICS = ["--vendor", "0x8086", "--class", "0x020000"]
+
+# name: (setup argv lists, run but not recorded; recorded steps)
+SEQUENCES = {
+    "bind-all-e1000e": ([], [["bind-all", *SEL_E1000E]]),
+    "bind-all-e1000e-again": ([["bind-all", *SEL_E1000E]], [["bind-all", *SEL_E1000E]]),
+    "unbind-all-e1000e": ([["bind-all", *SEL_E1000E]], [["unbind-all", *SEL_E1000E]]),
+    "bind-e1000-alone-refused": ([], [["bind", E1000, *SEL_E1000]]),
+    "bind-all-edu": ([], [["bind-all", *SEL_EDU], ["unbind-all", *SEL_EDU]]),
+    "status-json": (
+        [["bind-all", *SEL_E1000E]],
+        [["status", "--json", *NICS], ["status", "--json", *SEL_EDU]],
+    ),
+}
+OFF_SEQUENCES = {
+    "iommu-off-bind-all-e1000e": (
+        [],
+        [["status", "--json", *SEL_E1000E], ["bind-all", *SEL_E1000E]],
+    ),
+}
+
+
+def _record(name, setup, steps, out_dir):
+    for argv in setup:
+        r = guest.run_cli(*argv)
+        assert r.exception is None or isinstance(r.exception, SystemExit), r
+    record = {
+        "format": FORMAT,
+        "sequence": name,
+        "kernel": platform.release(),
+        "before": snapshot(),
+        "steps": [],
+    }
+    for argv in steps:
+        r = guest.run_cli(*argv)
+        assert r.exception is None or isinstance(r.exception, SystemExit), r
+        record["steps"].append(
+            {
+                "argv": argv,
+                "exit_code": r.exit_code,
+                "stdout": r.stdout,
+                "writes": r.writes,
+                "after": snapshot(),
+            }
+        )
+    for bdf in guest.SHARES:
+        assert guest.driver(bdf) == "virtio-pci"
+    if out_dir:
+        os.makedirs(f"{out_dir}/recorded", exist_ok=True)
+        with open(f"{out_dir}/recorded/{name}.json", "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+            f.write("\n")
+    return record
+
+
+@pytest.mark.parametrize("name", list(SEQUENCES))
+def test_record(name, baseline, out_dir):
+    setup, steps = SEQUENCES[name]
+    record = _record(name, setup, steps, out_dir)
+    print(name, [(s["argv"][0], s["exit_code"], len(s["writes"])) for s in record["steps"]])
+
+
+@pytest.mark.iommu_off
+@pytest.mark.parametrize("name", list(OFF_SEQUENCES))
+def test_record_iommu_off(name, baseline, out_dir):
+    setup, steps = OFF_SEQUENCES[name]
+    record = _record(name, setup, steps, out_dir)
+    print(name, [(s["argv"][0], s["exit_code"], len(s["writes"])) for s in record["steps"]])
