@@ -14,15 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import structlog
-
 from vfio_manager.address import PciAddress
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
 from vfio_manager.kernel import Kernel
+from vfio_manager.logsetup import get_logger
 from vfio_manager.plan import Action, Direction, FunctionPlan, Plan, Step
 from vfio_manager.viability import is_vfio_driver
 
-log = structlog.get_logger("vfio_manager.engine")
+log = get_logger("vfio_manager.engine")
 
 DEFAULT_NODE_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.05

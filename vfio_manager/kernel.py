@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import structlog
-
 from vfio_manager.address import PciAddress
+from vfio_manager.logsetup import get_logger
 from vfio_manager.sysfs import Sysfs
 
-log = structlog.get_logger("vfio_manager.kernel")
+log = get_logger("vfio_manager.kernel")
 
 
 class Kernel:
