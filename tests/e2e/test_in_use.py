@@ -5,6 +5,7 @@ signal then leaves the writer in uninterruptible sleep: so the CLI runs as a sep
 here, with a deadline, and the holder is killed before anything waits on it.
 """
 
+import os
 import subprocess
 import sys
 import time
@@ -58,3 +59,51 @@ def test_unbind_refuses_while_a_process_holds_the_group(baseline):
     r = guest.run_cli("unbind", E1000E, *SEL_E1000E)
     assert r.exit_code == 0, r
     assert guest.driver(E1000E) == "e1000e"
+
+
+def _start_holder(bdf):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", guest.HOLDER, bdf, str(guest.group(bdf))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = holder.stdout.readline()
+    assert line.startswith("holding"), f"holder could not open the device: {line!r}"
+    return holder
+
+
+def test_kernel_blocks_unbind_while_the_group_is_held(baseline):
+    """The kernel fact behind in-use detection: the unbind write waits for the holder.
+
+    Also proves the holder works (its fds show in /proc/PID/fd, where a tool can find them).
+    """
+    guest.move_to_vfio(E1000E)
+    group = guest.group(E1000E)
+    holder = _start_holder(E1000E)
+    writer = None
+    try:
+        fds = {
+            os.readlink(f"/proc/{holder.pid}/fd/{fd}")
+            for fd in os.listdir(f"/proc/{holder.pid}/fd")
+        }
+        assert f"/dev/vfio/{group}" in fds
+        assert "/dev/vfio/vfio" in fds
+        assert any(fd.startswith("anon_inode:[vfio-device]") for fd in fds), fds
+        writer = subprocess.Popen(
+            ["sh", "-c", f"echo {E1000E} > /sys/bus/pci/drivers/vfio-pci/unbind"]
+        )
+        time.sleep(3)
+        assert writer.poll() is None, "unbind returned although a process held the device"
+        # the driver core removes the driver link BEFORE calling vfio-pci's remove(): while
+        # the unbind is blocked, sysfs already says "no driver" although vfio still has it
+        assert guest.driver(E1000E) is None
+        # ... while the group node and the vfio-dev entry are still there
+        assert os.path.exists(f"/dev/vfio/{group}")
+        assert os.path.exists(f"{guest.PCI}/{E1000E}/vfio-dev")
+    finally:
+        holder.kill()
+        holder.wait()
+        if writer is not None:
+            writer.wait(timeout=60)
+    assert writer.returncode == 0
+    assert guest.driver(E1000E) is None  # unbound; override still vfio-pci: the fixture restores
