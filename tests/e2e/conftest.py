@@ -105,6 +105,10 @@ def _clean_guest(baseline: dict[str, Optional[str]]) -> Iterator[None]:
     for bdf in guest.SHARES:
         assert guest.driver(bdf) == "virtio-pci", f"share function {bdf} lost its driver"
     guest.restore(baseline)
+    now = guest.state(list(baseline))
+    assert now == {b: (d, None) for b, d in baseline.items()}, (
+        f"could not restore the boot state: {now}"
+    )
 
 
 @pytest.fixture(scope="session")
