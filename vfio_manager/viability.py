@@ -60,7 +60,12 @@ def group_blockers(
 
 
 def group_viable(topology: Topology, function: PciFunction) -> Optional[bool]:
-    """Viability as a VM would see it now; ``None`` when the function has no IOMMU group."""
+    """Whether the group imposes no obstacle: every *other* member leaves DMA to its user.
+
+    The function's own driver is left out on purpose: the question an admin asks of an NPU
+    still on its native driver is "would binding it give a usable group?". ``None`` when the
+    function has no IOMMU group.
+    """
     if function.iommu_group is None:
         return None
-    return all(is_dma_safe(m.driver) for m in topology.group_members(function))
+    return not group_blockers(topology, function)

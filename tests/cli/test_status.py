@@ -1,0 +1,92 @@
+"""`vfio-manager status`: read-only, calm when there is nothing, exact when there is."""
+
+from __future__ import annotations
+
+from tests.cli.conftest import RunCli, invoke
+from tests.harness import FakeKernel
+from tests.harness.topologies import npu_node
+
+
+def test_no_rebellions_function_is_said_calmly(kernel: FakeKernel, run: RunCli) -> None:
+    kernel.add_driver("e1000e", module="e1000e", ids=[(0x8086, 0x10D3)])
+    kernel.add_function(
+        "0000:03:00.0",
+        vendor=0x8086,
+        device=0x10D3,
+        pci_class=0x020000,
+        driver="e1000e",
+        iommu_group=1,
+    )
+    result = run("status")
+    assert result.exit_code == 0
+    assert "no Rebellions NPU is present" in result.stdout
+    assert kernel.writes == []
+    as_json = run("status", "--json")
+    assert as_json.exit_code == 0
+    assert as_json.json()["devices"] == []
+
+
+def test_status_json_has_the_documented_fields(kernel: FakeKernel, run: RunCli) -> None:
+    bdfs = npu_node(kernel, count=2)
+    result = run("status", "--json")
+    assert result.exit_code == 0, result.stderr
+    devices = result.json()["devices"]
+    assert [d["bdf"] for d in devices] == bdfs
+    first = devices[0]
+    assert {
+        "bdf",
+        "vendor",
+        "device",
+        "class",
+        "product",
+        "driver",
+        "driver_override",
+        "iommu_group",
+        "group_viable",
+        "vfio_node",
+        "numa_node",
+    } <= set(first)
+    assert first["vendor"] == "0x1eff"
+    assert first["class"] == "0x120000"
+    assert first["product"] == "RBLN-CA22"
+    assert first["driver"] == "rebellions"
+    assert first["driver_override"] is None
+    assert isinstance(first["iommu_group"], int)
+    assert first["group_viable"] is True
+    assert first["vfio_node"] is None
+
+
+def test_status_table_lists_every_selected_function(kernel: FakeKernel, run: RunCli) -> None:
+    bdfs = npu_node(kernel, count=2)
+    result = run("status")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("BDF"))
+    assert header.split()[:4] == ["BDF", "PRODUCT", "ID", "DRIVER"]
+    for bdf in bdfs:
+        assert any(line.startswith(bdf) and "rebellions" in line for line in lines)
+    # nothing but the NPUs: the host NIC and disk controller are not selected
+    assert len([ln for ln in lines if ln.startswith("0000:")]) == len(bdfs)
+
+
+def test_status_check_reports_convergence(kernel: FakeKernel, run: RunCli) -> None:
+    npu_node(kernel, count=2)
+    assert run("status", "--check").exit_code == 1
+    assert run("bind-all").exit_code == 0
+    assert run("status", "--check").exit_code == 0
+
+
+def test_status_writes_nothing_and_logs_nothing_on_stdout(kernel: FakeKernel) -> None:
+    npu_node(kernel, count=1)
+    result = invoke(kernel, "-v", "status", "--json")
+    assert kernel.writes == []
+    assert result.stdout.lstrip().startswith("{")
+
+
+def test_status_selection_options(kernel: FakeKernel, run: RunCli) -> None:
+    npu_node(kernel, count=2)
+    result = run("status", "--json", "--device-id", "0x1250")
+    assert result.json()["devices"] == []
+    bad = run("status", "--vendor", "xyz")
+    assert bad.exit_code == 2
+    assert "not a valid vendor ID" in bad.stderr

@@ -1,0 +1,91 @@
+"""Engine behaviour that the CLI tests cannot reach cheaply: the shared wait deadline."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import FakeKernel
+from tests.harness.topologies import npu_node
+from vfio_manager.drivers import DriverResolver
+from vfio_manager.engine import Engine, Status
+from vfio_manager.hostfs import HostFiles
+from vfio_manager.inventory import read_topology
+from vfio_manager.kernel import Kernel
+from vfio_manager.plan import plan_to_vfio
+from vfio_manager.selection import Selector
+from vfio_manager.sysfs import Sysfs
+
+
+class FakeClock:
+    """Time that moves only when the engine sleeps: no real waiting in tests."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+
+def _bind_all(kernel: FakeKernel, clock: FakeClock, sysfs: Sysfs) -> list[Status]:
+    topology = read_topology(sysfs)
+    selector = Selector()
+    targets = [f for f in topology.functions.values() if selector.matches(f)]
+    resolver = DriverResolver.load(topology, HostFiles(kernel.host_root))
+    plan = plan_to_vfio(topology, targets, selector=selector, vfio_driver_for=resolver.vfio_driver)
+    engine = Engine(Kernel(sysfs), node_timeout=5.0, clock=clock, sleep=clock.sleep)
+    return [o.status for o in engine.apply(plan).outcomes]
+
+
+def test_nodes_are_awaited_side_by_side_under_one_deadline(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    npu_node(kernel, count=4)
+    sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
+    monkeypatch.setattr(sysfs, "vfio_node_exists", lambda _group: False)
+    clock = FakeClock()
+    statuses = _bind_all(kernel, clock, sysfs)
+    assert statuses == [Status.FAILED] * 4
+    # one deadline for all four, not four deadlines one after another
+    assert 5.0 <= clock.slept < 5.2
+
+
+def test_nodes_that_appear_end_the_wait_at_once(kernel: FakeKernel) -> None:
+    npu_node(kernel, count=2)
+    clock = FakeClock()
+    statuses = _bind_all(kernel, clock, Sysfs(kernel.sys_root, kernel.dev_root))
+    assert statuses == [Status.CHANGED] * 2
+    assert clock.slept == 0.0
+
+
+def test_missing_node_is_failure_but_not_rolled_back(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (bdf,) = npu_node(kernel, count=1)
+    sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
+    monkeypatch.setattr(sysfs, "vfio_node_exists", lambda _group: False)
+    assert _bind_all(kernel, FakeClock(), sysfs) == [Status.FAILED]
+    # the function reached its target state (vfio-pci with the override); only the node is late
+    assert kernel.driver_of(bdf) == "vfio-pci"
+    assert kernel.override_of(bdf) == "vfio-pci"
+
+
+def test_vfio_driver_missing_at_probe_fails_with_errno_and_restores(kernel: FakeKernel) -> None:
+    """The gate normally stops this; the engine must still leave no stale override."""
+    (bdf,) = npu_node(kernel, count=1, vfio_loaded=False)
+    sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
+    topology = read_topology(sysfs)
+    targets = [f for f in topology.functions.values() if Selector().matches(f)]
+    plan = plan_to_vfio(topology, targets, selector=Selector())
+    report = Engine(Kernel(sysfs), clock=FakeClock(), sleep=FakeClock().sleep).apply(plan)
+    (outcome,) = report.outcomes
+    assert outcome.status is Status.FAILED
+    assert "vfio-pci did not bind" in (outcome.reason or "")
+    assert outcome.restored_to is not None
+    assert outcome.restored_to.startswith("rebellions")
+    assert kernel.driver_of(bdf) == "rebellions"
+    assert kernel.override_of(bdf) is None
