@@ -201,3 +201,180 @@ class Sysfs:
 
     def write_bus_file(self, name: str, data: str) -> None:
         self.write(self.bus_file_path(name), data)
+
+    # -- holders, disks, interfaces (read-only; used by inuse.py and guard.py) ---------------
+    def device_realpath(self, address: PciAddress) -> str:
+        """The function's resolved /sys/devices/... path.
+
+        /proc/PID/maps and the /sys/class/{block,net} links name devices this way, not
+        through /sys/bus/pci/devices, so matching against them needs this form.
+        """
+        return os.path.realpath(self.device_dir(address))
+
+    def resource_files(self, address: PciAddress) -> list[str]:
+        """The function's BAR files (``resourceN``, ``resourceN_wc``): what user space mmaps."""
+        base = self.device_dir(address)
+        return [os.path.join(base, n) for n in self.list_dir(base) if _is_resource_file(n)]
+
+    def device_nodes_of(self, address: PciAddress) -> list[tuple[str, str]]:
+        """``(DEVNAME, "MAJ:MIN")`` of the device nodes drivers created for the function.
+
+        A driver's class device is a real directory with a ``dev`` file, directly under the
+        function's directory or one level down in a class-named one (``rebellions/rbln0``,
+        ``vfio-dev/vfio0``, ``drm/card0``). DEVNAME comes from its ``uevent``
+        (``DEVNAME=vfio/devices/vfio0``), else the directory's name. Symlinks (``driver``,
+        ``physfn``, ``virtfnN``, ``subsystem``) and child PCI functions (below a bridge) are
+        not entered, so another function's nodes never show up. Cost: two levels of
+        listings under one function directory.
+        """
+        base = self.device_dir(address)
+        found: list[tuple[str, str]] = []
+        for name in self.list_dir(base):
+            child = os.path.join(base, name)
+            if name in _NOT_CLASS_DIRS or PciAddress.from_sysfs_name(name) is not None:
+                continue
+            if not _is_real_dir(child):
+                continue
+            candidates = [child]
+            candidates += [
+                os.path.join(child, sub)
+                for sub in self.list_dir(child)
+                if _is_real_dir(os.path.join(child, sub))
+            ]
+            for candidate in candidates:
+                numbers = self.read_text(os.path.join(candidate, "dev"))
+                if numbers is None or not _is_dev_numbers(numbers):
+                    continue
+                devname = self._uevent_devname(candidate) or os.path.basename(candidate)
+                found.append((devname, numbers.strip()))
+        return found
+
+    def _uevent_devname(self, class_device_dir: str) -> Optional[str]:
+        text = self.read_text(os.path.join(class_device_dir, "uevent")) or ""
+        for line in text.splitlines():
+            if line.startswith("DEVNAME="):
+                name = line[len("DEVNAME=") :].strip()
+                return name if _valid_devname(name) else None
+        return None
+
+    def dev_node_path(self, devname: str) -> str:
+        """Where a node (uevent DEVNAME, e.g. ``vfio/9``) is under our /dev (``--dev-root``)."""
+        if not _valid_devname(devname):
+            raise UsageError(f"{devname!r} is not a device node name")
+        return os.path.join(self.dev_root, devname)
+
+    @staticmethod
+    def canonical_dev_path(devname: str) -> str:
+        """The node as processes on the host name it (``/dev/DEVNAME``), to match their fds."""
+        if not _valid_devname(devname):
+            raise UsageError(f"{devname!r} is not a device node name")
+        return os.path.join(DEFAULT_DEV_ROOT, devname)
+
+    def canonical_sys_path(self, path: str) -> str:
+        """``path`` under our sysfs root, named as the host names it (``/sys/...``).
+
+        With ``--sysfs-root /host/sys`` another process's mapping of a BAR file still reads
+        ``/sys/devices/...`` in its /proc/PID/maps; this gives the name to look for.
+        """
+        root = self.root.rstrip("/")
+        if root and path.startswith(root + "/"):
+            return DEFAULT_SYSFS_ROOT + path[len(root) :]
+        return path
+
+    def vfio_group_dev_numbers(self, group: int) -> Optional[str]:
+        """``MAJ:MIN`` of /dev/vfio/N (``/sys/class/vfio/N/dev``); ``None`` when absent."""
+        numbers = self.read_text(os.path.join(self.class_dir("vfio"), str(int(group)), "dev"))
+        return numbers.strip() if numbers is not None and _is_dev_numbers(numbers) else None
+
+    def resolve_dev_name(self, path: str) -> Optional[str]:
+        """Kernel name of a /dev path as mount tables show it, through our /dev root.
+
+        ``/dev/vda1`` -> ``vda1``; ``/dev/disk/by-uuid/X`` or ``/dev/mapper/root`` (udev
+        symlinks) -> the name they resolve to (``vda1``, ``dm-0``). ``None`` for anything not
+        under /dev or resolving outside it.
+        """
+        prefix = DEFAULT_DEV_ROOT + "/"
+        if not path.startswith(prefix) or not _valid_devname(path[len(prefix) :]):
+            return None
+        real = os.path.realpath(os.path.join(self.dev_root, path[len(prefix) :]))
+        root = os.path.realpath(self.dev_root)
+        if not real.startswith(root.rstrip("/") + "/"):
+            return None
+        return os.path.basename(real)
+
+    def block_devices(self) -> list[str]:
+        """Every disk and partition (``/sys/class/block``: vda, vda1, nvme0n1, dm-0, md0)."""
+        return self.list_dir(self.class_dir("block"))
+
+    def block_realpath(self, name: str) -> str:
+        """Resolved path of a block device: under its PCI function's /sys/devices path."""
+        return os.path.realpath(os.path.join(self.class_dir("block"), _valid_name(name, "disk")))
+
+    def block_dev_numbers(self, name: str) -> Optional[str]:
+        numbers = self.read_text(
+            os.path.join(self.class_dir("block"), _valid_name(name, "disk"), "dev")
+        )
+        return numbers.strip() if numbers is not None and _is_dev_numbers(numbers) else None
+
+    def block_holders(self, name: str) -> list[str]:
+        """Devices stacked on this one (dm-0 on vda2, md0 on nvme0n1p1)."""
+        return self.list_dir(
+            os.path.join(self.class_dir("block"), _valid_name(name, "disk"), "holders")
+        )
+
+    def block_slaves(self, name: str) -> list[str]:
+        """Devices this one is stacked on (the reverse of :meth:`block_holders`)."""
+        return self.list_dir(
+            os.path.join(self.class_dir("block"), _valid_name(name, "disk"), "slaves")
+        )
+
+    def block_dm_name(self, name: str) -> Optional[str]:
+        """Device-mapper name (``/dev/mapper/NAME``) of a dm-N device; ``None`` otherwise."""
+        return self.read_text(
+            os.path.join(self.class_dir("block"), _valid_name(name, "disk"), "dm", "name")
+        )
+
+    def net_interfaces(self) -> list[str]:
+        return self.list_dir(self.class_dir("net"))
+
+    def net_realpath(self, iface: str) -> str:
+        """Resolved path of an interface; physical ones lie under their PCI function."""
+        return os.path.realpath(
+            os.path.join(self.class_dir("net"), _valid_name(iface, "interface"))
+        )
+
+    def net_uppers(self, iface: str) -> list[str]:
+        """Interfaces stacked on this one: its ``master`` (bridge, bond) and ``upper_*`` (VLAN)."""
+        base = os.path.join(self.class_dir("net"), _valid_name(iface, "interface"))
+        uppers = [n[len("upper_") :] for n in self.list_dir(base) if n.startswith("upper_")]
+        master = self.link_name(os.path.join(base, "master"))
+        if master is not None and master not in uppers:
+            uppers.append(master)
+        return uppers
+
+
+# Entries of a function's directory that are never class devices (skipped by device_nodes_of).
+_NOT_CLASS_DIRS = frozenset({"power", "msi_irqs", "driver", "subsystem", "firmware_node"})
+
+
+def _is_resource_file(name: str) -> bool:
+    if not name.startswith("resource"):
+        return False
+    index = name[len("resource") :]
+    index = index[: -len("_wc")] if index.endswith("_wc") else index
+    return index.isdecimal()
+
+
+def _is_real_dir(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def _is_dev_numbers(text: str) -> bool:
+    major, sep, minor = text.strip().partition(":")
+    return bool(sep) and major.isdecimal() and minor.isdecimal()
+
+
+def _valid_devname(name: str) -> bool:
+    """A relative node name with no empty, ``.`` or ``..`` component (no escape from /dev)."""
+    parts = name.split("/")
+    return bool(name) and "\0" not in name and all(p not in {"", ".", ".."} for p in parts)

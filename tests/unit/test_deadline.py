@@ -1,0 +1,254 @@
+"""Deadlines and retries without real waiting: hangs are Events, time is a fake clock."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from vfio_manager.deadline import (
+    DeadlineExceededError,
+    bounded_write,
+    is_transient,
+    pending_writes,
+    retry_transient,
+    run_with_deadline,
+)
+from vfio_manager.errors import SysfsWriteError, VfioManagerError
+
+EVENT_WAIT = 5.0  # upper bound for event waits; never reached when the code is right
+TINY = 0.02  # the only real wait: a deadline that is meant to expire
+
+
+def kernel_error(code: int) -> SysfsWriteError:
+    return SysfsWriteError.from_os_error(
+        OSError(code, "x"), path="/sys/bus/pci/drivers/vfio-pci/bind", data="0000:03:00.0"
+    )
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class Flaky:
+    """Fails with the given errnos in turn, then returns ``"ok"``."""
+
+    def __init__(self, *codes: int) -> None:
+        self.codes = list(codes)
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.codes:
+            raise kernel_error(self.codes.pop(0))
+        return "ok"
+
+
+# -- run_with_deadline ------------------------------------------------------------------------
+
+
+def test_returns_the_result() -> None:
+    assert run_with_deadline(lambda: 42, timeout=EVENT_WAIT, what="probe") == 42
+
+
+def test_runs_off_the_calling_thread() -> None:
+    seen: list[threading.Thread] = []
+
+    def fn() -> None:
+        seen.append(threading.current_thread())
+
+    run_with_deadline(fn, timeout=EVENT_WAIT, what="probe")
+    assert seen[0] is not threading.current_thread()
+    assert seen[0].daemon
+
+
+def test_exceptions_propagate_unchanged() -> None:
+    err = kernel_error(errno.EINVAL)
+
+    def fn() -> None:
+        raise err
+
+    with pytest.raises(SysfsWriteError) as caught:
+        run_with_deadline(fn, timeout=EVENT_WAIT, what="bind")
+    assert caught.value is err
+
+
+def test_a_hung_write_is_abandoned_not_awaited() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+
+    def hang() -> None:
+        started.set()
+        release.wait(EVENT_WAIT)
+        finished.set()
+
+    what = "unbind 0000:03:00.0 from vfio-pci"
+    with pytest.raises(DeadlineExceededError) as caught:
+        run_with_deadline(hang, timeout=TINY, what=what, bdf="0000:03:00.0", step="unbind")
+    err = caught.value
+    assert isinstance(err, VfioManagerError)
+    assert started.is_set()
+    assert not finished.is_set(), "raised while the write is still blocked"
+    assert (err.bdf, err.step) == ("0000:03:00.0", "unbind")
+    assert what in err.message
+    assert err.remedy is not None
+    assert what in pending_writes()
+    stuck = [t for t in threading.enumerate() if t.name.endswith(what)]
+    assert len(stuck) == 1
+    assert stuck[0].daemon, "a daemon thread: the interpreter exits without it"
+
+    release.set()  # the holder lets go: the write returns and leaves the registry
+    stuck[0].join(EVENT_WAIT)
+    assert finished.is_set()
+    assert what not in pending_writes()
+
+
+def test_zero_timeout_still_returns_a_fast_result_or_raises() -> None:
+    gate = threading.Event()
+    with pytest.raises(DeadlineExceededError):
+        run_with_deadline(lambda: gate.wait(EVENT_WAIT), timeout=0, what="hang")
+    gate.set()
+
+
+def test_process_exits_despite_a_stuck_write() -> None:
+    """The real thing: a child process whose write never returns still exits promptly."""
+    code = (
+        "import threading, sys\n"
+        "from vfio_manager.deadline import run_with_deadline, DeadlineExceededError\n"
+        "try:\n"
+        "    run_with_deadline(threading.Event().wait, timeout=0.01, what='unbind')\n"
+        "except DeadlineExceededError:\n"
+        "    sys.exit(7)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], timeout=60, check=False, capture_output=True
+    )
+    assert result.returncode == 7, result.stderr
+
+
+# -- retry_transient --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [errno.EBUSY, errno.EAGAIN, errno.ENODEV])
+def test_transient_errnos_are_retried_with_backoff(code: int) -> None:
+    clock = FakeClock()
+    fn = Flaky(code, code, code)
+    assert retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep) == "ok"
+    assert fn.calls == 4
+    assert clock.sleeps == [0.05, 0.1, 0.2]
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EACCES, errno.EROFS, errno.EIO])
+def test_other_errnos_are_not_retried(code: int) -> None:
+    clock = FakeClock()
+    fn = Flaky(code)
+    with pytest.raises(SysfsWriteError) as caught:
+        retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep)
+    assert caught.value.errno == code
+    assert fn.calls == 1
+    assert clock.sleeps == []
+
+
+def test_other_exceptions_are_not_retried() -> None:
+    clock = FakeClock()
+    calls = 0
+
+    def fn() -> None:
+        nonlocal calls
+        calls += 1
+        raise DeadlineExceededError("unbind hung")
+
+    with pytest.raises(DeadlineExceededError):
+        retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep)
+    assert calls == 1
+
+
+def test_retries_stop_inside_the_deadline_with_the_kernels_error() -> None:
+    clock = FakeClock()
+    start = clock()
+    fn = Flaky(*([errno.EBUSY] * 100))
+    with pytest.raises(SysfsWriteError) as caught:
+        retry_transient(fn, deadline_at=start + 2.0, clock=clock, sleep=clock.sleep)
+    assert caught.value.errno == errno.EBUSY
+    assert clock.now <= start + 2.0, "never waits past the deadline"
+    assert clock.sleeps == [0.05, 0.1, 0.2, 0.4, 0.8]
+    assert fn.calls == 6
+    assert max(clock.sleeps) <= 1.0
+
+
+def test_backoff_is_capped() -> None:
+    clock = FakeClock()
+    fn = Flaky(*([errno.EAGAIN] * 100))
+    with pytest.raises(SysfsWriteError):
+        retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep)
+    assert max(clock.sleeps) == 1.0
+    assert clock.now <= 100.0 + 10
+
+
+def test_past_deadline_means_one_attempt() -> None:
+    clock = FakeClock()
+    fn = Flaky(errno.EBUSY)
+    with pytest.raises(SysfsWriteError):
+        retry_transient(fn, deadline_at=clock() - 1, clock=clock, sleep=clock.sleep)
+    assert fn.calls == 1
+
+
+def test_is_transient() -> None:
+    assert is_transient(kernel_error(errno.EBUSY))
+    assert not is_transient(kernel_error(errno.EINVAL))
+    assert not is_transient(OSError(errno.EBUSY, "not a SysfsWriteError"))
+
+
+def test_bounded_write_retries_then_succeeds() -> None:
+    clock = FakeClock()
+    fn = Flaky(errno.ENODEV)
+    result = bounded_write(
+        fn, deadline_at=clock() + EVENT_WAIT, what="bind", clock=clock, sleep=clock.sleep
+    )
+    assert result == "ok"
+    assert fn.calls == 2
+
+
+def test_bounded_write_does_not_retry_a_hang() -> None:
+    clock = FakeClock()
+    release = threading.Event()
+    calls = 0
+
+    def hang() -> None:
+        nonlocal calls
+        calls += 1
+        release.wait(EVENT_WAIT)
+
+    with pytest.raises(DeadlineExceededError):
+        bounded_write(
+            hang, deadline_at=clock() + TINY, what="unbind", clock=clock, sleep=clock.sleep
+        )
+    release.set()
+    assert calls == 1
+    assert clock.sleeps == []
+
+
+def test_tenacity_is_not_imported_until_needed() -> None:
+    code = (
+        "import sys, vfio_manager.deadline\n"
+        "assert 'tenacity' not in sys.modules\n"
+        "vfio_manager.deadline.retry_transient(lambda: 1, deadline_at=0.0)\n"
+        "assert 'tenacity' in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], timeout=60, check=False, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,331 @@
+"""Journal records on real files under tmp_path (atomic replace and fsync need a real fs)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vfio_manager.address import PciAddress
+from vfio_manager.errors import UsageError
+from vfio_manager.journal import ORIGIN, TRANSITION, Journal, JournalEntry, JournalError
+from vfio_manager.lock import UnsafeStateDirError
+from vfio_manager.model import PciFunction
+from vfio_manager.plan import Direction
+
+BDF = "0000:03:00.0"
+NPU = 0x1220
+NOW = "2025-01-01T00:00:00+00:00"
+
+
+def npu(
+    bdf: str = BDF,
+    *,
+    driver: Optional[str] = "rebellions",
+    override: Optional[str] = None,
+    device: int = NPU,
+) -> PciFunction:
+    return PciFunction(
+        address=PciAddress.parse(bdf),
+        vendor=0x1EFF,
+        device=device,
+        pci_class=0x120000,
+        driver=driver,
+        driver_override=override,
+    )
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "run" / "vfio-manager"
+
+
+@pytest.fixture
+def journal(state: Path) -> Journal:
+    return Journal(str(state), now=lambda: NOW)
+
+
+def files(state: Path) -> list[str]:
+    return sorted(p.name for p in state.iterdir())
+
+
+def test_bind_records_transition_and_origin(journal: Journal, state: Path) -> None:
+    entry = journal.record_start(npu(), Direction.TO_VFIO)
+    assert entry.original_driver == "rebellions"
+    assert entry.origin_created
+    assert files(state) == [f"journal-{BDF}.json", f"origin-{BDF}.json"]
+    assert stat.S_IMODE(os.stat(state / f"journal-{BDF}.json").st_mode) == 0o600
+    data = json.loads((state / f"journal-{BDF}.json").read_text())
+    assert data["bdf"] == BDF
+    assert data["vendor_device"] == "1eff:1220"
+    assert data["original_driver"] == "rebellions"
+    assert data["original_override"] is None
+    assert data["direction"] == "vfio"
+    assert data["started_at"] == NOW
+    assert data["pid"] == os.getpid()
+
+    journal.mark_step(BDF, "set-override")
+    journal.mark_step(BDF, "unbind")
+    (pending,) = journal.pending()
+    assert pending.steps_done == ("set-override", "unbind")
+    assert pending.direction is Direction.TO_VFIO
+    assert not pending.corrupt
+
+    journal.complete(BDF)
+    assert journal.pending() == []
+    origin = journal.original(BDF)
+    assert origin is not None
+    assert origin.record == ORIGIN
+    assert (origin.original_driver, origin.original_override) == ("rebellions", None)
+    assert files(state) == [f"origin-{BDF}.json"]
+
+
+def test_return_to_host_drops_the_origin(journal: Journal, state: Path) -> None:
+    journal.record_start(npu(), Direction.TO_VFIO)
+    journal.complete(BDF)
+    on_vfio = npu(driver="vfio-pci", override="vfio-pci")
+    entry = journal.record_start(on_vfio, Direction.TO_HOST)
+    assert not entry.origin_created
+    origin = journal.original(BDF)
+    assert origin is not None
+    assert origin.original_driver == "rebellions", "the origin survives the way back"
+    journal.complete(BDF)
+    assert journal.original(BDF) is None
+    assert files(state) == []
+
+
+def test_second_bind_keeps_the_first_origin(journal: Journal) -> None:
+    """A function already in vfio mode (driver or override) does not overwrite its origin."""
+    journal.record_start(npu(driver="nvme"), Direction.TO_VFIO)
+    journal.complete(BDF)
+    for driver, override in (("vfio-pci", "vfio-pci"), (None, "vfio-pci"), ("vfio-pci", None)):
+        journal.record_start(npu(driver=driver, override=override), Direction.TO_VFIO)
+        journal.complete(BDF)
+        origin = journal.original(BDF)
+        assert origin is not None
+        assert origin.original_driver == "nvme"
+
+
+def test_abort_of_a_bind_drops_the_origin_it_created(journal: Journal, state: Path) -> None:
+    journal.record_start(npu(), Direction.TO_VFIO)
+    journal.mark_step(BDF, "set-override")
+    journal.abort(BDF)
+    assert files(state) == []
+
+
+def test_abort_of_a_return_keeps_the_origin(journal: Journal) -> None:
+    journal.record_start(npu(), Direction.TO_VFIO)
+    journal.complete(BDF)
+    journal.record_start(npu(driver="vfio-pci", override="vfio-pci"), Direction.TO_HOST)
+    journal.abort(BDF)
+    origin = journal.original(BDF)
+    assert origin is not None
+    assert origin.original_driver == "rebellions"
+    assert journal.pending() == []
+
+
+def test_unrecovered_transition_keeps_the_first_originals(journal: Journal) -> None:
+    """A crash after the unbind: the function is driverless now, but the record knows better."""
+    journal.record_start(npu(), Direction.TO_VFIO)
+    journal.mark_step(BDF, "set-override")
+    journal.mark_step(BDF, "unbind")
+    entry = journal.record_start(npu(driver=None, override="vfio-pci"), Direction.TO_VFIO)
+    assert entry.original_driver == "rebellions"
+    assert entry.steps_done == ()
+    origin = journal.original(BDF)
+    assert origin is not None
+    assert origin.original_driver == "rebellions"
+
+
+def test_original_ignores_a_record_for_another_device(journal: Journal, state: Path) -> None:
+    journal.record_start(npu(), Direction.TO_VFIO)
+    journal.complete(BDF)
+    assert journal.original(BDF, vendor_device="1eff:1220") is not None
+    assert journal.original(BDF, vendor_device="1EFF:1221") is None
+    assert files(state) == [], "a stale origin is removed, not trusted later"
+
+
+def test_records_are_per_function(journal: Journal) -> None:
+    other = "0000:04:00.0"
+    journal.record_start(npu(), Direction.TO_VFIO)
+    journal.record_start(npu(other, driver=None), Direction.TO_VFIO)
+    journal.complete(BDF)
+    assert [e.bdf for e in journal.pending()] == [other]
+    origin = journal.original(other)
+    assert origin is not None
+    assert origin.original_driver is None
+
+
+def test_mark_step_without_start_is_an_error(journal: Journal) -> None:
+    with pytest.raises(JournalError):
+        journal.mark_step(BDF, "unbind")
+
+
+def test_bad_bdf_never_becomes_a_path(journal: Journal, state: Path) -> None:
+    for bad in ("../../etc/passwd", "0000:03:00.8", "", "x"):
+        with pytest.raises(UsageError):
+            journal.mark_step(bad, "unbind")
+    assert not state.exists() or files(state) == []
+
+
+def test_short_bdf_is_filed_canonically(journal: Journal, state: Path) -> None:
+    journal.record_start(npu("03:00.0"), Direction.TO_VFIO)
+    journal.mark_step("03:00.0", "unbind")
+    assert f"journal-{BDF}.json" in files(state)
+    entry = journal.transition(BDF)
+    assert entry is not None
+    assert entry.steps_done == ("unbind",)
+
+
+# -- corrupt records ----------------------------------------------------------------------
+
+
+GARBAGE = [
+    b"",
+    b"{",
+    b"\xff\xfe\x00garbage",
+    b"[]",
+    b"null",
+    b'{"version": 1}',
+    b'{"version": 2, "record": "transition", "bdf": "0000:03:00.0", "direction": "vfio"}',
+    b'{"version": 1, "record": "transition", "bdf": "0000:03:00.1", "direction": "vfio"}',
+    b'{"version": 1, "record": "transition", "bdf": "0000:03:00.0", "direction": "sideways"}',
+    b'{"version": 1, "record": "transition", "bdf": "0000:03:00.0", "direction": "vfio",'
+    b' "steps_done": "unbind"}',
+    b'{"version": 1, "record": "transition", "bdf": "0000:03:00.0", "direction": "vfio",'
+    b' "original_driver": "../../bin"}',
+    b'{"version": 1, "record": "transition", "bdf": "0000:03:00.0", "direction": "vfio",'
+    b' "pid": true}',
+    b"[" * 100_000,
+]
+
+
+@pytest.mark.parametrize("content", GARBAGE, ids=range(len(GARBAGE)))
+def test_corrupt_transition_is_reported_and_quarantined(
+    journal: Journal, state: Path, content: bytes
+) -> None:
+    state.mkdir(parents=True, mode=0o700)
+    (state / f"journal-{BDF}.json").write_bytes(content)
+    (entry,) = journal.pending()
+    assert entry.corrupt
+    assert entry.bdf == BDF
+    assert entry.problem
+    assert entry.quarantined_as == str(state / f"journal-{BDF}.json.corrupt")
+    assert files(state) == [f"journal-{BDF}.json.corrupt"]
+    assert (state / f"journal-{BDF}.json.corrupt").read_bytes() == content
+    assert journal.pending() == []
+    # and the function can be journalled again
+    journal.record_start(npu(), Direction.TO_VFIO)
+    assert [e.bdf for e in journal.pending()] == [BDF]
+
+
+def test_repeated_corruption_keeps_every_copy(journal: Journal, state: Path) -> None:
+    state.mkdir(parents=True, mode=0o700)
+    for n in range(3):
+        (state / f"journal-{BDF}.json").write_text(f"garbage {n}")
+        (entry,) = journal.pending()
+        assert entry.corrupt
+    assert files(state) == [
+        f"journal-{BDF}.json.1.corrupt",
+        f"journal-{BDF}.json.2.corrupt",
+        f"journal-{BDF}.json.corrupt",
+    ]
+
+
+def test_corrupt_origin_reads_as_unknown(journal: Journal, state: Path) -> None:
+    state.mkdir(parents=True, mode=0o700)
+    (state / f"origin-{BDF}.json").write_text("{not json")
+    assert journal.original(BDF) is None
+    assert files(state) == [f"origin-{BDF}.json.corrupt"]
+
+
+def test_symlinked_record_is_quarantined_not_followed(journal: Journal, state: Path) -> None:
+    state.mkdir(parents=True, mode=0o700)
+    target = state.parent / "elsewhere.json"
+    good = JournalEntry(bdf=BDF, record=TRANSITION, direction=Direction.TO_VFIO)
+    target.write_text(json.dumps(good.to_json()))
+    (state / f"journal-{BDF}.json").symlink_to(target)
+    (entry,) = journal.pending()
+    assert entry.corrupt
+    assert entry.problem is not None
+    assert "symlink" in entry.problem
+    assert target.exists()
+    assert os.path.islink(state / f"journal-{BDF}.json.corrupt")
+
+
+def test_writing_through_a_symlinked_record_replaces_the_link(
+    journal: Journal, state: Path
+) -> None:
+    """os.replace swaps the name: a planted link is replaced, its target never written."""
+    state.mkdir(parents=True, mode=0o700)
+    victim = state.parent / "victim"
+    victim.write_text("precious")
+    (state / f"journal-{BDF}.json").symlink_to(victim)
+    journal.record_start(npu(), Direction.TO_VFIO)
+    assert victim.read_text() == "precious"
+    assert not os.path.islink(state / f"journal-{BDF}.json")
+
+
+def test_badly_named_record_is_quarantined(journal: Journal, state: Path) -> None:
+    state.mkdir(parents=True, mode=0o700)
+    (state / "journal-03:00.0.json").write_text("{}")
+    (state / "journal-zz.json").write_text("{}")
+    entries = journal.pending()
+    assert [e.corrupt for e in entries] == [True, True]
+    assert all(e.bdf is None for e in entries)
+    assert sorted(files(state)) == ["journal-03:00.0.json.corrupt", "journal-zz.json.corrupt"]
+
+
+def test_pending_removes_stale_temporary_files(journal: Journal, state: Path) -> None:
+    state.mkdir(parents=True, mode=0o700)
+    (state / f".tmp-journal-{BDF}.json.1.abcd").write_text('{"half')
+    (state / "lock").write_text("")
+    assert journal.pending() == []
+    assert files(state) == ["lock"]
+
+
+def test_unsafe_state_dir_is_refused(state: Path) -> None:
+    state.mkdir(parents=True)
+    state.chmod(0o777)
+    with pytest.raises(UnsafeStateDirError):
+        Journal(str(state)).record_start(npu(), Direction.TO_VFIO)
+
+
+def test_write_failure_is_a_journal_error(
+    journal: Journal, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state.mkdir(parents=True, mode=0o700)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(JournalError) as caught:
+        journal.record_start(npu(), Direction.TO_VFIO)
+    assert caught.value.remedy is not None
+    assert caught.value.bdf == BDF
+    assert caught.value.errno == errno.ENOSPC
+    assert files(state) == [], "no record, and the temporary file was cleaned up"
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=512) | st.text(max_size=512).map(str.encode))
+def test_fuzzed_records_never_raise(tmp_path: Path, content: bytes) -> None:
+    state = tmp_path / "fuzz"
+    state.mkdir(mode=0o700, exist_ok=True)
+    for name in os.listdir(state):
+        os.unlink(state / name)
+    (state / f"journal-{BDF}.json").write_bytes(content)
+    (state / f"origin-{BDF}.json").write_bytes(content)
+    journal = Journal(str(state))
+    (entry,) = journal.pending()
+    assert entry.bdf == BDF
+    assert entry.corrupt != (state / f"journal-{BDF}.json").exists()
+    journal.original(BDF)

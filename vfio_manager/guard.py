@@ -1,0 +1,397 @@
+"""Refuse to take away what the host itself runs on: its disks, its network, its console.
+
+A selector that is too wide (a vendor ID shared with a storage controller, ``--all`` on a
+mixed node, a typo in a BDF) must not detach the disk holding the root filesystem or the NIC
+carrying the node's address. :class:`SafetyGuard` says, per function, why it backs something
+the host needs; the engine refuses such a function unless ``--force``. An NPU is none of
+these, so for the functions this tool is for the guard is silent.
+
+What is checked, with pure reads (sysfs through :class:`~vfio_manager.sysfs.Sysfs`, procfs
+through ``proc_root``):
+
+Mounted filesystems and swap
+    Block devices whose resolved /sys path lies under the function's (``vda``, its
+    partitions ``vda1``), plus everything stacked on them (``holders/``, and devices whose
+    ``slaves/`` include them: dm-crypt, LVM, md), matched against the mount tables by
+    ``MAJ:MIN`` and by source name (``/dev/vda1``, ``/dev/mapper/root``, udev symlinks
+    resolved through our /dev). Mount tables: /proc/1/mountinfo (the host's, with hostPID)
+    and /proc/self/mountinfo (ours, which in a container still shows the host root mounted
+    at /host), else /proc/mounts. Active swap comes from /proc/swaps.
+
+Network interfaces with an address or a route
+    Interfaces whose resolved /sys path lies under the function, and the bridges, bonds and
+    VLANs stacked on them (``master``, ``upper_*``). IPv6 addresses come from
+    /proc/net/if_inet6 (link-local and host scope ignored: every interface that is up has
+    one) and routes from /proc/net/ipv6_route (link-local and multicast prefixes ignored).
+    IPv4 routes come from /proc/net/route (main table, by interface). procfs has no table
+    of IPv4 addresses by interface, so local addresses are read from /proc/net/fib_trie
+    (``/32 host LOCAL`` leaves) and each is given to the interface whose connected route
+    (no gateway) contains it, longest prefix first. An address without such a route
+    (``noprefixroute``) cannot be placed; such an interface nearly always carries some
+    other route, which is reported.
+
+The boot console
+    ``boot_vga`` reads ``1``: firmware and the kernel console draw on it.
+
+Everything is read once per guard (the first question) and reused for every function, so
+checking N functions costs one pass over /sys/class/{block,net} and the proc tables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+import structlog
+
+from vfio_manager.address import PciAddress
+from vfio_manager.sysfs import Sysfs
+
+log = structlog.get_logger("vfio_manager.guard")
+
+DEFAULT_PROC_ROOT = "/proc"
+_MAX_LISTED = 3
+_RTF_UP = 0x0001
+_RTF_GATEWAY = 0x0002
+_RTF_REJECT = 0x0200
+_IPV6_SCOPE_HOST = 0x10
+_IPV6_SCOPE_LINK = 0x20
+_LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
+_MULTICAST6 = ipaddress.IPv6Network("ff00::/8")
+
+
+@dataclass(frozen=True)
+class _Mount:
+    numbers: str
+    source: str
+    mountpoint: str
+    fstype: str
+
+
+@dataclass(frozen=True)
+class _Route4:
+    iface: str
+    network: ipaddress.IPv4Network
+    gateway: Optional[ipaddress.IPv4Address]
+
+    def describe(self) -> str:
+        dest = "default" if self.network.prefixlen == 0 else str(self.network)
+        return f"{dest} via {self.gateway}" if self.gateway is not None else dest
+
+
+def _unescape(text: str) -> str:
+    """Mount tables escape space, tab, newline and backslash as ``\\NNN`` (octal)."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        chunk = text[i + 1 : i + 4]
+        if text[i] == "\\" and len(chunk) == 3 and all(c in "01234567" for c in chunk):
+            out.append(chr(int(chunk, 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def _ipv4(hex_text: str) -> ipaddress.IPv4Address:
+    """/proc/net/route prints each address as the native-endian integer of its bytes."""
+    return ipaddress.IPv4Address(socket.inet_ntoa(struct.pack("=I", int(hex_text, 16))))
+
+
+class SafetyGuard:
+    """Why a function must not be taken from the host; an empty list means it may be.
+
+    Construct one per command (it snapshots the host's disks, interfaces and tables on the
+    first :meth:`reasons` call) and ask it about every selected function.
+    """
+
+    def __init__(self, sysfs: Sysfs, *, proc_root: str = DEFAULT_PROC_ROOT) -> None:
+        self.sysfs = sysfs
+        self.proc_root = proc_root.rstrip("/") or "/"
+        self._loaded = False
+        self._blocks: dict[str, str] = {}  # name -> resolved /sys path
+        self._mounts: list[_Mount] = []
+        self._swaps: list[str] = []
+        self._ifaces: dict[str, str] = {}  # name -> resolved /sys path
+        self._addrs: dict[str, list[str]] = {}
+        self._routes: dict[str, list[str]] = {}
+
+    # -- public ---------------------------------------------------------------------------
+    def reasons(self, address: PciAddress) -> list[str]:
+        """Human-readable reasons naming the disk, mount, interface or console at stake."""
+        self._load()
+        prefix = self.sysfs.device_realpath(address).rstrip("/") + "/"
+        reasons = self._storage_reasons(prefix)
+        reasons += self._network_reasons(prefix)
+        if self.sysfs.read_device_attr(address, "boot_vga") == "1":
+            reasons.append(
+                "it is the boot VGA device (boot_vga=1): the firmware and kernel console draw on it"
+            )
+        if reasons:
+            log.info("guard", bdf=str(address), outcome="protected", reasons=reasons)
+        return reasons
+
+    # -- storage --------------------------------------------------------------------------
+    def _storage_reasons(self, prefix: str) -> list[str]:
+        direct = {name for name, real in self._blocks.items() if real.startswith(prefix)}
+        if not direct:
+            return []
+        stacked = self._stacked_on(direct)
+        names = direct | set(stacked)
+        numbers = {n: self.sysfs.block_dev_numbers(n) for n in names}
+        by_numbers = {num: name for name, num in numbers.items() if num is not None}
+        dm_names = {self.sysfs.block_dm_name(n): n for n in names if n.startswith("dm-")}
+        dm_names.pop(None, None)
+
+        def device_of(numbers_field: str, source: str) -> Optional[str]:
+            if numbers_field in by_numbers:
+                return by_numbers[numbers_field]
+            resolved = self.sysfs.resolve_dev_name(source)
+            if resolved in names:
+                return resolved
+            if source.startswith("/dev/mapper/"):
+                return dm_names.get(source[len("/dev/mapper/") :])
+            return None
+
+        mounted: dict[str, list[_Mount]] = {}
+        for mount in self._mounts:
+            device = device_of(mount.numbers, mount.source)
+            if device is not None:
+                mounted.setdefault(device, []).append(mount)
+        reasons: list[str] = []
+        for device in sorted(mounted):
+            mounts = mounted[device]
+            points = _listed(sorted({m.mountpoint for m in mounts}))
+            fstypes = "/".join(sorted({m.fstype for m in mounts}))
+            reasons.append(
+                f"it backs the {fstypes} filesystem mounted at {points} "
+                f"(on {self._label(device, stacked)})"
+            )
+        for source in self._swaps:
+            device = device_of("", source)
+            if device is not None:
+                reasons.append(f"it backs active swap on {self._label(device, stacked)}")
+        return reasons
+
+    def _stacked_on(self, direct: set[str]) -> dict[str, str]:
+        """Devices stacked (transitively) on ``direct``: name -> the device below it."""
+        below: dict[str, str] = {}
+        todo = sorted(direct)
+        while todo:
+            name = todo.pop()
+            for holder in self.sysfs.block_holders(name):
+                if holder not in direct and holder not in below:
+                    below[holder] = name
+                    todo.append(holder)
+        # The reverse links too: a dm/md device whose slaves sit under the function.
+        for name in self._blocks:
+            if name in direct or name in below:
+                continue
+            for slave in self.sysfs.block_slaves(name):
+                if slave in direct or slave in below:
+                    below[name] = slave
+                    break
+        return below
+
+    def _label(self, device: str, stacked: dict[str, str]) -> str:
+        if device not in stacked:
+            return f"/dev/{device}"
+        dm = self.sysfs.block_dm_name(device) if device.startswith("dm-") else None
+        name = f"/dev/mapper/{dm} ({device})" if dm else f"/dev/{device}"
+        chain: list[str] = []
+        current = device
+        while current in stacked and len(chain) < 8:
+            current = stacked[current]
+            chain.append(current)
+        return f"{name}, stacked on {' on '.join(chain)}"
+
+    # -- network --------------------------------------------------------------------------
+    def _network_reasons(self, prefix: str) -> list[str]:
+        direct = sorted(n for n, real in self._ifaces.items() if real.startswith(prefix))
+        reasons: list[str] = []
+        seen: set[str] = set()
+        todo = [(name, name) for name in direct]
+        while todo:
+            iface, lower = todo.pop(0)
+            if iface in seen:
+                continue
+            seen.add(iface)
+            todo.extend((upper, iface) for upper in self.sysfs.net_uppers(iface))
+            addrs = self._addrs.get(iface, [])
+            routes = self._routes.get(iface, [])
+            if not addrs and not routes:
+                continue
+            what = f"interface {iface}" if iface == lower else f"interface {iface} (on {lower})"
+            parts = []
+            if addrs:
+                parts.append(f"address {_listed(addrs)}")
+            if routes:
+                parts.append(f"routes {_listed(routes)}")
+            reasons.append(f"its network {what} has {' and '.join(parts)}")
+        return reasons
+
+    # -- loading --------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        self._blocks = {n: self.sysfs.block_realpath(n) for n in self.sysfs.block_devices()}
+        self._mounts = self._read_mounts()
+        self._swaps = self._read_swaps()
+        self._ifaces = {n: self.sysfs.net_realpath(n) for n in self.sysfs.net_interfaces()}
+        if self._ifaces:
+            self._read_network()
+
+    def _lines(self, *parts: str) -> Optional[list[str]]:
+        try:
+            with open(
+                os.path.join(self.proc_root, *parts), encoding="utf-8", errors="replace"
+            ) as handle:
+                return handle.read().splitlines()
+        except OSError:
+            return None
+
+    def _read_mounts(self) -> list[_Mount]:
+        mounts: set[_Mount] = set()
+        readable = False
+        for who in ("1", "self"):
+            lines = self._lines(who, "mountinfo")
+            if lines is None:
+                continue
+            readable = True
+            for line in lines:
+                fields = line.split()
+                if "-" not in fields[6:]:
+                    continue
+                sep = fields.index("-", 6)
+                if len(fields) < sep + 3:
+                    continue
+                mounts.add(
+                    _Mount(
+                        fields[2], _unescape(fields[sep + 2]), _unescape(fields[4]), fields[sep + 1]
+                    )
+                )
+        if not readable:
+            for line in self._lines("mounts") or []:
+                fields = line.split()
+                if len(fields) >= 3:
+                    mounts.add(_Mount("", _unescape(fields[0]), _unescape(fields[1]), fields[2]))
+        if not mounts:
+            log.warning("guard: no mount table readable", proc=self.proc_root)
+        return sorted(mounts, key=lambda m: (m.mountpoint, m.source))
+
+    def _read_swaps(self) -> list[str]:
+        lines = self._lines("swaps") or []
+        return [_unescape(line.split()[0]) for line in lines[1:] if line.split()]
+
+    def _read_network(self) -> None:
+        addrs: dict[str, list[str]] = {}
+        routes: dict[str, list[str]] = {}
+        # IPv4 routes, and the connected ones to place local addresses on interfaces.
+        connected: list[_Route4] = []
+        for route in self._routes4():
+            routes.setdefault(route.iface, []).append(route.describe())
+            if route.gateway is None:
+                connected.append(route)
+        connected.sort(key=lambda r: r.network.prefixlen, reverse=True)
+        for local in self._local4():
+            for route in connected:
+                if local in route.network:
+                    addrs.setdefault(route.iface, []).append(str(local))
+                    break
+        for iface, addr in self._addrs6():
+            addrs.setdefault(iface, []).append(addr)
+        for iface, route_text in self._routes6():
+            routes.setdefault(iface, []).append(route_text)
+        self._addrs = {k: list(dict.fromkeys(v)) for k, v in addrs.items()}
+        self._routes = {k: list(dict.fromkeys(v)) for k, v in routes.items()}
+
+    def _routes4(self) -> list[_Route4]:
+        found: list[_Route4] = []
+        for line in (self._lines("net", "route") or [])[1:]:
+            fields = line.split()
+            if len(fields) < 8 or fields[0] == "lo":
+                continue
+            try:
+                flags = int(fields[3], 16)
+                dest, gateway, mask = _ipv4(fields[1]), _ipv4(fields[2]), _ipv4(fields[7])
+                network = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
+            except (ValueError, struct.error):
+                continue
+            if not flags & _RTF_UP or flags & _RTF_REJECT:
+                continue
+            via = gateway if flags & _RTF_GATEWAY and int(gateway) else None
+            found.append(_Route4(fields[0], network, via))
+        return found
+
+    def _local4(self) -> list[ipaddress.IPv4Address]:
+        """Local IPv4 addresses: ``|-- A.B.C.D`` leaves followed by ``/32 host LOCAL``."""
+        found: dict[ipaddress.IPv4Address, None] = {}
+        leaf: Optional[ipaddress.IPv4Address] = None
+        for line in self._lines("net", "fib_trie") or []:
+            text = line.strip()
+            if text.startswith("|--"):
+                try:
+                    leaf = ipaddress.IPv4Address(text[3:].strip())
+                except ValueError:
+                    leaf = None
+            elif text.startswith("/32") and text.split()[-1:] == ["LOCAL"] and leaf is not None:
+                if not leaf.is_loopback:
+                    found[leaf] = None
+            elif not text.startswith("/"):
+                leaf = None
+        return list(found)
+
+    def _addrs6(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for line in self._lines("net", "if_inet6") or []:
+            fields = line.split()
+            if len(fields) < 6 or fields[5] == "lo":
+                continue
+            try:
+                addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+                scope = int(fields[3], 16)
+            except ValueError:
+                continue
+            if scope & (_IPV6_SCOPE_HOST | _IPV6_SCOPE_LINK):
+                continue
+            found.append((fields[5], str(addr)))
+        return found
+
+    def _routes6(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for line in self._lines("net", "ipv6_route") or []:
+            fields = line.split()
+            if len(fields) < 10 or fields[9] == "lo":
+                continue
+            try:
+                dest = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+                length = int(fields[1], 16)
+                hop = ipaddress.IPv6Address(bytes.fromhex(fields[4]))
+                flags = int(fields[8], 16)
+                network = ipaddress.IPv6Network(f"{dest}/{length}", strict=False)
+            except ValueError:
+                continue
+            if flags & _RTF_REJECT or network.subnet_of(_LINK_LOCAL6):
+                continue
+            if network.subnet_of(_MULTICAST6):
+                continue
+            text = "default" if length == 0 else str(network)
+            found.append((fields[9], f"{text} via {hop}" if int(hop) else text))
+        return found
+
+
+__all__ = ["SafetyGuard"]

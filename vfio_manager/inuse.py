@@ -1,0 +1,289 @@
+"""Who holds a function: processes with its device nodes open or its BAR files mapped.
+
+Unbinding a function that a VM or a process still uses either yanks the device from under it
+(native driver: the NPU runtime loses its device) or blocks in the kernel until the user lets
+go (vfio-pci waits for the group to be closed, then uninterruptibly). So before any
+``unbind`` the engine asks :func:`find_holders`, and refuses with the PIDs and command names
+unless ``--force``.
+
+What counts as holding a function:
+
+* an open descriptor on ``/dev/vfio/N`` of its IOMMU group (QEMU, a DPDK or SPDK process),
+  on its VFIO device node (``/dev/vfio/devices/vfioK``, iommufd) or on the native driver's
+  nodes (``/dev/rblnN``), all found through sysfs (:meth:`Sysfs.device_nodes_of`);
+* a memory mapping of one of its ``resourceN`` files (user-space drivers that map BARs
+  through sysfs), under either of the names the kernel may print in /proc/PID/maps.
+
+How it is scanned, and what it costs: one listing of /proc; per process one listing of
+``fd`` and one ``readlink`` per descriptor; ``maps`` only when a mappable target was asked
+for; ``comm`` only for a process that holds something. Every process is scanned once for
+all targets. A descriptor whose link names another path is also compared by device number
+(``stat``) when its name looks like a device node (contains ``/dev/`` or has a target's
+basename): a process in another container sees the same node under its own /dev.
+
+Processes come and go during a scan: one that vanishes (ENOENT, ESRCH) is skipped; one we
+may not inspect (EACCES: not root, or another PID namespace) is counted in
+:attr:`HolderScan.unreadable`, so the caller can say the answer is incomplete. In Kubernetes
+the pod needs ``hostPID: true`` to see VMs in other pods at all. Our own PID is excluded.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import structlog
+
+from vfio_manager.address import PciAddress
+from vfio_manager.sysfs import Sysfs
+
+log = structlog.get_logger("vfio_manager.inuse")
+
+DEFAULT_PROC_ROOT = "/proc"
+_DELETED = " (deleted)"
+_VANISHED = frozenset({errno_mod.ENOENT, errno_mod.ESRCH})
+_COMM_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class Target:
+    """A file a process can hold: matched by ``path`` (and by ``rdev`` for a device node).
+
+    ``mapped`` asks for /proc/PID/maps to be read too (BAR files); any target is then looked
+    for in the maps as well, since reading them costs the same.
+    """
+
+    path: str
+    rdev: Optional[int] = None
+    mapped: bool = False
+
+    @classmethod
+    def node(cls, path: str, numbers: Optional[str] = None) -> Target:
+        """A device node; ``numbers`` is sysfs's ``MAJ:MIN`` for it, if known."""
+        rdev: Optional[int] = None
+        if numbers is not None:
+            major, _, minor = numbers.partition(":")
+            if major.isdecimal() and minor.isdecimal():
+                rdev = os.makedev(int(major), int(minor))
+        return cls(path, rdev)
+
+    @classmethod
+    def resource(cls, path: str) -> Target:
+        return cls(path, None, mapped=True)
+
+
+@dataclass(frozen=True, order=True)
+class Holder:
+    """A process holding a target: ``what`` is the path it holds, ``via`` "fd" or "mmap"."""
+
+    pid: int
+    comm: str
+    what: str
+    via: str = "fd"
+
+    def describe(self) -> str:
+        verb = "has" if self.via == "fd" else "maps"
+        suffix = " open" if self.via == "fd" else ""
+        return f"PID {self.pid} ({self.comm}) {verb} {self.what}{suffix}"
+
+
+@dataclass(frozen=True)
+class HolderScan:
+    """Result of one scan: the holders, how many processes were looked at, and which not."""
+
+    holders: tuple[Holder, ...]
+    processes: int
+    unreadable: tuple[int, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.unreadable
+
+
+def describe_holders(holders: Iterable[Holder]) -> str:
+    """One line for a refusal: ``PID 4242 (qemu-system-x86) has /dev/vfio/9 open; ...``."""
+    return "; ".join(h.describe() for h in holders)
+
+
+def function_targets(
+    sysfs: Sysfs, address: PciAddress, *, group: Optional[int] = None
+) -> list[Target]:
+    """Everything through which a process can hold ``address``, read from sysfs.
+
+    ``group`` is the function's IOMMU group (``/dev/vfio/N``; the whole group is held by
+    whoever opens it). Device nodes are listed both as the host names them (``/dev/...``)
+    and under our ``--dev-root``; BAR files under both the bus path and the resolved
+    /sys/devices path, as the host names them and under our ``--sysfs-root``.
+    """
+    targets: dict[tuple[str, bool], Target] = {}
+
+    def add(target: Target) -> None:
+        targets.setdefault((target.path, target.mapped), target)
+
+    nodes: list[tuple[str, Optional[str]]] = []
+    if group is not None:
+        nodes.append((f"vfio/{int(group)}", sysfs.vfio_group_dev_numbers(group)))
+    nodes.extend((name, numbers) for name, numbers in sysfs.device_nodes_of(address))
+    for devname, numbers in nodes:
+        add(Target.node(Sysfs.canonical_dev_path(devname), numbers))
+        add(Target.node(sysfs.dev_node_path(devname), numbers))
+    real_dir = sysfs.device_realpath(address)
+    for path in sysfs.resource_files(address):
+        real = os.path.join(real_dir, os.path.basename(path))
+        for name in (path, real):
+            add(Target.resource(name))
+            add(Target.resource(sysfs.canonical_sys_path(name)))
+    return list(targets.values())
+
+
+def find_holders(
+    proc_root: str,
+    targets: Iterable[Union[Target, str]],
+    *,
+    self_pid: Optional[int] = None,
+) -> list[Holder]:
+    """Processes holding any of ``targets`` (see :func:`scan_holders`), by PID."""
+    return list(scan_holders(proc_root, targets, self_pid=self_pid).holders)
+
+
+def scan_holders(
+    proc_root: str,
+    targets: Iterable[Union[Target, str]],
+    *,
+    self_pid: Optional[int] = None,
+) -> HolderScan:
+    """Scan every process under ``proc_root`` once for all ``targets``.
+
+    A plain string target is a device node path matched against open descriptors, or, when
+    it names a BAR file (``.../resourceN``), a mappable file. ``self_pid`` (default: ours)
+    is skipped.
+    """
+    wanted = [_as_target(t) for t in targets]
+    if not wanted:
+        return HolderScan((), 0, ())
+    scanner = _Scanner(proc_root, wanted, os.getpid() if self_pid is None else self_pid)
+    return scanner.run()
+
+
+def _as_target(target: Union[Target, str]) -> Target:
+    if isinstance(target, Target):
+        return target
+    name = os.path.basename(target)
+    index = name[len("resource") :].removesuffix("_wc") if name.startswith("resource") else ""
+    return Target.resource(target) if index.isdecimal() else Target(target)
+
+
+class _Scanner:
+    def __init__(self, proc_root: str, targets: list[Target], self_pid: int) -> None:
+        self.proc_root = proc_root
+        self.self_pid = self_pid
+        self.by_path = {t.path: t for t in targets}
+        self.by_rdev = {t.rdev: t for t in targets if t.rdev is not None}
+        self.basenames = frozenset(os.path.basename(t.path) for t in targets if t.rdev)
+        self.read_maps = any(t.mapped for t in targets)
+
+    def run(self) -> HolderScan:
+        try:
+            entries = os.listdir(self.proc_root)
+        except OSError as exc:
+            log.warning("in-use scan: cannot list processes", proc=self.proc_root, error=exc)
+            return HolderScan((), 0, ())
+        holders: set[Holder] = set()
+        unreadable: list[int] = []
+        processes = 0
+        for entry in entries:
+            if not entry.isdecimal() or int(entry) == self.self_pid:
+                continue
+            pid = int(entry)
+            processes += 1
+            hits, denied = self._process(pid)
+            if denied:
+                unreadable.append(pid)
+            if hits:
+                comm = self._comm(pid)
+                holders.update(Holder(pid, comm, what, via) for what, via in hits)
+        if unreadable:
+            log.debug("in-use scan: processes not inspected", count=len(unreadable))
+        return HolderScan(tuple(sorted(holders)), processes, tuple(sorted(unreadable)))
+
+    def _process(self, pid: int) -> tuple[set[tuple[str, str]], bool]:
+        """Hits ``(path, via)`` of one process, and whether some of it was not readable."""
+        base = os.path.join(self.proc_root, str(pid))
+        hits: set[tuple[str, str]] = set()
+        denied = False
+        fd_dir = os.path.join(base, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError as exc:
+            if exc.errno in _VANISHED:
+                return hits, False
+            fds = []
+            denied = True
+        for fd in fds:
+            path = os.path.join(fd_dir, fd)
+            try:
+                link = os.readlink(path)
+            except OSError as exc:
+                denied = denied or exc.errno not in _VANISHED
+                continue
+            target = self._match_fd(path, link.removesuffix(_DELETED))
+            if target is not None:
+                hits.add((target.path, "fd"))
+        if self.read_maps:
+            maps, maps_denied = self._maps(os.path.join(base, "maps"))
+            hits.update((path, "mmap") for path in maps)
+            denied = denied or maps_denied
+        return hits, denied
+
+    def _match_fd(self, fd_path: str, link: str) -> Optional[Target]:
+        target = self.by_path.get(link)
+        if target is not None or not self.by_rdev or not link.startswith("/"):
+            return target
+        if "/dev/" not in link and os.path.basename(link) not in self.basenames:
+            return None
+        try:
+            st = os.stat(fd_path)
+        except OSError:
+            return None
+        rdev = getattr(st, "st_rdev", None)  # absent on some emulated file systems
+        if rdev is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            return self.by_rdev.get(rdev)
+        return None
+
+    def _maps(self, path: str) -> tuple[set[str], bool]:
+        found: set[str] = set()
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    parts = line.rstrip("\n").split(None, 5)
+                    if len(parts) == 6:
+                        name = parts[5].removesuffix(_DELETED)
+                        if name in self.by_path:
+                            found.add(name)
+        except OSError as exc:
+            return found, exc.errno not in _VANISHED
+        return found, False
+
+    def _comm(self, pid: int) -> str:
+        try:
+            with open(
+                os.path.join(self.proc_root, str(pid), "comm"), encoding="utf-8", errors="replace"
+            ) as handle:
+                return handle.read(_COMM_LIMIT).strip() or "?"
+        except OSError:
+            return "?"
+
+
+__all__ = [
+    "Holder",
+    "HolderScan",
+    "Target",
+    "describe_holders",
+    "find_holders",
+    "function_targets",
+    "scan_holders",
+]

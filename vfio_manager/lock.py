@@ -1,0 +1,391 @@
+"""One writer per node: an exclusive ``flock`` on a file in the state directory.
+
+Two vfio-manager processes writing to the same functions at once (a DaemonSet's new pod and
+the old pod's preStop hook, an operator's manual run) interleave ``driver_override`` and
+``unbind`` writes and leave functions half moved. Every command that writes therefore holds
+:class:`NodeLock` for its whole run; read-only commands take no lock, so ``status`` never
+waits.
+
+Why ``flock`` on a file that is never deleted:
+
+* the kernel drops the lock when the holder's last descriptor closes, so a killed run never
+  leaves a stale lock behind (a PID file alone would need guessing whether its PID is ours);
+* unlinking a lock file on release races with a waiter that already opened the old inode,
+  so the file stays and only its content (who holds it) is cleared on release.
+
+The state directory (default ``/run/vfio-manager``: tmpfs, gone at reboot, like the binding
+state it describes) must be a real directory owned by us and writable by nobody else; every
+file in it is opened with ``O_NOFOLLOW``, so nobody can aim our writes elsewhere with a
+symlink.
+
+The holder writes its PID and command line into the lock file after acquiring it, so a
+waiter that gives up can say who holds the node and whether that process is still running
+(or is stuck in the kernel, in an unbind that waits for a device to be let go).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import fcntl
+import os
+import shlex
+import stat
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Optional
+
+import structlog
+
+from vfio_manager.errors import VfioManagerError
+
+log = structlog.get_logger("vfio_manager.lock")
+
+DEFAULT_STATE_DIR = "/run/vfio-manager"
+DEFAULT_LOCK_TIMEOUT = 60.0
+LOCK_FILE_NAME = "lock"
+DEFAULT_PROC_ROOT = "/proc"
+_POLL_INTERVAL = 0.1
+_HOLDER_READ_LIMIT = 4096
+
+
+class UnsafeStateDirError(VfioManagerError):
+    """The state directory (or a file in it) could be controlled by someone else: refused.
+
+    Nothing is written when this is raised; the remedy says what to fix.
+    """
+
+
+class LockTimeoutError(VfioManagerError):
+    """Another process held the node lock for longer than ``--lock-timeout``."""
+
+    def __init__(self, message: str, *, holder: Optional[LockHolder], remedy: str) -> None:
+        super().__init__(message, remedy=remedy, step="lock")
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who wrote the lock file: PID and command line, and what /proc says about that PID now.
+
+    ``running`` is False when /proc/PID is gone (the lock is then held by a descendant that
+    inherited the descriptor, or the PID is from another PID namespace: in Kubernetes the pod
+    needs hostPID to see other pods' processes). ``state`` is the one-letter process state
+    from /proc/PID/stat; ``D`` means stuck in the kernel, typically an unbind waiting for a
+    VM or process to release the device.
+    """
+
+    pid: int
+    command: str
+    running: bool
+    state: Optional[str] = None
+
+    def describe(self) -> str:
+        text = f"PID {self.pid} ({self.command or 'command unknown'})"
+        if not self.running:
+            return text + ", which is no longer visible in /proc"
+        if self.state == "D":
+            return text + ", which is stuck in the kernel (state D, uninterruptible)"
+        return text
+
+
+def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
+    return UnsafeStateDirError(
+        f"state directory {path} {problem}; refusing to use it",
+        path=path,
+        remedy=(
+            f"remove {path} (it is recreated, owned by UID {uid}, mode 0700) or point "
+            "--state-dir at a directory owned by this user and writable by nobody else"
+        ),
+    )
+
+
+def open_state_dir(path: str, *, uid: Optional[int] = None) -> int:
+    """Create ``path`` (mode 0700) if missing, check it is safe, return an open descriptor.
+
+    The checks run on the opened descriptor (``fstat``) rather than on the name, so the
+    directory cannot be swapped between check and use; callers create and rename their
+    files relative to the returned descriptor (``dir_fd``). Refused: a symlink, anything
+    but a directory, a directory owned by another user, or one writable by group or others.
+    The caller closes the descriptor.
+    """
+    owner = os.geteuid() if uid is None else uid
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        os.mkdir(path, 0o700)
+        log.debug("state dir created", path=path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeStateDirError(
+            f"cannot create state directory {path}: {exc.strerror}",
+            path=path,
+            errno=exc.errno,
+            remedy="point --state-dir at a writable location (default /run/vfio-manager; "
+            "in a container, mount the host's /run or an emptyDir there)",
+        ) from exc
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
+            kind = "is a symlink" if os.path.islink(path) else "is not a directory"
+            raise _unsafe(path, kind, uid=owner) from exc
+        raise UnsafeStateDirError(
+            f"cannot open state directory {path}: {exc.strerror}",
+            path=path,
+            errno=exc.errno,
+            remedy="check its permissions, or point --state-dir elsewhere",
+        ) from exc
+    st = os.fstat(fd)
+    problem: Optional[str] = None
+    if st.st_uid != owner:
+        problem = f"is owned by UID {st.st_uid}, not {owner}"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem is not None:
+        os.close(fd)
+        raise _unsafe(path, problem, uid=owner)
+    return fd
+
+
+def _default_command() -> str:
+    return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
+
+
+def read_holder(lock_path: str, *, proc_root: str = DEFAULT_PROC_ROOT) -> Optional[LockHolder]:
+    """Parse the lock file (``PID\\ncommand\\n``) and look the PID up in ``proc_root``.
+
+    ``None`` when the file is empty (released) or does not start with a PID; a half-written
+    file is read as far as it goes. Never raises: this only decorates an error message.
+    """
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, _HOLDER_READ_LIMIT)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return _parse_holder(data, proc_root)
+
+
+def _read_small(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(_HOLDER_READ_LIMIT)
+    except OSError:
+        return None
+
+
+def _parse_holder(data: bytes, proc_root: str) -> Optional[LockHolder]:
+    lines = data.decode("utf-8", "replace").split("\n")
+    first = lines[0].strip()
+    if not first.isdecimal() or len(first) > 10 or int(first) <= 0:
+        return None
+    pid = int(first)
+    command = lines[1].strip() if len(lines) > 1 else ""
+    proc_dir = os.path.join(proc_root, str(pid))
+    running = os.path.isdir(proc_dir)
+    state: Optional[str] = None
+    if running:
+        # "PID (comm) S ...": comm may hold spaces and parentheses; split at the last ')'
+        text = _read_small(os.path.join(proc_dir, "stat"))
+        fields = text.rsplit(")", 1)[-1].split() if text and ")" in text else []
+        state = fields[0] if fields else None
+    return LockHolder(pid, command, running, state)
+
+
+class NodeLock:
+    """Exclusive, bounded-wait lock on ``STATE_DIR/lock``; use it as a context manager.
+
+    ``timeout`` is how long to wait for another holder (0: try once). ``clock`` and ``sleep``
+    are injectable so tests never wait for real; ``command`` (default: our argv) and ``uid``
+    (default: our effective UID, the owner the state directory must have) likewise.
+
+    Locks taken through two ``NodeLock`` objects conflict even inside one process (each has
+    its own open file description), which is what lets tests run competing holders in
+    threads. One object is not re-entrant: acquiring it twice is a programming error.
+    """
+
+    def __init__(
+        self,
+        state_dir: str = DEFAULT_STATE_DIR,
+        *,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_interval: float = _POLL_INTERVAL,
+        proc_root: str = DEFAULT_PROC_ROOT,
+        command: Optional[str] = None,
+        uid: Optional[int] = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.timeout = max(0.0, timeout)
+        self.clock = clock
+        self.sleep = sleep
+        self.poll_interval = poll_interval
+        self.proc_root = proc_root
+        self.command = command
+        self.uid = uid
+        self._fd: Optional[int] = None
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.state_dir, LOCK_FILE_NAME)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> Optional[LockHolder]:
+        """Who the lock file says holds the lock (``None`` when nobody wrote it)."""
+        return read_holder(self.path, proc_root=self.proc_root)
+
+    # -- acquire / release ---------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the lock, polling until ``timeout``; raise :class:`LockTimeoutError`."""
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path} is already held by this NodeLock")
+        fd = self._open()
+        try:
+            self._wait(fd)
+            self._write_holder(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        log.debug("lock acquired", path=self.path)
+
+    def release(self) -> None:
+        """Clear the holder record, unlock, close. Safe to call when not held."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        log.debug("lock released", path=self.path)
+
+    def __enter__(self) -> NodeLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.release()
+
+    # -- internals -------------------------------------------------------------------------
+    def _open(self) -> int:
+        dir_fd = open_state_dir(self.state_dir, uid=self.uid)
+        try:
+            fd = os.open(
+                LOCK_FILE_NAME,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+        except OSError as exc:
+            if exc.errno == errno_mod.ELOOP:
+                raise _unsafe(
+                    self.state_dir, f"holds a symlink named {LOCK_FILE_NAME}", uid=self._owner
+                ) from exc
+            raise UnsafeStateDirError(
+                f"cannot open the lock file {self.path}: {exc.strerror}",
+                path=self.path,
+                errno=exc.errno,
+                remedy="check the state directory's permissions, or point --state-dir elsewhere",
+            ) from exc
+        finally:
+            os.close(dir_fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != self._owner:
+            os.close(fd)
+            raise _unsafe(
+                self.state_dir,
+                f"holds a {LOCK_FILE_NAME} that is not our regular file",
+                uid=self._owner,
+            )
+        return fd
+
+    @property
+    def _owner(self) -> int:
+        return os.geteuid() if self.uid is None else self.uid
+
+    def _wait(self, fd: int) -> None:
+        start = self.clock()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            else:
+                return
+            remaining = self.timeout - (self.clock() - start)
+            if remaining <= 0:
+                raise self._timeout_error(fd)
+            self.sleep(min(self.poll_interval, remaining))
+
+    def _timeout_error(self, fd: int) -> LockTimeoutError:
+        try:
+            data = os.pread(fd, _HOLDER_READ_LIMIT, 0)
+        except OSError:
+            data = b""
+        holder = _parse_holder(data, self.proc_root)
+        who = holder.describe() if holder is not None else "another process (it did not say who)"
+        remedy = (
+            "wait for it to finish and retry, or raise --lock-timeout; "
+            "never remove the lock file (the kernel releases it when the holder exits)"
+        )
+        if holder is not None and holder.state == "D":
+            remedy = (
+                "it waits for a device to be let go: stop the VM or process that holds the "
+                "device (see `vfio-manager status`), then retry"
+            )
+        elif holder is not None and not holder.running:
+            remedy = (
+                f"a child of PID {holder.pid} may have inherited the lock, or it runs in "
+                "another PID namespace (give the pod hostPID); find it with "
+                f"`fuser -v {self.path}`, then retry"
+            )
+        log.warning("lock timeout", path=self.path, holder=who, timeout=self.timeout)
+        return LockTimeoutError(
+            f"another vfio-manager run holds {self.path}: {who}; gave up after {self.timeout:g}s",
+            holder=holder,
+            remedy=remedy,
+        )
+
+    def _write_holder(self, fd: int) -> None:
+        """Record who we are; a failure here is only logged (the lock itself is held)."""
+        command = self.command if self.command is not None else _default_command()
+        text = f"{os.getpid()}\n{command.replace(chr(10), ' ')}\n"
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text.encode("utf-8", "replace"), 0)
+        except OSError as exc:
+            log.warning("lock holder not recorded", path=self.path, error=exc.strerror)
+
+
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_STATE_DIR",
+    "LOCK_FILE_NAME",
+    "LockHolder",
+    "LockTimeoutError",
+    "NodeLock",
+    "UnsafeStateDirError",
+    "open_state_dir",
+    "read_holder",
+]
