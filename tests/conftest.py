@@ -1,0 +1,93 @@
+"""Shared fixtures: the fake kernel, real machines' snapshots, and a guard for the real /sys.
+
+- ``kernel``: an empty :class:`~tests.harness.FakeKernel` (IOMMU on, release 6.1.0-test) on
+  pyfakefs' ``fs``; everything lives under /node, never under the real /sys or /dev.
+- ``snapshot_kernel("q35-boot")``: a fake rebuilt from a recorded machine. Snapshots are looked
+  up in $VFIO_MANAGER_SNAPSHOTS (if set), then tests/fixtures/snapshots (the copy kept in this
+  repository), then ../shared/snapshots beside the checkout. They are read from the real disk
+  once per session, before pyfakefs hides it.
+- an autouse guard: a test that opens a real path under /sys, /dev or /proc for writing (or
+  runs modprobe & co. for real) fails (see tests/harness/audit.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyfakefs.fake_filesystem import FakeFilesystem
+
+from tests.harness import FakeKernel, audit
+
+SnapshotKernel = Callable[..., FakeKernel]
+
+
+def snapshot_dirs() -> list[Path]:
+    """Where snapshots are searched, first match wins."""
+    dirs = []
+    env = os.environ.get("VFIO_MANAGER_SNAPSHOTS")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(Path(__file__).parent / "fixtures" / "snapshots")
+    dirs.append(Path(__file__).parents[1].parent / "shared" / "snapshots")
+    return dirs
+
+
+def load_snapshot_files() -> dict[str, dict[str, Any]]:
+    """``{name: parsed JSON}`` for every snapshot found (real disk: call before pyfakefs)."""
+    found: dict[str, dict[str, Any]] = {}
+    for directory in snapshot_dirs():
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.json")):
+            if path.stem not in found:
+                with path.open(encoding="utf-8") as handle:
+                    found[path.stem] = json.load(handle)
+    return found
+
+
+@pytest.fixture(scope="session")
+def snapshot_data() -> dict[str, dict[str, Any]]:
+    """All snapshots, read once from the real disk (session fixtures run before ``fs``)."""
+    return load_snapshot_files()
+
+
+@pytest.fixture
+def kernel(fs: FakeFilesystem) -> Iterator[FakeKernel]:
+    k = FakeKernel(fs, release="6.1.0-test", iommu=True)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def snapshot_kernel(
+    fs: FakeFilesystem, snapshot_data: dict[str, dict[str, Any]]
+) -> Iterator[SnapshotKernel]:
+    made: list[FakeKernel] = []
+
+    def load(name: str, *, host_root: str = "/node") -> FakeKernel:
+        if name not in snapshot_data:
+            where = ", ".join(str(d) for d in snapshot_dirs())
+            raise LookupError(f"no snapshot {name!r} in {where}")
+        k = FakeKernel.from_snapshot(fs, snapshot_data[name], host_root=host_root)
+        made.append(k)
+        return k
+
+    yield load
+    for k in made:
+        k.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_real_system_writes() -> Iterator[None]:
+    """Fail any test that changed (or tried to change) the real /sys, /dev or /proc."""
+    audit.take_violations()
+    with audit.guard():
+        yield
+    violations = audit.take_violations()
+    if violations:
+        pytest.fail("touched the real machine: " + "; ".join(violations), pytrace=False)
