@@ -28,11 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Optional, TypeVar
 
-import structlog
-
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
+from vfio_manager.logsetup import get_logger
 
-log = structlog.get_logger("vfio_manager.deadline")
+log = get_logger("vfio_manager.deadline")
 
 T = TypeVar("T")
 

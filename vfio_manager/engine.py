@@ -12,19 +12,30 @@ import errno as errno_mod
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from vfio_manager.address import PciAddress
+from vfio_manager.deadline import (
+    DEFAULT_WRITE_TIMEOUT,
+    DeadlineExceededError,
+    bounded_write,
+    run_with_deadline,
+)
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
 from vfio_manager.kernel import Kernel
 from vfio_manager.logsetup import get_logger
+from vfio_manager.model import PciFunction
 from vfio_manager.plan import Action, Direction, FunctionPlan, Plan, Step
 from vfio_manager.viability import is_vfio_driver
+
+if TYPE_CHECKING:
+    from vfio_manager.journal import Journal
 
 log = get_logger("vfio_manager.engine")
 
 DEFAULT_NODE_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.05
+T = TypeVar("T")
 
 _BIND_ERRNO_HINTS = {
     errno_mod.EINVAL: "the driver refused the function at probe (no IOMMU group, a bridge, or a "
@@ -98,18 +109,31 @@ def _driver_label(driver: Optional[str]) -> str:
 
 
 class Engine:
-    """Runs plans against the kernel. ``clock``/``sleep`` are injectable for tests."""
+    """Runs plans against the kernel. ``clock``/``sleep`` are injectable for tests.
+
+    ``write_timeout`` bounds each function's writes (its steps share one deadline); each
+    write runs off the main thread, transient errnos are retried inside that deadline.
+    ``journal`` (optional) records each function before its first write, so a run killed
+    half way can be finished or rolled back by the next one. ``holders`` names what holds a
+    function when a write hangs.
+    """
 
     def __init__(
         self,
         kernel: Kernel,
         *,
         node_timeout: float = DEFAULT_NODE_TIMEOUT,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        journal: Optional[Journal] = None,
+        holders: Optional[Callable[[PciFunction], str]] = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.kernel = kernel
         self.node_timeout = node_timeout
+        self.write_timeout = write_timeout
+        self.journal = journal
+        self.holders = holders
         self.clock = clock
         self.sleep = sleep
 
@@ -139,7 +163,12 @@ class Engine:
                 continue
             before = self.kernel.sysfs.writes
             try:
+                if self.journal is not None and entry.write_count:
+                    self.journal.record_start(entry.function, plan.direction)
                 wait = self._run_steps(entry)
+            except DeadlineExceededError as err:
+                outcomes[entry.address] = self._stuck(entry, err, self.kernel.sysfs.writes - before)
+                continue
             except VfioManagerError as err:
                 outcomes[entry.address] = self._fail(entry, err, self.kernel.sysfs.writes - before)
                 continue
@@ -151,40 +180,91 @@ class Engine:
         outcomes.update(self._wait_for_nodes(waiting))
         return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
 
+    def _bounded(
+        self, address: PciAddress, step: str, what: str, fn: Callable[[], T], deadline_at: float
+    ) -> T:
+        """One write under the function's deadline; a vanished function is not retried."""
+
+        def write() -> T:
+            try:
+                return fn()
+            except SysfsWriteError as err:
+                gone = err.errno in (errno_mod.ENODEV, errno_mod.ENOENT)
+                if gone and not self.kernel.exists(address):
+                    raise TransitionError(
+                        f"{address} disappeared during {step}", errno=err.errno
+                    ) from err
+                raise
+
+        return bounded_write(
+            write,
+            deadline_at=deadline_at,
+            what=what,
+            bdf=str(address),
+            step=step,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+
     # -- steps ----------------------------------------------------------------------------
     def _run_steps(self, entry: FunctionPlan) -> Optional[Step]:
         """Run the writing and verifying steps; return the wait step, if any, for later."""
         address = entry.address
+        deadline_at = self.clock() + self.write_timeout
         wait: Optional[Step] = None
         for step in entry.steps:
             if step.action is Action.WAIT_VFIO_NODE:
                 wait = step
                 continue
             try:
-                self._run_step(address, step)
+                self._run_step(address, step, deadline_at)
             except VfioManagerError as err:
                 err.step = err.step or step.action.value
                 err.bdf = str(address)
                 raise
+            if self.journal is not None and step.writes:
+                self.journal.mark_step(str(address), step.action.value)
             log.info(
                 "step", bdf=str(address), step=step.action.value, outcome="done", driver=step.driver
             )
         return wait
 
-    def _run_step(self, address: PciAddress, step: Step) -> None:
+    def _run_step(self, address: PciAddress, step: Step, deadline_at: float) -> None:
         kernel = self.kernel
-        if step.action is Action.SET_OVERRIDE and step.driver is not None:
-            kernel.set_override(address, step.driver)
+        name = step.action.value
+        driver = step.driver
+        if step.action is Action.SET_OVERRIDE and driver is not None:
+            self._bounded(
+                address,
+                name,
+                f"set the override of {address} to {driver}",
+                lambda: kernel.set_override(address, driver),
+                deadline_at,
+            )
         elif step.action is Action.CLEAR_OVERRIDE:
-            kernel.clear_override(address)
-        elif step.action is Action.UNBIND and step.driver is not None:
-            kernel.unbind(address, step.driver)
+            self._bounded(
+                address,
+                name,
+                f"clear the override of {address}",
+                lambda: kernel.clear_override(address),
+                deadline_at,
+            )
+        elif step.action is Action.UNBIND and driver is not None:
+            self._bounded(
+                address,
+                name,
+                f"unbind {address} from {driver}",
+                lambda: kernel.unbind(address, driver),
+                deadline_at,
+            )
         elif step.action is Action.PROBE:
-            kernel.probe(address)
+            self._bounded(
+                address, name, f"probe {address}", lambda: kernel.probe(address), deadline_at
+            )
         elif step.action is Action.VERIFY_DRIVER:
-            self._verify(address, step.driver)
+            self._verify(address, driver, deadline_at)
 
-    def _verify(self, address: PciAddress, expected: Optional[str]) -> None:
+    def _verify(self, address: PciAddress, expected: Optional[str], deadline_at: float) -> None:
         """Read the driver link back; when the expected driver is absent, ask it for its errno."""
         current = self.kernel.driver_of(address)
         if expected is None:
@@ -198,7 +278,14 @@ class Engine:
         if not self.kernel.exists(address):
             raise TransitionError(f"{address} disappeared", errno=errno_mod.ENODEV)
         try:
-            self.kernel.bind(address, expected)
+            # one attempt, no retry: its errno is the diagnosis, not a transient state
+            run_with_deadline(
+                lambda: self.kernel.bind(address, expected),
+                timeout=max(0.0, deadline_at - self.clock()),
+                what=f"bind {address} to {expected}",
+                bdf=str(address),
+                step=Action.VERIFY_DRIVER.value,
+            )
         except SysfsWriteError as err:
             hint = _BIND_ERRNO_HINTS.get(err.errno or 0, "see dmesg")
             raise TransitionError(
@@ -212,6 +299,8 @@ class Engine:
 
     # -- outcomes ---------------------------------------------------------------------------
     def _done(self, entry: FunctionPlan, writes: int) -> Outcome:
+        if self.journal is not None and writes:
+            self.journal.complete(entry.function.bdf)
         driver = self.kernel.driver_of(entry.address)
         status = Status.CHANGED if writes else Status.CONVERGED
         log.info(
@@ -257,7 +346,7 @@ class Engine:
                 self.kernel.driver_of(address),
                 reason,
                 "in a container, mount the host's /dev (the node is created by devtmpfs/udev "
-                "on the host); raise --node-timeout on slow hosts",
+                "on the host); raise --timeout on slow hosts",
                 step=Action.WAIT_VFIO_NODE.value,
                 writes=writes,
             )
@@ -280,6 +369,8 @@ class Engine:
         before = self.kernel.sysfs.writes
         restored, note = self._restore(entry)
         writes += self.kernel.sysfs.writes - before
+        if self.journal is not None and note is None:
+            self.journal.abort(bdf)
         reason = err.message if note is None else f"{err.message}; {note}"
         log.warning(
             "rollback",
@@ -300,25 +391,64 @@ class Engine:
             writes=writes,
         )
 
+    def _stuck(self, entry: FunctionPlan, err: DeadlineExceededError, writes: int) -> Outcome:
+        """A write hangs in the kernel: report who holds the function; touch it no more.
+
+        Undoing would queue another write behind the stuck one. The journal keeps the
+        transition, so the run after the device is released finishes or undoes it.
+        """
+        bdf = entry.function.bdf
+        held = self.holders(entry.function) if self.holders is not None else ""
+        reason = err.message + (f"; held by {held}" if held else "")
+        log.error("transition", bdf=bdf, step=err.step, outcome="stuck", reason=reason)
+        return Outcome(
+            bdf,
+            Status.FAILED,
+            None,
+            reason,
+            err.remedy,
+            err.step,
+            None,
+            restored_to=None,
+            writes=writes,
+        )
+
     def _restore(self, entry: FunctionPlan) -> tuple[str, Optional[str]]:
         """Put override and driver back as the plan found them; never raise."""
-        start = entry.function
-        address = entry.address
+        return self.restore(
+            entry.address,
+            start_driver=entry.function.driver,
+            start_override=entry.function.driver_override,
+        )
+
+    def restore(
+        self, address: PciAddress, *, start_driver: Optional[str], start_override: Optional[str]
+    ) -> tuple[str, Optional[str]]:
+        """Put override and driver back to a known start state; never raise.
+
+        Returns a label of where the function is now and, when that is not the start state,
+        a note saying so. Used after a failure and by crash recovery (journal originals).
+        """
         kernel = self.kernel
+        deadline_at = self.clock() + self.write_timeout
+
+        def bounded(step: str, fn: Callable[[], object]) -> None:
+            self._bounded(address, step, f"restore {address}: {step}", fn, deadline_at)
+
         try:
-            if kernel.override_of(address) != start.driver_override:
-                if start.driver_override is None:
-                    kernel.clear_override(address)
+            if kernel.override_of(address) != start_override:
+                if start_override is None:
+                    bounded("clear-override", lambda: kernel.clear_override(address))
                 else:
-                    kernel.set_override(address, start.driver_override)
+                    bounded("set-override", lambda: kernel.set_override(address, start_override))
             current = kernel.driver_of(address)
-            if current != start.driver:
+            if current != start_driver:
                 if current is not None:
-                    kernel.unbind(address, current)
-                if start.driver is not None:
-                    kernel.probe(address)
+                    bounded("unbind", lambda: kernel.unbind(address, current))
+                if start_driver is not None:
+                    bounded("probe", lambda: kernel.probe(address))
                     if kernel.driver_of(address) is None:
-                        kernel.bind(address, start.driver)
+                        bounded("bind", lambda: kernel.bind(address, start_driver))
         except VfioManagerError as err:
             now = kernel.driver_of(address)
             return _driver_label(
@@ -326,6 +456,6 @@ class Engine:
             ), f"could not restore it ({err.message}); now on {_driver_label(now)}"
         now = kernel.driver_of(address)
         label = f"{_driver_label(now)} (override {kernel.override_of(address) or 'unset'})"
-        if now != start.driver:
-            return label, f"could not restore {_driver_label(start.driver)}; now on {label}"
+        if now != start_driver:
+            return label, f"could not restore {_driver_label(start_driver)}; now on {label}"
         return label, None

@@ -46,12 +46,11 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-import structlog
-
 from vfio_manager.address import PciAddress
+from vfio_manager.logsetup import get_logger
 from vfio_manager.sysfs import Sysfs
 
-log = structlog.get_logger("vfio_manager.guard")
+log = get_logger("vfio_manager.guard")
 
 DEFAULT_PROC_ROOT = "/proc"
 _MAX_LISTED = 3

@@ -36,12 +36,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional, Union
 
-import structlog
-
 from vfio_manager.address import PciAddress
+from vfio_manager.logsetup import get_logger
 from vfio_manager.sysfs import Sysfs
 
-log = structlog.get_logger("vfio_manager.inuse")
+log = get_logger("vfio_manager.inuse")
 
 DEFAULT_PROC_ROOT = "/proc"
 _DELETED = " (deleted)"

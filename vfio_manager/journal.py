@@ -45,16 +45,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-import structlog
-
 from vfio_manager.address import PciAddress
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.lock import DEFAULT_STATE_DIR, open_state_dir
+from vfio_manager.logsetup import get_logger
 from vfio_manager.model import PciFunction
 from vfio_manager.plan import Direction
 from vfio_manager.viability import is_vfio_driver
 
-log = structlog.get_logger("vfio_manager.journal")
+log = get_logger("vfio_manager.journal")
 
 SCHEMA_VERSION = 1
 TRANSITION = "transition"

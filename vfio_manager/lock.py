@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Optional
 
-import structlog
-
 from vfio_manager.errors import VfioManagerError
+from vfio_manager.logsetup import get_logger
 
-log = structlog.get_logger("vfio_manager.lock")
+log = get_logger("vfio_manager.lock")
 
 DEFAULT_STATE_DIR = "/run/vfio-manager"
 DEFAULT_LOCK_TIMEOUT = 60.0

@@ -161,20 +161,29 @@ def test_with_group_peers_binds_selected_sibling(kernel: FakeKernel, run: RunCli
     assert kernel.driver_of("0000:05:00.0") == kernel.driver_of("0000:05:00.1") == "vfio-pci"
 
 
-def test_failure_on_one_function_restores_it_and_others_carry_on(
-    kernel: FakeKernel, run: RunCli
-) -> None:
+def test_failure_on_one_function_restores_it_and_others_carry_on(kernel: FakeKernel,
+                                                                 run: RunCli) -> None:
     first, second = npu_node(kernel, count=2)
-    kernel.fail_next_write("bus/pci/drivers/rebellions/unbind", errno.EBUSY)
+    kernel.fail_next_write("bus/pci/drivers/rebellions/unbind", errno.EIO)
     result = run("bind-all")
     assert result.exit_code == 1
-    # the first function hit EBUSY: back where it started, no stale override
+    # the first function hit EIO: back where it started, no stale override
     assert kernel.driver_of(first) == "rebellions"
     assert kernel.override_of(first) is None
     # the second carried on
     assert kernel.driver_of(second) == "vfio-pci"
-    assert "EBUSY" in result.stdout
+    assert "EIO" in result.stdout
     assert "restored to rebellions" in result.stdout
+
+
+def test_transient_ebusy_is_retried_within_the_deadline(kernel: FakeKernel, run: RunCli) -> None:
+    (npu,) = npu_node(kernel, count=1)
+    kernel.fail_next_write("bus/pci/drivers/rebellions/unbind", errno.EBUSY)
+    result = run("bind-all")
+    assert result.exit_code == 0, result.stdout
+    assert kernel.driver_of(npu) == "vfio-pci"
+    unbinds = [w for w in kernel.writes if w.path.endswith("/unbind")]
+    assert [w.error for w in unbinds] == [errno.EBUSY, None]
 
 
 def test_vfio_pci_not_registered_is_caught_before_any_write(
