@@ -15,6 +15,7 @@ from vfio_manager.address import PciAddress
 from vfio_manager.hostfs import HostFiles
 from vfio_manager.modalias import AliasTable
 from vfio_manager.model import PciFunction, Topology
+from vfio_manager.plan import STAY_UNBOUND
 from vfio_manager.viability import VFIO_PCI, is_vfio_driver
 
 
@@ -51,11 +52,18 @@ class DriverResolver:
         return self.aliases.native_module(function.modalias) if function.modalias else None
 
     def native_driver(self, function: PciFunction) -> Optional[str]:
-        """The host driver the function belongs on, or ``None`` for "whatever the kernel picks"."""
+        """The host driver the function belongs on.
+
+        The journal's record of the driver it had before its first move to vfio wins (none
+        recorded: :data:`STAY_UNBOUND`); else modules.alias; ``None`` means "whatever the
+        kernel picks", including no driver.
+        """
         if function.address in self.recorded_native:
             recorded = self.recorded_native[function.address]
-            if recorded is not None and not is_vfio_driver(recorded):
-                return recorded if recorded in self.topology.driver_modules else None
+            if recorded is None:
+                return STAY_UNBOUND
+            if not is_vfio_driver(recorded) and recorded in self.topology.driver_modules:
+                return recorded
         module = self.native_module(function)
         return self.driver_for_module(module) if module else None
 

@@ -25,7 +25,7 @@ from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, Vfio
 from vfio_manager.kernel import Kernel
 from vfio_manager.logsetup import get_logger
 from vfio_manager.model import PciFunction
-from vfio_manager.plan import Action, Direction, FunctionPlan, Plan, Step
+from vfio_manager.plan import STAY_UNBOUND, Action, Direction, FunctionPlan, Plan, Step
 from vfio_manager.viability import is_vfio_driver
 
 if TYPE_CHECKING:
@@ -267,6 +267,10 @@ class Engine:
     def _verify(self, address: PciAddress, expected: Optional[str], deadline_at: float) -> None:
         """Read the driver link back; when the expected driver is absent, ask it for its errno."""
         current = self.kernel.driver_of(address)
+        if expected == STAY_UNBOUND:
+            if current is not None:
+                raise TransitionError(f"{address} is on {current}; it was expected to stay unbound")
+            return
         if expected is None:
             if is_vfio_driver(current):
                 raise TransitionError(f"{address} is still on {current}")

@@ -32,6 +32,10 @@ class Action(str, enum.Enum):
     WAIT_VFIO_NODE = "wait-vfio-node"
 
 
+# Target of a return to the host for a function that had no driver before it was moved to
+# vfio (from the journal): it is unbound from vfio-pci and not probed, so it stays driverless.
+STAY_UNBOUND = ""
+
 WRITING_ACTIONS = frozenset(
     {Action.SET_OVERRIDE, Action.CLEAR_OVERRIDE, Action.UNBIND, Action.PROBE}
 )
@@ -50,17 +54,16 @@ class Step:
         return self.action in WRITING_ACTIONS
 
     def describe(self) -> str:
-        if self.action is Action.SET_OVERRIDE:
-            return f"write {self.driver!r} to driver_override"
-        if self.action is Action.CLEAR_OVERRIDE:
-            return "clear driver_override (write '\\n')"
-        if self.action is Action.UNBIND:
-            return f"unbind from {self.driver}"
-        if self.action is Action.PROBE:
-            return "write the address to drivers_probe"
         if self.action is Action.VERIFY_DRIVER:
+            if self.driver == STAY_UNBOUND:
+                return "check the function has no driver (it had none before)"
             return f"check the driver link is {self.driver or 'not a vfio driver'}"
-        return f"wait for /dev/vfio/{self.group}"
+        return {
+            Action.SET_OVERRIDE: f"write {self.driver!r} to driver_override",
+            Action.CLEAR_OVERRIDE: "clear driver_override (write '\\n')",
+            Action.UNBIND: f"unbind from {self.driver}",
+            Action.PROBE: "write the address to drivers_probe",
+        }.get(self.action, f"wait for /dev/vfio/{self.group}")
 
     def to_json(self) -> dict[str, Any]:
         return {"action": self.action.value, "driver": self.driver, "group": self.group}
@@ -213,27 +216,28 @@ def plan_to_vfio(
                 target_driver=vfio_driver,
             )
         )
-    return Plan(Direction.TO_VFIO, tuple(_refuse_group_mates(topology, entries, refused)))
+    return Plan(Direction.TO_VFIO, tuple(refuse_group_mates(entries, refused)))
 
 
-def _refuse_group_mates(
-    topology: Topology, entries: list[FunctionPlan], refused: set[PciAddress]
-) -> list[FunctionPlan]:
+def refuse_group_mates(entries: list[FunctionPlan], refused: set[PciAddress]) -> list[FunctionPlan]:
     """A group moves whole or not at all: if one member is refused, its movers are refused too."""
-    if not refused:
-        return entries
+    refused_groups: dict[int, list[PciAddress]] = {}
+    for entry in entries:
+        if entry.address in refused and entry.function.iommu_group is not None:
+            refused_groups.setdefault(entry.function.iommu_group, []).append(entry.address)
     result: list[FunctionPlan] = []
     for entry in entries:
-        mates = [
-            m.address
-            for m in topology.group_members(entry.function)
-            if m.address in refused and m.address != entry.address
-        ]
+        group = entry.function.iommu_group
+        mates = (
+            [a for a in refused_groups.get(group, []) if a != entry.address]
+            if group is not None
+            else []
+        )
         if entry.refusal is None and entry.steps and mates:
             entry = FunctionPlan(  # noqa: PLW2901 - the refused replacement of this entry
                 entry.function,
                 entry.direction,
-                refusal=f"IOMMU group {entry.function.iommu_group} member "
+                refusal=f"IOMMU group {group} member "
                 + ", ".join(str(m) for m in mates)
                 + " is refused, so the group cannot be handed over",
                 remedy="resolve the refusal of that member first",
@@ -253,7 +257,10 @@ def _to_host_steps(function: PciFunction, native: Optional[str]) -> tuple[Step, 
     on_vfio = is_vfio_driver(function.driver)
     if on_vfio:
         steps.append(Step(Action.UNBIND, function.driver))
-    if on_vfio or (function.driver is None and (native is not None or steps)):
+    if native == STAY_UNBOUND:
+        if on_vfio:
+            steps.append(Step(Action.VERIFY_DRIVER, STAY_UNBOUND))
+    elif on_vfio or (function.driver is None and (native is not None or steps)):
         steps += [Step(Action.PROBE), Step(Action.VERIFY_DRIVER, native)]
     return tuple(steps)
 
@@ -264,7 +271,8 @@ def plan_to_host(
     *,
     native_driver_for: Callable[[PciFunction], Optional[str]],
 ) -> Plan:
-    """Plan returning ``targets`` to their host driver (``None``: whatever the kernel picks).
+    """Plan returning ``targets`` to their host driver (``None``: whatever the kernel picks;
+    :data:`STAY_UNBOUND`: no driver, as the function had none before it was moved).
 
     A function left driverless by an earlier tool is probed again when its native driver is
     known and registered; one whose native module is absent stays driverless, which is success.
