@@ -74,9 +74,11 @@ def group_members(bdf: str) -> list[str]:
 
 
 def group_viable(bdf: str) -> Optional[bool]:
+    """status's ``group_viable`` (docs/design.md): every OTHER member of the group leaves DMA
+    to its user, i.e. the group is usable once this function is on vfio-pci."""
     if group(bdf) is None:
         return None
-    return all(driver(m) in DMA_SAFE for m in group_members(bdf))
+    return all(driver(m) in DMA_SAFE for m in group_members(bdf) if m != bdf)
 
 
 def vfio_node(bdf: str) -> Optional[str]:
