@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Optional, Union
 
+from pyfakefs.fake_file import FakeDirectory, FakeFile
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.harness.pci import (
@@ -198,8 +199,8 @@ _DIR_ENTRY_RE = re.compile(r"^(power|msi_irqs|link|pci_bus|virtio\d+|net|ptp|wak
 _DYNAMIC_ATTRS = frozenset({"driver_override", "enable", "power_state", "sriov_numvfs",
                             "sriov_drivers_autoprobe"})
 _MODELLED_ENTRIES = frozenset({
-    "driver", "iommu_group", "iommu", "subsystem", "physfn", "vfio-dev", "waiting_for_supplier",
-    "uevent", "config", "remove", "rescan", "reset", *_DYNAMIC_ATTRS,
+    "driver", "iommu_group", "iommu", "subsystem", "physfn", "vfio-dev", "uevent", "config",
+    "remove", "rescan", "reset", *_DYNAMIC_ATTRS,
 })
 
 VFIO_FAMILY: tuple[Module, ...] = (
@@ -324,6 +325,7 @@ class FakeKernel:
         self.drivers_autoprobe = True
         self.modules_supported = modules_supported
         self._lock = threading.RLock()
+        self._dirs: dict[str, FakeDirectory] = {}
         self._functions: dict[str, Function] = {}
         self._drivers: dict[str, Driver] = {}  # registration order
         self._modules: dict[str, Module] = {}
@@ -349,31 +351,63 @@ class FakeKernel:
     def _host_path(self, rel: str) -> str:
         return posixpath.join(self.host_root, rel)
 
+    def _dir(self, path: str) -> FakeDirectory:
+        """The folder at ``path`` (created with its parents if needed), cached.
+
+        Building a machine adds thousands of entries; resolving each path from the root
+        through pyfakefs was most of the cost, so folders are looked up once.
+        """
+        found = self._dirs.get(path)
+        if found is not None:
+            parent = found.parent_dir() if found.parent_dir is not None else None
+            if parent is not None and parent.entries.get(posixpath.basename(path)) is not found:
+                found = None  # removed behind the harness' back (os.rmdir on the fake)
+        if found is None:
+            obj = self.fs.resolve(path) if self.fs.exists(path) else self.fs.create_dir(path)
+            if not isinstance(obj, FakeDirectory):
+                raise NotADirectoryError(path)
+            self._dirs[path] = found = obj
+        return found
+
     def _mkdir(self, path: str) -> None:
-        if not self.fs.exists(path):
-            self.fs.create_dir(path)
+        self._dir(path)
+
+    def _put(self, path: str, obj: FakeFile) -> None:
+        folder, name = posixpath.split(path)
+        parent = self._dir(folder)
+        if name in parent.entries:
+            self._remove(path)
+        parent.add_entry(obj)
 
     def _file(self, path: str, show: Optional[Show], store: Optional[Store] = None) -> None:
-        directory, name = posixpath.split(path)
-        self._mkdir(directory)
-        if self.fs.exists(path, check_link=True):
-            self.fs.remove_object(path)
-        self.fs.add_object(directory, KernelFile(name, self.fs, show=show, store=store))
+        name = posixpath.basename(path)
+        self._put(path, KernelFile(name, self.fs, show=show, store=store))
 
     def _link(self, path: str, target: str) -> None:
-        self._mkdir(posixpath.dirname(path))
-        if self.fs.exists(path, check_link=True):
-            self.fs.remove_object(path)
-        self.fs.create_symlink(path, target)
+        # what FakeFilesystem.create_symlink builds, without resolving the path again
+        name = posixpath.basename(path)
+        self._put(path, FakeFile(name, st_mode=stat.S_IFLNK | 0o777, contents=target,
+                                 filesystem=self.fs))
 
     def _remove(self, path: str) -> None:
-        if self.fs.exists(path, check_link=True):
-            self.fs.remove_object(path)
+        folder, name = posixpath.split(path)
+        parent = self._dirs.get(folder)
+        if parent is None:
+            if not self.fs.exists(folder):
+                return
+            parent = self._dir(folder)
+        if name in parent.entries:
+            parent.remove_entry(name)
+        prefix = path + "/"
+        for cached in [p for p in self._dirs if p == path or p.startswith(prefix)]:
+            del self._dirs[cached]
 
     def _chardev(self, path: str) -> None:
-        if not self.fs.exists(path, check_link=True):
-            self._mkdir(posixpath.dirname(path))
-            self.fs.create_file(path, st_mode=stat.S_IFCHR | 0o600)
+        folder, name = posixpath.split(path)
+        parent = self._dir(folder)
+        if name not in parent.entries:
+            parent.add_entry(FakeFile(name, st_mode=stat.S_IFCHR | 0o600, contents="",
+                                      filesystem=self.fs))
 
     def _store(self, rel: str, effect: Callable[[bytes], None]) -> Store:
         def store(data: bytes) -> None:
