@@ -174,6 +174,7 @@ class Function:
     power_state: str = "D0"
     driver_children: dict[str, list[str]] = field(default_factory=dict)
     waiting_for_supplier: bool = False
+    noiommu_group: bool = False  # its group was made by vfio's no-IOMMU mode
 
     @property
     def depth(self) -> int:
@@ -232,7 +233,7 @@ DEFAULT_KERNEL_CONFIG: dict[str, str] = {
     "CONFIG_VFIO_PCI": "m",
     "CONFIG_VFIO_PCI_CORE": "m",
     "CONFIG_VFIO_IOMMU_TYPE1": "m",
-    "CONFIG_VFIO_NOIOMMU": "y",
+    "CONFIG_VFIO_NOIOMMU": "n",  # q35 snapshots: /sys/module/vfio has no parameters
     "CONFIG_IOMMUFD": "n",
 }
 
@@ -324,6 +325,7 @@ class FakeKernel:
         self.kernel_config: dict[str, str] = dict(DEFAULT_KERNEL_CONFIG)
         self.drivers_autoprobe = True
         self.modules_supported = modules_supported
+        self.noiommu = False
         self._lock = threading.RLock()
         self._dirs: dict[str, FakeDirectory] = {}
         self._functions: dict[str, Function] = {}
@@ -1085,7 +1087,7 @@ class FakeKernel:
 
     # ------------------------------------------------------------------ groups and /dev/vfio
     def _join_group(self, fn: Function) -> None:
-        if not self.iommu or fn.group is None:
+        if fn.group is None or not (self.iommu or fn.noiommu_group):
             return
         group = fn.group
         base = self.sys_path(f"kernel/iommu_groups/{group}")
@@ -1116,15 +1118,19 @@ class FakeKernel:
                 return True
         return False
 
+    def _node_name(self, group: int) -> str:
+        members = [self._functions[b] for b in self._groups.get(group, ())]
+        return f"noiommu-{group}" if any(m.noiommu_group for m in members) else str(group)
+
     def _group_node_add(self, group: int) -> None:
         if self._defer_nodes:
             self._pending_nodes.add(group)
             return
-        self._chardev(posixpath.join(self.dev_root, f"vfio/{group}"))
+        self._chardev(posixpath.join(self.dev_root, f"vfio/{self._node_name(group)}"))
 
-    def _group_node_remove(self, group: int) -> None:
+    def _group_node_remove(self, group: int, name: Optional[str] = None) -> None:
         self._pending_nodes.discard(group)
-        self._remove(posixpath.join(self.dev_root, f"vfio/{group}"))
+        self._remove(posixpath.join(self.dev_root, f"vfio/{name or self._node_name(group)}"))
 
     def defer_vfio_nodes(self, defer: bool = True) -> None:
         """Model udev/devtmpfs lag: new /dev/vfio/N nodes appear only at :meth:`settle`."""
@@ -1138,7 +1144,7 @@ class FakeKernel:
         with self._lock:
             for group in sorted(self._pending_nodes):
                 if self._group_on_vfio(group):
-                    self._chardev(posixpath.join(self.dev_root, f"vfio/{group}"))
+                    self._chardev(posixpath.join(self.dev_root, f"vfio/{self._node_name(group)}"))
             self._pending_nodes.clear()
 
     # ------------------------------------------------------------------ matching, probe, bind
@@ -1168,7 +1174,7 @@ class FakeKernel:
         if forced is not None:
             return forced
         if drv.vfio:
-            if not self.iommu or fn.group is None:
+            if (not self.iommu or fn.group is None) and not self.noiommu:
                 return errno.EINVAL  # no IOMMU group: vfio_pci_core_register_device fails
             if fn.header_type != 0:
                 return errno.EINVAL  # bridges: vfio_pci_probe refuses non-normal headers
@@ -1215,7 +1221,7 @@ class FakeKernel:
         drv = self._drivers.get(name)
         if drv is None:
             raise ValueError(f"driver {name} is not registered (add_driver first)")
-        if drv.vfio and (not self.iommu or fn.group is None):
+        if drv.vfio and (not self.iommu or fn.group is None) and not self.noiommu:
             raise ValueError(f"{fn.bdf}: vfio driver {name} needs an IOMMU group")
         if fn.driver is not None:
             raise ValueError(f"{fn.bdf} is already bound to {fn.driver}")
@@ -1230,6 +1236,10 @@ class FakeKernel:
             fn.waiting_for_supplier = False
             self._remove(f"{d}/waiting_for_supplier")
         if drv.vfio:
+            if fn.group is None or not self.iommu:
+                # vfio's no-IOMMU mode gives the device a group of its own
+                fn.group, fn.noiommu_group = self._next_group(), True
+                self._join_group(fn)
             used = {f.vfio_index for f in self._functions.values() if f.vfio_index is not None}
             index = next(i for i in range(len(used) + 1) if i not in used)
             fn.vfio_index = index
@@ -1256,7 +1266,11 @@ class FakeKernel:
             fn.vfio_index = None
             fn.power_state = "D0"
             if fn.group is not None and not self._group_on_vfio(fn.group):
-                self._group_node_remove(fn.group)
+                self._group_node_remove(fn.group, self._node_name(fn.group))
+            if fn.noiommu_group:
+                self._leave_group(fn)
+                self._remove(f"{d}/iommu_group")
+                fn.group, fn.noiommu_group = None, False
         else:
             for child in fn.driver_children.get(name, []):
                 self._remove(f"{d}/{child}")
@@ -1470,6 +1484,22 @@ class FakeKernel:
         with self._lock:
             self._unplug_on_write[self._canonical(path)].append(bdf)
 
+    def enable_noiommu(self, enabled: bool = True) -> None:
+        """vfio's ``enable_unsafe_noiommu_mode=Y``: no isolation, for refusal tests.
+
+        vfio drivers then bind functions that have no IOMMU group: each gets a group of its
+        own (an iommu_group link and /sys/kernel/iommu_groups/N appear) and the node is
+        /dev/vfio/noiommu-N. Needs the vfio module (declared or loaded) for the parameter.
+        """
+        with self._lock:
+            self.noiommu = enabled
+            self.kernel_config["CONFIG_VFIO_NOIOMMU"] = "y"
+            vfio = self._modules.get("vfio")
+            if vfio is not None:
+                vfio.params["enable_unsafe_noiommu_mode"] = "Y" if enabled else "N"
+                if vfio.loaded:
+                    self._module_sysfs(vfio)
+
     def set_cmdline(self, text: str) -> None:
         self._cmdline = text
 
@@ -1509,7 +1539,7 @@ class FakeKernel:
 
     def group_of(self, bdf: str) -> Optional[int]:
         fn = self._functions.get(bdf)
-        return fn.group if fn is not None and self.iommu else None
+        return fn.group if fn is not None else None
 
     def group_members(self, group: int) -> list[str]:
         return sorted(self._groups.get(group, ()))

@@ -270,3 +270,56 @@ def test_sriov_numvfs_writes(kernel: FakeKernel) -> None:
     assert not any(kernel.has_function(v) for v in vfs)
     write(kernel, drv("rebellions", "unbind"), pf)
     assert write_errno(kernel, dev(pf, "sriov_numvfs"), "1") == errno.ENOENT  # no PF driver
+
+
+def test_noiommu_mode_binds_without_isolation(fs: FakeFilesystem) -> None:
+    k = FakeKernel(fs, iommu=False)
+    nic, edu = add_simple(k)
+    k.enable_noiommu()
+    assert read(k, "module/vfio/parameters/enable_unsafe_noiommu_mode") == "Y\n"
+    write(k, dev(edu, "driver_override"), "vfio-pci\n")
+    write(k, "bus/pci/drivers_probe", edu)
+    assert k.driver_of(edu) == "vfio-pci"
+    group = k.group_of(edu)
+    assert group is not None
+    assert k.vfio_nodes() == {"vfio", f"noiommu-{group}"}
+    assert k.fs.listdir(f"{k.sys_root}/kernel/iommu_groups") == [str(group)]
+    write(k, drv("vfio-pci", "unbind"), edu)
+    assert k.group_of(edu) is None
+    assert k.vfio_nodes() == {"vfio"}
+    assert k.fs.listdir(f"{k.sys_root}/kernel/iommu_groups") == []
+    assert k.driver_of(nic) == "e1000e"
+
+
+def test_group_viability_is_not_enforced_at_bind(kernel: FakeKernel) -> None:
+    """The kernel binds one member of a group while a sibling stays on a host driver; only
+    opening the group fails ("not viable"). Which drivers leave DMA to their user is not in
+    sysfs: the harness records it as ``dma_safe`` for the tests' own reference."""
+    kernel.add_driver("e1000", module="e1000", ids=[(0x8086, 0x100E)])
+    kernel.add_driver("vfio-pci", module="vfio_pci", vfio=True, dma_safe=True)
+    kernel.add_driver("pci-stub", module="pci_stub", builtin=True, dma_safe=True)
+    kernel.add_driver("pcieport", classes=[(0x060400, 0xFFFF00)], dma_safe=True)
+    kernel.add_function("0000:00:05.0", vendor=0x8086, device=0x100E, pci_class=0x020000,
+                        driver="e1000", iommu_group=4)
+    kernel.add_function("0000:00:05.1", vendor=0x1AF4, device=0x1000, pci_class=0x020000,
+                        iommu_group=4, driver_override="vfio-pci")
+    write(kernel, "bus/pci/drivers_probe", "0000:00:05.1")
+    assert kernel.driver_of("0000:00:05.1") == "vfio-pci"
+    assert kernel.driver_of("0000:00:05.0") == "e1000"
+    assert kernel.vfio_nodes() == {"vfio", "4"}
+    assert [kernel.driver(d).dma_safe for d in ("vfio-pci", "pci-stub", "pcieport", "e1000")] == [
+        True, True, True, False]
+
+
+def test_failed_bind_half_way_and_the_restore(fs: FakeFilesystem) -> None:
+    """Known trap: override set, unbound, vfio-pci refuses -> driverless with a stale
+    override. Clearing the override and reprobing puts the device back."""
+    k = FakeKernel(fs, iommu=False)
+    nic, _ = add_simple(k)
+    write(k, dev(nic, "driver_override"), "vfio-pci\n")
+    write(k, drv("e1000e", "unbind"), nic)
+    assert write_errno(k, drv("vfio-pci", "bind"), nic) == errno.EINVAL
+    assert (k.driver_of(nic), k.override_of(nic)) == (None, "vfio-pci")
+    write(k, dev(nic, "driver_override"), "\n")
+    write(k, "bus/pci/drivers_probe", nic)
+    assert (k.driver_of(nic), k.override_of(nic)) == ("e1000e", None)
