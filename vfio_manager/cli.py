@@ -87,6 +87,19 @@ def _selection_options(func: F) -> F:
     return func
 
 
+def _load_modules_option(default: bool) -> Callable[[F], F]:
+    if default:
+        help_text = (
+            "Load the missing vfio modules with the host's modprobe before binding "
+            "(default); --no-load-modules refuses instead."
+        )
+    else:
+        help_text = "Load the missing vfio modules with the host's modprobe, then check again."
+    return click.option(
+        "--load-modules/--no-load-modules", default=default, show_default=True, help=help_text
+    )
+
+
 def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Any:
     from vfio_manager.selection import Selector
 
@@ -212,6 +225,47 @@ def status(
         sys.exit(int(ExitCode.FAILED))
 
 
+# -- check ----------------------------------------------------------------------------------
+def _check_mark(ok: bool) -> str:
+    """✓/✗ in green/red (click drops the colour when stdout is not a terminal)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        "✓✗".encode(encoding)
+        text = "✓" if ok else "✗"
+    except (UnicodeEncodeError, LookupError):
+        text = "ok" if ok else "FAIL"
+    return click.style(text, fg="green") if ok else click.style(text, fg="red", bold=True)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@_selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a checklist.")
+@_load_modules_option(default=False)
+@click.pass_obj
+@_handles_errors
+def check(
+    settings: Settings,
+    vendor: str,
+    pci_class: str,
+    device_ids: tuple[str, ...],
+    as_json: bool,
+    load_modules: bool,
+) -> None:
+    """Is this host ready to give the selected functions to VMs? Exit 0 if so, 3 if not.
+
+    Checks the IOMMU (live evidence, explained by the kernel arguments and configuration),
+    no-IOMMU mode, the vfio modules and driver, /dev/vfio/vfio, and each selected function's
+    IOMMU group and vfio driver. Read-only unless --load-modules is given.
+    """
+    from vfio_manager import commands
+
+    selector = _selector(vendor, pci_class, device_ids)
+    result = commands.check(settings, selector, load_modules=load_modules)
+    _emit(result.json_lines() if as_json else result.text_lines(_check_mark))
+    if result.exit_code != ExitCode.OK:
+        sys.exit(int(result.exit_code))
+
+
 # -- bind / unbind ---------------------------------------------------------------------------
 def _transition_options(func: F) -> F:
     func = click.option(
@@ -230,6 +284,7 @@ def _run_transition(
     dry_run: bool,
     as_json: bool,
     with_group_peers: bool = False,
+    load_modules: bool = True,
 ) -> None:
     from vfio_manager import commands
 
@@ -241,6 +296,7 @@ def _run_transition(
         to_vfio=to_vfio,
         dry_run=dry_run,
         with_group_peers=with_group_peers,
+        load_modules=load_modules,
     )
     _emit(result.json_lines() if as_json else result.text_lines())
     if result.exit_code != ExitCode.OK:
@@ -256,6 +312,7 @@ def _run_transition(
     help="Also bind the other endpoint members of each IOMMU group when they match the "
     "selection or are named.",
 )
+@_load_modules_option(default=True)
 @click.pass_obj
 @_handles_errors
 def bind(
@@ -267,8 +324,13 @@ def bind(
     dry_run: bool,
     as_json: bool,
     with_group_peers: bool,
+    load_modules: bool,
 ) -> None:
-    """Move the named functions to vfio-pci (override, unbind, probe, verify)."""
+    """Move the named functions to vfio-pci (override, unbind, probe, verify).
+
+    The checks of `vfio-manager check` run first; the host must pass them (exit 3 otherwise,
+    before anything is written).
+    """
     _run_transition(
         settings,
         True,
@@ -277,6 +339,7 @@ def bind(
         dry_run=dry_run,
         as_json=as_json,
         with_group_peers=with_group_peers,
+        load_modules=load_modules,
     )
 
 
@@ -307,6 +370,7 @@ def unbind(
     is_flag=True,
     help="Also bind other endpoint members of each IOMMU group that match the selection.",
 )
+@_load_modules_option(default=True)
 @click.pass_obj
 @_handles_errors
 def bind_all(
@@ -317,8 +381,12 @@ def bind_all(
     dry_run: bool,
     as_json: bool,
     with_group_peers: bool,
+    load_modules: bool,
 ) -> None:
-    """Move every selected function to vfio-pci; converged ones are left alone."""
+    """Move every selected function to vfio-pci; converged ones are left alone.
+
+    The checks of `vfio-manager check` run first (exit 3 before any write if they fail).
+    """
     _run_transition(
         settings,
         True,
@@ -327,6 +395,7 @@ def bind_all(
         dry_run=dry_run,
         as_json=as_json,
         with_group_peers=with_group_peers,
+        load_modules=load_modules,
     )
 
 

@@ -6,7 +6,7 @@ to render itself; the CLI only prints those lines and exits with the result's co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -22,7 +22,12 @@ from vfio_manager.viability import is_vfio_driver
 if TYPE_CHECKING:
     from vfio_manager.cli import Settings
     from vfio_manager.engine import Report
+    from vfio_manager.hostfs import HostFiles
+    from vfio_manager.modalias import AliasTable
+    from vfio_manager.model import PciFunction, Topology
+    from vfio_manager.modules import Runner
     from vfio_manager.plan import Plan
+    from vfio_manager.preflight import HostSummary, Preflight
 
 
 def _sysfs(settings: Settings) -> Sysfs:
@@ -33,21 +38,27 @@ def _sysfs(settings: Settings) -> Sysfs:
 class StatusResult:
     selector: Selector
     records: list[dict[str, Any]]
+    host: Optional[HostSummary] = None
 
     @property
     def all_on_vfio(self) -> bool:
         return all(is_vfio_driver(r["driver"]) for r in self.records)
 
     def table_lines(self) -> list[str]:
+        head = [self.host.line()] if self.host is not None else []
         if not self.records:
             return [
+                *head,
                 f"No PCI function matches {self.selector.describe()}: "
-                "no Rebellions NPU is present on this host (nothing to do)."
+                "no Rebellions NPU is present on this host (nothing to do).",
             ]
-        return render.status_lines(self.records)
+        return head + render.status_lines(self.records)
 
     def json_lines(self) -> list[str]:
-        return [render.to_json({"devices": self.records})]
+        doc: dict[str, Any] = {"devices": self.records}
+        if self.host is not None:
+            doc["host"] = self.host.to_json()
+        return [render.to_json(doc)]
 
 
 def status(settings: Settings, selector: Selector) -> StatusResult:
@@ -57,7 +68,9 @@ def status(settings: Settings, selector: Selector) -> StatusResult:
     records = [
         render.device_record(topology, f, sysfs) for f in selected_functions(topology, selector)
     ]
-    return StatusResult(selector, records)
+    from vfio_manager.preflight import HostSummary
+
+    return StatusResult(selector, records, HostSummary.read(sysfs))
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class TransitionResult:
     selector: Selector
     plan: Plan
     report: Optional[Report]
+    host_notes: tuple[str, ...] = ()  # modules loaded (or, in a dry run, to be loaded)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -74,11 +88,12 @@ class TransitionResult:
         return ExitCode.FAILED if refused else ExitCode.OK
 
     def text_lines(self) -> list[str]:
+        head = [f"host: {note}" for note in self.host_notes]
         if not self.plan.entries:
-            return [f"No PCI function matches {self.selector.describe()}: nothing to do."]
+            return [*head, f"No PCI function matches {self.selector.describe()}: nothing to do."]
         if self.report is None:
-            return render.plan_lines(self.plan)
-        return render.report_lines(self.report)
+            return head + render.plan_lines(self.plan)
+        return head + render.report_lines(self.report)
 
     def json_lines(self) -> list[str]:
         if self.report is None:
@@ -94,8 +109,14 @@ def transition(
     to_vfio: bool,
     dry_run: bool = False,
     with_group_peers: bool = False,
+    load_modules: bool = True,
+    runner: Optional[Runner] = None,
 ) -> TransitionResult:
-    """Plan and (unless ``dry_run``) apply a move of the targets to vfio or back to the host."""
+    """Plan and (unless ``dry_run``) apply a move of the targets to vfio or back to the host.
+
+    A move to vfio passes the preflight gate first (:func:`gate`): it may load the vfio
+    modules, and it refuses with exit 3 before anything is written when the host is not ready.
+    """
     from vfio_manager.drivers import DriverResolver
     from vfio_manager.engine import Engine
     from vfio_manager.hostfs import HostFiles
@@ -109,7 +130,29 @@ def transition(
         if named
         else selected_functions(topology, selector)
     )
-    resolver = DriverResolver.load(topology, HostFiles(settings.host_root))
+    host = HostFiles(settings.host_root)
+    resolver = DriverResolver.load(topology, host)
+    notes: tuple[str, ...] = ()
+    if to_vfio and targets:
+        notes = gate(
+            sysfs,
+            host,
+            topology,
+            targets,
+            aliases=resolver.aliases,
+            selection=selector.describe(),
+            load_modules=load_modules,
+            dry_run=dry_run,
+            runner=runner,
+        )
+        if notes and not dry_run:  # modules were loaded: drivers and their modules changed
+            topology = read_topology(sysfs)
+            targets = (
+                named_functions(topology, selector, named)
+                if named
+                else selected_functions(topology, selector)
+            )
+            resolver = DriverResolver(topology, resolver.aliases)
     if to_vfio:
         plan = plan_to_vfio(
             topology,
@@ -122,6 +165,106 @@ def transition(
     else:
         plan = plan_to_host(topology, targets, native_driver_for=resolver.native_driver)
     if dry_run or not plan.entries:
-        return TransitionResult(selector, plan, None)
+        return TransitionResult(selector, plan, None, notes)
     report = Engine(Kernel(sysfs), node_timeout=settings.timeout).apply(plan)
-    return TransitionResult(selector, plan, report)
+    return TransitionResult(selector, plan, report, notes)
+
+
+def gate(
+    sysfs: Sysfs,
+    host: HostFiles,
+    topology: Topology,
+    targets: Sequence[PciFunction],
+    *,
+    aliases: Optional[AliasTable],
+    selection: str,
+    load_modules: bool,
+    dry_run: bool,
+    runner: Optional[Runner] = None,
+) -> tuple[str, ...]:
+    """The checks of ``check``, before any write; loads missing modules unless told not to.
+
+    Returns notes for the output (the modules loaded, or in a dry run those that would be);
+    raises :class:`~vfio_manager.preflight.PreflightFailed` (exit 3) when the host is not ready.
+    A dry run loads nothing and counts loadable modules as loaded when loading is on.
+    """
+    from vfio_manager import preflight
+
+    result = preflight.run(
+        sysfs,
+        host,
+        targets,
+        aliases=aliases,
+        driver_modules=topology.driver_modules,
+        selection=selection,
+        load=load_modules and not dry_run,
+        runner=runner,
+    )
+    blocking = result.blocking(assume_loaded=dry_run and load_modules)
+    if blocking:
+        raise preflight.PreflightFailed(result, blocking)
+    if result.attempts:
+        return tuple(a.describe() for a in result.attempts)
+    if dry_run and load_modules and result.pending:
+        return (f"would load {', '.join(result.pending)} with modprobe first (dry run)",)
+    return ()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    selector: Selector
+    preflight: Preflight
+    functions: int
+    host_root: str
+    release: str
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.preflight.ok else ExitCode.HOST_NOT_READY
+
+    def text_lines(self, mark: Optional[Callable[[bool], str]] = None) -> list[str]:
+        head = (
+            f"Host readiness for {self.functions} function(s) matching "
+            f"{self.selector.describe()} (host root {self.host_root}, kernel {self.release}):"
+        )
+        failed = len(self.preflight.failed)
+        if failed:
+            tail = (
+                f"NOT READY: {failed} of {len(self.preflight.checks)} checks failed; "
+                "bind and bind-all refuse until they pass"
+            )
+        else:
+            tail = "READY: the selected functions can be given to VMs"
+        return [head, *self.preflight.lines(mark), tail]
+
+    def json_lines(self) -> list[str]:
+        return [render.to_json(self.preflight.to_json())]
+
+
+def check(
+    settings: Settings,
+    selector: Selector,
+    *,
+    load_modules: bool = False,
+    runner: Optional[Runner] = None,
+) -> CheckResult:
+    """The host readiness checklist for the selected functions; loads modules only if asked."""
+    from vfio_manager import preflight
+    from vfio_manager.hostfs import HostFiles
+    from vfio_manager.modalias import AliasTable
+
+    sysfs = _sysfs(settings)
+    topology = read_topology(sysfs)
+    functions = selected_functions(topology, selector)
+    host = HostFiles(settings.host_root)
+    result = preflight.run(
+        sysfs,
+        host,
+        functions,
+        aliases=AliasTable.load(host) if functions else None,
+        driver_modules=topology.driver_modules,
+        selection=selector.describe(),
+        load=load_modules,
+        runner=runner,
+    )
+    return CheckResult(selector, result, len(functions), host.root, host.release)

@@ -177,6 +177,49 @@ class Sysfs:
     def vfio_node_exists(self, group: int) -> bool:
         return os.path.exists(self.vfio_group_node(group))
 
+    # -- preflight reads (modules, IOMMU units, firmware tables) -----------------------------
+    def iommu_group_names(self) -> list[str]:
+        """Names under /sys/kernel/iommu_groups (one listing; empty when the IOMMU is off)."""
+        return [n for n in self.list_dir(self.iommu_groups_dir()) if n.isdigit()]
+
+    def iommu_units(self) -> list[str]:
+        """Entries of /sys/class/iommu: ``dmar0`` (Intel VT-d), ``ivhd0`` (AMD-Vi), ..."""
+        return self.list_dir(self.class_dir("iommu"))
+
+    def acpi_tables_visible(self) -> bool:
+        return os.path.isdir(self._path("firmware", "acpi", "tables"))
+
+    def acpi_table_present(self, name: str) -> bool:
+        return os.path.lexists(self.acpi_table_path(name))
+
+    def module_present(self, module: str) -> bool:
+        """/sys/module/NAME exists: loaded, or built in with parameters."""
+        return os.path.isdir(self.module_dir(module))
+
+    def module_initstate(self, module: str) -> Optional[str]:
+        """``live`` for a loaded loadable module; ``None`` for a built-in one (or none at all)."""
+        return self.read_text(os.path.join(self.module_dir(module), "initstate"))
+
+    def module_parameter(self, module: str, name: str) -> Optional[str]:
+        path = os.path.join(self.module_dir(module), "parameters", _valid_name(name, "parameter"))
+        return self.read_text(path)
+
+    def module_pci_drivers(self, module: str) -> list[str]:
+        """PCI drivers a module registered (/sys/module/MOD/drivers/pci:NAME -> NAME)."""
+        entries = self.list_dir(os.path.join(self.module_dir(module), "drivers"))
+        return [e[len("pci:") :] for e in entries if e.startswith("pci:")]
+
+    def dev_vfio_exists(self) -> bool:
+        return os.path.isdir(self.vfio_dev_dir())
+
+    def vfio_container_exists(self) -> bool:
+        """/dev/vfio/vfio, the legacy container node QEMU opens (vfio, CONFIG_VFIO_CONTAINER)."""
+        return os.path.exists(os.path.join(self.vfio_dev_dir(), "vfio"))
+
+    def iommufd_node_exists(self) -> bool:
+        """/dev/iommu, the iommufd node that replaces the container on new kernels."""
+        return os.path.exists(os.path.join(self.dev_root, "iommu"))
+
     # -- writes -------------------------------------------------------------------------------
     def write(self, path: str, data: str) -> None:
         """One unbuffered write; the kernel's errno comes back as :class:`SysfsWriteError`."""

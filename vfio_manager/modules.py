@@ -1,0 +1,273 @@
+"""Kernel modules of the vfio stack: what state each is in, and loading them with modprobe.
+
+A module is *loaded* (/sys/module/NAME/initstate, or listed in /proc/modules), *built-in*
+(modules.builtin, or /sys/module/NAME without initstate), *blacklisted* (modprobe.d or the
+kernel command line keeps it out), *loadable* (a ``.ko`` under /lib/modules/REL) or *missing*.
+
+Loading runs the host's own modprobe: ``modprobe NAME`` when the host root is ``/``,
+``chroot HOST_ROOT modprobe NAME`` otherwise (a container with the host's / mounted). The
+argument list is fixed and no shell is involved; the runner is injectable so tests build the
+command line without running it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from vfio_manager.hostfs import HostFiles
+from vfio_manager.sysfs import Sysfs
+
+MODPROBE_TIMEOUT = 60.0
+# `install NAME <cmd>` lines whose command makes loading a no-op or a failure.
+_BLOCKING_INSTALL_COMMANDS = frozenset(
+    {"/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/true", "false", "true"}
+)
+
+
+def normalise(name: str) -> str:
+    """kmod's module name: dashes and underscores are the same (``vfio-pci`` -> ``vfio_pci``)."""
+    return name.strip().replace("-", "_")
+
+
+class ModuleState(str, enum.Enum):
+    LOADED = "loaded"
+    BUILTIN = "built-in"
+    BLACKLISTED = "blacklisted"
+    LOADABLE = "loadable"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Blacklisting:
+    """Why modprobe will not load a module: a modprobe.d line or a kernel argument."""
+
+    how: str  # "blacklist", "install", "module_blacklist", "modprobe.blacklist"
+    where: str  # "/etc/modprobe.d/x.conf:3" or "the kernel command line"
+    line: str
+
+    def describe(self) -> str:
+        return f"`{self.line}` ({self.where})"
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One module's state and the evidence it was read from."""
+
+    name: str
+    state: ModuleState
+    evidence: tuple[str, ...] = ()
+    blacklisting: Optional[Blacklisting] = None
+    path: Optional[str] = None  # the .ko, relative to /lib/modules/REL
+    tree_visible: bool = True  # /lib/modules/REL could be read
+    note: Optional[str] = None  # e.g. "the kernel is built without CONFIG_VFIO_PCI"
+
+    @property
+    def ok(self) -> bool:
+        """Present in the running kernel: nothing to load."""
+        return self.state in (ModuleState.LOADED, ModuleState.BUILTIN)
+
+    @property
+    def exists(self) -> bool:
+        """The kernel has this module in some form (loaded, built in or on disk)."""
+        return self.state is not ModuleState.MISSING or self.blacklisting is not None
+
+    def describe(self) -> str:
+        text = self.state.value
+        if self.state is ModuleState.LOADABLE and self.path:
+            text += f" ({self.path}), not loaded"
+        elif self.state is ModuleState.BLACKLISTED and self.blacklisting is not None:
+            text += f" by {self.blacklisting.describe()}"
+            text += f", {self.path} is on disk" if self.path else ""
+        if self.note:
+            text += f" ({self.note})"
+        elif self.state is ModuleState.MISSING and not self.tree_visible:
+            text += " (the kernel's module tree is not visible)"
+        return text
+
+
+def blacklistings(
+    config: Iterable[tuple[str, int, str]], cmdline_args: Mapping[str, Sequence[str]]
+) -> dict[str, Blacklisting]:
+    """Module name -> the first thing that keeps modprobe from loading it."""
+    found: dict[str, Blacklisting] = {}
+    for key in ("module_blacklist", "modprobe.blacklist"):
+        for value in cmdline_args.get(key, ()):
+            for name in value.split(","):
+                if name.strip():
+                    found.setdefault(
+                        normalise(name),
+                        Blacklisting(key, "the kernel command line", f"{key}={value}"),
+                    )
+    for path, number, line in config:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "blacklist":
+            found.setdefault(
+                normalise(words[1]), Blacklisting("blacklist", f"{path}:{number}", line)
+            )
+        elif len(words) >= 3 and words[0] == "install" and words[2] in _BLOCKING_INSTALL_COMMANDS:
+            found.setdefault(normalise(words[1]), Blacklisting("install", f"{path}:{number}", line))
+    return found
+
+
+class ModuleInventory:
+    """Reads module state from sysfs and the host's files; the big files are read once."""
+
+    def __init__(
+        self,
+        sysfs: Sysfs,
+        host: HostFiles,
+        *,
+        cmdline_args: Optional[Mapping[str, Sequence[str]]] = None,
+    ) -> None:
+        self.sysfs = sysfs
+        self.host = host
+        self.builtin = host.builtin_modules()
+        self.loadable = host.loadable_modules()
+        self.proc_modules = host.proc_modules()
+        self.blacklisted = blacklistings(host.modprobe_config(), cmdline_args or {})
+
+    def info(self, module: str) -> ModuleInfo:
+        name = normalise(module)
+        sysfs, host = self.sysfs, self.host
+        module_dir = sysfs.module_dir(name)
+        evidence: list[str] = []
+        present = sysfs.module_present(name)
+        initstate = sysfs.module_initstate(name) if present else None
+        in_proc = self.proc_modules is not None and name in self.proc_modules
+        path = self.loadable.get(name) if self.loadable is not None else None
+        tree_visible = self.loadable is not None
+        if initstate is not None or in_proc:
+            if initstate is not None:
+                evidence.append(f"{module_dir}/initstate: {initstate}")
+            if in_proc:
+                evidence.append(f"{host.path('proc', 'modules')} lists {name}")
+            return ModuleInfo(name, ModuleState.LOADED, tuple(evidence), path=path)
+        if present or (self.builtin is not None and name in self.builtin):
+            if present:
+                evidence.append(f"{module_dir} exists without initstate")
+            if self.builtin is not None and name in self.builtin:
+                evidence.append(f"{host.modules_file('modules.builtin')} lists {name}")
+            return ModuleInfo(name, ModuleState.BUILTIN, tuple(evidence), path=path)
+        evidence.append(f"{module_dir} absent")
+        if tree_visible:
+            where = host.modules_dir()
+            evidence.append(f"{where}/{path}" if path else f"no {name}.ko under {where}")
+        else:
+            evidence.append(f"{host.modules_dir()} not readable")
+        blacklisting = self.blacklisted.get(name)
+        if blacklisting is not None:
+            evidence.append(f"{blacklisting.where}: {blacklisting.line}")
+            return ModuleInfo(
+                name, ModuleState.BLACKLISTED, tuple(evidence), blacklisting, path, tree_visible
+            )
+        if path is not None:
+            return ModuleInfo(name, ModuleState.LOADABLE, tuple(evidence), path=path)
+        return ModuleInfo(name, ModuleState.MISSING, tuple(evidence), tree_visible=tree_visible)
+
+
+# -- running modprobe ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+Runner = Callable[[Sequence[str]], RunResult]
+
+
+def subprocess_runner(argv: Sequence[str]) -> RunResult:
+    """Run a fixed argument list (no shell), capturing its output; never raises."""
+    import shutil
+    import subprocess
+
+    search = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    program = argv[0] if argv[0].startswith("/") else shutil.which(argv[0], path=search)
+    if program is None:
+        return RunResult(127, "", f"{argv[0]}: command not found")
+    try:
+        done = subprocess.run(
+            [program, *argv[1:]],
+            capture_output=True,
+            text=True,
+            timeout=MODPROBE_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return RunResult(124, "", f"{' '.join(argv)} did not finish in {MODPROBE_TIMEOUT:g}s")
+    except OSError as exc:
+        return RunResult(126, "", f"{' '.join(argv)}: {exc.strerror or exc}")
+    return RunResult(done.returncode, done.stdout, done.stderr)
+
+
+def modprobe_command(host_root: str, modprobe: str, module: str) -> list[str]:
+    """The host's modprobe for ``module``: direct on /, through chroot on a mounted host root."""
+    root = host_root.rstrip("/") or "/"
+    if root == "/":
+        return [modprobe, module]
+    return ["chroot", root, modprobe, module]
+
+
+@dataclass(frozen=True)
+class LoadAttempt:
+    """One modprobe run, or the reason it was not run (``argv`` empty)."""
+
+    module: str
+    argv: tuple[str, ...]
+    returncode: Optional[int]
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        if not self.argv:
+            return f"{self.module}: {self.message}"
+        command = " ".join(self.argv)
+        if self.ok:
+            return f"loaded {self.module} (`{command}`)"
+        return f"`{command}` failed (exit {self.returncode}): {self.message}"
+
+
+class ModuleLoader:
+    """Loads modules with the host's modprobe through an injectable runner."""
+
+    def __init__(self, host: HostFiles, runner: Optional[Runner] = None) -> None:
+        self.host = host
+        self.runner: Runner = runner if runner is not None else subprocess_runner
+
+    def load(
+        self, modules: Sequence[str], *, still_needed: Optional[Callable[[str], bool]] = None
+    ) -> list[LoadAttempt]:
+        """Run modprobe once per module, in order, stopping at the first failure (the next
+        would fail the same way, or need the one that failed).
+
+        ``still_needed`` is asked before each run, so a module an earlier modprobe already
+        pulled in (as a dependency) is not loaded twice.
+        """
+        if not modules:
+            return []
+        modprobe = self.host.modprobe_path()
+        if modprobe is None:
+            where = ", ".join(
+                self.host.path(p.strip("/")) for p in ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
+            )
+            return [
+                LoadAttempt(m, (), None, f"modprobe is not installed (looked in {where})")
+                for m in modules
+            ]
+        attempts: list[LoadAttempt] = []
+        for module in modules:
+            if attempts and still_needed is not None and not still_needed(module):
+                continue
+            argv = modprobe_command(self.host.root, modprobe, module)
+            result = self.runner(argv)
+            message = (result.stderr or result.stdout).strip().replace("\n", "; ")
+            attempts.append(LoadAttempt(module, tuple(argv), result.returncode, message))
+            if result.returncode != 0:
+                break
+        return attempts

@@ -1,0 +1,997 @@
+"""Is this host ready to give PCI functions to VMs? The checks behind ``check`` and the bind gate.
+
+Everything is read once into :class:`HostFacts` (:func:`gather`); the checks are pure
+functions of those facts (:func:`evaluate`) returning :class:`Check` records with the
+evidence they used and, when they fail, a one-line remedy. Live evidence decides (IOMMU
+groups, /sys/class/iommu, the vfio-pci driver directory); kernel arguments and the kernel
+configuration only explain why.
+
+:func:`run` adds module loading: when the only failures are modules that are on disk but not
+loaded, it loads them with the host's modprobe (:mod:`vfio_manager.modules`) and checks again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from vfio_manager.errors import HostNotReadyError
+from vfio_manager.hostfs import HostFiles
+from vfio_manager.logsetup import get_logger
+from vfio_manager.sysfs import Sysfs
+from vfio_manager.viability import VFIO_PCI
+
+if TYPE_CHECKING:
+    from vfio_manager.modalias import AliasTable
+    from vfio_manager.model import PciFunction
+    from vfio_manager.modules import LoadAttempt, ModuleInfo, Runner
+
+# -- remedies (asserted verbatim in tests) ---------------------------------------------------------
+GRUB_STEPS = (
+    "GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub (Debian/Ubuntu) or "
+    "grub2-mkconfig -o /boot/grub2/grub.cfg (RHEL/Fedora), and reboot"
+)
+INTEL_REMEDY = (
+    f"add intel_iommu=on to {GRUB_STEPS}; if it stays off, enable VT-d (Intel Virtualization "
+    "Technology for Directed I/O) in the firmware (BIOS/UEFI) setup"
+)
+AMD_REMEDY = (
+    "enable AMD-Vi/IOMMU (often labelled 'IOMMU' or 'AMD-Vi') in the firmware (BIOS/UEFI) "
+    "setup and reboot; the AMD IOMMU is on by default, so no kernel argument is needed "
+    "(amd_iommu=on is not a valid value)"
+)
+VM_HINT = "In a VM, give the guest a virtual IOMMU (QEMU: -machine q35 -device intel-iommu)"
+CONTAINER_HOST_ROOT = (
+    "mount the host's / into the container and pass --host-root (env HOST_ROOT), e.g. "
+    "-v /:/host -e HOST_ROOT=/host, so the host's /lib/modules and modprobe are used"
+)
+CONTAINER_DEV = (
+    "in a container, mount the host's /dev (e.g. -v /dev:/dev) or point --dev-root "
+    "(env VFIO_MANAGER_DEV_ROOT) at it"
+)
+LOAD_REMEDY = (
+    "run `vfio-manager check --load-modules` or `modprobe vfio-pci` on the host (bind and "
+    "bind-all load them unless --no-load-modules); to load them at every boot, put vfio-pci "
+    "in /etc/modules-load.d/vfio.conf"
+)
+NOIOMMU_REMEDY = (
+    "no-IOMMU mode gives no DMA isolation and QEMU/libvirt cannot pass its groups to a VM: "
+    "remove vfio.enable_unsafe_noiommu_mode from the kernel command line and any "
+    "`options vfio enable_unsafe_noiommu_mode=1` from /etc/modprobe.d, enable the IOMMU, "
+    "and reboot"
+)
+MODPROBE_MISSING_REMEDY = (
+    "install kmod on the host (it provides modprobe), or " + CONTAINER_HOST_ROOT
+)
+
+# Config options that explain the IOMMU and vfio state; the rest of the config is dropped.
+_CONFIG_KEYS = re.compile(r"^CONFIG_\w*(IOMMU|VFIO|DMAR)\w*$")
+_MODULE_CONFIG = {
+    "vfio": "CONFIG_VFIO",
+    "vfio_pci": "CONFIG_VFIO_PCI",
+    "vfio_pci_core": "CONFIG_VFIO_PCI_CORE",
+    "vfio_iommu_type1": "CONFIG_VFIO_IOMMU_TYPE1",
+    "iommufd": "CONFIG_IOMMUFD",
+}
+_TRUE = frozenset({"1", "y", "Y", "yes", "true", "on"})
+INTEL, AMD = "intel", "amd"
+_VENDOR_LABEL = {INTEL: "Intel VT-d", AMD: "AMD-Vi"}
+
+
+# -- the kernel command line -------------------------------------------------------------------
+def _tokens(cmdline: str) -> list[str]:
+    """Split like the kernel: on blanks, except inside double quotes (which are dropped)."""
+    tokens: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in cmdline:
+        if char == '"':
+            quoted = not quoted
+        elif char.isspace() and not quoted:
+            if current:
+                tokens.append("".join(current))
+                current = []
+        else:
+            current.append(char)
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+def parse_cmdline(cmdline: Optional[str]) -> dict[str, list[str]]:
+    """Argument name -> every value given, in order (``-`` and ``_`` are equal in names)."""
+    args: dict[str, list[str]] = {}
+    for token in _tokens(cmdline or ""):
+        if token == "--":  # noqa: S105 (the end of kernel arguments, not a password)
+            break  # the rest goes to init
+        key, _, value = token.partition("=")
+        args.setdefault(key.replace("-", "_"), []).append(value)
+    return args
+
+
+def _last_flag(args: Mapping[str, Sequence[str]], key: str, flags: Sequence[str]) -> Optional[str]:
+    """The last of ``flags`` named in any value of ``key`` (``intel_iommu=on,sm_on`` -> on)."""
+    found: Optional[str] = None
+    for value in args.get(key, ()):
+        for part in value.split(","):
+            if part in flags:
+                found = part
+    return found
+
+
+# -- facts ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FunctionFacts:
+    """What the checks need about one selected function."""
+
+    bdf: str
+    ids: str
+    iommu_group: Optional[int]
+    variant_module: Optional[str] = None
+    variant: Optional[ModuleInfo] = None
+    variant_driver: Optional[str] = None  # the registered PCI driver of the variant module
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Everything the checks read, read once."""
+
+    sysfs_root: str
+    dev_root: str
+    host_root: str
+    release: str
+    iommu_groups: int
+    iommu_units: tuple[str, ...]
+    acpi_tables: Optional[frozenset[str]]  # of DMAR/IVRS; None when the table dir is not visible
+    cmdline: Optional[str]
+    cmdline_path: str
+    config_source: Optional[str]
+    config: Mapping[str, str]
+    cpu_vendor: Optional[str]
+    noiommu_param: Optional[str]
+    noiommu_nodes: tuple[str, ...]
+    noiommu_options: tuple[str, ...]
+    modules: Mapping[str, ModuleInfo]
+    modules_dir: str
+    modprobe: Optional[str]
+    vfio_pci_registered: bool
+    dev_vfio_dir: bool
+    vfio_container: bool
+    iommufd_node: bool
+    functions: tuple[FunctionFacts, ...] = ()
+    selection: str = "the selection"
+
+    @property
+    def args(self) -> dict[str, list[str]]:
+        return parse_cmdline(self.cmdline)
+
+    @property
+    def kernel_version(self) -> tuple[int, int]:
+        match = re.match(r"(\d+)\.(\d+)", self.release)
+        return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+    def path(self, root: str, *parts: str) -> str:
+        return "/".join([root.rstrip("/"), *parts]) if root != "/" else "/" + "/".join(parts)
+
+
+STACK_MODULES = ("vfio", "vfio_pci", "vfio_pci_core", "vfio_iommu_type1", "iommufd")
+
+
+def gather(
+    sysfs: Sysfs,
+    host: HostFiles,
+    functions: Sequence[PciFunction] = (),
+    *,
+    aliases: Optional[AliasTable] = None,
+    driver_modules: Optional[Mapping[str, Optional[str]]] = None,
+    selection: str = "the selection",
+) -> HostFacts:
+    """Read everything the checks use. Reads only; the big files (modules.*) once each."""
+    from vfio_manager.modules import ModuleInventory, normalise
+
+    cmdline = host.cmdline()
+    args = parse_cmdline(cmdline)
+    config_source, config = host.kernel_config()
+    inventory = ModuleInventory(sysfs, host, cmdline_args=args)
+    modules = {
+        name: _with_config(inventory.info(name), config_source, config) for name in STACK_MODULES
+    }
+    acpi: Optional[frozenset[str]] = None
+    if sysfs.acpi_tables_visible():
+        acpi = frozenset(t for t in ("DMAR", "IVRS") if sysfs.acpi_table_present(t))
+    noiommu_options = tuple(
+        f"{path}:{number}: {line}"
+        for path, number, line in host.modprobe_config()
+        if line.split()[:2] == ["options", "vfio"] and "enable_unsafe_noiommu_mode" in line
+    )
+    by_module: dict[str, str] = {}
+    for driver, module in (driver_modules or {}).items():
+        by_module.setdefault(normalise(module or driver), driver)
+    facts: list[FunctionFacts] = []
+    variants: dict[str, tuple[Optional[ModuleInfo], Optional[str]]] = {}
+    for function in functions:
+        variant = (
+            aliases.vfio_variant_module(function.modalias)
+            if aliases is not None and function.modalias
+            else None
+        )
+        info: Optional[ModuleInfo] = None
+        registered: Optional[str] = None
+        if variant is not None and normalise(variant) == "vfio_pci":
+            variant = None  # vfio-pci's own catch-all `alias vfio_pci:v*d*... vfio_pci`
+        if variant is not None:
+            variant = normalise(variant)
+            if variant not in variants:
+                from_module = [
+                    d for d in sysfs.module_pci_drivers(variant) if sysfs.driver_registered(d)
+                ]
+                variants[variant] = (
+                    inventory.info(variant),
+                    by_module.get(variant) or next(iter(from_module), None),
+                )
+            info, registered = variants[variant]
+        facts.append(
+            FunctionFacts(
+                function.bdf,
+                f"{function.vendor:04x}:{function.device:04x}",
+                function.iommu_group,
+                variant,
+                info,
+                registered,
+            )
+        )
+    return HostFacts(
+        sysfs_root=sysfs.root,
+        dev_root=sysfs.dev_root,
+        host_root=host.root,
+        release=host.release,
+        iommu_groups=len(sysfs.iommu_group_names()),
+        iommu_units=tuple(sysfs.iommu_units()),
+        acpi_tables=acpi,
+        cmdline=cmdline,
+        cmdline_path=host.cmdline_path(),
+        config_source=config_source,
+        config={k: v for k, v in config.items() if _CONFIG_KEYS.match(k)},
+        cpu_vendor=host.cpu_vendor(),
+        noiommu_param=sysfs.module_parameter("vfio", "enable_unsafe_noiommu_mode"),
+        noiommu_nodes=tuple(n for n in sorted(sysfs.vfio_nodes()) if n.startswith("noiommu-")),
+        noiommu_options=noiommu_options,
+        modules=modules,
+        modules_dir=host.modules_dir(),
+        modprobe=host.modprobe_path(),
+        vfio_pci_registered=sysfs.driver_registered(VFIO_PCI),
+        dev_vfio_dir=sysfs.dev_vfio_exists(),
+        vfio_container=sysfs.vfio_container_exists(),
+        iommufd_node=sysfs.iommufd_node_exists(),
+        functions=tuple(facts),
+        selection=selection,
+    )
+
+
+def _with_config(info: ModuleInfo, source: Optional[str], config: Mapping[str, str]) -> ModuleInfo:
+    """Complete a module with no other trace from the kernel config: ``=y`` built in, unset."""
+    from dataclasses import replace
+
+    from vfio_manager.modules import ModuleState
+
+    option = _MODULE_CONFIG.get(info.name)
+    if info.state is not ModuleState.MISSING or option is None or source is None:
+        return info
+    value = config.get(option, "n")
+    if value == "y":
+        return replace(
+            info, state=ModuleState.BUILTIN, evidence=(*info.evidence, f"{source}: {option}=y")
+        )
+    if value == "n":
+        return replace(
+            info,
+            evidence=(*info.evidence, f"{source}: {option} is not set"),
+            note=f"the kernel is built without {option}",
+        )
+    return info
+
+
+# -- checks ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """One item of the checklist. ``load`` names modules whose loading would make it pass."""
+
+    name: str
+    title: str
+    ok: bool
+    detail: str
+    remedy: Optional[str] = None
+    evidence: tuple[str, ...] = ()
+    load: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "ok": self.ok,
+            "detail": self.detail,
+            "remedy": None if self.ok else self.remedy,
+            "evidence": list(self.evidence),
+        }
+
+
+def iommu_vendor(facts: HostFacts) -> tuple[Optional[str], str]:
+    """Intel or AMD, and how we know: ACPI tables, IOMMU units, the CPU, then the arguments."""
+    tables = facts.acpi_tables or frozenset()
+    args = facts.args
+    clues: list[tuple[bool, str, str]] = [
+        ("DMAR" in tables, INTEL, "ACPI DMAR table"),
+        ("IVRS" in tables, AMD, "ACPI IVRS table"),
+    ]
+    for unit in facts.iommu_units:
+        clues.append((unit.startswith("dmar"), INTEL, f"/sys/class/iommu/{unit}"))
+        clues.append((unit.startswith("ivhd"), AMD, f"/sys/class/iommu/{unit}"))
+    cpu = facts.cpu_vendor or ""
+    clues += [
+        (cpu == "GenuineIntel", INTEL, f"CPU vendor {cpu}"),
+        (cpu in ("AuthenticAMD", "HygonGenuine"), AMD, f"CPU vendor {cpu}"),
+        ("intel_iommu" in args, INTEL, "intel_iommu= on the kernel command line"),
+        ("amd_iommu" in args, AMD, "amd_iommu= on the kernel command line"),
+    ]
+    for matched, vendor, source in clues:
+        if matched:
+            return vendor, source
+    return None, "no ACPI DMAR/IVRS table, IOMMU unit or CPU vendor seen"
+
+
+def _config_value(facts: HostFacts, key: str) -> Optional[str]:
+    if facts.config_source is None:
+        return None
+    return facts.config.get(key, "n")
+
+
+def _intel_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
+    intel = _last_flag(facts.args, "intel_iommu", ("on", "off"))
+    default_on = _config_value(facts, "CONFIG_INTEL_IOMMU_DEFAULT_ON")
+    reasons: list[str] = []
+    if intel == "on":
+        reasons.append("intel_iommu=on is on the kernel command line")
+    elif intel == "off":
+        reasons.append("intel_iommu=off on the kernel command line disables it")
+    elif default_on == "y":
+        reasons.append(
+            "the kernel enables it by default (CONFIG_INTEL_IOMMU_DEFAULT_ON=y in "
+            f"{facts.config_source}), no intel_iommu= argument needed"
+        )
+    elif vendor == INTEL and default_on is not None:
+        reasons.append(
+            "intel_iommu=on is not on the kernel command line and the kernel does not "
+            f"enable it by default (CONFIG_INTEL_IOMMU_DEFAULT_ON is not set in "
+            f"{facts.config_source})"
+        )
+    elif vendor == INTEL and not on:
+        reasons.append(
+            "intel_iommu=on is not on the kernel command line (kernel config not readable: "
+            f"no /boot/config-{facts.release} or /proc/config.gz under {facts.host_root})"
+        )
+    if vendor == INTEL and _config_value(facts, "CONFIG_INTEL_IOMMU") == "n":
+        reasons.append(f"the kernel is built without CONFIG_INTEL_IOMMU ({facts.config_source})")
+    return reasons
+
+
+def _amd_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
+    amd = _last_flag(facts.args, "amd_iommu", ("on", "off"))
+    reasons: list[str] = []
+    if amd == "off":
+        reasons.append("amd_iommu=off on the kernel command line disables it")
+    elif amd == "on":
+        reasons.append("amd_iommu=on is not a valid value (harmless: AMD-Vi is on by default)")
+    elif vendor == AMD and on:
+        reasons.append("AMD-Vi is on by default")
+    if vendor == AMD and _config_value(facts, "CONFIG_AMD_IOMMU") == "n":
+        reasons.append(f"the kernel is built without CONFIG_AMD_IOMMU ({facts.config_source})")
+    return reasons
+
+
+def _iommu_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
+    """Why the IOMMU is on or off, from the arguments and the kernel configuration."""
+    args = facts.args
+    generic = _last_flag(args, "iommu", ("off", "pt", "nopt"))
+    reasons: list[str] = []
+    if generic == "off":
+        reasons.append("iommu=off on the kernel command line disables it")
+    if vendor in (INTEL, None):
+        reasons += _intel_reasons(facts, vendor, on)
+    if vendor in (AMD, None):
+        reasons += _amd_reasons(facts, vendor, on)
+    if generic == "pt" or any(v in _TRUE for v in args.get("iommu.passthrough", [])):
+        reasons.append("iommu=pt (passthrough for the host's own DMA) is fine for VFIO")
+    if not on and facts.acpi_tables is not None and not facts.acpi_tables:
+        reasons.append(
+            "the firmware exposes no ACPI DMAR or IVRS table: the IOMMU is disabled in the "
+            "firmware setup or the machine (or VM) has none"
+        )
+    return reasons
+
+
+def _intel_remedy(facts: HostFacts, remove: str) -> str:
+    if _config_value(facts, "CONFIG_INTEL_IOMMU") == "n":
+        return f"boot a kernel built with CONFIG_INTEL_IOMMU=y, then {INTEL_REMEDY}"
+    if remove:
+        return f"remove {remove} from the kernel command line, then {INTEL_REMEDY}"
+    if _last_flag(facts.args, "intel_iommu", ("on", "off")) == "on":
+        return (
+            "intel_iommu=on is already set: enable VT-d (Intel Virtualization Technology for "
+            "Directed I/O) in the firmware (BIOS/UEFI) setup and reboot; "
+            "`dmesg | grep -e DMAR -e IOMMU` tells why the kernel left it off"
+        )
+    return INTEL_REMEDY
+
+
+def _amd_remedy(facts: HostFacts, remove: str) -> str:
+    if _config_value(facts, "CONFIG_AMD_IOMMU") == "n":
+        return f"boot a kernel built with CONFIG_AMD_IOMMU=y; {AMD_REMEDY}"
+    if remove:
+        return f"remove {remove} from {GRUB_STEPS}; {AMD_REMEDY}"
+    return AMD_REMEDY
+
+
+def _iommu_remedy(facts: HostFacts, vendor: Optional[str]) -> str:
+    remove = " and ".join(
+        f"{key}=off"
+        for key in ("intel_iommu", "amd_iommu", "iommu")
+        if _last_flag(facts.args, key, ("on", "off", "pt")) == "off"
+        and (key == "iommu" or vendor is None or key.startswith(vendor))
+    )
+    if vendor == INTEL:
+        return _intel_remedy(facts, remove)
+    if vendor == AMD:
+        return _amd_remedy(facts, remove)
+    prefix = f"remove {remove} from the kernel command line. " if remove else ""
+    return f"{prefix}Intel: {INTEL_REMEDY}. AMD: {AMD_REMEDY}. {VM_HINT}"
+
+
+def check_iommu(facts: HostFacts) -> Check:
+    vendor, vendor_source = iommu_vendor(facts)
+    on = facts.iommu_groups > 0
+    label = _VENDOR_LABEL.get(vendor or "", "vendor unknown")
+    groups_dir = facts.path(facts.sysfs_root, "kernel", "iommu_groups")
+    units_dir = facts.path(facts.sysfs_root, "class", "iommu")
+    evidence = [
+        f"{groups_dir}: {facts.iommu_groups} group(s)",
+        f"{units_dir}: {', '.join(facts.iommu_units) or 'empty'}",
+        "ACPI tables: "
+        + (
+            "not visible"
+            if facts.acpi_tables is None
+            else ", ".join(sorted(facts.acpi_tables)) or "no DMAR, no IVRS"
+        ),
+        f"vendor: {label} ({vendor_source})",
+    ]
+    if facts.config_source is not None:
+        shown = ("CONFIG_INTEL_IOMMU", "CONFIG_INTEL_IOMMU_DEFAULT_ON", "CONFIG_AMD_IOMMU")
+        evidence.append(
+            f"{facts.config_source}: " + ", ".join(f"{k}={facts.config.get(k, 'n')}" for k in shown)
+        )
+    reasons = _iommu_reasons(facts, vendor, on)
+    if on:
+        units = f", units {', '.join(facts.iommu_units)}" if facts.iommu_units else ""
+        detail = f"on ({label}): {facts.iommu_groups} IOMMU group(s){units}"
+        return Check(
+            "iommu",
+            "IOMMU active",
+            True,
+            "; ".join([detail, *reasons]),
+            evidence=tuple(evidence),
+        )
+    detail = f"off: {groups_dir} is empty"
+    if not facts.iommu_units:
+        detail += f" and {units_dir} has no dmar*/ivhd* unit"
+    return Check(
+        "iommu",
+        "IOMMU active",
+        False,
+        "; ".join([detail, *reasons]),
+        _iommu_remedy(facts, vendor),
+        tuple(evidence),
+    )
+
+
+def check_cmdline(facts: HostFacts) -> Check:
+    """The arguments that matter, explained; informational (evidence decides elsewhere)."""
+    if facts.cmdline is None:
+        return Check(
+            "kernel-cmdline",
+            "kernel command line",
+            True,
+            f"not readable at {facts.cmdline_path}; the other checks use live evidence",
+            evidence=(f"{facts.cmdline_path}: not readable",),
+        )
+    args = facts.args
+    notes: list[str] = []
+    for key in ("intel_iommu", "amd_iommu", "iommu", "iommu.passthrough"):
+        for value in args.get(key, ()):
+            note = f"{key}={value}"
+            if key == "amd_iommu" and "on" in value.split(","):
+                note += " (not a valid value; harmless)"
+            passthrough = key == "iommu.passthrough" and value in _TRUE
+            if (key == "iommu" and value == "pt") or passthrough:
+                note += " (fine for VFIO)"
+            if "off" in value.split(","):
+                note += " (disables it)"
+            notes.append(note)
+    for value in args.get("vfio_pci.ids", ()):
+        notes.append(
+            f"vfio-pci.ids={value}: vfio-pci claims every function with "
+            f"{'these IDs' if ',' in value else 'this ID'} at boot, selected or not"
+        )
+    for key in ("vfio.enable_unsafe_noiommu_mode", "module_blacklist", "modprobe.blacklist"):
+        notes.extend(f"{key}={value}" for value in args.get(key, ()))
+    detail = "; ".join(notes) if notes else "no IOMMU or vfio arguments"
+    return Check(
+        "kernel-cmdline",
+        "kernel command line",
+        True,
+        detail,
+        evidence=(f"{facts.cmdline_path}: {facts.cmdline}",),
+    )
+
+
+def check_noiommu(facts: HostFacts) -> Check:
+    param = facts.noiommu_param
+    cmdline = [
+        f"vfio.enable_unsafe_noiommu_mode={v}"
+        for v in facts.args.get("vfio.enable_unsafe_noiommu_mode", ())
+    ]
+    evidence = [
+        facts.path(facts.sysfs_root, "module", "vfio", "parameters", "enable_unsafe_noiommu_mode")
+        + ": "
+        + (param if param is not None else "absent"),
+        f"{facts.path(facts.dev_root, 'vfio')}: "
+        + (", ".join(facts.noiommu_nodes) or "no noiommu-N node"),
+        *cmdline,
+        *facts.noiommu_options,
+    ]
+    causes: list[str] = []
+    if param is not None and param in _TRUE:
+        causes.append("vfio's enable_unsafe_noiommu_mode is Y")
+    if facts.noiommu_nodes:
+        causes.append(f"no-IOMMU groups exist ({', '.join(facts.noiommu_nodes)})")
+    if param is None:
+        if any(c.partition("=")[2] in _TRUE for c in cmdline):
+            causes.append("the kernel command line enables it when vfio loads")
+        if any(o.split("=")[-1].strip() in _TRUE for o in facts.noiommu_options):
+            causes.append("modprobe.d enables it when vfio loads")
+    if causes:
+        return Check(
+            "noiommu",
+            "no-IOMMU mode off",
+            False,
+            "no-IOMMU mode is on (" + "; ".join(causes) + "): unusable for VM passthrough",
+            NOIOMMU_REMEDY,
+            tuple(evidence),
+        )
+    return Check("noiommu", "no-IOMMU mode off", True, "not enabled", evidence=tuple(evidence))
+
+
+def _backend(facts: HostFacts) -> str:
+    """The vfio IOMMU backend to require: vfio_iommu_type1 unless only iommufd is there."""
+    type1, iommufd = facts.modules["vfio_iommu_type1"], facts.modules["iommufd"]
+    if type1.ok or type1.exists:
+        return "vfio_iommu_type1"  # what libvirt and QEMU use by default (/dev/vfio/vfio)
+    return "iommufd" if iommufd.ok or iommufd.exists else "vfio_iommu_type1"
+
+
+def required_modules(facts: HostFacts) -> tuple[str, ...]:
+    """vfio, an IOMMU backend, vfio_pci_core (5.16+, or wherever it exists), and vfio_pci."""
+    names = ["vfio", _backend(facts)]
+    core = facts.modules["vfio_pci_core"]
+    if core.exists or facts.kernel_version >= (5, 16):
+        names.append("vfio_pci_core")
+    names.append("vfio_pci")
+    return tuple(names)
+
+
+def _module_remedy(facts: HostFacts, *infos: ModuleInfo) -> str:
+    """One remedy for the modules that are not in the kernel, grouped by why."""
+    from vfio_manager.modules import ModuleState
+
+    clauses: list[str] = []
+    unbuilt = [i for i in infos if i.state is ModuleState.MISSING and i.note]
+    absent = [i for i in infos if i.state is ModuleState.MISSING and not i.note]
+    for info in infos:
+        b = info.blacklisting
+        if info.state is ModuleState.BLACKLISTED and b is not None:
+            if b.where == "the kernel command line":
+                clauses.append(f"remove {b.line} from {GRUB_STEPS}")
+            else:
+                path, _, number = b.where.rpartition(":")
+                clauses.append(f"remove `{b.line}` from {path} (line {number}), then load it")
+    if unbuilt:
+        options = ", ".join(_MODULE_CONFIG.get(i.name, i.name) for i in unbuilt)
+        clauses.append(
+            f"kernel {facts.release} is built without {options}: boot a kernel built with "
+            "them as modules (=m; distribution kernels are)"
+        )
+    if any(not i.tree_visible for i in absent):
+        clauses.append(f"{facts.modules_dir} is not visible: {CONTAINER_HOST_ROOT}")
+    elif absent:
+        names = ", ".join(i.name for i in absent)
+        options = ", ".join(f"{_MODULE_CONFIG.get(i.name, i.name)}=m" for i in absent)
+        clauses.append(
+            f"kernel {facts.release} ships no {names} module: install the kernel's extra "
+            f"modules (Ubuntu: linux-modules-extra-{facts.release}) or boot a kernel built "
+            f"with {options}"
+        )
+    if any(i.state is ModuleState.LOADABLE for i in infos):
+        clauses.append(LOAD_REMEDY)
+    return "; ".join(clauses)
+
+
+def check_modules(facts: HostFacts) -> Check:
+    from vfio_manager.modules import ModuleState
+
+    names = required_modules(facts)
+    infos = [facts.modules[n] for n in names]
+    evidence = tuple(dict.fromkeys(e for i in infos for e in i.evidence))
+    detail = ", ".join(f"{i.name} {i.describe()}" for i in infos)
+    bad = [i for i in infos if not i.ok]
+    if not bad:
+        return Check("vfio-modules", "vfio modules", True, detail, evidence=evidence)
+    loadable = all(i.state is ModuleState.LOADABLE for i in bad)
+    return Check(
+        "vfio-modules",
+        "vfio modules",
+        False,
+        detail,
+        _module_remedy(facts, *bad),
+        evidence,
+        tuple(i.name for i in bad) if loadable else (),
+    )
+
+
+def check_vfio_pci_driver(facts: HostFacts) -> Check:
+    from vfio_manager.modules import ModuleState
+
+    path = facts.path(facts.sysfs_root, "bus", "pci", "drivers", VFIO_PCI)
+    info = facts.modules["vfio_pci"]
+    evidence = (f"{path}: {'present' if facts.vfio_pci_registered else 'absent'}",)
+    if facts.vfio_pci_registered:
+        return Check("vfio-pci-driver", "vfio-pci driver registered", True, path, evidence=evidence)
+    if info.ok:
+        remedy = (
+            f"vfio_pci is {info.state.value} but did not register: see `dmesg | grep vfio`; "
+            "is --sysfs-root the host's sysfs?"
+        )
+    else:
+        remedy = _module_remedy(facts, info)
+    return Check(
+        "vfio-pci-driver",
+        "vfio-pci driver registered",
+        False,
+        f"{path} is absent: vfio_pci is {info.describe()}",
+        remedy,
+        evidence,
+        ("vfio_pci",) if info.state is ModuleState.LOADABLE else (),
+    )
+
+
+def check_dev_vfio(facts: HostFacts) -> Check:
+    from vfio_manager.modules import ModuleState
+
+    node = facts.path(facts.dev_root, "vfio", "vfio")
+    iommu_node = facts.path(facts.dev_root, "iommu")
+    evidence = (
+        f"{node}: {'present' if facts.vfio_container else 'absent'}",
+        f"{iommu_node}: {'present' if facts.iommufd_node else 'absent'}",
+    )
+    title = "/dev/vfio/vfio present"
+    if facts.vfio_container:
+        return Check("dev-vfio", title, True, node, evidence=evidence)
+    if _backend(facts) == "iommufd" and facts.iommufd_node:
+        return Check(
+            "dev-vfio",
+            title,
+            True,
+            f"{iommu_node} (iommufd replaces the container)",
+            evidence=evidence,
+        )
+    vfio = facts.modules["vfio"]
+    if not vfio.ok:
+        return Check(
+            "dev-vfio",
+            title,
+            False,
+            f"{node} is absent: vfio is {vfio.describe()} (loading vfio creates it)",
+            _module_remedy(facts, vfio),
+            evidence,
+            ("vfio",) if vfio.state is ModuleState.LOADABLE else (),
+        )
+    where = "the node is missing" if facts.dev_vfio_dir else "its /dev/vfio directory is missing"
+    return Check(
+        "dev-vfio",
+        title,
+        False,
+        f"{node} is absent although vfio is {vfio.state.value}: {where} under {facts.dev_root}",
+        CONTAINER_DEV,
+        evidence,
+    )
+
+
+def _group_summary(pairs: Sequence[tuple[str, str]]) -> str:
+    """``"a, b -> x; c -> y"`` from (bdf, value) pairs, keeping long lists short."""
+    grouped: dict[str, list[str]] = {}
+    for bdf, value in pairs:
+        grouped.setdefault(value, []).append(bdf)
+    parts = []
+    for value, bdfs in grouped.items():
+        shown = ", ".join(bdfs[:4]) + (f" and {len(bdfs) - 4} more" if len(bdfs) > 4 else "")
+        parts.append(f"{shown}: {value}")
+    return "; ".join(parts)
+
+
+def check_groups(facts: HostFacts) -> Check:
+    title = "IOMMU group for each selected function"
+    if not facts.functions:
+        return Check("iommu-groups", title, True, f"no PCI function matches {facts.selection}")
+    evidence = tuple(
+        f"{f.bdf}/iommu_group: {f.iommu_group if f.iommu_group is not None else 'absent'}"
+        for f in facts.functions
+    )
+    missing = [f.bdf for f in facts.functions if f.iommu_group is None]
+    if not missing:
+        detail = _group_summary([(f.bdf, f"group {f.iommu_group}") for f in facts.functions])
+        return Check("iommu-groups", title, True, detail, evidence=evidence)
+    if facts.iommu_groups == 0:
+        remedy = "enable the IOMMU (see 'IOMMU active'); every function then gets a group"
+    else:
+        remedy = (
+            "the IOMMU does not cover these functions: `dmesg | grep -i iommu` shows whether "
+            "they were added to a group (some platforms leave devices behind non-translating "
+            "bridges out)"
+        )
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return Check("iommu-groups", title, False, f"no IOMMU group: {shown}", remedy, evidence)
+
+
+def check_vfio_driver(facts: HostFacts) -> Check:
+    """Which vfio driver each function will get: a registered variant, else vfio-pci."""
+    title = "vfio driver for each selected function"
+    if not facts.functions:
+        return Check("vfio-driver", title, True, f"no PCI function matches {facts.selection}")
+    pairs: list[tuple[str, str]] = []
+    evidence: list[str] = []
+    needs_generic = False
+    for f in facts.functions:
+        if f.variant_module and f.variant_driver:
+            pairs.append((f.bdf, f"{f.variant_driver} (variant {f.variant_module})"))
+            evidence.append(f"{f.bdf} ({f.ids}): alias vfio_pci:... -> {f.variant_module}")
+            continue
+        needs_generic = True
+        if f.variant_module and f.variant is not None:
+            pairs.append(
+                (f.bdf, f"{VFIO_PCI} (variant {f.variant_module} is {f.variant.describe()})")
+            )
+            evidence.append(f"{f.bdf} ({f.ids}): alias vfio_pci:... -> {f.variant_module}")
+        else:
+            pairs.append((f.bdf, VFIO_PCI))
+            evidence.append(f"{f.bdf} ({f.ids}): no vfio_pci variant alias")
+    detail = _group_summary(pairs)
+    if needs_generic and not facts.vfio_pci_registered:
+        info = facts.modules["vfio_pci"]
+        from vfio_manager.modules import ModuleState
+
+        return Check(
+            "vfio-driver",
+            title,
+            False,
+            f"{detail}; {VFIO_PCI} is not registered",
+            _module_remedy(facts, info) if not info.ok else "see 'vfio-pci driver registered'",
+            tuple(evidence),
+            ("vfio_pci",) if info.state is ModuleState.LOADABLE else (),
+        )
+    return Check("vfio-driver", title, True, detail, evidence=tuple(evidence))
+
+
+def check_loading(facts: HostFacts, attempts: Sequence[LoadAttempt]) -> Check:
+    title = "loading modules"
+    evidence = tuple(" ".join(a.argv) or a.module for a in attempts)
+    failed = [a for a in attempts if not a.ok]
+    detail = "; ".join(a.describe() for a in attempts)
+    if not failed:
+        return Check("module-loading", title, True, detail, evidence=evidence)
+    if any(not a.argv for a in failed):
+        remedy = MODPROBE_MISSING_REMEDY
+    else:
+        remedy = (
+            "read modprobe's message above; `dmesg | tail` shows the kernel's side "
+            f"(modules of kernel {facts.release} are looked up in {facts.modules_dir})"
+        )
+    return Check("module-loading", title, False, detail, remedy, evidence)
+
+
+def evaluate(facts: HostFacts, attempts: Sequence[LoadAttempt] = ()) -> list[Check]:
+    """Every check, in the order the checklist shows them. Pure."""
+    checks = [
+        check_iommu(facts),
+        check_cmdline(facts),
+        check_noiommu(facts),
+        check_groups(facts),
+        check_modules(facts),
+        check_vfio_pci_driver(facts),
+        check_dev_vfio(facts),
+        check_vfio_driver(facts),
+    ]
+    if attempts:
+        checks.append(check_loading(facts, attempts))
+    return checks
+
+
+def modules_to_load(facts: HostFacts) -> list[str]:
+    """Loadable modules the host needs, vfio_pci first (modprobe pulls in vfio, vfio_pci_core
+    and, by vfio's soft dependency, vfio_iommu_type1), then the rest, then the variants."""
+    from vfio_manager.modules import ModuleState
+
+    required = required_modules(facts)
+    order = sorted(required, key=lambda n: n != "vfio_pci")
+    wanted = [n for n in order if facts.modules[n].state is ModuleState.LOADABLE]
+    for f in facts.functions:
+        if (
+            f.variant_module
+            and f.variant is not None
+            and f.variant.state is ModuleState.LOADABLE
+            and f.variant_module not in wanted
+        ):
+            wanted.append(f.variant_module)
+    return wanted
+
+
+# -- the whole preflight ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preflight:
+    checks: tuple[Check, ...]
+    attempts: tuple[LoadAttempt, ...] = ()
+    pending: tuple[str, ...] = field(default=())  # loadable modules a load would add
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.ok)
+
+    def blocking(self, *, assume_loaded: bool = False) -> tuple[Check, ...]:
+        """Failures left if the pending modules were loaded (``assume_loaded``) or as they are."""
+        return tuple(c for c in self.failed if not (assume_loaded and c.load))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [c.to_json() for c in self.checks]}
+
+    def lines(self, mark: Optional[Callable[[bool], str]] = None) -> list[str]:
+        return checklist_lines(self.checks, mark)
+
+
+def default_mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def checklist_lines(
+    checks: Sequence[Check], mark: Optional[Callable[[bool], str]] = None, *, evidence: bool = True
+) -> list[str]:
+    """The readable checklist: one line per check, its evidence and, when it fails, the remedy."""
+    mark = mark or default_mark
+    lines: list[str] = []
+    for c in checks:
+        lines.append(f"{mark(c.ok)} {c.title}: {c.detail}")
+        if evidence and c.evidence:
+            lines.append(f"    evidence: {'; '.join(c.evidence)}")
+        if not c.ok and c.remedy:
+            lines.append(f"    remedy: {c.remedy}")
+    return lines
+
+
+def run(
+    sysfs: Sysfs,
+    host: HostFiles,
+    functions: Sequence[PciFunction] = (),
+    *,
+    aliases: Optional[AliasTable] = None,
+    driver_modules: Optional[Mapping[str, Optional[str]]] = None,
+    selection: str = "the selection",
+    load: bool = False,
+    runner: Optional[Runner] = None,
+) -> Preflight:
+    """Gather, check, and (``load``) load what is missing and check again.
+
+    Modules are loaded only when nothing but loadable modules stands in the way: a host whose
+    IOMMU is off is left exactly as it was.
+    """
+
+    def facts_now() -> HostFacts:
+        return gather(
+            sysfs,
+            host,
+            functions,
+            aliases=aliases,
+            driver_modules=driver_modules
+            if driver_modules is not None
+            else {d: sysfs.driver_module(d) for d in sysfs.list_drivers()},
+            selection=selection,
+        )
+
+    facts = facts_now()
+    checks = evaluate(facts)
+    pending = tuple(modules_to_load(facts))
+    first = Preflight(tuple(checks), pending=pending)
+    if not load or not pending or first.blocking(assume_loaded=True):
+        return first
+    from vfio_manager.modules import ModuleLoader
+
+    log = get_logger("vfio_manager.preflight")
+    attempts = ModuleLoader(host, runner).load(
+        pending, still_needed=lambda name: not sysfs.module_present(name)
+    )
+    for attempt in attempts:
+        log.info(
+            "modprobe",
+            step="load-module",
+            module=attempt.module,
+            argv=list(attempt.argv),
+            outcome="done" if attempt.ok else "failed",
+            reason=None if attempt.ok else attempt.message,
+        )
+    facts = facts_now()
+    checks = evaluate(facts, attempts)
+    return Preflight(tuple(checks), tuple(attempts), tuple(modules_to_load(facts)))
+
+
+class PreflightFailed(HostNotReadyError):
+    """The gate: the host is not ready, nothing was written. Carries the failing checks."""
+
+    def __init__(self, preflight: Preflight, failing: Sequence[Check]) -> None:
+        lines = [
+            "the host is not ready for VFIO passthrough; nothing was written:",
+            *("  " + line for line in checklist_lines(failing, evidence=False)),
+        ]
+        super().__init__(
+            "\n".join(lines),
+            remedy="fix the failures above; `vfio-manager check` shows the full checklist",
+        )
+        self.preflight = preflight
+        self.failing = tuple(failing)
+
+
+# -- the one-line summary of `status` (cheap: two listings and one stat) --------------------------
+@dataclass(frozen=True)
+class HostSummary:
+    iommu_groups: int
+    iommu_units: tuple[str, ...]
+    vfio_pci_registered: bool
+
+    @property
+    def iommu_on(self) -> bool:
+        return self.iommu_groups > 0
+
+    @classmethod
+    def read(cls, sysfs: Sysfs) -> HostSummary:
+        return cls(
+            len(sysfs.iommu_group_names()),
+            tuple(sysfs.iommu_units()),
+            sysfs.driver_registered(VFIO_PCI),
+        )
+
+    def line(self) -> str:
+        if self.iommu_on:
+            units = f", {', '.join(self.iommu_units)}" if self.iommu_units else ""
+            iommu = f"IOMMU on ({self.iommu_groups} groups{units})"
+        else:
+            iommu = "IOMMU off (no IOMMU groups)"
+        driver = "vfio-pci registered" if self.vfio_pci_registered else "vfio-pci not registered"
+        hint = "" if self.iommu_on and self.vfio_pci_registered else "; see `vfio-manager check`"
+        return f"host: {iommu}, {driver}{hint}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "iommu": self.iommu_on,
+            "iommu_groups": self.iommu_groups,
+            "iommu_units": list(self.iommu_units),
+            "vfio_pci_registered": self.vfio_pci_registered,
+        }
