@@ -7,7 +7,6 @@ or --e2e-boot=off (intel_iommu=off: only the tests marked iommu_off).
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from typing import Optional
 
@@ -55,6 +54,10 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     config.addinivalue_line("markers", "iommu_off: runs only in the boot with intel_iommu=off")
     config.addinivalue_line("markers", "e2e: runs only inside the QEMU guest")
+    config.addinivalue_line(
+        "markers",
+        "needs_cli(command, option=None, why=''): skip until the CLI has that command/option",
+    )
     actual = "on" if guest.iommu_on() else "off"
     wanted = config.getoption("--e2e-boot") or actual
     if wanted != actual:
@@ -77,6 +80,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    for item in items:
+        marker = item.get_closest_marker("needs_cli")
+        if marker is not None:
+            reason = guest.missing_cli(*marker.args, **marker.kwargs)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -91,8 +100,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session")
 def baseline() -> dict[str, Optional[str]]:
     """Load vfio-pci (as an admin would) and note each managed function's boot driver."""
-    subprocess.run(["modprobe", "-a", "vfio-pci", "vfio_iommu_type1"], check=True)
-    assert os.path.isdir("/sys/bus/pci/drivers/vfio-pci"), "vfio-pci did not register"
+    guest.load_vfio()
     return {bdf: guest.driver(bdf) for bdf in guest.MANAGED}
 
 
@@ -105,6 +113,8 @@ def _clean_guest(baseline: dict[str, Optional[str]]) -> Iterator[None]:
     for bdf in guest.SHARES:
         assert guest.driver(bdf) == "virtio-pci", f"share function {bdf} lost its driver"
     guest.restore(baseline)
+    if not guest.vfio_loaded():  # a test unloaded the modules and did not get to load them
+        guest.load_vfio()
     now = guest.state(list(baseline))
     assert now == {b: (d, None) for b, d in baseline.items()}, (
         f"could not restore the boot state: {now}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import struct
 import sys
@@ -214,6 +215,7 @@ def run_cli(*argv: str) -> CliResult:
     )
 
 
+@functools.cache
 def cli_has(command: str, option: Optional[str] = None) -> bool:
     """Whether the CLI under test has ``command`` (and ``option`` in its --help)."""
     result = run_cli(command, "--help")
@@ -295,10 +297,32 @@ time.sleep(3600)
 """
 
 
-def skip_unless_cli_has(command: str, option: Optional[str] = None, why: str = "") -> None:
-    """Skip a test whose CLI surface has not landed yet (and say which issue brings it)."""
-    import pytest
+def missing_cli(command: str, option: Optional[str] = None, why: str = "") -> Optional[str]:
+    """Why a test must wait for a CLI surface that has not landed yet (None: it is there)."""
+    if cli_has(command, option):
+        return None
+    what = f"`vfio-manager {command} --help`" + (f" lists no {option}" if option else " fails")
+    return f"waiting for {why or command}: {what}"
 
-    if not cli_has(command, option):
-        what = f"`vfio-manager {command} --help`" + (f" lists no {option}" if option else " fails")
-        pytest.skip(f"waiting for {why or command}: {what}")
+
+# ---- vfio modules ---------------------------------------------------------------------
+VFIO_MODULES = ("vfio_pci", "vfio_iommu_type1")
+
+
+def vfio_loaded() -> bool:
+    return os.path.isdir("/sys/bus/pci/drivers/vfio-pci")
+
+
+def load_vfio() -> None:
+    import subprocess
+
+    subprocess.run(["modprobe", "-a", *VFIO_MODULES], check=True)
+    assert vfio_loaded(), "vfio-pci did not register"
+
+
+def unload_vfio() -> None:
+    """Remove vfio-pci, the type1 backend and their now unused dependencies (vfio itself)."""
+    import subprocess
+
+    subprocess.run(["modprobe", "-r", *VFIO_MODULES], check=True)
+    assert not vfio_loaded()

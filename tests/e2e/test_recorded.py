@@ -17,13 +17,17 @@ from sysfs_snapshot import snapshot
 FORMAT = 1
 NICS = ["--vendor", "0x8086", "--class", "0x020000"]
 
-# name: (setup argv lists, run but not recorded; recorded steps)
+# name: (setup: argv lists or callables, run but not recorded; recorded steps)
 SEQUENCES = {
     "bind-all-e1000e": ([], [["bind-all", *SEL_E1000E]]),
     "bind-all-e1000e-again": ([["bind-all", *SEL_E1000E]], [["bind-all", *SEL_E1000E]]),
     "unbind-all-e1000e": ([["bind-all", *SEL_E1000E]], [["unbind-all", *SEL_E1000E]]),
     "bind-e1000-alone-refused": ([], [["bind", E1000, *SEL_E1000]]),
     "bind-all-edu": ([], [["bind-all", *SEL_EDU], ["unbind-all", *SEL_EDU]]),
+    "bind-all-e1000e-vfio-unloaded": (
+        [guest.unload_vfio],
+        [["check", *SEL_E1000E], ["bind-all", *SEL_E1000E], ["unbind-all", *SEL_E1000E]],
+    ),
     "status-json": (
         [["bind-all", *SEL_E1000E]],
         [["status", "--json", *NICS], ["status", "--json", *SEL_EDU]],
@@ -38,8 +42,11 @@ OFF_SEQUENCES = {
 
 
 def _record(name, setup, steps, out_dir):
-    for argv in setup:
-        r = guest.run_cli(*argv)
+    for action in setup:
+        if callable(action):
+            action()
+            continue
+        r = guest.run_cli(*action)
         assert r.exception is None or isinstance(r.exception, SystemExit), r
     record = {
         "format": FORMAT,
