@@ -342,7 +342,6 @@ class FakeKernel:
         self._probe_failures: dict[tuple[str, str], int] = {}
         self._defer_nodes = False
         self._pending_nodes: set[int] = set()
-        self._proc_modules_text: Optional[str] = None  # verbatim lines kept from a snapshot
         self._cmdline = cmdline if cmdline is not None else self._default_cmdline()
         self._layout(lib_modules)
 
@@ -637,7 +636,7 @@ class FakeKernel:
         for spec in mod.drivers:
             if spec.name not in self._drivers:
                 drv = Driver(spec.name, mod.name, list(spec.ids), list(spec.classes),
-                             spec.vfio, spec.dma_safe)
+                             spec.vfio, spec.dma_safe or spec.vfio)
                 self._register_driver(drv)
                 if self.drivers_autoprobe:
                     self._driver_attach(drv)
@@ -733,7 +732,9 @@ class FakeKernel:
                     for dep in mod.deps:
                         self.load_module(dep)
                     self._module_loaded_without_probe(mod)
-            drv = Driver(name, mod_name, list(spec.ids), list(spec.classes), vfio, dma_safe)
+            # vfio drivers leave DMA to their user (driver_managed_dma) by nature
+            drv = Driver(name, mod_name, list(spec.ids), list(spec.classes), vfio,
+                         dma_safe or vfio)
             self._register_driver(drv)
             if vfio:
                 self._chardev(posixpath.join(self.dev_root, "vfio/vfio"))
@@ -1059,9 +1060,10 @@ class FakeKernel:
         return bdfs
 
     def _next_group(self) -> int:
+        """The lowest free group number (iommu_group_alloc uses an IDA): numbers get reused."""
         used = set(self._groups)
         used |= {f.group for f in self._functions.values() if f.group is not None}
-        return max(used, default=-1) + 1
+        return next(n for n in range(len(used) + 1) if n not in used)
 
     def remove_function(self, bdf: str) -> None:
         """Hot-unplug: the function (its children and VFs first) disappears from sysfs."""
@@ -1078,9 +1080,11 @@ class FakeKernel:
             self._leave_group(fn)
             if fn.physfn is not None and fn.physfn in self._functions:
                 pf = self._functions[fn.physfn]
-                index = pf.vfs.index(bdf)
                 pf.vfs.remove(bdf)
-                self._remove(self.sys_path(f"{pf.path}/virtfn{index}"))
+                folder = self._dir(self.sys_path(pf.path))
+                for name, entry in list(folder.entries.items()):
+                    if name.startswith("virtfn") and entry.contents == f"../{bdf}":
+                        self._remove(self.sys_path(f"{pf.path}/{name}"))
             self._remove(self.sys_path(f"bus/pci/devices/{bdf}"))
             self._remove(self.sys_path(fn.path))
             del self._functions[bdf]

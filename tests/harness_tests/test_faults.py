@@ -142,3 +142,18 @@ def test_deferred_vfio_nodes_appear_at_settle(kernel: FakeKernel) -> None:
     assert kernel.vfio_nodes() == {"vfio"}  # udev has not caught up yet
     kernel.settle()
     assert kernel.vfio_nodes() == {"vfio", str(kernel.group_of(npu))}
+
+
+def test_unplugging_one_vf_keeps_the_other_links(kernel: FakeKernel) -> None:
+    npu_node(kernel, count=0)
+    pf = "0000:10:00.0"
+    kernel.add_function(pf, vendor=0x1EFF, device=0x1220, pci_class=0x120000, iommu_group=40,
+                        driver="rebellions", sriov_totalvfs=2)
+    first, second = kernel.add_vfs(pf, 2)
+    assert kernel.group_of(first) == 4  # the lowest free group number, as the kernel's IDA
+    kernel.remove_function(first)
+    base = f"{kernel.sys_root}/bus/pci/devices/{pf}"
+    assert read(kernel, dev(pf, "sriov_numvfs")) == "1\n"
+    assert [n for n in sorted(kernel.fs.listdir(base)) if n.startswith("virtfn")] == ["virtfn1"]
+    kernel.remove_function(second)
+    assert [n for n in kernel.fs.listdir(base) if n.startswith("virtfn")] == []
