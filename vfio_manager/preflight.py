@@ -162,6 +162,7 @@ class HostFacts:
     iommufd_node: bool
     functions: tuple[FunctionFacts, ...] = ()
     selection: str = "the selection"
+    noiommu_groups: frozenset[int] = frozenset()  # groups vfio's no-IOMMU mode made up
 
     @property
     def args(self) -> dict[str, list[str]]:
@@ -242,12 +243,14 @@ def gather(
                 registered,
             )
         )
+    noiommu_nodes = tuple(n for n in sorted(sysfs.vfio_nodes()) if n.startswith("noiommu-"))
+    noiommu_groups = frozenset(_noiommu_groups(noiommu_nodes))
     return HostFacts(
         sysfs_root=sysfs.root,
         dev_root=sysfs.dev_root,
         host_root=host.root,
         release=host.release,
-        iommu_groups=len(sysfs.iommu_group_names()),
+        iommu_groups=sum(1 for g in sysfs.iommu_group_names() if int(g) not in noiommu_groups),
         iommu_units=tuple(sysfs.iommu_units()),
         acpi_tables=acpi,
         cmdline=cmdline,
@@ -256,7 +259,7 @@ def gather(
         config={k: v for k, v in config.items() if _CONFIG_KEYS.match(k)},
         cpu_vendor=host.cpu_vendor(),
         noiommu_param=sysfs.module_parameter("vfio", "enable_unsafe_noiommu_mode"),
-        noiommu_nodes=tuple(n for n in sorted(sysfs.vfio_nodes()) if n.startswith("noiommu-")),
+        noiommu_nodes=noiommu_nodes,
         noiommu_options=noiommu_options,
         modules=modules,
         modules_dir=host.modules_dir(),
@@ -267,7 +270,14 @@ def gather(
         iommufd_node=sysfs.iommufd_node_exists(),
         functions=tuple(facts),
         selection=selection,
+        noiommu_groups=noiommu_groups,
     )
+
+
+def _noiommu_groups(nodes: Sequence[str]) -> list[int]:
+    """Group numbers of /dev/vfio/noiommu-N: in /sys/kernel/iommu_groups, but no IOMMU."""
+    numbers = (n[len("noiommu-") :] for n in nodes)
+    return [int(n) for n in numbers if n.isdigit()]
 
 
 def _with_config(info: ModuleInfo, source: Optional[str], config: Mapping[str, str]) -> ModuleInfo:
@@ -731,11 +741,14 @@ def check_groups(facts: HostFacts) -> Check:
     title = "IOMMU group for each selected function"
     if not facts.functions:
         return Check("iommu-groups", title, True, f"no PCI function matches {facts.selection}")
+    noiommu = facts.noiommu_groups
     evidence = tuple(
-        f"{f.bdf}/iommu_group: {f.iommu_group if f.iommu_group is not None else 'absent'}"
+        f"{f.bdf}/iommu_group: "
+        + ("absent" if f.iommu_group is None else str(f.iommu_group))
+        + (" (a no-IOMMU group)" if f.iommu_group in noiommu else "")
         for f in facts.functions
     )
-    missing = [f.bdf for f in facts.functions if f.iommu_group is None]
+    missing = [f.bdf for f in facts.functions if f.iommu_group is None or f.iommu_group in noiommu]
     if not missing:
         detail = _group_summary([(f.bdf, f"group {f.iommu_group}") for f in facts.functions])
         return Check("iommu-groups", title, True, detail, evidence=evidence)
@@ -965,6 +978,7 @@ class HostSummary:
     iommu_groups: int
     iommu_units: tuple[str, ...]
     vfio_pci_registered: bool
+    noiommu: bool = False  # /dev/vfio/noiommu-N exist: vfio's unsafe no-IOMMU mode
 
     @property
     def iommu_on(self) -> bool:
@@ -972,10 +986,13 @@ class HostSummary:
 
     @classmethod
     def read(cls, sysfs: Sysfs) -> HostSummary:
+        """Two listings and one stat; no-IOMMU groups (noiommu-N nodes) are not counted."""
+        fake = {n[len("noiommu-") :] for n in sysfs.vfio_nodes() if n.startswith("noiommu-")}
         return cls(
-            len(sysfs.iommu_group_names()),
+            sum(1 for g in sysfs.iommu_group_names() if g not in fake),
             tuple(sysfs.iommu_units()),
             sysfs.driver_registered(VFIO_PCI),
+            bool(fake),
         )
 
     def line(self) -> str:
@@ -984,8 +1001,11 @@ class HostSummary:
             iommu = f"IOMMU on ({self.iommu_groups} groups{units})"
         else:
             iommu = "IOMMU off (no IOMMU groups)"
+        if self.noiommu:
+            iommu += ", no-IOMMU mode on (unusable for VMs)"
         driver = "vfio-pci registered" if self.vfio_pci_registered else "vfio-pci not registered"
-        hint = "" if self.iommu_on and self.vfio_pci_registered else "; see `vfio-manager check`"
+        ready = self.iommu_on and self.vfio_pci_registered and not self.noiommu
+        hint = "" if ready else "; see `vfio-manager check`"
         return f"host: {iommu}, {driver}{hint}"
 
     def to_json(self) -> dict[str, Any]:
@@ -994,4 +1014,5 @@ class HostSummary:
             "iommu_groups": self.iommu_groups,
             "iommu_units": list(self.iommu_units),
             "vfio_pci_registered": self.vfio_pci_registered,
+            "noiommu": self.noiommu,
         }

@@ -167,6 +167,39 @@ def test_no_iommu_mode_fails_as_unusable_for_vms(fs: FakeFilesystem) -> None:
     assert f"    remedy: {INTEL_REMEDY}" in result.stdout.splitlines()
 
 
+def test_no_iommu_groups_do_not_count_as_an_iommu(fs: FakeFilesystem) -> None:
+    """vfio's no-IOMMU mode makes up groups (noiommu-N): they are no evidence of an IOMMU."""
+    from vfio_manager.address import PciAddress
+    from vfio_manager.kernel import Kernel
+    from vfio_manager.sysfs import Sysfs
+
+    kernel = fresh(fs, iommu=False, cmdline="ro quiet")
+    npu_node(kernel, count=1, vfio_loaded=True)
+    kernel.enable_noiommu()
+    fake_kernel = Kernel(Sysfs(kernel.sys_root, kernel.dev_root))  # set up as an admin would
+    address = PciAddress.parse(NPU)
+    fake_kernel.set_override(address, "vfio-pci")
+    fake_kernel.unbind(address, "rebellions")
+    fake_kernel.probe(address)
+    assert any(n.startswith("noiommu-") for n in kernel.vfio_nodes())
+    result = invoke(kernel, "check", "--json")
+    assert result.exit_code == 3
+    found = checks(result)
+    assert str(found["iommu"]["detail"]).startswith("off: ")
+    assert found["noiommu"]["ok"] is False
+    assert found["noiommu"]["remedy"] == NOIOMMU_REMEDY
+    assert found["iommu-groups"]["ok"] is False
+    assert "(a no-IOMMU group)" in str(found["iommu-groups"]["evidence"])
+    status = invoke(kernel, "status", "--json").json()["host"]
+    assert status["iommu"] is False
+    assert status["noiommu"] is True
+    assert (
+        invoke(kernel, "status")
+        .stdout.splitlines()[0]
+        .startswith("host: IOMMU off (no IOMMU groups), no-IOMMU mode on (unusable for VMs)")
+    )
+
+
 def test_vfio_pci_ids_on_the_command_line_is_reported(kernel: FakeKernel) -> None:
     npu_node(kernel, count=1)
     kernel.set_cmdline("ro intel_iommu=on vfio-pci.ids=1eff:1220")
@@ -432,6 +465,7 @@ def test_status_host_line_when_not_ready(fs: FakeFilesystem, modprobe: Modprobe)
         "iommu_groups": 0,
         "iommu_units": [],
         "vfio_pci_registered": False,
+        "noiommu": False,
     }
     assert kernel.modprobe_calls == []
     assert kernel.writes == []

@@ -641,6 +641,7 @@ def test_host_summary_line() -> None:
         "iommu_groups": 10,
         "iommu_units": ["dmar0"],
         "vfio_pci_registered": True,
+        "noiommu": False,
     }
     off = preflight.HostSummary(0, (), False)
     assert off.line() == (
