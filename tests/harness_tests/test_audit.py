@@ -66,3 +66,8 @@ def test_hook_is_inert_outside_the_guard() -> None:
     finally:
         audit._State.active = depth
     assert audit.take_violations() == []
+
+
+@pytest.mark.e2e
+def test_e2e_marked_tests_are_exempt() -> None:
+    assert audit._State.active == 0
