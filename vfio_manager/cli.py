@@ -38,6 +38,9 @@ class Settings:
     dev_root: str
     host_root: str
     timeout: float
+    state_dir: str = "/run/vfio-manager"
+    lock_timeout: float = 60.0
+    proc_root: str = "/proc"
 
 
 class _BdfType(click.ParamType):  # type: ignore[type-arg]
@@ -155,9 +158,33 @@ def _handles_errors(func: F) -> F:
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=30.0,
     show_default=True,
-    help="Seconds to wait for a function's /dev/vfio node.",
+    help="Deadline in seconds for each function's writes (an unbind can hang while a process "
+    "holds the device) and for its /dev/vfio node to appear.",
+)
+@click.option(
+    "--state-dir",
+    envvar="VFIO_MANAGER_STATE_DIR",
+    default="/run/vfio-manager",
+    show_default=True,
+    help="Lock and journal directory (env VFIO_MANAGER_STATE_DIR); in Kubernetes a hostPath, "
+    "so the DaemonSet pod and its preStop hook share it.",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a writing command waits for another vfio-manager run to finish.",
+)
+@click.option(
+    "--proc-root",
+    envvar="VFIO_MANAGER_PROC_ROOT",
+    default="/proc",
+    show_default=True,
+    hidden=True,
+    help="Where the host's /proc is (processes holding a device, mounts, routes).",
 )
 @click.option(
     "--log-format",
@@ -175,6 +202,9 @@ def cli(
     dev_root: str,
     host_root: str,
     timeout: float,
+    state_dir: str,
+    lock_timeout: float,
+    proc_root: str,
     log_format: str,
     verbose: int,
     quiet: bool,
@@ -187,7 +217,7 @@ def cli(
     from vfio_manager import logsetup
 
     logsetup.configure(log_format, -1 if quiet else verbose)
-    ctx.obj = Settings(sysfs_root, dev_root, host_root, timeout)
+    ctx.obj = Settings(sysfs_root, dev_root, host_root, timeout, state_dir, lock_timeout, proc_root)
 
 
 def _emit(lines: Sequence[str]) -> None:
@@ -272,6 +302,12 @@ def _transition_options(func: F) -> F:
         "--json", "as_json", is_flag=True, help="Print the plan or the outcome as JSON."
     )(func)
     func = click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")(func)
+    func = click.option(
+        "--force",
+        is_flag=True,
+        help="Move functions even when a process holds them or the host needs them (a mounted "
+        "disk, an addressed interface, the boot console). Use with care.",
+    )(func)
     return _selection_options(func)
 
 
@@ -283,6 +319,7 @@ def _run_transition(
     *,
     dry_run: bool,
     as_json: bool,
+    force: bool,
     with_group_peers: bool = False,
     load_modules: bool = True,
 ) -> None:
@@ -297,6 +334,7 @@ def _run_transition(
         dry_run=dry_run,
         with_group_peers=with_group_peers,
         load_modules=load_modules,
+        force=force,
     )
     _emit(result.json_lines() if as_json else result.text_lines())
     if result.exit_code != ExitCode.OK:
@@ -323,6 +361,7 @@ def bind(
     device_ids: tuple[str, ...],
     dry_run: bool,
     as_json: bool,
+    force: bool,
     with_group_peers: bool,
     load_modules: bool,
 ) -> None:
@@ -338,6 +377,7 @@ def bind(
         (vendor, pci_class, device_ids),
         dry_run=dry_run,
         as_json=as_json,
+        force=force,
         with_group_peers=with_group_peers,
         load_modules=load_modules,
     )
@@ -356,10 +396,20 @@ def unbind(
     device_ids: tuple[str, ...],
     dry_run: bool,
     as_json: bool,
+    force: bool,
 ) -> None:
-    """Return the named functions from vfio-pci to their native driver."""
+    """Return the named functions from vfio-pci to their native driver.
+
+    Refused while a process (a VM) holds the function's /dev/vfio group, unless --force.
+    """
     _run_transition(
-        settings, False, bdfs, (vendor, pci_class, device_ids), dry_run=dry_run, as_json=as_json
+        settings,
+        False,
+        bdfs,
+        (vendor, pci_class, device_ids),
+        dry_run=dry_run,
+        as_json=as_json,
+        force=force,
     )
 
 
@@ -380,6 +430,7 @@ def bind_all(
     device_ids: tuple[str, ...],
     dry_run: bool,
     as_json: bool,
+    force: bool,
     with_group_peers: bool,
     load_modules: bool,
 ) -> None:
@@ -394,6 +445,7 @@ def bind_all(
         (vendor, pci_class, device_ids),
         dry_run=dry_run,
         as_json=as_json,
+        force=force,
         with_group_peers=with_group_peers,
         load_modules=load_modules,
     )
@@ -410,10 +462,17 @@ def unbind_all(
     device_ids: tuple[str, ...],
     dry_run: bool,
     as_json: bool,
+    force: bool,
 ) -> None:
-    """Return every selected function to its native driver."""
+    """Return every selected function to its native driver (held ones refused, see unbind)."""
     _run_transition(
-        settings, False, (), (vendor, pci_class, device_ids), dry_run=dry_run, as_json=as_json
+        settings,
+        False,
+        (),
+        (vendor, pci_class, device_ids),
+        dry_run=dry_run,
+        as_json=as_json,
+        force=force,
     )
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from vfio_manager.cli import Settings
     from vfio_manager.engine import Report
     from vfio_manager.hostfs import HostFiles
+    from vfio_manager.journal import Journal
     from vfio_manager.modalias import AliasTable
     from vfio_manager.model import PciFunction, Topology
     from vfio_manager.modules import Runner
@@ -78,7 +79,7 @@ class TransitionResult:
     selector: Selector
     plan: Plan
     report: Optional[Report]
-    host_notes: tuple[str, ...] = ()  # modules loaded (or, in a dry run, to be loaded)
+    notes: tuple[str, ...] = ()  # modules loaded, journal records settled
 
     @property
     def exit_code(self) -> ExitCode:
@@ -88,7 +89,7 @@ class TransitionResult:
         return ExitCode.FAILED if refused else ExitCode.OK
 
     def text_lines(self) -> list[str]:
-        head = [f"host: {note}" for note in self.host_notes]
+        head = list(self.notes)
         if not self.plan.entries:
             return [*head, f"No PCI function matches {self.selector.describe()}: nothing to do."]
         if self.report is None:
@@ -96,9 +97,10 @@ class TransitionResult:
         return head + render.report_lines(self.report)
 
     def json_lines(self) -> list[str]:
+        notes = {"notes": list(self.notes)}
         if self.report is None:
-            return [render.to_json({"dry_run": True, **self.plan.to_json()})]
-        return [render.to_json(self.report.to_json())]
+            return [render.to_json({"dry_run": True, **self.plan.to_json(), **notes})]
+        return [render.to_json({**self.report.to_json(), **notes})]
 
 
 def transition(
@@ -110,64 +112,141 @@ def transition(
     dry_run: bool = False,
     with_group_peers: bool = False,
     load_modules: bool = True,
+    force: bool = False,
     runner: Optional[Runner] = None,
 ) -> TransitionResult:
     """Plan and (unless ``dry_run``) apply a move of the targets to vfio or back to the host.
 
-    A move to vfio passes the preflight gate first (:func:`gate`): it may load the vfio
-    modules, and it refuses with exit 3 before anything is written when the host is not ready.
+    A real run holds the node lock from the first read to the last write, so the topology it
+    plans from cannot change under it through another vfio-manager, and settles what a killed
+    run left in the journal first. A dry run takes no lock and writes nothing.
     """
+    request = _Request(
+        settings,
+        selector,
+        tuple(named),
+        to_vfio,
+        dry_run,
+        with_group_peers,
+        load_modules,
+        force,
+        runner,
+    )
+    if dry_run:
+        return _transition(request, journal=None)
+    from vfio_manager.journal import Journal
+    from vfio_manager.lock import NodeLock
+
+    with NodeLock(settings.state_dir, timeout=settings.lock_timeout, proc_root=settings.proc_root):
+        return _transition(request, journal=Journal(settings.state_dir))
+
+
+@dataclass(frozen=True)
+class _Request:
+    settings: Settings
+    selector: Selector
+    named: tuple[PciAddress, ...]
+    to_vfio: bool
+    dry_run: bool
+    with_group_peers: bool
+    load_modules: bool
+    force: bool
+    runner: Optional[Runner]
+
+
+def _targets(request: _Request, topology: Topology) -> list[PciFunction]:
+    if request.named:
+        return named_functions(topology, request.selector, request.named)
+    return selected_functions(topology, request.selector)
+
+
+def _transition(request: _Request, *, journal: Optional[Journal]) -> TransitionResult:
     from vfio_manager.drivers import DriverResolver
     from vfio_manager.engine import Engine
     from vfio_manager.hostfs import HostFiles
     from vfio_manager.kernel import Kernel
-    from vfio_manager.plan import plan_to_host, plan_to_vfio
+    from vfio_manager.plan import Direction, plan_to_host, plan_to_vfio
+    from vfio_manager.protect import find_holders, protect
+    from vfio_manager.recovery import recover
 
+    settings = request.settings
     sysfs = _sysfs(settings)
     topology = read_topology(sysfs)
-    targets = (
-        named_functions(topology, selector, named)
-        if named
-        else selected_functions(topology, selector)
-    )
+    targets = _targets(request, topology)
     host = HostFiles(settings.host_root)
     resolver = DriverResolver.load(topology, host)
-    notes: tuple[str, ...] = ()
-    if to_vfio and targets:
-        notes = gate(
+    direction = Direction.TO_VFIO if request.to_vfio else Direction.TO_HOST
+    notes: list[str] = []
+    if request.to_vfio and targets:
+        loaded = gate(
             sysfs,
             host,
             topology,
             targets,
             aliases=resolver.aliases,
-            selection=selector.describe(),
-            load_modules=load_modules,
-            dry_run=dry_run,
-            runner=runner,
+            selection=request.selector.describe(),
+            load_modules=request.load_modules,
+            dry_run=request.dry_run,
+            runner=request.runner,
         )
-        if notes and not dry_run:  # modules were loaded: drivers and their modules changed
+        notes += [f"host: {note}" for note in loaded]
+        if loaded and not request.dry_run:  # modules were loaded: drivers and modules changed
             topology = read_topology(sysfs)
-            targets = (
-                named_functions(topology, selector, named)
-                if named
-                else selected_functions(topology, selector)
-            )
-            resolver = DriverResolver(topology, resolver.aliases)
-    if to_vfio:
+            targets = _targets(request, topology)
+
+    def holders_of(function: PciFunction) -> str:
+        from vfio_manager.inuse import describe_holders
+
+        found = find_holders(sysfs, settings.proc_root, [function]).get(function.address, [])
+        return describe_holders(found)
+
+    engine = Engine(
+        Kernel(sysfs),
+        node_timeout=settings.timeout,
+        write_timeout=settings.timeout,
+        journal=journal,
+        holders=holders_of,
+    )
+    if journal is not None:
+        recovered = recover(
+            journal, engine, direction=direction, targets={f.address for f in targets}
+        )
+        notes += [f"journal: {note}" for note in recovered.notes]
+        if recovered.wrote:
+            topology = read_topology(sysfs)
+            targets = _targets(request, topology)
+    if request.to_vfio:
         plan = plan_to_vfio(
             topology,
             targets,
-            selector=selector,
-            named=named,
-            with_group_peers=with_group_peers,
-            vfio_driver_for=resolver.vfio_driver,
+            selector=request.selector,
+            named=request.named,
+            with_group_peers=request.with_group_peers,
+            vfio_driver_for=DriverResolver(topology, resolver.aliases).vfio_driver,
         )
     else:
-        plan = plan_to_host(topology, targets, native_driver_for=resolver.native_driver)
-    if dry_run or not plan.entries:
-        return TransitionResult(selector, plan, None, notes)
-    report = Engine(Kernel(sysfs), node_timeout=settings.timeout).apply(plan)
-    return TransitionResult(selector, plan, report, notes)
+        recorded = _recorded_origins(journal, targets) if journal is not None else {}
+        native = DriverResolver(topology, resolver.aliases, recorded_native=recorded)
+        plan = plan_to_host(topology, targets, native_driver_for=native.native_driver)
+    plan = protect(plan, sysfs, proc_root=settings.proc_root, force=request.force)
+    if request.dry_run or not plan.entries:
+        return TransitionResult(request.selector, plan, None, tuple(notes))
+    report = engine.apply(plan)
+    return TransitionResult(request.selector, plan, report, tuple(notes))
+
+
+def _recorded_origins(
+    journal: Journal, targets: Sequence[PciFunction]
+) -> dict[PciAddress, Optional[str]]:
+    """The driver each function had before it was first moved to vfio, where recorded."""
+    origins: dict[PciAddress, Optional[str]] = {}
+    for function in targets:
+        entry = journal.original(
+            function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
+        )
+        if entry is not None:
+            origins[function.address] = entry.original_driver
+    return origins
 
 
 def gate(

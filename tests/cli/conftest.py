@@ -35,6 +35,11 @@ class Run:
 RunCli = Callable[..., Run]
 
 
+def state_dir(kernel: FakeKernel) -> str:
+    """The lock and journal directory of CLI runs against ``kernel`` (on the fake fs)."""
+    return f"{kernel.host_root}/run/vfio-manager"
+
+
 def invoke(kernel: FakeKernel, *args: str) -> Run:
     result = CliRunner().invoke(
         cli,
@@ -45,6 +50,10 @@ def invoke(kernel: FakeKernel, *args: str) -> Run:
             kernel.dev_root,
             "--host-root",
             kernel.host_root,
+            "--state-dir",
+            state_dir(kernel),
+            "--proc-root",
+            kernel.proc_root,
             "--log-format",
             "json",
             *args,
