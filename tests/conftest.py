@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,16 @@ from typing import Any
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
+import vfio_manager
 from tests.harness import FakeKernel, audit
+
+# Import every product module before any fake filesystem starts. The CLI imports most of
+# them lazily (cold start); a module first imported inside a pyfakefs test keeps that test's
+# fake `os` after it ends, and the next test then fails inside pyfakefs ("assert p is not
+# None" in its patcher property).
+for _module in pkgutil.iter_modules(vfio_manager.__path__):
+    if _module.name != "__main__":
+        importlib.import_module(f"vfio_manager.{_module.name}")
 
 SnapshotKernel = Callable[..., FakeKernel]
 

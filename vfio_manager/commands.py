@@ -207,11 +207,13 @@ def _transition(request: _Request, *, journal: Optional[Journal]) -> TransitionR
         journal=journal,
         holders=holders_of,
     )
+    finishing: frozenset[PciAddress] = frozenset()
     if journal is not None:
         recovered = recover(
             journal, engine, direction=direction, targets={f.address for f in targets}
         )
         notes += [f"journal: {note}" for note in recovered.notes]
+        finishing = recovered.finishing
         if recovered.wrote:
             topology = read_topology(sysfs)
             targets = _targets(request, topology)
@@ -229,6 +231,10 @@ def _transition(request: _Request, *, journal: Optional[Journal]) -> TransitionR
         native = DriverResolver(topology, resolver.aliases, recorded_native=recorded)
         plan = plan_to_host(topology, targets, native_driver_for=native.native_driver)
     plan = protect(plan, sysfs, proc_root=settings.proc_root, force=request.force)
+    if journal is not None:
+        for entry in plan.entries:  # the killed run got as far as the target: nothing left
+            if entry.converged and entry.address in finishing:
+                journal.complete(entry.function.bdf)
     if request.dry_run or not plan.entries:
         return TransitionResult(request.selector, plan, None, tuple(notes))
     report = engine.apply(plan)

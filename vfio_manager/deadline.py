@@ -102,7 +102,7 @@ def run_with_deadline(
         if gave_up:
             log.error("deadline exceeded", what=what, bdf=bdf, step=step, timeout=timeout)
             raise DeadlineExceededError(
-                f"{what} did not return within {timeout:g}s; the write is still pending "
+                f"{what} did not return within {timeout:.2g}s; the write is still pending "
                 "in the kernel",
                 bdf=bdf,
                 step=step,

@@ -24,10 +24,12 @@ _VERB = {Direction.TO_VFIO: "bind to vfio", Direction.TO_HOST: "return to the ho
 
 @dataclass(frozen=True)
 class Recovery:
-    """What recovery did: one note per record, and whether it wrote anything."""
+    """What recovery did: one note per record, whether it wrote anything, and which
+    functions this run is to finish (their records are completed once they converge)."""
 
     notes: tuple[str, ...] = ()
     wrote: bool = False
+    finishing: frozenset[PciAddress] = frozenset()
 
 
 def recover(
@@ -39,6 +41,7 @@ def recover(
 ) -> Recovery:
     """Settle every pending journal record; see the module docstring for the policy."""
     notes: list[str] = []
+    finishing: set[PciAddress] = set()
     before = engine.kernel.sysfs.writes
     for entry in journal.pending():
         if entry.corrupt or entry.bdf is None or entry.direction is None:
@@ -59,6 +62,7 @@ def recover(
             done = ", ".join(entry.steps_done) or "no step"
             notes.append(f"{entry.bdf}: finishing the interrupted {what} ({started}; done: {done})")
             log.warning("recovery", bdf=entry.bdf, step="journal", outcome="finishing")
+            finishing.add(address)
             continue
         label, problem = engine.restore(
             address,
@@ -72,4 +76,4 @@ def recover(
         else:
             notes.append(f"{entry.bdf}: could not roll back the interrupted {what}: {problem}")
             log.error("recovery", bdf=entry.bdf, step="journal", outcome="failed", reason=problem)
-    return Recovery(tuple(notes), engine.kernel.sysfs.writes != before)
+    return Recovery(tuple(notes), engine.kernel.sysfs.writes != before, frozenset(finishing))
