@@ -28,8 +28,13 @@ _MUTATING_EVENTS = {"os.mkdir", "os.remove", "os.rmdir", "os.rename", "os.symlin
                     "os.link", "os.truncate", "os.chmod", "os.chown", "os.mknod"}
 _DANGEROUS_PROGRAMS = {"modprobe", "rmmod", "insmod", "depmod", "chroot", "driverctl",
                        "setpci", "udevadm", "dpdk-devbind.py", "dpdk-devbind", "vfio-manage.sh"}
-# keep the real getcwd out of reach of pyfakefs' module patching
-_REAL: dict[str, Any] = {"getcwd": os.getcwd}
+# keep the real functions out of reach of pyfakefs' module patching: its patched os.path
+# walks the stack (to honour skip names), which opens source files, which fires this hook
+_REAL: dict[str, Any] = {
+    "getcwd": os.getcwd,
+    "join": posixpath.join,
+    "normpath": posixpath.normpath,
+}
 
 
 class RealSystemWriteError(RuntimeError):
@@ -45,10 +50,10 @@ class _State:
 def _guarded(path: str) -> bool:
     if not path.startswith("/"):
         try:
-            path = posixpath.join(_REAL["getcwd"](), path)
+            path = _REAL["join"](_REAL["getcwd"](), path)
         except OSError:
             return False
-    norm = posixpath.normpath(path)
+    norm = _REAL["normpath"](path)
     if norm.startswith("//"):
         norm = "/" + norm.lstrip("/")
     for allowed in _ALLOWED:

@@ -1,0 +1,144 @@
+"""In use and needed by the host: refusals before any write, with PIDs and reasons."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from pyfakefs.fake_filesystem import FakeFilesystem
+
+from tests.cli.conftest import invoke
+from tests.harness import FakeKernel
+from tests.harness.topologies import npu_node
+from tests.safety.conftest import HOST, VFIO, state
+
+
+def fake_process(
+    fs: FakeFilesystem,
+    kernel: FakeKernel,
+    pid: int,
+    comm: str,
+    fds: tuple[str, ...] = (),
+    maps: tuple[str, ...] = (),
+) -> None:
+    """A process in the fake /proc holding ``fds`` open and mapping ``maps``."""
+    base = posixpath.join(kernel.proc_root, str(pid))
+    fs.create_file(posixpath.join(base, "comm"), contents=comm + "\n")
+    fs.create_dir(posixpath.join(base, "fd"))
+    for number, target in enumerate(fds, start=3):
+        fs.create_symlink(posixpath.join(base, "fd", str(number)), target)
+    lines = [
+        f"7f00{i:04x}0000-7f00{i:04x}1000 rw-s 00000000 00:15 42 {path}"
+        for i, path in enumerate(maps)
+    ]
+    fs.create_file(posixpath.join(base, "maps"), contents="\n".join(lines) + "\n")
+
+
+def device_dir(kernel: FakeKernel, bdf: str) -> str:
+    """The function's real directory under devices/ (bus/pci/devices/BDF is a symlink)."""
+    return os.path.realpath(posixpath.join(kernel.sys_root, "bus/pci/devices", bdf))
+
+
+def native_node(fs: FakeFilesystem, kernel: FakeKernel, bdf: str, name: str = "rbln0") -> None:
+    """The class device the rebellions driver creates: devices/BDF/rebellions/rbln0."""
+    base = posixpath.join(device_dir(kernel, bdf), "rebellions", name)
+    fs.create_file(posixpath.join(base, "dev"), contents="240:0\n")
+    fs.create_file(posixpath.join(base, "uevent"), contents=f"MAJOR=240\nMINOR=0\nDEVNAME={name}\n")
+
+
+def test_unbind_refused_while_a_vm_holds_the_group(fs: FakeFilesystem, kernel: FakeKernel) -> None:
+    first, second = npu_node(kernel, count=2)
+    assert invoke(kernel, "bind-all").exit_code == 0
+    group = kernel.group_of(first)
+    fake_process(fs, kernel, 4242, "qemu-system-x86", fds=(f"/dev/vfio/{group}",))
+    kernel.clear_writes()
+    result = invoke(kernel, "unbind-all")
+    assert result.exit_code == 1
+    assert "PID 4242 (qemu-system-x86) has /dev/vfio/" in result.stdout
+    assert "--force" in result.stdout
+    assert state(kernel, first) == VFIO  # untouched: nothing was written for it
+    assert not [w for w in kernel.writes if first in w.path or w.data.strip() == first]
+    assert state(kernel, second) == HOST  # the other one carried on
+
+
+def test_force_unbinds_a_held_function(fs: FakeFilesystem, kernel: FakeKernel) -> None:
+    (npu,) = npu_node(kernel, count=1)
+    assert invoke(kernel, "bind-all").exit_code == 0
+    fake_process(fs, kernel, 4242, "qemu-system-x86", fds=(f"/dev/vfio/{kernel.group_of(npu)}",))
+    result = invoke(kernel, "unbind-all", "--force")
+    assert result.exit_code == 0, result.stdout
+    assert state(kernel, npu) == HOST
+    assert any(e.get("outcome") == "forced" for e in result.log_events())
+
+
+def test_bind_refused_while_a_process_holds_the_native_node(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    (npu,) = npu_node(kernel, count=1)
+    native_node(fs, kernel, npu)
+    fake_process(fs, kernel, 777, "rbln-smi", fds=("/dev/rbln0",))
+    result = invoke(kernel, "bind-all")
+    assert result.exit_code == 1
+    assert "PID 777 (rbln-smi) has /dev/rbln0 open" in result.stdout
+    assert kernel.writes == []
+
+
+def test_bind_refused_while_a_process_maps_a_bar(fs: FakeFilesystem, kernel: FakeKernel) -> None:
+    (npu,) = npu_node(kernel, count=1)
+    fs.create_file(posixpath.join(device_dir(kernel, npu), "resource0"), st_size=0)
+    fake_process(fs, kernel, 31337, "dpdk-app", maps=(f"/sys/bus/pci/devices/{npu}/resource0",))
+    result = invoke(kernel, "bind", npu)
+    assert result.exit_code == 1
+    assert "PID 31337 (dpdk-app) maps" in result.stdout
+    assert kernel.writes == []
+
+
+def test_a_process_holding_something_else_does_not_block(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    (npu,) = npu_node(kernel, count=1)
+    fake_process(fs, kernel, 100, "bash", fds=("/dev/null", "/dev/vfio/vfio", "/dev/rbln9"))
+    assert invoke(kernel, "bind-all").exit_code == 0
+    assert state(kernel, npu) == VFIO
+
+
+def test_boot_console_is_refused_unless_forced(kernel: FakeKernel) -> None:
+    npu_node(kernel, count=0)
+    kernel.add_function(
+        "0000:09:00.0",
+        vendor=0x1EFF,
+        device=0x1220,
+        pci_class=0x120000,
+        driver="rebellions",
+        iommu_group=40,
+        boot_vga=1,
+    )
+    refused = invoke(kernel, "bind-all")
+    assert refused.exit_code == 1
+    assert "boot VGA device" in refused.stdout
+    assert kernel.writes == []
+    forced = invoke(kernel, "bind-all", "--force")
+    assert forced.exit_code == 0, forced.stdout
+    assert state(kernel, "0000:09:00.0") == VFIO
+
+
+def test_pf_with_vfs_is_refused_with_advice(kernel: FakeKernel) -> None:
+    npu_node(kernel, count=0)
+    kernel.add_function(
+        "0000:09:00.0",
+        vendor=0x1EFF,
+        device=0x1250,
+        pci_class=0x120000,
+        driver="rebellions",
+        iommu_group=40,
+        sriov_totalvfs=4,
+    )
+    vfs = kernel.add_vfs("0000:09:00.0", 2, device=0x1251)
+    result = invoke(kernel, "bind", "0000:09:00.0")
+    assert result.exit_code == 1
+    assert "SR-IOV PF with 2 VFs enabled" in result.stdout
+    assert "bind its VFs instead" in result.stdout
+    assert kernel.writes == []
+    vf_bind = invoke(kernel, "bind-all", "--device-id", "0x1251")
+    assert vf_bind.exit_code == 0, vf_bind.stdout
+    assert [kernel.driver_of(vf) for vf in vfs] == ["vfio-pci", "vfio-pci"]
