@@ -311,6 +311,18 @@ def _transition_options(func: F) -> F:
     return _selection_options(func)
 
 
+def _bind_options(func: F) -> F:
+    """What bind and bind-all add to the transition options: group peers, module loading."""
+    func = _load_modules_option(default=True)(func)
+    func = click.option(
+        "--with-group-peers",
+        is_flag=True,
+        help="Also bind the other endpoint members of each IOMMU group when they match the "
+        "selection (or, for bind, are named).",
+    )(func)
+    return _transition_options(func)
+
+
 def _run_transition(
     settings: Settings,
     to_vfio: bool,
@@ -343,14 +355,7 @@ def _run_transition(
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
-@_transition_options
-@click.option(
-    "--with-group-peers",
-    is_flag=True,
-    help="Also bind the other endpoint members of each IOMMU group when they match the "
-    "selection or are named.",
-)
-@_load_modules_option(default=True)
+@_bind_options
 @click.pass_obj
 @_handles_errors
 def bind(
@@ -414,13 +419,7 @@ def unbind(
 
 
 @cli.command("bind-all", epilog=EXIT_CODES_HELP)
-@_transition_options
-@click.option(
-    "--with-group-peers",
-    is_flag=True,
-    help="Also bind other endpoint members of each IOMMU group that match the selection.",
-)
-@_load_modules_option(default=True)
+@_bind_options
 @click.pass_obj
 @_handles_errors
 def bind_all(

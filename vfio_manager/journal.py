@@ -225,21 +225,6 @@ class Journal:
         # A function on (or pinned by override to) a vfio driver is already in vfio mode:
         # its origin, if we ever knew it, is on file and must not be overwritten by this state.
         in_vfio_mode = is_vfio_driver(original_driver) or is_vfio_driver(original_override)
-        origin_created = False
-        if direction is Direction.TO_VFIO and not in_vfio_mode:
-            origin = JournalEntry(
-                bdf=bdf,
-                record=ORIGIN,
-                direction=Direction.TO_VFIO,
-                vendor_device=vendor_device,
-                original_driver=original_driver,
-                original_override=original_override,
-                started_at=stamp,
-                updated_at=stamp,
-                pid=os.getpid(),
-            )
-            self._write(origin)
-            origin_created = True
         entry = JournalEntry(
             bdf=bdf,
             record=TRANSITION,
@@ -250,8 +235,10 @@ class Journal:
             started_at=stamp,
             updated_at=stamp,
             pid=os.getpid(),
-            origin_created=origin_created,
         )
+        if direction is Direction.TO_VFIO and not in_vfio_mode:
+            self._write(replace(entry, record=ORIGIN))
+            entry = replace(entry, origin_created=True)
         self._write(entry)
         log.debug("journal: transition recorded", bdf=bdf, direction=direction.value)
         return entry
