@@ -23,12 +23,13 @@ if TYPE_CHECKING:
     from vfio_manager.cli import Settings
     from vfio_manager.engine import Report
     from vfio_manager.hostfs import HostFiles
+    from vfio_manager.hostsummary import HostSummary
     from vfio_manager.journal import Journal
     from vfio_manager.modalias import AliasTable
     from vfio_manager.model import PciFunction, Topology
     from vfio_manager.modules import Runner
     from vfio_manager.plan import Plan
-    from vfio_manager.preflight import HostSummary, Preflight
+    from vfio_manager.preflight import Preflight
 
 
 def _sysfs(settings: Settings) -> Sysfs:
@@ -69,7 +70,7 @@ def status(settings: Settings, selector: Selector) -> StatusResult:
     records = [
         render.device_record(topology, f, sysfs) for f in selected_functions(topology, selector)
     ]
-    from vfio_manager.preflight import HostSummary
+    from vfio_manager.hostsummary import HostSummary
 
     return StatusResult(selector, records, HostSummary.read(sysfs))
 

@@ -12,12 +12,12 @@ loaded, it loads them with the host's modprobe (:mod:`vfio_manager.modules`) and
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vfio_manager.errors import HostNotReadyError
+from vfio_manager.hostfacts import MODULE_CONFIG, HostFacts, gather, last_flag
 from vfio_manager.hostfs import HostFiles
 from vfio_manager.logsetup import get_logger
 from vfio_manager.sysfs import Sysfs
@@ -66,241 +66,9 @@ MODPROBE_MISSING_REMEDY = (
     "install kmod on the host (it provides modprobe), or " + CONTAINER_HOST_ROOT
 )
 
-# Config options that explain the IOMMU and vfio state; the rest of the config is dropped.
-_CONFIG_KEYS = re.compile(r"^CONFIG_\w*(IOMMU|VFIO|DMAR)\w*$")
-_MODULE_CONFIG = {
-    "vfio": "CONFIG_VFIO",
-    "vfio_pci": "CONFIG_VFIO_PCI",
-    "vfio_pci_core": "CONFIG_VFIO_PCI_CORE",
-    "vfio_iommu_type1": "CONFIG_VFIO_IOMMU_TYPE1",
-    "iommufd": "CONFIG_IOMMUFD",
-}
 _TRUE = frozenset({"1", "y", "Y", "yes", "true", "on"})
 INTEL, AMD = "intel", "amd"
 _VENDOR_LABEL = {INTEL: "Intel VT-d", AMD: "AMD-Vi"}
-
-
-# -- the kernel command line -------------------------------------------------------------------
-def _tokens(cmdline: str) -> list[str]:
-    """Split like the kernel: on blanks, except inside double quotes (which are dropped)."""
-    tokens: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in cmdline:
-        if char == '"':
-            quoted = not quoted
-        elif char.isspace() and not quoted:
-            if current:
-                tokens.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-    if current:
-        tokens.append("".join(current))
-    return tokens
-
-
-def parse_cmdline(cmdline: Optional[str]) -> dict[str, list[str]]:
-    """Argument name -> every value given, in order (``-`` and ``_`` are equal in names)."""
-    args: dict[str, list[str]] = {}
-    for token in _tokens(cmdline or ""):
-        if token == "--":  # noqa: S105 (the end of kernel arguments, not a password)
-            break  # the rest goes to init
-        key, _, value = token.partition("=")
-        args.setdefault(key.replace("-", "_"), []).append(value)
-    return args
-
-
-def _last_flag(args: Mapping[str, Sequence[str]], key: str, flags: Sequence[str]) -> Optional[str]:
-    """The last of ``flags`` named in any value of ``key`` (``intel_iommu=on,sm_on`` -> on)."""
-    found: Optional[str] = None
-    for value in args.get(key, ()):
-        for part in value.split(","):
-            if part in flags:
-                found = part
-    return found
-
-
-# -- facts ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FunctionFacts:
-    """What the checks need about one selected function."""
-
-    bdf: str
-    ids: str
-    iommu_group: Optional[int]
-    variant_module: Optional[str] = None
-    variant: Optional[ModuleInfo] = None
-    variant_driver: Optional[str] = None  # the registered PCI driver of the variant module
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """Everything the checks read, read once."""
-
-    sysfs_root: str
-    dev_root: str
-    host_root: str
-    release: str
-    iommu_groups: int
-    iommu_units: tuple[str, ...]
-    acpi_tables: Optional[frozenset[str]]  # of DMAR/IVRS; None when the table dir is not visible
-    cmdline: Optional[str]
-    cmdline_path: str
-    config_source: Optional[str]
-    config: Mapping[str, str]
-    cpu_vendor: Optional[str]
-    noiommu_param: Optional[str]
-    noiommu_nodes: tuple[str, ...]
-    noiommu_options: tuple[str, ...]
-    modules: Mapping[str, ModuleInfo]
-    modules_dir: str
-    modprobe: Optional[str]
-    vfio_pci_registered: bool
-    dev_vfio_dir: bool
-    vfio_container: bool
-    iommufd_node: bool
-    functions: tuple[FunctionFacts, ...] = ()
-    selection: str = "the selection"
-    noiommu_groups: frozenset[int] = frozenset()  # groups vfio's no-IOMMU mode made up
-
-    @property
-    def args(self) -> dict[str, list[str]]:
-        return parse_cmdline(self.cmdline)
-
-    @property
-    def kernel_version(self) -> tuple[int, int]:
-        match = re.match(r"(\d+)\.(\d+)", self.release)
-        return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-
-    def path(self, root: str, *parts: str) -> str:
-        return "/".join([root.rstrip("/"), *parts]) if root != "/" else "/" + "/".join(parts)
-
-
-STACK_MODULES = ("vfio", "vfio_pci", "vfio_pci_core", "vfio_iommu_type1", "iommufd")
-
-
-def gather(
-    sysfs: Sysfs,
-    host: HostFiles,
-    functions: Sequence[PciFunction] = (),
-    *,
-    aliases: Optional[AliasTable] = None,
-    driver_modules: Optional[Mapping[str, Optional[str]]] = None,
-    selection: str = "the selection",
-) -> HostFacts:
-    """Read everything the checks use. Reads only; the big files (modules.*) once each."""
-    from vfio_manager.modules import ModuleInventory, normalise
-
-    cmdline = host.cmdline()
-    args = parse_cmdline(cmdline)
-    config_source, config = host.kernel_config()
-    inventory = ModuleInventory(sysfs, host, cmdline_args=args)
-    modules = {
-        name: _with_config(inventory.info(name), config_source, config) for name in STACK_MODULES
-    }
-    acpi: Optional[frozenset[str]] = None
-    if sysfs.acpi_tables_visible():
-        acpi = frozenset(t for t in ("DMAR", "IVRS") if sysfs.acpi_table_present(t))
-    noiommu_options = tuple(
-        f"{path}:{number}: {line}"
-        for path, number, line in host.modprobe_config()
-        if line.split()[:2] == ["options", "vfio"] and "enable_unsafe_noiommu_mode" in line
-    )
-    by_module: dict[str, str] = {}
-    for driver, module in (driver_modules or {}).items():
-        by_module.setdefault(normalise(module or driver), driver)
-    facts: list[FunctionFacts] = []
-    variants: dict[str, tuple[Optional[ModuleInfo], Optional[str]]] = {}
-    for function in functions:
-        variant = (
-            aliases.vfio_variant_module(function.modalias)
-            if aliases is not None and function.modalias
-            else None
-        )
-        info: Optional[ModuleInfo] = None
-        registered: Optional[str] = None
-        if variant is not None and normalise(variant) == "vfio_pci":
-            variant = None  # vfio-pci's own catch-all `alias vfio_pci:v*d*... vfio_pci`
-        if variant is not None:
-            variant = normalise(variant)
-            if variant not in variants:
-                from_module = [
-                    d for d in sysfs.module_pci_drivers(variant) if sysfs.driver_registered(d)
-                ]
-                variants[variant] = (
-                    inventory.info(variant),
-                    by_module.get(variant) or next(iter(from_module), None),
-                )
-            info, registered = variants[variant]
-        facts.append(
-            FunctionFacts(
-                function.bdf,
-                f"{function.vendor:04x}:{function.device:04x}",
-                function.iommu_group,
-                variant,
-                info,
-                registered,
-            )
-        )
-    noiommu_nodes = tuple(n for n in sorted(sysfs.vfio_nodes()) if n.startswith("noiommu-"))
-    noiommu_groups = frozenset(_noiommu_groups(noiommu_nodes))
-    return HostFacts(
-        sysfs_root=sysfs.root,
-        dev_root=sysfs.dev_root,
-        host_root=host.root,
-        release=host.release,
-        iommu_groups=sum(1 for g in sysfs.iommu_group_names() if int(g) not in noiommu_groups),
-        iommu_units=tuple(sysfs.iommu_units()),
-        acpi_tables=acpi,
-        cmdline=cmdline,
-        cmdline_path=host.cmdline_path(),
-        config_source=config_source,
-        config={k: v for k, v in config.items() if _CONFIG_KEYS.match(k)},
-        cpu_vendor=host.cpu_vendor(),
-        noiommu_param=sysfs.module_parameter("vfio", "enable_unsafe_noiommu_mode"),
-        noiommu_nodes=noiommu_nodes,
-        noiommu_options=noiommu_options,
-        modules=modules,
-        modules_dir=host.modules_dir(),
-        modprobe=host.modprobe_path(),
-        vfio_pci_registered=sysfs.driver_registered(VFIO_PCI),
-        dev_vfio_dir=sysfs.dev_vfio_exists(),
-        vfio_container=sysfs.vfio_container_exists(),
-        iommufd_node=sysfs.iommufd_node_exists(),
-        functions=tuple(facts),
-        selection=selection,
-        noiommu_groups=noiommu_groups,
-    )
-
-
-def _noiommu_groups(nodes: Sequence[str]) -> list[int]:
-    """Group numbers of /dev/vfio/noiommu-N: in /sys/kernel/iommu_groups, but no IOMMU."""
-    numbers = (n[len("noiommu-") :] for n in nodes)
-    return [int(n) for n in numbers if n.isdigit()]
-
-
-def _with_config(info: ModuleInfo, source: Optional[str], config: Mapping[str, str]) -> ModuleInfo:
-    """Complete a module with no other trace from the kernel config: ``=y`` built in, unset."""
-    from dataclasses import replace
-
-    from vfio_manager.modules import ModuleState
-
-    option = _MODULE_CONFIG.get(info.name)
-    if info.state is not ModuleState.MISSING or option is None or source is None:
-        return info
-    value = config.get(option, "n")
-    if value == "y":
-        return replace(
-            info, state=ModuleState.BUILTIN, evidence=(*info.evidence, f"{source}: {option}=y")
-        )
-    if value == "n":
-        return replace(
-            info,
-            evidence=(*info.evidence, f"{source}: {option} is not set"),
-            note=f"the kernel is built without {option}",
-        )
-    return info
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -358,7 +126,7 @@ def _config_value(facts: HostFacts, key: str) -> Optional[str]:
 
 
 def _intel_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
-    intel = _last_flag(facts.args, "intel_iommu", ("on", "off"))
+    intel = last_flag(facts.args, "intel_iommu", ("on", "off"))
     default_on = _config_value(facts, "CONFIG_INTEL_IOMMU_DEFAULT_ON")
     reasons: list[str] = []
     if intel == "on":
@@ -387,7 +155,7 @@ def _intel_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[st
 
 
 def _amd_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
-    amd = _last_flag(facts.args, "amd_iommu", ("on", "off"))
+    amd = last_flag(facts.args, "amd_iommu", ("on", "off"))
     reasons: list[str] = []
     if amd == "off":
         reasons.append("amd_iommu=off on the kernel command line disables it")
@@ -403,7 +171,7 @@ def _amd_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]
 def _iommu_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
     """Why the IOMMU is on or off, from the arguments and the kernel configuration."""
     args = facts.args
-    generic = _last_flag(args, "iommu", ("off", "pt", "nopt"))
+    generic = last_flag(args, "iommu", ("off", "pt", "nopt"))
     reasons: list[str] = []
     if generic == "off":
         reasons.append("iommu=off on the kernel command line disables it")
@@ -426,7 +194,7 @@ def _intel_remedy(facts: HostFacts, remove: str) -> str:
         return f"boot a kernel built with CONFIG_INTEL_IOMMU=y, then {INTEL_REMEDY}"
     if remove:
         return f"remove {remove} from the kernel command line, then {INTEL_REMEDY}"
-    if _last_flag(facts.args, "intel_iommu", ("on", "off")) == "on":
+    if last_flag(facts.args, "intel_iommu", ("on", "off")) == "on":
         return (
             "intel_iommu=on is already set: enable VT-d (Intel Virtualization Technology for "
             "Directed I/O) in the firmware (BIOS/UEFI) setup and reboot; "
@@ -447,7 +215,7 @@ def _iommu_remedy(facts: HostFacts, vendor: Optional[str]) -> str:
     remove = " and ".join(
         f"{key}=off"
         for key in ("intel_iommu", "amd_iommu", "iommu")
-        if _last_flag(facts.args, key, ("on", "off", "pt")) == "off"
+        if last_flag(facts.args, key, ("on", "off", "pt")) == "off"
         and (key == "iommu" or vendor is None or key.startswith(vendor))
     )
     if vendor == INTEL:
@@ -615,7 +383,7 @@ def _module_remedy(facts: HostFacts, *infos: ModuleInfo) -> str:
                 path, _, number = b.where.rpartition(":")
                 clauses.append(f"remove `{b.line}` from {path} (line {number}), then load it")
     if unbuilt:
-        options = ", ".join(_MODULE_CONFIG.get(i.name, i.name) for i in unbuilt)
+        options = ", ".join(MODULE_CONFIG.get(i.name, i.name) for i in unbuilt)
         clauses.append(
             f"kernel {facts.release} is built without {options}: boot a kernel built with "
             "them as modules (=m; distribution kernels are)"
@@ -624,7 +392,7 @@ def _module_remedy(facts: HostFacts, *infos: ModuleInfo) -> str:
         clauses.append(f"{facts.modules_dir} is not visible: {CONTAINER_HOST_ROOT}")
     elif absent:
         names = ", ".join(i.name for i in absent)
-        options = ", ".join(f"{_MODULE_CONFIG.get(i.name, i.name)}=m" for i in absent)
+        options = ", ".join(f"{MODULE_CONFIG.get(i.name, i.name)}=m" for i in absent)
         clauses.append(
             f"kernel {facts.release} ships no {names} module: install the kernel's extra "
             f"modules (Ubuntu: linux-modules-extra-{facts.release}) or boot a kernel built "
@@ -970,49 +738,3 @@ class PreflightFailed(HostNotReadyError):
         )
         self.preflight = preflight
         self.failing = tuple(failing)
-
-
-# -- the one-line summary of `status` (cheap: two listings and one stat) --------------------------
-@dataclass(frozen=True)
-class HostSummary:
-    iommu_groups: int
-    iommu_units: tuple[str, ...]
-    vfio_pci_registered: bool
-    noiommu: bool = False  # /dev/vfio/noiommu-N exist: vfio's unsafe no-IOMMU mode
-
-    @property
-    def iommu_on(self) -> bool:
-        return self.iommu_groups > 0
-
-    @classmethod
-    def read(cls, sysfs: Sysfs) -> HostSummary:
-        """Two listings and one stat; no-IOMMU groups (noiommu-N nodes) are not counted."""
-        fake = {n[len("noiommu-") :] for n in sysfs.vfio_nodes() if n.startswith("noiommu-")}
-        return cls(
-            sum(1 for g in sysfs.iommu_group_names() if g not in fake),
-            tuple(sysfs.iommu_units()),
-            sysfs.driver_registered(VFIO_PCI),
-            bool(fake),
-        )
-
-    def line(self) -> str:
-        if self.iommu_on:
-            units = f", {', '.join(self.iommu_units)}" if self.iommu_units else ""
-            iommu = f"IOMMU on ({self.iommu_groups} groups{units})"
-        else:
-            iommu = "IOMMU off (no IOMMU groups)"
-        if self.noiommu:
-            iommu += ", no-IOMMU mode on (unusable for VMs)"
-        driver = "vfio-pci registered" if self.vfio_pci_registered else "vfio-pci not registered"
-        ready = self.iommu_on and self.vfio_pci_registered and not self.noiommu
-        hint = "" if ready else "; see `vfio-manager check`"
-        return f"host: {iommu}, {driver}{hint}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "iommu": self.iommu_on,
-            "iommu_groups": self.iommu_groups,
-            "iommu_units": list(self.iommu_units),
-            "vfio_pci_registered": self.vfio_pci_registered,
-            "noiommu": self.noiommu,
-        }

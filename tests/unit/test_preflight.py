@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from vfio_manager import preflight
+from vfio_manager.hostfacts import FunctionFacts, HostFacts, parse_cmdline
+from vfio_manager.hostsummary import HostSummary
 from vfio_manager.modules import Blacklisting, LoadAttempt, ModuleInfo, ModuleState
 from vfio_manager.preflight import (
     AMD_REMEDY,
@@ -21,12 +23,9 @@ from vfio_manager.preflight import (
     MODPROBE_MISSING_REMEDY,
     NOIOMMU_REMEDY,
     Check,
-    FunctionFacts,
-    HostFacts,
     Preflight,
     PreflightFailed,
     evaluate,
-    parse_cmdline,
 )
 
 INTEL_GRUB = (
@@ -634,7 +633,7 @@ def test_checklist_lines_show_marks_evidence_and_remedies() -> None:
 
 
 def test_host_summary_line() -> None:
-    on = preflight.HostSummary(10, ("dmar0",), True)
+    on = HostSummary(10, ("dmar0",), True)
     assert on.line() == "host: IOMMU on (10 groups, dmar0), vfio-pci registered"
     assert on.to_json() == {
         "iommu": True,
@@ -643,7 +642,7 @@ def test_host_summary_line() -> None:
         "vfio_pci_registered": True,
         "noiommu": False,
     }
-    off = preflight.HostSummary(0, (), False)
+    off = HostSummary(0, (), False)
     assert off.line() == (
         "host: IOMMU off (no IOMMU groups), vfio-pci not registered; see `vfio-manager check`"
     )

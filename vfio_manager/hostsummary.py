@@ -1,0 +1,58 @@
+"""The one-line host summary above `status`: is the IOMMU on, is vfio-pci registered.
+
+Kept apart from :mod:`vfio_manager.preflight` on purpose: `status` must start fast, and this
+costs two directory listings and one stat, with nothing of the full checklist imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vfio_manager.sysfs import Sysfs
+from vfio_manager.viability import VFIO_PCI
+
+
+@dataclass(frozen=True)
+class HostSummary:
+    iommu_groups: int
+    iommu_units: tuple[str, ...]
+    vfio_pci_registered: bool
+    noiommu: bool = False  # /dev/vfio/noiommu-N exist: vfio's unsafe no-IOMMU mode
+
+    @property
+    def iommu_on(self) -> bool:
+        return self.iommu_groups > 0
+
+    @classmethod
+    def read(cls, sysfs: Sysfs) -> HostSummary:
+        """Two listings and one stat; no-IOMMU groups (noiommu-N nodes) are not counted."""
+        fake = {n[len("noiommu-") :] for n in sysfs.vfio_nodes() if n.startswith("noiommu-")}
+        return cls(
+            sum(1 for g in sysfs.iommu_group_names() if g not in fake),
+            tuple(sysfs.iommu_units()),
+            sysfs.driver_registered(VFIO_PCI),
+            bool(fake),
+        )
+
+    def line(self) -> str:
+        if self.iommu_on:
+            units = f", {', '.join(self.iommu_units)}" if self.iommu_units else ""
+            iommu = f"IOMMU on ({self.iommu_groups} groups{units})"
+        else:
+            iommu = "IOMMU off (no IOMMU groups)"
+        if self.noiommu:
+            iommu += ", no-IOMMU mode on (unusable for VMs)"
+        driver = "vfio-pci registered" if self.vfio_pci_registered else "vfio-pci not registered"
+        ready = self.iommu_on and self.vfio_pci_registered and not self.noiommu
+        hint = "" if ready else "; see `vfio-manager check`"
+        return f"host: {iommu}, {driver}{hint}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "iommu": self.iommu_on,
+            "iommu_groups": self.iommu_groups,
+            "iommu_units": list(self.iommu_units),
+            "vfio_pci_registered": self.vfio_pci_registered,
+            "noiommu": self.noiommu,
+        }
