@@ -8,6 +8,7 @@ values; here they become a message, a remedy and an exit code on stderr, never a
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,31 @@ class _BdfType(click.ParamType):  # type: ignore[type-arg]
 
 
 BDF = _BdfType()
+
+
+class _Seconds(click.ParamType):  # type: ignore[type-arg]
+    """A finite number of seconds within bounds: inf and nan would disable a deadline."""
+
+    name = "SECONDS"
+
+    def __init__(self, minimum: float, maximum: float = 86400.0) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def convert(
+        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or not self.minimum <= seconds <= self.maximum:
+            self.fail(
+                f"{value!r} is not between {self.minimum:g} and {self.maximum:g} seconds",
+                param,
+                ctx,
+            )
+        return seconds
 
 
 def _selection_options(func: F) -> F:
@@ -157,7 +183,7 @@ def _handles_errors(func: F) -> F:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=_Seconds(0.1),
     default=30.0,
     show_default=True,
     help="Deadline in seconds for each function's writes (an unbind can hang while a process "
@@ -173,7 +199,7 @@ def _handles_errors(func: F) -> F:
 )
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0.0),
+    type=_Seconds(0.0),
     default=60.0,
     show_default=True,
     help="Seconds a writing command waits for another vfio-manager run to finish.",

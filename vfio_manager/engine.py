@@ -425,6 +425,20 @@ class Engine:
             start_override=entry.function.driver_override,
         )
 
+    def _probe_then_bind(
+        self, address: PciAddress, driver: str, bounded: Callable[[str, Callable[[], object]], None]
+    ) -> None:
+        """Reattach ``driver``: drivers_probe first; when that fails or attaches nothing, an
+        explicit bind (its error is the one reported)."""
+        try:
+            bounded("probe", lambda: self.kernel.probe(address))
+        except SysfsWriteError as err:
+            log.warning(
+                "restore", bdf=str(address), step="probe", outcome="failed", reason=err.message
+            )
+        if self.kernel.driver_of(address) is None:
+            bounded("bind", lambda: self.kernel.bind(address, driver))
+
     def restore(
         self, address: PciAddress, *, start_driver: Optional[str], start_override: Optional[str]
     ) -> tuple[str, Optional[str]]:
@@ -450,14 +464,13 @@ class Engine:
                 if current is not None:
                     bounded("unbind", lambda: kernel.unbind(address, current))
                 if start_driver is not None:
-                    bounded("probe", lambda: kernel.probe(address))
-                    if kernel.driver_of(address) is None:
-                        bounded("bind", lambda: kernel.bind(address, start_driver))
+                    self._probe_then_bind(address, start_driver, bounded)
         except VfioManagerError as err:
             now = kernel.driver_of(address)
-            return _driver_label(
-                now
-            ), f"could not restore it ({err.message}); now on {_driver_label(now)}"
+            return (
+                _driver_label(now),
+                f"could not restore it ({err.message}); now on {_driver_label(now)}",
+            )
         now = kernel.driver_of(address)
         label = f"{_driver_label(now)} (override {kernel.override_of(address) or 'unset'})"
         if now != start_driver:

@@ -19,7 +19,7 @@ def parse_id(text: str, *, what: str, bits: int) -> int:
     raw = text.strip().lower()
     raw = raw[2:] if raw.startswith("0x") else raw
     try:
-        value = int(raw, 16)
+        value = int(raw, 16) if set(raw) <= set("0123456789abcdef") else -1  # ASCII hex only
     except ValueError:
         value = -1
     if not raw or value < 0 or value >= 1 << bits:
