@@ -228,7 +228,7 @@ def gather(
 def _noiommu_groups(nodes: Sequence[str]) -> list[int]:
     """Group numbers of /dev/vfio/noiommu-N: in /sys/kernel/iommu_groups, but no IOMMU."""
     numbers = (n[len("noiommu-") :] for n in nodes)
-    return [int(n) for n in numbers if n.isdigit()]
+    return [int(n) for n in numbers if n.isascii() and n.isdigit()]
 
 
 def _with_config(info: ModuleInfo, source: Optional[str], config: Mapping[str, str]) -> ModuleInfo:

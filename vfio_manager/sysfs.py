@@ -23,6 +23,11 @@ DEFAULT_DEV_ROOT = "/dev"
 _READ_LIMIT = 4096  # sysfs attributes are at most a page
 
 
+def _is_number(name: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() then refuses."""
+    return name.isascii() and name.isdigit()
+
+
 def _valid_name(name: str, what: str) -> str:
     """Refuse a driver or module name that could climb out of its directory."""
     if not name or "/" in name or name in {".", ".."} or "\0" in name:
@@ -143,14 +148,14 @@ class Sysfs:
 
     def iommu_group_of(self, address: PciAddress) -> Optional[int]:
         name = self.device_link(address, "iommu_group")
-        return int(name) if name is not None and name.isdigit() else None
+        return int(name) if name is not None and _is_number(name) else None
 
     def iommu_groups(self) -> dict[int, list[PciAddress]]:
         """Every IOMMU group and its members, read once (no per-function scans)."""
         base = self.iommu_groups_dir()
         groups: dict[int, list[PciAddress]] = {}
         for name in self.list_dir(base):
-            if not name.isdigit():
+            if not _is_number(name):
                 continue
             members = (
                 PciAddress.from_sysfs_name(m)
@@ -180,7 +185,7 @@ class Sysfs:
     # -- preflight reads (modules, IOMMU units, firmware tables) -----------------------------
     def iommu_group_names(self) -> list[str]:
         """Names under /sys/kernel/iommu_groups (one listing; empty when the IOMMU is off)."""
-        return [n for n in self.list_dir(self.iommu_groups_dir()) if n.isdigit()]
+        return [n for n in self.list_dir(self.iommu_groups_dir()) if _is_number(n)]
 
     def iommu_units(self) -> list[str]:
         """Entries of /sys/class/iommu: ``dmar0`` (Intel VT-d), ``ivhd0`` (AMD-Vi), ..."""
