@@ -40,26 +40,26 @@ def state_dir(kernel: FakeKernel) -> str:
     return f"{kernel.host_root}/run/vfio-manager"
 
 
+def root_args(kernel: FakeKernel) -> list[str]:
+    """The global options that point the CLI at ``kernel`` (all on the fake file system)."""
+    return [
+        "--sysfs-root",
+        kernel.sys_root,
+        "--dev-root",
+        kernel.dev_root,
+        "--host-root",
+        kernel.host_root,
+        "--state-dir",
+        state_dir(kernel),
+        "--proc-root",
+        kernel.proc_root,
+        "--log-format",
+        "json",
+    ]
+
+
 def invoke(kernel: FakeKernel, *args: str) -> Run:
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--sysfs-root",
-            kernel.sys_root,
-            "--dev-root",
-            kernel.dev_root,
-            "--host-root",
-            kernel.host_root,
-            "--state-dir",
-            state_dir(kernel),
-            "--proc-root",
-            kernel.proc_root,
-            "--log-format",
-            "json",
-            *args,
-        ],
-        catch_exceptions=False,
-    )
+    result = CliRunner().invoke(cli, [*root_args(kernel), *args], catch_exceptions=False)
     return Run(result.exit_code, result.stdout, result.stderr)
 
 

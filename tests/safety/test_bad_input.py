@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from pyfakefs.fake_file import FakeFile
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-from tests.cli.conftest import state_dir
+from tests.cli.conftest import root_args
 from tests.harness import FakeKernel
 from tests.harness.sysfsfile import KernelFile
 from tests.harness.topologies import (
@@ -43,6 +43,7 @@ from tests.harness.topologies import (
     REBELLIONS_VENDOR,
     npu_node,
 )
+from tests.safety.conftest import named_bdf
 from vfio_manager.cli import cli
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -53,25 +54,7 @@ SRIOV_NPU = "0000:03:00.0"  # an SR-IOV capable NPU added for (c), on rebellions
 # -- running the CLI ----------------------------------------------------------------------------
 def _invoke(kernel: FakeKernel, *args: str) -> Result:
     """tests.cli.conftest.invoke, but catching exceptions so a traceback can be asserted on."""
-    return CliRunner().invoke(
-        cli,
-        [
-            "--sysfs-root",
-            kernel.sys_root,
-            "--dev-root",
-            kernel.dev_root,
-            "--host-root",
-            kernel.host_root,
-            "--state-dir",
-            state_dir(kernel),
-            "--proc-root",
-            kernel.proc_root,
-            "--log-format",
-            "json",
-            *args,
-        ],
-        catch_exceptions=True,
-    )
+    return CliRunner().invoke(cli, [*root_args(kernel), *args], catch_exceptions=True)
 
 
 def _no_traceback(result: Result) -> None:
@@ -106,23 +89,9 @@ def _join_writers() -> None:
             assert not thread.is_alive(), f"{thread.name} still blocked"
 
 
-def _named_bdf(path: str, data: str) -> Optional[str]:
-    """The function a write is about: from a device attribute's path or a driver file's data."""
-    parts = path.split("/")
-    if parts[:3] == ["bus", "pci", "devices"] and len(parts) == 5:
-        return parts[3]
-    if path == "bus/pci/drivers_probe" or (
-        parts[:3] == ["bus", "pci", "drivers"]
-        and len(parts) == 5
-        and parts[4] in ("bind", "unbind")
-    ):
-        return data.strip()
-    return None  # any other file: never written by the tool
-
-
 def _assert_writes_name_only(kernel: FakeKernel, allowed: set[str], context: str) -> None:
     for write in kernel.writes:
-        named = _named_bdf(write.path, write.data)
+        named = named_bdf(write.path, write.data)
         assert named in allowed, f"{write} names {named!r}, not one of {sorted(allowed)}; {context}"
 
 

@@ -47,7 +47,7 @@ from tests.harness.topologies import (
     REBELLIONS_VENDOR,
     npu_node,
 )
-from tests.safety.conftest import HOST, VFIO, State, state
+from tests.safety.conftest import HOST, VFIO, State, named_bdf, state
 from vfio_manager.journal import Journal
 
 NPU_IDS = (0x1220, 0x1221, 0x1250)
@@ -263,20 +263,6 @@ def _arm(kernel: FakeKernel, scenario: Scenario) -> None:
             kernel.fail_next_write(path, ERRNOS[fault.kind])
 
 
-def _named_bdf(path: str, data: str) -> Optional[str]:
-    """The function a write is about: from a device attribute's path or a driver file's data."""
-    parts = path.split("/")
-    if parts[:3] == ["bus", "pci", "devices"] and len(parts) == 5:
-        return parts[3]
-    if path == "bus/pci/drivers_probe" or (
-        parts[:3] == ["bus", "pci", "drivers"]
-        and len(parts) == 5
-        and parts[4] in ("bind", "unbind")
-    ):
-        return data.strip()
-    return None
-
-
 def _pending(kernel: FakeKernel) -> set[str]:
     return {e.bdf or "?" for e in Journal(state_dir(kernel)).pending()}
 
@@ -298,7 +284,7 @@ def _observe(kernel: FakeKernel, scenario: Scenario, result: Run) -> Observed:
     # every write names a function in the command's scope, in its path or its data
     written: dict[str, list[int]] = {}
     for position, write in enumerate(kernel.writes):
-        named = _named_bdf(write.path, write.data)
+        named = named_bdf(write.path, write.data)
         assert named in in_scope, f"write {write} names {named!r}, outside {sorted(in_scope)}"
         written.setdefault(named, []).append(position)
     report = {f["bdf"]: f for f in result.json()["functions"]}
