@@ -1,5 +1,5 @@
 """``python -m vfio_manager``."""
 
-from vfio_manager.cli import main
+from vfio_manager.cli.main import main
 
 main()

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.harness import FakeKernel
-from vfio_manager.cli import cli
+from vfio_manager.cli.main import cli
 
 
 @dataclass

@@ -15,10 +15,10 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from tests.cli.conftest import Run, invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from vfio_manager import modules
-from vfio_manager.cli import cli
-from vfio_manager.modules import RunResult
-from vfio_manager.preflight import AMD_REMEDY, INTEL_REMEDY, LOAD_REMEDY, NOIOMMU_REMEDY
+from vfio_manager.cli.main import cli
+from vfio_manager.host import modules
+from vfio_manager.host.modules import RunResult
+from vfio_manager.host.preflight import AMD_REMEDY, INTEL_REMEDY, LOAD_REMEDY, NOIOMMU_REMEDY
 
 E1000E = ("--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10d3")
 VIRTIO_NET = ("--vendor", "0x1af4", "--class", "0x0200")
@@ -169,9 +169,9 @@ def test_no_iommu_mode_fails_as_unusable_for_vms(fs: FakeFilesystem) -> None:
 
 def test_no_iommu_groups_do_not_count_as_an_iommu(fs: FakeFilesystem) -> None:
     """vfio's no-IOMMU mode makes up groups (noiommu-N): they are no evidence of an IOMMU."""
-    from vfio_manager.address import PciAddress
-    from vfio_manager.kernel import Kernel
-    from vfio_manager.sysfs import Sysfs
+    from vfio_manager.kernel.address import PciAddress
+    from vfio_manager.kernel.sysfs import Sysfs
+    from vfio_manager.kernel.verbs import Kernel
 
     kernel = fresh(fs, iommu=False, cmdline="ro quiet")
     npu_node(kernel, count=1, vfio_loaded=True)

@@ -21,8 +21,8 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
-from vfio_manager import modules
-from vfio_manager.modules import RunResult
+from vfio_manager.host import modules
+from vfio_manager.host.modules import RunResult
 
 RECORDED = Path(__file__).parents[1] / "fixtures" / "e2e-recorded"
 SEQUENCES = sorted(p.stem for p in RECORDED.glob("*.json"))

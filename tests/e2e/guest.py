@@ -201,7 +201,7 @@ def run_cli(*argv: str) -> CliResult:
     """Run the real CLI in this process (click's CliRunner), counting its writes to /sys."""
     from click.testing import CliRunner
 
-    from vfio_manager.cli import cli
+    from vfio_manager.cli.main import cli
 
     runner = CliRunner()
     with counting_writes() as writes:

@@ -44,7 +44,7 @@ from tests.harness.topologies import (
     npu_node,
 )
 from tests.safety.conftest import named_bdf
-from vfio_manager.cli import cli
+from vfio_manager.cli.main import cli
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NPUS = ("0000:01:00.0", "0000:02:00.0")  # npu_node(count=2), on rebellions

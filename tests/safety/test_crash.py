@@ -14,8 +14,8 @@ from tests.cli.conftest import invoke, state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.safety.conftest import HOST, VFIO, states
-from vfio_manager.journal import Journal
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.safety.journal import Journal
 
 COUNT = 3
 WRITES_PER_RUN = 3 * COUNT  # override, unbind, probe per function

@@ -17,13 +17,14 @@ from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.safety.conftest import HOST, VFIO, states
-from vfio_manager import commands
-from vfio_manager.cli import Settings
-from vfio_manager.journal import Journal
-from vfio_manager.lock import NodeLock
-from vfio_manager.selection import Selector
+from vfio_manager.cli.main import Settings
+from vfio_manager.pipeline import commands
+from vfio_manager.pipeline.selection import Selector
+from vfio_manager.safety.journal import Journal
+from vfio_manager.safety.lock import NodeLock
 
-REAL_STATE = [[["vfio_manager.lock", "vfio_manager.journal"]]]  # Patcher(additional_skip_names)
+# Patcher(additional_skip_names): the lock and journal use the real filesystem
+REAL_STATE = [[["vfio_manager.safety.lock", "vfio_manager.safety.journal"]]]
 
 
 @pytest.mark.parametrize("fs", REAL_STATE, indirect=True)

@@ -48,7 +48,7 @@ from tests.harness.topologies import (
     npu_node,
 )
 from tests.safety.conftest import HOST, VFIO, State, named_bdf, state
-from vfio_manager.journal import Journal
+from vfio_manager.safety.journal import Journal
 
 NPU_IDS = (0x1220, 0x1221, 0x1250)
 STARTS: dict[str, State] = {"host": HOST, "unbound": (None, None), "vfio": VFIO}

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vfio_manager.address import PciAddress
 from vfio_manager.errors import ExitCode, UsageError
+from vfio_manager.kernel.address import PciAddress
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from vfio_manager.deadline import (
+from vfio_manager.errors import SysfsWriteError, VfioManagerError
+from vfio_manager.safety.deadline import (
     DeadlineExceededError,
     bounded_write,
     is_transient,
@@ -17,7 +18,6 @@ from vfio_manager.deadline import (
     retry_transient,
     run_with_deadline,
 )
-from vfio_manager.errors import SysfsWriteError, VfioManagerError
 
 EVENT_WAIT = 5.0  # upper bound for event waits; never reached when the code is right
 TINY = 0.02  # the only real wait: a deadline that is meant to expire
@@ -127,7 +127,7 @@ def test_process_exits_despite_a_stuck_write() -> None:
     """The real thing: a child process whose write never returns still exits promptly."""
     code = (
         "import threading, sys\n"
-        "from vfio_manager.deadline import run_with_deadline, DeadlineExceededError\n"
+        "from vfio_manager.safety.deadline import run_with_deadline, DeadlineExceededError\n"
         "try:\n"
         "    run_with_deadline(threading.Event().wait, timeout=0.01, what='unbind')\n"
         "except DeadlineExceededError:\n"
@@ -243,9 +243,9 @@ def test_bounded_write_does_not_retry_a_hang() -> None:
 
 def test_tenacity_is_not_imported_until_needed() -> None:
     code = (
-        "import sys, vfio_manager.deadline\n"
+        "import sys, vfio_manager.safety.deadline\n"
         "assert 'tenacity' not in sys.modules\n"
-        "vfio_manager.deadline.retry_transient(lambda: 1, deadline_at=0.0)\n"
+        "vfio_manager.safety.deadline.retry_transient(lambda: 1, deadline_at=0.0)\n"
         "assert 'tenacity' in sys.modules\n"
     )
     result = subprocess.run(

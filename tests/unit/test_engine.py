@@ -6,14 +6,14 @@ import pytest
 
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from vfio_manager.drivers import DriverResolver
-from vfio_manager.engine import Engine, Status
-from vfio_manager.hostfs import HostFiles
-from vfio_manager.inventory import read_topology
-from vfio_manager.kernel import Kernel
-from vfio_manager.plan import plan_to_vfio
-from vfio_manager.selection import Selector
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.host.driver_choice import DriverResolver
+from vfio_manager.host.files import HostFiles
+from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.kernel.verbs import Kernel
+from vfio_manager.pipeline.engine import Engine, Status
+from vfio_manager.pipeline.plan import plan_to_vfio
+from vfio_manager.pipeline.selection import Selector
 
 
 class FakeClock:

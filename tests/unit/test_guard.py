@@ -8,9 +8,9 @@ import struct
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from vfio_manager.address import PciAddress
-from vfio_manager.guard import SafetyGuard
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.safety.hostcritical import SafetyGuard
 
 ROOT = "/sys/devices/pci0000:00"
 DISK = "0000:00:04.0"

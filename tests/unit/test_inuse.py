@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from vfio_manager.address import PciAddress
 from vfio_manager.errors import UsageError
-from vfio_manager.inuse import (
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.safety.holders import (
     Holder,
     Target,
     describe_holders,
@@ -21,7 +22,6 @@ from vfio_manager.inuse import (
     function_targets,
     scan_holders,
 )
-from vfio_manager.sysfs import Sysfs
 
 PROC = "/proc"
 BDF = "0000:03:00.0"

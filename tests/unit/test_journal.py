@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vfio_manager.address import PciAddress
 from vfio_manager.errors import UsageError
-from vfio_manager.journal import ORIGIN, TRANSITION, Journal, JournalEntry, JournalError
-from vfio_manager.lock import UnsafeStateDirError
-from vfio_manager.model import PciFunction
-from vfio_manager.plan import Direction
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import Direction
+from vfio_manager.kernel.model import PciFunction
+from vfio_manager.safety.journal import ORIGIN, TRANSITION, Journal, JournalEntry, JournalError
+from vfio_manager.safety.lock import UnsafeStateDirError
 
 BDF = "0000:03:00.0"
 NPU = 0x1220

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vfio_manager.errors import VfioManagerError
-from vfio_manager.lock import (
+from vfio_manager.safety.lock import (
     LOCK_FILE_NAME,
     LockTimeoutError,
     NodeLock,

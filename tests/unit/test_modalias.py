@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vfio_manager.modalias import AliasTable
+from vfio_manager.host.modalias import AliasTable
 
 ALIASES = """\
 # Aliases extracted from modules themselves.

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from vfio_manager import modules
-from vfio_manager.hostfs import HostFiles
-from vfio_manager.modules import (
+from vfio_manager.host import modules
+from vfio_manager.host.files import HostFiles
+from vfio_manager.host.modules import (
     LoadAttempt,
     ModuleInventory,
     ModuleLoader,
@@ -23,7 +23,7 @@ from vfio_manager.modules import (
     blacklistings,
     modprobe_command,
 )
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.sysfs import Sysfs
 
 REL = "6.1.0-test"
 MODDIR = f"/node/lib/modules/{REL}"

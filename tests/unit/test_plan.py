@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from vfio_manager.address import PciAddress
-from vfio_manager.model import PciFunction, Topology
-from vfio_manager.plan import Action, plan_to_host, plan_to_vfio
-from vfio_manager.selection import Selector
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.model import PciFunction, Topology
+from vfio_manager.pipeline.plan import Action, plan_to_host, plan_to_vfio
+from vfio_manager.pipeline.selection import Selector
 
 NPU = {"vendor": 0x1EFF, "device": 0x1220, "pci_class": 0x120000}
 

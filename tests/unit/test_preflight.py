@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from vfio_manager import preflight
-from vfio_manager.hostfacts import FunctionFacts, HostFacts, parse_cmdline
-from vfio_manager.hostsummary import HostSummary
-from vfio_manager.modules import Blacklisting, LoadAttempt, ModuleInfo, ModuleState
-from vfio_manager.preflight import (
+from vfio_manager.host import preflight
+from vfio_manager.host.facts import FunctionFacts, HostFacts, parse_cmdline
+from vfio_manager.host.modules import Blacklisting, LoadAttempt, ModuleInfo, ModuleState
+from vfio_manager.host.preflight import (
     AMD_REMEDY,
     CONTAINER_DEV,
     CONTAINER_HOST_ROOT,
@@ -27,6 +26,7 @@ from vfio_manager.preflight import (
     PreflightFailed,
     evaluate,
 )
+from vfio_manager.host.summary import HostSummary
 
 INTEL_GRUB = (
     "add intel_iommu=on to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from vfio_manager.address import PciAddress
 from vfio_manager.errors import UsageError
-from vfio_manager.model import PciFunction
-from vfio_manager.selection import Selector
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.model import PciFunction
+from vfio_manager.pipeline.selection import Selector
 
 
 def _fn(vendor: int, device: int, pci_class: int) -> PciFunction:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from vfio_manager.address import PciAddress
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.sysfs import Sysfs
 
 BDF = PciAddress.parse("0000:03:00.0")
 

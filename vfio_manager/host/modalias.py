@@ -12,7 +12,7 @@ import fnmatch
 import re
 from typing import Optional
 
-from vfio_manager.hostfs import HostFiles
+from vfio_manager.host.files import HostFiles
 
 _VENDOR_PREFIX = re.compile(r"^v([0-9A-F]{8})", re.IGNORECASE)
 

@@ -6,7 +6,7 @@ carrying the node's address. :class:`SafetyGuard` says, per function, why it bac
 the host needs; the engine refuses such a function unless ``--force``. An NPU is none of
 these, so for the functions this tool is for the guard is silent.
 
-What is checked, with pure reads (sysfs through :class:`~vfio_manager.sysfs.Sysfs`, procfs
+What is checked, with pure reads (sysfs through :class:`~vfio_manager.kernel.sysfs.Sysfs`, procfs
 through ``proc_root``):
 
 Mounted filesystems and swap
@@ -46,11 +46,11 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from vfio_manager.address import PciAddress
-from vfio_manager.logsetup import get_logger
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.log import get_logger
 
-log = get_logger("vfio_manager.guard")
+log = get_logger("vfio_manager.safety.hostcritical")
 
 DEFAULT_PROC_ROOT = "/proc"
 _MAX_LISTED = 3

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from vfio_manager.address import PciAddress
-from vfio_manager.engine import Engine
-from vfio_manager.journal import Journal
-from vfio_manager.logsetup import get_logger
-from vfio_manager.plan import Direction
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import Direction
+from vfio_manager.log import get_logger
+from vfio_manager.pipeline.engine import Engine
+from vfio_manager.safety.journal import Journal
 
-log = get_logger("vfio_manager.recovery")
+log = get_logger("vfio_manager.pipeline.recovery")
 
 _VERB = {Direction.TO_VFIO: "bind to vfio", Direction.TO_HOST: "return to the host"}
 

@@ -39,9 +39,9 @@ from types import TracebackType
 from typing import Optional
 
 from vfio_manager.errors import VfioManagerError
-from vfio_manager.logsetup import get_logger
+from vfio_manager.log import get_logger
 
-log = get_logger("vfio_manager.lock")
+log = get_logger("vfio_manager.safety.lock")
 
 DEFAULT_STATE_DIR = "/run/vfio-manager"
 DEFAULT_LOCK_TIMEOUT = 60.0

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import Optional, TypeVar
 
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
-from vfio_manager.logsetup import get_logger
+from vfio_manager.log import get_logger
 
-log = get_logger("vfio_manager.deadline")
+log = get_logger("vfio_manager.safety.deadline")
 
 T = TypeVar("T")
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from vfio_manager.address import PciAddress
-from vfio_manager.logsetup import get_logger
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.log import get_logger
 
-log = get_logger("vfio_manager.kernel")
+log = get_logger("vfio_manager.kernel.verbs")
 
 
 class Kernel:

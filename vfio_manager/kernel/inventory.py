@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from vfio_manager.address import PciAddress
-from vfio_manager.model import PciFunction, Topology
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.model import PciFunction, Topology
+from vfio_manager.kernel.sysfs import Sysfs
 
 
 def _hex(value: Optional[str]) -> Optional[int]:

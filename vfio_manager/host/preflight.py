@@ -7,7 +7,7 @@ groups, /sys/class/iommu, the vfio-pci driver directory); kernel arguments and t
 configuration only explain why.
 
 :func:`run` adds module loading: when the only failures are modules that are on disk but not
-loaded, it loads them with the host's modprobe (:mod:`vfio_manager.modules`) and checks again.
+loaded, it loads them with the host's modprobe (:mod:`vfio_manager.host.modules`) and checks again.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vfio_manager.errors import HostNotReadyError
-from vfio_manager.hostfacts import MODULE_CONFIG, HostFacts, gather, last_flag
-from vfio_manager.hostfs import HostFiles
-from vfio_manager.logsetup import get_logger
-from vfio_manager.sysfs import Sysfs
-from vfio_manager.viability import VFIO_PCI
+from vfio_manager.host.facts import MODULE_CONFIG, HostFacts, gather, last_flag
+from vfio_manager.host.files import HostFiles
+from vfio_manager.kernel.drivers import VFIO_PCI
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.log import get_logger
 
 if TYPE_CHECKING:
-    from vfio_manager.modalias import AliasTable
-    from vfio_manager.model import PciFunction
-    from vfio_manager.modules import LoadAttempt, ModuleInfo, Runner
+    from vfio_manager.host.modalias import AliasTable
+    from vfio_manager.host.modules import LoadAttempt, ModuleInfo, Runner
+    from vfio_manager.kernel.model import PciFunction
 
 # -- remedies (asserted verbatim in tests) ---------------------------------------------------------
 GRUB_STEPS = (
@@ -369,7 +369,7 @@ def required_modules(facts: HostFacts) -> tuple[str, ...]:
 
 def _module_remedy(facts: HostFacts, *infos: ModuleInfo) -> str:
     """One remedy for the modules that are not in the kernel, grouped by why."""
-    from vfio_manager.modules import ModuleState
+    from vfio_manager.host.modules import ModuleState
 
     clauses: list[str] = []
     unbuilt = [i for i in infos if i.state is ModuleState.MISSING and i.note]
@@ -404,7 +404,7 @@ def _module_remedy(facts: HostFacts, *infos: ModuleInfo) -> str:
 
 
 def check_modules(facts: HostFacts) -> Check:
-    from vfio_manager.modules import ModuleState
+    from vfio_manager.host.modules import ModuleState
 
     names = required_modules(facts)
     infos = [facts.modules[n] for n in names]
@@ -426,7 +426,7 @@ def check_modules(facts: HostFacts) -> Check:
 
 
 def check_vfio_pci_driver(facts: HostFacts) -> Check:
-    from vfio_manager.modules import ModuleState
+    from vfio_manager.host.modules import ModuleState
 
     path = facts.path(facts.sysfs_root, "bus", "pci", "drivers", VFIO_PCI)
     info = facts.modules["vfio_pci"]
@@ -452,7 +452,7 @@ def check_vfio_pci_driver(facts: HostFacts) -> Check:
 
 
 def check_dev_vfio(facts: HostFacts) -> Check:
-    from vfio_manager.modules import ModuleState
+    from vfio_manager.host.modules import ModuleState
 
     node = facts.path(facts.dev_root, "vfio", "vfio")
     iommu_node = facts.path(facts.dev_root, "iommu")
@@ -557,7 +557,7 @@ def check_vfio_driver(facts: HostFacts) -> Check:
     detail = _group_summary(pairs)
     if needs_generic and not facts.vfio_pci_registered:
         info = facts.modules["vfio_pci"]
-        from vfio_manager.modules import ModuleState
+        from vfio_manager.host.modules import ModuleState
 
         return Check(
             "vfio-driver",
@@ -608,7 +608,7 @@ def evaluate(facts: HostFacts, attempts: Sequence[LoadAttempt] = ()) -> list[Che
 def modules_to_load(facts: HostFacts) -> list[str]:
     """Loadable modules the host needs, vfio_pci first (modprobe pulls in vfio, vfio_pci_core
     and, by vfio's soft dependency, vfio_iommu_type1), then the rest, then the variants."""
-    from vfio_manager.modules import ModuleState
+    from vfio_manager.host.modules import ModuleState
 
     required = required_modules(facts)
     order = sorted(required, key=lambda n: n != "vfio_pci")
@@ -704,9 +704,9 @@ def run(
     first = Preflight(tuple(checks), pending=pending)
     if not load or not pending or first.blocking(assume_loaded=True):
         return first
-    from vfio_manager.modules import ModuleLoader
+    from vfio_manager.host.modules import ModuleLoader
 
-    log = get_logger("vfio_manager.preflight")
+    log = get_logger("vfio_manager.host.preflight")
     attempts = ModuleLoader(host, runner).load(
         pending, still_needed=lambda name: not sysfs.module_present(name)
     )

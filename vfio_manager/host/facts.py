@@ -1,7 +1,7 @@
 """What the preflight reads, read once: kernel arguments, kernel config, modules, sysfs evidence.
 
 :func:`gather` builds a :class:`HostFacts` from the host's files and sysfs; the checks of
-:mod:`vfio_manager.preflight` are pure functions of it, so they are tested on facts alone.
+:mod:`vfio_manager.host.preflight` are pure functions of it, so they are tested on facts alone.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from vfio_manager.hostfs import HostFiles
-from vfio_manager.sysfs import Sysfs
-from vfio_manager.viability import VFIO_PCI
+from vfio_manager.host.files import HostFiles
+from vfio_manager.kernel.drivers import VFIO_PCI
+from vfio_manager.kernel.sysfs import Sysfs
 
 if TYPE_CHECKING:
-    from vfio_manager.modalias import AliasTable
-    from vfio_manager.model import PciFunction
-    from vfio_manager.modules import ModuleInfo
+    from vfio_manager.host.modalias import AliasTable
+    from vfio_manager.host.modules import ModuleInfo
+    from vfio_manager.kernel.model import PciFunction
 
 # Config options that explain the IOMMU and vfio state; the rest of the config is dropped.
 _CONFIG_KEYS = re.compile(r"^CONFIG_\w*(IOMMU|VFIO|DMAR)\w*$")
@@ -141,7 +141,7 @@ def gather(
     selection: str = "the selection",
 ) -> HostFacts:
     """Read everything the checks use. Reads only; the big files (modules.*) once each."""
-    from vfio_manager.modules import ModuleInventory, normalise
+    from vfio_manager.host.modules import ModuleInventory, normalise
 
     cmdline = host.cmdline()
     args = parse_cmdline(cmdline)
@@ -235,7 +235,7 @@ def _with_config(info: ModuleInfo, source: Optional[str], config: Mapping[str, s
     """Complete a module with no other trace from the kernel config: ``=y`` built in, unset."""
     from dataclasses import replace
 
-    from vfio_manager.modules import ModuleState
+    from vfio_manager.host.modules import ModuleState
 
     option = MODULE_CONFIG.get(info.name)
     if info.state is not ModuleState.MISSING or option is None or source is None:

@@ -1,6 +1,6 @@
 """Plans: the pure difference between what sysfs shows and where each function should be.
 
-A plan is computed from a :class:`~vfio_manager.model.Topology` without any I/O, so the same
+A plan is computed from a :class:`~vfio_manager.kernel.model.Topology` without any I/O, so the same
 code serves ``--dry-run``, the one-shot commands and a reconcile loop. A converged function
 gets no steps, which is how a second run writes nothing.
 """
@@ -12,15 +12,11 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from vfio_manager.address import PciAddress
-from vfio_manager.model import PciFunction, Topology
-from vfio_manager.selection import Selector
-from vfio_manager.viability import VFIO_PCI, group_blockers, is_vfio_driver
-
-
-class Direction(str, enum.Enum):
-    TO_VFIO = "vfio"
-    TO_HOST = "host"
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, Direction, is_vfio_driver
+from vfio_manager.kernel.model import PciFunction, Topology
+from vfio_manager.kernel.viability import group_blockers
+from vfio_manager.pipeline.selection import Selector
 
 
 class Action(str, enum.Enum):
@@ -31,10 +27,6 @@ class Action(str, enum.Enum):
     VERIFY_DRIVER = "verify-driver"
     WAIT_VFIO_NODE = "wait-vfio-node"
 
-
-# Target of a return to the host for a function that had no driver before it was moved to
-# vfio (from the journal): it is unbound from vfio-pci and not probed, so it stays driverless.
-STAY_UNBOUND = ""
 
 WRITING_ACTIONS = frozenset(
     {Action.SET_OVERRIDE, Action.CLEAR_OVERRIDE, Action.UNBIND, Action.PROBE}

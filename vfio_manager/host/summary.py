@@ -1,6 +1,6 @@
 """The one-line host summary above `status`: is the IOMMU on, is vfio-pci registered.
 
-Kept apart from :mod:`vfio_manager.preflight` on purpose: `status` must start fast, and this
+Kept apart from :mod:`vfio_manager.host.preflight` on purpose: `status` must start fast, and this
 costs two directory listings and one stat, with nothing of the full checklist imported.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vfio_manager.sysfs import Sysfs
-from vfio_manager.viability import VFIO_PCI
+from vfio_manager.kernel.drivers import VFIO_PCI
+from vfio_manager.kernel.sysfs import Sysfs
 
 
 @dataclass(frozen=True)

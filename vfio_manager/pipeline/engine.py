@@ -14,24 +14,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
-from vfio_manager.address import PciAddress
-from vfio_manager.deadline import (
+from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
+from vfio_manager.kernel.model import PciFunction
+from vfio_manager.kernel.verbs import Kernel
+from vfio_manager.log import get_logger
+from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Step
+from vfio_manager.safety.deadline import (
     DEFAULT_WRITE_TIMEOUT,
     DeadlineExceededError,
     bounded_write,
     run_with_deadline,
 )
-from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
-from vfio_manager.kernel import Kernel
-from vfio_manager.logsetup import get_logger
-from vfio_manager.model import PciFunction
-from vfio_manager.plan import STAY_UNBOUND, Action, Direction, FunctionPlan, Plan, Step
-from vfio_manager.viability import is_vfio_driver
 
 if TYPE_CHECKING:
-    from vfio_manager.journal import Journal
+    from vfio_manager.safety.journal import Journal
 
-log = get_logger("vfio_manager.engine")
+log = get_logger("vfio_manager.pipeline.engine")
 
 DEFAULT_NODE_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.05

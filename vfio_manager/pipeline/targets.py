@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vfio_manager.address import PciAddress
 from vfio_manager.errors import DeviceNotFoundError, NotSelectedError
-from vfio_manager.model import PciFunction, Topology
-from vfio_manager.selection import Selector
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.model import PciFunction, Topology
+from vfio_manager.pipeline.selection import Selector
 
 
 def selected_functions(topology: Topology, selector: Selector) -> list[PciFunction]:

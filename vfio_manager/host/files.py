@@ -1,7 +1,7 @@
 """Paths of the host's own files: /proc/cmdline, /lib/modules, /etc/modprobe.d, /boot.
 
 In a container the host's root is mounted somewhere (``--host-root``, env ``HOST_ROOT``,
-usually /host); on bare metal it is /. Like :mod:`vfio_manager.sysfs` for /sys, this is the
+usually /host); on bare metal it is /. Like :mod:`vfio_manager.kernel.sysfs` for /sys, this is the
 only module that builds these paths.
 """
 
@@ -11,7 +11,7 @@ import os
 import re
 from typing import Optional
 
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.sysfs import Sysfs
 
 DEFAULT_HOST_ROOT = "/"
 

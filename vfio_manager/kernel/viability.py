@@ -1,8 +1,8 @@
 """IOMMU group viability: may a VM open this function's group?
 
 The kernel lets user space open a VFIO group only when every member is unbound or bound to
-a driver that leaves DMA to its user (``driver_managed_dma``). The flag is not in sysfs, so
-the list of such drivers lives here and nowhere else.
+a driver that leaves DMA to its user (``driver_managed_dma``; the list of such drivers is in
+:mod:`vfio_manager.kernel.drivers`).
 """
 
 from __future__ import annotations
@@ -11,22 +11,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Optional
 
-from vfio_manager.address import PciAddress
-from vfio_manager.model import PciFunction, Topology
-
-VFIO_PCI = "vfio-pci"
-# Drivers other than the vfio family that leave DMA to the group's user.
-_DMA_SAFE_HOST_DRIVERS = frozenset({"pci-stub", "pcieport"})
-
-
-def is_vfio_driver(driver: Optional[str]) -> bool:
-    """vfio-pci and its variants (``mlx5_vfio_pci``, ``nvgrace_gpu_vfio_pci``, ...)."""
-    return driver is not None and (driver == VFIO_PCI or driver.endswith(("vfio_pci", "vfio-pci")))
-
-
-def is_dma_safe(driver: Optional[str]) -> bool:
-    """True when ``driver`` on a group member keeps the group viable."""
-    return driver is None or is_vfio_driver(driver) or driver in _DMA_SAFE_HOST_DRIVERS
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import is_dma_safe
+from vfio_manager.kernel.model import PciFunction, Topology
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from vfio_manager.address import PciAddress
 from vfio_manager.errors import SysfsWriteError, UsageError
+from vfio_manager.kernel.address import PciAddress
 
 DEFAULT_SYSFS_ROOT = "/sys"
 DEFAULT_DEV_ROOT = "/dev"

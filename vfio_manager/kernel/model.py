@@ -1,6 +1,6 @@
 """What the tool knows about a node: frozen snapshots of PCI functions and IOMMU groups.
 
-A :class:`Topology` is read once per command (see :mod:`vfio_manager.inventory`) and then
+A :class:`Topology` is read once per command (see :mod:`vfio_manager.kernel.inventory`) and then
 only looked up: plans and reports are computed from it without touching sysfs again.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vfio_manager.address import PciAddress
-from vfio_manager.catalogue import product_name
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.catalogue import product_name
 
 # PCI header type 1/2 functions (PCI-PCI bridges, CardBus bridges): vfio-pci refuses them.
 _BRIDGE_CLASSES = frozenset({0x0604, 0x0607, 0x0609})

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vfio_manager.address import PciAddress
-from vfio_manager.guard import SafetyGuard
-from vfio_manager.inuse import Holder, Target, describe_holders, function_targets, scan_holders
-from vfio_manager.logsetup import get_logger
-from vfio_manager.model import PciFunction
-from vfio_manager.plan import Action, Direction, FunctionPlan, Plan, refuse_group_mates
-from vfio_manager.sysfs import Sysfs
-from vfio_manager.viability import is_vfio_driver
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import Direction, is_vfio_driver
+from vfio_manager.kernel.model import PciFunction
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.log import get_logger
+from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, refuse_group_mates
+from vfio_manager.safety.holders import (
+    Holder,
+    Target,
+    describe_holders,
+    function_targets,
+    scan_holders,
+)
+from vfio_manager.safety.hostcritical import SafetyGuard
 
-log = get_logger("vfio_manager.protect")
+log = get_logger("vfio_manager.pipeline.refusals")
 
 _FORCE = "pass --force to move it anyway"
 

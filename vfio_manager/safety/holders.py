@@ -36,11 +36,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from vfio_manager.address import PciAddress
-from vfio_manager.logsetup import get_logger
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.log import get_logger
 
-log = get_logger("vfio_manager.inuse")
+log = get_logger("vfio_manager.safety.holders")
 
 DEFAULT_PROC_ROOT = "/proc"
 _DELETED = " (deleted)"

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Optional
 
-from vfio_manager.address import PciAddress
-from vfio_manager.hostfs import HostFiles
-from vfio_manager.modalias import AliasTable
-from vfio_manager.model import PciFunction, Topology
-from vfio_manager.plan import STAY_UNBOUND
-from vfio_manager.viability import VFIO_PCI, is_vfio_driver
+from vfio_manager.host.files import HostFiles
+from vfio_manager.host.modalias import AliasTable
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, is_vfio_driver
+from vfio_manager.kernel.model import PciFunction, Topology
 
 
 def _normalise(module: str) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vfio_manager.catalogue import PROCESSING_ACCELERATOR_CLASS, REBELLIONS_VENDOR
 from vfio_manager.errors import UsageError
-from vfio_manager.model import PciFunction
+from vfio_manager.kernel.catalogue import PROCESSING_ACCELERATOR_CLASS, REBELLIONS_VENDOR
+from vfio_manager.kernel.model import PciFunction
 
 
 def parse_id(text: str, *, what: str, bits: int) -> int:

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from vfio_manager.hostfs import HostFiles
-from vfio_manager.sysfs import Sysfs
+from vfio_manager.host.files import HostFiles
+from vfio_manager.kernel.sysfs import Sysfs
 
 MODPROBE_TIMEOUT = 60.0
 # `install NAME <cmd>` lines whose command makes loading a no-op or a failure.

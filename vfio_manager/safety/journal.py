@@ -1,6 +1,6 @@
 """What a function looked like before we touched it, kept where a killed run can find it.
 
-Two kinds of record live in the state directory (see :mod:`vfio_manager.lock`):
+Two kinds of record live in the state directory (see :mod:`vfio_manager.safety.lock`):
 
 ``journal-BDF.json`` (a *transition*)
     written by :meth:`Journal.record_start` before the first write to a function, updated
@@ -17,7 +17,7 @@ Why one file per function rather than one file for all: the engine moves functio
 time, and each step rewrites only that function's record (a small write, instead of
 rewriting every function's state after every step); a corrupt file costs one function's
 record, not the whole node's; listing the directory is the whole of crash recovery; and
-the file name is the canonical BDF (validated by :class:`~vfio_manager.address.PciAddress`),
+the file name is the canonical BDF (validated by :class:`~vfio_manager.kernel.address.PciAddress`),
 so no record name can climb out of the directory.
 
 Every write is atomic and durable: a temporary file in the same directory, ``fsync``,
@@ -27,7 +27,7 @@ and reported as a :class:`JournalEntry` with ``problem`` set. The default state 
 on tmpfs (/run), which is right: binding state, IOMMU group numbers and BDFs all reset or
 may change at reboot, and so should these records.
 
-The journal assumes its caller holds the :class:`~vfio_manager.lock.NodeLock`: any
+The journal assumes its caller holds the :class:`~vfio_manager.safety.lock.NodeLock`: any
 transition file it finds belongs to a run that is no longer running.
 """
 
@@ -45,15 +45,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from vfio_manager.address import PciAddress
 from vfio_manager.errors import VfioManagerError
-from vfio_manager.lock import DEFAULT_STATE_DIR, open_state_dir
-from vfio_manager.logsetup import get_logger
-from vfio_manager.model import PciFunction
-from vfio_manager.plan import Direction
-from vfio_manager.viability import is_vfio_driver
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import Direction, is_vfio_driver
+from vfio_manager.kernel.model import PciFunction
+from vfio_manager.log import get_logger
+from vfio_manager.safety.lock import DEFAULT_STATE_DIR, open_state_dir
 
-log = get_logger("vfio_manager.journal")
+log = get_logger("vfio_manager.safety.journal")
 
 SCHEMA_VERSION = 1
 TRANSITION = "transition"
@@ -182,7 +181,7 @@ class Journal:
     """Transition and origin records of one node, in ``state_dir``.
 
     ``now`` (an ISO-8601 timestamp factory) is injectable for tests. Methods open the state
-    directory afresh each time (and check it, see :func:`~vfio_manager.lock.open_state_dir`),
+    directory afresh each time (and check it, see :func:`~vfio_manager.safety.lock.open_state_dir`),
     so a ``Journal`` holds no descriptor and needs no closing.
     """
 

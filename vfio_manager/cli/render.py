@@ -9,13 +9,13 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from vfio_manager.model import PciFunction, Topology
-from vfio_manager.sysfs import Sysfs
-from vfio_manager.viability import group_viable
+from vfio_manager.kernel.model import PciFunction, Topology
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.kernel.viability import group_viable
 
 if TYPE_CHECKING:
-    from vfio_manager.engine import Report
-    from vfio_manager.plan import Plan
+    from vfio_manager.pipeline.engine import Report
+    from vfio_manager.pipeline.plan import Plan
 
 
 def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def plan_lines(plan: Plan) -> list[str]:
 
 def report_lines(report: Report) -> list[str]:
     """The per-function summary of a bind/unbind run."""
-    from vfio_manager.engine import Status
+    from vfio_manager.pipeline.engine import Status
 
     rows = []
     for o in report.outcomes:

@@ -17,8 +17,8 @@ from typing import Any, Optional, TypeVar
 import click
 
 from vfio_manager import __version__
-from vfio_manager.address import PciAddress
 from vfio_manager.errors import ExitCode, UsageError, VfioManagerError
+from vfio_manager.kernel.address import PciAddress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -130,7 +130,7 @@ def _load_modules_option(default: bool) -> Callable[[F], F]:
 
 
 def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Any:
-    from vfio_manager.selection import Selector
+    from vfio_manager.pipeline.selection import Selector
 
     try:
         return Selector.from_options(vendor, pci_class, tuple(device_ids))
@@ -240,7 +240,7 @@ def cli(
     Functions are selected by vendor, class and device ID (default: Rebellions NPUs,
     vendor 0x1eff, class 0x120000); nothing outside the selection is ever touched.
     """
-    from vfio_manager import logsetup
+    from vfio_manager import log as logsetup
 
     logsetup.configure(log_format, -1 if quiet else verbose)
     ctx.obj = Settings(sysfs_root, dev_root, host_root, timeout, state_dir, lock_timeout, proc_root)
@@ -272,7 +272,7 @@ def status(
 
     Read-only: works anywhere, as any user that can read sysfs.
     """
-    from vfio_manager import commands
+    from vfio_manager.pipeline import commands
 
     selector = _selector(vendor, pci_class, device_ids)
     result = commands.status(settings, selector)
@@ -313,7 +313,7 @@ def check(
     no-IOMMU mode, the vfio modules and driver, /dev/vfio/vfio, and each selected function's
     IOMMU group and vfio driver. Read-only unless --load-modules is given.
     """
-    from vfio_manager import commands
+    from vfio_manager.pipeline import commands
 
     selector = _selector(vendor, pci_class, device_ids)
     result = commands.check(settings, selector, load_modules=load_modules)
@@ -361,7 +361,7 @@ def _run_transition(
     with_group_peers: bool = False,
     load_modules: bool = True,
 ) -> None:
-    from vfio_manager import commands
+    from vfio_manager.pipeline import commands
 
     selector = _selector(*selection)
     result = commands.transition(

@@ -10,26 +10,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from vfio_manager import render
-from vfio_manager.address import PciAddress
+from vfio_manager.cli import render
 from vfio_manager.errors import ExitCode
-from vfio_manager.inventory import read_topology
-from vfio_manager.selection import Selector
-from vfio_manager.sysfs import Sysfs
-from vfio_manager.targets import named_functions, selected_functions
-from vfio_manager.viability import is_vfio_driver
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import is_vfio_driver
+from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.pipeline.selection import Selector
+from vfio_manager.pipeline.targets import named_functions, selected_functions
 
 if TYPE_CHECKING:
-    from vfio_manager.cli import Settings
-    from vfio_manager.engine import Report
-    from vfio_manager.hostfs import HostFiles
-    from vfio_manager.hostsummary import HostSummary
-    from vfio_manager.journal import Journal
-    from vfio_manager.modalias import AliasTable
-    from vfio_manager.model import PciFunction, Topology
-    from vfio_manager.modules import Runner
-    from vfio_manager.plan import Plan
-    from vfio_manager.preflight import Preflight
+    from vfio_manager.cli.main import Settings
+    from vfio_manager.host.files import HostFiles
+    from vfio_manager.host.modalias import AliasTable
+    from vfio_manager.host.modules import Runner
+    from vfio_manager.host.preflight import Preflight
+    from vfio_manager.host.summary import HostSummary
+    from vfio_manager.kernel.model import PciFunction, Topology
+    from vfio_manager.pipeline.engine import Report
+    from vfio_manager.pipeline.plan import Plan
+    from vfio_manager.safety.journal import Journal
 
 
 def _sysfs(settings: Settings) -> Sysfs:
@@ -70,7 +70,7 @@ def status(settings: Settings, selector: Selector) -> StatusResult:
     records = [
         render.device_record(topology, f, sysfs) for f in selected_functions(topology, selector)
     ]
-    from vfio_manager.hostsummary import HostSummary
+    from vfio_manager.host.summary import HostSummary
 
     return StatusResult(selector, records, HostSummary.read(sysfs))
 
@@ -135,8 +135,8 @@ def transition(
     )
     if dry_run:
         return _transition(request, journal=None)
-    from vfio_manager.journal import Journal
-    from vfio_manager.lock import NodeLock
+    from vfio_manager.safety.journal import Journal
+    from vfio_manager.safety.lock import NodeLock
 
     with NodeLock(settings.state_dir, timeout=settings.lock_timeout, proc_root=settings.proc_root):
         return _transition(request, journal=Journal(settings.state_dir))
@@ -162,13 +162,14 @@ def _targets(request: _Request, topology: Topology) -> list[PciFunction]:
 
 
 def _transition(request: _Request, *, journal: Optional[Journal]) -> TransitionResult:
-    from vfio_manager.drivers import DriverResolver
-    from vfio_manager.engine import Engine
-    from vfio_manager.hostfs import HostFiles
-    from vfio_manager.kernel import Kernel
-    from vfio_manager.plan import Direction, plan_to_host, plan_to_vfio
-    from vfio_manager.protect import find_holders, protect
-    from vfio_manager.recovery import recover
+    from vfio_manager.host.driver_choice import DriverResolver
+    from vfio_manager.host.files import HostFiles
+    from vfio_manager.kernel.drivers import Direction
+    from vfio_manager.kernel.verbs import Kernel
+    from vfio_manager.pipeline.engine import Engine
+    from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio
+    from vfio_manager.pipeline.recovery import recover
+    from vfio_manager.pipeline.refusals import find_holders, protect
 
     settings = request.settings
     sysfs = _sysfs(settings)
@@ -196,7 +197,7 @@ def _transition(request: _Request, *, journal: Optional[Journal]) -> TransitionR
             targets = _targets(request, topology)
 
     def holders_of(function: PciFunction) -> str:
-        from vfio_manager.inuse import describe_holders
+        from vfio_manager.safety.holders import describe_holders
 
         found = find_holders(sysfs, settings.proc_root, [function]).get(function.address, [])
         return describe_holders(found)
@@ -271,10 +272,11 @@ def gate(
     """The checks of ``check``, before any write; loads missing modules unless told not to.
 
     Returns notes for the output (the modules loaded, or in a dry run those that would be);
-    raises :class:`~vfio_manager.preflight.PreflightFailed` (exit 3) when the host is not ready.
+    raises :class:`~vfio_manager.host.preflight.PreflightFailed` (exit 3)
+    when the host is not ready.
     A dry run loads nothing and counts loadable modules as loaded when loading is on.
     """
-    from vfio_manager import preflight
+    from vfio_manager.host import preflight
 
     result = preflight.run(
         sysfs,
@@ -335,9 +337,9 @@ def check(
     runner: Optional[Runner] = None,
 ) -> CheckResult:
     """The host readiness checklist for the selected functions; loads modules only if asked."""
-    from vfio_manager import preflight
-    from vfio_manager.hostfs import HostFiles
-    from vfio_manager.modalias import AliasTable
+    from vfio_manager.host import preflight
+    from vfio_manager.host.files import HostFiles
+    from vfio_manager.host.modalias import AliasTable
 
     sysfs = _sysfs(settings)
     topology = read_topology(sysfs)

@@ -1,0 +1,1 @@
+"""The command-line surface: click options, rendering, exit codes."""

@@ -1,0 +1,1 @@
+"""Host readiness: host files, the facts read from them, the checks, module loading."""

@@ -1,0 +1,1 @@
+"""Safety mechanisms: node lock, journal, deadlines, process holders, host-critical functions."""
