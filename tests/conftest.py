@@ -95,6 +95,13 @@ def snapshot_kernel(
 
 
 @pytest.fixture(autouse=True)
+def _writes_from_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs write from threads: a forked writer would write to its own copy of
+    the in-memory fake kernel. Process tests pass their own environment."""
+    monkeypatch.setenv("VFIO_MANAGER_WRITER", "thread")
+
+
+@pytest.fixture(autouse=True)
 def _no_real_system_writes(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail any test that changed (or tried to change) the real /sys, /dev or /proc.
 

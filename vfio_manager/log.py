@@ -13,8 +13,6 @@ import logging
 import sys
 from typing import Any, TextIO
 
-LOG_FORMATS = ("auto", "json", "console")
-
 _settings: dict[str, Any] = {"fmt": "auto", "verbosity": 0, "stream": None}
 _configured = False
 

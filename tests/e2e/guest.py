@@ -198,12 +198,16 @@ class CliResult:
 
 
 def run_cli(*argv: str) -> CliResult:
-    """Run the real CLI in this process (click's CliRunner), counting its writes to /sys."""
+    """Run the real CLI in this process (click's CliRunner), counting its writes to /sys.
+
+    Its writes are made from threads of this process (``VFIO_MANAGER_WRITER=thread``), so
+    the audit hook sees them; the default writer process is proven by the process cases.
+    """
     from click.testing import CliRunner
 
     from vfio_manager.cli.main import cli
 
-    runner = CliRunner()
+    runner = CliRunner(env={"VFIO_MANAGER_WRITER": "thread"})
     with counting_writes() as writes:
         result = runner.invoke(cli, list(argv))
     try:

@@ -97,4 +97,4 @@ def test_bind_killed_then_unbind_all_rolls_back(
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
     assert states(kernel, bdfs) == dict.fromkeys(bdfs, HOST)
     assert _pending(kernel) == []
-    assert "rolled back the interrupted bind to vfio" in rerun.stdout
+    assert "rolling back the interrupted bind to vfio" in rerun.stdout

@@ -17,8 +17,9 @@ from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.safety.conftest import HOST, VFIO, states
-from vfio_manager.cli.main import Settings
-from vfio_manager.pipeline import commands
+from vfio_manager.kernel.drivers import Direction
+from vfio_manager.pipeline import transition
+from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.selection import Selector
 from vfio_manager.safety.journal import Journal
 from vfio_manager.safety.lock import NodeLock
@@ -55,15 +56,21 @@ def test_eight_concurrent_runs_serialise(
     del fs
     bdfs = npu_node(kernel, count=3)
     state_dir = str(tmp_path / "state")
-    settings = Settings(
-        kernel.sys_root, kernel.dev_root, kernel.host_root, 5.0, state_dir, 60.0, kernel.proc_root
+    node = Node(
+        sysfs_root=kernel.sys_root,
+        dev_root=kernel.dev_root,
+        host_root=kernel.host_root,
+        proc_root=kernel.proc_root,
+        state_dir=state_dir,
+        timeout=5.0,
+        writer="thread",
     )
     inside = 0
     overlap: list[int] = []
     guard = threading.Lock()
-    real = commands._transition
+    real = transition._Run.result
 
-    def counted(*args: object, **kwargs: object) -> commands.TransitionResult:
+    def counted(*args: object, **kwargs: object) -> transition.TransitionResult:
         nonlocal inside
         with guard:
             inside += 1
@@ -74,15 +81,15 @@ def test_eight_concurrent_runs_serialise(
             with guard:
                 inside -= 1
 
-    monkeypatch.setattr(commands, "_transition", counted)
+    monkeypatch.setattr(transition._Run, "result", counted)
     results: list[int] = []
     errors: list[BaseException] = []
 
     def worker(to_vfio: bool) -> None:
         try:
-            result = commands.transition(
-                settings, Selector(), (), to_vfio=to_vfio, load_modules=False
-            )
+            direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
+            request = transition.TransitionRequest(Selector(), direction, load_modules=False)
+            result = transition.run_transition(node, request)
             results.append(int(result.exit_code))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)

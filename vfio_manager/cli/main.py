@@ -1,8 +1,9 @@
 """The click command line; the only module that knows about click, argv and exit codes.
 
-Commands read the topology once, compute a plan, and either print it (``--dry-run``) or hand
-it to the engine. Errors below this layer are :class:`~vfio_manager.errors.VfioManagerError`
-values; here they become a message, a remedy and an exit code on stderr, never a traceback.
+Options become a :class:`~vfio_manager.pipeline.node.Node` (where the node's files are) and
+a request; the pipeline returns a result; :func:`_finish` prints it and maps it to the exit
+code. Errors below this layer are :class:`~vfio_manager.errors.VfioManagerError` values;
+here they become a message, a remedy and an exit code on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import functools
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import click
 
 from vfio_manager import __version__
 from vfio_manager.errors import ExitCode, UsageError, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
+
+if TYPE_CHECKING:
+    from vfio_manager.pipeline.node import Node
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,19 +32,6 @@ Exit codes:
   2  usage error (unknown option, malformed BDF or ID); nothing was read or written
   3  the host is not ready (IOMMU off, vfio missing); nothing was written
 """
-
-
-@dataclass
-class Settings:
-    """Global options, resolved once and passed to every command."""
-
-    sysfs_root: str
-    dev_root: str
-    host_root: str
-    timeout: float
-    state_dir: str = "/run/vfio-manager"
-    lock_timeout: float = 60.0
-    proc_root: str = "/proc"
 
 
 class _BdfType(click.ParamType):  # type: ignore[type-arg]
@@ -213,6 +203,15 @@ def _handles_errors(func: F) -> F:
     help="Where the host's /proc is (processes holding a device, mounts, routes).",
 )
 @click.option(
+    "--writer",
+    envvar="VFIO_MANAGER_WRITER",
+    type=click.Choice(["process", "thread"]),
+    default="process",
+    hidden=True,
+    help="How sysfs writes are made: from a child process (a stuck write cannot keep the "
+    "command alive) or a thread (the tests' in-memory fake kernel).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["auto", "json", "console"]),
     default="auto",
@@ -231,6 +230,7 @@ def cli(
     state_dir: str,
     lock_timeout: float,
     proc_root: str,
+    writer: str,
     log_format: str,
     verbose: int,
     quiet: bool,
@@ -241,14 +241,27 @@ def cli(
     vendor 0x1eff, class 0x120000); nothing outside the selection is ever touched.
     """
     from vfio_manager import log as logsetup
+    from vfio_manager.pipeline.node import Node
 
     logsetup.configure(log_format, -1 if quiet else verbose)
-    ctx.obj = Settings(sysfs_root, dev_root, host_root, timeout, state_dir, lock_timeout, proc_root)
+    ctx.obj = Node(
+        sysfs_root=sysfs_root,
+        dev_root=dev_root,
+        host_root=host_root,
+        proc_root=proc_root,
+        state_dir=state_dir,
+        timeout=timeout,
+        lock_timeout=lock_timeout,
+        writer=writer,
+    )
 
 
-def _emit(lines: Sequence[str]) -> None:
+def _finish(lines: Sequence[str], code: ExitCode) -> None:
+    """Print a command's result and exit with its code: the one place results become both."""
     for line in lines:
         click.echo(line)
+    if code != ExitCode.OK:
+        sys.exit(int(code))
 
 
 # -- status --------------------------------------------------------------------------------
@@ -261,7 +274,7 @@ def _emit(lines: Sequence[str]) -> None:
 @click.pass_obj
 @_handles_errors
 def status(
-    settings: Settings,
+    node: Node,
     vendor: str,
     pci_class: str,
     device_ids: tuple[str, ...],
@@ -272,13 +285,12 @@ def status(
 
     Read-only: works anywhere, as any user that can read sysfs.
     """
-    from vfio_manager.pipeline import commands
+    from vfio_manager.cli import render
+    from vfio_manager.pipeline.queries import status as read_status
 
-    selector = _selector(vendor, pci_class, device_ids)
-    result = commands.status(settings, selector)
-    _emit(result.json_lines() if as_json else result.table_lines())
-    if check and not result.all_on_vfio:
-        sys.exit(int(ExitCode.FAILED))
+    result = read_status(node, _selector(vendor, pci_class, device_ids))
+    lines = render.status_json(result) if as_json else render.status_text(result)
+    _finish(lines, ExitCode.FAILED if check and not result.all_on_vfio else ExitCode.OK)
 
 
 # -- check ----------------------------------------------------------------------------------
@@ -300,7 +312,7 @@ def _check_mark(ok: bool) -> str:
 @click.pass_obj
 @_handles_errors
 def check(
-    settings: Settings,
+    node: Node,
     vendor: str,
     pci_class: str,
     device_ids: tuple[str, ...],
@@ -313,13 +325,12 @@ def check(
     no-IOMMU mode, the vfio modules and driver, /dev/vfio/vfio, and each selected function's
     IOMMU group and vfio driver. Read-only unless --load-modules is given.
     """
-    from vfio_manager.pipeline import commands
+    from vfio_manager.cli import render
+    from vfio_manager.pipeline.queries import check as check_host
 
-    selector = _selector(vendor, pci_class, device_ids)
-    result = commands.check(settings, selector, load_modules=load_modules)
-    _emit(result.json_lines() if as_json else result.text_lines(_check_mark))
-    if result.exit_code != ExitCode.OK:
-        sys.exit(int(result.exit_code))
+    result = check_host(node, _selector(vendor, pci_class, device_ids), load_modules=load_modules)
+    lines = render.check_json(result) if as_json else render.check_text(result, _check_mark)
+    _finish(lines, ExitCode.OK if result.preflight.ok else ExitCode.HOST_NOT_READY)
 
 
 # -- bind / unbind ---------------------------------------------------------------------------
@@ -350,7 +361,7 @@ def _bind_options(func: F) -> F:
 
 
 def _run_transition(
-    settings: Settings,
+    node: Node,
     to_vfio: bool,
     named: Sequence[PciAddress],
     selection: tuple[str, str, tuple[str, ...]],
@@ -361,22 +372,22 @@ def _run_transition(
     with_group_peers: bool = False,
     load_modules: bool = True,
 ) -> None:
-    from vfio_manager.pipeline import commands
+    from vfio_manager.cli import render
+    from vfio_manager.kernel.drivers import Direction
+    from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
-    selector = _selector(*selection)
-    result = commands.transition(
-        settings,
-        selector,
-        named,
-        to_vfio=to_vfio,
+    request = TransitionRequest(
+        _selector(*selection),
+        Direction.TO_VFIO if to_vfio else Direction.TO_HOST,
+        named=tuple(named),
         dry_run=dry_run,
         with_group_peers=with_group_peers,
         load_modules=load_modules,
         force=force,
     )
-    _emit(result.json_lines() if as_json else result.text_lines())
-    if result.exit_code != ExitCode.OK:
-        sys.exit(int(result.exit_code))
+    result = run_transition(node, request)
+    lines = render.transition_json(result) if as_json else render.transition_text(result)
+    _finish(lines, result.exit_code)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -385,7 +396,7 @@ def _run_transition(
 @click.pass_obj
 @_handles_errors
 def bind(
-    settings: Settings,
+    node: Node,
     bdfs: tuple[PciAddress, ...],
     vendor: str,
     pci_class: str,
@@ -402,7 +413,7 @@ def bind(
     before anything is written).
     """
     _run_transition(
-        settings,
+        node,
         True,
         bdfs,
         (vendor, pci_class, device_ids),
@@ -420,7 +431,7 @@ def bind(
 @click.pass_obj
 @_handles_errors
 def unbind(
-    settings: Settings,
+    node: Node,
     bdfs: tuple[PciAddress, ...],
     vendor: str,
     pci_class: str,
@@ -434,7 +445,7 @@ def unbind(
     Refused while a process (a VM) holds the function's /dev/vfio group, unless --force.
     """
     _run_transition(
-        settings,
+        node,
         False,
         bdfs,
         (vendor, pci_class, device_ids),
@@ -449,7 +460,7 @@ def unbind(
 @click.pass_obj
 @_handles_errors
 def bind_all(
-    settings: Settings,
+    node: Node,
     vendor: str,
     pci_class: str,
     device_ids: tuple[str, ...],
@@ -464,7 +475,7 @@ def bind_all(
     The checks of `vfio-manager check` run first (exit 3 before any write if they fail).
     """
     _run_transition(
-        settings,
+        node,
         True,
         (),
         (vendor, pci_class, device_ids),
@@ -481,7 +492,7 @@ def bind_all(
 @click.pass_obj
 @_handles_errors
 def unbind_all(
-    settings: Settings,
+    node: Node,
     vendor: str,
     pci_class: str,
     device_ids: tuple[str, ...],
@@ -491,7 +502,7 @@ def unbind_all(
 ) -> None:
     """Return every selected function to its native driver (held ones refused, see unbind)."""
     _run_transition(
-        settings,
+        node,
         False,
         (),
         (vendor, pci_class, device_ids),

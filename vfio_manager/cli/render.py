@@ -1,4 +1,4 @@
-"""Pure output: status rows, plans and reports as text tables or JSON, for stdout.
+"""Pure output: the results of every command as text lines or one JSON document, for stdout.
 
 Nothing here reads sysfs or writes to a stream; the CLI decides where the lines go.
 """
@@ -6,35 +6,15 @@ Nothing here reads sysfs or writes to a stream; the CLI decides where the lines 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
-
-from vfio_manager.kernel.model import PciFunction, Topology
-from vfio_manager.kernel.sysfs import Sysfs
-from vfio_manager.kernel.viability import group_viable
 
 if TYPE_CHECKING:
     from vfio_manager.pipeline.engine import Report
     from vfio_manager.pipeline.plan import Plan
-
-
-def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> dict[str, Any]:
-    """The ``status --json`` record of one function (JSON nulls for absent values)."""
-    node = topology.vfio_node(function)
-    return {
-        "bdf": function.bdf,
-        "vendor": f"0x{function.vendor:04x}",
-        "device": f"0x{function.device:04x}",
-        "class": f"0x{function.pci_class:06x}",
-        "product": function.product,
-        "driver": function.driver,
-        "driver_override": function.driver_override,
-        "iommu_group": function.iommu_group,
-        "group_viable": group_viable(topology, function),
-        "vfio_node": sysfs.vfio_group_node(int(node)) if node is not None else None,
-        "numa_node": function.numa_node,
-        "sriov": function.sriov_role,
-    }
+    from vfio_manager.pipeline.queries import CheckResult, StatusResult
+    from vfio_manager.pipeline.selection import Selector
+    from vfio_manager.pipeline.transition import TransitionResult
 
 
 def to_json(data: Any) -> str:
@@ -79,6 +59,8 @@ def plan_lines(plan: Plan) -> list[str]:
         function = entry.function
         name = function.product or f"{function.vendor:04x}:{function.device:04x}"
         head = f"{function.bdf} ({name}, now on {function.driver or 'no driver'})"
+        if entry.interrupted is not None:
+            head += f" [journal: {entry.interrupted.note}]"
         if entry.refusal is not None:
             lines.append(f"{head}: refused: {entry.refusal}")
         elif entry.converged:
@@ -101,6 +83,10 @@ def report_lines(report: Report) -> list[str]:
             detail += f" (restored to {o.restored_to})"
         if o.remedy and o.status in (Status.FAILED, Status.REFUSED):
             detail += f"; remedy: {o.remedy}"
+        if o.journal:
+            detail = f"{detail}; journal: {o.journal}" if detail else f"journal: {o.journal}"
+        if o.journal_error:
+            detail += f"; JOURNAL NOT UPDATED: {o.journal_error}"
         rows.append((o.bdf, o.status.value, _cell(o.driver), str(o.writes), detail))
     lines = table(("BDF", "OUTCOME", "DRIVER", "WRITES", "DETAIL"), rows)
     counts = {s: sum(1 for o in report.outcomes if o.status is s) for s in Status}
@@ -108,3 +94,65 @@ def report_lines(report: Report) -> list[str]:
         ", ".join(f"{n} {s.value}" for s, n in counts.items()) + f"; {report.writes} write(s)"
     )
     return lines
+
+
+# -- command results ---------------------------------------------------------------------------
+def _nothing_selected(selector: Selector) -> str:
+    from vfio_manager.pipeline.selection import Selector
+
+    if selector == Selector():
+        return (
+            f"No PCI function matches {selector.describe()}: no Rebellions NPU is present "
+            "on this host (nothing to do)."
+        )
+    return f"No PCI function matches {selector.describe()}: nothing to do."
+
+
+def status_text(result: StatusResult) -> list[str]:
+    head = [result.host.line()] if result.host is not None else []
+    if not result.records:
+        return [*head, _nothing_selected(result.selector)]
+    return head + status_lines(result.records)
+
+
+def status_json(result: StatusResult) -> list[str]:
+    doc: dict[str, Any] = {"devices": result.records}
+    if result.host is not None:
+        doc["host"] = result.host.to_json()
+    return [to_json(doc)]
+
+
+def transition_text(result: TransitionResult) -> list[str]:
+    head = list(result.notes)
+    if not result.plan.entries:
+        return [*head, _nothing_selected(result.request.selector)]
+    if result.report is None:
+        return head + plan_lines(result.plan)
+    return head + report_lines(result.report)
+
+
+def transition_json(result: TransitionResult) -> list[str]:
+    notes = {"notes": list(result.notes)}
+    if result.report is None:
+        return [to_json({"dry_run": result.request.dry_run, **result.plan.to_json(), **notes})]
+    return [to_json({**result.report.to_json(), **notes})]
+
+
+def check_text(result: CheckResult, mark: Optional[Callable[[bool], str]] = None) -> list[str]:
+    head = (
+        f"Host readiness for {result.functions} function(s) matching "
+        f"{result.selector.describe()} (host root {result.host_root}, kernel {result.release}):"
+    )
+    failed = len(result.preflight.failed)
+    if failed:
+        tail = (
+            f"NOT READY: {failed} of {len(result.preflight.checks)} checks failed; "
+            "bind and bind-all refuse until they pass"
+        )
+    else:
+        tail = "READY: the selected functions can be given to VMs"
+    return [head, *result.preflight.lines(mark), tail]
+
+
+def check_json(result: CheckResult) -> list[str]:
+    return [to_json(result.preflight.to_json())]

@@ -103,9 +103,10 @@ def iommu_vendor(facts: HostFacts) -> tuple[Optional[str], str]:
         ("DMAR" in tables, INTEL, "ACPI DMAR table"),
         ("IVRS" in tables, AMD, "ACPI IVRS table"),
     ]
+    units_dir = facts.path(facts.sysfs_root, "class", "iommu")
     for unit in facts.iommu_units:
-        clues.append((unit.startswith("dmar"), INTEL, f"/sys/class/iommu/{unit}"))
-        clues.append((unit.startswith("ivhd"), AMD, f"/sys/class/iommu/{unit}"))
+        clues.append((unit.startswith("dmar"), INTEL, facts.path(units_dir, unit)))
+        clues.append((unit.startswith("ivhd"), AMD, facts.path(units_dir, unit)))
     cpu = facts.cpu_vendor or ""
     clues += [
         (cpu == "GenuineIntel", INTEL, f"CPU vendor {cpu}"),

@@ -9,7 +9,6 @@ from typing import Optional
 
 REBELLIONS_VENDOR = 0x1EFF
 PROCESSING_ACCELERATOR_CLASS = 0x120000
-NATIVE_DRIVER = "rebellions"
 
 # device ID -> (product, family, function kind)
 _PRODUCTS: dict[int, tuple[str, str, str]] = {}
@@ -41,7 +40,3 @@ def product_name(vendor: int, device: int) -> Optional[str]:
         return f"Rebellions {device:04x}"
     product, _family, kind = known
     return product if kind == "PF" else f"{product} VF"
-
-
-def known_device_ids() -> frozenset[int]:
-    return frozenset(_PRODUCTS)

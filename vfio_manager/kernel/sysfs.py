@@ -13,6 +13,7 @@ than raise, because a function can disappear between two reads on a live host.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Optional
 
 from vfio_manager.errors import SysfsWriteError, UsageError
@@ -21,6 +22,15 @@ from vfio_manager.kernel.address import PciAddress
 DEFAULT_SYSFS_ROOT = "/sys"
 DEFAULT_DEV_ROOT = "/dev"
 _READ_LIMIT = 4096  # sysfs attributes are at most a page
+
+
+def direct_write(path: str, payload: bytes) -> None:
+    """One unbuffered write in this process; the kernel's errno comes back as OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.write(fd, payload)
+    finally:
+        os.close(fd)
 
 
 def _is_number(name: str) -> bool:
@@ -39,12 +49,20 @@ class Sysfs:
     """Typed access to the PCI, IOMMU and VFIO parts of sysfs and /dev.
 
     ``writes`` counts the writes made through this object, so callers (and tests) can prove
-    that a converged node is left alone.
+    that a converged node is left alone. ``transport`` delivers the bytes: in this process by
+    default, or through :class:`~vfio_manager.safety.writer.ChildWriter` for a real run.
     """
 
-    def __init__(self, root: str = DEFAULT_SYSFS_ROOT, dev_root: str = DEFAULT_DEV_ROOT) -> None:
+    def __init__(
+        self,
+        root: str = DEFAULT_SYSFS_ROOT,
+        dev_root: str = DEFAULT_DEV_ROOT,
+        *,
+        transport: Callable[[str, bytes], None] = direct_write,
+    ) -> None:
         self.root = root.rstrip("/") or "/"
         self.dev_root = dev_root.rstrip("/") or "/"
+        self.transport = transport
         self.writes = 0
 
     # -- paths ---------------------------------------------------------------------------
@@ -228,18 +246,11 @@ class Sysfs:
     # -- writes -------------------------------------------------------------------------------
     def write(self, path: str, data: str) -> None:
         """One unbuffered write; the kernel's errno comes back as :class:`SysfsWriteError`."""
-        payload = data.encode()
         self.writes += 1
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+            self.transport(path, data.encode())
         except OSError as exc:
             raise SysfsWriteError.from_os_error(exc, path=path, data=data) from exc
-        try:
-            os.write(fd, payload)
-        except OSError as exc:
-            raise SysfsWriteError.from_os_error(exc, path=path, data=data) from exc
-        finally:
-            os.close(fd)
 
     def write_device_attr(self, address: PciAddress, name: str, data: str) -> None:
         self.write(self.device_attr_path(address, name), data)

@@ -11,16 +11,15 @@ import enum
 import errno as errno_mod
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
-from vfio_manager.kernel.model import PciFunction
 from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Step
+from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Settle, Step
 from vfio_manager.safety.deadline import (
     DEFAULT_WRITE_TIMEOUT,
     DeadlineExceededError,
@@ -66,6 +65,9 @@ class Outcome:
     errno: Optional[int] = None
     restored_to: Optional[str] = None
     writes: int = 0
+    journal: Optional[str] = None  # the interrupted run this entry settled (or tried to)
+    stuck: bool = False  # a write missed its deadline and is still pending in the kernel
+    journal_error: Optional[str] = None  # the state dir refused to record the outcome
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,8 @@ class Outcome:
             "errno": errno_mod.errorcode.get(self.errno) if self.errno else None,
             "restored_to": self.restored_to,
             "writes": self.writes,
+            "journal": self.journal,
+            "journal_error": self.journal_error,
         }
 
 
@@ -88,7 +92,10 @@ class Report:
 
     @property
     def exit_code(self) -> ExitCode:
-        ok = all(o.status in (Status.CHANGED, Status.CONVERGED) for o in self.outcomes)
+        ok = all(
+            o.status in (Status.CHANGED, Status.CONVERGED) and o.journal_error is None
+            for o in self.outcomes
+        )
         return ExitCode.OK if ok else ExitCode.FAILED
 
     @property
@@ -104,6 +111,17 @@ class Report:
         }
 
 
+def _note(entry: FunctionPlan) -> Optional[str]:
+    return entry.interrupted.note if entry.interrupted is not None else None
+
+
+def _kept(entry: FunctionPlan) -> Optional[str]:
+    """For an entry that did not settle its record: say so (the next run sees it again)."""
+    if entry.interrupted is None:
+        return None
+    return f"{entry.interrupted.note}: not settled, the journal record is kept"
+
+
 def _driver_label(driver: Optional[str]) -> str:
     return driver if driver is not None else "no driver"
 
@@ -114,8 +132,7 @@ class Engine:
     ``write_timeout`` bounds each function's writes (its steps share one deadline); each
     write runs off the main thread, transient errnos are retried inside that deadline.
     ``journal`` (optional) records each function before its first write, so a run killed
-    half way can be finished or rolled back by the next one. ``holders`` names what holds a
-    function when a write hangs.
+    half way can be finished or rolled back by the next one.
     """
 
     def __init__(
@@ -125,7 +142,6 @@ class Engine:
         node_timeout: float = DEFAULT_NODE_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         journal: Optional[Journal] = None,
-        holders: Optional[Callable[[PciFunction], str]] = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -133,7 +149,6 @@ class Engine:
         self.node_timeout = node_timeout
         self.write_timeout = write_timeout
         self.journal = journal
-        self.holders = holders
         self.clock = clock
         self.sleep = sleep
 
@@ -148,7 +163,12 @@ class Engine:
                     "refused", bdf=bdf, step="plan", outcome="refused", reason=entry.refusal
                 )
                 outcomes[entry.address] = Outcome(
-                    bdf, Status.REFUSED, entry.function.driver, entry.refusal, entry.remedy
+                    bdf,
+                    Status.REFUSED,
+                    entry.function.driver,
+                    entry.refusal,
+                    entry.remedy,
+                    journal=_kept(entry),
                 )
                 continue
             if entry.converged:
@@ -159,12 +179,14 @@ class Engine:
                     outcome="converged",
                     driver=entry.function.driver,
                 )
-                outcomes[entry.address] = Outcome(bdf, Status.CONVERGED, entry.function.driver)
+                outcomes[entry.address] = self._settled(
+                    entry, Outcome(bdf, Status.CONVERGED, entry.function.driver)
+                )
                 continue
             before = self.kernel.sysfs.writes
             try:
-                if self.journal is not None and entry.write_count:
-                    self.journal.record_start(entry.function, plan.direction)
+                if self.journal is not None and entry.write_count and not entry.interrupted:
+                    self.journal.record_start(entry.function, entry.direction)
                 wait = self._run_steps(entry)
             except DeadlineExceededError as err:
                 outcomes[entry.address] = self._stuck(entry, err, self.kernel.sysfs.writes - before)
@@ -302,9 +324,33 @@ class Engine:
             raise TransitionError(f"{expected} did not bind {address} (no error reported)")
 
     # -- outcomes ---------------------------------------------------------------------------
+    def _settled(self, entry: FunctionPlan, outcome: Outcome, *, back: bool = False) -> Outcome:
+        """Close the function's journal record now that it reached its target (or, with
+        ``back``, its start state); a state dir that refuses is reported, not raised."""
+        if self.journal is None or (not (back or outcome.writes) and entry.interrupted is None):
+            return outcome
+        rolled_back = back or (
+            entry.interrupted is not None and entry.interrupted.settle is Settle.ROLL_BACK
+        )
+        try:
+            if rolled_back:
+                self.journal.abort(entry.function.bdf)
+            else:
+                self.journal.complete(entry.function.bdf)
+        except VfioManagerError as err:
+            log.error(
+                "journal", bdf=entry.function.bdf, step="journal", outcome="failed", reason=err
+            )
+            return replace(
+                outcome,
+                journal=_note(entry),
+                journal_error=f"{err.message} (remedy: {err.remedy})"
+                if err.remedy
+                else err.message,
+            )
+        return replace(outcome, journal=_note(entry))
+
     def _done(self, entry: FunctionPlan, writes: int) -> Outcome:
-        if self.journal is not None and writes:
-            self.journal.complete(entry.function.bdf)
         driver = self.kernel.driver_of(entry.address)
         status = Status.CHANGED if writes else Status.CONVERGED
         log.info(
@@ -315,7 +361,7 @@ class Engine:
             driver=driver,
             writes=writes,
         )
-        return Outcome(entry.function.bdf, status, driver, writes=writes)
+        return self._settled(entry, Outcome(entry.function.bdf, status, driver, writes=writes))
 
     def _wait_for_nodes(
         self, waiting: dict[PciAddress, tuple[FunctionPlan, int, int]]
@@ -353,6 +399,7 @@ class Engine:
                 "on the host); raise --timeout on slow hosts",
                 step=Action.WAIT_VFIO_NODE.value,
                 writes=writes,
+                journal=_kept(entry),
             )
         return results
 
@@ -369,12 +416,14 @@ class Engine:
                 err.step,
                 err.errno,
                 writes=writes,
+                journal=_kept(entry),
             )
         before = self.kernel.sysfs.writes
-        restored, note = self._restore(entry)
+        start_driver, start_override = entry.start_state
+        restored, note = self._restore(
+            entry.address, start_driver=start_driver, start_override=start_override
+        )
         writes += self.kernel.sysfs.writes - before
-        if self.journal is not None and note is None:
-            self.journal.abort(bdf)
         reason = err.message if note is None else f"{err.message}; {note}"
         log.warning(
             "rollback",
@@ -383,7 +432,7 @@ class Engine:
             outcome="restored" if note is None else "incomplete",
             restored_to=restored,
         )
-        return Outcome(
+        outcome = Outcome(
             bdf,
             Status.FAILED,
             self.kernel.driver_of(entry.address),
@@ -393,17 +442,21 @@ class Engine:
             err.errno,
             restored_to=restored,
             writes=writes,
+            journal=_kept(entry),
         )
+        if note is None:  # back in its start state: the record has nothing left to settle
+            return self._settled(entry, outcome, back=True)
+        return outcome
 
     def _stuck(self, entry: FunctionPlan, err: DeadlineExceededError, writes: int) -> Outcome:
-        """A write hangs in the kernel: report who holds the function; touch it no more.
+        """A write hangs in the kernel: report it (the pipeline names who holds the function);
+        touch it no more.
 
         Undoing would queue another write behind the stuck one. The journal keeps the
         transition, so the run after the device is released finishes or undoes it.
         """
         bdf = entry.function.bdf
-        held = self.holders(entry.function) if self.holders is not None else ""
-        reason = err.message + (f"; held by {held}" if held else "")
+        reason = err.message
         log.error("transition", bdf=bdf, step=err.step, outcome="stuck", reason=reason)
         return Outcome(
             bdf,
@@ -415,14 +468,8 @@ class Engine:
             None,
             restored_to=None,
             writes=writes,
-        )
-
-    def _restore(self, entry: FunctionPlan) -> tuple[str, Optional[str]]:
-        """Put override and driver back as the plan found them; never raise."""
-        return self.restore(
-            entry.address,
-            start_driver=entry.function.driver,
-            start_override=entry.function.driver_override,
+            journal=_kept(entry),
+            stuck=True,
         )
 
     def _probe_then_bind(
@@ -439,13 +486,14 @@ class Engine:
         if self.kernel.driver_of(address) is None:
             bounded("bind", lambda: self.kernel.bind(address, driver))
 
-    def restore(
+    def _restore(
         self, address: PciAddress, *, start_driver: Optional[str], start_override: Optional[str]
     ) -> tuple[str, Optional[str]]:
         """Put override and driver back to a known start state; never raise.
 
         Returns a label of where the function is now and, when that is not the start state,
-        a note saying so. Used after a failure and by crash recovery (journal originals).
+        a note saying so. The start state is the plan's, or the journal's originals when the
+        entry settles an interrupted run.
         """
         kernel = self.kernel
         deadline_at = self.clock() + self.write_timeout

@@ -1,7 +1,7 @@
 """Plans: the pure difference between what sysfs shows and where each function should be.
 
 A plan is computed from a :class:`~vfio_manager.kernel.model.Topology` without any I/O, so the same
-code serves ``--dry-run``, the one-shot commands and a reconcile loop. A converged function
+code serves ``--dry-run`` and every writing command. A converged function
 gets no steps, which is how a second run writes nothing.
 """
 
@@ -61,9 +61,40 @@ class Step:
         return {"action": self.action.value, "driver": self.driver, "group": self.group}
 
 
+class Settle(str, enum.Enum):
+    """What this run does with a journal record an interrupted run left for the function."""
+
+    FINISH = "finish"  # take the interrupted transition the rest of the way
+    ROLL_BACK = "roll-back"  # put the function back as it was before the interrupted run
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A journal record this entry settles: how, why (for the output), and the state
+    before the interrupted run, which is what a failure of this entry restores."""
+
+    settle: Settle
+    note: str
+    driver: Optional[str]
+    override: Optional[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settle": self.settle.value,
+            "note": self.note,
+            "original_driver": self.driver,
+            "original_override": self.override,
+        }
+
+
 @dataclass(frozen=True)
 class FunctionPlan:
-    """Steps for one function, or the reason it is refused (then it has no steps)."""
+    """Steps for one function, or the reason it is refused (then it has no steps).
+
+    ``interrupted`` is set when the entry also settles a journal record left by a killed
+    run: the record is completed (finish) or dropped (roll back) once the entry succeeds,
+    and kept when it is refused or fails.
+    """
 
     function: PciFunction
     direction: Direction
@@ -71,6 +102,14 @@ class FunctionPlan:
     refusal: Optional[str] = None
     remedy: Optional[str] = None
     target_driver: Optional[str] = None
+    interrupted: Optional[Interrupted] = None
+
+    @property
+    def start_state(self) -> tuple[Optional[str], Optional[str]]:
+        """(driver, override) a failure puts back: before the interrupted run, if any."""
+        if self.interrupted is not None:
+            return self.interrupted.driver, self.interrupted.override
+        return self.function.driver, self.function.driver_override
 
     @property
     def address(self) -> PciAddress:
@@ -95,6 +134,7 @@ class FunctionPlan:
             "refused": self.refusal,
             "remedy": self.remedy,
             "steps": [step.to_json() for step in self.steps],
+            "journal": self.interrupted.to_json() if self.interrupted is not None else None,
         }
 
 
@@ -254,6 +294,28 @@ def _to_host_steps(function: PciFunction, native: Optional[str]) -> tuple[Step, 
             steps.append(Step(Action.VERIFY_DRIVER, STAY_UNBOUND))
     elif on_vfio or (function.driver is None and (native is not None or steps)):
         steps += [Step(Action.PROBE), Step(Action.VERIFY_DRIVER, native)]
+    return tuple(steps)
+
+
+def restore_steps(
+    function: PciFunction, driver: Optional[str], override: Optional[str]
+) -> tuple[Step, ...]:
+    """Steps that put ``function`` back to a recorded (driver, override), such as the state
+    before an interrupted run: the override first, so the probe finds the recorded driver."""
+    if is_vfio_driver(driver):
+        return _to_vfio_steps(function, driver or VFIO_PCI, has_node=True)
+    steps: list[Step] = []
+    if function.driver_override != override:
+        steps.append(
+            Step(Action.CLEAR_OVERRIDE) if override is None else Step(Action.SET_OVERRIDE, override)
+        )
+    if function.driver != driver:
+        if function.driver is not None:
+            steps.append(Step(Action.UNBIND, function.driver))
+        if driver is None:
+            steps.append(Step(Action.VERIFY_DRIVER, STAY_UNBOUND))
+        else:
+            steps += [Step(Action.PROBE), Step(Action.VERIFY_DRIVER, driver)]
     return tuple(steps)
 
 

@@ -1,6 +1,7 @@
 """Refuse what must not be moved: functions held by a process, or backing the host itself.
 
-Runs between planning and applying. One /proc scan covers every function that would be
+Runs between planning and applying, on every entry of the plan, journal roll-backs
+included. One /proc scan covers every function that would be
 unbound, and one read of the host's mount, block and network tables covers every function the
 guard checks. ``--force`` turns the refusals into warnings; nothing else bypasses them.
 """
@@ -71,9 +72,10 @@ def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) ->
     """Return ``plan`` with held or host-critical functions refused (unless ``force``)."""
     reasons: dict[PciAddress, tuple[str, str]] = {}
     moving = [e for e in plan.entries if e.refusal is None and e.steps]
-    if plan.direction is Direction.TO_VFIO:
+    to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
+    if to_vfio:
         guard = SafetyGuard(sysfs, proc_root=proc_root)
-        for entry in moving:
+        for entry in to_vfio:
             if entry.function.driver is not None and not is_vfio_driver(entry.function.driver):
                 found = guard.reasons(entry.address)
                 if found:

@@ -1,17 +1,21 @@
 """Which functions the tool may touch: vendor, class and device-ID filters.
 
 The defaults select Rebellions NPUs (vendor 0x1eff, class 0x120000). Filtering by class as
-well as vendor keeps the vendor's own bridges and switches out of reach.
+well as vendor keeps the vendor's own bridges and switches out of reach. Every BDF a user
+names is checked before anything is written: one that does not exist or that the selection
+excludes refuses the whole command, so a typo never moves the wrong function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vfio_manager.errors import UsageError
+from vfio_manager.errors import DeviceNotFoundError, NotSelectedError, UsageError
+from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.catalogue import PROCESSING_ACCELERATOR_CLASS, REBELLIONS_VENDOR
-from vfio_manager.kernel.model import PciFunction
+from vfio_manager.kernel.model import PciFunction, Topology
 
 
 def parse_id(text: str, *, what: str, bits: int) -> int:
@@ -74,3 +78,34 @@ class Selector:
             device_ids=frozenset(parse_id(d, what="device ID", bits=16) for d in device_ids),
             class_bits=16 if short_class else 24,
         )
+
+
+def selected_functions(topology: Topology, selector: Selector) -> list[PciFunction]:
+    """All functions the selection matches, in address order."""
+    return [f for a, f in sorted(topology.functions.items()) if selector.matches(f)]
+
+
+def named_functions(
+    topology: Topology, selector: Selector, named: Sequence[PciAddress]
+) -> list[PciFunction]:
+    """The named functions, after checking each exists and is selected (duplicates dropped)."""
+    result: list[PciFunction] = []
+    for address in dict.fromkeys(named):
+        function = topology.get(address)
+        if function is None:
+            raise DeviceNotFoundError(
+                f"no PCI function {address} on this host",
+                bdf=str(address),
+                remedy="list the functions with `vfio-manager status` or `lspci -D`",
+            )
+        if not selector.matches(function):
+            raise NotSelectedError(
+                f"{address} ({function.vendor:04x}:{function.device:04x}, class "
+                f"0x{function.pci_class:06x}) is not selected by {selector.describe()}; "
+                "refusing to touch it",
+                bdf=str(address),
+                remedy="pass --vendor/--class/--device-id options that match it if you really "
+                "mean this function",
+            )
+        result.append(function)
+    return result

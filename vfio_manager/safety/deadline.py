@@ -7,12 +7,11 @@ scripts this project replaces hung there until the pod was killed. :func:`run_wi
 runs such a write on a daemon thread and gives up waiting when the deadline passes, so the
 command can report the function, the step and what holds it, and exit.
 
-It cannot cancel the write: nothing can, the thread sits in the kernel. The thread is a
-daemon thread, so Python does not wait for it at exit; the kernel may still keep the process
-(and its file descriptors, the node lock among them) alive until the device is released,
-and a later run that waits for the lock then names this stuck process. Functions whose write
-is still pending are listed by :func:`pending_writes`, so the caller avoids issuing another
-write that would queue behind it.
+It cannot cancel the write: nothing can, the thread sits in the kernel (or waits for the
+writer process that does, see :mod:`vfio_manager.safety.writer`). Writes still pending are
+listed by :func:`pending_writes`; the node lock is not released while any is
+(:func:`when_writes_return` tells it when they all have), so a next run cannot queue writes
+behind the stuck one.
 
 :func:`retry_transient` retries the errnos the kernel gives for a device that is not ready
 yet (EBUSY, EAGAIN, ENODEV right after hot-plug or VF creation) with exponential backoff,
@@ -42,6 +41,7 @@ _MAX_BACKOFF = 1.0
 
 _pending_lock = threading.Lock()
 _pending: dict[int, str] = {}  # id(thread) -> what
+_on_all_returned: list[Callable[[], None]] = []
 
 
 class DeadlineExceededError(VfioManagerError):
@@ -52,6 +52,18 @@ def pending_writes() -> list[str]:
     """What the writes that missed their deadline were doing, for those still not returned."""
     with _pending_lock:
         return sorted(_pending.values())
+
+
+def when_writes_return(callback: Callable[[], None]) -> bool:
+    """Call ``callback`` once no write is pending: now (returns True) or, when some write
+    missed its deadline and is still in the kernel, on the thread of the last one to return
+    (returns False)."""
+    with _pending_lock:
+        if _pending:
+            _on_all_returned.append(callback)
+            return False
+    callback()
+    return True
 
 
 def run_with_deadline(
@@ -80,9 +92,14 @@ def run_with_deadline(
             failure.append(exc)
         finally:
             # Under the lock, so the waiter either sees ``done`` or registers us, never both.
+            callbacks: list[Callable[[], None]] = []
             with _pending_lock:
                 done.set()
                 was_late = _pending.pop(id(threading.current_thread()), None) is not None
+                if was_late and not _pending:
+                    callbacks, _on_all_returned[:] = list(_on_all_returned), []
+            for callback in callbacks:
+                callback()
             if was_late:
                 log.warning(
                     "late write returned",
@@ -200,4 +217,5 @@ __all__ = [
     "pending_writes",
     "retry_transient",
     "run_with_deadline",
+    "when_writes_return",
 ]

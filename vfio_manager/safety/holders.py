@@ -3,8 +3,8 @@
 Unbinding a function that a VM or a process still uses either yanks the device from under it
 (native driver: the NPU runtime loses its device) or blocks in the kernel until the user lets
 go (vfio-pci waits for the group to be closed, then uninterruptibly). So before any
-``unbind`` the engine asks :func:`find_holders`, and refuses with the PIDs and command names
-unless ``--force``.
+``unbind`` the pipeline's refusal stage (:mod:`vfio_manager.pipeline.refusals`) scans for
+holders, and refuses with the PIDs and command names unless ``--force``.
 
 What counts as holding a function:
 

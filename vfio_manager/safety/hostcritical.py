@@ -3,7 +3,7 @@
 A selector that is too wide (a vendor ID shared with a storage controller, ``--all`` on a
 mixed node, a typo in a BDF) must not detach the disk holding the root filesystem or the NIC
 carrying the node's address. :class:`SafetyGuard` says, per function, why it backs something
-the host needs; the engine refuses such a function unless ``--force``. An NPU is none of
+the host needs; the pipeline's refusal stage refuses such a function unless ``--force``. An NPU is none of
 these, so for the functions this tool is for the guard is silent.
 
 What is checked, with pure reads (sysfs through :class:`~vfio_manager.kernel.sysfs.Sysfs`, procfs

@@ -164,7 +164,7 @@ def _str(data: dict[str, Any], key: str, *, optional: bool = True) -> Optional[s
 def _driver(data: dict[str, Any], key: str) -> Optional[str]:
     """A driver name read back must still be a plain name: it will be written to sysfs."""
     value = _str(data, key)
-    if value is not None and (not value or "/" in value or "\n" in value or "\0" in value):
+    if value is not None and (value in {"", ".", ".."} or any(c in value for c in "/\n\0")):
         raise ValueError(f"{key} {value!r} is not a driver name")
     return value
 
@@ -191,10 +191,12 @@ class Journal:
         *,
         now: Callable[[], str] = _utc_now,
         uid: Optional[int] = None,
+        readonly: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.now = now
         self.uid = uid
+        self.readonly = readonly  # a dry run: read records, never rename, remove or create
 
     # -- transitions ---------------------------------------------------------------------
     def record_start(self, function: PciFunction, direction: Direction) -> JournalEntry:
@@ -278,12 +280,15 @@ class Journal:
         """Transitions left by runs that died, in BDF order, corrupt ones included.
 
         Also removes stale temporary files (a run killed between creating one and renaming
-        it); corrupt records are quarantined and returned with ``problem`` set.
+        it); corrupt records are quarantined and returned with ``problem`` set. Read-only:
+        nothing is removed or renamed, and a missing state directory has no records.
         """
+        if self.readonly and not os.path.isdir(self.state_dir):
+            return []
         with self._dir() as dir_fd:
             names = sorted(os.listdir(dir_fd))
             for name in names:
-                if name.startswith(_TMP_PREFIX):
+                if name.startswith(_TMP_PREFIX) and not self.readonly:
                     with contextlib.suppress(OSError):
                         os.unlink(name, dir_fd=dir_fd)
                     log.info("journal: removed a stale temporary file", name=name)
@@ -314,10 +319,14 @@ class Journal:
         record is quarantined and reads as ``None`` (logged): the caller falls back to the
         native driver from modules.alias.
         """
+        if self.readonly and not os.path.isdir(self.state_dir):
+            return None
         entry = self._read(ORIGIN, bdf)
         if entry is None or entry.corrupt:
             return None
         if vendor_device is not None and entry.vendor_device != vendor_device.lower():
+            if self.readonly:
+                return None
             log.warning(
                 "journal: origin is for another device; ignored",
                 bdf=bdf,
@@ -328,13 +337,11 @@ class Journal:
             return None
         return entry
 
-    def forget_origin(self, bdf: str) -> None:
-        """Drop the origin record (the function is on the host by other means, or is gone)."""
-        self._remove(ORIGIN, bdf)
-
     # -- files ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _dir(self) -> Iterator[int]:
+    def _dir(self, *, writing: bool = False) -> Iterator[int]:
+        if writing and self.readonly:
+            raise RuntimeError("a read-only journal (dry run) was asked to write")
         fd = open_state_dir(self.state_dir, uid=self.uid)
         try:
             yield fd
@@ -388,6 +395,9 @@ class Journal:
         self, name: str, bdf: Optional[str], problem: str, *, dir_fd: Optional[int] = None
     ) -> JournalEntry:
         """Rename a bad record to ``NAME.corrupt`` (or ``NAME.N.corrupt``) and report it."""
+        record = ORIGIN if name.startswith(_PREFIX[ORIGIN]) else TRANSITION
+        if self.readonly:
+            return JournalEntry(bdf=bdf, record=record, problem=problem)
         if dir_fd is None:
             with self._dir() as fd:
                 return self._quarantine(name, bdf, problem, dir_fd=fd)
@@ -401,7 +411,6 @@ class Journal:
                 break
             except OSError:
                 continue
-        record = ORIGIN if name.startswith(_PREFIX[ORIGIN]) else TRANSITION
         if target is not None:
             try:
                 os.rename(name, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -427,7 +436,7 @@ class Journal:
         name = self._name(entry.record, entry.bdf)
         payload = (json.dumps(entry.to_json(), indent=1, sort_keys=True) + "\n").encode()
         tmp = f"{_TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
-        with self._dir() as dir_fd:
+        with self._dir(writing=True) as dir_fd:
             try:
                 fd = os.open(
                     tmp,
@@ -451,7 +460,7 @@ class Journal:
 
     def _remove(self, record: str, bdf: str) -> None:
         name = self._name(record, bdf)
-        with self._dir() as dir_fd:
+        with self._dir(writing=True) as dir_fd:
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:

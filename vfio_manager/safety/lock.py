@@ -40,6 +40,8 @@ from typing import Optional
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.log import get_logger
+from vfio_manager.safety.deadline import pending_writes, when_writes_return
+from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
 
@@ -233,6 +235,7 @@ class NodeLock:
         self.command = command
         self.uid = uid
         self._fd: Optional[int] = None
+        self._writer: Optional[ChildWriter] = None
 
     @property
     def path(self) -> str:
@@ -261,18 +264,66 @@ class NodeLock:
         self._fd = fd
         log.debug("lock acquired", path=self.path)
 
+    @property
+    def fd(self) -> Optional[int]:
+        """The lock's descriptor while held (a writer child inherits it, see release)."""
+        return self._fd
+
+    def child_writer(self) -> ChildWriter:
+        """A writer whose children inherit this lock; :meth:`release` minds its stuck ones."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.path} is not held")
+        self._writer = ChildWriter(keep_fds=[self._fd])
+        return self._writer
+
     def release(self) -> None:
-        """Clear the holder record, unlock, close. Safe to call when not held."""
+        """Clear the holder record, unlock, close. Safe to call when not held.
+
+        Not while a write we gave up on is still in the kernel: a next run would queue its
+        writes behind it. A stuck writer child keeps the lock through the descriptor it
+        inherited (we only close ours and name it in the holder record); a stuck thread of
+        ours keeps it until its write returns, then the lock is released.
+        """
         fd, self._fd = self._fd, None
+        writer, self._writer = self._writer, None
         if fd is None:
             return
+        stuck = writer.stuck() if writer is not None else []
+        if writer is not None:
+            writer.close()
+        if stuck:
+            self._record_holder(fd, stuck[0].pid, f"vfio-manager writer: {stuck[0].what}")
+            os.close(fd)
+            log.warning(
+                "lock kept by a stuck write",
+                path=self.path,
+                step="lock",
+                outcome="held",
+                pid=stuck[0].pid,
+                what=stuck[0].what,
+            )
+            return
+        pending = pending_writes()
+        if pending:
+            self._record_holder(fd, os.getpid(), f"vfio-manager (stuck: {pending[0]})")
+            log.warning("lock kept by a stuck write", path=self.path, step="lock", what=pending)
+        if when_writes_return(lambda: self._unlock(fd)):
+            log.debug("lock released", path=self.path)
+
+    @staticmethod
+    def _unlock(fd: int) -> None:
         try:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-        log.debug("lock released", path=self.path)
+
+    @staticmethod
+    def _record_holder(fd: int, pid: int, command: str) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{pid}\n{command.replace(chr(10), ' ')}\n".encode(), 0)
 
     def __enter__(self) -> NodeLock:
         self.acquire()

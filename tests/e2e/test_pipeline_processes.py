@@ -1,0 +1,86 @@
+"""The write pipeline on the real kernel, as separate processes: kept records, held devices.
+
+A process holding the group, the container and the device's own fd (guest.HOLDER) plays the
+VM. The CLI runs as a subprocess with its default writer (a child process that inherits the
+node lock), so what a process can and cannot do (exit while a write is stuck, keep the lock)
+is what is tested.
+"""
+
+import subprocess
+import sys
+import time
+
+import guest
+from guest import E1000E, SEL_E1000E
+from test_in_use import _start_holder
+
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import Direction
+from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.safety.journal import Journal
+
+
+def _cli(state, *args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "vfio_manager", "--state-dir", state, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _pending(state):
+    return [e.bdf for e in Journal(state).pending()]
+
+
+def test_a_kept_record_of_a_held_function_is_refused_not_unbound(baseline, tmp_path):
+    state = str(tmp_path / "state")
+    # a bind killed right after its probe landed: on vfio-pci, its record not settled
+    found = read_topology(Sysfs()).functions[PciAddress.parse(E1000E)]
+    Journal(state).record_start(found, Direction.TO_VFIO)
+    guest.move_to_vfio(E1000E)
+    holder = _start_holder(E1000E)
+    try:
+        started = time.monotonic()
+        r = _cli(state, "--timeout", "5", "unbind-all", *SEL_E1000E, timeout=90)
+        took = time.monotonic() - started
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert guest.driver(E1000E) == "vfio-pci", "a held function was unbound"
+        assert f"PID {holder.pid}" in r.stdout, r.stdout
+        assert "journal record is kept" in r.stdout
+        assert _pending(state) == [E1000E]
+        assert took < 30, f"the refusal took {took:.1f}s: it waited on the kernel"
+    finally:
+        holder.kill()
+        holder.wait()
+    r = _cli(state, "unbind-all", *SEL_E1000E)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert guest.driver(E1000E) == "e1000e"
+    assert _pending(state) == []
+
+
+def test_a_stuck_unbind_ends_the_run_and_keeps_the_node_locked(baseline, tmp_path):
+    state = str(tmp_path / "state")
+    guest.move_to_vfio(E1000E)
+    holder = _start_holder(E1000E)
+    try:
+        started = time.monotonic()
+        stuck = _cli(state, "--timeout", "3", "unbind-all", "--force", *SEL_E1000E, timeout=90)
+        took = time.monotonic() - started
+        assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+        assert "did not return within" in stuck.stdout, stuck.stdout
+        assert took < 45, f"the run took {took:.1f}s: a stuck write kept it alive"
+        second = _cli(state, "--lock-timeout", "1", "bind-all", *SEL_E1000E, timeout=60)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "vfio-manager writer" in second.stderr, second.stderr
+        assert "Bind" not in second.stdout  # it wrote nothing behind the stuck unbind
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: the unbind returns, the writer exits, the kernel drops the lock
+    third = _cli(state, "--lock-timeout", "30", "unbind-all", *SEL_E1000E)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert guest.driver(E1000E) == "e1000e"
+    assert _pending(state) == []

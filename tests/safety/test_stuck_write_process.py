@@ -1,0 +1,100 @@
+"""A write stuck in the kernel, as separate processes: the run ends, the lock stays held.
+
+The fast suite's fake kernel lives in one process's memory; this test runs the real CLI as
+a subprocess with its default writer (a forked child that inherits the node lock) against a
+small sysfs tree on disk, where ``drivers/vfio-pci/unbind`` is a FIFO: opening it for
+writing blocks until someone reads, as an unbind blocks while a VM holds the device.
+Nothing here touches the real /sys.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BDF = "0000:01:00.0"
+
+
+def _tree(root: Path) -> dict[str, str]:
+    sys_root, dev, host, proc, state = (root / n for n in ("sys", "dev", "host", "proc", "state"))
+    device = sys_root / "devices/pci0000:00" / BDF
+    device.mkdir(parents=True)
+    for name, value in {
+        "vendor": "0x1eff",
+        "device": "0x1220",
+        "class": "0x120000",
+        "subsystem_vendor": "0x1eff",
+        "subsystem_device": "0x1220",
+        "driver_override": "vfio-pci",
+        "modalias": "pci:v00001EFFd00001220sv00001EFFsd00001220bc12sc00i00",
+        "numa_node": "0",
+    }.items():
+        (device / name).write_text(value + "\n")
+    (sys_root / "bus/pci/devices").mkdir(parents=True)
+    (sys_root / "bus/pci/devices" / BDF).symlink_to(f"../../../devices/pci0000:00/{BDF}")
+    driver = sys_root / "bus/pci/drivers/vfio-pci"
+    driver.mkdir(parents=True)
+    os.mkfifo(driver / "unbind")
+    (driver / "bind").write_text("")
+    (sys_root / "module/vfio_pci/drivers").mkdir(parents=True)
+    (driver / "module").symlink_to("../../../../module/vfio_pci")
+    (device / "driver").symlink_to("../../../bus/pci/drivers/vfio-pci")
+    (sys_root / "bus/pci/drivers_probe").write_text("")
+    group = sys_root / "kernel/iommu_groups/5/devices"
+    group.mkdir(parents=True)
+    (group / BDF).symlink_to(f"../../../../devices/pci0000:00/{BDF}")
+    (device / "iommu_group").symlink_to("../../../kernel/iommu_groups/5")
+    (dev / "vfio").mkdir(parents=True)
+    for directory in (host, proc):
+        directory.mkdir()
+    return {
+        "--sysfs-root": str(sys_root),
+        "--dev-root": str(dev),
+        "--host-root": str(host),
+        "--proc-root": str(proc),
+        "--state-dir": str(state),
+    }
+
+
+def _run(
+    roots: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VFIO_MANAGER_")}
+    argv = [sys.executable, "-m", "vfio_manager", *(x for kv in roots.items() for x in kv)]
+    return subprocess.run(
+        [*argv, "--log-format", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_stuck_write_ends_the_run_but_keeps_the_node_locked(tmp_path: Path) -> None:
+    roots = _tree(tmp_path)
+    fifo = Path(roots["--sysfs-root"]) / "bus/pci/drivers/vfio-pci/unbind"
+
+    stuck = _run(roots, "--timeout", "1", "unbind-all")
+    assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+    assert "did not return within" in stuck.stdout, stuck.stdout
+
+    second = _run(roots, "--lock-timeout", "0", "unbind-all")
+    assert second.returncode == 1
+    assert "vfio-manager writer" in second.stderr, second.stderr
+    assert "unbind" in second.stderr
+
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the device is let go
+    try:
+        third = _run(roots, "--lock-timeout", "20", "--timeout", "1", "unbind-all")
+        assert "holds" not in third.stderr, third.stderr
+        # the stuck write reached the "kernel" (the third run's own unbind may follow it:
+        # a plain directory does not unbind anything)
+        assert os.read(reader, 64).startswith(BDF.encode())
+    finally:
+        os.close(reader)

@@ -1,0 +1,57 @@
+"""The node a run acts on: where its sysfs, /dev, host root, /proc and state dir are.
+
+Built once from the command line (or the daemon's options) and handed to every stage, so no
+stage re-derives a path or a root, and a test or a container points the whole tool
+elsewhere by building another ``Node``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vfio_manager.host.files import HostFiles
+from vfio_manager.kernel.sysfs import DEFAULT_DEV_ROOT, DEFAULT_SYSFS_ROOT, Sysfs, direct_write
+from vfio_manager.safety.deadline import DEFAULT_WRITE_TIMEOUT
+from vfio_manager.safety.journal import Journal
+from vfio_manager.safety.lock import (
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_PROC_ROOT,
+    DEFAULT_STATE_DIR,
+    NodeLock,
+)
+
+WRITERS = ("process", "thread")
+"""How sysfs writes are made: from a child process that a stuck write cannot keep alive
+(:mod:`vfio_manager.safety.writer`, the default), or from a thread of this process (the
+in-memory fake kernel of the tests, where a child would write to its own copy)."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """Roots, state directory and deadlines of one run."""
+
+    sysfs_root: str = DEFAULT_SYSFS_ROOT
+    dev_root: str = DEFAULT_DEV_ROOT
+    host_root: str = "/"
+    proc_root: str = DEFAULT_PROC_ROOT
+    state_dir: str = DEFAULT_STATE_DIR
+    timeout: float = DEFAULT_WRITE_TIMEOUT
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    writer: str = "process"
+
+    def sysfs(self, transport: Callable[[str, bytes], None] = direct_write) -> Sysfs:
+        return Sysfs(self.sysfs_root, self.dev_root, transport=transport)
+
+    def host_files(self) -> HostFiles:
+        return HostFiles(self.host_root)
+
+    def journal(self, *, readonly: bool = False) -> Journal:
+        return Journal(self.state_dir, readonly=readonly)
+
+    def lock(self) -> NodeLock:
+        return NodeLock(self.state_dir, timeout=self.lock_timeout, proc_root=self.proc_root)
+
+    def transport(self, lock: NodeLock) -> Callable[[str, bytes], None]:
+        """How this run's writes reach sysfs, given the lock it holds."""
+        return lock.child_writer() if self.writer == "process" else direct_write

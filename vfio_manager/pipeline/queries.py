@@ -1,0 +1,97 @@
+"""The read-only commands, ``status`` and ``check``: what they read and what they found.
+
+They share the pipeline's first stage (read once, select) and none of its writes: no lock,
+no journal, no /proc scan. The results are data; :mod:`vfio_manager.cli.render` turns them
+into lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from vfio_manager.kernel.drivers import is_vfio_driver
+from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.model import PciFunction, Topology
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.kernel.viability import group_viable
+from vfio_manager.pipeline.node import Node
+from vfio_manager.pipeline.selection import Selector, selected_functions
+
+if TYPE_CHECKING:
+    from vfio_manager.host.modules import Runner
+    from vfio_manager.host.preflight import Preflight
+    from vfio_manager.host.summary import HostSummary
+
+
+def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> dict[str, Any]:
+    """The ``status --json`` record of one function (JSON nulls for absent values)."""
+    node = topology.vfio_node(function)
+    return {
+        "bdf": function.bdf,
+        "vendor": f"0x{function.vendor:04x}",
+        "device": f"0x{function.device:04x}",
+        "class": f"0x{function.pci_class:06x}",
+        "product": function.product,
+        "driver": function.driver,
+        "driver_override": function.driver_override,
+        "iommu_group": function.iommu_group,
+        "group_viable": group_viable(topology, function),
+        "vfio_node": sysfs.vfio_group_node(int(node)) if node is not None else None,
+        "numa_node": function.numa_node,
+        "sriov": function.sriov_role,
+    }
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    selector: Selector
+    records: list[dict[str, Any]]
+    host: Optional[HostSummary] = None
+
+    @property
+    def all_on_vfio(self) -> bool:
+        return all(is_vfio_driver(r["driver"]) for r in self.records)
+
+
+def status(node: Node, selector: Selector) -> StatusResult:
+    """Read-only view of the selected functions."""
+    from vfio_manager.host.summary import HostSummary
+
+    sysfs = node.sysfs()
+    topology = read_topology(sysfs)
+    records = [device_record(topology, f, sysfs) for f in selected_functions(topology, selector)]
+    return StatusResult(selector, records, HostSummary.read(sysfs))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    selector: Selector
+    preflight: Preflight
+    functions: int
+    host_root: str
+    release: str
+
+
+def check(
+    node: Node, selector: Selector, *, load_modules: bool = False, runner: Optional[Runner] = None
+) -> CheckResult:
+    """The host readiness checklist for the selected functions; loads modules only if asked."""
+    from vfio_manager.host import preflight
+    from vfio_manager.host.modalias import AliasTable
+
+    sysfs = node.sysfs()
+    topology = read_topology(sysfs)
+    functions = selected_functions(topology, selector)
+    host = node.host_files()
+    result = preflight.run(
+        sysfs,
+        host,
+        functions,
+        aliases=AliasTable.load(host) if functions else None,
+        driver_modules=topology.driver_modules,
+        selection=selector.describe(),
+        load=load_modules,
+        runner=runner,
+    )
+    return CheckResult(selector, result, len(functions), host.root, host.release)

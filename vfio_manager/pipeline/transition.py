@@ -1,0 +1,289 @@
+"""The one write pipeline: read once -> gate -> plan -> refusals -> apply -> report.
+
+``bind``, ``unbind``, ``bind-all``, ``unbind-all``, the daemon and the ``vfio-manage.sh``
+drop-in all come through :func:`run_transition`, and so does settling what a killed run
+left in the journal: its records are one more input to the plan
+(:mod:`vfio_manager.pipeline.settle`), not a write path of their own. So every write passes
+the same refusals (selection, in-use, host-critical), is shown by ``--dry-run``, is counted
+in the report, and decides the exit code.
+
+A real run holds the node lock from the first read to the last write, so the topology it
+plans from cannot change under it through another vfio-manager; its writes are made by a
+child that inherits the lock (:mod:`vfio_manager.safety.writer`), so a write stuck in the
+kernel keeps the node locked without keeping this process alive. A dry run takes no lock,
+reads the journal without changing it, and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Optional
+
+from vfio_manager.errors import ExitCode, VfioManagerError
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import Direction
+from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.model import PciFunction, Topology
+from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.log import get_logger
+from vfio_manager.pipeline.node import Node
+from vfio_manager.pipeline.plan import Plan
+from vfio_manager.pipeline.selection import Selector, named_functions, selected_functions
+
+if TYPE_CHECKING:
+    from vfio_manager.host.driver_choice import DriverResolver
+    from vfio_manager.host.files import HostFiles
+    from vfio_manager.host.modalias import AliasTable
+    from vfio_manager.host.modules import Runner
+    from vfio_manager.pipeline.engine import Report
+    from vfio_manager.safety.journal import Journal
+
+log = get_logger("vfio_manager.pipeline.transition")
+
+
+@dataclass(frozen=True)
+class TransitionRequest:
+    """What the caller asks for: which functions, which way, and how carefully."""
+
+    selector: Selector
+    direction: Direction
+    named: tuple[PciAddress, ...] = ()
+    dry_run: bool = False
+    with_group_peers: bool = False
+    load_modules: bool = True
+    force: bool = False
+    runner: Optional[Runner] = None  # modprobe runner; tests inject the fake kernel's
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    """The plan, the report of applying it (``None`` for a dry run or an empty plan), and
+    notes about the host (modules loaded) and the journal (records found)."""
+
+    request: TransitionRequest
+    plan: Plan
+    report: Optional[Report]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.report is not None:
+            return self.report.exit_code
+        refused = any(entry.refusal for entry in self.plan.entries)
+        return ExitCode.FAILED if refused else ExitCode.OK
+
+
+def run_transition(node: Node, request: TransitionRequest) -> TransitionResult:
+    """Plan and (unless ``dry_run``) apply; see the module docstring."""
+    if request.dry_run:
+        return _Run(node, request, node.sysfs(), _readonly_journal(node)).result()
+    with node.lock() as lock:
+        sysfs = node.sysfs(node.transport(lock))
+        return _Run(node, request, sysfs, node.journal()).result()
+
+
+def _readonly_journal(node: Node) -> Optional[Journal]:
+    journal = node.journal(readonly=True)
+    try:
+        journal.pending()
+    except VfioManagerError as err:  # e.g. not root: the dry run still shows the plan
+        log.info("journal unreadable in a dry run", step="journal", reason=err.message)
+        return None
+    return journal
+
+
+class _Run:
+    """One pass of the pipeline; each stage is a method, in the order they run."""
+
+    def __init__(
+        self, node: Node, request: TransitionRequest, sysfs: Sysfs, journal: Optional[Journal]
+    ) -> None:
+        self.node = node
+        self.request = request
+        self.sysfs = sysfs
+        self.journal = journal
+        self.notes: list[str] = []
+
+    def result(self) -> TransitionResult:
+        from vfio_manager.host.driver_choice import DriverResolver
+
+        topology = read_topology(self.sysfs)
+        targets = self._targets(topology)
+        host = self.node.host_files()
+        resolver = DriverResolver.load(topology, host)
+        if self.request.direction is Direction.TO_VFIO and targets:
+            loaded = self._gate(host, topology, targets, resolver.aliases)
+            if loaded and not self.request.dry_run:  # drivers and modules changed: read again
+                topology = read_topology(self.sysfs)
+                targets = self._targets(topology)
+                resolver = DriverResolver(topology, resolver.aliases)
+        plan = self._plan(topology, targets, resolver)
+        plan = self._refuse(plan)
+        if self.request.dry_run or not plan.entries:
+            return TransitionResult(self.request, plan, None, tuple(self.notes))
+        report = self._apply(plan)
+        return TransitionResult(self.request, plan, report, tuple(self.notes))
+
+    # -- stages -----------------------------------------------------------------------------
+    def _targets(self, topology: Topology) -> list[PciFunction]:
+        if self.request.named:
+            return named_functions(topology, self.request.selector, self.request.named)
+        return selected_functions(topology, self.request.selector)
+
+    def _gate(
+        self,
+        host: HostFiles,
+        topology: Topology,
+        targets: Sequence[PciFunction],
+        aliases: AliasTable,
+    ) -> tuple[str, ...]:
+        request = self.request
+        loaded = gate(
+            self.sysfs,
+            host,
+            topology,
+            targets,
+            aliases=aliases,
+            selection=request.selector.describe(),
+            load_modules=request.load_modules,
+            dry_run=request.dry_run,
+            runner=request.runner,
+        )
+        self.notes += [f"host: {note}" for note in loaded]
+        return loaded
+
+    def _plan(
+        self, topology: Topology, targets: list[PciFunction], resolver: DriverResolver
+    ) -> Plan:
+        from vfio_manager.host.driver_choice import DriverResolver
+        from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio
+        from vfio_manager.pipeline.settle import settle
+
+        request = self.request
+        pending = self.journal.pending() if self.journal is not None else []
+        settlement = settle(
+            pending,
+            topology,
+            selector=request.selector,
+            direction=request.direction,
+            targets={f.address for f in targets},
+        )
+        self.notes += [f"journal: {note}" for note in settlement.notes]
+        if self.journal is not None and not request.dry_run:
+            for bdf in settlement.moot:
+                self.journal.abort(bdf)
+        targets = targets + settlement.extra_targets
+        if request.direction is Direction.TO_VFIO:
+            plan = plan_to_vfio(
+                topology,
+                targets,
+                selector=request.selector,
+                named=request.named,
+                with_group_peers=request.with_group_peers,
+                vfio_driver_for=resolver.vfio_driver,
+            )
+        else:
+            native = DriverResolver(
+                topology, resolver.aliases, recorded_native=self._recorded_origins(targets)
+            )
+            plan = plan_to_host(topology, targets, native_driver_for=native.native_driver)
+        refused = {e.address for e in settlement.entries}
+        entries = [
+            replace(e, interrupted=settlement.interrupted.get(e.address))
+            for e in plan.entries
+            if e.address not in refused
+        ]
+        return Plan(plan.direction, (*entries, *settlement.entries))
+
+    def _recorded_origins(self, targets: Sequence[PciFunction]) -> dict[PciAddress, Optional[str]]:
+        """The driver each function had before it was first moved to vfio, where recorded."""
+        origins: dict[PciAddress, Optional[str]] = {}
+        if self.journal is None:
+            return origins
+        for function in targets:
+            entry = self.journal.original(
+                function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
+            )
+            if entry is not None:
+                origins[function.address] = entry.original_driver
+        return origins
+
+    def _refuse(self, plan: Plan) -> Plan:
+        from vfio_manager.pipeline.refusals import protect
+
+        return protect(plan, self.sysfs, proc_root=self.node.proc_root, force=self.request.force)
+
+    def _apply(self, plan: Plan) -> Report:
+        from vfio_manager.kernel.verbs import Kernel
+        from vfio_manager.pipeline.engine import Engine
+
+        engine = Engine(
+            Kernel(self.sysfs),
+            node_timeout=self.node.timeout,
+            write_timeout=self.node.timeout,
+            journal=self.journal,
+        )
+        report = engine.apply(plan)
+        return self._name_holders_of_stuck(report, plan)
+
+    def _name_holders_of_stuck(self, report: Report, plan: Plan) -> Report:
+        """A write that hangs is held by someone: one /proc scan names them in the report."""
+        stuck = {o.bdf for o in report.outcomes if o.stuck}
+        if not stuck:
+            return report
+        from vfio_manager.pipeline.refusals import find_holders
+        from vfio_manager.safety.holders import describe_holders
+
+        functions = [e.function for e in plan.entries if e.function.bdf in stuck]
+        found = find_holders(self.sysfs, self.node.proc_root, functions)
+        named = {str(address): describe_holders(h) for address, h in found.items() if h}
+        outcomes = tuple(
+            replace(o, reason=f"{o.reason}; held by {named[o.bdf]}") if o.bdf in named else o
+            for o in report.outcomes
+        )
+        return replace(report, outcomes=outcomes)
+
+
+def gate(
+    sysfs: Sysfs,
+    host: HostFiles,
+    topology: Topology,
+    targets: Sequence[PciFunction],
+    *,
+    aliases: Optional[AliasTable],
+    selection: str,
+    load_modules: bool,
+    dry_run: bool,
+    runner: Optional[Runner] = None,
+) -> tuple[str, ...]:
+    """The checks of ``check``, before any write; loads missing modules unless told not to.
+
+    Returns notes for the output (the modules loaded, or in a dry run those that would be);
+    raises :class:`~vfio_manager.host.preflight.PreflightFailed` (exit 3) when the host is
+    not ready. A dry run loads nothing and counts loadable modules as loaded when loading is
+    on.
+    """
+    from vfio_manager.host import preflight
+
+    result = preflight.run(
+        sysfs,
+        host,
+        targets,
+        aliases=aliases,
+        driver_modules=topology.driver_modules,
+        selection=selection,
+        load=load_modules and not dry_run,
+        runner=runner,
+    )
+    blocking = result.blocking(assume_loaded=dry_run and load_modules)
+    if blocking:
+        raise preflight.PreflightFailed(result, blocking)
+    if result.attempts:
+        return tuple(a.describe() for a in result.attempts)
+    if dry_run and load_modules and result.pending:
+        return (f"would load {', '.join(result.pending)} with modprobe first (dry run)",)
+    return ()
+
+
+__all__ = ["TransitionRequest", "TransitionResult", "gate", "run_transition"]
