@@ -183,7 +183,9 @@ def test_a_killed_bind_whose_finishing_probe_fails_goes_back_to_its_recorded_dri
     assert result.exit_code == 1
     assert state(kernel, npu) == HOST, result.stdout
     assert pending(kernel) == []
-    assert Journal(state_dir(kernel)).original(npu) is None
+    origin = Journal(state_dir(kernel)).original(npu)  # as found, and as it is again
+    assert origin is not None
+    assert (origin.original_driver, origin.original_override) == HOST
 
 
 def test_a_failed_roll_back_keeps_the_record_and_exits_1(kernel: FakeKernel) -> None:

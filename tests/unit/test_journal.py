@@ -87,7 +87,9 @@ def test_bind_records_transition_and_origin(journal: Journal, state: Path) -> No
     assert files(state) == [f"origin-{BDF}.json"]
 
 
-def test_return_to_host_drops_the_origin(journal: Journal, state: Path) -> None:
+def test_return_to_host_keeps_the_origin_until_it_is_forgotten(
+    journal: Journal, state: Path
+) -> None:
     journal.record_start(npu(), Direction.TO_VFIO)
     journal.complete(BDF)
     on_vfio = npu(driver="vfio-pci", override="vfio-pci")
@@ -97,6 +99,11 @@ def test_return_to_host_drops_the_origin(journal: Journal, state: Path) -> None:
     assert origin is not None
     assert origin.original_driver == "rebellions", "the origin survives the way back"
     journal.complete(BDF)
+    origin = journal.original(BDF)
+    assert origin is not None, "as found, and as it is again: the next run leaves it so"
+    assert origin.original_driver == "rebellions"
+    assert files(state) == [f"origin-{BDF}.json"]
+    journal.forget_origin(BDF)
     assert journal.original(BDF) is None
     assert files(state) == []
 
@@ -113,11 +120,14 @@ def test_second_bind_keeps_the_first_origin(journal: Journal) -> None:
         assert origin.original_driver == "nvme"
 
 
-def test_abort_of_a_bind_drops_the_origin_it_created(journal: Journal, state: Path) -> None:
-    journal.record_start(npu(), Direction.TO_VFIO)
+def test_abort_of_a_bind_keeps_the_origin_it_is_back_in(journal: Journal, state: Path) -> None:
+    journal.record_start(npu(driver=None, override="pci-stub"), Direction.TO_VFIO)
     journal.mark_step(BDF, "set-override")
     journal.abort(BDF)
-    assert files(state) == []
+    assert files(state) == [f"origin-{BDF}.json"]
+    origin = journal.original(BDF)
+    assert origin is not None
+    assert (origin.original_driver, origin.original_override) == (None, "pci-stub")
 
 
 def test_abort_of_a_return_keeps_the_origin(journal: Journal) -> None:

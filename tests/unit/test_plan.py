@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from vfio_manager.host.driver_choice import HostTarget
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import STAY_UNBOUND
 from vfio_manager.kernel.model import PciFunction, Topology
-from vfio_manager.pipeline.plan import Action, plan_to_host, plan_to_vfio
+from vfio_manager.pipeline.plan import Action, Step, plan_to_host, plan_to_vfio, restore_steps
 from vfio_manager.pipeline.selection import Selector
 
 NPU = {"vendor": 0x1EFF, "device": 0x1220, "pci_class": 0x120000}
@@ -201,7 +203,7 @@ def test_refused_member_refuses_its_group_mates() -> None:
 
 def test_unbind_clears_override_first_then_unbinds_probes_and_verifies_native() -> None:
     npu = fn("0000:03:00.0", group=9, driver="vfio-pci", override="vfio-pci")
-    plan = plan_to_host(topo(npu), [npu], native_driver_for=lambda _f: "rebellions")
+    plan = plan_to_host(topo(npu), [npu], host_target_for=lambda _f: HostTarget("rebellions"))
     assert [(s.action, s.driver) for s in plan.entries[0].steps] == [
         (Action.CLEAR_OVERRIDE, None),
         (Action.UNBIND, "vfio-pci"),
@@ -212,13 +214,13 @@ def test_unbind_clears_override_first_then_unbinds_probes_and_verifies_native() 
 
 def test_unbind_of_a_host_function_is_converged() -> None:
     npu = fn("0000:03:00.0", group=9, driver="rebellions")
-    plan = plan_to_host(topo(npu), [npu], native_driver_for=lambda _f: "rebellions")
+    plan = plan_to_host(topo(npu), [npu], host_target_for=lambda _f: HostTarget("rebellions"))
     assert plan.entries[0].converged
 
 
 def test_stale_override_on_driverless_function_is_repaired() -> None:
     npu = fn("0000:03:00.0", group=9, override="vfio-pci")
-    plan = plan_to_host(topo(npu), [npu], native_driver_for=lambda _f: "rebellions")
+    plan = plan_to_host(topo(npu), [npu], host_target_for=lambda _f: HostTarget("rebellions"))
     assert [s.action for s in plan.entries[0].steps] == [
         Action.CLEAR_OVERRIDE,
         Action.PROBE,
@@ -228,13 +230,72 @@ def test_stale_override_on_driverless_function_is_repaired() -> None:
 
 def test_driverless_function_with_no_known_native_driver_is_left_alone() -> None:
     npu = fn("0000:03:00.0", group=9)
-    assert plan_to_host(topo(npu), [npu], native_driver_for=lambda _f: None).entries[0].converged
+    plan = plan_to_host(topo(npu), [npu], host_target_for=lambda _f: HostTarget(None))
+    assert plan.entries[0].converged
 
 
 def test_driverless_function_with_loaded_native_driver_is_probed() -> None:
     npu = fn("0000:03:00.0", group=9)
-    plan = plan_to_host(topo(npu), [npu], native_driver_for=lambda _f: "rebellions")
+    plan = plan_to_host(topo(npu), [npu], host_target_for=lambda _f: HostTarget("rebellions"))
     assert [s.action for s in plan.entries[0].steps] == [Action.PROBE, Action.VERIFY_DRIVER]
+
+
+def host_plan(function: PciFunction, target: HostTarget) -> list[tuple[Action, Optional[str]]]:
+    plan = plan_to_host(topo(function), [function], host_target_for=lambda _f: target)
+    return [(s.action, s.driver) for s in plan.entries[0].steps]
+
+
+ON_VFIO = {"driver": "vfio-pci", "override": "vfio-pci"}
+
+
+def test_a_driver_the_probe_does_not_pick_is_named_in_the_override_for_the_probe() -> None:
+    npu = fn("0000:03:00.0", group=9, **ON_VFIO)
+    assert host_plan(npu, HostTarget("pci-stub", None, probe_picks=False)) == [
+        (Action.SET_OVERRIDE, "pci-stub"),
+        (Action.UNBIND, "vfio-pci"),
+        (Action.PROBE, None),
+        (Action.VERIFY_DRIVER, "pci-stub"),
+        (Action.CLEAR_OVERRIDE, None),
+    ]
+
+
+def test_an_override_naming_the_driver_needs_no_extra_write() -> None:
+    npu = fn("0000:03:00.0", group=9, **ON_VFIO)
+    for picks in (True, False):
+        assert host_plan(npu, HostTarget("pci-stub", "pci-stub", probe_picks=picks)) == [
+            (Action.SET_OVERRIDE, "pci-stub"),
+            (Action.UNBIND, "vfio-pci"),
+            (Action.PROBE, None),
+            (Action.VERIFY_DRIVER, "pci-stub"),
+        ]
+
+
+def test_found_unbound_with_an_override_gets_the_override_back_and_no_probe() -> None:
+    npu = fn("0000:03:00.0", group=9, **ON_VFIO)
+    assert host_plan(npu, HostTarget(STAY_UNBOUND, "pci-stub")) == [
+        (Action.SET_OVERRIDE, "pci-stub"),
+        (Action.UNBIND, "vfio-pci"),
+        (Action.VERIFY_DRIVER, STAY_UNBOUND),
+    ]
+
+
+def test_a_function_on_the_host_is_left_as_it_is_whatever_the_target() -> None:
+    for driver, override in (("pci-stub", None), (None, "pci-stub"), ("rebellions", "x")):
+        npu = fn("0000:03:00.0", group=9, driver=driver, override=override)
+        assert host_plan(npu, HostTarget("rebellions", None, probe_picks=False)) == []
+
+
+def test_restore_steps_pin_only_when_the_probe_is_not_trusted() -> None:
+    npu = fn("0000:03:00.0", group=9, driver=None, override="vfio-pci")
+    trusted = restore_steps(npu, "rebellions", None)
+    pinned = restore_steps(npu, "rebellions", None, probe_picks=False)
+    assert [s.action for s in trusted] == [
+        Action.CLEAR_OVERRIDE,
+        Action.PROBE,
+        Action.VERIFY_DRIVER,
+    ]
+    assert pinned[0] == Step(Action.SET_OVERRIDE, "rebellions")
+    assert pinned[-1] == Step(Action.CLEAR_OVERRIDE)
 
 
 def test_plan_json_is_serialisable_and_complete() -> None:

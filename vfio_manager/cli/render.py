@@ -81,7 +81,7 @@ def report_lines(report: Report) -> list[str]:
         detail = o.reason or ""
         if o.status is Status.FAILED and o.restored_to:
             detail += f" (restored to {o.restored_to})"
-        if o.remedy and o.status in (Status.FAILED, Status.REFUSED):
+        if o.remedy:  # failures and refusals; a changed one when the probe picked wrong
             detail += f"; remedy: {o.remedy}"
         if o.journal:
             detail = f"{detail}; journal: {o.journal}" if detail else f"journal: {o.journal}"
@@ -112,13 +112,17 @@ def status_text(result: StatusResult) -> list[str]:
     head = [result.host.line()] if result.host is not None else []
     if not result.records:
         return [*head, _nothing_selected(result.selector)]
-    return head + status_lines(result.records)
+    warnings: list[str] = []
+    for found in result.dynamic_ids:
+        warnings += [f"warning: {found.message}", f"    remedy: {found.remedy}"]
+    return head + status_lines(result.records) + warnings
 
 
 def status_json(result: StatusResult) -> list[str]:
     doc: dict[str, Any] = {"devices": result.records}
     if result.host is not None:
         doc["host"] = result.host.to_json()
+    doc["warnings"] = [found.to_json() for found in result.dynamic_ids]
     return [to_json(doc)]
 
 
@@ -145,12 +149,16 @@ def check_text(result: CheckResult, mark: Optional[Callable[[bool], str]] = None
     )
     failed = len(result.preflight.failed)
     if failed:
+        counted = sum(1 for c in result.preflight.checks if not c.advisory)  # not warnings
         tail = (
-            f"NOT READY: {failed} of {len(result.preflight.checks)} checks failed; "
+            f"NOT READY: {failed} of {counted} checks failed; "
             "bind and bind-all refuse until they pass"
         )
     else:
         tail = "READY: the selected functions can be given to VMs"
+        warned = len(result.preflight.warnings)
+        if warned:
+            tail += f" ({warned} warning(s), marked !)"
     return [head, *result.preflight.lines(mark), tail]
 
 

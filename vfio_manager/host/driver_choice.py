@@ -3,14 +3,17 @@
 The native driver is found like ``modprobe -R``: the function's modalias against the host's
 modules.alias, then the module mapped to the PCI driver it registered (``drivers/NAME/module``).
 A native module that is not loaded yields ``None``: the function may stay driverless, which is
-what the kernel itself would do.
+what the kernel itself would do. On the way back, the journal's origin of a function (the driver
+and override it was found with) comes first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Optional
 
+from vfio_manager.host.dynamic_ids import suspected_ids
 from vfio_manager.host.files import HostFiles
 from vfio_manager.host.modalias import AliasTable
 from vfio_manager.kernel.address import PciAddress
@@ -22,22 +25,41 @@ def _normalise(module: str) -> str:
     return module.replace("-", "_")
 
 
+@dataclass(frozen=True)
+class HostTarget:
+    """Where a function returns to on the host: its driver and its ``driver_override``.
+
+    ``driver`` ``None`` means whatever the kernel picks (no driver included);
+    :data:`STAY_UNBOUND` means no driver, as it had none before it was moved. ``probe_picks``
+    says whether ``drivers_probe`` with ``override`` is trusted to attach ``driver``: true for
+    the driver modules.alias names, unless a vfio driver is seen claiming the function's ID
+    through a dynamic ID. When it is false the plan names ``driver`` in the override for the
+    probe, and puts ``override`` back after it.
+    """
+
+    driver: Optional[str]
+    override: Optional[str] = None
+    probe_picks: bool = True
+
+
 class DriverResolver:
-    """Answers "vfio driver for F" and "native driver for F" from one topology and alias table."""
+    """Answers "vfio driver for F" and "where F returns on the host" from one topology,
+    the alias table and, for the way back, the journal's origins."""
 
     def __init__(
         self,
         topology: Topology,
         aliases: AliasTable,
         *,
-        recorded_native: Optional[Mapping[PciAddress, Optional[str]]] = None,
+        origins: Optional[Mapping[PciAddress, tuple[Optional[str], Optional[str]]]] = None,
     ) -> None:
         self.topology = topology
         self.aliases = aliases
-        self.recorded_native = recorded_native or {}
+        self.origins = origins or {}
         self._driver_by_module: dict[str, str] = {}
         for driver, module in topology.driver_modules.items():
             self._driver_by_module.setdefault(_normalise(module or driver), driver)
+        self._dynamic = suspected_ids(topology.functions.values())
 
     @classmethod
     def load(cls, topology: Topology, host: HostFiles) -> DriverResolver:
@@ -50,21 +72,33 @@ class DriverResolver:
     def native_module(self, function: PciFunction) -> Optional[str]:
         return self.aliases.native_module(function.modalias) if function.modalias else None
 
-    def native_driver(self, function: PciFunction) -> Optional[str]:
-        """The host driver the function belongs on.
-
-        The journal's record of the driver it had before its first move to vfio wins (none
-        recorded: :data:`STAY_UNBOUND`); else modules.alias; ``None`` means "whatever the
-        kernel picks", including no driver.
-        """
-        if function.address in self.recorded_native:
-            recorded = self.recorded_native[function.address]
-            if recorded is None:
-                return STAY_UNBOUND
-            if not is_vfio_driver(recorded) and recorded in self.topology.driver_modules:
-                return recorded
+    def alias_driver(self, function: PciFunction) -> Optional[str]:
+        """The registered driver modules.alias names for the function (``modprobe -R``)."""
         module = self.native_module(function)
         return self.driver_for_module(module) if module else None
+
+    def probe_picks(self, function: PciFunction, driver: Optional[str]) -> bool:
+        """Whether ``drivers_probe`` without an override is trusted to attach ``driver``."""
+        if (function.vendor, function.device) in self._dynamic:
+            return False  # a vfio driver claims the ID: it may come first
+        return driver is not None and driver == self.alias_driver(function)
+
+    def host_target(self, function: PciFunction) -> HostTarget:
+        """Where the function returns on the host.
+
+        Its origin in the journal wins (the driver and override it had when it was first
+        moved to vfio; no driver: :data:`STAY_UNBOUND`), as long as that driver is
+        registered; else the driver modules.alias names, with no override; ``None`` when
+        neither is known ("whatever the kernel picks", including no driver).
+        """
+        if function.address in self.origins:
+            driver, override = self.origins[function.address]
+            if driver is None:
+                return HostTarget(STAY_UNBOUND, override)
+            if not is_vfio_driver(driver) and driver in self.topology.driver_modules:
+                return HostTarget(driver, override, self.probe_picks(function, driver))
+        native = self.alias_driver(function)
+        return HostTarget(native, None, self.probe_picks(function, native))
 
     def vfio_driver(self, function: PciFunction) -> str:
         """The vfio driver to bind: generic vfio-pci unless a variant is registered for it."""

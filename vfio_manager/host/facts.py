@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from vfio_manager.host.dynamic_ids import DynamicId, configured_ids, dynamic_ids
 from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.drivers import VFIO_PCI
 from vfio_manager.kernel.sysfs import Sysfs
@@ -114,6 +115,8 @@ class HostFacts:
     functions: tuple[FunctionFacts, ...] = ()
     selection: str = "the selection"
     noiommu_groups: frozenset[int] = frozenset()  # groups vfio's no-IOMMU mode made up
+    dynamic_ids: tuple[DynamicId, ...] = ()  # selected functions vfio holds by a dynamic ID
+    vfio_ids_config: tuple[str, ...] = ()  # vfio-pci.ids= naming a selected function's ID
 
     @property
     def args(self) -> dict[str, list[str]]:
@@ -153,11 +156,14 @@ def gather(
     acpi: Optional[frozenset[str]] = None
     if sysfs.acpi_tables_visible():
         acpi = frozenset(t for t in ("DMAR", "IVRS") if sysfs.acpi_table_present(t))
+    modprobe_lines = host.modprobe_config()
     noiommu_options = tuple(
         f"{path}:{number}: {line}"
-        for path, number, line in host.modprobe_config()
+        for path, number, line in modprobe_lines
         if line.split()[:2] == ["options", "vfio"] and "enable_unsafe_noiommu_mode" in line
     )
+    selected_ids = {f"{f.vendor:04x}:{f.device:04x}" for f in functions}
+    vfio_ids_config = tuple(configured_ids(args, modprobe_lines, selected_ids))
     by_module: dict[str, str] = {}
     for driver, module in (driver_modules or {}).items():
         by_module.setdefault(normalise(module or driver), driver)
@@ -222,6 +228,8 @@ def gather(
         functions=tuple(facts),
         selection=selection,
         noiommu_groups=noiommu_groups,
+        dynamic_ids=tuple(dynamic_ids(functions)),
+        vfio_ids_config=vfio_ids_config,
     )
 
 

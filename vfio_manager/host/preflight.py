@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vfio_manager.errors import HostNotReadyError
+from vfio_manager.host.dynamic_ids import remove_id_remedy
 from vfio_manager.host.facts import MODULE_CONFIG, HostFacts, gather, last_flag
 from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.drivers import VFIO_PCI
@@ -83,12 +84,14 @@ class Check:
     remedy: Optional[str] = None
     evidence: tuple[str, ...] = ()
     load: tuple[str, ...] = ()
+    advisory: bool = False  # a failure is a warning: the host is ready, binding goes ahead
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "title": self.title,
             "ok": self.ok,
+            "advisory": self.advisory,
             "detail": self.detail,
             "remedy": None if self.ok else self.remedy,
             "evidence": list(self.evidence),
@@ -572,6 +575,42 @@ def check_vfio_driver(facts: HostFacts) -> Check:
     return Check("vfio-driver", title, True, detail, evidence=tuple(evidence))
 
 
+def check_dynamic_ids(facts: HostFacts) -> Check:
+    """A dynamic ID on vfio-pci for a selected function: binding works, but drivers_probe
+    may hand the function back to vfio-pci on its way to the host. A warning."""
+    title = "no dynamic ID on vfio-pci for the selected functions"
+    if not facts.functions:
+        detail = f"no PCI function matches {facts.selection}"
+        return Check("dynamic-ids", title, True, detail, advisory=True)
+    found = facts.dynamic_ids
+    if not found and not facts.vfio_ids_config:
+        detail = "none seen (no selected function is on vfio-pci without its override)"
+        return Check("dynamic-ids", title, True, detail, advisory=True)
+    remedies: list[str] = []
+    for ids in dict.fromkeys(
+        [(d.driver, d.vendor, d.device) for d in found]
+        + [
+            (VFIO_PCI, int(f.ids[:4], 16), int(f.ids[5:], 16))
+            for f in facts.functions
+            if any(f.ids in line for line in facts.vfio_ids_config)
+        ]
+    ):
+        remedies.append(remove_id_remedy(*ids))
+    remedy = "; ".join(remedies)
+    if facts.vfio_ids_config:
+        remedy += (
+            "; and remove vfio-pci.ids= from the kernel command line or modprobe.d (see the "
+            "evidence), or it comes back at the next boot"
+        )
+    detail = (
+        ", ".join(sorted({d.bdf for d in found})) + " held by a dynamic ID"
+        if found
+        else "vfio-pci.ids= names a selected function's ID"
+    )
+    evidence = tuple(d.message for d in found) + facts.vfio_ids_config
+    return Check("dynamic-ids", title, False, detail, remedy, evidence, advisory=True)
+
+
 def check_loading(facts: HostFacts, attempts: Sequence[LoadAttempt]) -> Check:
     title = "loading modules"
     evidence = tuple(" ".join(a.argv) or a.module for a in attempts)
@@ -600,6 +639,7 @@ def evaluate(facts: HostFacts, attempts: Sequence[LoadAttempt] = ()) -> list[Che
         check_vfio_pci_driver(facts),
         check_dev_vfio(facts),
         check_vfio_driver(facts),
+        check_dynamic_ids(facts),
     ]
     if attempts:
         checks.append(check_loading(facts, attempts))
@@ -634,11 +674,16 @@ class Preflight:
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return not self.failed
 
     @property
     def failed(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if not c.ok)
+        """Failures that make the host not ready (advisory checks only warn)."""
+        return tuple(c for c in self.checks if not c.ok and not c.advisory)
+
+    @property
+    def warnings(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.ok and c.advisory)
 
     def blocking(self, *, assume_loaded: bool = False) -> tuple[Check, ...]:
         """Failures left if the pending modules were loaded (``assume_loaded``) or as they are."""
@@ -662,7 +707,7 @@ def checklist_lines(
     mark = mark or default_mark
     lines: list[str] = []
     for c in checks:
-        lines.append(f"{mark(c.ok)} {c.title}: {c.detail}")
+        lines.append(f"{mark(c.ok) if c.ok or not c.advisory else '!'} {c.title}: {c.detail}")
         if evidence and c.evidence:
             lines.append(f"    evidence: {'; '.join(c.evidence)}")
         if not c.ok and c.remedy:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
+from vfio_manager.host.dynamic_ids import remove_id_remedy
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
 from vfio_manager.kernel.verbs import Kernel
@@ -151,6 +152,8 @@ class Engine:
         self.journal = journal
         self.clock = clock
         self.sleep = sleep
+        # functions drivers_probe gave to another driver than the plan's (taken off again)
+        self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
 
     # -- public ---------------------------------------------------------------------------
     def apply(self, plan: Plan) -> Report:
@@ -286,32 +289,59 @@ class Engine:
         elif step.action is Action.VERIFY_DRIVER:
             self._verify(address, driver, deadline_at)
 
+    def _take_off(
+        self, address: PciAddress, picked: str, expected: Optional[str], deadline_at: float
+    ) -> None:
+        """drivers_probe attached ``picked``, not ``expected``: unbind it (it got the function
+        a moment ago, nobody holds it) and remember why, for the report."""
+        self._bounded(
+            address,
+            Action.UNBIND.value,
+            f"unbind {address} from {picked} (drivers_probe's choice)",
+            lambda: self.kernel.unbind(address, picked),
+            deadline_at,
+        )
+        self._probe_picked[address] = (picked, expected)
+        log.warning(
+            "drivers_probe picked another driver",
+            bdf=str(address),
+            step=Action.VERIFY_DRIVER.value,
+            driver=picked,
+            expected=expected,
+        )
+
+    def _bind_once(self, address: PciAddress, driver: str, deadline_at: float, step: str) -> None:
+        """One explicit bind, no retry: its errno is the diagnosis, not a transient state."""
+        run_with_deadline(
+            lambda: self.kernel.bind(address, driver),
+            timeout=max(0.0, deadline_at - self.clock()),
+            what=f"bind {address} to {driver}",
+            bdf=str(address),
+            step=step,
+        )
+
     def _verify(self, address: PciAddress, expected: Optional[str], deadline_at: float) -> None:
-        """Read the driver link back; when the expected driver is absent, ask it for its errno."""
+        """Read the driver link back. When drivers_probe attached another driver (a dynamic
+        ID, or a driver registered first), take it off; when the expected driver is absent,
+        bind it explicitly, which also gives its errno when it refuses."""
         current = self.kernel.driver_of(address)
         if expected == STAY_UNBOUND:
             if current is not None:
                 raise TransitionError(f"{address} is on {current}; it was expected to stay unbound")
             return
         if expected is None:
-            if is_vfio_driver(current):
-                raise TransitionError(f"{address} is still on {current}")
+            if is_vfio_driver(current) and current is not None:
+                # no host driver is known: driverless is where the kernel would leave it
+                self._take_off(address, current, None, deadline_at)
             return
         if current == expected:
             return
         if current is not None:
-            raise TransitionError(f"{address} bound to {current} instead of {expected}")
+            self._take_off(address, current, expected, deadline_at)
         if not self.kernel.exists(address):
             raise TransitionError(f"{address} disappeared", errno=errno_mod.ENODEV)
         try:
-            # one attempt, no retry: its errno is the diagnosis, not a transient state
-            run_with_deadline(
-                lambda: self.kernel.bind(address, expected),
-                timeout=max(0.0, deadline_at - self.clock()),
-                what=f"bind {address} to {expected}",
-                bdf=str(address),
-                step=Action.VERIFY_DRIVER.value,
-            )
+            self._bind_once(address, expected, deadline_at, Action.VERIFY_DRIVER.value)
         except SysfsWriteError as err:
             hint = _BIND_ERRNO_HINTS.get(err.errno or 0, "see dmesg")
             raise TransitionError(
@@ -361,7 +391,28 @@ class Engine:
             driver=driver,
             writes=writes,
         )
-        return self._settled(entry, Outcome(entry.function.bdf, status, driver, writes=writes))
+        reason, remedy = self._probe_note(entry)
+        outcome = Outcome(entry.function.bdf, status, driver, reason, remedy, writes=writes)
+        return self._settled(entry, outcome)
+
+    def _probe_note(self, entry: FunctionPlan) -> tuple[Optional[str], Optional[str]]:
+        """What the report says when drivers_probe picked another driver on the way."""
+        picked = self._probe_picked.pop(entry.address, None)
+        if picked is None:
+            return None, None
+        driver, expected = picked
+        function = entry.function
+        ids = f"{function.vendor:04x}:{function.device:04x}"
+        why = (
+            f"{driver} has a dynamic ID for {ids} (new_id or {driver}.ids=)"
+            if is_vfio_driver(driver)
+            else f"{driver} claims {ids} (a dynamic ID, or it was registered first)"
+        )
+        then = f"bound {expected} explicitly" if expected else "left it unbound"
+        return (
+            f"drivers_probe picked {driver}: {why}; took it off and {then}",
+            remove_id_remedy(driver, function.vendor, function.device),
+        )
 
     def _wait_for_nodes(
         self, waiting: dict[PciAddress, tuple[FunctionPlan, int, int]]
@@ -405,6 +456,7 @@ class Engine:
 
     def _fail(self, entry: FunctionPlan, err: VfioManagerError, writes: int) -> Outcome:
         bdf = entry.function.bdf
+        self._probe_picked.pop(entry.address, None)
         log.error("transition", bdf=bdf, step=err.step, outcome="failed", reason=err.message)
         if not self.kernel.exists(entry.address):
             return Outcome(
@@ -472,19 +524,43 @@ class Engine:
             stuck=True,
         )
 
-    def _probe_then_bind(
-        self, address: PciAddress, driver: str, bounded: Callable[[str, Callable[[], object]], None]
+    def _reattach(
+        self,
+        address: PciAddress,
+        driver: str,
+        override: Optional[str],
+        bounded: Callable[[str, Callable[[], object]], None],
+        deadline_at: float,
     ) -> None:
-        """Reattach ``driver``: drivers_probe first; when that fails or attaches nothing, an
-        explicit bind (its error is the one reported)."""
+        """Reattach ``driver`` whatever drivers_probe picks: the probe first; another driver
+        it attached is taken off; then an explicit bind, and when ``driver`` does not match
+        the function by ID (ENODEV: pci-stub without a dynamic ID), once more with the
+        override naming it, put back to ``override`` after (its error is the one reported)."""
+        kernel = self.kernel
         try:
-            bounded("probe", lambda: self.kernel.probe(address))
+            bounded("probe", lambda: kernel.probe(address))
         except SysfsWriteError as err:
             log.warning(
                 "restore", bdf=str(address), step="probe", outcome="failed", reason=err.message
             )
-        if self.kernel.driver_of(address) is None:
-            bounded("bind", lambda: self.kernel.bind(address, driver))
+        picked = kernel.driver_of(address)
+        if picked == driver:
+            return
+        if picked is not None:
+            bounded("unbind", lambda: kernel.unbind(address, picked))
+        try:
+            self._bind_once(address, driver, deadline_at, "bind")
+        except SysfsWriteError as err:
+            if err.errno != errno_mod.ENODEV or override == driver or not kernel.exists(address):
+                raise
+            bounded("set-override", lambda: kernel.set_override(address, driver))
+            try:
+                self._bind_once(address, driver, deadline_at, "bind")
+            finally:
+                if override is None:
+                    bounded("clear-override", lambda: kernel.clear_override(address))
+                else:
+                    bounded("set-override", lambda: kernel.set_override(address, override))
 
     def _restore(
         self, address: PciAddress, *, start_driver: Optional[str], start_override: Optional[str]
@@ -512,7 +588,7 @@ class Engine:
                 if current is not None:
                     bounded("unbind", lambda: kernel.unbind(address, current))
                 if start_driver is not None:
-                    self._probe_then_bind(address, start_driver, bounded)
+                    self._reattach(address, start_driver, start_override, bounded, deadline_at)
         except VfioManagerError as err:
             now = kernel.driver_of(address)
             return (

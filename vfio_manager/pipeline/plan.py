@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from vfio_manager.host.driver_choice import HostTarget
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, Direction, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
@@ -103,6 +104,7 @@ class FunctionPlan:
     remedy: Optional[str] = None
     target_driver: Optional[str] = None
     interrupted: Optional[Interrupted] = None
+    target_override: Optional[str] = None
 
     @property
     def start_state(self) -> tuple[Optional[str], Optional[str]]:
@@ -130,6 +132,7 @@ class FunctionPlan:
             "driver": self.function.driver,
             "driver_override": self.function.driver_override,
             "target_driver": self.target_driver,
+            "target_override": self.target_override,
             "converged": self.converged,
             "refused": self.refusal,
             "remedy": self.remedy,
@@ -246,6 +249,7 @@ def plan_to_vfio(
                     function, vfio_driver, topology.vfio_node(function) is not None
                 ),
                 target_driver=vfio_driver,
+                target_override=vfio_driver,
             )
         )
     return Plan(Direction.TO_VFIO, tuple(refuse_group_mates(entries, refused)))
@@ -279,68 +283,116 @@ def refuse_group_mates(entries: list[FunctionPlan], refused: set[PciAddress]) ->
     return result
 
 
-def _to_host_steps(function: PciFunction, native: Optional[str]) -> tuple[Step, ...]:
-    """Clear the override first, so the probe after the unbind finds the native driver."""
-    steps: list[Step] = []
-    if function.driver_override is not None and (
-        is_vfio_driver(function.driver_override) or is_vfio_driver(function.driver)
-    ):
-        steps.append(Step(Action.CLEAR_OVERRIDE))
+def _override_step(override: Optional[str]) -> Step:
+    return Step(Action.CLEAR_OVERRIDE) if override is None else Step(Action.SET_OVERRIDE, override)
+
+
+def host_steps(
+    function: PciFunction,
+    driver: Optional[str],
+    override: Optional[str],
+    *,
+    probe_picks: bool = True,
+) -> tuple[Step, ...]:
+    """Steps from the function's state to ``driver`` (``None``: whatever the probe picks
+    instead of a vfio driver; :data:`STAY_UNBOUND`: none) and ``override`` on the host.
+
+    The override goes first, so the probe after the unbind finds the driver it allows. When
+    the probe is not trusted to pick ``driver`` (``probe_picks`` false: it is not the driver
+    modules.alias names, such as pci-stub, or a vfio driver has a dynamic ID for the
+    function), the override names ``driver`` for the probe and is set to ``override`` after
+    it: the one sequence that does not depend on ID tables and dynamic IDs nobody can read.
+    """
     on_vfio = is_vfio_driver(function.driver)
-    if on_vfio:
+    if driver is None:
+        attach = detach = on_vfio
+    elif driver == STAY_UNBOUND:
+        attach, detach = False, function.driver is not None
+    else:
+        attach = function.driver != driver
+        detach = attach and function.driver is not None
+    pin = attach and driver is not None and override != driver and not probe_picks
+    during = driver if pin else override
+    steps: list[Step] = []
+    if function.driver_override != during:
+        steps.append(_override_step(during))
+    if detach:
         steps.append(Step(Action.UNBIND, function.driver))
-    if native == STAY_UNBOUND:
-        if on_vfio:
+    if driver == STAY_UNBOUND:
+        if detach:
             steps.append(Step(Action.VERIFY_DRIVER, STAY_UNBOUND))
-    elif on_vfio or (function.driver is None and (native is not None or steps)):
-        steps += [Step(Action.PROBE), Step(Action.VERIFY_DRIVER, native)]
+    elif attach:
+        steps += [Step(Action.PROBE), Step(Action.VERIFY_DRIVER, driver)]
+    if pin:
+        steps.append(_override_step(override))
     return tuple(steps)
+
+
+def in_vfio_mode(function: PciFunction) -> bool:
+    """On a vfio driver, or pinned to one by its override (bound or not)."""
+    return is_vfio_driver(function.driver) or is_vfio_driver(function.driver_override)
+
+
+def _to_host_steps(function: PciFunction, target: HostTarget) -> tuple[Step, ...]:
+    """A function in vfio mode goes to its target; one on the host is left alone, except a
+    driverless one without override whose driver is known (left so by an earlier tool)."""
+    driver = target.driver
+    if not in_vfio_mode(function) and not (
+        function.driver is None
+        and function.driver_override is None
+        and driver not in (None, STAY_UNBOUND)
+    ):
+        return ()
+    return host_steps(function, driver, target.override, probe_picks=target.probe_picks)
 
 
 def restore_steps(
-    function: PciFunction, driver: Optional[str], override: Optional[str]
+    function: PciFunction,
+    driver: Optional[str],
+    override: Optional[str],
+    *,
+    probe_picks: bool = True,
 ) -> tuple[Step, ...]:
     """Steps that put ``function`` back to a recorded (driver, override), such as the state
-    before an interrupted run: the override first, so the probe finds the recorded driver."""
+    before an interrupted run (``driver`` ``None``: it had none)."""
     if is_vfio_driver(driver):
         return _to_vfio_steps(function, driver or VFIO_PCI, has_node=True)
-    steps: list[Step] = []
-    if function.driver_override != override:
-        steps.append(
-            Step(Action.CLEAR_OVERRIDE) if override is None else Step(Action.SET_OVERRIDE, override)
-        )
-    if function.driver != driver:
-        if function.driver is not None:
-            steps.append(Step(Action.UNBIND, function.driver))
-        if driver is None:
-            steps.append(Step(Action.VERIFY_DRIVER, STAY_UNBOUND))
-        else:
-            steps += [Step(Action.PROBE), Step(Action.VERIFY_DRIVER, driver)]
-    return tuple(steps)
+    return host_steps(
+        function, STAY_UNBOUND if driver is None else driver, override, probe_picks=probe_picks
+    )
 
 
 def plan_to_host(
     topology: Topology,
     targets: Iterable[PciFunction],
     *,
-    native_driver_for: Callable[[PciFunction], Optional[str]],
+    host_target_for: Callable[[PciFunction], HostTarget],
+    settling: Collection[PciAddress] = (),
 ) -> Plan:
-    """Plan returning ``targets`` to their host driver (``None``: whatever the kernel picks;
-    :data:`STAY_UNBOUND`: no driver, as the function had none before it was moved).
+    """Plan returning ``targets`` to the host state each was found in (see
+    :class:`~vfio_manager.host.driver_choice.HostTarget`).
 
     A function left driverless by an earlier tool is probed again when its native driver is
     known and registered; one whose native module is absent stays driverless, which is success.
+    A function in ``settling`` (an interrupted transition of it is settled by this entry) goes
+    to its target from wherever the interrupted run left it.
     """
     del topology  # the reverse move has no group constraint
     entries = []
     for function in targets:
-        native = native_driver_for(function)
+        target = host_target_for(function)
+        steps = (
+            host_steps(function, target.driver, target.override, probe_picks=target.probe_picks)
+            if function.address in settling
+            else _to_host_steps(function, target)
+        )
         entries.append(
             FunctionPlan(
                 function,
                 Direction.TO_HOST,
-                steps=_to_host_steps(function, native),
-                target_driver=native,
+                steps=steps,
+                target_driver=target.driver,
+                target_override=target.override,
             )
         )
     return Plan(Direction.TO_HOST, tuple(entries))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
+from vfio_manager.host.dynamic_ids import DynamicId, dynamic_ids
 from vfio_manager.kernel.drivers import is_vfio_driver
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
@@ -48,6 +49,7 @@ class StatusResult:
     selector: Selector
     records: list[dict[str, Any]]
     host: Optional[HostSummary] = None
+    dynamic_ids: tuple[DynamicId, ...] = ()  # selected functions a vfio driver holds by ID
 
     @property
     def all_on_vfio(self) -> bool:
@@ -60,8 +62,9 @@ def status(node: Node, selector: Selector) -> StatusResult:
 
     sysfs = node.sysfs()
     topology = read_topology(sysfs)
-    records = [device_record(topology, f, sysfs) for f in selected_functions(topology, selector)]
-    return StatusResult(selector, records, HostSummary.read(sysfs))
+    functions = selected_functions(topology, selector)
+    records = [device_record(topology, f, sysfs) for f in functions]
+    return StatusResult(selector, records, HostSummary.read(sysfs), tuple(dynamic_ids(functions)))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ The policy, per record (checked against the live function first):
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -77,8 +77,13 @@ def settle(
     selector: Selector,
     direction: Direction,
     targets: Collection[PciAddress],
+    probe_picks: Callable[[PciFunction, Optional[str]], bool] = lambda _f, _d: True,
 ) -> Settlement:
-    """Turn the pending journal records into plan input; see the module docstring."""
+    """Turn the pending journal records into plan input; see the module docstring.
+
+    ``probe_picks(function, driver)`` says whether ``drivers_probe`` is trusted to attach
+    the recorded driver of a roll-back (see :func:`~vfio_manager.pipeline.plan.host_steps`).
+    """
     result = Settlement()
     for entry in pending:
         if entry.corrupt or entry.bdf is None or entry.direction is None:
@@ -134,8 +139,14 @@ def settle(
             FunctionPlan(
                 function,
                 Direction.TO_HOST if entry.direction is Direction.TO_VFIO else Direction.TO_VFIO,
-                steps=restore_steps(function, entry.original_driver, entry.original_override),
+                steps=restore_steps(
+                    function,
+                    entry.original_driver,
+                    entry.original_override,
+                    probe_picks=probe_picks(function, entry.original_driver),
+                ),
                 target_driver=entry.original_driver,
+                target_override=entry.original_override,
                 interrupted=interrupted,
             )
         )

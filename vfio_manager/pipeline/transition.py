@@ -16,7 +16,7 @@ reads the journal without changing it, and writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional
 
@@ -168,6 +168,7 @@ class _Run:
             selector=request.selector,
             direction=request.direction,
             targets={f.address for f in targets},
+            probe_picks=resolver.probe_picks,
         )
         self.notes += [f"journal: {note}" for note in settlement.notes]
         if self.journal is not None and not request.dry_run:
@@ -184,10 +185,13 @@ class _Run:
                 vfio_driver_for=resolver.vfio_driver,
             )
         else:
-            native = DriverResolver(
-                topology, resolver.aliases, recorded_native=self._recorded_origins(targets)
+            settling = frozenset(settlement.interrupted)
+            host = DriverResolver(
+                topology, resolver.aliases, origins=self._origins(targets, settling)
             )
-            plan = plan_to_host(topology, targets, native_driver_for=native.native_driver)
+            plan = plan_to_host(
+                topology, targets, host_target_for=host.host_target, settling=settling
+            )
         refused = {e.address for e in settlement.entries}
         entries = [
             replace(e, interrupted=settlement.interrupted.get(e.address))
@@ -196,17 +200,43 @@ class _Run:
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
 
-    def _recorded_origins(self, targets: Sequence[PciFunction]) -> dict[PciAddress, Optional[str]]:
-        """The driver each function had before it was first moved to vfio, where recorded."""
-        origins: dict[PciAddress, Optional[str]] = {}
+    def _origins(
+        self, targets: Sequence[PciFunction], settling: Collection[PciAddress]
+    ) -> dict[PciAddress, tuple[Optional[str], Optional[str]]]:
+        """The host state (driver, override) each function was found in before it was first
+        moved to vfio, where the journal has it and it still means something.
+
+        An origin outlives the return to the host: "as found" holds for as long as the
+        function stays so (a function found unbound is not probed by the next run). A
+        function seen on the host in another state was changed by someone else since: its
+        origin is over and is dropped (a dry run only ignores it), unless this run settles an
+        interrupted transition of it, which may have stopped anywhere on the way.
+        """
+        from vfio_manager.pipeline.plan import in_vfio_mode
+
+        origins: dict[PciAddress, tuple[Optional[str], Optional[str]]] = {}
         if self.journal is None:
             return origins
         for function in targets:
             entry = self.journal.original(
                 function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
             )
-            if entry is not None:
-                origins[function.address] = entry.original_driver
+            if entry is None:
+                continue
+            found = (entry.original_driver, entry.original_override)
+            now = (function.driver, function.driver_override)
+            if function.address not in settling and not in_vfio_mode(function) and now != found:
+                log.info(
+                    "journal: origin is over, the function was changed on the host",
+                    bdf=function.bdf,
+                    step="journal",
+                    recorded=list(found),
+                    now=list(now),
+                )
+                if not self.request.dry_run:
+                    self.journal.forget_origin(function.bdf)
+                continue
+            origins[function.address] = found
         return origins
 
     def _refuse(self, plan: Plan) -> Plan:

@@ -9,9 +9,13 @@ Two kinds of record live in the state directory (see :mod:`vfio_manager.safety.l
     :meth:`Journal.pending` returns them so the next run can finish or roll back.
 
 ``origin-BDF.json`` (an *origin*)
-    the driver and override a function had before it was first moved to vfio. It stays
-    while the function is in vfio mode, across any number of runs, so returning to the host
-    restores exactly that driver; it is removed once the function is back on the host.
+    the driver and override a function had before it was first moved to vfio ("as found").
+    It stays while the function is in vfio mode, across any number of runs, so returning to
+    the host restores exactly that driver and override; and it stays after the return, while
+    the function is in that state, so the next run leaves it so. It is dropped
+    (:meth:`Journal.forget_origin`) when a run sees the function on the host in another
+    state: someone else changed it, and "as found" is over. A reboot clears it with the rest
+    of /run, as it resets the functions to what the kernel and the boot configuration pick.
 
 Why one file per function rather than one file for all: the engine moves functions one at a
 time, and each step rewrites only that function's record (a small write, instead of
@@ -71,12 +75,12 @@ class JournalError(VfioManagerError):
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One record: a transition in flight, or the origin of a function in vfio mode.
+    """One record: a transition in flight, or the origin of a function (how it was found).
 
     ``original_driver``/``original_override`` are the function's state before the first
     write (``None``: no driver / override unset). ``steps_done`` are the step names the
-    engine marked, in order. ``origin_created`` tells :meth:`Journal.abort` whether this
-    transition also wrote the origin record (and so must drop it when rolled back).
+    engine marked, in order. ``origin_created`` says whether this transition also wrote the
+    origin record (informational: a rollback keeps the origin, see :meth:`Journal.abort`).
 
     A record that could not be read has ``problem`` (why) and ``quarantined_as`` (where the
     bad file went) set, and only ``bdf`` (``None`` if even the name was unusable) besides.
@@ -259,21 +263,23 @@ class Journal:
         return updated
 
     def complete(self, bdf: str) -> None:
-        """The function reached its target: drop the transition, and the origin if on host now."""
-        entry = self._read(TRANSITION, bdf)
-        if entry is not None and entry.direction is Direction.TO_HOST:
-            self._remove(ORIGIN, bdf)
+        """The function reached its target: drop the transition.
+
+        The origin stays, also after a return to the host: it then says how the function was
+        found and is again, so the next run leaves it so (a function found unbound is not
+        probed onto its native driver). :meth:`forget_origin` drops it once the function is
+        seen in another host state.
+        """
         self._remove(TRANSITION, bdf)
 
     def abort(self, bdf: str) -> None:
-        """The function is back in its start state: drop the transition (and its new origin).
+        """The function is back in its start state: drop the transition.
 
-        Call only after a successful rollback: a function left in neither state keeps its
-        record, so the next run sees it in :meth:`pending`.
+        The origin stays: a function rolled back from a bind is in the host state its origin
+        records, one rolled back from a return is in vfio mode again. Call only after a
+        successful rollback: a function left in neither state keeps its record, so the next
+        run sees it in :meth:`pending`.
         """
-        entry = self._read(TRANSITION, bdf)
-        if entry is not None and entry.origin_created:
-            self._remove(ORIGIN, bdf)
         self._remove(TRANSITION, bdf)
 
     def pending(self) -> list[JournalEntry]:
@@ -336,6 +342,10 @@ class Journal:
             self._remove(ORIGIN, bdf)
             return None
         return entry
+
+    def forget_origin(self, bdf: str) -> None:
+        """Drop the origin of a function someone else has changed since (it is over)."""
+        self._remove(ORIGIN, bdf)
 
     # -- files ---------------------------------------------------------------------------
     @contextlib.contextmanager
