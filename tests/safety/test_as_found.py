@@ -11,6 +11,7 @@ unbound was probed onto its native driver by the second `unbind-all`), an origin
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -218,3 +219,21 @@ def test_the_origin_record_outlives_the_return_and_a_dry_run_changes_nothing(
     assert os.path.exists(origin)  # a dry run reads the journal, never changes it
     assert invoke(kernel, "unbind-all").exit_code == 0
     assert not os.path.exists(origin)
+
+
+# -- item 6: hot-removed while the run waits for /dev/vfio/N ----------------------------------
+def test_a_function_removed_during_the_wait_is_reported_removed_at_once(
+    kernel: FakeKernel,
+) -> None:
+    first, second = npu_node(kernel, count=2)
+    # unplugged after its own writes, before the shared wait: its node goes with it
+    kernel.remove_function_on_write(dev(second, "driver_override"), first)
+    started = time.monotonic()
+    result = invoke(kernel, "--timeout", "20", "bind-all", "--json")
+    took = time.monotonic() - started
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert result.exit_code == 1
+    assert "removed" in report[first]["reason"], report[first]
+    assert "did not appear" not in report[first]["reason"]
+    assert report[first]["step"] == "wait-vfio-node"
+    assert took < 10, f"waited {took:.1f}s for a function that was gone"

@@ -417,13 +417,17 @@ class Engine:
     def _wait_for_nodes(
         self, waiting: dict[PciAddress, tuple[FunctionPlan, int, int]]
     ) -> dict[PciAddress, Outcome]:
-        """Wait for every /dev/vfio/N at once, under a single deadline."""
+        """Wait for every /dev/vfio/N at once, under a single deadline; a function that is
+        gone (hot-unplug, surprise removal) is reported as such at once, not waited for."""
         results: dict[PciAddress, Outcome] = {}
         deadline = self.clock() + self.node_timeout
         while waiting:
             for address, (entry, group, writes) in list(waiting.items()):
                 if self.kernel.sysfs.vfio_node_exists(group):
                     results[address] = self._done(entry, writes)
+                    del waiting[address]
+                elif not self.kernel.exists(address):
+                    results[address] = self._removed_while_waiting(entry, group, writes)
                     del waiting[address]
             if not waiting or self.clock() >= deadline:
                 break
@@ -453,6 +457,31 @@ class Engine:
                 journal=_kept(entry),
             )
         return results
+
+    def _removed_while_waiting(self, entry: FunctionPlan, group: int, writes: int) -> Outcome:
+        """The function left the bus after its writes, before its /dev/vfio node appeared."""
+        self._probe_picked.pop(entry.address, None)
+        node = self.kernel.sysfs.vfio_group_node(group)
+        reason = f"{entry.function.bdf} was removed (hot-unplug) while waiting for {node}"
+        log.error(
+            "transition",
+            bdf=entry.function.bdf,
+            step=Action.WAIT_VFIO_NODE.value,
+            outcome="failed",
+            reason=reason,
+        )
+        return Outcome(
+            entry.function.bdf,
+            Status.FAILED,
+            None,
+            reason,
+            "check `dmesg` for a hot-unplug or a surprise removal; after a rescan, run the "
+            "command again",
+            step=Action.WAIT_VFIO_NODE.value,
+            errno=errno_mod.ENODEV,
+            writes=writes,
+            journal=_kept(entry),
+        )
 
     def _fail(self, entry: FunctionPlan, err: VfioManagerError, writes: int) -> Outcome:
         bdf = entry.function.bdf
