@@ -254,6 +254,25 @@ def restore(baseline: dict[str, Optional[str]]) -> list[str]:
     return fixed
 
 
+def write(path: str, data: str) -> None:
+    """A harness write (an admin's, or a replaced script's) to set up a state for a test."""
+    _write(path, data)
+
+
+def cli_process(state_dir: str, *argv: str, timeout: float = 120) -> Any:
+    """``python -m vfio_manager --state-dir STATE ARGV`` as a separate process, with its
+    default writer (a child process); returns the ``subprocess.CompletedProcess``."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "vfio_manager", "--state-dir", state_dir, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def move_to_vfio(bdf: str) -> None:
     """Harness-side bind to vfio-pci (the careful order), to set up a state for a test."""
     _write(f"{PCI}/{bdf}/driver_override", "vfio-pci")
@@ -322,6 +341,13 @@ def load_vfio() -> None:
 
     subprocess.run(["modprobe", "-a", *VFIO_MODULES], check=True)
     assert vfio_loaded(), "vfio-pci did not register"
+
+
+def modprobe(*argv: str) -> None:
+    """The guest's modprobe (``-r`` to remove); fails the test if it fails."""
+    import subprocess
+
+    subprocess.run(["modprobe", *argv], check=True)
 
 
 def unload_vfio() -> None:
