@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vfio_manager.host.files import HostFiles
+from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT
 from vfio_manager.kernel.sysfs import DEFAULT_DEV_ROOT, DEFAULT_SYSFS_ROOT, Sysfs, direct_write
 from vfio_manager.safety.deadline import DEFAULT_WRITE_TIMEOUT
 from vfio_manager.safety.journal import Journal
 from vfio_manager.safety.lock import (
     DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_PROC_ROOT,
     DEFAULT_STATE_DIR,
     NodeLock,
 )

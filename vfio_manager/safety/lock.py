@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Optional
 
 from vfio_manager.errors import VfioManagerError
+from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
 from vfio_manager.log import get_logger
 from vfio_manager.safety.deadline import pending_writes, when_writes_return
 from vfio_manager.safety.writer import ChildWriter
@@ -48,7 +49,6 @@ log = get_logger("vfio_manager.safety.lock")
 DEFAULT_STATE_DIR = "/run/vfio-manager"
 DEFAULT_LOCK_TIMEOUT = 60.0
 LOCK_FILE_NAME = "lock"
-DEFAULT_PROC_ROOT = "/proc"
 _POLL_INTERVAL = 0.1
 _HOLDER_READ_LIMIT = 4096
 
@@ -191,7 +191,7 @@ def _parse_holder(data: bytes, proc_root: str) -> Optional[LockHolder]:
         return None
     pid = int(first)
     command = lines[1].strip() if len(lines) > 1 else ""
-    proc_dir = os.path.join(proc_root, str(pid))
+    proc_dir = Procfs(proc_root).pid_path(pid)
     running = os.path.isdir(proc_dir)
     state: Optional[str] = None
     if running:
