@@ -216,3 +216,27 @@ class NodeView:
         if self.error is not None:
             doc["error"] = self.error
         return doc
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """One finished reconcile, as the loop hands it to the metrics and the log.
+
+    ``outcome`` is ``None`` when the reconciler raised (``error`` says what). ``succeeded``:
+    it ran to the end and no function failed (held or pending functions are not failures).
+    """
+
+    full: bool
+    duration: float
+    finished_at: float
+    view: NodeView
+    outcome: Optional[ReconcileOutcome] = None
+    error: Optional[str] = None
+
+    @property
+    def succeeded(self) -> bool:
+        return (
+            self.error is None
+            and self.outcome is not None
+            and all(s.state is not State.FAILED for s in self.outcome.functions)
+        )
