@@ -4,31 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from vfio_manager.daemon.notify import Notifier, socket_address, watchdog_interval
-
-
-class Listener:
-    """A systemd stand-in: a bound datagram socket; ``messages()`` waits at most 5 s."""
-
-    def __init__(self, address: str) -> None:
-        self.env_value = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        bound = socket_address(address)
-        assert bound is not None
-        self.sock.bind(bound)
-        self.sock.settimeout(5)
-
-    def message(self) -> list[str]:
-        return self.sock.recv(4096).decode().split("\n")
-
-    def close(self) -> None:
-        self.sock.close()
+from tests.daemon.fakes import Listener
+from vfio_manager.daemon.notify import Notifier, watchdog_interval
 
 
 @pytest.fixture(params=["path", "abstract"])

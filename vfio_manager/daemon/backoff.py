@@ -79,6 +79,9 @@ class Backoff:
         if entry is not None:
             entry.retry_at = None
 
+    def keys(self) -> frozenset[str]:
+        return frozenset(self._entries)
+
     def failures(self, key: str) -> int:
         entry = self._entries.get(key)
         return entry.failures if entry is not None else 0

@@ -134,12 +134,14 @@ class UeventBatch:
 
     ``overflowed``: the kernel dropped events (the socket's queue was full), so the caller
     must resync everything. ``closed``: the socket failed and will deliver nothing more; the
-    caller stops watching it and relies on resync.
+    caller stops watching it and relies on resync. ``datagrams``: how many were received,
+    relevant or not (a source that is readable but yields none is misbehaving).
     """
 
     events: tuple[Uevent, ...] = ()
     overflowed: bool = False
     closed: bool = False
+    datagrams: int = 0
 
 
 class UeventSource(Protocol):
@@ -171,6 +173,7 @@ class DatagramUeventSource:
     def read_pending(self) -> UeventBatch:
         events: list[Uevent] = []
         overflowed = False
+        received = 0
         for _ in range(_DRAIN_LIMIT):
             try:
                 data, sender = self._sock.recvfrom(_DATAGRAM_MAX)
@@ -181,7 +184,8 @@ class DatagramUeventSource:
                     overflowed = True
                     continue
                 log.warning("uevents: read failed", error=exc.strerror, errno=exc.errno)
-                return UeventBatch(tuple(events), overflowed=True, closed=True)
+                return UeventBatch(tuple(events), True, True, received)
+            received += 1
             if self._kernel_only and not _from_kernel(sender):
                 continue
             event = parse_uevent(data)
@@ -189,7 +193,7 @@ class DatagramUeventSource:
                 events.append(event)
         if overflowed:
             log.warning("uevents: the kernel dropped events (queue full); resyncing everything")
-        return UeventBatch(tuple(events), overflowed=overflowed)
+        return UeventBatch(tuple(events), overflowed, datagrams=received)
 
     def close(self) -> None:
         self._sock.close()
