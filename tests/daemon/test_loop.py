@@ -346,6 +346,13 @@ def test_a_waiting_function_shows_its_last_reason_and_next_retry(make_rig: Any) 
     assert (status.state, status.reason) == (State.FAILED, "EBUSY")
     assert status.remedy is not None
     assert "retried automatically" in status.remedy
+    rig.wakeup.request_resync()  # the admin fixed it and sends SIGHUP
+    rig.step_until_reconciled()
+    assert rig.node.requests[-1].affected is None
+    assert rig.node.requests[-1].skip == frozenset(), "retried now, not after the delay"
+    assert rig.loop.backoff.failures(A) == 2, (
+        "start, then the SIGHUP retry (the event fell in the wait)"
+    )
 
 
 def test_something_that_keeps_moving_a_function_back_is_flapping(make_rig: Any) -> None:

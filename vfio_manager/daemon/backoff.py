@@ -82,6 +82,13 @@ class Backoff:
     def keys(self) -> frozenset[str]:
         return frozenset(self._entries)
 
+    def retry_now(self) -> None:
+        """Make every waiting key due (an admin's SIGHUP: "I fixed it, try again")."""
+        now = self.clock()
+        for entry in self._entries.values():
+            if entry.retry_at is not None:
+                entry.retry_at = min(entry.retry_at, now)
+
     def failures(self, key: str) -> int:
         entry = self._entries.get(key)
         return entry.failures if entry is not None else 0

@@ -16,7 +16,8 @@ resync interval (plus one per watchdog interval when systemd asks for it).
     start: remove a stale ready file, full reconcile
     loop:  wait(uevent fd, wakeup fd, timeout)
            SIGTERM/SIGINT -> leave the loop (the current reconcile has finished)
-           SIGHUP, resync due, driver (un)registered, queue overflow -> full reconcile
+           SIGHUP (retries now), resync due, driver (un)registered, queue overflow
+                                                             -> full reconcile
            debounce window closed, retries due -> reconcile those functions
            after each reconcile: view, backoff, ready file, metrics, STATUS=, READY=1 once
     exit:  STOPPING=1, remove the ready file, on_exit() (--on-exit), exit 0
@@ -342,7 +343,8 @@ class ReconcileLoop:
     def _act(self) -> None:
         resync = self.wakeup.take_resync()
         if resync:
-            log.info("resync requested (SIGHUP)")
+            log.info("resync requested (SIGHUP): failed functions are retried now")
+            self.backoff.retry_now()
         batch = self.debouncer.take_if_due()
         if resync or self.clock() >= self._next_resync or (batch is not None and batch.full):
             self.debouncer.take()  # a full reconcile covers whatever was pending
