@@ -44,7 +44,8 @@ from vfio_manager.errors import VfioManagerError
 @click.option(
     "--all-products",
     is_flag=True,
-    help="Every catalogued product's PF and VF IDs instead of the functions on this host.",
+    help="Every catalogued product's PF and VF IDs instead of the functions on this host "
+    "(the selection options then do not apply).",
 )
 @click.pass_obj
 @_handles_errors

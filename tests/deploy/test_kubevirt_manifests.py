@@ -9,7 +9,6 @@ every device the VM asks for is one the CR permits under the name kubevirt-confi
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -123,9 +122,3 @@ def test_sample_vm_asks_for_a_device_the_patch_permits() -> None:
         assert set(device) <= {"name", "deviceName", "tag"}
         assert DNS_LABEL.match(device["name"])
         assert device["deviceName"] in permitted
-
-
-def test_docs_name_the_files_that_exist() -> None:
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
-    for name in ("kubevirt-cr-patch.yaml", "virtualmachine-sample.yaml"):
-        assert f"deploy/kubernetes/kubevirt/{name}" in docs

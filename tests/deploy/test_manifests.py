@@ -299,9 +299,10 @@ def test_an_environment_variable_the_cli_does_not_read_fails() -> None:
         parse(bad.argv, bad.env)
 
 
-def test_a_bad_option_value_from_the_environment_fails() -> None:
-    bad = parse(["vfio-manager", "status"], {"HOST_ROOT": "/host"})
-    assert bad.group_params["host_root"] == "/host"
+def test_the_environment_is_read_and_a_bad_option_value_fails() -> None:
+    parsed = parse(["vfio-manager", "status"], {"HOST_ROOT": "/host"})
+    assert parsed.group_params["host_root"] == "/host"
+    assert "VFIO_MANAGER_STATE_DIR" in parsed.envvars
     with pytest.raises(click.BadParameter):
         parse(["vfio-manager", "--timeout", "inf", "bind-all"], {})
 
@@ -336,3 +337,12 @@ def test_every_yaml_file_under_deploy_is_checked_somewhere() -> None:
     checked_elsewhere = {DEPLOY / "kubevirt", DEPLOY / "rbln-operator"}
     for path in sorted(DEPLOY.rglob("*.y*ml")):
         assert path.resolve() in covered or path.parent in checked_elsewhere, path
+
+
+def test_docs_name_every_kustomization_and_every_standalone_file() -> None:
+    docs = (DEPLOY.parents[1] / "docs" / "kubernetes.md").read_text(encoding="utf-8")
+    names = [f"deploy/kubernetes/{k}/" for k in kustomizations()]
+    for directory in ("kubevirt", "rbln-operator"):
+        names += [f"deploy/kubernetes/{directory}/{p.name}" for p in (DEPLOY / directory).iterdir()]
+    missing = [n for n in names if n not in docs]
+    assert not missing
