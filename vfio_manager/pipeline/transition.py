@@ -111,13 +111,15 @@ class _Run:
         topology = read_topology(self.sysfs)
         targets = self._targets(topology)
         host = self.node.host_files()
-        resolver = DriverResolver.load(topology, host)
+        resolver = DriverResolver.load(topology, host, self.sysfs)
         if self.request.direction is Direction.TO_VFIO and targets:
             loaded = self._gate(host, topology, targets, resolver.aliases)
             if loaded and not self.request.dry_run:  # drivers and modules changed: read again
                 topology = read_topology(self.sysfs)
                 targets = self._targets(topology)
-                resolver = DriverResolver(topology, resolver.aliases)
+                resolver = DriverResolver.for_node(
+                    topology.driver_modules, resolver.aliases, self.sysfs
+                )
         plan = self._plan(topology, targets, resolver)
         plan = self._refuse(plan)
         if self.request.dry_run or not plan.entries:
@@ -184,8 +186,11 @@ class _Run:
                 vfio_driver_for=resolver.vfio_driver,
             )
         else:
-            native = DriverResolver(
-                topology, resolver.aliases, recorded_native=self._recorded_origins(targets)
+            native = DriverResolver.for_node(
+                topology.driver_modules,
+                resolver.aliases,
+                self.sysfs,
+                recorded_native=self._recorded_origins(targets),
             )
             plan = plan_to_host(topology, targets, native_driver_for=native.native_driver)
         refused = {e.address for e in settlement.entries}
