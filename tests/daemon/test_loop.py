@@ -130,7 +130,7 @@ def test_start_converges_then_says_ready_once(make_rig: Any) -> None:
     assert rig.ready_doc() == {
         "converged": True,
         "since": "2024-05-01T12:00:00Z",
-        "pid": rig.ready_doc()["pid"],  # type: ignore[index]
+        "pid": rig.ready_doc()["pid"],
         "counts": {
             "converged": 2,
             "pending": 0,
@@ -178,7 +178,7 @@ def test_a_hot_added_function_is_bound_after_one_debounce_window(make_rig: Any) 
     assert rig.node.requests[-1].affected == {B}
     assert rig.node.drivers[B] == VFIO
     assert rig.state(B) is State.CONVERGED
-    assert rig.ready_doc()["counts"]["converged"] == 2  # type: ignore[index]
+    assert rig.ready_doc()["counts"]["converged"] == 2
 
 
 def test_a_removed_function_leaves_the_view(make_rig: Any) -> None:
@@ -189,7 +189,7 @@ def test_a_removed_function_leaves_the_view(make_rig: Any) -> None:
     rig.step_until_reconciled()
     assert rig.node.requests[-1].affected == {B}
     assert set(rig.loop.view.functions) == {A}
-    assert rig.ready_doc()["counts"]["converged"] == 1  # type: ignore[index]
+    assert rig.ready_doc()["counts"]["converged"] == 1
 
 
 def test_drift_back_to_the_native_driver_is_repaired(make_rig: Any) -> None:
@@ -265,7 +265,7 @@ def test_an_admin_intent_is_respected_then_cleared(make_rig: Any, tmp_path: Path
     rig.step_until_reconciled()
     assert rig.node.drivers[A] == "rebellions", "left on the host"
     assert rig.state(A) is State.INTENT_HOST
-    assert rig.ready_doc()["counts"]["intent-host"] == 1, "settled: still ready"  # type: ignore[index]
+    assert rig.ready_doc()["counts"]["intent-host"] == 1, "settled: still ready"
     # `vfio-manager bind A`: clears the intent (and binds; here the next resync does)
     store.clear([A])
     rig.wakeup.request_resync()

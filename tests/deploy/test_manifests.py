@@ -101,12 +101,14 @@ def test_schema_validation_catches_a_misspelt_field() -> None:
 # -- what the DaemonSet must do -------------------------------------------------------------
 def _pod(directory: str) -> dict[str, Any]:
     spec: dict[str, Any] = the(RENDERED[directory], "DaemonSet", "vfio-manager")["spec"]
-    return spec["template"]["spec"]
+    pod: dict[str, Any] = spec["template"]["spec"]
+    return pod
 
 
 def _container(pod: dict[str, Any], name: str, key: str = "containers") -> dict[str, Any]:
-    (found,) = [c for c in pod[key] if c["name"] == name]
-    return found
+    found: list[dict[str, Any]] = [c for c in pod[key] if c["name"] == name]
+    (container,) = found
+    return container
 
 
 def test_daemonset_runs_where_and_how_the_operator_contract_says() -> None:

@@ -8,8 +8,11 @@ is what is tested.
 
 import subprocess
 import sys
+from pathlib import Path
+from typing import Optional
 
 import guest
+from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 from test_in_use import _start_holder
 
@@ -20,7 +23,7 @@ from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.safety.journal import Journal
 
 
-def _cli(state, *args, timeout=120):
+def _cli(state: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vfio_manager", "--state-dir", state, *args],
         capture_output=True,
@@ -30,11 +33,13 @@ def _cli(state, *args, timeout=120):
     )
 
 
-def _pending(state):
+def _pending(state: str) -> list[Optional[str]]:
     return [e.bdf for e in Journal(state).pending()]
 
 
-def test_a_kept_record_of_a_held_function_is_refused_not_unbound(baseline, tmp_path):
+def test_a_kept_record_of_a_held_function_is_refused_not_unbound(
+    baseline: Baseline, tmp_path: Path
+) -> None:
     state = str(tmp_path / "state")
     # a bind killed right after its probe landed: on vfio-pci, its record not settled
     found = read_topology(Sysfs()).functions[PciAddress.parse(E1000E)]
@@ -58,7 +63,9 @@ def test_a_kept_record_of_a_held_function_is_refused_not_unbound(baseline, tmp_p
     assert _pending(state) == []
 
 
-def test_a_stuck_unbind_ends_the_run_and_keeps_the_node_locked(baseline, tmp_path):
+def test_a_stuck_unbind_ends_the_run_and_keeps_the_node_locked(
+    baseline: Baseline, tmp_path: Path
+) -> None:
     state = str(tmp_path / "state")
     guest.move_to_vfio(E1000E)
     holder = _start_holder(E1000E)
