@@ -197,29 +197,62 @@ DRIVER_CHILD_RE = re.compile(
 
 _BDF_NAME_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _DIR_ENTRY_RE = re.compile(r"^(power|msi_irqs|link|pci_bus|virtio\d+|net|ptp|wakeup|.*:pcie\d+)$")
-_DYNAMIC_ATTRS = frozenset({"driver_override", "enable", "power_state", "sriov_numvfs",
-                            "sriov_drivers_autoprobe"})
-_MODELLED_ENTRIES = frozenset({
-    "driver", "iommu_group", "iommu", "subsystem", "physfn", "vfio-dev", "uevent", "config",
-    "remove", "rescan", "reset", *_DYNAMIC_ATTRS,
-})
+_DYNAMIC_ATTRS = frozenset(
+    {"driver_override", "enable", "power_state", "sriov_numvfs", "sriov_drivers_autoprobe"}
+)
+_MODELLED_ENTRIES = frozenset(
+    {
+        "driver",
+        "iommu_group",
+        "iommu",
+        "subsystem",
+        "physfn",
+        "vfio-dev",
+        "uevent",
+        "config",
+        "remove",
+        "rescan",
+        "reset",
+        *_DYNAMIC_ATTRS,
+    }
+)
 
 VFIO_FAMILY: tuple[Module, ...] = (
     # Debian 6.1 (linux-image-amd64): names, paths, sizes and holders as in q35-vfio-loaded.json
-    Module("vfio", "kernel/drivers/vfio/vfio.ko", size=49152,
-           softdep_post=["vfio_iommu_type1"]),
-    Module("vfio_iommu_type1", "kernel/drivers/vfio/vfio_iommu_type1.ko", size=45056,
-           deps=["vfio"], params={"allow_unsafe_interrupts": "N", "disable_hugepages": "N",
-                                  "dma_entry_limit": "65535"}),
+    Module("vfio", "kernel/drivers/vfio/vfio.ko", size=49152, softdep_post=["vfio_iommu_type1"]),
+    Module(
+        "vfio_iommu_type1",
+        "kernel/drivers/vfio/vfio_iommu_type1.ko",
+        size=45056,
+        deps=["vfio"],
+        params={
+            "allow_unsafe_interrupts": "N",
+            "disable_hugepages": "N",
+            "dma_entry_limit": "65535",
+        },
+    ),
     Module("vfio_virqfd", "kernel/drivers/vfio/vfio_virqfd.ko", size=16384),
     Module("irqbypass", "kernel/virt/lib/irqbypass.ko", size=16384),
-    Module("vfio_pci_core", "kernel/drivers/vfio/pci/vfio-pci-core.ko", size=73728,
-           deps=["vfio", "vfio_virqfd", "irqbypass"]),
-    Module("vfio_pci", "kernel/drivers/vfio/pci/vfio-pci.ko", size=16384,
-           deps=["vfio_pci_core", "vfio"],
-           drivers=[DriverSpec("vfio-pci", vfio=True, dma_safe=True)],
-           params={"disable_denylist": "N", "disable_idle_d3": "N", "disable_vga": "N",
-                   "enable_sriov": "N", "nointxmask": "N"}),
+    Module(
+        "vfio_pci_core",
+        "kernel/drivers/vfio/pci/vfio-pci-core.ko",
+        size=73728,
+        deps=["vfio", "vfio_virqfd", "irqbypass"],
+    ),
+    Module(
+        "vfio_pci",
+        "kernel/drivers/vfio/pci/vfio-pci.ko",
+        size=16384,
+        deps=["vfio_pci_core", "vfio"],
+        drivers=[DriverSpec("vfio-pci", vfio=True, dma_safe=True)],
+        params={
+            "disable_denylist": "N",
+            "disable_idle_d3": "N",
+            "disable_vga": "N",
+            "enable_sriov": "N",
+            "nointxmask": "N",
+        },
+    ),
 )
 
 DEFAULT_KERNEL_CONFIG: dict[str, str] = {
@@ -236,6 +269,7 @@ DEFAULT_KERNEL_CONFIG: dict[str, str] = {
     "CONFIG_VFIO_NOIOMMU": "n",  # q35 snapshots: /sys/module/vfio has no parameters
     "CONFIG_IOMMUFD": "n",
 }
+
 
 def _oserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
@@ -387,8 +421,9 @@ class FakeKernel:
     def _link(self, path: str, target: str) -> None:
         # what FakeFilesystem.create_symlink builds, without resolving the path again
         name = posixpath.basename(path)
-        self._put(path, FakeFile(name, st_mode=stat.S_IFLNK | 0o777, contents=target,
-                                 filesystem=self.fs))
+        self._put(
+            path, FakeFile(name, st_mode=stat.S_IFLNK | 0o777, contents=target, filesystem=self.fs)
+        )
 
     def _remove(self, path: str) -> None:
         folder, name = posixpath.split(path)
@@ -407,8 +442,9 @@ class FakeKernel:
         folder, name = posixpath.split(path)
         parent = self._dir(folder)
         if name not in parent.entries:
-            parent.add_entry(FakeFile(name, st_mode=stat.S_IFCHR | 0o600, contents="",
-                                      filesystem=self.fs))
+            parent.add_entry(
+                FakeFile(name, st_mode=stat.S_IFCHR | 0o600, contents="", filesystem=self.fs)
+            )
 
     def _store(self, rel: str, effect: Callable[[bytes], None]) -> Store:
         def store(data: bytes) -> None:
@@ -425,18 +461,33 @@ class FakeKernel:
 
     def _layout(self, lib_modules: bool) -> None:
         pci = "bus/pci"
-        for rel in (f"{pci}/devices", f"{pci}/drivers", f"{pci}/slots", "devices",
-                    "kernel/iommu_groups", "class/iommu", "module", "firmware/acpi/tables"):
+        for rel in (
+            f"{pci}/devices",
+            f"{pci}/drivers",
+            f"{pci}/slots",
+            "devices",
+            "kernel/iommu_groups",
+            "class/iommu",
+            "module",
+            "firmware/acpi/tables",
+        ):
             self._mkdir(self.sys_path(rel))
-        self._file(self.sys_path(f"{pci}/drivers_probe"), None,
-                   self._store(f"{pci}/drivers_probe", self._drivers_probe_store))
-        self._file(self.sys_path(f"{pci}/drivers_autoprobe"),
-                   lambda: _line("1" if self.drivers_autoprobe else "0"),
-                   self._store(f"{pci}/drivers_autoprobe", self._autoprobe_store))
-        self._file(self.sys_path(f"{pci}/rescan"), None,
-                   self._store(f"{pci}/rescan", self._accept))
-        self._file(self.sys_path(f"{pci}/resource_alignment"), _const("\n"),
-                   self._store(f"{pci}/resource_alignment", self._accept))
+        self._file(
+            self.sys_path(f"{pci}/drivers_probe"),
+            None,
+            self._store(f"{pci}/drivers_probe", self._drivers_probe_store),
+        )
+        self._file(
+            self.sys_path(f"{pci}/drivers_autoprobe"),
+            lambda: _line("1" if self.drivers_autoprobe else "0"),
+            self._store(f"{pci}/drivers_autoprobe", self._autoprobe_store),
+        )
+        self._file(self.sys_path(f"{pci}/rescan"), None, self._store(f"{pci}/rescan", self._accept))
+        self._file(
+            self.sys_path(f"{pci}/resource_alignment"),
+            _const("\n"),
+            self._store(f"{pci}/resource_alignment", self._accept),
+        )
         self._file(self.sys_path(f"{pci}/uevent"), None, self._store(f"{pci}/uevent", self._accept))
         if self.iommu:
             unit_dir = f"devices/virtual/iommu/{self.iommu_unit}"
@@ -453,13 +504,15 @@ class FakeKernel:
         self._file(posixpath.join(self.proc_root, "cpuinfo"), self._render_cpuinfo)
         self._file(self._host_path(f"boot/config-{self.release}"), self._render_config)
         self._mkdir(self._host_path("etc/modprobe.d"))
-        self._file(self._host_path("sbin/modprobe"),
-                   _const("#!/bin/sh\n# fake: FakeKernel.run_modprobe\n"))
+        self._file(
+            self._host_path("sbin/modprobe"), _const("#!/bin/sh\n# fake: FakeKernel.run_modprobe\n")
+        )
         if lib_modules:
             base = f"lib/modules/{self.release}"
             self._file(self._host_path(f"{base}/modules.alias"), lambda: self._render_alias(False))
-            self._file(self._host_path(f"{base}/modules.builtin.alias"),
-                       lambda: self._render_alias(True))
+            self._file(
+                self._host_path(f"{base}/modules.builtin.alias"), lambda: self._render_alias(True)
+            )
             self._file(self._host_path(f"{base}/modules.builtin"), self._render_builtin)
             self._file(self._host_path(f"{base}/modules.dep"), self._render_dep)
 
@@ -588,9 +641,12 @@ class FakeKernel:
             for template in VFIO_FAMILY:
                 if template.name not in self._modules:
                     self._modules[template.name] = Module(
-                        template.name, template.path, deps=list(template.deps),
+                        template.name,
+                        template.path,
+                        deps=list(template.deps),
                         softdep_post=list(template.softdep_post),
-                        drivers=list(template.drivers), params=dict(template.params),
+                        drivers=list(template.drivers),
+                        params=dict(template.params),
                         size=template.size,
                     )
             if loaded:
@@ -635,8 +691,14 @@ class FakeKernel:
             self._chardev(posixpath.join(self.dev_root, "vfio/vfio"))
         for spec in mod.drivers:
             if spec.name not in self._drivers:
-                drv = Driver(spec.name, mod.name, list(spec.ids), list(spec.classes),
-                             spec.vfio, spec.dma_safe or spec.vfio)
+                drv = Driver(
+                    spec.name,
+                    mod.name,
+                    list(spec.ids),
+                    list(spec.classes),
+                    spec.vfio,
+                    spec.dma_safe or spec.vfio,
+                )
                 self._register_driver(drv)
                 if self.drivers_autoprobe:
                     self._driver_attach(drv)
@@ -648,8 +710,9 @@ class FakeKernel:
         self._mkdir(base)
         if not mod.builtin:
             self._file(f"{base}/initstate", _const("live\n"))
-            self._file(f"{base}/refcnt",
-                       lambda: _line(str(mod.base_refs + len(self._holders(mod.name)))))
+            self._file(
+                f"{base}/refcnt", lambda: _line(str(mod.base_refs + len(self._holders(mod.name))))
+            )
             self._mkdir(f"{base}/holders")
         for param, value in mod.params.items():
             self._file(f"{base}/parameters/{param}", _const(value + "\n"))
@@ -664,7 +727,8 @@ class FakeKernel:
             holders = self._holders(mod_name)
             if holders:
                 raise ModuleInUseError(
-                    f"rmmod: ERROR: Module {mod_name} is in use by: {' '.join(holders)}")
+                    f"rmmod: ERROR: Module {mod_name} is in use by: {' '.join(holders)}"
+                )
             for drv in [d for d in self._drivers.values() if d.module == mod_name]:
                 self._unregister_driver(drv.name)
             mod.loaded = False
@@ -724,8 +788,9 @@ class FakeKernel:
                 mod = self._modules.get(mod_name)
                 if mod is None:
                     deps = ["vfio_pci_core", "vfio"] if vfio and not builtin else []
-                    mod = Module(mod_name, f"kernel/drivers/misc/{mod_name}.ko",
-                                 builtin=builtin, deps=deps)
+                    mod = Module(
+                        mod_name, f"kernel/drivers/misc/{mod_name}.ko", builtin=builtin, deps=deps
+                    )
                     self._modules[mod_name] = mod
                 mod.drivers = [s for s in mod.drivers if s.name != name] + [spec]
                 if not mod.loaded:
@@ -733,8 +798,7 @@ class FakeKernel:
                         self.load_module(dep)
                     self._module_loaded_without_probe(mod)
             # vfio drivers leave DMA to their user (driver_managed_dma) by nature
-            drv = Driver(name, mod_name, list(spec.ids), list(spec.classes), vfio,
-                         dma_safe or vfio)
+            drv = Driver(name, mod_name, list(spec.ids), list(spec.classes), vfio, dma_safe or vfio)
             self._register_driver(drv)
             if vfio:
                 self._chardev(posixpath.join(self.dev_root, "vfio/vfio"))
@@ -756,12 +820,17 @@ class FakeKernel:
             "uevent": lambda _name, _data: None,
         }
         for attr, effect in stores.items():
-            self._file(self.sys_path(f"{base}/{attr}"), None,
-                       self._store(f"{base}/{attr}", self._for_driver(drv.name, effect)))
+            self._file(
+                self.sys_path(f"{base}/{attr}"),
+                None,
+                self._store(f"{base}/{attr}", self._for_driver(drv.name, effect)),
+            )
         if drv.module is not None:
             self._link(self.sys_path(f"{base}/module"), f"../../../../module/{drv.module}")
-            self._link(self.sys_path(f"module/{drv.module}/drivers/pci:{drv.name}"),
-                       f"../../../bus/pci/drivers/{drv.name}")
+            self._link(
+                self.sys_path(f"module/{drv.module}/drivers/pci:{drv.name}"),
+                f"../../../bus/pci/drivers/{drv.name}",
+            )
 
     @staticmethod
     def _for_driver(name: str, effect: Callable[[str, bytes], None]) -> Callable[[bytes], None]:
@@ -807,11 +876,21 @@ class FakeKernel:
         """
         with self._lock:
             self._new_function(
-                bdf, vendor=vendor, device=device, pci_class=pci_class,
-                subsystem_vendor=subsystem_vendor, subsystem_device=subsystem_device,
-                iommu_group=iommu_group, parent=parent, numa_node=numa_node, revision=revision,
-                sriov_totalvfs=sriov_totalvfs, boot_vga=boot_vga, header_type=header_type,
-                driver_override=driver_override, sriov_vf_device=sriov_vf_device,
+                bdf,
+                vendor=vendor,
+                device=device,
+                pci_class=pci_class,
+                subsystem_vendor=subsystem_vendor,
+                subsystem_device=subsystem_device,
+                iommu_group=iommu_group,
+                parent=parent,
+                numa_node=numa_node,
+                revision=revision,
+                sriov_totalvfs=sriov_totalvfs,
+                boot_vga=boot_vga,
+                header_type=header_type,
+                driver_override=driver_override,
+                sriov_vf_device=sriov_vf_device,
             )
             if driver is not None:
                 self._setup_bind(self._functions[bdf], driver)
@@ -852,18 +931,27 @@ class FakeKernel:
                 path = f"devices/pci{domain:04x}:{bus:02x}/{bdf}"
         self._mkdir(self.sys_path(posixpath.dirname(path)))
         fn = Function(
-            bdf=bdf, vendor=vendor, device=device, pci_class=pci_class,
-            subsystem_vendor=subsystem_vendor, subsystem_device=subsystem_device,
-            revision=revision, numa_node=numa_node,
+            bdf=bdf,
+            vendor=vendor,
+            device=device,
+            pci_class=pci_class,
+            subsystem_vendor=subsystem_vendor,
+            subsystem_device=subsystem_device,
+            revision=revision,
+            numa_node=numa_node,
             header_type=header_type if header_type is not None else default_header_type(pci_class),
-            group=iommu_group if self.iommu else None, path=path, parent=parent,
-            override=driver_override, sriov_totalvfs=sriov_totalvfs,
+            group=iommu_group if self.iommu else None,
+            path=path,
+            parent=parent,
+            override=driver_override,
+            sriov_totalvfs=sriov_totalvfs,
             sriov_vf_device=sriov_vf_device if sriov_vf_device is not None else device + 1,
             physfn=physfn,
         )
         self._functions[bdf] = fn
-        self._create_function_files(fn, attrs=attrs, entries=entries, links=links,
-                                    boot_vga=boot_vga)
+        self._create_function_files(
+            fn, attrs=attrs, entries=entries, links=links, boot_vga=boot_vga
+        )
         self._link(self.sys_path(f"bus/pci/devices/{bdf}"), "../../../" + path)
         self._join_group(fn)
         return fn
@@ -897,8 +985,9 @@ class FakeKernel:
             if name not in modelled and not name.startswith("virtfn"):
                 self._link(f"{d}/{name}", target)
         if entries is not None:
-            self._snapshot_extras(fn, entries - modelled - set(links or {}),
-                                  bound=bool((links or {}).get("driver")))
+            self._snapshot_extras(
+                fn, entries - modelled - set(links or {}), bound=bool((links or {}).get("driver"))
+            )
 
     @staticmethod
     def _static_attrs(
@@ -915,9 +1004,16 @@ class FakeKernel:
             "modalias": fn.modalias,
         }
         if not snapshot:
-            static.update({"irq": "0", "local_cpulist": "0-1", "msi_bus": "1",
-                           "broken_parity_status": "0", "ari_enabled": "0",
-                           "d3cold_allowed": "1"})
+            static.update(
+                {
+                    "irq": "0",
+                    "local_cpulist": "0-1",
+                    "msi_bus": "1",
+                    "broken_parity_status": "0",
+                    "ari_enabled": "0",
+                    "d3cold_allowed": "1",
+                }
+            )
             if boot_vga is not None:
                 static["boot_vga"] = "1" if boot_vga else "0"
         for name, value in (attrs or {}).items():
@@ -930,24 +1026,40 @@ class FakeKernel:
         d = self.sys_path(fn.path)
         rel = f"bus/pci/devices/{fn.bdf}"
         bdf = fn.bdf
-        self._file(f"{d}/driver_override", lambda: _line(fn.override or "(null)"),
-                   self._store(f"{rel}/driver_override",
-                               lambda data: self._override_store(bdf, data)))
+        self._file(
+            f"{d}/driver_override",
+            lambda: _line(fn.override or "(null)"),
+            self._store(f"{rel}/driver_override", lambda data: self._override_store(bdf, data)),
+        )
         if want("enable"):
             self._file(f"{d}/enable", lambda: _line("1" if self._enabled(fn) else "0"))
         if want("power_state"):
             self._file(f"{d}/power_state", lambda: _line(fn.power_state))
         if want("uevent"):
-            self._file(f"{d}/uevent", lambda: self._uevent(fn),
-                       self._store(f"{rel}/uevent", self._accept))
+            self._file(
+                f"{d}/uevent", lambda: self._uevent(fn), self._store(f"{rel}/uevent", self._accept)
+            )
         if want("config"):
-            self._file(f"{d}/config", _const(config_space(
-                vendor=fn.vendor, device=fn.device, revision=fn.revision, pci_class=fn.pci_class,
-                header_type=fn.header_type, subvendor=fn.subsystem_vendor,
-                subdevice=fn.subsystem_device)))
+            self._file(
+                f"{d}/config",
+                _const(
+                    config_space(
+                        vendor=fn.vendor,
+                        device=fn.device,
+                        revision=fn.revision,
+                        pci_class=fn.pci_class,
+                        header_type=fn.header_type,
+                        subvendor=fn.subsystem_vendor,
+                        subdevice=fn.subsystem_device,
+                    )
+                ),
+            )
         if want("remove"):
-            self._file(f"{d}/remove", None,
-                       self._store(f"{rel}/remove", lambda data: self._remove_store(bdf, data)))
+            self._file(
+                f"{d}/remove",
+                None,
+                self._store(f"{rel}/remove", lambda data: self._remove_store(bdf, data)),
+            )
         if want("rescan"):
             self._file(f"{d}/rescan", None, self._store(f"{rel}/rescan", self._accept))
         if want("reset"):
@@ -958,18 +1070,26 @@ class FakeKernel:
         rel = f"bus/pci/devices/{pf.bdf}"
         bdf = pf.bdf
         if static:
-            for name, value in (("sriov_totalvfs", str(pf.sriov_totalvfs)),
-                                ("sriov_offset", str(pf.sriov_offset)),
-                                ("sriov_stride", str(pf.sriov_stride)),
-                                ("sriov_vf_device", f"{pf.sriov_vf_device:x}")):
+            for name, value in (
+                ("sriov_totalvfs", str(pf.sriov_totalvfs)),
+                ("sriov_offset", str(pf.sriov_offset)),
+                ("sriov_stride", str(pf.sriov_stride)),
+                ("sriov_vf_device", f"{pf.sriov_vf_device:x}"),
+            ):
                 self._file(f"{d}/{name}", _const(value + "\n"))
-        self._file(f"{d}/sriov_numvfs", lambda: _line(str(len(pf.vfs))),
-                   self._store(f"{rel}/sriov_numvfs",
-                               lambda data: self._numvfs_store(bdf, data)))
-        self._file(f"{d}/sriov_drivers_autoprobe",
-                   lambda: _line("1" if pf.sriov_autoprobe else "0"),
-                   self._store(f"{rel}/sriov_drivers_autoprobe",
-                               lambda data: self._sriov_autoprobe_store(bdf, data)))
+        self._file(
+            f"{d}/sriov_numvfs",
+            lambda: _line(str(len(pf.vfs))),
+            self._store(f"{rel}/sriov_numvfs", lambda data: self._numvfs_store(bdf, data)),
+        )
+        self._file(
+            f"{d}/sriov_drivers_autoprobe",
+            lambda: _line("1" if pf.sriov_autoprobe else "0"),
+            self._store(
+                f"{rel}/sriov_drivers_autoprobe",
+                lambda data: self._sriov_autoprobe_store(bdf, data),
+            ),
+        )
 
     def _snapshot_extras(self, fn: Function, names: set[str], *, bound: bool) -> None:
         """A recorded machine's entries the model does not know: empty files or folders."""
@@ -1049,10 +1169,18 @@ class FakeKernel:
             bdf = format_bdf(domain, vf_rid >> 8, vf_rid & 0xFF)
             parent_dir = posixpath.dirname(pf.path)
             self._new_function(
-                bdf, vendor=pf.vendor, device=pf.sriov_vf_device, pci_class=pf.pci_class,
-                subsystem_vendor=pf.subsystem_vendor, subsystem_device=pf.subsystem_device,
-                iommu_group=self._next_group(), parent=pf.parent, numa_node=pf.numa_node,
-                revision=pf.revision, path=f"{parent_dir}/{bdf}", physfn=pf.bdf,
+                bdf,
+                vendor=pf.vendor,
+                device=pf.sriov_vf_device,
+                pci_class=pf.pci_class,
+                subsystem_vendor=pf.subsystem_vendor,
+                subsystem_device=pf.subsystem_device,
+                iommu_group=self._next_group(),
+                parent=pf.parent,
+                numa_node=pf.numa_node,
+                revision=pf.revision,
+                path=f"{parent_dir}/{bdf}",
+                physfn=pf.bdf,
             )
             pf.vfs.append(bdf)
             self._link(self.sys_path(f"{pf.path}/virtfn{index}"), f"../{bdf}")
@@ -1102,8 +1230,10 @@ class FakeKernel:
             self._file(f"{base}/reserved_regions", _const(b""))
         self._groups[group].add(fn.bdf)
         self._link(f"{base}/devices/{fn.bdf}", "../../../../" + fn.path)
-        self._link(self.sys_path(f"{fn.path}/iommu_group"),
-                   "../" * fn.depth + f"kernel/iommu_groups/{group}")
+        self._link(
+            self.sys_path(f"{fn.path}/iommu_group"),
+            "../" * fn.depth + f"kernel/iommu_groups/{group}",
+        )
 
     def _leave_group(self, fn: Function) -> None:
         if fn.group is None or fn.group not in self._groups:
@@ -1190,7 +1320,8 @@ class FakeKernel:
         err = self._probe_error(drv, fn)
         if err is not None:
             self.dmesg.append(
-                f"{drv.name} {fn.bdf}: probe with driver {drv.name} failed with error -{err}")
+                f"{drv.name} {fn.bdf}: probe with driver {drv.name} failed with error -{err}"
+            )
             return err
         self._attach(fn, drv)
         return None
@@ -1395,10 +1526,18 @@ class FakeKernel:
             drv = self._drivers[driver]
             if len(fields) != 7:
                 probe = Function(
-                    bdf="ffff:ff:1f.7", vendor=dyn.vendor, device=dyn.device,
-                    pci_class=dyn.pci_class, subsystem_vendor=dyn.subvendor,
-                    subsystem_device=dyn.subdevice, revision=0, numa_node=-1, header_type=0,
-                    group=None, path="", parent=None,
+                    bdf="ffff:ff:1f.7",
+                    vendor=dyn.vendor,
+                    device=dyn.device,
+                    pci_class=dyn.pci_class,
+                    subsystem_vendor=dyn.subvendor,
+                    subsystem_device=dyn.subdevice,
+                    revision=0,
+                    numa_node=-1,
+                    header_type=0,
+                    group=None,
+                    path="",
+                    parent=None,
                 )
                 if self._match(drv, probe) is not None:
                     raise _oserror(errno.EEXIST)
@@ -1604,4 +1743,3 @@ class FakeKernel:
         from tests.harness.snapshot import load_snapshot
 
         return load_snapshot(fs, path_or_dict, host_root=host_root)
-

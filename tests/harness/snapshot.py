@@ -38,16 +38,51 @@ Snapshot = dict[str, Any]
 
 # the keys the fake models; the rest (lspci, dmesg, uname, ...) is context
 MODELLED_KEYS = (
-    "devices", "drivers", "iommu_groups", "dev_vfio", "class_iommu", "pci_bus_files",
-    "drivers_autoprobe", "cmdline", "proc_modules", "sys_module_vfio",
+    "devices",
+    "drivers",
+    "iommu_groups",
+    "dev_vfio",
+    "class_iommu",
+    "pci_bus_files",
+    "drivers_autoprobe",
+    "cmdline",
+    "proc_modules",
+    "sys_module_vfio",
 )
 
-_ATTRS = ["vendor", "device", "class", "subsystem_vendor", "subsystem_device", "revision",
-          "driver_override", "numa_node", "enable", "boot_vga", "sriov_totalvfs", "sriov_numvfs",
-          "sriov_drivers_autoprobe", "sriov_offset", "sriov_stride", "sriov_vf_device",
-          "reset_method", "modalias", "irq", "local_cpulist", "current_link_speed",
-          "current_link_width", "max_link_speed", "max_link_width", "d3cold_allowed",
-          "power_state", "msi_bus", "broken_parity_status", "ari_enabled", "label", "index"]
+_ATTRS = [
+    "vendor",
+    "device",
+    "class",
+    "subsystem_vendor",
+    "subsystem_device",
+    "revision",
+    "driver_override",
+    "numa_node",
+    "enable",
+    "boot_vga",
+    "sriov_totalvfs",
+    "sriov_numvfs",
+    "sriov_drivers_autoprobe",
+    "sriov_offset",
+    "sriov_stride",
+    "sriov_vf_device",
+    "reset_method",
+    "modalias",
+    "irq",
+    "local_cpulist",
+    "current_link_speed",
+    "current_link_width",
+    "max_link_speed",
+    "max_link_width",
+    "d3cold_allowed",
+    "power_state",
+    "msi_bus",
+    "broken_parity_status",
+    "ari_enabled",
+    "label",
+    "index",
+]
 _LINKS = ["driver", "iommu_group", "physfn", "subsystem", "firmware_node", "iommu"]
 _BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
@@ -118,8 +153,9 @@ def load_snapshot(
         iommu_unit=class_iommu[0] if class_iommu else "dmar0",
         cmdline=data.get("cmdline", ""),
         modules_supported=isinstance(proc_modules, str),
-        lib_modules=not (_is_error(data.get("modules_builtin_vfio"))
-                         and _is_error(data.get("modules_vfio_ko"))),
+        lib_modules=not (
+            _is_error(data.get("modules_builtin_vfio")) and _is_error(data.get("modules_vfio_ko"))
+        ),
     )
     with k._lock:
         _load_modules(k, data)
@@ -133,8 +169,9 @@ def load_snapshot(
         _reconcile_dev_vfio(k, data.get("dev_vfio"))
         k.drivers_autoprobe = data.get("drivers_autoprobe", "1") != "0"
         if isinstance(data.get("os_release"), str):
-            fs.create_file(posixpath.join(k.host_root, "etc/os-release"),
-                           contents=data["os_release"] + "\n")
+            fs.create_file(
+                posixpath.join(k.host_root, "etc/os-release"), contents=data["os_release"] + "\n"
+            )
     return k
 
 
@@ -151,8 +188,11 @@ def _declare_modules_on_disk(k: FakeKernel, data: Snapshot, *, vfio_loaded: bool
     prefix = f"/lib/modules/{k.release}/"
     ko_paths = []
     if not _is_error(ko_text):
-        ko_paths = [line[len(prefix):] for line in str(ko_text).splitlines()
-                    if line.startswith(prefix) and re.search(r"\.ko(\.\w+)?$", line)]
+        ko_paths = [
+            line[len(prefix) :]
+            for line in str(ko_text).splitlines()
+            if line.startswith(prefix) and re.search(r"\.ko(\.\w+)?$", line)
+        ]
     if ko_paths or vfio_loaded:
         k.add_vfio_modules(loaded=False)
     for rel in ko_paths:
@@ -171,8 +211,9 @@ def _declare_modules_on_disk(k: FakeKernel, data: Snapshot, *, vfio_loaded: bool
         if name in modules:
             modules[name].params = dict(params)
         else:  # in /sys/module but not loadable: built in (with parameters)
-            modules[name] = Module(name, f"kernel/drivers/vfio/{name}.ko", builtin=True,
-                                   params=dict(params))
+            modules[name] = Module(
+                name, f"kernel/drivers/vfio/{name}.ko", builtin=True, params=dict(params)
+            )
 
 
 def _mark_loaded(k: FakeKernel, parsed: list[tuple[str, int, int, list[str], int]]) -> None:
@@ -184,7 +225,8 @@ def _mark_loaded(k: FakeKernel, parsed: list[tuple[str, int, int, list[str], int
         mod.size, mod.address, mod.base_refs = size, address, refcnt - len(used_by)
         for holder in used_by:
             holder_mod = modules.setdefault(
-                holder, Module(holder, f"kernel/drivers/misc/{holder}.ko"))
+                holder, Module(holder, f"kernel/drivers/misc/{holder}.ko")
+            )
             if name not in holder_mod.deps:
                 holder_mod.deps.append(name)
     for name, *_rest in reversed(parsed):
@@ -219,7 +261,7 @@ def _load_devices(
         attrs = {a: v for a, v in dv.get("attrs", {}).items() if isinstance(v, str)}
         links: dict[str, str] = {n: t for n, t in dv.get("links", {}).items() if t}
         entries = set(dv.get("entries", []))
-        path = dv["realpath"][len("/sys/"):]
+        path = dv["realpath"][len("/sys/") :]
         parts = path.split("/")
         parent = parts[-2] if len(parts) > 2 and _BDF_RE.match(parts[-2]) else None
         group = _basename(links.get("iommu_group"))
@@ -236,10 +278,14 @@ def _load_devices(
             iommu_group=int(group) if group is not None else None,
             parent=parent,
             sriov_totalvfs=int(attrs["sriov_totalvfs"]) if "sriov_totalvfs" in attrs else None,
-            sriov_vf_device=(int(attrs["sriov_vf_device"], 16)
-                             if "sriov_vf_device" in attrs else None),
+            sriov_vf_device=(
+                int(attrs["sriov_vf_device"], 16) if "sriov_vf_device" in attrs else None
+            ),
             driver_override=None if override == "(null)" else override,
-            path=path, attrs=attrs, entries=entries, links=links,
+            path=path,
+            attrs=attrs,
+            entries=entries,
+            links=links,
             physfn=_basename(links.get("physfn")),
         )
         fn.pm = "pm" in attrs.get("reset_method", "").split()
@@ -259,8 +305,12 @@ def _load_drivers(k: FakeKernel, data: Snapshot, devices: dict[str, Any]) -> Non
     for name, info in (data.get("drivers") or {}).items():
         module = _basename(info.get("module"))
         mod_name = normalize_module(module) if module else None
-        vfio = name == "vfio-pci" or "vfio_pci" in name or "vfio-pci" in name or (
-            mod_name is not None and "vfio_pci" in mod_name)
+        vfio = (
+            name == "vfio-pci"
+            or "vfio_pci" in name
+            or "vfio-pci" in name
+            or (mod_name is not None and "vfio_pci" in mod_name)
+        )
         ids: list[tuple[int, int]] = []
         if not vfio:
             members = list(info.get("devices", []))
@@ -275,12 +325,15 @@ def _load_drivers(k: FakeKernel, data: Snapshot, devices: dict[str, Any]) -> Non
             mod = k._modules.get(mod_name)
             if mod is None:  # has a module link but is not in /proc/modules: built in
                 mod = k._modules[mod_name] = Module(
-                    mod_name, f"kernel/drivers/misc/{mod_name}.ko", builtin=True)
+                    mod_name, f"kernel/drivers/misc/{mod_name}.ko", builtin=True
+                )
                 k._module_loaded_without_probe(mod)
             mod.drivers = [s for s in mod.drivers if s.name != name] + [
-                DriverSpec(name, tuple(ids), tuple(classes), vfio)]
-        k._register_driver(Driver(name, mod_name, ids, classes, vfio,
-                                  dma_safe=vfio or name == "pcieport"))
+                DriverSpec(name, tuple(ids), tuple(classes), vfio)
+            ]
+        k._register_driver(
+            Driver(name, mod_name, ids, classes, vfio, dma_safe=vfio or name == "pcieport")
+        )
 
 
 def _reconcile_dev_vfio(k: FakeKernel, wanted: object) -> None:
@@ -322,17 +375,22 @@ def take_snapshot(k: FakeKernel) -> Snapshot:
         "sys_module_vfio": {},
         "dev_vfio": sorted(os.listdir(dev_vfio)) if os.path.isdir(dev_vfio) else None,
         "class_iommu": sorted(os.listdir(f"{sys_root}/class/iommu"))
-        if os.path.isdir(f"{sys_root}/class/iommu") else None,
+        if os.path.isdir(f"{sys_root}/class/iommu")
+        else None,
         "pci_bus_files": sorted(os.listdir(f"{sys_root}/bus/pci")),
         "drivers_autoprobe": _read(f"{sys_root}/bus/pci/drivers_autoprobe"),
-        "drivers": {}, "devices": {}, "iommu_groups": {},
+        "drivers": {},
+        "devices": {},
+        "iommu_groups": {},
     }
     for mod in sorted(os.listdir(f"{sys_root}/module")):
         if "vfio" in mod or "iommu" in mod:
             params = f"{sys_root}/module/{mod}/parameters"
             snap["sys_module_vfio"][mod] = (
                 {n: _read(f"{params}/{n}") for n in sorted(os.listdir(params))}
-                if os.path.isdir(params) else {})
+                if os.path.isdir(params)
+                else {}
+            )
     base = f"{sys_root}/bus/pci/drivers"
     for name in sorted(os.listdir(base)):
         entries = sorted(os.listdir(f"{base}/{name}"))
@@ -348,7 +406,7 @@ def take_snapshot(k: FakeKernel) -> Snapshot:
         links = _LINKS + [e for e in entries if e.startswith("virtfn")]
         realpath = os.path.realpath(p)
         snap["devices"][bdf] = {
-            "realpath": realpath[len(root):] if realpath.startswith(root + "/") else realpath,
+            "realpath": realpath[len(root) :] if realpath.startswith(root + "/") else realpath,
             "entries": entries,
             "attrs": {a: _read(f"{p}/{a}") for a in _ATTRS if a in entries},
             "links": {n: _readlink(f"{p}/{n}") for n in links if n in entries},
@@ -395,10 +453,15 @@ def diff_snapshots(
                     continue
                 walk(a[key], b[key], f"{where}/{key}")
         elif isinstance(a, list) and isinstance(b, list) and a != b:
-            extra, missing = sorted(set(map(str, b)) - set(map(str, a))), sorted(
-                set(map(str, a)) - set(map(str, b)))
-            out.append(f"{where}: fake has extra {extra}, lacks {missing}" if extra or missing
-                       else f"{where}: order {b} != {a}")
+            extra, missing = (
+                sorted(set(map(str, b)) - set(map(str, a))),
+                sorted(set(map(str, a)) - set(map(str, b))),
+            )
+            out.append(
+                f"{where}: fake has extra {extra}, lacks {missing}"
+                if extra or missing
+                else f"{where}: order {b} != {a}"
+            )
         elif a != b:
             out.append(f"{where}: snapshot {a!r} != fake {b!r}")
 
