@@ -31,7 +31,9 @@ from typing import Any, Optional, Union
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_filesystem_unittest import Pause
 
-from tests.harness.fakekernel import DRIVER_CHILD_RE, Driver, DriverSpec, FakeKernel, Module
+from tests.harness.fakekernel import FakeKernel
+from tests.harness.kernel import binding, drivers, layout, modules
+from tests.harness.kernel.model import DRIVER_CHILD_RE, Driver, DriverSpec, Module
 from tests.harness.pci import normalize_module
 
 Snapshot = dict[str, Any]
@@ -157,15 +159,15 @@ def load_snapshot(
             _is_error(data.get("modules_builtin_vfio")) and _is_error(data.get("modules_vfio_ko"))
         ),
     )
-    with k._lock:
+    with k.lock:
         _load_modules(k, data)
         _load_devices_and_drivers(k, data)
         for name, info in groups.items():
             if isinstance(info, dict) and isinstance(info.get("type"), str):
                 k.set_group_type(int(name), info["type"])
         for unit in class_iommu[1:]:
-            k._link(k.sys_path(f"class/iommu/{unit}"), f"../../devices/virtual/iommu/{unit}")
-            k._mkdir(k.sys_path(f"devices/virtual/iommu/{unit}"))
+            k.tree.link(k.sys_path(f"class/iommu/{unit}"), f"../../devices/virtual/iommu/{unit}")
+            k.tree.mkdir(k.sys_path(f"devices/virtual/iommu/{unit}"))
         _reconcile_dev_vfio(k, data.get("dev_vfio"))
         k.drivers_autoprobe = data.get("drivers_autoprobe", "1") != "0"
         if isinstance(data.get("os_release"), str):
@@ -183,7 +185,7 @@ def _load_modules(k: FakeKernel, data: Snapshot) -> None:
 
 
 def _declare_modules_on_disk(k: FakeKernel, data: Snapshot, *, vfio_loaded: bool) -> None:
-    modules = k._modules
+    table = k.module_table
     ko_text = data.get("modules_vfio_ko")
     prefix = f"/lib/modules/{k.release}/"
     ko_paths = []
@@ -197,43 +199,43 @@ def _declare_modules_on_disk(k: FakeKernel, data: Snapshot, *, vfio_loaded: bool
         k.add_vfio_modules(loaded=False)
     for rel in ko_paths:
         name = normalize_module(re.sub(r"\.ko(\.\w+)?$", "", posixpath.basename(rel)))
-        if name in modules:
-            modules[name].path = rel
+        if name in table:
+            table[name].path = rel
         else:
-            modules[name] = Module(name, rel)
+            table[name] = Module(name, rel)
     builtin_text = data.get("modules_builtin_vfio")
     if not _is_error(builtin_text):
         for rel in str(builtin_text).splitlines():
             name = normalize_module(re.sub(r"\.ko$", "", posixpath.basename(rel.strip())))
-            if rel.strip() and name not in modules:
+            if rel.strip() and name not in table:
                 k.declare_module(name, path=rel.strip(), builtin=True)
     for name, params in (data.get("sys_module_vfio") or {}).items():
-        if name in modules:
-            modules[name].params = dict(params)
+        if name in table:
+            table[name].params = dict(params)
         else:  # in /sys/module but not loadable: built in (with parameters)
-            modules[name] = Module(
+            table[name] = Module(
                 name, f"kernel/drivers/vfio/{name}.ko", builtin=True, params=dict(params)
             )
 
 
 def _mark_loaded(k: FakeKernel, parsed: list[tuple[str, int, int, list[str], int]]) -> None:
-    modules = k._modules
+    table = k.module_table
     for name, size, refcnt, used_by, address in reversed(parsed):  # oldest first
-        mod = modules.get(name)
+        mod = table.get(name)
         if mod is None:
-            mod = modules[name] = Module(name, f"kernel/drivers/misc/{name}.ko")
+            mod = table[name] = Module(name, f"kernel/drivers/misc/{name}.ko")
         mod.size, mod.address, mod.base_refs = size, address, refcnt - len(used_by)
         for holder in used_by:
-            holder_mod = modules.setdefault(
+            holder_mod = table.setdefault(
                 holder, Module(holder, f"kernel/drivers/misc/{holder}.ko")
             )
             if name not in holder_mod.deps:
                 holder_mod.deps.append(name)
     for name, *_rest in reversed(parsed):
-        k._module_loaded_without_probe(modules[name])
-    for mod in list(modules.values()):
+        modules.loaded_without_probe(k, table[name])
+    for mod in list(table.values()):
         if mod.builtin and mod.params and not mod.loaded:
-            k._module_loaded_without_probe(mod)
+            modules.loaded_without_probe(k, mod)
 
 
 def _load_devices_and_drivers(k: FakeKernel, data: Snapshot) -> None:
@@ -241,12 +243,12 @@ def _load_devices_and_drivers(k: FakeKernel, data: Snapshot) -> None:
     bound, virtfns = _load_devices(k, devices)
     _load_drivers(k, data, devices)
     for bdf, driver in bound.items():
-        k._setup_bind(k.function(bdf), driver)
+        binding.setup_bind(k, k.function(bdf), driver)
     for pf_bdf, links in virtfns.items():
         pf = k.function(pf_bdf)
         for index in sorted(links):
             pf.vfs.append(links[index])
-            k._link(k.sys_path(f"{pf.path}/virtfn{index}"), f"../{links[index]}")
+            k.tree.link(k.sys_path(f"{pf.path}/virtfn{index}"), f"../{links[index]}")
 
 
 def _load_devices(
@@ -266,7 +268,8 @@ def _load_devices(
         parent = parts[-2] if len(parts) > 2 and _BDF_RE.match(parts[-2]) else None
         group = _basename(links.get("iommu_group"))
         override = attrs.get("driver_override", "(null)")
-        fn = k._new_function(
+        fn = layout.new_function(
+            k,
             bdf,
             vendor=int(attrs["vendor"], 16),
             device=int(attrs["device"], 16),
@@ -322,31 +325,31 @@ def _load_drivers(k: FakeKernel, data: Snapshot, devices: dict[str, Any]) -> Non
                         ids.append((fn.vendor, fn.device))
         classes = [(0x060400, 0xFFFF00)] if name == "pcieport" else []
         if mod_name is not None:
-            mod = k._modules.get(mod_name)
+            mod = k.module_table.get(mod_name)
             if mod is None:  # has a module link but is not in /proc/modules: built in
-                mod = k._modules[mod_name] = Module(
+                mod = k.module_table[mod_name] = Module(
                     mod_name, f"kernel/drivers/misc/{mod_name}.ko", builtin=True
                 )
-                k._module_loaded_without_probe(mod)
+                modules.loaded_without_probe(k, mod)
             mod.drivers = [s for s in mod.drivers if s.name != name] + [
                 DriverSpec(name, tuple(ids), tuple(classes), vfio)
             ]
-        k._register_driver(
-            Driver(name, mod_name, ids, classes, vfio, dma_safe=vfio or name == "pcieport")
+        drivers.register(
+            k, Driver(name, mod_name, ids, classes, vfio, dma_safe=vfio or name == "pcieport")
         )
 
 
 def _reconcile_dev_vfio(k: FakeKernel, wanted: object) -> None:
     folder = posixpath.join(k.dev_root, "vfio")
     if not isinstance(wanted, list):
-        k._remove(folder)
+        k.tree.remove(folder)
         return
-    k._mkdir(folder)
+    k.tree.mkdir(folder)
     for name in wanted:
-        k._chardev(posixpath.join(folder, str(name)))
+        k.tree.chardev(posixpath.join(folder, str(name)))
     for name in k.fs.listdir(folder):
         if name not in wanted:
-            k._remove(posixpath.join(folder, name))
+            k.tree.remove(posixpath.join(folder, name))
 
 
 # ---------------------------------------------------------------------- taking a snapshot
