@@ -8,6 +8,7 @@ Write log after) with the file's canonical path.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Optional
 
 from tests.harness.kernel import (
     bind_unbind,
@@ -57,17 +58,24 @@ BUS_FILES: dict[str, BusRule] = {
 }
 
 
-def dispatch(s: KernelState, rel: str, data: bytes) -> None:
-    """Run the rule of the kernel file ``rel`` (canonical, relative to sys_root)."""
+def rule_for(rel: str) -> Optional[BusRule]:
+    """The rule of the kernel file ``rel`` (canonical, relative to sys_root), bound to its
+    BDF or driver name; ``None`` for a file no rule handles."""
     parts = rel.split("/")
-    if parts[:2] == ["bus", "pci"]:
-        if len(parts) == 3 and parts[2] in BUS_FILES:
-            BUS_FILES[parts[2]](s, data)
-            return
-        if len(parts) == 5 and parts[2] == "devices" and parts[4] in DEVICE_FILES:
-            DEVICE_FILES[parts[4]](s, parts[3], data)
-            return
-        if len(parts) == 5 and parts[2] == "drivers" and parts[4] in DRIVER_FILES:
-            DRIVER_FILES[parts[4]](s, parts[3], data)
-            return
-    raise LookupError(f"no kernel rule for {rel}")
+    if parts[:2] != ["bus", "pci"]:
+        return None
+    if len(parts) == 3:
+        return BUS_FILES.get(parts[2])
+    table = {"devices": DEVICE_FILES, "drivers": DRIVER_FILES}.get(parts[2])
+    if len(parts) != 5 or table is None or parts[4] not in table:
+        return None
+    rule, name = table[parts[4]], parts[3]
+    return lambda s, data: rule(s, name, data)
+
+
+def dispatch(s: KernelState, rel: str, data: bytes) -> None:
+    """Run the rule of the kernel file ``rel`` on ``data``."""
+    rule = rule_for(rel)
+    if rule is None:
+        raise LookupError(f"no kernel rule for {rel}")
+    rule(s, data)
