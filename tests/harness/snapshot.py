@@ -1,4 +1,4 @@
-"""Real machines' sysfs snapshots (/work/shared/snapshots) in and out of the fake kernel.
+"""Real machines' sysfs snapshots (tests/fixtures/snapshots) in and out of the fake kernel.
 
 :func:`load_snapshot` builds a :class:`FakeKernel` from a snapshot JSON. :func:`take_snapshot`
 reads a fake (through the patched ``os``, exactly as the snapshot script reads a real /sys)

@@ -1,4 +1,4 @@
-"""bind / unbind / drivers_probe / new_id: the errnos and effects of kernel-binding-facts.md."""
+"""bind / unbind / drivers_probe / new_id and friends: errnos and effects (docs/kernel-facts.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kernel-binding-facts.md "Matching rules" 1-5, and the driver_override file itself."""
+"""The matching rules 1-5 (docs/kernel-facts.md K8-K12) and driver_override itself (K3)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The snapshot loader against the recorded machines, and the fake against what QEMU's kernel did.
 
-``take_snapshot`` reads a fake exactly as shared/snapshots/sysfs-snapshot.py reads a real /sys,
-so a loaded fake must give back its snapshot, and a fake put through the operations recorded in
-the q35 series must end where the real kernel ended.
+``take_snapshot`` reads a fake exactly as the snapshot script (tests/e2e/sysfs_snapshot.py in
+the QEMU guest, docs/testing.md) reads a real /sys, so a loaded fake must give back its
+snapshot, and a fake put through the operations recorded in the q35 series must end where the
+real kernel ended.
 """
 
 from __future__ import annotations
