@@ -44,7 +44,7 @@ SEL_E1000 = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x100e
 SEL_EDU = ["--vendor", "0x1234", "--class", "0x00ff00", "--device-id", "0x11e8"]
 
 # drivers that keep an IOMMU group viable (kernel: driver_managed_dma), see
-# shared/reference/kernel-binding-facts.md
+# docs/kernel-facts.md
 DMA_SAFE = {None, "vfio-pci", "pci-stub", "pcieport"}
 
 

@@ -1,4 +1,4 @@
-"""The kernel behaviour the tool is built on (shared/reference/kernel-binding-facts.md),
+"""The kernel behaviour the tool is built on (docs/kernel-facts.md),
 checked on the real 6.1 kernel with harness writes (not the tool's). When one of these
 fails on a new kernel, the tool's assumptions need a look before its own tests do.
 """
