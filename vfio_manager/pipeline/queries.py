@@ -59,7 +59,7 @@ def status(node: Node, selector: Selector) -> StatusResult:
     from vfio_manager.host.summary import HostSummary
 
     sysfs = node.sysfs()
-    topology = read_topology(sysfs)
+    topology = read_topology(sysfs, wanted=selector.matches)  # the others: only what groups ask
     records = [device_record(topology, f, sysfs) for f in selected_functions(topology, selector)]
     return StatusResult(selector, records, HostSummary.read(sysfs))
 
