@@ -63,8 +63,9 @@ ENV PATH=/opt/vfio-manager/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
     PYTHONDONTWRITEBYTECODE=1 \
     LANG=C.UTF-8
 # Root by necessity, said out loud: the sysfs binding files (driver_override, bind, unbind,
-# drivers_probe) are writable by uid 0 only, and no capability stands in for that
-# (docs/security.md). hadolint's DL3002 asks for a non-root user; this tool cannot be one.
+# drivers_probe) are writable only by the host's uid 0 (or CAP_DAC_OVERRIDE) in the initial
+# user namespace (docs/security.md). hadolint's DL3002 asks for a non-root user; this tool
+# cannot be one.
 # hadolint ignore=DL3002
 USER 0:0
 ENTRYPOINT ["vfio-manager"]
