@@ -22,7 +22,7 @@ from pyfakefs.fake_filesystem_unittest import Patcher
 
 from tests.conftest import load_snapshot_files
 from tests.harness import FakeKernel, diff_snapshots, take_snapshot
-from vfio_manager.cli import cli
+from vfio_manager.cli.main import cli
 
 TOOL = Path(__file__).parents[2] / "tools" / "fake-sysfs"
 SNAPSHOTS = load_snapshot_files()  # real disk, before any test starts pyfakefs
