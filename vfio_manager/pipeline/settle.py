@@ -86,6 +86,9 @@ def settle(
                 f"a journal record{' for ' + entry.bdf if entry.bdf else ''} was unreadable "
                 f"({entry.problem}); "
                 + (f"set aside as {entry.quarantined_as}" if entry.quarantined_as else "ignored")
+                + "; the interrupted run it described is not settled: "
+                + (f"{entry.bdf} is" if entry.bdf else "its function, if any, is")
+                + " planned from what sysfs shows now"
             )
             continue
         address = PciAddress.parse(entry.bdf)

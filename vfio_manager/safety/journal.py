@@ -20,12 +20,14 @@ record, not the whole node's; listing the directory is the whole of crash recove
 the file name is the canonical BDF (validated by :class:`~vfio_manager.kernel.address.PciAddress`),
 so no record name can climb out of the directory.
 
-Every write is atomic and durable: a temporary file in the same directory, ``fsync``,
-``os.replace``, ``fsync`` of the directory. Every file is opened with ``O_NOFOLLOW``. A file
-that cannot be parsed is never a traceback: it is renamed ``*.corrupt`` (kept for a human)
-and reported as a :class:`JournalEntry` with ``problem`` set. The default state directory is
-on tmpfs (/run), which is right: binding state, IOMMU group numbers and BDFs all reset or
-may change at reboot, and so should these records.
+Every file goes through the state directory's gateway (:mod:`vfio_manager.safety.statedir`):
+every write is atomic and durable (a temporary file in the same directory, ``fsync``,
+``os.replace``, ``fsync`` of the directory), and only a regular file of ours is ever opened
+for reading, without following a symlink or blocking on a FIFO, and read within a bound. A
+file that is not one, or cannot be parsed, is never a traceback nor a hang: it is renamed
+``*.corrupt`` (kept for a human) and reported as a :class:`JournalEntry` with ``problem``
+set. The default state directory is on tmpfs (/run), which is right: binding state, IOMMU
+group numbers and BDFs all reset or may change at reboot, and so should these records.
 
 The journal assumes its caller holds the :class:`~vfio_manager.safety.lock.NodeLock`: any
 transition file it finds belongs to a run that is no longer running.
@@ -35,12 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno as errno_mod
 import json
 import os
 import re
-import secrets
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
@@ -50,7 +49,7 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction
 from vfio_manager.log import get_logger
-from vfio_manager.safety.lock import DEFAULT_STATE_DIR, open_state_dir
+from vfio_manager.safety.statedir import DEFAULT_STATE_DIR, StateDir, UnusableFile
 
 log = get_logger("vfio_manager.safety.journal")
 
@@ -60,8 +59,18 @@ ORIGIN = "origin"
 _PREFIX = {TRANSITION: "journal-", ORIGIN: "origin-"}
 _SUFFIX = ".json"
 _CORRUPT = ".corrupt"
-_TMP_PREFIX = ".tmp-"
 _MAX_RECORD = 64 * 1024  # a record is a few hundred bytes; anything bigger is garbage
+# What a failed write or removal leaves behind, for the error's remedy.
+_NOTHING_WRITTEN = "nothing was written to this function"
+_STEP_NOT_RECORDED = (
+    "the step was made but not recorded; the record written before the first write still "
+    "lets the next run finish or roll back this function"
+)
+_RECORD_KEPT = (
+    "the record is kept: the next run finds the function where this run left it and drops "
+    "the record then"
+)
+_OTHER_DEVICE_KEPT = "the record (for another device) is kept and ignored again next time"
 _NAME = re.compile(r"^(journal|origin)-(?P<bdf>[^/]+)\.json$")
 
 
@@ -181,8 +190,9 @@ class Journal:
     """Transition and origin records of one node, in ``state_dir``.
 
     ``now`` (an ISO-8601 timestamp factory) is injectable for tests. Methods open the state
-    directory afresh each time (and check it, see :func:`~vfio_manager.safety.lock.open_state_dir`),
-    so a ``Journal`` holds no descriptor and needs no closing.
+    directory afresh each time, through its gateway (:class:`~vfio_manager.safety.statedir.
+    StateDir`, which checks it and every file in it), so a ``Journal`` holds no descriptor
+    and needs no closing.
     """
 
     def __init__(
@@ -197,6 +207,13 @@ class Journal:
         self.now = now
         self.uid = uid
         self.readonly = readonly  # a dry run: read records, never rename, remove or create
+        self._set_aside: list[JournalEntry] = []
+
+    def take_set_aside(self) -> list[JournalEntry]:
+        """The unreadable records found since the last call (set aside, or in a dry run
+        left where they are), so the caller can say what it did without them."""
+        found, self._set_aside = self._set_aside, []
+        return found
 
     # -- transitions ---------------------------------------------------------------------
     def record_start(self, function: PciFunction, direction: Direction) -> JournalEntry:
@@ -238,9 +255,9 @@ class Journal:
             pid=os.getpid(),
         )
         if direction is Direction.TO_VFIO and not in_vfio_mode:
-            self._write(replace(entry, record=ORIGIN))
+            self._write(replace(entry, record=ORIGIN), consequence=_NOTHING_WRITTEN)
             entry = replace(entry, origin_created=True)
-        self._write(entry)
+        self._write(entry, consequence=_NOTHING_WRITTEN)
         log.debug("journal: transition recorded", bdf=bdf, direction=direction.value)
         return entry
 
@@ -255,15 +272,15 @@ class Journal:
                 remedy="this is a bug: the engine must call record_start first",
             )
         updated = replace(entry, steps_done=(*entry.steps_done, step), updated_at=self.now())
-        self._write(updated)
+        self._write(updated, consequence=_STEP_NOT_RECORDED)
         return updated
 
     def complete(self, bdf: str) -> None:
         """The function reached its target: drop the transition, and the origin if on host now."""
         entry = self._read(TRANSITION, bdf)
         if entry is not None and entry.direction is Direction.TO_HOST:
-            self._remove(ORIGIN, bdf)
-        self._remove(TRANSITION, bdf)
+            self._remove(ORIGIN, bdf, consequence=_RECORD_KEPT)
+        self._remove(TRANSITION, bdf, consequence=_RECORD_KEPT)
 
     def abort(self, bdf: str) -> None:
         """The function is back in its start state: drop the transition (and its new origin).
@@ -273,8 +290,8 @@ class Journal:
         """
         entry = self._read(TRANSITION, bdf)
         if entry is not None and entry.origin_created:
-            self._remove(ORIGIN, bdf)
-        self._remove(TRANSITION, bdf)
+            self._remove(ORIGIN, bdf, consequence=_RECORD_KEPT)
+        self._remove(TRANSITION, bdf, consequence=_RECORD_KEPT)
 
     def pending(self) -> list[JournalEntry]:
         """Transitions left by runs that died, in BDF order, corrupt ones included.
@@ -282,28 +299,39 @@ class Journal:
         Also removes stale temporary files (a run killed between creating one and renaming
         it); corrupt records are quarantined and returned with ``problem`` set. Read-only:
         nothing is removed or renamed, and a missing state directory has no records.
+        :class:`JournalError` when the directory cannot be listed.
         """
-        if self.readonly and not os.path.isdir(self.state_dir):
-            return []
-        with self._dir() as dir_fd:
-            names = sorted(os.listdir(dir_fd))
+        with self._dir() as state:
+            if state is None:
+                return []
+            try:
+                if not self.readonly:
+                    for name in state.sweep_temporaries():
+                        log.info("journal: removed a stale temporary file", name=name)
+                names = state.names()
+            except OSError as exc:
+                raise JournalError(
+                    f"cannot list the journal in {self.state_dir}: {exc.strerror}",
+                    path=self.state_dir,
+                    errno=exc.errno,
+                    step="journal",
+                    remedy="the state directory must be readable (default /run/vfio-manager); "
+                    "nothing was written, since an interrupted run could not be looked for",
+                ) from exc
+            entries: list[JournalEntry] = []
             for name in names:
-                if name.startswith(_TMP_PREFIX) and not self.readonly:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=dir_fd)
-                    log.info("journal: removed a stale temporary file", name=name)
-        entries: list[JournalEntry] = []
-        for name in names:
-            match = _NAME.match(name)
-            if match is None or not name.startswith(_PREFIX[TRANSITION]):
-                continue
-            address = PciAddress.from_sysfs_name(match["bdf"])
-            if address is None or str(address) != match["bdf"]:
-                entries.append(self._quarantine(name, None, "the file name is not a PCI address"))
-                continue
-            entry = self._read(TRANSITION, match["bdf"])
-            if entry is not None:
-                entries.append(entry)
+                match = _NAME.match(name)
+                if match is None or not name.startswith(_PREFIX[TRANSITION]):
+                    continue
+                address = PciAddress.from_sysfs_name(match["bdf"])
+                if address is None or str(address) != match["bdf"]:
+                    entries.append(
+                        self._quarantine(state, name, None, "the file name is not a PCI address")
+                    )
+                    continue
+                entry = self._read_in(state, TRANSITION, match["bdf"])
+                if entry is not None:
+                    entries.append(entry)
         return entries
 
     def transition(self, bdf: str) -> Optional[JournalEntry]:
@@ -319,8 +347,6 @@ class Journal:
         record is quarantined and reads as ``None`` (logged): the caller falls back to the
         native driver from modules.alias.
         """
-        if self.readonly and not os.path.isdir(self.state_dir):
-            return None
         entry = self._read(ORIGIN, bdf)
         if entry is None or entry.corrupt:
             return None
@@ -333,20 +359,29 @@ class Journal:
                 recorded=entry.vendor_device,
                 present=vendor_device,
             )
-            self._remove(ORIGIN, bdf)
+            self._remove(ORIGIN, bdf, consequence=_OTHER_DEVICE_KEPT)
             return None
         return entry
 
-    # -- files ---------------------------------------------------------------------------
+    # -- files (all through the state directory's gateway) -------------------------------
     @contextlib.contextmanager
-    def _dir(self, *, writing: bool = False) -> Iterator[int]:
-        if writing and self.readonly:
+    def _dir(self) -> Iterator[Optional[StateDir]]:
+        """The state directory, checked; ``None`` in a dry run when it does not exist."""
+        if self.readonly:
+            state = StateDir.open_existing(self.state_dir, uid=self.uid)
+        else:
+            state = StateDir.open(self.state_dir, uid=self.uid)
+        if state is None:
+            yield None
+            return
+        with state:
+            yield state
+
+    def _writable(self) -> StateDir:
+        """The state directory for a write (created if missing); never in a dry run."""
+        if self.readonly:
             raise RuntimeError("a read-only journal (dry run) was asked to write")
-        fd = open_state_dir(self.state_dir, uid=self.uid)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
+        return StateDir.open(self.state_dir, uid=self.uid)
 
     @staticmethod
     def _name(record: str, bdf: str) -> str:
@@ -354,125 +389,78 @@ class Journal:
         return f"{_PREFIX[record]}{address}{_SUFFIX}"
 
     def _read(self, record: str, bdf: str) -> Optional[JournalEntry]:
+        with self._dir() as state:
+            return None if state is None else self._read_in(state, record, bdf)
+
+    def _read_in(self, state: StateDir, record: str, bdf: str) -> Optional[JournalEntry]:
         name = self._name(record, bdf)
         canonical = str(PciAddress.parse(bdf))
-        with self._dir() as dir_fd:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                if exc.errno == errno_mod.ELOOP:
-                    return self._quarantine(name, canonical, "it is a symlink", dir_fd=dir_fd)
-                return self._quarantine(
-                    name, canonical, f"unreadable: {exc.strerror}", dir_fd=dir_fd
-                )
-            try:
-                problem, data = self._load(fd)
-            finally:
-                os.close(fd)
-            if problem is None:
-                try:
-                    return JournalEntry.from_json(data, record=record, bdf=canonical)
-                except ValueError as exc:
-                    problem = str(exc)
-            return self._quarantine(name, canonical, problem, dir_fd=dir_fd)
-
-    @staticmethod
-    def _load(fd: int) -> tuple[Optional[str], object]:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file", None
-        if st.st_size > _MAX_RECORD:
-            return f"{st.st_size} bytes, too large for a record", None
         try:
-            raw = os.read(fd, _MAX_RECORD + 1)
-            return None, json.loads(raw.decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            return f"not valid JSON ({type(exc).__name__}: {exc})", None
+            raw = state.read(name, limit=_MAX_RECORD)
+        except UnusableFile as bad:
+            return self._quarantine(state, name, canonical, bad.problem)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            problem = f"not valid JSON ({type(exc).__name__}: {exc})"
+        else:
+            try:
+                return JournalEntry.from_json(data, record=record, bdf=canonical)
+            except ValueError as exc:
+                problem = str(exc)
+        return self._quarantine(state, name, canonical, problem)
 
     def _quarantine(
-        self, name: str, bdf: Optional[str], problem: str, *, dir_fd: Optional[int] = None
+        self, state: StateDir, name: str, bdf: Optional[str], problem: str
     ) -> JournalEntry:
-        """Rename a bad record to ``NAME.corrupt`` (or ``NAME.N.corrupt``) and report it."""
+        """Set a bad record aside as ``NAME.corrupt`` (or ``NAME.N.corrupt``); report it."""
         record = ORIGIN if name.startswith(_PREFIX[ORIGIN]) else TRANSITION
         if self.readonly:
-            return JournalEntry(bdf=bdf, record=record, problem=problem)
-        if dir_fd is None:
-            with self._dir() as fd:
-                return self._quarantine(name, bdf, problem, dir_fd=fd)
-        target: Optional[str] = None
-        for attempt in range(100):
-            candidate = f"{name}{_CORRUPT}" if attempt == 0 else f"{name}.{attempt}{_CORRUPT}"
-            try:
-                os.stat(candidate, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                target = candidate
-                break
-            except OSError:
-                continue
-        if target is not None:
-            try:
-                os.rename(name, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                os.fsync(dir_fd)
-            except OSError as exc:
-                problem = f"{problem}; could not quarantine it: {exc.strerror}"
-                target = None
-        path = os.path.join(self.state_dir, target) if target is not None else None
+            entry = JournalEntry(bdf=bdf, record=record, problem=problem)
+            self._set_aside.append(entry)
+            return entry
+        path: Optional[str] = None
+        try:
+            path = state.path_of(state.set_aside(name, _CORRUPT))
+        except OSError as exc:
+            problem = f"{problem}; could not set it aside: {exc.strerror}"
         log.error(
             "journal: corrupt record quarantined",
             bdf=bdf,
             record=record,
-            file=os.path.join(self.state_dir, name),
+            file=state.path_of(name),
             quarantined_as=path,
             problem=problem,
         )
-        return JournalEntry(bdf=bdf, record=record, problem=problem, quarantined_as=path)
+        entry = JournalEntry(bdf=bdf, record=record, problem=problem, quarantined_as=path)
+        self._set_aside.append(entry)
+        return entry
 
-    def _write(self, entry: JournalEntry) -> None:
+    def _write(self, entry: JournalEntry, *, consequence: str) -> None:
         """Atomic, durable replace of the entry's file; :class:`JournalError` on failure."""
         if entry.bdf is None:
             raise JournalError("a journal entry without a PCI address cannot be written")
         name = self._name(entry.record, entry.bdf)
         payload = (json.dumps(entry.to_json(), indent=1, sort_keys=True) + "\n").encode()
-        tmp = f"{_TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
-        with self._dir(writing=True) as dir_fd:
+        with self._writable() as state:
             try:
-                fd = os.open(
-                    tmp,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=dir_fd,
-                )
-                try:
-                    view = memoryview(payload)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                os.fsync(dir_fd)
+                state.replace(name, payload)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dir_fd)
-                raise self._error(exc, "write", name, entry.bdf) from exc
+                raise self._error(exc, "write", name, entry.bdf, consequence) from exc
 
-    def _remove(self, record: str, bdf: str) -> None:
+    def _remove(self, record: str, bdf: str, *, consequence: str) -> None:
         name = self._name(record, bdf)
-        with self._dir(writing=True) as dir_fd:
+        with self._writable() as state:
             try:
-                os.unlink(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                return
+                state.remove(name)
             except OSError as exc:
-                raise self._error(exc, "remove", name, bdf) from exc
-            try:
-                os.fsync(dir_fd)
-            except OSError as exc:
-                raise self._error(exc, "sync", name, bdf) from exc
+                raise self._error(exc, "remove", name, bdf, consequence) from exc
 
-    def _error(self, exc: OSError, verb: str, name: str, bdf: str) -> JournalError:
+    def _error(
+        self, exc: OSError, verb: str, name: str, bdf: str, consequence: str
+    ) -> JournalError:
         path = os.path.join(self.state_dir, name)
         return JournalError(
             f"cannot {verb} the journal record {path}: {exc.strerror}",
@@ -480,8 +468,8 @@ class Journal:
             path=path,
             errno=exc.errno,
             step="journal",
-            remedy="the state directory must be writable and not full "
-            "(default /run/vfio-manager); nothing was written to this function",
+            remedy=f"the state directory must be writable and not full "
+            f"(default /run/vfio-manager); {consequence}",
         )
 
 
