@@ -65,9 +65,12 @@ class TransitionResult:
     plan: Plan
     report: Optional[Report]
     notes: tuple[str, ...] = ()
+    journal_errors: tuple[str, ...] = ()  # records the state dir would not update (no entry)
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.journal_errors:
+            return ExitCode.FAILED
         if self.report is not None:
             return self.report.exit_code
         refused = any(entry.refusal for entry in self.plan.entries)
@@ -104,6 +107,7 @@ class _Run:
         self.sysfs = sysfs
         self.journal = journal
         self.notes: list[str] = []
+        self.journal_errors: list[str] = []
         self.unreadable_origins: set[str] = set()
 
     def result(self) -> TransitionResult:
@@ -126,7 +130,9 @@ class _Run:
         return self._result(plan, self._apply(plan))
 
     def _result(self, plan: Plan, report: Optional[Report]) -> TransitionResult:
-        return TransitionResult(self.request, plan, report, tuple(self.notes))
+        return TransitionResult(
+            self.request, plan, report, tuple(self.notes), tuple(self.journal_errors)
+        )
 
     # -- stages -----------------------------------------------------------------------------
     def _targets(self, topology: Topology) -> list[PciFunction]:
@@ -197,12 +203,23 @@ class _Run:
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
 
+    def _journal_failed(self, bdf: str, what: str, err: VfioManagerError) -> None:
+        """A record the state directory would not update: a note, and exit code 1."""
+        remedy = f" (remedy: {err.remedy})" if err.remedy else ""
+        text = f"{bdf}: {what}: {err.message}{remedy}"
+        log.error("journal", bdf=bdf, step="journal", outcome="failed", reason=err.message)
+        self.journal_errors.append(text)
+        self.notes.append(f"journal: {text}")
+
     def _drop_moot(self, moot: Sequence[str]) -> None:
         """Drop the records of functions that are gone (a real run only)."""
         if self.journal is None or self.request.dry_run:
             return
         for bdf in moot:
-            self.journal.abort(bdf)
+            try:
+                self.journal.abort(bdf)
+            except VfioManagerError as err:
+                self._journal_failed(bdf, "its moot record could not be dropped", err)
 
     def _recorded_origins(self, targets: Sequence[PciFunction]) -> dict[PciAddress, Optional[str]]:
         """The driver each function had before it was first moved to vfio, where recorded.
@@ -215,9 +232,13 @@ class _Run:
             return origins
         self.journal.take_set_aside()  # the transition records': settle said them already
         for function in targets:
-            entry = self.journal.original(
-                function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
-            )
+            try:
+                entry = self.journal.original(
+                    function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
+                )
+            except VfioManagerError as err:
+                self._journal_failed(function.bdf, "its origin record could not be read", err)
+                continue
             if entry is not None:
                 origins[function.address] = entry.original_driver
         for bad in self.journal.take_set_aside():
