@@ -239,7 +239,13 @@ class _Run:
             except VfioManagerError as err:
                 self._journal_failed(function.bdf, "its origin record could not be read", err)
                 continue
-            if entry is not None:
+            if entry is not None and entry.original_driver_unknown:
+                self.notes.append(
+                    f"journal: {function.bdf}: its origin record has no usable driver name "
+                    "(recorded as unknown); its native driver comes from modules.alias"
+                )
+                self.unreadable_origins.add(function.bdf)
+            elif entry is not None:
                 origins[function.address] = entry.original_driver
         for bad in self.journal.take_set_aside():
             self.unreadable_origins.add(bad.bdf or "")

@@ -59,7 +59,11 @@ ORIGIN = "origin"
 _PREFIX = {TRANSITION: "journal-", ORIGIN: "origin-"}
 _SUFFIX = ".json"
 _CORRUPT = ".corrupt"
-_MAX_RECORD = 64 * 1024  # a record is a few hundred bytes; anything bigger is garbage
+# A record is a few hundred bytes; the largest one (an override of a page, every character
+# escaped in JSON) is under 64 KiB. Anything bigger is garbage.
+_MAX_RECORD = 256 * 1024
+_MAX_OVERRIDE = 4095  # the kernel refuses a driver_override of a page or more
+_NAME_MAX = 255  # bytes in a path component
 # What a failed write or removal leaves behind, for the error's remedy.
 _NOTHING_WRITTEN = "nothing was written to this function"
 _STEP_NOT_RECORDED = (
@@ -83,9 +87,14 @@ class JournalEntry:
     """One record: a transition in flight, or the origin of a function in vfio mode.
 
     ``original_driver``/``original_override`` are the function's state before the first
-    write (``None``: no driver / override unset). ``steps_done`` are the step names the
-    engine marked, in order. ``origin_created`` tells :meth:`Journal.abort` whether this
-    transition also wrote the origin record (and so must drop it when rolled back).
+    write (``None``: no driver / override unset). The override is the string sysfs showed,
+    written back to ``driver_override`` as it was (not a path: ``/`` and spaces are kept).
+    The driver is a name used in sysfs paths (``drivers/NAME/bind``): when the driver link
+    named none usable (empty, ``..``), it is recorded as ``None`` with
+    ``original_driver_unknown`` set, and nothing restores "no driver" from it.
+    ``steps_done`` are the step names the engine marked, in order. ``origin_created`` tells
+    :meth:`Journal.abort` whether this transition also wrote the origin record (and so must
+    drop it when rolled back).
 
     A record that could not be read has ``problem`` (why) and ``quarantined_as`` (where the
     bad file went) set, and only ``bdf`` (``None`` if even the name was unusable) besides.
@@ -97,6 +106,7 @@ class JournalEntry:
     vendor_device: Optional[str] = None
     original_driver: Optional[str] = None
     original_override: Optional[str] = None
+    original_driver_unknown: bool = False
     steps_done: tuple[str, ...] = ()
     started_at: Optional[str] = None
     updated_at: Optional[str] = None
@@ -118,6 +128,7 @@ class JournalEntry:
             "vendor_device": self.vendor_device,
             "original_driver": self.original_driver,
             "original_override": self.original_override,
+            "original_driver_unknown": self.original_driver_unknown,
             "steps_done": list(self.steps_done),
             "started_at": self.started_at,
             "updated_at": self.updated_at,
@@ -146,13 +157,20 @@ class JournalEntry:
         created = data.get("origin_created", False)
         if not isinstance(created, bool):
             raise ValueError("origin_created is not a boolean")
+        unknown = data.get("original_driver_unknown", False)
+        if not isinstance(unknown, bool):
+            raise ValueError("original_driver_unknown is not a boolean")
+        driver = _checked(data, "original_driver", driver_name_problem)
+        if unknown and driver is not None:
+            raise ValueError("original_driver is set, but marked unknown")
         return cls(
             bdf=bdf,
             record=record,
             direction=direction,
             vendor_device=_str(data, "vendor_device"),
-            original_driver=_driver(data, "original_driver"),
-            original_override=_driver(data, "original_override"),
+            original_driver=driver,
+            original_override=_checked(data, "original_override", override_problem),
+            original_driver_unknown=unknown,
             steps_done=tuple(steps),
             started_at=_str(data, "started_at"),
             updated_at=_str(data, "updated_at"),
@@ -170,11 +188,42 @@ def _str(data: dict[str, Any], key: str, *, optional: bool = True) -> Optional[s
     return value
 
 
-def _driver(data: dict[str, Any], key: str) -> Optional[str]:
-    """A driver name read back must still be a plain name: it will be written to sysfs."""
+def driver_name_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot be a driver name in a sysfs path (``drivers/NAME/bind``), if so.
+
+    The same check on write (:meth:`Journal.record_start`) and on read (a record is never
+    trusted to name ``..``): what the journal writes, it reads back.
+    """
+    if value in {"", ".", ".."} or any(c in value for c in "/\n\0"):
+        return f"{value!r} is not a driver name"
+    if len(value.encode("utf-8", "surrogatepass")) > _NAME_MAX:
+        return f"a driver name of {len(value)} characters is not a driver name"
+    return None
+
+
+def override_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot be a ``driver_override`` sysfs showed, if so.
+
+    It is written back to ``driver_override`` as a string, so ``/``, spaces and any text
+    are kept; what sysfs never shows (an empty value, a newline or NUL, a page or more)
+    cannot be written back as it was, and is refused on write and on read alike.
+    """
+    if value == "":
+        return "is empty (an unset override is recorded as null)"
+    if "\n" in value or "\0" in value:
+        return "holds a newline or NUL, which sysfs never shows"
+    if len(value) > _MAX_OVERRIDE:
+        return f"is {len(value)} characters long, more than sysfs shows"
+    return None
+
+
+def _checked(
+    data: dict[str, Any], key: str, problem_of: Callable[[str], Optional[str]]
+) -> Optional[str]:
     value = _str(data, key)
-    if value is not None and (value in {"", ".", ".."} or any(c in value for c in "/\n\0")):
-        raise ValueError(f"{key} {value!r} is not a driver name")
+    problem = problem_of(value) if value is not None else None
+    if problem is not None:
+        raise ValueError(f"{key} {problem}")
     return value
 
 
@@ -229,11 +278,27 @@ class Journal:
         vendor_device = _vendor_device(function)
         stamp = self.now()
         previous = self._read(TRANSITION, bdf)
-        original_driver, original_override = function.driver, function.driver_override
+        original_driver, original_override = function.driver, function.driver_override or None
+        unknown = False
+        if original_driver is not None and driver_name_problem(original_driver) is not None:
+            log.warning(
+                "journal: the driver link names no usable driver; recorded as unknown",
+                bdf=bdf,
+                driver=original_driver,
+            )
+            original_driver, unknown = None, True
+        if original_override is not None and override_problem(original_override) is not None:
+            raise JournalError(
+                f"cannot record {bdf}: its driver_override {override_problem(original_override)}",
+                bdf=bdf,
+                step="journal",
+                remedy=f"{_NOTHING_WRITTEN}; check the function's driver_override in sysfs",
+            )
         if previous is not None and not previous.corrupt:
             if previous.vendor_device == vendor_device:
                 original_driver = previous.original_driver
                 original_override = previous.original_override
+                unknown = previous.original_driver_unknown
             log.warning(
                 "journal: replacing an unrecovered transition",
                 bdf=bdf,
@@ -250,6 +315,7 @@ class Journal:
             vendor_device=vendor_device,
             original_driver=original_driver,
             original_override=original_override,
+            original_driver_unknown=unknown,
             started_at=stamp,
             updated_at=stamp,
             pid=os.getpid(),
@@ -444,11 +510,37 @@ class Journal:
             raise JournalError("a journal entry without a PCI address cannot be written")
         name = self._name(entry.record, entry.bdf)
         payload = (json.dumps(entry.to_json(), indent=1, sort_keys=True) + "\n").encode()
+        self._reads_back(entry, payload, consequence)
         with self._writable() as state:
             try:
                 state.replace(name, payload)
             except OSError as exc:
                 raise self._error(exc, "write", name, entry.bdf, consequence) from exc
+
+    @staticmethod
+    def _reads_back(entry: JournalEntry, payload: bytes, consequence: str) -> None:
+        """Refuse to write a record that reading would set aside: the same checks, first."""
+        problem: Optional[str] = None
+        if len(payload) > _MAX_RECORD:
+            problem = f"{len(payload)} bytes, more than a record may have"
+        else:
+            try:
+                back = JournalEntry.from_json(
+                    json.loads(payload), record=entry.record, bdf=entry.bdf or ""
+                )
+            except ValueError as exc:
+                problem = str(exc)
+            else:
+                if back != entry:
+                    problem = "it would read back different"
+        if problem is not None:
+            raise JournalError(
+                f"the journal record for {entry.bdf} would not read back ({problem})",
+                bdf=entry.bdf,
+                step="journal",
+                remedy=f"{consequence}; this is a bug, please report it with the function's "
+                "driver and driver_override",
+            )
 
     def _remove(self, record: str, bdf: str, *, consequence: str) -> None:
         name = self._name(record, bdf)
