@@ -3,7 +3,9 @@
 Options become a :class:`~vfio_manager.pipeline.node.Node` (where the node's files are) and
 a request; the pipeline returns a result; :func:`_finish` prints it and maps it to the exit
 code. Errors below this layer are :class:`~vfio_manager.errors.VfioManagerError` values;
-here they become a message, a remedy and an exit code on stderr, never a traceback.
+here they become a message, a remedy and an exit code on stderr, never a traceback. With
+``--json``, every error is also one JSON document on stdout (``{"error": {...}}``), click's
+own usage errors included (:class:`_Cli`), so stdout is always exactly one document.
 """
 
 from __future__ import annotations
@@ -34,6 +36,28 @@ Exit codes:
 """
 
 
+class _BadValue(click.BadParameter):
+    """A bad option or argument value, with its remedy kept apart for the JSON document."""
+
+    def __init__(
+        self,
+        message: str,
+        remedy: Optional[str],
+        param: Optional[click.Parameter] = None,
+        ctx: Optional[click.Context] = None,
+    ) -> None:
+        super().__init__(f"{message}; {remedy}" if remedy else message, ctx=ctx, param=param)
+        self.remedy = remedy
+
+
+class _BadSelection(click.UsageError):
+    """A --vendor/--class/--device-id value the selection cannot use (exit 2)."""
+
+    def __init__(self, err: UsageError, ctx: Optional[click.Context] = None) -> None:
+        super().__init__(f"{err.message}; {err.remedy}" if err.remedy else err.message, ctx)
+        self.remedy = err.remedy
+
+
 class _BdfType(click.ParamType):  # type: ignore[type-arg]
     name = "BDF"
 
@@ -45,7 +69,7 @@ class _BdfType(click.ParamType):  # type: ignore[type-arg]
         try:
             return PciAddress.parse(str(value))
         except UsageError as err:
-            self.fail(f"{err.message}; {err.remedy}", param, ctx)
+            raise _BadValue(err.message, err.remedy, param, ctx) from err
 
 
 BDF = _BdfType()
@@ -125,7 +149,7 @@ def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Any:
     try:
         return Selector.from_options(vendor, pci_class, tuple(device_ids))
     except UsageError as err:
-        raise click.UsageError(f"{err.message}; {err.remedy}") from err
+        raise _BadSelection(err, click.get_current_context(silent=True)) from err
 
 
 def _report_error(err: VfioManagerError) -> None:
@@ -134,21 +158,128 @@ def _report_error(err: VfioManagerError) -> None:
         click.echo(f"  remedy: {err.remedy}", err=True)
 
 
+def _error_details(err: VfioManagerError) -> dict[str, Any]:
+    """What the JSON error document adds for some errors: the failing checks, the holder."""
+    from vfio_manager.host.preflight import PreflightFailed
+    from vfio_manager.safety.lock import LockTimeoutError
+
+    details: dict[str, Any] = {}
+    if err.bdf is not None:
+        details["bdf"] = err.bdf
+    if isinstance(err, PreflightFailed):
+        details["checks"] = [check.to_json() for check in err.failing]
+    if isinstance(err, LockTimeoutError):
+        holder = err.holder
+        details["holder"] = (
+            None
+            if holder is None
+            else {
+                "pid": holder.pid,
+                "command": holder.command,
+                "running": holder.running,
+                "state": holder.state,
+            }
+        )
+    return details
+
+
 def _handles_errors(func: F) -> F:
-    """Turn a VfioManagerError into its message, remedy and exit code."""
+    """Turn a VfioManagerError into its message, remedy and exit code (and, with
+    ``--json``, the error document on stdout)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except VfioManagerError as err:
+            if kwargs.get("as_json"):
+                from vfio_manager.cli import render
+
+                for line in render.error_json(
+                    int(err.exit_code), err.message, err.remedy, _error_details(err)
+                ):
+                    click.echo(line)
             _report_error(err)
             sys.exit(int(err.exit_code))
 
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _JsonUsageError(click.ClickException):
+    """Click's own error (a usage error, a bad value) when ``--json`` was asked for: the
+    error document on stdout, click's usual message (usage and error) on stderr."""
+
+    def __init__(self, original: click.ClickException, remedy: str) -> None:
+        message = original.format_message()
+        if message.endswith(f"; {remedy}"):  # our own values carry their remedy apart
+            message = message[: -len(remedy) - 2]
+        super().__init__(message)
+        self.original = original
+        setattr(self, "exit_code", original.exit_code)  # noqa: B010 - a ClassVar in click
+        self.remedy = remedy
+
+    def show(self, file: Any = None) -> None:
+        from vfio_manager.cli import render
+
+        for line in render.error_json(self.exit_code, self.message, self.remedy):
+            click.echo(line)
+        self.original.show(file)
+
+
+def _wants_json(args: Sequence[str]) -> bool:
+    """``--json`` among the arguments (before a ``--``): every command has the flag, and
+    no option takes a value that could be the word ``--json``."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _remedy_for(err: click.ClickException) -> str:
+    remedy = getattr(err, "remedy", None)
+    if isinstance(remedy, str) and remedy:
+        return remedy
+    ctx = getattr(err, "ctx", None)
+    where = ctx.command_path if isinstance(ctx, click.Context) else "vfio-manager"
+    return f"see `{where} --help`"
+
+
+class _Cli(click.Group):
+    """The command group; with ``--json``, click's errors become the JSON error document."""
+
+    def make_context(
+        self,
+        info_name: Optional[str],
+        args: list[str],
+        parent: Optional[click.Context] = None,
+        **extra: Any,
+    ) -> click.Context:
+        json_errors = _wants_json(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as err:
+            raise self._as_json(err, json_errors) from err
+        ctx.meta["vfio_manager.json_errors"] = json_errors
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as err:
+            raise self._as_json(err, bool(ctx.meta.get("vfio_manager.json_errors"))) from err
+
+    @staticmethod
+    def _as_json(err: click.ClickException, json_errors: bool) -> click.ClickException:
+        if not json_errors or isinstance(err, _JsonUsageError):
+            return err
+        return _JsonUsageError(err, _remedy_for(err))
+
+
+@click.group(
+    cls=_Cli, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="vfio-manager")
 @click.option(
     "--sysfs-root",

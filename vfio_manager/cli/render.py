@@ -143,6 +143,15 @@ def transition_json(result: TransitionResult) -> list[str]:
     return [to_json(doc)]
 
 
+def error_json(
+    code: int, message: str, remedy: Optional[str], extra: Optional[dict[str, Any]] = None
+) -> list[str]:
+    """The one document ``--json`` prints when a command could not run (any exit code)."""
+    return [
+        to_json({"error": {"code": code, "message": message, "remedy": remedy, **(extra or {})}})
+    ]
+
+
 def check_text(result: CheckResult, mark: Optional[Callable[[bool], str]] = None) -> list[str]:
     head = (
         f"Host readiness for {result.functions} function(s) matching "

@@ -176,7 +176,10 @@ class StateDir:
     def _open_dir(cls, path: str, owner: int) -> Optional[StateDir]:
         try:
             fd = os.open(path, _DIR_OPEN)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            blocker = _not_a_directory_above(path)  # some file systems say ENOENT for ENOTDIR
+            if blocker is not None:
+                raise _blocked_by_a_file(path, blocker, exc) from exc
             return None
         except OSError as exc:
             if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
