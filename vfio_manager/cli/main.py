@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
@@ -73,6 +74,54 @@ class _BdfType(click.ParamType):  # type: ignore[type-arg]
 
 
 BDF = _BdfType()
+
+
+class _Location(click.ParamType):  # type: ignore[type-arg]
+    """A root or directory option: an empty path is refused, never read as the default.
+
+    (An empty environment variable never reaches here: click treats it as unset, which
+    :func:`_refuse_empty_variables` refuses.)
+    """
+
+    name = "PATH"
+
+    def convert(
+        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> str:
+        text = str(value)
+        if not text or "\0" in text:
+            default = param.default if param is not None else None
+            raise _BadValue(
+                f"{text!r} is not a path",
+                f"give a path (default {default})" if default else "give a path",
+                param,
+                ctx,
+            )
+        return text
+
+
+LOCATION = _Location()
+
+
+def _refuse_empty_variables(ctx: click.Context) -> None:
+    """An option's environment variable set to "" is refused (exit 2), as an empty option
+    is: click would take it for unset and use the default (/sys, /run/vfio-manager), so a
+    variable emptied by mistake would point the run at the real node."""
+    from click.core import ParameterSource
+
+    for param in ctx.command.params:
+        envvar = getattr(param, "envvar", None)
+        if not isinstance(envvar, str) or param.name is None:
+            continue
+        if ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT:
+            continue
+        if os.environ.get(envvar) == "":
+            raise _BadValue(
+                f"the environment variable {envvar} is set but empty",
+                f"unset {envvar} to use the default ({param.default}), or set it to a value",
+                param,
+                ctx,
+            )
 
 
 class _Seconds(click.ParamType):  # type: ignore[type-arg]
@@ -284,6 +333,7 @@ class _Cli(click.Group):
 @click.option(
     "--sysfs-root",
     envvar="VFIO_MANAGER_SYSFS_ROOT",
+    type=LOCATION,
     default="/sys",
     show_default=True,
     help="Where sysfs is mounted (env VFIO_MANAGER_SYSFS_ROOT).",
@@ -291,6 +341,7 @@ class _Cli(click.Group):
 @click.option(
     "--dev-root",
     envvar="VFIO_MANAGER_DEV_ROOT",
+    type=LOCATION,
     default="/dev",
     show_default=True,
     help="Where the host's /dev is mounted (env VFIO_MANAGER_DEV_ROOT).",
@@ -298,6 +349,7 @@ class _Cli(click.Group):
 @click.option(
     "--host-root",
     envvar="HOST_ROOT",
+    type=LOCATION,
     default="/",
     show_default=True,
     help="The host's root filesystem, for /proc/cmdline and /lib/modules (env HOST_ROOT).",
@@ -313,6 +365,7 @@ class _Cli(click.Group):
 @click.option(
     "--state-dir",
     envvar="VFIO_MANAGER_STATE_DIR",
+    type=LOCATION,
     default="/run/vfio-manager",
     show_default=True,
     help="Lock and journal directory (env VFIO_MANAGER_STATE_DIR); in Kubernetes a hostPath, "
@@ -328,6 +381,7 @@ class _Cli(click.Group):
 @click.option(
     "--proc-root",
     envvar="VFIO_MANAGER_PROC_ROOT",
+    type=LOCATION,
     default="/proc",
     show_default=True,
     hidden=True,
@@ -374,6 +428,7 @@ def cli(
     from vfio_manager import log as logsetup
     from vfio_manager.pipeline.node import Node
 
+    _refuse_empty_variables(ctx)
     logsetup.configure(log_format, -1 if quiet else verbose)
     ctx.obj = Node(
         sysfs_root=sysfs_root,
