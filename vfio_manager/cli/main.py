@@ -3,13 +3,16 @@
 Options become a :class:`~vfio_manager.pipeline.node.Node` (where the node's files are) and
 a request; the pipeline returns a result; :func:`_finish` prints it and maps it to the exit
 code. Errors below this layer are :class:`~vfio_manager.errors.VfioManagerError` values;
-here they become a message, a remedy and an exit code on stderr, never a traceback.
+here they become a message, a remedy and an exit code on stderr, never a traceback. With
+``--json``, every error is also one JSON document on stdout (``{"error": {...}}``), click's
+own usage errors included (:class:`_Cli`), so stdout is always exactly one document.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
@@ -34,6 +37,28 @@ Exit codes:
 """
 
 
+class _BadValue(click.BadParameter):
+    """A bad option or argument value, with its remedy kept apart for the JSON document."""
+
+    def __init__(
+        self,
+        message: str,
+        remedy: Optional[str],
+        param: Optional[click.Parameter] = None,
+        ctx: Optional[click.Context] = None,
+    ) -> None:
+        super().__init__(f"{message}; {remedy}" if remedy else message, ctx=ctx, param=param)
+        self.remedy = remedy
+
+
+class _BadSelection(click.UsageError):
+    """A --vendor/--class/--device-id value the selection cannot use (exit 2)."""
+
+    def __init__(self, err: UsageError, ctx: Optional[click.Context] = None) -> None:
+        super().__init__(f"{err.message}; {err.remedy}" if err.remedy else err.message, ctx)
+        self.remedy = err.remedy
+
+
 class _BdfType(click.ParamType):  # type: ignore[type-arg]
     name = "BDF"
 
@@ -45,10 +70,58 @@ class _BdfType(click.ParamType):  # type: ignore[type-arg]
         try:
             return PciAddress.parse(str(value))
         except UsageError as err:
-            self.fail(f"{err.message}; {err.remedy}", param, ctx)
+            raise _BadValue(err.message, err.remedy, param, ctx) from err
 
 
 BDF = _BdfType()
+
+
+class _Location(click.ParamType):  # type: ignore[type-arg]
+    """A root or directory option: an empty path is refused, never read as the default.
+
+    (An empty environment variable never reaches here: click treats it as unset, which
+    :func:`_refuse_empty_variables` refuses.)
+    """
+
+    name = "PATH"
+
+    def convert(
+        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> str:
+        text = str(value)
+        if not text or "\0" in text:
+            default = param.default if param is not None else None
+            raise _BadValue(
+                f"{text!r} is not a path",
+                f"give a path (default {default})" if default else "give a path",
+                param,
+                ctx,
+            )
+        return text
+
+
+LOCATION = _Location()
+
+
+def _refuse_empty_variables(ctx: click.Context) -> None:
+    """An option's environment variable set to "" is refused (exit 2), as an empty option
+    is: click would take it for unset and use the default (/sys, /run/vfio-manager), so a
+    variable emptied by mistake would point the run at the real node."""
+    from click.core import ParameterSource
+
+    for param in ctx.command.params:
+        envvar = getattr(param, "envvar", None)
+        if not isinstance(envvar, str) or param.name is None:
+            continue
+        if ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT:
+            continue
+        if os.environ.get(envvar) == "":
+            raise _BadValue(
+                f"the environment variable {envvar} is set but empty",
+                f"unset {envvar} to use the default ({param.default}), or set it to a value",
+                param,
+                ctx,
+            )
 
 
 class _Seconds(click.ParamType):  # type: ignore[type-arg]
@@ -125,7 +198,7 @@ def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Any:
     try:
         return Selector.from_options(vendor, pci_class, tuple(device_ids))
     except UsageError as err:
-        raise click.UsageError(f"{err.message}; {err.remedy}") from err
+        raise _BadSelection(err, click.get_current_context(silent=True)) from err
 
 
 def _report_error(err: VfioManagerError) -> None:
@@ -134,25 +207,133 @@ def _report_error(err: VfioManagerError) -> None:
         click.echo(f"  remedy: {err.remedy}", err=True)
 
 
+def _error_details(err: VfioManagerError) -> dict[str, Any]:
+    """What the JSON error document adds for some errors: the failing checks, the holder."""
+    from vfio_manager.host.preflight import PreflightFailed
+    from vfio_manager.safety.lock import LockTimeoutError
+
+    details: dict[str, Any] = {}
+    if err.bdf is not None:
+        details["bdf"] = err.bdf
+    if isinstance(err, PreflightFailed):
+        details["checks"] = [check.to_json() for check in err.failing]
+    if isinstance(err, LockTimeoutError):
+        holder = err.holder
+        details["holder"] = (
+            None
+            if holder is None
+            else {
+                "pid": holder.pid,
+                "command": holder.command,
+                "running": holder.running,
+                "state": holder.state,
+            }
+        )
+    return details
+
+
 def _handles_errors(func: F) -> F:
-    """Turn a VfioManagerError into its message, remedy and exit code."""
+    """Turn a VfioManagerError into its message, remedy and exit code (and, with
+    ``--json``, the error document on stdout)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except VfioManagerError as err:
+            if kwargs.get("as_json"):
+                from vfio_manager.cli import render
+
+                for line in render.error_json(
+                    int(err.exit_code), err.message, err.remedy, _error_details(err)
+                ):
+                    click.echo(line)
             _report_error(err)
             sys.exit(int(err.exit_code))
 
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _JsonUsageError(click.ClickException):
+    """Click's own error (a usage error, a bad value) when ``--json`` was asked for: the
+    error document on stdout, click's usual message (usage and error) on stderr."""
+
+    def __init__(self, original: click.ClickException, remedy: str) -> None:
+        message = original.format_message()
+        if message.endswith(f"; {remedy}"):  # our own values carry their remedy apart
+            message = message[: -len(remedy) - 2]
+        super().__init__(message)
+        self.original = original
+        setattr(self, "exit_code", original.exit_code)  # noqa: B010 - a ClassVar in click
+        self.remedy = remedy
+
+    def show(self, file: Any = None) -> None:
+        from vfio_manager.cli import render
+
+        for line in render.error_json(self.exit_code, self.message, self.remedy):
+            click.echo(line)
+        self.original.show(file)
+
+
+def _wants_json(args: Sequence[str]) -> bool:
+    """``--json`` among the arguments (before a ``--``): every command has the flag, and
+    no option takes a value that could be the word ``--json``."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _remedy_for(err: click.ClickException) -> str:
+    remedy = getattr(err, "remedy", None)
+    if isinstance(remedy, str) and remedy:
+        return remedy
+    ctx = getattr(err, "ctx", None)
+    where = ctx.command_path if isinstance(ctx, click.Context) else "vfio-manager"
+    return f"see `{where} --help`"
+
+
+class _Cli(click.Group):
+    """The command group; with ``--json``, click's errors become the JSON error document."""
+
+    def make_context(
+        self,
+        info_name: Optional[str],
+        args: list[str],
+        parent: Optional[click.Context] = None,
+        **extra: Any,
+    ) -> click.Context:
+        json_errors = _wants_json(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as err:
+            raise self._as_json(err, json_errors) from err
+        ctx.meta["vfio_manager.json_errors"] = json_errors
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as err:
+            raise self._as_json(err, bool(ctx.meta.get("vfio_manager.json_errors"))) from err
+
+    @staticmethod
+    def _as_json(err: click.ClickException, json_errors: bool) -> click.ClickException:
+        if not json_errors or isinstance(err, _JsonUsageError):
+            return err
+        return _JsonUsageError(err, _remedy_for(err))
+
+
+@click.group(
+    cls=_Cli, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="vfio-manager")
 @click.option(
     "--sysfs-root",
     envvar="VFIO_MANAGER_SYSFS_ROOT",
+    type=LOCATION,
     default="/sys",
     show_default=True,
     help="Where sysfs is mounted (env VFIO_MANAGER_SYSFS_ROOT).",
@@ -160,6 +341,7 @@ def _handles_errors(func: F) -> F:
 @click.option(
     "--dev-root",
     envvar="VFIO_MANAGER_DEV_ROOT",
+    type=LOCATION,
     default="/dev",
     show_default=True,
     help="Where the host's /dev is mounted (env VFIO_MANAGER_DEV_ROOT).",
@@ -167,6 +349,7 @@ def _handles_errors(func: F) -> F:
 @click.option(
     "--host-root",
     envvar="HOST_ROOT",
+    type=LOCATION,
     default="/",
     show_default=True,
     help="The host's root filesystem, for /proc/cmdline and /lib/modules (env HOST_ROOT).",
@@ -182,6 +365,7 @@ def _handles_errors(func: F) -> F:
 @click.option(
     "--state-dir",
     envvar="VFIO_MANAGER_STATE_DIR",
+    type=LOCATION,
     default="/run/vfio-manager",
     show_default=True,
     help="Lock and journal directory (env VFIO_MANAGER_STATE_DIR); in Kubernetes a hostPath, "
@@ -197,6 +381,7 @@ def _handles_errors(func: F) -> F:
 @click.option(
     "--proc-root",
     envvar="VFIO_MANAGER_PROC_ROOT",
+    type=LOCATION,
     default="/proc",
     show_default=True,
     hidden=True,
@@ -243,6 +428,7 @@ def cli(
     from vfio_manager import log as logsetup
     from vfio_manager.pipeline.node import Node
 
+    _refuse_empty_variables(ctx)
     logsetup.configure(log_format, -1 if quiet else verbose)
     ctx.obj = Node(
         sysfs_root=sysfs_root,

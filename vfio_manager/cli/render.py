@@ -132,10 +132,24 @@ def transition_text(result: TransitionResult) -> list[str]:
 
 
 def transition_json(result: TransitionResult) -> list[str]:
-    notes = {"notes": list(result.notes)}
+    notes: dict[str, Any] = {"notes": list(result.notes)}
+    if not result.request.dry_run:
+        notes["journal_errors"] = list(result.journal_errors)
     if result.report is None:
         return [to_json({"dry_run": result.request.dry_run, **result.plan.to_json(), **notes})]
-    return [to_json({**result.report.to_json(), **notes})]
+    doc = {**result.report.to_json(), **notes}
+    if result.journal_errors:
+        doc["ok"] = False
+    return [to_json(doc)]
+
+
+def error_json(
+    code: int, message: str, remedy: Optional[str], extra: Optional[dict[str, Any]] = None
+) -> list[str]:
+    """The one document ``--json`` prints when a command could not run (any exit code)."""
+    return [
+        to_json({"error": {"code": code, "message": message, "remedy": remedy, **(extra or {})}})
+    ]
 
 
 def check_text(result: CheckResult, mark: Optional[Callable[[bool], str]] = None) -> list[str]:

@@ -42,7 +42,8 @@ from vfio_manager.daemon import files
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.log import get_logger
-from vfio_manager.safety.lock import DEFAULT_STATE_DIR, UnsafeStateDirError, open_state_dir
+from vfio_manager.safety.lock import DEFAULT_STATE_DIR
+from vfio_manager.safety.statedir import UnsafeStateDirError, open_state_dir
 
 log = get_logger("vfio_manager.daemon.intent")
 

@@ -27,12 +27,8 @@ from typing import Optional
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.log import get_logger
-from vfio_manager.safety.lock import (
-    DEFAULT_STATE_DIR,
-    UnsafeStateDirError,
-    open_state_dir,
-    read_holder,
-)
+from vfio_manager.safety.lock import DEFAULT_STATE_DIR, read_holder
+from vfio_manager.safety.statedir import UnsafeStateDirError, open_state_dir
 
 log = get_logger("vfio_manager.daemon.presence")
 

@@ -16,7 +16,7 @@ reads the journal without changing it, and writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
     from vfio_manager.host.modules import Runner
     from vfio_manager.pipeline.engine import Report
-    from vfio_manager.safety.journal import Journal
+    from vfio_manager.safety.journal import Journal, JournalEntry
 
 log = get_logger("vfio_manager.pipeline.transition")
 
@@ -65,9 +65,12 @@ class TransitionResult:
     plan: Plan
     report: Optional[Report]
     notes: tuple[str, ...] = ()
+    journal_errors: tuple[str, ...] = ()  # records the state dir would not update (no entry)
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.journal_errors:
+            return ExitCode.FAILED
         if self.report is not None:
             return self.report.exit_code
         refused = any(entry.refusal for entry in self.plan.entries)
@@ -104,6 +107,8 @@ class _Run:
         self.sysfs = sysfs
         self.journal = journal
         self.notes: list[str] = []
+        self.journal_errors: list[str] = []
+        self.unreadable_origins: set[str] = set()
 
     def result(self) -> TransitionResult:
         from vfio_manager.host.driver_choice import DriverResolver
@@ -123,9 +128,13 @@ class _Run:
         plan = self._plan(topology, targets, resolver)
         plan = self._refuse(plan)
         if self.request.dry_run or not plan.entries:
-            return TransitionResult(self.request, plan, None, tuple(self.notes))
-        report = self._apply(plan)
-        return TransitionResult(self.request, plan, report, tuple(self.notes))
+            return self._result(plan, None)
+        return self._result(plan, self._apply(plan))
+
+    def _result(self, plan: Plan, report: Optional[Report]) -> TransitionResult:
+        return TransitionResult(
+            self.request, plan, report, tuple(self.notes), tuple(self.journal_errors)
+        )
 
     # -- stages -----------------------------------------------------------------------------
     def _targets(self, topology: Topology) -> list[PciFunction]:
@@ -172,9 +181,7 @@ class _Run:
             targets={f.address for f in targets},
         )
         self.notes += [f"journal: {note}" for note in settlement.notes]
-        if self.journal is not None and not request.dry_run:
-            for bdf in settlement.moot:
-                self.journal.abort(bdf)
+        self._drop_moot(settlement.moot)
         targets = targets + settlement.extra_targets
         if request.direction is Direction.TO_VFIO:
             plan = plan_to_vfio(
@@ -186,11 +193,10 @@ class _Run:
                 vfio_driver_for=resolver.vfio_driver,
             )
         else:
+            origins = self._recorded_origins(targets)
+            self.notes += _native_sources(pending, targets, origins, self.unreadable_origins)
             native = DriverResolver.for_node(
-                topology.driver_modules,
-                resolver.aliases,
-                self.sysfs,
-                recorded_native=self._recorded_origins(targets),
+                topology.driver_modules, resolver.aliases, self.sysfs, recorded_native=origins
             )
             plan = plan_to_host(topology, targets, native_driver_for=native.native_driver)
         refused = {e.address for e in settlement.entries}
@@ -201,17 +207,57 @@ class _Run:
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
 
+    def _journal_failed(self, bdf: str, what: str, err: VfioManagerError) -> None:
+        """A record the state directory would not update: a note, and exit code 1."""
+        remedy = f" (remedy: {err.remedy})" if err.remedy else ""
+        text = f"{bdf}: {what}: {err.message}{remedy}"
+        log.error("journal", bdf=bdf, step="journal", outcome="failed", reason=err.message)
+        self.journal_errors.append(text)
+        self.notes.append(f"journal: {text}")
+
+    def _drop_moot(self, moot: Sequence[str]) -> None:
+        """Drop the records of functions that are gone (a real run only)."""
+        if self.journal is None or self.request.dry_run:
+            return
+        for bdf in moot:
+            try:
+                self.journal.abort(bdf)
+            except VfioManagerError as err:
+                self._journal_failed(bdf, "its moot record could not be dropped", err)
+
     def _recorded_origins(self, targets: Sequence[PciFunction]) -> dict[PciAddress, Optional[str]]:
-        """The driver each function had before it was first moved to vfio, where recorded."""
+        """The driver each function had before it was first moved to vfio, where recorded.
+
+        An unreadable origin record is set aside by the journal and said in a note: that
+        function's native driver then comes from modules.alias.
+        """
         origins: dict[PciAddress, Optional[str]] = {}
         if self.journal is None:
             return origins
+        self.journal.take_set_aside()  # the transition records': settle said them already
         for function in targets:
-            entry = self.journal.original(
-                function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
-            )
-            if entry is not None:
+            try:
+                entry = self.journal.original(
+                    function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
+                )
+            except VfioManagerError as err:
+                self._journal_failed(function.bdf, "its origin record could not be read", err)
+                continue
+            if entry is not None and entry.original_driver_unknown:
+                self.notes.append(
+                    f"journal: {function.bdf}: its origin record has no usable driver name "
+                    "(recorded as unknown); its native driver comes from modules.alias"
+                )
+                self.unreadable_origins.add(function.bdf)
+            elif entry is not None:
                 origins[function.address] = entry.original_driver
+        for bad in self.journal.take_set_aside():
+            self.unreadable_origins.add(bad.bdf or "")
+            where = f"set aside as {bad.quarantined_as}" if bad.quarantined_as else "ignored"
+            self.notes.append(
+                f"journal: {bad.bdf}: its origin record was unreadable ({bad.problem}); "
+                f"{where}; its native driver comes from modules.alias instead"
+            )
         return origins
 
     def _refuse(self, plan: Plan) -> Plan:
@@ -248,6 +294,34 @@ class _Run:
             for o in report.outcomes
         )
         return replace(report, outcomes=outcomes)
+
+
+def _native_sources(
+    pending: Sequence[JournalEntry],
+    targets: Sequence[PciFunction],
+    origins: dict[PciAddress, Optional[str]],
+    said: Collection[str],
+) -> list[str]:
+    """For each target whose transition record was unreadable: where its native driver
+    comes from now (its origin record, or modules.alias when it has none readable).
+    ``said``: functions whose unreadable origin record has a note of its own."""
+    returning = {f.bdf for f in targets}
+    notes = []
+    for entry in pending:
+        if not entry.corrupt or entry.bdf not in returning or entry.bdf in said:
+            continue
+        address = PciAddress.parse(entry.bdf)
+        if address in origins:
+            driver = origins[address] or "no driver: it stays unbound"
+            notes.append(
+                f"journal: {entry.bdf}: its native driver comes from its origin record ({driver})"
+            )
+        else:
+            notes.append(
+                f"journal: {entry.bdf}: it has no readable origin record; its native driver "
+                "comes from modules.alias"
+            )
+    return notes
 
 
 def gate(
