@@ -603,7 +603,7 @@ def finish(rc: int) -> None:
     passed = sum(1 for c in RESULTS if c.ok and not c.detail.startswith("PENDING"))
     failed = sum(1 for c in RESULTS if not c.ok)
     skipped = sum(1 for c in RESULTS if c.detail.startswith("PENDING"))
-    summary.append(f"systemd guest: {passed} passed, {failed} failed, {skipped} skipped")
+    summary.append(f"systemd-guest: {passed} passed, {failed} failed, {skipped} skipped")
     text = "\n".join(summary) + "\n"
     print(text, flush=True)
     try:
