@@ -70,24 +70,36 @@ def run_section(ctx: Context) -> list[report.Table]:
             )
     table = report.Table(
         f"In-use scan: {npus} NPUs to bind, /proc of {ctx.processes} processes x {ctx.fds} fds",
-        ("command", "median", "min to max", "scan cost (vs empty /proc)", "writes", "exit"),
+        (
+            "command",
+            "wall",
+            "min to max",
+            "CPU",
+            "scan cost (vs empty /proc): wall",
+            "CPU",
+            "writes",
+            "exit",
+        ),
     )
     for label, series in found.items():
         base_label = label.replace("synthetic /proc", "empty /proc")
-        cost = "-"
+        cost = cpu_cost = "-"
         if base_label != label and base_label in found:
             cost = report.seconds(series.median - found[base_label].median)
+            cpu_cost = report.seconds(series.cpu - found[base_label].cpu)
         table.rows.append(
             (
                 f"`{label}`",
                 report.seconds(series.median),
                 report.spread(*series.spread),
+                report.seconds(series.cpu),
                 cost,
+                cpu_cost,
                 _writes(series) if "dry-run" not in label else "0 (dry run)",
                 report.codes(series.returncodes),
             )
         )
-        table.data[label] = [s.seconds for s in series.samples]
+        table.data[label] = [(s.seconds, s.cpu_seconds) for s in series.samples]
 
     audit = report.Table(
         "In-use scan: what each run opened and listed under the synthetic /proc (audit hook)",

@@ -40,7 +40,7 @@ def run_section(ctx: Context) -> list[report.Table]:
             "probe delay",
             "unbind-all total",
             "total / delay",
-            "slow probes",
+            "native probes",
             "first probe start to last probe end",
             "exit",
         ),

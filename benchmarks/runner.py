@@ -1,10 +1,13 @@
 """Runs a command as a separate process and measures it: wall time, peak RSS, exit status.
 
-Peak RSS comes from GNU time (``/usr/bin/time -f %M``), which adds about a millisecond to
-every command alike. Not from this process's ``wait4``: Linux carries a process's peak RSS
-across ``exec``, so a child forked from this (large) Python process would report at least
-our own size. Without GNU time the RSS is reported as unknown. Output goes to files, not
-pipes, so long outputs (``status --json`` of 8,192 functions) cannot block the child.
+Wall time is what a user waits; CPU time (user + system, from ``wait4``, which adds the
+child's reaped descendants) is what the command costs, and it hardly moves when other
+work shares the machine, so both are kept. Peak RSS comes from GNU time (``/usr/bin/time
+-f %M``), which adds about a millisecond to every command alike; not from ``wait4``: Linux
+carries a process's peak RSS across ``exec``, so a child forked from this (large) Python
+process would report at least our own size. Without GNU time the RSS is reported as
+unknown. Output goes to files, not pipes, so long outputs (``status --json`` of 8,192
+functions) cannot block the child.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ GNU_TIME = "/usr/bin/time"
 @dataclass(frozen=True)
 class Sample:
     seconds: float
+    cpu_seconds: float
     max_rss_kib: Optional[int]
     returncode: int
     stdout: str
@@ -57,6 +61,10 @@ class Series:
     @property
     def median(self) -> float:
         return statistics.median(s.seconds for s in self.samples)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(s.cpu_seconds for s in self.samples)
 
     @property
     def spread(self) -> tuple[float, float]:
@@ -118,12 +126,14 @@ def run(argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None) -> Samp
             env=dict(env or child_env()),
             cwd=REPO,
         )
-        proc.wait()
+        _pid, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         return Sample(
             seconds,
+            usage.ru_utime + usage.ru_stime,
             _peak_kib(rss.name) if wrapper else None,
             proc.returncode,
             out.read().decode("utf-8", "replace"),

@@ -52,9 +52,20 @@ def _check(ctx: Context, size: int, node: fakenode.FakeNode, found: dict[str, Se
 def run_section(ctx: Context) -> list[report.Table]:
     table = report.Table(
         "Scale (generated nodes on tmpfs, separate processes)",
-        ("endpoints", "NPUs", "command", "median", "min to max", "per 1k", "peak RSS", "exit"),
+        (
+            "endpoints",
+            "NPUs",
+            "command",
+            "wall",
+            "min to max",
+            "CPU",
+            "wall per 1k",
+            "peak RSS",
+            "exit",
+        ),
     )
     medians: dict[str, list[tuple[float, float]]] = {c: [] for c in COMMANDS}
+    cpus: dict[str, list[tuple[float, float]]] = {c: [] for c in COMMANDS}
     for size in ctx.sizes:
         root = ctx.path(f"scale-{size}")
         node = fakenode.generate(root, size)
@@ -75,6 +86,7 @@ def run_section(ctx: Context) -> list[report.Table]:
         for command in COMMANDS:
             series = found[command]
             medians[command].append((size / 1000, series.median))
+            cpus[command].append((size / 1000, series.cpu))
             table.rows.append(
                 (
                     str(size),
@@ -82,6 +94,7 @@ def run_section(ctx: Context) -> list[report.Table]:
                     f"`{command}`",
                     report.seconds(series.median),
                     report.spread(*series.spread),
+                    report.seconds(series.cpu),
                     report.seconds(series.median / (size / 1000)),
                     report.mib(series.rss_mib),
                     report.codes(series.returncodes),
@@ -90,19 +103,22 @@ def run_section(ctx: Context) -> list[report.Table]:
         shutil.rmtree(root, ignore_errors=True)
     growth = report.Table(
         "Scale: growth per 1k endpoints (least-squares slope over the sizes)",
-        ("command", "growth per 1k", "largest / smallest time", "largest / smallest size"),
+        ("command", "wall per 1k", "CPU per 1k", "largest / smallest: wall", "CPU", "size"),
     )
     for command, points in medians.items():
         (x0, y0), (x1, y1) = points[0], points[-1]
+        (_, c0), (_, c1) = cpus[command][0], cpus[command][-1]
         growth.rows.append(
             (
                 f"`{command}`",
                 report.seconds(slope(points)),
+                report.seconds(slope(cpus[command])),
                 report.ratio(y1, y0),
+                report.ratio(c1, c0),
                 f"{x1 / x0:.0f}x" if x0 else "-",
             )
         )
-        growth.data[command] = points
+        growth.data[command] = {"wall": points, "cpu": cpus[command]}
     total = len(fakenode.plan_functions(ctx.sizes[0])) - ctx.sizes[0]
     table.notes.append(
         f"{ctx.heavy_reps} run(s) each after {ctx.warmup} warm-up run(s); each node also has one "
