@@ -1,6 +1,6 @@
 """Run the product's CLI in a child process and count what it opens and lists under a path.
 
-Usage: ``python -m benchmarks.audited COUNTS.json PREFIX -- vfio-manager ARGS...``
+Usage: ``python -m benchmarks.audited COUNTS.json PREFIX -- ARGS...`` (the CLI's arguments)
 
 A ``sys.addaudithook`` hook counts the ``open``, ``os.listdir`` and ``os.scandir`` events
 whose path starts with PREFIX (the synthetic /proc): a converged run must show none, a run
@@ -24,7 +24,7 @@ _EVENTS = ("open", "os.listdir", "os.scandir")
 def main() -> None:
     counts_path, prefix, sep, *argv = sys.argv[1:]
     if sep != "--" or not argv:
-        raise SystemExit("usage: python -m benchmarks.audited COUNTS.json PREFIX -- PROG ARGS...")
+        raise SystemExit("usage: python -m benchmarks.audited COUNTS.json PREFIX -- ARGS...")
     prefix = prefix.rstrip("/")
     counts = dict.fromkeys(_EVENTS, 0)
 
@@ -37,7 +37,7 @@ def main() -> None:
                 counts[event] += 1
 
     sys.addaudithook(hook)
-    sys.argv = ["vfio-manager", *argv[1:]]
+    sys.argv = ["vfio-manager", *argv]
     try:
         runpy.run_module("vfio_manager", run_name="__main__", alter_sys=True)
     finally:

@@ -27,8 +27,10 @@ _WRITES = re.compile(r"(\d+) write\(s\)")
 
 
 def _audited(ctx: Context, label: str, argv: list[str], proc: str) -> dict[str, int]:
+    """Run ``argv`` (a product command line) again under the audit hook; its counts."""
     counts = ctx.path(f"audit-{label.replace(' ', '_').replace(',', '')}.json")
-    sample = run([sys.executable, "-m", "benchmarks.audited", counts, proc, "--", *argv])
+    args = argv[len(product_argv()) :]
+    sample = run([sys.executable, "-m", "benchmarks.audited", counts, proc, "--", *args])
     if not os.path.exists(counts):
         ctx.problems.append(f"in-use: audited {label} run left no counts: {sample.stderr[-500:]}")
         return {}
