@@ -391,10 +391,10 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "TMP_PREFIX",
     "StateDir",
-    "open_state_dir",
     "UnsafeStateDirError",
     "UnusableFile",
     "kind_of",
+    "open_state_dir",
 ]
 
 
