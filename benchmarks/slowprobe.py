@@ -33,8 +33,10 @@ from pyfakefs.fake_filesystem_unittest import Patcher
 
 import vfio_manager
 from tests.harness import FakeKernel
+from tests.harness.kernel import matching, routes
+from tests.harness.kernel.state import KernelState
 from tests.harness.topologies import npu_node
-from vfio_manager.cli import main as cli_main
+from vfio_manager.cli.main import main as cli_main
 
 SLOW_DRIVER = "rebellions"
 
@@ -46,7 +48,11 @@ def _device_name(data: bytes) -> str:
 
 
 class SlowProbeKernel(FakeKernel):
-    """A :class:`FakeKernel` whose ``slow_drivers`` take ``probe_delay`` seconds to probe."""
+    """A :class:`FakeKernel` whose ``slow_drivers`` take ``probe_delay`` seconds to probe.
+
+    The delay wraps the harness's rules for ``drivers_probe`` and ``drivers/NAME/bind`` in
+    its route tables (tests/harness/kernel/routes.py) for as long as the kernel lives.
+    """
 
     def __init__(
         self, fs: FakeFilesystem, *, probe_delay: float, slow_drivers: tuple[str, ...], **kw: Any
@@ -55,32 +61,42 @@ class SlowProbeKernel(FakeKernel):
         self.slow_drivers = frozenset(slow_drivers)
         self.probes: list[tuple[str, float, float]] = []  # (bdf, start, end), monotonic
         super().__init__(fs, **kw)
+        self._routes = (routes.BUS_FILES["drivers_probe"], routes.DRIVER_FILES["bind"])
+        probe, bind = self._routes
 
-    def _would_probe_slowly(self, bdf: str, drivers: frozenset[str]) -> bool:
-        with self._lock:
-            fn = self._functions.get(bdf)
+        def slow_probe(s: KernelState, data: bytes) -> None:
+            self._delay(s, _device_name(data), self.slow_drivers)
+            probe(s, data)
+
+        def slow_bind(s: KernelState, driver: str, data: bytes) -> None:
+            if driver in self.slow_drivers:
+                self._delay(s, _device_name(data), frozenset({driver}))
+            bind(s, driver, data)
+
+        routes.BUS_FILES["drivers_probe"] = slow_probe
+        routes.DRIVER_FILES["bind"] = slow_bind
+
+    def close(self) -> None:
+        routes.BUS_FILES["drivers_probe"], routes.DRIVER_FILES["bind"] = self._routes
+        super().close()
+
+    @staticmethod
+    def _would_probe_slowly(s: KernelState, bdf: str, drivers: frozenset[str]) -> bool:
+        with s.lock:
+            fn = s.function_table.get(bdf)
             if fn is None or fn.driver is not None:
                 return False
             return any(
-                self._match(drv, fn) is not None
-                for drv in self._drivers.values()
+                matching.match(drv, fn) is not None
+                for drv in s.driver_table.values()
                 if drv.name in drivers
             )
 
-    def _delay(self, bdf: str, drivers: frozenset[str]) -> None:
-        if self._would_probe_slowly(bdf, drivers):
+    def _delay(self, s: KernelState, bdf: str, drivers: frozenset[str]) -> None:
+        if self._would_probe_slowly(s, bdf, drivers):
             start = time.monotonic()
             time.sleep(self.probe_delay)  # outside the model lock, as a per-device lock would be
             self.probes.append((bdf, start, time.monotonic()))
-
-    def _drivers_probe_store(self, data: bytes) -> None:
-        self._delay(_device_name(data), self.slow_drivers)
-        super()._drivers_probe_store(data)
-
-    def _bind_store(self, driver: str, data: bytes) -> None:
-        if driver in self.slow_drivers:
-            self._delay(_device_name(data), frozenset({driver}))
-        super()._bind_store(driver, data)
 
 
 def _import_product() -> None:
@@ -94,8 +110,8 @@ def _invoke(k: FakeKernel, *args: str) -> tuple[int, str]:
     argv = [
         "--sysfs-root", k.sys_root, "--dev-root", k.dev_root, "--host-root", k.host_root,
         "--state-dir", f"{k.host_root}/run/vfio-manager", "--proc-root", k.proc_root,
-        "--log-format", "json", *args,
-    ]  # fmt: skip
+        "--log-format", "json", "--writer", "thread", *args,
+    ]  # fmt: skip (in-process fake kernel: a forked writer would write to its own copy)
     with CliRunner().isolation() as streams:
         try:
             cli_main(argv)
