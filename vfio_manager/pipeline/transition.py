@@ -29,7 +29,12 @@ from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import Plan
-from vfio_manager.pipeline.selection import Selector, named_functions, selected_functions
+from vfio_manager.pipeline.selection import (
+    Selector,
+    in_groups_of,
+    named_functions,
+    selected_functions,
+)
 
 if TYPE_CHECKING:
     from vfio_manager.host.driver_choice import DriverResolver
@@ -37,7 +42,8 @@ if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
     from vfio_manager.host.modules import Runner
     from vfio_manager.pipeline.engine import Report
-    from vfio_manager.safety.journal import Journal
+    from vfio_manager.safety.journal import Journal, JournalEntry
+    from vfio_manager.safety.lock import NodeLock
 
 log = get_logger("vfio_manager.pipeline.transition")
 
@@ -54,6 +60,12 @@ class TransitionRequest:
     load_modules: bool = True
     force: bool = False
     runner: Optional[Runner] = None  # modprobe runner; tests inject the fake kernel's
+    exclude: frozenset[PciAddress] = frozenset()
+    """Never planned: not as targets, not as group peers, not to settle a journal record
+    (the record is kept for a later run). The daemon's excluded, intent and backoff sets."""
+    scope: Optional[frozenset[PciAddress]] = None
+    """Only the selected functions in the IOMMU groups of these (what a uevent named);
+    ``None``: every selected function."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class TransitionResult:
     plan: Plan
     report: Optional[Report]
     notes: tuple[str, ...] = ()
+    topology: Optional[Topology] = None  # what the plan was made from
 
     @property
     def exit_code(self) -> ExitCode:
@@ -74,13 +87,24 @@ class TransitionResult:
         return ExitCode.FAILED if refused else ExitCode.OK
 
 
-def run_transition(node: Node, request: TransitionRequest) -> TransitionResult:
-    """Plan and (unless ``dry_run``) apply; see the module docstring."""
+def run_transition(
+    node: Node, request: TransitionRequest, *, lock: Optional[NodeLock] = None
+) -> TransitionResult:
+    """Plan and (unless ``dry_run``) apply; see the module docstring.
+
+    ``lock``: the node lock, already held by the caller, who read something under it that
+    this run must agree with (the daemon reads the admin's intents first); by default the
+    run takes the lock itself.
+    """
     if request.dry_run:
         return _Run(node, request, node.sysfs(), _readonly_journal(node)).result()
-    with node.lock() as lock:
-        sysfs = node.sysfs(node.transport(lock))
-        return _Run(node, request, sysfs, node.journal()).result()
+    if lock is None:
+        with node.lock() as held:
+            return run_transition(node, request, lock=held)
+    if not lock.held:
+        raise RuntimeError(f"{lock.path} must be held by the caller")
+    sysfs = node.sysfs(node.transport(lock))
+    return _Run(node, request, sysfs, node.journal()).result()
 
 
 def _readonly_journal(node: Node) -> Optional[Journal]:
@@ -121,15 +145,21 @@ class _Run:
         plan = self._plan(topology, targets, resolver)
         plan = self._refuse(plan)
         if self.request.dry_run or not plan.entries:
-            return TransitionResult(self.request, plan, None, tuple(self.notes))
+            return TransitionResult(self.request, plan, None, tuple(self.notes), topology)
         report = self._apply(plan)
-        return TransitionResult(self.request, plan, report, tuple(self.notes))
+        return TransitionResult(self.request, plan, report, tuple(self.notes), topology)
 
     # -- stages -----------------------------------------------------------------------------
     def _targets(self, topology: Topology) -> list[PciFunction]:
-        if self.request.named:
-            return named_functions(topology, self.request.selector, self.request.named)
-        return selected_functions(topology, self.request.selector)
+        request = self.request
+        if request.named:
+            found = named_functions(topology, request.selector, request.named)
+        else:
+            found = selected_functions(topology, request.selector)
+        if request.scope is not None:
+            scope = in_groups_of(topology, request.scope)
+            found = [f for f in found if f.address in scope]
+        return [f for f in found if f.address not in request.exclude]
 
     def _gate(
         self,
@@ -161,7 +191,7 @@ class _Run:
         from vfio_manager.pipeline.settle import settle
 
         request = self.request
-        pending = self.journal.pending() if self.journal is not None else []
+        pending = self._pending_records()
         settlement = settle(
             pending,
             topology,
@@ -182,6 +212,7 @@ class _Run:
                 named=request.named,
                 with_group_peers=request.with_group_peers,
                 vfio_driver_for=resolver.vfio_driver,
+                exclude=request.exclude,
             )
         else:
             native = DriverResolver(
@@ -195,6 +226,19 @@ class _Run:
             if e.address not in refused
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
+
+    def _pending_records(self) -> list[JournalEntry]:
+        """The journal's records, less those of excluded functions (kept for a later run)."""
+        if self.journal is None:
+            return []
+        pending = self.journal.pending()
+        if not self.request.exclude:
+            return pending
+        excluded = {str(a) for a in self.request.exclude}
+        kept = [e for e in pending if e.bdf in excluded]
+        for entry in kept:
+            self.notes.append(f"journal: {entry.bdf}: record kept, the function is excluded")
+        return [e for e in pending if e.bdf not in excluded]
 
     def _recorded_origins(self, targets: Sequence[PciFunction]) -> dict[PciAddress, Optional[str]]:
         """The driver each function had before it was first moved to vfio, where recorded."""
