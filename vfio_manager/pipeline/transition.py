@@ -191,7 +191,7 @@ class _Run:
         from vfio_manager.pipeline.settle import settle
 
         request = self.request
-        pending = self._pending_records()
+        pending = self._pending_records(topology)
         settlement = settle(
             pending,
             topology,
@@ -227,18 +227,19 @@ class _Run:
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
 
-    def _pending_records(self) -> list[JournalEntry]:
-        """The journal's records, less those of excluded functions (kept for a later run)."""
+    def _pending_records(self, topology: Topology) -> list[JournalEntry]:
+        """The journal's records, less those of excluded functions that are present (kept
+        for a later run; the record of a function that is gone is settled as moot)."""
         if self.journal is None:
             return []
         pending = self.journal.pending()
         if not self.request.exclude:
             return pending
-        excluded = {str(a) for a in self.request.exclude}
-        kept = [e for e in pending if e.bdf in excluded]
-        for entry in kept:
-            self.notes.append(f"journal: {entry.bdf}: record kept, the function is excluded")
-        return [e for e in pending if e.bdf not in excluded]
+        present = {str(a) for a in self.request.exclude if a in topology.functions}
+        for entry in pending:
+            if entry.bdf in present:
+                self.notes.append(f"journal: {entry.bdf}: record kept, the function is excluded")
+        return [e for e in pending if e.bdf not in present]
 
     def _recorded_origins(self, targets: Sequence[PciFunction]) -> dict[PciAddress, Optional[str]]:
         """The driver each function had before it was first moved to vfio, where recorded."""
