@@ -108,9 +108,21 @@ def _import_product() -> None:
 
 def _invoke(k: FakeKernel, *args: str) -> tuple[int, str]:
     argv = [
-        "--sysfs-root", k.sys_root, "--dev-root", k.dev_root, "--host-root", k.host_root,
-        "--state-dir", f"{k.host_root}/run/vfio-manager", "--proc-root", k.proc_root,
-        "--log-format", "json", "--writer", "thread", *args,
+        "--sysfs-root",
+        k.sys_root,
+        "--dev-root",
+        k.dev_root,
+        "--host-root",
+        k.host_root,
+        "--state-dir",
+        f"{k.host_root}/run/vfio-manager",
+        "--proc-root",
+        k.proc_root,
+        "--log-format",
+        "json",
+        "--writer",
+        "thread",
+        *args,
     ]  # fmt: skip (in-process fake kernel: a forked writer would write to its own copy)
     with CliRunner().isolation() as streams:
         try:

@@ -124,6 +124,28 @@ def _refuse_empty_variables(ctx: click.Context) -> None:
             )
 
 
+class _HexList(click.ParamType):  # type: ignore[type-arg]
+    """A hex ID of a repeatable option; from the environment, a comma-separated list."""
+
+    name = "HEX"
+    envvar_list_splitter = ","
+
+    def convert(
+        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> str:
+        return str(value).strip()
+
+
+class _BdfList(_BdfType):
+    """A BDF of a repeatable option; from the environment, a comma-separated list."""
+
+    envvar_list_splitter = ","
+
+
+HEX_LIST = _HexList()
+BDF_LIST = _BdfList()
+
+
 class _Seconds(click.ParamType):  # type: ignore[type-arg]
     """A finite number of seconds within bounds: inf and nan would disable a deadline."""
 
@@ -153,25 +175,31 @@ def _selection_options(func: F) -> F:
     options = [
         click.option(
             "--vendor",
+            envvar="VFIO_MANAGER_VENDOR",
             default="0x1eff",
             show_default=True,
             metavar="HEX",
-            help="PCI vendor ID to select.",
+            help="PCI vendor ID to select (env VFIO_MANAGER_VENDOR).",
         ),
         click.option(
             "--class",
             "pci_class",
+            envvar="VFIO_MANAGER_CLASS",
             default="0x120000",
             show_default=True,
             metavar="HEX",
-            help="PCI class to select (0x1200 ignores the programming interface).",
+            help="PCI class to select (0x1200 ignores the programming interface; env "
+            "VFIO_MANAGER_CLASS).",
         ),
         click.option(
             "--device-id",
             "device_ids",
+            envvar="VFIO_MANAGER_DEVICE_ID",
+            type=HEX_LIST,
             multiple=True,
             metavar="HEX",
-            help="PCI device ID to select; repeatable. Default: every device ID.",
+            help="PCI device ID to select; repeatable. Default: every device ID (env "
+            "VFIO_MANAGER_DEVICE_ID, comma-separated).",
         ),
     ]
     for option in reversed(options):
@@ -457,6 +485,14 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
 @click.option(
     "--check", is_flag=True, help="Exit 0 only when every selected function is on vfio-pci."
 )
+@click.option(
+    "--wait",
+    type=_Seconds(0.0),
+    default=None,
+    metavar="SECONDS",
+    help="With --check: wait up to SECONDS for every selected function to be on vfio-pci "
+    "(woken by kernel uevents, re-read every 5 s at least); exit 1 if time runs out.",
+)
 @click.pass_obj
 @_handles_errors
 def status(
@@ -466,6 +502,7 @@ def status(
     device_ids: tuple[str, ...],
     as_json: bool,
     check: bool,
+    wait: Optional[float],
 ) -> None:
     """Show the selected functions: driver, override, IOMMU group and its viability.
 
@@ -474,9 +511,36 @@ def status(
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import status as read_status
 
-    result = read_status(node, _selector(vendor, pci_class, device_ids))
-    lines = render.status_json(result) if as_json else render.status_text(result)
+    selector = _selector(vendor, pci_class, device_ids)
+    if wait is not None:
+        if not check:
+            raise click.UsageError("--wait needs --check (it waits for what --check checks)")
+        _wait_on_vfio(node, selector, wait)
+    result = read_status(node, selector)
+    intents = _read_intents(node)
+    lines = (
+        render.status_json(result, intents)
+        if as_json
+        else render.status_text(result) + render.intent_lines(intents, result)
+    )
     _finish(lines, ExitCode.FAILED if check and not result.all_on_vfio else ExitCode.OK)
+
+
+def _wait_on_vfio(node: Node, selector: Any, seconds: float) -> None:
+    from vfio_manager.daemon.waitfor import wait_with_uevents
+    from vfio_manager.pipeline.queries import status as read_status
+
+    wait_with_uevents(lambda: read_status(node, selector).all_on_vfio, timeout=seconds)
+
+
+def _read_intents(node: Node) -> dict[str, Any]:
+    """The admin's intents (read-only; an unreadable state directory shows none)."""
+    from vfio_manager.daemon.intent import IntentStore
+
+    try:
+        return dict(IntentStore(node.state_dir).read())
+    except VfioManagerError:
+        return {}
 
 
 # -- check ----------------------------------------------------------------------------------
@@ -571,7 +635,15 @@ def _run_transition(
         load_modules=load_modules,
         force=force,
     )
-    result = run_transition(node, request)
+    from vfio_manager.daemon.oneshot import record_unbind_intents, settle_intents
+
+    recorded = record_unbind_intents(node, request)
+    try:
+        result = run_transition(node, request)
+    except VfioManagerError:
+        settle_intents(node, None, recorded)
+        raise
+    settle_intents(node, result, recorded)
     lines = render.transition_json(result) if as_json else render.transition_text(result)
     _finish(lines, result.exit_code)
 
@@ -761,6 +833,98 @@ def kubevirt_config(
         if not entry.catalogued:
             click.echo(f"vfio-manager: warning: {kubevirt.uncatalogued_note(entry)}", err=True)
     click.echo(kubevirt.render(entries, output_format, naming=naming), nl=False)
+
+
+# -- daemon ---------------------------------------------------------------------------------
+@cli.command(epilog=EXIT_CODES_HELP)
+@_selection_options
+@click.option(
+    "--resync-interval",
+    envvar="VFIO_MANAGER_RESYNC_INTERVAL",
+    type=_Seconds(1.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds between full re-reads of the node, the safety net under the kernel's "
+    "uevents (env VFIO_MANAGER_RESYNC_INTERVAL).",
+)
+@click.option(
+    "--ready-file",
+    envvar="VFIO_MANAGER_READY_FILE",
+    default=None,
+    metavar="PATH",
+    help="File present exactly while the node is converged (default <state-dir>/ready; env "
+    "VFIO_MANAGER_READY_FILE).",
+)
+@click.option(
+    "--listen",
+    envvar="VFIO_MANAGER_LISTEN",
+    default=None,
+    metavar="ADDR:PORT",
+    help="Serve /healthz, /readyz and /metrics over HTTP there (default off; :PORT for every "
+    "IPv4 address, [::1]:PORT for IPv6, port 0 picks one and logs it; env "
+    "VFIO_MANAGER_LISTEN).",
+)
+@click.option(
+    "--on-exit",
+    envvar="VFIO_MANAGER_ON_EXIT",
+    type=click.Choice(["keep", "release-idle", "release"]),
+    default="keep",
+    show_default=True,
+    help="On SIGTERM: keep every function on vfio-pci, return those whose IOMMU group no "
+    "process holds, or return all (with unbind-all's refusals) (env VFIO_MANAGER_ON_EXIT).",
+)
+@click.option(
+    "--exclude",
+    envvar="VFIO_MANAGER_EXCLUDE",
+    type=BDF_LIST,
+    multiple=True,
+    metavar="BDF",
+    help="Never touch this function (reported as excluded); repeatable (env "
+    "VFIO_MANAGER_EXCLUDE, comma-separated).",
+)
+@click.option(
+    "--load-modules/--no-load-modules",
+    envvar="VFIO_MANAGER_LOAD_MODULES",
+    default=True,
+    show_default=True,
+    help="Load missing vfio modules with the host's modprobe, as bind-all does (env "
+    "VFIO_MANAGER_LOAD_MODULES).",
+)
+@click.pass_obj
+@_handles_errors
+def daemon(
+    node: Node,
+    vendor: str,
+    pci_class: str,
+    device_ids: tuple[str, ...],
+    resync_interval: float,
+    ready_file: Optional[str],
+    listen: Optional[str],
+    on_exit: str,
+    exclude: tuple[PciAddress, ...],
+    load_modules: bool,
+) -> None:
+    """Keep the selected functions on vfio-pci, driven by kernel uevents.
+
+    Converges once (the checks of bind-all first; a host that is not ready is waited for, not
+    an error), then re-plans what each uevent names, and everything at each resync. Runs until
+    SIGTERM or SIGINT; SIGHUP resyncs now. See docs/daemon.md.
+    """
+    from vfio_manager.daemon.onexit import OnExit
+    from vfio_manager.daemon.service import DaemonOptions, run_daemon
+
+    options = DaemonOptions(
+        selector=_selector(vendor, pci_class, device_ids),
+        exclude=tuple(sorted({str(a) for a in exclude})),
+        resync_interval=resync_interval,
+        ready_file=ready_file,
+        listen=listen,
+        on_exit=OnExit(on_exit),
+        load_modules=load_modules,
+    )
+    code = run_daemon(node, options)
+    if code:
+        sys.exit(code)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

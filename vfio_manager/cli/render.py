@@ -6,10 +6,11 @@ Nothing here reads sysfs or writes to a stream; the CLI decides where the lines 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
+    from vfio_manager.daemon.intent import Intent
     from vfio_manager.pipeline.engine import Report
     from vfio_manager.pipeline.plan import Plan
     from vfio_manager.pipeline.queries import CheckResult, StatusResult
@@ -115,11 +116,27 @@ def status_text(result: StatusResult) -> list[str]:
     return head + status_lines(result.records)
 
 
-def status_json(result: StatusResult) -> list[str]:
-    doc: dict[str, Any] = {"devices": result.records}
+def status_json(result: StatusResult, intents: Optional[Mapping[str, Intent]] = None) -> list[str]:
+    devices = result.records
+    if intents is not None:  # the admin's "leave it on the host" (docs/daemon.md), or null
+        devices = [
+            {**r, "intent": intents[r["bdf"]].to_json() if r["bdf"] in intents else None}
+            for r in devices
+        ]
+    doc: dict[str, Any] = {"devices": devices}
     if result.host is not None:
         doc["host"] = result.host.to_json()
     return [to_json(doc)]
+
+
+def intent_lines(intents: Mapping[str, Intent], result: StatusResult) -> list[str]:
+    """One line per selected function the admin asked the daemon to leave on the host."""
+    return [
+        f"intent: {r['bdf']} {intents[r['bdf']].describe()}; `vfio-manager bind {r['bdf']}` "
+        "hands it back to the daemon"
+        for r in result.records
+        if r["bdf"] in intents
+    ]
 
 
 def transition_text(result: TransitionResult) -> list[str]:

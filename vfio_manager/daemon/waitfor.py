@@ -17,7 +17,10 @@ from collections.abc import Callable
 from typing import Optional
 
 from vfio_manager.daemon.loop import PollWaiter, Waiter
-from vfio_manager.daemon.uevents import UeventSource
+from vfio_manager.daemon.uevents import UeventSource, open_kernel_uevents
+from vfio_manager.log import get_logger
+
+log = get_logger("vfio_manager.daemon.waitfor")
 
 DEFAULT_POLL_INTERVAL = 5.0
 
@@ -56,4 +59,28 @@ def wait_for(
             return True
 
 
-__all__ = ["DEFAULT_POLL_INTERVAL", "wait_for"]
+def wait_with_uevents(
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+) -> bool:
+    """:func:`wait_for` on the kernel's uevent socket, opened before the first check (an
+    event between the check and the open cannot be missed); without one, the slow poll."""
+    try:
+        source: Optional[UeventSource] = open_kernel_uevents()
+    except OSError as exc:
+        log.info(
+            "uevents unavailable: polling instead",
+            error=exc.strerror,
+            poll_interval=poll_interval,
+        )
+        source = None
+    try:
+        return wait_for(condition, timeout=timeout, source=source, poll_interval=poll_interval)
+    finally:
+        if source is not None:
+            source.close()
+
+
+__all__ = ["DEFAULT_POLL_INTERVAL", "wait_for", "wait_with_uevents"]

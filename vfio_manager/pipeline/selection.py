@@ -8,7 +8,7 @@ excludes refuses the whole command, so a typo never moves the wrong function.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -120,3 +120,17 @@ def named_functions(
             )
         result.append(function)
     return result
+
+
+def in_groups_of(topology: Topology, addresses: Iterable[PciAddress]) -> frozenset[PciAddress]:
+    """``addresses`` with every member of their IOMMU groups; absent addresses are dropped.
+
+    A group moves whole or not at all, so re-planning one function (a uevent named it)
+    means re-planning its group: a peer's driver decides whether the group is viable.
+    """
+    found: set[PciAddress] = set()
+    for address in addresses:
+        function = topology.get(address)
+        if function is not None:
+            found.update(member.address for member in topology.group_members(function))
+    return frozenset(found)

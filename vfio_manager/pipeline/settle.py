@@ -28,7 +28,13 @@ from typing import Optional
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
-from vfio_manager.pipeline.plan import FunctionPlan, Interrupted, Settle, restore_steps
+from vfio_manager.pipeline.plan import (
+    FunctionPlan,
+    Interrupted,
+    RefusalKind,
+    Settle,
+    restore_steps,
+)
 from vfio_manager.pipeline.selection import Selector
 from vfio_manager.safety.journal import JournalEntry
 
@@ -116,6 +122,7 @@ def settle(
                     refusal=f"a journal record asks to settle {what}, but {misfit}",
                     remedy="run with a selection that includes it if the record is right; "
                     "otherwise move it out of the state directory (it is kept for you)",
+                    refusal_kind=RefusalKind.JOURNAL,
                 )
             )
             continue

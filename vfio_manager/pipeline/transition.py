@@ -29,7 +29,12 @@ from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import Plan
-from vfio_manager.pipeline.selection import Selector, named_functions, selected_functions
+from vfio_manager.pipeline.selection import (
+    Selector,
+    in_groups_of,
+    named_functions,
+    selected_functions,
+)
 
 if TYPE_CHECKING:
     from vfio_manager.host.driver_choice import DriverResolver
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from vfio_manager.host.modules import Runner
     from vfio_manager.pipeline.engine import Report
     from vfio_manager.safety.journal import Journal, JournalEntry
+    from vfio_manager.safety.lock import NodeLock
 
 log = get_logger("vfio_manager.pipeline.transition")
 
@@ -54,6 +60,12 @@ class TransitionRequest:
     load_modules: bool = True
     force: bool = False
     runner: Optional[Runner] = None  # modprobe runner; tests inject the fake kernel's
+    exclude: frozenset[PciAddress] = frozenset()
+    """Never planned: not as targets, not as group peers, not to settle a journal record
+    (the record is kept for a later run). The daemon's excluded, intent and backoff sets."""
+    scope: Optional[frozenset[PciAddress]] = None
+    """Only the selected functions in the IOMMU groups of these (what a uevent named);
+    ``None``: every selected function."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,7 @@ class TransitionResult:
     report: Optional[Report]
     notes: tuple[str, ...] = ()
     journal_errors: tuple[str, ...] = ()  # records the state dir would not update (no entry)
+    topology: Optional[Topology] = None  # what the plan was made from
 
     @property
     def exit_code(self) -> ExitCode:
@@ -77,13 +90,24 @@ class TransitionResult:
         return ExitCode.FAILED if refused else ExitCode.OK
 
 
-def run_transition(node: Node, request: TransitionRequest) -> TransitionResult:
-    """Plan and (unless ``dry_run``) apply; see the module docstring."""
+def run_transition(
+    node: Node, request: TransitionRequest, *, lock: Optional[NodeLock] = None
+) -> TransitionResult:
+    """Plan and (unless ``dry_run``) apply; see the module docstring.
+
+    ``lock``: the node lock, already held by the caller, who read something under it that
+    this run must agree with (the daemon reads the admin's intents first); by default the
+    run takes the lock itself.
+    """
     if request.dry_run:
         return _Run(node, request, node.sysfs(), _readonly_journal(node)).result()
-    with node.lock() as lock:
-        sysfs = node.sysfs(node.transport(lock))
-        return _Run(node, request, sysfs, node.journal()).result()
+    if lock is None:
+        with node.lock() as held:
+            return run_transition(node, request, lock=held)
+    if not lock.held:
+        raise RuntimeError(f"{lock.path} must be held by the caller")
+    sysfs = node.sysfs(node.transport(lock))
+    return _Run(node, request, sysfs, node.journal()).result()
 
 
 def _readonly_journal(node: Node) -> Optional[Journal]:
@@ -128,19 +152,30 @@ class _Run:
         plan = self._plan(topology, targets, resolver)
         plan = self._refuse(plan)
         if self.request.dry_run or not plan.entries:
-            return self._result(plan, None)
-        return self._result(plan, self._apply(plan))
+            return self._result(plan, None, topology)
+        return self._result(plan, self._apply(plan), topology)
 
-    def _result(self, plan: Plan, report: Optional[Report]) -> TransitionResult:
+    def _result(self, plan: Plan, report: Optional[Report], topology: Topology) -> TransitionResult:
         return TransitionResult(
-            self.request, plan, report, tuple(self.notes), tuple(self.journal_errors)
+            self.request,
+            plan,
+            report,
+            tuple(self.notes),
+            tuple(self.journal_errors),
+            topology,
         )
 
     # -- stages -----------------------------------------------------------------------------
     def _targets(self, topology: Topology) -> list[PciFunction]:
-        if self.request.named:
-            return named_functions(topology, self.request.selector, self.request.named)
-        return selected_functions(topology, self.request.selector)
+        request = self.request
+        if request.named:
+            found = named_functions(topology, request.selector, request.named)
+        else:
+            found = selected_functions(topology, request.selector)
+        if request.scope is not None:
+            scope = in_groups_of(topology, request.scope)
+            found = [f for f in found if f.address in scope]
+        return [f for f in found if f.address not in request.exclude]
 
     def _gate(
         self,
@@ -172,7 +207,7 @@ class _Run:
         from vfio_manager.pipeline.settle import settle
 
         request = self.request
-        pending = self.journal.pending() if self.journal is not None else []
+        pending = self._pending_records(topology)
         settlement = settle(
             pending,
             topology,
@@ -191,6 +226,7 @@ class _Run:
                 named=request.named,
                 with_group_peers=request.with_group_peers,
                 vfio_driver_for=resolver.vfio_driver,
+                exclude=request.exclude,
             )
         else:
             origins = self._recorded_origins(targets)
@@ -224,6 +260,20 @@ class _Run:
                 self.journal.abort(bdf)
             except VfioManagerError as err:
                 self._journal_failed(bdf, "its moot record could not be dropped", err)
+
+    def _pending_records(self, topology: Topology) -> list[JournalEntry]:
+        """The journal's records, less those of excluded functions that are present (kept
+        for a later run; the record of a function that is gone is settled as moot)."""
+        if self.journal is None:
+            return []
+        pending = self.journal.pending()
+        if not self.request.exclude:
+            return pending
+        present = {str(a) for a in self.request.exclude if a in topology.functions}
+        for entry in pending:
+            if entry.bdf in present:
+                self.notes.append(f"journal: {entry.bdf}: record kept, the function is excluded")
+        return [e for e in pending if e.bdf not in present]
 
     def _recorded_origins(self, targets: Sequence[PciFunction]) -> dict[PciAddress, Optional[str]]:
         """The driver each function had before it was first moved to vfio, where recorded.
