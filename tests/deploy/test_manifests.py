@@ -42,24 +42,13 @@ from vfio_manager.cli.main import cli
 from vfio_manager.host import modules
 from vfio_manager.host.modules import RunResult
 
-DAEMON_NOT_BUILT = pytest.mark.xfail(
-    strict=True,
-    raises=UnknownSubcommand,
-    reason="daemon not built yet (issue 10): when this XPASSes, remove the marker",
-)
-NOT_BUILT_YET = {"daemon": DAEMON_NOT_BUILT}
-
 
 def _subcommand(invocation: Invocation) -> str:
     return subcommand_of(invocation.argv)
 
 
 def _cases(selected: Sequence[Invocation]) -> list[Any]:
-    cases = []
-    for invocation in selected:
-        mark = NOT_BUILT_YET.get(_subcommand(invocation))
-        cases.append(pytest.param(invocation, id=invocation.id, marks=[mark] if mark else []))
-    return cases
+    return [pytest.param(invocation, id=invocation.id) for invocation in selected]
 
 
 # -- layout, rendering, schemas -------------------------------------------------------------
