@@ -61,8 +61,8 @@ def run_section(ctx: Context) -> list[report.Table]:
         )
         table.data[str(delay)] = {k: v for k, v in found.items() if k != "stdout"}
     table.notes.append(
-        "in-process fake kernel (tests/harness on pyfakefs) entered through "
-        "vfio_manager.cli.main; the delay is slept outside the fake's model lock "
+        "in-process fake kernel (tests/harness on pyfakefs) entered through the vfio-manager "
+        "console script's entry point; the delay is slept outside the fake's model lock "
         f"(benchmarks/slowprobe.py); the target of issue 12 is a total close to one delay "
         f"({report.seconds(ctx.probe_delay)}), not {ctx.probe_functions} of them"
     )

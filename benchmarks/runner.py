@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ _DROPPED_ENV = frozenset(
 
 
 GNU_TIME = "/usr/bin/time"
+TIMEOUT = 900.0  # seconds a measured command may take before it counts as hung
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,14 @@ def _peak_kib(path: str) -> Optional[int]:
     return int(lines[-1]) if lines and lines[-1].isdigit() else None
 
 
-def run(argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None) -> Sample:
-    """One child: ``argv`` with stdin from /dev/null; stdout and stderr kept as text."""
+def run(
+    argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None, timeout: float = TIMEOUT
+) -> Sample:
+    """One child: ``argv`` with stdin from /dev/null; stdout and stderr kept as text.
+
+    A child still running after ``timeout`` seconds is killed (exit -9): a hung benchmark
+    must end, and the sections report any exit status they did not expect.
+    """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(suffix=".rss") as rss:  # fmt: skip
         wrapper = [GNU_TIME, "-f", "%M", "-o", rss.name] if os.access(GNU_TIME, os.X_OK) else []
@@ -126,7 +134,12 @@ def run(argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None) -> Samp
             env=dict(env or child_env()),
             cwd=REPO,
         )
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            _pid, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            watchdog.cancel()
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)

@@ -7,24 +7,28 @@ status, and the driver of every function afterwards.
 
 A real driver's probe (firmware load, link training) can take seconds; the kernel holds
 only that device's lock meanwhile, so probes of different functions can overlap when the
-writes are issued side by side. The harness has no probe delay, and its stores run under
-one model-wide lock, so :class:`SlowProbeKernel` sleeps BEFORE taking that lock: the
-delay of one function never holds back another. (Better in tests/harness itself: a
-``k.delay_probe(driver, seconds)`` fault next to ``fail_probe``, applied outside the lock.)
+writes are issued side by side. The harness has no probe delay, and its rules run under
+one model-wide lock, so :class:`SlowProbeKernel` sleeps in ``apply_rule`` (the one method
+every write to a kernel file passes through), BEFORE the rule takes that lock: the delay
+of one function never holds back another. (Better in tests/harness itself: a
+``k.delay_probe(driver, seconds)`` fault next to ``fail_probe``, slept outside the lock.)
 
 This is the one benchmark that runs the product in-process (pyfakefs needs it); it enters
-through ``vfio_manager.cli.main``, the console script's entry point, and nothing deeper.
-Run it as its own process: pyfakefs patches ``os`` for everything imported while it is on.
+through the ``vfio-manager`` console script's entry point, found in the package metadata,
+and nothing deeper. Run it as its own process: pyfakefs patches ``os`` for everything
+imported while it is on.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import pkgutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from click.testing import CliRunner
@@ -33,26 +37,16 @@ from pyfakefs.fake_filesystem_unittest import Patcher
 
 import vfio_manager
 from tests.harness import FakeKernel
-from tests.harness.kernel import matching, routes
-from tests.harness.kernel.state import KernelState
+from tests.harness.kernel import matching
+from tests.harness.kernel.buffers import device_name
 from tests.harness.topologies import npu_node
-from vfio_manager.cli.main import main as cli_main
 
 SLOW_DRIVER = "rebellions"
-
-
-def _device_name(data: bytes) -> str:
-    """The BDF a bus store receives (cut at NUL, one trailing newline ignored)."""
-    text = data.split(b"\0", 1)[0]
-    return text[:-1].decode() if text.endswith(b"\n") else text.decode()
+PROBE_FILE = "bus/pci/drivers_probe"
 
 
 class SlowProbeKernel(FakeKernel):
-    """A :class:`FakeKernel` whose ``slow_drivers`` take ``probe_delay`` seconds to probe.
-
-    The delay wraps the harness's rules for ``drivers_probe`` and ``drivers/NAME/bind`` in
-    its route tables (tests/harness/kernel/routes.py) for as long as the kernel lives.
-    """
+    """A :class:`FakeKernel` whose ``slow_drivers`` take ``probe_delay`` seconds to probe."""
 
     def __init__(
         self, fs: FakeFilesystem, *, probe_delay: float, slow_drivers: tuple[str, ...], **kw: Any
@@ -61,42 +55,47 @@ class SlowProbeKernel(FakeKernel):
         self.slow_drivers = frozenset(slow_drivers)
         self.probes: list[tuple[str, float, float]] = []  # (bdf, start, end), monotonic
         super().__init__(fs, **kw)
-        self._routes = (routes.BUS_FILES["drivers_probe"], routes.DRIVER_FILES["bind"])
-        probe, bind = self._routes
 
-        def slow_probe(s: KernelState, data: bytes) -> None:
-            self._delay(s, _device_name(data), self.slow_drivers)
-            probe(s, data)
-
-        def slow_bind(s: KernelState, driver: str, data: bytes) -> None:
-            if driver in self.slow_drivers:
-                self._delay(s, _device_name(data), frozenset({driver}))
-            bind(s, driver, data)
-
-        routes.BUS_FILES["drivers_probe"] = slow_probe
-        routes.DRIVER_FILES["bind"] = slow_bind
-
-    def close(self) -> None:
-        routes.BUS_FILES["drivers_probe"], routes.DRIVER_FILES["bind"] = self._routes
-        super().close()
-
-    @staticmethod
-    def _would_probe_slowly(s: KernelState, bdf: str, drivers: frozenset[str]) -> bool:
-        with s.lock:
-            fn = s.function_table.get(bdf)
+    def _would_probe_slowly(self, bdf: str, drivers: frozenset[str]) -> bool:
+        with self.lock:
+            fn = self.function_table.get(bdf)
             if fn is None or fn.driver is not None:
                 return False
             return any(
                 matching.match(drv, fn) is not None
-                for drv in s.driver_table.values()
+                for drv in self.driver_table.values()
                 if drv.name in drivers
             )
 
-    def _delay(self, s: KernelState, bdf: str, drivers: frozenset[str]) -> None:
-        if self._would_probe_slowly(s, bdf, drivers):
+    def apply_rule(self, rel: str, data: bytes) -> None:
+        parts = rel.split("/")
+        if rel == PROBE_FILE:
+            drivers = self.slow_drivers
+        elif len(parts) == 5 and parts[:3] == ["bus", "pci", "drivers"] and parts[4] == "bind":
+            drivers = self.slow_drivers & {parts[3]}
+        else:
+            drivers = frozenset()
+        bdf = device_name(data)
+        if drivers and self._would_probe_slowly(bdf, drivers):
             start = time.monotonic()
             time.sleep(self.probe_delay)  # outside the model lock, as a per-device lock would be
             self.probes.append((bdf, start, time.monotonic()))
+        super().apply_rule(rel, data)
+
+
+def cli_entry() -> Callable[[Sequence[str]], None]:
+    """The function the ``vfio-manager`` console script calls (wherever the CLI module is)."""
+    every: Any = importlib.metadata.entry_points()
+    scripts = (
+        every.select(group="console_scripts")
+        if hasattr(every, "select")
+        else every.get("console_scripts", [])  # Python 3.9
+    )
+    found = [ep for ep in scripts if ep.name == "vfio-manager"]
+    if not found:
+        raise LookupError("no vfio-manager console script: pip install -e . first")
+    entry: Callable[[Sequence[str]], None] = found[0].load()
+    return entry
 
 
 def _import_product() -> None:
@@ -106,27 +105,17 @@ def _import_product() -> None:
             importlib.import_module(module.name)
 
 
-def _invoke(k: FakeKernel, *args: str) -> tuple[int, str]:
+def _invoke(entry: Callable[[Sequence[str]], None], k: FakeKernel, *args: str) -> tuple[int, str]:
     argv = [
-        "--sysfs-root",
-        k.sys_root,
-        "--dev-root",
-        k.dev_root,
-        "--host-root",
-        k.host_root,
-        "--state-dir",
-        f"{k.host_root}/run/vfio-manager",
-        "--proc-root",
-        k.proc_root,
-        "--log-format",
-        "json",
-        "--writer",
-        "thread",
-        *args,
-    ]  # fmt: skip (in-process fake kernel: a forked writer would write to its own copy)
-    with CliRunner().isolation() as streams:
+        "--sysfs-root", k.sys_root, "--dev-root", k.dev_root, "--host-root", k.host_root,
+        "--state-dir", f"{k.host_root}/run/vfio-manager", "--proc-root", k.proc_root,
+        "--log-format", "json", *args,
+    ]  # fmt: skip
+    # the product writes from a forked child by default; a child of this process would write
+    # to its own copy of the in-memory fake, so in-process runs write from a thread
+    with CliRunner().isolation(env={"VFIO_MANAGER_WRITER": "thread"}) as streams:
         try:
-            cli_main(argv)
+            entry(argv)
             code = 0
         except SystemExit as done:
             code = done.code if isinstance(done.code, int) else 1
@@ -135,6 +124,7 @@ def _invoke(k: FakeKernel, *args: str) -> tuple[int, str]:
 
 
 def measure(functions: int, delay: float) -> dict[str, Any]:
+    entry = cli_entry()
     _import_product()
     with Patcher() as patcher:
         assert patcher.fs is not None
@@ -142,7 +132,7 @@ def measure(functions: int, delay: float) -> dict[str, Any]:
         try:
             bdfs = npu_node(k, count=functions, driver="vfio-pci")
             start = time.monotonic()
-            code, stdout = _invoke(k, "unbind-all")
+            code, stdout = _invoke(entry, k, "unbind-all")
             seconds = time.monotonic() - start
             drivers = {bdf: k.driver_of(bdf) for bdf in bdfs}
             probes = [(bdf, a - start, b - start) for bdf, a, b in k.probes]
