@@ -31,9 +31,13 @@ from tests.harness import FakeKernel, audit
 # them lazily (cold start); a module first imported inside a pyfakefs test keeps that test's
 # fake `os` after it ends, and the next test then fails inside pyfakefs ("assert p is not
 # None" in its patcher property).
-for _module in pkgutil.iter_modules(vfio_manager.__path__):
-    if _module.name != "__main__":
-        importlib.import_module(f"vfio_manager.{_module.name}")
+# Subpackages' modules too (vfio_manager.host.preflight, ...): a submodule first imported
+# in a test is dropped from sys.modules at its end while its package keeps the attribute,
+# so `from vfio_manager.host import preflight` and `from vfio_manager.host.preflight import
+# X` then see two different classes.
+for _module in pkgutil.walk_packages(vfio_manager.__path__, "vfio_manager."):
+    if not _module.name.endswith(".__main__"):
+        importlib.import_module(_module.name)
 
 SnapshotKernel = Callable[..., FakeKernel]
 

@@ -161,8 +161,9 @@ def test_with_group_peers_binds_selected_sibling(kernel: FakeKernel, run: RunCli
     assert kernel.driver_of("0000:05:00.0") == kernel.driver_of("0000:05:00.1") == "vfio-pci"
 
 
-def test_failure_on_one_function_restores_it_and_others_carry_on(kernel: FakeKernel,
-                                                                 run: RunCli) -> None:
+def test_failure_on_one_function_restores_it_and_others_carry_on(
+    kernel: FakeKernel, run: RunCli
+) -> None:
     first, second = npu_node(kernel, count=2)
     kernel.fail_next_write("bus/pci/drivers/rebellions/unbind", errno.EIO)
     result = run("bind-all")

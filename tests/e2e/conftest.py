@@ -15,6 +15,8 @@ import pytest
 
 GUEST_FILE = "/etc/vfio-manager-e2e-guest"
 
+Baseline = dict[str, Optional[str]]  # each managed function's driver at boot
+
 
 def _cmdline() -> str:
     with open("/proc/cmdline") as f:
@@ -72,7 +74,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     boot = config._e2e_boot  # type: ignore[attr-defined]
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         item.add_marker(pytest.mark.e2e)
         off_test = item.get_closest_marker("iommu_off") is not None
@@ -82,7 +85,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # the recordings first: their "before" is then the pristine boot state (a function that
     # was ever bound loses its waiting_for_supplier entry; a bridge re-probed by shpchp keeps
     # a higher enable count), which is what the replays should start from
-    keep.sort(key=lambda item: item.module.__name__ != "test_recorded")
+    keep.sort(key=lambda item: item.path.name != "test_recorded.py")
     items[:] = keep
     for item in items:
         marker = item.get_closest_marker("needs_cli")
@@ -102,7 +105,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def baseline() -> dict[str, Optional[str]]:
+def baseline() -> Baseline:
     """Load vfio-pci (as an admin would) and note each managed function's boot driver."""
     guest.load_vfio()
     return {bdf: guest.driver(bdf) for bdf in guest.MANAGED}
@@ -127,4 +130,5 @@ def _clean_guest(baseline: dict[str, Optional[str]]) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def out_dir(request: pytest.FixtureRequest) -> Optional[str]:
-    return request.config.getoption("--e2e-out")
+    value = request.config.getoption("--e2e-out")
+    return str(value) if value else None

@@ -20,6 +20,7 @@ import fcntl
 import functools
 import os
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -44,7 +45,7 @@ SEL_E1000 = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x100e
 SEL_EDU = ["--vendor", "0x1234", "--class", "0x00ff00", "--device-id", "0x11e8"]
 
 # drivers that keep an IOMMU group viable (kernel: driver_managed_dma), see
-# shared/reference/kernel-binding-facts.md
+# docs/kernel-facts.md
 DMA_SAFE = {None, "vfio-pci", "pci-stub", "pcieport"}
 
 
@@ -259,11 +260,11 @@ def write(path: str, data: str) -> None:
     _write(path, data)
 
 
-def cli_process(state_dir: str, *argv: str, timeout: float = 120) -> Any:
+def cli_process(
+    state_dir: str, *argv: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """``python -m vfio_manager --state-dir STATE ARGV`` as a separate process, with its
-    default writer (a child process); returns the ``subprocess.CompletedProcess``."""
-    import subprocess
-
+    default writer (a child process)."""
     return subprocess.run(
         [sys.executable, "-m", "vfio_manager", "--state-dir", state_dir, *argv],
         capture_output=True,

@@ -10,9 +10,14 @@ each case removes the dynamic IDs it added and puts the guest back before it end
 
 import contextlib
 import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
 
 import guest
 import pytest
+from conftest import Baseline
 from guest import E1000E, PCI, SEL_E1000E
 
 STUB = "/sys/bus/pci/drivers/pci-stub"
@@ -21,18 +26,21 @@ OVERRIDE = f"{PCI}/{E1000E}/driver_override"
 REMOVE_ID = f"echo 8086 10d3 > {VFIO}/remove_id"
 
 
-def _ok(state, *argv):
+def _ok(state: str, *argv: str) -> "subprocess.CompletedProcess[str]":
     r = guest.cli_process(state, *argv, *SEL_E1000E)
     assert r.returncode == 0, f"{argv}: {r.stdout}{r.stderr}"
     return r
 
 
-def _writes(state, *argv):
+def _writes(state: str, *argv: str) -> int:
     """Run a writing command with --json; its number of sysfs writes."""
-    return json.loads(_ok(state, *argv, "--json").stdout)["writes"]
+    writes: int = json.loads(_ok(state, *argv, "--json").stdout)["writes"]
+    return writes
 
 
-def _cycle(state, found):
+def _cycle(
+    state: str, found: tuple[Optional[str], Optional[str]]
+) -> "subprocess.CompletedProcess[str]":
     """bind-all, unbind-all: back as found; a second unbind-all writes nothing."""
     _ok(state, "bind-all")
     assert guest.state([E1000E]) == {E1000E: ("vfio-pci", "vfio-pci")}
@@ -44,7 +52,7 @@ def _cycle(state, found):
 
 
 @pytest.fixture
-def pci_stub(baseline):
+def pci_stub(baseline: Baseline) -> Iterator[None]:
     """pci-stub loaded (registered after e1000e); unloaded again with its dynamic IDs."""
     guest.modprobe("pci_stub")
     try:
@@ -55,13 +63,15 @@ def pci_stub(baseline):
         guest.modprobe("-r", "pci_stub")
 
 
-def _remove_id(driver_dir):
+def _remove_id(driver_dir: str) -> None:
     # ENODEV: no such dynamic ID (the case did not get to add it)
     with contextlib.suppress(OSError):
         guest.write(f"{driver_dir}/remove_id", "8086 10d3")
 
 
-def test_parked_on_pci_stub_by_override_goes_back_to_pci_stub(pci_stub, tmp_path):
+def test_parked_on_pci_stub_by_override_goes_back_to_pci_stub(
+    pci_stub: None, tmp_path: Path
+) -> None:
     guest.write(OVERRIDE, "pci-stub")
     guest.write(f"{PCI}/{E1000E}/driver/unbind", E1000E)
     guest.write("/sys/bus/pci/drivers_probe", E1000E)
@@ -69,7 +79,9 @@ def test_parked_on_pci_stub_by_override_goes_back_to_pci_stub(pci_stub, tmp_path
     _cycle(str(tmp_path / "state"), ("pci-stub", "pci-stub"))
 
 
-def test_parked_on_pci_stub_by_a_dynamic_id_goes_back_without_an_override(pci_stub, tmp_path):
+def test_parked_on_pci_stub_by_a_dynamic_id_goes_back_without_an_override(
+    pci_stub: None, tmp_path: Path
+) -> None:
     guest.write(f"{STUB}/new_id", "8086 10d3")
     guest.write(f"{PCI}/{E1000E}/driver/unbind", E1000E)
     guest.write(f"{STUB}/bind", E1000E)
@@ -78,16 +90,20 @@ def test_parked_on_pci_stub_by_a_dynamic_id_goes_back_without_an_override(pci_st
 
 
 @pytest.mark.parametrize("override", [None, "pci-stub"])
-def test_found_unbound_stays_unbound_with_its_override(baseline, tmp_path, override):
+def test_found_unbound_stays_unbound_with_its_override(
+    baseline: Baseline, tmp_path: Path, override: Optional[str]
+) -> None:
     if override is not None:
         guest.write(OVERRIDE, override)  # pci-stub is not loaded: nothing binds
     guest.write(f"{PCI}/{E1000E}/driver/unbind", E1000E)
-    found = (None, override)
+    found: tuple[Optional[str], Optional[str]] = (None, override)
     assert guest.state([E1000E]) == {E1000E: found}
     _cycle(str(tmp_path / "state"), found)
 
 
-def test_a_leftover_vfio_pci_new_id_is_reported_and_does_not_keep_the_function(baseline, tmp_path):
+def test_a_leftover_vfio_pci_new_id_is_reported_and_does_not_keep_the_function(
+    baseline: Baseline, tmp_path: Path
+) -> None:
     state = str(tmp_path / "state")
     guest.write(f"{VFIO}/new_id", "8086 10d3")  # the e1000e is bound: nothing moves yet
     try:

@@ -2,20 +2,23 @@
 
 import os
 import stat
+from collections.abc import Sequence
+from typing import Any
 
 import guest
+from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 from sysfs_snapshot import snapshot
 
 
-def _assert_only_touched(writes, bdf):
+def _assert_only_touched(writes: Sequence[str], bdf: str) -> None:
     """Every write names the function's own files or a driver/bus file (never another device)."""
     for path in writes:
         in_device = "/sys/bus/pci/devices/" in path or "/sys/devices/" in path
         assert not in_device or f"/{bdf}/" in path, f"wrote another function's file: {path}"
 
 
-def test_bind_all_and_unbind_all_e1000e(baseline):
+def test_bind_all_and_unbind_all_e1000e(baseline: Baseline) -> None:
     others = guest.state([b for b in guest.MANAGED if b != E1000E])
     group = guest.group(E1000E)
 
@@ -52,7 +55,7 @@ def test_bind_all_and_unbind_all_e1000e(baseline):
 _VOLATILE_ATTRS: set[str] = set()
 
 
-def _binding_view(snap):
+def _binding_view(snap: dict[str, Any]) -> dict[str, Any]:
     """The parts of a snapshot that a bind/unbind cycle could leave behind."""
     devices = {
         bdf: {
@@ -75,7 +78,7 @@ def _binding_view(snap):
     }
 
 
-def _diff(a, b, path=""):
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
@@ -84,7 +87,7 @@ def _diff(a, b, path=""):
     return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
 
 
-def test_twenty_cycles_leave_no_residue(baseline):
+def test_twenty_cycles_leave_no_residue(baseline: Baseline) -> None:
     before = _binding_view(snapshot(with_lspci=False))
     first_writes = None
     for cycle in range(1, 21):

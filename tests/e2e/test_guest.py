@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import guest
+from conftest import Baseline
 
 
-def test_emulated_topology_as_expected():
+def test_emulated_topology_as_expected() -> None:
     ids = {b: (guest.attr(b, "vendor"), guest.attr(b, "device")) for b in guest.functions()}
     assert ids[guest.E1000E] == ("0x8086", "0x10d3")
     assert ids[guest.E1000] == ("0x8086", "0x100e")
@@ -24,7 +25,7 @@ def test_emulated_topology_as_expected():
     assert guest.driver(guest.BRIDGE) == "shpchp"
 
 
-def test_iommu_groups_as_expected():
+def test_iommu_groups_as_expected() -> None:
     assert guest.iommu_on()
     assert guest.group_members(guest.E1000E) == [guest.E1000E]
     assert guest.group_members(guest.EDU) == [guest.EDU]
@@ -36,12 +37,12 @@ def test_iommu_groups_as_expected():
     ]
 
 
-def test_vfio_loaded(baseline):
+def test_vfio_loaded(baseline: Baseline) -> None:
     assert os.path.isdir("/sys/bus/pci/drivers/vfio-pci")
     assert stat.S_ISCHR(os.stat("/dev/vfio/vfio").st_mode)
 
 
-def test_cli_runs_as_a_module():
+def test_cli_runs_as_a_module() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "vfio_manager", "--help"],
         check=False,

@@ -12,13 +12,14 @@ import time
 
 import guest
 import pytest
+from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 
 DEADLINE = 60
 
 
 @pytest.mark.needs_cli("unbind", "--force", why="in-use detection (later issue)")
-def test_unbind_refuses_while_a_process_holds_the_group(baseline):
+def test_unbind_refuses_while_a_process_holds_the_group(baseline: Baseline) -> None:
     guest.move_to_vfio(E1000E)
     group = guest.group(E1000E)
     holder = subprocess.Popen(
@@ -28,6 +29,7 @@ def test_unbind_refuses_while_a_process_holds_the_group(baseline):
     )
     cli = None
     try:
+        assert holder.stdout is not None
         line = holder.stdout.readline()
         assert line.startswith("holding"), f"holder could not open the device: {line!r}"
         started = time.monotonic()
@@ -65,18 +67,19 @@ def test_unbind_refuses_while_a_process_holds_the_group(baseline):
     assert guest.driver(E1000E) == "e1000e"
 
 
-def _start_holder(bdf):
+def _start_holder(bdf: str) -> subprocess.Popen[str]:
     holder = subprocess.Popen(
         [sys.executable, "-c", guest.HOLDER, bdf, str(guest.group(bdf))],
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout is not None
     line = holder.stdout.readline()
     assert line.startswith("holding"), f"holder could not open the device: {line!r}"
     return holder
 
 
-def test_kernel_blocks_unbind_while_the_group_is_held(baseline):
+def test_kernel_blocks_unbind_while_the_group_is_held(baseline: Baseline) -> None:
     """The kernel fact behind in-use detection: the unbind write waits for the holder.
 
     Also proves the holder works (its fds show in /proc/PID/fd, where a tool can find them).

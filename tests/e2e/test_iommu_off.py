@@ -4,18 +4,19 @@ import json
 
 import guest
 import pytest
+from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 
 pytestmark = pytest.mark.iommu_off
 
 
-def test_kernel_has_no_iommu_groups(baseline):
+def test_kernel_has_no_iommu_groups(baseline: Baseline) -> None:
     assert not guest.iommu_on()
     assert guest.group(E1000E) is None
     assert guest.driver(E1000E) == "e1000e"
 
 
-def test_status_reports_no_group(baseline):
+def test_status_reports_no_group(baseline: Baseline) -> None:
     r = guest.run_cli("status", "--json", *SEL_E1000E)
     assert r.exit_code == 0, r
     assert r.writes == []
@@ -28,7 +29,7 @@ def test_status_reports_no_group(baseline):
 
 
 @pytest.mark.needs_cli("check", why="the `check` command (later issue)")
-def test_check_fails_with_exit_3_and_remedy(baseline):
+def test_check_fails_with_exit_3_and_remedy(baseline: Baseline) -> None:
     r = guest.run_cli("check", *SEL_E1000E)
     assert r.exit_code == 3, r
     assert r.writes == []
@@ -36,7 +37,7 @@ def test_check_fails_with_exit_3_and_remedy(baseline):
 
 
 @pytest.mark.needs_cli("check", why="the `check` command (later issue) and its pre-flight")
-def test_bind_all_refuses_before_writing(baseline):
+def test_bind_all_refuses_before_writing(baseline: Baseline) -> None:
     r = guest.run_cli("bind-all", *SEL_E1000E)
     assert r.exit_code == 3, r
     assert r.writes == [], f"bind-all must refuse before writing anything\n{r}"

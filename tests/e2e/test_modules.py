@@ -4,11 +4,12 @@ import os
 
 import guest
 import pytest
+from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 
 
 @pytest.mark.needs_cli("check", "--load-modules", why="check --load-modules")
-def test_check_names_missing_modules_and_load_modules_fixes_it(baseline):
+def test_check_names_missing_modules_and_load_modules_fixes_it(baseline: Baseline) -> None:
     guest.unload_vfio()
     r = guest.run_cli("check", *SEL_E1000E)
     assert r.exit_code == 3, r
@@ -22,7 +23,7 @@ def test_check_names_missing_modules_and_load_modules_fixes_it(baseline):
 
 
 @pytest.mark.needs_cli("bind-all", "--load-modules", why="bind-all module loading")
-def test_bind_all_loads_missing_modules(baseline):
+def test_bind_all_loads_missing_modules(baseline: Baseline) -> None:
     guest.unload_vfio()
     r = guest.run_cli("bind-all", *SEL_E1000E)
     assert r.exit_code == 0, r
@@ -31,7 +32,7 @@ def test_bind_all_loads_missing_modules(baseline):
 
 
 @pytest.mark.needs_cli("bind-all", "--no-load-modules", why="bind-all --no-load-modules")
-def test_bind_all_no_load_modules_refuses_before_writing(baseline):
+def test_bind_all_no_load_modules_refuses_before_writing(baseline: Baseline) -> None:
     guest.unload_vfio()
     r = guest.run_cli("bind-all", "--no-load-modules", *SEL_E1000E)
     assert r.exit_code == 3, r

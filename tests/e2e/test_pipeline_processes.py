@@ -8,9 +8,11 @@ is what is tested.
 
 import subprocess
 import sys
-import time
+from pathlib import Path
+from typing import Optional
 
 import guest
+from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 from test_in_use import _start_holder
 
@@ -21,7 +23,7 @@ from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.safety.journal import Journal
 
 
-def _cli(state, *args, timeout=120):
+def _cli(state: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vfio_manager", "--state-dir", state, *args],
         capture_output=True,
@@ -31,11 +33,13 @@ def _cli(state, *args, timeout=120):
     )
 
 
-def _pending(state):
+def _pending(state: str) -> list[Optional[str]]:
     return [e.bdf for e in Journal(state).pending()]
 
 
-def test_a_kept_record_of_a_held_function_is_refused_not_unbound(baseline, tmp_path):
+def test_a_kept_record_of_a_held_function_is_refused_not_unbound(
+    baseline: Baseline, tmp_path: Path
+) -> None:
     state = str(tmp_path / "state")
     # a bind killed right after its probe landed: on vfio-pci, its record not settled
     found = read_topology(Sysfs()).functions[PciAddress.parse(E1000E)]
@@ -43,15 +47,13 @@ def test_a_kept_record_of_a_held_function_is_refused_not_unbound(baseline, tmp_p
     guest.move_to_vfio(E1000E)
     holder = _start_holder(E1000E)
     try:
-        started = time.monotonic()
-        r = _cli(state, "--timeout", "5", "unbind-all", *SEL_E1000E, timeout=90)
-        took = time.monotonic() - started
+        r = _cli(state, "--timeout", "5", "unbind-all", *SEL_E1000E, timeout=300)
+        assert holder.poll() is None, "the run ended only because the holder died"
         assert r.returncode == 1, r.stdout + r.stderr
         assert guest.driver(E1000E) == "vfio-pci", "a held function was unbound"
         assert f"PID {holder.pid}" in r.stdout, r.stdout
         assert "journal record is kept" in r.stdout
         assert _pending(state) == [E1000E]
-        assert took < 30, f"the refusal took {took:.1f}s: it waited on the kernel"
     finally:
         holder.kill()
         holder.wait()
@@ -61,18 +63,19 @@ def test_a_kept_record_of_a_held_function_is_refused_not_unbound(baseline, tmp_p
     assert _pending(state) == []
 
 
-def test_a_stuck_unbind_ends_the_run_and_keeps_the_node_locked(baseline, tmp_path):
+def test_a_stuck_unbind_ends_the_run_and_keeps_the_node_locked(
+    baseline: Baseline, tmp_path: Path
+) -> None:
     state = str(tmp_path / "state")
     guest.move_to_vfio(E1000E)
     holder = _start_holder(E1000E)
     try:
-        started = time.monotonic()
-        stuck = _cli(state, "--timeout", "3", "unbind-all", "--force", *SEL_E1000E, timeout=90)
-        took = time.monotonic() - started
+        stuck = _cli(state, "--timeout", "3", "unbind-all", "--force", *SEL_E1000E, timeout=300)
+        # it ended (with its report) while the holder still holds the device
+        assert holder.poll() is None, "the run ended only because the holder died"
         assert stuck.returncode == 1, stuck.stdout + stuck.stderr
         assert "did not return within" in stuck.stdout, stuck.stdout
-        assert took < 45, f"the run took {took:.1f}s: a stuck write kept it alive"
-        second = _cli(state, "--lock-timeout", "1", "bind-all", *SEL_E1000E, timeout=60)
+        second = _cli(state, "--lock-timeout", "1", "bind-all", *SEL_E1000E, timeout=300)
         assert second.returncode == 1, second.stdout + second.stderr
         assert "vfio-manager writer" in second.stderr, second.stderr
         assert "Bind" not in second.stdout  # it wrote nothing behind the stuck unbind

@@ -8,9 +8,12 @@ replays them against the fake kernel: same argv, same exit code, same resulting 
 import json
 import os
 import platform
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import guest
 import pytest
+from conftest import Baseline
 from guest import E1000, SEL_E1000, SEL_E1000E, SEL_EDU
 from sysfs_snapshot import snapshot
 
@@ -18,7 +21,8 @@ FORMAT = 1
 NICS = ["--vendor", "0x8086", "--class", "0x020000"]
 
 # name: (setup: argv lists or callables, run but not recorded; recorded steps)
-SEQUENCES = {
+Recorded = tuple[list[Any], list[list[str]]]  # (setup, recorded steps)
+SEQUENCES: dict[str, Recorded] = {
     "bind-all-e1000e": ([], [["bind-all", *SEL_E1000E]]),
     "bind-all-e1000e-again": ([["bind-all", *SEL_E1000E]], [["bind-all", *SEL_E1000E]]),
     "unbind-all-e1000e": ([["bind-all", *SEL_E1000E]], [["unbind-all", *SEL_E1000E]]),
@@ -33,7 +37,7 @@ SEQUENCES = {
         [["status", "--json", *NICS], ["status", "--json", *SEL_EDU]],
     ),
 }
-OFF_SEQUENCES = {
+OFF_SEQUENCES: dict[str, Recorded] = {
     "iommu-off-bind-all-e1000e": (
         [],
         [["status", "--json", *SEL_E1000E], ["bind-all", *SEL_E1000E]],
@@ -41,14 +45,16 @@ OFF_SEQUENCES = {
 }
 
 
-def _record(name, setup, steps, out_dir):
+def _record(
+    name: str, setup: Sequence[Any], steps: Sequence[list[str]], out_dir: Optional[str]
+) -> dict[str, Any]:
     for action in setup:
         if callable(action):
             action()
             continue
         r = guest.run_cli(*action)
         assert r.exception is None or isinstance(r.exception, SystemExit), r
-    record = {
+    record: dict[str, Any] = {
         "format": FORMAT,
         "sequence": name,
         "kernel": platform.release(),
@@ -78,7 +84,7 @@ def _record(name, setup, steps, out_dir):
 
 
 @pytest.mark.parametrize("name", list(SEQUENCES))
-def test_record(name, baseline, out_dir):
+def test_record(name: str, baseline: Baseline, out_dir: Optional[str]) -> None:
     setup, steps = SEQUENCES[name]
     record = _record(name, setup, steps, out_dir)
     print(name, [(s["argv"][0], s["exit_code"], len(s["writes"])) for s in record["steps"]])
@@ -86,7 +92,7 @@ def test_record(name, baseline, out_dir):
 
 @pytest.mark.iommu_off
 @pytest.mark.parametrize("name", list(OFF_SEQUENCES))
-def test_record_iommu_off(name, baseline, out_dir):
+def test_record_iommu_off(name: str, baseline: Baseline, out_dir: Optional[str]) -> None:
     setup, steps = OFF_SEQUENCES[name]
     record = _record(name, setup, steps, out_dir)
     print(name, [(s["argv"][0], s["exit_code"], len(s["writes"])) for s in record["steps"]])

@@ -20,14 +20,48 @@ from contextlib import contextmanager
 from typing import Any
 
 _GUARDED = ("/sys", "/dev", "/proc")
-_ALLOWED = ("/dev/null", "/dev/tty", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
-            "/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/shm", "/dev/pts", "/dev/fd",
-            "/dev/mqueue", "/proc/self/fd")
+_ALLOWED = (
+    "/dev/null",
+    "/dev/tty",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/stdin",
+    "/dev/stdout",
+    "/dev/stderr",
+    "/dev/shm",
+    "/dev/pts",
+    "/dev/fd",
+    "/dev/mqueue",
+    "/proc/self/fd",
+)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-_MUTATING_EVENTS = {"os.mkdir", "os.remove", "os.rmdir", "os.rename", "os.symlink",
-                    "os.link", "os.truncate", "os.chmod", "os.chown", "os.mknod"}
-_DANGEROUS_PROGRAMS = {"modprobe", "rmmod", "insmod", "depmod", "chroot", "driverctl",
-                       "setpci", "udevadm", "dpdk-devbind.py", "dpdk-devbind", "vfio-manage.sh"}
+_MUTATING_EVENTS = {
+    "os.mkdir",
+    "os.remove",
+    "os.rmdir",
+    "os.rename",
+    "os.symlink",
+    "os.link",
+    "os.truncate",
+    "os.chmod",
+    "os.chown",
+    "os.mknod",
+}
+_DANGEROUS_PROGRAMS = {
+    "modprobe",
+    "rmmod",
+    "insmod",
+    "depmod",
+    "chroot",
+    "driverctl",
+    "setpci",
+    "udevadm",
+    "dpdk-devbind.py",
+    "dpdk-devbind",
+    "vfio-manage.sh",
+}
 # keep the real functions out of reach of pyfakefs' module patching: its patched os.path
 # walks the stack (to honour skip names), which opens source files, which fires this hook
 _REAL: dict[str, Any] = {

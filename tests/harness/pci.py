@@ -1,8 +1,8 @@
 """PCI formats as the kernel writes them: addresses, modaliases, modules.alias patterns.
 
 Pure functions, no file system. The harness builds its sysfs files with these, and the harness's
-own tests use :func:`best_alias` to show that the fake modules.alias answers rule 5 of
-kernel-binding-facts.md (most specific alias wins).
+own tests use :func:`best_alias` to show that the fake modules.alias answers rule 5
+(docs/kernel-facts.md K12: the most specific alias wins).
 """
 
 from __future__ import annotations

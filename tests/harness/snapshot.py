@@ -1,4 +1,4 @@
-"""Real machines' sysfs snapshots (/work/shared/snapshots) in and out of the fake kernel.
+"""Real machines' sysfs snapshots (tests/fixtures/snapshots) in and out of the fake kernel.
 
 :func:`load_snapshot` builds a :class:`FakeKernel` from a snapshot JSON. :func:`take_snapshot`
 reads a fake (through the patched ``os``, exactly as the snapshot script reads a real /sys)
@@ -31,23 +31,60 @@ from typing import Any, Optional, Union
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_filesystem_unittest import Pause
 
-from tests.harness.fakekernel import DRIVER_CHILD_RE, Driver, DriverSpec, FakeKernel, Module
+from tests.harness.fakekernel import FakeKernel
+from tests.harness.kernel import binding, drivers, layout, modules
+from tests.harness.kernel.model import DRIVER_CHILD_RE, Driver, DriverSpec, Module
 from tests.harness.pci import normalize_module
 
 Snapshot = dict[str, Any]
 
 # the keys the fake models; the rest (lspci, dmesg, uname, ...) is context
 MODELLED_KEYS = (
-    "devices", "drivers", "iommu_groups", "dev_vfio", "class_iommu", "pci_bus_files",
-    "drivers_autoprobe", "cmdline", "proc_modules", "sys_module_vfio",
+    "devices",
+    "drivers",
+    "iommu_groups",
+    "dev_vfio",
+    "class_iommu",
+    "pci_bus_files",
+    "drivers_autoprobe",
+    "cmdline",
+    "proc_modules",
+    "sys_module_vfio",
 )
 
-_ATTRS = ["vendor", "device", "class", "subsystem_vendor", "subsystem_device", "revision",
-          "driver_override", "numa_node", "enable", "boot_vga", "sriov_totalvfs", "sriov_numvfs",
-          "sriov_drivers_autoprobe", "sriov_offset", "sriov_stride", "sriov_vf_device",
-          "reset_method", "modalias", "irq", "local_cpulist", "current_link_speed",
-          "current_link_width", "max_link_speed", "max_link_width", "d3cold_allowed",
-          "power_state", "msi_bus", "broken_parity_status", "ari_enabled", "label", "index"]
+_ATTRS = [
+    "vendor",
+    "device",
+    "class",
+    "subsystem_vendor",
+    "subsystem_device",
+    "revision",
+    "driver_override",
+    "numa_node",
+    "enable",
+    "boot_vga",
+    "sriov_totalvfs",
+    "sriov_numvfs",
+    "sriov_drivers_autoprobe",
+    "sriov_offset",
+    "sriov_stride",
+    "sriov_vf_device",
+    "reset_method",
+    "modalias",
+    "irq",
+    "local_cpulist",
+    "current_link_speed",
+    "current_link_width",
+    "max_link_speed",
+    "max_link_width",
+    "d3cold_allowed",
+    "power_state",
+    "msi_bus",
+    "broken_parity_status",
+    "ari_enabled",
+    "label",
+    "index",
+]
 _LINKS = ["driver", "iommu_group", "physfn", "subsystem", "firmware_node", "iommu"]
 _BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
@@ -118,23 +155,25 @@ def load_snapshot(
         iommu_unit=class_iommu[0] if class_iommu else "dmar0",
         cmdline=data.get("cmdline", ""),
         modules_supported=isinstance(proc_modules, str),
-        lib_modules=not (_is_error(data.get("modules_builtin_vfio"))
-                         and _is_error(data.get("modules_vfio_ko"))),
+        lib_modules=not (
+            _is_error(data.get("modules_builtin_vfio")) and _is_error(data.get("modules_vfio_ko"))
+        ),
     )
-    with k._lock:
+    with k.lock:
         _load_modules(k, data)
         _load_devices_and_drivers(k, data)
         for name, info in groups.items():
             if isinstance(info, dict) and isinstance(info.get("type"), str):
                 k.set_group_type(int(name), info["type"])
         for unit in class_iommu[1:]:
-            k._link(k.sys_path(f"class/iommu/{unit}"), f"../../devices/virtual/iommu/{unit}")
-            k._mkdir(k.sys_path(f"devices/virtual/iommu/{unit}"))
+            k.tree.link(k.sys_path(f"class/iommu/{unit}"), f"../../devices/virtual/iommu/{unit}")
+            k.tree.mkdir(k.sys_path(f"devices/virtual/iommu/{unit}"))
         _reconcile_dev_vfio(k, data.get("dev_vfio"))
         k.drivers_autoprobe = data.get("drivers_autoprobe", "1") != "0"
         if isinstance(data.get("os_release"), str):
-            fs.create_file(posixpath.join(k.host_root, "etc/os-release"),
-                           contents=data["os_release"] + "\n")
+            fs.create_file(
+                posixpath.join(k.host_root, "etc/os-release"), contents=data["os_release"] + "\n"
+            )
     return k
 
 
@@ -146,52 +185,57 @@ def _load_modules(k: FakeKernel, data: Snapshot) -> None:
 
 
 def _declare_modules_on_disk(k: FakeKernel, data: Snapshot, *, vfio_loaded: bool) -> None:
-    modules = k._modules
+    table = k.module_table
     ko_text = data.get("modules_vfio_ko")
     prefix = f"/lib/modules/{k.release}/"
     ko_paths = []
     if not _is_error(ko_text):
-        ko_paths = [line[len(prefix):] for line in str(ko_text).splitlines()
-                    if line.startswith(prefix) and re.search(r"\.ko(\.\w+)?$", line)]
+        ko_paths = [
+            line[len(prefix) :]
+            for line in str(ko_text).splitlines()
+            if line.startswith(prefix) and re.search(r"\.ko(\.\w+)?$", line)
+        ]
     if ko_paths or vfio_loaded:
         k.add_vfio_modules(loaded=False)
     for rel in ko_paths:
         name = normalize_module(re.sub(r"\.ko(\.\w+)?$", "", posixpath.basename(rel)))
-        if name in modules:
-            modules[name].path = rel
+        if name in table:
+            table[name].path = rel
         else:
-            modules[name] = Module(name, rel)
+            table[name] = Module(name, rel)
     builtin_text = data.get("modules_builtin_vfio")
     if not _is_error(builtin_text):
         for rel in str(builtin_text).splitlines():
             name = normalize_module(re.sub(r"\.ko$", "", posixpath.basename(rel.strip())))
-            if rel.strip() and name not in modules:
+            if rel.strip() and name not in table:
                 k.declare_module(name, path=rel.strip(), builtin=True)
     for name, params in (data.get("sys_module_vfio") or {}).items():
-        if name in modules:
-            modules[name].params = dict(params)
+        if name in table:
+            table[name].params = dict(params)
         else:  # in /sys/module but not loadable: built in (with parameters)
-            modules[name] = Module(name, f"kernel/drivers/vfio/{name}.ko", builtin=True,
-                                   params=dict(params))
+            table[name] = Module(
+                name, f"kernel/drivers/vfio/{name}.ko", builtin=True, params=dict(params)
+            )
 
 
 def _mark_loaded(k: FakeKernel, parsed: list[tuple[str, int, int, list[str], int]]) -> None:
-    modules = k._modules
+    table = k.module_table
     for name, size, refcnt, used_by, address in reversed(parsed):  # oldest first
-        mod = modules.get(name)
+        mod = table.get(name)
         if mod is None:
-            mod = modules[name] = Module(name, f"kernel/drivers/misc/{name}.ko")
+            mod = table[name] = Module(name, f"kernel/drivers/misc/{name}.ko")
         mod.size, mod.address, mod.base_refs = size, address, refcnt - len(used_by)
         for holder in used_by:
-            holder_mod = modules.setdefault(
-                holder, Module(holder, f"kernel/drivers/misc/{holder}.ko"))
+            holder_mod = table.setdefault(
+                holder, Module(holder, f"kernel/drivers/misc/{holder}.ko")
+            )
             if name not in holder_mod.deps:
                 holder_mod.deps.append(name)
     for name, *_rest in reversed(parsed):
-        k._module_loaded_without_probe(modules[name])
-    for mod in list(modules.values()):
+        modules.loaded_without_probe(k, table[name])
+    for mod in list(table.values()):
         if mod.builtin and mod.params and not mod.loaded:
-            k._module_loaded_without_probe(mod)
+            modules.loaded_without_probe(k, mod)
 
 
 def _load_devices_and_drivers(k: FakeKernel, data: Snapshot) -> None:
@@ -199,12 +243,12 @@ def _load_devices_and_drivers(k: FakeKernel, data: Snapshot) -> None:
     bound, virtfns = _load_devices(k, devices)
     _load_drivers(k, data, devices)
     for bdf, driver in bound.items():
-        k._setup_bind(k.function(bdf), driver)
+        binding.setup_bind(k, k.function(bdf), driver)
     for pf_bdf, links in virtfns.items():
         pf = k.function(pf_bdf)
         for index in sorted(links):
             pf.vfs.append(links[index])
-            k._link(k.sys_path(f"{pf.path}/virtfn{index}"), f"../{links[index]}")
+            k.tree.link(k.sys_path(f"{pf.path}/virtfn{index}"), f"../{links[index]}")
 
 
 def _load_devices(
@@ -219,12 +263,13 @@ def _load_devices(
         attrs = {a: v for a, v in dv.get("attrs", {}).items() if isinstance(v, str)}
         links: dict[str, str] = {n: t for n, t in dv.get("links", {}).items() if t}
         entries = set(dv.get("entries", []))
-        path = dv["realpath"][len("/sys/"):]
+        path = dv["realpath"][len("/sys/") :]
         parts = path.split("/")
         parent = parts[-2] if len(parts) > 2 and _BDF_RE.match(parts[-2]) else None
         group = _basename(links.get("iommu_group"))
         override = attrs.get("driver_override", "(null)")
-        fn = k._new_function(
+        fn = layout.new_function(
+            k,
             bdf,
             vendor=int(attrs["vendor"], 16),
             device=int(attrs["device"], 16),
@@ -236,10 +281,14 @@ def _load_devices(
             iommu_group=int(group) if group is not None else None,
             parent=parent,
             sriov_totalvfs=int(attrs["sriov_totalvfs"]) if "sriov_totalvfs" in attrs else None,
-            sriov_vf_device=(int(attrs["sriov_vf_device"], 16)
-                             if "sriov_vf_device" in attrs else None),
+            sriov_vf_device=(
+                int(attrs["sriov_vf_device"], 16) if "sriov_vf_device" in attrs else None
+            ),
             driver_override=None if override == "(null)" else override,
-            path=path, attrs=attrs, entries=entries, links=links,
+            path=path,
+            attrs=attrs,
+            entries=entries,
+            links=links,
             physfn=_basename(links.get("physfn")),
         )
         fn.pm = "pm" in attrs.get("reset_method", "").split()
@@ -259,8 +308,12 @@ def _load_drivers(k: FakeKernel, data: Snapshot, devices: dict[str, Any]) -> Non
     for name, info in (data.get("drivers") or {}).items():
         module = _basename(info.get("module"))
         mod_name = normalize_module(module) if module else None
-        vfio = name == "vfio-pci" or "vfio_pci" in name or "vfio-pci" in name or (
-            mod_name is not None and "vfio_pci" in mod_name)
+        vfio = (
+            name == "vfio-pci"
+            or "vfio_pci" in name
+            or "vfio-pci" in name
+            or (mod_name is not None and "vfio_pci" in mod_name)
+        )
         ids: list[tuple[int, int]] = []
         if not vfio:
             members = list(info.get("devices", []))
@@ -272,28 +325,31 @@ def _load_drivers(k: FakeKernel, data: Snapshot, devices: dict[str, Any]) -> Non
                         ids.append((fn.vendor, fn.device))
         classes = [(0x060400, 0xFFFF00)] if name == "pcieport" else []
         if mod_name is not None:
-            mod = k._modules.get(mod_name)
+            mod = k.module_table.get(mod_name)
             if mod is None:  # has a module link but is not in /proc/modules: built in
-                mod = k._modules[mod_name] = Module(
-                    mod_name, f"kernel/drivers/misc/{mod_name}.ko", builtin=True)
-                k._module_loaded_without_probe(mod)
+                mod = k.module_table[mod_name] = Module(
+                    mod_name, f"kernel/drivers/misc/{mod_name}.ko", builtin=True
+                )
+                modules.loaded_without_probe(k, mod)
             mod.drivers = [s for s in mod.drivers if s.name != name] + [
-                DriverSpec(name, tuple(ids), tuple(classes), vfio)]
-        k._register_driver(Driver(name, mod_name, ids, classes, vfio,
-                                  dma_safe=vfio or name == "pcieport"))
+                DriverSpec(name, tuple(ids), tuple(classes), vfio)
+            ]
+        drivers.register(
+            k, Driver(name, mod_name, ids, classes, vfio, dma_safe=vfio or name == "pcieport")
+        )
 
 
 def _reconcile_dev_vfio(k: FakeKernel, wanted: object) -> None:
     folder = posixpath.join(k.dev_root, "vfio")
     if not isinstance(wanted, list):
-        k._remove(folder)
+        k.tree.remove(folder)
         return
-    k._mkdir(folder)
+    k.tree.mkdir(folder)
     for name in wanted:
-        k._chardev(posixpath.join(folder, str(name)))
+        k.tree.chardev(posixpath.join(folder, str(name)))
     for name in k.fs.listdir(folder):
         if name not in wanted:
-            k._remove(posixpath.join(folder, name))
+            k.tree.remove(posixpath.join(folder, name))
 
 
 # ---------------------------------------------------------------------- taking a snapshot
@@ -322,17 +378,22 @@ def take_snapshot(k: FakeKernel) -> Snapshot:
         "sys_module_vfio": {},
         "dev_vfio": sorted(os.listdir(dev_vfio)) if os.path.isdir(dev_vfio) else None,
         "class_iommu": sorted(os.listdir(f"{sys_root}/class/iommu"))
-        if os.path.isdir(f"{sys_root}/class/iommu") else None,
+        if os.path.isdir(f"{sys_root}/class/iommu")
+        else None,
         "pci_bus_files": sorted(os.listdir(f"{sys_root}/bus/pci")),
         "drivers_autoprobe": _read(f"{sys_root}/bus/pci/drivers_autoprobe"),
-        "drivers": {}, "devices": {}, "iommu_groups": {},
+        "drivers": {},
+        "devices": {},
+        "iommu_groups": {},
     }
     for mod in sorted(os.listdir(f"{sys_root}/module")):
         if "vfio" in mod or "iommu" in mod:
             params = f"{sys_root}/module/{mod}/parameters"
             snap["sys_module_vfio"][mod] = (
                 {n: _read(f"{params}/{n}") for n in sorted(os.listdir(params))}
-                if os.path.isdir(params) else {})
+                if os.path.isdir(params)
+                else {}
+            )
     base = f"{sys_root}/bus/pci/drivers"
     for name in sorted(os.listdir(base)):
         entries = sorted(os.listdir(f"{base}/{name}"))
@@ -348,7 +409,7 @@ def take_snapshot(k: FakeKernel) -> Snapshot:
         links = _LINKS + [e for e in entries if e.startswith("virtfn")]
         realpath = os.path.realpath(p)
         snap["devices"][bdf] = {
-            "realpath": realpath[len(root):] if realpath.startswith(root + "/") else realpath,
+            "realpath": realpath[len(root) :] if realpath.startswith(root + "/") else realpath,
             "entries": entries,
             "attrs": {a: _read(f"{p}/{a}") for a in _ATTRS if a in entries},
             "links": {n: _readlink(f"{p}/{n}") for n in links if n in entries},
@@ -395,10 +456,15 @@ def diff_snapshots(
                     continue
                 walk(a[key], b[key], f"{where}/{key}")
         elif isinstance(a, list) and isinstance(b, list) and a != b:
-            extra, missing = sorted(set(map(str, b)) - set(map(str, a))), sorted(
-                set(map(str, a)) - set(map(str, b)))
-            out.append(f"{where}: fake has extra {extra}, lacks {missing}" if extra or missing
-                       else f"{where}: order {b} != {a}")
+            extra, missing = (
+                sorted(set(map(str, b)) - set(map(str, a))),
+                sorted(set(map(str, a)) - set(map(str, b))),
+            )
+            out.append(
+                f"{where}: fake has extra {extra}, lacks {missing}"
+                if extra or missing
+                else f"{where}: order {b} != {a}"
+            )
         elif a != b:
             out.append(f"{where}: snapshot {a!r} != fake {b!r}")
 

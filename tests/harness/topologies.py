@@ -13,7 +13,7 @@ from tests.harness.fakekernel import FakeKernel
 
 REBELLIONS_VENDOR = 0x1EFF
 NPU_CLASS = 0x120000
-# RBLN-CA02 CA11 CA12 CA15 CA21 CA22 CA25 CR03 CR13 (rebellions-and-peers.md)
+# RBLN-CA02 CA11 CA12 CA15 CA21 CA22 CA25 CR03 CR13 (as in vfio_manager/catalogue.py)
 REBELLIONS_PF_IDS = (0x1020, 0x1110, 0x1120, 0x1150, 0x1210, 0x1220, 0x1250, 0x2030, 0x2130)
 REBELLIONS_VF_IDS = (0x1021, 0x1111, 0x1121, 0x1211, 0x1221, 0x1251, 0x2031, 0x2131)
 
@@ -49,41 +49,94 @@ def npu_node(
     if "pcieport" not in k.drivers():
         k.add_driver("pcieport", classes=[(0x060400, 0xFFFF00)], dma_safe=True)
     if "rebellions" not in k.drivers():
-        k.add_driver("rebellions", module="rebellions",
-                     ids=[(REBELLIONS_VENDOR, d) for d in REBELLIONS_PF_IDS + REBELLIONS_VF_IDS])
+        k.add_driver(
+            "rebellions",
+            module="rebellions",
+            ids=[(REBELLIONS_VENDOR, d) for d in REBELLIONS_PF_IDS + REBELLIONS_VF_IDS],
+        )
     if "e1000e" not in k.drivers():
         k.add_driver("e1000e", module="e1000e", ids=[(0x8086, 0x10D3)])
     if "nvme" not in k.drivers():
         k.add_driver("nvme", module="nvme", classes=[(0x010802, 0xFFFFFF)])
     k.add_vfio_modules(loaded=vfio_loaded)
 
-    k.add_function(HOST_BRIDGE, vendor=0x8086, device=0x29C0, pci_class=0x060000,
-                   subsystem_vendor=0x8086, subsystem_device=0x7270, iommu_group=0, numa_node=0)
-    k.add_function(HOST_NIC, vendor=0x8086, device=0x10D3, pci_class=0x020000,
-                   subsystem_vendor=0x8086, subsystem_device=0xA01F, driver="e1000e",
-                   iommu_group=1, numa_node=0)
-    k.add_function(DISK_ROOT_PORT, vendor=0x8086, device=0x7C72, pci_class=0x060400,
-                   driver="pcieport", iommu_group=2, numa_node=0)
-    k.add_function(HOST_DISK, vendor=0x144D, device=0xA808, pci_class=0x010802,
-                   subsystem_vendor=0x144D, subsystem_device=0xA801, driver="nvme",
-                   iommu_group=3, parent=DISK_ROOT_PORT, numa_node=0)
+    k.add_function(
+        HOST_BRIDGE,
+        vendor=0x8086,
+        device=0x29C0,
+        pci_class=0x060000,
+        subsystem_vendor=0x8086,
+        subsystem_device=0x7270,
+        iommu_group=0,
+        numa_node=0,
+    )
+    k.add_function(
+        HOST_NIC,
+        vendor=0x8086,
+        device=0x10D3,
+        pci_class=0x020000,
+        subsystem_vendor=0x8086,
+        subsystem_device=0xA01F,
+        driver="e1000e",
+        iommu_group=1,
+        numa_node=0,
+    )
+    k.add_function(
+        DISK_ROOT_PORT,
+        vendor=0x8086,
+        device=0x7C72,
+        pci_class=0x060400,
+        driver="pcieport",
+        iommu_group=2,
+        numa_node=0,
+    )
+    k.add_function(
+        HOST_DISK,
+        vendor=0x144D,
+        device=0xA808,
+        pci_class=0x010802,
+        subsystem_vendor=0x144D,
+        subsystem_device=0xA801,
+        driver="nvme",
+        iommu_group=3,
+        parent=DISK_ROOT_PORT,
+        numa_node=0,
+    )
 
     bdfs: list[str] = []
     shared = 4 + count
     for index in range(count):
         # root ports at 00:02.0..00:18.0, then on a second root bus 0000:80
-        port = (f"0000:00:{0x02 + index:02x}.0" if index < 0x17
-                else f"0000:80:{0x02 + index - 0x17:02x}.0")
+        port = (
+            f"0000:00:{0x02 + index:02x}.0"
+            if index < 0x17
+            else f"0000:80:{0x02 + index - 0x17:02x}.0"
+        )
         bdf = f"0000:{index + 1:02x}:00.0"
         port_group = 4 + index if shared_group else 4 + 2 * index
         npu_group = shared if shared_group else 5 + 2 * index
-        k.add_function(port, vendor=ROOT_PORT_ID[0], device=ROOT_PORT_ID[1],
-                       pci_class=0x060400, driver="pcieport", iommu_group=port_group,
-                       numa_node=index % 2)
-        k.add_function(bdf, vendor=REBELLIONS_VENDOR, device=device, pci_class=NPU_CLASS,
-                       subsystem_vendor=REBELLIONS_VENDOR, subsystem_device=device,
-                       revision=0x01, iommu_group=npu_group, parent=port, numa_node=index % 2,
-                       driver_override="vfio-pci" if driver == "vfio-pci" else None,
-                       driver=driver)
+        k.add_function(
+            port,
+            vendor=ROOT_PORT_ID[0],
+            device=ROOT_PORT_ID[1],
+            pci_class=0x060400,
+            driver="pcieport",
+            iommu_group=port_group,
+            numa_node=index % 2,
+        )
+        k.add_function(
+            bdf,
+            vendor=REBELLIONS_VENDOR,
+            device=device,
+            pci_class=NPU_CLASS,
+            subsystem_vendor=REBELLIONS_VENDOR,
+            subsystem_device=device,
+            revision=0x01,
+            iommu_group=npu_group,
+            parent=port,
+            numa_node=index % 2,
+            driver_override="vfio-pci" if driver == "vfio-pci" else None,
+            driver=driver,
+        )
         bdfs.append(bdf)
     return bdfs

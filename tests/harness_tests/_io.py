@@ -48,8 +48,13 @@ def add_simple(k: FakeKernel) -> tuple[str, str]:
     """A NIC on e1000e (group 1) and an unbound edu-like function (group 2), vfio-pci loaded."""
     k.add_driver("e1000e", module="e1000e", ids=[(0x8086, 0x10D3)])
     k.add_driver("vfio-pci", module="vfio_pci", vfio=True)
-    k.add_function("0000:03:00.0", vendor=0x8086, device=0x10D3, pci_class=0x020000,
-                   driver="e1000e", iommu_group=1)
-    k.add_function("0000:00:04.0", vendor=0x1234, device=0x11E8, pci_class=0x00FF00,
-                   iommu_group=2)
+    k.add_function(
+        "0000:03:00.0",
+        vendor=0x8086,
+        device=0x10D3,
+        pci_class=0x020000,
+        driver="e1000e",
+        iommu_group=1,
+    )
+    k.add_function("0000:00:04.0", vendor=0x1234, device=0x11E8, pci_class=0x00FF00, iommu_group=2)
     return "0000:03:00.0", "0000:00:04.0"

@@ -1,4 +1,4 @@
-"""bind / unbind / drivers_probe / new_id: the errnos and effects of kernel-binding-facts.md."""
+"""bind / unbind / drivers_probe / new_id and friends: errnos and effects (docs/kernel-facts.md)."""
 
 from __future__ import annotations
 
@@ -83,8 +83,15 @@ def test_drivers_probe_unknown_device_is_enodev(kernel: FakeKernel) -> None:
 def test_drivers_probe_hides_vfio_refusals(kernel: FakeKernel) -> None:
     bridge_port = "0000:00:02.0"
     (npu,) = npu_node(kernel, count=1)
-    kernel.add_function("0000:10:00.0", vendor=0x1EFF, device=0x1220, pci_class=0x120000,
-                        driver="rebellions", iommu_group=40, sriov_totalvfs=4)
+    kernel.add_function(
+        "0000:10:00.0",
+        vendor=0x1EFF,
+        device=0x1220,
+        pci_class=0x120000,
+        driver="rebellions",
+        iommu_group=40,
+        sriov_totalvfs=4,
+    )
     kernel.add_vfs("0000:10:00.0", 2)
     for bdf, native in ((bridge_port, "pcieport"), ("0000:10:00.0", "rebellions")):
         write(kernel, dev(bdf, "driver_override"), "vfio-pci\n")
@@ -99,8 +106,15 @@ def test_drivers_probe_hides_vfio_refusals(kernel: FakeKernel) -> None:
 
 def test_vfio_refusals_come_back_from_bind(kernel: FakeKernel) -> None:
     npu_node(kernel, count=1)
-    kernel.add_function("0000:10:00.0", vendor=0x1EFF, device=0x1220, pci_class=0x120000,
-                        iommu_group=40, sriov_totalvfs=4, driver_override="vfio-pci")
+    kernel.add_function(
+        "0000:10:00.0",
+        vendor=0x1EFF,
+        device=0x1220,
+        pci_class=0x120000,
+        iommu_group=40,
+        sriov_totalvfs=4,
+        driver_override="vfio-pci",
+    )
     vfs = kernel.add_vfs("0000:10:00.0", 2)
     assert vfs == ["0000:10:00.1", "0000:10:00.2"]
     assert read(kernel, dev("0000:10:00.0", "sriov_numvfs")) == "2\n"
@@ -125,8 +139,9 @@ def test_iommu_off_vfio_refuses_every_probe(fs: FakeFilesystem) -> None:
     assert k.driver_of(nic) is None
     assert k.driver_of(edu) is None
     assert k.vfio_nodes() == {"vfio"}
-    assert k.dmesg == [f"vfio-pci {b}: probe with driver vfio-pci failed with error -22"
-                       for b in (nic, edu)]
+    assert k.dmesg == [
+        f"vfio-pci {b}: probe with driver vfio-pci failed with error -22" for b in (nic, edu)
+    ]
 
 
 # -- unbind and bind errnos ----------------------------------------------------------------------
@@ -138,8 +153,7 @@ def test_unbind_errnos(kernel: FakeKernel) -> None:
     assert kernel.driver_of(nic) == "e1000e"
     assert write_errno(kernel, drv("e1000e", "unbind"), nic + "\n") is None  # one \n is fine
     assert kernel.driver_of(nic) is None
-    assert not kernel.fs.exists(f"{kernel.sys_root}/bus/pci/drivers/e1000e/{nic}",
-                                check_link=True)
+    assert not kernel.fs.exists(f"{kernel.sys_root}/bus/pci/drivers/e1000e/{nic}", check_link=True)
 
 
 def test_bind_errnos(kernel: FakeKernel) -> None:
@@ -156,7 +170,13 @@ def test_bind_errnos(kernel: FakeKernel) -> None:
     write(kernel, drv("vfio-pci", "bind"), nic)
     assert kernel.driver_of(nic) == "vfio-pci"
     assert [w.error for w in kernel.writes if w.path.endswith("/bind")] == [
-        errno.ENODEV, errno.EBUSY, errno.ENODEV, errno.EBUSY, errno.ENODEV, None]
+        errno.ENODEV,
+        errno.EBUSY,
+        errno.ENODEV,
+        errno.EBUSY,
+        errno.ENODEV,
+        None,
+    ]
 
 
 # -- /dev/vfio/N ---------------------------------------------------------------------------------
@@ -165,16 +185,31 @@ def test_group_node_appears_with_first_member_and_goes_with_last(kernel: FakeKer
     kernel.add_driver("vfio-pci", module="vfio_pci", vfio=True)
     pair = ("0000:05:00.0", "0000:05:00.1")
     for bdf, device in zip(pair, (0x1220, 0x1221)):
-        kernel.add_function(bdf, vendor=0x1EFF, device=device, pci_class=0x120000,
-                            driver="rebellions", iommu_group=4)
+        kernel.add_function(
+            bdf,
+            vendor=0x1EFF,
+            device=device,
+            pci_class=0x120000,
+            driver="rebellions",
+            iommu_group=4,
+        )
     assert kernel.vfio_nodes() == {"vfio"}
     _to_vfio(kernel, pair[0], "rebellions")
     assert kernel.vfio_nodes() == {"vfio", "4"}
     _to_vfio(kernel, pair[1], "rebellions")
     assert sorted(kernel.fs.listdir(f"{kernel.sys_root}/bus/pci/drivers/vfio-pci")) == [
-        *pair, "bind", "module", "new_id", "remove_id", "uevent", "unbind"]
+        *pair,
+        "bind",
+        "module",
+        "new_id",
+        "remove_id",
+        "uevent",
+        "unbind",
+    ]
     assert [kernel.fs.listdir(f"{kernel.sys_root}/bus/pci/devices/{b}/vfio-dev") for b in pair] == [
-        ["vfio0"], ["vfio1"]]
+        ["vfio0"],
+        ["vfio1"],
+    ]
     _to_host(kernel, pair[0])
     assert kernel.vfio_nodes() == {"vfio", "4"}  # 05:00.1 still holds the group
     assert not kernel.fs.exists(f"{kernel.sys_root}/bus/pci/devices/{pair[0]}/vfio-dev")
@@ -231,7 +266,13 @@ def test_load_module_registers_driver_and_binds_waiting_overrides(kernel: FakeKe
     assert kernel.driver_of(npu) == "vfio-pci"  # driver_register probes it
     assert kernel.vfio_nodes() == {"vfio", str(kernel.group_of(npu))}
     assert kernel.loaded_modules()[:6] == [
-        "vfio_pci", "vfio_pci_core", "irqbypass", "vfio_virqfd", "vfio_iommu_type1", "vfio"]
+        "vfio_pci",
+        "vfio_pci_core",
+        "irqbypass",
+        "vfio_virqfd",
+        "vfio_iommu_type1",
+        "vfio",
+    ]
 
 
 def test_unload_module_unbinds_and_refuses_when_in_use(kernel: FakeKernel) -> None:
@@ -251,8 +292,15 @@ def test_unload_module_unbinds_and_refuses_when_in_use(kernel: FakeKernel) -> No
 def test_sriov_numvfs_writes(kernel: FakeKernel) -> None:
     npu_node(kernel, count=0)
     pf = "0000:10:00.0"
-    kernel.add_function(pf, vendor=0x1EFF, device=0x1250, pci_class=0x120000,
-                        driver="rebellions", iommu_group=40, sriov_totalvfs=4)
+    kernel.add_function(
+        pf,
+        vendor=0x1EFF,
+        device=0x1250,
+        pci_class=0x120000,
+        driver="rebellions",
+        iommu_group=40,
+        sriov_totalvfs=4,
+    )
     assert read(kernel, dev(pf, "sriov_totalvfs")) == "4\n"
     assert read(kernel, dev(pf, "sriov_vf_device")) == "1251\n"
     assert write_errno(kernel, dev(pf, "sriov_numvfs"), "5") == errno.ERANGE
@@ -261,9 +309,11 @@ def test_sriov_numvfs_writes(kernel: FakeKernel) -> None:
     vfs = ["0000:10:00.1", "0000:10:00.2"]
     assert [kernel.driver_of(v) for v in vfs] == ["rebellions", "rebellions"]  # autoprobed
     assert kernel.fs.readlink(f"{kernel.sys_root}/devices/pci0000:10/{vfs[0]}/physfn") == (
-        f"../{pf}")
+        f"../{pf}"
+    )
     assert kernel.fs.readlink(f"{kernel.sys_root}/devices/pci0000:10/{pf}/virtfn1") == (
-        f"../{vfs[1]}")
+        f"../{vfs[1]}"
+    )
     assert len({kernel.group_of(v) for v in [pf, *vfs]}) == 3
     assert write_errno(kernel, dev(pf, "sriov_numvfs"), "3") == errno.EBUSY
     write(kernel, dev(pf, "sriov_numvfs"), "0")
@@ -299,16 +349,32 @@ def test_group_viability_is_not_enforced_at_bind(kernel: FakeKernel) -> None:
     kernel.add_driver("vfio-pci", module="vfio_pci", vfio=True, dma_safe=True)
     kernel.add_driver("pci-stub", module="pci_stub", builtin=True, dma_safe=True)
     kernel.add_driver("pcieport", classes=[(0x060400, 0xFFFF00)], dma_safe=True)
-    kernel.add_function("0000:00:05.0", vendor=0x8086, device=0x100E, pci_class=0x020000,
-                        driver="e1000", iommu_group=4)
-    kernel.add_function("0000:00:05.1", vendor=0x1AF4, device=0x1000, pci_class=0x020000,
-                        iommu_group=4, driver_override="vfio-pci")
+    kernel.add_function(
+        "0000:00:05.0",
+        vendor=0x8086,
+        device=0x100E,
+        pci_class=0x020000,
+        driver="e1000",
+        iommu_group=4,
+    )
+    kernel.add_function(
+        "0000:00:05.1",
+        vendor=0x1AF4,
+        device=0x1000,
+        pci_class=0x020000,
+        iommu_group=4,
+        driver_override="vfio-pci",
+    )
     write(kernel, "bus/pci/drivers_probe", "0000:00:05.1")
     assert kernel.driver_of("0000:00:05.1") == "vfio-pci"
     assert kernel.driver_of("0000:00:05.0") == "e1000"
     assert kernel.vfio_nodes() == {"vfio", "4"}
     assert [kernel.driver(d).dma_safe for d in ("vfio-pci", "pci-stub", "pcieport", "e1000")] == [
-        True, True, True, False]
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_failed_bind_half_way_and_the_restore(fs: FakeFilesystem) -> None:

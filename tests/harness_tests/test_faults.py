@@ -19,8 +19,10 @@ def test_fail_next_write_fails_once_without_effect(kernel: FakeKernel) -> None:
     assert kernel.driver_of(npu) == "rebellions"
     assert write_errno(kernel, drv("rebellions", "unbind"), npu) is None  # only the next one
     assert kernel.driver_of(npu) is None
-    assert kernel.writes == [Write(drv("rebellions", "unbind"), npu, errno.EBUSY),
-                             Write(drv("rebellions", "unbind"), npu, None)]
+    assert kernel.writes == [
+        Write(drv("rebellions", "unbind"), npu, errno.EBUSY),
+        Write(drv("rebellions", "unbind"), npu, None),
+    ]
 
 
 def test_fail_next_write_on_an_attribute_keeps_its_value(kernel: FakeKernel) -> None:
@@ -81,7 +83,8 @@ def test_close_releases_blocked_unbinds(kernel: FakeKernel) -> None:
     (npu,) = npu_node(kernel, count=1)
     gate = kernel.block_unbind(npu)
     writer = threading.Thread(
-        target=lambda: write(kernel, drv("rebellions", "unbind"), npu), daemon=True)
+        target=lambda: write(kernel, drv("rebellions", "unbind"), npu), daemon=True
+    )
     writer.start()
     assert gate.entered.wait(TIMEOUT)
     kernel.close()  # what the fixture does at teardown
@@ -98,8 +101,9 @@ def test_remove_function_on_write_unplugs_after_the_write(kernel: FakeKernel) ->
     assert not kernel.has_function(first)
     assert not kernel.fs.exists(f"{kernel.sys_root}/bus/pci/devices/{first}", check_link=True)
     assert not kernel.fs.exists(f"{kernel.sys_root}/kernel/iommu_groups/{group}")
-    assert not kernel.fs.exists(f"{kernel.sys_root}/bus/pci/drivers/rebellions/{first}",
-                                check_link=True)
+    assert not kernel.fs.exists(
+        f"{kernel.sys_root}/bus/pci/drivers/rebellions/{first}", check_link=True
+    )
     assert write_errno(kernel, drv("rebellions", "unbind"), first) == errno.ENODEV
     assert write_errno(kernel, "bus/pci/drivers_probe", first) == errno.ENODEV
     assert kernel.driver_of(first) is None
@@ -113,7 +117,13 @@ def test_remove_function_takes_children_and_vfio_node(kernel: FakeKernel) -> Non
     assert not kernel.has_function(npu)
     assert kernel.vfio_nodes() == {"vfio"}
     assert sorted(kernel.fs.listdir(f"{kernel.sys_root}/bus/pci/drivers/vfio-pci")) == [
-        "bind", "module", "new_id", "remove_id", "uevent", "unbind"]
+        "bind",
+        "module",
+        "new_id",
+        "remove_id",
+        "uevent",
+        "unbind",
+    ]
 
 
 def test_remove_attribute_unplugs(kernel: FakeKernel) -> None:
@@ -150,8 +160,15 @@ def test_deferred_vfio_nodes_appear_at_settle(kernel: FakeKernel) -> None:
 def test_unplugging_one_vf_keeps_the_other_links(kernel: FakeKernel) -> None:
     npu_node(kernel, count=0)
     pf = "0000:10:00.0"
-    kernel.add_function(pf, vendor=0x1EFF, device=0x1220, pci_class=0x120000, iommu_group=40,
-                        driver="rebellions", sriov_totalvfs=2)
+    kernel.add_function(
+        pf,
+        vendor=0x1EFF,
+        device=0x1220,
+        pci_class=0x120000,
+        iommu_group=40,
+        driver="rebellions",
+        sriov_totalvfs=2,
+    )
     first, second = kernel.add_vfs(pf, 2)
     assert kernel.group_of(first) == 4  # the lowest free group number, as the kernel's IDA
     kernel.remove_function(first)

@@ -17,21 +17,46 @@ NPU = "0000:01:00.0"
 
 def test_roots_are_under_node_never_the_real_paths(kernel: FakeKernel) -> None:
     assert (kernel.host_root, kernel.sys_root, kernel.dev_root, kernel.proc_root) == (
-        "/node", "/node/sys", "/node/dev", "/node/proc")
-    for path in ("/node/sys/bus/pci/devices", "/node/sys/bus/pci/drivers", "/node/dev",
-                 "/node/sys/kernel/iommu_groups", "/node/sys/module"):
+        "/node",
+        "/node/sys",
+        "/node/dev",
+        "/node/proc",
+    )
+    for path in (
+        "/node/sys/bus/pci/devices",
+        "/node/sys/bus/pci/drivers",
+        "/node/dev",
+        "/node/sys/kernel/iommu_groups",
+        "/node/sys/module",
+    ):
         assert os.path.isdir(path), path
     assert not os.path.exists("/sys/bus/pci")  # pyfakefs hides the real machine
 
 
 def test_attribute_formats_are_the_kernels(kernel: FakeKernel) -> None:
-    kernel.add_function(NPU, vendor=0x1EFF, device=0x1220, pci_class=0x120000,
-                        subsystem_vendor=0x1EFF, subsystem_device=0x0001, revision=1,
-                        iommu_group=7, numa_node=1, boot_vga=False)
+    kernel.add_function(
+        NPU,
+        vendor=0x1EFF,
+        device=0x1220,
+        pci_class=0x120000,
+        subsystem_vendor=0x1EFF,
+        subsystem_device=0x0001,
+        revision=1,
+        iommu_group=7,
+        numa_node=1,
+        boot_vga=False,
+    )
     expected = {
-        "vendor": "0x1eff\n", "device": "0x1220\n", "class": "0x120000\n",
-        "subsystem_vendor": "0x1eff\n", "subsystem_device": "0x0001\n", "revision": "0x01\n",
-        "driver_override": "(null)\n", "numa_node": "1\n", "boot_vga": "0\n", "enable": "0\n",
+        "vendor": "0x1eff\n",
+        "device": "0x1220\n",
+        "class": "0x120000\n",
+        "subsystem_vendor": "0x1eff\n",
+        "subsystem_device": "0x0001\n",
+        "revision": "0x01\n",
+        "driver_override": "(null)\n",
+        "numa_node": "1\n",
+        "boot_vga": "0\n",
+        "enable": "0\n",
         "modalias": "pci:v00001EFFd00001220sv00001EFFsd00000001bc12sc00i00\n",
     }
     for name, value in expected.items():
@@ -66,7 +91,8 @@ def test_links_are_relative_with_the_kernels_depth(kernel: FakeKernel) -> None:
     assert os.readlink(f"{drv}/module") == "../../../../module/rebellions"
     # a function on the root bus: one level less
     assert os.readlink(f"{kernel.sys_root}/bus/pci/devices/{port}/driver") == (
-        "../../../bus/pci/drivers/pcieport")
+        "../../../bus/pci/drivers/pcieport"
+    )
     for link in ("driver", "iommu_group", "subsystem"):
         assert os.path.isdir(f"{base}/{link}"), link  # and they all resolve
 
@@ -77,8 +103,16 @@ def test_driver_folder_has_the_kernels_files(kernel: FakeKernel) -> None:
     assert names == {"bind", "unbind", "new_id", "remove_id", "uevent", "module"}
     assert "module" not in os.listdir(f"{kernel.sys_root}/bus/pci/drivers/pcieport")  # built in
     bus = set(os.listdir(f"{kernel.sys_root}/bus/pci"))
-    assert bus == {"devices", "drivers", "drivers_autoprobe", "drivers_probe", "rescan",
-                   "resource_alignment", "slots", "uevent"}
+    assert bus == {
+        "devices",
+        "drivers",
+        "drivers_autoprobe",
+        "drivers_probe",
+        "rescan",
+        "resource_alignment",
+        "slots",
+        "uevent",
+    }
     assert read(kernel, "bus/pci/drivers_autoprobe") == "1\n"
 
 
@@ -88,7 +122,8 @@ def test_modules_are_visible_where_preflight_looks(kernel: FakeKernel) -> None:
     assert read(kernel, "module/vfio_pci/initstate") == "live\n"
     assert os.listdir(f"{sys_module}/vfio_pci/drivers") == ["pci:vfio-pci"]
     assert os.readlink(f"{sys_module}/vfio_pci/drivers/pci:vfio-pci") == (
-        "../../../bus/pci/drivers/vfio-pci")
+        "../../../bus/pci/drivers/vfio-pci"
+    )
     assert read(kernel, "module/vfio_iommu_type1/parameters/allow_unsafe_interrupts") == "N\n"
     with open(f"{kernel.proc_root}/modules") as handle:
         lines = handle.read().splitlines()
@@ -100,8 +135,10 @@ def test_modules_are_visible_where_preflight_looks(kernel: FakeKernel) -> None:
     release = f"{kernel.host_root}/lib/modules/6.1.0-test"
     with open(f"{release}/modules.dep") as handle:
         dep = handle.read()
-    assert ("kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko "
-            "kernel/drivers/vfio/vfio.ko") in dep
+    assert (
+        "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko "
+        "kernel/drivers/vfio/vfio.ko"
+    ) in dep
     with open(f"{release}/modules.alias") as handle:
         alias = handle.read()
     assert "alias pci:v00001EFFd00001220sv*sd*bc*sc*i* rebellions\n" in alias
@@ -141,8 +178,14 @@ def test_iommu_on_evidence(kernel: FakeKernel) -> None:
 def test_iommu_off_has_no_groups_and_no_units(fs: FakeFilesystem) -> None:
     k = FakeKernel(fs, iommu=False)
     k.add_driver("e1000e", module="e1000e", ids=[(0x8086, 0x10D3)])
-    k.add_function("0000:03:00.0", vendor=0x8086, device=0x10D3, pci_class=0x020000,
-                   driver="e1000e", iommu_group=9)
+    k.add_function(
+        "0000:03:00.0",
+        vendor=0x8086,
+        device=0x10D3,
+        pci_class=0x020000,
+        driver="e1000e",
+        iommu_group=9,
+    )
     assert os.listdir(f"{k.sys_root}/kernel/iommu_groups") == []
     assert os.listdir(f"{k.sys_root}/class/iommu") == []
     assert not os.path.exists(f"{k.sys_root}/firmware/acpi/tables/DMAR")
@@ -174,6 +217,8 @@ def test_vfio_group_node_is_a_character_device(kernel: FakeKernel) -> None:
 def test_pci_helpers() -> None:
     assert parse_bdf("0000:03:1f.7") == (0, 3, 0xFF)
     assert modalias(0x8086, 0x10D3, 0x8086, 0, 0x020000) == (
-        "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00")
+        "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00"
+    )
     assert alias_pattern("pci", pci_class=0x060400, class_mask=0xFFFF00) == (
-        "pci:v*d*sv*sd*bc06sc04i*")
+        "pci:v*d*sv*sd*bc06sc04i*"
+    )

@@ -1,4 +1,4 @@
-"""kernel-binding-facts.md "Matching rules" 1-5, and the driver_override file itself."""
+"""The matching rules 1-5 (docs/kernel-facts.md K8-K12) and driver_override itself (K3)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ def test_rule3_variant_driver_also_needs_its_own_exact_name(kernel: FakeKernel) 
     kernel.add_driver("rebellions", module="rebellions", ids=[(0x1EFF, 0x1220)])
     kernel.add_driver("vfio-pci", module="vfio_pci", vfio=True)
     kernel.add_driver("rbln-vfio-pci", module="rbln_vfio_pci", ids=[(0x1EFF, 0x1220)], vfio=True)
-    kernel.add_function("0000:01:00.0", vendor=0x1EFF, device=0x1220, pci_class=0x120000,
-                        iommu_group=3)
+    kernel.add_function(
+        "0000:01:00.0", vendor=0x1EFF, device=0x1220, pci_class=0x120000, iommu_group=3
+    )
     write(kernel, dev("0000:01:00.0", "driver_override"), "vfio-pci\n")
     assert write_errno(kernel, drv("rbln-vfio-pci", "bind"), "0000:01:00.0") == errno.ENODEV
     write(kernel, dev("0000:01:00.0", "driver_override"), "rbln-vfio-pci\n")
@@ -82,8 +83,13 @@ def test_rule4_module_names_use_underscores_modprobe_takes_both(kernel: FakeKern
 # -- rule 5: variant and native drivers found from the modalias ----------------------------
 def test_rule5_modalias_finds_variant_and_native_module(kernel: FakeKernel) -> None:
     (npu,) = npu_node(kernel, count=1)
-    kernel.declare_module("rbln_vfio_pci", driver="rbln-vfio-pci", ids=[(0x1EFF, 0x1220)],
-                          vfio=True, deps=["vfio_pci_core", "vfio"])
+    kernel.declare_module(
+        "rbln_vfio_pci",
+        driver="rbln-vfio-pci",
+        ids=[(0x1EFF, 0x1220)],
+        vfio=True,
+        deps=["vfio_pci_core", "vfio"],
+    )
     with open(f"{kernel.host_root}/lib/modules/6.1.0-test/modules.alias") as handle:
         aliases = handle.read()
     device_alias = read(kernel, dev(npu, "modalias")).strip()
@@ -97,7 +103,8 @@ def test_rule5_modalias_finds_variant_and_native_module(kernel: FakeKernel) -> N
     assert not kernel.fs.exists(f"{kernel.sys_root}/module/rbln_vfio_pci")
     kernel.load_module("rbln_vfio_pci")
     assert kernel.fs.listdir(f"{kernel.sys_root}/module/rbln_vfio_pci/drivers") == [
-        "pci:rbln-vfio-pci"]
+        "pci:rbln-vfio-pci"
+    ]
 
 
 def test_rule5_class_aliases_are_written_with_wildcards(kernel: FakeKernel) -> None:

@@ -1,8 +1,9 @@
 """The snapshot loader against the recorded machines, and the fake against what QEMU's kernel did.
 
-``take_snapshot`` reads a fake exactly as shared/snapshots/sysfs-snapshot.py reads a real /sys,
-so a loaded fake must give back its snapshot, and a fake put through the operations recorded in
-the q35 series must end where the real kernel ended.
+``take_snapshot`` reads a fake exactly as the snapshot script (tests/e2e/sysfs_snapshot.py in
+the QEMU guest, docs/testing.md) reads a real /sys, so a loaded fake must give back its
+snapshot, and a fake put through the operations recorded in the q35 series must end where the
+real kernel ended.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ SnapshotKernel = Callable[..., FakeKernel]
 Data = dict[str, dict[str, Any]]
 EDU, E1000E = "0000:00:04.0", "0000:03:00.0"
 # found on the real disk at import time, before any test starts pyfakefs
-BOOT_JSON = next((d / "q35-boot.json" for d in snapshot_dirs() if (d / "q35-boot.json").is_file()),
-                 None)
+BOOT_JSON = next(
+    (d / "q35-boot.json" for d in snapshot_dirs() if (d / "q35-boot.json").is_file()), None
+)
 
 
 @pytest.mark.parametrize("name", SNAPSHOTS)
@@ -91,13 +93,17 @@ def test_safe_order_there_and_back_matches_the_recorded_machines(
     _return_to_host(k)
     assert k.driver_of(E1000E) == "e1000e"
     assert k.driver_of(EDU) is None  # no native driver: stays driverless
-    assert diff_snapshots(
-        snapshot_data["q35-vfio-loaded"], take_snapshot(k),
-        # edu had never been probed before its first bind: power state "unknown" and a
-        # waiting_for_supplier entry, both gone after a probe. DOUBT: the fake shows "D0"
-        # once vfio-pci lets go; the QEMU tier should record what the kernel shows.
-        ignore=(f"/devices/{EDU}/attrs/power_state", f"/devices/{EDU}/entries"),
-    ) == []
+    assert (
+        diff_snapshots(
+            snapshot_data["q35-vfio-loaded"],
+            take_snapshot(k),
+            # edu had never been probed before its first bind: power state "unknown" and a
+            # waiting_for_supplier entry, both gone after a probe. DOUBT: the fake shows "D0"
+            # once vfio-pci lets go; the QEMU tier should record what the kernel shows.
+            ignore=(f"/devices/{EDU}/attrs/power_state", f"/devices/{EDU}/entries"),
+        )
+        == []
+    )
 
 
 def test_two_bound_unbinds_back_to_e1000e(snapshot_kernel: SnapshotKernel) -> None:

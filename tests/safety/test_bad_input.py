@@ -258,13 +258,15 @@ _MAX_SECONDS = 86400.0  # a day: longer is a typo, and inf/nan would disable the
 
 
 def _valid_hex(value: str, option: str) -> bool:
-    """Hexadecimal, optional 0x, ASCII digits only, within the option's width."""
+    """Hexadecimal, optional 0x, ASCII digits only, within the option's width (a class:
+    exactly 4 or 6 digits)."""
     digits = value.strip().lower()
     digits = digits[2:] if digits.startswith("0x") else digits
     if not digits or not re.fullmatch(r"[0-9a-f]+", digits, re.ASCII):
         return False
-    bits = _BITS.get(option, 16 if len(digits) <= 4 else 24)
-    return int(digits, 16) < 1 << bits
+    if option == "--class":  # 4 digits (any programming interface) or 6, nothing else
+        return len(digits) in (4, 6)
+    return int(digits, 16) < 1 << _BITS[option]
 
 
 def _seconds(value: str) -> Optional[float]:

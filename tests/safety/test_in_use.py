@@ -111,7 +111,7 @@ def test_boot_console_is_refused_unless_forced(kernel: FakeKernel) -> None:
         pci_class=0x120000,
         driver="rebellions",
         iommu_group=40,
-        boot_vga=1,
+        boot_vga=True,
     )
     refused = invoke(kernel, "bind-all")
     assert refused.exit_code == 1

@@ -24,8 +24,11 @@ from vfio_manager.pipeline.selection import Selector
 from vfio_manager.safety.journal import Journal
 from vfio_manager.safety.lock import NodeLock
 
-# Patcher(additional_skip_names): the lock and journal use the real filesystem
-REAL_STATE = [[["vfio_manager.safety.lock", "vfio_manager.safety.journal"]]]
+# Patcher(additional_skip_names): the state directory's gateway, the lock and the journal
+# use the real filesystem
+REAL_STATE = [
+    [["vfio_manager.safety.statedir", "vfio_manager.safety.lock", "vfio_manager.safety.journal"]]
+]
 
 
 @pytest.mark.parametrize("fs", REAL_STATE, indirect=True)

@@ -35,7 +35,7 @@ def _bind_all(kernel: FakeKernel, clock: FakeClock, sysfs: Sysfs) -> list[Status
     topology = read_topology(sysfs)
     selector = Selector()
     targets = [f for f in topology.functions.values() if selector.matches(f)]
-    resolver = DriverResolver.load(topology, HostFiles(kernel.host_root))
+    resolver = DriverResolver.load(topology, HostFiles(kernel.host_root), sysfs)
     plan = plan_to_vfio(topology, targets, selector=selector, vfio_driver_for=resolver.vfio_driver)
     engine = Engine(Kernel(sysfs), node_timeout=5.0, clock=clock, sleep=clock.sleep)
     return [o.status for o in engine.apply(plan).outcomes]

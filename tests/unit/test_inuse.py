@@ -14,6 +14,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from vfio_manager.errors import UsageError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.safety import holders as holders_module
 from vfio_manager.safety.holders import (
     Holder,
     Target,
@@ -146,7 +147,8 @@ def test_maps_are_read_only_for_mappable_targets(
         opened.append(str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", spy)
+    # the scanner's own `open` only: patching builtins.open would outlive pyfakefs's teardown
+    monkeypatch.setattr(holders_module, "open", spy, raising=False)
     holders = find_holders(PROC, [Target.node("/dev/vfio/9")], self_pid=1)
     assert [(h.pid, h.via) for h in holders] == [(10, "fd")]
     assert not [p for p in opened if p.endswith("/maps")]

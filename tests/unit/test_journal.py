@@ -339,3 +339,130 @@ def test_fuzzed_records_never_raise(tmp_path: Path, content: bytes) -> None:
     assert entry.bdf == BDF
     assert entry.corrupt != (state / f"journal-{BDF}.json").exists()
     journal.original(BDF)
+
+
+# -- every record the journal writes reads back --------------------------------------------
+
+PAGE = 4096
+ODD_VALUES = [
+    "",
+    ".",
+    "..",
+    "/",
+    "a/b",
+    "../../bin",
+    "vfio pci",
+    " ",
+    "pci-stub\t",
+    "ドライバ",
+    "\u00e9\u0301",
+    "x" * 255,
+    "x" * 256,
+    "y" * (PAGE - 1),
+    "\U0001f600" * (PAGE - 1),
+    "a\nb",
+    "nul\0",
+]
+odd = st.none() | st.sampled_from(ODD_VALUES) | st.text(max_size=64) | st.text(max_size=PAGE)
+
+
+def _kernel_can_show(override: Optional[str]) -> bool:
+    """driver_override as sysfs can show it: one line, no NUL, under a page."""
+    return override is None or (
+        "\n" not in override and "\0" not in override and len(override) < PAGE
+    )
+
+
+def _usable_driver_name(driver: str) -> bool:
+    return (
+        driver not in {"", ".", ".."}
+        and not any(c in driver for c in "/\0\n")
+        and len(driver.encode()) <= 255
+    )
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(driver=odd, override=odd, direction=st.sampled_from(list(Direction)))
+def test_every_record_the_journal_writes_reads_back(
+    tmp_path: Path, driver: Optional[str], override: Optional[str], direction: Direction
+) -> None:
+    state = tmp_path / "odd"
+    state.mkdir(mode=0o700, exist_ok=True)
+    for name in os.listdir(state):
+        os.unlink(state / name)
+    journal = Journal(str(state), now=lambda: NOW)
+    function = npu(driver=driver, override=override)
+    if not _kernel_can_show(override):  # cannot be written back as it was: refused
+        with pytest.raises(JournalError) as refused:
+            journal.record_start(function, direction)
+        assert refused.value.remedy is not None
+        assert files(state) == [], "refused before anything was written"
+        return
+    entry = journal.record_start(function, direction)
+    assert files(state)
+    assert not any(name.endswith(".corrupt") for name in files(state))
+    assert journal.transition(BDF) == entry
+    assert journal.mark_step(BDF, "set-override") == journal.transition(BDF)
+    (found,) = journal.pending()
+    assert not found.corrupt, found.problem
+    assert found.steps_done == ("set-override",)
+    assert found.original_override == (override or None)
+    if driver is None or _usable_driver_name(driver):
+        assert (found.original_driver, found.original_driver_unknown) == (driver, False)
+    else:
+        assert (found.original_driver, found.original_driver_unknown) == (None, True)
+    if entry.origin_created:
+        origin = journal.original(BDF)
+        assert origin is not None
+        assert not origin.corrupt
+        assert (origin.original_driver, origin.original_override) == (
+            found.original_driver,
+            found.original_override,
+        )
+    assert not any(name.endswith(".corrupt") for name in files(state))
+
+
+def test_a_driver_link_with_an_unusable_name_is_recorded_as_unknown(
+    journal: Journal, state: Path
+) -> None:
+    entry = journal.record_start(npu(driver=""), Direction.TO_VFIO)
+    assert (entry.original_driver, entry.original_driver_unknown) == (None, True)
+    data = json.loads((state / f"origin-{BDF}.json").read_text())
+    assert data["original_driver"] is None
+    assert data["original_driver_unknown"] is True
+    origin = journal.original(BDF)
+    assert origin is not None
+    assert origin.original_driver_unknown
+
+
+def test_an_override_with_a_slash_is_kept_as_the_string_it_was(journal: Journal) -> None:
+    journal.record_start(npu(override="odd/override"), Direction.TO_VFIO)
+    journal.mark_step(BDF, "set-override")
+    (found,) = journal.pending()
+    assert found.original_override == "odd/override"
+    origin = journal.original(BDF)
+    assert origin is not None
+    assert origin.original_override == "odd/override"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"original_driver_unknown": "yes"},
+        {"original_driver_unknown": True, "original_driver": "rebellions"},
+        {"original_override": "a\nb"},
+        {"original_override": "x" * PAGE},
+        {"original_override": ""},
+    ],
+)
+def test_what_the_journal_would_refuse_to_write_it_refuses_to_read(
+    journal: Journal, state: Path, fields: dict[str, object]
+) -> None:
+    state.mkdir(parents=True, mode=0o700)
+    record = JournalEntry(bdf=BDF, record=TRANSITION, direction=Direction.TO_VFIO).to_json()
+    record.update(fields)
+    (state / f"journal-{BDF}.json").write_text(json.dumps(record))
+    (entry,) = journal.pending()
+    assert entry.corrupt

@@ -245,11 +245,8 @@ def host_plan(function: PciFunction, target: HostTarget) -> list[tuple[Action, O
     return [(s.action, s.driver) for s in plan.entries[0].steps]
 
 
-ON_VFIO = {"driver": "vfio-pci", "override": "vfio-pci"}
-
-
 def test_a_driver_the_probe_does_not_pick_is_named_in_the_override_for_the_probe() -> None:
-    npu = fn("0000:03:00.0", group=9, **ON_VFIO)
+    npu = fn("0000:03:00.0", group=9, driver="vfio-pci", override="vfio-pci")
     assert host_plan(npu, HostTarget("pci-stub", None, probe_picks=False)) == [
         (Action.SET_OVERRIDE, "pci-stub"),
         (Action.UNBIND, "vfio-pci"),
@@ -260,7 +257,7 @@ def test_a_driver_the_probe_does_not_pick_is_named_in_the_override_for_the_probe
 
 
 def test_an_override_naming_the_driver_needs_no_extra_write() -> None:
-    npu = fn("0000:03:00.0", group=9, **ON_VFIO)
+    npu = fn("0000:03:00.0", group=9, driver="vfio-pci", override="vfio-pci")
     for picks in (True, False):
         assert host_plan(npu, HostTarget("pci-stub", "pci-stub", probe_picks=picks)) == [
             (Action.SET_OVERRIDE, "pci-stub"),
@@ -271,7 +268,7 @@ def test_an_override_naming_the_driver_needs_no_extra_write() -> None:
 
 
 def test_found_unbound_with_an_override_gets_the_override_back_and_no_probe() -> None:
-    npu = fn("0000:03:00.0", group=9, **ON_VFIO)
+    npu = fn("0000:03:00.0", group=9, driver="vfio-pci", override="vfio-pci")
     assert host_plan(npu, HostTarget(STAY_UNBOUND, "pci-stub")) == [
         (Action.SET_OVERRIDE, "pci-stub"),
         (Action.UNBIND, "vfio-pci"),

@@ -106,6 +106,7 @@ def test_ready_intel_host_passes_every_check() -> None:
         "vfio-pci-driver",
         "dev-vfio",
         "vfio-driver",
+        "dynamic-ids",
     ]
     assert all(c.ok for c in checks), [(c.name, c.detail) for c in checks if not c.ok]
     iommu = by_name(checks)["iommu"]

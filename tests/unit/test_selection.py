@@ -55,3 +55,12 @@ def test_bad_ids_are_usage_errors(vendor: str, pci_class: str, device: tuple[str
 def test_describe_names_every_filter() -> None:
     text = Selector.from_options("0x1eff", "0x120000", ("0x1220",)).describe()
     assert text == "vendor 0x1eff, class 0x120000, device 0x1220"
+
+
+@pytest.mark.parametrize("pci_class", ["0x12", "12", "0x120", "0x12000", "0x1200000", "0x"])
+def test_a_class_is_4_or_6_hex_digits(pci_class: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        Selector.from_options("0x1eff", pci_class, ())
+    assert "not 4 or 6" in caught.value.message
+    assert caught.value.remedy is not None
+    assert "0x1200" in caught.value.remedy

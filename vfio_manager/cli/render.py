@@ -6,10 +6,11 @@ Nothing here reads sysfs or writes to a stream; the CLI decides where the lines 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
+    from vfio_manager.daemon.intent import Intent
     from vfio_manager.pipeline.engine import Report
     from vfio_manager.pipeline.plan import Plan
     from vfio_manager.pipeline.queries import CheckResult, StatusResult
@@ -118,12 +119,28 @@ def status_text(result: StatusResult) -> list[str]:
     return head + status_lines(result.records) + warnings
 
 
-def status_json(result: StatusResult) -> list[str]:
-    doc: dict[str, Any] = {"devices": result.records}
+def status_json(result: StatusResult, intents: Optional[Mapping[str, Intent]] = None) -> list[str]:
+    devices = result.records
+    if intents is not None:  # the admin's "leave it on the host" (docs/daemon.md), or null
+        devices = [
+            {**r, "intent": intents[r["bdf"]].to_json() if r["bdf"] in intents else None}
+            for r in devices
+        ]
+    doc: dict[str, Any] = {"devices": devices}
     if result.host is not None:
         doc["host"] = result.host.to_json()
     doc["warnings"] = [found.to_json() for found in result.dynamic_ids]
     return [to_json(doc)]
+
+
+def intent_lines(intents: Mapping[str, Intent], result: StatusResult) -> list[str]:
+    """One line per selected function the admin asked the daemon to leave on the host."""
+    return [
+        f"intent: {r['bdf']} {intents[r['bdf']].describe()}; `vfio-manager bind {r['bdf']}` "
+        "hands it back to the daemon"
+        for r in result.records
+        if r["bdf"] in intents
+    ]
 
 
 def transition_text(result: TransitionResult) -> list[str]:
@@ -136,10 +153,24 @@ def transition_text(result: TransitionResult) -> list[str]:
 
 
 def transition_json(result: TransitionResult) -> list[str]:
-    notes = {"notes": list(result.notes)}
+    notes: dict[str, Any] = {"notes": list(result.notes)}
+    if not result.request.dry_run:
+        notes["journal_errors"] = list(result.journal_errors)
     if result.report is None:
         return [to_json({"dry_run": result.request.dry_run, **result.plan.to_json(), **notes})]
-    return [to_json({**result.report.to_json(), **notes})]
+    doc = {**result.report.to_json(), **notes}
+    if result.journal_errors:
+        doc["ok"] = False
+    return [to_json(doc)]
+
+
+def error_json(
+    code: int, message: str, remedy: Optional[str], extra: Optional[dict[str, Any]] = None
+) -> list[str]:
+    """The one document ``--json`` prints when a command could not run (any exit code)."""
+    return [
+        to_json({"error": {"code": code, "message": message, "remedy": remedy, **(extra or {})}})
+    ]
 
 
 def check_text(result: CheckResult, mark: Optional[Callable[[bool], str]] = None) -> list[str]:

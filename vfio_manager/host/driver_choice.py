@@ -9,7 +9,7 @@ and override it was found with) comes first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,6 +19,10 @@ from vfio_manager.host.modalias import AliasTable
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
+from vfio_manager.kernel.sysfs import Sysfs
+
+Origins = Mapping[PciAddress, tuple[Optional[str], Optional[str]]]
+"""The journal's origins: per function, the driver and ``driver_override`` it was found with."""
 
 
 def _normalise(module: str) -> str:
@@ -43,31 +47,81 @@ class HostTarget:
 
 
 class DriverResolver:
-    """Answers "vfio driver for F" and "where F returns on the host" from one topology,
-    the alias table and, for the way back, the journal's origins."""
+    """Answers "vfio driver for F" and "where F returns on the host" from the registered
+    drivers, the alias table and, for the way back, the journal's origins: the one answer
+    ``check`` and ``bind`` both use.
+
+    ``driver_modules`` maps each registered PCI driver to its module (``None``: built in);
+    ``module_drivers`` lists the PCI drivers a module registered (``/sys/module/M/drivers``),
+    for built-in modules whose driver has no ``module`` link; ``dynamic`` holds the
+    (vendor, device) pairs some vfio driver is seen claiming through a dynamic ID.
+    """
 
     def __init__(
         self,
-        topology: Topology,
+        driver_modules: Mapping[str, Optional[str]],
         aliases: AliasTable,
         *,
-        origins: Optional[Mapping[PciAddress, tuple[Optional[str], Optional[str]]]] = None,
+        origins: Optional[Origins] = None,
+        module_drivers: Callable[[str], Sequence[str]] = lambda _module: (),
+        dynamic: frozenset[tuple[int, int]] = frozenset(),
     ) -> None:
-        self.topology = topology
+        self.driver_modules = driver_modules
         self.aliases = aliases
         self.origins = origins or {}
+        self.module_drivers = module_drivers
+        self.dynamic = dynamic
         self._driver_by_module: dict[str, str] = {}
-        for driver, module in topology.driver_modules.items():
+        for driver, module in driver_modules.items():
             self._driver_by_module.setdefault(_normalise(module or driver), driver)
-        self._dynamic = suspected_ids(topology.functions.values())
 
     @classmethod
-    def load(cls, topology: Topology, host: HostFiles) -> DriverResolver:
-        return cls(topology, AliasTable.load(host))
+    def load(cls, topology: Topology, host: HostFiles, sysfs: Sysfs) -> DriverResolver:
+        return cls.for_node(
+            topology.driver_modules,
+            AliasTable.load(host),
+            sysfs,
+            dynamic=suspected_ids(topology.functions.values()),
+        )
+
+    @classmethod
+    def for_node(
+        cls,
+        driver_modules: Mapping[str, Optional[str]],
+        aliases: AliasTable,
+        sysfs: Sysfs,
+        *,
+        origins: Optional[Origins] = None,
+        dynamic: frozenset[tuple[int, int]] = frozenset(),
+    ) -> DriverResolver:
+        """A resolver that also asks sysfs, live, which drivers a module registered (a built-in
+        one, or one loaded after ``driver_modules`` was read)."""
+
+        def module_drivers(module: str) -> list[str]:
+            return [d for d in sysfs.module_pci_drivers(module) if sysfs.driver_registered(d)]
+
+        return cls(
+            driver_modules,
+            aliases,
+            origins=origins,
+            module_drivers=module_drivers,
+            dynamic=dynamic,
+        )
+
+    def with_origins(self, origins: Origins) -> DriverResolver:
+        """The same resolver, answering the way back from the journal's ``origins``."""
+        return DriverResolver(
+            self.driver_modules,
+            self.aliases,
+            origins=origins,
+            module_drivers=self.module_drivers,
+            dynamic=self.dynamic,
+        )
 
     def driver_for_module(self, module: str) -> Optional[str]:
         """The registered PCI driver a module provides, ``None`` if it is not loaded."""
-        return self._driver_by_module.get(_normalise(module))
+        found = self._driver_by_module.get(_normalise(module))
+        return found if found is not None else next(iter(self.module_drivers(module)), None)
 
     def native_module(self, function: PciFunction) -> Optional[str]:
         return self.aliases.native_module(function.modalias) if function.modalias else None
@@ -79,7 +133,7 @@ class DriverResolver:
 
     def probe_picks(self, function: PciFunction, driver: Optional[str]) -> bool:
         """Whether ``drivers_probe`` without an override is trusted to attach ``driver``."""
-        if (function.vendor, function.device) in self._dynamic:
+        if (function.vendor, function.device) in self.dynamic:
             return False  # a vfio driver claims the ID: it may come first
         return driver is not None and driver == self.alias_driver(function)
 
@@ -95,17 +149,27 @@ class DriverResolver:
             driver, override = self.origins[function.address]
             if driver is None:
                 return HostTarget(STAY_UNBOUND, override)
-            if not is_vfio_driver(driver) and driver in self.topology.driver_modules:
+            if not is_vfio_driver(driver) and driver in self.driver_modules:
                 return HostTarget(driver, override, self.probe_picks(function, driver))
         native = self.alias_driver(function)
         return HostTarget(native, None, self.probe_picks(function, native))
 
+    def native_driver(self, function: PciFunction) -> Optional[str]:
+        """The host driver the function belongs on (see :meth:`host_target`)."""
+        return self.host_target(function).driver
+
+    def variant_module(self, function: PciFunction) -> Optional[str]:
+        """The vfio variant module modules.alias names for the function (normalised), not
+        counting vfio-pci's own catch-all alias; ``None`` when there is none."""
+        if not function.modalias:
+            return None
+        variant = self.aliases.vfio_variant_module(function.modalias)
+        if variant is None or _normalise(variant) == "vfio_pci":
+            return None
+        return _normalise(variant)
+
     def vfio_driver(self, function: PciFunction) -> str:
         """The vfio driver to bind: generic vfio-pci unless a variant is registered for it."""
-        if function.modalias:
-            variant = self.aliases.vfio_variant_module(function.modalias)
-            if variant:
-                driver = self.driver_for_module(variant)
-                if driver is not None:
-                    return driver
-        return VFIO_PCI
+        variant = self.variant_module(function)
+        driver = self.driver_for_module(variant) if variant is not None else None
+        return driver if driver is not None else VFIO_PCI

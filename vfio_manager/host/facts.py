@@ -144,7 +144,8 @@ def gather(
     selection: str = "the selection",
 ) -> HostFacts:
     """Read everything the checks use. Reads only; the big files (modules.*) once each."""
-    from vfio_manager.host.modules import ModuleInventory, normalise
+    from vfio_manager.host.driver_choice import DriverResolver
+    from vfio_manager.host.modules import ModuleInventory
 
     cmdline = host.cmdline()
     args = parse_cmdline(cmdline)
@@ -164,31 +165,21 @@ def gather(
     )
     selected_ids = {f"{f.vendor:04x}:{f.device:04x}" for f in functions}
     vfio_ids_config = tuple(configured_ids(args, modprobe_lines, selected_ids))
-    by_module: dict[str, str] = {}
-    for driver, module in (driver_modules or {}).items():
-        by_module.setdefault(normalise(module or driver), driver)
+    # the same answer bind gets: host.driver_choice, the one home of "which vfio driver"
+    resolver = (
+        DriverResolver.for_node(dict(driver_modules or {}), aliases, sysfs)
+        if aliases is not None
+        else None
+    )
     facts: list[FunctionFacts] = []
     variants: dict[str, tuple[Optional[ModuleInfo], Optional[str]]] = {}
     for function in functions:
-        variant = (
-            aliases.vfio_variant_module(function.modalias)
-            if aliases is not None and function.modalias
-            else None
-        )
+        variant = resolver.variant_module(function) if resolver is not None else None
         info: Optional[ModuleInfo] = None
         registered: Optional[str] = None
-        if variant is not None and normalise(variant) == "vfio_pci":
-            variant = None  # vfio-pci's own catch-all `alias vfio_pci:v*d*... vfio_pci`
-        if variant is not None:
-            variant = normalise(variant)
+        if resolver is not None and variant is not None:
             if variant not in variants:
-                from_module = [
-                    d for d in sysfs.module_pci_drivers(variant) if sysfs.driver_registered(d)
-                ]
-                variants[variant] = (
-                    inventory.info(variant),
-                    by_module.get(variant) or next(iter(from_module), None),
-                )
+                variants[variant] = (inventory.info(variant), resolver.driver_for_module(variant))
             info, registered = variants[variant]
         facts.append(
             FunctionFacts(

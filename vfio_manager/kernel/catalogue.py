@@ -5,7 +5,7 @@ Unknown 0x1eff IDs still exist in the field: they are named by ID, never rejecte
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 REBELLIONS_VENDOR = 0x1EFF
 PROCESSING_ACCELERATOR_CLASS = 0x120000
@@ -40,3 +40,23 @@ def product_name(vendor: int, device: int) -> Optional[str]:
         return f"Rebellions {device:04x}"
     product, _family, kind = known
     return product if kind == "PF" else f"{product} VF"
+
+
+class CatalogueEntry(NamedTuple):
+    """One catalogued device ID: ``(0x1221, "RBLN-CA22", "ATOM", "VF")``."""
+
+    device: int
+    product: str
+    family: str
+    kind: str  # "PF" or "VF"
+
+
+def catalogue_entry(device: int) -> Optional[CatalogueEntry]:
+    """The catalogue's knowledge of one Rebellions device ID; ``None`` when not catalogued."""
+    known = _PRODUCTS.get(device)
+    return None if known is None else CatalogueEntry(device, *known)
+
+
+def catalogue_entries() -> tuple[CatalogueEntry, ...]:
+    """Every catalogued device ID, by ID."""
+    return tuple(CatalogueEntry(device, *_PRODUCTS[device]) for device in sorted(_PRODUCTS))

@@ -7,6 +7,8 @@ listing shows; optional attributes (SR-IOV, boot_vga) are read only where they e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
@@ -32,22 +34,40 @@ def _int(value: Optional[str]) -> Optional[int]:
         return None
 
 
-def read_function(sysfs: Sysfs, address: PciAddress) -> Optional[PciFunction]:
-    """One function as sysfs shows it now; ``None`` if it is gone or unreadable."""
-    entries = sysfs.device_entries(address)
-    if not entries:
-        return None
+def read_function(
+    sysfs: Sysfs,
+    address: PciAddress,
+    *,
+    group: Optional[int] = None,
+    wanted: Optional[Callable[[PciFunction], bool]] = None,
+) -> Optional[PciFunction]:
+    """One function as sysfs shows it now; ``None`` if it is gone or unreadable.
 
-    def attr(name: str) -> Optional[str]:
-        return sysfs.read_device_attr(address, name) if name in entries else None
-
-    vendor, device, pci_class = _hex(attr("vendor")), _hex(attr("device")), _hex(attr("class"))
+    ``group`` is its IOMMU group when the caller indexed the groups already (else the
+    ``iommu_group`` link is read). With ``wanted``, a function it rejects by vendor, device
+    and class is read no further than those and its driver link: all a group-viability
+    question asks of a non-selected group member.
+    """
+    base = sysfs.device_dir(address) + "/"
+    read = sysfs.read_text
+    vendor, device = _hex(read(base + "vendor")), _hex(read(base + "device"))
+    pci_class = _hex(read(base + "class"))
     if vendor is None or device is None or pci_class is None:
         return None
+    if wanted is not None:
+        brief = PciFunction(address=address, vendor=vendor, device=device, pci_class=pci_class)
+        if not wanted(brief):
+            return replace(brief, driver=sysfs.link_name(base + "driver"), iommu_group=group)
+    entries = sysfs.device_entries(address)
+
+    def attr(name: str) -> Optional[str]:
+        return read(base + name) if name in entries else None
+
     override = attr("driver_override")
     numa = _int(attr("numa_node"))
-    group = sysfs.iommu_group_of(address) if "iommu_group" in entries else None
-    physfn_name = sysfs.device_link(address, "physfn") if "physfn" in entries else None
+    if group is None and "iommu_group" in entries:
+        group = sysfs.iommu_group_of(address)
+    physfn_name = sysfs.link_name(base + "physfn") if "physfn" in entries else None
     return PciFunction(
         address=address,
         vendor=vendor,
@@ -55,7 +75,7 @@ def read_function(sysfs: Sysfs, address: PciAddress) -> Optional[PciFunction]:
         pci_class=pci_class,
         subsystem_vendor=_hex(attr("subsystem_vendor")),
         subsystem_device=_hex(attr("subsystem_device")),
-        driver=sysfs.driver_of(address) if "driver" in entries else None,
+        driver=sysfs.link_name(base + "driver") if "driver" in entries else None,
         driver_override=None if override in (None, "", "(null)") else override,
         iommu_group=group,
         numa_node=None if numa is None or numa < 0 else numa,
@@ -67,14 +87,21 @@ def read_function(sysfs: Sysfs, address: PciAddress) -> Optional[PciFunction]:
     )
 
 
-def read_topology(sysfs: Sysfs) -> Topology:
-    """Every function, every IOMMU group, the /dev/vfio nodes and the driver->module map."""
+def read_topology(
+    sysfs: Sysfs, *, wanted: Optional[Callable[[PciFunction], bool]] = None
+) -> Topology:
+    """Every function, every IOMMU group, the /dev/vfio nodes and the driver->module map.
+
+    ``wanted`` (a selection): functions it rejects are read only as far as a group question
+    needs (see :func:`read_function`); ``status`` passes it, the write pipeline does not.
+    """
+    groups = {n: tuple(members) for n, members in sysfs.iommu_groups().items()}
+    group_of = {member: n for n, members in groups.items() for member in members}
     functions: dict[PciAddress, PciFunction] = {}
     for address in sysfs.list_functions():
-        function = read_function(sysfs, address)
+        function = read_function(sysfs, address, group=group_of.get(address), wanted=wanted)
         if function is not None:
             functions[address] = function
-    groups = {n: tuple(members) for n, members in sysfs.iommu_groups().items()}
     modules = {name: sysfs.driver_module(name) for name in sysfs.list_drivers()}
     return Topology(
         functions=functions,

@@ -123,6 +123,10 @@ def _kept(entry: FunctionPlan) -> Optional[str]:
     return f"{entry.interrupted.note}: not settled, the journal record is kept"
 
 
+def _journal_problem(err: VfioManagerError) -> str:
+    return f"{err.message} (remedy: {err.remedy})" if err.remedy else err.message
+
+
 def _driver_label(driver: Optional[str]) -> str:
     return driver if driver is not None else "no driver"
 
@@ -154,11 +158,13 @@ class Engine:
         self.sleep = sleep
         # functions drivers_probe gave to another driver than the plan's (taken off again)
         self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
+        self._steps_unrecorded: dict[PciAddress, str] = {}  # per apply(): steps not journalled
 
     # -- public ---------------------------------------------------------------------------
     def apply(self, plan: Plan) -> Report:
         outcomes: dict[PciAddress, Outcome] = {}
         waiting: dict[PciAddress, tuple[FunctionPlan, int, int]] = {}
+        self._steps_unrecorded = {}
         for entry in plan.entries:
             bdf = entry.function.bdf
             if entry.refusal is not None:
@@ -186,10 +192,14 @@ class Engine:
                     entry, Outcome(bdf, Status.CONVERGED, entry.function.driver)
                 )
                 continue
+            if self.journal is not None and entry.write_count and not entry.interrupted:
+                try:
+                    self.journal.record_start(entry.function, entry.direction)
+                except VfioManagerError as err:  # no record, no write
+                    outcomes[entry.address] = self._unrecorded(entry, err)
+                    continue
             before = self.kernel.sysfs.writes
             try:
-                if self.journal is not None and entry.write_count and not entry.interrupted:
-                    self.journal.record_start(entry.function, entry.direction)
                 wait = self._run_steps(entry)
             except DeadlineExceededError as err:
                 outcomes[entry.address] = self._stuck(entry, err, self.kernel.sysfs.writes - before)
@@ -203,6 +213,10 @@ class Engine:
             else:
                 outcomes[entry.address] = self._done(entry, writes)
         outcomes.update(self._wait_for_nodes(waiting))
+        for address, problem in self._steps_unrecorded.items():
+            outcome = outcomes[address]
+            both = f"{problem}; {outcome.journal_error}" if outcome.journal_error else problem
+            outcomes[address] = replace(outcome, journal_error=both)
         return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
 
     def _bounded(
@@ -248,11 +262,26 @@ class Engine:
                 err.bdf = str(address)
                 raise
             if self.journal is not None and step.writes:
-                self.journal.mark_step(str(address), step.action.value)
+                self._mark_step(address, step.action.value)
             log.info(
                 "step", bdf=str(address), step=step.action.value, outcome="done", driver=step.driver
             )
         return wait
+
+    def _mark_step(self, address: PciAddress, step: str) -> None:
+        """Append a step to the function's record; a failure is reported, not undone.
+
+        The record written before the first write already lets the next run finish or roll
+        back the function; undoing a transition because its bookkeeping failed would only
+        add writes.
+        """
+        if self.journal is None:
+            return
+        try:
+            self.journal.mark_step(str(address), step)
+        except VfioManagerError as err:
+            log.error("journal", bdf=str(address), step=step, outcome="failed", reason=err)
+            self._steps_unrecorded.setdefault(address, _journal_problem(err))
 
     def _run_step(self, address: PciAddress, step: Step, deadline_at: float) -> None:
         kernel = self.kernel
@@ -371,14 +400,24 @@ class Engine:
             log.error(
                 "journal", bdf=entry.function.bdf, step="journal", outcome="failed", reason=err
             )
-            return replace(
-                outcome,
-                journal=_note(entry),
-                journal_error=f"{err.message} (remedy: {err.remedy})"
-                if err.remedy
-                else err.message,
-            )
+            return replace(outcome, journal=_note(entry), journal_error=_journal_problem(err))
         return replace(outcome, journal=_note(entry))
+
+    def _unrecorded(self, entry: FunctionPlan, err: VfioManagerError) -> Outcome:
+        """The record could not be written before the first write: refused, nothing written."""
+        bdf = entry.function.bdf
+        reason = f"its journal record could not be written: {err.message}"
+        log.error("refused", bdf=bdf, step="journal", outcome="refused", reason=reason)
+        return Outcome(
+            bdf,
+            Status.REFUSED,
+            entry.function.driver,
+            reason,
+            err.remedy,
+            "journal",
+            err.errno,
+            journal=_kept(entry),
+        )
 
     def _done(self, entry: FunctionPlan, writes: int) -> Outcome:
         driver = self.kernel.driver_of(entry.address)

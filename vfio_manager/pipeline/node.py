@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 from vfio_manager.host.files import HostFiles
+from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT
 from vfio_manager.kernel.sysfs import DEFAULT_DEV_ROOT, DEFAULT_SYSFS_ROOT, Sysfs, direct_write
 from vfio_manager.safety.deadline import DEFAULT_WRITE_TIMEOUT
 from vfio_manager.safety.journal import Journal
 from vfio_manager.safety.lock import (
     DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_PROC_ROOT,
     DEFAULT_STATE_DIR,
     NodeLock,
 )
@@ -49,8 +50,14 @@ class Node:
     def journal(self, *, readonly: bool = False) -> Journal:
         return Journal(self.state_dir, readonly=readonly)
 
-    def lock(self) -> NodeLock:
-        return NodeLock(self.state_dir, timeout=self.lock_timeout, proc_root=self.proc_root)
+    def lock(self, *, sleep: Optional[Callable[[float], None]] = None) -> NodeLock:
+        """The node lock; ``sleep`` (between polls while another run holds it) may raise to
+        give up early: the daemon stops waiting when asked to stop."""
+        if sleep is None:
+            return NodeLock(self.state_dir, timeout=self.lock_timeout, proc_root=self.proc_root)
+        return NodeLock(
+            self.state_dir, timeout=self.lock_timeout, proc_root=self.proc_root, sleep=sleep
+        )
 
     def transport(self, lock: NodeLock) -> Callable[[str, bytes], None]:
         """How this run's writes reach sysfs, given the lock it holds."""

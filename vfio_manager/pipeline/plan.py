@@ -62,6 +62,17 @@ class Step:
         return {"action": self.action.value, "driver": self.driver, "group": self.group}
 
 
+class RefusalKind(str, enum.Enum):
+    """Why a function is refused, for callers that act on the kind rather than the words
+    (the daemon reports an in-use function as held, a blocked group as pending)."""
+
+    KERNEL = "kernel"  # the kernel refuses it whatever we do: a bridge, no group, a PF with VFs
+    GROUP = "group"  # its IOMMU group cannot be handed over: a peer on a host driver, or refused
+    IN_USE = "in-use"  # a process holds it
+    HOST_CRITICAL = "host-critical"  # the host needs it: a disk, an interface, the console
+    JOURNAL = "journal"  # a journal record for it that this run cannot settle
+
+
 class Settle(str, enum.Enum):
     """What this run does with a journal record an interrupted run left for the function."""
 
@@ -102,6 +113,7 @@ class FunctionPlan:
     steps: tuple[Step, ...] = ()
     refusal: Optional[str] = None
     remedy: Optional[str] = None
+    refusal_kind: Optional[RefusalKind] = None
     target_driver: Optional[str] = None
     interrupted: Optional[Interrupted] = None
     target_override: Optional[str] = None
@@ -200,12 +212,14 @@ def plan_to_vfio(
     named: Collection[PciAddress] = (),
     with_group_peers: bool = False,
     vfio_driver_for: Callable[[PciFunction], str] = lambda _f: VFIO_PCI,
+    exclude: Collection[PciAddress] = (),
 ) -> Plan:
     """Plan moving ``targets`` to their vfio driver.
 
     A function whose IOMMU group has another member on a host driver is refused (the VM could
     not open the group) unless that member moves too: because it is a target itself, or because
-    ``with_group_peers`` is set and the member is an endpoint that is selected or named.
+    ``with_group_peers`` is set and the member is an endpoint that is selected or named (and
+    not in ``exclude``).
     """
     ordered = list(targets)
     moving = {f.address for f in ordered}
@@ -213,7 +227,8 @@ def plan_to_vfio(
         for function in list(ordered):
             for blocker in group_blockers(topology, function, moving=moving):
                 peer = topology.functions[blocker.address]
-                if not peer.is_bridge and (selector.matches(peer) or peer.address in named):
+                wanted = selector.matches(peer) or peer.address in named
+                if not peer.is_bridge and wanted and peer.address not in exclude:
                     ordered.append(peer)
                     moving.add(peer.address)
     entries: list[FunctionPlan] = []
@@ -221,8 +236,10 @@ def plan_to_vfio(
     for function in ordered:
         vfio_driver = vfio_driver_for(function)
         reason = _refusal_to_vfio(function)
+        kind = RefusalKind.KERNEL
         blockers = group_blockers(topology, function, moving=moving)
         if reason is None and blockers:
+            kind = RefusalKind.GROUP
             reason = (
                 f"IOMMU group {function.iommu_group} is not viable: "
                 + ", ".join(str(b) for b in blockers),
@@ -237,6 +254,7 @@ def plan_to_vfio(
                     Direction.TO_VFIO,
                     refusal=reason[0],
                     remedy=reason[1],
+                    refusal_kind=kind,
                     target_driver=vfio_driver,
                 )
             )
@@ -277,6 +295,7 @@ def refuse_group_mates(entries: list[FunctionPlan], refused: set[PciAddress]) ->
                 + ", ".join(str(m) for m in mates)
                 + " is refused, so the group cannot be handed over",
                 remedy="resolve the refusal of that member first",
+                refusal_kind=RefusalKind.GROUP,
                 target_driver=entry.target_driver,
             )
         result.append(entry)

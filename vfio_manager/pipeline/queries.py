@@ -61,7 +61,7 @@ def status(node: Node, selector: Selector) -> StatusResult:
     from vfio_manager.host.summary import HostSummary
 
     sysfs = node.sysfs()
-    topology = read_topology(sysfs)
+    topology = read_topology(sysfs, wanted=selector.matches)  # the others: only what groups ask
     functions = selected_functions(topology, selector)
     records = [device_record(topology, f, sysfs) for f in functions]
     return StatusResult(selector, records, HostSummary.read(sysfs), tuple(dynamic_ids(functions)))

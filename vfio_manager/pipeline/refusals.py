@@ -15,7 +15,13 @@ from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, refuse_group_mates
+from vfio_manager.pipeline.plan import (
+    Action,
+    FunctionPlan,
+    Plan,
+    RefusalKind,
+    refuse_group_mates,
+)
 from vfio_manager.safety.holders import (
     Holder,
     Target,
@@ -70,7 +76,7 @@ def find_holders(
 
 def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) -> Plan:
     """Return ``plan`` with held or host-critical functions refused (unless ``force``)."""
-    reasons: dict[PciAddress, tuple[str, str]] = {}
+    reasons: dict[PciAddress, tuple[str, str, RefusalKind]] = {}
     moving = [e for e in plan.entries if e.refusal is None and e.steps]
     to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
     if to_vfio:
@@ -82,6 +88,7 @@ def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) ->
                     reasons[entry.address] = (
                         "the host needs it: " + "; ".join(found),
                         f"move the host's disk, network or console elsewhere first, or {_FORCE}",
+                        RefusalKind.HOST_CRITICAL,
                     )
     unbinding = [e.function for e in moving if _unbinds(e) and e.address not in reasons]
     for address, holders in find_holders(sysfs, proc_root, unbinding).items():
@@ -89,15 +96,22 @@ def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) ->
             "it is in use: " + describe_holders(holders),
             f"stop those processes (a VM: shut it down or detach the device), or {_FORCE} "
             "(the unbind then waits for them, up to --timeout)",
+            RefusalKind.IN_USE,
         )
     if not reasons:
         return plan
     if force:
-        for address, (reason, _remedy) in reasons.items():
+        for address, (reason, _remedy, _kind) in reasons.items():
             log.warning("forced", bdf=str(address), step="protect", outcome="forced", reason=reason)
         return plan
     entries = [
-        replace(e, steps=(), refusal=reasons[e.address][0], remedy=reasons[e.address][1])
+        replace(
+            e,
+            steps=(),
+            refusal=reasons[e.address][0],
+            remedy=reasons[e.address][1],
+            refusal_kind=reasons[e.address][2],
+        )
         if e.address in reasons
         else e
         for e in plan.entries

@@ -8,7 +8,7 @@ excludes refuses the whole command, so a typo never moves the wrong function.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -18,7 +18,7 @@ from vfio_manager.kernel.catalogue import PROCESSING_ACCELERATOR_CLASS, REBELLIO
 from vfio_manager.kernel.model import PciFunction, Topology
 
 
-def parse_id(text: str, *, what: str, bits: int) -> int:
+def parse_id(text: str, *, what: str, bits: int, example: str = "0x1eff") -> int:
     """Parse ``0x1eff`` / ``1eff`` (hex always, as lspci prints); raise :class:`UsageError`."""
     raw = text.strip().lower()
     raw = raw[2:] if raw.startswith("0x") else raw
@@ -29,8 +29,7 @@ def parse_id(text: str, *, what: str, bits: int) -> int:
     if not raw or value < 0 or value >= 1 << bits:
         raise UsageError(
             f"{text!r} is not a valid {what}",
-            remedy=f"give a hexadecimal {what} of at most {bits // 4} digits, e.g. "
-            + {16: "0x1eff", 24: "0x120000"}.get(bits, "0x1"),
+            remedy=f"give a hexadecimal {what} of at most {bits // 4} digits, e.g. {example}",
         )
     return value
 
@@ -39,8 +38,9 @@ def parse_id(text: str, *, what: str, bits: int) -> int:
 class Selector:
     """Vendor, class and device-ID filters; ``None`` means any.
 
-    A class of at most 16 bits (``0x1200``) matches base class and subclass whatever the
-    programming interface; a 24-bit class (``0x120000``) must match exactly.
+    A class given with 4 hex digits (``0x1200``) matches base class and subclass whatever
+    the programming interface; one with 6 (``0x120000``) must match exactly; any other
+    width is refused (``0x12`` would be a guess).
     """
 
     vendor: Optional[int] = REBELLIONS_VENDOR
@@ -71,12 +71,23 @@ class Selector:
     @classmethod
     def from_options(cls, vendor: str, pci_class: str, device_ids: tuple[str, ...]) -> Selector:
         digits = pci_class.strip().lower()
-        short_class = len(digits[2:] if digits.startswith("0x") else digits) <= 4
+        width = len(digits[2:] if digits.startswith("0x") else digits)
+        if width not in (4, 6):  # "0x12" is no class: 0x1200? 0x120000? 0x0012? Ask.
+            raise UsageError(
+                f"{pci_class!r} is not a PCI class: it has {width} hex digits, not 4 or 6",
+                remedy="give 4 hex digits for base class and subclass (0x1200, any "
+                "programming interface) or 6 to match it too (0x120000), as lspci -n prints",
+            )
         return cls(
             vendor=parse_id(vendor, what="vendor ID", bits=16),
-            pci_class=parse_id(pci_class, what="class", bits=16 if short_class else 24),
+            pci_class=parse_id(
+                pci_class,
+                what="class",
+                bits=width * 4,
+                example="0x1200" if width == 4 else "0x120000",
+            ),
             device_ids=frozenset(parse_id(d, what="device ID", bits=16) for d in device_ids),
-            class_bits=16 if short_class else 24,
+            class_bits=width * 4,
         )
 
 
@@ -109,3 +120,17 @@ def named_functions(
             )
         result.append(function)
     return result
+
+
+def in_groups_of(topology: Topology, addresses: Iterable[PciAddress]) -> frozenset[PciAddress]:
+    """``addresses`` with every member of their IOMMU groups; absent addresses are dropped.
+
+    A group moves whole or not at all, so re-planning one function (a uevent named it)
+    means re-planning its group: a peer's driver decides whether the group is viable.
+    """
+    found: set[PciAddress] = set()
+    for address in addresses:
+        function = topology.get(address)
+        if function is not None:
+            found.update(member.address for member in topology.group_members(function))
+    return frozenset(found)

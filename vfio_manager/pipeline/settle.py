@@ -10,8 +10,9 @@ The policy, per record (checked against the live function first):
 
 * the function is gone, or another device (vendor:device) now sits at its address: the
   record is moot and dropped, said in a note, and the function is planned like any other;
-* its recorded driver is not a registered PCI driver, or the function is not selected:
-  refused, and the record stays for a human (or a run with the right selection);
+* its recorded driver is not a registered PCI driver, was recorded as unknown (the driver
+  link named no usable driver), or the function is not selected: refused, and the record
+  stays for a human (or a run with the right selection);
 * the record goes the way this run goes: the function is *finished*, i.e. planned like a
   target of this run (added to the targets if it was not one);
 * otherwise it is *rolled back* to the driver and override it had before the killed run,
@@ -27,7 +28,13 @@ from typing import Optional
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
-from vfio_manager.pipeline.plan import FunctionPlan, Interrupted, Settle, restore_steps
+from vfio_manager.pipeline.plan import (
+    FunctionPlan,
+    Interrupted,
+    RefusalKind,
+    Settle,
+    restore_steps,
+)
 from vfio_manager.pipeline.selection import Selector
 from vfio_manager.safety.journal import JournalEntry
 
@@ -64,6 +71,11 @@ def _another_device(entry: JournalEntry, function: PciFunction) -> Optional[str]
 
 def _misfit(entry: JournalEntry, topology: Topology) -> Optional[str]:
     """Why the record cannot be applied to the function now at its address, if it cannot."""
+    if entry.original_driver_unknown:
+        return (
+            "the driver it had before was not a usable name, so it was recorded as unknown "
+            "and cannot be restored"
+        )
     driver = entry.original_driver
     if driver is not None and not is_vfio_driver(driver) and driver not in topology.driver_modules:
         return f"its recorded driver {driver!r} is not a registered PCI driver"
@@ -91,6 +103,9 @@ def settle(
                 f"a journal record{' for ' + entry.bdf if entry.bdf else ''} was unreadable "
                 f"({entry.problem}); "
                 + (f"set aside as {entry.quarantined_as}" if entry.quarantined_as else "ignored")
+                + "; the interrupted run it described is not settled: "
+                + (f"{entry.bdf} is" if entry.bdf else "its function, if any, is")
+                + " planned from what sysfs shows now"
             )
             continue
         address = PciAddress.parse(entry.bdf)
@@ -112,6 +127,7 @@ def settle(
                     refusal=f"a journal record asks to settle {what}, but {misfit}",
                     remedy="run with a selection that includes it if the record is right; "
                     "otherwise move it out of the state directory (it is kept for you)",
+                    refusal_kind=RefusalKind.JOURNAL,
                 )
             )
             continue

@@ -16,7 +16,7 @@ reads the journal without changing it, and writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional
 
@@ -29,7 +29,12 @@ from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import Plan
-from vfio_manager.pipeline.selection import Selector, named_functions, selected_functions
+from vfio_manager.pipeline.selection import (
+    Selector,
+    in_groups_of,
+    named_functions,
+    selected_functions,
+)
 
 if TYPE_CHECKING:
     from vfio_manager.host.driver_choice import DriverResolver
@@ -37,7 +42,8 @@ if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
     from vfio_manager.host.modules import Runner
     from vfio_manager.pipeline.engine import Report
-    from vfio_manager.safety.journal import Journal
+    from vfio_manager.safety.journal import Journal, JournalEntry
+    from vfio_manager.safety.lock import NodeLock
 
 log = get_logger("vfio_manager.pipeline.transition")
 
@@ -54,6 +60,12 @@ class TransitionRequest:
     load_modules: bool = True
     force: bool = False
     runner: Optional[Runner] = None  # modprobe runner; tests inject the fake kernel's
+    exclude: frozenset[PciAddress] = frozenset()
+    """Never planned: not as targets, not as group peers, not to settle a journal record
+    (the record is kept for a later run). The daemon's excluded, intent and backoff sets."""
+    scope: Optional[frozenset[PciAddress]] = None
+    """Only the selected functions in the IOMMU groups of these (what a uevent named);
+    ``None``: every selected function."""
 
 
 @dataclass(frozen=True)
@@ -65,22 +77,37 @@ class TransitionResult:
     plan: Plan
     report: Optional[Report]
     notes: tuple[str, ...] = ()
+    journal_errors: tuple[str, ...] = ()  # records the state dir would not update (no entry)
+    topology: Optional[Topology] = None  # what the plan was made from
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.journal_errors:
+            return ExitCode.FAILED
         if self.report is not None:
             return self.report.exit_code
         refused = any(entry.refusal for entry in self.plan.entries)
         return ExitCode.FAILED if refused else ExitCode.OK
 
 
-def run_transition(node: Node, request: TransitionRequest) -> TransitionResult:
-    """Plan and (unless ``dry_run``) apply; see the module docstring."""
+def run_transition(
+    node: Node, request: TransitionRequest, *, lock: Optional[NodeLock] = None
+) -> TransitionResult:
+    """Plan and (unless ``dry_run``) apply; see the module docstring.
+
+    ``lock``: the node lock, already held by the caller, who read something under it that
+    this run must agree with (the daemon reads the admin's intents first); by default the
+    run takes the lock itself.
+    """
     if request.dry_run:
         return _Run(node, request, node.sysfs(), _readonly_journal(node)).result()
-    with node.lock() as lock:
-        sysfs = node.sysfs(node.transport(lock))
-        return _Run(node, request, sysfs, node.journal()).result()
+    if lock is None:
+        with node.lock() as held:
+            return run_transition(node, request, lock=held)
+    if not lock.held:
+        raise RuntimeError(f"{lock.path} must be held by the caller")
+    sysfs = node.sysfs(node.transport(lock))
+    return _Run(node, request, sysfs, node.journal()).result()
 
 
 def _readonly_journal(node: Node) -> Optional[Journal]:
@@ -104,32 +131,55 @@ class _Run:
         self.sysfs = sysfs
         self.journal = journal
         self.notes: list[str] = []
+        self.journal_errors: list[str] = []
+        self.unreadable_origins: set[str] = set()
 
     def result(self) -> TransitionResult:
         from vfio_manager.host.driver_choice import DriverResolver
+        from vfio_manager.host.dynamic_ids import suspected_ids
 
         topology = read_topology(self.sysfs)
         targets = self._targets(topology)
         host = self.node.host_files()
-        resolver = DriverResolver.load(topology, host)
+        resolver = DriverResolver.load(topology, host, self.sysfs)
         if self.request.direction is Direction.TO_VFIO and targets:
             loaded = self._gate(host, topology, targets, resolver.aliases)
             if loaded and not self.request.dry_run:  # drivers and modules changed: read again
                 topology = read_topology(self.sysfs)
                 targets = self._targets(topology)
-                resolver = DriverResolver(topology, resolver.aliases)
+                resolver = DriverResolver.for_node(
+                    topology.driver_modules,
+                    resolver.aliases,
+                    self.sysfs,
+                    dynamic=suspected_ids(topology.functions.values()),
+                )
         plan = self._plan(topology, targets, resolver)
         plan = self._refuse(plan)
         if self.request.dry_run or not plan.entries:
-            return TransitionResult(self.request, plan, None, tuple(self.notes))
-        report = self._apply(plan)
-        return TransitionResult(self.request, plan, report, tuple(self.notes))
+            return self._result(plan, None, topology)
+        return self._result(plan, self._apply(plan), topology)
+
+    def _result(self, plan: Plan, report: Optional[Report], topology: Topology) -> TransitionResult:
+        return TransitionResult(
+            self.request,
+            plan,
+            report,
+            tuple(self.notes),
+            tuple(self.journal_errors),
+            topology,
+        )
 
     # -- stages -----------------------------------------------------------------------------
     def _targets(self, topology: Topology) -> list[PciFunction]:
-        if self.request.named:
-            return named_functions(topology, self.request.selector, self.request.named)
-        return selected_functions(topology, self.request.selector)
+        request = self.request
+        if request.named:
+            found = named_functions(topology, request.selector, request.named)
+        else:
+            found = selected_functions(topology, request.selector)
+        if request.scope is not None:
+            scope = in_groups_of(topology, request.scope)
+            found = [f for f in found if f.address in scope]
+        return [f for f in found if f.address not in request.exclude]
 
     def _gate(
         self,
@@ -156,12 +206,11 @@ class _Run:
     def _plan(
         self, topology: Topology, targets: list[PciFunction], resolver: DriverResolver
     ) -> Plan:
-        from vfio_manager.host.driver_choice import DriverResolver
         from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio
         from vfio_manager.pipeline.settle import settle
 
         request = self.request
-        pending = self.journal.pending() if self.journal is not None else []
+        pending = self._pending_records(topology)
         settlement = settle(
             pending,
             topology,
@@ -171,9 +220,7 @@ class _Run:
             probe_picks=resolver.probe_picks,
         )
         self.notes += [f"journal: {note}" for note in settlement.notes]
-        if self.journal is not None and not request.dry_run:
-            for bdf in settlement.moot:
-                self.journal.abort(bdf)
+        self._drop_moot(settlement.moot)
         targets = targets + settlement.extra_targets
         if request.direction is Direction.TO_VFIO:
             plan = plan_to_vfio(
@@ -183,12 +230,13 @@ class _Run:
                 named=request.named,
                 with_group_peers=request.with_group_peers,
                 vfio_driver_for=resolver.vfio_driver,
+                exclude=request.exclude,
             )
         else:
             settling = frozenset(settlement.interrupted)
-            host = DriverResolver(
-                topology, resolver.aliases, origins=self._origins(targets, settling)
-            )
+            origins = self._origins(targets, settling)
+            self.notes += _native_sources(pending, targets, origins, self.unreadable_origins)
+            host = resolver.with_origins(origins)
             plan = plan_to_host(
                 topology, targets, host_target_for=host.host_target, settling=settling
             )
@@ -199,6 +247,38 @@ class _Run:
             if e.address not in refused
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
+
+    def _journal_failed(self, bdf: str, what: str, err: VfioManagerError) -> None:
+        """A record the state directory would not update: a note, and exit code 1."""
+        remedy = f" (remedy: {err.remedy})" if err.remedy else ""
+        text = f"{bdf}: {what}: {err.message}{remedy}"
+        log.error("journal", bdf=bdf, step="journal", outcome="failed", reason=err.message)
+        self.journal_errors.append(text)
+        self.notes.append(f"journal: {text}")
+
+    def _drop_moot(self, moot: Sequence[str]) -> None:
+        """Drop the records of functions that are gone (a real run only)."""
+        if self.journal is None or self.request.dry_run:
+            return
+        for bdf in moot:
+            try:
+                self.journal.abort(bdf)
+            except VfioManagerError as err:
+                self._journal_failed(bdf, "its moot record could not be dropped", err)
+
+    def _pending_records(self, topology: Topology) -> list[JournalEntry]:
+        """The journal's records, less those of excluded functions that are present (kept
+        for a later run; the record of a function that is gone is settled as moot)."""
+        if self.journal is None:
+            return []
+        pending = self.journal.pending()
+        if not self.request.exclude:
+            return pending
+        present = {str(a) for a in self.request.exclude if a in topology.functions}
+        for entry in pending:
+            if entry.bdf in present:
+                self.notes.append(f"journal: {entry.bdf}: record kept, the function is excluded")
+        return [e for e in pending if e.bdf not in present]
 
     def _origins(
         self, targets: Sequence[PciFunction], settling: Collection[PciAddress]
@@ -217,11 +297,23 @@ class _Run:
         origins: dict[PciAddress, tuple[Optional[str], Optional[str]]] = {}
         if self.journal is None:
             return origins
+        self.journal.take_set_aside()  # the transition records': settle said them already
         for function in targets:
-            entry = self.journal.original(
-                function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
-            )
+            try:
+                entry = self.journal.original(
+                    function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
+                )
+            except VfioManagerError as err:
+                self._journal_failed(function.bdf, "its origin record could not be read", err)
+                continue
             if entry is None:
+                continue
+            if entry.original_driver_unknown:
+                self.notes.append(
+                    f"journal: {function.bdf}: its origin record has no usable driver name "
+                    "(recorded as unknown); its native driver comes from modules.alias"
+                )
+                self.unreadable_origins.add(function.bdf)
                 continue
             found = (entry.original_driver, entry.original_override)
             now = (function.driver, function.driver_override)
@@ -234,9 +326,21 @@ class _Run:
                     now=list(now),
                 )
                 if not self.request.dry_run:
-                    self.journal.forget_origin(function.bdf)
+                    try:
+                        self.journal.forget_origin(function.bdf)
+                    except VfioManagerError as err:
+                        self._journal_failed(
+                            function.bdf, "its origin record could not be dropped", err
+                        )
                 continue
             origins[function.address] = found
+        for bad in self.journal.take_set_aside():
+            self.unreadable_origins.add(bad.bdf or "")
+            where = f"set aside as {bad.quarantined_as}" if bad.quarantined_as else "ignored"
+            self.notes.append(
+                f"journal: {bad.bdf}: its origin record was unreadable ({bad.problem}); "
+                f"{where}; its native driver comes from modules.alias instead"
+            )
         return origins
 
     def _refuse(self, plan: Plan) -> Plan:
@@ -273,6 +377,34 @@ class _Run:
             for o in report.outcomes
         )
         return replace(report, outcomes=outcomes)
+
+
+def _native_sources(
+    pending: Sequence[JournalEntry],
+    targets: Sequence[PciFunction],
+    origins: Mapping[PciAddress, tuple[Optional[str], Optional[str]]],
+    said: Collection[str],
+) -> list[str]:
+    """For each target whose transition record was unreadable: where its native driver
+    comes from now (its origin record, or modules.alias when it has none readable).
+    ``said``: functions whose unreadable origin record has a note of its own."""
+    returning = {f.bdf for f in targets}
+    notes = []
+    for entry in pending:
+        if not entry.corrupt or entry.bdf not in returning or entry.bdf in said:
+            continue
+        address = PciAddress.parse(entry.bdf)
+        if address in origins:
+            driver = origins[address][0] or "no driver: it stays unbound"
+            notes.append(
+                f"journal: {entry.bdf}: its native driver comes from its origin record ({driver})"
+            )
+        else:
+            notes.append(
+                f"journal: {entry.bdf}: it has no readable origin record; its native driver "
+                "comes from modules.alias"
+            )
+    return notes
 
 
 def gate(

@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.procfs import Procfs
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 
 log = get_logger("vfio_manager.safety.holders")
 
-DEFAULT_PROC_ROOT = "/proc"
 _DELETED = " (deleted)"
 _VANISHED = frozenset({errno_mod.ENOENT, errno_mod.ESRCH})
 _COMM_LIMIT = 64
@@ -179,6 +179,7 @@ def _as_target(target: Union[Target, str]) -> Target:
 class _Scanner:
     def __init__(self, proc_root: str, targets: list[Target], self_pid: int) -> None:
         self.proc_root = proc_root
+        self.proc = Procfs(proc_root)
         self.self_pid = self_pid
         self.by_path = {t.path: t for t in targets}
         self.by_rdev = {t.rdev: t for t in targets if t.rdev is not None}
@@ -187,17 +188,16 @@ class _Scanner:
 
     def run(self) -> HolderScan:
         try:
-            entries = os.listdir(self.proc_root)
+            pids = self.proc.pids()
         except OSError as exc:
             log.warning("in-use scan: cannot list processes", proc=self.proc_root, error=exc)
             return HolderScan((), 0, ())
         holders: set[Holder] = set()
         unreadable: list[int] = []
         processes = 0
-        for entry in entries:
-            if not entry.isdecimal() or int(entry) == self.self_pid:
+        for pid in pids:
+            if pid == self.self_pid:
                 continue
-            pid = int(entry)
             processes += 1
             hits, denied = self._process(pid)
             if denied:
@@ -211,7 +211,7 @@ class _Scanner:
 
     def _process(self, pid: int) -> tuple[set[tuple[str, str]], bool]:
         """Hits ``(path, via)`` of one process, and whether some of it was not readable."""
-        base = os.path.join(self.proc_root, str(pid))
+        base = self.proc.pid_path(pid)
         hits: set[tuple[str, str]] = set()
         denied = False
         fd_dir = os.path.join(base, "fd")
@@ -270,7 +270,7 @@ class _Scanner:
     def _comm(self, pid: int) -> str:
         try:
             with open(
-                os.path.join(self.proc_root, str(pid), "comm"), encoding="utf-8", errors="replace"
+                self.proc.pid_path(pid, "comm"), encoding="utf-8", errors="replace"
             ) as handle:
                 return handle.read(_COMM_LIMIT).strip() or "?"
         except OSError:

@@ -3,8 +3,8 @@
 A selector that is too wide (a vendor ID shared with a storage controller, ``--all`` on a
 mixed node, a typo in a BDF) must not detach the disk holding the root filesystem or the NIC
 carrying the node's address. :class:`SafetyGuard` says, per function, why it backs something
-the host needs; the pipeline's refusal stage refuses such a function unless ``--force``. An NPU is none of
-these, so for the functions this tool is for the guard is silent.
+the host needs; the pipeline's refusal stage refuses such a function unless ``--force``. An
+NPU is none of these, so for the functions this tool is for the guard is silent.
 
 What is checked, with pure reads (sysfs through :class:`~vfio_manager.kernel.sysfs.Sysfs`, procfs
 through ``proc_root``):
@@ -40,19 +40,18 @@ checking N functions costs one pass over /sys/class/{block,net} and the proc tab
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import struct
 from dataclasses import dataclass
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 
 log = get_logger("vfio_manager.safety.hostcritical")
 
-DEFAULT_PROC_ROOT = "/proc"
 _MAX_LISTED = 3
 _RTF_UP = 0x0001
 _RTF_GATEWAY = 0x0002
@@ -120,6 +119,7 @@ class SafetyGuard:
     def __init__(self, sysfs: Sysfs, *, proc_root: str = DEFAULT_PROC_ROOT) -> None:
         self.sysfs = sysfs
         self.proc_root = proc_root.rstrip("/") or "/"
+        self.proc = Procfs(proc_root)
         self._loaded = False
         self._blocks: dict[str, str] = {}  # name -> resolved /sys path
         self._mounts: list[_Mount] = []
@@ -256,9 +256,7 @@ class SafetyGuard:
 
     def _lines(self, *parts: str) -> Optional[list[str]]:
         try:
-            with open(
-                os.path.join(self.proc_root, *parts), encoding="utf-8", errors="replace"
-            ) as handle:
+            with open(self.proc.path(*parts), encoding="utf-8", errors="replace") as handle:
                 return handle.read().splitlines()
         except OSError:
             return None

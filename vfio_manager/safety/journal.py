@@ -24,12 +24,14 @@ record, not the whole node's; listing the directory is the whole of crash recove
 the file name is the canonical BDF (validated by :class:`~vfio_manager.kernel.address.PciAddress`),
 so no record name can climb out of the directory.
 
-Every write is atomic and durable: a temporary file in the same directory, ``fsync``,
-``os.replace``, ``fsync`` of the directory. Every file is opened with ``O_NOFOLLOW``. A file
-that cannot be parsed is never a traceback: it is renamed ``*.corrupt`` (kept for a human)
-and reported as a :class:`JournalEntry` with ``problem`` set. The default state directory is
-on tmpfs (/run), which is right: binding state, IOMMU group numbers and BDFs all reset or
-may change at reboot, and so should these records.
+Every file goes through the state directory's gateway (:mod:`vfio_manager.safety.statedir`):
+every write is atomic and durable (a temporary file in the same directory, ``fsync``,
+``os.replace``, ``fsync`` of the directory), and only a regular file of ours is ever opened
+for reading, without following a symlink or blocking on a FIFO, and read within a bound. A
+file that is not one, or cannot be parsed, is never a traceback nor a hang: it is renamed
+``*.corrupt`` (kept for a human) and reported as a :class:`JournalEntry` with ``problem``
+set. The default state directory is on tmpfs (/run), which is right: binding state, IOMMU
+group numbers and BDFs all reset or may change at reboot, and so should these records.
 
 The journal assumes its caller holds the :class:`~vfio_manager.safety.lock.NodeLock`: any
 transition file it finds belongs to a run that is no longer running.
@@ -39,12 +41,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno as errno_mod
 import json
 import os
 import re
-import secrets
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
@@ -54,7 +53,7 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction
 from vfio_manager.log import get_logger
-from vfio_manager.safety.lock import DEFAULT_STATE_DIR, open_state_dir
+from vfio_manager.safety.statedir import DEFAULT_STATE_DIR, StateDir, UnusableFile
 
 log = get_logger("vfio_manager.safety.journal")
 
@@ -64,8 +63,22 @@ ORIGIN = "origin"
 _PREFIX = {TRANSITION: "journal-", ORIGIN: "origin-"}
 _SUFFIX = ".json"
 _CORRUPT = ".corrupt"
-_TMP_PREFIX = ".tmp-"
-_MAX_RECORD = 64 * 1024  # a record is a few hundred bytes; anything bigger is garbage
+# A record is a few hundred bytes; the largest one (an override of a page, every character
+# escaped in JSON) is under 64 KiB. Anything bigger is garbage.
+_MAX_RECORD = 256 * 1024
+_MAX_OVERRIDE = 4095  # the kernel refuses a driver_override of a page or more
+_NAME_MAX = 255  # bytes in a path component
+# What a failed write or removal leaves behind, for the error's remedy.
+_NOTHING_WRITTEN = "nothing was written to this function"
+_STEP_NOT_RECORDED = (
+    "the step was made but not recorded; the record written before the first write still "
+    "lets the next run finish or roll back this function"
+)
+_RECORD_KEPT = (
+    "the record is kept: the next run finds the function where this run left it and drops "
+    "the record then"
+)
+_OTHER_DEVICE_KEPT = "the record (for another device) is kept and ignored again next time"
 _NAME = re.compile(r"^(journal|origin)-(?P<bdf>[^/]+)\.json$")
 
 
@@ -78,9 +91,14 @@ class JournalEntry:
     """One record: a transition in flight, or the origin of a function (how it was found).
 
     ``original_driver``/``original_override`` are the function's state before the first
-    write (``None``: no driver / override unset). ``steps_done`` are the step names the
-    engine marked, in order. ``origin_created`` says whether this transition also wrote the
-    origin record (informational: a rollback keeps the origin, see :meth:`Journal.abort`).
+    write (``None``: no driver / override unset). The override is the string sysfs showed,
+    written back to ``driver_override`` as it was (not a path: ``/`` and spaces are kept).
+    The driver is a name used in sysfs paths (``drivers/NAME/bind``): when the driver link
+    named none usable (empty, ``..``), it is recorded as ``None`` with
+    ``original_driver_unknown`` set, and nothing restores "no driver" from it.
+    ``steps_done`` are the step names the engine marked, in order. ``origin_created`` says
+    whether this transition also wrote the origin record (informational: a rollback keeps
+    the origin, see :meth:`Journal.abort`).
 
     A record that could not be read has ``problem`` (why) and ``quarantined_as`` (where the
     bad file went) set, and only ``bdf`` (``None`` if even the name was unusable) besides.
@@ -92,6 +110,7 @@ class JournalEntry:
     vendor_device: Optional[str] = None
     original_driver: Optional[str] = None
     original_override: Optional[str] = None
+    original_driver_unknown: bool = False
     steps_done: tuple[str, ...] = ()
     started_at: Optional[str] = None
     updated_at: Optional[str] = None
@@ -113,6 +132,7 @@ class JournalEntry:
             "vendor_device": self.vendor_device,
             "original_driver": self.original_driver,
             "original_override": self.original_override,
+            "original_driver_unknown": self.original_driver_unknown,
             "steps_done": list(self.steps_done),
             "started_at": self.started_at,
             "updated_at": self.updated_at,
@@ -141,13 +161,20 @@ class JournalEntry:
         created = data.get("origin_created", False)
         if not isinstance(created, bool):
             raise ValueError("origin_created is not a boolean")
+        unknown = data.get("original_driver_unknown", False)
+        if not isinstance(unknown, bool):
+            raise ValueError("original_driver_unknown is not a boolean")
+        driver = _checked(data, "original_driver", driver_name_problem)
+        if unknown and driver is not None:
+            raise ValueError("original_driver is set, but marked unknown")
         return cls(
             bdf=bdf,
             record=record,
             direction=direction,
             vendor_device=_str(data, "vendor_device"),
-            original_driver=_driver(data, "original_driver"),
-            original_override=_driver(data, "original_override"),
+            original_driver=driver,
+            original_override=_checked(data, "original_override", override_problem),
+            original_driver_unknown=unknown,
             steps_done=tuple(steps),
             started_at=_str(data, "started_at"),
             updated_at=_str(data, "updated_at"),
@@ -165,11 +192,42 @@ def _str(data: dict[str, Any], key: str, *, optional: bool = True) -> Optional[s
     return value
 
 
-def _driver(data: dict[str, Any], key: str) -> Optional[str]:
-    """A driver name read back must still be a plain name: it will be written to sysfs."""
+def driver_name_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot be a driver name in a sysfs path (``drivers/NAME/bind``), if so.
+
+    The same check on write (:meth:`Journal.record_start`) and on read (a record is never
+    trusted to name ``..``): what the journal writes, it reads back.
+    """
+    if value in {"", ".", ".."} or any(c in value for c in "/\n\0"):
+        return f"{value!r} is not a driver name"
+    if len(value.encode("utf-8", "surrogatepass")) > _NAME_MAX:
+        return f"a driver name of {len(value)} characters is not a driver name"
+    return None
+
+
+def override_problem(value: str) -> Optional[str]:
+    """Why ``value`` cannot be a ``driver_override`` sysfs showed, if so.
+
+    It is written back to ``driver_override`` as a string, so ``/``, spaces and any text
+    are kept; what sysfs never shows (an empty value, a newline or NUL, a page or more)
+    cannot be written back as it was, and is refused on write and on read alike.
+    """
+    if value == "":
+        return "is empty (an unset override is recorded as null)"
+    if "\n" in value or "\0" in value:
+        return "holds a newline or NUL, which sysfs never shows"
+    if len(value) > _MAX_OVERRIDE:
+        return f"is {len(value)} characters long, more than sysfs shows"
+    return None
+
+
+def _checked(
+    data: dict[str, Any], key: str, problem_of: Callable[[str], Optional[str]]
+) -> Optional[str]:
     value = _str(data, key)
-    if value is not None and (value in {"", ".", ".."} or any(c in value for c in "/\n\0")):
-        raise ValueError(f"{key} {value!r} is not a driver name")
+    problem = problem_of(value) if value is not None else None
+    if problem is not None:
+        raise ValueError(f"{key} {problem}")
     return value
 
 
@@ -185,8 +243,9 @@ class Journal:
     """Transition and origin records of one node, in ``state_dir``.
 
     ``now`` (an ISO-8601 timestamp factory) is injectable for tests. Methods open the state
-    directory afresh each time (and check it, see :func:`~vfio_manager.safety.lock.open_state_dir`),
-    so a ``Journal`` holds no descriptor and needs no closing.
+    directory afresh each time, through its gateway (:class:`~vfio_manager.safety.statedir.
+    StateDir`, which checks it and every file in it), so a ``Journal`` holds no descriptor
+    and needs no closing.
     """
 
     def __init__(
@@ -201,6 +260,13 @@ class Journal:
         self.now = now
         self.uid = uid
         self.readonly = readonly  # a dry run: read records, never rename, remove or create
+        self._set_aside: list[JournalEntry] = []
+
+    def take_set_aside(self) -> list[JournalEntry]:
+        """The unreadable records found since the last call (set aside, or in a dry run
+        left where they are), so the caller can say what it did without them."""
+        found, self._set_aside = self._set_aside, []
+        return found
 
     # -- transitions ---------------------------------------------------------------------
     def record_start(self, function: PciFunction, direction: Direction) -> JournalEntry:
@@ -216,11 +282,27 @@ class Journal:
         vendor_device = _vendor_device(function)
         stamp = self.now()
         previous = self._read(TRANSITION, bdf)
-        original_driver, original_override = function.driver, function.driver_override
+        original_driver, original_override = function.driver, function.driver_override or None
+        unknown = False
+        if original_driver is not None and driver_name_problem(original_driver) is not None:
+            log.warning(
+                "journal: the driver link names no usable driver; recorded as unknown",
+                bdf=bdf,
+                driver=original_driver,
+            )
+            original_driver, unknown = None, True
+        if original_override is not None and override_problem(original_override) is not None:
+            raise JournalError(
+                f"cannot record {bdf}: its driver_override {override_problem(original_override)}",
+                bdf=bdf,
+                step="journal",
+                remedy=f"{_NOTHING_WRITTEN}; check the function's driver_override in sysfs",
+            )
         if previous is not None and not previous.corrupt:
             if previous.vendor_device == vendor_device:
                 original_driver = previous.original_driver
                 original_override = previous.original_override
+                unknown = previous.original_driver_unknown
             log.warning(
                 "journal: replacing an unrecovered transition",
                 bdf=bdf,
@@ -237,14 +319,15 @@ class Journal:
             vendor_device=vendor_device,
             original_driver=original_driver,
             original_override=original_override,
+            original_driver_unknown=unknown,
             started_at=stamp,
             updated_at=stamp,
             pid=os.getpid(),
         )
         if direction is Direction.TO_VFIO and not in_vfio_mode:
-            self._write(replace(entry, record=ORIGIN))
+            self._write(replace(entry, record=ORIGIN), consequence=_NOTHING_WRITTEN)
             entry = replace(entry, origin_created=True)
-        self._write(entry)
+        self._write(entry, consequence=_NOTHING_WRITTEN)
         log.debug("journal: transition recorded", bdf=bdf, direction=direction.value)
         return entry
 
@@ -259,7 +342,7 @@ class Journal:
                 remedy="this is a bug: the engine must call record_start first",
             )
         updated = replace(entry, steps_done=(*entry.steps_done, step), updated_at=self.now())
-        self._write(updated)
+        self._write(updated, consequence=_STEP_NOT_RECORDED)
         return updated
 
     def complete(self, bdf: str) -> None:
@@ -270,7 +353,7 @@ class Journal:
         probed onto its native driver). :meth:`forget_origin` drops it once the function is
         seen in another host state.
         """
-        self._remove(TRANSITION, bdf)
+        self._remove(TRANSITION, bdf, consequence=_RECORD_KEPT)
 
     def abort(self, bdf: str) -> None:
         """The function is back in its start state: drop the transition.
@@ -280,7 +363,7 @@ class Journal:
         successful rollback: a function left in neither state keeps its record, so the next
         run sees it in :meth:`pending`.
         """
-        self._remove(TRANSITION, bdf)
+        self._remove(TRANSITION, bdf, consequence=_RECORD_KEPT)
 
     def pending(self) -> list[JournalEntry]:
         """Transitions left by runs that died, in BDF order, corrupt ones included.
@@ -288,28 +371,39 @@ class Journal:
         Also removes stale temporary files (a run killed between creating one and renaming
         it); corrupt records are quarantined and returned with ``problem`` set. Read-only:
         nothing is removed or renamed, and a missing state directory has no records.
+        :class:`JournalError` when the directory cannot be listed.
         """
-        if self.readonly and not os.path.isdir(self.state_dir):
-            return []
-        with self._dir() as dir_fd:
-            names = sorted(os.listdir(dir_fd))
+        with self._dir() as state:
+            if state is None:
+                return []
+            try:
+                if not self.readonly:
+                    for name in state.sweep_temporaries():
+                        log.info("journal: removed a stale temporary file", name=name)
+                names = state.names()
+            except OSError as exc:
+                raise JournalError(
+                    f"cannot list the journal in {self.state_dir}: {exc.strerror}",
+                    path=self.state_dir,
+                    errno=exc.errno,
+                    step="journal",
+                    remedy="the state directory must be readable (default /run/vfio-manager); "
+                    "nothing was written, since an interrupted run could not be looked for",
+                ) from exc
+            entries: list[JournalEntry] = []
             for name in names:
-                if name.startswith(_TMP_PREFIX) and not self.readonly:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=dir_fd)
-                    log.info("journal: removed a stale temporary file", name=name)
-        entries: list[JournalEntry] = []
-        for name in names:
-            match = _NAME.match(name)
-            if match is None or not name.startswith(_PREFIX[TRANSITION]):
-                continue
-            address = PciAddress.from_sysfs_name(match["bdf"])
-            if address is None or str(address) != match["bdf"]:
-                entries.append(self._quarantine(name, None, "the file name is not a PCI address"))
-                continue
-            entry = self._read(TRANSITION, match["bdf"])
-            if entry is not None:
-                entries.append(entry)
+                match = _NAME.match(name)
+                if match is None or not name.startswith(_PREFIX[TRANSITION]):
+                    continue
+                address = PciAddress.from_sysfs_name(match["bdf"])
+                if address is None or str(address) != match["bdf"]:
+                    entries.append(
+                        self._quarantine(state, name, None, "the file name is not a PCI address")
+                    )
+                    continue
+                entry = self._read_in(state, TRANSITION, match["bdf"])
+                if entry is not None:
+                    entries.append(entry)
         return entries
 
     def transition(self, bdf: str) -> Optional[JournalEntry]:
@@ -325,8 +419,6 @@ class Journal:
         record is quarantined and reads as ``None`` (logged): the caller falls back to the
         native driver from modules.alias.
         """
-        if self.readonly and not os.path.isdir(self.state_dir):
-            return None
         entry = self._read(ORIGIN, bdf)
         if entry is None or entry.corrupt:
             return None
@@ -339,24 +431,33 @@ class Journal:
                 recorded=entry.vendor_device,
                 present=vendor_device,
             )
-            self._remove(ORIGIN, bdf)
+            self._remove(ORIGIN, bdf, consequence=_OTHER_DEVICE_KEPT)
             return None
         return entry
 
     def forget_origin(self, bdf: str) -> None:
         """Drop the origin of a function someone else has changed since (it is over)."""
-        self._remove(ORIGIN, bdf)
+        self._remove(ORIGIN, bdf, consequence=_RECORD_KEPT)
 
-    # -- files ---------------------------------------------------------------------------
+    # -- files (all through the state directory's gateway) -------------------------------
     @contextlib.contextmanager
-    def _dir(self, *, writing: bool = False) -> Iterator[int]:
-        if writing and self.readonly:
+    def _dir(self) -> Iterator[Optional[StateDir]]:
+        """The state directory, checked; ``None`` in a dry run when it does not exist."""
+        if self.readonly:
+            state = StateDir.open_existing(self.state_dir, uid=self.uid)
+        else:
+            state = StateDir.open(self.state_dir, uid=self.uid)
+        if state is None:
+            yield None
+            return
+        with state:
+            yield state
+
+    def _writable(self) -> StateDir:
+        """The state directory for a write (created if missing); never in a dry run."""
+        if self.readonly:
             raise RuntimeError("a read-only journal (dry run) was asked to write")
-        fd = open_state_dir(self.state_dir, uid=self.uid)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
+        return StateDir.open(self.state_dir, uid=self.uid)
 
     @staticmethod
     def _name(record: str, bdf: str) -> str:
@@ -364,125 +465,104 @@ class Journal:
         return f"{_PREFIX[record]}{address}{_SUFFIX}"
 
     def _read(self, record: str, bdf: str) -> Optional[JournalEntry]:
+        with self._dir() as state:
+            return None if state is None else self._read_in(state, record, bdf)
+
+    def _read_in(self, state: StateDir, record: str, bdf: str) -> Optional[JournalEntry]:
         name = self._name(record, bdf)
         canonical = str(PciAddress.parse(bdf))
-        with self._dir() as dir_fd:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                if exc.errno == errno_mod.ELOOP:
-                    return self._quarantine(name, canonical, "it is a symlink", dir_fd=dir_fd)
-                return self._quarantine(
-                    name, canonical, f"unreadable: {exc.strerror}", dir_fd=dir_fd
-                )
-            try:
-                problem, data = self._load(fd)
-            finally:
-                os.close(fd)
-            if problem is None:
-                try:
-                    return JournalEntry.from_json(data, record=record, bdf=canonical)
-                except ValueError as exc:
-                    problem = str(exc)
-            return self._quarantine(name, canonical, problem, dir_fd=dir_fd)
-
-    @staticmethod
-    def _load(fd: int) -> tuple[Optional[str], object]:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file", None
-        if st.st_size > _MAX_RECORD:
-            return f"{st.st_size} bytes, too large for a record", None
         try:
-            raw = os.read(fd, _MAX_RECORD + 1)
-            return None, json.loads(raw.decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            return f"not valid JSON ({type(exc).__name__}: {exc})", None
+            raw = state.read(name, limit=_MAX_RECORD)
+        except UnusableFile as bad:
+            return self._quarantine(state, name, canonical, bad.problem)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            problem = f"not valid JSON ({type(exc).__name__}: {exc})"
+        else:
+            try:
+                return JournalEntry.from_json(data, record=record, bdf=canonical)
+            except ValueError as exc:
+                problem = str(exc)
+        return self._quarantine(state, name, canonical, problem)
 
     def _quarantine(
-        self, name: str, bdf: Optional[str], problem: str, *, dir_fd: Optional[int] = None
+        self, state: StateDir, name: str, bdf: Optional[str], problem: str
     ) -> JournalEntry:
-        """Rename a bad record to ``NAME.corrupt`` (or ``NAME.N.corrupt``) and report it."""
+        """Set a bad record aside as ``NAME.corrupt`` (or ``NAME.N.corrupt``); report it."""
         record = ORIGIN if name.startswith(_PREFIX[ORIGIN]) else TRANSITION
         if self.readonly:
-            return JournalEntry(bdf=bdf, record=record, problem=problem)
-        if dir_fd is None:
-            with self._dir() as fd:
-                return self._quarantine(name, bdf, problem, dir_fd=fd)
-        target: Optional[str] = None
-        for attempt in range(100):
-            candidate = f"{name}{_CORRUPT}" if attempt == 0 else f"{name}.{attempt}{_CORRUPT}"
-            try:
-                os.stat(candidate, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                target = candidate
-                break
-            except OSError:
-                continue
-        if target is not None:
-            try:
-                os.rename(name, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                os.fsync(dir_fd)
-            except OSError as exc:
-                problem = f"{problem}; could not quarantine it: {exc.strerror}"
-                target = None
-        path = os.path.join(self.state_dir, target) if target is not None else None
+            entry = JournalEntry(bdf=bdf, record=record, problem=problem)
+            self._set_aside.append(entry)
+            return entry
+        path: Optional[str] = None
+        try:
+            path = state.path_of(state.set_aside(name, _CORRUPT))
+        except OSError as exc:
+            problem = f"{problem}; could not set it aside: {exc.strerror}"
         log.error(
             "journal: corrupt record quarantined",
             bdf=bdf,
             record=record,
-            file=os.path.join(self.state_dir, name),
+            file=state.path_of(name),
             quarantined_as=path,
             problem=problem,
         )
-        return JournalEntry(bdf=bdf, record=record, problem=problem, quarantined_as=path)
+        entry = JournalEntry(bdf=bdf, record=record, problem=problem, quarantined_as=path)
+        self._set_aside.append(entry)
+        return entry
 
-    def _write(self, entry: JournalEntry) -> None:
+    def _write(self, entry: JournalEntry, *, consequence: str) -> None:
         """Atomic, durable replace of the entry's file; :class:`JournalError` on failure."""
         if entry.bdf is None:
             raise JournalError("a journal entry without a PCI address cannot be written")
         name = self._name(entry.record, entry.bdf)
         payload = (json.dumps(entry.to_json(), indent=1, sort_keys=True) + "\n").encode()
-        tmp = f"{_TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
-        with self._dir(writing=True) as dir_fd:
+        self._reads_back(entry, payload, consequence)
+        with self._writable() as state:
             try:
-                fd = os.open(
-                    tmp,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=dir_fd,
+                state.replace(name, payload)
+            except OSError as exc:
+                raise self._error(exc, "write", name, entry.bdf, consequence) from exc
+
+    @staticmethod
+    def _reads_back(entry: JournalEntry, payload: bytes, consequence: str) -> None:
+        """Refuse to write a record that reading would set aside: the same checks, first."""
+        problem: Optional[str] = None
+        if len(payload) > _MAX_RECORD:
+            problem = f"{len(payload)} bytes, more than a record may have"
+        else:
+            try:
+                back = JournalEntry.from_json(
+                    json.loads(payload), record=entry.record, bdf=entry.bdf or ""
                 )
-                try:
-                    view = memoryview(payload)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                os.fsync(dir_fd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dir_fd)
-                raise self._error(exc, "write", name, entry.bdf) from exc
+            except ValueError as exc:
+                problem = str(exc)
+            else:
+                if back != entry:
+                    problem = "it would read back different"
+        if problem is not None:
+            raise JournalError(
+                f"the journal record for {entry.bdf} would not read back ({problem})",
+                bdf=entry.bdf,
+                step="journal",
+                remedy=f"{consequence}; this is a bug, please report it with the function's "
+                "driver and driver_override",
+            )
 
-    def _remove(self, record: str, bdf: str) -> None:
+    def _remove(self, record: str, bdf: str, *, consequence: str) -> None:
         name = self._name(record, bdf)
-        with self._dir(writing=True) as dir_fd:
+        with self._writable() as state:
             try:
-                os.unlink(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                return
+                state.remove(name)
             except OSError as exc:
-                raise self._error(exc, "remove", name, bdf) from exc
-            try:
-                os.fsync(dir_fd)
-            except OSError as exc:
-                raise self._error(exc, "sync", name, bdf) from exc
+                raise self._error(exc, "remove", name, bdf, consequence) from exc
 
-    def _error(self, exc: OSError, verb: str, name: str, bdf: str) -> JournalError:
+    def _error(
+        self, exc: OSError, verb: str, name: str, bdf: str, consequence: str
+    ) -> JournalError:
         path = os.path.join(self.state_dir, name)
         return JournalError(
             f"cannot {verb} the journal record {path}: {exc.strerror}",
@@ -490,8 +570,8 @@ class Journal:
             path=path,
             errno=exc.errno,
             step="journal",
-            remedy="the state directory must be writable and not full "
-            "(default /run/vfio-manager); nothing was written to this function",
+            remedy=f"the state directory must be writable and not full "
+            f"(default /run/vfio-manager); {consequence}",
         )
 
 

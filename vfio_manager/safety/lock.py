@@ -14,9 +14,10 @@ Why ``flock`` on a file that is never deleted:
   so the file stays and only its content (who holds it) is cleared on release.
 
 The state directory (default ``/run/vfio-manager``: tmpfs, gone at reboot, like the binding
-state it describes) must be a real directory owned by us and writable by nobody else; every
-file in it is opened with ``O_NOFOLLOW``, so nobody can aim our writes elsewhere with a
-symlink.
+state it describes) must be a real directory owned by us and writable by nobody else, and
+the lock file a regular file of ours: both are opened and checked by the state directory's
+gateway (:mod:`vfio_manager.safety.statedir`), so nobody can aim our writes elsewhere with a
+symlink, nor hang a run with a FIFO.
 
 The holder writes its PID and command line into the lock file after acquiring it, so a
 waiter that gives up can say who holds the node and whether that process is still running
@@ -26,11 +27,9 @@ waiter that gives up can say who holds the node and whether that process is stil
 from __future__ import annotations
 
 import contextlib
-import errno as errno_mod
 import fcntl
 import os
 import shlex
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -39,25 +38,23 @@ from types import TracebackType
 from typing import Optional
 
 from vfio_manager.errors import VfioManagerError
+from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
 from vfio_manager.log import get_logger
 from vfio_manager.safety.deadline import pending_writes, when_writes_return
+from vfio_manager.safety.statedir import (
+    DEFAULT_STATE_DIR,
+    StateDir,
+    UnsafeStateDirError,
+    UnusableFile,
+)
 from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
 
-DEFAULT_STATE_DIR = "/run/vfio-manager"
 DEFAULT_LOCK_TIMEOUT = 60.0
 LOCK_FILE_NAME = "lock"
-DEFAULT_PROC_ROOT = "/proc"
 _POLL_INTERVAL = 0.1
 _HOLDER_READ_LIMIT = 4096
-
-
-class UnsafeStateDirError(VfioManagerError):
-    """The state directory (or a file in it) could be controlled by someone else: refused.
-
-    Nothing is written when this is raised; the remedy says what to fix.
-    """
 
 
 class LockTimeoutError(VfioManagerError):
@@ -93,87 +90,34 @@ class LockHolder:
         return text
 
 
-def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
-    return UnsafeStateDirError(
-        f"state directory {path} {problem}; refusing to use it",
-        path=path,
-        remedy=(
-            f"remove {path} (it is recreated, owned by UID {uid}, mode 0700) or point "
-            "--state-dir at a directory owned by this user and writable by nobody else"
-        ),
-    )
-
-
-def open_state_dir(path: str, *, uid: Optional[int] = None) -> int:
-    """Create ``path`` (mode 0700) if missing, check it is safe, return an open descriptor.
-
-    The checks run on the opened descriptor (``fstat``) rather than on the name, so the
-    directory cannot be swapped between check and use; callers create and rename their
-    files relative to the returned descriptor (``dir_fd``). Refused: a symlink, anything
-    but a directory, a directory owned by another user, or one writable by group or others.
-    The caller closes the descriptor.
-    """
-    owner = os.geteuid() if uid is None else uid
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-        os.mkdir(path, 0o700)
-        log.debug("state dir created", path=path)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise UnsafeStateDirError(
-            f"cannot create state directory {path}: {exc.strerror}",
-            path=path,
-            errno=exc.errno,
-            remedy="point --state-dir at a writable location (default /run/vfio-manager; "
-            "in a container, mount the host's /run or an emptyDir there)",
-        ) from exc
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
-            kind = "is a symlink" if os.path.islink(path) else "is not a directory"
-            raise _unsafe(path, kind, uid=owner) from exc
-        raise UnsafeStateDirError(
-            f"cannot open state directory {path}: {exc.strerror}",
-            path=path,
-            errno=exc.errno,
-            remedy="check its permissions, or point --state-dir elsewhere",
-        ) from exc
-    st = os.fstat(fd)
-    problem: Optional[str] = None
-    if st.st_uid != owner:
-        problem = f"is owned by UID {st.st_uid}, not {owner}"
-    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    if problem is not None:
-        os.close(fd)
-        raise _unsafe(path, problem, uid=owner)
-    return fd
-
-
 def _default_command() -> str:
     return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
 
 
 def read_holder(lock_path: str, *, proc_root: str = DEFAULT_PROC_ROOT) -> Optional[LockHolder]:
-    """Parse the lock file (``PID\\ncommand\\n``) and look the PID up in ``proc_root``.
+    """Parse the lock file (``PID\ncommand\n``) and look the PID up in ``proc_root``.
 
-    ``None`` when the file is empty (released) or does not start with a PID; a half-written
-    file is read as far as it goes. Never raises: this only decorates an error message.
+    ``None`` when the file is empty (released), does not start with a PID, or is not a
+    regular file of ours in a safe directory (read through the state directory's gateway:
+    a FIFO there never blocks); a half-written file is read as far as it goes. Never
+    raises: this only decorates an error message.
     """
+    directory, name = os.path.split(lock_path)
+    return _holder_in(directory or ".", name, uid=None, proc_root=proc_root)
+
+
+def _holder_in(
+    state_dir: str, name: str, *, uid: Optional[int], proc_root: str
+) -> Optional[LockHolder]:
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        state = StateDir.open_existing(state_dir, uid=uid)
+        if state is None:
+            return None
+        with state:
+            data = state.read(name, limit=_HOLDER_READ_LIMIT, whole=False)
+    except (UnusableFile, UnsafeStateDirError, OSError):
         return None
-    try:
-        data = os.read(fd, _HOLDER_READ_LIMIT)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return _parse_holder(data, proc_root)
+    return _parse_holder(data, proc_root) if data is not None else None
 
 
 def _read_small(path: str) -> Optional[str]:
@@ -191,7 +135,7 @@ def _parse_holder(data: bytes, proc_root: str) -> Optional[LockHolder]:
         return None
     pid = int(first)
     command = lines[1].strip() if len(lines) > 1 else ""
-    proc_dir = os.path.join(proc_root, str(pid))
+    proc_dir = Procfs(proc_root).pid_path(pid)
     running = os.path.isdir(proc_dir)
     state: Optional[str] = None
     if running:
@@ -247,7 +191,7 @@ class NodeLock:
 
     def holder(self) -> Optional[LockHolder]:
         """Who the lock file says holds the lock (``None`` when nobody wrote it)."""
-        return read_holder(self.path, proc_root=self.proc_root)
+        return _holder_in(self.state_dir, LOCK_FILE_NAME, uid=self.uid, proc_root=self.proc_root)
 
     # -- acquire / release ---------------------------------------------------------------
     def acquire(self) -> None:
@@ -339,40 +283,8 @@ class NodeLock:
 
     # -- internals -------------------------------------------------------------------------
     def _open(self) -> int:
-        dir_fd = open_state_dir(self.state_dir, uid=self.uid)
-        try:
-            fd = os.open(
-                LOCK_FILE_NAME,
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=dir_fd,
-            )
-        except OSError as exc:
-            if exc.errno == errno_mod.ELOOP:
-                raise _unsafe(
-                    self.state_dir, f"holds a symlink named {LOCK_FILE_NAME}", uid=self._owner
-                ) from exc
-            raise UnsafeStateDirError(
-                f"cannot open the lock file {self.path}: {exc.strerror}",
-                path=self.path,
-                errno=exc.errno,
-                remedy="check the state directory's permissions, or point --state-dir elsewhere",
-            ) from exc
-        finally:
-            os.close(dir_fd)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != self._owner:
-            os.close(fd)
-            raise _unsafe(
-                self.state_dir,
-                f"holds a {LOCK_FILE_NAME} that is not our regular file",
-                uid=self._owner,
-            )
-        return fd
-
-    @property
-    def _owner(self) -> int:
-        return os.geteuid() if self.uid is None else self.uid
+        with StateDir.open(self.state_dir, uid=self.uid) as state:
+            return state.open_lock_file(LOCK_FILE_NAME)
 
     def _wait(self, fd: int) -> None:
         start = self.clock()
@@ -436,6 +348,5 @@ __all__ = [
     "LockTimeoutError",
     "NodeLock",
     "UnsafeStateDirError",
-    "open_state_dir",
     "read_holder",
 ]

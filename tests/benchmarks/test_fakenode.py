@@ -1,0 +1,66 @@
+"""The benchmark's node generator writes a tree the product reads as it reads a kernel's.
+
+Runs the real CLI as a separate process (as the benchmark does) against a 16-endpoint node
+in a temp dir: 12 NPUs and 4 other endpoints, each behind a root port, in its own group.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import fakenode
+
+ENDPOINTS = 16
+
+
+def status(node: fakenode.FakeNode, *selection: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "vfio_manager", *node.cli_args(), "status", "--json", *selection],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    devices: list[dict[str, Any]] = json.loads(done.stdout)["devices"]
+    return devices
+
+
+def test_native_node_lists_every_npu_on_its_native_driver(tmp_path: Path) -> None:
+    node = fakenode.generate(str(tmp_path / "node"), ENDPOINTS)
+    devices = status(node)
+    assert len(node.npus) == 12
+    assert [d["bdf"] for d in devices] == [f.bdf for f in node.npus]
+    assert {d["driver"] for d in devices} == {"rebellions"}
+    assert {d["driver_override"] for d in devices} == {None}
+    assert all(d["group_viable"] and d["vfio_node"] is None for d in devices)
+    assert [d["iommu_group"] for d in devices] == [f.group for f in node.npus]
+
+
+def test_other_endpoints_are_seen_by_their_own_selection(tmp_path: Path) -> None:
+    node = fakenode.generate(str(tmp_path / "node"), ENDPOINTS)
+    nics = status(node, "--vendor", "0x8086", "--class", "0x020000")
+    disks = status(node, "--vendor", "0x144d", "--class", "0x010802")
+    assert [d["driver"] for d in nics] == ["e1000e", "e1000e"]
+    assert [d["driver"] for d in disks] == ["nvme", "nvme"]
+
+
+@pytest.mark.parametrize("how", ["generated", "converged in place"])
+def test_converged_node_has_npus_on_vfio_with_their_group_nodes(tmp_path: Path, how: str) -> None:
+    root = str(tmp_path / "node")
+    if how == "generated":
+        node = fakenode.generate(root, ENDPOINTS, npu_driver=fakenode.VFIO)
+    else:
+        node = fakenode.converge(fakenode.generate(root, ENDPOINTS))
+    devices = status(node)
+    assert len(devices) == 12
+    assert {d["driver"] for d in devices} == {"vfio-pci"}
+    assert {d["driver_override"] for d in devices} == {"vfio-pci"}
+    assert [d["vfio_node"] for d in devices] == [
+        f"{node.dev_root}/vfio/{f.group}" for f in node.npus
+    ]

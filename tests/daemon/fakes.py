@@ -1,0 +1,152 @@
+"""Test doubles for the daemon: a clock that moves only when told, a waiter that advances it,
+a node whose reconciler follows the loop's contract, and a systemd stand-in."""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+from vfio_manager.daemon.intent import IntentStore
+from vfio_manager.daemon.notify import socket_address
+from vfio_manager.daemon.state import (
+    FunctionStatus,
+    HostCheck,
+    HostReadiness,
+    ReconcileOutcome,
+    ReconcileRequest,
+    State,
+    TransitionOutcome,
+    TransitionRecord,
+)
+from vfio_manager.kernel.drivers import Direction
+
+VFIO = "vfio-pci"
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+class AdvancingWaiter:
+    """A ``poll`` that does not wait: readable descriptors return at once (real ``poll`` with
+    timeout 0); otherwise the fake clock jumps by the timeout, as if it had slept."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.timeouts: list[float] = []
+
+    def wait(self, fds: Sequence[int], timeout: float) -> set[int]:
+        self.timeouts.append(timeout)
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(0)}
+        if not ready:
+            self.clock.advance(timeout)
+        return ready
+
+
+@dataclass
+class FakeNode:
+    """Functions and their drivers; the reconciler below moves them to vfio per the contract.
+
+    ``failing``: BDF -> the kernel's reason, for functions whose transition fails.
+    ``rebind``: BDFs that something else moves back to the native driver right after us.
+    """
+
+    drivers: dict[str, Optional[str]] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
+    excluded: set[str] = field(default_factory=set)
+    failing: dict[str, str] = field(default_factory=dict)
+    host_failing: list[HostCheck] = field(default_factory=list)
+    intents: Optional[IntentStore] = None
+    requests: list[ReconcileRequest] = field(default_factory=list)
+    error: Optional[Exception] = None
+    during: Optional[object] = None  # called (no arguments) in the middle of a reconcile
+
+    def reconcile(self, request: ReconcileRequest) -> ReconcileOutcome:
+        self.requests.append(request)
+        if callable(self.during):
+            self.during()
+        if self.error is not None:
+            raise self.error
+        host = HostReadiness(not self.host_failing, tuple(self.host_failing))
+        intents = self.intents.bdfs() if self.intents is not None else frozenset()
+        scope = sorted(self.drivers if request.affected is None else request.affected)
+        statuses: list[FunctionStatus] = []
+        transitions: list[TransitionRecord] = []
+        for bdf in scope:
+            if bdf not in self.drivers:
+                continue  # gone
+            status, transition = self._one(bdf, request, host, intents)
+            statuses.append(status)
+            if transition is not None:
+                transitions.append(transition)
+        return ReconcileOutcome(tuple(statuses), host, tuple(transitions))
+
+    def _one(  # noqa: PLR0911 - one return per state of the contract
+        self,
+        bdf: str,
+        request: ReconcileRequest,
+        host: HostReadiness,
+        intents: frozenset[str],
+    ) -> tuple[FunctionStatus, Optional[TransitionRecord]]:
+        if bdf in self.excluded:
+            return FunctionStatus(bdf, State.EXCLUDED, "--exclude"), None
+        if bdf in intents:
+            return FunctionStatus(bdf, State.INTENT_HOST, "left on the host by intent"), None
+        if self.drivers[bdf] == VFIO:
+            return FunctionStatus(bdf, State.CONVERGED), None
+        if bdf in self.held:
+            return FunctionStatus(bdf, State.HELD, "PID 812 (qemu) holds it"), None
+        if not host.ok or bdf in request.skip:
+            return FunctionStatus(bdf, State.PENDING, "not attempted"), None
+        if bdf in self.failing:
+            reason = self.failing[bdf]
+            record = TransitionRecord(bdf, Direction.TO_VFIO, TransitionOutcome.FAILED, reason)
+            return FunctionStatus(bdf, State.FAILED, reason), record
+        self.drivers[bdf] = VFIO
+        record = TransitionRecord(bdf, Direction.TO_VFIO, TransitionOutcome.CHANGED)
+        return FunctionStatus(bdf, State.CONVERGED), record
+
+
+class Listener:
+    """A systemd stand-in: a bound AF_UNIX datagram socket; reads wait at most 10 s."""
+
+    def __init__(self, address: str) -> None:
+        self.env_value = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bound = socket_address(address)
+        assert bound is not None
+        self.sock.bind(bound)
+        self.sock.settimeout(10)
+
+    def message(self) -> list[str]:
+        return self.sock.recv(4096).decode().split("\n")
+
+    def pending(self) -> list[list[str]]:
+        """Every message already queued, without waiting."""
+        found = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                found.append(self.sock.recv(4096).decode().split("\n"))
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.settimeout(10)
+        return found
+
+    def close(self) -> None:
+        self.sock.close()

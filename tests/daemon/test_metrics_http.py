@@ -1,0 +1,281 @@
+"""Metrics values and the HTTP endpoints, on a real server bound to 127.0.0.1:ephemeral."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.daemon.fakes import FakeClock
+from vfio_manager.daemon.board import StatusBoard
+from vfio_manager.daemon.http import HealthServer, parse_listen
+from vfio_manager.daemon.metrics import DaemonMetrics
+from vfio_manager.daemon.state import (
+    HOST_READY,
+    FunctionStatus,
+    HostCheck,
+    HostReadiness,
+    NodeView,
+    ReconcileOutcome,
+    ReconcileReport,
+    ReconcileRequest,
+    State,
+    TransitionOutcome,
+    TransitionRecord,
+)
+from vfio_manager.daemon.uevents import Uevent
+from vfio_manager.errors import UsageError
+from vfio_manager.kernel.drivers import Direction
+
+IOMMU_OFF = HostCheck("iommu", "no IOMMU groups", "enable intel_iommu=on and reboot")
+
+
+def sample(text: str, name: str, **labels: str) -> Optional[float]:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+def report(
+    functions: tuple[FunctionStatus, ...],
+    *,
+    host: HostReadiness = HOST_READY,
+    transitions: tuple[TransitionRecord, ...] = (),
+    error: Optional[str] = None,
+    full: bool = True,
+) -> ReconcileReport:
+    outcome = ReconcileOutcome(functions, host, transitions)
+    view = NodeView().merge(ReconcileRequest(None), outcome)
+    if error is not None:
+        view = view.failed_with(error)
+    return ReconcileReport(
+        full=full,
+        duration=0.03,
+        finished_at=1714564800.0,
+        view=view,
+        outcome=None if error else outcome,
+        error=error,
+    )
+
+
+def test_metrics_follow_reconciles_and_uevents() -> None:
+    metrics = DaemonMetrics(version="9.9.9", process=False)
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_functions", state="failed") == 0
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="refused") == 0
+    assert sample(text, "vfio_manager_uevents_total", action="bind") == 0
+    assert sample(text, "vfio_manager_host_ready") == 0
+    assert sample(text, "vfio_manager_build_info", version="9.9.9") == 1
+    assert "_created" not in text
+
+    metrics.observe_uevents([Uevent("bind", "/devices/x/0000:03:00.0", "pci", "0000:03:00.0")] * 2)
+    metrics.observe_reconcile(
+        report(
+            (
+                FunctionStatus("0000:03:00.0", State.CONVERGED),
+                FunctionStatus("0000:04:00.0", State.FAILED, "EINVAL"),
+                FunctionStatus("0000:05:00.0", State.EXCLUDED),
+            ),
+            transitions=(
+                TransitionRecord("0000:03:00.0", Direction.TO_VFIO, TransitionOutcome.CHANGED),
+                TransitionRecord("0000:04:00.0", Direction.TO_VFIO, TransitionOutcome.FAILED),
+            ),
+        )
+    )
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_uevents_total", action="bind") == 2
+    assert sample(text, "vfio_manager_functions", state="converged") == 1
+    assert sample(text, "vfio_manager_functions", state="failed") == 1
+    assert sample(text, "vfio_manager_functions", state="excluded") == 1
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="changed") == 1
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="failed") == 1
+    assert sample(text, "vfio_manager_node_converged") == 0
+    assert sample(text, "vfio_manager_reconcile_duration_seconds_count", scope="full") == 1
+    assert (
+        sample(text, "vfio_manager_reconcile_duration_seconds_bucket", scope="full", le="0.05") == 1
+    )
+    assert (
+        sample(text, "vfio_manager_reconcile_duration_seconds_bucket", scope="full", le="0.025")
+        == 0
+    )
+    assert sample(text, "vfio_manager_last_successful_reconcile_timestamp_seconds") == 0, (
+        "a reconcile with a failed function is not a success"
+    )
+
+    metrics.observe_reconcile(report((FunctionStatus("0000:03:00.0", State.CONVERGED),)))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_last_successful_reconcile_timestamp_seconds") == 1714564800.0
+    assert sample(text, "vfio_manager_node_converged") == 1
+    assert sample(text, "vfio_manager_functions", state="failed") == 0
+
+
+def test_failing_host_checks_are_exported_and_cleared() -> None:
+    metrics = DaemonMetrics(process=False)
+    metrics.observe_reconcile(report((), host=HostReadiness(False, (IOMMU_OFF,))))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_host_ready") == 0
+    assert sample(text, "vfio_manager_host_check_failing", check="iommu") == 1
+    metrics.observe_reconcile(report(()))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_host_ready") == 1
+    assert sample(text, "vfio_manager_host_check_failing", check="iommu") == 0
+
+
+def test_a_reconcile_that_raised_counts_as_an_error() -> None:
+    metrics = DaemonMetrics(process=False)
+    metrics.observe_reconcile(report((), error="lock timeout", full=False))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_reconcile_errors_total") == 1
+    assert sample(text, "vfio_manager_reconcile_duration_seconds_count", scope="partial") == 1
+    assert sample(text, "vfio_manager_node_converged") == 0
+
+
+def test_the_process_collector_reports_memory() -> None:
+    text = DaemonMetrics().render()[0].decode()
+    rss = sample(text, "process_resident_memory_bytes")
+    assert rss is not None
+    assert rss > 0
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+class Client:
+    def __init__(self, server: HealthServer) -> None:
+        host, port = server.address
+        self.base = f"http://{host}:{port}"
+
+    def get(self, path: str) -> tuple[int, str, Any]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=10) as answer:  # noqa: S310
+                return answer.status, answer.headers["Content-Type"], answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def board(clock: FakeClock) -> StatusBoard:
+    return StatusBoard(clock=clock)
+
+
+@pytest.fixture
+def served(board: StatusBoard) -> Iterator[tuple[Client, DaemonMetrics]]:
+    metrics = DaemonMetrics(process=False)
+    server = HealthServer(("127.0.0.1", 0), board, metrics)
+    server.start()
+    yield Client(server), metrics
+    server.stop()
+
+
+def test_healthz_follows_the_loops_heartbeat(
+    served: tuple[Client, DaemonMetrics], board: StatusBoard, clock: FakeClock
+) -> None:
+    client, _ = served
+    assert client.get("/healthz")[0] == 503, "no beat yet"
+    board.beat(60)
+    code, content_type, body = client.get("/healthz")
+    assert (code, content_type, json.loads(body)) == (200, "application/json", {"alive": True})
+    clock.advance(60)
+    assert client.get("/healthz")[0] == 200
+    clock.advance(0.5)
+    assert client.get("/healthz")[0] == 503, "the loop missed its promise"
+
+
+def test_readyz_names_what_is_not_converged(
+    served: tuple[Client, DaemonMetrics], board: StatusBoard
+) -> None:
+    client, _ = served
+    code, _, body = client.get("/readyz")
+    assert code == 503
+    assert json.loads(body)["reason"] == "the first reconcile has not finished"
+
+    outcome = ReconcileOutcome(
+        (
+            FunctionStatus("0000:03:00.0", State.CONVERGED),
+            FunctionStatus("0000:04:00.0", State.HELD, "PID 812 (qemu) holds /dev/vfio/12"),
+            FunctionStatus("0000:05:00.0", State.INTENT_HOST, "left on the host by intent"),
+        ),
+        HostReadiness(False, (IOMMU_OFF,)),
+    )
+    board.publish(NodeView().merge(ReconcileRequest(None), outcome))
+    code, _, body = client.get("/readyz")
+    doc = json.loads(body)
+    assert code == 503
+    assert doc["ready"] is False
+    assert doc["host"] == {"ready": False, "failing": [IOMMU_OFF.to_json()]}
+    assert doc["not_converged"] == [
+        {
+            "bdf": "0000:04:00.0",
+            "state": "held",
+            "reason": "PID 812 (qemu) holds /dev/vfio/12",
+            "remedy": None,
+        }
+    ]
+    assert doc["counts"]["intent-host"] == 1
+
+    settled = ReconcileOutcome((FunctionStatus("0000:03:00.0", State.CONVERGED),))
+    board.publish(NodeView().merge(ReconcileRequest(None), settled))
+    code, _, body = client.get("/readyz")
+    assert (code, json.loads(body)["ready"], json.loads(body)["not_converged"]) == (200, True, [])
+
+
+def test_metrics_endpoint_serves_the_text_format(served: tuple[Client, DaemonMetrics]) -> None:
+    client, metrics = served
+    metrics.observe_uevents([Uevent("add", "/devices/x/0000:03:00.0", "pci", "0000:03:00.0")])
+    code, content_type, body = client.get("/metrics")
+    assert code == 200
+    assert content_type.startswith("text/plain")
+    assert sample(body, "vfio_manager_uevents_total", action="add") == 1
+
+
+def test_unknown_paths_are_404(served: tuple[Client, DaemonMetrics]) -> None:
+    client, _ = served
+    assert client.get("/")[0] == 404
+    assert client.get("/metrics/../readyz")[0] == 404
+
+
+def test_without_metrics_the_endpoint_is_404(board: StatusBoard) -> None:
+    server = HealthServer(("127.0.0.1", 0), board, None)
+    server.start()
+    try:
+        assert Client(server).get("/metrics")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_a_taken_port_is_a_usage_error(board: StatusBoard) -> None:
+    first = HealthServer(("127.0.0.1", 0), board)
+    try:
+        with pytest.raises(UsageError, match="cannot listen"):
+            HealthServer(first.address, board)
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        (":9464", ("0.0.0.0", 9464)),  # noqa: S104 - the parser under test
+        ("[::1]:9464", ("::1", 9464)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9464", "::1:9464", "host:port", "host:70000", "", "host:-1"])
+def test_bad_listen_addresses_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_listen(text)

@@ -1,0 +1,45 @@
+"""The path every write to a kernel file takes: fault plan, the rule, the Write log, unplug.
+
+A write first meets an injected failure if a test queued one (``fail_next_write``: the
+errno comes back, nothing changes), then the file's rule runs (``KernelState.apply_rule``);
+either way it is logged as a :class:`~tests.harness.kernel.model.Write`, and a function a
+test asked to unplug after this write (``remove_function_on_write``) disappears.
+"""
+
+from __future__ import annotations
+
+from tests.harness.kernel import hotplug
+from tests.harness.kernel.buffers import oserror
+from tests.harness.kernel.model import Write
+from tests.harness.kernel.state import KernelState
+from tests.harness.sysfsfile import Store
+
+
+def store(s: KernelState, rel: str) -> Store:
+    """The store function of the kernel file ``rel`` (canonical, relative to sys_root)."""
+
+    def write(data: bytes) -> None:
+        on_write(s, rel, data)
+
+    return write
+
+
+def on_write(s: KernelState, rel: str, data: bytes) -> None:
+    text = data.decode("utf-8", "surrogateescape")
+    with s.lock:
+        queue = s.failures.get(rel)
+        injected = queue.popleft() if queue else None
+    try:
+        if injected is not None:
+            raise oserror(injected)
+        s.apply_rule(rel, data)
+    except OSError as exc:
+        s.writes.append(Write(rel, text, exc.errno))
+        raise
+    else:
+        s.writes.append(Write(rel, text, None))
+    finally:
+        with s.lock:
+            unplug = s.unplug_on_write.pop(rel, [])
+            for bdf in unplug:
+                hotplug.remove_function(s, bdf)

@@ -1,0 +1,157 @@
+"""KubeVirt's ``permittedHostDevices.pciHostDevices`` entries for Rebellions functions.
+
+KubeVirt gives a VM a host PCI device only when the KubeVirt CR lists it under
+``spec.configuration.permittedHostDevices.pciHostDevices`` as a ``pciVendorSelector``
+(``"1EFF:1220"``) and the ``resourceName`` a device plugin advertises. On Rebellions nodes
+that plugin is the RBLN operator's sandbox device plugin, not KubeVirt's own, so every entry
+says ``externalResourceProvider: true`` and its ``resourceName`` must be, letter for letter,
+the name the plugin advertises; a mismatch leaves the VM pending with no hint why.
+
+The plugin's names come from its resource list, in one of two schemes (``--naming``):
+
+- ``atom`` (the operator's product-card lists, and its documentation's examples):
+  ``rebellions.ai/<FAMILY>_<CARD>_PT``, e.g. ``rebellions.ai/ATOM_CA22_PT``; a card's PF and
+  VF IDs share the one name, as the card's entry in the resource list covers both.
+- ``pf`` (newer plugins, one resource per product and function kind):
+  ``rebellions.ai/RBLN-CA25_PF`` and ``rebellions.ai/RBLN-CA25_VF``.
+
+A device ID the catalogue does not know is still listed, named from its ID (``RBLN_1FFF_PT``,
+``RBLN-1FFF_PF``) and marked not catalogued: no resource list names it until someone adds it.
+
+Pure: takes functions (as read by the inventory) or the catalogue and returns data or text.
+The YAML is written here rather than by a library: the shape is fixed and flat, and the
+tool keeps its dependencies to what a privileged node agent needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vfio_manager.kernel.catalogue import REBELLIONS_VENDOR, catalogue_entries, catalogue_entry
+from vfio_manager.kernel.model import PciFunction
+
+RESOURCE_PREFIX = "rebellions.ai"
+NAMINGS = ("atom", "pf")
+FORMATS = ("yaml", "json")
+
+
+@dataclass(frozen=True)
+class PciHostDevice:
+    """One ``pciHostDevices`` entry, and whether the catalogue knows its device ID."""
+
+    vendor: int
+    device: int
+    resource_name: str
+    catalogued: bool
+
+    @property
+    def pci_vendor_selector(self) -> str:
+        return f"{self.vendor:04X}:{self.device:04X}"
+
+    def to_kubevirt(self) -> dict[str, Any]:
+        """The entry exactly as the KubeVirt CR takes it."""
+        return {
+            "pciVendorSelector": self.pci_vendor_selector,
+            "resourceName": self.resource_name,
+            "externalResourceProvider": True,
+        }
+
+
+def _check_naming(naming: str) -> None:
+    if naming not in NAMINGS:
+        raise ValueError(f"naming must be one of {', '.join(NAMINGS)}, not {naming!r}")
+
+
+def resource_name(device: int, naming: str, *, is_vf: bool = False) -> str:
+    """The name the sandbox device plugin advertises for a Rebellions device ID.
+
+    ``is_vf`` matters only for an ID the catalogue does not know (the catalogue knows the
+    kind of its own IDs); the inventory tells it from the function's ``physfn`` link.
+    """
+    _check_naming(naming)
+    known = catalogue_entry(device)
+    if known is None:
+        kind = "VF" if is_vf else "PF"
+        if naming == "atom":
+            return f"{RESOURCE_PREFIX}/RBLN_{device:04X}_PT"
+        return f"{RESOURCE_PREFIX}/RBLN-{device:04X}_{kind}"
+    if naming == "atom":
+        card = known.product.removeprefix("RBLN-")
+        return f"{RESOURCE_PREFIX}/{known.family}_{card}_PT"
+    return f"{RESOURCE_PREFIX}/{known.product}_{known.kind}"
+
+
+def _entry(device: int, naming: str, *, is_vf: bool) -> PciHostDevice:
+    return PciHostDevice(
+        vendor=REBELLIONS_VENDOR,
+        device=device,
+        resource_name=resource_name(device, naming, is_vf=is_vf),
+        catalogued=catalogue_entry(device) is not None,
+    )
+
+
+def for_functions(functions: Iterable[PciFunction], naming: str) -> list[PciHostDevice]:
+    """One entry per Rebellions device ID among ``functions``, by ID.
+
+    Functions of other vendors are left out: no device plugin name is known for them.
+    """
+    _check_naming(naming)
+    by_device: dict[int, PciHostDevice] = {}
+    for function in functions:
+        if function.vendor != REBELLIONS_VENDOR or function.device in by_device:
+            continue
+        is_vf = function.physfn is not None
+        by_device[function.device] = _entry(function.device, naming, is_vf=is_vf)
+    return [by_device[device] for device in sorted(by_device)]
+
+
+def for_catalogue(naming: str) -> list[PciHostDevice]:
+    """One entry per catalogued device ID (every product's PF and VF), by ID."""
+    _check_naming(naming)
+    return [_entry(e.device, naming, is_vf=e.kind == "VF") for e in catalogue_entries()]
+
+
+def document(entries: Sequence[PciHostDevice]) -> dict[str, Any]:
+    """``{"permittedHostDevices": {"pciHostDevices": [...]}}``: what goes under the CR's
+    ``spec.configuration``."""
+    return {"permittedHostDevices": {"pciHostDevices": [e.to_kubevirt() for e in entries]}}
+
+
+def uncatalogued_note(entry: PciHostDevice) -> str:
+    """Why an entry's name may not match anything the device plugin advertises."""
+    return (
+        f"{entry.pci_vendor_selector} is not a catalogued product: its name "
+        f"{entry.resource_name} is made from its ID; the device plugin advertises it only "
+        "if its resource list names it so"
+    )
+
+
+def _yaml_lines(entries: Sequence[PciHostDevice], naming: str) -> list[str]:
+    lines = [
+        f"# spec.configuration of the KubeVirt CR (vfio-manager kubevirt-config, naming {naming}).",
+        "# A merge patch replaces the whole list: keep the entries you already have.",
+        "permittedHostDevices:",
+    ]
+    if not entries:
+        return [*lines, "  pciHostDevices: []"]
+    lines.append("  pciHostDevices:")
+    for entry in entries:
+        if not entry.catalogued:
+            lines.append(f"  # {uncatalogued_note(entry)}")
+        # JSON string literals are valid YAML double-quoted scalars (ASCII content here)
+        lines.append(f"  - pciVendorSelector: {json.dumps(entry.pci_vendor_selector)}")
+        lines.append(f"    resourceName: {json.dumps(entry.resource_name)}")
+        lines.append("    externalResourceProvider: true")
+    return lines
+
+
+def render(entries: Sequence[PciHostDevice], output_format: str, *, naming: str) -> str:
+    """The document as YAML (with comments) or JSON, ending in a newline."""
+    if output_format == "json":
+        return json.dumps(document(entries), indent=2) + "\n"
+    if output_format == "yaml":
+        return "\n".join(_yaml_lines(entries, naming)) + "\n"
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {output_format!r}")

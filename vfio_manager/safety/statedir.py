@@ -1,0 +1,404 @@
+"""The state directory's one gateway: open it safely; read, replace and remove files in it.
+
+The node lock (:mod:`vfio_manager.safety.lock`) and the journal
+(:mod:`vfio_manager.safety.journal`) keep their files in one directory (default
+``/run/vfio-manager``), and every run opens those files while it holds the node lock, so a
+file that is not what its name says must never hang a run, nor redirect a write. Both go
+through :class:`StateDir`, and nothing else opens a file there. What it guarantees:
+
+* the directory is a real directory, owned by us and writable by nobody else, checked on the
+  open descriptor (``fstat``), and every file is opened relative to that descriptor
+  (``dir_fd``), so the directory cannot be swapped between check and use;
+* a name is looked at (``lstat``) before it is opened, and only a regular file of ours is
+  opened at all: a device node is never opened (an open can have effects), a FIFO never
+  blocks a run;
+* every open is ``O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC`` and is checked again with ``fstat``
+  (the name may have changed since the ``lstat``): a symlink fails, a FIFO opens at once
+  and is refused, the descriptor never leaks into a child;
+* every read is bounded: a file larger than the caller's limit is refused, not read;
+* a replace is atomic and durable: a temporary file, ``fsync``, ``rename`` over the name,
+  ``fsync`` of the directory; a remove is followed by an ``fsync`` of the directory.
+
+A file that is there but unusable raises :class:`UnusableFile` with the reason; the caller
+decides (the journal sets it aside as ``*.corrupt``, the lock refuses and names it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import os
+import secrets
+import stat
+from types import TracebackType
+from typing import Optional
+
+from vfio_manager.errors import VfioManagerError
+from vfio_manager.log import get_logger
+
+log = get_logger("vfio_manager.safety.statedir")
+
+DEFAULT_STATE_DIR = "/run/vfio-manager"
+TMP_PREFIX = ".tmp-"
+_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafeStateDirError(VfioManagerError):
+    """The state directory (or a file in it) could be controlled by someone else: refused.
+
+    Nothing is written when this is raised; the remedy says what to fix.
+    """
+
+
+class UnusableFile(Exception):
+    """A name in the state directory that is not a regular file of ours (or cannot be read)."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def kind_of(mode: int) -> str:
+    """What a file is, in words, for messages: ``a FIFO``, ``a symlink``, ..."""
+    for test, text in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return text
+    return "not a file"
+
+
+def _not_a_directory_above(path: str) -> Optional[str]:
+    """The first existing component of ``path`` (itself included) that is not a directory."""
+    current = os.sep
+    for part in os.path.abspath(path).split(os.sep):
+        if not part:
+            continue
+        current = os.path.join(current, part)
+        try:
+            st = os.stat(current)  # a symlink to a directory is a directory here
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return current
+        if not stat.S_ISDIR(st.st_mode):
+            return current
+    return None
+
+
+def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
+    return UnsafeStateDirError(
+        f"state directory {path} {problem}; refusing to use it",
+        path=path,
+        remedy=(
+            f"remove {path} (it is recreated, owned by UID {uid}, mode 0700) or point "
+            "--state-dir at a directory owned by this user and writable by nobody else"
+        ),
+    )
+
+
+def _blocked_by_a_file(path: str, blocker: str, exc: OSError) -> UnsafeStateDirError:
+    return UnsafeStateDirError(
+        f"cannot use state directory {path}: {blocker} is {_kind_at(blocker)}, not a directory",
+        path=blocker,
+        errno=exc.errno,
+        remedy=f"point --state-dir at a directory that is not under {blocker} "
+        f"(or move {blocker} out of the way)",
+    )
+
+
+def _kind_at(path: str) -> str:
+    try:
+        return kind_of(os.lstat(path).st_mode)
+    except OSError:
+        return "not a directory"
+
+
+class StateDir:
+    """An open, checked state directory; every file operation in it goes through here.
+
+    Use :meth:`open` (creates the directory if missing) or :meth:`open_existing` (``None``
+    when it is missing: a dry run creates nothing) as a context manager. ``owner`` is the
+    UID the directory and its files must have (default: our effective UID).
+    """
+
+    def __init__(self, path: str, fd: int, owner: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.owner = owner
+
+    # -- opening the directory ----------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str, *, uid: Optional[int] = None) -> StateDir:
+        """Create ``path`` (mode 0700) if missing, check it, and return it open."""
+        owner = os.geteuid() if uid is None else uid
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+            os.mkdir(path, 0o700)
+            log.debug("state dir created", path=path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            blocker = _not_a_directory_above(path) if exc.errno == errno_mod.ENOTDIR else None
+            if blocker is not None:
+                raise _blocked_by_a_file(path, blocker, exc) from exc
+            raise UnsafeStateDirError(
+                f"cannot create state directory {path}: {exc.strerror}",
+                path=path,
+                errno=exc.errno,
+                remedy="point --state-dir at a writable location (default /run/vfio-manager; "
+                "in a container, mount the host's /run or an emptyDir there)",
+            ) from exc
+        found = cls._open_dir(path, owner)
+        if found is None:  # removed between mkdir and open
+            raise UnsafeStateDirError(
+                f"state directory {path} disappeared while it was opened",
+                path=path,
+                remedy="retry; if it recurs, something else removes the directory",
+            )
+        return found
+
+    @classmethod
+    def open_existing(cls, path: str, *, uid: Optional[int] = None) -> Optional[StateDir]:
+        """The directory, checked, or ``None`` when it does not exist (nothing is created)."""
+        return cls._open_dir(path, os.geteuid() if uid is None else uid)
+
+    @classmethod
+    def _open_dir(cls, path: str, owner: int) -> Optional[StateDir]:
+        try:
+            fd = os.open(path, _DIR_OPEN)
+        except FileNotFoundError as exc:
+            blocker = _not_a_directory_above(path)  # some file systems say ENOENT for ENOTDIR
+            if blocker is not None:
+                raise _blocked_by_a_file(path, blocker, exc) from exc
+            return None
+        except OSError as exc:
+            if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
+                blocker = _not_a_directory_above(path)
+                if os.path.islink(path):
+                    raise _unsafe(path, "is a symlink", uid=owner) from exc
+                if blocker is not None and blocker != os.path.abspath(path):
+                    raise _blocked_by_a_file(path, blocker, exc) from exc
+                raise _unsafe(path, f"is {_kind_at(path)}, not a directory", uid=owner) from exc
+            raise UnsafeStateDirError(
+                f"cannot open state directory {path}: {exc.strerror}",
+                path=path,
+                errno=exc.errno,
+                remedy="check its permissions, or point --state-dir elsewhere",
+            ) from exc
+        st = os.fstat(fd)
+        problem: Optional[str] = None
+        if st.st_uid != owner:
+            problem = f"is owned by UID {st.st_uid}, not {owner}"
+        elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+        if problem is not None:
+            os.close(fd)
+            raise _unsafe(path, problem, uid=owner)
+        return cls(path, fd, owner)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> StateDir:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    # -- names --------------------------------------------------------------------------------
+    def path_of(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def names(self) -> list[str]:
+        """Every name in the directory, sorted; ``OSError`` when it cannot be listed."""
+        return sorted(os.listdir(self.fd))
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` is taken (by anything, a dangling symlink included)."""
+        try:
+            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _usable(self, name: str, st: os.stat_result, limit: Optional[int]) -> None:
+        """Raise :class:`UnusableFile` unless ``st`` is a regular file of ours within limit."""
+        if not stat.S_ISREG(st.st_mode):
+            raise UnusableFile(name, f"not a regular file ({kind_of(st.st_mode)})")
+        if st.st_uid != self.owner:
+            raise UnusableFile(name, f"owned by UID {st.st_uid}, not {self.owner}")
+        if limit is not None and st.st_size > limit:
+            raise UnusableFile(name, f"{st.st_size} bytes, more than the {limit} expected")
+
+    def _open_file(self, name: str, flags: int, limit: Optional[int]) -> Optional[int]:
+        """Look, open (never following, never blocking), check again; ``None`` if absent."""
+        try:
+            self._usable(name, os.stat(name, dir_fd=self.fd, follow_symlinks=False), limit)
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                return None
+        except OSError as exc:
+            raise UnusableFile(name, f"unreadable: {exc.strerror}") from exc
+        try:
+            fd = os.open(name, flags | _OPEN, 0o600, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno_mod.ELOOP:
+                raise UnusableFile(name, "not a regular file (a symlink)") from exc
+            if exc.errno == errno_mod.ENXIO:
+                raise UnusableFile(name, "not a regular file (a socket)") from exc
+            raise UnusableFile(name, f"unreadable: {exc.strerror}") from exc
+        try:
+            self._usable(name, os.fstat(fd), limit)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    # -- files --------------------------------------------------------------------------------
+    def read(self, name: str, *, limit: int, whole: bool = True) -> Optional[bytes]:
+        """The content of ``name`` (at most ``limit`` bytes), ``None`` if it does not exist.
+
+        :class:`UnusableFile` when it is not a regular file of ours, cannot be read, or
+        (``whole``, the default) is larger than ``limit``; with ``whole=False`` a larger file
+        yields its first ``limit`` bytes.
+        """
+        fd = self._open_file(name, os.O_RDONLY, limit if whole else None)
+        if fd is None:
+            return None
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            while size <= limit:
+                chunk = os.read(fd, limit + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except OSError as exc:
+            raise UnusableFile(name, f"unreadable: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            if whole:
+                raise UnusableFile(name, f"more than the {limit} bytes expected")
+            data = data[:limit]
+        return data
+
+    def open_lock_file(self, name: str) -> int:
+        """Open (creating it if missing) ``name`` for reading and writing; the caller closes.
+
+        For the lock file, which is never replaced (a waiter may hold the old inode): it is
+        refused, naming it, unless it is a regular file of ours.
+        """
+        path = self.path_of(name)
+        try:
+            fd = self._open_file(name, os.O_RDWR | os.O_CREAT, None)
+        except UnusableFile as bad:
+            raise UnsafeStateDirError(
+                f"state directory {self.path} holds a {name} that is not the lock file this "
+                f"tool creates: {bad.problem}; refusing to use it",
+                path=path,
+                remedy=f"remove {path} (it is recreated as a regular file owned by UID "
+                f"{self.owner}), or point --state-dir elsewhere",
+            ) from bad
+        if fd is None:  # removed between the look and the open
+            raise UnsafeStateDirError(
+                f"the lock file {path} disappeared while it was opened",
+                path=path,
+                remedy="retry; something else removes files in the state directory",
+            )
+        return fd
+
+    def replace(self, name: str, data: bytes) -> None:
+        """Atomically and durably make ``data`` the content of ``name``; ``OSError`` on failure.
+
+        The temporary file is removed again when anything fails; a symlink or a FIFO at
+        ``name`` is replaced (the rename swaps the name), never written through.
+        """
+        tmp = f"{TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN, 0o600, dir_fd=self.fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            os.fsync(self.fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.fd)
+            raise
+
+    def remove(self, name: str) -> bool:
+        """Remove ``name`` durably; ``False`` if it was not there, ``OSError`` on failure."""
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            return False
+        os.fsync(self.fd)
+        return True
+
+    def set_aside(self, name: str, suffix: str) -> str:
+        """Rename ``name`` to ``NAME<suffix>`` (or ``NAME.N<suffix>``); return the new name.
+
+        Whatever ``name`` is (a FIFO, a symlink) is renamed, never opened. ``OSError`` when
+        the rename fails or no free name is left.
+        """
+        for attempt in range(100):
+            target = f"{name}{suffix}" if attempt == 0 else f"{name}.{attempt}{suffix}"
+            if self.exists(target):
+                continue
+            os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            os.fsync(self.fd)
+            return target
+        raise OSError(errno_mod.EEXIST, f"no free name to set {name} aside")
+
+    def sweep_temporaries(self) -> list[str]:
+        """Remove temporary files a killed run left (between create and rename)."""
+        removed = []
+        for name in self.names():
+            if name.startswith(TMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=self.fd)
+                    removed.append(name)
+        return removed
+
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "TMP_PREFIX",
+    "StateDir",
+    "UnsafeStateDirError",
+    "UnusableFile",
+    "kind_of",
+    "open_state_dir",
+]
+
+
+def open_state_dir(path: str, *, uid: Optional[int] = None) -> int:
+    """The checked state directory as a bare descriptor, for code that keeps its own files
+    relative to it (the daemon's presence lock and intents); the caller closes it."""
+    return StateDir.open(path, uid=uid).fd
