@@ -352,8 +352,12 @@ def _check_bind(node: Node, selector: Selector, invocation: Invocation, out: _Li
 
 
 def _exit_code(result: TransitionResult) -> int:
+    """The run's exit code; its notes (modules loaded, journal records settled) are logged,
+    as ``vfio-manager`` prints them, and a journal record left unupdated as an error."""
     for note in result.notes:
         log.info("note", note=note)
+    for problem in result.journal_errors:
+        log.error("journal not updated", reason=problem)
     return int(result.exit_code)
 
 
