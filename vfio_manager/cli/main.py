@@ -25,6 +25,7 @@ from vfio_manager.kernel.address import PciAddress
 
 if TYPE_CHECKING:
     from vfio_manager.pipeline.node import Node
+    from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -624,7 +625,7 @@ def _run_transition(
 ) -> None:
     from vfio_manager.cli import render
     from vfio_manager.kernel.drivers import Direction
-    from vfio_manager.pipeline.transition import TransitionRequest, run_transition
+    from vfio_manager.pipeline.transition import TransitionRequest
 
     request = TransitionRequest(
         _selector(*selection),
@@ -635,7 +636,17 @@ def _run_transition(
         load_modules=load_modules,
         force=force,
     )
+    result = run_with_intents(node, request)
+    lines = render.transition_json(result) if as_json else render.transition_text(result)
+    _finish(lines, result.exit_code)
+
+
+def run_with_intents(node: Node, request: TransitionRequest) -> TransitionResult:
+    """One admin-run transition: the daemon's intents recorded before it and settled after
+    (:mod:`vfio_manager.daemon.oneshot`). The commands here and the ``vfio-manage`` drop-in
+    (:mod:`vfio_manager.cli.compat`) both run their writes through it."""
     from vfio_manager.daemon.oneshot import record_unbind_intents, settle_intents
+    from vfio_manager.pipeline.transition import run_transition
 
     recorded = record_unbind_intents(node, request)
     try:
@@ -644,8 +655,7 @@ def _run_transition(
         settle_intents(node, None, recorded)
         raise
     settle_intents(node, result, recorded)
-    lines = render.transition_json(result) if as_json else render.transition_text(result)
-    _finish(lines, result.exit_code)
+    return result
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
