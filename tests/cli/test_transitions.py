@@ -165,7 +165,7 @@ def test_failure_on_one_function_restores_it_and_others_carry_on(
     kernel: FakeKernel, run: RunCli
 ) -> None:
     first, second = npu_node(kernel, count=2)
-    kernel.fail_next_write("bus/pci/drivers/rebellions/unbind", errno.EIO)
+    kernel.fail_next_write("bus/pci/drivers/rebellions/unbind", errno.EIO, data=first)
     result = run("bind-all")
     assert result.exit_code == 1
     # the first function hit EIO: back where it started, no stale override

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional, Union
 
 from pyfakefs.fake_filesystem import FakeFilesystem
@@ -281,13 +281,15 @@ class FakeKernel(KernelState):
         iommu_groups.settle(self)
 
     # ------------------------------------------------------------------ faults
-    def fail_next_write(self, path: str, err: int) -> None:
-        """The next write to ``path`` (relative to sys_root) fails with ``err``, no effect.
+    def fail_next_write(self, path: str, err: int, *, data: Optional[str] = None) -> None:
+        """The next write to ``path`` (relative to sys_root) fails with ``err``, no effect;
+        with ``data``, the next write there of that text (stripped: a BDF to ``unbind`` or
+        ``drivers_probe``, files several functions share while they move side by side).
 
         Calls queue up: two calls fail the next two writes there.
         """
         with self.lock:
-            self.failures[self.canonical(path)].append(err)
+            self.failures[self.canonical(path)].append((err, data))
 
     def fail_probe(self, driver: str, bdf: str, err: Optional[int] = errno.EIO) -> None:
         """Make ``driver``'s probe of ``bdf`` fail with ``err`` until called with ``None``."""
@@ -313,6 +315,14 @@ class FakeKernel(KernelState):
         """After the next write to ``path`` has run (whatever its result), ``bdf`` is unplugged."""
         with self.lock:
             self.unplug_on_write[self.canonical(path)].append(bdf)
+
+    def after_write(
+        self, path: str, callback: Callable[[], None], *, data: Optional[str] = None
+    ) -> None:
+        """After the next write to ``path`` (of ``data``, stripped, when given) has run,
+        whatever its result, call ``callback`` once, outside the model lock."""
+        with self.lock:
+            self.after_write_hooks[self.canonical(path)].append((data, callback))
 
     def clear_writes(self) -> None:
         self.writes.clear()

@@ -226,10 +226,11 @@ def test_a_function_removed_during_the_wait_is_reported_removed_at_once(
     kernel: FakeKernel,
 ) -> None:
     first, second = npu_node(kernel, count=2)
-    # unplugged after its own writes, before the shared wait: its node goes with it
+    # unplugged after its own writes, before the shared wait: its node goes with it (one
+    # function after another, so that "after its own writes" is a write of the second's)
     kernel.remove_function_on_write(dev(second, "driver_override"), first)
     started = time.monotonic()
-    result = invoke(kernel, "--timeout", "20", "bind-all", "--json")
+    result = invoke(kernel, "--timeout", "20", "--parallel", "1", "bind-all", "--json")
     took = time.monotonic() - started
     report = {f["bdf"]: f for f in result.json()["functions"]}
     assert result.exit_code == 1

@@ -8,6 +8,9 @@ converge the node and leave no pending journal record.
 
 from __future__ import annotations
 
+import threading
+from typing import Optional
+
 import pytest
 
 from tests.cli.conftest import invoke, state_dir
@@ -25,26 +28,56 @@ class Killed(BaseException):
     """Stands for SIGKILL: not an Exception, so no `except Exception` can absorb it."""
 
 
-@pytest.fixture
-def kill_after(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
-    """Arm with ``arm.append((k, after))``: the k+1-th write is killed (before or after)."""
-    arm: list[tuple[int, bool]] = []
-    real_write = Sysfs.write
-    seen = [0]
+class Kill:
+    """The k+1-th write of the next run is killed (just before or just after it reaches the
+    kernel). Functions in different IOMMU groups move side by side, so, like SIGKILL, the
+    kill ends every lane: no write of any function is made after it, in that run."""
 
-    def write(self: Sysfs, path: str, data: str) -> None:
-        if arm:
-            k, after = arm[0]
-            if seen[0] == k:
-                arm.clear()
-                if after:
-                    real_write(self, path, data)
+    def __init__(self) -> None:
+        self.armed: Optional[tuple[int, bool]] = None
+        self.seen = 0
+        self.dead = False
+        self.guard = threading.Lock()
+
+    def run(self, kernel: FakeKernel, k: int, after: bool, *args: str) -> None:
+        self.armed, self.seen, self.dead = (k, after), 0, False
+        try:
+            with pytest.raises(Killed):
+                invoke(kernel, *args)
+        finally:
+            self.armed, self.dead = None, False
+
+    def before(self) -> bool:
+        """Called before each write: True when this write is the one to kill (after it ran,
+        for an "after" kill); raises at once when the process is already dead."""
+        with self.guard:
+            if self.dead:
                 raise Killed
-            seen[0] += 1
-        real_write(self, path, data)
+            if self.armed is None:
+                return False
+            k, after = self.armed
+            if self.seen == k:
+                self.dead = True
+                if not after:
+                    raise Killed
+                return True
+            self.seen += 1
+            return False
+
+
+@pytest.fixture
+def kill(monkeypatch: pytest.MonkeyPatch) -> Kill:
+    killer = Kill()
+    real_write = Sysfs.write
+
+    def write(self: Sysfs, path: str, data: str, *, subject: Optional[str] = None) -> None:
+        killed_after = killer.before()
+        real_write(self, path, data, subject=subject)
+        if killed_after:
+            raise Killed
 
     monkeypatch.setattr(Sysfs, "write", write)
-    return arm
+    return killer
 
 
 def _pending(kernel: FakeKernel) -> list[str]:
@@ -54,12 +87,10 @@ def _pending(kernel: FakeKernel) -> list[str]:
 @pytest.mark.parametrize("after", [False, True], ids=["before-write", "after-write"])
 @pytest.mark.parametrize("k", range(WRITES_PER_RUN))
 def test_bind_all_killed_after_k_writes_converges_on_rerun(
-    kernel: FakeKernel, kill_after: list[tuple[int, bool]], k: int, after: bool
+    kernel: FakeKernel, kill: Kill, k: int, after: bool
 ) -> None:
     bdfs = npu_node(kernel, count=COUNT)
-    kill_after.append((k, after))
-    with pytest.raises(Killed):
-        invoke(kernel, "bind-all")
+    kill.run(kernel, k, after, "bind-all")
     assert _pending(kernel), "the killed run left no journal record to recover from"
     rerun = invoke(kernel, "bind-all")
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
@@ -71,13 +102,11 @@ def test_bind_all_killed_after_k_writes_converges_on_rerun(
 @pytest.mark.parametrize("after", [False, True], ids=["before-write", "after-write"])
 @pytest.mark.parametrize("k", range(WRITES_PER_RUN))
 def test_unbind_all_killed_after_k_writes_converges_on_rerun(
-    kernel: FakeKernel, kill_after: list[tuple[int, bool]], k: int, after: bool
+    kernel: FakeKernel, kill: Kill, k: int, after: bool
 ) -> None:
     bdfs = npu_node(kernel, count=COUNT)
     assert invoke(kernel, "bind-all").exit_code == 0
-    kill_after.append((k, after))
-    with pytest.raises(Killed):
-        invoke(kernel, "unbind-all")
+    kill.run(kernel, k, after, "unbind-all")
     rerun = invoke(kernel, "unbind-all")
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
     assert states(kernel, bdfs) == dict.fromkeys(bdfs, HOST)
@@ -85,14 +114,10 @@ def test_unbind_all_killed_after_k_writes_converges_on_rerun(
 
 
 @pytest.mark.parametrize("k", range(WRITES_PER_RUN))
-def test_bind_killed_then_unbind_all_rolls_back(
-    kernel: FakeKernel, kill_after: list[tuple[int, bool]], k: int
-) -> None:
+def test_bind_killed_then_unbind_all_rolls_back(kernel: FakeKernel, kill: Kill, k: int) -> None:
     """The other direction after a crash: the half-done bind is rolled back, and says so."""
     bdfs = npu_node(kernel, count=COUNT)
-    kill_after.append((k, True))
-    with pytest.raises(Killed):
-        invoke(kernel, "bind-all")
+    kill.run(kernel, k, True, "bind-all")
     rerun = invoke(kernel, "unbind-all")
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
     assert states(kernel, bdfs) == dict.fromkeys(bdfs, HOST)

@@ -85,7 +85,9 @@ def test_fault_keeps_every_function_in_start_or_target_state(
     if fault == "disappear":
         kernel.remove_function_on_write(path, victim)
     else:
-        kernel.fail_next_write(path, ERRNOS[fault])
+        # unbind and drivers_probe are shared: fail the victim's write, whichever lane is first
+        shared = step != "override"
+        kernel.fail_next_write(path, ERRNOS[fault], data=victim if shared else None)
     result = invoke(kernel, *TIMEOUT, *argv, "--json")
     assert result.exit_code in (0, 1), result.stdout + result.stderr
     report = {f["bdf"]: f for f in result.json()["functions"]}

@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
@@ -167,11 +168,13 @@ def test_a_killed_bind_whose_finishing_probe_fails_goes_back_to_its_recorded_dri
     real_write = Sysfs.write
     seen = [0]
 
-    def killed_before_probe(self: Sysfs, path: str, data: str) -> None:
+    def killed_before_probe(
+        self: Sysfs, path: str, data: str, *, subject: Optional[str] = None
+    ) -> None:
         if path.endswith("drivers_probe"):
             raise Killed
         seen[0] += 1
-        real_write(self, path, data)
+        real_write(self, path, data, subject=subject)
 
     monkeypatch.setattr(Sysfs, "write", killed_before_probe)
     with pytest.raises(Killed):

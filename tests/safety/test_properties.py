@@ -260,7 +260,11 @@ def _arm(kernel: FakeKernel, scenario: Scenario) -> None:
         if fault.kind == "disappear":
             kernel.remove_function_on_write(path, scenario.bdf(fault.victim))
         else:
-            kernel.fail_next_write(path, ERRNOS[fault.kind])
+            # unbind and drivers_probe are shared files: the victim's own write fails,
+            # whichever lane reaches the file first
+            shared = fault.step != "override"
+            victim = scenario.bdf(fault.victim) if shared else None
+            kernel.fail_next_write(path, ERRNOS[fault.kind], data=victim)
 
 
 def _pending(kernel: FakeKernel) -> set[str]:

@@ -408,6 +408,15 @@ class _Cli(click.Group):
     help="Seconds a writing command waits for another vfio-manager run to finish.",
 )
 @click.option(
+    "--parallel",
+    envvar="VFIO_MANAGER_PARALLEL",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="IOMMU groups moved side by side (a native driver's probe can take seconds); "
+    "1 moves one function after another.",
+)
+@click.option(
     "--proc-root",
     envvar="VFIO_MANAGER_PROC_ROOT",
     type=LOCATION,
@@ -443,6 +452,7 @@ def cli(
     timeout: float,
     state_dir: str,
     lock_timeout: float,
+    parallel: int,
     proc_root: str,
     writer: str,
     log_format: str,
@@ -467,6 +477,7 @@ def cli(
         state_dir=state_dir,
         timeout=timeout,
         lock_timeout=lock_timeout,
+        parallel=parallel,
         writer=writer,
     )
 

@@ -13,6 +13,7 @@ than raise, because a function can disappear between two reads on a live host.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Optional
 
@@ -49,8 +50,10 @@ class Sysfs:
     """Typed access to the PCI, IOMMU and VFIO parts of sysfs and /dev.
 
     ``writes`` counts the writes made through this object, so callers (and tests) can prove
-    that a converged node is left alone. ``transport`` delivers the bytes: in this process by
-    default, or through :class:`~vfio_manager.safety.writer.ChildWriter` for a real run.
+    that a converged node is left alone; :meth:`writes_to` counts them per function, which
+    stays exact while functions move side by side on several threads. ``transport`` delivers
+    the bytes: in this process by default, or through
+    :class:`~vfio_manager.safety.writer.ChildWriter` for a real run.
     """
 
     def __init__(
@@ -64,6 +67,8 @@ class Sysfs:
         self.dev_root = dev_root.rstrip("/") or "/"
         self.transport = transport
         self.writes = 0
+        self._writes_to: dict[str, int] = {}
+        self._count_guard = threading.Lock()
 
     # -- paths ---------------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -244,22 +249,34 @@ class Sysfs:
         return os.path.exists(os.path.join(self.dev_root, "iommu"))
 
     # -- writes -------------------------------------------------------------------------------
-    def write(self, path: str, data: str) -> None:
-        """One unbuffered write; the kernel's errno comes back as :class:`SysfsWriteError`."""
-        self.writes += 1
+    def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
+        """One unbuffered write; the kernel's errno comes back as :class:`SysfsWriteError`.
+
+        ``subject`` is the BDF of the function the write is about (counted by
+        :meth:`writes_to`)."""
+        with self._count_guard:
+            self.writes += 1
+            if subject is not None:
+                self._writes_to[subject] = self._writes_to.get(subject, 0) + 1
         try:
             self.transport(path, data.encode())
         except OSError as exc:
             raise SysfsWriteError.from_os_error(exc, path=path, data=data) from exc
 
+    def writes_to(self, bdf: str) -> int:
+        """Writes made about one function: its own attributes, and the driver and bus files
+        (bind, unbind, drivers_probe) written its BDF."""
+        with self._count_guard:
+            return self._writes_to.get(bdf, 0)
+
     def write_device_attr(self, address: PciAddress, name: str, data: str) -> None:
-        self.write(self.device_attr_path(address, name), data)
+        self.write(self.device_attr_path(address, name), data, subject=str(address))
 
     def write_driver_file(self, driver: str, name: str, data: str) -> None:
-        self.write(self.driver_file_path(driver, name), data)
+        self.write(self.driver_file_path(driver, name), data, subject=data.strip() or None)
 
     def write_bus_file(self, name: str, data: str) -> None:
-        self.write(self.bus_file_path(name), data)
+        self.write(self.bus_file_path(name), data, subject=data.strip() or None)
 
     # -- holders, disks, interfaces (read-only; used by inuse.py and guard.py) ---------------
     def device_realpath(self, address: PciAddress) -> str:

@@ -12,7 +12,7 @@ import errno as errno_mod
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
 from vfio_manager.host.dynamic_ids import remove_id_remedy
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = get_logger("vfio_manager.pipeline.engine")
 
 DEFAULT_NODE_TIMEOUT = 10.0
+DEFAULT_PARALLEL = 8
+"""IOMMU groups moved side by side: enough for a node of NPUs (8 per host is common), few
+enough that a driver's probe is not raced by dozens of its own."""
 _POLL_INTERVAL = 0.05
 T = TypeVar("T")
 
@@ -84,6 +87,10 @@ class Outcome:
             "journal": self.journal,
             "journal_error": self.journal_error,
         }
+
+
+_LaneResult = Union[Outcome, tuple[FunctionPlan, int, int]]
+"""What moving one function gives: its outcome, or (entry, IOMMU group, writes) to wait for."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,8 @@ class Engine:
     ``write_timeout`` bounds each function's writes (its steps share one deadline); each
     write runs off the main thread, transient errnos are retried inside that deadline.
     ``journal`` (optional) records each function before its first write, so a run killed
-    half way can be finished or rolled back by the next one.
+    half way can be finished or rolled back by the next one. ``parallel`` IOMMU groups move
+    side by side (1: one function after another).
     """
 
     def __init__(
@@ -149,8 +157,10 @@ class Engine:
         journal: Optional[Journal] = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        parallel: int = DEFAULT_PARALLEL,
     ) -> None:
         self.kernel = kernel
+        self.parallel = parallel
         self.node_timeout = node_timeout
         self.write_timeout = write_timeout
         self.journal = journal
@@ -162,9 +172,14 @@ class Engine:
 
     # -- public ---------------------------------------------------------------------------
     def apply(self, plan: Plan) -> Report:
+        """Run the plan: refusals and converged functions are reported as they are; the
+        functions to move run their steps, one IOMMU group after another inside a group and
+        groups side by side (a native probe may take seconds, a return of 8 NPUs should
+        take one of them, not eight); then every /dev/vfio node is awaited together."""
         outcomes: dict[PciAddress, Outcome] = {}
         waiting: dict[PciAddress, tuple[FunctionPlan, int, int]] = {}
         self._steps_unrecorded = {}
+        lanes: dict[object, list[FunctionPlan]] = {}
         for entry in plan.entries:
             bdf = entry.function.bdf
             if entry.refusal is not None:
@@ -179,8 +194,7 @@ class Engine:
                     entry.remedy,
                     journal=_kept(entry),
                 )
-                continue
-            if entry.converged:
+            elif entry.converged:
                 log.info(
                     "converged",
                     bdf=bdf,
@@ -191,33 +205,57 @@ class Engine:
                 outcomes[entry.address] = self._settled(
                     entry, Outcome(bdf, Status.CONVERGED, entry.function.driver)
                 )
-                continue
-            if self.journal is not None and entry.write_count and not entry.interrupted:
-                try:
-                    self.journal.record_start(entry.function, entry.direction)
-                except VfioManagerError as err:  # no record, no write
-                    outcomes[entry.address] = self._unrecorded(entry, err)
-                    continue
-            before = self.kernel.sysfs.writes
-            try:
-                wait = self._run_steps(entry)
-            except DeadlineExceededError as err:
-                outcomes[entry.address] = self._stuck(entry, err, self.kernel.sysfs.writes - before)
-                continue
-            except VfioManagerError as err:
-                outcomes[entry.address] = self._fail(entry, err, self.kernel.sysfs.writes - before)
-                continue
-            writes = self.kernel.sysfs.writes - before
-            if wait is not None and wait.group is not None:
-                waiting[entry.address] = (entry, wait.group, writes)
             else:
-                outcomes[entry.address] = self._done(entry, writes)
+                group = entry.function.iommu_group
+                lanes.setdefault(entry.address if group is None else group, []).append(entry)
+        for address, result in self._run_lanes(list(lanes.values())):
+            if isinstance(result, Outcome):
+                outcomes[address] = result
+            else:
+                waiting[address] = result
         outcomes.update(self._wait_for_nodes(waiting))
         for address, problem in self._steps_unrecorded.items():
             outcome = outcomes[address]
             both = f"{problem}; {outcome.journal_error}" if outcome.journal_error else problem
             outcomes[address] = replace(outcome, journal_error=both)
         return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
+
+    def _run_lanes(self, lanes: list[list[FunctionPlan]]) -> list[tuple[PciAddress, _LaneResult]]:
+        """Each lane (an IOMMU group's functions, in plan order) on a thread of its own, at
+        most :attr:`parallel` at once; one lane runs on the calling thread."""
+
+        def run(lane: list[FunctionPlan]) -> list[tuple[PciAddress, _LaneResult]]:
+            return [(entry.address, self._move(entry)) for entry in lane]
+
+        if len(lanes) <= 1 or self.parallel <= 1:
+            return [item for lane in lanes for item in run(lane)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(
+            max_workers=min(self.parallel, len(lanes)), thread_name_prefix="vfio-manager-lane"
+        ) as pool:
+            return [item for done in pool.map(run, lanes) for item in done]
+
+    def _move(self, entry: FunctionPlan) -> _LaneResult:
+        """One function's writes: its outcome, or what to wait for (group, writes)."""
+        bdf = entry.function.bdf
+        if self.journal is not None and entry.write_count and not entry.interrupted:
+            try:
+                self.journal.record_start(entry.function, entry.direction)
+            except VfioManagerError as err:  # no record, no write
+                return self._unrecorded(entry, err)
+        sysfs = self.kernel.sysfs
+        before = sysfs.writes_to(bdf)
+        try:
+            wait = self._run_steps(entry)
+        except DeadlineExceededError as err:
+            return self._stuck(entry, err, sysfs.writes_to(bdf) - before)
+        except VfioManagerError as err:
+            return self._fail(entry, err, sysfs.writes_to(bdf) - before)
+        writes = sysfs.writes_to(bdf) - before
+        if wait is not None and wait.group is not None:
+            return (entry, wait.group, writes)
+        return self._done(entry, writes)
 
     def _bounded(
         self, address: PciAddress, step: str, what: str, fn: Callable[[], T], deadline_at: float
@@ -538,12 +576,12 @@ class Engine:
                 writes=writes,
                 journal=_kept(entry),
             )
-        before = self.kernel.sysfs.writes
+        before = self.kernel.sysfs.writes_to(bdf)
         start_driver, start_override = entry.start_state
         restored, note = self._restore(
             entry.address, start_driver=start_driver, start_override=start_override
         )
-        writes += self.kernel.sysfs.writes - before
+        writes += self.kernel.sysfs.writes_to(bdf) - before
         reason = err.message if note is None else f"{err.message}; {note}"
         log.warning(
             "rollback",

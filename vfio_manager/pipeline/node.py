@@ -40,6 +40,7 @@ class Node:
     timeout: float = DEFAULT_WRITE_TIMEOUT
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     writer: str = "process"
+    parallel: int = 8  # IOMMU groups moved side by side (pipeline.engine.DEFAULT_PARALLEL)
 
     def sysfs(self, transport: Callable[[str, bytes], None] = direct_write) -> Sysfs:
         return Sysfs(self.sysfs_root, self.dev_root, transport=transport)

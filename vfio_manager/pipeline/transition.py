@@ -357,6 +357,7 @@ class _Run:
             node_timeout=self.node.timeout,
             write_timeout=self.node.timeout,
             journal=self.journal,
+            parallel=self.node.parallel,
         )
         report = engine.apply(plan)
         return self._name_holders_of_stuck(report, plan)

@@ -14,7 +14,8 @@ past ``--timeout``. So the writes are made by a small forked child instead:
   as long as a stuck write is in the kernel, and is released by the kernel when the child
   exits after the write returns;
 * a child that missed a deadline is left alone (:meth:`ChildWriter.stuck` names it, for
-  the lock's holder record) and the next write gets a fresh child.
+  the lock's holder record) and the next write gets another child; functions that move
+  side by side each write through a child of their own.
 
 The child is forked on the first write only, so a converged run forks nothing. Under the
 fake kernel of the tests (pyfakefs, in memory) a child would write to its own copy of the
@@ -95,22 +96,28 @@ class StuckWriter:
 class ChildWriter:
     """Sends each sysfs write to a forked child; see the module docstring for why.
 
-    ``keep_fds`` are inherited by the child (the node lock's descriptor); every other
-    descriptor is closed in it. Thread-safe for one writer at a time per child: a write
-    that finds its child still busy (a previous write missed its deadline) forks another.
+    ``keep_fds`` are inherited by the children (the node lock's descriptor); every other
+    descriptor is closed in them. Thread-safe: a child makes one write at a time, so writes
+    made side by side (functions moving in parallel) each get an idle child or a new one;
+    a child whose write missed its deadline stays busy and is never handed another.
     """
 
     def __init__(self, keep_fds: Sequence[int] = ()) -> None:
         self.keep_fds = tuple(keep_fds)
-        self._child: Optional[_Child] = None
-        self._stuck: list[_Child] = []
+        self._idle: list[_Child] = []
+        self._busy: list[_Child] = []  # a write outstanding
+        self._stuck: list[_Child] = []  # busy when the run ended (see stuck())
         self._guard = threading.Lock()
 
     def __call__(self, path: str, payload: bytes) -> None:
         what = f"write {payload.decode(errors='replace').strip()!r} to {path}"
         with self._guard:
-            child = self._ready_child()
+            child = self._idle.pop() if self._idle else None
+        if child is None:
+            child = self._fork()
+        with self._guard:
             child.busy = what
+            self._busy.append(child)
         try:
             os.write(child.requests, _HEADER.pack(len(path.encode()), len(payload)))
             os.write(child.requests, path.encode() + payload)
@@ -126,39 +133,38 @@ class ChildWriter:
             if child in self._stuck:  # a late answer: the run gave up on it meanwhile
                 self._stuck.remove(child)
                 self._close(child)
+            else:
+                self._busy.remove(child)
+                self._idle.append(child)
         (code,) = _REPLY.unpack(reply)
         if code:
             raise OSError(code, os.strerror(code))
 
     def stuck(self) -> list[StuckWriter]:
-        """Children whose write has not returned (their descriptors keep the lock held)."""
+        """Children whose write has not returned (their descriptors keep the lock held).
+
+        Called when the run is over: a child still busy then holds a write the run gave up
+        on."""
         with self._guard:
-            if self._child is not None and self._child.busy is not None:
-                self._stuck.append(self._child)
-                self._child = None
+            self._stuck.extend(self._busy)
+            self._busy.clear()
             return [StuckWriter(c.pid, c.busy or "a write") for c in self._stuck]
 
     def close(self) -> None:
-        """End the idle child (EOF on its pipe); stuck ones end when their write returns."""
+        """End the idle children (EOF on their pipes); stuck ones end when their write
+        returns."""
         with self._guard:
-            child, self._child = self._child, None
-        if child is not None and child.busy is None:
+            idle, self._idle = self._idle, []
+        for child in idle:
             self._close(child)
             _reap(child.pid)
 
     # -- internals -------------------------------------------------------------------------
-    def _ready_child(self) -> _Child:
-        if self._child is not None and self._child.busy is not None:
-            self._stuck.append(self._child)
-            self._child = None
-        if self._child is None:
-            self._child = self._fork()
-        return self._child
-
     def _forget(self, child: _Child) -> None:
         with self._guard:
-            if self._child is child:
-                self._child = None
+            for pool in (self._idle, self._busy, self._stuck):
+                if child in pool:
+                    pool.remove(child)
         self._close(child)
         _reap(child.pid)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import posixpath
 import threading
 from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Optional
 
 from pyfakefs.fake_filesystem import FakeFilesystem
 
@@ -73,8 +75,13 @@ class KernelState:
         self.defer_nodes = False
         self.pending_nodes: set[int] = set()
         # the fault plan (FakeKernel.fail_next_write, block_unbind, ...)
-        self.failures: defaultdict[str, deque[int]] = defaultdict(deque)
+        # (errno, data or None for any write) per file, in the order queued
+        self.failures: defaultdict[str, deque[tuple[int, Optional[str]]]] = defaultdict(deque)
         self.unplug_on_write: defaultdict[str, list[str]] = defaultdict(list)
+        # (data or None for any, callback) run once after a write to the file
+        self.after_write_hooks: defaultdict[str, list[tuple[Optional[str], Callable[[], None]]]] = (
+            defaultdict(list)
+        )
         self.gates: dict[str, UnbindGate] = {}
         self.all_gates: list[UnbindGate] = []
         self.probe_failures: dict[tuple[str, str], int] = {}

@@ -3,7 +3,8 @@
 A write first meets an injected failure if a test queued one (``fail_next_write``: the
 errno comes back, nothing changes), then the file's rule runs (``KernelState.apply_rule``);
 either way it is logged as a :class:`~tests.harness.kernel.model.Write`, and a function a
-test asked to unplug after this write (``remove_function_on_write``) disappears.
+test asked to unplug after this write (``remove_function_on_write``) disappears, and the
+callbacks a test hung on it (``after_write``) run, outside the model lock.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ def store(s: KernelState, rel: str) -> Store:
 def on_write(s: KernelState, rel: str, data: bytes) -> None:
     text = data.decode("utf-8", "surrogateescape")
     with s.lock:
+        injected = None
         queue = s.failures.get(rel)
-        injected = queue.popleft() if queue else None
+        if queue:
+            for queued in list(queue):
+                if queued[1] is None or queued[1] == text.strip():
+                    injected = queued[0]
+                    queue.remove(queued)
+                    break
     try:
         if injected is not None:
             raise oserror(injected)
@@ -43,3 +50,8 @@ def on_write(s: KernelState, rel: str, data: bytes) -> None:
             unplug = s.unplug_on_write.pop(rel, [])
             for bdf in unplug:
                 hotplug.remove_function(s, bdf)
+            hooks = s.after_write_hooks.get(rel, [])
+            due = [h for h in hooks if h[0] is None or h[0] == text.strip()]
+            hooks[:] = [h for h in hooks if h not in due]
+        for _data, callback in due:
+            callback()
