@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from typing import Optional
 
@@ -23,7 +22,7 @@ DEFAULT_READ_LIMIT = 4096
 
 def write_atomic(dir_fd: int, name: str, payload: bytes, *, mode: int = 0o644) -> None:
     """Replace ``name`` in ``dir_fd`` with ``payload`` in one rename; ``OSError`` on failure."""
-    tmp = f"{_TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = f"{_TMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
     fd = os.open(
         tmp,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,

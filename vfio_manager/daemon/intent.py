@@ -30,7 +30,6 @@ import datetime
 import errno as errno_mod
 import json
 import os
-import shlex
 import stat
 import sys
 import time
@@ -92,6 +91,8 @@ def _canonical(bdf: str) -> str:
 
 
 def _command() -> str:
+    import shlex
+
     return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
 
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT
 from vfio_manager.kernel.sysfs import DEFAULT_DEV_ROOT, DEFAULT_SYSFS_ROOT, Sysfs, direct_write
 from vfio_manager.safety.deadline import DEFAULT_WRITE_TIMEOUT
-from vfio_manager.safety.journal import Journal
-from vfio_manager.safety.lock import (
-    DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_STATE_DIR,
-    NodeLock,
-)
+from vfio_manager.safety.lock import DEFAULT_LOCK_TIMEOUT, DEFAULT_STATE_DIR, NodeLock
+
+if TYPE_CHECKING:  # imported where used: a read-only command never opens the journal
+    from vfio_manager.safety.journal import Journal
 
 WRITERS = ("process", "thread")
 """How sysfs writes are made: from a child process that a stuck write cannot keep alive
@@ -48,6 +46,8 @@ class Node:
         return HostFiles(self.host_root)
 
     def journal(self, *, readonly: bool = False) -> Journal:
+        from vfio_manager.safety.journal import Journal
+
         return Journal(self.state_dir, readonly=readonly)
 
     def lock(self, *, sleep: Optional[Callable[[float], None]] = None) -> NodeLock:

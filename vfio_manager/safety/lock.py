@@ -29,13 +29,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
@@ -47,7 +46,9 @@ from vfio_manager.safety.statedir import (
     UnsafeStateDirError,
     UnusableFile,
 )
-from vfio_manager.safety.writer import ChildWriter
+
+if TYPE_CHECKING:  # imported by child_writer(): only a run that writes needs it
+    from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
 
@@ -91,6 +92,8 @@ class LockHolder:
 
 
 def _default_command() -> str:
+    import shlex
+
     return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
 
 
@@ -217,6 +220,8 @@ class NodeLock:
         """A writer whose children inherit this lock; :meth:`release` minds its stuck ones."""
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not held")
+        from vfio_manager.safety.writer import ChildWriter
+
         self._writer = ChildWriter(keep_fds=[self._fd])
         return self._writer
 
