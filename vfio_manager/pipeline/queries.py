@@ -59,7 +59,8 @@ def status(node: Node, selector: Selector) -> StatusResult:
     from vfio_manager.host.summary import HostSummary
 
     sysfs = node.sysfs()
-    topology = read_topology(sysfs, wanted=selector.matches)  # the others: only what groups ask
+    # the others: only what groups ask; no subsystem IDs or modalias (no driver is chosen)
+    topology = read_topology(sysfs, wanted=selector.matches, driver_ids=False)
     records = [device_record(topology, f, sysfs) for f in selected_functions(topology, selector)]
     return StatusResult(selector, records, HostSummary.read(sysfs))
 
