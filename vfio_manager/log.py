@@ -22,7 +22,6 @@ DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 _settings: dict[str, Any] = {"fmt": "auto", "verbosity": 0, "stream": None}
 _configured = False
 _level = INFO
-_generation = 0  # bumped by each _apply(): a logger bound under an older setup rebinds
 
 
 def configure(fmt: str = "auto", verbosity: int = 0, stream: TextIO | None = None) -> None:
@@ -38,7 +37,7 @@ def _level_of(verbosity: int) -> int:
 
 
 def _apply() -> None:
-    global _configured, _generation  # noqa: PLW0603
+    global _configured  # noqa: PLW0603
     import structlog
 
     out = _settings["stream"] if _settings["stream"] is not None else sys.stderr
@@ -61,7 +60,6 @@ def _apply() -> None:
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    _generation += 1
     _configured = True
 
 
@@ -70,22 +68,15 @@ class Logger:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._bound: Any = None
-        self._bound_generation = -1
 
     def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
         if level < _level:
             return  # what make_filtering_bound_logger(level) would drop, without structlog
         if not _configured:
             _apply()
-        if self._bound_generation != _generation:
-            # Bound once per configuration: structlog.get_logger() per event builds a lazy
-            # proxy and binds it again each time (a third of an event's cost).
-            import structlog
+        import structlog
 
-            self._bound = structlog.get_logger(self.name).bind()
-            self._bound_generation = _generation
-        getattr(self._bound, method)(event, **fields)
+        getattr(structlog.get_logger(self.name), method)(event, **fields)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit(DEBUG, "debug", event, fields)
