@@ -535,6 +535,10 @@ def _wait_on_vfio(node: Node, selector: Any, seconds: float) -> None:
 
 def _read_intents(node: Node) -> dict[str, Any]:
     """The admin's intents (read-only; an unreadable state directory shows none)."""
+    from vfio_manager.daemon.files import intents_recorded
+
+    if not intents_recorded(node.state_dir):
+        return {}
     from vfio_manager.daemon.intent import IntentStore
 
     try:

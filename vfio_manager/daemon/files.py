@@ -17,7 +17,14 @@ import stat
 from typing import Optional
 
 _TMP_PREFIX = ".tmp-"
+INTENT_DIR = "intent"  # <state-dir>/intent: the admin's intents (daemon/intent.py)
 DEFAULT_READ_LIMIT = 4096
+
+
+def intents_recorded(state_dir: str) -> bool:
+    """Whether the intent folder exists: a state directory where no intent was ever
+    recorded has none, and ``status`` then need not load the intent store at all."""
+    return os.path.isdir(os.path.join(state_dir, INTENT_DIR))
 
 
 def write_atomic(dir_fd: int, name: str, payload: bytes, *, mode: int = 0o644) -> None:

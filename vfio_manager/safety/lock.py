@@ -39,7 +39,11 @@ from typing import TYPE_CHECKING, Optional
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
 from vfio_manager.log import get_logger
-from vfio_manager.safety.deadline import pending_writes, when_writes_return
+from vfio_manager.safety.deadline import (
+    DEFAULT_LOCK_TIMEOUT,
+    pending_writes,
+    when_writes_return,
+)
 from vfio_manager.safety.statedir import (
     DEFAULT_STATE_DIR,
     StateDir,
@@ -52,7 +56,6 @@ if TYPE_CHECKING:  # imported by child_writer(): only a run that writes needs it
 
 log = get_logger("vfio_manager.safety.lock")
 
-DEFAULT_LOCK_TIMEOUT = 60.0
 LOCK_FILE_NAME = "lock"
 _POLL_INTERVAL = 0.1
 _HOLDER_READ_LIMIT = 4096
