@@ -8,7 +8,6 @@ listing shows; optional attributes (SR-IOV, boot_vga) are read only where they e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
@@ -60,7 +59,14 @@ def read_function(
     if wanted is not None:
         brief = PciFunction(address=address, vendor=vendor, device=device, pci_class=pci_class)
         if not wanted(brief):
-            return replace(brief, driver=sysfs.link_name(base + "driver"), iommu_group=group)
+            return PciFunction(
+                address=address,
+                vendor=vendor,
+                device=device,
+                pci_class=pci_class,
+                driver=sysfs.link_name(base + "driver"),
+                iommu_group=group,
+            )
     entries = sysfs.device_entries(address)
 
     def attr(name: str) -> Optional[str]:
