@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from benchmarks import coldstart, guest, inuse, profiling, report, returnhost, scale
+from benchmarks import coldstart, daemon, guest, inuse, profiling, report, returnhost, scale
 from benchmarks.context import Context, default_workdir_parent
 
 SECTIONS: dict[str, Callable[[Context], list[report.Table]]] = {
@@ -27,9 +27,10 @@ SECTIONS: dict[str, Callable[[Context], list[report.Table]]] = {
     "inuse": inuse.run_section,
     "return": returnhost.run_section,
     "guest": guest.run_section,
+    "daemon": daemon.run_section,
     "profile": profiling.run_section,
 }
-DEFAULT_SECTIONS = ("cold", "scale", "inuse", "return", "guest")
+DEFAULT_SECTIONS = ("cold", "scale", "inuse", "return", "daemon", "guest")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

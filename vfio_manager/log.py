@@ -2,26 +2,38 @@
 
 stdout carries data (tables, JSON); logs never go there, so ``status --json | jq`` works.
 
-structlog is imported on the first event, not at start-up: importing it pulls in asyncio
-(~30 ms), and read-only commands such as ``status`` usually log nothing. Modules take a
-logger with :func:`get_logger` at import time at no cost.
+structlog is imported on the first event at or above the configured level, not at start-up:
+importing it pulls in asyncio (tens of ms), and a read-only command such as ``status``
+usually logs nothing, nor does a run whose only events are debug ones (taking the node
+lock). An event below the level is dropped here, before structlog exists, as structlog's
+own filtering logger would drop it; an event that passes is a structlog event like any
+other. Modules take a logger with :func:`get_logger` at import time at no cost.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any, TextIO
 
+# The numeric levels of the standard library's logging (which structlog's filtering
+# logger uses too), spelled out so that a run that logs nothing never imports logging.
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
+
 _settings: dict[str, Any] = {"fmt": "auto", "verbosity": 0, "stream": None}
 _configured = False
+_level = INFO
 
 
 def configure(fmt: str = "auto", verbosity: int = 0, stream: TextIO | None = None) -> None:
     """``verbosity``: -1 warnings only, 0 info, 1+ debug. Applied at the first event."""
-    global _configured  # noqa: PLW0603 - one process-wide logging setup, by design
+    global _configured, _level  # noqa: PLW0603 - one process-wide logging setup, by design
     _settings.update(fmt=fmt, verbosity=verbosity, stream=stream)
+    _level = _level_of(verbosity)
     _configured = False
+
+
+def _level_of(verbosity: int) -> int:
+    return DEBUG if verbosity > 0 else WARNING if verbosity < 0 else INFO
 
 
 def _apply() -> None:
@@ -29,8 +41,7 @@ def _apply() -> None:
     import structlog
 
     out = _settings["stream"] if _settings["stream"] is not None else sys.stderr
-    verbosity = _settings["verbosity"]
-    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    level = _level_of(_settings["verbosity"])
     fmt = _settings["fmt"]
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
@@ -58,7 +69,9 @@ class Logger:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
+    def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if level < _level:
+            return  # what make_filtering_bound_logger(level) would drop, without structlog
         if not _configured:
             _apply()
         import structlog
@@ -66,16 +79,16 @@ class Logger:
         getattr(structlog.get_logger(self.name), method)(event, **fields)
 
     def debug(self, event: str, **fields: Any) -> None:
-        self._emit("debug", event, fields)
+        self._emit(DEBUG, "debug", event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self._emit("info", event, fields)
+        self._emit(INFO, "info", event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._emit("warning", event, fields)
+        self._emit(WARNING, "warning", event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self._emit("error", event, fields)
+        self._emit(ERROR, "error", event, fields)
 
 
 def get_logger(name: str) -> Logger:

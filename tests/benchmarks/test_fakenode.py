@@ -64,3 +64,19 @@ def test_converged_node_has_npus_on_vfio_with_their_group_nodes(tmp_path: Path, 
     assert [d["vfio_node"] for d in devices] == [
         f"{node.dev_root}/vfio/{f.group}" for f in node.npus
     ]
+
+
+def test_the_daemon_benchmark_puts_one_npu_back_on_its_native_driver(tmp_path: Path) -> None:
+    """Section 6's repair starts from what an admin's rebind leaves: only that NPU changes."""
+    from benchmarks.daemon import rebind_native
+
+    node = fakenode.generate(str(tmp_path / "node"), ENDPOINTS, npu_driver=fakenode.VFIO)
+    victim = node.npus[3]
+    rebind_native(node, victim)
+    devices = {d["bdf"]: d for d in status(node)}
+    assert devices[victim.bdf]["driver"] == "rebellions"
+    assert devices[victim.bdf]["driver_override"] is None
+    assert devices[victim.bdf]["vfio_node"] is None
+    others = [d for bdf, d in devices.items() if bdf != victim.bdf]
+    assert {d["driver"] for d in others} == {"vfio-pci"}
+    assert all(d["vfio_node"] for d in others)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from tests.cli.conftest import RunCli, invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
@@ -90,3 +94,19 @@ def test_status_selection_options(kernel: FakeKernel, run: RunCli) -> None:
     bad = run("status", "--vendor", "xyz")
     assert bad.exit_code == 2
     assert "not a valid vendor ID" in bad.stderr
+
+
+def test_json_is_one_line_for_a_pipe_and_indented_for_a_terminal(
+    kernel: FakeKernel, run: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipe (jq, a file) gets one compact line; a person at a terminal gets indentation.
+    Both are the same document."""
+    from vfio_manager.cli import render
+
+    npu_node(kernel, count=2)
+    piped = run("status", "--json")
+    assert piped.stdout.count("\n") == 1, piped.stdout
+    monkeypatch.setattr(render, "_stdout_is_terminal", lambda: True)
+    shown = run("status", "--json")
+    assert shown.stdout.count("\n") > 10
+    assert json.loads(shown.stdout) == json.loads(piped.stdout)

@@ -249,3 +249,20 @@ def test_uevent_devname_cannot_escape_dev(fs: FakeFilesystem) -> None:
             Sysfs.canonical_dev_path(bad)
     assert sysfs.resolve_dev_name("/etc/passwd") is None
     assert sysfs.resolve_dev_name("/dev/../etc/passwd") is None
+
+
+def test_maps_prefilter_keeps_every_target(fs: FakeFilesystem) -> None:
+    """maps are parsed only when they contain a target's tail, and short names still count:
+    a mapping of /dev/vfio/9 (tail ``vfio/9``), not of /dev/vfio/19, nor of a library."""
+    add_process(
+        fs, 10, "node-mapper", {}, [maps_line("/usr/lib/libc.so.6"), maps_line("/dev/vfio/9")]
+    )
+    add_process(fs, 11, "other-group", {}, [maps_line("/dev/vfio/19")])
+    add_process(fs, 12, "bar-mapper", {}, [maps_line("/sys/devices/x/resource0 (deleted)")])
+    add_process(fs, 13, "libraries", {}, [maps_line("/usr/lib/libm.so.6")])
+    targets = [Target.node("/dev/vfio/9"), Target.resource("/sys/devices/x/resource0")]
+    holders = find_holders(PROC, targets, self_pid=1)
+    assert [(h.pid, h.what, h.via) for h in holders] == [
+        (10, "/dev/vfio/9", "mmap"),
+        (12, "/sys/devices/x/resource0", "mmap"),
+    ]

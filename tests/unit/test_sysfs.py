@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from vfio_manager.kernel.address import PciAddress
@@ -34,3 +37,31 @@ def test_override_reads_null_as_none_and_missing_as_none(fs: FakeFilesystem) -> 
     assert sysfs.override_of(BDF) is None
     fs.create_file(f"{base}/vendor", contents="\xff\xfe garbage")
     assert sysfs.read_device_attr(BDF, "vendor") is not None  # read, not raised
+
+
+def test_device_realpath_matches_realpath_on_a_real_tree(tmp_path: Path) -> None:
+    """The one-readlink resolution gives what os.path.realpath gives, through a root that is
+    itself reached by a symlink (``--sysfs-root`` pointing at a mount)."""
+    real_root = tmp_path / "host-sys"
+    function = real_root / "devices" / "pci0000:00" / "0000:00:01.0" / str(BDF)
+    function.mkdir(parents=True)
+    (real_root / "bus" / "pci" / "devices").mkdir(parents=True)
+    (real_root / "bus" / "pci" / "devices" / str(BDF)).symlink_to(
+        f"../../../devices/pci0000:00/0000:00:01.0/{BDF}"
+    )
+    (tmp_path / "sys").symlink_to(real_root)
+    sysfs = Sysfs(str(tmp_path / "sys"), str(tmp_path / "dev"))
+    expected = os.path.realpath(tmp_path / "sys" / "bus" / "pci" / "devices" / str(BDF))
+    assert sysfs.device_realpath(BDF) == expected == str(function.resolve())
+
+
+def test_device_nodes_skip_links_child_functions_and_plain_files(fs: FakeFilesystem) -> None:
+    base = f"/sys/devices/pci0000:00/0000:00:01.0/{BDF}"
+    fs.create_symlink(f"/sys/bus/pci/devices/{BDF}", base)
+    fs.create_file(f"{base}/drm/card0/dev", contents="226:0\n")
+    fs.create_file(f"{base}/0000:04:00.0/drm/card1/dev", contents="226:1\n")  # a child function
+    fs.create_file(f"{base}/04:00.1/x/dev", contents="226:2\n")  # also a BDF, domain left out
+    fs.create_file(f"{base}/dev", contents="1:1\n")  # a file, not a class device
+    fs.create_file("/elsewhere/y/dev", contents="9:9\n")
+    fs.create_symlink(f"{base}/virtfn0", "/elsewhere")
+    assert Sysfs("/sys", "/dev").device_nodes_of(BDF) == [("card0", "226:0")]

@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from typing import Optional
 
 _TMP_PREFIX = ".tmp-"
+INTENT_DIR = "intent"  # <state-dir>/intent: the admin's intents (daemon/intent.py)
 DEFAULT_READ_LIMIT = 4096
+
+
+def intents_recorded(state_dir: str) -> bool:
+    """Whether the intent folder exists: a state directory where no intent was ever
+    recorded has none, and ``status`` then need not load the intent store at all."""
+    return os.path.isdir(os.path.join(state_dir, INTENT_DIR))
 
 
 def write_atomic(dir_fd: int, name: str, payload: bytes, *, mode: int = 0o644) -> None:
     """Replace ``name`` in ``dir_fd`` with ``payload`` in one rename; ``OSError`` on failure."""
-    tmp = f"{_TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = f"{_TMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
     fd = os.open(
         tmp,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,

@@ -26,11 +26,8 @@ intent and unbinds between the daemon's read and its writes would otherwise be u
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno as errno_mod
-import json
 import os
-import shlex
 import stat
 import sys
 import time
@@ -42,12 +39,11 @@ from vfio_manager.daemon import files
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.log import get_logger
-from vfio_manager.safety.lock import DEFAULT_STATE_DIR
-from vfio_manager.safety.statedir import UnsafeStateDirError, open_state_dir
+from vfio_manager.safety.statedir import DEFAULT_STATE_DIR, UnsafeStateDirError, open_state_dir
 
 log = get_logger("vfio_manager.daemon.intent")
 
-INTENT_DIR = "intent"
+INTENT_DIR = files.INTENT_DIR
 
 
 class IntentError(VfioManagerError):
@@ -92,10 +88,14 @@ def _canonical(bdf: str) -> str:
 
 
 def _command() -> str:
+    import shlex
+
     return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
 
 
 def _now(clock: Callable[[], float]) -> str:
+    import datetime
+
     moment = datetime.datetime.fromtimestamp(clock(), tz=datetime.timezone.utc)
     return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -126,6 +126,8 @@ class IntentStore:
             by=command if command is not None else _command(),
             pid=os.getpid(),
         )
+        import json
+
         payload = (json.dumps(intent.to_json(), sort_keys=True) + "\n").encode()
         try:
             with self._directory(create=True) as dir_fd:
@@ -178,6 +180,8 @@ class IntentStore:
         if data is None:
             # problem None: removed between listing and reading; honoured for this round
             return Intent(bdf=name, problem=problem or "vanished while read")
+        import json
+
         try:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:

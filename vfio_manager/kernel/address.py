@@ -29,27 +29,30 @@ class PciAddress:
         Anything else (``../x``, function 8, device above 0x1f, empty) is refused here, so a
         malformed argument can never become a path under /sys.
         """
-        match = _BDF.match(text.strip().lower()) if isinstance(text, str) else None
-        if match is None or int(match["device"], 16) > 0x1F:
+        address = cls.from_sysfs_name(text)
+        if address is None:
             raise UsageError(
                 f"{text!r} is not a PCI address",
                 remedy="give it as DOMAIN:BUS:DEVICE.FUNCTION, e.g. 0000:03:00.0 or 03:00.0 "
                 "(see `lspci -D`)",
             )
+        return address
+
+    @classmethod
+    def from_sysfs_name(cls, name: str) -> PciAddress | None:
+        """Parse a directory name read from sysfs; ``None`` for anything that is not a BDF.
+
+        No exception for a name that is not one: directory listings ask this of every entry.
+        """
+        match = _BDF.match(name.strip().lower()) if isinstance(name, str) else None
+        if match is None or int(match["device"], 16) > 0x1F:
+            return None
         return cls(
             domain=int(match["domain"] or "0", 16),
             bus=int(match["bus"], 16),
             device=int(match["device"], 16),
             function=int(match["function"]),
         )
-
-    @classmethod
-    def from_sysfs_name(cls, name: str) -> PciAddress | None:
-        """Parse a directory name read from sysfs; ``None`` for anything that is not a BDF."""
-        try:
-            return cls.parse(name)
-        except UsageError:
-            return None
 
     def __str__(self) -> str:
         return f"{self.domain:04x}:{self.bus:02x}:{self.device:02x}.{self.function}"

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT
 from vfio_manager.kernel.sysfs import DEFAULT_DEV_ROOT, DEFAULT_SYSFS_ROOT, Sysfs, direct_write
-from vfio_manager.safety.deadline import DEFAULT_WRITE_TIMEOUT
-from vfio_manager.safety.journal import Journal
-from vfio_manager.safety.lock import (
-    DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_STATE_DIR,
-    NodeLock,
-)
+from vfio_manager.safety.deadline import DEFAULT_LOCK_TIMEOUT, DEFAULT_WRITE_TIMEOUT
+from vfio_manager.safety.statedir import DEFAULT_STATE_DIR
+
+if TYPE_CHECKING:  # imported where used: status reads no host file, takes no lock, opens no journal
+    from vfio_manager.host.files import HostFiles
+    from vfio_manager.safety.journal import Journal
+    from vfio_manager.safety.lock import NodeLock
 
 WRITERS = ("process", "thread")
 """How sysfs writes are made: from a child process that a stuck write cannot keep alive
@@ -46,14 +45,20 @@ class Node:
         return Sysfs(self.sysfs_root, self.dev_root, transport=transport)
 
     def host_files(self) -> HostFiles:
+        from vfio_manager.host.files import HostFiles
+
         return HostFiles(self.host_root)
 
     def journal(self, *, readonly: bool = False) -> Journal:
+        from vfio_manager.safety.journal import Journal
+
         return Journal(self.state_dir, readonly=readonly)
 
     def lock(self, *, sleep: Optional[Callable[[float], None]] = None) -> NodeLock:
         """The node lock; ``sleep`` (between polls while another run holds it) may raise to
         give up early: the daemon stops waiting when asked to stop."""
+        from vfio_manager.safety.lock import NodeLock
+
         if sleep is None:
             return NodeLock(self.state_dir, timeout=self.lock_timeout, proc_root=self.proc_root)
         return NodeLock(

@@ -61,7 +61,8 @@ def status(node: Node, selector: Selector) -> StatusResult:
     from vfio_manager.host.summary import HostSummary
 
     sysfs = node.sysfs()
-    topology = read_topology(sysfs, wanted=selector.matches)  # the others: only what groups ask
+    # the others: only what groups ask; no subsystem IDs or modalias (no driver is chosen)
+    topology = read_topology(sysfs, wanted=selector.matches, driver_ids=False)
     functions = selected_functions(topology, selector)
     records = [device_record(topology, f, sysfs) for f in functions]
     return StatusResult(selector, records, HostSummary.read(sysfs), tuple(dynamic_ids(functions)))

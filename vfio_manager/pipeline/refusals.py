@@ -9,6 +9,7 @@ guard checks. ``--force`` turns the refusals into warnings; nothing else bypasse
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
@@ -22,14 +23,9 @@ from vfio_manager.pipeline.plan import (
     RefusalKind,
     refuse_group_mates,
 )
-from vfio_manager.safety.holders import (
-    Holder,
-    Target,
-    describe_holders,
-    function_targets,
-    scan_holders,
-)
-from vfio_manager.safety.hostcritical import SafetyGuard
+
+if TYPE_CHECKING:  # imported where used: a converged plan neither scans nor guards
+    from vfio_manager.safety.holders import Holder, Target
 
 log = get_logger("vfio_manager.pipeline.refusals")
 
@@ -43,6 +39,8 @@ def _unbinds(entry: FunctionPlan) -> bool:
 def holder_targets(sysfs: Sysfs, function: PciFunction) -> list[Target]:
     """What a process can hold the function through: its vfio group node when it is in vfio
     mode, the native driver's device nodes and its BAR files otherwise."""
+    from vfio_manager.safety.holders import function_targets
+
     group = function.iommu_group if is_vfio_driver(function.driver) else None
     return function_targets(sysfs, function.address, group=group)
 
@@ -51,6 +49,10 @@ def find_holders(
     sysfs: Sysfs, proc_root: str, functions: list[PciFunction]
 ) -> dict[PciAddress, list[Holder]]:
     """Holders per function, from one scan of /proc."""
+    if not functions:
+        return {}
+    from vfio_manager.safety.holders import scan_holders
+
     owner: dict[str, PciAddress] = {}
     targets: list[Target] = []
     for function in functions:
@@ -80,6 +82,8 @@ def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) ->
     moving = [e for e in plan.entries if e.refusal is None and e.steps]
     to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
     if to_vfio:
+        from vfio_manager.safety.hostcritical import SafetyGuard
+
         guard = SafetyGuard(sysfs, proc_root=proc_root)
         for entry in to_vfio:
             if entry.function.driver is not None and not is_vfio_driver(entry.function.driver):
@@ -92,6 +96,8 @@ def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) ->
                     )
     unbinding = [e.function for e in moving if _unbinds(e) and e.address not in reasons]
     for address, holders in find_holders(sysfs, proc_root, unbinding).items():
+        from vfio_manager.safety.holders import describe_holders
+
         reasons[address] = (
             "it is in use: " + describe_holders(holders),
             f"stop those processes (a VM: shut it down or detach the device), or {_FORCE} "

@@ -35,6 +35,7 @@ log = get_logger("vfio_manager.safety.deadline")
 T = TypeVar("T")
 
 DEFAULT_WRITE_TIMEOUT = 30.0
+DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writing run waits for the node lock (--lock-timeout)
 TRANSIENT_ERRNOS = frozenset({errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV})
 _INITIAL_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
@@ -209,6 +210,7 @@ def bounded_write(
 
 
 __all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_WRITE_TIMEOUT",
     "TRANSIENT_ERRNOS",
     "DeadlineExceededError",

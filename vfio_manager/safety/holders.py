@@ -176,7 +176,20 @@ def _as_target(target: Union[Target, str]) -> Target:
     return Target.resource(target) if index.isdecimal() else Target(target)
 
 
+def _needle(path: str) -> bytes:
+    """A part of ``path`` that a maps file naming it must contain: its last component, or
+    its last two when the last is short (``vfio/9``), so that a cheap substring test rules
+    out most processes before any line is parsed."""
+    parts = path.rstrip("/").split("/")
+    tail = parts[-1] if len(parts[-1]) >= 4 or len(parts) < 2 else "/".join(parts[-2:])
+    return tail.encode("utf-8", "surrogateescape")
+
+
 class _Scanner:
+    """One pass over /proc. Per descriptor: one ``readlink`` and a dictionary lookup, with
+    the path built by concatenation (``os.path.join`` per descriptor cost more than the
+    system call); a ``stat`` only for a link that may name a device node another way."""
+
     def __init__(self, proc_root: str, targets: list[Target], self_pid: int) -> None:
         self.proc_root = proc_root
         self.proc = Procfs(proc_root)
@@ -185,6 +198,7 @@ class _Scanner:
         self.by_rdev = {t.rdev: t for t in targets if t.rdev is not None}
         self.basenames = frozenset(os.path.basename(t.path) for t in targets if t.rdev)
         self.read_maps = any(t.mapped for t in targets)
+        self.map_needles = tuple(sorted({_needle(p) for p in self.by_path}))
 
     def run(self) -> HolderScan:
         try:
@@ -211,10 +225,9 @@ class _Scanner:
 
     def _process(self, pid: int) -> tuple[set[tuple[str, str]], bool]:
         """Hits ``(path, via)`` of one process, and whether some of it was not readable."""
-        base = self.proc.pid_path(pid)
+        base = self.proc.pid_dir(pid)
         hits: set[tuple[str, str]] = set()
-        denied = False
-        fd_dir = os.path.join(base, "fd")
+        fd_dir = base + "/fd"
         try:
             fds = os.listdir(fd_dir)
         except OSError as exc:
@@ -222,26 +235,37 @@ class _Scanner:
                 return hits, False
             fds = []
             denied = True
-        for fd in fds:
-            path = os.path.join(fd_dir, fd)
-            try:
-                link = os.readlink(path)
-            except OSError as exc:
-                denied = denied or exc.errno not in _VANISHED
-                continue
-            target = self._match_fd(path, link.removesuffix(_DELETED))
-            if target is not None:
-                hits.add((target.path, "fd"))
+        else:
+            denied = self._descriptors(fd_dir + "/", fds, hits)
         if self.read_maps:
-            maps, maps_denied = self._maps(os.path.join(base, "maps"))
+            maps, maps_denied = self._maps(base + "/maps")
             hits.update((path, "mmap") for path in maps)
             denied = denied or maps_denied
         return hits, denied
 
-    def _match_fd(self, fd_path: str, link: str) -> Optional[Target]:
-        target = self.by_path.get(link)
-        if target is not None or not self.by_rdev or not link.startswith("/"):
-            return target
+    def _descriptors(self, prefix: str, fds: list[str], hits: set[tuple[str, str]]) -> bool:
+        """Match each descriptor under ``prefix``; True when one could not be read."""
+        readlink = os.readlink
+        by_path = self.by_path
+        by_rdev = self.by_rdev
+        denied = False
+        for fd in fds:
+            try:
+                link = readlink(prefix + fd)
+            except OSError as exc:
+                denied = denied or exc.errno not in _VANISHED
+                continue
+            if link.endswith(_DELETED):
+                link = link[: -len(_DELETED)]
+            target = by_path.get(link)
+            if target is None and by_rdev and link.startswith("/"):
+                target = self._by_device_number(prefix + fd, link)
+            if target is not None:
+                hits.add((target.path, "fd"))
+        return denied
+
+    def _by_device_number(self, fd_path: str, link: str) -> Optional[Target]:
+        """The target a descriptor's device node is, when it names it another way."""
         if "/dev/" not in link and os.path.basename(link) not in self.basenames:
             return None
         try:
@@ -254,17 +278,22 @@ class _Scanner:
         return None
 
     def _maps(self, path: str) -> tuple[set[str], bool]:
+        """Targets named in a maps file. Read whole, in binary; its lines are parsed only
+        when it contains a target's last component (most processes map no sysfs file)."""
         found: set[str] = set()
         try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                for line in handle:
-                    parts = line.rstrip("\n").split(None, 5)
-                    if len(parts) == 6:
-                        name = parts[5].removesuffix(_DELETED)
-                        if name in self.by_path:
-                            found.add(name)
+            with open(path, "rb") as handle:
+                data = handle.read()
         except OSError as exc:
             return found, exc.errno not in _VANISHED
+        if not any(needle in data for needle in self.map_needles):
+            return found, False
+        for line in data.decode("utf-8", "replace").split("\n"):
+            parts = line.split(None, 5)
+            if len(parts) == 6:
+                name = parts[5].removesuffix(_DELETED)
+                if name in self.by_path:
+                    found.add(name)
         return found, False
 
     def _comm(self, pid: int) -> str:

@@ -29,29 +29,33 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
 from vfio_manager.log import get_logger
-from vfio_manager.safety.deadline import pending_writes, when_writes_return
+from vfio_manager.safety.deadline import (
+    DEFAULT_LOCK_TIMEOUT,
+    pending_writes,
+    when_writes_return,
+)
 from vfio_manager.safety.statedir import (
     DEFAULT_STATE_DIR,
     StateDir,
     UnsafeStateDirError,
     UnusableFile,
 )
-from vfio_manager.safety.writer import ChildWriter
+
+if TYPE_CHECKING:  # imported by child_writer(): only a run that writes needs it
+    from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
 
-DEFAULT_LOCK_TIMEOUT = 60.0
 LOCK_FILE_NAME = "lock"
 _POLL_INTERVAL = 0.1
 _HOLDER_READ_LIMIT = 4096
@@ -91,6 +95,8 @@ class LockHolder:
 
 
 def _default_command() -> str:
+    import shlex
+
     return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
 
 
@@ -217,6 +223,8 @@ class NodeLock:
         """A writer whose children inherit this lock; :meth:`release` minds its stuck ones."""
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not held")
+        from vfio_manager.safety.writer import ChildWriter
+
         self._writer = ChildWriter(keep_fds=[self._fd])
         return self._writer
 

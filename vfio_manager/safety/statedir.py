@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
-import secrets
 import stat
 from types import TracebackType
 from typing import Optional
@@ -335,7 +334,7 @@ class StateDir:
         The temporary file is removed again when anything fails; a symlink or a FIFO at
         ``name`` is replaced (the rename swaps the name), never written through.
         """
-        tmp = f"{TMP_PREFIX}{name}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = f"{TMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN, 0o600, dir_fd=self.fd)
             try:
