@@ -195,7 +195,10 @@ class Engine:
                     journal=_kept(entry),
                 )
             elif entry.converged:
-                log.info(
+                # debug, not info: a converged node is the common case (every init container
+                # start, every resync); the report on stdout says it per function, and a
+                # quiet run then never pays for the logging stack (issue 12, cold start)
+                log.debug(
                     "converged",
                     bdf=bdf,
                     step="plan",
