@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912 - one flat comm
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results (JSON lines)")
     parser.add_argument("--list", action="store_true", help="print the chosen mutants only")
     parser.add_argument("--report", action="store_true", help="summarize --out and stop")
-    parser.add_argument("--timeout-factor", type=float, default=3.0)
+    parser.add_argument("--timeout-factor", type=float, default=2.0)
     args = parser.parse_args(argv)
 
     if args.report:
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912 - one flat comm
         return 0
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))  # clean up the copy
     sandbox = Sandbox(REPO)
     try:
         for module, chosen in plan.items():

@@ -86,6 +86,10 @@ class Sandbox:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.communicate()
                 return "timeout", time.monotonic() - started, ""
+            except BaseException:  # Ctrl-C or SIGTERM: take the test run down with us
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise
         seconds = time.monotonic() - started
         if process.returncode == 0:
             return "passed", seconds, ""
