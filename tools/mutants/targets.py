@@ -20,7 +20,10 @@ class Target:
     sample: int
 
 
+SURVIVORS = "tests/safety/test_mutant_survivors.py"  # written for this tool's survivors
+
 _PIPELINE = (
+    SURVIVORS,
     "tests/unit/test_layers.py",
     "tests/unit/test_engine.py",
     "tests/unit/test_plan.py",
@@ -47,6 +50,7 @@ TARGETS: dict[str, Target] = {
     "settle": Target(
         "vfio_manager/pipeline/settle.py",
         (
+            SURVIVORS,
             "tests/unit/test_transition_scope.py",
             "tests/safety/test_pipeline_regressions.py",
             "tests/safety/test_journal_failures.py",
@@ -58,18 +62,21 @@ TARGETS: dict[str, Target] = {
     "journal": Target(
         "vfio_manager/safety/journal.py",
         (
+            SURVIVORS,
             "tests/unit/test_journal.py",
             "tests/safety/test_pipeline_regressions.py",
             "tests/safety/test_state_files.py",
             "tests/safety/test_journal_failures.py",
             "tests/safety/test_recorded_values.py",
             "tests/safety/test_as_found.py",
+            "tests/cli/test_transitions.py",
         ),
         sample=10,
     ),
     "holders": Target(
         "vfio_manager/safety/holders.py",
         (
+            SURVIVORS,
             "tests/unit/test_inuse.py",
             "tests/unit/test_guard.py",
             "tests/unit/test_layers.py",
@@ -80,6 +87,7 @@ TARGETS: dict[str, Target] = {
     "lock": Target(
         "vfio_manager/safety/lock.py",
         (
+            SURVIVORS,
             "tests/unit/test_lock.py",
             "tests/unit/test_statedir.py",
             "tests/cli/test_json_errors.py",
@@ -92,6 +100,7 @@ TARGETS: dict[str, Target] = {
     "deadline": Target(
         "vfio_manager/safety/deadline.py",
         (
+            SURVIVORS,
             "tests/unit/test_deadline.py",
             "tests/unit/test_engine.py",
             "tests/safety/test_stuck_write_process.py",
