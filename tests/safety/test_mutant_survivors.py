@@ -118,16 +118,17 @@ def test_a_write_after_the_deadline_gets_no_time_of_its_own() -> None:
     hanging write hold the run (and the lock) past it.
     """
     release = threading.Event()
+    what = "unbind 0000:01:00.0 from rebellions (late)"
     try:
         with pytest.raises(DeadlineExceededError) as caught:
             bounded_write(
-                lambda: release.wait(EVENT_WAIT),
-                deadline_at=10.0,
-                what="unbind 0000:01:00.0 from rebellions (late)",
-                clock=lambda: 10.5,
+                lambda: release.wait(EVENT_WAIT), deadline_at=10.0, what=what, clock=lambda: 10.5
             )
     finally:
         release.set()
+        for thread in threading.enumerate():
+            if thread.name.endswith(what):
+                thread.join(EVENT_WAIT)  # leaves no pending write to the tests after this one
     assert "within 0s" in caught.value.message
 
 
