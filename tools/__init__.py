@@ -1,0 +1,1 @@
+"""Developer tools; only tools/mutants is a Python package (``python -m tools.mutants``)."""
