@@ -40,7 +40,6 @@ checking N functions costs one pass over /sys/class/{block,net} and the proc tab
 from __future__ import annotations
 
 import ipaddress
-import socket
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -106,7 +105,9 @@ def _listed(items: list[str]) -> str:
 
 def _ipv4(hex_text: str) -> ipaddress.IPv4Address:
     """/proc/net/route prints each address as the native-endian integer of its bytes."""
-    return ipaddress.IPv4Address(socket.inet_ntoa(struct.pack("=I", int(hex_text, 16))))
+    # /proc/net/route holds the address in host byte order; packed, it is the network-order
+    # bytes IPv4Address reads (what socket.inet_ntoa did, without importing socket)
+    return ipaddress.IPv4Address(struct.pack("=I", int(hex_text, 16)))
 
 
 class SafetyGuard:
