@@ -173,9 +173,9 @@ class Engine:
     # -- public ---------------------------------------------------------------------------
     def apply(self, plan: Plan) -> Report:
         """Run the plan: refusals and converged functions are reported as they are; the
-        functions to move run their steps, one IOMMU group after another inside a group and
-        groups side by side (a native probe may take seconds, a return of 8 NPUs should
-        take one of them, not eight); then every /dev/vfio node is awaited together."""
+        functions to move run their steps, IOMMU groups side by side and the functions of
+        one group one after another (a native probe may take seconds: a return of 8 NPUs
+        should take one of them, not eight); then every /dev/vfio node is awaited together."""
         outcomes: dict[PciAddress, Outcome] = {}
         waiting: dict[PciAddress, tuple[FunctionPlan, int, int]] = {}
         self._steps_unrecorded = {}
