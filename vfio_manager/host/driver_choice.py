@@ -154,10 +154,6 @@ class DriverResolver:
         native = self.alias_driver(function)
         return HostTarget(native, None, self.probe_picks(function, native))
 
-    def native_driver(self, function: PciFunction) -> Optional[str]:
-        """The host driver the function belongs on (see :meth:`host_target`)."""
-        return self.host_target(function).driver
-
     def variant_module(self, function: PciFunction) -> Optional[str]:
         """The vfio variant module modules.alias names for the function (normalised), not
         counting vfio-pci's own catch-all alias; ``None`` when there is none."""
