@@ -6,8 +6,6 @@ node lock), so what a process can and cannot do (exit while a write is stuck, ke
 is what is tested.
 """
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -21,16 +19,6 @@ from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.safety.journal import Journal
-
-
-def _cli(state: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vfio_manager", "--state-dir", state, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def _pending(state: str) -> list[Optional[str]]:
@@ -47,7 +35,7 @@ def test_a_kept_record_of_a_held_function_is_refused_not_unbound(
     guest.move_to_vfio(E1000E)
     holder = _start_holder(E1000E)
     try:
-        r = _cli(state, "--timeout", "5", "unbind-all", *SEL_E1000E, timeout=300)
+        r = guest.cli_process(state, "--timeout", "5", "unbind-all", *SEL_E1000E, timeout=300)
         assert holder.poll() is None, "the run ended only because the holder died"
         assert r.returncode == 1, r.stdout + r.stderr
         assert guest.driver(E1000E) == "vfio-pci", "a held function was unbound"
@@ -57,7 +45,7 @@ def test_a_kept_record_of_a_held_function_is_refused_not_unbound(
     finally:
         holder.kill()
         holder.wait()
-    r = _cli(state, "unbind-all", *SEL_E1000E)
+    r = guest.cli_process(state, "unbind-all", *SEL_E1000E)
     assert r.returncode == 0, r.stdout + r.stderr
     assert guest.driver(E1000E) == "e1000e"
     assert _pending(state) == []
@@ -70,12 +58,16 @@ def test_a_stuck_unbind_ends_the_run_and_keeps_the_node_locked(
     guest.move_to_vfio(E1000E)
     holder = _start_holder(E1000E)
     try:
-        stuck = _cli(state, "--timeout", "3", "unbind-all", "--force", *SEL_E1000E, timeout=300)
+        stuck = guest.cli_process(
+            state, "--timeout", "3", "unbind-all", "--force", *SEL_E1000E, timeout=300
+        )
         # it ended (with its report) while the holder still holds the device
         assert holder.poll() is None, "the run ended only because the holder died"
         assert stuck.returncode == 1, stuck.stdout + stuck.stderr
         assert "did not return within" in stuck.stdout, stuck.stdout
-        second = _cli(state, "--lock-timeout", "1", "bind-all", *SEL_E1000E, timeout=300)
+        second = guest.cli_process(
+            state, "--lock-timeout", "1", "bind-all", *SEL_E1000E, timeout=300
+        )
         assert second.returncode == 1, second.stdout + second.stderr
         assert "vfio-manager writer" in second.stderr, second.stderr
         assert "Bind" not in second.stdout  # it wrote nothing behind the stuck unbind
@@ -83,7 +75,7 @@ def test_a_stuck_unbind_ends_the_run_and_keeps_the_node_locked(
         holder.kill()
         holder.wait()
     # the holder is gone: the unbind returns, the writer exits, the kernel drops the lock
-    third = _cli(state, "--lock-timeout", "30", "unbind-all", *SEL_E1000E)
+    third = guest.cli_process(state, "--lock-timeout", "30", "unbind-all", *SEL_E1000E)
     assert third.returncode == 0, third.stdout + third.stderr
     assert guest.driver(E1000E) == "e1000e"
     assert _pending(state) == []
