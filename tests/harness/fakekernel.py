@@ -313,8 +313,7 @@ class FakeKernel(KernelState):
 
     def remove_function_on_write(self, path: str, bdf: str) -> None:
         """After the next write to ``path`` has run (whatever its result), ``bdf`` is unplugged."""
-        with self.lock:
-            self.unplug_on_write[self.canonical(path)].append(bdf)
+        self.after_write(path, lambda: hotplug.remove_function(self, bdf))
 
     def after_write(
         self, path: str, callback: Callable[[], None], *, data: Optional[str] = None

@@ -77,7 +77,6 @@ class KernelState:
         # the fault plan (FakeKernel.fail_next_write, block_unbind, ...)
         # (errno, data or None for any write) per file, in the order queued
         self.failures: defaultdict[str, deque[tuple[int, Optional[str]]]] = defaultdict(deque)
-        self.unplug_on_write: defaultdict[str, list[str]] = defaultdict(list)
         # (data or None for any, callback) run once after a write to the file
         self.after_write_hooks: defaultdict[str, list[tuple[Optional[str], Callable[[], None]]]] = (
             defaultdict(list)

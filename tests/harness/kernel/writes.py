@@ -1,15 +1,14 @@
-"""The path every write to a kernel file takes: fault plan, the rule, the Write log, unplug.
+"""The path every write to a kernel file takes: fault plan, the rule, the Write log, hooks.
 
 A write first meets an injected failure if a test queued one (``fail_next_write``: the
 errno comes back, nothing changes), then the file's rule runs (``KernelState.apply_rule``);
-either way it is logged as a :class:`~tests.harness.kernel.model.Write`, and a function a
-test asked to unplug after this write (``remove_function_on_write``) disappears, and the
-callbacks a test hung on it (``after_write``) run, outside the model lock.
+either way it is logged as a :class:`~tests.harness.kernel.model.Write`, and the callbacks a
+test hung on it (``after_write``; ``remove_function_on_write`` is one) run,
+outside the model lock.
 """
 
 from __future__ import annotations
 
-from tests.harness.kernel import hotplug
 from tests.harness.kernel.buffers import oserror
 from tests.harness.kernel.model import Write
 from tests.harness.kernel.state import KernelState
@@ -47,9 +46,6 @@ def on_write(s: KernelState, rel: str, data: bytes) -> None:
         s.writes.append(Write(rel, text, None))
     finally:
         with s.lock:
-            unplug = s.unplug_on_write.pop(rel, [])
-            for bdf in unplug:
-                hotplug.remove_function(s, bdf)
             hooks = s.after_write_hooks.get(rel, [])
             due = [h for h in hooks if h[0] is None or h[0] == text.strip()]
             hooks[:] = [h for h in hooks if h not in due]
