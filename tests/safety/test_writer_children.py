@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,14 @@ import pytest
 from vfio_manager.safety.writer import ChildWriter
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+def _until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Wait for a condition another thread makes true (bounded), not for a length of time."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def test_a_write_goes_on_while_another_child_is_stuck(tmp_path: Path) -> None:
@@ -40,6 +50,7 @@ def test_a_write_goes_on_while_another_child_is_stuck(tmp_path: Path) -> None:
     thread = threading.Thread(target=stuck_write, daemon=True)
     thread.start()
     try:
+        _until(lambda: bool(writer.in_flight()), "the FIFO write to reach its child")
         # the FIFO's open blocks in the first child; this write needs a second one
         writer(str(plain), b"0000:02:00.0")
         assert plain.read_text() == "0000:02:00.0"

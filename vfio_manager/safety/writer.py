@@ -140,6 +140,11 @@ class ChildWriter:
         if code:
             raise OSError(code, os.strerror(code))
 
+    def in_flight(self) -> list[str]:
+        """What the children are writing now, stuck ones included (a snapshot)."""
+        with self._guard:
+            return [c.busy or "a write" for c in (*self._busy, *self._stuck)]
+
     def stuck(self) -> list[StuckWriter]:
         """Children whose write has not returned (their descriptors keep the lock held).
 
