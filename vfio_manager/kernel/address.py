@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from vfio_manager.errors import UsageError
+from vfio_manager.record import record
 
 # domain:bus:device.function; the domain may be omitted (0000 assumed). VMD domains have 5 digits.
 _BDF = re.compile(
@@ -13,7 +13,7 @@ _BDF = re.compile(
 )
 
 
-@dataclass(frozen=True, order=True)
+@record(order=True)
 class PciAddress:
     """A PCI function address; ``str()`` gives the kernel's canonical form ``0000:03:00.0``."""
 

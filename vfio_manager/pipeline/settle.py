@@ -22,7 +22,6 @@ The policy, per record (checked against the live function first):
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
@@ -36,12 +35,13 @@ from vfio_manager.pipeline.plan import (
     restore_steps,
 )
 from vfio_manager.pipeline.selection import Selector
+from vfio_manager.record import field, record
 from vfio_manager.safety.journal import JournalEntry
 
 _VERB = {Direction.TO_VFIO: "bind to vfio", Direction.TO_HOST: "return to the host"}
 
 
-@dataclass
+@record(frozen=False)
 class Settlement:
     """The journal's share of a plan.
 
