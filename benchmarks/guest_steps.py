@@ -150,8 +150,26 @@ def timed(argv: list[str], env: dict[str, str], counter: WriteCounter) -> dict[s
 STEPS = ("bind-all (first)", "bind-all again (converged)", "check", "unbind-all")
 
 
-def tool_steps(script: str, selection: list[str]) -> dict[str, dict[str, list[str]]]:
-    vm = [sys.executable, "-m", "vfio_manager"]
+# What pip writes for the `vfio-manager` console script (pyproject's [project.scripts]):
+# users run that, not `python -m vfio_manager` (runpy and importlib.util are imports of its own).
+LAUNCHER = """#!{python}
+import sys
+from vfio_manager.cli.main import main
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+def write_launcher(folder: str) -> str:
+    path = os.path.join(folder, "vfio-manager")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(LAUNCHER.format(python=sys.executable))
+    os.chmod(path, 0o755)  # noqa: S103 - the guest's own throwaway RAM disk
+    return path
+
+
+def tool_steps(script: str, launcher: str, selection: list[str]) -> dict[str, dict[str, list[str]]]:
+    vm = [launcher]
     return {
         "vfio-manage.sh": {
             STEPS[0]: [script, "bind", "--all"],
@@ -211,7 +229,7 @@ def main() -> int:
         "floors": floors(env, args.reps, counter),
         "runs": {tool: {step: [] for step in STEPS} for tool in ("vfio-manage.sh", "vfio-manager")},
     }
-    steps = tool_steps(args.script, selection)
+    steps = tool_steps(args.script, write_launcher(os.path.dirname(args.script)), selection)
     for rep in range(args.reps + 1):  # round 0 warms up; its figures are kept apart
         order = list(steps) if rep % 2 else list(reversed(steps))
         for tool in order:

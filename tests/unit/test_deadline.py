@@ -241,12 +241,24 @@ def test_bounded_write_does_not_retry_a_hang() -> None:
     assert clock.sleeps == []
 
 
-def test_tenacity_is_not_imported_until_needed() -> None:
+def test_tenacity_is_not_imported_until_a_write_is_retried() -> None:
     code = (
-        "import sys, vfio_manager.safety.deadline\n"
+        "import errno, sys, time\n"
+        "from vfio_manager.errors import SysfsWriteError\n"
+        "from vfio_manager.safety import deadline\n"
         "assert 'tenacity' not in sys.modules\n"
-        "vfio_manager.safety.deadline.retry_transient(lambda: 1, deadline_at=0.0)\n"
-        "assert 'tenacity' in sys.modules\n"
+        "assert deadline.retry_transient(lambda: 1, deadline_at=time.monotonic() + 5) == 1\n"
+        "assert 'tenacity' not in sys.modules, 'a write that succeeds at once needs no retry'\n"
+        "calls = []\n"
+        "def flaky():\n"
+        "    calls.append(1)\n"
+        "    if len(calls) < 3:\n"
+        "        busy = OSError(errno.EBUSY, 'busy')\n"
+        "        raise SysfsWriteError.from_os_error(busy, path='/x', data='1')\n"
+        "    return 'ok'\n"
+        "assert deadline.retry_transient(flaky, deadline_at=time.monotonic() + 5,\n"
+        "                                sleep=lambda s: None) == 'ok'\n"
+        "assert len(calls) == 3 and 'tenacity' in sys.modules\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], timeout=60, check=False, capture_output=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cached_property
 
 from vfio_manager.errors import UsageError
 from vfio_manager.record import record
@@ -54,5 +55,10 @@ class PciAddress:
             function=int(match["function"]),
         )
 
-    def __str__(self) -> str:
+    @cached_property
+    def text(self) -> str:
+        """The canonical form, built once: every sysfs path of the function starts with it."""
         return f"{self.domain:04x}:{self.bus:02x}:{self.device:02x}.{self.function}"
+
+    def __str__(self) -> str:
+        return self.text

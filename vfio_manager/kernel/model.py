@@ -34,7 +34,6 @@ class PciFunction:
     sriov_totalvfs: Optional[int] = None
     sriov_numvfs: Optional[int] = None
     physfn: Optional[PciAddress] = None
-    boot_vga: bool = False
 
     @property
     def bdf(self) -> str:

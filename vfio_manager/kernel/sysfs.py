@@ -12,6 +12,7 @@ than raise, because a function can disappear between two reads on a live host.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from vfio_manager.kernel.address import PciAddress
 DEFAULT_SYSFS_ROOT = "/sys"
 DEFAULT_DEV_ROOT = "/dev"
 _READ_LIMIT = 4096  # sysfs attributes are at most a page
+# sorts addresses by tuples compared in C, not by PciAddress.__lt__ called per comparison
+_address_order = operator.attrgetter("domain", "bus", "device", "function")
 
 
 def direct_write(path: str, payload: bytes) -> None:
@@ -148,14 +151,10 @@ class Sysfs:
             PciAddress.from_sysfs_name(n)
             for n in self.list_dir(self._path("bus", "pci", "devices"))
         )
-        return sorted(a for a in found if a is not None)
+        return sorted((a for a in found if a is not None), key=_address_order)
 
     def function_exists(self, address: PciAddress) -> bool:
         return os.path.isdir(self.device_dir(address))
-
-    def device_entries(self, address: PciAddress) -> frozenset[str]:
-        """Names in the function's directory: tells which optional attributes exist."""
-        return frozenset(self.list_dir(self.device_dir(address)))
 
     def read_device_attr(self, address: PciAddress, name: str) -> Optional[str]:
         return self.read_text(self.device_attr_path(address, name))
@@ -187,7 +186,7 @@ class Sysfs:
                 PciAddress.from_sysfs_name(m)
                 for m in self.list_dir(os.path.join(base, name, "devices"))
             )
-            groups[int(name)] = sorted(a for a in members if a is not None)
+            groups[int(name)] = sorted((a for a in members if a is not None), key=_address_order)
         return groups
 
     # -- drivers -----------------------------------------------------------------------------

@@ -15,8 +15,8 @@ behind the stuck one.
 
 :func:`retry_transient` retries the errnos the kernel gives for a device that is not ready
 yet (EBUSY, EAGAIN, ENODEV right after hot-plug or VF creation) with exponential backoff,
-never past the deadline, and nothing else. tenacity is imported inside it, so commands that
-never write (``status``) do not pay for the import.
+never past the deadline, and nothing else. tenacity is imported only once a first attempt
+failed with one of those, so a run whose writes succeed at once does not pay for the import.
 """
 
 from __future__ import annotations
@@ -153,26 +153,52 @@ def retry_transient(
     ``deadline_at`` is a ``clock()`` value. Waits double from ``initial`` up to ``maximum``;
     no wait runs past the deadline and no attempt starts after it, so the last error (the
     kernel's, unchanged) is raised in time. Any other exception is raised at once.
+
+    The first attempt is made before tenacity is imported: nearly every write succeeds or
+    fails for good at once, and the import is a tenth of a writing run's start-up.
     """
-    import tenacity
 
     def backoff(attempt: int) -> float:
         return float(min(maximum, initial * (2 ** min(attempt - 1, 32))))
 
-    def stop(state: tenacity.RetryCallState) -> bool:
-        return clock() + backoff(state.attempt_number) >= deadline_at
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        return backoff(state.attempt_number)
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
+    def announce(attempt: int, exc: Optional[BaseException]) -> None:
         log.info(
             "transient error, retrying",
-            attempt=state.attempt_number,
+            attempt=attempt,
             errno=errno_mod.errorcode.get(getattr(exc, "errno", 0) or 0),
-            wait=backoff(state.attempt_number),
+            wait=backoff(attempt),
         )
+
+    try:
+        return fn()
+    except Exception as exc:
+        if not is_transient(exc) or clock() + backoff(1) >= deadline_at:
+            raise
+        announce(1, exc)
+    sleep(backoff(1))
+    return _retry_after_first(fn, deadline_at, clock, sleep, backoff, announce)
+
+
+def _retry_after_first(
+    fn: Callable[[], T],
+    deadline_at: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    backoff: Callable[[int], float],
+    announce: Callable[[int, Optional[BaseException]], None],
+) -> T:
+    """Attempts 2, 3, ... of :func:`retry_transient` (tenacity counts them from 1)."""
+    import tenacity
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        return clock() + backoff(state.attempt_number + 1) >= deadline_at
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return backoff(state.attempt_number + 1)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome.exception() if state.outcome is not None else None
+        announce(state.attempt_number + 1, outcome)
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
