@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from vfio_manager.host.modalias import AliasTable
+import fnmatch
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vfio_manager.host.modalias import AliasTable, glob_match
 
 ALIASES = """\
 # Aliases extracted from modules themselves.
@@ -19,7 +25,7 @@ garbage line
 
 
 def table() -> AliasTable:
-    return AliasTable(ALIASES.splitlines())
+    return AliasTable(ALIASES.encode())
 
 
 def test_native_module_from_modalias() -> None:
@@ -57,3 +63,75 @@ def test_vfio_variants_are_a_separate_namespace() -> None:
     gpu = "pci:v000010DEd00002342sv000010DEsd00000000bc03sc02i00"
     assert t.vfio_variant_module(gpu) == "nvgrace_gpu_vfio_pci_exact"
     assert t.vfio_variant_module("pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00") is None
+
+
+def _every_line(text: str, kind: str, modalias: str) -> str | None:
+    """The answer of a full parse of depmod's format: ``alias KIND:PATTERN MODULE`` lines,
+    ``alias`` at the start of the line (depmod never indents; an indented line is ignored)."""
+    body = modalias.partition(":")[2]
+    best: tuple[int, int, str] | None = None
+    for line in text.splitlines():
+        parts = line.split()
+        if not line.startswith("alias") or len(parts) != 3 or parts[0] != "alias":
+            continue
+        if not parts[1].startswith(kind + ":"):
+            continue
+        pattern = parts[1].partition(":")[2]
+        if fnmatch.fnmatchcase(body, pattern):
+            score = (pattern.count("*"), -len(pattern.replace("*", "")), parts[2])
+            best = score if best is None or score < best else best
+    return best[2] if best else None
+
+
+ODD_LINES = """\
+alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e_tabbed\t
+alias\tpci:v00008086d000010D3sv00008086sd*bc*sc*i*\tintel_subsys
+alias pci:v00008086d000010D3sv*sd*bc*sc*i* too many tokens
+ alias pci:v00008086d000010D3sv*sd*bc02sc00i00 leading_space
+xalias pci:v00008086d*sv*sd*bc*sc*i* not_an_alias
+alias pci:v00008086d*sv*sd*bc*sc*i* crlf_line\r
+alias pci:v*d*sv*sd*bc02sc00i* any_ethernet
+alias vfio_pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e_vfio_pci
+"""
+
+
+@pytest.mark.parametrize(
+    "modalias",
+    [
+        "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00",
+        "pci:v00008086d000010D3sv00001AF4sd00001100bc02sc00i00",
+        "pci:v00008086d0000FFFFsv00008086sd00000000bc02sc00i00",
+        "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
+        "pci:v00001EFFd00001220sv00001EFFsd00000000bc12sc00i00",
+    ],
+)
+@pytest.mark.parametrize("kind", ["pci", "vfio_pci"])
+def test_lazy_lookup_answers_as_a_full_parse(kind: str, modalias: str) -> None:
+    text = ALIASES + ODD_LINES
+    lazy = AliasTable(text.encode())
+    ask = lazy.native_module if kind == "pci" else lazy.vfio_variant_module
+    assert ask(modalias) == _every_line(text, kind, modalias)
+
+
+@given(
+    text=st.text(alphabet="ab*", max_size=12).map(lambda t: t.replace("*", "")),
+    pattern=st.text(alphabet="ab*", max_size=10),
+)
+def test_glob_match_agrees_with_fnmatch(text: str, pattern: str) -> None:
+    assert glob_match(text, pattern) == fnmatch.fnmatchcase(text, pattern)
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("v00008086d000010D3sv00008086sd00000000bc02sc00i00", "v00008086d000010D3sv*sd*bc*sc*i*"),
+        ("v00008086d000010D3sv00008086sd00000000bc02sc00i00", "v*d*sv*sd*bc02sc00i*"),
+        ("v00008086d000010D3sv00008086sd00000000bc02sc00i00", "v*d*sv*sd*bc06sc04i00*"),
+        ("v00008086d000010D3sv00008086sd00000000bc02sc00i00", "v0000808?d*"),
+        ("v00008086d000010D3sv00008086sd00000000bc02sc00i00", "v0000808[0-9]d*"),
+        ("abab", "a*ab"),
+        ("aab", "*ab*b"),
+    ],
+)
+def test_glob_match_on_alias_patterns(text: str, pattern: str) -> None:
+    assert glob_match(text, pattern) == fnmatch.fnmatchcase(text, pattern)

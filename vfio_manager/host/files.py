@@ -43,8 +43,16 @@ class HostFiles:
     def read(self, *parts: str) -> Optional[str]:
         return Sysfs.read_text(self.path(*parts))
 
+    def read_bytes(self, path: str) -> bytes:
+        """A possibly large file as bytes (modules.alias); empty when unreadable."""
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError:
+            return b""
+
     def read_lines(self, path: str) -> list[str]:
-        """All lines of a possibly large file (modules.alias); empty when unreadable."""
+        """All lines of a file (modules.dep, modules.builtin); empty when unreadable."""
         try:
             with open(path, encoding="utf-8", errors="replace") as handle:
                 return handle.read().splitlines()
