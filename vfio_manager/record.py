@@ -16,7 +16,7 @@ instances, defaults and ``field(default_factory=...)``, ``compare=False`` and
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, TypeVar, overload
 
 if TYPE_CHECKING:
     from typing_extensions import dataclass_transform
@@ -75,11 +75,11 @@ def _own_fields(cls: type) -> list[_Field]:
     found = []
     annotations: dict[str, Any] = cls.__dict__.get("__annotations__", {})  # noqa: RUF063 - own only
     for name, annotation in annotations.items():
-        if isinstance(annotation, str) and annotation.startswith(("ClassVar", "typing.ClassVar")):
+        if _is_class_var(annotation):
             continue
         value = cls.__dict__.get(name, _MISSING)
         spec = value if isinstance(value, _Field) else _Field(value, _MISSING, True, True)
-        if isinstance(spec.default, (list, dict, set)):
+        if spec.default is not _MISSING and type(spec.default).__hash__ is None:
             raise ValueError(f"{cls.__qualname__}.{name}: mutable default, use default_factory")
         spec.name = name
         if spec.default is _MISSING:
@@ -89,6 +89,12 @@ def _own_fields(cls: type) -> list[_Field]:
             setattr(cls, name, spec.default)
         found.append(spec)
     return found
+
+
+def _is_class_var(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # postponed annotations (from __future__ import annotations)
+        return annotation.startswith(("ClassVar", "typing.ClassVar"))
+    return annotation is ClassVar or getattr(annotation, "__origin__", None) is ClassVar
 
 
 def _fields(cls: type) -> tuple[_Field, ...]:

@@ -306,19 +306,41 @@ def kernel_group_viable(group_id: int) -> bool:
         os.close(fd)
 
 
-# A separate process that holds a function the way a VM does: container + group + device fd.
-HOLDER = r"""
+# How a VM holds a function: container + group + device fd; every holder process starts so.
+VFIO_HOLD = r"""
 import fcntl, os, struct, sys, time
-bdf, group = sys.argv[1], sys.argv[2]
 io = lambda nr: (ord(";") << 8) | (100 + nr)
-container = os.open("/dev/vfio/vfio", os.O_RDWR)
-grp = os.open("/dev/vfio/" + group, os.O_RDWR)
-fcntl.ioctl(grp, io(4), bytearray(struct.pack("i", container)), True)
-fcntl.ioctl(container, io(2), 3)
-dev = fcntl.ioctl(grp, io(6), bytearray(bdf.encode() + b"\0"), True)
+
+def hold(bdf, group):
+    container = os.open("/dev/vfio/vfio", os.O_RDWR)
+    grp = os.open("/dev/vfio/" + group, os.O_RDWR)
+    fcntl.ioctl(grp, io(4), bytearray(struct.pack("i", container)), True)
+    fcntl.ioctl(container, io(2), 3)
+    dev = fcntl.ioctl(grp, io(6), bytearray(bdf.encode() + b"\0"), True)
+    return container, grp, dev
+"""
+
+# A separate process that holds a function the way a VM does, for an hour.
+HOLDER = (
+    VFIO_HOLD
+    + r"""
+bdf, group = sys.argv[1], sys.argv[2]
+container, grp, dev = hold(bdf, group)
 print("holding", bdf, "device fd", dev, flush=True)
 time.sleep(3600)
 """
+)
+
+
+def start_holder(code: str, *args: str) -> subprocess.Popen[str]:
+    """Run a holder (``code`` starts with :data:`VFIO_HOLD`) once it says it holds."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    line = holder.stdout.readline()
+    assert line.startswith("holding"), f"holder could not open the device: {line!r}"
+    return holder
 
 
 def missing_cli(command: str, option: Optional[str] = None, why: str = "") -> Optional[str]:

@@ -68,15 +68,7 @@ def test_unbind_refuses_while_a_process_holds_the_group(baseline: Baseline) -> N
 
 
 def _start_holder(bdf: str) -> subprocess.Popen[str]:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", guest.HOLDER, bdf, str(guest.group(bdf))],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None
-    line = holder.stdout.readline()
-    assert line.startswith("holding"), f"holder could not open the device: {line!r}"
-    return holder
+    return guest.start_holder(guest.HOLDER, bdf, str(guest.group(bdf)))
 
 
 def test_kernel_blocks_unbind_while_the_group_is_held(baseline: Baseline) -> None:

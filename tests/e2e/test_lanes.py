@@ -22,7 +22,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -55,15 +54,11 @@ RUN_LIMIT = 300  # a run that takes longer than this hangs (the kernel waits for
 # e1000's unbind is in the kernel (its driver link is gone: the driver core removes it before
 # vfio-pci's remove() waits for us) AND the e1000e is back on its native driver. Polls
 # sysfs (nothing notifies either), for at most LIMIT seconds.
-HOLD_UNTIL_OTHER_RETURNS = r"""
-import fcntl, os, struct, sys, time
+HOLD_UNTIL_OTHER_RETURNS = (
+    guest.VFIO_HOLD
+    + r"""
 bdf, group, other, native, limit = sys.argv[1:6]
-io = lambda nr: (ord(";") << 8) | (100 + nr)
-container = os.open("/dev/vfio/vfio", os.O_RDWR)
-grp = os.open("/dev/vfio/" + group, os.O_RDWR)
-fcntl.ioctl(grp, io(4), bytearray(struct.pack("i", container)), True)
-fcntl.ioctl(container, io(2), 3)
-dev = fcntl.ioctl(grp, io(6), bytearray(bdf.encode() + b"\0"), True)
+container, grp, dev = hold(bdf, group)
 print("holding", bdf, flush=True)
 
 def driver(b):
@@ -84,6 +79,7 @@ os.close(container)
 os.close(dev)
 print("released: %s unbind in the kernel, %s on %s" % (bdf, other, native), flush=True)
 """
+)
 
 
 def _pending(state: str) -> list[Optional[str]]:
@@ -191,24 +187,8 @@ def test_a_held_group_is_refused_and_the_other_group_still_returns(
 
 
 def _start_holder_until_other_returns() -> subprocess.Popen[str]:
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            HOLD_UNTIL_OTHER_RETURNS,
-            E1000,
-            str(guest.group(E1000)),
-            E1000E,
-            NATIVE[E1000E],
-            str(RUN_LIMIT),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None
-    line = holder.stdout.readline()
-    assert line.startswith("holding"), f"holder could not open the device: {line!r}"
-    return holder
+    args = (E1000, str(guest.group(E1000)), E1000E, NATIVE[E1000E], str(RUN_LIMIT))
+    return guest.start_holder(HOLD_UNTIL_OTHER_RETURNS, *args)
 
 
 def _holder_let_go(holder: subprocess.Popen[str]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from typing import Optional
+from typing import ClassVar, Optional
 
 import pytest
 
@@ -163,3 +163,22 @@ def test_copy_and_pickle_round_trip() -> None:
     assert copy.deepcopy(p) == p
     assert pickle.loads(pickle.dumps(p))  # noqa: S301 == p
     assert pickle.loads(pickle.dumps(Version(1, 2)))  # noqa: S301 == Version(1, 2)
+
+
+def test_class_variables_are_not_fields() -> None:
+    @record
+    class Tally:
+        unit: ClassVar[str] = "writes"
+        count: int = 0
+
+    assert Tally(3).count == 3
+    assert Tally.unit == "writes"
+    assert repr(Tally(3)).endswith(".Tally(count=3)")  # qualname, as a dataclass shows it
+
+
+def test_an_unhashable_default_is_refused_like_a_dataclass() -> None:
+    with pytest.raises(ValueError, match="default_factory"):
+
+        @record
+        class Bad:
+            seen: list[int] = []  # noqa: RUF012 - the mistake under test

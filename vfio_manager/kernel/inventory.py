@@ -73,9 +73,9 @@ def read_function(
     ``group`` is its IOMMU group when the caller indexed the groups already (else the
     ``iommu_group`` link is read). With ``wanted``, a function it rejects by vendor, device
     and class is read no further than those and its driver link: all a group-viability
-    question asks of a non-selected group member. ``driver_ids=False`` leaves out the
-    subsystem IDs and the modalias, which only choosing a driver needs (three reads of
-    eight: ``status`` shows neither).
+    question asks of a non-selected group member. ``driver_ids=False`` leaves the subsystem
+    IDs and the modalias out of the result (only choosing a driver needs them; ``status``
+    shows neither); they cost two more reads only where ``modalias`` could not be parsed.
     """
     base = sysfs.device_dir(address) + "/"
     read = sysfs.read_text
