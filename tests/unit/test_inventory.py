@@ -4,7 +4,8 @@
 kernel from the same ``pci_dev`` fields as ``vendor``, ``device``, ``class`` and
 ``subsystem_*``, without taking the device lock. Reading it instead of five files is what
 lets ``status --json`` list 4,096 functions within budget; these tests pin that the result
-is the same and that odd content falls back to the separate files, never to a wrong ID.
+is the same, that odd content falls back to the separate files, never to a wrong ID, and
+that where a write may follow the separate files stay the authority.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def test_a_function_not_selected_costs_one_file_read(kernel: FakeKernel) -> None
     npu_node(kernel, count=2)
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
     opened = _counting(sysfs)
-    topology = read_topology(sysfs, wanted=Selector().matches, driver_ids=False)
+    topology = read_topology(
+        sysfs, wanted=Selector().matches, driver_ids=False, ids_from_modalias=True
+    )
     others = [f.bdf for f in topology.functions.values() if not Selector().matches(f)]
     assert others, "the node has functions that are not NPUs"
     for bdf in others:
@@ -93,13 +96,14 @@ def test_a_function_not_selected_costs_one_file_read(kernel: FakeKernel) -> None
 @pytest.mark.parametrize(
     "garbage", ["", "pci:", "pci:vZZZZZZZZd00001220sv00001EFFsd00000001bc12sc00i00", "(null)"]
 )
+@pytest.mark.parametrize("ids_from_modalias", [True, False])
 def test_odd_modalias_falls_back_to_the_id_files(
-    fs: FakeFilesystem, kernel: FakeKernel, garbage: str
+    fs: FakeFilesystem, kernel: FakeKernel, garbage: str, ids_from_modalias: bool
 ) -> None:
     bdf = npu_node(kernel, count=1)[0]
     _rewrite(fs, kernel, bdf, "modalias", garbage)
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
-    fn = read_function(sysfs, PciAddress.parse(bdf))
+    fn = read_function(sysfs, PciAddress.parse(bdf), ids_from_modalias=ids_from_modalias)
     model = kernel.function(bdf)
     assert fn is not None
     assert (fn.vendor, fn.device, fn.pci_class) == (model.vendor, model.device, model.pci_class)
@@ -108,6 +112,24 @@ def test_odd_modalias_falls_back_to_the_id_files(
         model.subsystem_device,
     )
     assert Selector().matches(fn)
+
+
+def test_files_that_disagree_with_modalias_win_where_a_write_may_follow(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    """A real kernel never shows both; a corrupted or faked sysfs may. The write pipeline
+    must not select a function on the modalias alone (tests/safety/test_bad_input.py)."""
+    bdf = npu_node(kernel, count=1)[0]
+    _rewrite(fs, kernel, bdf, "vendor", "0x8086")
+    sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
+    written_for = read_function(sysfs, PciAddress.parse(bdf))
+    assert written_for is not None
+    assert written_for.vendor == 0x8086
+    assert not Selector().matches(written_for)
+    assert written_for.subsystem_vendor == kernel.function(bdf).subsystem_vendor
+    shown = read_function(sysfs, PciAddress.parse(bdf), ids_from_modalias=True)
+    assert shown is not None
+    assert shown.vendor == 0x1EFF
 
 
 def test_no_ids_anywhere_means_no_function(fs: FakeFilesystem, kernel: FakeKernel) -> None:

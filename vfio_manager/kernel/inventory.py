@@ -1,9 +1,11 @@
 """Reads a node's PCI topology from sysfs: each attribute once, groups indexed once.
 
-Costs: one ``modalias`` read gives a function's vendor, device, subsystem IDs and class
-(the kernel formats it from the same fields as those five files); a function the selection
-rejects costs that read and its ``driver`` link. A selected one adds its override, NUMA
-node and SR-IOV attributes, a few reads per function and no quadratic scan.
+Costs: ``status`` reads one ``modalias`` per function for its vendor, device, subsystem IDs
+and class (the kernel formats it from the same fields as those five files); a function the
+selection rejects costs that read and its ``driver`` link. A run that may write reads the
+vendor, device and class files too (they are the authority, see :func:`read_function`).
+A selected function adds its override, NUMA node and SR-IOV attributes: a few reads per
+function and no quadratic scan.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Optional
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.log import get_logger
+
+log = get_logger("vfio_manager.kernel.inventory")
 
 
 def _hex(value: Optional[str]) -> Optional[int]:
@@ -67,6 +72,7 @@ def read_function(
     group: Optional[int] = None,
     wanted: Optional[Callable[[PciFunction], bool]] = None,
     driver_ids: bool = True,
+    ids_from_modalias: bool = False,
 ) -> Optional[PciFunction]:
     """One function as sysfs shows it now; ``None`` if it is gone or unreadable.
 
@@ -76,6 +82,13 @@ def read_function(
     question asks of a non-selected group member. ``driver_ids=False`` leaves the subsystem
     IDs and the modalias out of the result (only choosing a driver needs them; ``status``
     shows neither); they cost two more reads only where ``modalias`` could not be parsed.
+
+    Identity (vendor, device, class) comes from its own files, the authority for anything
+    that may lead to a write; ``modalias`` then gives the subsystem IDs. The kernel formats
+    both from the same ``pci_dev`` fields, so they disagree only in a corrupted or faked
+    sysfs: the files win and a warning says so. ``ids_from_modalias=True`` (``status``,
+    which writes nothing) takes the identity from ``modalias`` alone: one read instead of
+    four for each of the thousands of functions a large node shows.
     """
     base = sysfs.device_dir(address) + "/"
     read = sysfs.read_text
@@ -83,15 +96,27 @@ def read_function(
     ids = parse_modalias(modalias)
     sub_vendor: Optional[int]
     sub_device: Optional[int]
-    if ids is not None:
+    if ids is not None and ids_from_modalias:
         vendor, device, sub_vendor, sub_device, pci_class = ids
     else:
         found = _hex(read(base + "vendor")), _hex(read(base + "device")), _hex(read(base + "class"))
         if found[0] is None or found[1] is None or found[2] is None:
             return None
         vendor, device, pci_class = found[0], found[1], found[2]
-        sub_vendor = _hex(read(base + "subsystem_vendor")) if driver_ids else None
-        sub_device = _hex(read(base + "subsystem_device")) if driver_ids else None
+        if ids is not None:
+            sub_vendor, sub_device = ids[2], ids[3]
+            if (vendor, device, pci_class) != (ids[0], ids[1], ids[4]):
+                log.warning(
+                    "sysfs identity disagrees",
+                    bdf=str(address),
+                    step="read",
+                    outcome="files win",
+                    files=f"{vendor:04x}:{device:04x} class {pci_class:06x}",
+                    modalias=modalias,
+                )
+        else:
+            sub_vendor = _hex(read(base + "subsystem_vendor")) if driver_ids else None
+            sub_device = _hex(read(base + "subsystem_device")) if driver_ids else None
     driver = sysfs.link_name(base + "driver")
     if wanted is not None:
         brief = PciFunction(
@@ -135,12 +160,13 @@ def read_topology(
     *,
     wanted: Optional[Callable[[PciFunction], bool]] = None,
     driver_ids: bool = True,
+    ids_from_modalias: bool = False,
 ) -> Topology:
     """Every function, every IOMMU group, the /dev/vfio nodes and the driver->module map.
 
     ``wanted`` (a selection): functions it rejects are read only as far as a group question
     needs (see :func:`read_function`); ``status`` passes it, the write pipeline does not.
-    ``driver_ids``: see :func:`read_function`.
+    ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`.
     """
     addresses = sysfs.list_functions()
     # Each function's iommu_group link (one readlink) rather than a listing of every group's
@@ -156,7 +182,12 @@ def read_topology(
     functions: dict[PciAddress, PciFunction] = {}
     for address in addresses:
         function = read_function(
-            sysfs, address, group=group_of.get(address), wanted=wanted, driver_ids=driver_ids
+            sysfs,
+            address,
+            group=group_of.get(address),
+            wanted=wanted,
+            driver_ids=driver_ids,
+            ids_from_modalias=ids_from_modalias,
         )
         if function is not None:
             functions[address] = function
