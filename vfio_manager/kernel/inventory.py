@@ -40,6 +40,7 @@ def _int(value: Optional[str]) -> Optional[int]:
         return None
 
 
+_IDENTITY_FILES = ("vendor", "device", "class")
 # pci_uevent()'s format: "pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X"
 _MODALIAS = re.compile(
     r"pci:v([0-9A-F]{8})d([0-9A-F]{8})sv([0-9A-F]{8})sd([0-9A-F]{8})"
@@ -94,15 +95,17 @@ def read_function(
     read = sysfs.read_text
     modalias = read(base + "modalias")
     ids = parse_modalias(modalias)
+    vendor: Optional[int]
+    device: Optional[int]
+    pci_class: Optional[int]
     sub_vendor: Optional[int]
     sub_device: Optional[int]
     if ids is not None and ids_from_modalias:
         vendor, device, sub_vendor, sub_device, pci_class = ids
     else:
-        found = _hex(read(base + "vendor")), _hex(read(base + "device")), _hex(read(base + "class"))
-        if found[0] is None or found[1] is None or found[2] is None:
+        vendor, device, pci_class = (_hex(read(base + name)) for name in _IDENTITY_FILES)
+        if vendor is None or device is None or pci_class is None:
             return None
-        vendor, device, pci_class = found[0], found[1], found[2]
         if ids is not None:
             sub_vendor, sub_device = ids[2], ids[3]
             if (vendor, device, pci_class) != (ids[0], ids[1], ids[4]):

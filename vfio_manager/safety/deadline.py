@@ -161,6 +161,10 @@ def retry_transient(
     def backoff(attempt: int) -> float:
         return float(min(maximum, initial * (2 ** min(attempt - 1, 32))))
 
+    def exhausted(attempt: int) -> bool:
+        """No wait after ``attempt`` may run past the deadline."""
+        return clock() + backoff(attempt) >= deadline_at
+
     def announce(attempt: int, exc: Optional[BaseException]) -> None:
         log.info(
             "transient error, retrying",
@@ -172,40 +176,22 @@ def retry_transient(
     try:
         return fn()
     except Exception as exc:
-        if not is_transient(exc) or clock() + backoff(1) >= deadline_at:
+        if not is_transient(exc) or exhausted(1):
             raise
         announce(1, exc)
     sleep(backoff(1))
-    return _retry_after_first(fn, deadline_at, clock, sleep, backoff, announce)
 
-
-def _retry_after_first(
-    fn: Callable[[], T],
-    deadline_at: float,
-    clock: Callable[[], float],
-    sleep: Callable[[float], None],
-    backoff: Callable[[int], float],
-    announce: Callable[[int, Optional[BaseException]], None],
-) -> T:
-    """Attempts 2, 3, ... of :func:`retry_transient` (tenacity counts them from 1)."""
-    import tenacity
-
-    def stop(state: tenacity.RetryCallState) -> bool:
-        return clock() + backoff(state.attempt_number + 1) >= deadline_at
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        return backoff(state.attempt_number + 1)
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        outcome = state.outcome.exception() if state.outcome is not None else None
-        announce(state.attempt_number + 1, outcome)
+    import tenacity  # attempts 2, 3, ...: tenacity counts them from 1
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
-        stop=stop,
-        wait=wait,
+        stop=lambda state: exhausted(state.attempt_number + 1),
+        wait=lambda state: backoff(state.attempt_number + 1),
         sleep=sleep,
-        before_sleep=before_sleep,
+        before_sleep=lambda state: announce(
+            state.attempt_number + 1,
+            state.outcome.exception() if state.outcome is not None else None,
+        ),
         reraise=True,
     )
     return retrying(fn)
