@@ -20,7 +20,7 @@ import select
 import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,7 +36,6 @@ from vfio_manager.daemon.state import State
 from vfio_manager.daemon.uevents import DatagramUeventSource
 from vfio_manager.host.modules import RunResult
 from vfio_manager.pipeline.node import Node
-from vfio_manager.record import replace
 
 WALL = 1714564800.0
 

@@ -5,6 +5,7 @@ Every failing check's remedy is asserted, verbatim where the text is fixed.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,7 +27,6 @@ from vfio_manager.host.preflight import (
     evaluate,
 )
 from vfio_manager.host.summary import HostSummary
-from vfio_manager.record import replace
 
 INTEL_GRUB = (
     "add intel_iommu=on to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "

@@ -30,12 +30,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, TextIO
 
 from vfio_manager.errors import ExitCode, UsageError, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.log import get_logger
-from vfio_manager.record import record
 
 if TYPE_CHECKING:
     from vfio_manager.pipeline.engine import Outcome
@@ -86,7 +86,7 @@ _WRITERS = ("process", "thread")
 
 
 # -- argv ------------------------------------------------------------------------------------
-@record
+@dataclass(frozen=True)
 class Invocation:
     """What the command line asks for; ``device`` wins over ``all_devices``, as in the script."""
 

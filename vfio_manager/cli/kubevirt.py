@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vfio_manager.kernel.catalogue import REBELLIONS_VENDOR, catalogue_entries, catalogue_entry
 from vfio_manager.kernel.model import PciFunction
-from vfio_manager.record import record
 
 RESOURCE_PREFIX = "rebellions.ai"
 NAMINGS = ("atom", "pf")
 FORMATS = ("yaml", "json")
 
 
-@record
+@dataclass(frozen=True)
 class PciHostDevice:
     """One ``pciHostDevices`` entry, and whether the catalogue knows its device ID."""
 

@@ -20,15 +20,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
-
-from vfio_manager.record import record
 
 DEFAULT_INITIAL = 1.0
 DEFAULT_CAP = 300.0
 
 
-@record(frozen=False)
+@dataclass
 class _Entry:
     failures: int
     retry_at: Optional[float]

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 from vfio_manager.daemon.uevents import UeventBatch
-from vfio_manager.record import record
 
 DEFAULT_WINDOW = 0.2
 
 
-@record
+@dataclass(frozen=True)
 class Batch:
     """The functions a window of events touched; ``full``: re-plan every function."""
 

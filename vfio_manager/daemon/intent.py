@@ -32,13 +32,13 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from vfio_manager.daemon import files
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.log import get_logger
-from vfio_manager.record import record
 from vfio_manager.safety.statedir import DEFAULT_STATE_DIR, UnsafeStateDirError, open_state_dir
 
 log = get_logger("vfio_manager.daemon.intent")
@@ -50,7 +50,7 @@ class IntentError(VfioManagerError):
     """An intent could not be recorded or cleared (state directory not writable)."""
 
 
-@record
+@dataclass(frozen=True)
 class Intent:
     """One function the admin asked to leave on the host.
 

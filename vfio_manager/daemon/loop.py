@@ -36,6 +36,7 @@ import select
 import signal
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Callable, Optional, Protocol
 
@@ -63,7 +64,6 @@ from vfio_manager.daemon.state import (
 from vfio_manager.daemon.uevents import Uevent, UeventBatch, UeventSource
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.log import get_logger
-from vfio_manager.record import record
 
 log = get_logger("vfio_manager.daemon.loop")
 
@@ -172,7 +172,7 @@ class Wakeup:
                 os.close(fd)
 
 
-@record
+@dataclass(frozen=True)
 class LoopSettings:
     """Timing of the loop (seconds). ``stall_after``: how long one reconcile may take before
     ``/healthz`` calls the loop wedged (lock wait + per-function deadlines fit in it)."""

@@ -18,6 +18,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from vfio_manager import __version__
@@ -40,7 +41,6 @@ from vfio_manager.daemon.uevents import UeventSource, open_uevent_source
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.selection import Selector
-from vfio_manager.record import field, record
 
 if TYPE_CHECKING:
     from vfio_manager.daemon.http import HealthServer
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = get_logger("vfio_manager.daemon.service")
 
 
-@record
+@dataclass(frozen=True)
 class DaemonOptions:
     """The daemon's command line (see docs/daemon.md); BDFs in ``exclude`` are canonical."""
 
@@ -63,7 +63,7 @@ class DaemonOptions:
     load_modules: bool = True
 
 
-@record(frozen=False)
+@dataclass
 class Daemon:
     """A daemon ready to run: :meth:`run` returns the exit code and releases everything."""
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from vfio_manager.kernel.drivers import Direction
-from vfio_manager.record import field, record
 
 
 class State(str, enum.Enum):
@@ -60,7 +60,7 @@ class TransitionOutcome(str, enum.Enum):
     REFUSED = "refused"
 
 
-@record
+@dataclass(frozen=True)
 class FunctionStatus:
     """One function's state; ``reason`` and ``remedy`` say why it is not converged."""
 
@@ -78,7 +78,7 @@ class FunctionStatus:
         }
 
 
-@record
+@dataclass(frozen=True)
 class HostCheck:
     """A failing host readiness check (``vfio-manager check`` names), with its remedy."""
 
@@ -90,7 +90,7 @@ class HostCheck:
         return {"name": self.name, "detail": self.detail, "remedy": self.remedy}
 
 
-@record
+@dataclass(frozen=True)
 class HostReadiness:
     ok: bool
     failing: tuple[HostCheck, ...] = ()
@@ -102,7 +102,7 @@ class HostReadiness:
 HOST_READY = HostReadiness(ok=True)
 
 
-@record
+@dataclass(frozen=True)
 class TransitionRecord:
     """One attempted transition of one reconcile, for the transitions counter and the log."""
 
@@ -116,7 +116,7 @@ def _never() -> bool:
     return False
 
 
-@record
+@dataclass(frozen=True)
 class ReconcileRequest:
     """What the loop asks of the reconciler.
 
@@ -136,7 +136,7 @@ class ReconcileRequest:
         return self.affected is None
 
 
-@record
+@dataclass(frozen=True)
 class ReconcileOutcome:
     """What the reconciler found and did.
 
@@ -160,7 +160,7 @@ def count_states(statuses: Iterable[FunctionStatus]) -> dict[str, int]:
     return counts
 
 
-@record
+@dataclass(frozen=True)
 class NodeView:
     """The daemon's merged picture of the node after the last reconcile.
 
@@ -218,7 +218,7 @@ class NodeView:
         return doc
 
 
-@record
+@dataclass(frozen=True)
 class ReconcileReport:
     """One finished reconcile, as the loop hands it to the metrics and the log.
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import socket
+from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.log import get_logger
-from vfio_manager.record import record
 
 log = get_logger("vfio_manager.daemon.uevents")
 
@@ -53,7 +53,7 @@ _DATAGRAM_MAX = 16384  # the kernel's uevent buffer is 2 KiB; headroom for the h
 _DRAIN_LIMIT = 1024  # datagrams per read_pending(); the rest wait for the next wakeup
 
 
-@record
+@dataclass(frozen=True)
 class Uevent:
     """The parts of a kernel uevent the daemon acts on.
 
@@ -128,7 +128,7 @@ def parse_uevent(data: bytes) -> Optional[Uevent]:
     )
 
 
-@record
+@dataclass(frozen=True)
 class UeventBatch:
     """What one :meth:`UeventSource.read_pending` found.
 

@@ -10,6 +10,7 @@ and override it was found with) comes first.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Optional
 
 from vfio_manager.host.dynamic_ids import suspected_ids
@@ -19,7 +20,6 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
-from vfio_manager.record import record
 
 Origins = Mapping[PciAddress, tuple[Optional[str], Optional[str]]]
 """The journal's origins: per function, the driver and ``driver_override`` it was found with."""
@@ -29,7 +29,7 @@ def _normalise(module: str) -> str:
     return module.replace("-", "_")
 
 
-@record
+@dataclass(frozen=True)
 class HostTarget:
     """Where a function returns to on the host: its driver and its ``driver_override``.
 

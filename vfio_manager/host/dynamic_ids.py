@@ -14,14 +14,14 @@ clearing the override and the unbind).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vfio_manager.kernel.drivers import is_vfio_driver
 from vfio_manager.kernel.model import PciFunction
-from vfio_manager.record import record
 
 
-@record
+@dataclass(frozen=True)
 class DynamicId:
     """A function that a vfio driver holds through a dynamic ID, with the way to remove it."""
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.host.dynamic_ids import DynamicId, configured_ids, dynamic_ids
 from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.drivers import VFIO_PCI
 from vfio_manager.kernel.sysfs import Sysfs
-from vfio_manager.record import record
 
 if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
@@ -74,7 +74,7 @@ def last_flag(args: Mapping[str, Sequence[str]], key: str, flags: Sequence[str])
 
 
 # -- facts ----------------------------------------------------------------------------------------
-@record
+@dataclass(frozen=True)
 class FunctionFacts:
     """What the checks need about one selected function."""
 
@@ -86,7 +86,7 @@ class FunctionFacts:
     variant_driver: Optional[str] = None  # the registered PCI driver of the variant module
 
 
-@record
+@dataclass(frozen=True)
 class HostFacts:
     """Everything the checks read, read once."""
 
@@ -232,8 +232,9 @@ def _noiommu_groups(nodes: Sequence[str]) -> list[int]:
 
 def _with_config(info: ModuleInfo, source: Optional[str], config: Mapping[str, str]) -> ModuleInfo:
     """Complete a module with no other trace from the kernel config: ``=y`` built in, unset."""
+    from dataclasses import replace
+
     from vfio_manager.host.modules import ModuleState
-    from vfio_manager.record import replace
 
     option = MODULE_CONFIG.get(info.name)
     if info.state is not ModuleState.MISSING or option is None or source is None:

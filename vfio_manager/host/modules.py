@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.sysfs import Sysfs
-from vfio_manager.record import record
 
 MODPROBE_TIMEOUT = 60.0
 # `install NAME <cmd>` lines whose command makes loading a no-op or a failure.
@@ -40,7 +40,7 @@ class ModuleState(str, enum.Enum):
     MISSING = "missing"
 
 
-@record
+@dataclass(frozen=True)
 class Blacklisting:
     """Why modprobe will not load a module: a modprobe.d line or a kernel argument."""
 
@@ -52,7 +52,7 @@ class Blacklisting:
         return f"`{self.line}` ({self.where})"
 
 
-@record
+@dataclass(frozen=True)
 class ModuleInfo:
     """One module's state and the evidence it was read from."""
 
@@ -169,7 +169,7 @@ class ModuleInventory:
 
 
 # -- running modprobe ---------------------------------------------------------------------------
-@record
+@dataclass(frozen=True)
 class RunResult:
     returncode: int
     stdout: str = ""
@@ -211,7 +211,7 @@ def modprobe_command(host_root: str, modprobe: str, module: str) -> list[str]:
     return ["chroot", root, modprobe, module]
 
 
-@record
+@dataclass(frozen=True)
 class LoadAttempt:
     """One modprobe run, or the reason it was not run (``argv`` empty)."""
 

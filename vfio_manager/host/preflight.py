@@ -13,6 +13,7 @@ loaded, it loads them with the host's modprobe (:mod:`vfio_manager.host.modules`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vfio_manager.errors import HostNotReadyError
@@ -22,7 +23,6 @@ from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.drivers import VFIO_PCI
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
-from vfio_manager.record import field, record
 
 if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
@@ -73,7 +73,7 @@ _VENDOR_LABEL = {INTEL: "Intel VT-d", AMD: "AMD-Vi"}
 
 
 # -- checks ---------------------------------------------------------------------------------------
-@record
+@dataclass(frozen=True)
 class Check:
     """One item of the checklist. ``load`` names modules whose loading would make it pass."""
 
@@ -666,7 +666,7 @@ def modules_to_load(facts: HostFacts) -> list[str]:
 
 
 # -- the whole preflight ---------------------------------------------------------------------------
-@record
+@dataclass(frozen=True)
 class Preflight:
     checks: tuple[Check, ...]
     attempts: tuple[LoadAttempt, ...] = ()

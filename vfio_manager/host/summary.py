@@ -6,14 +6,14 @@ costs two directory listings and one stat, with nothing of the full checklist im
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from vfio_manager.kernel.drivers import VFIO_PCI
 from vfio_manager.kernel.sysfs import Sysfs
-from vfio_manager.record import record
 
 
-@record
+@dataclass(frozen=True)
 class HostSummary:
     iommu_groups: int
     iommu_units: tuple[str, ...]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cached_property
 
 from vfio_manager.errors import UsageError
-from vfio_manager.record import record
 
 # domain:bus:device.function; the domain may be omitted (0000 assumed). VMD domains have 5 digits.
 _BDF = re.compile(
@@ -14,7 +14,7 @@ _BDF = re.compile(
 )
 
 
-@record(order=True)
+@dataclass(frozen=True, order=True)
 class PciAddress:
     """A PCI function address; ``str()`` gives the kernel's canonical form ``0000:03:00.0``."""
 

@@ -6,17 +6,17 @@ only looked up: plans and reports are computed from it without touching sysfs ag
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.catalogue import product_name
-from vfio_manager.record import field, record
 
 # PCI header type 1/2 functions (PCI-PCI bridges, CardBus bridges): vfio-pci refuses them.
 _BRIDGE_CLASSES = frozenset({0x0604, 0x0607, 0x0609})
 
 
-@record
+@dataclass(frozen=True)
 class PciFunction:
     """One PCI function as sysfs showed it when the topology was read."""
 
@@ -60,7 +60,7 @@ class PciFunction:
         return None
 
 
-@record
+@dataclass(frozen=True)
 class Topology:
     """All functions and IOMMU groups of a node, indexed once."""
 

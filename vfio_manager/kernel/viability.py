@@ -8,15 +8,15 @@ a driver that leaves DMA to its user (``driver_managed_dma``; the list of such d
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import is_dma_safe
 from vfio_manager.kernel.model import PciFunction, Topology
-from vfio_manager.record import record
 
 
-@record
+@dataclass(frozen=True)
 class Blocker:
     """A group member whose host driver keeps the group from being opened."""
 

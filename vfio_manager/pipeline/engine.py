@@ -11,6 +11,7 @@ import enum
 import errno as errno_mod
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
@@ -20,7 +21,6 @@ from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
 from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Settle, Step
-from vfio_manager.record import record, replace
 from vfio_manager.safety.deadline import (
     DEFAULT_WRITE_TIMEOUT,
     DeadlineExceededError,
@@ -56,7 +56,7 @@ class Status(str, enum.Enum):
     FAILED = "failed"
 
 
-@record
+@dataclass(frozen=True)
 class Outcome:
     """What happened to one function; ``restored_to`` is set when a failure was undone."""
 
@@ -93,7 +93,7 @@ _LaneResult = Union[Outcome, tuple[FunctionPlan, int, int]]
 """What moving one function gives: its outcome, or (entry, IOMMU group, writes) to wait for."""
 
 
-@record
+@dataclass(frozen=True)
 class Report:
     direction: Direction
     outcomes: tuple[Outcome, ...]

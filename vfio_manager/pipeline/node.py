@@ -8,11 +8,11 @@ elsewhere by building another ``Node``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT
 from vfio_manager.kernel.sysfs import DEFAULT_DEV_ROOT, DEFAULT_SYSFS_ROOT, Sysfs, direct_write
-from vfio_manager.record import record
 from vfio_manager.safety.deadline import DEFAULT_LOCK_TIMEOUT, DEFAULT_WRITE_TIMEOUT
 from vfio_manager.safety.statedir import DEFAULT_STATE_DIR
 
@@ -27,7 +27,7 @@ WRITERS = ("process", "thread")
 in-memory fake kernel of the tests, where a child would write to its own copy)."""
 
 
-@record
+@dataclass(frozen=True)
 class Node:
     """Roots, state directory and deadlines of one run."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from vfio_manager.host.driver_choice import HostTarget
@@ -17,7 +18,6 @@ from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, Direction, is_vf
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.viability import group_blockers
 from vfio_manager.pipeline.selection import Selector
-from vfio_manager.record import field, record
 
 
 class Action(str, enum.Enum):
@@ -34,7 +34,7 @@ WRITING_ACTIONS = frozenset(
 )
 
 
-@record
+@dataclass(frozen=True)
 class Step:
     """One kernel operation; ``driver`` is the override value, the driver left or expected."""
 
@@ -80,7 +80,7 @@ class Settle(str, enum.Enum):
     ROLL_BACK = "roll-back"  # put the function back as it was before the interrupted run
 
 
-@record
+@dataclass(frozen=True)
 class Interrupted:
     """A journal record this entry settles: how, why (for the output), and the state
     before the interrupted run, which is what a failure of this entry restores."""
@@ -99,7 +99,7 @@ class Interrupted:
         }
 
 
-@record
+@dataclass(frozen=True)
 class FunctionPlan:
     """Steps for one function, or the reason it is refused (then it has no steps).
 
@@ -153,7 +153,7 @@ class FunctionPlan:
         }
 
 
-@record
+@dataclass(frozen=True)
 class Plan:
     direction: Direction
     entries: tuple[FunctionPlan, ...] = field(default_factory=tuple)

@@ -7,6 +7,7 @@ into lines.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.host.dynamic_ids import DynamicId, dynamic_ids
@@ -17,7 +18,6 @@ from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.viability import group_viable
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.selection import Selector, selected_functions
-from vfio_manager.record import record
 
 if TYPE_CHECKING:
     from vfio_manager.host.modules import Runner
@@ -44,7 +44,7 @@ def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> di
     }
 
 
-@record
+@dataclass(frozen=True)
 class StatusResult:
     selector: Selector
     records: list[dict[str, Any]]
@@ -70,7 +70,7 @@ def status(node: Node, selector: Selector) -> StatusResult:
     return StatusResult(selector, records, HostSummary.read(sysfs), tuple(dynamic_ids(functions)))
 
 
-@record
+@dataclass(frozen=True)
 class CheckResult:
     selector: Selector
     preflight: Preflight

@@ -8,6 +8,7 @@ guard checks. ``--force`` turns the refusals into warnings; nothing else bypasse
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from vfio_manager.kernel.address import PciAddress
@@ -22,7 +23,6 @@ from vfio_manager.pipeline.plan import (
     RefusalKind,
     refuse_group_mates,
 )
-from vfio_manager.record import replace
 
 if TYPE_CHECKING:  # imported where used: a converged plan neither scans nor guards
     from vfio_manager.safety.holders import Holder, Target

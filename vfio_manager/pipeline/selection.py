@@ -9,13 +9,13 @@ excludes refuses the whole command, so a typo never moves the wrong function.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Optional
 
 from vfio_manager.errors import DeviceNotFoundError, NotSelectedError, UsageError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.catalogue import PROCESSING_ACCELERATOR_CLASS, REBELLIONS_VENDOR
 from vfio_manager.kernel.model import PciFunction, Topology
-from vfio_manager.record import field, record
 
 
 def parse_id(text: str, *, what: str, bits: int, example: str = "0x1eff") -> int:
@@ -34,7 +34,7 @@ def parse_id(text: str, *, what: str, bits: int, example: str = "0x1eff") -> int
     return value
 
 
-@record
+@dataclass(frozen=True)
 class Selector:
     """Vendor, class and device-ID filters; ``None`` means any.
 

@@ -22,6 +22,7 @@ The policy, per record (checked against the live function first):
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
@@ -35,13 +36,12 @@ from vfio_manager.pipeline.plan import (
     restore_steps,
 )
 from vfio_manager.pipeline.selection import Selector
-from vfio_manager.record import field, record
 from vfio_manager.safety.journal import JournalEntry
 
 _VERB = {Direction.TO_VFIO: "bind to vfio", Direction.TO_HOST: "return to the host"}
 
 
-@record(frozen=False)
+@dataclass
 class Settlement:
     """The journal's share of a plan.
 

@@ -17,6 +17,7 @@ reads the journal without changing it, and writes nothing.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.errors import ExitCode, VfioManagerError
@@ -34,7 +35,6 @@ from vfio_manager.pipeline.selection import (
     named_functions,
     selected_functions,
 )
-from vfio_manager.record import record, replace
 
 if TYPE_CHECKING:
     from vfio_manager.host.driver_choice import DriverResolver
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = get_logger("vfio_manager.pipeline.transition")
 
 
-@record
+@dataclass(frozen=True)
 class TransitionRequest:
     """What the caller asks for: which functions, which way, and how carefully."""
 
@@ -68,7 +68,7 @@ class TransitionRequest:
     ``None``: every selected function."""
 
 
-@record
+@dataclass(frozen=True)
 class TransitionResult:
     """The plan, the report of applying it (``None`` for a dry run or an empty plan), and
     notes about the host (modules loaded) and the journal (records found)."""

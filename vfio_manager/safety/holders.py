@@ -33,13 +33,13 @@ import errno as errno_mod
 import os
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Optional, Union
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.procfs import Procfs
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
-from vfio_manager.record import record
 
 log = get_logger("vfio_manager.safety.holders")
 
@@ -48,7 +48,7 @@ _VANISHED = frozenset({errno_mod.ENOENT, errno_mod.ESRCH})
 _COMM_LIMIT = 64
 
 
-@record
+@dataclass(frozen=True)
 class Target:
     """A file a process can hold: matched by ``path`` (and by ``rdev`` for a device node).
 
@@ -75,7 +75,7 @@ class Target:
         return cls(path, None, mapped=True)
 
 
-@record(order=True)
+@dataclass(frozen=True, order=True)
 class Holder:
     """A process holding a target: ``what`` is the path it holds, ``via`` "fd" or "mmap"."""
 
@@ -90,7 +90,7 @@ class Holder:
         return f"PID {self.pid} ({self.comm}) {verb} {self.what}{suffix}"
 
 
-@record
+@dataclass(frozen=True)
 class HolderScan:
     """Result of one scan: the holders, how many processes were looked at, and which not."""
 

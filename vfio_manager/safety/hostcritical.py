@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import dataclass
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
-from vfio_manager.record import record
 
 log = get_logger("vfio_manager.safety.hostcritical")
 
@@ -61,7 +61,7 @@ _LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
 _MULTICAST6 = ipaddress.IPv6Network("ff00::/8")
 
 
-@record
+@dataclass(frozen=True)
 class _Mount:
     numbers: str
     source: str
@@ -69,7 +69,7 @@ class _Mount:
     fstype: str
 
 
-@record
+@dataclass(frozen=True)
 class _Route4:
     iface: str
     network: ipaddress.IPv4Network

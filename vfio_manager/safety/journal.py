@@ -45,6 +45,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from vfio_manager.errors import VfioManagerError
@@ -52,7 +53,6 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction
 from vfio_manager.log import get_logger
-from vfio_manager.record import field, record, replace
 from vfio_manager.safety.statedir import DEFAULT_STATE_DIR, StateDir, UnusableFile
 
 log = get_logger("vfio_manager.safety.journal")
@@ -86,7 +86,7 @@ class JournalError(VfioManagerError):
     """The journal could not be written: the engine must not write to the function then."""
 
 
-@record
+@dataclass(frozen=True)
 class JournalEntry:
     """One record: a transition in flight, or the origin of a function (how it was found).
 

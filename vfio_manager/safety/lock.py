@@ -32,13 +32,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
 from vfio_manager.log import get_logger
-from vfio_manager.record import record
 from vfio_manager.safety.deadline import (
     DEFAULT_LOCK_TIMEOUT,
     pending_writes,
@@ -69,7 +69,7 @@ class LockTimeoutError(VfioManagerError):
         self.holder = holder
 
 
-@record
+@dataclass(frozen=True)
 class LockHolder:
     """Who wrote the lock file: PID and command line, and what /proc says about that PID now.
 

@@ -32,10 +32,10 @@ import struct
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Optional
 
 from vfio_manager.kernel.sysfs import direct_write
-from vfio_manager.record import record
 
 _HEADER = struct.Struct("!II")  # path length, payload length
 _REPLY = struct.Struct("!i")  # 0 or the errno
@@ -77,7 +77,7 @@ def _child_loop(requests: int, replies: int) -> None:
             return
 
 
-@record(frozen=False)
+@dataclass
 class _Child:
     pid: int
     requests: int  # our write end
@@ -85,7 +85,7 @@ class _Child:
     busy: Optional[str] = None  # what it is writing, while a request is outstanding
 
 
-@record
+@dataclass(frozen=True)
 class StuckWriter:
     """A child still in the kernel with a write the run gave up on."""
 
