@@ -1,7 +1,5 @@
-"""Rebellions product names by PCI device ID (PF and SR-IOV VF IDs).
-
-Unknown 0x1eff IDs still exist in the field: they are named by ID, never rejected.
-"""
+"""Rebellions product names by PCI device ID (PF and SR-IOV VF IDs); unknown IDs are named
+by number, never rejected."""
 
 from __future__ import annotations
 
@@ -29,10 +27,8 @@ for _product, _family, _pf, _vf in (
 
 
 def product_name(vendor: int, device: int) -> Optional[str]:
-    """A name for people: ``RBLN-CA22``, ``RBLN-CA22 VF``, ``Rebellions 1fff`` when unknown.
-
-    ``None`` for other vendors: the tool has no catalogue for them and shows their IDs only.
-    """
+    """``RBLN-CA22``, ``RBLN-CA22 VF``, ``Rebellions 1fff`` when unknown; ``None`` for other
+    vendors (they are shown by ID)."""
     if vendor != REBELLIONS_VENDOR:
         return None
     known = _PRODUCTS.get(device)
