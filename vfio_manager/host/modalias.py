@@ -1,9 +1,6 @@
-"""Which module serves a function: ``modules.alias`` matched against the function's modalias.
-
-Native drivers come from ``alias pci:...`` lines (what ``modprobe -R`` does); vfio variant
-drivers from ``alias vfio_pci:...`` lines. The most specific pattern (fewest wildcards) wins.
-Patterns are bucketed by vendor so a 4,096-function host does not scan every alias for every
-function, and results are cached per modalias (VFs share one).
+"""Which module serves a function: its modalias matched against ``modules.alias``, as
+``modprobe -R`` does (kernel-facts K12). Native modules come from ``alias pci:`` lines, vfio
+variants from ``alias vfio_pci:`` lines; the most specific pattern (fewest wildcards) wins.
 """
 
 from __future__ import annotations
@@ -18,14 +15,10 @@ _VENDOR_PREFIX = re.compile(r"^v([0-9A-F]{8})", re.IGNORECASE)
 
 
 def glob_match(text: str, pattern: str) -> bool:
-    """``fnmatch.fnmatchcase`` for the ``*``-only patterns modules.alias holds, without
-    compiling a regular expression per pattern.
+    """``fnmatch.fnmatchcase`` without compiling a regex per pattern (thousands per lookup).
 
-    fnmatch translates and compiles each new pattern; returning one Intel NIC to its driver
-    asked it of 2,776 patterns (0.4 s natively, over a second in the TCG guest). A ``*``-only
-    pattern matches when its literal pieces appear in order, the first at the start and the
-    last at the end; the leftmost place for each piece is always a right one. Patterns with
-    ``?`` or ``[`` still go to fnmatch.
+    A ``*``-only pattern matches when its literal pieces appear in order, the first at the
+    start and the last at the end; patterns with ``?`` or ``[`` still go to fnmatch.
     """
     if "?" in pattern or "[" in pattern:
         return fnmatch.fnmatchcase(text, pattern)
@@ -46,13 +39,10 @@ def glob_match(text: str, pattern: str) -> bool:
 
 
 class AliasTable:
-    """The ``pci:`` and ``vfio_pci:`` aliases of one kernel's modules.alias.
+    """The ``pci:`` and ``vfio_pci:`` aliases of one kernel's modules.alias (~26,000 lines).
 
-    A distribution kernel's file has ~26,000 lines (1.3 MB); parsing all of them cost a
-    writing run 30 ms, most of it for vendors no selected function has. The table keeps
-    the file's bytes and extracts, on first use, only the lines of the vendor asked about
-    (and the vendor-wildcard lines), with one C-speed regex scan each. depmod writes the
-    IDs in upper case (``v00001EFF``), as the kernel's modalias does.
+    Only the lines of a vendor asked about (and the vendor-wildcard lines) are extracted, on
+    first use, by one regex scan of the file's bytes; results are cached per modalias.
     """
 
     def __init__(self, text: bytes) -> None:
