@@ -20,6 +20,8 @@ from vfio_manager.kernel.sysfs import Sysfs
 
 # config options that explain the IOMMU and vfio state; the rest of the config is dropped
 _CONFIG_KEYS = re.compile(r"^CONFIG_\w*(IOMMU|VFIO|DMAR)\w*$")
+# a run of non-blanks and double-quoted text (an unclosed quote runs to the end)
+_TOKEN = re.compile(r'(?:[^\s"]|"[^"]*"?)+')
 # the vfio stack's modules, each with its config option
 MODULE_CONFIG = {
     "vfio": "CONFIG_VFIO",
@@ -30,33 +32,16 @@ MODULE_CONFIG = {
 }
 
 
-def _tokens(cmdline: str) -> list[str]:
-    """Split like the kernel: on blanks, except inside double quotes (which are dropped)."""
-    tokens: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in cmdline:
-        if char == '"':
-            quoted = not quoted
-        elif char.isspace() and not quoted:
-            if current:
-                tokens.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-    if current:
-        tokens.append("".join(current))
-    return tokens
-
-
 def parse_cmdline(cmdline: Optional[str]) -> dict[str, list[str]]:
-    """Argument name -> every value given, in order (``-`` and ``_`` are equal in names)."""
+    """Argument name -> every value given, in order (``-`` and ``_`` are equal in names).
+    Split like the kernel: on blanks, except inside double quotes (which are dropped)."""
     args: dict[str, list[str]] = {}
-    for token in _tokens(cmdline or ""):
+    for token in (t.replace('"', "") for t in _TOKEN.findall(cmdline or "")):
         if token == "--":  # noqa: S105 (the end of kernel arguments, not a password)
             break  # the rest goes to init
-        key, _, value = token.partition("=")
-        args.setdefault(key.replace("-", "_"), []).append(value)
+        if token:
+            key, _, value = token.partition("=")
+            args.setdefault(key.replace("-", "_"), []).append(value)
     return args
 
 

@@ -494,9 +494,8 @@ def check_vfio_driver(facts: HostFacts) -> Check:
             continue
         needs_generic = True
         if f.variant_module and f.variant is not None:
-            pairs.append(
-                (f.bdf, f"{VFIO_PCI} (variant {f.variant_module} is {f.variant.describe()})")
-            )
+            described = f"variant {f.variant_module} is {f.variant.describe()}"
+            pairs.append((f.bdf, f"{VFIO_PCI} ({described})"))
             evidence.append(f"{f.bdf} ({f.ids}): alias vfio_pci:... -> {f.variant_module}")
         else:
             pairs.append((f.bdf, VFIO_PCI))
@@ -520,17 +519,13 @@ def check_dynamic_ids(facts: HostFacts) -> Check:
     if not found and not facts.vfio_ids_config:
         detail = "none seen (no selected function is on vfio-pci without its override)"
         return check(True, detail, advisory=True)
-    remedies: list[str] = []
-    for ids in dict.fromkeys(
-        [(d.driver, d.vendor, d.device) for d in found]
-        + [
-            (VFIO_PCI, int(f.ids[:4], 16), int(f.ids[5:], 16))
-            for f in facts.functions
-            if any(f.ids in line for line in facts.vfio_ids_config)
-        ]
-    ):
-        remedies.append(remove_id_remedy(*ids))
-    remedy = "; ".join(remedies)
+    configured = [
+        (VFIO_PCI, int(f.ids[:4], 16), int(f.ids[5:], 16))
+        for f in facts.functions
+        if any(f.ids in line for line in facts.vfio_ids_config)
+    ]
+    ids = dict.fromkeys([(d.driver, d.vendor, d.device) for d in found] + configured)
+    remedy = "; ".join(remove_id_remedy(*i) for i in ids)
     if facts.vfio_ids_config:
         remedy += (
             "; and remove vfio-pci.ids= from the kernel command line or modprobe.d (see the "
@@ -564,20 +559,23 @@ def check_loading(facts: HostFacts, attempts: Sequence[LoadAttempt]) -> Check:
 
 def evaluate(facts: HostFacts, attempts: Sequence[LoadAttempt] = ()) -> list[Check]:
     """Every check, in the order the checklist shows them. Pure."""
-    checks = [
-        check_iommu(facts),
-        check_cmdline(facts),
-        check_noiommu(facts),
-        check_groups(facts),
-        check_modules(facts),
-        check_vfio_pci_driver(facts),
-        check_dev_vfio(facts),
-        check_vfio_driver(facts),
-        check_dynamic_ids(facts),
-    ]
+    checks = [check(facts) for check in _CHECKS]
     if attempts:
         checks.append(check_loading(facts, attempts))
     return checks
+
+
+_CHECKS = (
+    check_iommu,
+    check_cmdline,
+    check_noiommu,
+    check_groups,
+    check_modules,
+    check_vfio_pci_driver,
+    check_dev_vfio,
+    check_vfio_driver,
+    check_dynamic_ids,
+)
 
 
 def modules_to_load(facts: HostFacts) -> list[str]:
@@ -586,14 +584,9 @@ def modules_to_load(facts: HostFacts) -> list[str]:
     order = sorted(required_modules(facts), key=lambda n: n != "vfio_pci")
     wanted = [n for n in order if facts.modules[n].state is ModuleState.LOADABLE]
     for f in facts.functions:
-        if (
-            f.variant_module
-            and f.variant is not None
-            and f.variant.state is ModuleState.LOADABLE
-            and f.variant_module not in wanted
-        ):
+        if f.variant_module and f.variant is not None and f.variant.state is ModuleState.LOADABLE:
             wanted.append(f.variant_module)
-    return wanted
+    return list(dict.fromkeys(wanted))
 
 
 @dataclass(frozen=True)
@@ -626,15 +619,11 @@ class Preflight:
         return checklist_lines(self.checks, mark)
 
 
-def default_mark(ok: bool) -> str:
-    return "✓" if ok else "✗"
-
-
 def checklist_lines(
     checks: Sequence[Check], mark: Optional[Callable[[bool], str]] = None, *, evidence: bool = True
 ) -> list[str]:
     """The readable checklist: one line per check, its evidence and, when it fails, the remedy."""
-    mark = mark or default_mark
+    mark = mark or (lambda ok: "✓" if ok else "✗")
     lines: list[str] = []
     for c in checks:
         lines.append(f"{mark(c.ok) if c.ok or not c.advisory else '!'} {c.title}: {c.detail}")

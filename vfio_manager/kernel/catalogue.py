@@ -8,8 +8,17 @@ from typing import NamedTuple, Optional
 REBELLIONS_VENDOR = 0x1EFF
 PROCESSING_ACCELERATOR_CLASS = 0x120000
 
-# device ID -> (product, family, function kind)
-_PRODUCTS: dict[int, tuple[str, str, str]] = {}
+
+class CatalogueEntry(NamedTuple):
+    """One catalogued device ID: ``(0x1221, "RBLN-CA22", "ATOM", "VF")``."""
+
+    device: int
+    product: str
+    family: str
+    kind: str  # "PF" or "VF"
+
+
+_PRODUCTS: dict[int, CatalogueEntry] = {}
 for _product, _family, _pf, _vf in (
     ("RBLN-CA02", "ATOM", 0x1020, 0x1021),
     ("RBLN-CA11", "ATOM", 0x1110, 0x1111),
@@ -21,9 +30,9 @@ for _product, _family, _pf, _vf in (
     ("RBLN-CR03", "REBEL", 0x2030, 0x2031),
     ("RBLN-CR13", "REBEL", 0x2130, 0x2131),
 ):
-    _PRODUCTS[_pf] = (_product, _family, "PF")
+    _PRODUCTS[_pf] = CatalogueEntry(_pf, _product, _family, "PF")
     if _vf is not None:
-        _PRODUCTS[_vf] = (_product, _family, "VF")
+        _PRODUCTS[_vf] = CatalogueEntry(_vf, _product, _family, "VF")
 
 
 def product_name(vendor: int, device: int) -> Optional[str]:
@@ -34,25 +43,14 @@ def product_name(vendor: int, device: int) -> Optional[str]:
     known = _PRODUCTS.get(device)
     if known is None:
         return f"Rebellions {device:04x}"
-    product, _family, kind = known
-    return product if kind == "PF" else f"{product} VF"
-
-
-class CatalogueEntry(NamedTuple):
-    """One catalogued device ID: ``(0x1221, "RBLN-CA22", "ATOM", "VF")``."""
-
-    device: int
-    product: str
-    family: str
-    kind: str  # "PF" or "VF"
+    return known.product if known.kind == "PF" else f"{known.product} VF"
 
 
 def catalogue_entry(device: int) -> Optional[CatalogueEntry]:
     """The catalogue's knowledge of one Rebellions device ID; ``None`` when not catalogued."""
-    known = _PRODUCTS.get(device)
-    return None if known is None else CatalogueEntry(device, *known)
+    return _PRODUCTS.get(device)
 
 
 def catalogue_entries() -> tuple[CatalogueEntry, ...]:
     """Every catalogued device ID, by ID."""
-    return tuple(CatalogueEntry(device, *_PRODUCTS[device]) for device in sorted(_PRODUCTS))
+    return tuple(_PRODUCTS[device] for device in sorted(_PRODUCTS))

@@ -1,14 +1,14 @@
-"""The one module that builds paths under /sys and /dev, reads them and writes them.
+"""The one module that builds paths under /sys and /dev (``--sysfs-root``, ``--dev-root``).
 
-Roots are injectable (``--sysfs-root``, ``--dev-root``). Reads give ``None`` (or nothing) for
-a file that vanished or holds garbage: functions come and go on a live host. Each write is
-one unbuffered ``os.write``, so the kernel's errno comes back with it (kernel-facts K1).
+Reads give ``None`` (or nothing) for a file that vanished or holds garbage; each write is one
+unbuffered ``os.write``, so the kernel's errno comes back with it (kernel-facts K1).
 """
 
 from __future__ import annotations
 
 import operator
 import os
+import re
 import threading
 from collections.abc import Callable
 from typing import Optional
@@ -21,6 +21,7 @@ DEFAULT_DEV_ROOT = "/dev"
 _READ_LIMIT = 4096  # sysfs attributes are at most a page
 # sorts by tuples compared in C, not by PciAddress.__lt__ called per comparison
 _address_order = operator.attrgetter("domain", "bus", "device", "function")
+_RESOURCE_FILE = re.compile(r"resource\d+(?:_wc)?")
 # entries of a function's folder that are never class devices
 _NOT_CLASS_DIRS = frozenset({"power", "msi_irqs", "driver", "subsystem", "firmware_node"})
 
@@ -35,12 +36,9 @@ def direct_write(path: str, payload: bytes) -> None:
 
 
 class Sysfs:
-    """Typed access to the PCI, IOMMU and VFIO parts of sysfs and /dev.
-
-    ``writes`` counts the writes made through this object and :meth:`writes_to` counts them
-    per function (exact across threads), so a converged node is proven left alone.
-    ``transport`` delivers the bytes (:func:`direct_write`, or the safety layer's writer).
-    """
+    """Typed access to the PCI, IOMMU and VFIO parts of sysfs and /dev. ``writes`` and
+    :meth:`writes_to` count the writes (proof a converged node is left alone); ``transport``
+    delivers them (:func:`direct_write`, or the safety layer's writer)."""
 
     def __init__(
         self,
@@ -58,6 +56,7 @@ class Sysfs:
         # built once: a node of 4,096 functions asks for tens of thousands of paths below it
         self._devices_prefix = os.path.join(self.root, "bus", "pci", "devices") + "/"
         self._devices_real: Optional[str] = None
+        self._vfio_dir = os.path.join(self.dev_root, "vfio")
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -71,19 +70,12 @@ class Sysfs:
     def _driver_dir(self, driver: str) -> str:
         return self._path("bus", "pci", "drivers", _valid_name(driver, "driver"))
 
-    def _vfio_dir(self) -> str:
-        return os.path.join(self.dev_root, "vfio")
-
     def vfio_group_node(self, group: int) -> str:
-        return os.path.join(self._vfio_dir(), str(group))
-
-    def _class_dir(self, name: str) -> str:
-        return self._path("class", _valid_name(name, "class"))
+        return os.path.join(self._vfio_dir, str(group))
 
     def module_dir(self, module: str) -> str:
         return self._path("module", _valid_name(module, "module"))
 
-    # -- primitive reads, shared with host.files ----------------------------------------------
     @staticmethod
     def read_text(path: str) -> Optional[str]:
         """A small file's content without its trailing newline; ``None`` if unreadable."""
@@ -112,7 +104,6 @@ class Sysfs:
         except OSError:
             return []
 
-    # -- PCI functions, drivers, IOMMU ---------------------------------------------------------
     def list_functions(self) -> list[PciAddress]:
         """Every PCI function the kernel knows, in address order (one listing)."""
         found = (PciAddress.from_sysfs_name(n) for n in self.list_dir(self._devices_prefix))
@@ -143,7 +134,7 @@ class Sysfs:
 
     def iommu_units(self) -> list[str]:
         """Entries of /sys/class/iommu: ``dmar0`` (Intel VT-d), ``ivhd0`` (AMD-Vi), ..."""
-        return self.list_dir(self._class_dir("iommu"))
+        return self.list_dir(self._path("class", "iommu"))
 
     def driver_registered(self, driver: str) -> bool:
         return os.path.isdir(self._driver_dir(driver))
@@ -162,7 +153,6 @@ class Sysfs:
             n for n in names if os.path.lexists(os.path.join(base, _valid_name(n, "ACPI table")))
         )
 
-    # -- modules -------------------------------------------------------------------------------
     def module_present(self, module: str) -> bool:
         """/sys/module/NAME exists: loaded, or built in with parameters."""
         return os.path.isdir(self.module_dir(module))
@@ -180,28 +170,25 @@ class Sysfs:
         entries = self.list_dir(os.path.join(self.module_dir(module), "drivers"))
         return [e[len("pci:") :] for e in entries if e.startswith("pci:")]
 
-    # -- /dev ----------------------------------------------------------------------------------
     def vfio_nodes(self) -> frozenset[str]:
-        return frozenset(self.list_dir(self._vfio_dir()))
+        return frozenset(self.list_dir(self._vfio_dir))
 
     def vfio_node_exists(self, group: int) -> bool:
         return os.path.exists(self.vfio_group_node(group))
 
     def dev_vfio_exists(self) -> bool:
-        return os.path.isdir(self._vfio_dir())
+        return os.path.isdir(self._vfio_dir)
 
     def vfio_container_exists(self) -> bool:
         """/dev/vfio/vfio, the legacy container node QEMU opens (CONFIG_VFIO_CONTAINER)."""
-        return os.path.exists(os.path.join(self._vfio_dir(), "vfio"))
+        return os.path.exists(os.path.join(self._vfio_dir, "vfio"))
 
     def iommufd_node_exists(self) -> bool:
         """/dev/iommu, the iommufd node that replaces the container on new kernels."""
         return os.path.exists(os.path.join(self.dev_root, "iommu"))
 
-    # -- writes --------------------------------------------------------------------------------
     def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
-        """One write; the kernel's errno comes back as :class:`SysfsWriteError`. ``subject``
-        is the BDF of the function the write is about (counted by :meth:`writes_to`)."""
+        """One write; the errno comes back as :class:`SysfsWriteError`. ``subject``: its BDF."""
         with self._count_guard:
             self.writes += 1
             if subject is not None:
@@ -227,10 +214,8 @@ class Sysfs:
         path = self._path("bus", "pci", _valid_name(name, "bus file"))
         self.write(path, data, subject=data.strip() or None)
 
-    # -- holders, disks, interfaces (read-only; for the safety layer) --------------------------
     def device_realpath(self, address: PciAddress) -> str:
-        """The function's resolved /sys/devices/... path, as /proc/PID/maps and the
-        /sys/class/{block,net} links name it."""
+        """The function's /sys/devices/... path, as /proc/PID/maps and class links name it."""
         link = self.device_dir(address)
         try:
             target = os.readlink(link)
@@ -238,8 +223,7 @@ class Sysfs:
             return os.path.realpath(link)
         if not target.startswith("../"):
             return os.path.realpath(link)
-        # The kernel's relative link climbs only through real folders under /sys/devices, so
-        # one readlink and a resolved bus/pci/devices replace realpath's lstat per component.
+        # the link climbs only through real folders: no lstat per component (as realpath does)
         if self._devices_real is None:
             self._devices_real = os.path.realpath(self._devices_prefix)
         return os.path.normpath(os.path.join(self._devices_real, target))
@@ -247,15 +231,12 @@ class Sysfs:
     def resource_files(self, address: PciAddress) -> list[str]:
         """The function's BAR files (``resourceN``, ``resourceN_wc``): what user space mmaps."""
         base = self.device_dir(address) + "/"
-        return [base + n for n in self.list_dir(base) if _is_resource_file(n)]
+        return [base + n for n in self.list_dir(base) if _RESOURCE_FILE.fullmatch(n)]
 
     def device_nodes_of(self, address: PciAddress) -> list[tuple[str, str]]:
         """``(DEVNAME, "MAJ:MIN")`` of the class devices drivers made for the function: real
-        folders with a ``dev`` file, directly in its folder or one level down (``drm/card0``).
-
-        Symlinks and child functions are not entered, so another function's nodes never show.
-        DEVNAME comes from the ``uevent`` file, else the folder's name.
-        """
+        folders with a ``dev`` file in its folder or one below (``drm/card0``), never through a
+        symlink or a child function; DEVNAME from ``uevent``, else the folder's name."""
         found: list[tuple[str, str]] = []
         for child in _real_subdirs(self.device_dir(address)):
             if child.name in _NOT_CLASS_DIRS or PciAddress.from_sysfs_name(child.name) is not None:
@@ -285,8 +266,7 @@ class Sysfs:
         return os.path.join(DEFAULT_DEV_ROOT, _checked_devname(devname))
 
     def canonical_sys_path(self, path: str) -> str:
-        """``path`` under our sysfs root as the host names it (``/sys/...``), e.g. to find
-        another process's mapping of a BAR file in its /proc/PID/maps."""
+        """``path`` under our sysfs root as the host names it (``/sys/...``, as in its maps)."""
         root = self.root.rstrip("/")
         if root and path.startswith(root + "/"):
             return DEFAULT_SYSFS_ROOT + path[len(root) :]
@@ -295,13 +275,12 @@ class Sysfs:
     def vfio_group_dev_numbers(self, group: int) -> Optional[str]:
         """``MAJ:MIN`` of /dev/vfio/N (``/sys/class/vfio/N/dev``); ``None`` when absent."""
         return _dev_numbers(
-            self.read_text(os.path.join(self._class_dir("vfio"), str(int(group)), "dev"))
+            self.read_text(os.path.join(self._path("class", "vfio"), str(int(group)), "dev"))
         )
 
     def resolve_dev_name(self, path: str) -> Optional[str]:
-        """Kernel name of a /dev path from a mount table, through our /dev root: ``/dev/vda1``
-        -> ``vda1``, udev links (``/dev/mapper/root``) -> their target (``dm-0``); ``None`` for
-        anything not under /dev or resolving outside it."""
+        """Kernel name of a /dev path of a mount table (``/dev/mapper/root`` -> ``dm-0``) through
+        our /dev root; ``None`` for anything not under /dev or resolving outside it."""
         prefix = DEFAULT_DEV_ROOT + "/"
         if not path.startswith(prefix) or not _valid_devname(path[len(prefix) :]):
             return None
@@ -312,11 +291,11 @@ class Sysfs:
         return os.path.basename(real)
 
     def _block(self, name: str, *parts: str) -> str:
-        return os.path.join(self._class_dir("block"), _valid_name(name, "disk"), *parts)
+        return os.path.join(self._path("class", "block"), _valid_name(name, "disk"), *parts)
 
     def block_devices(self) -> list[str]:
         """Every disk and partition (``/sys/class/block``: vda, vda1, nvme0n1, dm-0, md0)."""
-        return self.list_dir(self._class_dir("block"))
+        return self.list_dir(self._path("class", "block"))
 
     def block_realpath(self, name: str) -> str:
         """Resolved path of a block device: under its PCI function's /sys/devices path."""
@@ -338,10 +317,10 @@ class Sysfs:
         return self.read_text(self._block(name, "dm", "name"))
 
     def net_interfaces(self) -> list[str]:
-        return self.list_dir(self._class_dir("net"))
+        return self.list_dir(self._path("class", "net"))
 
     def _net(self, iface: str) -> str:
-        return os.path.join(self._class_dir("net"), _valid_name(iface, "interface"))
+        return os.path.join(self._path("class", "net"), _valid_name(iface, "interface"))
 
     def net_realpath(self, iface: str) -> str:
         """Resolved path of an interface; physical ones lie under their PCI function."""
@@ -369,14 +348,6 @@ def _valid_name(name: str, what: str) -> str:
     return name
 
 
-def _is_resource_file(name: str) -> bool:
-    if not name.startswith("resource"):
-        return False
-    index = name[len("resource") :]
-    index = index[: -len("_wc")] if index.endswith("_wc") else index
-    return index.isdecimal()
-
-
 def _real_subdirs(path: str) -> list[os.DirEntry[str]]:
     """Sub-folders that are not symlinks, by name, from one ``scandir`` (no stat per entry)."""
     try:
@@ -395,8 +366,9 @@ def _dev_numbers(text: Optional[str]) -> Optional[str]:
 
 def _valid_devname(name: str) -> bool:
     """A relative node name with no empty, ``.`` or ``..`` component (no escape from /dev)."""
-    parts = name.split("/")
-    return bool(name) and "\0" not in name and all(p not in {"", ".", ".."} for p in parts)
+    return (
+        bool(name) and "\0" not in name and all(p not in {"", ".", ".."} for p in name.split("/"))
+    )
 
 
 def _checked_devname(devname: str) -> str:

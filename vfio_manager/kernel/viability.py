@@ -26,10 +26,7 @@ class Blocker:
 
 
 def group_blockers(
-    topology: Topology,
-    function: PciFunction,
-    *,
-    moving: Collection[PciAddress] = (),
+    topology: Topology, function: PciFunction, *, moving: Collection[PciAddress] = ()
 ) -> tuple[Blocker, ...]:
     """Members of the function's group on a host driver, ignoring those about to move to vfio."""
     return tuple(
