@@ -1,9 +1,6 @@
-"""Which driver a function should end up on: its vfio driver, or its native host driver.
-
-The native driver is found like ``modprobe -R`` (:mod:`vfio_manager.host.modalias`), then
-mapped to the PCI driver its module registered; not loaded means ``None`` (the function may
-stay driverless, as the kernel would leave it). On the way back, the journal's origin wins.
-"""
+"""Which driver a function should end up on: its vfio driver, or its native host driver
+(found like ``modprobe -R``; ``None`` when its module is not loaded, and the function may
+stay driverless as the kernel would leave it). On the way back, the journal's origin wins."""
 
 from __future__ import annotations
 
@@ -25,12 +22,9 @@ Origins = Mapping[PciAddress, tuple[Optional[str], Optional[str]]]
 
 @dataclass(frozen=True)
 class HostTarget:
-    """Where a function returns to on the host: its driver and its ``driver_override``.
-
-    ``driver`` ``None``: whatever the kernel picks; :data:`STAY_UNBOUND`: no driver.
-    ``probe_picks``: ``drivers_probe`` is trusted to attach ``driver`` by itself; when it is
-    not, the plan names ``driver`` in the override for the probe and puts ``override`` back.
-    """
+    """Where a function returns to on the host (``driver`` ``None``: whatever the kernel
+    picks). Unless ``probe_picks``, the plan names ``driver`` in the override for the probe
+    and puts ``override`` back after it."""
 
     driver: Optional[str]
     override: Optional[str] = None
@@ -38,13 +32,9 @@ class HostTarget:
 
 
 class DriverResolver:
-    """The one answer to "vfio driver for F" and "where F returns on the host", for ``check``
-    and ``bind`` alike.
-
-    ``driver_modules`` maps each registered PCI driver to its module (``None``: built in);
-    sysfs is asked, live, for the drivers of a module missing there (built in, or loaded
-    since). ``dynamic``: the (vendor, device) pairs a vfio driver claims by a dynamic ID.
-    """
+    """The one answer to "vfio driver for F" and "where F returns on the host" (``check`` and
+    ``bind`` alike). A module missing from ``driver_modules`` is looked up live in sysfs;
+    ``dynamic``: the (vendor, device) pairs a vfio driver claims by a dynamic ID."""
 
     def __init__(
         self,
@@ -107,8 +97,7 @@ class DriverResolver:
         return driver is not None and driver == self.alias_driver(function)
 
     def host_target(self, function: PciFunction) -> HostTarget:
-        """The function's origin in the journal while its driver is registered (no driver:
-        :data:`STAY_UNBOUND`); else the driver modules.alias names, with no override."""
+        """Its journal origin while that driver is registered, else modules.alias's driver."""
         if function.address in self.origins:
             driver, override = self.origins[function.address]
             if driver is None:
@@ -119,8 +108,7 @@ class DriverResolver:
         return HostTarget(native, None, self.probe_picks(function, native))
 
     def variant_module(self, function: PciFunction) -> Optional[str]:
-        """The vfio variant module modules.alias names for the function (normalised), not
-        counting vfio-pci's own catch-all alias."""
+        """The vfio variant module modules.alias names (not vfio-pci's own catch-all alias)."""
         variant = self.aliases.vfio_variant_module(function.modalias) if function.modalias else None
         if variant is None or normalise(variant) == "vfio_pci":
             return None

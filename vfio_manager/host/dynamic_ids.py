@@ -1,11 +1,6 @@
-"""Dynamic IDs on vfio drivers (``new_id``, ``vfio-pci.ids=``): the evidence of one, and how
-to remove it.
-
-A dynamic ID makes ``drivers_probe`` hand a function on its way back to the host to vfio
-again (kernel-facts K7). ``new_id`` is write-only, so the evidence is indirect: vfio drivers
-bind only when named (K10), so one holding a function its override does not name holds it
-through a dynamic ID.
-"""
+"""Dynamic IDs on vfio drivers (``new_id``, ``vfio-pci.ids=``), which make ``drivers_probe``
+hand a function back to vfio (kernel-facts K7). ``new_id`` is write-only, and vfio drivers bind
+only when named (K10): one holding a function its override does not name holds it by an ID."""
 
 from __future__ import annotations
 
@@ -66,8 +61,7 @@ def suspected_ids(functions: Iterable[PciFunction]) -> frozenset[tuple[int, int]
 
 
 def _listed(value: str, wanted: Collection[str]) -> list[str]:
-    """The ``vvvv:dddd`` of ``wanted`` an ``ids=`` value lists (``1eff:1220,8086:10d3:...``;
-    entries are vendor:device[:subvendor:subdevice[:class[:mask]]] in hex)."""
+    """The ``vvvv:dddd`` of ``wanted`` an ``ids=`` value lists (``1eff:1220,8086:10d3:...``)."""
     found = []
     for item in value.split(","):
         parts = item.strip().lower().split(":")
@@ -83,9 +77,8 @@ def configured_ids(
     modprobe_lines: Iterable[tuple[str, int, str]],
     wanted: Collection[str],
 ) -> list[str]:
-    """Where the boot configuration gives vfio-pci an ID of ``wanted`` (``vvvv:dddd``):
-    ``vfio-pci.ids=`` on the command line, ``options vfio-pci ids=`` in modprobe.d. These
-    come back at every boot (or load of vfio-pci) after a ``remove_id``."""
+    """Where the boot configuration (command line, modprobe.d) gives vfio-pci an ID of
+    ``wanted``: it comes back at every boot, or load of vfio-pci, after a ``remove_id``."""
     evidence = [
         f"vfio-pci.ids={value} on the kernel command line lists {ids}"
         for value in cmdline_args.get("vfio_pci.ids", ())

@@ -118,7 +118,7 @@ def gather(
     functions: Sequence[PciFunction] = (),
     *,
     aliases: Optional[AliasTable] = None,
-    driver_modules: Optional[Mapping[str, Optional[str]]] = None,
+    driver_modules: Mapping[str, Optional[str]],
     selection: str = "the selection",
 ) -> HostFacts:
     """Read everything the checks use, each file once. Reads only."""
@@ -134,11 +134,7 @@ def gather(
     )
     selected_ids = {f"{f.vendor:04x}:{f.device:04x}" for f in functions}
     # the same answer bind gets
-    resolver = (
-        DriverResolver.for_node(dict(driver_modules or {}), aliases, sysfs)
-        if aliases is not None
-        else None
-    )
+    resolver = DriverResolver(driver_modules, aliases, sysfs) if aliases is not None else None
     variants: dict[str, tuple[Optional[ModuleInfo], Optional[str]]] = {}
     facts: list[FunctionFacts] = []
     for function in functions:

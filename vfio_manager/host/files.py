@@ -1,6 +1,5 @@
-"""The one module that builds paths of the host's own files: /proc/cmdline, /lib/modules,
-/etc/modprobe.d, /boot. The host's root is ``--host-root`` (``/host`` in a container, else /).
-"""
+"""The one module that builds paths of the host's own files (/proc/cmdline, /lib/modules,
+/etc/modprobe.d, /boot) under ``--host-root`` (``/host`` in a container, else /)."""
 
 from __future__ import annotations
 
@@ -64,8 +63,7 @@ class HostFiles:
         return text.replace("\0", " ").strip() if text is not None else None
 
     def kernel_config(self) -> tuple[Optional[str], dict[str, str]]:
-        """``(source, {CONFIG_X: value})`` from /boot/config-REL or /proc/config.gz ("not set"
-        is ``"n"``); ``(None, {})`` when neither is readable."""
+        """``(source, {CONFIG_X: value})`` from /boot/config-REL or /proc/config.gz; unset: n."""
         for path in (self.path("boot", f"config-{self.release}"), self.path("proc", "config.gz")):
             lines = _read_lines(path)
             if lines is not None:
@@ -88,8 +86,8 @@ class HostFiles:
         return frozenset(module_name(line) for line in _read_lines(path) or () if line.strip())
 
     def loadable_modules(self) -> Optional[dict[str, str]]:
-        """Module name -> its ``.ko`` relative to /lib/modules/REL, from modules.dep or else a
-        walk of the tree; ``None`` when the tree is not visible (a container without it)."""
+        """Module name -> its ``.ko`` under /lib/modules/REL (modules.dep, else a walk of the
+        tree); ``None`` when the tree is not visible."""
         base = self.modules_dir()
         if not os.path.isdir(base):
             return None
@@ -116,8 +114,7 @@ class HostFiles:
         return frozenset(line.split()[0] for line in _read_lines(path) or () if line.split())
 
     def modprobe_config(self) -> list[tuple[str, int, str]]:
-        """``(file, line number, line)`` of every modprobe.d line, comments dropped, as kmod
-        reads them."""
+        """``(file, line number, line)`` of every modprobe.d line as kmod reads them."""
         chosen: dict[str, str] = {}
         for directory in _MODPROBE_DIRS:
             full = self.path(*directory.split("/"))

@@ -1,7 +1,5 @@
 """Which module serves a function: its modalias matched against ``modules.alias``, as
-``modprobe -R`` does (kernel-facts K12). Native modules come from ``alias pci:`` lines, vfio
-variants from ``alias vfio_pci:`` lines; the most specific pattern (fewest wildcards) wins.
-"""
+``modprobe -R`` does; vfio variants come from ``alias vfio_pci:`` lines (kernel-facts K12)."""
 
 from __future__ import annotations
 
@@ -15,11 +13,8 @@ _VENDOR_PREFIX = re.compile(r"^v([0-9A-F]{8})", re.IGNORECASE)
 
 
 def glob_match(text: str, pattern: str) -> bool:
-    """``fnmatch.fnmatchcase`` without compiling a regex per pattern (thousands per lookup).
-
-    A ``*``-only pattern matches when its literal pieces appear in order, the first at the
-    start and the last at the end; patterns with ``?`` or ``[`` still go to fnmatch.
-    """
+    """``fnmatch.fnmatchcase`` without a regex per pattern (thousands per lookup): a ``*``-only
+    pattern matches when its pieces appear in order, the first at the start, the last at the end."""
     if "?" in pattern or "[" in pattern:
         return fnmatch.fnmatchcase(text, pattern)
     pieces = pattern.split("*")
@@ -39,11 +34,8 @@ def glob_match(text: str, pattern: str) -> bool:
 
 
 class AliasTable:
-    """The ``pci:`` and ``vfio_pci:`` aliases of one kernel's modules.alias (~26,000 lines).
-
-    Only the lines of a vendor asked about (and the vendor-wildcard lines) are extracted, on
-    first use, by one regex scan of the file's bytes; results are cached per modalias.
-    """
+    """The ``pci:`` and ``vfio_pci:`` aliases of modules.alias (~26,000 lines), extracted per
+    vendor on first use by one regex scan of the bytes; answers are cached per modalias."""
 
     def __init__(self, text: bytes) -> None:
         self._text = b"\n" + text

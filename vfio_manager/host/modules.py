@@ -1,7 +1,5 @@
-"""Kernel modules of the vfio stack: the state of each (docs/preflight.md, "Module states"),
-and loading them with the host's own modprobe, chrooted into a mounted host root. The
-argument list is fixed and no shell is involved; the runner is injectable for tests.
-"""
+"""Kernel modules of the vfio stack: the state of each (docs/preflight.md), and loading them
+with the host's own modprobe (chrooted into a mounted host root; no shell, fixed argv)."""
 
 from __future__ import annotations
 
@@ -225,8 +223,8 @@ class ModuleLoader:
     def load(
         self, modules: Sequence[str], *, still_needed: Optional[Callable[[str], bool]] = None
     ) -> list[LoadAttempt]:
-        """modprobe each module in order, stopping at the first failure; ``still_needed`` skips
-        a module an earlier modprobe already pulled in as a dependency."""
+        """modprobe each module in order up to the first failure, skipping those an earlier
+        modprobe pulled in (``still_needed``)."""
         if not modules:
             return []
         modprobe = self.host.modprobe_path()

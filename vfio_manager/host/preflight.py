@@ -1,9 +1,6 @@
-"""Is this host ready to give PCI functions to VMs? The checks behind ``check`` and the bind gate.
-
-The checks are pure functions of :class:`HostFacts` (:func:`evaluate`), each returning a
-:class:`Check` with its evidence and, when it fails, a remedy. Live evidence decides; kernel
-arguments and config only explain why. :func:`run` also loads missing loadable modules.
-"""
+"""Is this host ready to give PCI functions to VMs? The checks behind ``check`` and the bind
+gate: pure functions of :class:`HostFacts`, where live evidence decides and kernel arguments
+and config only explain why. :func:`run` also loads missing loadable modules."""
 
 from __future__ import annotations
 
@@ -510,8 +507,7 @@ def check_vfio_driver(facts: HostFacts) -> Check:
 
 
 def check_dynamic_ids(facts: HostFacts) -> Check:
-    """A dynamic ID on vfio-pci for a selected function: binding works, but drivers_probe
-    may hand the function back to vfio-pci on its way to the host. A warning."""
+    """A warning: with a dynamic ID, drivers_probe may hand a function back to vfio-pci."""
     check = _check("dynamic-ids", "no dynamic ID on vfio-pci for the selected functions")
     if not facts.functions:
         return check(True, f"no PCI function matches {facts.selection}", advisory=True)
@@ -640,21 +636,22 @@ def run(
     functions: Sequence[PciFunction] = (),
     *,
     aliases: Optional[AliasTable] = None,
-    driver_modules: Optional[Mapping[str, Optional[str]]] = None,
+    driver_modules: Mapping[str, Optional[str]],
     selection: str = "the selection",
     load: bool = False,
     runner: Optional[Runner] = None,
 ) -> Preflight:
-    """Gather, check, and (``load``) load what is missing and check again.
-
-    Modules are loaded only when nothing but loadable modules stands in the way: a host whose
-    IOMMU is off is left exactly as it was.
-    """
+    """Gather and check; with ``load``, load what is missing and check again, but only when
+    nothing but loadable modules stands in the way (an IOMMU-off host is left as it was)."""
 
     def facts_now() -> HostFacts:
-        modules = driver_modules if driver_modules is not None else sysfs.driver_modules()
         return gather(
-            sysfs, host, functions, aliases=aliases, driver_modules=modules, selection=selection
+            sysfs,
+            host,
+            functions,
+            aliases=aliases,
+            driver_modules=driver_modules,
+            selection=selection,
         )
 
     facts = facts_now()

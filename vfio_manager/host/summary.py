@@ -1,8 +1,5 @@
-"""The one-line host summary above ``status``: is the IOMMU on, is vfio-pci registered.
-
-Apart from :mod:`vfio_manager.host.preflight` so that ``status`` starts fast: three listings
-and one stat, with nothing of the full checklist imported.
-"""
+"""The one-line host summary above ``status`` (IOMMU on? vfio-pci registered?): three
+listings and a stat, apart from :mod:`vfio_manager.host.preflight` so ``status`` starts fast."""
 
 from __future__ import annotations
 
