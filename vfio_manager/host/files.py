@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import cached_property
 from typing import Optional
 
 from vfio_manager.kernel.sysfs import Sysfs
@@ -12,14 +13,8 @@ from vfio_manager.kernel.sysfs import Sysfs
 DEFAULT_HOST_ROOT = "/"
 MODPROBE_LOCATIONS = ("/sbin/modprobe", "/usr/sbin/modprobe", "/bin/modprobe", "/usr/bin/modprobe")
 _KO = re.compile(r"\.ko(\.(xz|zst|gz))?$")
-# kmod's order: a file name in an earlier folder hides the same name in a later one
-_MODPROBE_DIRS = (
-    "etc/modprobe.d",
-    "run/modprobe.d",
-    "usr/local/lib/modprobe.d",
-    "lib/modprobe.d",
-    "usr/lib/modprobe.d",
-)
+# kmod's order of modprobe.d folders: a file name in one hides the same name in those after it
+_MODPROBE_DIRS = ("etc", "run", "usr/local/lib", "lib", "usr/lib")
 
 
 class HostFiles:
@@ -27,18 +22,15 @@ class HostFiles:
 
     def __init__(self, root: str = DEFAULT_HOST_ROOT) -> None:
         self.root = root.rstrip("/") or "/"
-        self._release: Optional[str] = None
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
-    @property
+    @cached_property
     def release(self) -> str:
         """The running kernel's release: the host's /proc says it, ``uname`` is the fallback."""
-        if self._release is None:
-            text = Sysfs.read_text(self.path("proc", "sys", "kernel", "osrelease"))
-            self._release = text.strip() if text else os.uname().release
-        return self._release
+        text = Sysfs.read_text(self.path("proc", "sys", "kernel", "osrelease"))
+        return text.strip() if text else os.uname().release
 
     def modules_dir(self) -> str:
         return self.path("lib", "modules", self.release)
@@ -117,7 +109,7 @@ class HostFiles:
         """``(file, line number, line)`` of every modprobe.d line as kmod reads them."""
         chosen: dict[str, str] = {}
         for directory in _MODPROBE_DIRS:
-            full = self.path(*directory.split("/"))
+            full = self.path(directory, "modprobe.d")
             for name in Sysfs.list_dir(full):
                 if name.endswith(".conf") and name not in chosen:
                     chosen[name] = os.path.join(full, name)
@@ -132,7 +124,7 @@ class HostFiles:
     def modprobe_path(self) -> Optional[str]:
         """Where modprobe is on the host, as a path inside the host root (``/sbin/modprobe``)."""
         for candidate in MODPROBE_LOCATIONS:
-            if os.path.lexists(self.path(*candidate.strip("/").split("/"))):
+            if os.path.lexists(self.path(candidate.lstrip("/"))):
                 return candidate
         return None
 

@@ -135,11 +135,8 @@ class ModuleInventory:
             return ModuleInfo(name, ModuleState.BUILTIN, tuple(builtin), path=path)
         where = self.host.modules_dir()
         tree_visible = self.loadable is not None
-        evidence = [f"{module_dir} absent"]
-        if not tree_visible:
-            evidence.append(f"{where} not readable")
-        else:
-            evidence.append(f"{where}/{path}" if path else f"no {name}.ko under {where}")
+        found = f"{where}/{path}" if path else f"no {name}.ko under {where}"
+        evidence = [f"{module_dir} absent", found if tree_visible else f"{where} not readable"]
         blacklisting = self.blacklisted.get(name)
         if blacklisting is not None:
             evidence.append(f"{blacklisting.where}: {blacklisting.line}")

@@ -242,15 +242,12 @@ def check_iommu(facts: HostFacts) -> Check:
     label = _VENDOR_LABEL.get(vendor or "", "vendor unknown")
     groups_dir = facts.path(facts.sysfs_root, "kernel", "iommu_groups")
     units_dir = facts.path(facts.sysfs_root, "class", "iommu")
+    acpi = facts.acpi_tables
+    tables = "not visible" if acpi is None else ", ".join(sorted(acpi)) or "no DMAR, no IVRS"
     evidence = [
         f"{groups_dir}: {facts.iommu_groups} group(s)",
         f"{units_dir}: {', '.join(facts.iommu_units) or 'empty'}",
-        "ACPI tables: "
-        + (
-            "not visible"
-            if facts.acpi_tables is None
-            else ", ".join(sorted(facts.acpi_tables)) or "no DMAR, no IVRS"
-        ),
+        f"ACPI tables: {tables}",
         f"vendor: {label} ({vendor_source})",
     ]
     if facts.config_source is not None:

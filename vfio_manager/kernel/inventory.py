@@ -1,8 +1,5 @@
-"""Reads a node's PCI topology from sysfs: each attribute once, groups indexed once.
-
-``status`` reads one ``modalias`` per function for its IDs and class; a run that may write
-reads the ``vendor``, ``device`` and ``class`` files too, the authority (docs/performance.md).
-"""
+"""Reads a node's PCI topology from sysfs: each attribute once, groups indexed once
+(``status`` reads one ``modalias`` per function for its IDs; see docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -129,10 +126,8 @@ def read_topology(
     driver_ids: bool = True,
     ids_from_modalias: bool = False,
 ) -> Topology:
-    """Every function, every IOMMU group, the /dev/vfio nodes and the driver->module map.
-
-    ``wanted``, ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`.
-    """
+    """Every function and IOMMU group, the /dev/vfio nodes and the driver->module map
+    (``wanted``, ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`)."""
     addresses = sysfs.list_functions()
     # each function's iommu_group link, not a listing of every group: a third of the cost
     group_of: dict[PciAddress, int] = {}

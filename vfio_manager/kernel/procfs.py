@@ -1,8 +1,5 @@
-"""The one module that builds paths under /proc (root injectable: ``--proc-root``).
-
-Process IDs and entry names are checked before they become a path, so a name read from a
-listing can never climb out of it.
-"""
+"""The one module that builds paths under /proc (``--proc-root``); PIDs and entry names are
+checked first, so a name read from a listing can never climb out of it."""
 
 from __future__ import annotations
 

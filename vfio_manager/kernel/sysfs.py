@@ -1,8 +1,6 @@
 """The one module that builds paths under /sys and /dev (``--sysfs-root``, ``--dev-root``).
-
-Reads give ``None`` (or nothing) for a file that vanished or holds garbage; each write is one
-unbuffered ``os.write``, so the kernel's errno comes back with it (kernel-facts K1).
-"""
+Reads give ``None`` for a vanished or garbled file; each write is one unbuffered ``os.write``,
+so the kernel's errno comes back with it (kernel-facts K1)."""
 
 from __future__ import annotations
 

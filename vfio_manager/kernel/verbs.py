@@ -1,8 +1,5 @@
-"""One verb per kernel file: the only functions that change binding state.
-
-Each re-reads the state it depends on and is a no-op when there is nothing to do, so a step
-planned from a stale topology never writes twice.
-"""
+"""One verb per kernel file: the only functions that change binding state. Each re-reads
+what it depends on and does nothing when nothing is to do (a stale plan never writes twice)."""
 
 from __future__ import annotations
 
