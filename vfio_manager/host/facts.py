@@ -136,14 +136,14 @@ def gather(
     # the same answer bind gets
     resolver = DriverResolver(driver_modules, aliases, sysfs) if aliases is not None else None
     variants: dict[str, tuple[Optional[ModuleInfo], Optional[str]]] = {}
-    facts: list[FunctionFacts] = []
+    selected: list[FunctionFacts] = []
     for function in functions:
         variant = resolver.variant_module(function) if resolver is not None else None
         if resolver is not None and variant is not None and variant not in variants:
             variants[variant] = (inventory.info(variant), resolver.driver_for_module(variant))
         info, registered = variants.get(variant or "", (None, None))
         ids = f"{function.vendor:04x}:{function.device:04x}"
-        facts.append(
+        selected.append(
             FunctionFacts(function.bdf, ids, function.iommu_group, variant, info, registered)
         )
     noiommu_numbers = (n[len("noiommu-") :] for n in summary.noiommu_nodes)
@@ -170,7 +170,7 @@ def gather(
         dev_vfio_dir=sysfs.dev_vfio_exists(),
         vfio_container=sysfs.vfio_container_exists(),
         iommufd_node=sysfs.iommufd_node_exists(),
-        functions=tuple(facts),
+        functions=tuple(selected),
         selection=selection,
         noiommu_groups=frozenset(int(n) for n in noiommu_numbers if n.isascii() and n.isdigit()),
         dynamic_ids=tuple(dynamic_ids(functions)),

@@ -68,16 +68,14 @@ class AliasTable:
         body = modalias.partition(":")[2]
         vendor = _VENDOR_PREFIX.match(body)
         candidates = self._bucket(kind, vendor.group(1).upper()) if vendor else []
-        best: Optional[tuple[int, int, str]] = None
-        for pattern, module in candidates + self._bucket(kind, None):
-            if glob_match(body, pattern):
-                # fewest wildcards first; among equals, the longer literal text is more specific
-                score = (pattern.count("*"), -len(pattern.replace("*", "")), module)
-                if best is None or score < best:
-                    best = score
-        result = best[2] if best else None
-        self._cache[key] = result
-        return result
+        # fewest wildcards first; among equals, the longer literal text is more specific
+        scores = [
+            (pattern.count("*"), -len(pattern.replace("*", "")), module)
+            for pattern, module in candidates + self._bucket(kind, None)
+            if glob_match(body, pattern)
+        ]
+        self._cache[key] = min(scores)[2] if scores else None
+        return self._cache[key]
 
     def native_module(self, modalias: str) -> Optional[str]:
         """The host module for a ``pci:v...`` modalias, as ``modprobe -R`` would pick it."""

@@ -50,7 +50,7 @@ class Sysfs:
         self.transport = transport
         self.writes = 0
         self._writes_to: dict[str, int] = {}
-        self._count_guard = threading.Lock()
+        self._count_lock = threading.Lock()
         # built once: a node of 4,096 functions asks for tens of thousands of paths below it
         self._devices_prefix = os.path.join(self.root, "bus", "pci", "devices") + "/"
         self._devices_real: Optional[str] = None
@@ -187,7 +187,7 @@ class Sysfs:
 
     def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
         """One write; the errno comes back as :class:`SysfsWriteError`. ``subject``: its BDF."""
-        with self._count_guard:
+        with self._count_lock:
             self.writes += 1
             if subject is not None:
                 self._writes_to[subject] = self._writes_to.get(subject, 0) + 1
@@ -198,7 +198,7 @@ class Sysfs:
 
     def writes_to(self, bdf: str) -> int:
         """Writes about one function: its attributes, and the driver and bus files given its BDF."""
-        with self._count_guard:
+        with self._count_lock:
             return self._writes_to.get(bdf, 0)
 
     def write_device_attr(self, address: PciAddress, name: str, data: str) -> None:
