@@ -1,28 +1,28 @@
-"""What the preflight reads, read once: kernel arguments, kernel config, modules, sysfs evidence.
-
-:func:`gather` builds a :class:`HostFacts` from the host's files and sysfs; the checks of
-:mod:`vfio_manager.host.preflight` are pure functions of it, so they are tested on facts alone.
+"""What the preflight reads, read once into :class:`HostFacts`: the checks of
+:mod:`vfio_manager.host.preflight` are pure functions of it, tested on facts alone.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass, replace
+from typing import Optional
 
+from vfio_manager.host.driver_choice import DriverResolver
 from vfio_manager.host.dynamic_ids import DynamicId, configured_ids, dynamic_ids
 from vfio_manager.host.files import HostFiles
-from vfio_manager.kernel.drivers import VFIO_PCI
+from vfio_manager.host.modalias import AliasTable
+from vfio_manager.host.modules import ModuleInfo, ModuleInventory, ModuleState
+from vfio_manager.host.summary import HostSummary
+from vfio_manager.kernel.model import PciFunction
 from vfio_manager.kernel.sysfs import Sysfs
 
-if TYPE_CHECKING:
-    from vfio_manager.host.modalias import AliasTable
-    from vfio_manager.host.modules import ModuleInfo
-    from vfio_manager.kernel.model import PciFunction
-
-# Config options that explain the IOMMU and vfio state; the rest of the config is dropped.
+# config options that explain the IOMMU and vfio state; the rest of the config is dropped
 _CONFIG_KEYS = re.compile(r"^CONFIG_\w*(IOMMU|VFIO|DMAR)\w*$")
+# a run of non-blanks and double-quoted text (an unclosed quote runs to the end)
+_TOKEN = re.compile(r'(?:[^\s"]|"[^"]*"?)+')
+# the vfio stack's modules, each with its config option
 MODULE_CONFIG = {
     "vfio": "CONFIG_VFIO",
     "vfio_pci": "CONFIG_VFIO_PCI",
@@ -32,34 +32,16 @@ MODULE_CONFIG = {
 }
 
 
-# -- the kernel command line -------------------------------------------------------------------
-def _tokens(cmdline: str) -> list[str]:
-    """Split like the kernel: on blanks, except inside double quotes (which are dropped)."""
-    tokens: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in cmdline:
-        if char == '"':
-            quoted = not quoted
-        elif char.isspace() and not quoted:
-            if current:
-                tokens.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-    if current:
-        tokens.append("".join(current))
-    return tokens
-
-
 def parse_cmdline(cmdline: Optional[str]) -> dict[str, list[str]]:
-    """Argument name -> every value given, in order (``-`` and ``_`` are equal in names)."""
+    """Argument name -> every value given, in order (``-`` and ``_`` are equal in names).
+    Split like the kernel: on blanks, except inside double quotes (which are dropped)."""
     args: dict[str, list[str]] = {}
-    for token in _tokens(cmdline or ""):
+    for token in (t.replace('"', "") for t in _TOKEN.findall(cmdline or "")):
         if token == "--":  # noqa: S105 (the end of kernel arguments, not a password)
             break  # the rest goes to init
-        key, _, value = token.partition("=")
-        args.setdefault(key.replace("-", "_"), []).append(value)
+        if token:
+            key, _, value = token.partition("=")
+            args.setdefault(key.replace("-", "_"), []).append(value)
     return args
 
 
@@ -73,7 +55,6 @@ def last_flag(args: Mapping[str, Sequence[str]], key: str, flags: Sequence[str])
     return found
 
 
-# -- facts ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FunctionFacts:
     """What the checks need about one selected function."""
@@ -131,111 +112,74 @@ class HostFacts:
         return "/".join([root.rstrip("/"), *parts]) if root != "/" else "/" + "/".join(parts)
 
 
-STACK_MODULES = ("vfio", "vfio_pci", "vfio_pci_core", "vfio_iommu_type1", "iommufd")
-
-
 def gather(
     sysfs: Sysfs,
     host: HostFiles,
     functions: Sequence[PciFunction] = (),
     *,
     aliases: Optional[AliasTable] = None,
-    driver_modules: Optional[Mapping[str, Optional[str]]] = None,
+    driver_modules: Mapping[str, Optional[str]],
     selection: str = "the selection",
 ) -> HostFacts:
-    """Read everything the checks use. Reads only; the big files (modules.*) once each."""
-    from vfio_manager.host.driver_choice import DriverResolver
-    from vfio_manager.host.modules import ModuleInventory
-
+    """Read everything the checks use, each file once. Reads only."""
     cmdline = host.cmdline()
     args = parse_cmdline(cmdline)
     config_source, config = host.kernel_config()
     inventory = ModuleInventory(sysfs, host, cmdline_args=args)
-    modules = {
-        name: _with_config(inventory.info(name), config_source, config) for name in STACK_MODULES
-    }
-    acpi: Optional[frozenset[str]] = None
-    if sysfs.acpi_tables_visible():
-        acpi = frozenset(t for t in ("DMAR", "IVRS") if sysfs.acpi_table_present(t))
-    modprobe_lines = host.modprobe_config()
+    summary = HostSummary.read(sysfs)
     noiommu_options = tuple(
         f"{path}:{number}: {line}"
-        for path, number, line in modprobe_lines
+        for path, number, line in inventory.modprobe_config
         if line.split()[:2] == ["options", "vfio"] and "enable_unsafe_noiommu_mode" in line
     )
     selected_ids = {f"{f.vendor:04x}:{f.device:04x}" for f in functions}
-    vfio_ids_config = tuple(configured_ids(args, modprobe_lines, selected_ids))
-    # the same answer bind gets: host.driver_choice, the one home of "which vfio driver"
-    resolver = (
-        DriverResolver.for_node(dict(driver_modules or {}), aliases, sysfs)
-        if aliases is not None
-        else None
-    )
-    facts: list[FunctionFacts] = []
+    # the same answer bind gets
+    resolver = DriverResolver(driver_modules, aliases, sysfs) if aliases is not None else None
     variants: dict[str, tuple[Optional[ModuleInfo], Optional[str]]] = {}
+    selected: list[FunctionFacts] = []
     for function in functions:
         variant = resolver.variant_module(function) if resolver is not None else None
-        info: Optional[ModuleInfo] = None
-        registered: Optional[str] = None
-        if resolver is not None and variant is not None:
-            if variant not in variants:
-                variants[variant] = (inventory.info(variant), resolver.driver_for_module(variant))
-            info, registered = variants[variant]
-        facts.append(
-            FunctionFacts(
-                function.bdf,
-                f"{function.vendor:04x}:{function.device:04x}",
-                function.iommu_group,
-                variant,
-                info,
-                registered,
-            )
+        if resolver is not None and variant is not None and variant not in variants:
+            variants[variant] = (inventory.info(variant), resolver.driver_for_module(variant))
+        info, registered = variants.get(variant or "", (None, None))
+        ids = f"{function.vendor:04x}:{function.device:04x}"
+        selected.append(
+            FunctionFacts(function.bdf, ids, function.iommu_group, variant, info, registered)
         )
-    noiommu_nodes = tuple(n for n in sorted(sysfs.vfio_nodes()) if n.startswith("noiommu-"))
-    noiommu_groups = frozenset(_noiommu_groups(noiommu_nodes))
+    noiommu_numbers = (n[len("noiommu-") :] for n in summary.noiommu_nodes)
     return HostFacts(
         sysfs_root=sysfs.root,
         dev_root=sysfs.dev_root,
         host_root=host.root,
         release=host.release,
-        iommu_groups=sum(1 for g in sysfs.iommu_group_names() if int(g) not in noiommu_groups),
-        iommu_units=tuple(sysfs.iommu_units()),
-        acpi_tables=acpi,
+        iommu_groups=summary.iommu_groups,
+        iommu_units=summary.iommu_units,
+        acpi_tables=sysfs.acpi_tables("DMAR", "IVRS"),
         cmdline=cmdline,
         cmdline_path=host.cmdline_path(),
         config_source=config_source,
         config={k: v for k, v in config.items() if _CONFIG_KEYS.match(k)},
         cpu_vendor=host.cpu_vendor(),
         noiommu_param=sysfs.module_parameter("vfio", "enable_unsafe_noiommu_mode"),
-        noiommu_nodes=noiommu_nodes,
+        noiommu_nodes=summary.noiommu_nodes,
         noiommu_options=noiommu_options,
-        modules=modules,
+        modules={n: _with_config(inventory.info(n), config_source, config) for n in MODULE_CONFIG},
         modules_dir=host.modules_dir(),
         modprobe=host.modprobe_path(),
-        vfio_pci_registered=sysfs.driver_registered(VFIO_PCI),
+        vfio_pci_registered=summary.vfio_pci_registered,
         dev_vfio_dir=sysfs.dev_vfio_exists(),
         vfio_container=sysfs.vfio_container_exists(),
         iommufd_node=sysfs.iommufd_node_exists(),
-        functions=tuple(facts),
+        functions=tuple(selected),
         selection=selection,
-        noiommu_groups=noiommu_groups,
+        noiommu_groups=frozenset(int(n) for n in noiommu_numbers if n.isascii() and n.isdigit()),
         dynamic_ids=tuple(dynamic_ids(functions)),
-        vfio_ids_config=vfio_ids_config,
+        vfio_ids_config=tuple(configured_ids(args, inventory.modprobe_config, selected_ids)),
     )
-
-
-def _noiommu_groups(nodes: Sequence[str]) -> list[int]:
-    """Group numbers of /dev/vfio/noiommu-N: in /sys/kernel/iommu_groups, but no IOMMU."""
-    numbers = (n[len("noiommu-") :] for n in nodes)
-    return [int(n) for n in numbers if n.isascii() and n.isdigit()]
 
 
 def _with_config(info: ModuleInfo, source: Optional[str], config: Mapping[str, str]) -> ModuleInfo:
     """Complete a module with no other trace from the kernel config: ``=y`` built in, unset."""
-    from dataclasses import replace
-
-    from vfio_manager.host.modules import ModuleState
-
     option = MODULE_CONFIG.get(info.name)
     if info.state is not ModuleState.MISSING or option is None or source is None:
         return info

@@ -1,47 +1,42 @@
-"""Paths of the host's own files: /proc/cmdline, /lib/modules, /etc/modprobe.d, /boot.
-
-In a container the host's root is mounted somewhere (``--host-root``, env ``HOST_ROOT``,
-usually /host); on bare metal it is /. Like :mod:`vfio_manager.kernel.sysfs` for /sys, this is the
-only module that builds these paths.
-"""
+"""The one module that builds paths of the host's own files (/proc/cmdline, /lib/modules,
+/etc/modprobe.d, /boot) under ``--host-root`` (``/host`` in a container, else /)."""
 
 from __future__ import annotations
 
 import os
 import re
+from functools import cached_property
 from typing import Optional
 
 from vfio_manager.kernel.sysfs import Sysfs
 
 DEFAULT_HOST_ROOT = "/"
+MODPROBE_LOCATIONS = ("/sbin/modprobe", "/usr/sbin/modprobe", "/bin/modprobe", "/usr/bin/modprobe")
+_KO = re.compile(r"\.ko(\.(xz|zst|gz))?$")
+# kmod's order of modprobe.d folders: a file name in one hides the same name in those after it
+_MODPROBE_DIRS = ("etc", "run", "usr/local/lib", "lib", "usr/lib")
 
 
 class HostFiles:
     """Read access to the host's kernel command line, modules and configuration."""
 
-    def __init__(self, root: str = DEFAULT_HOST_ROOT, release: Optional[str] = None) -> None:
+    def __init__(self, root: str = DEFAULT_HOST_ROOT) -> None:
         self.root = root.rstrip("/") or "/"
-        self._release = release
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
-    @property
+    @cached_property
     def release(self) -> str:
         """The running kernel's release: the host's /proc says it, ``uname`` is the fallback."""
-        if self._release is None:
-            text = Sysfs.read_text(self.path("proc", "sys", "kernel", "osrelease"))
-            self._release = text.strip() if text else os.uname().release
-        return self._release
+        text = Sysfs.read_text(self.path("proc", "sys", "kernel", "osrelease"))
+        return text.strip() if text else os.uname().release
 
     def modules_dir(self) -> str:
         return self.path("lib", "modules", self.release)
 
     def modules_file(self, name: str) -> str:
         return os.path.join(self.modules_dir(), name)
-
-    def read(self, *parts: str) -> Optional[str]:
-        return Sysfs.read_text(self.path(*parts))
 
     def read_bytes(self, path: str) -> bytes:
         """A possibly large file as bytes (modules.alias); empty when unreadable."""
@@ -51,87 +46,51 @@ class HostFiles:
         except OSError:
             return b""
 
-    def read_lines(self, path: str) -> list[str]:
-        """All lines of a file (modules.dep, modules.builtin); empty when unreadable."""
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                return handle.read().splitlines()
-        except OSError:
-            return []
-
-    # -- preflight reads -----------------------------------------------------------------------
     def cmdline_path(self) -> str:
         return self.path("proc", "cmdline")
 
     def cmdline(self) -> Optional[str]:
         """The host kernel's command line (the host's /proc, not a container's)."""
-        text = self.read("proc", "cmdline")
+        text = Sysfs.read_text(self.cmdline_path())
         return text.replace("\0", " ").strip() if text is not None else None
 
     def kernel_config(self) -> tuple[Optional[str], dict[str, str]]:
-        """``(source, {CONFIG_X: value})`` from /boot/config-REL or /proc/config.gz.
-
-        Options that are "not set" map to ``"n"``. ``(None, {})`` when neither is readable.
-        """
-        candidates = (self.path("boot", f"config-{self.release}"), self.path("proc", "config.gz"))
-        for path in candidates:
-            lines = self._config_lines(path)
+        """``(source, {CONFIG_X: value})`` from /boot/config-REL or /proc/config.gz; unset: n."""
+        for path in (self.path("boot", f"config-{self.release}"), self.path("proc", "config.gz")):
+            lines = _read_lines(path)
             if lines is not None:
                 return path, _parse_kernel_config(lines)
         return None, {}
 
-    @staticmethod
-    def _config_lines(path: str) -> Optional[list[str]]:
-        try:
-            if path.endswith(".gz"):
-                import gzip
-
-                with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
-                    return handle.read().splitlines()
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                return handle.read().splitlines()
-        except (OSError, EOFError, ValueError):
-            return None
-
     def cpu_vendor(self) -> Optional[str]:
         """``vendor_id`` of the first CPU in the host's /proc/cpuinfo (GenuineIntel, ...)."""
-        try:
-            with open(self.path("proc", "cpuinfo"), encoding="utf-8", errors="replace") as handle:
-                for line in handle:
-                    key, sep, value = line.partition(":")
-                    if sep and key.strip() == "vendor_id":
-                        return value.strip() or None
-        except OSError:
-            return None
+        for line in _read_lines(self.path("proc", "cpuinfo")) or ():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "vendor_id":
+                return value.strip() or None
         return None
 
-    def modules_dir_exists(self) -> bool:
-        return os.path.isdir(self.modules_dir())
-
     def builtin_modules(self) -> Optional[frozenset[str]]:
-        """Names in modules.builtin (``-`` normalised to ``_``); ``None`` when unreadable."""
+        """Names in modules.builtin, normalised; ``None`` when it is absent."""
         path = self.modules_file("modules.builtin")
         if not os.path.isfile(path):
             return None
-        return frozenset(module_name(line) for line in self.read_lines(path) if line.strip())
+        return frozenset(module_name(line) for line in _read_lines(path) or () if line.strip())
 
     def loadable_modules(self) -> Optional[dict[str, str]]:
-        """Module name -> path relative to /lib/modules/REL, for every ``.ko`` of the kernel.
-
-        From modules.dep; when it is missing, from a walk of the tree. ``None`` when the tree
-        itself is not visible (a container without the host's /lib/modules).
-        """
-        if not self.modules_dir_exists():
+        """Module name -> its ``.ko`` under /lib/modules/REL (modules.dep, else a walk of the
+        tree); ``None`` when the tree is not visible."""
+        base = self.modules_dir()
+        if not os.path.isdir(base):
             return None
         dep = self.modules_file("modules.dep")
         found: dict[str, str] = {}
         if os.path.isfile(dep):
-            for line in self.read_lines(dep):
+            for line in _read_lines(dep) or ():
                 rel = line.partition(":")[0].strip()
                 if rel:
                     found.setdefault(module_name(rel), rel)
             return found
-        base = self.modules_dir()
         for directory, _dirs, files in os.walk(base):
             for name in files:
                 if _KO.search(name):
@@ -140,26 +99,23 @@ class HostFiles:
         return found
 
     def proc_modules(self) -> Optional[frozenset[str]]:
-        """Loaded loadable modules from the host's /proc/modules; ``None`` when unreadable."""
+        """Loaded loadable modules from the host's /proc/modules; ``None`` when it is absent."""
         path = self.path("proc", "modules")
         if not os.path.isfile(path):
             return None
-        return frozenset(line.split()[0] for line in self.read_lines(path) if line.split())
+        return frozenset(line.split()[0] for line in _read_lines(path) or () if line.split())
 
     def modprobe_config(self) -> list[tuple[str, int, str]]:
-        """``(file, line number, line)`` of every modprobe.d configuration line, as kmod reads them.
-
-        A file name in /etc/modprobe.d hides the same name in /run, /usr/local/lib and /lib.
-        """
+        """``(file, line number, line)`` of every modprobe.d line as kmod reads them."""
         chosen: dict[str, str] = {}
         for directory in _MODPROBE_DIRS:
-            full = self.path(*directory.split("/"))
+            full = self.path(directory, "modprobe.d")
             for name in Sysfs.list_dir(full):
                 if name.endswith(".conf") and name not in chosen:
                     chosen[name] = os.path.join(full, name)
         lines: list[tuple[str, int, str]] = []
         for name in sorted(chosen):
-            for number, line in enumerate(self.read_lines(chosen[name]), 1):
+            for number, line in enumerate(_read_lines(chosen[name]) or (), 1):
                 text = line.split("#", 1)[0].strip()
                 if text:
                     lines.append((chosen[name], number, text))
@@ -167,26 +123,34 @@ class HostFiles:
 
     def modprobe_path(self) -> Optional[str]:
         """Where modprobe is on the host, as a path inside the host root (``/sbin/modprobe``)."""
-        for candidate in _MODPROBE_LOCATIONS:
-            if os.path.lexists(self.path(*candidate.strip("/").split("/"))):
+        for candidate in MODPROBE_LOCATIONS:
+            if os.path.lexists(self.path(candidate.lstrip("/"))):
                 return candidate
         return None
 
 
-_KO = re.compile(r"\.ko(\.(xz|zst|gz))?$")
-_MODPROBE_DIRS = (
-    "etc/modprobe.d",
-    "run/modprobe.d",
-    "usr/local/lib/modprobe.d",
-    "lib/modprobe.d",
-    "usr/lib/modprobe.d",
-)
-_MODPROBE_LOCATIONS = ("/sbin/modprobe", "/usr/sbin/modprobe", "/bin/modprobe", "/usr/bin/modprobe")
+def normalise(name: str) -> str:
+    """kmod's module name: dashes and underscores are the same (``vfio-pci`` -> ``vfio_pci``)."""
+    return name.strip().replace("-", "_")
 
 
 def module_name(path: str) -> str:
-    """``kernel/drivers/vfio/pci/vfio-pci.ko.zst`` -> ``vfio_pci`` (kmod's normalisation)."""
+    """``kernel/drivers/vfio/pci/vfio-pci.ko.zst`` -> ``vfio_pci``."""
     return _KO.sub("", os.path.basename(path.strip())).replace("-", "_")
+
+
+def _read_lines(path: str) -> Optional[list[str]]:
+    """Every line of a text file, gunzipped when it ends in ``.gz``; ``None`` if unreadable."""
+    try:
+        if path.endswith(".gz"):
+            import gzip  # rarely needed: not on the start-up path
+
+            with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+                return handle.read().splitlines()
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read().splitlines()
+    except (OSError, EOFError, ValueError):
+        return None
 
 
 def _parse_kernel_config(lines: list[str]) -> dict[str, str]:

@@ -1,10 +1,5 @@
-"""Which module serves a function: ``modules.alias`` matched against the function's modalias.
-
-Native drivers come from ``alias pci:...`` lines (what ``modprobe -R`` does); vfio variant
-drivers from ``alias vfio_pci:...`` lines. The most specific pattern (fewest wildcards) wins.
-Patterns are bucketed by vendor so a 4,096-function host does not scan every alias for every
-function, and results are cached per modalias (VFs share one).
-"""
+"""Which module serves a function: its modalias matched against ``modules.alias``, as
+``modprobe -R`` does; vfio variants come from ``alias vfio_pci:`` lines (kernel-facts K12)."""
 
 from __future__ import annotations
 
@@ -18,15 +13,8 @@ _VENDOR_PREFIX = re.compile(r"^v([0-9A-F]{8})", re.IGNORECASE)
 
 
 def glob_match(text: str, pattern: str) -> bool:
-    """``fnmatch.fnmatchcase`` for the ``*``-only patterns modules.alias holds, without
-    compiling a regular expression per pattern.
-
-    fnmatch translates and compiles each new pattern; returning one Intel NIC to its driver
-    asked it of 2,776 patterns (0.4 s natively, over a second in the TCG guest). A ``*``-only
-    pattern matches when its literal pieces appear in order, the first at the start and the
-    last at the end; the leftmost place for each piece is always a right one. Patterns with
-    ``?`` or ``[`` still go to fnmatch.
-    """
+    """``fnmatch.fnmatchcase`` without a regex per pattern (thousands per lookup): a ``*``-only
+    pattern matches when its pieces appear in order, the first at the start, the last at the end."""
     if "?" in pattern or "[" in pattern:
         return fnmatch.fnmatchcase(text, pattern)
     pieces = pattern.split("*")
@@ -46,14 +34,8 @@ def glob_match(text: str, pattern: str) -> bool:
 
 
 class AliasTable:
-    """The ``pci:`` and ``vfio_pci:`` aliases of one kernel's modules.alias.
-
-    A distribution kernel's file has ~26,000 lines (1.3 MB); parsing all of them cost a
-    writing run 30 ms, most of it for vendors no selected function has. The table keeps
-    the file's bytes and extracts, on first use, only the lines of the vendor asked about
-    (and the vendor-wildcard lines), with one C-speed regex scan each. depmod writes the
-    IDs in upper case (``v00001EFF``), as the kernel's modalias does.
-    """
+    """The ``pci:`` and ``vfio_pci:`` aliases of modules.alias (~26,000 lines), extracted per
+    vendor on first use by one regex scan of the bytes; answers are cached per modalias."""
 
     def __init__(self, text: bytes) -> None:
         self._text = b"\n" + text
@@ -86,16 +68,14 @@ class AliasTable:
         body = modalias.partition(":")[2]
         vendor = _VENDOR_PREFIX.match(body)
         candidates = self._bucket(kind, vendor.group(1).upper()) if vendor else []
-        best: Optional[tuple[int, int, str]] = None
-        for pattern, module in candidates + self._bucket(kind, None):
-            if glob_match(body, pattern):
-                # fewest wildcards first; among equals, the longer literal text is more specific
-                score = (pattern.count("*"), -len(pattern.replace("*", "")), module)
-                if best is None or score < best:
-                    best = score
-        result = best[2] if best else None
-        self._cache[key] = result
-        return result
+        # fewest wildcards first; among equals, the longer literal text is more specific
+        scores = [
+            (pattern.count("*"), -len(pattern.replace("*", "")), module)
+            for pattern, module in candidates + self._bucket(kind, None)
+            if glob_match(body, pattern)
+        ]
+        self._cache[key] = min(scores)[2] if scores else None
+        return self._cache[key]
 
     def native_module(self, modalias: str) -> Optional[str]:
         """The host module for a ``pci:v...`` modalias, as ``modprobe -R`` would pick it."""

@@ -1,35 +1,22 @@
-"""Kernel modules of the vfio stack: what state each is in, and loading them with modprobe.
-
-A module is *loaded* (/sys/module/NAME/initstate, or listed in /proc/modules), *built-in*
-(modules.builtin, or /sys/module/NAME without initstate), *blacklisted* (modprobe.d or the
-kernel command line keeps it out), *loadable* (a ``.ko`` under /lib/modules/REL) or *missing*.
-
-Loading runs the host's own modprobe: ``modprobe NAME`` when the host root is ``/``,
-``chroot HOST_ROOT modprobe NAME`` otherwise (a container with the host's / mounted). The
-argument list is fixed and no shell is involved; the runner is injectable so tests build the
-command line without running it.
-"""
+"""Kernel modules of the vfio stack: the state of each (docs/preflight.md), and loading them
+with the host's own modprobe (chrooted into a mounted host root; no shell, fixed argv)."""
 
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from vfio_manager.host.files import HostFiles
+from vfio_manager.host.files import MODPROBE_LOCATIONS, HostFiles, normalise
 from vfio_manager.kernel.sysfs import Sysfs
 
 MODPROBE_TIMEOUT = 60.0
-# `install NAME <cmd>` lines whose command makes loading a no-op or a failure.
+# `install NAME <cmd>` lines whose command makes loading a no-op or a failure
 _BLOCKING_INSTALL_COMMANDS = frozenset(
     {"/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/true", "false", "true"}
 )
-
-
-def normalise(name: str) -> str:
-    """kmod's module name: dashes and underscores are the same (``vfio-pci`` -> ``vfio_pci``)."""
-    return name.strip().replace("-", "_")
 
 
 class ModuleState(str, enum.Enum):
@@ -113,7 +100,7 @@ def blacklistings(
 
 
 class ModuleInventory:
-    """Reads module state from sysfs and the host's files; the big files are read once."""
+    """Module state from sysfs and the host's files; the big files are read once, here."""
 
     def __init__(
         self,
@@ -127,36 +114,29 @@ class ModuleInventory:
         self.builtin = host.builtin_modules()
         self.loadable = host.loadable_modules()
         self.proc_modules = host.proc_modules()
-        self.blacklisted = blacklistings(host.modprobe_config(), cmdline_args or {})
+        self.modprobe_config = host.modprobe_config()
+        self.blacklisted = blacklistings(self.modprobe_config, cmdline_args or {})
 
     def info(self, module: str) -> ModuleInfo:
         name = normalise(module)
-        sysfs, host = self.sysfs, self.host
-        module_dir = sysfs.module_dir(name)
-        evidence: list[str] = []
-        present = sysfs.module_present(name)
-        initstate = sysfs.module_initstate(name) if present else None
-        in_proc = self.proc_modules is not None and name in self.proc_modules
+        module_dir = self.sysfs.module_dir(name)
+        present = self.sysfs.module_present(name)
+        initstate = self.sysfs.module_initstate(name) if present else None
         path = self.loadable.get(name) if self.loadable is not None else None
+        loaded = [f"{module_dir}/initstate: {initstate}"] if initstate is not None else []
+        if self.proc_modules is not None and name in self.proc_modules:
+            loaded.append(f"{self.host.path('proc', 'modules')} lists {name}")
+        if loaded:
+            return ModuleInfo(name, ModuleState.LOADED, tuple(loaded), path=path)
+        builtin = [f"{module_dir} exists without initstate"] if present else []
+        if self.builtin is not None and name in self.builtin:
+            builtin.append(f"{self.host.modules_file('modules.builtin')} lists {name}")
+        if builtin:
+            return ModuleInfo(name, ModuleState.BUILTIN, tuple(builtin), path=path)
+        where = self.host.modules_dir()
         tree_visible = self.loadable is not None
-        if initstate is not None or in_proc:
-            if initstate is not None:
-                evidence.append(f"{module_dir}/initstate: {initstate}")
-            if in_proc:
-                evidence.append(f"{host.path('proc', 'modules')} lists {name}")
-            return ModuleInfo(name, ModuleState.LOADED, tuple(evidence), path=path)
-        if present or (self.builtin is not None and name in self.builtin):
-            if present:
-                evidence.append(f"{module_dir} exists without initstate")
-            if self.builtin is not None and name in self.builtin:
-                evidence.append(f"{host.modules_file('modules.builtin')} lists {name}")
-            return ModuleInfo(name, ModuleState.BUILTIN, tuple(evidence), path=path)
-        evidence.append(f"{module_dir} absent")
-        if tree_visible:
-            where = host.modules_dir()
-            evidence.append(f"{where}/{path}" if path else f"no {name}.ko under {where}")
-        else:
-            evidence.append(f"{host.modules_dir()} not readable")
+        found = f"{where}/{path}" if path else f"no {name}.ko under {where}"
+        evidence = [f"{module_dir} absent", found if tree_visible else f"{where} not readable"]
         blacklisting = self.blacklisted.get(name)
         if blacklisting is not None:
             evidence.append(f"{blacklisting.where}: {blacklisting.line}")
@@ -168,7 +148,6 @@ class ModuleInventory:
         return ModuleInfo(name, ModuleState.MISSING, tuple(evidence), tree_visible=tree_visible)
 
 
-# -- running modprobe ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunResult:
     returncode: int
@@ -206,9 +185,7 @@ def subprocess_runner(argv: Sequence[str]) -> RunResult:
 def modprobe_command(host_root: str, modprobe: str, module: str) -> list[str]:
     """The host's modprobe for ``module``: direct on /, through chroot on a mounted host root."""
     root = host_root.rstrip("/") or "/"
-    if root == "/":
-        return [modprobe, module]
-    return ["chroot", root, modprobe, module]
+    return [modprobe, module] if root == "/" else ["chroot", root, modprobe, module]
 
 
 @dataclass(frozen=True)
@@ -243,23 +220,15 @@ class ModuleLoader:
     def load(
         self, modules: Sequence[str], *, still_needed: Optional[Callable[[str], bool]] = None
     ) -> list[LoadAttempt]:
-        """Run modprobe once per module, in order, stopping at the first failure (the next
-        would fail the same way, or need the one that failed).
-
-        ``still_needed`` is asked before each run, so a module an earlier modprobe already
-        pulled in (as a dependency) is not loaded twice.
-        """
+        """modprobe each module in order up to the first failure, skipping those an earlier
+        modprobe pulled in (``still_needed``)."""
         if not modules:
             return []
         modprobe = self.host.modprobe_path()
         if modprobe is None:
-            where = ", ".join(
-                self.host.path(p.strip("/")) for p in ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
-            )
-            return [
-                LoadAttempt(m, (), None, f"modprobe is not installed (looked in {where})")
-                for m in modules
-            ]
+            where = ", ".join(self.host.path(os.path.dirname(p)[1:]) for p in MODPROBE_LOCATIONS)
+            message = f"modprobe is not installed (looked in {where})"
+            return [LoadAttempt(m, (), None, message) for m in modules]
         attempts: list[LoadAttempt] = []
         for module in modules:
             if attempts and still_needed is not None and not still_needed(module):

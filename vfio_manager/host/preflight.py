@@ -1,17 +1,10 @@
-"""Is this host ready to give PCI functions to VMs? The checks behind ``check`` and the bind gate.
-
-Everything is read once into :class:`HostFacts` (:func:`gather`); the checks are pure
-functions of those facts (:func:`evaluate`) returning :class:`Check` records with the
-evidence they used and, when they fail, a one-line remedy. Live evidence decides (IOMMU
-groups, /sys/class/iommu, the vfio-pci driver directory); kernel arguments and the kernel
-configuration only explain why.
-
-:func:`run` adds module loading: when the only failures are modules that are on disk but not
-loaded, it loads them with the host's modprobe (:mod:`vfio_manager.host.modules`) and checks again.
-"""
+"""Is this host ready to give PCI functions to VMs? The checks behind ``check`` and the bind
+gate: pure functions of :class:`HostFacts`, where live evidence decides and kernel arguments
+and config only explain why. :func:`run` also loads missing loadable modules."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -20,16 +13,17 @@ from vfio_manager.errors import HostNotReadyError
 from vfio_manager.host.dynamic_ids import remove_id_remedy
 from vfio_manager.host.facts import MODULE_CONFIG, HostFacts, gather, last_flag
 from vfio_manager.host.files import HostFiles
+from vfio_manager.host.modules import LoadAttempt, ModuleInfo, ModuleLoader, ModuleState
 from vfio_manager.kernel.drivers import VFIO_PCI
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 
 if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
-    from vfio_manager.host.modules import LoadAttempt, ModuleInfo, Runner
+    from vfio_manager.host.modules import Runner
     from vfio_manager.kernel.model import PciFunction
 
-# -- remedies (asserted verbatim in tests) ---------------------------------------------------------
+# remedies, asserted verbatim in tests
 GRUB_STEPS = (
     "GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub (Debian/Ubuntu) or "
     "grub2-mkconfig -o /boot/grub2/grub.cfg (RHEL/Fedora), and reboot"
@@ -72,7 +66,6 @@ INTEL, AMD = "intel", "amd"
 _VENDOR_LABEL = {INTEL: "Intel VT-d", AMD: "AMD-Vi"}
 
 
-# -- checks ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Check:
     """One item of the checklist. ``load`` names modules whose loading would make it pass."""
@@ -96,6 +89,18 @@ class Check:
             "remedy": None if self.ok else self.remedy,
             "evidence": list(self.evidence),
         }
+
+
+def _check(name: str, title: str) -> Callable[..., Check]:
+    """A :class:`Check` constructor with the item's name and title filled in."""
+    return functools.partial(Check, name, title)
+
+
+def _load(*infos: ModuleInfo) -> tuple[str, ...]:
+    """The modules to load for a check to pass: all of ``infos`` when all are loadable."""
+    return (
+        tuple(i.name for i in infos) if all(i.state is ModuleState.LOADABLE for i in infos) else ()
+    )
 
 
 def iommu_vendor(facts: HostFacts) -> tuple[Optional[str], str]:
@@ -231,20 +236,18 @@ def _iommu_remedy(facts: HostFacts, vendor: Optional[str]) -> str:
 
 
 def check_iommu(facts: HostFacts) -> Check:
+    check = _check("iommu", "IOMMU active")
     vendor, vendor_source = iommu_vendor(facts)
     on = facts.iommu_groups > 0
     label = _VENDOR_LABEL.get(vendor or "", "vendor unknown")
     groups_dir = facts.path(facts.sysfs_root, "kernel", "iommu_groups")
     units_dir = facts.path(facts.sysfs_root, "class", "iommu")
+    acpi = facts.acpi_tables
+    tables = "not visible" if acpi is None else ", ".join(sorted(acpi)) or "no DMAR, no IVRS"
     evidence = [
         f"{groups_dir}: {facts.iommu_groups} group(s)",
         f"{units_dir}: {', '.join(facts.iommu_units) or 'empty'}",
-        "ACPI tables: "
-        + (
-            "not visible"
-            if facts.acpi_tables is None
-            else ", ".join(sorted(facts.acpi_tables)) or "no DMAR, no IVRS"
-        ),
+        f"ACPI tables: {tables}",
         f"vendor: {label} ({vendor_source})",
     ]
     if facts.config_source is not None:
@@ -256,32 +259,20 @@ def check_iommu(facts: HostFacts) -> Check:
     if on:
         units = f", units {', '.join(facts.iommu_units)}" if facts.iommu_units else ""
         detail = f"on ({label}): {facts.iommu_groups} IOMMU group(s){units}"
-        return Check(
-            "iommu",
-            "IOMMU active",
-            True,
-            "; ".join([detail, *reasons]),
-            evidence=tuple(evidence),
-        )
+        return check(True, "; ".join([detail, *reasons]), evidence=tuple(evidence))
     detail = f"off: {groups_dir} is empty"
     if not facts.iommu_units:
         detail += f" and {units_dir} has no dmar*/ivhd* unit"
-    return Check(
-        "iommu",
-        "IOMMU active",
-        False,
-        "; ".join([detail, *reasons]),
-        _iommu_remedy(facts, vendor),
-        tuple(evidence),
+    return check(
+        False, "; ".join([detail, *reasons]), _iommu_remedy(facts, vendor), tuple(evidence)
     )
 
 
 def check_cmdline(facts: HostFacts) -> Check:
     """The arguments that matter, explained; informational (evidence decides elsewhere)."""
+    check = _check("kernel-cmdline", "kernel command line")
     if facts.cmdline is None:
-        return Check(
-            "kernel-cmdline",
-            "kernel command line",
+        return check(
             True,
             f"not readable at {facts.cmdline_path}; the other checks use live evidence",
             evidence=(f"{facts.cmdline_path}: not readable",),
@@ -307,16 +298,11 @@ def check_cmdline(facts: HostFacts) -> Check:
     for key in ("vfio.enable_unsafe_noiommu_mode", "module_blacklist", "modprobe.blacklist"):
         notes.extend(f"{key}={value}" for value in args.get(key, ()))
     detail = "; ".join(notes) if notes else "no IOMMU or vfio arguments"
-    return Check(
-        "kernel-cmdline",
-        "kernel command line",
-        True,
-        detail,
-        evidence=(f"{facts.cmdline_path}: {facts.cmdline}",),
-    )
+    return check(True, detail, evidence=(f"{facts.cmdline_path}: {facts.cmdline}",))
 
 
 def check_noiommu(facts: HostFacts) -> Check:
+    check = _check("noiommu", "no-IOMMU mode off")
     param = facts.noiommu_param
     cmdline = [
         f"vfio.enable_unsafe_noiommu_mode={v}"
@@ -342,23 +328,16 @@ def check_noiommu(facts: HostFacts) -> Check:
         if any(o.split("=")[-1].strip() in _TRUE for o in facts.noiommu_options):
             causes.append("modprobe.d enables it when vfio loads")
     if causes:
-        return Check(
-            "noiommu",
-            "no-IOMMU mode off",
-            False,
-            "no-IOMMU mode is on (" + "; ".join(causes) + "): unusable for VM passthrough",
-            NOIOMMU_REMEDY,
-            tuple(evidence),
-        )
-    return Check("noiommu", "no-IOMMU mode off", True, "not enabled", evidence=tuple(evidence))
+        detail = "no-IOMMU mode is on (" + "; ".join(causes) + "): unusable for VM passthrough"
+        return check(False, detail, NOIOMMU_REMEDY, tuple(evidence))
+    return check(True, "not enabled", evidence=tuple(evidence))
 
 
 def _backend(facts: HostFacts) -> str:
     """The vfio IOMMU backend to require: vfio_iommu_type1 unless only iommufd is there."""
-    type1, iommufd = facts.modules["vfio_iommu_type1"], facts.modules["iommufd"]
-    if type1.ok or type1.exists:
+    if facts.modules["vfio_iommu_type1"].exists:
         return "vfio_iommu_type1"  # what libvirt and QEMU use by default (/dev/vfio/vfio)
-    return "iommufd" if iommufd.ok or iommufd.exists else "vfio_iommu_type1"
+    return "iommufd" if facts.modules["iommufd"].exists else "vfio_iommu_type1"
 
 
 def required_modules(facts: HostFacts) -> tuple[str, ...]:
@@ -373,8 +352,6 @@ def required_modules(facts: HostFacts) -> tuple[str, ...]:
 
 def _module_remedy(facts: HostFacts, *infos: ModuleInfo) -> str:
     """One remedy for the modules that are not in the kernel, grouped by why."""
-    from vfio_manager.host.modules import ModuleState
-
     clauses: list[str] = []
     unbuilt = [i for i in infos if i.state is ModuleState.MISSING and i.note]
     absent = [i for i in infos if i.state is ModuleState.MISSING and not i.note]
@@ -408,35 +385,23 @@ def _module_remedy(facts: HostFacts, *infos: ModuleInfo) -> str:
 
 
 def check_modules(facts: HostFacts) -> Check:
-    from vfio_manager.host.modules import ModuleState
-
-    names = required_modules(facts)
-    infos = [facts.modules[n] for n in names]
+    check = _check("vfio-modules", "vfio modules")
+    infos = [facts.modules[n] for n in required_modules(facts)]
     evidence = tuple(dict.fromkeys(e for i in infos for e in i.evidence))
     detail = ", ".join(f"{i.name} {i.describe()}" for i in infos)
     bad = [i for i in infos if not i.ok]
     if not bad:
-        return Check("vfio-modules", "vfio modules", True, detail, evidence=evidence)
-    loadable = all(i.state is ModuleState.LOADABLE for i in bad)
-    return Check(
-        "vfio-modules",
-        "vfio modules",
-        False,
-        detail,
-        _module_remedy(facts, *bad),
-        evidence,
-        tuple(i.name for i in bad) if loadable else (),
-    )
+        return check(True, detail, evidence=evidence)
+    return check(False, detail, _module_remedy(facts, *bad), evidence, _load(*bad))
 
 
 def check_vfio_pci_driver(facts: HostFacts) -> Check:
-    from vfio_manager.host.modules import ModuleState
-
+    check = _check("vfio-pci-driver", "vfio-pci driver registered")
     path = facts.path(facts.sysfs_root, "bus", "pci", "drivers", VFIO_PCI)
     info = facts.modules["vfio_pci"]
     evidence = (f"{path}: {'present' if facts.vfio_pci_registered else 'absent'}",)
     if facts.vfio_pci_registered:
-        return Check("vfio-pci-driver", "vfio-pci driver registered", True, path, evidence=evidence)
+        return check(True, path, evidence=evidence)
     if info.ok:
         remedy = (
             f"vfio_pci is {info.state.value} but did not register: see `dmesg | grep vfio`; "
@@ -444,57 +409,29 @@ def check_vfio_pci_driver(facts: HostFacts) -> Check:
         )
     else:
         remedy = _module_remedy(facts, info)
-    return Check(
-        "vfio-pci-driver",
-        "vfio-pci driver registered",
-        False,
-        f"{path} is absent: vfio_pci is {info.describe()}",
-        remedy,
-        evidence,
-        ("vfio_pci",) if info.state is ModuleState.LOADABLE else (),
-    )
+    detail = f"{path} is absent: vfio_pci is {info.describe()}"
+    return check(False, detail, remedy, evidence, _load(info))
 
 
 def check_dev_vfio(facts: HostFacts) -> Check:
-    from vfio_manager.host.modules import ModuleState
-
+    check = _check("dev-vfio", "/dev/vfio/vfio present")
     node = facts.path(facts.dev_root, "vfio", "vfio")
     iommu_node = facts.path(facts.dev_root, "iommu")
     evidence = (
         f"{node}: {'present' if facts.vfio_container else 'absent'}",
         f"{iommu_node}: {'present' if facts.iommufd_node else 'absent'}",
     )
-    title = "/dev/vfio/vfio present"
     if facts.vfio_container:
-        return Check("dev-vfio", title, True, node, evidence=evidence)
+        return check(True, node, evidence=evidence)
     if _backend(facts) == "iommufd" and facts.iommufd_node:
-        return Check(
-            "dev-vfio",
-            title,
-            True,
-            f"{iommu_node} (iommufd replaces the container)",
-            evidence=evidence,
-        )
+        return check(True, f"{iommu_node} (iommufd replaces the container)", evidence=evidence)
     vfio = facts.modules["vfio"]
     if not vfio.ok:
-        return Check(
-            "dev-vfio",
-            title,
-            False,
-            f"{node} is absent: vfio is {vfio.describe()} (loading vfio creates it)",
-            _module_remedy(facts, vfio),
-            evidence,
-            ("vfio",) if vfio.state is ModuleState.LOADABLE else (),
-        )
+        detail = f"{node} is absent: vfio is {vfio.describe()} (loading vfio creates it)"
+        return check(False, detail, _module_remedy(facts, vfio), evidence, _load(vfio))
     where = "the node is missing" if facts.dev_vfio_dir else "its /dev/vfio directory is missing"
-    return Check(
-        "dev-vfio",
-        title,
-        False,
-        f"{node} is absent although vfio is {vfio.state.value}: {where} under {facts.dev_root}",
-        CONTAINER_DEV,
-        evidence,
-    )
+    detail = f"{node} is absent although vfio is {vfio.state.value}: {where} under {facts.dev_root}"
+    return check(False, detail, CONTAINER_DEV, evidence)
 
 
 def _group_summary(pairs: Sequence[tuple[str, str]]) -> str:
@@ -510,9 +447,9 @@ def _group_summary(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def check_groups(facts: HostFacts) -> Check:
-    title = "IOMMU group for each selected function"
+    check = _check("iommu-groups", "IOMMU group for each selected function")
     if not facts.functions:
-        return Check("iommu-groups", title, True, f"no PCI function matches {facts.selection}")
+        return check(True, f"no PCI function matches {facts.selection}")
     noiommu = facts.noiommu_groups
     evidence = tuple(
         f"{f.bdf}/iommu_group: "
@@ -523,7 +460,7 @@ def check_groups(facts: HostFacts) -> Check:
     missing = [f.bdf for f in facts.functions if f.iommu_group is None or f.iommu_group in noiommu]
     if not missing:
         detail = _group_summary([(f.bdf, f"group {f.iommu_group}") for f in facts.functions])
-        return Check("iommu-groups", title, True, detail, evidence=evidence)
+        return check(True, detail, evidence=evidence)
     if facts.iommu_groups == 0:
         remedy = "enable the IOMMU (see 'IOMMU active'); every function then gets a group"
     else:
@@ -533,14 +470,14 @@ def check_groups(facts: HostFacts) -> Check:
             "bridges out)"
         )
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    return Check("iommu-groups", title, False, f"no IOMMU group: {shown}", remedy, evidence)
+    return check(False, f"no IOMMU group: {shown}", remedy, evidence)
 
 
 def check_vfio_driver(facts: HostFacts) -> Check:
     """Which vfio driver each function will get: a registered variant, else vfio-pci."""
-    title = "vfio driver for each selected function"
+    check = _check("vfio-driver", "vfio driver for each selected function")
     if not facts.functions:
-        return Check("vfio-driver", title, True, f"no PCI function matches {facts.selection}")
+        return check(True, f"no PCI function matches {facts.selection}")
     pairs: list[tuple[str, str]] = []
     evidence: list[str] = []
     needs_generic = False
@@ -551,9 +488,8 @@ def check_vfio_driver(facts: HostFacts) -> Check:
             continue
         needs_generic = True
         if f.variant_module and f.variant is not None:
-            pairs.append(
-                (f.bdf, f"{VFIO_PCI} (variant {f.variant_module} is {f.variant.describe()})")
-            )
+            described = f"variant {f.variant_module} is {f.variant.describe()}"
+            pairs.append((f.bdf, f"{VFIO_PCI} ({described})"))
             evidence.append(f"{f.bdf} ({f.ids}): alias vfio_pci:... -> {f.variant_module}")
         else:
             pairs.append((f.bdf, VFIO_PCI))
@@ -561,42 +497,28 @@ def check_vfio_driver(facts: HostFacts) -> Check:
     detail = _group_summary(pairs)
     if needs_generic and not facts.vfio_pci_registered:
         info = facts.modules["vfio_pci"]
-        from vfio_manager.host.modules import ModuleState
-
-        return Check(
-            "vfio-driver",
-            title,
-            False,
-            f"{detail}; {VFIO_PCI} is not registered",
-            _module_remedy(facts, info) if not info.ok else "see 'vfio-pci driver registered'",
-            tuple(evidence),
-            ("vfio_pci",) if info.state is ModuleState.LOADABLE else (),
-        )
-    return Check("vfio-driver", title, True, detail, evidence=tuple(evidence))
+        remedy = _module_remedy(facts, info) if not info.ok else "see 'vfio-pci driver registered'"
+        detail = f"{detail}; {VFIO_PCI} is not registered"
+        return check(False, detail, remedy, tuple(evidence), _load(info))
+    return check(True, detail, evidence=tuple(evidence))
 
 
 def check_dynamic_ids(facts: HostFacts) -> Check:
-    """A dynamic ID on vfio-pci for a selected function: binding works, but drivers_probe
-    may hand the function back to vfio-pci on its way to the host. A warning."""
-    title = "no dynamic ID on vfio-pci for the selected functions"
+    """A warning: with a dynamic ID, drivers_probe may hand a function back to vfio-pci."""
+    check = _check("dynamic-ids", "no dynamic ID on vfio-pci for the selected functions")
     if not facts.functions:
-        detail = f"no PCI function matches {facts.selection}"
-        return Check("dynamic-ids", title, True, detail, advisory=True)
+        return check(True, f"no PCI function matches {facts.selection}", advisory=True)
     found = facts.dynamic_ids
     if not found and not facts.vfio_ids_config:
         detail = "none seen (no selected function is on vfio-pci without its override)"
-        return Check("dynamic-ids", title, True, detail, advisory=True)
-    remedies: list[str] = []
-    for ids in dict.fromkeys(
-        [(d.driver, d.vendor, d.device) for d in found]
-        + [
-            (VFIO_PCI, int(f.ids[:4], 16), int(f.ids[5:], 16))
-            for f in facts.functions
-            if any(f.ids in line for line in facts.vfio_ids_config)
-        ]
-    ):
-        remedies.append(remove_id_remedy(*ids))
-    remedy = "; ".join(remedies)
+        return check(True, detail, advisory=True)
+    configured = [
+        (VFIO_PCI, int(f.ids[:4], 16), int(f.ids[5:], 16))
+        for f in facts.functions
+        if any(f.ids in line for line in facts.vfio_ids_config)
+    ]
+    ids = dict.fromkeys([(d.driver, d.vendor, d.device) for d in found] + configured)
+    remedy = "; ".join(remove_id_remedy(*i) for i in ids)
     if facts.vfio_ids_config:
         remedy += (
             "; and remove vfio-pci.ids= from the kernel command line or modprobe.d (see the "
@@ -608,16 +530,16 @@ def check_dynamic_ids(facts: HostFacts) -> Check:
         else "vfio-pci.ids= names a selected function's ID"
     )
     evidence = tuple(d.message for d in found) + facts.vfio_ids_config
-    return Check("dynamic-ids", title, False, detail, remedy, evidence, advisory=True)
+    return check(False, detail, remedy, evidence, advisory=True)
 
 
 def check_loading(facts: HostFacts, attempts: Sequence[LoadAttempt]) -> Check:
-    title = "loading modules"
+    check = _check("module-loading", "loading modules")
     evidence = tuple(" ".join(a.argv) or a.module for a in attempts)
     failed = [a for a in attempts if not a.ok]
     detail = "; ".join(a.describe() for a in attempts)
     if not failed:
-        return Check("module-loading", title, True, detail, evidence=evidence)
+        return check(True, detail, evidence=evidence)
     if any(not a.argv for a in failed):
         remedy = MODPROBE_MISSING_REMEDY
     else:
@@ -625,47 +547,41 @@ def check_loading(facts: HostFacts, attempts: Sequence[LoadAttempt]) -> Check:
             "read modprobe's message above; `dmesg | tail` shows the kernel's side "
             f"(modules of kernel {facts.release} are looked up in {facts.modules_dir})"
         )
-    return Check("module-loading", title, False, detail, remedy, evidence)
+    return check(False, detail, remedy, evidence)
 
 
 def evaluate(facts: HostFacts, attempts: Sequence[LoadAttempt] = ()) -> list[Check]:
     """Every check, in the order the checklist shows them. Pure."""
-    checks = [
-        check_iommu(facts),
-        check_cmdline(facts),
-        check_noiommu(facts),
-        check_groups(facts),
-        check_modules(facts),
-        check_vfio_pci_driver(facts),
-        check_dev_vfio(facts),
-        check_vfio_driver(facts),
-        check_dynamic_ids(facts),
-    ]
+    checks = [check(facts) for check in _CHECKS]
     if attempts:
         checks.append(check_loading(facts, attempts))
     return checks
 
 
+_CHECKS = (
+    check_iommu,
+    check_cmdline,
+    check_noiommu,
+    check_groups,
+    check_modules,
+    check_vfio_pci_driver,
+    check_dev_vfio,
+    check_vfio_driver,
+    check_dynamic_ids,
+)
+
+
 def modules_to_load(facts: HostFacts) -> list[str]:
     """Loadable modules the host needs, vfio_pci first (modprobe pulls in vfio, vfio_pci_core
     and, by vfio's soft dependency, vfio_iommu_type1), then the rest, then the variants."""
-    from vfio_manager.host.modules import ModuleState
-
-    required = required_modules(facts)
-    order = sorted(required, key=lambda n: n != "vfio_pci")
+    order = sorted(required_modules(facts), key=lambda n: n != "vfio_pci")
     wanted = [n for n in order if facts.modules[n].state is ModuleState.LOADABLE]
     for f in facts.functions:
-        if (
-            f.variant_module
-            and f.variant is not None
-            and f.variant.state is ModuleState.LOADABLE
-            and f.variant_module not in wanted
-        ):
+        if f.variant_module and f.variant is not None and f.variant.state is ModuleState.LOADABLE:
             wanted.append(f.variant_module)
-    return wanted
+    return list(dict.fromkeys(wanted))
 
 
-# -- the whole preflight ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preflight:
     checks: tuple[Check, ...]
@@ -696,15 +612,11 @@ class Preflight:
         return checklist_lines(self.checks, mark)
 
 
-def default_mark(ok: bool) -> str:
-    return "✓" if ok else "✗"
-
-
 def checklist_lines(
     checks: Sequence[Check], mark: Optional[Callable[[bool], str]] = None, *, evidence: bool = True
 ) -> list[str]:
     """The readable checklist: one line per check, its evidence and, when it fails, the remedy."""
-    mark = mark or default_mark
+    mark = mark or (lambda ok: "✓" if ok else "✗")
     lines: list[str] = []
     for c in checks:
         lines.append(f"{mark(c.ok) if c.ok or not c.advisory else '!'} {c.title}: {c.detail}")
@@ -721,16 +633,13 @@ def run(
     functions: Sequence[PciFunction] = (),
     *,
     aliases: Optional[AliasTable] = None,
-    driver_modules: Optional[Mapping[str, Optional[str]]] = None,
+    driver_modules: Mapping[str, Optional[str]],
     selection: str = "the selection",
     load: bool = False,
     runner: Optional[Runner] = None,
 ) -> Preflight:
-    """Gather, check, and (``load``) load what is missing and check again.
-
-    Modules are loaded only when nothing but loadable modules stands in the way: a host whose
-    IOMMU is off is left exactly as it was.
-    """
+    """Gather and check; with ``load``, load what is missing and check again, but only when
+    nothing but loadable modules stands in the way (an IOMMU-off host is left as it was)."""
 
     def facts_now() -> HostFacts:
         return gather(
@@ -738,9 +647,7 @@ def run(
             host,
             functions,
             aliases=aliases,
-            driver_modules=driver_modules
-            if driver_modules is not None
-            else {d: sysfs.driver_module(d) for d in sysfs.list_drivers()},
+            driver_modules=driver_modules,
             selection=selection,
         )
 
@@ -750,8 +657,6 @@ def run(
     first = Preflight(tuple(checks), pending=pending)
     if not load or not pending or first.blocking(assume_loaded=True):
         return first
-    from vfio_manager.host.modules import ModuleLoader
-
     log = get_logger("vfio_manager.host.preflight")
     attempts = ModuleLoader(host, runner).load(
         pending, still_needed=lambda name: not sysfs.module_present(name)

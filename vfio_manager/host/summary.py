@@ -1,8 +1,5 @@
-"""The one-line host summary above `status`: is the IOMMU on, is vfio-pci registered.
-
-Kept apart from :mod:`vfio_manager.host.preflight` on purpose: `status` must start fast, and this
-costs two directory listings and one stat, with nothing of the full checklist imported.
-"""
+"""The one-line host summary above ``status`` (IOMMU on? vfio-pci registered?): three
+listings and a stat, apart from :mod:`vfio_manager.host.preflight` so ``status`` starts fast."""
 
 from __future__ import annotations
 
@@ -15,24 +12,28 @@ from vfio_manager.kernel.sysfs import Sysfs
 
 @dataclass(frozen=True)
 class HostSummary:
-    iommu_groups: int
+    iommu_groups: int  # not counting the groups of vfio's no-IOMMU mode
     iommu_units: tuple[str, ...]
     vfio_pci_registered: bool
-    noiommu: bool = False  # /dev/vfio/noiommu-N exist: vfio's unsafe no-IOMMU mode
+    noiommu_nodes: tuple[str, ...] = ()  # /dev/vfio/noiommu-N: vfio's unsafe no-IOMMU mode
 
     @property
     def iommu_on(self) -> bool:
         return self.iommu_groups > 0
 
+    @property
+    def noiommu(self) -> bool:
+        return bool(self.noiommu_nodes)
+
     @classmethod
     def read(cls, sysfs: Sysfs) -> HostSummary:
-        """Two listings and one stat; no-IOMMU groups (noiommu-N nodes) are not counted."""
-        fake = {n[len("noiommu-") :] for n in sysfs.vfio_nodes() if n.startswith("noiommu-")}
+        nodes = tuple(sorted(n for n in sysfs.vfio_nodes() if n.startswith("noiommu-")))
+        fake = {n[len("noiommu-") :] for n in nodes}
         return cls(
             sum(1 for g in sysfs.iommu_group_names() if g not in fake),
             tuple(sysfs.iommu_units()),
             sysfs.driver_registered(VFIO_PCI),
-            bool(fake),
+            nodes,
         )
 
     def line(self) -> str:

@@ -25,11 +25,8 @@ class PciAddress:
 
     @classmethod
     def parse(cls, text: str) -> PciAddress:
-        """Parse ``0000:03:00.0`` or ``03:00.0`` (case-insensitive); raise :class:`UsageError`.
-
-        Anything else (``../x``, function 8, device above 0x1f, empty) is refused here, so a
-        malformed argument can never become a path under /sys.
-        """
+        """Parse ``0000:03:00.0`` or ``03:00.0`` (any case); anything else raises
+        :class:`UsageError`, so a malformed argument never becomes a path under /sys."""
         address = cls.from_sysfs_name(text)
         if address is None:
             raise UsageError(
@@ -41,10 +38,7 @@ class PciAddress:
 
     @classmethod
     def from_sysfs_name(cls, name: str) -> PciAddress | None:
-        """Parse a directory name read from sysfs; ``None`` for anything that is not a BDF.
-
-        No exception for a name that is not one: directory listings ask this of every entry.
-        """
+        """Parse a directory name read from sysfs; ``None`` (no exception) for a non-BDF."""
         match = _BDF.match(name.strip().lower()) if isinstance(name, str) else None
         if match is None or int(match["device"], 16) > 0x1F:
             return None

@@ -1,7 +1,5 @@
-"""Rebellions product names by PCI device ID (PF and SR-IOV VF IDs).
-
-Unknown 0x1eff IDs still exist in the field: they are named by ID, never rejected.
-"""
+"""Rebellions product names by PCI device ID (PF and SR-IOV VF IDs); unknown IDs are named
+by number, never rejected."""
 
 from __future__ import annotations
 
@@ -9,37 +7,6 @@ from typing import NamedTuple, Optional
 
 REBELLIONS_VENDOR = 0x1EFF
 PROCESSING_ACCELERATOR_CLASS = 0x120000
-
-# device ID -> (product, family, function kind)
-_PRODUCTS: dict[int, tuple[str, str, str]] = {}
-for _product, _family, _pf, _vf in (
-    ("RBLN-CA02", "ATOM", 0x1020, 0x1021),
-    ("RBLN-CA11", "ATOM", 0x1110, 0x1111),
-    ("RBLN-CA12", "ATOM", 0x1120, 0x1121),
-    ("RBLN-CA15", "ATOM", 0x1150, None),
-    ("RBLN-CA21", "ATOM", 0x1210, 0x1211),
-    ("RBLN-CA22", "ATOM", 0x1220, 0x1221),
-    ("RBLN-CA25", "ATOM", 0x1250, 0x1251),
-    ("RBLN-CR03", "REBEL", 0x2030, 0x2031),
-    ("RBLN-CR13", "REBEL", 0x2130, 0x2131),
-):
-    _PRODUCTS[_pf] = (_product, _family, "PF")
-    if _vf is not None:
-        _PRODUCTS[_vf] = (_product, _family, "VF")
-
-
-def product_name(vendor: int, device: int) -> Optional[str]:
-    """A name for people: ``RBLN-CA22``, ``RBLN-CA22 VF``, ``Rebellions 1fff`` when unknown.
-
-    ``None`` for other vendors: the tool has no catalogue for them and shows their IDs only.
-    """
-    if vendor != REBELLIONS_VENDOR:
-        return None
-    known = _PRODUCTS.get(device)
-    if known is None:
-        return f"Rebellions {device:04x}"
-    product, _family, kind = known
-    return product if kind == "PF" else f"{product} VF"
 
 
 class CatalogueEntry(NamedTuple):
@@ -51,12 +18,39 @@ class CatalogueEntry(NamedTuple):
     kind: str  # "PF" or "VF"
 
 
+_PRODUCTS: dict[int, CatalogueEntry] = {}
+for _product, _family, _pf, _vf in (
+    ("RBLN-CA02", "ATOM", 0x1020, 0x1021),
+    ("RBLN-CA11", "ATOM", 0x1110, 0x1111),
+    ("RBLN-CA12", "ATOM", 0x1120, 0x1121),
+    ("RBLN-CA15", "ATOM", 0x1150, None),
+    ("RBLN-CA21", "ATOM", 0x1210, 0x1211),
+    ("RBLN-CA22", "ATOM", 0x1220, 0x1221),
+    ("RBLN-CA25", "ATOM", 0x1250, 0x1251),
+    ("RBLN-CR03", "REBEL", 0x2030, 0x2031),
+    ("RBLN-CR13", "REBEL", 0x2130, 0x2131),
+):
+    _PRODUCTS[_pf] = CatalogueEntry(_pf, _product, _family, "PF")
+    if _vf is not None:
+        _PRODUCTS[_vf] = CatalogueEntry(_vf, _product, _family, "VF")
+
+
+def product_name(vendor: int, device: int) -> Optional[str]:
+    """``RBLN-CA22``, ``RBLN-CA22 VF``, ``Rebellions 1fff`` when unknown; ``None`` for other
+    vendors (they are shown by ID)."""
+    if vendor != REBELLIONS_VENDOR:
+        return None
+    known = _PRODUCTS.get(device)
+    if known is None:
+        return f"Rebellions {device:04x}"
+    return known.product if known.kind == "PF" else f"{known.product} VF"
+
+
 def catalogue_entry(device: int) -> Optional[CatalogueEntry]:
     """The catalogue's knowledge of one Rebellions device ID; ``None`` when not catalogued."""
-    known = _PRODUCTS.get(device)
-    return None if known is None else CatalogueEntry(device, *known)
+    return _PRODUCTS.get(device)
 
 
 def catalogue_entries() -> tuple[CatalogueEntry, ...]:
     """Every catalogued device ID, by ID."""
-    return tuple(CatalogueEntry(device, *_PRODUCTS[device]) for device in sorted(_PRODUCTS))
+    return tuple(_PRODUCTS[device] for device in sorted(_PRODUCTS))

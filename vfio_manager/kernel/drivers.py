@@ -1,9 +1,5 @@
-"""The driver vocabulary, in one place: which names mean "vfio", "leaves DMA to its user",
-"stay unbound", and the two directions a function moves in.
-
-Every layer speaks these words (the plan, the journal, the checks, the status view), so they
-live at the bottom, beside the kernel's view, and nothing else defines them.
-"""
+"""The driver vocabulary every layer speaks: "vfio", "leaves DMA to its user", "stay
+unbound", and the two directions a function moves in."""
 
 from __future__ import annotations
 
@@ -13,13 +9,11 @@ from typing import Optional
 VFIO_PCI = "vfio-pci"
 """The generic vfio driver; variants (``mlx5_vfio_pci``, ...) end in ``vfio_pci``."""
 
-# Drivers other than the vfio family that leave DMA to the group's user (driver_managed_dma).
-# The flag is not in sysfs, so this list is the only source.
+# Host drivers that leave DMA to the group's user (driver_managed_dma; not shown in sysfs).
 _DMA_SAFE_HOST_DRIVERS = frozenset({"pci-stub", "pcieport"})
 
 STAY_UNBOUND = ""
-"""Target of a return to the host for a function that had no driver before it was moved to
-vfio: it is unbound from vfio and not probed, so it stays driverless."""
+"""Host target of a function that had no driver before vfio: unbound and not probed."""
 
 
 class Direction(str, enum.Enum):

@@ -1,12 +1,5 @@
-"""Reads a node's PCI topology from sysfs: each attribute once, groups indexed once.
-
-Costs: ``status`` reads one ``modalias`` per function for its vendor, device, subsystem IDs
-and class (the kernel formats it from the same fields as those five files); a function the
-selection rejects costs that read and its ``driver`` link. A run that may write reads the
-vendor, device and class files too (they are the authority, see :func:`read_function`).
-A selected function adds its override, NUMA node and SR-IOV attributes: a few reads per
-function and no quadratic scan.
-"""
+"""Reads a node's PCI topology from sysfs: each attribute once, groups indexed once
+(``status`` reads one ``modalias`` per function for its IDs; see docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -21,25 +14,6 @@ from vfio_manager.log import get_logger
 
 log = get_logger("vfio_manager.kernel.inventory")
 
-
-def _hex(value: Optional[str]) -> Optional[int]:
-    if value is None:
-        return None
-    try:
-        return int(value.strip(), 16)
-    except ValueError:
-        return None
-
-
-def _int(value: Optional[str]) -> Optional[int]:
-    if value is None:
-        return None
-    try:
-        return int(value.strip(), 10)
-    except ValueError:
-        return None
-
-
 _IDENTITY_FILES = ("vendor", "device", "class")
 # pci_uevent()'s format: "pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X"
 _MODALIAS = re.compile(
@@ -49,12 +23,16 @@ _MODALIAS = re.compile(
 )
 
 
-def parse_modalias(text: Optional[str]) -> Optional[tuple[int, int, int, int, int]]:
-    """(vendor, device, subsystem vendor, subsystem device, class) from a PCI ``modalias``.
+def _number(value: Optional[str], base: int = 16) -> Optional[int]:
+    try:
+        return int(value.strip(), base) if value is not None else None
+    except ValueError:
+        return None
 
-    ``None`` for anything that is not exactly the kernel's PCI format, so that an odd file
-    sends the reader back to the separate attributes instead of to a wrong ID.
-    """
+
+def parse_modalias(text: Optional[str]) -> Optional[tuple[int, int, int, int, int]]:
+    """(vendor, device, subsystem vendor, subsystem device, class) from a PCI ``modalias``;
+    ``None`` for anything but the kernel's exact format, so the reader falls back to the files."""
     match = _MODALIAS.fullmatch(text) if text is not None else None
     if match is None:
         return None
@@ -77,19 +55,10 @@ def read_function(
 ) -> Optional[PciFunction]:
     """One function as sysfs shows it now; ``None`` if it is gone or unreadable.
 
-    ``group`` is its IOMMU group when the caller indexed the groups already (else the
-    ``iommu_group`` link is read). With ``wanted``, a function it rejects by vendor, device
-    and class is read no further than those and its driver link: all a group-viability
-    question asks of a non-selected group member. ``driver_ids=False`` leaves the subsystem
-    IDs and the modalias out of the result (only choosing a driver needs them; ``status``
-    shows neither); they cost two more reads only where ``modalias`` could not be parsed.
-
-    Identity (vendor, device, class) comes from its own files, the authority for anything
-    that may lead to a write; ``modalias`` then gives the subsystem IDs. The kernel formats
-    both from the same ``pci_dev`` fields, so they disagree only in a corrupted or faked
-    sysfs: the files win and a warning says so. ``ids_from_modalias=True`` (``status``,
-    which writes nothing) takes the identity from ``modalias`` alone: one read instead of
-    four for each of the thousands of functions a large node shows.
+    ``group``: its IOMMU group if already indexed. A function ``wanted`` rejects is read no
+    further than its IDs and driver link. ``driver_ids=False`` leaves out the subsystem IDs and
+    modalias (only choosing a driver needs them). The ID files win over a ``modalias`` that
+    disagrees, unless ``ids_from_modalias`` (``status``, which writes nothing: one read, not four).
     """
     base = sysfs.device_dir(address) + "/"
     read = sysfs.read_text
@@ -103,7 +72,7 @@ def read_function(
     if ids is not None and ids_from_modalias:
         vendor, device, sub_vendor, sub_device, pci_class = ids
     else:
-        vendor, device, pci_class = (_hex(read(base + name)) for name in _IDENTITY_FILES)
+        vendor, device, pci_class = (_number(read(base + name)) for name in _IDENTITY_FILES)
         if vendor is None or device is None or pci_class is None:
             return None
         if ids is not None:
@@ -118,28 +87,20 @@ def read_function(
                     modalias=modalias,
                 )
         else:
-            sub_vendor = _hex(read(base + "subsystem_vendor")) if driver_ids else None
-            sub_device = _hex(read(base + "subsystem_device")) if driver_ids else None
+            sub_vendor = _number(read(base + "subsystem_vendor")) if driver_ids else None
+            sub_device = _number(read(base + "subsystem_device")) if driver_ids else None
     driver = sysfs.link_name(base + "driver")
     if wanted is not None:
-        brief = PciFunction(
-            address=address,
-            vendor=vendor,
-            device=device,
-            pci_class=pci_class,
-            driver=driver,
-            iommu_group=group,
-        )
+        brief = PciFunction(address, vendor, device, pci_class, driver=driver, iommu_group=group)
         if not wanted(brief):
             return brief
-    # Optional attributes are read where they may exist: a failed open costs less than
-    # listing a folder of 40 entries, and SR-IOV's numvfs is asked only of a capable PF.
+    # a failed open of an optional attribute costs less than listing the folder
     override = read(base + "driver_override")
-    numa = _int(read(base + "numa_node"))
+    numa = _number(read(base + "numa_node"), 10)
     if group is None:
         group = sysfs.iommu_group_of(address)
     physfn_name = sysfs.link_name(base + "physfn")
-    totalvfs = _int(read(base + "sriov_totalvfs"))
+    totalvfs = _number(read(base + "sriov_totalvfs"), 10)
     return PciFunction(
         address=address,
         vendor=vendor,
@@ -153,7 +114,7 @@ def read_function(
         numa_node=None if numa is None or numa < 0 else numa,
         modalias=modalias if driver_ids else None,
         sriov_totalvfs=totalvfs,
-        sriov_numvfs=_int(read(base + "sriov_numvfs")) if totalvfs is not None else None,
+        sriov_numvfs=_number(read(base + "sriov_numvfs"), 10) if totalvfs is not None else None,
         physfn=PciAddress.from_sysfs_name(physfn_name) if physfn_name else None,
     )
 
@@ -165,23 +126,17 @@ def read_topology(
     driver_ids: bool = True,
     ids_from_modalias: bool = False,
 ) -> Topology:
-    """Every function, every IOMMU group, the /dev/vfio nodes and the driver->module map.
-
-    ``wanted`` (a selection): functions it rejects are read only as far as a group question
-    needs (see :func:`read_function`); ``status`` passes it, the write pipeline does not.
-    ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`.
-    """
+    """Every function and IOMMU group, the /dev/vfio nodes and the driver->module map
+    (``wanted``, ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`)."""
     addresses = sysfs.list_functions()
-    # Each function's iommu_group link (one readlink) rather than a listing of every group's
-    # devices/ folder: the same membership, a third of the cost on a node of 4,096 groups.
+    # each function's iommu_group link, not a listing of every group: a third of the cost
     group_of: dict[PciAddress, int] = {}
     members: dict[int, list[PciAddress]] = {}
     for address in addresses:
         group = sysfs.iommu_group_of(address)
         if group is not None:
             group_of[address] = group
-            members.setdefault(group, []).append(address)  # in address order, as listed
-    groups = {n: tuple(m) for n, m in members.items()}
+            members.setdefault(group, []).append(address)
     functions: dict[PciAddress, PciFunction] = {}
     for address in addresses:
         function = read_function(
@@ -194,10 +149,9 @@ def read_topology(
         )
         if function is not None:
             functions[address] = function
-    modules = {name: sysfs.driver_module(name) for name in sysfs.list_drivers()}
     return Topology(
         functions=functions,
-        groups=groups,
+        groups={n: tuple(m) for n, m in members.items()},
         vfio_nodes=sysfs.vfio_nodes(),
-        driver_modules=modules,
+        driver_modules=sysfs.driver_modules(),
     )

@@ -1,8 +1,5 @@
-"""What the tool knows about a node: frozen snapshots of PCI functions and IOMMU groups.
-
-A :class:`Topology` is read once per command (see :mod:`vfio_manager.kernel.inventory`) and then
-only looked up: plans and reports are computed from it without touching sysfs again.
-"""
+"""Frozen snapshots of a node's PCI functions and IOMMU groups, read once per command
+(:mod:`vfio_manager.kernel.inventory`) and then only looked up."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""One verb per kernel file, each a no-op when there is nothing to do.
-
-These are the only functions that change binding state. Each re-reads the state it depends on
-(a cheap read) so a step planned from a stale topology never writes twice, and each error
-names the function, the file and the kernel's errno.
-"""
+"""One verb per kernel file: the only functions that change binding state. Each re-reads
+what it depends on and does nothing when nothing is to do (a stale plan never writes twice)."""
 
 from __future__ import annotations
 
@@ -40,7 +36,7 @@ class Kernel:
         return True
 
     def clear_override(self, address: PciAddress) -> bool:
-        """Write a bare newline: the only portable way to clear (a 0-byte write never arrives)."""
+        """Write a bare newline: a 0-byte write never reaches the kernel (kernel-facts K1)."""
         if self.sysfs.override_of(address) is None:
             return False
         self.sysfs.write_device_attr(address, "driver_override", "\n")

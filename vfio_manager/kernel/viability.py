@@ -1,9 +1,5 @@
-"""IOMMU group viability: may a VM open this function's group?
-
-The kernel lets user space open a VFIO group only when every member is unbound or bound to
-a driver that leaves DMA to its user (``driver_managed_dma``; the list of such drivers is in
-:mod:`vfio_manager.kernel.drivers`).
-"""
+"""IOMMU group viability: may a VM open this function's group? Only when every member is
+unbound or on a driver that leaves DMA to its user (kernel-facts K16)."""
 
 from __future__ import annotations
 
@@ -30,10 +26,7 @@ class Blocker:
 
 
 def group_blockers(
-    topology: Topology,
-    function: PciFunction,
-    *,
-    moving: Collection[PciAddress] = (),
+    topology: Topology, function: PciFunction, *, moving: Collection[PciAddress] = ()
 ) -> tuple[Blocker, ...]:
     """Members of the function's group on a host driver, ignoring those about to move to vfio."""
     return tuple(
@@ -47,12 +40,8 @@ def group_blockers(
 
 
 def group_viable(topology: Topology, function: PciFunction) -> Optional[bool]:
-    """Whether the group imposes no obstacle: every *other* member leaves DMA to its user.
-
-    The function's own driver is left out on purpose: the question an admin asks of an NPU
-    still on its native driver is "would binding it give a usable group?". ``None`` when the
-    function has no IOMMU group.
-    """
+    """Whether every *other* member leaves DMA to its user ("would binding it give a usable
+    group?"); ``None`` when the function has no IOMMU group."""
     if function.iommu_group is None:
         return None
     return not group_blockers(topology, function)
