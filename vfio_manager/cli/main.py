@@ -236,31 +236,6 @@ def _report_error(err: VfioManagerError) -> None:
         click.echo(f"  remedy: {err.remedy}", err=True)
 
 
-def _error_details(err: VfioManagerError) -> dict[str, Any]:
-    """What the JSON error document adds for some errors: the failing checks, the holder."""
-    from vfio_manager.host.preflight import PreflightFailed
-    from vfio_manager.safety.lock import LockTimeoutError
-
-    details: dict[str, Any] = {}
-    if err.bdf is not None:
-        details["bdf"] = err.bdf
-    if isinstance(err, PreflightFailed):
-        details["checks"] = [check.to_json() for check in err.failing]
-    if isinstance(err, LockTimeoutError):
-        holder = err.holder
-        details["holder"] = (
-            None
-            if holder is None
-            else {
-                "pid": holder.pid,
-                "command": holder.command,
-                "running": holder.running,
-                "state": holder.state,
-            }
-        )
-    return details
-
-
 def _handles_errors(func: F) -> F:
     """Turn a VfioManagerError into its message, remedy and exit code (and, with
     ``--json``, the error document on stdout)."""
@@ -274,7 +249,7 @@ def _handles_errors(func: F) -> F:
                 from vfio_manager.cli import render
 
                 for line in render.error_json(
-                    int(err.exit_code), err.message, err.remedy, _error_details(err)
+                    int(err.exit_code), err.message, err.remedy, err.details()
                 ):
                     click.echo(line)
             _report_error(err)
