@@ -288,10 +288,9 @@ def _message_and_remedy(err: click.ClickException) -> tuple[str, str]:
 
 
 def _print_error_json(code: int, message: str, remedy: Optional[str], **details: Any) -> None:
-    from vfio_manager.cli.render import to_json
+    from vfio_manager.cli.render import error_json
 
-    error = {"code": code, "message": message, "remedy": remedy, **details}
-    click.echo(to_json({"error": error}))
+    click.echo(error_json(code, message, remedy, **details))
 
 
 class _Cli(click.Group):
@@ -420,11 +419,7 @@ def status(
         _wait_on_vfio(node, selector, wait)
     result = read_status(node, selector)
     intents = _read_intents(node)
-    lines = (
-        render.status_json(result, intents)
-        if as_json
-        else render.status_text(result) + render.intent_lines(intents, result)
-    )
+    lines = render.status_json(result, intents) if as_json else render.status_text(result, intents)
     _finish(lines, ExitCode.FAILED if check and not result.all_on_vfio else ExitCode.OK)
 
 
