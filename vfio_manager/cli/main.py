@@ -7,11 +7,12 @@ traceback; with ``--json``, every error is also one ``{"error": ...}`` document 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import click
@@ -122,7 +123,6 @@ _node_options = _options(
         envvar="VFIO_MANAGER_SYSFS_ROOT",
         type=LOCATION,
         default="/sys",
-        show_default=True,
         help="Where sysfs is mounted (env VFIO_MANAGER_SYSFS_ROOT).",
     ),
     click.option(
@@ -130,7 +130,6 @@ _node_options = _options(
         envvar="VFIO_MANAGER_DEV_ROOT",
         type=LOCATION,
         default="/dev",
-        show_default=True,
         help="Where the host's /dev is mounted (env VFIO_MANAGER_DEV_ROOT).",
     ),
     click.option(
@@ -138,14 +137,12 @@ _node_options = _options(
         envvar="HOST_ROOT",
         type=LOCATION,
         default="/",
-        show_default=True,
         help="The host's root filesystem, for /proc/cmdline and /lib/modules (env HOST_ROOT).",
     ),
     click.option(
         "--timeout",
         type=_seconds(0.1),
         default=30.0,
-        show_default=True,
         help="Deadline in seconds for each function's writes (an unbind can hang while a "
         "process holds the device) and for its /dev/vfio node to appear.",
     ),
@@ -154,7 +151,6 @@ _node_options = _options(
         envvar="VFIO_MANAGER_STATE_DIR",
         type=LOCATION,
         default="/run/vfio-manager",
-        show_default=True,
         help="Lock and journal directory (env VFIO_MANAGER_STATE_DIR); in Kubernetes a "
         "hostPath, so the DaemonSet pod and its preStop hook share it.",
     ),
@@ -162,7 +158,6 @@ _node_options = _options(
         "--lock-timeout",
         type=_seconds(0.0),
         default=60.0,
-        show_default=True,
         help="Seconds a writing command waits for another vfio-manager run to finish.",
     ),
     click.option(
@@ -170,7 +165,6 @@ _node_options = _options(
         envvar="VFIO_MANAGER_PARALLEL",
         type=click.IntRange(1, 64),
         default=8,
-        show_default=True,
         help="IOMMU groups moved side by side (a native driver's probe can take seconds); "
         "1 moves one function after another.",
     ),
@@ -179,7 +173,6 @@ _node_options = _options(
         envvar="VFIO_MANAGER_PROC_ROOT",
         type=LOCATION,
         default="/proc",
-        show_default=True,
         hidden=True,
         help="Where the host's /proc is (processes holding a device, mounts, routes).",
     ),
@@ -199,7 +192,6 @@ _selection_options = _options(
         "--vendor",
         envvar="VFIO_MANAGER_VENDOR",
         default="0x1eff",
-        show_default=True,
         metavar="HEX",
         help="PCI vendor ID to select (env VFIO_MANAGER_VENDOR).",
     ),
@@ -208,7 +200,6 @@ _selection_options = _options(
         "pci_class",
         envvar="VFIO_MANAGER_CLASS",
         default="0x120000",
-        show_default=True,
         metavar="HEX",
         help="PCI class to select (0x1200 ignores the programming interface; env "
         "VFIO_MANAGER_CLASS).",
@@ -287,16 +278,29 @@ def _message_and_remedy(err: click.ClickException) -> tuple[str, str]:
     return err.format_message(), f"see `{ctx.command_path if ctx else 'vfio-manager'} --help`"
 
 
-def _print_error_json(code: int, message: str, remedy: Optional[str], **details: Any) -> None:
+@contextlib.contextmanager
+def _reported(as_json: bool) -> Iterator[None]:
+    """A VfioManagerError becomes its message, remedy and exit code on stderr; with
+    ``as_json``, every error, click's own included, also prints the error document."""
     from vfio_manager.cli.render import error_json
 
-    click.echo(error_json(code, message, remedy, **details))
+    try:
+        yield
+    except click.ClickException as err:
+        if as_json:
+            click.echo(error_json(err.exit_code, *_message_and_remedy(err)))
+        raise
+    except VfioManagerError as err:
+        if as_json:
+            click.echo(error_json(int(err.exit_code), err.message, err.remedy, **err.details()))
+        click.echo(f"vfio-manager: error: {err.message}", err=True)
+        if err.remedy:
+            click.echo(f"  remedy: {err.remedy}", err=True)
+        sys.exit(int(err.exit_code))
 
 
 class _Cli(click.Group):
-    """The group: every error ends here. A VfioManagerError becomes its message, remedy and
-    exit code on stderr; with ``--json`` (before any ``--``), every error, click's own
-    included, also prints the JSON error document on stdout."""
+    """The group, where every error ends: ``--json`` before any ``--`` asks for the document."""
 
     def make_context(
         self,
@@ -306,34 +310,20 @@ class _Cli(click.Group):
         **extra: Any,
     ) -> click.Context:
         as_json = "--json" in itertools.takewhile(lambda arg: arg != "--", args)
-        try:
+        with _reported(as_json):
             ctx = super().make_context(info_name, args, parent, **extra)
-        except click.ClickException as err:
-            if as_json:
-                _print_error_json(err.exit_code, *_message_and_remedy(err))
-            raise
-        ctx.meta["vfio_manager.json"] = as_json
+        ctx.meta["json"] = as_json
         return ctx
 
     def invoke(self, ctx: click.Context) -> Any:
-        as_json = ctx.meta.get("vfio_manager.json", False)
-        try:
+        with _reported(ctx.meta.get("json", False)):
             return super().invoke(ctx)
-        except click.ClickException as err:
-            if as_json:
-                _print_error_json(err.exit_code, *_message_and_remedy(err))
-            raise
-        except VfioManagerError as err:
-            if as_json:
-                _print_error_json(int(err.exit_code), err.message, err.remedy, **err.details())
-            click.echo(f"vfio-manager: error: {err.message}", err=True)
-            if err.remedy:
-                click.echo(f"  remedy: {err.remedy}", err=True)
-            sys.exit(int(err.exit_code))
 
 
 @click.group(
-    cls=_Cli, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+    cls=_Cli,
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
 )
 @click.version_option(__version__, prog_name="vfio-manager")
 @_node_options
@@ -341,10 +331,11 @@ class _Cli(click.Group):
     "--log-format",
     type=click.Choice(["auto", "json", "console"]),
     default="auto",
-    show_default=True,
     help="Log format on stderr; auto is JSON unless stderr is a terminal.",
 )
-@click.option("-v", "--verbose", count=True, help="More log detail (every sysfs write).")
+@click.option(
+    "-v", "--verbose", count=True, show_default=False, help="More log detail (every sysfs write)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.pass_context
 def cli(ctx: click.Context, /, log_format: str, verbose: int, quiet: bool, **_roots: Any) -> None:
@@ -365,19 +356,6 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
         click.echo("\n".join(lines))
     if code != ExitCode.OK:
         sys.exit(int(code))
-
-
-def _load_modules_option(default: bool) -> Callable[[F], F]:
-    if default:
-        help_text = (
-            "Load the missing vfio modules with the host's modprobe before binding "
-            "(default); --no-load-modules refuses instead."
-        )
-    else:
-        help_text = "Load the missing vfio modules with the host's modprobe, then check again."
-    return click.option(
-        "--load-modules/--no-load-modules", default=default, show_default=True, help=help_text
-    )
 
 
 # -- status --------------------------------------------------------------------------------
@@ -459,7 +437,11 @@ def _check_mark(ok: bool) -> str:
 @cli.command(epilog=EXIT_CODES_HELP)
 @_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a checklist.")
-@_load_modules_option(default=False)
+@click.option(
+    "--load-modules/--no-load-modules",
+    default=False,
+    help="Load the missing vfio modules with the host's modprobe, then check again.",
+)
 @click.pass_obj
 def check(
     node: Node,
@@ -500,100 +482,100 @@ def run_with_intents(node: Node, request: TransitionRequest) -> TransitionResult
     return result
 
 
-def _transition_command(name: str, *, to_vfio: bool, named: bool, doc: str) -> None:
-    """Add one of the four transition commands: to or from vfio-pci, named BDFs or all."""
+_transition_options = _options(
+    _selection_options,
+    click.option(
+        "--force",
+        is_flag=True,
+        help="Move functions even when a process holds them or the host needs them (a mounted "
+        "disk, an addressed interface, the boot console). Use with care.",
+    ),
+    click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+    click.option("--json", "as_json", is_flag=True, help="Print the plan or the outcome as JSON."),
+)
+_to_vfio_options = _options(
+    click.option(
+        "--with-group-peers",
+        is_flag=True,
+        help="Also bind the other endpoint members of each IOMMU group when they match the "
+        "selection (or, for bind, are named).",
+    ),
+    click.option(
+        "--load-modules/--no-load-modules",
+        default=True,
+        help="Load the missing vfio modules with the host's modprobe before binding (default); "
+        "--no-load-modules refuses instead.",
+    ),
+)
+
+
+def _transition_command(
+    *, to_vfio: bool, named: bool
+) -> Callable[[Callable[[], None]], click.Command]:
+    """Make the command the decorated function names and documents: to or from vfio-pci,
+    for the named BDFs or every selected function."""
 
     def run(
         node: Node,
+        /,
         vendor: str,
         pci_class: str,
         device_ids: tuple[str, ...],
-        force: bool,
-        dry_run: bool,
         as_json: bool,
         bdfs: tuple[PciAddress, ...] = (),
-        with_group_peers: bool = False,
-        load_modules: bool = True,
+        **flags: Any,
     ) -> None:
         from vfio_manager.cli import render
         from vfio_manager.kernel.drivers import Direction
         from vfio_manager.pipeline.transition import TransitionRequest
 
-        request = TransitionRequest(
-            _selector(vendor, pci_class, device_ids),
-            Direction.TO_VFIO if to_vfio else Direction.TO_HOST,
-            named=bdfs,
-            dry_run=dry_run,
-            with_group_peers=with_group_peers,
-            load_modules=load_modules,
-            force=force,
-        )
-        result = run_with_intents(node, request)
+        selector = _selector(vendor, pci_class, device_ids)
+        direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
+        result = run_with_intents(node, TransitionRequest(selector, direction, named=bdfs, **flags))
         lines = render.transition_json(result) if as_json else render.transition_text(result)
         _finish(lines, result.exit_code)
 
-    options = [
-        _selection_options,
-        click.option(
-            "--force",
-            is_flag=True,
-            help="Move functions even when a process holds them or the host needs them (a "
-            "mounted disk, an addressed interface, the boot console). Use with care.",
-        ),
-        click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
-        click.option(
-            "--json", "as_json", is_flag=True, help="Print the plan or the outcome as JSON."
-        ),
-    ]
-    if named:
-        options.insert(
-            0, click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
-        )
-    if to_vfio:
-        peers = "Also bind the other endpoint members of each IOMMU group when they match the "
-        peers += "selection (or, for bind, are named)."
-        options += [
-            click.option("--with-group-peers", is_flag=True, help=peers),
-            _load_modules_option(default=True),
-        ]
-    command = _options(*options)(click.pass_obj(run))
-    cli.command(name, help=doc, epilog=EXIT_CODES_HELP)(command)
+    def make(described: Callable[[], None]) -> click.Command:
+        options = [_transition_options, _to_vfio_options] if to_vfio else [_transition_options]
+        if named:
+            options.insert(
+                0, click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
+            )
+        name = described.__name__.replace("_", "-")
+        command = _options(*options)(click.pass_obj(run))
+        return cli.command(name, help=described.__doc__, epilog=EXIT_CODES_HELP)(command)
+
+    return make
 
 
-_transition_command(
-    "bind",
-    to_vfio=True,
-    named=True,
-    doc="""Move the named functions to vfio-pci (override, unbind, probe, verify).
+@_transition_command(to_vfio=True, named=True)
+def bind() -> None:
+    """Move the named functions to vfio-pci (override, unbind, probe, verify).
 
     The checks of `vfio-manager check` run first; the host must pass them (exit 3 otherwise,
     before anything is written).
-    """,
-)
-_transition_command(
-    "unbind",
-    to_vfio=False,
-    named=True,
-    doc="""Return the named functions from vfio-pci to their native driver.
+    """
+
+
+@_transition_command(to_vfio=False, named=True)
+def unbind() -> None:
+    """Return the named functions from vfio-pci to their native driver.
 
     Refused while a process (a VM) holds the function's /dev/vfio group, unless --force.
-    """,
-)
-_transition_command(
-    "bind-all",
-    to_vfio=True,
-    named=False,
-    doc="""Move every selected function to vfio-pci; converged ones are left alone.
+    """
+
+
+@_transition_command(to_vfio=True, named=False)
+def bind_all() -> None:
+    """Move every selected function to vfio-pci; converged ones are left alone.
 
     The checks of `vfio-manager check` run first (exit 3 before any write if they fail).
-    """,
-)
-_transition_command(
-    "unbind-all",
-    to_vfio=False,
-    named=False,
-    doc="Return every selected function to its native driver (held ones refused, see unbind).",
-)
+    """
+
+
+@_transition_command(to_vfio=False, named=False)
+def unbind_all() -> None:
+    """Return every selected function to its native driver (held ones refused, see unbind)."""
 
 
 # -- kubevirt-config ---------------------------------------------------------------------------
@@ -603,7 +585,6 @@ _transition_command(
     "--naming",
     type=click.Choice(["atom", "pf"]),
     default="atom",
-    show_default=True,
     help="Resource names of the sandbox device plugin: atom = rebellions.ai/ATOM_CA22_PT "
     "(one per card), pf = rebellions.ai/RBLN-CA25_PF and _VF (per product and function).",
 )
@@ -612,7 +593,6 @@ _transition_command(
     "output_format",
     type=click.Choice(["yaml", "json"]),
     default="yaml",
-    show_default=True,
     help="Output format.",
 )
 @click.option(
@@ -668,7 +648,6 @@ def kubevirt_config(
     envvar="VFIO_MANAGER_RESYNC_INTERVAL",
     type=_seconds(1.0),
     default=60.0,
-    show_default=True,
     help="Seconds between full re-reads of the node, the safety net under the kernel's "
     "uevents (env VFIO_MANAGER_RESYNC_INTERVAL).",
 )
@@ -694,7 +673,6 @@ def kubevirt_config(
     envvar="VFIO_MANAGER_ON_EXIT",
     type=click.Choice(["keep", "release-idle", "release"]),
     default="keep",
-    show_default=True,
     help="On SIGTERM: keep every function on vfio-pci, return those whose IOMMU group no "
     "process holds, or return all (with unbind-all's refusals) (env VFIO_MANAGER_ON_EXIT).",
 )
@@ -711,7 +689,6 @@ def kubevirt_config(
     "--load-modules/--no-load-modules",
     envvar="VFIO_MANAGER_LOAD_MODULES",
     default=True,
-    show_default=True,
     help="Load missing vfio modules with the host's modprobe, as bind-all does (env "
     "VFIO_MANAGER_LOAD_MODULES).",
 )
