@@ -18,6 +18,7 @@ import click
 
 from vfio_manager.errors import ExitCode, UsageError, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
 from vfio_manager.log import get_logger
 
 if TYPE_CHECKING:
@@ -158,7 +159,6 @@ def _detail(outcome: Outcome) -> str:
 
 
 def _bind_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
-    from vfio_manager.kernel.drivers import is_vfio_driver
     from vfio_manager.pipeline.engine import Status
 
     bdf, before = entry.function.bdf, entry.function.driver
@@ -190,7 +190,6 @@ def _unbind_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
 
 
 def _cleanup_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
-    from vfio_manager.kernel.drivers import STAY_UNBOUND
     from vfio_manager.pipeline.engine import Status
 
     bdf = entry.function.bdf
@@ -214,7 +213,6 @@ def _transition(
     def run(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> int:
         from vfio_manager.cli.main import run_with_intents
         from vfio_manager.errors import NotSelectedError
-        from vfio_manager.kernel.drivers import Direction
         from vfio_manager.pipeline.transition import TransitionRequest
 
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
@@ -240,7 +238,6 @@ def _transition(
 
 
 def _check_bind(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> int:
-    from vfio_manager.kernel.drivers import is_vfio_driver
 
     if bdf is not None:
         from vfio_manager.errors import NotSelectedError
