@@ -368,7 +368,6 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
 @click.option(
     "--wait",
     type=_seconds(0.0),
-    default=None,
     metavar="SECONDS",
     help="With --check: wait up to SECONDS for every selected function to be on vfio-pci "
     "(woken by kernel uevents, re-read every 5 s at least); exit 1 if time runs out.",
@@ -654,7 +653,6 @@ def kubevirt_config(
 @click.option(
     "--ready-file",
     envvar="VFIO_MANAGER_READY_FILE",
-    default=None,
     metavar="PATH",
     help="File present exactly while the node is converged (default <state-dir>/ready; env "
     "VFIO_MANAGER_READY_FILE).",
@@ -662,7 +660,6 @@ def kubevirt_config(
 @click.option(
     "--listen",
     envvar="VFIO_MANAGER_LISTEN",
-    default=None,
     metavar="ADDR:PORT",
     help="Serve /healthz, /readyz and /metrics over HTTP there (default off; :PORT for every "
     "IPv4 address, [::1]:PORT for IPv6, port 0 picks one and logs it; env "
