@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import errno as errno_mod
 import os
-from typing import Optional
+from typing import Any, Optional
 
 
 class ExitCode(enum.IntEnum):
@@ -43,6 +43,10 @@ class VfioManagerError(Exception):
         self.step = step
         self.path = path
         self.errno = errno
+
+    def details(self) -> dict[str, Any]:
+        """What the ``--json`` error document adds to the message and remedy."""
+        return {} if self.bdf is None else {"bdf": self.bdf}
 
     def __str__(self) -> str:
         return self.message

@@ -9,7 +9,6 @@ fake sysfs written to disk by tools/fake-sysfs.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.cli.conftest import state_dir
@@ -64,9 +64,9 @@ def environment(kernel: FakeKernel, **extra: str) -> dict[str, str]:
 
 
 def manage_on(kernel: FakeKernel, *argv: str, **env: str) -> Transcript:
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = compat.run(list(argv), environment(kernel, **env), stdout, stderr)
-    return Transcript(code, stdout.getvalue(), stderr.getvalue())
+    runner = CliRunner()
+    result = runner.invoke(compat.cli, list(argv), env=environment(kernel, **env))
+    return Transcript(result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture
@@ -479,12 +479,17 @@ def test_cleanup_of_a_device_a_vm_holds_is_refused(
 
 
 # -- environment ---------------------------------------------------------------------------------
-def test_the_host_root_falls_back_to_the_scripts_mount_point() -> None:
-    mounted = compat.node_from_env({}, host_mounted=lambda path: path == "/host/lib/modules")
+def test_the_host_root_falls_back_to_the_scripts_mount_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("HOST_ROOT", "VFIO_MANAGER_SYSFS_ROOT", "VFIO_MANAGER_STATE_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    mounted, _ = compat.node_and_selector(lambda path: path == "/host/lib/modules")
     assert mounted.host_root == "/host"
-    bare = compat.node_from_env({}, host_mounted=lambda _path: False)
+    bare, _ = compat.node_and_selector(lambda _path: False)
     assert (bare.host_root, bare.sysfs_root, bare.state_dir) == ("/", "/sys", "/run/vfio-manager")
-    told = compat.node_from_env({"HOST_ROOT": "/"}, host_mounted=lambda _path: True)
+    monkeypatch.setenv("HOST_ROOT", "/")
+    told, _ = compat.node_and_selector(lambda _path: True)
     assert told.host_root == "/"
 
 

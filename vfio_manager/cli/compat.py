@@ -1,40 +1,24 @@
 """``vfio-manage``: the drop-in for the RBLN NPU Operator's ``vfio-manage.sh``.
 
-The operator's DaemonSet runs ``vfio-manage.sh bind --all``, its preStop hook ``cleanup
---all`` (older: ``unbind --all``), and the sandbox device plugin's init container loops on
-``check_bind --all`` until it exits 0; admins' runbooks grep the script's lines. This
-module gives that interface (commands, ``-a/--all``, ``-d/--device-id BDF``, exit codes 0, 1
-and 2, the per-device lines on stdout) on top of the same pipeline as ``vfio-manager``: the
-writes go through :func:`~vfio_manager.cli.main.run_with_intents` (lock, journal, readiness
-gate, refusals, verification, rollback), ``check_bind`` reads what ``status`` reads. Only
-argv parsing and the wording of the lines live here.
-
-Deliberate differences from the script (docs/cli.md lists them for users): a usage error
-(unknown option, command or argument, a command without a target, a malformed BDF) exits 2
-instead of printing the usage and exiting 0; ``unbind`` and ``cleanup`` return functions to
-their native driver rather than leaving them driverless; one failing NPU does not stop the
-others; a non-viable IOMMU group is refused; a BDF that does not exist exits 1 (the script
-took it for "not an NPU" and exited 0); a host that is not ready exits 1, as the script's
-failed ``modprobe`` did (``vfio-manager`` says 3).
-
-Configuration comes from the environment ``vfio-manager`` reads (the script had no options
-for it): ``VFIO_MANAGER_VENDOR``/``_CLASS``/``_DEVICE_ID`` select (default Rebellions NPUs),
-``VFIO_MANAGER_SYSFS_ROOT``, ``VFIO_MANAGER_DEV_ROOT``, ``HOST_ROOT``,
-``VFIO_MANAGER_STATE_DIR`` and ``VFIO_MANAGER_PROC_ROOT`` place the node. Without
-``HOST_ROOT``, a host root mounted at ``/host`` (the script's ``chroot /host``) is used when
-present. Logs (structlog) go to stderr; stdout carries only the script's kind of lines.
+The script's command line, exit codes (0, 1, 2) and stdout lines, which the operator's hooks
+and admins' runbooks grep, over ``vfio-manager``'s pipeline: writes go through
+:func:`~vfio_manager.cli.main.run_with_intents`, ``check_bind`` reads what ``status`` reads,
+and the node and selection come from ``vfio-manager``'s environment variables. docs/cli.md
+lists where it differs from the script on purpose.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, TextIO
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
+
+import click
 
 from vfio_manager.errors import ExitCode, UsageError, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
 from vfio_manager.log import get_logger
 
 if TYPE_CHECKING:
@@ -42,17 +26,18 @@ if TYPE_CHECKING:
     from vfio_manager.pipeline.node import Node
     from vfio_manager.pipeline.plan import FunctionPlan
     from vfio_manager.pipeline.selection import Selector
-    from vfio_manager.pipeline.transition import TransitionResult
+
+    _Handler = Callable[[Node, Selector, Optional[PciAddress]], int]
 
 log = get_logger("vfio_manager.cli.compat")
 
 PROG = "vfio-manage"
-COMMANDS = ("bind", "unbind", "check_bind", "cleanup", "help")
 SCRIPT_HOST_ROOT = "/host"
 """Where the operator's pod mounts the host's / (the script runs ``chroot /host modprobe``)."""
 
+SYNOPSIS = f"Usage: {PROG} COMMAND [-a|--all] [-d|--device-id BDF]"
 USAGE = f"""\
-Usage: {PROG} COMMAND [-a|--all] [-d|--device-id BDF]
+{SYNOPSIS}
 
 Drop-in for the RBLN NPU Operator's vfio-manage.sh, run by vfio-manager's pipeline.
 
@@ -75,142 +60,95 @@ Exit codes: 0 done (or nothing to do), 1 a device failed, was refused or is not 
 2 usage error.  See `vfio-manager --help` for the full command line.
 """
 
-_ROOT_VARIABLES = {
-    "sysfs_root": ("VFIO_MANAGER_SYSFS_ROOT", "/sys"),
-    "dev_root": ("VFIO_MANAGER_DEV_ROOT", "/dev"),
-    "host_root": ("HOST_ROOT", "/"),
-    "state_dir": ("VFIO_MANAGER_STATE_DIR", "/run/vfio-manager"),
-    "proc_root": ("VFIO_MANAGER_PROC_ROOT", "/proc"),
-}
-_WRITERS = ("process", "thread")
+
+def _fail(err: VfioManagerError, *, usage: bool = False) -> NoReturn:
+    """Report as the script's exit codes allow: a host that is not ready exits 1, not 3."""
+    click.echo(f"{PROG}: error: {err.message}", err=True)
+    if err.remedy:
+        click.echo(f"  remedy: {err.remedy}", err=True)
+    if usage:
+        click.echo(f"{SYNOPSIS}; see `{PROG} help`", err=True)
+    sys.exit(int(ExitCode.FAILED if err.exit_code is ExitCode.HOST_NOT_READY else err.exit_code))
 
 
-# -- argv ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Invocation:
-    """What the command line asks for; ``device`` wins over ``all_devices``, as in the script."""
+class _Script(click.Command):
+    """Click's parse errors in the script's words."""
 
-    command: str
-    all_devices: bool = False
-    device: Optional[PciAddress] = None
-
-
-class _HelpAsked(Exception):
-    """``help``, ``-h``/``--help`` or no argument at all: the usage on stdout, exit 0."""
-
-
-def parse(argv: Sequence[str]) -> Invocation:
-    """``COMMAND [OPTIONS]``; raises :class:`UsageError` (exit 2) or :class:`_HelpAsked`."""
-    if not argv or argv[0] in ("-h", "--help"):
-        raise _HelpAsked
-    command = argv[0]
-    all_devices, device = _parse_options(list(argv[1:]))
-    if command == "help":
-        raise _HelpAsked
-    if command not in COMMANDS:
-        raise UsageError(
-            f"unknown command {command!r}",
-            remedy=f"one of {', '.join(COMMANDS)}; see `{PROG} help`",
-        )
-    if device is None and not all_devices:
-        raise UsageError(
-            f"{command} needs a target",
-            remedy="add -a/--all for every NPU or -d/--device-id BDF for one",
-        )
-    return Invocation(command, all_devices=all_devices, device=device)
-
-
-def _parse_options(rest: list[str]) -> tuple[bool, Optional[PciAddress]]:
-    """``-a``/``--all``, ``-d``/``--device-id`` BDF (also ``--device-id=BDF``), ``-h``, ``--``."""
-    all_devices = False
-    device: Optional[PciAddress] = None
-    while rest:
-        arg = rest.pop(0)
-        if arg in ("-a", "--all"):
-            all_devices = True
-        elif arg in ("-d", "--device-id") or arg.startswith("--device-id="):
-            if "=" in arg:
-                value = arg.split("=", 1)[1]
-            elif rest:
-                value = rest.pop(0)
-            else:
-                raise UsageError(
-                    f"{arg} needs a PCI address", remedy=f"e.g. `{PROG} bind {arg} 0000:3b:00.0`"
+    def make_context(
+        self,
+        info_name: Optional[str],
+        args: list[str],
+        parent: Optional[click.Context] = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            name, remedy = getattr(err, "option_name", None), f"see `{PROG} help`"
+            if isinstance(err, click.NoSuchOption):
+                message = f"unknown option {name!r}"
+            elif name in ("-d", "--device-id"):  # given without its BDF
+                message, remedy = (
+                    f"{name} needs a PCI address",
+                    f"e.g. `{PROG} bind {name} 0000:3b:00.0`",
                 )
-            device = PciAddress.parse(value)
-        elif arg in ("-h", "--help"):
-            raise _HelpAsked
-        elif arg.startswith("-") and arg != "--":
-            raise UsageError(f"unknown option {arg!r}", remedy=f"see `{PROG} help`")
-        elif arg != "--" or rest:
-            extra = rest[0] if arg == "--" else arg
-            raise UsageError(f"unexpected argument {extra!r}", remedy=f"see `{PROG} help`")
-    return all_devices, device
+            else:
+                message = err.format_message()
+        _fail(UsageError(message, remedy=remedy), usage=True)
 
 
-# -- environment -----------------------------------------------------------------------------
-def node_from_env(
-    environ: Mapping[str, str], *, host_mounted: Callable[[str], bool] = os.path.isdir
-) -> Node:
-    """The node as ``vfio-manager`` builds it from the same variables (its option defaults
-    otherwise). A variable set to "" is refused, as ``vfio-manager`` refuses it: an emptied
-    variable must not point the run at the real /sys. ``host_mounted``: whether a directory
-    exists (the ``/host`` fallback; the tests pass their own)."""
-    from vfio_manager.pipeline.node import Node
+@click.command(PROG, cls=_Script, add_help_option=False)
+@click.argument("words", nargs=-1)
+@click.option("-a", "--all", "all_devices", is_flag=True)
+@click.option("-d", "--device-id", "device")
+@click.option("-h", "--help", "help_asked", is_flag=True)
+def cli(words: tuple[str, ...], all_devices: bool, device: Optional[str], help_asked: bool) -> None:
+    """``COMMAND`` and its options in any order; ``-d`` wins over ``--all``, as in the script."""
+    from vfio_manager import log as logsetup
 
-    roots: dict[str, str] = {}
-    for field, (variable, default) in _ROOT_VARIABLES.items():
-        value = environ.get(variable)
-        if value == "" or (value is not None and "\0" in value):
+    if not words and not (all_devices or device):
+        words = ("help",)
+    command = words[0] if words else ""
+    try:
+        if words[1:]:
+            raise UsageError(f"unexpected argument {words[1]!r}", remedy=f"see `{PROG} help`")
+        bdf = PciAddress.parse(device) if device is not None else None
+        if help_asked or command == "help":
+            click.echo(USAGE, nl=False)
+            return
+        if command not in _COMMANDS:
             raise UsageError(
-                f"the environment variable {variable} is set but empty or not a path",
-                remedy=f"unset {variable} to use the default ({default}), or set it to a path",
+                f"unknown command {command!r}",
+                remedy=f"one of {', '.join([*_COMMANDS, 'help'])}; see `{PROG} help`",
             )
-        roots[field] = value if value is not None else default
-    if "HOST_ROOT" not in environ and host_mounted(
-        os.path.join(SCRIPT_HOST_ROOT, "lib", "modules")
-    ):
-        roots["host_root"] = SCRIPT_HOST_ROOT
-    writer = environ.get("VFIO_MANAGER_WRITER") or "process"
-    if writer not in _WRITERS:
-        raise UsageError(
-            f"VFIO_MANAGER_WRITER={writer!r} is not one of {', '.join(_WRITERS)}",
-            remedy="unset VFIO_MANAGER_WRITER",
-        )
-    return Node(
-        sysfs_root=roots["sysfs_root"],
-        dev_root=roots["dev_root"],
-        host_root=roots["host_root"],
-        proc_root=roots["proc_root"],
-        state_dir=roots["state_dir"],
-        writer=writer,
-    )
+        if bdf is None and not all_devices:
+            raise UsageError(
+                f"{command} needs a target",
+                remedy="add -a/--all for every NPU or -d/--device-id BDF for one",
+            )
+    except UsageError as err:
+        _fail(err, usage=True)
+    logsetup.configure("auto", 0)
+    try:
+        code = _COMMANDS[command](*node_and_selector(), bdf)
+    except VfioManagerError as err:
+        _fail(err)
+    sys.exit(code)
 
 
-def selector_from_env(environ: Mapping[str, str]) -> Selector:
-    """``VFIO_MANAGER_VENDOR``/``_CLASS``/``_DEVICE_ID`` (comma-separated), as ``vfio-manager``
-    reads them; unset or empty means the default (Rebellions NPUs, every device ID)."""
-    from vfio_manager.pipeline.selection import Selector
+def node_and_selector(
+    host_mounted: Callable[[str], bool] = os.path.isdir,
+) -> tuple[Node, Selector]:
+    """``vfio-manager``'s node and selection from the environment; without ``HOST_ROOT``, the
+    host's / mounted at /host (the script's ``chroot /host``) when it is there."""
+    from vfio_manager.cli.main import node_from_environment
 
-    vendor = environ.get("VFIO_MANAGER_VENDOR") or "0x1eff"
-    pci_class = environ.get("VFIO_MANAGER_CLASS") or "0x120000"
-    ids = environ.get("VFIO_MANAGER_DEVICE_ID") or ""
-    device_ids = tuple(part.strip() for part in ids.split(",") if part.strip())
-    return Selector.from_options(vendor, pci_class, device_ids)
+    if host_mounted(os.path.join(SCRIPT_HOST_ROOT, "lib", "modules")):
+        return node_from_environment(host_root=SCRIPT_HOST_ROOT)
+    return node_from_environment()
 
 
 # -- commands --------------------------------------------------------------------------------
-class _Lines:
-    """stdout of one run: the script's kind of lines."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def __call__(self, line: str) -> None:
-        self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 def _detail(outcome: Outcome) -> str:
     text = outcome.reason or outcome.status.value
     if outcome.restored_to:
@@ -220,116 +158,96 @@ def _detail(outcome: Outcome) -> str:
     return text
 
 
-def _pairs(result: TransitionResult) -> list[tuple[FunctionPlan, Outcome]]:
-    """Each plan entry with its outcome (the report lists them in the plan's order)."""
-    if result.report is None:
+def _bind_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
+    from vfio_manager.pipeline.engine import Status
+
+    bdf, before = entry.function.bdf, entry.function.driver
+    if outcome.status in (Status.CHANGED, Status.CONVERGED) and is_vfio_driver(before):
+        return [f"device {bdf} already bound to {before}"]
+    if outcome.status is Status.CHANGED:
+        unbound = [] if before is None else [f"unbinding device {bdf} from driver {before}"]
+        return [*unbound, f"binding device {bdf}"]
+    if outcome.status is Status.CONVERGED:  # a settled journal record: now on vfio
+        return [f"device {bdf} already bound to {outcome.driver}"]
+    return [f"ERROR: device {bdf} was not bound to vfio-pci: {_detail(outcome)}"]
+
+
+def _unbind_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
+    from vfio_manager.pipeline.engine import Status
+
+    bdf, before = entry.function.bdf, entry.function.driver
+    lines = [f"unbinding device {bdf}"]
+    if outcome.status is Status.CHANGED:
+        if before is not None:
+            lines.append(f"unbinding device {bdf} from driver {before}")
+        if outcome.driver is None:
+            return [*lines, f"device {bdf} left with no driver (it had none before vfio-pci)"]
+        return [*lines, f"device {bdf} returned to driver {outcome.driver}"]
+    if outcome.status is Status.CONVERGED:
+        left_on = outcome.driver or "no driver"
+        return [*lines, f"device {bdf} is not bound to vfio-pci; left on {left_on}"]
+    return [*lines, f"ERROR: device {bdf} was not returned to the host: {_detail(outcome)}"]
+
+
+def _cleanup_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
+    from vfio_manager.pipeline.engine import Status
+
+    bdf = entry.function.bdf
+    if outcome.status is Status.CHANGED:
+        if outcome.driver is None:
+            return [f"device {bdf} released from vfio-pci (it had no driver before)"]
+        return [f"device {bdf} rebound to {outcome.driver}"]
+    if outcome.status is Status.CONVERGED:
         return []
-    return list(zip(result.plan.entries, result.report.outcomes))
+    native = entry.target_driver
+    target = native if native not in (None, STAY_UNBOUND) else "its native driver"
+    return [f"WARNING: device {bdf} did not rebind to {target}: {_detail(outcome)}"]
 
 
 def _transition(
-    node: Node, selector: Selector, invocation: Invocation, *, to_vfio: bool
-) -> Optional[TransitionResult]:
-    """Run the writes as ``vfio-manager bind``/``bind-all`` (or ``unbind``/``unbind-all``)
-    do; ``None`` when ``-d`` names a function outside the selection (the script's "not an
-    NPU", exit 0: nothing is read further, nothing written)."""
-    from vfio_manager.cli.main import run_with_intents
-    from vfio_manager.errors import NotSelectedError
-    from vfio_manager.kernel.drivers import Direction
-    from vfio_manager.pipeline.transition import TransitionRequest
+    to_vfio: bool, lines: Callable[[FunctionPlan, Outcome], list[str]], not_selected: str = ""
+) -> _Handler:
+    """A command that writes as ``vfio-manager bind``/``bind-all`` (or ``unbind``) do. A
+    ``-d`` outside the selection is the script's "not an NPU": exit 0, nothing written."""
 
-    request = TransitionRequest(
-        selector,
-        Direction.TO_VFIO if to_vfio else Direction.TO_HOST,
-        named=(invocation.device,) if invocation.device is not None else (),
-    )
-    try:
-        return run_with_intents(node, request)
-    except NotSelectedError as err:
-        log.warning("not selected", bdf=err.bdf, reason=err.message)
-        return None
+    def run(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> int:
+        from vfio_manager.cli.main import run_with_intents
+        from vfio_manager.errors import NotSelectedError
+        from vfio_manager.pipeline.transition import TransitionRequest
 
+        direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
+        named = () if bdf is None else (bdf,)
+        try:
+            result = run_with_intents(node, TransitionRequest(selector, direction, named=named))
+        except NotSelectedError as err:
+            log.warning("not selected", bdf=err.bdf, reason=err.message)
+            if not_selected:
+                click.echo(not_selected.format(bdf))
+            return 0
+        if result.report is not None:
+            for entry, outcome in zip(result.plan.entries, result.report.outcomes):
+                for line in lines(entry, outcome):
+                    click.echo(line)
+        for note in result.notes:  # modules loaded, journal records settled
+            log.info("note", note=note)
+        for problem in result.journal_errors:
+            log.error("journal not updated", reason=problem)
+        return int(result.exit_code)
 
-def _bind(node: Node, selector: Selector, invocation: Invocation, out: _Lines) -> int:
-    from vfio_manager.kernel.drivers import is_vfio_driver
-    from vfio_manager.pipeline.engine import Status
-
-    result = _transition(node, selector, invocation, to_vfio=True)
-    if result is None:
-        out(f"device {invocation.device} is not a npu!")
-        return 0
-    for entry, outcome in _pairs(result):
-        bdf, before = entry.function.bdf, entry.function.driver
-        if outcome.status in (Status.CHANGED, Status.CONVERGED) and is_vfio_driver(before):
-            out(f"device {bdf} already bound to {before}")
-        elif outcome.status is Status.CHANGED:
-            if before is not None:
-                out(f"unbinding device {bdf} from driver {before}")
-            out(f"binding device {bdf}")
-        elif outcome.status is Status.CONVERGED:  # a settled journal record: now on vfio
-            out(f"device {bdf} already bound to {outcome.driver}")
-        else:
-            out(f"ERROR: device {bdf} was not bound to vfio-pci: {_detail(outcome)}")
-    return _exit_code(result)
+    return run
 
 
-def _unbind(node: Node, selector: Selector, invocation: Invocation, out: _Lines) -> int:
-    from vfio_manager.pipeline.engine import Status
+def _check_bind(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> int:
 
-    result = _transition(node, selector, invocation, to_vfio=False)
-    if result is None:
-        return 0  # the script says nothing about a non-NPU here either
-    for entry, outcome in _pairs(result):
-        bdf, before = entry.function.bdf, entry.function.driver
-        out(f"unbinding device {bdf}")
-        if outcome.status is Status.CHANGED:
-            if before is not None:
-                out(f"unbinding device {bdf} from driver {before}")
-            if outcome.driver is None:
-                out(f"device {bdf} left with no driver (it had none before vfio-pci)")
-            else:
-                out(f"device {bdf} returned to driver {outcome.driver}")
-        elif outcome.status is Status.CONVERGED:
-            out(f"device {bdf} is not bound to vfio-pci; left on {outcome.driver or 'no driver'}")
-        else:
-            out(f"ERROR: device {bdf} was not returned to the host: {_detail(outcome)}")
-    return _exit_code(result)
-
-
-def _cleanup(node: Node, selector: Selector, invocation: Invocation, out: _Lines) -> int:
-    from vfio_manager.kernel.drivers import STAY_UNBOUND
-    from vfio_manager.pipeline.engine import Status
-
-    result = _transition(node, selector, invocation, to_vfio=False)
-    if result is None:
-        return 0
-    for entry, outcome in _pairs(result):
-        bdf = entry.function.bdf
-        if outcome.status is Status.CHANGED:
-            if outcome.driver is None:
-                out(f"device {bdf} released from vfio-pci (it had no driver before)")
-            else:
-                out(f"device {bdf} rebound to {outcome.driver}")
-        elif outcome.status is not Status.CONVERGED:
-            native = entry.target_driver
-            target = native if native not in (None, STAY_UNBOUND) else "its native driver"
-            out(f"WARNING: device {bdf} did not rebind to {target}: {_detail(outcome)}")
-    return _exit_code(result)
-
-
-def _check_bind(node: Node, selector: Selector, invocation: Invocation, out: _Lines) -> int:
-    from vfio_manager.kernel.drivers import is_vfio_driver
-
-    if invocation.device is not None:
+    if bdf is not None:
         from vfio_manager.errors import NotSelectedError
         from vfio_manager.kernel.inventory import read_topology
         from vfio_manager.pipeline.selection import named_functions
 
-        topology = read_topology(node.sysfs())
         try:
-            (function,) = named_functions(topology, selector, (invocation.device,))
+            (function,) = named_functions(read_topology(node.sysfs()), selector, (bdf,))
         except NotSelectedError:
-            out(f"device {invocation.device} is not a Rebellions NPU!")
+            click.echo(f"device {bdf} is not a Rebellions NPU!")
             return 0
         drivers = [(function.bdf, function.driver)]
     else:
@@ -337,79 +255,28 @@ def _check_bind(node: Node, selector: Selector, invocation: Invocation, out: _Li
 
         drivers = [(r["bdf"], r["driver"]) for r in status(node, selector).records]
         if not drivers:
-            out("No Rebellions NPU devices found.")
+            click.echo("No Rebellions NPU devices found.")
             return 0
-    for bdf, driver in drivers:
+    for found, driver in drivers:
         if is_vfio_driver(driver):
-            out(f"Device {bdf} is bound to {driver}")
+            click.echo(f"Device {found} is bound to {driver}")
         else:
-            out(f"Device {bdf} is not bound to vfio-pci")
-    if not all(is_vfio_driver(driver) for _bdf, driver in drivers):
+            click.echo(f"Device {found} is not bound to vfio-pci")
+    if not all(is_vfio_driver(driver) for _found, driver in drivers):
         return 1
-    if invocation.device is None:
-        out(f"All {len(drivers)} Rebellions NPU devices are bound to VFIO-PCI.")
+    if bdf is None:
+        click.echo(f"All {len(drivers)} Rebellions NPU devices are bound to VFIO-PCI.")
     return 0
 
 
-def _exit_code(result: TransitionResult) -> int:
-    """The run's exit code; its notes (modules loaded, journal records settled) are logged,
-    as ``vfio-manager`` prints them, and a journal record left unupdated as an error."""
-    for note in result.notes:
-        log.info("note", note=note)
-    for problem in result.journal_errors:
-        log.error("journal not updated", reason=problem)
-    return int(result.exit_code)
-
-
-_HANDLERS: dict[str, Callable[[Node, Selector, Invocation, _Lines], int]] = {
-    "bind": _bind,
-    "unbind": _unbind,
-    "cleanup": _cleanup,
+_COMMANDS: dict[str, _Handler] = {
+    "bind": _transition(True, _bind_lines, "device {} is not a npu!"),
+    "unbind": _transition(False, _unbind_lines),  # the script says nothing of a non-NPU here
     "check_bind": _check_bind,
+    "cleanup": _transition(False, _cleanup_lines),
 }
-
-
-# -- entry -----------------------------------------------------------------------------------
-def run(
-    argv: Sequence[str],
-    environ: Mapping[str, str],
-    stdout: TextIO,
-    stderr: TextIO,
-) -> int:
-    """One invocation: parse, build the node and the selection, run, return the exit code.
-
-    Errors become a message and a remedy on stderr; a host that is not ready exits 1 (the
-    script's three codes are 0, 1 and 2).
-    """
-    from vfio_manager import log as logsetup
-
-    try:
-        invocation = parse(argv)
-    except _HelpAsked:
-        stdout.write(USAGE)
-        return 0
-    except UsageError as err:
-        _report(err, stderr)
-        stderr.write(f"Usage: {PROG} COMMAND [-a|--all] [-d|--device-id BDF]; see `{PROG} help`\n")
-        return int(ExitCode.USAGE)
-    logsetup.configure("auto", 0, stream=stderr)
-    try:
-        node = node_from_env(environ)
-        selector = selector_from_env(environ)
-        return _HANDLERS[invocation.command](node, selector, invocation, _Lines(stdout))
-    except VfioManagerError as err:
-        _report(err, stderr)
-        code = err.exit_code
-        return int(ExitCode.FAILED if code is ExitCode.HOST_NOT_READY else code)
-
-
-def _report(err: VfioManagerError, stderr: TextIO) -> None:
-    stderr.write(f"{PROG}: error: {err.message}\n")
-    if err.remedy:
-        stderr.write(f"  remedy: {err.remedy}\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Console-script entry point (``vfio-manage``, linked as /bin/vfio-manage.sh)."""
-    args = list(argv) if argv is not None else sys.argv[1:]
-    sys.exit(run(args, os.environ, sys.stdout, sys.stderr))
+    cli.main(args=list(argv) if argv is not None else None, prog_name=PROG)

@@ -1,26 +1,12 @@
 """KubeVirt's ``permittedHostDevices.pciHostDevices`` entries for Rebellions functions.
 
-KubeVirt gives a VM a host PCI device only when the KubeVirt CR lists it under
-``spec.configuration.permittedHostDevices.pciHostDevices`` as a ``pciVendorSelector``
-(``"1EFF:1220"``) and the ``resourceName`` a device plugin advertises. On Rebellions nodes
-that plugin is the RBLN operator's sandbox device plugin, not KubeVirt's own, so every entry
-says ``externalResourceProvider: true`` and its ``resourceName`` must be, letter for letter,
-the name the plugin advertises; a mismatch leaves the VM pending with no hint why.
-
-The plugin's names come from its resource list, in one of two schemes (``--naming``):
-
-- ``atom`` (the operator's product-card lists, and its documentation's examples):
-  ``rebellions.ai/<FAMILY>_<CARD>_PT``, e.g. ``rebellions.ai/ATOM_CA22_PT``; a card's PF and
-  VF IDs share the one name, as the card's entry in the resource list covers both.
-- ``pf`` (newer plugins, one resource per product and function kind):
-  ``rebellions.ai/RBLN-CA25_PF`` and ``rebellions.ai/RBLN-CA25_VF``.
-
-A device ID the catalogue does not know is still listed, named from its ID (``RBLN_1FFF_PT``,
-``RBLN-1FFF_PF``) and marked not catalogued: no resource list names it until someone adds it.
-
-Pure: takes functions (as read by the inventory) or the catalogue and returns data or text.
-The YAML is written here rather than by a library: the shape is fixed and flat, and the
-tool keeps its dependencies to what a privileged node agent needs.
+KubeVirt gives a VM a host PCI device only when its CR lists a ``pciVendorSelector``
+(``"1EFF:1220"``) with the ``resourceName`` a device plugin advertises. On Rebellions nodes
+that is the RBLN operator's sandbox device plugin, so every entry says
+``externalResourceProvider: true`` and its name must be the plugin's, letter for letter
+(a mismatch leaves the VM pending). The plugin names a card ``rebellions.ai/ATOM_CA22_PT``
+(``--naming atom``) or a product and function kind ``rebellions.ai/RBLN-CA25_PF`` (``pf``);
+an uncatalogued ID gets a name made from it and is marked so.
 """
 
 from __future__ import annotations
@@ -66,21 +52,16 @@ def _check_naming(naming: str) -> None:
 
 
 def resource_name(device: int, naming: str, *, is_vf: bool = False) -> str:
-    """The name the sandbox device plugin advertises for a Rebellions device ID.
-
-    ``is_vf`` matters only for an ID the catalogue does not know (the catalogue knows the
-    kind of its own IDs); the inventory tells it from the function's ``physfn`` link.
-    """
+    """The name the sandbox device plugin advertises for a Rebellions device ID; ``is_vf``
+    tells the kind of an ID the catalogue does not know."""
     _check_naming(naming)
     known = catalogue_entry(device)
-    if known is None:
-        kind = "VF" if is_vf else "PF"
-        if naming == "atom":
-            return f"{RESOURCE_PREFIX}/RBLN_{device:04X}_PT"
-        return f"{RESOURCE_PREFIX}/RBLN-{device:04X}_{kind}"
+    if naming == "atom" and known is not None:
+        return f"{RESOURCE_PREFIX}/{known.family}_{known.product.removeprefix('RBLN-')}_PT"
     if naming == "atom":
-        card = known.product.removeprefix("RBLN-")
-        return f"{RESOURCE_PREFIX}/{known.family}_{card}_PT"
+        return f"{RESOURCE_PREFIX}/RBLN_{device:04X}_PT"
+    if known is None:
+        return f"{RESOURCE_PREFIX}/RBLN-{device:04X}_{'VF' if is_vf else 'PF'}"
     return f"{RESOURCE_PREFIX}/{known.product}_{known.kind}"
 
 
@@ -94,10 +75,7 @@ def _entry(device: int, naming: str, *, is_vf: bool) -> PciHostDevice:
 
 
 def for_functions(functions: Iterable[PciFunction], naming: str) -> list[PciHostDevice]:
-    """One entry per Rebellions device ID among ``functions``, by ID.
-
-    Functions of other vendors are left out: no device plugin name is known for them.
-    """
+    """One entry per Rebellions device ID among ``functions`` (no plugin names others), by ID."""
     _check_naming(naming)
     by_device: dict[int, PciHostDevice] = {}
     for function in functions:
@@ -115,8 +93,7 @@ def for_catalogue(naming: str) -> list[PciHostDevice]:
 
 
 def document(entries: Sequence[PciHostDevice]) -> dict[str, Any]:
-    """``{"permittedHostDevices": {"pciHostDevices": [...]}}``: what goes under the CR's
-    ``spec.configuration``."""
+    """What goes under the CR's ``spec.configuration``."""
     return {"permittedHostDevices": {"pciHostDevices": [e.to_kubevirt() for e in entries]}}
 
 
@@ -141,10 +118,11 @@ def _yaml_lines(entries: Sequence[PciHostDevice], naming: str) -> list[str]:
     for entry in entries:
         if not entry.catalogued:
             lines.append(f"  # {uncatalogued_note(entry)}")
-        # JSON string literals are valid YAML double-quoted scalars (ASCII content here)
-        lines.append(f"  - pciVendorSelector: {json.dumps(entry.pci_vendor_selector)}")
-        lines.append(f"    resourceName: {json.dumps(entry.resource_name)}")
-        lines.append("    externalResourceProvider: true")
+        lines += [  # JSON string literals are YAML double-quoted scalars (ASCII here)
+            f"  - pciVendorSelector: {json.dumps(entry.pci_vendor_selector)}",
+            f"    resourceName: {json.dumps(entry.resource_name)}",
+            "    externalResourceProvider: true",
+        ]
     return lines
 
 

@@ -1,20 +1,18 @@
-"""The click command line; the only module that knows about click, argv and exit codes.
+"""The click command line: options in, one result on stdout, an exit code out.
 
-Options become a :class:`~vfio_manager.pipeline.node.Node` (where the node's files are) and
-a request; the pipeline returns a result; :func:`_finish` prints it and maps it to the exit
-code. Errors below this layer are :class:`~vfio_manager.errors.VfioManagerError` values;
-here they become a message, a remedy and an exit code on stderr, never a traceback. With
-``--json``, every error is also one JSON document on stdout (``{"error": {...}}``), click's
-own usage errors included (:class:`_Cli`), so stdout is always exactly one document.
+Options become a :class:`~vfio_manager.pipeline.node.Node` and a request for the pipeline.
+Errors end in :class:`_Cli`: a message, a remedy and an exit code on stderr, never a
+traceback; with ``--json``, every error is also one ``{"error": ...}`` document on stdout.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import itertools
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import click
@@ -25,6 +23,7 @@ from vfio_manager.kernel.address import PciAddress
 
 if TYPE_CHECKING:
     from vfio_manager.pipeline.node import Node
+    from vfio_manager.pipeline.selection import Selector
     from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,294 +37,270 @@ Exit codes:
 """
 
 
+# -- values ------------------------------------------------------------------------------------
 class _BadValue(click.BadParameter):
-    """A bad option or argument value, with its remedy kept apart for the JSON document."""
+    """A value refused with a remedy, kept apart for the JSON document. Without a parameter
+    (a whole selection), worded as click's plain usage error."""
 
     def __init__(
         self,
-        message: str,
-        remedy: Optional[str],
+        err: UsageError,
         param: Optional[click.Parameter] = None,
         ctx: Optional[click.Context] = None,
     ) -> None:
-        super().__init__(f"{message}; {remedy}" if remedy else message, ctx=ctx, param=param)
-        self.remedy = remedy
-
-
-class _BadSelection(click.UsageError):
-    """A --vendor/--class/--device-id value the selection cannot use (exit 2)."""
-
-    def __init__(self, err: UsageError, ctx: Optional[click.Context] = None) -> None:
-        super().__init__(f"{err.message}; {err.remedy}" if err.remedy else err.message, ctx)
+        super().__init__(err.message, ctx, param)
         self.remedy = err.remedy
 
+    def format_message(self) -> str:
+        text = super().format_message() if self.param is not None else self.message
+        return f"{text}; {self.remedy}" if self.remedy else text
 
-class _BdfType(click.ParamType):  # type: ignore[type-arg]
-    name = "BDF"
+
+class _Parsed(click.ParamType):  # type: ignore[type-arg]
+    """A value ``parse`` reads, raising UsageError; from an environment variable, a
+    comma-separated list where the option repeats."""
+
+    envvar_list_splitter = ","
+
+    def __init__(self, name: str, parse: Callable[[Any, Optional[click.Parameter]], Any]) -> None:
+        self.name = name
+        self.parse = parse
 
     def convert(
         self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
-    ) -> PciAddress:
-        if isinstance(value, PciAddress):
-            return value
+    ) -> Any:
         try:
-            return PciAddress.parse(str(value))
+            return self.parse(value, param)
         except UsageError as err:
-            raise _BadValue(err.message, err.remedy, param, ctx) from err
+            raise _BadValue(err, param, ctx) from err
 
 
-BDF = _BdfType()
-
-
-class _Location(click.ParamType):  # type: ignore[type-arg]
-    """A root or directory option: an empty path is refused, never read as the default.
-
-    (An empty environment variable never reaches here: click treats it as unset, which
-    :func:`_refuse_empty_variables` refuses.)
-    """
-
-    name = "PATH"
-
-    def convert(
-        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
-    ) -> str:
-        text = str(value)
-        if not text or "\0" in text:
-            default = param.default if param is not None else None
-            raise _BadValue(
-                f"{text!r} is not a path",
-                f"give a path (default {default})" if default else "give a path",
-                param,
-                ctx,
-            )
+def _path(value: Any, param: Optional[click.Parameter]) -> str:
+    """A root or directory: an empty path is refused, never read as the default."""
+    text = str(value)
+    if text and "\0" not in text:
         return text
+    default = param.default if param is not None else None
+    remedy = f"give a path (default {default})" if default else "give a path"
+    raise UsageError(f"{text!r} is not a path", remedy=remedy)
 
 
-LOCATION = _Location()
+def _seconds(minimum: float, maximum: float = 86400.0) -> _Parsed:
+    """Finite seconds within bounds: inf and nan would disable a deadline."""
 
-
-def _refuse_empty_variables(ctx: click.Context) -> None:
-    """An option's environment variable set to "" is refused (exit 2), as an empty option
-    is: click would take it for unset and use the default (/sys, /run/vfio-manager), so a
-    variable emptied by mistake would point the run at the real node."""
-    from click.core import ParameterSource
-
-    for param in ctx.command.params:
-        envvar = getattr(param, "envvar", None)
-        if not isinstance(envvar, str) or param.name is None:
-            continue
-        if ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT:
-            continue
-        if os.environ.get(envvar) == "":
-            raise _BadValue(
-                f"the environment variable {envvar} is set but empty",
-                f"unset {envvar} to use the default ({param.default}), or set it to a value",
-                param,
-                ctx,
-            )
-
-
-class _HexList(click.ParamType):  # type: ignore[type-arg]
-    """A hex ID of a repeatable option; from the environment, a comma-separated list."""
-
-    name = "HEX"
-    envvar_list_splitter = ","
-
-    def convert(
-        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
-    ) -> str:
-        return str(value).strip()
-
-
-class _BdfList(_BdfType):
-    """A BDF of a repeatable option; from the environment, a comma-separated list."""
-
-    envvar_list_splitter = ","
-
-
-HEX_LIST = _HexList()
-BDF_LIST = _BdfList()
-
-
-class _Seconds(click.ParamType):  # type: ignore[type-arg]
-    """A finite number of seconds within bounds: inf and nan would disable a deadline."""
-
-    name = "SECONDS"
-
-    def __init__(self, minimum: float, maximum: float = 86400.0) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-
-    def convert(
-        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
-    ) -> float:
+    def parse(value: Any, _param: Optional[click.Parameter]) -> float:
         try:
             seconds = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(seconds) or not self.minimum <= seconds <= self.maximum:
-            self.fail(
-                f"{value!r} is not between {self.minimum:g} and {self.maximum:g} seconds",
-                param,
-                ctx,
-            )
+            raise UsageError(f"{value!r} is not a number of seconds") from None
+        if not math.isfinite(seconds) or not minimum <= seconds <= maximum:
+            raise UsageError(f"{value!r} is not between {minimum:g} and {maximum:g} seconds")
         return seconds
 
-
-def _selection_options(func: F) -> F:
-    options = [
-        click.option(
-            "--vendor",
-            envvar="VFIO_MANAGER_VENDOR",
-            default="0x1eff",
-            show_default=True,
-            metavar="HEX",
-            help="PCI vendor ID to select (env VFIO_MANAGER_VENDOR).",
-        ),
-        click.option(
-            "--class",
-            "pci_class",
-            envvar="VFIO_MANAGER_CLASS",
-            default="0x120000",
-            show_default=True,
-            metavar="HEX",
-            help="PCI class to select (0x1200 ignores the programming interface; env "
-            "VFIO_MANAGER_CLASS).",
-        ),
-        click.option(
-            "--device-id",
-            "device_ids",
-            envvar="VFIO_MANAGER_DEVICE_ID",
-            type=HEX_LIST,
-            multiple=True,
-            metavar="HEX",
-            help="PCI device ID to select; repeatable. Default: every device ID (env "
-            "VFIO_MANAGER_DEVICE_ID, comma-separated).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _Parsed("SECONDS", parse)
 
 
-def _load_modules_option(default: bool) -> Callable[[F], F]:
-    if default:
-        help_text = (
-            "Load the missing vfio modules with the host's modprobe before binding "
-            "(default); --no-load-modules refuses instead."
-        )
-    else:
-        help_text = "Load the missing vfio modules with the host's modprobe, then check again."
-    return click.option(
-        "--load-modules/--no-load-modules", default=default, show_default=True, help=help_text
-    )
+BDF = _Parsed("BDF", lambda v, _p: v if isinstance(v, PciAddress) else PciAddress.parse(str(v)))
+LOCATION = _Parsed("PATH", _path)
+HEX = _Parsed("HEX", lambda v, _p: str(v).strip())
 
 
-def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Any:
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several option decorators as one, listed in the order ``--help`` shows them."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+# -- the node and the selection ----------------------------------------------------------------
+_node_options = _options(
+    click.option(
+        "--sysfs-root",
+        envvar="VFIO_MANAGER_SYSFS_ROOT",
+        type=LOCATION,
+        default="/sys",
+        help="Where sysfs is mounted (env VFIO_MANAGER_SYSFS_ROOT).",
+    ),
+    click.option(
+        "--dev-root",
+        envvar="VFIO_MANAGER_DEV_ROOT",
+        type=LOCATION,
+        default="/dev",
+        help="Where the host's /dev is mounted (env VFIO_MANAGER_DEV_ROOT).",
+    ),
+    click.option(
+        "--host-root",
+        envvar="HOST_ROOT",
+        type=LOCATION,
+        default="/",
+        help="The host's root filesystem, for /proc/cmdline and /lib/modules (env HOST_ROOT).",
+    ),
+    click.option(
+        "--timeout",
+        type=_seconds(0.1),
+        default=30.0,
+        help="Deadline in seconds for each function's writes (an unbind can hang while a "
+        "process holds the device) and for its /dev/vfio node to appear.",
+    ),
+    click.option(
+        "--state-dir",
+        envvar="VFIO_MANAGER_STATE_DIR",
+        type=LOCATION,
+        default="/run/vfio-manager",
+        help="Lock and journal directory (env VFIO_MANAGER_STATE_DIR); in Kubernetes a "
+        "hostPath, so the DaemonSet pod and its preStop hook share it.",
+    ),
+    click.option(
+        "--lock-timeout",
+        type=_seconds(0.0),
+        default=60.0,
+        help="Seconds a writing command waits for another vfio-manager run to finish.",
+    ),
+    click.option(
+        "--parallel",
+        envvar="VFIO_MANAGER_PARALLEL",
+        type=click.IntRange(1, 64),
+        default=8,
+        help="IOMMU groups moved side by side (a native driver's probe can take seconds); "
+        "1 moves one function after another.",
+    ),
+    click.option(
+        "--proc-root",
+        envvar="VFIO_MANAGER_PROC_ROOT",
+        type=LOCATION,
+        default="/proc",
+        hidden=True,
+        help="Where the host's /proc is (processes holding a device, mounts, routes).",
+    ),
+    click.option(
+        "--writer",
+        envvar="VFIO_MANAGER_WRITER",
+        type=click.Choice(["process", "thread"]),
+        default="process",
+        hidden=True,
+        help="How sysfs writes are made: from a child process (a stuck write cannot keep the "
+        "command alive) or a thread (the tests' in-memory fake kernel).",
+    ),
+)
+
+_selection_options = _options(
+    click.option(
+        "--vendor",
+        envvar="VFIO_MANAGER_VENDOR",
+        default="0x1eff",
+        metavar="HEX",
+        help="PCI vendor ID to select (env VFIO_MANAGER_VENDOR).",
+    ),
+    click.option(
+        "--class",
+        "pci_class",
+        envvar="VFIO_MANAGER_CLASS",
+        default="0x120000",
+        metavar="HEX",
+        help="PCI class to select (0x1200 ignores the programming interface; env "
+        "VFIO_MANAGER_CLASS).",
+    ),
+    click.option(
+        "--device-id",
+        "device_ids",
+        envvar="VFIO_MANAGER_DEVICE_ID",
+        type=HEX,
+        multiple=True,
+        metavar="HEX",
+        help="PCI device ID to select; repeatable. Default: every device ID (env "
+        "VFIO_MANAGER_DEVICE_ID, comma-separated).",
+    ),
+)
+
+
+def _node(ctx: click.Context) -> Node:
+    """The node of ``ctx``'s node options. A variable set to "" is refused like an empty
+    option: click would take it for unset and fall back to the real /sys."""
+    from dataclasses import fields
+
+    from click.core import ParameterSource
+
+    from vfio_manager.pipeline.node import Node
+
+    names = [field.name for field in fields(Node)]
+    for param in ctx.command.params:
+        envvar, name = param.envvar, param.name
+        if name not in names or not isinstance(envvar, str) or os.environ.get(envvar) != "":
+            continue
+        if ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+            message = f"the environment variable {envvar} is set but empty"
+            remedy = f"unset {envvar} to use the default ({param.default}), or set it to a value"
+            raise _BadValue(UsageError(message, remedy=remedy), param, ctx)
+    return Node(**{name: ctx.params[name] for name in names})
+
+
+def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Selector:
     from vfio_manager.pipeline.selection import Selector
 
     try:
         return Selector.from_options(vendor, pci_class, tuple(device_ids))
     except UsageError as err:
-        raise _BadSelection(err, click.get_current_context(silent=True)) from err
+        raise _BadValue(err, ctx=click.get_current_context(silent=True)) from err
 
 
-def _report_error(err: VfioManagerError) -> None:
-    click.echo(f"vfio-manager: error: {err.message}", err=True)
-    if err.remedy:
-        click.echo(f"  remedy: {err.remedy}", err=True)
+@click.command()
+@_node_options
+@_selection_options
+@click.pass_context
+def _from_environment(
+    ctx: click.Context, /, vendor: str, pci_class: str, device_ids: tuple[str, ...], **_roots: Any
+) -> tuple[Node, Selector]:
+    return _node(ctx), _selector(vendor, pci_class, device_ids)
 
 
-def _error_details(err: VfioManagerError) -> dict[str, Any]:
-    """What the JSON error document adds for some errors: the failing checks, the holder."""
-    from vfio_manager.host.preflight import PreflightFailed
-    from vfio_manager.safety.lock import LockTimeoutError
-
-    details: dict[str, Any] = {}
-    if err.bdf is not None:
-        details["bdf"] = err.bdf
-    if isinstance(err, PreflightFailed):
-        details["checks"] = [check.to_json() for check in err.failing]
-    if isinstance(err, LockTimeoutError):
-        holder = err.holder
-        details["holder"] = (
-            None
-            if holder is None
-            else {
-                "pid": holder.pid,
-                "command": holder.command,
-                "running": holder.running,
-                "state": holder.state,
-            }
-        )
-    return details
+def node_from_environment(**defaults: str) -> tuple[Node, Selector]:
+    """The node and selection the options' environment variables (else ``defaults``, else
+    the options' defaults) give, for ``vfio-manage``, which has no options for them."""
+    try:
+        ctx = _from_environment.make_context("vfio-manage", [], default_map=defaults)
+        result: tuple[Node, Selector] = _from_environment.invoke(ctx)
+    except click.ClickException as err:
+        message, remedy = _message_and_remedy(err)
+        raise UsageError(message, remedy=remedy) from err
+    return result
 
 
-def _handles_errors(func: F) -> F:
-    """Turn a VfioManagerError into its message, remedy and exit code (and, with
-    ``--json``, the error document on stdout)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except VfioManagerError as err:
-            if kwargs.get("as_json"):
-                from vfio_manager.cli import render
-
-                for line in render.error_json(
-                    int(err.exit_code), err.message, err.remedy, _error_details(err)
-                ):
-                    click.echo(line)
-            _report_error(err)
-            sys.exit(int(err.exit_code))
-
-    return wrapper  # type: ignore[return-value]
-
-
-class _JsonUsageError(click.ClickException):
-    """Click's own error (a usage error, a bad value) when ``--json`` was asked for: the
-    error document on stdout, click's usual message (usage and error) on stderr."""
-
-    def __init__(self, original: click.ClickException, remedy: str) -> None:
-        message = original.format_message()
-        if message.endswith(f"; {remedy}"):  # our own values carry their remedy apart
-            message = message[: -len(remedy) - 2]
-        super().__init__(message)
-        self.original = original
-        setattr(self, "exit_code", original.exit_code)  # noqa: B010 - a ClassVar in click
-        self.remedy = remedy
-
-    def show(self, file: Any = None) -> None:
-        from vfio_manager.cli import render
-
-        for line in render.error_json(self.exit_code, self.message, self.remedy):
-            click.echo(line)
-        self.original.show(file)
-
-
-def _wants_json(args: Sequence[str]) -> bool:
-    """``--json`` among the arguments (before a ``--``): every command has the flag, and
-    no option takes a value that could be the word ``--json``."""
-    for arg in args:
-        if arg == "--":
-            return False
-        if arg == "--json":
-            return True
-    return False
-
-
-def _remedy_for(err: click.ClickException) -> str:
+# -- errors ------------------------------------------------------------------------------------
+def _message_and_remedy(err: click.ClickException) -> tuple[str, str]:
     remedy = getattr(err, "remedy", None)
-    if isinstance(remedy, str) and remedy:
-        return remedy
+    if remedy:
+        return err.format_message().removesuffix(f"; {remedy}"), remedy
     ctx = getattr(err, "ctx", None)
-    where = ctx.command_path if isinstance(ctx, click.Context) else "vfio-manager"
-    return f"see `{where} --help`"
+    return err.format_message(), f"see `{ctx.command_path if ctx else 'vfio-manager'} --help`"
+
+
+@contextlib.contextmanager
+def _reported(as_json: bool) -> Iterator[None]:
+    """A VfioManagerError becomes its message, remedy and exit code on stderr; with
+    ``as_json``, every error, click's own included, also prints the error document."""
+    from vfio_manager.cli.render import error_json
+
+    try:
+        yield
+    except click.ClickException as err:
+        if as_json:
+            click.echo(error_json(err.exit_code, *_message_and_remedy(err)))
+        raise
+    except VfioManagerError as err:
+        if as_json:
+            click.echo(error_json(int(err.exit_code), err.message, err.remedy, **err.details()))
+        click.echo(f"vfio-manager: error: {err.message}", err=True)
+        if err.remedy:
+            click.echo(f"  remedy: {err.remedy}", err=True)
+        sys.exit(int(err.exit_code))
 
 
 class _Cli(click.Group):
-    """The command group; with ``--json``, click's errors become the JSON error document."""
+    """The group, where every error ends: ``--json`` before any ``--`` asks for the document."""
 
     def make_context(
         self,
@@ -334,157 +309,50 @@ class _Cli(click.Group):
         parent: Optional[click.Context] = None,
         **extra: Any,
     ) -> click.Context:
-        json_errors = _wants_json(args)
-        try:
+        as_json = "--json" in itertools.takewhile(lambda arg: arg != "--", args)
+        with _reported(as_json):
             ctx = super().make_context(info_name, args, parent, **extra)
-        except click.ClickException as err:
-            raise self._as_json(err, json_errors) from err
-        ctx.meta["vfio_manager.json_errors"] = json_errors
+        ctx.meta["json"] = as_json
         return ctx
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with _reported(ctx.meta.get("json", False)):
             return super().invoke(ctx)
-        except click.ClickException as err:
-            raise self._as_json(err, bool(ctx.meta.get("vfio_manager.json_errors"))) from err
-
-    @staticmethod
-    def _as_json(err: click.ClickException, json_errors: bool) -> click.ClickException:
-        if not json_errors or isinstance(err, _JsonUsageError):
-            return err
-        return _JsonUsageError(err, _remedy_for(err))
 
 
 @click.group(
-    cls=_Cli, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+    cls=_Cli,
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
 )
 @click.version_option(__version__, prog_name="vfio-manager")
-@click.option(
-    "--sysfs-root",
-    envvar="VFIO_MANAGER_SYSFS_ROOT",
-    type=LOCATION,
-    default="/sys",
-    show_default=True,
-    help="Where sysfs is mounted (env VFIO_MANAGER_SYSFS_ROOT).",
-)
-@click.option(
-    "--dev-root",
-    envvar="VFIO_MANAGER_DEV_ROOT",
-    type=LOCATION,
-    default="/dev",
-    show_default=True,
-    help="Where the host's /dev is mounted (env VFIO_MANAGER_DEV_ROOT).",
-)
-@click.option(
-    "--host-root",
-    envvar="HOST_ROOT",
-    type=LOCATION,
-    default="/",
-    show_default=True,
-    help="The host's root filesystem, for /proc/cmdline and /lib/modules (env HOST_ROOT).",
-)
-@click.option(
-    "--timeout",
-    type=_Seconds(0.1),
-    default=30.0,
-    show_default=True,
-    help="Deadline in seconds for each function's writes (an unbind can hang while a process "
-    "holds the device) and for its /dev/vfio node to appear.",
-)
-@click.option(
-    "--state-dir",
-    envvar="VFIO_MANAGER_STATE_DIR",
-    type=LOCATION,
-    default="/run/vfio-manager",
-    show_default=True,
-    help="Lock and journal directory (env VFIO_MANAGER_STATE_DIR); in Kubernetes a hostPath, "
-    "so the DaemonSet pod and its preStop hook share it.",
-)
-@click.option(
-    "--lock-timeout",
-    type=_Seconds(0.0),
-    default=60.0,
-    show_default=True,
-    help="Seconds a writing command waits for another vfio-manager run to finish.",
-)
-@click.option(
-    "--parallel",
-    envvar="VFIO_MANAGER_PARALLEL",
-    type=click.IntRange(1, 64),
-    default=8,
-    show_default=True,
-    help="IOMMU groups moved side by side (a native driver's probe can take seconds); "
-    "1 moves one function after another.",
-)
-@click.option(
-    "--proc-root",
-    envvar="VFIO_MANAGER_PROC_ROOT",
-    type=LOCATION,
-    default="/proc",
-    show_default=True,
-    hidden=True,
-    help="Where the host's /proc is (processes holding a device, mounts, routes).",
-)
-@click.option(
-    "--writer",
-    envvar="VFIO_MANAGER_WRITER",
-    type=click.Choice(["process", "thread"]),
-    default="process",
-    hidden=True,
-    help="How sysfs writes are made: from a child process (a stuck write cannot keep the "
-    "command alive) or a thread (the tests' in-memory fake kernel).",
-)
+@_node_options
 @click.option(
     "--log-format",
     type=click.Choice(["auto", "json", "console"]),
     default="auto",
-    show_default=True,
     help="Log format on stderr; auto is JSON unless stderr is a terminal.",
 )
-@click.option("-v", "--verbose", count=True, help="More log detail (every sysfs write).")
+@click.option(
+    "-v", "--verbose", count=True, show_default=False, help="More log detail (every sysfs write)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    sysfs_root: str,
-    dev_root: str,
-    host_root: str,
-    timeout: float,
-    state_dir: str,
-    lock_timeout: float,
-    parallel: int,
-    proc_root: str,
-    writer: str,
-    log_format: str,
-    verbose: int,
-    quiet: bool,
-) -> None:
+def cli(ctx: click.Context, /, log_format: str, verbose: int, quiet: bool, **_roots: Any) -> None:
     """Move Rebellions NPU functions between their native driver and vfio-pci.
 
     Functions are selected by vendor, class and device ID (default: Rebellions NPUs,
     vendor 0x1eff, class 0x120000); nothing outside the selection is ever touched.
     """
     from vfio_manager import log as logsetup
-    from vfio_manager.pipeline.node import Node
 
-    _refuse_empty_variables(ctx)
+    ctx.obj = _node(ctx)
     logsetup.configure(log_format, -1 if quiet else verbose)
-    ctx.obj = Node(
-        sysfs_root=sysfs_root,
-        dev_root=dev_root,
-        host_root=host_root,
-        proc_root=proc_root,
-        state_dir=state_dir,
-        timeout=timeout,
-        lock_timeout=lock_timeout,
-        parallel=parallel,
-        writer=writer,
-    )
 
 
 def _finish(lines: Sequence[str], code: ExitCode) -> None:
-    """Print a command's result and exit with its code: the one place results become both."""
-    if lines:  # one write: click.echo flushes each call, 18,000 flushes for a big plan
+    """Print a result in one write (a big plan has thousands of lines) and exit with its code."""
+    if lines:
         click.echo("\n".join(lines))
     if code != ExitCode.OK:
         sys.exit(int(code))
@@ -499,14 +367,12 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
 )
 @click.option(
     "--wait",
-    type=_Seconds(0.0),
-    default=None,
+    type=_seconds(0.0),
     metavar="SECONDS",
     help="With --check: wait up to SECONDS for every selected function to be on vfio-pci "
     "(woken by kernel uevents, re-read every 5 s at least); exit 1 if time runs out.",
 )
 @click.pass_obj
-@_handles_errors
 def status(
     node: Node,
     vendor: str,
@@ -530,11 +396,7 @@ def status(
         _wait_on_vfio(node, selector, wait)
     result = read_status(node, selector)
     intents = _read_intents(node)
-    lines = (
-        render.status_json(result, intents)
-        if as_json
-        else render.status_text(result) + render.intent_lines(intents, result)
-    )
+    lines = render.status_json(result, intents) if as_json else render.status_text(result, intents)
     _finish(lines, ExitCode.FAILED if check and not result.all_on_vfio else ExitCode.OK)
 
 
@@ -574,9 +436,12 @@ def _check_mark(ok: bool) -> str:
 @cli.command(epilog=EXIT_CODES_HELP)
 @_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a checklist.")
-@_load_modules_option(default=False)
+@click.option(
+    "--load-modules/--no-load-modules",
+    default=False,
+    help="Load the missing vfio modules with the host's modprobe, then check again.",
+)
 @click.pass_obj
-@_handles_errors
 def check(
     node: Node,
     vendor: str,
@@ -599,67 +464,10 @@ def check(
     _finish(lines, ExitCode.OK if result.preflight.ok else ExitCode.HOST_NOT_READY)
 
 
-# -- bind / unbind ---------------------------------------------------------------------------
-def _transition_options(func: F) -> F:
-    func = click.option(
-        "--json", "as_json", is_flag=True, help="Print the plan or the outcome as JSON."
-    )(func)
-    func = click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")(func)
-    func = click.option(
-        "--force",
-        is_flag=True,
-        help="Move functions even when a process holds them or the host needs them (a mounted "
-        "disk, an addressed interface, the boot console). Use with care.",
-    )(func)
-    return _selection_options(func)
-
-
-def _bind_options(func: F) -> F:
-    """What bind and bind-all add to the transition options: group peers, module loading."""
-    func = _load_modules_option(default=True)(func)
-    func = click.option(
-        "--with-group-peers",
-        is_flag=True,
-        help="Also bind the other endpoint members of each IOMMU group when they match the "
-        "selection (or, for bind, are named).",
-    )(func)
-    return _transition_options(func)
-
-
-def _run_transition(
-    node: Node,
-    to_vfio: bool,
-    named: Sequence[PciAddress],
-    selection: tuple[str, str, tuple[str, ...]],
-    *,
-    dry_run: bool,
-    as_json: bool,
-    force: bool,
-    with_group_peers: bool = False,
-    load_modules: bool = True,
-) -> None:
-    from vfio_manager.cli import render
-    from vfio_manager.kernel.drivers import Direction
-    from vfio_manager.pipeline.transition import TransitionRequest
-
-    request = TransitionRequest(
-        _selector(*selection),
-        Direction.TO_VFIO if to_vfio else Direction.TO_HOST,
-        named=tuple(named),
-        dry_run=dry_run,
-        with_group_peers=with_group_peers,
-        load_modules=load_modules,
-        force=force,
-    )
-    result = run_with_intents(node, request)
-    lines = render.transition_json(result) if as_json else render.transition_text(result)
-    _finish(lines, result.exit_code)
-
-
+# -- bind, unbind, bind-all, unbind-all --------------------------------------------------------
 def run_with_intents(node: Node, request: TransitionRequest) -> TransitionResult:
-    """One admin-run transition: the daemon's intents recorded before it and settled after
-    (:mod:`vfio_manager.daemon.oneshot`). The commands here and the ``vfio-manage`` drop-in
-    (:mod:`vfio_manager.cli.compat`) both run their writes through it."""
+    """One admin-run transition, the daemon's intents recorded before it and settled after;
+    these commands and ``vfio-manage`` write through it."""
     from vfio_manager.daemon.oneshot import record_unbind_intents, settle_intents
     from vfio_manager.pipeline.transition import run_transition
 
@@ -673,126 +481,100 @@ def run_with_intents(node: Node, request: TransitionRequest) -> TransitionResult
     return result
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
-@_bind_options
-@click.pass_obj
-@_handles_errors
-def bind(
-    node: Node,
-    bdfs: tuple[PciAddress, ...],
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    dry_run: bool,
-    as_json: bool,
-    force: bool,
-    with_group_peers: bool,
-    load_modules: bool,
-) -> None:
+_transition_options = _options(
+    _selection_options,
+    click.option(
+        "--force",
+        is_flag=True,
+        help="Move functions even when a process holds them or the host needs them (a mounted "
+        "disk, an addressed interface, the boot console). Use with care.",
+    ),
+    click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+    click.option("--json", "as_json", is_flag=True, help="Print the plan or the outcome as JSON."),
+)
+_to_vfio_options = _options(
+    click.option(
+        "--with-group-peers",
+        is_flag=True,
+        help="Also bind the other endpoint members of each IOMMU group when they match the "
+        "selection (or, for bind, are named).",
+    ),
+    click.option(
+        "--load-modules/--no-load-modules",
+        default=True,
+        help="Load the missing vfio modules with the host's modprobe before binding (default); "
+        "--no-load-modules refuses instead.",
+    ),
+)
+
+
+def _transition_command(
+    *, to_vfio: bool, named: bool
+) -> Callable[[Callable[[], None]], click.Command]:
+    """Make the command the decorated function names and documents: to or from vfio-pci,
+    for the named BDFs or every selected function."""
+
+    def run(
+        node: Node,
+        /,
+        vendor: str,
+        pci_class: str,
+        device_ids: tuple[str, ...],
+        as_json: bool,
+        bdfs: tuple[PciAddress, ...] = (),
+        **flags: Any,
+    ) -> None:
+        from vfio_manager.cli import render
+        from vfio_manager.kernel.drivers import Direction
+        from vfio_manager.pipeline.transition import TransitionRequest
+
+        selector = _selector(vendor, pci_class, device_ids)
+        direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
+        result = run_with_intents(node, TransitionRequest(selector, direction, named=bdfs, **flags))
+        lines = render.transition_json(result) if as_json else render.transition_text(result)
+        _finish(lines, result.exit_code)
+
+    def make(described: Callable[[], None]) -> click.Command:
+        options = [_transition_options, _to_vfio_options] if to_vfio else [_transition_options]
+        if named:
+            options.insert(
+                0, click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
+            )
+        name = described.__name__.replace("_", "-")
+        command = _options(*options)(click.pass_obj(run))
+        return cli.command(name, help=described.__doc__, epilog=EXIT_CODES_HELP)(command)
+
+    return make
+
+
+@_transition_command(to_vfio=True, named=True)
+def bind() -> None:
     """Move the named functions to vfio-pci (override, unbind, probe, verify).
 
     The checks of `vfio-manager check` run first; the host must pass them (exit 3 otherwise,
     before anything is written).
     """
-    _run_transition(
-        node,
-        True,
-        bdfs,
-        (vendor, pci_class, device_ids),
-        dry_run=dry_run,
-        as_json=as_json,
-        force=force,
-        with_group_peers=with_group_peers,
-        load_modules=load_modules,
-    )
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
-@_transition_options
-@click.pass_obj
-@_handles_errors
-def unbind(
-    node: Node,
-    bdfs: tuple[PciAddress, ...],
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    dry_run: bool,
-    as_json: bool,
-    force: bool,
-) -> None:
+@_transition_command(to_vfio=False, named=True)
+def unbind() -> None:
     """Return the named functions from vfio-pci to their native driver.
 
     Refused while a process (a VM) holds the function's /dev/vfio group, unless --force.
     """
-    _run_transition(
-        node,
-        False,
-        bdfs,
-        (vendor, pci_class, device_ids),
-        dry_run=dry_run,
-        as_json=as_json,
-        force=force,
-    )
 
 
-@cli.command("bind-all", epilog=EXIT_CODES_HELP)
-@_bind_options
-@click.pass_obj
-@_handles_errors
-def bind_all(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    dry_run: bool,
-    as_json: bool,
-    force: bool,
-    with_group_peers: bool,
-    load_modules: bool,
-) -> None:
+@_transition_command(to_vfio=True, named=False)
+def bind_all() -> None:
     """Move every selected function to vfio-pci; converged ones are left alone.
 
     The checks of `vfio-manager check` run first (exit 3 before any write if they fail).
     """
-    _run_transition(
-        node,
-        True,
-        (),
-        (vendor, pci_class, device_ids),
-        dry_run=dry_run,
-        as_json=as_json,
-        force=force,
-        with_group_peers=with_group_peers,
-        load_modules=load_modules,
-    )
 
 
-@cli.command("unbind-all", epilog=EXIT_CODES_HELP)
-@_transition_options
-@click.pass_obj
-@_handles_errors
-def unbind_all(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    dry_run: bool,
-    as_json: bool,
-    force: bool,
-) -> None:
+@_transition_command(to_vfio=False, named=False)
+def unbind_all() -> None:
     """Return every selected function to its native driver (held ones refused, see unbind)."""
-    _run_transition(
-        node,
-        False,
-        (),
-        (vendor, pci_class, device_ids),
-        dry_run=dry_run,
-        as_json=as_json,
-        force=force,
-    )
 
 
 # -- kubevirt-config ---------------------------------------------------------------------------
@@ -802,7 +584,6 @@ def unbind_all(
     "--naming",
     type=click.Choice(["atom", "pf"]),
     default="atom",
-    show_default=True,
     help="Resource names of the sandbox device plugin: atom = rebellions.ai/ATOM_CA22_PT "
     "(one per card), pf = rebellions.ai/RBLN-CA25_PF and _VF (per product and function).",
 )
@@ -811,7 +592,6 @@ def unbind_all(
     "output_format",
     type=click.Choice(["yaml", "json"]),
     default="yaml",
-    show_default=True,
     help="Output format.",
 )
 @click.option(
@@ -821,7 +601,6 @@ def unbind_all(
     "(the selection options then do not apply).",
 )
 @click.pass_obj
-@_handles_errors
 def kubevirt_config(
     node: Node,
     vendor: str,
@@ -866,16 +645,14 @@ def kubevirt_config(
 @click.option(
     "--resync-interval",
     envvar="VFIO_MANAGER_RESYNC_INTERVAL",
-    type=_Seconds(1.0),
+    type=_seconds(1.0),
     default=60.0,
-    show_default=True,
     help="Seconds between full re-reads of the node, the safety net under the kernel's "
     "uevents (env VFIO_MANAGER_RESYNC_INTERVAL).",
 )
 @click.option(
     "--ready-file",
     envvar="VFIO_MANAGER_READY_FILE",
-    default=None,
     metavar="PATH",
     help="File present exactly while the node is converged (default <state-dir>/ready; env "
     "VFIO_MANAGER_READY_FILE).",
@@ -883,7 +660,6 @@ def kubevirt_config(
 @click.option(
     "--listen",
     envvar="VFIO_MANAGER_LISTEN",
-    default=None,
     metavar="ADDR:PORT",
     help="Serve /healthz, /readyz and /metrics over HTTP there (default off; :PORT for every "
     "IPv4 address, [::1]:PORT for IPv6, port 0 picks one and logs it; env "
@@ -894,14 +670,13 @@ def kubevirt_config(
     envvar="VFIO_MANAGER_ON_EXIT",
     type=click.Choice(["keep", "release-idle", "release"]),
     default="keep",
-    show_default=True,
     help="On SIGTERM: keep every function on vfio-pci, return those whose IOMMU group no "
     "process holds, or return all (with unbind-all's refusals) (env VFIO_MANAGER_ON_EXIT).",
 )
 @click.option(
     "--exclude",
     envvar="VFIO_MANAGER_EXCLUDE",
-    type=BDF_LIST,
+    type=BDF,
     multiple=True,
     metavar="BDF",
     help="Never touch this function (reported as excluded); repeatable (env "
@@ -911,12 +686,10 @@ def kubevirt_config(
     "--load-modules/--no-load-modules",
     envvar="VFIO_MANAGER_LOAD_MODULES",
     default=True,
-    show_default=True,
     help="Load missing vfio modules with the host's modprobe, as bind-all does (env "
     "VFIO_MANAGER_LOAD_MODULES).",
 )
 @click.pass_obj
-@_handles_errors
 def daemon(
     node: Node,
     vendor: str,

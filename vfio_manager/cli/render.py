@@ -1,6 +1,6 @@
-"""Pure output: the results of every command as text lines or one JSON document, for stdout.
+"""The results of every command as text lines or one JSON document, for stdout.
 
-Nothing here reads sysfs or writes to a stream; the CLI decides where the lines go.
+Pure: nothing here reads sysfs or writes to a stream.
 """
 
 from __future__ import annotations
@@ -19,12 +19,8 @@ if TYPE_CHECKING:
 
 
 def to_json(data: Any) -> str:
-    """Indented for a person at a terminal; one line for a pipe or a file.
-
-    ``indent`` makes ``json`` fall back to its pure-Python encoder, several times slower
-    than the C one: a second of a 4,096-function ``status --json``, spent on whitespace
-    that ``jq`` does not need.
-    """
+    """Indented for a person at a terminal; one line for a pipe or a file (``indent``
+    falls back to json's pure-Python encoder: a second for a 4,096-function status)."""
     import json
 
     if _stdout_is_terminal():
@@ -39,7 +35,7 @@ def _stdout_is_terminal() -> bool:
         return False
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     """Left-aligned columns separated by two spaces; no trailing blanks."""
     body = [list(headers), *([str(c) for c in row] for row in rows)]
     widths = [max(len(row[i]) for row in body) for i in range(len(headers))]
@@ -50,7 +46,7 @@ def _cell(value: Optional[object]) -> str:
     return "-" if value is None else str(value)
 
 
-def status_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+def _status_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     headers = ("BDF", "PRODUCT", "ID", "DRIVER", "OVERRIDE", "GROUP", "VIABLE", "VFIO NODE", "NUMA")
     viable = {True: "yes", False: "NO", None: "-"}
     rows = (
@@ -67,10 +63,10 @@ def status_lines(records: Sequence[dict[str, Any]]) -> list[str]:
         )
         for r in records
     )
-    return table(headers, rows)
+    return _table(headers, rows)
 
 
-def plan_lines(plan: Plan) -> list[str]:
+def _plan_lines(plan: Plan) -> list[str]:
     """``--dry-run`` output: what would be written, function by function."""
     lines: list[str] = []
     for entry in plan.entries:
@@ -90,7 +86,7 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def report_lines(report: Report) -> list[str]:
+def _report_lines(report: Report) -> list[str]:
     """The per-function summary of a bind/unbind run."""
     from vfio_manager.pipeline.engine import Status
 
@@ -106,7 +102,7 @@ def report_lines(report: Report) -> list[str]:
         if o.journal_error:
             detail += f"; JOURNAL NOT UPDATED: {o.journal_error}"
         rows.append((o.bdf, o.status.value, _cell(o.driver), str(o.writes), detail))
-    lines = table(("BDF", "OUTCOME", "DRIVER", "WRITES", "DETAIL"), rows)
+    lines = _table(("BDF", "OUTCOME", "DRIVER", "WRITES", "DETAIL"), rows)
     counts = {s: sum(1 for o in report.outcomes if o.status is s) for s in Status}
     lines.append(
         ", ".join(f"{n} {s.value}" for s, n in counts.items()) + f"; {report.writes} write(s)"
@@ -114,7 +110,6 @@ def report_lines(report: Report) -> list[str]:
     return lines
 
 
-# -- command results ---------------------------------------------------------------------------
 def _nothing_selected(selector: Selector) -> str:
     from vfio_manager.pipeline.selection import Selector
 
@@ -126,23 +121,29 @@ def _nothing_selected(selector: Selector) -> str:
     return f"No PCI function matches {selector.describe()}: nothing to do."
 
 
-def status_text(result: StatusResult) -> list[str]:
+def status_text(result: StatusResult, intents: Mapping[str, Intent]) -> list[str]:
+    """The table, its warnings and one line per function the admin asked the daemon to
+    leave on the host."""
     head = [result.host.line()] if result.host is not None else []
     if not result.records:
         return [*head, _nothing_selected(result.selector)]
     warnings: list[str] = []
     for found in result.dynamic_ids:
         warnings += [f"warning: {found.message}", f"    remedy: {found.remedy}"]
-    return head + status_lines(result.records) + warnings
+    held = [
+        f"intent: {r['bdf']} {intents[r['bdf']].describe()}; `vfio-manager bind {r['bdf']}` "
+        "hands it back to the daemon"
+        for r in result.records
+        if r["bdf"] in intents
+    ]
+    return head + _status_lines(result.records) + warnings + held
 
 
-def status_json(result: StatusResult, intents: Optional[Mapping[str, Intent]] = None) -> list[str]:
-    devices = result.records
-    if intents is not None:  # the admin's "leave it on the host" (docs/daemon.md), or null
-        devices = [
-            {**r, "intent": intents[r["bdf"]].to_json() if r["bdf"] in intents else None}
-            for r in devices
-        ]
+def status_json(result: StatusResult, intents: Mapping[str, Intent]) -> list[str]:
+    devices = [  # the admin's "leave it on the host" (docs/daemon.md), or null
+        {**r, "intent": intents[r["bdf"]].to_json() if r["bdf"] in intents else None}
+        for r in result.records
+    ]
     doc: dict[str, Any] = {"devices": devices}
     if result.host is not None:
         doc["host"] = result.host.to_json()
@@ -150,23 +151,13 @@ def status_json(result: StatusResult, intents: Optional[Mapping[str, Intent]] = 
     return [to_json(doc)]
 
 
-def intent_lines(intents: Mapping[str, Intent], result: StatusResult) -> list[str]:
-    """One line per selected function the admin asked the daemon to leave on the host."""
-    return [
-        f"intent: {r['bdf']} {intents[r['bdf']].describe()}; `vfio-manager bind {r['bdf']}` "
-        "hands it back to the daemon"
-        for r in result.records
-        if r["bdf"] in intents
-    ]
-
-
 def transition_text(result: TransitionResult) -> list[str]:
     head = list(result.notes)
     if not result.plan.entries:
         return [*head, _nothing_selected(result.request.selector)]
     if result.report is None:
-        return head + plan_lines(result.plan)
-    return head + report_lines(result.report)
+        return head + _plan_lines(result.plan)
+    return head + _report_lines(result.report)
 
 
 def transition_json(result: TransitionResult) -> list[str]:
@@ -181,13 +172,9 @@ def transition_json(result: TransitionResult) -> list[str]:
     return [to_json(doc)]
 
 
-def error_json(
-    code: int, message: str, remedy: Optional[str], extra: Optional[dict[str, Any]] = None
-) -> list[str]:
+def error_json(code: int, message: str, remedy: Optional[str], **details: Any) -> str:
     """The one document ``--json`` prints when a command could not run (any exit code)."""
-    return [
-        to_json({"error": {"code": code, "message": message, "remedy": remedy, **(extra or {})}})
-    ]
+    return to_json({"error": {"code": code, "message": message, "remedy": remedy, **details}})
 
 
 def check_text(result: CheckResult, mark: Optional[Callable[[bool], str]] = None) -> list[str]:

@@ -689,3 +689,6 @@ class PreflightFailed(HostNotReadyError):
         )
         self.preflight = preflight
         self.failing = tuple(failing)
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "checks": [check.to_json() for check in self.failing]}

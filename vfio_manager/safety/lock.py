@@ -32,9 +32,9 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
@@ -67,6 +67,10 @@ class LockTimeoutError(VfioManagerError):
     def __init__(self, message: str, *, holder: Optional[LockHolder], remedy: str) -> None:
         super().__init__(message, remedy=remedy, step="lock")
         self.holder = holder
+
+    def details(self) -> dict[str, Any]:
+        holder = self.holder
+        return {**super().details(), "holder": None if holder is None else asdict(holder)}
 
 
 @dataclass(frozen=True)
