@@ -19,15 +19,12 @@ import pytest
 from tests.daemon.fakes import VFIO, AdvancingWaiter, FakeClock, FakeNode, Listener
 from tests.daemon.samples import driver_event, pci_event
 from vfio_manager.daemon import loop as loop_module
-from vfio_manager.daemon.board import StatusBoard
+from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
 from vfio_manager.daemon.intent import IntentStore
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, Wakeup, summary
-from vfio_manager.daemon.metrics import DaemonMetrics
-from vfio_manager.daemon.notify import Notifier
-from vfio_manager.daemon.readiness import ReadyFile
-from vfio_manager.daemon.state import HostCheck, State
-from vfio_manager.daemon.uevents import DatagramUeventSource
+from vfio_manager.daemon.reconciler import HostCheck, State
 from vfio_manager.errors import VfioManagerError
+from vfio_manager.kernel.uevents import DatagramUeventSource
 
 A, B, C = "0000:03:00.0", "0000:04:00.0", "0000:05:00.0"
 IOMMU_OFF = HostCheck("iommu", "no IOMMU groups in /sys/kernel/iommu_groups", "intel_iommu=on")
@@ -43,7 +40,6 @@ class Rig:
     sender: socket.socket
     systemd: Listener
     ready_path: Path
-    board: StatusBoard
     exits: list[str] = field(default_factory=list)
 
     def send(self, *datagrams: bytes) -> None:
@@ -91,7 +87,6 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
         wakeup = Wakeup()
         waiter = AdvancingWaiter(clock)
         ready_path = tmp_path / f"ready-{len(made)}"
-        board = StatusBoard(clock=clock)
         rig_exits: list[str] = []
         loop = ReconcileLoop(
             node.reconcile,
@@ -104,10 +99,9 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
             notifier=Notifier.from_environment({"NOTIFY_SOCKET": systemd.env_value, **(env or {})}),
             ready_file=ReadyFile(str(ready_path), wall_clock=lambda: 1714564800.0),
             metrics=metrics,
-            board=board,
             on_exit=lambda: rig_exits.append("on_exit"),
         )
-        rig = Rig(loop, node, clock, waiter, wakeup, sender, systemd, ready_path, board, rig_exits)
+        rig = Rig(loop, node, clock, waiter, wakeup, sender, systemd, ready_path, rig_exits)
         made.append(rig)
         return rig
 
@@ -144,7 +138,7 @@ def test_start_converges_then_says_ready_once(make_rig: Any) -> None:
         ["STATUS=starting: first reconcile under way"],
         ["READY=1", "STATUS=converged: 2 converged"],
     ]
-    assert rig.board.view().converged
+    assert rig.loop.view.converged
     rig.loop.step()  # the next resync
     assert ["READY=1"] not in [m[:1] for m in rig.notifications()], "READY=1 only once"
 
@@ -236,7 +230,7 @@ def test_a_lost_source_falls_back_to_resync(make_rig: Any) -> None:
             return self.fd
 
         def read_pending(self) -> Any:
-            from vfio_manager.daemon.uevents import UeventBatch
+            from vfio_manager.kernel.uevents import UeventBatch
 
             return UeventBatch(closed=True)
 
@@ -280,7 +274,7 @@ def test_excluded_is_settled_and_held_is_not(make_rig: Any) -> None:
     assert rig.node.drivers == {A: "rebellions", B: "rebellions"}, "neither touched"
     assert (rig.state(A), rig.state(B)) == (State.EXCLUDED, State.HELD)
     assert rig.ready_doc() is None
-    readyz = rig.board.view().to_json()
+    readyz = rig.loop.view.to_json()
     assert [(f["bdf"], f["state"]) for f in readyz["not_converged"]] == [(B, "held")]
     assert not [m for m in rig.notifications() if m[0] == "READY=1"]
     rig.node.held.clear()  # the VM stops
@@ -409,7 +403,7 @@ def test_host_not_ready_stays_up_logs_once_and_recovers(
     host_logs = [e for e in errors if e["event"].startswith("host not ready")]
     assert len(host_logs) == 1, "the remedy is logged once"
     assert host_logs[0]["remedy"] == "intel_iommu=on"
-    assert rig.board.view().to_json()["host"]["failing"] == [IOMMU_OFF.to_json()]
+    assert rig.loop.view.to_json()["host"]["failing"] == [IOMMU_OFF.to_json()]
     assert not [m for m in rig.notifications() if m[0] == "READY=1"]
     # vfio-pci gets loaded: its driver registers, the daemon resyncs at once
     rig.node.host_failing.clear()
@@ -501,7 +495,7 @@ def test_the_heartbeat_covers_the_wait_and_expires_after(make_rig: Any) -> None:
         def wait(self, fds: Any, timeout: float) -> set[int]:
             for offset in (0.0, timeout + 4.9, timeout + 5.1):
                 rig.clock.now = start + offset
-                seen.append((offset - timeout, rig.board.alive()))
+                seen.append((offset - timeout, rig.loop.alive()))
             rig.clock.now = start + timeout
             return set()
 
@@ -513,7 +507,7 @@ def test_the_heartbeat_covers_the_wait_and_expires_after(make_rig: Any) -> None:
 
 
 def test_summary_lines() -> None:
-    from vfio_manager.daemon.state import (
+    from vfio_manager.daemon.reconciler import (
         FunctionStatus,
         HostReadiness,
         NodeView,

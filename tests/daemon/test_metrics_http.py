@@ -12,25 +12,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.fakes import FakeClock
-from vfio_manager.daemon.board import StatusBoard
-from vfio_manager.daemon.http import HealthServer, parse_listen
-from vfio_manager.daemon.metrics import DaemonMetrics
-from vfio_manager.daemon.state import (
+from vfio_manager.daemon.health import DaemonMetrics, HealthServer, ReconcileReport, parse_listen
+from vfio_manager.daemon.loop import ReconcileLoop, Wakeup
+from vfio_manager.daemon.reconciler import (
     HOST_READY,
     FunctionStatus,
     HostCheck,
     HostReadiness,
     NodeView,
     ReconcileOutcome,
-    ReconcileReport,
     ReconcileRequest,
     State,
-    TransitionOutcome,
     TransitionRecord,
 )
-from vfio_manager.daemon.uevents import Uevent
 from vfio_manager.errors import UsageError
 from vfio_manager.kernel.drivers import Direction
+from vfio_manager.kernel.uevents import Uevent
+from vfio_manager.pipeline.engine import Status
 
 IOMMU_OFF = HostCheck("iommu", "no IOMMU groups", "enable intel_iommu=on and reboot")
 
@@ -84,8 +82,8 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
                 FunctionStatus("0000:05:00.0", State.EXCLUDED),
             ),
             transitions=(
-                TransitionRecord("0000:03:00.0", Direction.TO_VFIO, TransitionOutcome.CHANGED),
-                TransitionRecord("0000:04:00.0", Direction.TO_VFIO, TransitionOutcome.FAILED),
+                TransitionRecord("0000:03:00.0", Direction.TO_VFIO, Status.CHANGED),
+                TransitionRecord("0000:04:00.0", Direction.TO_VFIO, Status.FAILED),
             ),
         )
     )
@@ -164,21 +162,30 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def board(clock: FakeClock) -> StatusBoard:
-    return StatusBoard(clock=clock)
+def board(clock: FakeClock) -> Iterator[ReconcileLoop]:
+    """What the server reads: the loop's heartbeat and the view it published."""
+    wakeup = Wakeup()
+    yield ReconcileLoop(
+        lambda request: ReconcileOutcome(()), source=None, wakeup=wakeup, clock=clock
+    )
+    wakeup.close()
+
+
+def serve(board: ReconcileLoop, metrics: Optional[DaemonMetrics] = None) -> HealthServer:
+    return HealthServer(("127.0.0.1", 0), board.alive, lambda: board.view, metrics)
 
 
 @pytest.fixture
-def served(board: StatusBoard) -> Iterator[tuple[Client, DaemonMetrics]]:
+def served(board: ReconcileLoop) -> Iterator[tuple[Client, DaemonMetrics]]:
     metrics = DaemonMetrics(process=False)
-    server = HealthServer(("127.0.0.1", 0), board, metrics)
+    server = serve(board, metrics)
     server.start()
     yield Client(server), metrics
     server.stop()
 
 
 def test_healthz_follows_the_loops_heartbeat(
-    served: tuple[Client, DaemonMetrics], board: StatusBoard, clock: FakeClock
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop, clock: FakeClock
 ) -> None:
     client, _ = served
     assert client.get("/healthz")[0] == 503, "no beat yet"
@@ -192,7 +199,7 @@ def test_healthz_follows_the_loops_heartbeat(
 
 
 def test_readyz_names_what_is_not_converged(
-    served: tuple[Client, DaemonMetrics], board: StatusBoard
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop
 ) -> None:
     client, _ = served
     code, _, body = client.get("/readyz")
@@ -207,7 +214,7 @@ def test_readyz_names_what_is_not_converged(
         ),
         HostReadiness(False, (IOMMU_OFF,)),
     )
-    board.publish(NodeView().merge(ReconcileRequest(None), outcome))
+    board.view = NodeView().merge(ReconcileRequest(None), outcome)
     code, _, body = client.get("/readyz")
     doc = json.loads(body)
     assert code == 503
@@ -224,7 +231,7 @@ def test_readyz_names_what_is_not_converged(
     assert doc["counts"]["intent-host"] == 1
 
     settled = ReconcileOutcome((FunctionStatus("0000:03:00.0", State.CONVERGED),))
-    board.publish(NodeView().merge(ReconcileRequest(None), settled))
+    board.view = NodeView().merge(ReconcileRequest(None), settled)
     code, _, body = client.get("/readyz")
     assert (code, json.loads(body)["ready"], json.loads(body)["not_converged"]) == (200, True, [])
 
@@ -244,8 +251,8 @@ def test_unknown_paths_are_404(served: tuple[Client, DaemonMetrics]) -> None:
     assert client.get("/metrics/../readyz")[0] == 404
 
 
-def test_without_metrics_the_endpoint_is_404(board: StatusBoard) -> None:
-    server = HealthServer(("127.0.0.1", 0), board, None)
+def test_without_metrics_the_endpoint_is_404(board: ReconcileLoop) -> None:
+    server = serve(board)
     server.start()
     try:
         assert Client(server).get("/metrics")[0] == 404
@@ -253,11 +260,11 @@ def test_without_metrics_the_endpoint_is_404(board: StatusBoard) -> None:
         server.stop()
 
 
-def test_a_taken_port_is_a_usage_error(board: StatusBoard) -> None:
-    first = HealthServer(("127.0.0.1", 0), board)
+def test_a_taken_port_is_a_usage_error(board: ReconcileLoop) -> None:
+    first = serve(board)
     try:
         with pytest.raises(UsageError, match="cannot listen"):
-            HealthServer(first.address, board)
+            HealthServer(first.address, board.alive, lambda: board.view)
     finally:
         first.stop()
 

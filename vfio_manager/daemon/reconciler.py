@@ -1,61 +1,22 @@
-"""The daemon's reconciler: one pass of the write pipeline per call, told in daemon states.
-
-Why over :func:`~vfio_manager.pipeline.transition.run_transition` and nothing else: the daemon
-must not be a second way to write. Every reconcile is a ``bind-all`` restricted to what the
-loop asks for, so it takes the same node lock, runs the same preflight gate (loading missing
-modules unless told not to), settles the same journal, meets the same refusals (a function a
-process holds, one the host needs, a group that cannot be handed over) and writes through
-the same engine. What the daemon adds is *what it leaves out* and *how it reports*:
-
-- left out (:attr:`TransitionRequest.exclude`, so the pipeline never plans them, not even to
-  settle a journal record): functions named with ``--exclude``, those the admin asked to
-  leave on the host (the intents, read under the lock: an ``unbind`` that records its intent
-  and runs between our read and our writes would otherwise be undone), and those still
-  waiting for their retry after a failure (``request.skip``);
-- scope: a partial reconcile re-plans the selected members of the IOMMU groups of the BDFs a
-  uevent named (:attr:`TransitionRequest.scope`), because a peer's driver decides whether a
-  group can be handed over;
-- the report becomes :class:`~vfio_manager.daemon.state.FunctionStatus` values: changed or
-  converged -> ``converged``; refused because a process holds it or the host needs it ->
-  ``held``; refused because its group cannot be handed over (or the kernel would refuse it)
-  -> ``pending`` with the reason; failed -> ``failed`` with the kernel's reason; a function
-  that vanished during its transition is left out (it is gone).
-
-The preflight gate's refusal is not an exception here: the host is reported not ready, with
-each failing check and its remedy, and every function not on vfio is ``pending``. With no
-function to move (none selected, or all excluded), the gate does not run and the host counts
-as ready: a node without NPUs must become ready. A partial reconcile that had nothing to move
-keeps the last verdict, so an unrelated uevent never makes a host that is not ready look
-ready.
-
-The node lock is taken for the call only, so one-shot commands run beside the daemon; while
-another run holds it, a stop request (SIGTERM) ends the wait at the next poll.
-"""
+"""The daemon's reconciler: one run of the write pipeline per call, told as per-function states;
+and ``--on-exit``, through the same pipeline. docs/daemon.md has the state model."""
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.daemon.intent import Intent, IntentStore
-from vfio_manager.daemon.state import (
-    HOST_READY,
-    FunctionStatus,
-    HostCheck,
-    HostReadiness,
-    ReconcileOutcome,
-    ReconcileRequest,
-    State,
-    TransitionOutcome,
-    TransitionRecord,
-)
-from vfio_manager.errors import VfioManagerError
+from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.log import get_logger
+from vfio_manager.pipeline.engine import Outcome, Status
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import FunctionPlan, RefusalKind
 from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_functions
@@ -64,35 +25,176 @@ from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult
 if TYPE_CHECKING:
     from vfio_manager.host.modules import Runner
     from vfio_manager.host.preflight import PreflightFailed
-    from vfio_manager.pipeline.engine import Outcome
 
 log = get_logger("vfio_manager.daemon.reconciler")
 
-_HELD_KINDS = frozenset({RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL})
-_OUTCOMES = {
-    "changed": TransitionOutcome.CHANGED,
-    "failed": TransitionOutcome.FAILED,
-    "refused": TransitionOutcome.REFUSED,
-}
+
+class State(str, enum.Enum):
+    """A selected function as the daemon sees it; the settled ones keep the node ready."""
+
+    CONVERGED = "converged"
+    PENDING = "pending"
+    HELD = "held"
+    EXCLUDED = "excluded"
+    FAILED = "failed"
+    INTENT_HOST = "intent-host"
+
+    @property
+    def settled(self) -> bool:
+        return self in (State.CONVERGED, State.EXCLUDED, State.INTENT_HOST)
+
+
+@dataclass(frozen=True)
+class FunctionStatus:
+    """One function's state; ``reason`` and ``remedy`` say why it is not converged."""
+
+    bdf: str
+    state: State
+    reason: Optional[str] = None
+    remedy: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bdf": self.bdf,
+            "state": self.state.value,
+            "reason": self.reason,
+            "remedy": self.remedy,
+        }
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """A failing host readiness check, by its ``vfio-manager check`` name."""
+
+    name: str
+    detail: str
+    remedy: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "detail": self.detail, "remedy": self.remedy}
+
+
+@dataclass(frozen=True)
+class HostReadiness:
+    ok: bool
+    failing: tuple[HostCheck, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ready": self.ok, "failing": [c.to_json() for c in self.failing]}
+
+
+HOST_READY = HostReadiness(ok=True)
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """One attempted transition: ``status`` is changed, failed or refused."""
+
+    bdf: str
+    direction: Direction
+    status: Status
+    reason: Optional[str] = None
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class ReconcileRequest:
+    """``affected``: BDFs to re-plan with their groups, ``None`` for all; ``skip``: functions
+    waiting for a retry, read but never written; ``stop_requested`` ends a wait for the lock."""
+
+    affected: Optional[frozenset[str]]
+    skip: frozenset[str] = frozenset()
+    stop_requested: Callable[[], bool] = field(default=_never, compare=False, repr=False)
+
+    @property
+    def full(self) -> bool:
+        return self.affected is None
+
+
+@dataclass(frozen=True)
+class ReconcileOutcome:
+    """Every function looked at (an affected BDF missing is gone), the host's verdict (not
+    ok: nothing was written) and the transitions attempted."""
+
+    functions: tuple[FunctionStatus, ...]
+    host: HostReadiness = HOST_READY
+    transitions: tuple[TransitionRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """The node after the last reconcile; ``error``: that reconcile raised."""
+
+    functions: Mapping[str, FunctionStatus] = field(default_factory=dict)
+    host: HostReadiness = HOST_READY
+    reconciled: bool = False
+    error: Optional[str] = None
+
+    @property
+    def converged(self) -> bool:
+        return (
+            self.reconciled
+            and self.error is None
+            and self.host.ok
+            and all(s.state.settled for s in self.functions.values())
+        )
+
+    def counts(self) -> dict[str, int]:
+        """``{state: count}`` with every state, in declaration order."""
+        counts = {s.value: 0 for s in State}
+        for status in self.functions.values():
+            counts[status.state.value] += 1
+        return counts
+
+    def merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
+        """A full resync replaces the view, a partial one patches it."""
+        if request.affected is None:
+            functions = {s.bdf: s for s in outcome.functions}
+        else:
+            functions = {b: s for b, s in self.functions.items() if b not in request.affected}
+            functions.update((s.bdf, s) for s in outcome.functions)
+        return NodeView(functions, outcome.host, reconciled=True)
+
+    def failed_with(self, error: str) -> NodeView:
+        return NodeView(self.functions, self.host, self.reconciled, error)
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of ``/readyz``."""
+        doc: dict[str, Any] = {
+            "ready": self.converged,
+            "host": self.host.to_json(),
+            "counts": self.counts(),
+            "not_converged": [
+                self.functions[b].to_json()
+                for b in sorted(self.functions)
+                if not self.functions[b].state.settled
+            ],
+        }
+        if not self.reconciled:
+            doc["reason"] = "the first reconcile has not finished"
+        if self.error is not None:
+            doc["error"] = self.error
+        return doc
 
 
 class StopRequested(VfioManagerError):
-    """A stop arrived while the reconciler waited for the node lock: it gave up waiting."""
+    """A stop arrived while the reconciler waited for the node lock."""
 
 
-def interruptible_sleep(
-    stop_requested: Callable[[], bool], sleep: Callable[[float], None] = time.sleep
-) -> Callable[[float], None]:
-    """A ``sleep`` for the lock's polling loop that raises once a stop was requested."""
+def _interruptible(stop_requested: Callable[[], bool]) -> Callable[[float], None]:
+    """The lock's sleep between polls, raising once a stop was requested."""
 
-    def wait(seconds: float) -> None:
+    def sleep(seconds: float) -> None:
         if stop_requested():
             raise StopRequested(
                 "stopping: gave up waiting for the node lock (another vfio-manager run holds it)"
             )
-        sleep(seconds)
+        time.sleep(seconds)
 
-    return wait
+    return sleep
 
 
 def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
@@ -102,11 +204,11 @@ def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
 
 
 class PipelineReconciler:
-    """``Callable[[ReconcileRequest], ReconcileOutcome]`` over the write pipeline.
+    """A ``bind-all`` per call, under the node lock for the call only, leaving out
+    ``--exclude``, the admin's intents (read under the lock) and ``request.skip``; a partial
+    call re-plans the selected members of the affected functions' IOMMU groups.
 
-    ``exclude``: canonical BDFs never touched (``--exclude``). ``runner``: the modprobe runner
-    (tests pass the fake kernel's). Stateful only in the host verdict it remembers between
-    calls (see the module docstring).
+    The host verdict is kept between calls: a partial call with nothing to move keeps it.
     """
 
     def __init__(
@@ -125,10 +227,12 @@ class PipelineReconciler:
         self.load_modules = load_modules
         self.runner = runner
         self.intents = intents if intents is not None else IntentStore(node.state_dir)
-        self.host: HostReadiness = HOST_READY
+        self.host = HOST_READY
 
     def __call__(self, request: ReconcileRequest) -> ReconcileOutcome:
-        with self.node.lock(sleep=interruptible_sleep(request.stop_requested)) as lock:
+        from vfio_manager.host.preflight import PreflightFailed
+
+        with self.node.lock(sleep=_interruptible(request.stop_requested)) as lock:
             intents = self.intents.read()
             scope = None if request.affected is None else addresses(request.affected)
             transition = TransitionRequest(
@@ -139,18 +243,15 @@ class PipelineReconciler:
                 exclude=addresses(self.exclude | intents.keys() | request.skip),
                 scope=scope,
             )
-            from vfio_manager.host.preflight import PreflightFailed
-
             try:
                 result = run_transition(self.node, transition, lock=lock)
             except PreflightFailed as failed:
-                topology = read_topology(self.node.sysfs())
+                topology = getattr(failed, "topology", None) or read_topology(self.node.sysfs())
                 return self._not_ready(failed, topology, scope, intents)
         for note in result.notes:
             log.info("reconcile note", note=note)
         return self._outcome(request, result, scope, intents)
 
-    # -- mapping -------------------------------------------------------------------------
     def _in_scope(
         self, topology: Topology, scope: Optional[frozenset[PciAddress]]
     ) -> list[PciFunction]:
@@ -188,73 +289,63 @@ class PipelineReconciler:
         scope: Optional[frozenset[PciAddress]],
         intents: Mapping[str, Intent],
     ) -> ReconcileOutcome:
-        topology = result.topology
-        if topology is None:  # only a dry run has none; the daemon never asks for one
+        if result.topology is None:  # only a dry run has none
             raise RuntimeError("the pipeline returned no topology")
         entries = {e.function.bdf: e for e in result.plan.entries}
         outcomes = {o.bdf: o for o in result.report.outcomes} if result.report is not None else {}
-        statuses: dict[str, FunctionStatus] = {}
+        statuses: dict[str, Optional[FunctionStatus]] = {}
         moved = False
-        for function in self._in_scope(topology, scope):
-            left_out = self._left_out(function, intents, request.skip)
-            if left_out is not None:
-                statuses[function.bdf] = left_out
-                continue
-            moved = True
-            status = self._planned(function, entries.get(function.bdf), outcomes)
-            if status is not None:
-                statuses[function.bdf] = status
-        transitions: list[TransitionRecord] = []
+        for function in self._in_scope(result.topology, scope):
+            status = self._left_out(function, intents, request.skip)
+            if status is None:
+                moved = True
+                status = self._planned(function, entries.get(function.bdf), outcomes)
+            statuses[function.bdf] = status
+        transitions = []
         for entry in result.plan.entries:  # journal settlements outside the scope included
-            function = entry.function
-            if not self.selector.matches(function):
+            bdf = entry.function.bdf
+            if not self.selector.matches(entry.function):
                 continue  # a journal record the run refused to settle; the engine logged it
-            if function.bdf not in statuses:
-                status = self._planned(function, entry, outcomes)
-                if status is not None:
-                    statuses[function.bdf] = status
-            record = _record(entry, outcomes.get(function.bdf))
-            if record is not None:
-                transitions.append(record)
-        if moved:
-            self.host = HOST_READY  # the gate ran and passed
-        elif scope is None:
-            self.host = HOST_READY  # nothing to move: the host's readiness does not matter
-        return ReconcileOutcome(
-            tuple(statuses[b] for b in sorted(statuses)), self.host, tuple(transitions)
-        )
+            if statuses.get(bdf) is None:
+                statuses[bdf] = self._planned(entry.function, entry, outcomes)
+            outcome = outcomes.get(bdf)
+            if outcome is not None and outcome.status is not Status.CONVERGED:
+                transitions.append(
+                    TransitionRecord(bdf, entry.direction, outcome.status, outcome.reason)
+                )
+        if moved or scope is None:
+            self.host = HOST_READY  # the gate passed, or nothing needed it
+        found = tuple(s for _, s in sorted(statuses.items()) if s is not None)
+        return ReconcileOutcome(found, self.host, tuple(transitions))
 
     def _planned(
-        self,
-        function: PciFunction,
-        entry: Optional[FunctionPlan],
-        outcomes: Mapping[str, Outcome],
+        self, function: PciFunction, entry: Optional[FunctionPlan], outcomes: Mapping[str, Outcome]
     ) -> Optional[FunctionStatus]:
         """The state of a function the run planned; ``None`` when it vanished meanwhile."""
-        from vfio_manager.pipeline.engine import Status
-
-        outcome = outcomes.get(function.bdf)
-        if entry is None or outcome is None:  # nothing planned or applied: as it was found
+        bdf = function.bdf
+        outcome = outcomes.get(bdf)
+        if entry is None or outcome is None:
             return _as_found(function, "not planned")
         if outcome.journal_error is not None:
             return FunctionStatus(
-                function.bdf,
+                bdf,
                 State.FAILED,
                 f"the journal was not updated: {outcome.journal_error}",
                 "the state directory must be writable and not full",
             )
         if outcome.status in (Status.CHANGED, Status.CONVERGED):
-            return FunctionStatus(function.bdf, State.CONVERGED)
+            return FunctionStatus(bdf, State.CONVERGED)
         if outcome.status is Status.REFUSED:
-            held = entry.refusal_kind in _HELD_KINDS
-            state = State.HELD if held else State.PENDING
-            return FunctionStatus(function.bdf, state, outcome.reason, outcome.remedy)
+            held = entry.refusal_kind in (RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL)
+            return FunctionStatus(
+                bdf, State.HELD if held else State.PENDING, outcome.reason, outcome.remedy
+            )
         if not self.node.sysfs().function_exists(function.address):
             return None  # gone: its remove uevent drops it from the view
         reason = outcome.reason or "failed"
         if outcome.restored_to:
             reason += f" (restored to {outcome.restored_to})"
-        return FunctionStatus(function.bdf, State.FAILED, reason, outcome.remedy)
+        return FunctionStatus(bdf, State.FAILED, reason, outcome.remedy)
 
     def _not_ready(
         self,
@@ -265,19 +356,15 @@ class PipelineReconciler:
     ) -> ReconcileOutcome:
         checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
         self.host = HostReadiness(ok=False, failing=checks)
-        names = ", ".join(c.name for c in checks)
-        statuses = []
-        for function in self._in_scope(topology, scope):
-            left_out = self._left_out(function, intents, frozenset())
-            statuses.append(
-                left_out
-                if left_out is not None
-                else _as_found(
-                    function,
-                    f"the host is not ready ({names}): nothing is written until it is",
-                    "fix the failing host checks (see /readyz or `vfio-manager check`)",
-                )
-            )
+        reason = (
+            f"the host is not ready ({', '.join(c.name for c in checks)}): "
+            "nothing is written until it is"
+        )
+        remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
+        statuses = [
+            self._left_out(f, intents, frozenset()) or _as_found(f, reason, remedy)
+            for f in self._in_scope(topology, scope)
+        ]
         return ReconcileOutcome(tuple(statuses), self.host)
 
 
@@ -288,14 +375,80 @@ def _as_found(function: PciFunction, reason: str, remedy: Optional[str] = None) 
     return FunctionStatus(function.bdf, State.PENDING, reason, remedy)
 
 
-def _record(entry: FunctionPlan, outcome: Optional[Outcome]) -> Optional[TransitionRecord]:
-    """The transition an outcome stands for; ``None`` for a converged function."""
-    if outcome is None:
-        return None
-    kind = _OUTCOMES.get(outcome.status.value)
-    if kind is None:
-        return None
-    return TransitionRecord(outcome.bdf, entry.direction, kind, outcome.reason)
+class OnExit(str, enum.Enum):
+    """``--on-exit``: keep everything on vfio, return what no process holds, or return all."""
+
+    KEEP = "keep"
+    RELEASE_IDLE = "release-idle"
+    RELEASE = "release"
 
 
-__all__ = ["PipelineReconciler", "StopRequested", "addresses", "interruptible_sleep"]
+class OnExitError(VfioManagerError):
+    """Some functions could not be returned to the host on exit (refused or failed)."""
+
+    exit_code = ExitCode.FAILED
+
+
+def on_exit_action(
+    mode: OnExit, node: Node, selector: Selector, *, exclude: Iterable[str] = ()
+) -> Callable[[], None]:
+    """The loop's ``on_exit`` for ``mode``; ``--exclude``d functions are never touched."""
+    excluded = addresses(exclude)
+
+    def keep() -> None:
+        log.info("on exit: functions kept where they are (--on-exit keep)")
+
+    def release() -> None:
+        request = TransitionRequest(selector, Direction.TO_HOST, exclude=excluded)
+        _check(run_transition(node, request), "release")
+
+    def release_idle() -> None:
+        with node.lock() as lock:
+            held = held_group_members(node, selector)
+            if held:
+                log.info(
+                    "on exit: kept on vfio, their group is in use",
+                    bdfs=sorted(str(a) for a in held),
+                )
+            request = TransitionRequest(selector, Direction.TO_HOST, exclude=excluded | held)
+            result = run_transition(node, request, lock=lock)
+        _check(result, "release-idle")
+
+    return {OnExit.KEEP: keep, OnExit.RELEASE: release, OnExit.RELEASE_IDLE: release_idle}[mode]
+
+
+def held_group_members(node: Node, selector: Selector) -> frozenset[PciAddress]:
+    """Every member of each IOMMU group a process holds through a selected function on vfio.
+    Read-only; call it under the node lock when acting on the answer."""
+    from vfio_manager.pipeline.refusals import find_holders
+
+    sysfs = node.sysfs()
+    topology = read_topology(sysfs)
+    in_vfio = [f for f in selected_functions(topology, selector) if is_vfio_driver(f.driver)]
+    held: set[PciAddress] = set()
+    for address, holders in find_holders(sysfs, node.proc_root, in_vfio).items():
+        function = topology.get(address)
+        if holders and function is not None:
+            held.update(m.address for m in topology.group_members(function))
+    return frozenset(held)
+
+
+def _check(result: TransitionResult, mode: str) -> None:
+    moved = result.report.outcomes if result.report is not None else ()
+    for outcome in moved:
+        log.info(
+            "on exit",
+            mode=mode,
+            bdf=outcome.bdf,
+            outcome=outcome.status.value,
+            driver=outcome.driver,
+            reason=outcome.reason,
+        )
+    if result.exit_code == ExitCode.OK:
+        return
+    bad = [o for o in moved if o.status in (Status.REFUSED, Status.FAILED) or o.journal_error]
+    names = ", ".join(f"{o.bdf} {o.status.value}: {o.reason}" for o in bad) or "see the log"
+    raise OnExitError(
+        f"--on-exit {mode}: not every function went back to the host ({names})",
+        remedy="stop what holds them (a VM), then run `vfio-manager unbind-all`",
+    )
