@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.daemon.intent import Intent, IntentStore
@@ -24,7 +24,6 @@ from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult
 
 if TYPE_CHECKING:
     from vfio_manager.host.modules import Runner
-    from vfio_manager.host.preflight import PreflightFailed
 
 log = get_logger("vfio_manager.daemon.reconciler")
 
@@ -54,12 +53,7 @@ class FunctionStatus:
     remedy: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "bdf": self.bdf,
-            "state": self.state.value,
-            "reason": self.reason,
-            "remedy": self.remedy,
-        }
+        return {**asdict(self), "state": self.state.value}
 
 
 @dataclass(frozen=True)
@@ -71,7 +65,7 @@ class HostCheck:
     remedy: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "detail": self.detail, "remedy": self.remedy}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -96,10 +90,6 @@ class TransitionRecord:
     reason: Optional[str] = None
 
 
-def _never() -> bool:
-    return False
-
-
 @dataclass(frozen=True)
 class ReconcileRequest:
     """``affected``: BDFs to re-plan with their groups, ``None`` for all; ``skip``: functions
@@ -107,7 +97,7 @@ class ReconcileRequest:
 
     affected: Optional[frozenset[str]]
     skip: frozenset[str] = frozenset()
-    stop_requested: Callable[[], bool] = field(default=_never, compare=False, repr=False)
+    stop_requested: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
 
     @property
     def full(self) -> bool:
@@ -180,16 +170,12 @@ class NodeView:
         return doc
 
 
-class StopRequested(VfioManagerError):
-    """A stop arrived while the reconciler waited for the node lock."""
-
-
 def _interruptible(stop_requested: Callable[[], bool]) -> Callable[[float], None]:
     """The lock's sleep between polls, raising once a stop was requested."""
 
     def sleep(seconds: float) -> None:
         if stop_requested():
-            raise StopRequested(
+            raise VfioManagerError(
                 "stopping: gave up waiting for the node lock (another vfio-manager run holds it)"
             )
         time.sleep(seconds)
@@ -245,9 +231,18 @@ class PipelineReconciler:
             )
             try:
                 result = run_transition(self.node, transition, lock=lock)
-            except PreflightFailed as failed:
+            except PreflightFailed as failed:  # not an error: the host is not ready
+                checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
+                self.host = HostReadiness(ok=False, failing=checks)
                 topology = getattr(failed, "topology", None) or read_topology(self.node.sysfs())
-                return self._not_ready(failed, topology, scope, intents)
+                names = ", ".join(c.name for c in checks)
+                reason = f"the host is not ready ({names}): nothing is written until it is"
+                remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
+                statuses = (
+                    self._left_out(f, intents, frozenset()) or _as_found(f, reason, remedy)
+                    for f in self._in_scope(topology, scope)
+                )
+                return ReconcileOutcome(tuple(statuses), self.host)
         for note in result.notes:
             log.info("reconcile note", note=note)
         return self._outcome(request, result, scope, intents)
@@ -347,26 +342,6 @@ class PipelineReconciler:
             reason += f" (restored to {outcome.restored_to})"
         return FunctionStatus(bdf, State.FAILED, reason, outcome.remedy)
 
-    def _not_ready(
-        self,
-        failed: PreflightFailed,
-        topology: Topology,
-        scope: Optional[frozenset[PciAddress]],
-        intents: Mapping[str, Intent],
-    ) -> ReconcileOutcome:
-        checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
-        self.host = HostReadiness(ok=False, failing=checks)
-        reason = (
-            f"the host is not ready ({', '.join(c.name for c in checks)}): "
-            "nothing is written until it is"
-        )
-        remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
-        statuses = [
-            self._left_out(f, intents, frozenset()) or _as_found(f, reason, remedy)
-            for f in self._in_scope(topology, scope)
-        ]
-        return ReconcileOutcome(tuple(statuses), self.host)
-
 
 def _as_found(function: PciFunction, reason: str, remedy: Optional[str] = None) -> FunctionStatus:
     """Converged when it is on a vfio driver already, else pending for ``reason``."""
@@ -395,16 +370,12 @@ def on_exit_action(
     """The loop's ``on_exit`` for ``mode``; ``--exclude``d functions are never touched."""
     excluded = addresses(exclude)
 
-    def keep() -> None:
-        log.info("on exit: functions kept where they are (--on-exit keep)")
-
-    def release() -> None:
-        request = TransitionRequest(selector, Direction.TO_HOST, exclude=excluded)
-        _check(run_transition(node, request), "release")
-
-    def release_idle() -> None:
+    def on_exit() -> None:
+        if mode is OnExit.KEEP:
+            log.info("on exit: functions kept where they are (--on-exit keep)")
+            return
         with node.lock() as lock:
-            held = held_group_members(node, selector)
+            held = held_group_members(node, selector) if mode is OnExit.RELEASE_IDLE else set()
             if held:
                 log.info(
                     "on exit: kept on vfio, their group is in use",
@@ -412,9 +383,28 @@ def on_exit_action(
                 )
             request = TransitionRequest(selector, Direction.TO_HOST, exclude=excluded | held)
             result = run_transition(node, request, lock=lock)
-        _check(result, "release-idle")
+        moved = result.report.outcomes if result.report is not None else ()
+        for o in moved:
+            log.info(
+                "on exit",
+                mode=mode.value,
+                bdf=o.bdf,
+                outcome=o.status.value,
+                driver=o.driver,
+                reason=o.reason,
+            )
+        if result.exit_code != ExitCode.OK:
+            bad = [
+                o for o in moved if o.status in (Status.REFUSED, Status.FAILED) or o.journal_error
+            ]
+            names = ", ".join(f"{o.bdf} {o.status.value}: {o.reason}" for o in bad)
+            raise OnExitError(
+                f"--on-exit {mode.value}: not every function went back to the host "
+                f"({names or 'see the log'})",
+                remedy="stop what holds them (a VM), then run `vfio-manager unbind-all`",
+            )
 
-    return {OnExit.KEEP: keep, OnExit.RELEASE: release, OnExit.RELEASE_IDLE: release_idle}[mode]
+    return on_exit
 
 
 def held_group_members(node: Node, selector: Selector) -> frozenset[PciAddress]:
@@ -431,24 +421,3 @@ def held_group_members(node: Node, selector: Selector) -> frozenset[PciAddress]:
         if holders and function is not None:
             held.update(m.address for m in topology.group_members(function))
     return frozenset(held)
-
-
-def _check(result: TransitionResult, mode: str) -> None:
-    moved = result.report.outcomes if result.report is not None else ()
-    for outcome in moved:
-        log.info(
-            "on exit",
-            mode=mode,
-            bdf=outcome.bdf,
-            outcome=outcome.status.value,
-            driver=outcome.driver,
-            reason=outcome.reason,
-        )
-    if result.exit_code == ExitCode.OK:
-        return
-    bad = [o for o in moved if o.status in (Status.REFUSED, Status.FAILED) or o.journal_error]
-    names = ", ".join(f"{o.bdf} {o.status.value}: {o.reason}" for o in bad) or "see the log"
-    raise OnExitError(
-        f"--on-exit {mode}: not every function went back to the host ({names})",
-        remedy="stop what holds them (a VM), then run `vfio-manager unbind-all`",
-    )
