@@ -30,6 +30,8 @@ from vfio_manager.pipeline.engine import Status
 if TYPE_CHECKING:
     from http.server import BaseHTTPRequestHandler
 
+    from prometheus_client import Counter, Gauge
+
 log = get_logger("vfio_manager.daemon.health")
 
 READY_FILE_NAME = "ready"
@@ -67,55 +69,45 @@ class ReadyFile:
             "pid": os.getpid(),
             "counts": wanted,
         }
-        try:
-            dir_fd = files.open_directory(os.path.dirname(self.path))
-            try:
-                payload = (json.dumps(doc, sort_keys=True) + "\n").encode()
-                files.write_atomic(dir_fd, os.path.basename(self.path), payload)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            self._written = None
-            self._report("ready file not written", exc)
-            return
-        self._written = wanted
-        self._recovered()
+        payload = (json.dumps(doc, sort_keys=True) + "\n").encode()
+        written = self._change(
+            "ready file not written", lambda fd, name: files.write_atomic(fd, name, payload)
+        )
+        self._written = wanted if written else None
 
     def remove(self) -> None:
         """Remove the file (no error when absent): the node is not, or no longer, converged."""
-        self._since = None
-        self._written = None
+        self._since = self._written = None
+        self._change("ready file not removed", files.remove, missing_ok=True)
+
+    def _change(
+        self, failure: str, change: Callable[[int, str], object], *, missing_ok: bool = False
+    ) -> bool:
+        """``change(dir_fd, name)`` in the file's directory; False when it failed (logged
+        unless ``missing_ok`` and the directory is missing)."""
         try:
             dir_fd = files.open_directory(os.path.dirname(self.path))
-        except FileNotFoundError:
-            return
+            try:
+                change(dir_fd, os.path.basename(self.path))
+            finally:
+                os.close(dir_fd)
         except OSError as exc:
-            self._report("ready file not removed", exc)
-            return
-        try:
-            files.remove(dir_fd, os.path.basename(self.path))
-        except OSError as exc:
-            self._report("ready file not removed", exc)
-            return
-        finally:
-            os.close(dir_fd)
-        self._recovered()
-
-    def _report(self, event: str, exc: OSError) -> None:
-        if not self._failing:
-            self._failing = True
-            log.error(
-                event,
-                path=self.path,
-                error=exc.strerror,
-                remedy="make the ready file's directory exist and be writable, or point "
-                "--ready-file elsewhere",
-            )
-
-    def _recovered(self) -> None:
+            if missing_ok and isinstance(exc, FileNotFoundError):
+                return False
+            if not self._failing:
+                self._failing = True
+                log.error(
+                    failure,
+                    path=self.path,
+                    error=exc.strerror,
+                    remedy="make the ready file's directory exist and be writable, or point "
+                    "--ready-file elsewhere",
+                )
+            return False
         if self._failing:
             self._failing = False
             log.info("ready file works again", path=self.path)
+        return True
 
 
 # -- systemd ---------------------------------------------------------------------------------
@@ -248,51 +240,47 @@ class DaemonMetrics:
         self.registry = r = prom.CollectorRegistry(auto_describe=True)
         if process:
             ProcessCollector(registry=r)
-        p = "vfio_manager"
-        self.functions = prom.Gauge(
-            f"{p}_functions", "Selected PCI functions by daemon state.", ["state"], registry=r
-        )
-        self.node_converged = prom.Gauge(
-            f"{p}_node_converged",
+
+        def gauge(name: str, text: str, *labels: str) -> Gauge:
+            return prom.Gauge(f"vfio_manager_{name}", text, labels, registry=r)
+
+        def counter(name: str, text: str, *labels: str) -> Counter:
+            return prom.Counter(f"vfio_manager_{name}", text, labels, registry=r)
+
+        self.functions = gauge("functions", "Selected PCI functions by daemon state.", "state")
+        self.node_converged = gauge(
+            "node_converged",
             "1 while every function is settled and the host is ready (the ready file exists).",
-            registry=r,
         )
-        self.transitions = prom.Counter(
-            f"{p}_transitions",
+        self.transitions = counter(
+            "transitions",
             "Transitions attempted by the daemon, by direction and outcome.",
-            ["direction", "outcome"],
-            registry=r,
+            "direction",
+            "outcome",
         )
         self.duration = prom.Histogram(
-            f"{p}_reconcile_duration_seconds",
+            "vfio_manager_reconcile_duration_seconds",
             "Time spent in one reconcile (full resync or the functions a uevent batch named).",
             ["scope"],
             buckets=_DURATION_BUCKETS,
             registry=r,
         )
-        self.errors = prom.Counter(
-            f"{p}_reconcile_errors",
+        self.errors = counter(
+            "reconcile_errors",
             "Reconciles that raised (lock timeout, state directory unusable, ...).",
-            registry=r,
         )
-        self.last_success = prom.Gauge(
-            f"{p}_last_successful_reconcile_timestamp_seconds",
+        self.last_success = gauge(
+            "last_successful_reconcile_timestamp_seconds",
             "Unix time of the last reconcile that finished with no failed function.",
-            registry=r,
         )
-        self.uevents = prom.Counter(
-            f"{p}_uevents", "Kernel uevents acted on, by action.", ["action"], registry=r
-        )
-        self.host_ready = prom.Gauge(
-            f"{p}_host_ready", "1 when the host readiness checks pass.", registry=r
-        )
-        self.host_check_failing = prom.Gauge(
-            f"{p}_host_check_failing",
+        self.uevents = counter("uevents", "Kernel uevents acted on, by action.", "action")
+        self.host_ready = gauge("host_ready", "1 when the host readiness checks pass.")
+        self.host_check_failing = gauge(
+            "host_check_failing",
             "1 while the named host readiness check fails (0 once it passes again).",
-            ["check"],
-            registry=r,
+            "check",
         )
-        prom.Info(f"{p}_build", "vfio-manager build information.", registry=r).info(
+        prom.Info("vfio_manager_build", "vfio-manager build information.", registry=r).info(
             {"version": version, "python": platform.python_version()}
         )
         for state in State:

@@ -11,7 +11,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Optional
 
@@ -93,9 +93,9 @@ class Debouncer:
 
 @dataclass
 class _Retry:
-    failures: int
-    at: Optional[float]
-    reason: Optional[str]
+    failures: int = 0
+    at: Optional[float] = None  # None: parked, no timer
+    reason: Optional[str] = None
 
 
 class Backoff:
@@ -127,15 +127,16 @@ class Backoff:
         self._retries[key] = _Retry(failures, self.clock() + delay, reason)
         return delay
 
+    def get(self, key: str) -> _Retry:
+        return self._retries.get(key, _Retry())
+
     def succeeded(self, key: str) -> None:
         self._retries.pop(key, None)
 
     def park(self, key: str) -> None:
         """Keep the count but set no timer: the function was due but could not be attempted
         (host not ready, held), so the next event or resync tries again."""
-        retry = self._retries.get(key)
-        if retry is not None:
-            retry.at = None
+        self.get(key).at = None
 
     def keys(self) -> frozenset[str]:
         return frozenset(self._retries)
@@ -148,21 +149,14 @@ class Backoff:
                 retry.at = min(retry.at, now)
 
     def failures(self, key: str) -> int:
-        retry = self._retries.get(key)
-        return retry.failures if retry is not None else 0
+        return self.get(key).failures
 
     def reason(self, key: str) -> Optional[str]:
-        retry = self._retries.get(key)
-        return retry.reason if retry is not None else None
-
-    def retry_at(self, key: str) -> Optional[float]:
-        retry = self._retries.get(key)
-        return retry.at if retry is not None else None
+        return self.get(key).reason
 
     def waiting(self) -> frozenset[str]:
         """Keys whose retry has not come: not to be written yet."""
-        now = self.clock()
-        return frozenset(k for k, r in self._retries.items() if r.at is not None and r.at > now)
+        return frozenset(k for k, r in self._retries.items() if r.at is not None) - self.due()
 
     def due(self) -> frozenset[str]:
         now = self.clock()
@@ -276,10 +270,6 @@ class LoopSettings:
     stall_after: float = 300.0
 
 
-def _nothing() -> None:
-    return None
-
-
 def summary(view: NodeView) -> str:
     """One line for systemd's ``STATUS=`` and the log."""
     if view.error is not None:
@@ -310,7 +300,7 @@ class ReconcileLoop:
         notifier: Optional[Notifier] = None,
         ready_file: Optional[ReadyFile] = None,
         metrics: Optional[DaemonMetrics] = None,
-        on_exit: Callable[[], None] = _nothing,
+        on_exit: Callable[[], None] = lambda: None,
     ) -> None:
         self.reconciler = reconcile
         self.source = source
@@ -494,9 +484,7 @@ class ReconcileLoop:
         for bdf in (self.backoff.keys() if request.full else request.affected or set()) - seen:
             self.backoff.succeeded(bdf)  # gone
             self.flaps.forget(bdf)
-        return self.view.merge(
-            request, ReconcileOutcome(statuses, outcome.host, outcome.transitions)
-        )
+        return self.view.merge(request, replace(outcome, functions=statuses))
 
     def _account(
         self, status: FunctionStatus, request: ReconcileRequest, flapping: bool
@@ -505,13 +493,13 @@ class ReconcileLoop:
         if bdf in request.skip:
             if status.state is not State.PENDING:
                 return status
-            retry_at = self.backoff.retry_at(bdf)
-            wait = max(0.0, retry_at - self.clock()) if retry_at is not None else 0.0
+            retry = self.backoff.get(bdf)
+            wait = max(0.0, retry.at - self.clock()) if retry.at is not None else 0.0
             remedy = (
                 f"retried automatically in {wait:.0f}s "
-                f"(attempt {self.backoff.failures(bdf) + 1}); a SIGHUP retries now"
+                f"(attempt {retry.failures + 1}); a SIGHUP retries now"
             )
-            return FunctionStatus(bdf, State.FAILED, self.backoff.reason(bdf), remedy)
+            return FunctionStatus(bdf, State.FAILED, retry.reason, remedy)
         if flapping:
             reason = (
                 f"moved back to the host more than {self.flaps.limit} times within "
