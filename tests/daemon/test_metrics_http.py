@@ -6,13 +6,14 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Optional
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.fakes import FakeClock
-from vfio_manager.daemon.health import DaemonMetrics, HealthServer, ReconcileReport, parse_listen
+from vfio_manager.daemon.health import DaemonMetrics, HealthServer, parse_listen
 from vfio_manager.daemon.loop import ReconcileLoop, Wakeup
 from vfio_manager.daemon.reconciler import (
     HOST_READY,
@@ -41,25 +42,26 @@ def sample(text: str, name: str, **labels: str) -> Optional[float]:
     return None
 
 
-def report(
+def observe(
+    metrics: DaemonMetrics,
     functions: tuple[FunctionStatus, ...],
     *,
     host: HostReadiness = HOST_READY,
     transitions: tuple[TransitionRecord, ...] = (),
     error: Optional[str] = None,
     full: bool = True,
-) -> ReconcileReport:
+) -> None:
+    """One reconcile as the loop reports it: a raised one has an error and no outcome."""
     outcome = ReconcileOutcome(functions, host, transitions)
     view = NodeView().merge(ReconcileRequest(None), outcome)
     if error is not None:
-        view = view.failed_with(error)
-    return ReconcileReport(
+        view = replace(view, error=error)
+    metrics.observe_reconcile(
+        view,
+        None if error else outcome,
         full=full,
         duration=0.03,
         finished_at=1714564800.0,
-        view=view,
-        outcome=None if error else outcome,
-        error=error,
     )
 
 
@@ -74,18 +76,17 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
     assert "_created" not in text
 
     metrics.observe_uevents([Uevent("bind", "/devices/x/0000:03:00.0", "pci", "0000:03:00.0")] * 2)
-    metrics.observe_reconcile(
-        report(
-            (
-                FunctionStatus("0000:03:00.0", State.CONVERGED),
-                FunctionStatus("0000:04:00.0", State.FAILED, "EINVAL"),
-                FunctionStatus("0000:05:00.0", State.EXCLUDED),
-            ),
-            transitions=(
-                TransitionRecord("0000:03:00.0", Direction.TO_VFIO, Status.CHANGED),
-                TransitionRecord("0000:04:00.0", Direction.TO_VFIO, Status.FAILED),
-            ),
-        )
+    observe(
+        metrics,
+        (
+            FunctionStatus("0000:03:00.0", State.CONVERGED),
+            FunctionStatus("0000:04:00.0", State.FAILED, "EINVAL"),
+            FunctionStatus("0000:05:00.0", State.EXCLUDED),
+        ),
+        transitions=(
+            TransitionRecord("0000:03:00.0", Direction.TO_VFIO, Status.CHANGED),
+            TransitionRecord("0000:04:00.0", Direction.TO_VFIO, Status.FAILED),
+        ),
     )
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_uevents_total", action="bind") == 2
@@ -107,7 +108,7 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
         "a reconcile with a failed function is not a success"
     )
 
-    metrics.observe_reconcile(report((FunctionStatus("0000:03:00.0", State.CONVERGED),)))
+    observe(metrics, (FunctionStatus("0000:03:00.0", State.CONVERGED),))
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_last_successful_reconcile_timestamp_seconds") == 1714564800.0
     assert sample(text, "vfio_manager_node_converged") == 1
@@ -116,11 +117,11 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
 
 def test_failing_host_checks_are_exported_and_cleared() -> None:
     metrics = DaemonMetrics(process=False)
-    metrics.observe_reconcile(report((), host=HostReadiness(False, (IOMMU_OFF,))))
+    observe(metrics, (), host=HostReadiness(False, (IOMMU_OFF,)))
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_host_ready") == 0
     assert sample(text, "vfio_manager_host_check_failing", check="iommu") == 1
-    metrics.observe_reconcile(report(()))
+    observe(metrics, ())
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_host_ready") == 1
     assert sample(text, "vfio_manager_host_check_failing", check="iommu") == 0
@@ -128,7 +129,7 @@ def test_failing_host_checks_are_exported_and_cleared() -> None:
 
 def test_a_reconcile_that_raised_counts_as_an_error() -> None:
     metrics = DaemonMetrics(process=False)
-    metrics.observe_reconcile(report((), error="lock timeout", full=False))
+    observe(metrics, (), error="lock timeout", full=False)
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_reconcile_errors_total") == 1
     assert sample(text, "vfio_manager_reconcile_duration_seconds_count", scope="partial") == 1

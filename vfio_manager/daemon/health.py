@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from vfio_manager import __version__
@@ -28,8 +27,6 @@ from vfio_manager.log import get_logger
 from vfio_manager.pipeline.engine import Status
 
 if TYPE_CHECKING:
-    from http.server import BaseHTTPRequestHandler
-
     from prometheus_client import Counter, Gauge
 
 log = get_logger("vfio_manager.daemon.health")
@@ -204,27 +201,6 @@ class Notifier:
 
 
 # -- metrics ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ReconcileReport:
-    """One finished reconcile for the metrics; ``outcome`` is ``None`` when it raised."""
-
-    full: bool
-    duration: float
-    finished_at: float
-    view: NodeView
-    outcome: Optional[ReconcileOutcome] = None
-    error: Optional[str] = None
-
-    @property
-    def succeeded(self) -> bool:
-        """It ran to the end and no function failed (held or pending ones are no failures)."""
-        return (
-            self.error is None
-            and self.outcome is not None
-            and all(s.state is not State.FAILED for s in self.outcome.functions)
-        )
-
-
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -298,16 +274,23 @@ class DaemonMetrics:
         for event in events:
             self.uevents.labels(event.action).inc()
 
-    def observe_reconcile(self, report: ReconcileReport) -> None:
-        self.duration.labels("full" if report.full else "partial").observe(report.duration)
-        if report.error is not None:
+    def observe_reconcile(
+        self,
+        view: NodeView,
+        outcome: Optional[ReconcileOutcome],
+        *,
+        full: bool,
+        duration: float,
+        finished_at: float,
+    ) -> None:
+        """One finished reconcile; ``outcome`` is ``None`` when it raised."""
+        self.duration.labels("full" if full else "partial").observe(duration)
+        if outcome is None:
             self.errors.inc()
-        if report.succeeded:
-            self.last_success.set(report.finished_at)
-        if report.outcome is not None:
-            for t in report.outcome.transitions:
-                self.transitions.labels(t.direction.value, t.status.value).inc()
-        view = report.view
+        elif all(s.state is not State.FAILED for s in outcome.functions):
+            self.last_success.set(finished_at)  # held or pending functions are no failures
+        for t in outcome.transitions if outcome is not None else ():
+            self.transitions.labels(t.direction.value, t.status.value).inc()
         for state, count in view.counts().items():
             self.functions.labels(state).set(count)
         self.node_converged.set(1 if view.converged else 0)
@@ -358,7 +341,7 @@ class HealthServer:
         view: Callable[[], NodeView],
         metrics: Optional[DaemonMetrics] = None,
     ) -> None:
-        from http.server import ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -366,8 +349,43 @@ class HealthServer:
             block_on_close = False
             timeout = 1.0  # handle_request's own wait; called only once the socket is readable
 
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "vfio-manager"
+            sys_version = ""
+            timeout = 10.0  # a stalled client cannot hold a thread for long
+
+            def do_GET(self) -> None:
+                self.answer(send_body=True)
+
+            def do_HEAD(self) -> None:
+                self.answer(send_body=False)
+
+            def answer(self, *, send_body: bool) -> None:
+                path = self.path.split("?", 1)[0]
+                content_type = "application/json"
+                if path == "/healthz":
+                    up = alive()
+                    code, body = (200 if up else 503), _json({"alive": up})
+                elif path == "/readyz":
+                    now = view()
+                    code, body = (200 if now.converged else 503), _json(now.to_json())
+                elif path == "/metrics" and metrics is not None:
+                    code, (body, content_type) = 200, metrics.render()
+                else:
+                    code, body = 404, _json({"error": f"no such endpoint: {path}"})
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("http request", client=self.client_address[0], request=format % args)
+
         try:
-            self._server = Server(address, _handler(alive, view, metrics))
+            self._server = Server(address, Handler)
         except OSError as exc:
             raise UsageError(
                 f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}",
@@ -407,51 +425,3 @@ class HealthServer:
             os.close(self._stop_r)
             os.close(self._stop_w)
         self._server.server_close()
-
-
-def _handler(
-    alive: Callable[[], bool], view: Callable[[], NodeView], metrics: Optional[DaemonMetrics]
-) -> type[BaseHTTPRequestHandler]:
-    from http.server import BaseHTTPRequestHandler
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "vfio-manager"
-        sys_version = ""
-        timeout = 10.0  # a stalled client cannot hold a thread for long
-
-        def do_GET(self) -> None:
-            self._answer(send_body=True)
-
-        def do_HEAD(self) -> None:
-            self._answer(send_body=False)
-
-        def _answer(self, *, send_body: bool) -> None:
-            path = self.path.split("?", 1)[0]
-            json_type = "application/json"
-            if path == "/healthz":
-                up = alive()
-                self._send(200 if up else 503, _json({"alive": up}), json_type, send_body)
-            elif path == "/readyz":
-                now = view()
-                code = 200 if now.converged else 503
-                self._send(code, _json(now.to_json()), json_type, send_body)
-            elif path == "/metrics" and metrics is not None:
-                body, content_type = metrics.render()
-                self._send(200, body, content_type, send_body)
-            else:
-                body = _json({"error": f"no such endpoint: {path}"})
-                self._send(404, body, json_type, send_body)
-
-        def _send(self, code: int, body: bytes, content_type: str, send_body: bool) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http request", client=self.client_address[0], request=format % args)
-
-    return Handler

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Optional
 
-from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile, ReconcileReport
+from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
 from vfio_manager.daemon.reconciler import (
     FunctionStatus,
     NodeView,
@@ -455,15 +455,30 @@ class ReconcileLoop:
             log.error("reconcile crashed (a bug: please report it)", error=error, exc_info=True)
         duration = self.clock() - started
         self.reconciles += 1
-        if request.full:
+        full = affected is None
+        if full:
             self._next_resync = self.clock() + self.settings.resync_interval
         if outcome is not None:
             self.view = self._merge(request, outcome)
         else:
-            self.view = self.view.failed_with(error or "unknown error")
-        self._publish(
-            ReconcileReport(request.full, duration, self.wall_clock(), self.view, outcome, error)
-        )
+            self.view = replace(self.view, error=error or "unknown error")
+        view = self.view
+        if self.ready_file is not None:
+            self.ready_file.update(view.converged, view.counts())
+        if self.metrics is not None:
+            self.metrics.observe_reconcile(
+                view, outcome, full=full, duration=duration, finished_at=self.wall_clock()
+            )
+        self._log_host(view)
+        line = summary(view)
+        if view.converged and not self._ready_sent:
+            self._ready_sent = True
+            self.notifier.ready(line)
+            log.info("converged", summary=line)
+        else:
+            self.notifier.status(line)
+        scope = "full" if full else "partial"
+        log.debug("reconciled", scope=scope, duration=round(duration, 4), summary=line)
 
     def _merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
         """Backoff and flap bookkeeping, then the view with waiting functions shown failed."""
@@ -481,7 +496,8 @@ class ReconcileLoop:
             )
         statuses = tuple(self._account(s, request, s.bdf in flapping) for s in outcome.functions)
         seen = {s.bdf for s in statuses}
-        for bdf in (self.backoff.keys() if request.full else request.affected or set()) - seen:
+        gone = (self.backoff.keys() if request.affected is None else request.affected) - seen
+        for bdf in gone:
             self.backoff.succeeded(bdf)  # gone
             self.flaps.forget(bdf)
         return self.view.merge(request, replace(outcome, functions=statuses))
@@ -523,27 +539,6 @@ class ReconcileLoop:
         else:
             self.backoff.park(bdf)
         return status
-
-    def _publish(self, report: ReconcileReport) -> None:
-        view = report.view
-        if self.ready_file is not None:
-            self.ready_file.update(view.converged, view.counts())
-        if self.metrics is not None:
-            self.metrics.observe_reconcile(report)
-        self._log_host(view)
-        line = summary(view)
-        if view.converged and not self._ready_sent:
-            self._ready_sent = True
-            self.notifier.ready(line)
-            log.info("converged", summary=line)
-        else:
-            self.notifier.status(line)
-        log.debug(
-            "reconciled",
-            scope="full" if report.full else "partial",
-            duration=round(report.duration, 4),
-            summary=line,
-        )
 
     def _log_host(self, view: NodeView) -> None:
         """The host's failing checks, once per distinct set; once more when it recovers."""

@@ -99,10 +99,6 @@ class ReconcileRequest:
     skip: frozenset[str] = frozenset()
     stop_requested: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
 
-    @property
-    def full(self) -> bool:
-        return self.affected is None
-
 
 @dataclass(frozen=True)
 class ReconcileOutcome:
@@ -147,9 +143,6 @@ class NodeView:
             functions = {b: s for b, s in self.functions.items() if b not in request.affected}
             functions.update((s.bdf, s) for s in outcome.functions)
         return NodeView(functions, outcome.host, reconciled=True)
-
-    def failed_with(self, error: str) -> NodeView:
-        return NodeView(self.functions, self.host, self.reconciled, error)
 
     def to_json(self) -> dict[str, Any]:
         """The body of ``/readyz``."""
