@@ -11,7 +11,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from types import FrameType
 from typing import Optional
 
@@ -30,9 +30,7 @@ from vfio_manager.pipeline.engine import Status
 
 log = get_logger("vfio_manager.daemon.loop")
 
-Reconciler = Callable[[ReconcileRequest], ReconcileOutcome]
-
-HEARTBEAT_SLACK = 5.0
+HEARTBEAT_SLACK = 5.0  # beyond the wait's timeout before /healthz calls the loop wedged
 _SPURIOUS_WAKEUPS = 100  # readable-but-empty in a row before the source is dropped
 
 
@@ -289,7 +287,7 @@ class ReconcileLoop:
 
     def __init__(
         self,
-        reconcile: Reconciler,
+        reconcile: Callable[[ReconcileRequest], ReconcileOutcome],
         *,
         source: Optional[DatagramUeventSource],
         wakeup: Wakeup,
@@ -404,14 +402,7 @@ class ReconcileLoop:
         if batch.events and self.metrics is not None:
             self.metrics.observe_uevents(batch.events)
         for event in batch.events:
-            log.debug(
-                "uevent",
-                action=event.action,
-                bdf=event.bdf,
-                devpath=event.devpath,
-                driver=event.driver,
-                seqnum=event.seqnum,
-            )
+            log.debug("uevent", **asdict(event))
         self.debouncer.add(batch)
         self._spurious = self._spurious + 1 if batch.datagrams == 0 else 0
         if batch.closed or self._spurious >= _SPURIOUS_WAKEUPS:
@@ -433,10 +424,9 @@ class ReconcileLoop:
             self.debouncer.take()  # a full reconcile covers whatever was pending
             self._reconcile(None)
             return
-        affected = set(batch.affected) if batch is not None else set()
-        affected |= self.backoff.due()
+        affected = (batch.affected if batch is not None else frozenset()) | self.backoff.due()
         if affected:
-            self._reconcile(frozenset(affected))
+            self._reconcile(affected)
 
     def _reconcile(self, affected: Optional[frozenset[str]]) -> None:
         request = ReconcileRequest(affected, self.backoff.waiting(), self.wakeup.stop_requested)
@@ -542,14 +532,10 @@ class ReconcileLoop:
 
     def _log_host(self, view: NodeView) -> None:
         """The host's failing checks, once per distinct set; once more when it recovers."""
-        failing = frozenset(c.name for c in view.host.failing)
-        if view.host.ok:
-            if self._host_logged:
-                log.info("host ready again")
-            self._host_logged = frozenset()
-            return
-        if failing != self._host_logged:
-            self._host_logged = failing
+        failing = frozenset() if view.host.ok else frozenset(c.name for c in view.host.failing)
+        if view.host.ok and self._host_logged:
+            log.info("host ready again")
+        elif not view.host.ok and failing != self._host_logged:
             for check in view.host.failing:
                 log.error(
                     "host not ready: nothing is written until it is (re-checked at each resync)",
@@ -557,12 +543,10 @@ class ReconcileLoop:
                     detail=check.detail,
                     remedy=check.remedy,
                 )
+        self._host_logged = failing
 
     def _ping_watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval
-        if interval is None or self._next_watchdog is None:
-            return
-        now = self.clock()
-        if now >= self._next_watchdog:
+        now, interval, due = self.clock(), self.notifier.watchdog_interval, self._next_watchdog
+        if interval is not None and due is not None and now >= due:
             self.notifier.watchdog()
             self._next_watchdog = now + interval
