@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.daemon.intent import Intent, IntentStore
@@ -198,14 +198,14 @@ class PipelineReconciler:
         exclude: Iterable[str] = (),
         load_modules: bool = True,
         runner: Optional[Runner] = None,
-        intents: Optional[IntentStore] = None,
     ) -> None:
         self.node = node
         self.selector = selector
         self.exclude = frozenset(str(a) for a in addresses(exclude))
-        self.load_modules = load_modules
-        self.runner = runner
-        self.intents = intents if intents is not None else IntentStore(node.state_dir)
+        self.request = TransitionRequest(
+            selector, Direction.TO_VFIO, load_modules=load_modules, runner=runner
+        )
+        self.intents = IntentStore(node.state_dir)
         self.host = HOST_READY
 
     def __call__(self, request: ReconcileRequest) -> ReconcileOutcome:
@@ -214,11 +214,8 @@ class PipelineReconciler:
         with self.node.lock(sleep=_interruptible(request.stop_requested)) as lock:
             intents = self.intents.read()
             scope = None if request.affected is None else addresses(request.affected)
-            transition = TransitionRequest(
-                self.selector,
-                Direction.TO_VFIO,
-                load_modules=self.load_modules,
-                runner=self.runner,
+            transition = replace(
+                self.request,
                 exclude=addresses(self.exclude | intents.keys() | request.skip),
                 scope=scope,
             )
@@ -279,39 +276,34 @@ class PipelineReconciler:
     ) -> ReconcileOutcome:
         if result.topology is None:  # only a dry run has none
             raise RuntimeError("the pipeline returned no topology")
-        entries = {e.function.bdf: e for e in result.plan.entries}
+        in_scope = self._in_scope(result.topology, scope)
+        left_out = {f.bdf: self._left_out(f, intents, request.skip) for f in in_scope}
+        # journal settlements outside the scope included; a record of an unselected function
+        # is one the run refused to settle (the engine logged it)
+        entries = {
+            e.function.bdf: e for e in result.plan.entries if self.selector.matches(e.function)
+        }
         outcomes = {o.bdf: o for o in result.report.outcomes} if result.report is not None else {}
-        statuses: dict[str, Optional[FunctionStatus]] = {}
-        moved = False
-        for function in self._in_scope(result.topology, scope):
-            status = self._left_out(function, intents, request.skip)
-            if status is None:
-                moved = True
-                status = self._planned(function, entries.get(function.bdf), outcomes)
-            statuses[function.bdf] = status
-        transitions = []
-        for entry in result.plan.entries:  # journal settlements outside the scope included
-            bdf = entry.function.bdf
-            if not self.selector.matches(entry.function):
-                continue  # a journal record the run refused to settle; the engine logged it
-            if statuses.get(bdf) is None:
-                statuses[bdf] = self._planned(entry.function, entry, outcomes)
-            outcome = outcomes.get(bdf)
-            if outcome is not None and outcome.status is not Status.CONVERGED:
-                transitions.append(
-                    TransitionRecord(bdf, entry.direction, outcome.status, outcome.reason)
-                )
-        if moved or scope is None:
+        functions = {f.bdf: f for f in in_scope} | {b: e.function for b, e in entries.items()}
+        statuses = (
+            left_out.get(b) or self._planned(f, entries.get(b), outcomes.get(b))
+            for b, f in sorted(functions.items())
+        )
+        transitions = (
+            TransitionRecord(b, e.direction, o.status, o.reason)
+            for b, e in entries.items()
+            if (o := outcomes.get(b)) is not None and o.status is not Status.CONVERGED
+        )
+        if scope is None or any(s is None for s in left_out.values()):
             self.host = HOST_READY  # the gate passed, or nothing needed it
-        found = tuple(s for _, s in sorted(statuses.items()) if s is not None)
+        found = tuple(s for s in statuses if s is not None)
         return ReconcileOutcome(found, self.host, tuple(transitions))
 
     def _planned(
-        self, function: PciFunction, entry: Optional[FunctionPlan], outcomes: Mapping[str, Outcome]
+        self, function: PciFunction, entry: Optional[FunctionPlan], outcome: Optional[Outcome]
     ) -> Optional[FunctionStatus]:
         """The state of a function the run planned; ``None`` when it vanished meanwhile."""
         bdf = function.bdf
-        outcome = outcomes.get(bdf)
         if entry is None or outcome is None:
             return _as_found(function, "not planned")
         if outcome.journal_error is not None:

@@ -20,7 +20,6 @@ from vfio_manager.daemon.health import (
     default_ready_path,
     parse_listen,
 )
-from vfio_manager.daemon.intent import IntentStore
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, Wakeup
 from vfio_manager.daemon.presence import DaemonPresence
 from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, on_exit_action
@@ -120,7 +119,6 @@ def build_daemon(
             exclude=options.exclude,
             load_modules=options.load_modules,
             runner=runner,
-            intents=IntentStore(node.state_dir, wall_clock=wall_clock),
         )
         ready = ReadyFile(
             options.ready_file or default_ready_path(node.state_dir), wall_clock=wall_clock
