@@ -80,15 +80,13 @@ def open_uevent_source(resync_interval: float) -> Optional[DatagramUeventSource]
         return None
 
 
-def _kernel_uevents(options: DaemonOptions) -> Optional[DatagramUeventSource]:
-    return open_uevent_source(options.resync_interval)
-
-
 def build_daemon(
     node: Node,
     options: DaemonOptions,
     *,
-    open_source: Callable[[DaemonOptions], Optional[DatagramUeventSource]] = _kernel_uevents,
+    open_source: Callable[[DaemonOptions], Optional[DatagramUeventSource]] = lambda options: (
+        open_uevent_source(options.resync_interval)
+    ),
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     waiter: Optional[Waiter] = None,
@@ -102,36 +100,32 @@ def build_daemon(
     environment and modprobe runner, drive the loop themselves (``signals=False``) and may
     override its timing (``settings``; by default only the resync interval is an option)."""
     address = parse_listen(options.listen) if options.listen is not None else None
-    closers = contextlib.ExitStack()
-    try:
-        presence = DaemonPresence(node.state_dir, timeout=node.lock_timeout)
-        presence.acquire()
-        closers.callback(presence.release)
+    with contextlib.ExitStack() as acquired:  # released at once if a later step fails
+        acquired.enter_context(DaemonPresence(node.state_dir, timeout=node.lock_timeout))
         source = open_source(options)
         if source is not None:
-            closers.callback(source.close)
+            acquired.callback(source.close)
         wakeup = Wakeup()
-        closers.callback(wakeup.close)
+        acquired.callback(wakeup.close)
         metrics = DaemonMetrics(process=process_metrics) if address is not None else None
-        reconciler = PipelineReconciler(
-            node,
-            options.selector,
-            exclude=options.exclude,
-            load_modules=options.load_modules,
-            runner=runner,
-        )
         ready = ReadyFile(
             options.ready_file or default_ready_path(node.state_dir), wall_clock=wall_clock
         )
         loop = ReconcileLoop(
-            reconciler,
+            PipelineReconciler(
+                node,
+                options.selector,
+                exclude=options.exclude,
+                load_modules=options.load_modules,
+                runner=runner,
+            ),
             source=source,
             wakeup=wakeup,
             settings=settings or LoopSettings(resync_interval=options.resync_interval),
             clock=clock,
             wall_clock=wall_clock,
             waiter=waiter,
-            notifier=Notifier.from_environment(os.environ if env is None else env),
+            notifier=Notifier.from_environment(env),
             ready_file=ready,
             metrics=metrics,
             on_exit=on_exit_action(
@@ -141,13 +135,11 @@ def build_daemon(
         server = None
         if address is not None:
             server = HealthServer(address, loop.alive, lambda: loop.view, metrics)
-            closers.callback(server.stop)
+            acquired.callback(server.stop)
             server.start()
         if signals:
-            closers.callback(wakeup.install_signal_handlers())
-    except BaseException:
-        closers.close()
-        raise
+            acquired.callback(wakeup.install_signal_handlers())
+        closers = acquired.pop_all()
     log.info(
         "daemon starting",
         pid=os.getpid(),
