@@ -227,7 +227,7 @@ class KernelRig:
         return self.exit_code
 
     def metric(self, name: str, **labels: str) -> Optional[float]:
-        metrics = self.daemon.metrics
+        metrics = self.daemon.loop.metrics
         assert metrics is not None, "build the rig with listen"
         value: Optional[float] = metrics.registry.get_sample_value(name, labels)
         return value

@@ -73,9 +73,6 @@ class HostReadiness:
     ok: bool
     failing: tuple[HostCheck, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        return {"ready": self.ok, "failing": [c.to_json() for c in self.failing]}
-
 
 HOST_READY = HostReadiness(ok=True)
 
@@ -148,7 +145,7 @@ class NodeView:
         """The body of ``/readyz``."""
         doc: dict[str, Any] = {
             "ready": self.converged,
-            "host": self.host.to_json(),
+            "host": {"ready": self.host.ok, "failing": [c.to_json() for c in self.host.failing]},
             "counts": self.counts(),
             "not_converged": [
                 self.functions[b].to_json()
@@ -161,19 +158,6 @@ class NodeView:
         if self.error is not None:
             doc["error"] = self.error
         return doc
-
-
-def _interruptible(stop_requested: Callable[[], bool]) -> Callable[[float], None]:
-    """The lock's sleep between polls, raising once a stop was requested."""
-
-    def sleep(seconds: float) -> None:
-        if stop_requested():
-            raise VfioManagerError(
-                "stopping: gave up waiting for the node lock (another vfio-manager run holds it)"
-            )
-        time.sleep(seconds)
-
-    return sleep
 
 
 def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
@@ -211,7 +195,15 @@ class PipelineReconciler:
     def __call__(self, request: ReconcileRequest) -> ReconcileOutcome:
         from vfio_manager.host.preflight import PreflightFailed
 
-        with self.node.lock(sleep=_interruptible(request.stop_requested)) as lock:
+        def sleep(seconds: float) -> None:  # between polls for the lock
+            if request.stop_requested():
+                raise VfioManagerError(
+                    "stopping: gave up waiting for the node lock "
+                    "(another vfio-manager run holds it)"
+                )
+            time.sleep(seconds)
+
+        with self.node.lock(sleep=sleep) as lock:
             intents = self.intents.read()
             scope = None if request.affected is None else addresses(request.affected)
             transition = replace(
@@ -343,12 +335,6 @@ class OnExit(str, enum.Enum):
     RELEASE = "release"
 
 
-class OnExitError(VfioManagerError):
-    """Some functions could not be returned to the host on exit (refused or failed)."""
-
-    exit_code = ExitCode.FAILED
-
-
 def on_exit_action(
     mode: OnExit, node: Node, selector: Selector, *, exclude: Iterable[str] = ()
 ) -> Callable[[], None]:
@@ -360,7 +346,7 @@ def on_exit_action(
             log.info("on exit: functions kept where they are (--on-exit keep)")
             return
         with node.lock() as lock:
-            held = held_group_members(node, selector) if mode is OnExit.RELEASE_IDLE else set()
+            held = _held_groups(node, selector) if mode is OnExit.RELEASE_IDLE else set()
             if held:
                 log.info(
                     "on exit: kept on vfio, their group is in use",
@@ -383,7 +369,7 @@ def on_exit_action(
                 o for o in moved if o.status in (Status.REFUSED, Status.FAILED) or o.journal_error
             ]
             names = ", ".join(f"{o.bdf} {o.status.value}: {o.reason}" for o in bad)
-            raise OnExitError(
+            raise VfioManagerError(
                 f"--on-exit {mode.value}: not every function went back to the host "
                 f"({names or 'see the log'})",
                 remedy="stop what holds them (a VM), then run `vfio-manager unbind-all`",
@@ -392,9 +378,8 @@ def on_exit_action(
     return on_exit
 
 
-def held_group_members(node: Node, selector: Selector) -> frozenset[PciAddress]:
-    """Every member of each IOMMU group a process holds through a selected function on vfio.
-    Read-only; call it under the node lock when acting on the answer."""
+def _held_groups(node: Node, selector: Selector) -> set[PciAddress]:
+    """Every member of each IOMMU group a process holds through a selected function on vfio."""
     from vfio_manager.pipeline.refusals import find_holders
 
     sysfs = node.sysfs()
@@ -405,4 +390,4 @@ def held_group_members(node: Node, selector: Selector) -> frozenset[PciAddress]:
         function = topology.get(address)
         if holders and function is not None:
             held.update(m.address for m in topology.group_members(function))
-    return frozenset(held)
+    return held

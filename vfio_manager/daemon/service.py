@@ -53,7 +53,6 @@ class Daemon:
 
     loop: ReconcileLoop
     server: Optional[HealthServer]
-    metrics: Optional[DaemonMetrics]
     closers: contextlib.ExitStack
 
     def run(self) -> int:
@@ -152,7 +151,7 @@ def build_daemon(
         uevents=source is not None,
         state_dir=node.state_dir,
     )
-    return Daemon(loop, server, metrics, closers)
+    return Daemon(loop, server, closers)
 
 
 def run_daemon(node: Node, options: DaemonOptions) -> int:
