@@ -6,7 +6,6 @@ prometheus-client and http.server are imported only when ``--listen`` is set.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import platform
@@ -59,10 +58,9 @@ class ReadyFile:
         wanted = dict(counts)
         if wanted == self._written and os.path.lexists(self.path):
             return
-        since = datetime.datetime.fromtimestamp(self._since, tz=datetime.timezone.utc)
         doc = {
             "converged": True,
-            "since": since.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since)),
             "pid": os.getpid(),
             "counts": wanted,
         }

@@ -49,23 +49,17 @@ class Debouncer:
     def __init__(self, window: float = 0.2, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = max(0.0, window)
         self.clock = clock
-        self._affected: set[str] = set()
-        self._full = False
+        self._batch = Batch(frozenset())
         self._opened_at: Optional[float] = None
 
     def add(self, batch: UeventBatch) -> None:
         """A driver (un)registering or an overflow maps to no function: a full batch."""
-        touched = False
-        for event in batch.events:
-            if event.bdf is not None:
-                self._affected.add(event.bdf)
-                touched = True
-            elif event.relevant:
-                self._full = touched = True
-        if batch.overflowed:
-            self._full = touched = True
-        if touched and self._opened_at is None:
-            self._opened_at = self.clock()
+        affected = frozenset(e.bdf for e in batch.events if e.bdf is not None)
+        full = batch.overflowed or any(e.bdf is None and e.relevant for e in batch.events)
+        if affected or full:
+            self._batch = Batch(self._batch.affected | affected, self._batch.full or full)
+            if self._opened_at is None:
+                self._opened_at = self.clock()
 
     @property
     def pending(self) -> bool:
@@ -82,10 +76,7 @@ class Debouncer:
 
     def take(self) -> Batch:
         """The batch now, window closed or not (a resync absorbs pending events)."""
-        batch = Batch(frozenset(self._affected), self._full)
-        self._affected.clear()
-        self._full = False
-        self._opened_at = None
+        batch, self._batch, self._opened_at = self._batch, Batch(frozenset()), None
         return batch
 
 

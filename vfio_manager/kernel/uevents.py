@@ -84,18 +84,14 @@ def parse_uevent(data: bytes) -> Optional[Uevent]:
             props[_text(key)] = _text(value)
     devpath = props.get("DEVPATH", devpath)
     subsystem = props.get("SUBSYSTEM")
-    bdf: Optional[str] = None
-    if subsystem == "pci":
-        address = PciAddress.from_sysfs_name(
-            props.get("PCI_SLOT_NAME") or devpath.rsplit("/", 1)[-1]
-        )
-        bdf = str(address) if address is not None else None
+    slot = props.get("PCI_SLOT_NAME") or devpath.rsplit("/", 1)[-1]
+    address = PciAddress.from_sysfs_name(slot) if subsystem == "pci" else None
     seq = props.get("SEQNUM", "")
     return Uevent(
         action=props.get("ACTION", action),
         devpath=devpath,
         subsystem=subsystem,
-        bdf=bdf,
+        bdf=str(address) if address is not None else None,
         driver=props.get("DRIVER") or None,
         seqnum=int(seq) if seq.isascii() and seq.isdigit() and len(seq) <= 20 else None,
     )
