@@ -180,7 +180,6 @@ def serve(board: ReconcileLoop, metrics: Optional[DaemonMetrics] = None) -> Heal
 def served(board: ReconcileLoop) -> Iterator[tuple[Client, DaemonMetrics]]:
     metrics = DaemonMetrics(process=False)
     server = serve(board, metrics)
-    server.start()
     yield Client(server), metrics
     server.stop()
 
@@ -254,7 +253,6 @@ def test_unknown_paths_are_404(served: tuple[Client, DaemonMetrics]) -> None:
 
 def test_without_metrics_the_endpoint_is_404(board: ReconcileLoop) -> None:
     server = serve(board)
-    server.start()
     try:
         assert Client(server).get("/metrics")[0] == 404
     finally:

@@ -30,11 +30,9 @@ if TYPE_CHECKING:
 
 log = get_logger("vfio_manager.daemon.health")
 
-READY_FILE_NAME = "ready"
-
 
 def default_ready_path(state_dir: str) -> str:
-    return os.path.join(state_dir, READY_FILE_NAME)
+    return os.path.join(state_dir, "ready")
 
 
 class ReadyFile:
@@ -327,10 +325,8 @@ def _json(doc: dict[str, Any]) -> bytes:
 
 
 class HealthServer:
-    """Read-only GET endpoints on daemon threads, answered from what the loop last published.
-
-    Binds at construction (a bad address fails at start) and serves after :meth:`start`.
-    """
+    """Read-only GET endpoints on daemon threads, answered from what the loop last published;
+    serving from construction (a bad address is a UsageError) to :meth:`stop`."""
 
     def __init__(
         self,
@@ -390,19 +386,15 @@ class HealthServer:
                 errno=exc.errno,
                 remedy="pick a free port and an address of this host for --listen",
             ) from exc
-        self._thread: Optional[threading.Thread] = None
-        self._stop_r = self._stop_w = -1
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._serve, name="vfio-manager-http", daemon=True)
+        self._thread.start()
+        log.info("listening", address=f"{self.address[0]}:{self.address[1]}")
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
-
-    def start(self) -> None:
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._serve, name="vfio-manager-http", daemon=True)
-        self._thread.start()
-        log.info("listening", address=f"{self.address[0]}:{self.address[1]}")
 
     def _serve(self) -> None:
         """Accept until :meth:`stop`, asleep in ``select`` without a timeout while idle."""
@@ -416,10 +408,8 @@ class HealthServer:
                     self._server.handle_request()
 
     def stop(self) -> None:
-        if self._thread is not None:
-            os.write(self._stop_w, b"x")
-            self._thread.join(timeout=5)
-            self._thread = None
-            os.close(self._stop_r)
-            os.close(self._stop_w)
+        os.write(self._stop_w, b"x")
+        self._thread.join(timeout=5)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
         self._server.server_close()

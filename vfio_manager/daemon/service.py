@@ -135,7 +135,6 @@ def build_daemon(
         if address is not None:
             server = HealthServer(address, loop.alive, lambda: loop.view, metrics)
             acquired.callback(server.stop)
-            server.start()
         if signals:
             acquired.callback(wakeup.install_signal_handlers())
         closers = acquired.pop_all()
