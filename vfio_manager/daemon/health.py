@@ -1,8 +1,5 @@
-"""What the daemon tells: the ready file, systemd's notify protocol, and with ``--listen`` the
-Prometheus metrics and ``/healthz`` ``/readyz`` ``/metrics``. None of it ever stops the daemon.
-
-prometheus-client and http.server are imported only when ``--listen`` is set.
-"""
+"""What the daemon tells: the ready file, sd_notify, and with ``--listen`` (which alone imports
+prometheus-client and http.server) the metrics and ``/healthz`` ``/readyz`` ``/metrics``."""
 
 from __future__ import annotations
 
@@ -104,10 +101,7 @@ class ReadyFile:
 
 
 # -- systemd ---------------------------------------------------------------------------------
-Address = Union[str, bytes]
-
-
-def socket_address(value: str) -> Optional[Address]:
+def socket_address(value: str) -> Optional[Union[str, bytes]]:
     """``$NOTIFY_SOCKET`` for ``sendto``: ``@name`` is abstract, ``/path`` a file; ``None``
     for other forms (``vsock:`` is for VMs)."""
     if value.startswith("@") and len(value) > 1:
@@ -135,7 +129,9 @@ class Notifier:
     """sd_notify: one ``AF_UNIX`` datagram of ``KEY=VALUE`` lines per message; a no-op
     without ``$NOTIFY_SOCKET``. Each method says whether the message went out."""
 
-    def __init__(self, address: Optional[Address], watchdog: Optional[float] = None) -> None:
+    def __init__(
+        self, address: Optional[Union[str, bytes]], watchdog: Optional[float] = None
+    ) -> None:
         self.address = address
         self.watchdog_interval = watchdog
         self._sock: Optional[socket.socket] = None

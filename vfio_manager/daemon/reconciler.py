@@ -167,12 +167,9 @@ def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
 
 
 class PipelineReconciler:
-    """A ``bind-all`` per call, under the node lock for the call only, leaving out
-    ``--exclude``, the admin's intents (read under the lock) and ``request.skip``; a partial
-    call re-plans the selected members of the affected functions' IOMMU groups.
-
-    The host verdict is kept between calls: a partial call with nothing to move keeps it.
-    """
+    """A ``bind-all`` per call under the node lock, leaving out ``--exclude``, the admin's
+    intents (read under the lock) and ``request.skip``; a partial call re-plans the affected
+    groups' selected members and, with nothing to move, keeps the last host verdict."""
 
     def __init__(
         self,

@@ -1,10 +1,5 @@
-"""The kernel's uevents for PCI: the netlink socket, the parser, and a wait they wake up.
-
-Group 1 of ``NETLINK_KOBJECT_UEVENT`` carries the kernel's own events, so no udev is needed
-(udev's re-broadcasts start with ``libudev`` and are ignored). Kept: PCI functions (add,
-remove, bind, unbind, change) and PCI drivers registering or leaving. Receive-only; a queue
-overflow (``ENOBUFS``) is reported, so the caller re-reads everything.
-"""
+"""The kernel's own uevents (netlink group 1, no udev) for PCI functions and PCI drivers:
+the socket, the parser, and a wait they wake up. Receive-only."""
 
 from __future__ import annotations
 
@@ -109,10 +104,8 @@ class UeventBatch:
 
 
 class DatagramUeventSource:
-    """Uevents from a datagram socket: the netlink socket, or a test's socketpair.
-
-    ``kernel_only`` (netlink) drops datagrams whose sender is not the kernel (port 0).
-    """
+    """Uevents from a datagram socket: the netlink socket (``kernel_only``: datagrams not sent
+    by the kernel, port 0, are dropped) or a test's socketpair."""
 
     def __init__(self, sock: socket.socket, *, kernel_only: bool = False) -> None:
         sock.setblocking(False)
