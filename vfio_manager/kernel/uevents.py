@@ -18,11 +18,8 @@ from vfio_manager.log import get_logger
 
 log = get_logger("vfio_manager.kernel.uevents")
 
-NETLINK_KOBJECT_UEVENT = 15  # linux/netlink.h; not in the socket module
-KERNEL_EVENTS_GROUP = 1  # the kernel's own events (udev re-broadcasts on group 2)
+_NETLINK_KOBJECT_UEVENT = 15  # linux/netlink.h; not in the socket module
 PCI_ACTIONS = frozenset({"add", "remove", "bind", "unbind", "change"})
-_DRIVER_ACTIONS = frozenset({"add", "remove"})
-_PCI_DRIVERS_DEVPATH = "/bus/pci/drivers/"
 _SO_RCVBUFFORCE = 33  # asm-generic/socket.h; needs CAP_NET_ADMIN, else SO_RCVBUF
 _RECEIVE_BUFFER = 1 << 20  # a hot-plug storm queues instead of overflowing
 _DATAGRAM_MAX = 16384  # the kernel's uevent buffer is 2 KiB
@@ -50,17 +47,13 @@ class Uevent:
         """A PCI driver registered or unregistered (a module loaded or unloaded)."""
         return (
             self.subsystem == "drivers"
-            and self.devpath.startswith(_PCI_DRIVERS_DEVPATH)
-            and self.action in _DRIVER_ACTIONS
+            and self.devpath.startswith("/bus/pci/drivers/")
+            and self.action in ("add", "remove")
         )
 
     @property
     def relevant(self) -> bool:
         return self.is_pci_function or self.is_pci_driver
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
 
 
 def parse_uevent(data: bytes) -> Optional[Uevent]:
@@ -69,14 +62,14 @@ def parse_uevent(data: bytes) -> Optional[Uevent]:
     if not data or data.startswith(b"libudev"):
         return None
     header, *fields = data.split(b"\0")
-    action, at, devpath = _text(header).partition("@")
+    action, at, devpath = header.decode("utf-8", "replace").partition("@")
     if not at or not action or not devpath.startswith("/"):
         return None
     props: dict[str, str] = {}
     for raw in fields:
         key, eq, value = raw.partition(b"=")
         if eq and key:
-            props[_text(key)] = _text(value)
+            props[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
     devpath = props.get("DEVPATH", devpath)
     subsystem = props.get("SUBSYSTEM")
     slot = props.get("PCI_SLOT_NAME") or devpath.rsplit("/", 1)[-1]
@@ -148,7 +141,7 @@ class DatagramUeventSource:
 def open_kernel_uevents(receive_buffer: int = _RECEIVE_BUFFER) -> DatagramUeventSource:
     """The bound netlink socket; ``OSError`` when the kernel or a sandbox refuses it."""
     sock = socket.socket(
-        socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT
+        socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_KOBJECT_UEVENT
     )
     try:
         try:
@@ -156,7 +149,7 @@ def open_kernel_uevents(receive_buffer: int = _RECEIVE_BUFFER) -> DatagramUevent
         except OSError:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.bind((0, KERNEL_EVENTS_GROUP))
+        sock.bind((0, 1))  # group 1: the kernel's own events (udev re-broadcasts on 2)
     except BaseException:
         sock.close()
         raise
