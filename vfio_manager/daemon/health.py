@@ -138,15 +138,13 @@ class Notifier:
         self._warned = False
 
     @classmethod
-    def from_environment(
-        cls, env: Optional[Mapping[str, str]] = None, *, pid: Optional[int] = None
-    ) -> Notifier:
+    def from_environment(cls, env: Optional[Mapping[str, str]] = None) -> Notifier:
         env = os.environ if env is None else env
         raw = env.get("NOTIFY_SOCKET", "")
         address = socket_address(raw) if raw else None
         if raw and address is None:
             log.warning("NOTIFY_SOCKET not understood; systemd is not told", value=raw)
-        return cls(address, watchdog_interval(env, pid) if address is not None else None)
+        return cls(address, watchdog_interval(env) if address is not None else None)
 
     @property
     def enabled(self) -> bool:
