@@ -218,7 +218,7 @@ class KernelRig:
         return self.messages
 
     def stop(self) -> int:
-        self.loop.wakeup.request_stop(15)
+        self.loop.request_stop(15)
         assert not self.loop.step()
         try:
             self.exit_code = self.loop.finish()

@@ -8,6 +8,7 @@ timeout the loop asked for, so every test also shows how long the loop would hav
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from tests.daemon.samples import driver_event, pci_event
 from vfio_manager.daemon import loop as loop_module
 from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
 from vfio_manager.daemon.intent import IntentStore
-from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, Wakeup, summary
+from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, summary
 from vfio_manager.daemon.reconciler import HostCheck, State
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.uevents import DatagramUeventSource
@@ -36,7 +37,6 @@ class Rig:
     node: FakeNode
     clock: FakeClock
     waiter: AdvancingWaiter
-    wakeup: Wakeup
     sender: socket.socket
     systemd: Listener
     ready_path: Path
@@ -84,14 +84,12 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
         node = FakeNode(drivers=dict(drivers), **node_fields)
         sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         systemd = Listener(str(tmp_path / f"notify-{len(made)}.sock"))
-        wakeup = Wakeup()
         waiter = AdvancingWaiter(clock)
         ready_path = tmp_path / f"ready-{len(made)}"
         rig_exits: list[str] = []
         loop = ReconcileLoop(
             node.reconcile,
             source=DatagramUeventSource(receiver),
-            wakeup=wakeup,
             settings=settings or LoopSettings(),
             clock=clock,
             wall_clock=lambda: 1714564800.0,
@@ -101,7 +99,7 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
             metrics=metrics,
             on_exit=lambda: rig_exits.append("on_exit"),
         )
-        rig = Rig(loop, node, clock, waiter, wakeup, sender, systemd, ready_path, rig_exits)
+        rig = Rig(loop, node, clock, waiter, sender, systemd, ready_path, rig_exits)
         made.append(rig)
         return rig
 
@@ -111,7 +109,7 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
         if rig.loop.source is not None:
             rig.loop.source.close()
         rig.systemd.close()
-        rig.wakeup.close()
+        rig.loop.close()
 
 
 # -- start and idle ----------------------------------------------------------------------------
@@ -237,14 +235,17 @@ def test_a_lost_source_falls_back_to_resync(make_rig: Any) -> None:
         def close(self) -> None:
             self.closed = True
 
-    broken = Broken(rig.loop.wakeup.fileno())
+    readable, writable = os.pipe()
+    os.write(writable, b"\0")
+    broken = Broken(readable)
     rig.loop.source = broken
-    rig.wakeup.request_resync()  # makes the shared descriptor readable once
     rig.loop.step()
     assert broken.closed
     assert rig.loop.source is None
     rig.step_until_reconciled()
     assert rig.node.requests[-1].affected is None, "events may be lost: full resync"
+    os.close(readable)
+    os.close(writable)
 
 
 # -- the admin, exclusions, holders --------------------------------------------------------------
@@ -262,7 +263,7 @@ def test_an_admin_intent_is_respected_then_cleared(make_rig: Any, tmp_path: Path
     assert rig.ready_doc()["counts"]["intent-host"] == 1, "settled: still ready"
     # `vfio-manager bind A`: clears the intent (and binds; here the next resync does)
     store.clear([A])
-    rig.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.step_until_reconciled()
     assert rig.node.drivers[A] == VFIO
     assert rig.state(A) is State.CONVERGED
@@ -340,7 +341,7 @@ def test_a_waiting_function_shows_its_last_reason_and_next_retry(make_rig: Any) 
     assert (status.state, status.reason) == (State.FAILED, "EBUSY")
     assert status.remedy is not None
     assert "retried automatically" in status.remedy
-    rig.wakeup.request_resync()  # the admin fixed it and sends SIGHUP
+    rig.loop.request_resync()  # the admin fixed it and sends SIGHUP
     rig.step_until_reconciled()
     assert rig.node.requests[-1].affected is None
     assert rig.node.requests[-1].skip == frozenset(), "retried now, not after the delay"
@@ -375,11 +376,11 @@ def test_a_reconcile_that_raises_keeps_the_daemon_up(make_rig: Any) -> None:
         "STATUS=not converged: last reconcile failed: another vfio-manager run holds the lock"
     ]
     rig.node.error = RuntimeError("a bug")
-    rig.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.step_until_reconciled()
     assert rig.loop.view.error == "RuntimeError: a bug"
     rig.node.error = None
-    rig.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.step_until_reconciled()
     assert rig.loop.view.converged
     assert rig.ready_doc() is not None
@@ -417,7 +418,7 @@ def test_host_not_ready_stays_up_logs_once_and_recovers(
 def test_sighup_resyncs_now(make_rig: Any) -> None:
     rig = make_rig({A: VFIO}, settings=LoopSettings(resync_interval=60))
     rig.loop.start()
-    rig.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.loop.step()
     assert rig.node.requests[-1].affected is None
     assert rig.waiter.timeouts == [60.0]
@@ -431,7 +432,7 @@ def test_sigterm_mid_transition_finishes_the_step_then_exits(make_rig: Any) -> N
     seen_stop: list[bool] = []
 
     def signal_arrives() -> None:
-        rig.wakeup.request_stop(15)
+        rig.loop.request_stop(15)
         seen_stop.append(rig.node.requests[-1].stop_requested())
 
     rig.node.during = signal_arrives
@@ -450,7 +451,7 @@ def test_sigterm_mid_transition_finishes_the_step_then_exits(make_rig: Any) -> N
 
 def test_run_returns_0_after_a_stop(make_rig: Any) -> None:
     rig = make_rig({A: "rebellions"})
-    rig.node.during = rig.wakeup.request_stop
+    rig.node.during = rig.loop.request_stop
     assert rig.loop.run() == 0
     assert rig.node.drivers[A] == VFIO
     assert len(rig.node.requests) == 1
@@ -465,7 +466,7 @@ def test_a_failing_on_exit_sets_the_exit_code(make_rig: Any) -> None:
 
     rig.loop.on_exit = release
     rig.loop.start()
-    rig.wakeup.request_stop()
+    rig.loop.request_stop()
     assert rig.loop.step() is False
     assert rig.loop.finish() == 1
 

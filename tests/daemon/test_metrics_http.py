@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.fakes import FakeClock
 from vfio_manager.daemon.health import DaemonMetrics, HealthServer, parse_listen
-from vfio_manager.daemon.loop import ReconcileLoop, Wakeup
+from vfio_manager.daemon.loop import ReconcileLoop
 from vfio_manager.daemon.reconciler import (
     HOST_READY,
     FunctionStatus,
@@ -165,11 +165,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def board(clock: FakeClock) -> Iterator[ReconcileLoop]:
     """What the server reads: the loop's heartbeat and the view it published."""
-    wakeup = Wakeup()
-    yield ReconcileLoop(
-        lambda request: ReconcileOutcome(()), source=None, wakeup=wakeup, clock=clock
-    )
-    wakeup.close()
+    loop = ReconcileLoop(lambda request: ReconcileOutcome(()), source=None, clock=clock)
+    yield loop
+    loop.close()
 
 
 def serve(board: ReconcileLoop, metrics: Optional[DaemonMetrics] = None) -> HealthServer:

@@ -17,24 +17,22 @@ from tests.daemon.fakes import Listener
 DAEMON = """
 import sys
 from vfio_manager.daemon.health import Notifier, ReadyFile
-from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, Wakeup
+from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
 from vfio_manager.daemon.reconciler import FunctionStatus, ReconcileOutcome, State
 from vfio_manager.daemon.service import open_uevent_source
 
 def reconcile(request):
     return ReconcileOutcome((FunctionStatus("0000:03:00.0", State.CONVERGED),))
 
-wakeup = Wakeup()
-wakeup.install_signal_handlers()
 loop = ReconcileLoop(
     reconcile,
     source=open_uevent_source(3600),
-    wakeup=wakeup,
     settings=LoopSettings(resync_interval=3600),
     notifier=Notifier.from_environment(),
     ready_file=ReadyFile(sys.argv[1]),
     on_exit=lambda: print("on_exit ran", flush=True),
 )
+loop.install_signal_handlers()
 sys.exit(loop.run())
 """
 

@@ -181,70 +181,6 @@ class FlapGuard:
         self._moves.pop(key, None)
 
 
-class Wakeup:
-    """The loop's doorbell: a non-blocking self-pipe and the flags of what was asked, set by
-    signal handlers or tests; a signal just before ``poll`` leaves its byte in the pipe."""
-
-    def __init__(self) -> None:
-        self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stop = False
-        self._resync = False
-        self.stop_signal: Optional[int] = None
-
-    def fileno(self) -> int:
-        return self._read_fd
-
-    def stop_requested(self) -> bool:
-        """A method, not a property: a signal handler may flip it between two reads."""
-        return self._stop
-
-    def request_stop(self, signum: Optional[int] = None) -> None:
-        if not self._stop:
-            self.stop_signal = signum
-        self._stop = True
-        self._ring()
-
-    def request_resync(self) -> None:
-        self._resync = True
-        self._ring()
-
-    def take_resync(self) -> bool:
-        asked, self._resync = self._resync, False
-        return asked
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._read_fd, 512):
-                pass
-
-    def _ring(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # the pipe is full: a wakeup is pending
-            os.write(self._write_fd, b"\0")
-
-    def install_signal_handlers(self) -> Callable[[], None]:
-        """SIGTERM/SIGINT: stop; SIGHUP: resync. Returns a function restoring the old ones."""
-
-        def on_signal(signum: int, frame: Optional[FrameType]) -> None:
-            if signum == signal.SIGHUP:
-                self.request_resync()
-            else:
-                self.request_stop(signum)
-
-        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
-
-    def close(self) -> None:
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 @dataclass(frozen=True)
 class LoopSettings:
     """Timing (seconds). ``stall_after``: how long one reconcile may take before ``/healthz``
@@ -281,7 +217,6 @@ class ReconcileLoop:
         reconcile: Callable[[ReconcileRequest], ReconcileOutcome],
         *,
         source: Optional[DatagramUeventSource],
-        wakeup: Wakeup,
         settings: LoopSettings = LoopSettings(),
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -293,7 +228,9 @@ class ReconcileLoop:
     ) -> None:
         self.reconciler = reconcile
         self.source = source
-        self.wakeup = wakeup
+        self._doorbell, self._ring_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stop = self._resync = False
+        self.stop_signal: Optional[int] = None
         self.settings = settings
         self.clock = clock
         self.wall_clock = wall_clock
@@ -309,10 +246,51 @@ class ReconcileLoop:
         self.reconciles = 0
         self._alive_until = float("-inf")
         self._next_resync = clock()
-        self._next_watchdog: Optional[float] = None
+        self._next_watchdog = None if self.notifier.watchdog_interval is None else clock()
         self._ready_sent = False
         self._host_logged: Optional[frozenset[str]] = None
         self._spurious = 0
+
+    def stop_requested(self) -> bool:
+        """A method, not a property: a signal handler may flip it between two reads."""
+        return self._stop
+
+    def request_stop(self, signum: Optional[int] = None) -> None:
+        if not self._stop:
+            self.stop_signal, self._stop = signum, True
+        self._ring()
+
+    def request_resync(self) -> None:
+        self._resync = True
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake ``poll`` up; a signal just before it leaves its byte in the pipe."""
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: a wakeup is pending
+            os.write(self._ring_fd, b"\0")
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """SIGTERM/SIGINT: stop; SIGHUP: resync. Returns a function restoring the old ones."""
+
+        def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+            if signum == signal.SIGHUP:
+                self.request_resync()
+            else:
+                self.request_stop(signum)
+
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def close(self) -> None:
+        for fd in (self._doorbell, self._ring_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def beat(self, back_within: float) -> None:
         """The loop promises to beat again within ``back_within`` seconds."""
@@ -332,8 +310,6 @@ class ReconcileLoop:
         if self.ready_file is not None:
             self.ready_file.remove()  # a killed daemon may have left one behind
         self.notifier.status(summary(self.view))
-        if self.notifier.watchdog_interval is not None:
-            self._next_watchdog = self.clock()
         self._ping_watchdog()
         if self.source is None:
             log.info("no uevent source: resync only", interval=self.settings.resync_interval)
@@ -341,17 +317,19 @@ class ReconcileLoop:
 
     def step(self) -> bool:
         """Wait for the next thing to do and do it; False once a stop was requested."""
-        if self.wakeup.stop_requested():
+        if self.stop_requested():
             return False
         timeout = self._timeout()
         self.beat(timeout + HEARTBEAT_SLACK)
-        fds = [self.wakeup.fileno()]
+        fds = [self._doorbell]
         if self.source is not None:
             fds.append(self.source.fileno())
         ready = self.waiter.wait(fds, timeout)
-        if self.wakeup.fileno() in ready:
-            self.wakeup.drain()
-        if self.wakeup.stop_requested():
+        if self._doorbell in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._doorbell, 512):
+                    pass
+        if self.stop_requested():
             return False
         if self.source is not None and self.source.fileno() in ready:
             self._read_events(self.source)
@@ -361,7 +339,7 @@ class ReconcileLoop:
 
     def finish(self) -> int:
         """STOPPING=1, remove the ready file, run ``on_exit``; the exit code."""
-        signum = self.wakeup.stop_signal
+        signum = self.stop_signal
         reason = signal.Signals(signum).name if signum is not None else "stop requested"
         log.info("stopping", reason=reason)
         self.notifier.stopping(f"stopping ({reason})")
@@ -406,7 +384,7 @@ class ReconcileLoop:
             self.debouncer.add(UeventBatch(overflowed=True))  # events may be lost: resync
 
     def _act(self) -> None:
-        resync = self.wakeup.take_resync()
+        resync, self._resync = self._resync, False
         if resync:
             log.info("resync requested (SIGHUP): failed functions are retried now")
             self.backoff.retry_now()
@@ -420,7 +398,7 @@ class ReconcileLoop:
             self._reconcile(affected)
 
     def _reconcile(self, affected: Optional[frozenset[str]]) -> None:
-        request = ReconcileRequest(affected, self.backoff.waiting(), self.wakeup.stop_requested)
+        request = ReconcileRequest(affected, self.backoff.waiting(), self.stop_requested)
         self.beat(self.settings.stall_after)
         self._ping_watchdog()
         started = self.clock()

@@ -20,7 +20,7 @@ from vfio_manager.daemon.health import (
     default_ready_path,
     parse_listen,
 )
-from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, Wakeup
+from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
 from vfio_manager.daemon.presence import DaemonPresence
 from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, on_exit_action
 from vfio_manager.kernel.uevents import DatagramUeventSource, Waiter, open_kernel_uevents
@@ -104,8 +104,6 @@ def build_daemon(
         source = open_source(options)
         if source is not None:
             acquired.callback(source.close)
-        wakeup = Wakeup()
-        acquired.callback(wakeup.close)
         metrics = DaemonMetrics(process=process_metrics) if address is not None else None
         ready = ReadyFile(
             options.ready_file or default_ready_path(node.state_dir), wall_clock=wall_clock
@@ -119,7 +117,6 @@ def build_daemon(
                 runner=runner,
             ),
             source=source,
-            wakeup=wakeup,
             settings=settings or LoopSettings(resync_interval=options.resync_interval),
             clock=clock,
             wall_clock=wall_clock,
@@ -131,12 +128,13 @@ def build_daemon(
                 options.on_exit, node, options.selector, exclude=options.exclude
             ),
         )
+        acquired.callback(loop.close)
         server = None
         if address is not None:
             server = HealthServer(address, loop.alive, lambda: loop.view, metrics)
             acquired.callback(server.stop)
         if signals:
-            acquired.callback(wakeup.install_signal_handlers())
+            acquired.callback(loop.install_signal_handlers())
         closers = acquired.pop_all()
     log.info(
         "daemon starting",
