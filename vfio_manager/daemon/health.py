@@ -342,13 +342,10 @@ class HealthServer:
             sys_version = ""
             timeout = 10.0  # a stalled client cannot hold a thread for long
 
-            def do_GET(self) -> None:
-                self.answer(send_body=True)
-
             def do_HEAD(self) -> None:
-                self.answer(send_body=False)
+                self.do_GET(send_body=False)
 
-            def answer(self, *, send_body: bool) -> None:
+            def do_GET(self, *, send_body: bool = True) -> None:
                 path = self.path.split("?", 1)[0]
                 content_type = "application/json"
                 if path == "/healthz":

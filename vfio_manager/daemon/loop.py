@@ -110,7 +110,6 @@ class Backoff:
         return float(min(self.initial * (2.0 ** min(max(failures, 1) - 1, 64)), self.cap))
 
     def failed(self, key: str, reason: Optional[str] = None) -> float:
-        """Record a failure; the delay before the next attempt."""
         failures = self.failures(key) + 1
         delay = self.delay_after(failures)
         self._retries[key] = _Retry(failures, self.clock() + delay, reason)
@@ -201,8 +200,7 @@ def summary(view: NodeView) -> str:
         return f"not converged: last reconcile failed: {view.error}"
     if not view.reconciled:
         return "starting: first reconcile under way"
-    parts = [f"{n} {state}" for state, n in view.counts().items() if n]
-    counts = ", ".join(parts) if parts else "no selected function"
+    counts = ", ".join(f"{n} {s}" for s, n in view.counts().items() if n) or "no selected function"
     if not view.host.ok:
         names = ", ".join(c.name for c in view.host.failing) or "unknown"
         return f"host not ready ({names}); {counts}"
@@ -264,8 +262,7 @@ class ReconcileLoop:
         self._resync = True
         self._ring()
 
-    def _ring(self) -> None:
-        """Wake ``poll`` up; a signal just before it leaves its byte in the pipe."""
+    def _ring(self) -> None:  # a signal just before ``poll`` leaves its byte in the pipe
         with contextlib.suppress(BlockingIOError):  # the pipe is full: a wakeup is pending
             os.write(self._ring_fd, b"\0")
 

@@ -148,9 +148,7 @@ class NodeView:
             "host": {"ready": self.host.ok, "failing": [c.to_json() for c in self.host.failing]},
             "counts": self.counts(),
             "not_converged": [
-                self.functions[b].to_json()
-                for b in sorted(self.functions)
-                if not self.functions[b].state.settled
+                s.to_json() for _, s in sorted(self.functions.items()) if not s.state.settled
             ],
         }
         if not self.reconciled:
