@@ -9,19 +9,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
+from vfio_manager.daemon.health import socket_address
 from vfio_manager.daemon.intent import IntentStore
-from vfio_manager.daemon.notify import socket_address
-from vfio_manager.daemon.state import (
+from vfio_manager.daemon.reconciler import (
     FunctionStatus,
     HostCheck,
     HostReadiness,
     ReconcileOutcome,
     ReconcileRequest,
     State,
-    TransitionOutcome,
     TransitionRecord,
 )
 from vfio_manager.kernel.drivers import Direction
+from vfio_manager.pipeline.engine import Status
 
 VFIO = "vfio-pci"
 
@@ -114,10 +114,10 @@ class FakeNode:
             return FunctionStatus(bdf, State.PENDING, "not attempted"), None
         if bdf in self.failing:
             reason = self.failing[bdf]
-            record = TransitionRecord(bdf, Direction.TO_VFIO, TransitionOutcome.FAILED, reason)
+            record = TransitionRecord(bdf, Direction.TO_VFIO, Status.FAILED, reason)
             return FunctionStatus(bdf, State.FAILED, reason), record
         self.drivers[bdf] = VFIO
-        record = TransitionRecord(bdf, Direction.TO_VFIO, TransitionOutcome.CHANGED)
+        record = TransitionRecord(bdf, Direction.TO_VFIO, Status.CHANGED)
         return FunctionStatus(bdf, State.CONVERGED), record
 
 

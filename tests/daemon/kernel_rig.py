@@ -31,10 +31,10 @@ from tests.daemon.fakes import FakeClock, Listener
 from tests.daemon.samples import driver_event, pci_event
 from tests.harness import FakeKernel
 from vfio_manager.daemon.intent import IntentStore
+from vfio_manager.daemon.reconciler import State
 from vfio_manager.daemon.service import Daemon, DaemonOptions, build_daemon
-from vfio_manager.daemon.state import State
-from vfio_manager.daemon.uevents import DatagramUeventSource
 from vfio_manager.host.modules import RunResult
+from vfio_manager.kernel.uevents import DatagramUeventSource
 from vfio_manager.pipeline.node import Node
 
 WALL = 1714564800.0
@@ -51,9 +51,8 @@ REAL_STATE = [
             "vfio_manager.daemon.files",
             "vfio_manager.daemon.intent",
             "vfio_manager.daemon.presence",
-            "vfio_manager.daemon.readiness",
+            "vfio_manager.daemon.health",
             "vfio_manager.daemon.loop",
-            "vfio_manager.daemon.http",
         ]
     ]
 ]
@@ -219,7 +218,7 @@ class KernelRig:
         return self.messages
 
     def stop(self) -> int:
-        self.loop.wakeup.request_stop(15)
+        self.loop.request_stop(15)
         assert not self.loop.step()
         try:
             self.exit_code = self.loop.finish()
@@ -228,7 +227,7 @@ class KernelRig:
         return self.exit_code
 
     def metric(self, name: str, **labels: str) -> Optional[float]:
-        metrics = self.daemon.metrics
+        metrics = self.daemon.loop.metrics
         assert metrics is not None, "build the rig with listen"
         value: Optional[float] = metrics.registry.get_sample_value(name, labels)
         return value

@@ -23,10 +23,9 @@ from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.safety.test_in_use import fake_process, native_node
 from vfio_manager.daemon.intent import IntentStore
-from vfio_manager.daemon.onexit import OnExit
 from vfio_manager.daemon.presence import DaemonRunningError
+from vfio_manager.daemon.reconciler import OnExit, State
 from vfio_manager.daemon.service import DaemonOptions
-from vfio_manager.daemon.state import State
 
 NEW = "0000:09:00.0"
 
@@ -225,7 +224,7 @@ def test_an_admin_unbind_is_respected_until_bind_clears_it(
     assert record["bdf"] == first
     assert record["intent"]["pid"] == os.getpid(), "who recorded it"
     kernel.clear_writes()
-    rig.loop.wakeup.request_resync()  # a full resync leaves it alone too
+    rig.loop.request_resync()  # a full resync leaves it alone too
     rig.step()
     assert not writes_for(kernel, first)
 
@@ -308,7 +307,7 @@ def test_a_held_function_is_never_touched_until_let_go(
     assert "PID 777 (rbln-smi)" in why["reason"]
     assert rig.metric("vfio_manager_transitions_total", direction="vfio", outcome="refused") == 1
     shutil.rmtree(posixpath.join(kernel.proc_root, "777"))  # the program exits
-    rig.loop.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.step()
     assert kernel.driver_of(first) == "vfio-pci"
     assert get(rig, "/readyz")[0] == 200
@@ -408,7 +407,7 @@ def test_sigterm_mid_transition_finishes_it_settles_the_journal_and_applies_on_e
 
     def sigterm_while_blocked() -> None:
         assert gate.entered.wait(10)
-        rig.loop.wakeup.request_stop(15)
+        rig.loop.request_stop(15)
         gate.set()
 
     helper = threading.Thread(target=sigterm_while_blocked)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.daemon.fakes import FakeClock
-from vfio_manager.daemon.backoff import Backoff, FlapGuard
-from vfio_manager.daemon.debounce import Batch, Debouncer
-from vfio_manager.daemon.uevents import Uevent, UeventBatch
+from vfio_manager.daemon.loop import Backoff, Batch, Debouncer, FlapGuard
+from vfio_manager.kernel.uevents import Uevent, UeventBatch
 
 
 def pci(action: str, bdf: str) -> Uevent:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.fakes import FakeClock
+from vfio_manager.daemon.health import ReadyFile, default_ready_path
 from vfio_manager.daemon.intent import IntentStore
 from vfio_manager.daemon.presence import DaemonPresence, DaemonRunningError, daemon_running
-from vfio_manager.daemon.readiness import ReadyFile, default_ready_path
 from vfio_manager.errors import UsageError
 from vfio_manager.safety.lock import UnsafeStateDirError
 
@@ -81,10 +81,10 @@ def test_a_symlink_at_the_ready_path_is_replaced_not_followed(
 def test_an_unwritable_ready_file_is_logged_once_and_never_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vfio_manager.daemon import readiness
+    from vfio_manager.daemon import health
 
     errors: list[str] = []
-    monkeypatch.setattr(readiness.log, "error", lambda event, **kw: errors.append(event))
+    monkeypatch.setattr(health.log, "error", lambda event, **kw: errors.append(event))
     ready = ReadyFile(str(tmp_path / "missing-dir" / "ready"))
     ready.update(True, COUNTS)
     ready.update(True, {**COUNTS, "converged": 5})

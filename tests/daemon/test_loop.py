@@ -8,6 +8,7 @@ timeout the loop asked for, so every test also shows how long the loop would hav
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,15 +20,12 @@ import pytest
 from tests.daemon.fakes import VFIO, AdvancingWaiter, FakeClock, FakeNode, Listener
 from tests.daemon.samples import driver_event, pci_event
 from vfio_manager.daemon import loop as loop_module
-from vfio_manager.daemon.board import StatusBoard
+from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
 from vfio_manager.daemon.intent import IntentStore
-from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, Wakeup, summary
-from vfio_manager.daemon.metrics import DaemonMetrics
-from vfio_manager.daemon.notify import Notifier
-from vfio_manager.daemon.readiness import ReadyFile
-from vfio_manager.daemon.state import HostCheck, State
-from vfio_manager.daemon.uevents import DatagramUeventSource
+from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, summary
+from vfio_manager.daemon.reconciler import HostCheck, State
 from vfio_manager.errors import VfioManagerError
+from vfio_manager.kernel.uevents import DatagramUeventSource
 
 A, B, C = "0000:03:00.0", "0000:04:00.0", "0000:05:00.0"
 IOMMU_OFF = HostCheck("iommu", "no IOMMU groups in /sys/kernel/iommu_groups", "intel_iommu=on")
@@ -39,11 +37,9 @@ class Rig:
     node: FakeNode
     clock: FakeClock
     waiter: AdvancingWaiter
-    wakeup: Wakeup
     sender: socket.socket
     systemd: Listener
     ready_path: Path
-    board: StatusBoard
     exits: list[str] = field(default_factory=list)
 
     def send(self, *datagrams: bytes) -> None:
@@ -88,15 +84,12 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
         node = FakeNode(drivers=dict(drivers), **node_fields)
         sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         systemd = Listener(str(tmp_path / f"notify-{len(made)}.sock"))
-        wakeup = Wakeup()
         waiter = AdvancingWaiter(clock)
         ready_path = tmp_path / f"ready-{len(made)}"
-        board = StatusBoard(clock=clock)
         rig_exits: list[str] = []
         loop = ReconcileLoop(
             node.reconcile,
             source=DatagramUeventSource(receiver),
-            wakeup=wakeup,
             settings=settings or LoopSettings(),
             clock=clock,
             wall_clock=lambda: 1714564800.0,
@@ -104,10 +97,9 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
             notifier=Notifier.from_environment({"NOTIFY_SOCKET": systemd.env_value, **(env or {})}),
             ready_file=ReadyFile(str(ready_path), wall_clock=lambda: 1714564800.0),
             metrics=metrics,
-            board=board,
             on_exit=lambda: rig_exits.append("on_exit"),
         )
-        rig = Rig(loop, node, clock, waiter, wakeup, sender, systemd, ready_path, board, rig_exits)
+        rig = Rig(loop, node, clock, waiter, sender, systemd, ready_path, rig_exits)
         made.append(rig)
         return rig
 
@@ -117,7 +109,7 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
         if rig.loop.source is not None:
             rig.loop.source.close()
         rig.systemd.close()
-        rig.wakeup.close()
+        rig.loop.close()
 
 
 # -- start and idle ----------------------------------------------------------------------------
@@ -144,7 +136,7 @@ def test_start_converges_then_says_ready_once(make_rig: Any) -> None:
         ["STATUS=starting: first reconcile under way"],
         ["READY=1", "STATUS=converged: 2 converged"],
     ]
-    assert rig.board.view().converged
+    assert rig.loop.view.converged
     rig.loop.step()  # the next resync
     assert ["READY=1"] not in [m[:1] for m in rig.notifications()], "READY=1 only once"
 
@@ -236,21 +228,24 @@ def test_a_lost_source_falls_back_to_resync(make_rig: Any) -> None:
             return self.fd
 
         def read_pending(self) -> Any:
-            from vfio_manager.daemon.uevents import UeventBatch
+            from vfio_manager.kernel.uevents import UeventBatch
 
             return UeventBatch(closed=True)
 
         def close(self) -> None:
             self.closed = True
 
-    broken = Broken(rig.loop.wakeup.fileno())
+    readable, writable = os.pipe()
+    os.write(writable, b"\0")
+    broken = Broken(readable)
     rig.loop.source = broken
-    rig.wakeup.request_resync()  # makes the shared descriptor readable once
     rig.loop.step()
     assert broken.closed
     assert rig.loop.source is None
     rig.step_until_reconciled()
     assert rig.node.requests[-1].affected is None, "events may be lost: full resync"
+    os.close(readable)
+    os.close(writable)
 
 
 # -- the admin, exclusions, holders --------------------------------------------------------------
@@ -268,7 +263,7 @@ def test_an_admin_intent_is_respected_then_cleared(make_rig: Any, tmp_path: Path
     assert rig.ready_doc()["counts"]["intent-host"] == 1, "settled: still ready"
     # `vfio-manager bind A`: clears the intent (and binds; here the next resync does)
     store.clear([A])
-    rig.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.step_until_reconciled()
     assert rig.node.drivers[A] == VFIO
     assert rig.state(A) is State.CONVERGED
@@ -280,7 +275,7 @@ def test_excluded_is_settled_and_held_is_not(make_rig: Any) -> None:
     assert rig.node.drivers == {A: "rebellions", B: "rebellions"}, "neither touched"
     assert (rig.state(A), rig.state(B)) == (State.EXCLUDED, State.HELD)
     assert rig.ready_doc() is None
-    readyz = rig.board.view().to_json()
+    readyz = rig.loop.view.to_json()
     assert [(f["bdf"], f["state"]) for f in readyz["not_converged"]] == [(B, "held")]
     assert not [m for m in rig.notifications() if m[0] == "READY=1"]
     rig.node.held.clear()  # the VM stops
@@ -346,7 +341,7 @@ def test_a_waiting_function_shows_its_last_reason_and_next_retry(make_rig: Any) 
     assert (status.state, status.reason) == (State.FAILED, "EBUSY")
     assert status.remedy is not None
     assert "retried automatically" in status.remedy
-    rig.wakeup.request_resync()  # the admin fixed it and sends SIGHUP
+    rig.loop.request_resync()  # the admin fixed it and sends SIGHUP
     rig.step_until_reconciled()
     assert rig.node.requests[-1].affected is None
     assert rig.node.requests[-1].skip == frozenset(), "retried now, not after the delay"
@@ -381,11 +376,11 @@ def test_a_reconcile_that_raises_keeps_the_daemon_up(make_rig: Any) -> None:
         "STATUS=not converged: last reconcile failed: another vfio-manager run holds the lock"
     ]
     rig.node.error = RuntimeError("a bug")
-    rig.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.step_until_reconciled()
     assert rig.loop.view.error == "RuntimeError: a bug"
     rig.node.error = None
-    rig.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.step_until_reconciled()
     assert rig.loop.view.converged
     assert rig.ready_doc() is not None
@@ -409,7 +404,7 @@ def test_host_not_ready_stays_up_logs_once_and_recovers(
     host_logs = [e for e in errors if e["event"].startswith("host not ready")]
     assert len(host_logs) == 1, "the remedy is logged once"
     assert host_logs[0]["remedy"] == "intel_iommu=on"
-    assert rig.board.view().to_json()["host"]["failing"] == [IOMMU_OFF.to_json()]
+    assert rig.loop.view.to_json()["host"]["failing"] == [IOMMU_OFF.to_json()]
     assert not [m for m in rig.notifications() if m[0] == "READY=1"]
     # vfio-pci gets loaded: its driver registers, the daemon resyncs at once
     rig.node.host_failing.clear()
@@ -423,7 +418,7 @@ def test_host_not_ready_stays_up_logs_once_and_recovers(
 def test_sighup_resyncs_now(make_rig: Any) -> None:
     rig = make_rig({A: VFIO}, settings=LoopSettings(resync_interval=60))
     rig.loop.start()
-    rig.wakeup.request_resync()
+    rig.loop.request_resync()
     rig.loop.step()
     assert rig.node.requests[-1].affected is None
     assert rig.waiter.timeouts == [60.0]
@@ -437,7 +432,7 @@ def test_sigterm_mid_transition_finishes_the_step_then_exits(make_rig: Any) -> N
     seen_stop: list[bool] = []
 
     def signal_arrives() -> None:
-        rig.wakeup.request_stop(15)
+        rig.loop.request_stop(15)
         seen_stop.append(rig.node.requests[-1].stop_requested())
 
     rig.node.during = signal_arrives
@@ -456,7 +451,7 @@ def test_sigterm_mid_transition_finishes_the_step_then_exits(make_rig: Any) -> N
 
 def test_run_returns_0_after_a_stop(make_rig: Any) -> None:
     rig = make_rig({A: "rebellions"})
-    rig.node.during = rig.wakeup.request_stop
+    rig.node.during = rig.loop.request_stop
     assert rig.loop.run() == 0
     assert rig.node.drivers[A] == VFIO
     assert len(rig.node.requests) == 1
@@ -471,7 +466,7 @@ def test_a_failing_on_exit_sets_the_exit_code(make_rig: Any) -> None:
 
     rig.loop.on_exit = release
     rig.loop.start()
-    rig.wakeup.request_stop()
+    rig.loop.request_stop()
     assert rig.loop.step() is False
     assert rig.loop.finish() == 1
 
@@ -501,7 +496,7 @@ def test_the_heartbeat_covers_the_wait_and_expires_after(make_rig: Any) -> None:
         def wait(self, fds: Any, timeout: float) -> set[int]:
             for offset in (0.0, timeout + 4.9, timeout + 5.1):
                 rig.clock.now = start + offset
-                seen.append((offset - timeout, rig.board.alive()))
+                seen.append((offset - timeout, rig.loop.alive()))
             rig.clock.now = start + timeout
             return set()
 
@@ -513,7 +508,7 @@ def test_the_heartbeat_covers_the_wait_and_expires_after(make_rig: Any) -> None:
 
 
 def test_summary_lines() -> None:
-    from vfio_manager.daemon.state import (
+    from vfio_manager.daemon.reconciler import (
         FunctionStatus,
         HostReadiness,
         NodeView,

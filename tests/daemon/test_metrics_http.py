@@ -6,31 +6,30 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Optional
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.fakes import FakeClock
-from vfio_manager.daemon.board import StatusBoard
-from vfio_manager.daemon.http import HealthServer, parse_listen
-from vfio_manager.daemon.metrics import DaemonMetrics
-from vfio_manager.daemon.state import (
+from vfio_manager.daemon.health import DaemonMetrics, HealthServer, parse_listen
+from vfio_manager.daemon.loop import ReconcileLoop
+from vfio_manager.daemon.reconciler import (
     HOST_READY,
     FunctionStatus,
     HostCheck,
     HostReadiness,
     NodeView,
     ReconcileOutcome,
-    ReconcileReport,
     ReconcileRequest,
     State,
-    TransitionOutcome,
     TransitionRecord,
 )
-from vfio_manager.daemon.uevents import Uevent
 from vfio_manager.errors import UsageError
 from vfio_manager.kernel.drivers import Direction
+from vfio_manager.kernel.uevents import Uevent
+from vfio_manager.pipeline.engine import Status
 
 IOMMU_OFF = HostCheck("iommu", "no IOMMU groups", "enable intel_iommu=on and reboot")
 
@@ -43,25 +42,26 @@ def sample(text: str, name: str, **labels: str) -> Optional[float]:
     return None
 
 
-def report(
+def observe(
+    metrics: DaemonMetrics,
     functions: tuple[FunctionStatus, ...],
     *,
     host: HostReadiness = HOST_READY,
     transitions: tuple[TransitionRecord, ...] = (),
     error: Optional[str] = None,
     full: bool = True,
-) -> ReconcileReport:
+) -> None:
+    """One reconcile as the loop reports it: a raised one has an error and no outcome."""
     outcome = ReconcileOutcome(functions, host, transitions)
     view = NodeView().merge(ReconcileRequest(None), outcome)
     if error is not None:
-        view = view.failed_with(error)
-    return ReconcileReport(
+        view = replace(view, error=error)
+    metrics.observe_reconcile(
+        view,
+        None if error else outcome,
         full=full,
         duration=0.03,
         finished_at=1714564800.0,
-        view=view,
-        outcome=None if error else outcome,
-        error=error,
     )
 
 
@@ -76,18 +76,17 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
     assert "_created" not in text
 
     metrics.observe_uevents([Uevent("bind", "/devices/x/0000:03:00.0", "pci", "0000:03:00.0")] * 2)
-    metrics.observe_reconcile(
-        report(
-            (
-                FunctionStatus("0000:03:00.0", State.CONVERGED),
-                FunctionStatus("0000:04:00.0", State.FAILED, "EINVAL"),
-                FunctionStatus("0000:05:00.0", State.EXCLUDED),
-            ),
-            transitions=(
-                TransitionRecord("0000:03:00.0", Direction.TO_VFIO, TransitionOutcome.CHANGED),
-                TransitionRecord("0000:04:00.0", Direction.TO_VFIO, TransitionOutcome.FAILED),
-            ),
-        )
+    observe(
+        metrics,
+        (
+            FunctionStatus("0000:03:00.0", State.CONVERGED),
+            FunctionStatus("0000:04:00.0", State.FAILED, "EINVAL"),
+            FunctionStatus("0000:05:00.0", State.EXCLUDED),
+        ),
+        transitions=(
+            TransitionRecord("0000:03:00.0", Direction.TO_VFIO, Status.CHANGED),
+            TransitionRecord("0000:04:00.0", Direction.TO_VFIO, Status.FAILED),
+        ),
     )
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_uevents_total", action="bind") == 2
@@ -109,7 +108,7 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
         "a reconcile with a failed function is not a success"
     )
 
-    metrics.observe_reconcile(report((FunctionStatus("0000:03:00.0", State.CONVERGED),)))
+    observe(metrics, (FunctionStatus("0000:03:00.0", State.CONVERGED),))
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_last_successful_reconcile_timestamp_seconds") == 1714564800.0
     assert sample(text, "vfio_manager_node_converged") == 1
@@ -118,11 +117,11 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
 
 def test_failing_host_checks_are_exported_and_cleared() -> None:
     metrics = DaemonMetrics(process=False)
-    metrics.observe_reconcile(report((), host=HostReadiness(False, (IOMMU_OFF,))))
+    observe(metrics, (), host=HostReadiness(False, (IOMMU_OFF,)))
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_host_ready") == 0
     assert sample(text, "vfio_manager_host_check_failing", check="iommu") == 1
-    metrics.observe_reconcile(report(()))
+    observe(metrics, ())
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_host_ready") == 1
     assert sample(text, "vfio_manager_host_check_failing", check="iommu") == 0
@@ -130,7 +129,7 @@ def test_failing_host_checks_are_exported_and_cleared() -> None:
 
 def test_a_reconcile_that_raised_counts_as_an_error() -> None:
     metrics = DaemonMetrics(process=False)
-    metrics.observe_reconcile(report((), error="lock timeout", full=False))
+    observe(metrics, (), error="lock timeout", full=False)
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_reconcile_errors_total") == 1
     assert sample(text, "vfio_manager_reconcile_duration_seconds_count", scope="partial") == 1
@@ -164,21 +163,27 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def board(clock: FakeClock) -> StatusBoard:
-    return StatusBoard(clock=clock)
+def board(clock: FakeClock) -> Iterator[ReconcileLoop]:
+    """What the server reads: the loop's heartbeat and the view it published."""
+    loop = ReconcileLoop(lambda request: ReconcileOutcome(()), source=None, clock=clock)
+    yield loop
+    loop.close()
+
+
+def serve(board: ReconcileLoop, metrics: Optional[DaemonMetrics] = None) -> HealthServer:
+    return HealthServer(("127.0.0.1", 0), board.alive, lambda: board.view, metrics)
 
 
 @pytest.fixture
-def served(board: StatusBoard) -> Iterator[tuple[Client, DaemonMetrics]]:
+def served(board: ReconcileLoop) -> Iterator[tuple[Client, DaemonMetrics]]:
     metrics = DaemonMetrics(process=False)
-    server = HealthServer(("127.0.0.1", 0), board, metrics)
-    server.start()
+    server = serve(board, metrics)
     yield Client(server), metrics
     server.stop()
 
 
 def test_healthz_follows_the_loops_heartbeat(
-    served: tuple[Client, DaemonMetrics], board: StatusBoard, clock: FakeClock
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop, clock: FakeClock
 ) -> None:
     client, _ = served
     assert client.get("/healthz")[0] == 503, "no beat yet"
@@ -192,7 +197,7 @@ def test_healthz_follows_the_loops_heartbeat(
 
 
 def test_readyz_names_what_is_not_converged(
-    served: tuple[Client, DaemonMetrics], board: StatusBoard
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop
 ) -> None:
     client, _ = served
     code, _, body = client.get("/readyz")
@@ -207,7 +212,7 @@ def test_readyz_names_what_is_not_converged(
         ),
         HostReadiness(False, (IOMMU_OFF,)),
     )
-    board.publish(NodeView().merge(ReconcileRequest(None), outcome))
+    board.view = NodeView().merge(ReconcileRequest(None), outcome)
     code, _, body = client.get("/readyz")
     doc = json.loads(body)
     assert code == 503
@@ -224,7 +229,7 @@ def test_readyz_names_what_is_not_converged(
     assert doc["counts"]["intent-host"] == 1
 
     settled = ReconcileOutcome((FunctionStatus("0000:03:00.0", State.CONVERGED),))
-    board.publish(NodeView().merge(ReconcileRequest(None), settled))
+    board.view = NodeView().merge(ReconcileRequest(None), settled)
     code, _, body = client.get("/readyz")
     assert (code, json.loads(body)["ready"], json.loads(body)["not_converged"]) == (200, True, [])
 
@@ -244,20 +249,19 @@ def test_unknown_paths_are_404(served: tuple[Client, DaemonMetrics]) -> None:
     assert client.get("/metrics/../readyz")[0] == 404
 
 
-def test_without_metrics_the_endpoint_is_404(board: StatusBoard) -> None:
-    server = HealthServer(("127.0.0.1", 0), board, None)
-    server.start()
+def test_without_metrics_the_endpoint_is_404(board: ReconcileLoop) -> None:
+    server = serve(board)
     try:
         assert Client(server).get("/metrics")[0] == 404
     finally:
         server.stop()
 
 
-def test_a_taken_port_is_a_usage_error(board: StatusBoard) -> None:
-    first = HealthServer(("127.0.0.1", 0), board)
+def test_a_taken_port_is_a_usage_error(board: ReconcileLoop) -> None:
+    first = serve(board)
     try:
         with pytest.raises(UsageError, match="cannot listen"):
-            HealthServer(first.address, board)
+            HealthServer(first.address, board.alive, lambda: board.view)
     finally:
         first.stop()
 

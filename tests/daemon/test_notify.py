@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.fakes import Listener
-from vfio_manager.daemon.notify import Notifier, watchdog_interval
+from vfio_manager.daemon.health import Notifier, watchdog_interval
 
 
 @pytest.fixture(params=["path", "abstract"])
@@ -48,10 +48,10 @@ def test_without_notify_socket_nothing_is_sent() -> None:
 def test_a_vanished_socket_is_reported_once_and_never_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vfio_manager.daemon import notify
+    from vfio_manager.daemon import health
 
     warnings: list[str] = []
-    monkeypatch.setattr(notify.log, "warning", lambda event, **kw: warnings.append(event))
+    monkeypatch.setattr(health.log, "warning", lambda event, **kw: warnings.append(event))
     notifier = Notifier.from_environment({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     assert notifier.status("one") is False
     assert notifier.status("two") is False

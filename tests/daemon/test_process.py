@@ -16,26 +16,23 @@ from tests.daemon.fakes import Listener
 
 DAEMON = """
 import sys
-from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, Wakeup
-from vfio_manager.daemon.notify import Notifier
-from vfio_manager.daemon.readiness import ReadyFile
-from vfio_manager.daemon.state import FunctionStatus, ReconcileOutcome, State
-from vfio_manager.daemon.uevents import open_uevent_source
+from vfio_manager.daemon.health import Notifier, ReadyFile
+from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
+from vfio_manager.daemon.reconciler import FunctionStatus, ReconcileOutcome, State
+from vfio_manager.daemon.service import open_uevent_source
 
 def reconcile(request):
     return ReconcileOutcome((FunctionStatus("0000:03:00.0", State.CONVERGED),))
 
-wakeup = Wakeup()
-wakeup.install_signal_handlers()
 loop = ReconcileLoop(
     reconcile,
     source=open_uevent_source(3600),
-    wakeup=wakeup,
     settings=LoopSettings(resync_interval=3600),
     notifier=Notifier.from_environment(),
     ready_file=ReadyFile(sys.argv[1]),
     on_exit=lambda: print("on_exit ran", flush=True),
 )
+loop.install_signal_handlers()
 sys.exit(loop.run())
 """
 
@@ -78,7 +75,7 @@ def test_the_loop_loads_neither_prometheus_nor_http_server() -> None:
     probe = (
         "import sys\n"
         "import vfio_manager.daemon.loop, vfio_manager.daemon.intent, "
-        "vfio_manager.daemon.presence, vfio_manager.daemon.uevents\n"
+        "vfio_manager.daemon.presence, vfio_manager.kernel.uevents\n"
         "print(sorted(m for m in ('prometheus_client', 'http.server', 'structlog') "
         "if m in sys.modules))"
     )

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.daemon.samples import datagram, driver_event, libudev_message, pci_event
-from vfio_manager.daemon import uevents
-from vfio_manager.daemon.uevents import DatagramUeventSource, Uevent, parse_uevent
+from vfio_manager.daemon import service
+from vfio_manager.kernel import uevents
+from vfio_manager.kernel.uevents import DatagramUeventSource, Uevent, parse_uevent
 
 
 @pytest.fixture
@@ -214,8 +215,8 @@ def test_an_unopenable_socket_means_resync_only(monkeypatch: pytest.MonkeyPatch)
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     warnings: list[tuple[str, dict[str, object]]] = []
-    monkeypatch.setattr(uevents, "open_kernel_uevents", refuse)
-    monkeypatch.setattr(uevents.log, "warning", lambda event, **kw: warnings.append((event, kw)))
-    assert uevents.open_uevent_source(60.0) is None
+    monkeypatch.setattr(service, "open_kernel_uevents", refuse)
+    monkeypatch.setattr(service.log, "warning", lambda event, **kw: warnings.append((event, kw)))
+    assert service.open_uevent_source(60.0) is None
     assert len(warnings) == 1
     assert warnings[0][1]["errno"] == "EPERM"

@@ -9,8 +9,7 @@ import pytest
 
 from tests.daemon.fakes import AdvancingWaiter, FakeClock
 from tests.daemon.samples import datagram, pci_event
-from vfio_manager.daemon.uevents import DatagramUeventSource
-from vfio_manager.daemon.waitfor import wait_for
+from vfio_manager.kernel.uevents import DatagramUeventSource, wait_for
 
 
 @pytest.fixture

@@ -401,7 +401,7 @@ def status(
 
 
 def _wait_on_vfio(node: Node, selector: Any, seconds: float) -> None:
-    from vfio_manager.daemon.waitfor import wait_with_uevents
+    from vfio_manager.kernel.uevents import wait_with_uevents
     from vfio_manager.pipeline.queries import status as read_status
 
     wait_with_uevents(lambda: read_status(node, selector).all_on_vfio, timeout=seconds)
@@ -708,7 +708,7 @@ def daemon(
     an error), then re-plans what each uevent names, and everything at each resync. Runs until
     SIGTERM or SIGINT; SIGHUP resyncs now. See docs/daemon.md.
     """
-    from vfio_manager.daemon.onexit import OnExit
+    from vfio_manager.daemon.reconciler import OnExit
     from vfio_manager.daemon.service import DaemonOptions, run_daemon
 
     options = DaemonOptions(

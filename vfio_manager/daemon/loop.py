@@ -1,122 +1,253 @@
-"""The reconcile loop: converge once, then react to uevents, resyncs, retries and signals.
-
-Why a loop of its own, apart from the pipeline: the pipeline (plan, refusals, engine,
-journal, lock) decides and writes; the loop decides only *when* to ask it and *what to tell
-the world* afterwards (ready file, ``/readyz``, metrics, systemd). The reconciler is injected
-(``Callable[[ReconcileRequest], ReconcileOutcome]``), so the loop is tested with a fake one
-and real descriptors, and the pipeline can change underneath without touching it.
-
-One thread, one ``poll``: the loop sleeps on the uevent socket and a wakeup pipe (signals),
-with a timeout that is the time to the next thing it owes: the next resync, the end of an
-open debounce window, a function's retry, or a watchdog ping. Idle, that is one wakeup per
-resync interval (plus one per watchdog interval when systemd asks for it).
-
-::
-
-    start: remove a stale ready file, full reconcile
-    loop:  wait(uevent fd, wakeup fd, timeout)
-           SIGTERM/SIGINT -> leave the loop (the current reconcile has finished)
-           SIGHUP (retries now), resync due, driver (un)registered, queue overflow
-                                                             -> full reconcile
-           debounce window closed, retries due -> reconcile those functions
-           after each reconcile: view, backoff, ready file, metrics, STATUS=, READY=1 once
-    exit:  STOPPING=1, remove the ready file, on_exit() (--on-exit), exit 0
-
-The reconciler must take the node lock itself, read the admin's intents under it
-(:mod:`.intent`), never write to ``request.skip``, and may poll ``request.stop_requested``
-between functions. See docs/daemon.md for the contract.
+"""The reconcile loop: when to reconcile (uevents, resyncs, retries, signals) and what to tell
+afterwards. One thread, one ``poll`` on the uevent socket and a wakeup pipe, whose timeout is
+the next thing owed; the reconciler is injected. docs/daemon.md has the loop and its contract.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import select
 import signal
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from types import FrameType
-from typing import Callable, Optional, Protocol
+from typing import Optional
 
-from vfio_manager.daemon.backoff import (
-    DEFAULT_CAP,
-    DEFAULT_FLAP_LIMIT,
-    DEFAULT_FLAP_WINDOW,
-    DEFAULT_INITIAL,
-    Backoff,
-    FlapGuard,
-)
-from vfio_manager.daemon.board import StatusBoard
-from vfio_manager.daemon.debounce import DEFAULT_WINDOW, Debouncer
-from vfio_manager.daemon.notify import Notifier
-from vfio_manager.daemon.readiness import ReadyFile
-from vfio_manager.daemon.state import (
+from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
+from vfio_manager.daemon.reconciler import (
     FunctionStatus,
     NodeView,
     ReconcileOutcome,
-    ReconcileReport,
     ReconcileRequest,
     State,
-    TransitionOutcome,
 )
-from vfio_manager.daemon.uevents import Uevent, UeventBatch, UeventSource
 from vfio_manager.errors import VfioManagerError
+from vfio_manager.kernel.uevents import DatagramUeventSource, PollWaiter, UeventBatch, Waiter
 from vfio_manager.log import get_logger
+from vfio_manager.pipeline.engine import Status
 
 log = get_logger("vfio_manager.daemon.loop")
 
-Reconciler = Callable[[ReconcileRequest], ReconcileOutcome]
-
-DEFAULT_RESYNC_INTERVAL = 60.0
-DEFAULT_STALL_AFTER = 300.0
-HEARTBEAT_SLACK = 5.0
+HEARTBEAT_SLACK = 5.0  # beyond the wait's timeout before /healthz calls the loop wedged
 _SPURIOUS_WAKEUPS = 100  # readable-but-empty in a row before the source is dropped
 
 
-class MetricsSink(Protocol):
-    """What the loop reports to; :class:`~vfio_manager.daemon.metrics.DaemonMetrics` is one."""
+@dataclass(frozen=True)
+class Batch:
+    """The functions a window of events touched; ``full``: re-plan every function."""
 
-    def observe_uevents(self, events: Sequence[Uevent]) -> None: ...
-
-    def observe_reconcile(self, report: ReconcileReport) -> None: ...
-
-
-class Waiter(Protocol):
-    """Blocks until one of ``fds`` is readable or ``timeout`` seconds pass; the readable ones."""
-
-    def wait(self, fds: Sequence[int], timeout: float) -> set[int]: ...
+    affected: frozenset[str]
+    full: bool = False
 
 
-class PollWaiter:
-    """``poll(2)``; the timeout is rounded *up* to whole milliseconds, so the loop never wakes
-    a hair early and spins until its deadline."""
+class Debouncer:
+    """Gathers a burst of uevents into one reconcile: the first event opens a window that
+    does not slide, so a steady trickle cannot postpone the reconcile forever."""
 
-    def wait(self, fds: Sequence[int], timeout: float) -> set[int]:
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        return {fd for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))}
+    def __init__(self, window: float = 0.2, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = max(0.0, window)
+        self.clock = clock
+        self._batch = Batch(frozenset())
+        self._opened_at: Optional[float] = None
+
+    def add(self, batch: UeventBatch) -> None:
+        """A driver (un)registering or an overflow maps to no function: a full batch."""
+        affected = frozenset(e.bdf for e in batch.events if e.bdf is not None)
+        full = batch.overflowed or any(e.bdf is None and e.relevant for e in batch.events)
+        if affected or full:
+            self._batch = Batch(self._batch.affected | affected, self._batch.full or full)
+            if self._opened_at is None:
+                self._opened_at = self.clock()
+
+    @property
+    def pending(self) -> bool:
+        return self._opened_at is not None
+
+    def due_at(self) -> Optional[float]:
+        return None if self._opened_at is None else self._opened_at + self.window
+
+    def take_if_due(self) -> Optional[Batch]:
+        due = self.due_at()
+        if due is None or self.clock() < due:
+            return None
+        return self.take()
+
+    def take(self) -> Batch:
+        """The batch now, window closed or not (a resync absorbs pending events)."""
+        batch, self._batch, self._opened_at = self._batch, Batch(frozenset()), None
+        return batch
 
 
-class Wakeup:
-    """The loop's doorbell: a non-blocking self-pipe plus the flags of what was asked.
+@dataclass
+class _Retry:
+    failures: int = 0
+    at: Optional[float] = None  # None: parked, no timer
+    reason: Optional[str] = None
 
-    Signal handlers (installed by :meth:`install_signal_handlers`, main thread only) and tests
-    use the same two calls, :meth:`request_stop` and :meth:`request_resync`: set a flag, write
-    a byte so ``poll`` returns. A signal that lands just before ``poll`` still leaves its byte
-    in the pipe, so no wakeup is lost.
-    """
 
-    def __init__(self) -> None:
-        self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stop = False
-        self._resync = False
+class Backoff:
+    """Per-function retry delays, doubling from ``initial`` to ``cap``, reset on success, so
+    a failing function (whose own attempts make uevents) is never retried in a hot loop."""
+
+    def __init__(
+        self,
+        initial: float = 1.0,
+        cap: float = 300.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if initial <= 0 or cap < initial:
+            raise ValueError(f"backoff needs 0 < initial <= cap, got {initial} and {cap}")
+        self.initial = initial
+        self.cap = cap
+        self.clock = clock
+        self._retries: dict[str, _Retry] = {}
+
+    def delay_after(self, failures: int) -> float:
+        """The wait after the ``failures``-th failure in a row (1-based)."""
+        return float(min(self.initial * (2.0 ** min(max(failures, 1) - 1, 64)), self.cap))
+
+    def failed(self, key: str, reason: Optional[str] = None) -> float:
+        failures = self.failures(key) + 1
+        delay = self.delay_after(failures)
+        self._retries[key] = _Retry(failures, self.clock() + delay, reason)
+        return delay
+
+    def get(self, key: str) -> _Retry:
+        return self._retries.get(key, _Retry())
+
+    def succeeded(self, key: str) -> None:
+        self._retries.pop(key, None)
+
+    def park(self, key: str) -> None:
+        """Keep the count but set no timer: the function was due but could not be attempted
+        (host not ready, held), so the next event or resync tries again."""
+        self.get(key).at = None
+
+    def keys(self) -> frozenset[str]:
+        return frozenset(self._retries)
+
+    def retry_now(self) -> None:
+        """Make every waiting key due (SIGHUP: "I fixed it, try again")."""
+        now = self.clock()
+        for retry in self._retries.values():
+            if retry.at is not None:
+                retry.at = min(retry.at, now)
+
+    def failures(self, key: str) -> int:
+        return self.get(key).failures
+
+    def reason(self, key: str) -> Optional[str]:
+        return self.get(key).reason
+
+    def waiting(self) -> frozenset[str]:
+        """Keys whose retry has not come: not to be written yet."""
+        return frozenset(k for k, r in self._retries.items() if r.at is not None) - self.due()
+
+    def due(self) -> frozenset[str]:
+        now = self.clock()
+        return frozenset(k for k, r in self._retries.items() if r.at is not None and r.at <= now)
+
+    def next_retry_at(self) -> Optional[float]:
+        times = [r.at for r in self._retries.values() if r.at is not None]
+        return min(times) if times else None
+
+
+class FlapGuard:
+    """More than ``limit`` successful moves of one function within ``window`` seconds is
+    something else binding it back (a udev rule, another agent): a failure for the backoff."""
+
+    def __init__(
+        self, limit: int = 5, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._moves: dict[str, deque[float]] = {}
+
+    def moved(self, key: str) -> bool:
+        """Record a move; True when ``key`` is flapping."""
+        now = self.clock()
+        moves = self._moves.setdefault(key, deque(maxlen=self.limit + 1))
+        moves.append(now)
+        while moves and moves[0] <= now - self.window:
+            moves.popleft()
+        return len(moves) > self.limit
+
+    def forget(self, key: str) -> None:
+        self._moves.pop(key, None)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Timing (seconds). ``stall_after``: how long one reconcile may take before ``/healthz``
+    calls the loop wedged (lock wait and per-function deadlines fit in it)."""
+
+    resync_interval: float = 60.0
+    debounce: float = 0.2
+    backoff_initial: float = 1.0
+    backoff_cap: float = 300.0
+    flap_limit: int = 5
+    flap_window: float = 60.0
+    stall_after: float = 300.0
+
+
+def summary(view: NodeView) -> str:
+    """One line for systemd's ``STATUS=`` and the log."""
+    if view.error is not None:
+        return f"not converged: last reconcile failed: {view.error}"
+    if not view.reconciled:
+        return "starting: first reconcile under way"
+    counts = ", ".join(f"{n} {s}" for s, n in view.counts().items() if n) or "no selected function"
+    if not view.host.ok:
+        names = ", ".join(c.name for c in view.host.failing) or "unknown"
+        return f"host not ready ({names}); {counts}"
+    return f"{'converged' if view.converged else 'not converged'}: {counts}"
+
+
+class ReconcileLoop:
+    """``view`` and :meth:`alive` are what the HTTP threads read (each a single reference)."""
+
+    def __init__(
+        self,
+        reconcile: Callable[[ReconcileRequest], ReconcileOutcome],
+        *,
+        source: Optional[DatagramUeventSource],
+        settings: LoopSettings = LoopSettings(),
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        waiter: Optional[Waiter] = None,
+        notifier: Optional[Notifier] = None,
+        ready_file: Optional[ReadyFile] = None,
+        metrics: Optional[DaemonMetrics] = None,
+        on_exit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.reconciler = reconcile
+        self.source = source
+        self._doorbell, self._ring_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stop = self._resync = False
         self.stop_signal: Optional[int] = None
-
-    def fileno(self) -> int:
-        return self._read_fd
+        self.settings = settings
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.waiter: Waiter = waiter if waiter is not None else PollWaiter()
+        self.notifier = notifier if notifier is not None else Notifier(None)
+        self.ready_file = ready_file
+        self.metrics = metrics
+        self.on_exit = on_exit
+        self.debouncer = Debouncer(settings.debounce, clock=clock)
+        self.backoff = Backoff(settings.backoff_initial, settings.backoff_cap, clock=clock)
+        self.flaps = FlapGuard(settings.flap_limit, settings.flap_window, clock=clock)
+        self.view = NodeView()
+        self.reconciles = 0
+        self._alive_until = float("-inf")
+        self._next_resync = clock()
+        self._next_watchdog = None if self.notifier.watchdog_interval is None else clock()
+        self._ready_sent = False
+        self._host_logged: Optional[frozenset[str]] = None
+        self._spurious = 0
 
     def stop_requested(self) -> bool:
         """A method, not a property: a signal handler may flip it between two reads."""
@@ -124,27 +255,16 @@ class Wakeup:
 
     def request_stop(self, signum: Optional[int] = None) -> None:
         if not self._stop:
-            self.stop_signal = signum
-        self._stop = True
+            self.stop_signal, self._stop = signum, True
         self._ring()
 
     def request_resync(self) -> None:
         self._resync = True
         self._ring()
 
-    def take_resync(self) -> bool:
-        asked, self._resync = self._resync, False
-        return asked
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._read_fd, 512):
-                pass
-
-    def _ring(self) -> None:
-        # EAGAIN: the pipe is full, so a wakeup is already pending
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._write_fd, b"\0")
+    def _ring(self) -> None:  # a signal just before ``poll`` leaves its byte in the pipe
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: a wakeup is pending
+            os.write(self._ring_fd, b"\0")
 
     def install_signal_handlers(self) -> Callable[[], None]:
         """SIGTERM/SIGINT: stop; SIGHUP: resync. Returns a function restoring the old ones."""
@@ -155,10 +275,8 @@ class Wakeup:
             else:
                 self.request_stop(signum)
 
-        previous = {
-            sig: signal.signal(sig, on_signal)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        }
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
 
         def restore() -> None:
             for sig, handler in previous.items():
@@ -167,84 +285,18 @@ class Wakeup:
         return restore
 
     def close(self) -> None:
-        for fd in (self._read_fd, self._write_fd):
+        for fd in (self._doorbell, self._ring_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def beat(self, back_within: float) -> None:
+        """The loop promises to beat again within ``back_within`` seconds."""
+        self._alive_until = self.clock() + max(0.0, back_within)
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """Timing of the loop (seconds). ``stall_after``: how long one reconcile may take before
-    ``/healthz`` calls the loop wedged (lock wait + per-function deadlines fit in it)."""
+    def alive(self) -> bool:
+        """The loop kept its last promise: true while idle, false once it is wedged."""
+        return self.clock() <= self._alive_until
 
-    resync_interval: float = DEFAULT_RESYNC_INTERVAL
-    debounce: float = DEFAULT_WINDOW
-    backoff_initial: float = DEFAULT_INITIAL
-    backoff_cap: float = DEFAULT_CAP
-    flap_limit: int = DEFAULT_FLAP_LIMIT
-    flap_window: float = DEFAULT_FLAP_WINDOW
-    stall_after: float = DEFAULT_STALL_AFTER
-
-
-def _nothing() -> None:
-    return None
-
-
-def summary(view: NodeView) -> str:
-    """One line for systemd's ``STATUS=`` and the log: the state of the node in counts."""
-    if view.error is not None:
-        return f"not converged: last reconcile failed: {view.error}"
-    if not view.reconciled:
-        return "starting: first reconcile under way"
-    parts = [f"{n} {state}" for state, n in view.counts().items() if n]
-    counts = ", ".join(parts) if parts else "no selected function"
-    if not view.host.ok:
-        names = ", ".join(c.name for c in view.host.failing) or "unknown"
-        return f"host not ready ({names}); {counts}"
-    return f"{'converged' if view.converged else 'not converged'}: {counts}"
-
-
-class ReconcileLoop:
-    def __init__(
-        self,
-        reconcile: Reconciler,
-        *,
-        source: Optional[UeventSource],
-        wakeup: Wakeup,
-        settings: LoopSettings = LoopSettings(),
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        waiter: Optional[Waiter] = None,
-        notifier: Optional[Notifier] = None,
-        ready_file: Optional[ReadyFile] = None,
-        metrics: Optional[MetricsSink] = None,
-        board: Optional[StatusBoard] = None,
-        on_exit: Callable[[], None] = _nothing,
-    ) -> None:
-        self.reconciler = reconcile
-        self.source = source
-        self.wakeup = wakeup
-        self.settings = settings
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self.waiter: Waiter = waiter if waiter is not None else PollWaiter()
-        self.notifier = notifier if notifier is not None else Notifier(None)
-        self.ready_file = ready_file
-        self.metrics = metrics
-        self.board = board if board is not None else StatusBoard(clock=clock)
-        self.on_exit = on_exit
-        self.debouncer = Debouncer(settings.debounce, clock=clock)
-        self.backoff = Backoff(settings.backoff_initial, settings.backoff_cap, clock=clock)
-        self.flaps = FlapGuard(settings.flap_limit, settings.flap_window, clock=clock)
-        self.view = NodeView()
-        self.reconciles = 0
-        self._next_resync = clock()
-        self._next_watchdog: Optional[float] = None
-        self._ready_sent = False
-        self._host_logged: Optional[frozenset[str]] = None
-        self._spurious = 0
-
-    # -- the three phases ----------------------------------------------------------------
     def run(self) -> int:
         self.start()
         while self.step():
@@ -255,8 +307,6 @@ class ReconcileLoop:
         if self.ready_file is not None:
             self.ready_file.remove()  # a killed daemon may have left one behind
         self.notifier.status(summary(self.view))
-        if self.notifier.watchdog_interval is not None:
-            self._next_watchdog = self.clock()
         self._ping_watchdog()
         if self.source is None:
             log.info("no uevent source: resync only", interval=self.settings.resync_interval)
@@ -264,27 +314,29 @@ class ReconcileLoop:
 
     def step(self) -> bool:
         """Wait for the next thing to do and do it; False once a stop was requested."""
-        if self.wakeup.stop_requested():
+        if self.stop_requested():
             return False
         timeout = self._timeout()
-        self.board.beat(timeout + HEARTBEAT_SLACK)
-        fds = [self.wakeup.fileno()]
+        self.beat(timeout + HEARTBEAT_SLACK)
+        fds = [self._doorbell]
         if self.source is not None:
             fds.append(self.source.fileno())
         ready = self.waiter.wait(fds, timeout)
-        if self.wakeup.fileno() in ready:
-            self.wakeup.drain()
-        if self.wakeup.stop_requested():
+        if self._doorbell in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._doorbell, 512):
+                    pass
+        if self.stop_requested():
             return False
         if self.source is not None and self.source.fileno() in ready:
-            self._read_events()
+            self._read_events(self.source)
         self._act()
         self._ping_watchdog()
         return True
 
     def finish(self) -> int:
-        """Leave: STOPPING=1, remove the ready file, run ``on_exit``; the exit code."""
-        signum = self.wakeup.stop_signal
+        """STOPPING=1, remove the ready file, run ``on_exit``; the exit code."""
+        signum = self.stop_signal
         reason = signal.Signals(signum).name if signum is not None else "stop requested"
         log.info("stopping", reason=reason)
         self.notifier.stopping(f"stopping ({reason})")
@@ -302,33 +354,21 @@ class ReconcileLoop:
         log.info("stopped", exit_code=code)
         return code
 
-    # -- deciding ------------------------------------------------------------------------
     def _timeout(self) -> float:
-        deadlines = [self._next_resync]
-        for candidate in (
+        owed = (
+            self._next_resync,
             self.debouncer.due_at(),
             self.backoff.next_retry_at(),
             self._next_watchdog,
-        ):
-            if candidate is not None:
-                deadlines.append(candidate)
-        return max(0.0, min(deadlines) - self.clock())
+        )
+        return max(0.0, min(t for t in owed if t is not None) - self.clock())
 
-    def _read_events(self) -> None:
-        if self.source is None:
-            return
-        batch = self.source.read_pending()
+    def _read_events(self, source: DatagramUeventSource) -> None:
+        batch = source.read_pending()
         if batch.events and self.metrics is not None:
             self.metrics.observe_uevents(batch.events)
         for event in batch.events:
-            log.debug(
-                "uevent",
-                action=event.action,
-                bdf=event.bdf,
-                devpath=event.devpath,
-                driver=event.driver,
-                seqnum=event.seqnum,
-            )
+            log.debug("uevent", **asdict(event))
         self.debouncer.add(batch)
         self._spurious = self._spurious + 1 if batch.datagrams == 0 else 0
         if batch.closed or self._spurious >= _SPURIOUS_WAKEUPS:
@@ -336,12 +376,12 @@ class ReconcileLoop:
                 "uevent source lost: the node is re-read at each resync only",
                 interval=self.settings.resync_interval,
             )
-            self.source.close()
+            source.close()
             self.source = None
             self.debouncer.add(UeventBatch(overflowed=True))  # events may be lost: resync
 
     def _act(self) -> None:
-        resync = self.wakeup.take_resync()
+        resync, self._resync = self._resync, False
         if resync:
             log.info("resync requested (SIGHUP): failed functions are retried now")
             self.backoff.retry_now()
@@ -350,19 +390,13 @@ class ReconcileLoop:
             self.debouncer.take()  # a full reconcile covers whatever was pending
             self._reconcile(None)
             return
-        affected = set(batch.affected) if batch is not None else set()
-        affected |= self.backoff.due()
+        affected = (batch.affected if batch is not None else frozenset()) | self.backoff.due()
         if affected:
-            self._reconcile(frozenset(affected))
+            self._reconcile(affected)
 
-    # -- reconciling ---------------------------------------------------------------------
     def _reconcile(self, affected: Optional[frozenset[str]]) -> None:
-        request = ReconcileRequest(
-            affected=affected,
-            skip=self.backoff.waiting(),
-            stop_requested=self.wakeup.stop_requested,
-        )
-        self.board.beat(self.settings.stall_after)
+        request = ReconcileRequest(affected, self.backoff.waiting(), self.stop_requested)
+        self.beat(self.settings.stall_after)
         self._ping_watchdog()
         started = self.clock()
         outcome: Optional[ReconcileOutcome] = None
@@ -377,59 +411,67 @@ class ReconcileLoop:
             log.error("reconcile crashed (a bug: please report it)", error=error, exc_info=True)
         duration = self.clock() - started
         self.reconciles += 1
-        if request.full:
+        full = affected is None
+        if full:
             self._next_resync = self.clock() + self.settings.resync_interval
         if outcome is not None:
             self.view = self._merge(request, outcome)
         else:
-            self.view = self.view.failed_with(error or "unknown error")
-        self._publish(
-            ReconcileReport(
-                full=request.full,
-                duration=duration,
-                finished_at=self.wall_clock(),
-                view=self.view,
-                outcome=outcome,
-                error=error,
+            self.view = replace(self.view, error=error or "unknown error")
+        view = self.view
+        if self.ready_file is not None:
+            self.ready_file.update(view.converged, view.counts())
+        if self.metrics is not None:
+            self.metrics.observe_reconcile(
+                view, outcome, full=full, duration=duration, finished_at=self.wall_clock()
             )
-        )
+        self._log_host(view)
+        line = summary(view)
+        if view.converged and not self._ready_sent:
+            self._ready_sent = True
+            self.notifier.ready(line)
+            log.info("converged", summary=line)
+        else:
+            self.notifier.status(line)
+        scope = "full" if full else "partial"
+        log.debug("reconciled", scope=scope, duration=round(duration, 4), summary=line)
 
     def _merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
         """Backoff and flap bookkeeping, then the view with waiting functions shown failed."""
-        flapping = {
-            t.bdf
-            for t in outcome.transitions
-            if t.outcome is TransitionOutcome.CHANGED and self.flaps.moved(t.bdf)
-        }
+        flapping = set()
         for t in outcome.transitions:
-            level = log.info if t.outcome is TransitionOutcome.CHANGED else log.warning
-            level(
+            changed = t.status is Status.CHANGED
+            if changed and self.flaps.moved(t.bdf):
+                flapping.add(t.bdf)
+            (log.info if changed else log.warning)(
                 "transition",
                 bdf=t.bdf,
                 direction=t.direction.value,
-                outcome=t.outcome.value,
+                outcome=t.status.value,
                 reason=t.reason,
             )
         statuses = tuple(self._account(s, request, s.bdf in flapping) for s in outcome.functions)
         seen = {s.bdf for s in statuses}
-        gone = (self.backoff.keys() if request.full else request.affected or frozenset()) - seen
+        gone = (self.backoff.keys() if request.affected is None else request.affected) - seen
         for bdf in gone:
-            self.backoff.forget(bdf)
+            self.backoff.succeeded(bdf)  # gone
             self.flaps.forget(bdf)
-        return self.view.merge(
-            request, ReconcileOutcome(statuses, outcome.host, outcome.transitions)
-        )
+        return self.view.merge(request, replace(outcome, functions=statuses))
 
     def _account(
         self, status: FunctionStatus, request: ReconcileRequest, flapping: bool
     ) -> FunctionStatus:
         bdf = status.bdf
         if bdf in request.skip:
-            if status.state is State.PENDING:
-                return FunctionStatus(
-                    bdf, State.FAILED, self.backoff.reason(bdf), self._retry_remedy(bdf)
-                )
-            return status
+            if status.state is not State.PENDING:
+                return status
+            retry = self.backoff.get(bdf)
+            wait = max(0.0, retry.at - self.clock()) if retry.at is not None else 0.0
+            remedy = (
+                f"retried automatically in {wait:.0f}s "
+                f"(attempt {retry.failures + 1}); a SIGHUP retries now"
+            )
+            return FunctionStatus(bdf, State.FAILED, retry.reason, remedy)
         if flapping:
             reason = (
                 f"moved back to the host more than {self.flaps.limit} times within "
@@ -448,53 +490,18 @@ class ReconcileLoop:
                 attempt=self.backoff.failures(bdf),
                 retry_in=delay,
             )
-            return status
-        if status.state.settled:
+        elif status.state.settled:
             self.backoff.succeeded(bdf)
         else:
             self.backoff.park(bdf)
         return status
 
-    def _retry_remedy(self, bdf: str) -> str:
-        retry_at = self.backoff.retry_at(bdf)
-        wait = max(0.0, retry_at - self.clock()) if retry_at is not None else 0.0
-        return (
-            f"retried automatically in {wait:.0f}s (attempt {self.backoff.failures(bdf) + 1}); "
-            "a SIGHUP retries now"
-        )
-
-    def _publish(self, report: ReconcileReport) -> None:
-        view = report.view
-        self.board.publish(view)
-        if self.ready_file is not None:
-            self.ready_file.update(view.converged, view.counts())
-        if self.metrics is not None:
-            self.metrics.observe_reconcile(report)
-        self._log_host(view)
-        line = summary(view)
-        if view.converged and not self._ready_sent:
-            self._ready_sent = True
-            self.notifier.ready(line)
-            log.info("converged", summary=line)
-        else:
-            self.notifier.status(line)
-        log.debug(
-            "reconciled",
-            scope="full" if report.full else "partial",
-            duration=round(report.duration, 4),
-            summary=line,
-        )
-
     def _log_host(self, view: NodeView) -> None:
         """The host's failing checks, once per distinct set; once more when it recovers."""
-        failing = frozenset(c.name for c in view.host.failing)
-        if view.host.ok:
-            if self._host_logged:
-                log.info("host ready again")
-            self._host_logged = frozenset()
-            return
-        if failing != self._host_logged:
-            self._host_logged = failing
+        failing = frozenset() if view.host.ok else frozenset(c.name for c in view.host.failing)
+        if view.host.ok and self._host_logged:
+            log.info("host ready again")
+        elif not view.host.ok and failing != self._host_logged:
             for check in view.host.failing:
                 log.error(
                     "host not ready: nothing is written until it is (re-checked at each resync)",
@@ -502,24 +509,10 @@ class ReconcileLoop:
                     detail=check.detail,
                     remedy=check.remedy,
                 )
+        self._host_logged = failing
 
     def _ping_watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval
-        if interval is None or self._next_watchdog is None:
-            return
-        now = self.clock()
-        if now >= self._next_watchdog:
+        now, interval, due = self.clock(), self.notifier.watchdog_interval, self._next_watchdog
+        if interval is not None and due is not None and now >= due:
             self.notifier.watchdog()
             self._next_watchdog = now + interval
-
-
-__all__ = [
-    "LoopSettings",
-    "MetricsSink",
-    "PollWaiter",
-    "ReconcileLoop",
-    "Reconciler",
-    "Waiter",
-    "Wakeup",
-    "summary",
-]

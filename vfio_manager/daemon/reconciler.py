@@ -1,61 +1,22 @@
-"""The daemon's reconciler: one pass of the write pipeline per call, told in daemon states.
-
-Why over :func:`~vfio_manager.pipeline.transition.run_transition` and nothing else: the daemon
-must not be a second way to write. Every reconcile is a ``bind-all`` restricted to what the
-loop asks for, so it takes the same node lock, runs the same preflight gate (loading missing
-modules unless told not to), settles the same journal, meets the same refusals (a function a
-process holds, one the host needs, a group that cannot be handed over) and writes through
-the same engine. What the daemon adds is *what it leaves out* and *how it reports*:
-
-- left out (:attr:`TransitionRequest.exclude`, so the pipeline never plans them, not even to
-  settle a journal record): functions named with ``--exclude``, those the admin asked to
-  leave on the host (the intents, read under the lock: an ``unbind`` that records its intent
-  and runs between our read and our writes would otherwise be undone), and those still
-  waiting for their retry after a failure (``request.skip``);
-- scope: a partial reconcile re-plans the selected members of the IOMMU groups of the BDFs a
-  uevent named (:attr:`TransitionRequest.scope`), because a peer's driver decides whether a
-  group can be handed over;
-- the report becomes :class:`~vfio_manager.daemon.state.FunctionStatus` values: changed or
-  converged -> ``converged``; refused because a process holds it or the host needs it ->
-  ``held``; refused because its group cannot be handed over (or the kernel would refuse it)
-  -> ``pending`` with the reason; failed -> ``failed`` with the kernel's reason; a function
-  that vanished during its transition is left out (it is gone).
-
-The preflight gate's refusal is not an exception here: the host is reported not ready, with
-each failing check and its remedy, and every function not on vfio is ``pending``. With no
-function to move (none selected, or all excluded), the gate does not run and the host counts
-as ready: a node without NPUs must become ready. A partial reconcile that had nothing to move
-keeps the last verdict, so an unrelated uevent never makes a host that is not ready look
-ready.
-
-The node lock is taken for the call only, so one-shot commands run beside the daemon; while
-another run holds it, a stop request (SIGTERM) ends the wait at the next poll.
-"""
+"""The daemon's reconciler: one run of the write pipeline per call, told as per-function states;
+and ``--on-exit``, through the same pipeline. docs/daemon.md has the state model."""
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Optional
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.daemon.intent import Intent, IntentStore
-from vfio_manager.daemon.state import (
-    HOST_READY,
-    FunctionStatus,
-    HostCheck,
-    HostReadiness,
-    ReconcileOutcome,
-    ReconcileRequest,
-    State,
-    TransitionOutcome,
-    TransitionRecord,
-)
-from vfio_manager.errors import VfioManagerError
+from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.log import get_logger
+from vfio_manager.pipeline.engine import Outcome, Status
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import FunctionPlan, RefusalKind
 from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_functions
@@ -63,36 +24,138 @@ from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult
 
 if TYPE_CHECKING:
     from vfio_manager.host.modules import Runner
-    from vfio_manager.host.preflight import PreflightFailed
-    from vfio_manager.pipeline.engine import Outcome
 
 log = get_logger("vfio_manager.daemon.reconciler")
 
-_HELD_KINDS = frozenset({RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL})
-_OUTCOMES = {
-    "changed": TransitionOutcome.CHANGED,
-    "failed": TransitionOutcome.FAILED,
-    "refused": TransitionOutcome.REFUSED,
-}
+
+class State(str, enum.Enum):
+    """A selected function as the daemon sees it; the settled ones keep the node ready."""
+
+    CONVERGED = "converged"
+    PENDING = "pending"
+    HELD = "held"
+    EXCLUDED = "excluded"
+    FAILED = "failed"
+    INTENT_HOST = "intent-host"
+
+    @property
+    def settled(self) -> bool:
+        return self in (State.CONVERGED, State.EXCLUDED, State.INTENT_HOST)
 
 
-class StopRequested(VfioManagerError):
-    """A stop arrived while the reconciler waited for the node lock: it gave up waiting."""
+@dataclass(frozen=True)
+class FunctionStatus:
+    """One function's state; ``reason`` and ``remedy`` say why it is not converged."""
+
+    bdf: str
+    state: State
+    reason: Optional[str] = None
+    remedy: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state.value}
 
 
-def interruptible_sleep(
-    stop_requested: Callable[[], bool], sleep: Callable[[float], None] = time.sleep
-) -> Callable[[float], None]:
-    """A ``sleep`` for the lock's polling loop that raises once a stop was requested."""
+@dataclass(frozen=True)
+class HostCheck:
+    """A failing host readiness check, by its ``vfio-manager check`` name."""
 
-    def wait(seconds: float) -> None:
-        if stop_requested():
-            raise StopRequested(
-                "stopping: gave up waiting for the node lock (another vfio-manager run holds it)"
-            )
-        sleep(seconds)
+    name: str
+    detail: str
+    remedy: Optional[str] = None
 
-    return wait
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HostReadiness:
+    ok: bool
+    failing: tuple[HostCheck, ...] = ()
+
+
+HOST_READY = HostReadiness(ok=True)
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """One attempted transition: ``status`` is changed, failed or refused."""
+
+    bdf: str
+    direction: Direction
+    status: Status
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ReconcileRequest:
+    """``affected``: BDFs to re-plan with their groups, ``None`` for all; ``skip``: functions
+    waiting for a retry, read but never written; ``stop_requested`` ends a wait for the lock."""
+
+    affected: Optional[frozenset[str]]
+    skip: frozenset[str] = frozenset()
+    stop_requested: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ReconcileOutcome:
+    """Every function looked at (an affected BDF missing is gone), the host's verdict (not
+    ok: nothing was written) and the transitions attempted."""
+
+    functions: tuple[FunctionStatus, ...]
+    host: HostReadiness = HOST_READY
+    transitions: tuple[TransitionRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """The node after the last reconcile; ``error``: that reconcile raised."""
+
+    functions: Mapping[str, FunctionStatus] = field(default_factory=dict)
+    host: HostReadiness = HOST_READY
+    reconciled: bool = False
+    error: Optional[str] = None
+
+    @property
+    def converged(self) -> bool:
+        return (
+            self.reconciled
+            and self.error is None
+            and self.host.ok
+            and all(s.state.settled for s in self.functions.values())
+        )
+
+    def counts(self) -> dict[str, int]:
+        """``{state: count}`` with every state, in declaration order."""
+        counts = {s.value: 0 for s in State}
+        for status in self.functions.values():
+            counts[status.state.value] += 1
+        return counts
+
+    def merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
+        """A full resync replaces the view, a partial one patches it."""
+        if request.affected is None:
+            functions = {s.bdf: s for s in outcome.functions}
+        else:
+            functions = {b: s for b, s in self.functions.items() if b not in request.affected}
+            functions.update((s.bdf, s) for s in outcome.functions)
+        return NodeView(functions, outcome.host, reconciled=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of ``/readyz``."""
+        doc: dict[str, Any] = {
+            "ready": self.converged,
+            "host": {"ready": self.host.ok, "failing": [c.to_json() for c in self.host.failing]},
+            "counts": self.counts(),
+            "not_converged": [
+                s.to_json() for _, s in sorted(self.functions.items()) if not s.state.settled
+            ],
+        }
+        if not self.reconciled:
+            doc["reason"] = "the first reconcile has not finished"
+        if self.error is not None:
+            doc["error"] = self.error
+        return doc
 
 
 def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
@@ -102,12 +165,9 @@ def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
 
 
 class PipelineReconciler:
-    """``Callable[[ReconcileRequest], ReconcileOutcome]`` over the write pipeline.
-
-    ``exclude``: canonical BDFs never touched (``--exclude``). ``runner``: the modprobe runner
-    (tests pass the fake kernel's). Stateful only in the host verdict it remembers between
-    calls (see the module docstring).
-    """
+    """A ``bind-all`` per call under the node lock, leaving out ``--exclude``, the admin's
+    intents (read under the lock) and ``request.skip``; a partial call re-plans the affected
+    groups' selected members and, with nothing to move, keeps the last host verdict."""
 
     def __init__(
         self,
@@ -117,40 +177,53 @@ class PipelineReconciler:
         exclude: Iterable[str] = (),
         load_modules: bool = True,
         runner: Optional[Runner] = None,
-        intents: Optional[IntentStore] = None,
     ) -> None:
         self.node = node
         self.selector = selector
         self.exclude = frozenset(str(a) for a in addresses(exclude))
-        self.load_modules = load_modules
-        self.runner = runner
-        self.intents = intents if intents is not None else IntentStore(node.state_dir)
-        self.host: HostReadiness = HOST_READY
+        self.request = TransitionRequest(
+            selector, Direction.TO_VFIO, load_modules=load_modules, runner=runner
+        )
+        self.intents = IntentStore(node.state_dir)
+        self.host = HOST_READY
 
     def __call__(self, request: ReconcileRequest) -> ReconcileOutcome:
-        with self.node.lock(sleep=interruptible_sleep(request.stop_requested)) as lock:
+        from vfio_manager.host.preflight import PreflightFailed
+
+        def sleep(seconds: float) -> None:  # between polls for the lock
+            if request.stop_requested():
+                raise VfioManagerError(
+                    "stopping: gave up waiting for the node lock "
+                    "(another vfio-manager run holds it)"
+                )
+            time.sleep(seconds)
+
+        with self.node.lock(sleep=sleep) as lock:
             intents = self.intents.read()
             scope = None if request.affected is None else addresses(request.affected)
-            transition = TransitionRequest(
-                self.selector,
-                Direction.TO_VFIO,
-                load_modules=self.load_modules,
-                runner=self.runner,
+            transition = replace(
+                self.request,
                 exclude=addresses(self.exclude | intents.keys() | request.skip),
                 scope=scope,
             )
-            from vfio_manager.host.preflight import PreflightFailed
-
             try:
                 result = run_transition(self.node, transition, lock=lock)
-            except PreflightFailed as failed:
-                topology = read_topology(self.node.sysfs())
-                return self._not_ready(failed, topology, scope, intents)
+            except PreflightFailed as failed:  # not an error: the host is not ready
+                checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
+                self.host = HostReadiness(ok=False, failing=checks)
+                topology = getattr(failed, "topology", None) or read_topology(self.node.sysfs())
+                names = ", ".join(c.name for c in checks)
+                reason = f"the host is not ready ({names}): nothing is written until it is"
+                remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
+                statuses = (
+                    self._left_out(f, intents, frozenset()) or _as_found(f, reason, remedy)
+                    for f in self._in_scope(topology, scope)
+                )
+                return ReconcileOutcome(tuple(statuses), self.host)
         for note in result.notes:
             log.info("reconcile note", note=note)
         return self._outcome(request, result, scope, intents)
 
-    # -- mapping -------------------------------------------------------------------------
     def _in_scope(
         self, topology: Topology, scope: Optional[frozenset[PciAddress]]
     ) -> list[PciFunction]:
@@ -188,97 +261,58 @@ class PipelineReconciler:
         scope: Optional[frozenset[PciAddress]],
         intents: Mapping[str, Intent],
     ) -> ReconcileOutcome:
-        topology = result.topology
-        if topology is None:  # only a dry run has none; the daemon never asks for one
+        if result.topology is None:  # only a dry run has none
             raise RuntimeError("the pipeline returned no topology")
-        entries = {e.function.bdf: e for e in result.plan.entries}
+        in_scope = self._in_scope(result.topology, scope)
+        left_out = {f.bdf: self._left_out(f, intents, request.skip) for f in in_scope}
+        # journal settlements outside the scope included; a record of an unselected function
+        # is one the run refused to settle (the engine logged it)
+        entries = {
+            e.function.bdf: e for e in result.plan.entries if self.selector.matches(e.function)
+        }
         outcomes = {o.bdf: o for o in result.report.outcomes} if result.report is not None else {}
-        statuses: dict[str, FunctionStatus] = {}
-        moved = False
-        for function in self._in_scope(topology, scope):
-            left_out = self._left_out(function, intents, request.skip)
-            if left_out is not None:
-                statuses[function.bdf] = left_out
-                continue
-            moved = True
-            status = self._planned(function, entries.get(function.bdf), outcomes)
-            if status is not None:
-                statuses[function.bdf] = status
-        transitions: list[TransitionRecord] = []
-        for entry in result.plan.entries:  # journal settlements outside the scope included
-            function = entry.function
-            if not self.selector.matches(function):
-                continue  # a journal record the run refused to settle; the engine logged it
-            if function.bdf not in statuses:
-                status = self._planned(function, entry, outcomes)
-                if status is not None:
-                    statuses[function.bdf] = status
-            record = _record(entry, outcomes.get(function.bdf))
-            if record is not None:
-                transitions.append(record)
-        if moved:
-            self.host = HOST_READY  # the gate ran and passed
-        elif scope is None:
-            self.host = HOST_READY  # nothing to move: the host's readiness does not matter
-        return ReconcileOutcome(
-            tuple(statuses[b] for b in sorted(statuses)), self.host, tuple(transitions)
+        functions = {f.bdf: f for f in in_scope} | {b: e.function for b, e in entries.items()}
+        statuses = (
+            left_out.get(b) or self._planned(f, entries.get(b), outcomes.get(b))
+            for b, f in sorted(functions.items())
         )
+        transitions = (
+            TransitionRecord(b, e.direction, o.status, o.reason)
+            for b, e in entries.items()
+            if (o := outcomes.get(b)) is not None and o.status is not Status.CONVERGED
+        )
+        if scope is None or any(s is None for s in left_out.values()):
+            self.host = HOST_READY  # the gate passed, or nothing needed it
+        found = tuple(s for s in statuses if s is not None)
+        return ReconcileOutcome(found, self.host, tuple(transitions))
 
     def _planned(
-        self,
-        function: PciFunction,
-        entry: Optional[FunctionPlan],
-        outcomes: Mapping[str, Outcome],
+        self, function: PciFunction, entry: Optional[FunctionPlan], outcome: Optional[Outcome]
     ) -> Optional[FunctionStatus]:
         """The state of a function the run planned; ``None`` when it vanished meanwhile."""
-        from vfio_manager.pipeline.engine import Status
-
-        outcome = outcomes.get(function.bdf)
-        if entry is None or outcome is None:  # nothing planned or applied: as it was found
+        bdf = function.bdf
+        if entry is None or outcome is None:
             return _as_found(function, "not planned")
         if outcome.journal_error is not None:
             return FunctionStatus(
-                function.bdf,
+                bdf,
                 State.FAILED,
                 f"the journal was not updated: {outcome.journal_error}",
                 "the state directory must be writable and not full",
             )
         if outcome.status in (Status.CHANGED, Status.CONVERGED):
-            return FunctionStatus(function.bdf, State.CONVERGED)
+            return FunctionStatus(bdf, State.CONVERGED)
         if outcome.status is Status.REFUSED:
-            held = entry.refusal_kind in _HELD_KINDS
-            state = State.HELD if held else State.PENDING
-            return FunctionStatus(function.bdf, state, outcome.reason, outcome.remedy)
+            held = entry.refusal_kind in (RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL)
+            return FunctionStatus(
+                bdf, State.HELD if held else State.PENDING, outcome.reason, outcome.remedy
+            )
         if not self.node.sysfs().function_exists(function.address):
             return None  # gone: its remove uevent drops it from the view
         reason = outcome.reason or "failed"
         if outcome.restored_to:
             reason += f" (restored to {outcome.restored_to})"
-        return FunctionStatus(function.bdf, State.FAILED, reason, outcome.remedy)
-
-    def _not_ready(
-        self,
-        failed: PreflightFailed,
-        topology: Topology,
-        scope: Optional[frozenset[PciAddress]],
-        intents: Mapping[str, Intent],
-    ) -> ReconcileOutcome:
-        checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
-        self.host = HostReadiness(ok=False, failing=checks)
-        names = ", ".join(c.name for c in checks)
-        statuses = []
-        for function in self._in_scope(topology, scope):
-            left_out = self._left_out(function, intents, frozenset())
-            statuses.append(
-                left_out
-                if left_out is not None
-                else _as_found(
-                    function,
-                    f"the host is not ready ({names}): nothing is written until it is",
-                    "fix the failing host checks (see /readyz or `vfio-manager check`)",
-                )
-            )
-        return ReconcileOutcome(tuple(statuses), self.host)
+        return FunctionStatus(bdf, State.FAILED, reason, outcome.remedy)
 
 
 def _as_found(function: PciFunction, reason: str, remedy: Optional[str] = None) -> FunctionStatus:
@@ -288,14 +322,67 @@ def _as_found(function: PciFunction, reason: str, remedy: Optional[str] = None) 
     return FunctionStatus(function.bdf, State.PENDING, reason, remedy)
 
 
-def _record(entry: FunctionPlan, outcome: Optional[Outcome]) -> Optional[TransitionRecord]:
-    """The transition an outcome stands for; ``None`` for a converged function."""
-    if outcome is None:
-        return None
-    kind = _OUTCOMES.get(outcome.status.value)
-    if kind is None:
-        return None
-    return TransitionRecord(outcome.bdf, entry.direction, kind, outcome.reason)
+class OnExit(str, enum.Enum):
+    """``--on-exit``: keep everything on vfio, return what no process holds, or return all."""
+
+    KEEP = "keep"
+    RELEASE_IDLE = "release-idle"
+    RELEASE = "release"
 
 
-__all__ = ["PipelineReconciler", "StopRequested", "addresses", "interruptible_sleep"]
+def on_exit_action(
+    mode: OnExit, node: Node, selector: Selector, *, exclude: Iterable[str] = ()
+) -> Callable[[], None]:
+    """The loop's ``on_exit`` for ``mode``; ``--exclude``d functions are never touched."""
+    excluded = addresses(exclude)
+
+    def on_exit() -> None:
+        if mode is OnExit.KEEP:
+            log.info("on exit: functions kept where they are (--on-exit keep)")
+            return
+        with node.lock() as lock:
+            held = _held_groups(node, selector) if mode is OnExit.RELEASE_IDLE else set()
+            if held:
+                log.info(
+                    "on exit: kept on vfio, their group is in use",
+                    bdfs=sorted(str(a) for a in held),
+                )
+            request = TransitionRequest(selector, Direction.TO_HOST, exclude=excluded | held)
+            result = run_transition(node, request, lock=lock)
+        moved = result.report.outcomes if result.report is not None else ()
+        for o in moved:
+            log.info(
+                "on exit",
+                mode=mode.value,
+                bdf=o.bdf,
+                outcome=o.status.value,
+                driver=o.driver,
+                reason=o.reason,
+            )
+        if result.exit_code != ExitCode.OK:
+            bad = [
+                o for o in moved if o.status in (Status.REFUSED, Status.FAILED) or o.journal_error
+            ]
+            names = ", ".join(f"{o.bdf} {o.status.value}: {o.reason}" for o in bad)
+            raise VfioManagerError(
+                f"--on-exit {mode.value}: not every function went back to the host "
+                f"({names or 'see the log'})",
+                remedy="stop what holds them (a VM), then run `vfio-manager unbind-all`",
+            )
+
+    return on_exit
+
+
+def _held_groups(node: Node, selector: Selector) -> set[PciAddress]:
+    """Every member of each IOMMU group a process holds through a selected function on vfio."""
+    from vfio_manager.pipeline.refusals import find_holders
+
+    sysfs = node.sysfs()
+    topology = read_topology(sysfs)
+    in_vfio = [f for f in selected_functions(topology, selector) if is_vfio_driver(f.driver)]
+    held: set[PciAddress] = set()
+    for address, holders in find_holders(sysfs, node.proc_root, in_vfio).items():
+        function = topology.get(address)
+        if holders and function is not None:
+            held.update(m.address for m in topology.group_members(function))
+    return held
