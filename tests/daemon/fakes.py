@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vfio_manager.daemon.intent import IntentStore
 from vfio_manager.daemon.notify import socket_address
 from vfio_manager.daemon.state import (
     FunctionStatus,
@@ -22,6 +21,7 @@ from vfio_manager.daemon.state import (
     TransitionRecord,
 )
 from vfio_manager.kernel.drivers import Direction
+from vfio_manager.safety.intents import IntentStore
 
 VFIO = "vfio-pci"
 

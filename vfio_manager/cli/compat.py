@@ -5,7 +5,7 @@ The operator's DaemonSet runs ``vfio-manage.sh bind --all``, its preStop hook ``
 ``check_bind --all`` until it exits 0; admins' runbooks grep the script's lines. This
 module gives that interface (commands, ``-a/--all``, ``-d/--device-id BDF``, exit codes 0, 1
 and 2, the per-device lines on stdout) on top of the same pipeline as ``vfio-manager``: the
-writes go through :func:`~vfio_manager.cli.main.run_with_intents` (lock, journal, readiness
+writes go through :func:`~vfio_manager.pipeline.transition.run_transition` (lock, journal, readiness
 gate, refusals, verification, rollback), ``check_bind`` reads what ``status`` reads. Only
 argv parsing and the wording of the lines live here.
 
@@ -233,18 +233,18 @@ def _transition(
     """Run the writes as ``vfio-manager bind``/``bind-all`` (or ``unbind``/``unbind-all``)
     do; ``None`` when ``-d`` names a function outside the selection (the script's "not an
     NPU", exit 0: nothing is read further, nothing written)."""
-    from vfio_manager.cli.main import run_with_intents
     from vfio_manager.errors import NotSelectedError
     from vfio_manager.kernel.drivers import Direction
-    from vfio_manager.pipeline.transition import TransitionRequest
+    from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
     request = TransitionRequest(
         selector,
         Direction.TO_VFIO if to_vfio else Direction.TO_HOST,
         named=(invocation.device,) if invocation.device is not None else (),
+        admin=True,
     )
     try:
-        return run_with_intents(node, request)
+        return run_transition(node, request)
     except NotSelectedError as err:
         log.warning("not selected", bdf=err.bdf, reason=err.message)
         return None

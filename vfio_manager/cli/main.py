@@ -25,7 +25,6 @@ from vfio_manager.kernel.address import PciAddress
 
 if TYPE_CHECKING:
     from vfio_manager.pipeline.node import Node
-    from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -547,11 +546,11 @@ def _wait_on_vfio(node: Node, selector: Any, seconds: float) -> None:
 
 def _read_intents(node: Node) -> dict[str, Any]:
     """The admin's intents (read-only; an unreadable state directory shows none)."""
-    from vfio_manager.daemon.files import intents_recorded
+    from vfio_manager.safety.intents import intents_recorded
 
     if not intents_recorded(node.state_dir):
         return {}
-    from vfio_manager.daemon.intent import IntentStore
+    from vfio_manager.safety.intents import IntentStore
 
     try:
         return dict(IntentStore(node.state_dir).read())
@@ -640,7 +639,7 @@ def _run_transition(
 ) -> None:
     from vfio_manager.cli import render
     from vfio_manager.kernel.drivers import Direction
-    from vfio_manager.pipeline.transition import TransitionRequest
+    from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
     request = TransitionRequest(
         _selector(*selection),
@@ -650,27 +649,11 @@ def _run_transition(
         with_group_peers=with_group_peers,
         load_modules=load_modules,
         force=force,
+        admin=True,
     )
-    result = run_with_intents(node, request)
+    result = run_transition(node, request)
     lines = render.transition_json(result) if as_json else render.transition_text(result)
     _finish(lines, result.exit_code)
-
-
-def run_with_intents(node: Node, request: TransitionRequest) -> TransitionResult:
-    """One admin-run transition: the daemon's intents recorded before it and settled after
-    (:mod:`vfio_manager.daemon.oneshot`). The commands here and the ``vfio-manage`` drop-in
-    (:mod:`vfio_manager.cli.compat`) both run their writes through it."""
-    from vfio_manager.daemon.oneshot import record_unbind_intents, settle_intents
-    from vfio_manager.pipeline.transition import run_transition
-
-    recorded = record_unbind_intents(node, request)
-    try:
-        result = run_transition(node, request)
-    except VfioManagerError:
-        settle_intents(node, None, recorded)
-        raise
-    settle_intents(node, result, recorded)
-    return result
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

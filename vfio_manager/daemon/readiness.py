@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Optional
 
-from vfio_manager.daemon import files
 from vfio_manager.log import get_logger
+from vfio_manager.safety.statedir import remove_file, replace_file
 
 log = get_logger("vfio_manager.daemon.readiness")
 
@@ -71,11 +71,7 @@ class ReadyFile:
         doc = {"converged": True, "since": _iso(self._since), "pid": os.getpid(), "counts": wanted}
         payload = (json.dumps(doc, sort_keys=True) + "\n").encode()
         try:
-            dir_fd = files.open_directory(self.directory)
-            try:
-                files.write_atomic(dir_fd, self.name, payload)
-            finally:
-                os.close(dir_fd)
+            replace_file(self.path, payload)
         except OSError as exc:
             self._written = None
             self._report("ready file not written", exc)
@@ -88,19 +84,12 @@ class ReadyFile:
         self._since = None
         self._written = None
         try:
-            dir_fd = files.open_directory(self.directory)
+            remove_file(self.path)
         except FileNotFoundError:
             return
         except OSError as exc:
             self._report("ready file not removed", exc)
             return
-        try:
-            files.remove(dir_fd, self.name)
-        except OSError as exc:
-            self._report("ready file not removed", exc)
-            return
-        finally:
-            os.close(dir_fd)
         self._recovered()
 
     def _present(self) -> bool:

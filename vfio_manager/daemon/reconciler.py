@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Optional
 
-from vfio_manager.daemon.intent import Intent, IntentStore
 from vfio_manager.daemon.state import (
     HOST_READY,
     FunctionStatus,
@@ -60,6 +59,7 @@ from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import FunctionPlan, RefusalKind
 from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_functions
 from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult, run_transition
+from vfio_manager.safety.intents import Intent, IntentStore
 
 if TYPE_CHECKING:
     from vfio_manager.host.modules import Runner

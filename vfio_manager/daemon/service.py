@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Optional
 
 from vfio_manager import __version__
 from vfio_manager.daemon.board import StatusBoard
-from vfio_manager.daemon.intent import IntentStore
 from vfio_manager.daemon.loop import (
     DEFAULT_RESYNC_INTERVAL,
     LoopSettings,
@@ -34,13 +33,14 @@ from vfio_manager.daemon.loop import (
 )
 from vfio_manager.daemon.notify import Notifier
 from vfio_manager.daemon.onexit import OnExit, on_exit_action
-from vfio_manager.daemon.presence import DaemonPresence
 from vfio_manager.daemon.readiness import ReadyFile, default_ready_path
 from vfio_manager.daemon.reconciler import PipelineReconciler
 from vfio_manager.daemon.uevents import UeventSource, open_uevent_source
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.selection import Selector
+from vfio_manager.safety.intents import IntentStore
+from vfio_manager.safety.lock import DaemonPresence
 
 if TYPE_CHECKING:
     from vfio_manager.daemon.http import HealthServer

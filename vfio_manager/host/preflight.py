@@ -27,7 +27,7 @@ from vfio_manager.log import get_logger
 if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
     from vfio_manager.host.modules import LoadAttempt, ModuleInfo, Runner
-    from vfio_manager.kernel.model import PciFunction
+    from vfio_manager.kernel.model import PciFunction, Topology
 
 # -- remedies (asserted verbatim in tests) ---------------------------------------------------------
 GRUB_STEPS = (
@@ -771,9 +771,12 @@ def run(
 
 
 class PreflightFailed(HostNotReadyError):
-    """The gate: the host is not ready, nothing was written. Carries the failing checks."""
+    """The gate: the host is not ready, nothing was written. Carries the failing checks and
+    the topology the gate saw."""
 
-    def __init__(self, preflight: Preflight, failing: Sequence[Check]) -> None:
+    def __init__(
+        self, preflight: Preflight, failing: Sequence[Check], topology: Optional[Topology] = None
+    ) -> None:
         lines = [
             "the host is not ready for VFIO passthrough; nothing was written:",
             *("  " + line for line in checklist_lines(failing, evidence=False)),
@@ -784,3 +787,4 @@ class PreflightFailed(HostNotReadyError):
         )
         self.preflight = preflight
         self.failing = tuple(failing)
+        self.topology = topology

@@ -20,13 +20,9 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
 from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Settle, Step
-from vfio_manager.safety.deadline import (
-    DEFAULT_WRITE_TIMEOUT,
-    DeadlineExceededError,
-    bounded_write,
-    run_with_deadline,
-)
+from vfio_manager.pipeline.node import DEFAULT_WRITE_TIMEOUT
+from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Step
+from vfio_manager.safety.writer import Deadline, DeadlineExceededError, bounded
 
 if TYPE_CHECKING:
     from vfio_manager.safety.journal import Journal
@@ -168,7 +164,6 @@ class Engine:
         self.sleep = sleep
         # functions drivers_probe gave to another driver than the plan's (taken off again)
         self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
-        self._steps_unrecorded: dict[PciAddress, str] = {}  # per apply(): steps not journalled
 
     # -- public ---------------------------------------------------------------------------
     def apply(self, plan: Plan) -> Report:
@@ -178,7 +173,6 @@ class Engine:
         should take one of them, not eight); then every /dev/vfio node is awaited together."""
         outcomes: dict[PciAddress, Outcome] = {}
         waiting: dict[PciAddress, tuple[FunctionPlan, int, int]] = {}
-        self._steps_unrecorded = {}
         lanes: dict[object, list[FunctionPlan]] = {}
         for entry in plan.entries:
             bdf = entry.function.bdf
@@ -217,10 +211,6 @@ class Engine:
             else:
                 waiting[address] = result
         outcomes.update(self._wait_for_nodes(waiting))
-        for address, problem in self._steps_unrecorded.items():
-            outcome = outcomes[address]
-            both = f"{problem}; {outcome.journal_error}" if outcome.journal_error else problem
-            outcomes[address] = replace(outcome, journal_error=both)
         return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
 
     def _run_lanes(self, lanes: list[list[FunctionPlan]]) -> list[tuple[PciAddress, _LaneResult]]:
@@ -276,15 +266,8 @@ class Engine:
                     ) from err
                 raise
 
-        return bounded_write(
-            write,
-            deadline_at=deadline_at,
-            what=what,
-            bdf=str(address),
-            step=step,
-            clock=self.clock,
-            sleep=self.sleep,
-        )
+        deadline = Deadline(deadline_at, what, str(address), step, self.clock)
+        return bounded(write, deadline, sleep=self.sleep)
 
     # -- steps ----------------------------------------------------------------------------
     def _run_steps(self, entry: FunctionPlan) -> Optional[Step]:
@@ -302,27 +285,10 @@ class Engine:
                 err.step = err.step or step.action.value
                 err.bdf = str(address)
                 raise
-            if self.journal is not None and step.writes:
-                self._mark_step(address, step.action.value)
             log.info(
                 "step", bdf=str(address), step=step.action.value, outcome="done", driver=step.driver
             )
         return wait
-
-    def _mark_step(self, address: PciAddress, step: str) -> None:
-        """Append a step to the function's record; a failure is reported, not undone.
-
-        The record written before the first write already lets the next run finish or roll
-        back the function; undoing a transition because its bookkeeping failed would only
-        add writes.
-        """
-        if self.journal is None:
-            return
-        try:
-            self.journal.mark_step(str(address), step)
-        except VfioManagerError as err:
-            log.error("journal", bdf=str(address), step=step, outcome="failed", reason=err)
-            self._steps_unrecorded.setdefault(address, _journal_problem(err))
 
     def _run_step(self, address: PciAddress, step: Step, deadline_at: float) -> None:
         kernel = self.kernel
@@ -382,13 +348,10 @@ class Engine:
 
     def _bind_once(self, address: PciAddress, driver: str, deadline_at: float, step: str) -> None:
         """One explicit bind, no retry: its errno is the diagnosis, not a transient state."""
-        run_with_deadline(
-            lambda: self.kernel.bind(address, driver),
-            timeout=max(0.0, deadline_at - self.clock()),
-            what=f"bind {address} to {driver}",
-            bdf=str(address),
-            step=step,
+        deadline = Deadline(
+            deadline_at, f"bind {address} to {driver}", str(address), step, self.clock
         )
+        bounded(lambda: self.kernel.bind(address, driver), deadline, retry=False)
 
     def _verify(self, address: PciAddress, expected: Optional[str], deadline_at: float) -> None:
         """Read the driver link back. When drivers_probe attached another driver (a dynamic
@@ -425,18 +388,12 @@ class Engine:
 
     # -- outcomes ---------------------------------------------------------------------------
     def _settled(self, entry: FunctionPlan, outcome: Outcome, *, back: bool = False) -> Outcome:
-        """Close the function's journal record now that it reached its target (or, with
+        """Drop the function's journal record now that it reached its target (or, with
         ``back``, its start state); a state dir that refuses is reported, not raised."""
         if self.journal is None or (not (back or outcome.writes) and entry.interrupted is None):
             return outcome
-        rolled_back = back or (
-            entry.interrupted is not None and entry.interrupted.settle is Settle.ROLL_BACK
-        )
         try:
-            if rolled_back:
-                self.journal.abort(entry.function.bdf)
-            else:
-                self.journal.complete(entry.function.bdf)
+            self.journal.drop_transition(entry.function.bdf)
         except VfioManagerError as err:
             log.error(
                 "journal", bdf=entry.function.bdf, step="journal", outcome="failed", reason=err

@@ -8,7 +8,7 @@ excludes refuses the whole command, so a typo never moves the wrong function.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -120,6 +120,27 @@ def named_functions(
             )
         result.append(function)
     return result
+
+
+def select_targets(
+    topology: Topology,
+    selector: Selector,
+    *,
+    named: Sequence[PciAddress] = (),
+    scope: Optional[Iterable[PciAddress]] = None,
+    exclude: Collection[PciAddress] = (),
+) -> list[PciFunction]:
+    """The functions a request moves: the ``named`` ones (checked) or every selected one;
+    with ``scope``, only those in the IOMMU groups of its functions; less ``exclude``."""
+    found = (
+        named_functions(topology, selector, named)
+        if named
+        else selected_functions(topology, selector)
+    )
+    if scope is not None:
+        members = in_groups_of(topology, scope)
+        found = [f for f in found if f.address in members]
+    return [f for f in found if f.address not in exclude]
 
 
 def in_groups_of(topology: Topology, addresses: Iterable[PciAddress]) -> frozenset[PciAddress]:

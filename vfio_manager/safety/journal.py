@@ -1,40 +1,21 @@
 """What a function looked like before we touched it, kept where a killed run can find it.
 
-Two kinds of record live in the state directory (see :mod:`vfio_manager.safety.lock`):
+Two records per function live in the state directory, one file each (named by the
+canonical BDF, so no name climbs out; a corrupt file costs one function):
 
 ``journal-BDF.json`` (a *transition*)
-    written by :meth:`Journal.record_start` before the first write to a function, updated
-    by :meth:`Journal.mark_step` after each step, removed by :meth:`Journal.complete` or
-    :meth:`Journal.abort`. A transition file left behind means a run died half way;
-    :meth:`Journal.pending` returns them so the next run can finish or roll back.
+    written by :meth:`Journal.record_start` before the first write, dropped when the
+    function reached its target or is back where it started. One left behind means a run
+    died half way: :meth:`Journal.pending` hands it to the next run to finish or roll back.
 
 ``origin-BDF.json`` (an *origin*)
     the driver and override a function had before it was first moved to vfio ("as found").
-    It stays while the function is in vfio mode, across any number of runs, so returning to
-    the host restores exactly that driver and override; and it stays after the return, while
-    the function is in that state, so the next run leaves it so. It is dropped
-    (:meth:`Journal.forget_origin`) when a run sees the function on the host in another
-    state: someone else changed it, and "as found" is over. A reboot clears it with the rest
-    of /run, as it resets the functions to what the kernel and the boot configuration pick.
+    It stays while the function is in vfio mode and after its return, while it is so, and
+    is dropped (:meth:`Journal.forget_origin`) once a run sees it changed by someone else.
 
-Why one file per function rather than one file for all: the engine moves functions one at a
-time, and each step rewrites only that function's record (a small write, instead of
-rewriting every function's state after every step); a corrupt file costs one function's
-record, not the whole node's; listing the directory is the whole of crash recovery; and
-the file name is the canonical BDF (validated by :class:`~vfio_manager.kernel.address.PciAddress`),
-so no record name can climb out of the directory.
-
-Every file goes through the state directory's gateway (:mod:`vfio_manager.safety.statedir`):
-every write is atomic and durable (a temporary file in the same directory, ``fsync``,
-``os.replace``, ``fsync`` of the directory), and only a regular file of ours is ever opened
-for reading, without following a symlink or blocking on a FIFO, and read within a bound. A
-file that is not one, or cannot be parsed, is never a traceback nor a hang: it is renamed
-``*.corrupt`` (kept for a human) and reported as a :class:`JournalEntry` with ``problem``
-set. The default state directory is on tmpfs (/run), which is right: binding state, IOMMU
-group numbers and BDFs all reset or may change at reboot, and so should these records.
-
-The journal assumes its caller holds the :class:`~vfio_manager.safety.lock.NodeLock`: any
-transition file it finds belongs to a run that is no longer running.
+Every file goes through :mod:`vfio_manager.safety.statedir` (atomic, durable writes; only
+regular files of ours read, bounded); an unreadable record is set aside as ``*.corrupt`` and
+reported as a :class:`JournalEntry` with ``problem`` set. The caller holds the node lock.
 """
 
 from __future__ import annotations
@@ -70,10 +51,6 @@ _MAX_OVERRIDE = 4095  # the kernel refuses a driver_override of a page or more
 _NAME_MAX = 255  # bytes in a path component
 # What a failed write or removal leaves behind, for the error's remedy.
 _NOTHING_WRITTEN = "nothing was written to this function"
-_STEP_NOT_RECORDED = (
-    "the step was made but not recorded; the record written before the first write still "
-    "lets the next run finish or roll back this function"
-)
 _RECORD_KEPT = (
     "the record is kept: the next run finds the function where this run left it and drops "
     "the record then"
@@ -96,9 +73,7 @@ class JournalEntry:
     The driver is a name used in sysfs paths (``drivers/NAME/bind``): when the driver link
     named none usable (empty, ``..``), it is recorded as ``None`` with
     ``original_driver_unknown`` set, and nothing restores "no driver" from it.
-    ``steps_done`` are the step names the engine marked, in order. ``origin_created`` says
-    whether this transition also wrote the origin record (informational: a rollback keeps
-    the origin, see :meth:`Journal.abort`).
+    ``origin_created`` says whether this transition also wrote the origin record.
 
     A record that could not be read has ``problem`` (why) and ``quarantined_as`` (where the
     bad file went) set, and only ``bdf`` (``None`` if even the name was unusable) besides.
@@ -111,7 +86,6 @@ class JournalEntry:
     original_driver: Optional[str] = None
     original_override: Optional[str] = None
     original_driver_unknown: bool = False
-    steps_done: tuple[str, ...] = ()
     started_at: Optional[str] = None
     updated_at: Optional[str] = None
     pid: Optional[int] = None
@@ -133,7 +107,6 @@ class JournalEntry:
             "original_driver": self.original_driver,
             "original_override": self.original_override,
             "original_driver_unknown": self.original_driver_unknown,
-            "steps_done": list(self.steps_done),
             "started_at": self.started_at,
             "updated_at": self.updated_at,
             "pid": self.pid,
@@ -152,7 +125,7 @@ class JournalEntry:
         if data.get("bdf") != bdf:
             raise ValueError(f"names {data.get('bdf')!r} but is filed as {bdf}")
         direction = Direction(_str(data, "direction", optional=False))
-        steps = data.get("steps_done", [])
+        steps = data.get("steps_done", [])  # written by older versions; otherwise unused
         if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
             raise ValueError("steps_done is not a list of strings")
         pid = data.get("pid")
@@ -175,7 +148,6 @@ class JournalEntry:
             original_driver=driver,
             original_override=_checked(data, "original_override", override_problem),
             original_driver_unknown=unknown,
-            steps_done=tuple(steps),
             started_at=_str(data, "started_at"),
             updated_at=_str(data, "updated_at"),
             pid=pid,
@@ -307,7 +279,6 @@ class Journal:
                 "journal: replacing an unrecovered transition",
                 bdf=bdf,
                 previous_direction=previous.direction.value if previous.direction else None,
-                steps_done=list(previous.steps_done),
             )
         # A function on (or pinned by override to) a vfio driver is already in vfio mode:
         # its origin, if we ever knew it, is on file and must not be overwritten by this state.
@@ -331,38 +302,9 @@ class Journal:
         log.debug("journal: transition recorded", bdf=bdf, direction=direction.value)
         return entry
 
-    def mark_step(self, bdf: str, step: str) -> JournalEntry:
-        """Append ``step`` to the function's transition record (atomically rewritten)."""
-        entry = self._read(TRANSITION, bdf)
-        if entry is None or entry.corrupt:
-            raise JournalError(
-                f"no transition is recorded for {bdf}; cannot mark step {step!r}",
-                bdf=bdf,
-                step=step,
-                remedy="this is a bug: the engine must call record_start first",
-            )
-        updated = replace(entry, steps_done=(*entry.steps_done, step), updated_at=self.now())
-        self._write(updated, consequence=_STEP_NOT_RECORDED)
-        return updated
-
-    def complete(self, bdf: str) -> None:
-        """The function reached its target: drop the transition.
-
-        The origin stays, also after a return to the host: it then says how the function was
-        found and is again, so the next run leaves it so (a function found unbound is not
-        probed onto its native driver). :meth:`forget_origin` drops it once the function is
-        seen in another host state.
-        """
-        self._remove(TRANSITION, bdf, consequence=_RECORD_KEPT)
-
-    def abort(self, bdf: str) -> None:
-        """The function is back in its start state: drop the transition.
-
-        The origin stays: a function rolled back from a bind is in the host state its origin
-        records, one rolled back from a return is in vfio mode again. Call only after a
-        successful rollback: a function left in neither state keeps its record, so the next
-        run sees it in :meth:`pending`.
-        """
+    def drop_transition(self, bdf: str) -> None:
+        """The function reached its target, or is back in its start state: drop its
+        transition record. The origin stays (see the module docstring)."""
         self._remove(TRANSITION, bdf, consequence=_RECORD_KEPT)
 
     def pending(self) -> list[JournalEntry]:
