@@ -74,7 +74,7 @@ def on_exit_action(
 def held_group_members(node: Node, selector: Selector) -> frozenset[PciAddress]:
     """Every member of each IOMMU group that a process holds through a selected function on
     vfio. Read-only; call it under the node lock when acting on the answer."""
-    from vfio_manager.pipeline.refusals import find_holders
+    from vfio_manager.safety.holders import find_holders
 
     sysfs = node.sysfs()
     topology = read_topology(sysfs)

@@ -404,8 +404,7 @@ class _Run:
         stuck = {o.bdf for o in report.outcomes if o.stuck}
         if not stuck:
             return report
-        from vfio_manager.pipeline.refusals import find_holders
-        from vfio_manager.safety.holders import describe_holders
+        from vfio_manager.safety.holders import describe_holders, find_holders
 
         functions = [e.function for e in plan.entries if e.function.bdf in stuck]
         found = find_holders(self.sysfs, self.node.proc_root, functions)

@@ -31,10 +31,8 @@ _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeStateDirError(VfioManagerError):
-    """The state directory (or a file in it) could be controlled by someone else: refused.
-
-    Nothing is written when this is raised; the remedy says what to fix.
-    """
+    """The state directory (or a file in it) could be controlled by someone else: refused,
+    nothing written."""
 
 
 class UnusableFile(Exception):
@@ -46,20 +44,20 @@ class UnusableFile(Exception):
         self.problem = problem
 
 
+_KINDS = {
+    stat.S_IFREG: "a regular file",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symlink",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
 def kind_of(mode: int) -> str:
     """What a file is, in words, for messages: ``a FIFO``, ``a symlink``, ..."""
-    for test, text in (
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symlink"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return text
-    return "not a file"
+    return _KINDS.get(stat.S_IFMT(mode), "not a file")
 
 
 def _not_a_directory_above(path: str) -> Optional[str]:
@@ -109,19 +107,15 @@ def _kind_at(path: str) -> str:
 
 
 class StateDir:
-    """An open, checked state directory; every file operation in it goes through here.
-
-    Use :meth:`open` (creates the directory if missing) or :meth:`open_existing` (``None``
-    when it is missing: a dry run creates nothing) as a context manager. ``owner`` is the
-    UID the directory and its files must have (default: our effective UID).
-    """
+    """An open, checked state directory, used as a context manager: :meth:`open` creates it,
+    :meth:`open_existing` does not (a dry run creates nothing). ``owner`` is the UID the
+    directory and its files must have (default: our effective UID)."""
 
     def __init__(self, path: str, fd: int, owner: int) -> None:
         self.path = path
         self.fd = fd
         self.owner = owner
 
-    # -- opening the directory ----------------------------------------------------------------
     @classmethod
     def open(cls, path: str, *, uid: Optional[int] = None) -> StateDir:
         """Create ``path`` (mode 0700) if missing, check it, and return it open."""
@@ -218,7 +212,6 @@ class StateDir:
     ) -> None:
         self.close()
 
-    # -- names --------------------------------------------------------------------------------
     def path_of(self, name: str) -> str:
         return os.path.join(self.path, name)
 
@@ -269,14 +262,10 @@ class StateDir:
             raise
         return fd
 
-    # -- files --------------------------------------------------------------------------------
     def read(self, name: str, *, limit: int, whole: bool = True) -> Optional[bytes]:
-        """The content of ``name`` (at most ``limit`` bytes), ``None`` if it does not exist.
-
-        :class:`UnusableFile` when it is not a regular file of ours, cannot be read, or
-        (``whole``, the default) is larger than ``limit``; with ``whole=False`` a larger file
-        yields its first ``limit`` bytes.
-        """
+        """The content of ``name``, ``None`` if it does not exist; :class:`UnusableFile`
+        when it is not a regular file of ours, cannot be read, or (``whole``) is larger than
+        ``limit`` (else its first ``limit`` bytes)."""
         fd = self.open_file(name, os.O_RDONLY, limit if whole else None)
         if fd is None:
             return None
@@ -301,11 +290,8 @@ class StateDir:
         return data
 
     def open_lock_file(self, name: str) -> int:
-        """Open (creating it if missing) ``name`` for reading and writing; the caller closes.
-
-        For the lock file, which is never replaced (a waiter may hold the old inode): it is
-        refused, naming it, unless it is a regular file of ours.
-        """
+        """Open (creating it if missing) a lock file, never replaced (a waiter may hold the
+        old inode); refused, naming it, unless it is a regular file of ours."""
         path = self.path_of(name)
         try:
             fd = self.open_file(name, os.O_RDWR | os.O_CREAT, None)
@@ -341,11 +327,8 @@ class StateDir:
         return True
 
     def set_aside(self, name: str, suffix: str) -> str:
-        """Rename ``name`` to ``NAME<suffix>`` (or ``NAME.N<suffix>``); return the new name.
-
-        Whatever ``name`` is (a FIFO, a symlink) is renamed, never opened. ``OSError`` when
-        the rename fails or no free name is left.
-        """
+        """Rename whatever ``name`` is (never opened) to ``NAME<suffix>`` or
+        ``NAME.N<suffix>``; return the new name. ``OSError`` when no name is free."""
         for attempt in range(100):
             target = f"{name}{suffix}" if attempt == 0 else f"{name}.{attempt}{suffix}"
             if self.exists(target):
@@ -407,15 +390,3 @@ def remove_file(path: str) -> bool:
     finally:
         os.close(fd)
     return True
-
-
-__all__ = [
-    "DEFAULT_STATE_DIR",
-    "TMP_PREFIX",
-    "StateDir",
-    "UnsafeStateDirError",
-    "UnusableFile",
-    "kind_of",
-    "remove_file",
-    "replace_file",
-]
