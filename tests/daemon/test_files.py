@@ -16,9 +16,9 @@ from vfio_manager.safety.intents import IntentStore
 from vfio_manager.safety.lock import (
     DaemonPresence,
     DaemonRunningError,
-    UnsafeStateDirError,
     daemon_running,
 )
+from vfio_manager.safety.statedir import UnsafeStateDirError
 
 COUNTS = {"converged": 2, "pending": 0, "held": 0, "excluded": 1, "failed": 0, "intent-host": 0}
 

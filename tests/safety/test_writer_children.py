@@ -50,7 +50,7 @@ def test_a_write_goes_on_while_another_child_is_stuck(tmp_path: Path) -> None:
     thread = threading.Thread(target=stuck_write, daemon=True)
     thread.start()
     try:
-        _until(lambda: bool(writer.in_flight()), "the FIFO write to reach its child")
+        _until(lambda: bool(writer.stuck()), "the FIFO write to reach its child")
         # the FIFO's open blocks in the first child; this write needs a second one
         writer(str(plain), b"0000:02:00.0")
         assert plain.read_text() == "0000:02:00.0"

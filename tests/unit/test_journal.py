@@ -18,7 +18,7 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.model import PciFunction
 from vfio_manager.safety.journal import ORIGIN, TRANSITION, Journal, JournalEntry, JournalError
-from vfio_manager.safety.lock import UnsafeStateDirError
+from vfio_manager.safety.statedir import UnsafeStateDirError
 
 BDF = "0000:03:00.0"
 NPU = 0x1220

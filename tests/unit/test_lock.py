@@ -19,9 +19,9 @@ from vfio_manager.safety.lock import (
     LOCK_FILE_NAME,
     LockTimeoutError,
     NodeLock,
-    UnsafeStateDirError,
     read_holder,
 )
+from vfio_manager.safety.statedir import UnsafeStateDirError
 
 EVENT_WAIT = 5.0  # upper bound for event waits; never reached when the code is right
 

@@ -179,10 +179,9 @@ class _Run:
         targets: Sequence[PciFunction],
         aliases: AliasTable,
     ) -> tuple[str, ...]:
-        """The checks of ``check``, before any write; loads missing modules unless told not
-        to (a dry run loads nothing and counts loadable modules as loaded). Returns whether
-        modules were loaded; raises :class:`~vfio_manager.host.preflight.PreflightFailed`
-        when the host is not ready."""
+        """The checks of ``check`` before any write, loading missing modules unless told not
+        to (a dry run counts loadable ones as loaded); returns the modules loaded. Raises
+        :class:`~vfio_manager.host.preflight.PreflightFailed` when the host is not ready."""
         from vfio_manager.host import preflight
 
         request = self.request
@@ -320,15 +319,10 @@ class _Run:
     def _origins(
         self, targets: Sequence[PciFunction], settling: Collection[PciAddress]
     ) -> dict[PciAddress, tuple[Optional[str], Optional[str]]]:
-        """The host state (driver, override) each function was found in before it was first
-        moved to vfio, where the journal has it and it still means something.
-
-        An origin outlives the return to the host: "as found" holds for as long as the
-        function stays so (a function found unbound is not probed by the next run). A
-        function seen on the host in another state was changed by someone else since: its
-        origin is over and is dropped (a dry run only ignores it), unless this run settles an
-        interrupted transition of it, which may have stopped anywhere on the way.
-        """
+        """The (driver, override) each function was found in before it was first moved to
+        vfio, where the journal has it. A function seen on the host in another state was
+        changed by someone else: its origin is over and dropped, unless this run settles an
+        interrupted transition of it (which may have stopped anywhere)."""
         from vfio_manager.pipeline.plan import in_vfio_mode
 
         origins: dict[PciAddress, tuple[Optional[str], Optional[str]]] = {}
@@ -422,9 +416,8 @@ def _native_sources(
     origins: Mapping[PciAddress, tuple[Optional[str], Optional[str]]],
     said: Collection[str],
 ) -> list[str]:
-    """For each target whose transition record was unreadable: where its native driver
-    comes from now (its origin record, or modules.alias when it has none readable).
-    ``said``: functions whose unreadable origin record has a note of its own."""
+    """For each target whose transition record was unreadable (and not in ``said``): where
+    its native driver comes from now, its origin record or modules.alias."""
     returning = {f.bdf for f in targets}
     notes = []
     for entry in pending:
@@ -442,6 +435,3 @@ def _native_sources(
                 "comes from modules.alias"
             )
     return notes
-
-
-__all__ = ["TransitionRequest", "TransitionResult", "run_transition"]

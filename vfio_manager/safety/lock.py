@@ -1,11 +1,10 @@
 """Exclusive ``flock`` locks on files of the state directory: the node lock and the daemon's.
 
-The node lock (``lock``) is held by every writing run, so two runs never interleave their
-writes; the daemon's presence lock (``daemon``) is held by a daemon for its whole life, so
-``unbind`` knows one is up and a second daemon waits for the first. ``flock``, because the
-kernel drops it when the holder dies however it dies; the files are never unlinked (a waiter
-may hold the old inode), and the holder writes its PID and command line into them so a
-waiter that gives up can name it.
+Every writing run holds the node lock, so two runs never interleave their writes; a daemon
+holds its presence lock for its whole life, so ``unbind`` knows one is up and a second
+daemon waits for the first. ``flock``: the kernel drops it when the holder dies, however.
+The files are never unlinked (a waiter may hold the old inode); the holder writes its PID
+and command line into them so a waiter that gives up can name it.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from vfio_manager.safety.statedir import (
     UnusableFile,
 )
 
-if TYPE_CHECKING:  # imported by writer(): only a run that writes needs it
+if TYPE_CHECKING:
     from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
@@ -351,19 +350,3 @@ class DaemonPresence(FileLock):
             remedy="run one daemon per node (a DaemonSet or a systemd unit, not both); "
             "stop the other one, or wait for it to exit",
         )
-
-
-__all__ = [
-    "DEFAULT_STATE_DIR",
-    "LOCK_FILE_NAME",
-    "PRESENCE_FILE_NAME",
-    "DaemonPresence",
-    "DaemonRunningError",
-    "FileLock",
-    "LockHolder",
-    "LockTimeoutError",
-    "NodeLock",
-    "UnsafeStateDirError",
-    "daemon_running",
-    "read_holder",
-]

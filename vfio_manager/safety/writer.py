@@ -111,10 +111,7 @@ def retry_transient(
 ) -> T:
     """Call ``fn``; retry it on transient errnos, waits doubling from ``initial`` to
     ``maximum``, while no wait runs past ``deadline_at``; the last error is the kernel's.
-
-    tenacity is imported only after a first attempt failed so: nearly every write succeeds
-    or fails for good at once, and the import is a tenth of a writing run's start-up.
-    """
+    tenacity is imported only once a first attempt failed so (a tenth of a run's start-up)."""
 
     def backoff(attempt: int) -> float:
         return float(min(maximum, initial * (2 ** min(attempt - 1, 32))))
@@ -363,11 +360,6 @@ class ChildWriter:
         if code:
             raise OSError(code, os.strerror(code))
 
-    def in_flight(self) -> list[str]:
-        """What the children are writing now, abandoned ones included (a snapshot)."""
-        with self._guard:
-            return [*self._busy.values(), *self._abandoned.values()]
-
     def stuck(self) -> list[StuckWriter]:
         """Children whose write has not returned (a process child keeps the lock held)."""
         with self._guard:
@@ -399,15 +391,3 @@ class ChildWriter:
             callbacks, self._when_returned = self._when_returned, []
         for callback in callbacks:
             callback()
-
-
-__all__ = [
-    "TRANSIENT_ERRNOS",
-    "ChildWriter",
-    "Deadline",
-    "DeadlineExceededError",
-    "StuckWriter",
-    "bounded",
-    "is_transient",
-    "retry_transient",
-]
