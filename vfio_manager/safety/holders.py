@@ -34,11 +34,8 @@ _COMM_LIMIT = 64
 
 @dataclass(frozen=True)
 class Target:
-    """A file a process can hold: matched by ``path`` (and by ``rdev`` for a device node).
-
-    ``mapped`` asks for /proc/PID/maps to be read too (BAR files); any target is then looked
-    for in the maps as well, since reading them costs the same.
-    """
+    """A file a process can hold, matched by ``path`` (and ``rdev``, for a device node);
+    ``mapped`` asks for /proc/PID/maps to be read too (BAR files)."""
 
     path: str
     rdev: Optional[int] = None
@@ -95,13 +92,8 @@ def describe_holders(holders: Iterable[Holder]) -> str:
 def function_targets(
     sysfs: Sysfs, address: PciAddress, *, group: Optional[int] = None
 ) -> list[Target]:
-    """Everything through which a process can hold ``address``, read from sysfs.
-
-    ``group`` is the function's IOMMU group (``/dev/vfio/N``; the whole group is held by
-    whoever opens it). Device nodes are listed both as the host names them (``/dev/...``)
-    and under our ``--dev-root``; BAR files under both the bus path and the resolved
-    /sys/devices path, as the host names them and under our ``--sysfs-root``.
-    """
+    """Everything through which a process can hold ``address`` (and ``/dev/vfio/<group>``),
+    each under the name the host uses and the one under our roots."""
     targets: dict[tuple[str, bool], Target] = {}
 
     def add(target: Target) -> None:
@@ -129,12 +121,8 @@ def scan_holders(
     *,
     self_pid: Optional[int] = None,
 ) -> HolderScan:
-    """Scan every process under ``proc_root`` once for all ``targets``.
-
-    A plain string target is a device node path matched against open descriptors, or, when
-    it names a BAR file (``.../resourceN``), a mappable file. ``self_pid`` (default: ours)
-    is skipped.
-    """
+    """Scan every process under ``proc_root`` (but ``self_pid``, default ours) once for all
+    ``targets``; a string target is a device node, or a mappable ``.../resourceN`` file."""
     wanted = [_as_target(t) for t in targets]
     if not wanted:
         return HolderScan((), 0, ())
@@ -182,18 +170,16 @@ def _as_target(target: Union[Target, str]) -> Target:
 
 
 def _needle(path: str) -> bytes:
-    """A part of ``path`` that a maps file naming it must contain: its last component, or
-    its last two when the last is short (``vfio/9``), so that a cheap substring test rules
-    out most processes before any line is parsed."""
+    """A part of ``path`` a maps file naming it must contain (its last component, or two
+    when short): a cheap test that rules out most processes before any line is parsed."""
     parts = path.rstrip("/").split("/")
     tail = parts[-1] if len(parts[-1]) >= 4 or len(parts) < 2 else "/".join(parts[-2:])
     return tail.encode("utf-8", "surrogateescape")
 
 
 class _Scanner:
-    """One pass over /proc. Per descriptor: one ``readlink`` and a dictionary lookup, with
-    the path built by concatenation (``os.path.join`` per descriptor cost more than the
-    system call); a ``stat`` only for a link that may name a device node another way."""
+    """One pass over /proc: per descriptor one ``readlink`` and a lookup (paths built by
+    concatenation: cheaper than the call); a ``stat`` only for a possible device node."""
 
     def __init__(self, proc_root: str, targets: list[Target], self_pid: int) -> None:
         self.proc_root = proc_root
@@ -283,8 +269,7 @@ class _Scanner:
         return None
 
     def _maps(self, path: str) -> tuple[set[str], bool]:
-        """Targets named in a maps file. Read whole, in binary; its lines are parsed only
-        when it contains a target's last component (most processes map no sysfs file)."""
+        """Targets named in a maps file (parsed only when it holds a target's needle)."""
         found: set[str] = set()
         try:
             with open(path, "rb") as handle:

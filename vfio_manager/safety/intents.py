@@ -22,6 +22,7 @@ from typing import Any, Optional
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.log import get_logger
+from vfio_manager.safety.lock import command_line
 from vfio_manager.safety.statedir import DEFAULT_STATE_DIR, StateDir, UnusableFile
 
 log = get_logger("vfio_manager.safety.intents")
@@ -67,13 +68,6 @@ def intents_recorded(state_dir: str) -> bool:
     return os.path.isdir(os.path.join(state_dir, INTENT_DIR))
 
 
-def _command() -> str:
-    import shlex
-    import sys
-
-    return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
-
-
 class IntentStore:
     def __init__(
         self,
@@ -97,7 +91,7 @@ class IntentStore:
         name = str(PciAddress.parse(bdf))  # UsageError before any path is built
         moment = datetime.datetime.fromtimestamp(self.wall_clock(), tz=datetime.timezone.utc)
         at = moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-        by = command if command is not None else _command()
+        by = command if command is not None else command_line()
         intent = Intent(bdf=name, recorded_at=at, by=by, pid=os.getpid())
         payload = (json.dumps(intent.to_json(), sort_keys=True) + "\n").encode()
         try:
@@ -182,6 +176,3 @@ def _load(intents: StateDir, name: str) -> Intent:
         by=by if isinstance(by, str) else None,
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
     )
-
-
-__all__ = ["INTENT_DIR", "Intent", "IntentError", "IntentStore", "intents_recorded"]

@@ -72,7 +72,8 @@ class LockHolder:
         return text
 
 
-def _command() -> str:
+def command_line() -> str:
+    """Our command line, as a shell would take it (for holder and intent records)."""
     import shlex
 
     return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
@@ -217,7 +218,7 @@ class FileLock:
                         raise self._busy(fd) from None
                     self.sleep(min(self.poll_interval, remaining))
             try:
-                command = self.command if self.command is not None else _command()
+                command = self.command if self.command is not None else command_line()
                 _write_holder(fd, os.getpid(), command)
             except OSError as exc:  # only a decoration: the lock itself is held
                 log.warning("lock holder not recorded", path=self.path, error=exc.strerror)
