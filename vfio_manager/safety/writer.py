@@ -223,7 +223,9 @@ class _Process:
 
     def answer(self, timeout: Optional[float]) -> Optional[int]:
         """The errno (0: done); ``None`` when ``timeout`` passed first."""
-        if not select.select([self._replies], [], [], timeout)[0]:
+        poller = select.poll()  # not select(): a daemon's descriptors may pass FD_SETSIZE
+        poller.register(self._replies, select.POLLIN)
+        if not poller.poll(None if timeout is None else timeout * 1000):
             return None
         reply = _read_exactly(self._replies, _REPLY.size)
         if reply is None:
