@@ -124,13 +124,9 @@ def _label(driver: Optional[str]) -> str:
 
 
 class Engine:
-    """Runs plans against the kernel; ``clock``/``sleep`` are injectable for tests.
-
-    ``write_timeout`` bounds each function's writes together; ``node_timeout`` the shared
-    wait for /dev/vfio nodes. ``journal`` (optional) records each function before its first
-    write, so the next run can finish or roll back a killed one. ``parallel`` IOMMU groups
-    move side by side.
-    """
+    """Runs plans against the kernel. ``write_timeout`` bounds each function's writes,
+    ``node_timeout`` the shared wait for /dev/vfio nodes; ``journal`` records each function
+    before its first write; ``parallel`` IOMMU groups move side by side."""
 
     def __init__(
         self,

@@ -22,9 +22,6 @@ if TYPE_CHECKING:  # imported where used: status reads no host file, takes no lo
 DEFAULT_WRITE_TIMEOUT = 30.0  # seconds for each function's writes (--timeout)
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writing run waits for the node lock (--lock-timeout)
 DEFAULT_PARALLEL = 8  # IOMMU groups moved side by side (--parallel)
-WRITERS = ("process", "thread")
-"""Who makes the writes: a forked child (:mod:`vfio_manager.safety.writer`), or a thread
-for the in-memory fake kernel of the tests, where a child would write to its own copy."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ class Node:
     state_dir: str = DEFAULT_STATE_DIR
     timeout: float = DEFAULT_WRITE_TIMEOUT
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-    writer: str = "process"
+    writer: str = "process"  # or "thread", for the in-memory fake kernel of the tests
     parallel: int = DEFAULT_PARALLEL
 
     def sysfs(self, transport: Callable[[str, bytes], None] = direct_write) -> Sysfs:

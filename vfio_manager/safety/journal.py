@@ -1,21 +1,12 @@
 """What a function looked like before we touched it, kept where a killed run can find it.
 
-Two records per function live in the state directory, one file each (named by the
-canonical BDF, so no name climbs out; a corrupt file costs one function):
-
-``journal-BDF.json`` (a *transition*)
-    written by :meth:`Journal.record_start` before the first write, dropped when the
-    function reached its target or is back where it started. One left behind means a run
-    died half way: :meth:`Journal.pending` hands it to the next run to finish or roll back.
-
-``origin-BDF.json`` (an *origin*)
-    the driver and override a function had before it was first moved to vfio ("as found").
-    It stays while the function is in vfio mode and after its return, while it is so, and
-    is dropped (:meth:`Journal.forget_origin`) once a run sees it changed by someone else.
-
-Every file goes through :mod:`vfio_manager.safety.statedir` (atomic, durable writes; only
-regular files of ours read, bounded); an unreadable record is set aside as ``*.corrupt`` and
-reported as a :class:`JournalEntry` with ``problem`` set. The caller holds the node lock.
+Two records per function, one file each, named by its canonical BDF: a *transition*
+(``journal-BDF.json``), written before the first write and dropped when the function
+arrived (or is back where it started), which a killed run leaves for the next to finish or
+roll back (:meth:`Journal.pending`); and an *origin* (``origin-BDF.json``), the driver and
+override found before the first move to vfio, kept while the function is in vfio mode or so
+again, dropped once someone else changed it. Files go through the state directory's gateway;
+an unreadable one is set aside as ``*.corrupt``. The caller holds the node lock.
 """
 
 from __future__ import annotations
@@ -114,7 +105,7 @@ class JournalEntry:
         if data.get("bdf") != bdf:
             raise ValueError(f"names {data.get('bdf')!r} but is filed as {bdf}")
         direction = Direction(_str(data, "direction", optional=False))
-        steps = data.get("steps_done", [])  # written by older versions; otherwise unused
+        steps = data.get("steps_done", [])  # accepted when present, unused
         if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
             raise ValueError("steps_done is not a list of strings")
         pid = data.get("pid")

@@ -150,13 +150,10 @@ def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
 
 
 class FileLock:
-    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds (polling
-    every ``poll_interval``); a context manager. ``clock``, ``sleep``, ``command`` (default:
-    our argv) and ``uid`` (the owner the state directory must have) are injectable.
-
-    Two objects conflict even inside one process (each has its own open file description);
-    one object is not re-entrant.
-    """
+    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds; a
+    context manager. Two objects conflict even in one process (each opens the file anew);
+    one object is not re-entrant. ``clock``, ``sleep``, ``command`` and ``uid`` (the owner
+    the state directory must have) are injectable."""
 
     NAME: ClassVar[str]
     POLL_INTERVAL: ClassVar[float] = 0.1

@@ -309,12 +309,9 @@ class StuckWriter:
 
 
 class ChildWriter:
-    """Sends each write to an idle child, or a new one, and waits under the caller's
-    deadline; a child is never handed a second write before its first returned.
-
-    ``threads``: the children are threads (the fake kernel of the tests). ``keep_fds``: the
-    descriptors a process child inherits (the node lock's). Thread-safe.
-    """
+    """Sends each write to an idle child (or a new one: never a second write before the
+    first returned) and waits under the caller's deadline. ``threads``: the children are
+    threads; ``keep_fds``: what a process child inherits (the node lock). Thread-safe."""
 
     def __init__(
         self, keep_fds: Sequence[int] = (), *, threads: bool = False, write: Write = direct_write
