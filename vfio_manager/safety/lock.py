@@ -80,17 +80,11 @@ def command_line() -> str:
 
 
 def read_holder(lock_path: str, *, proc_root: str = DEFAULT_PROC_ROOT) -> Optional[LockHolder]:
-    """Who a lock file (``PID\\ncommand\\n``) names; ``None`` when it names nobody or is not
+    """Who a lock file (``PID\ncommand\n``) names; ``None`` when it names nobody or is not
     a regular file of ours in a safe directory. Never raises: it only decorates messages."""
     directory, name = os.path.split(lock_path)
-    return _holder_in(directory or ".", name, uid=None, proc_root=proc_root)
-
-
-def _holder_in(
-    state_dir: str, name: str, *, uid: Optional[int], proc_root: str
-) -> Optional[LockHolder]:
     try:
-        state = StateDir.open_existing(state_dir, uid=uid)
+        state = StateDir.open_existing(directory or ".")
         if state is None:
             return None
         with state:
@@ -192,10 +186,6 @@ class FileLock:
     @property
     def fd(self) -> Optional[int]:
         return self._fd
-
-    def holder(self) -> Optional[LockHolder]:
-        """Who the lock file says holds the lock (``None`` when nobody wrote it)."""
-        return _holder_in(self.state_dir, self.name, uid=self.uid, proc_root=self.proc_root)
 
     def acquire(self) -> None:
         """Take the lock, polling until ``timeout``; raise :meth:`busy`'s error then."""
