@@ -1,7 +1,6 @@
 """Errors as values: every failure the tool reports carries an exit code and a remedy.
 
-The CLI catches :class:`VfioManagerError` at its edge and prints ``message`` and ``remedy``;
-nothing below the CLI prints or exits. Exit codes are defined here and nowhere else.
+The CLI catches :class:`VfioManagerError` at its edge; nothing below it prints or exits.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""structlog, configured once: events on stderr, JSON when stderr is not a terminal.
+"""structlog, configured once: events on stderr (stdout is data), JSON unless on a terminal.
 
-stdout carries data (tables, JSON); logs never go there, so ``status --json | jq`` works.
-
-structlog is imported on the first event at or above the configured level, not at start-up:
-importing it pulls in asyncio (tens of ms), and a read-only command such as ``status``
-usually logs nothing, nor does a run whose only events are debug ones (taking the node
-lock). An event below the level is dropped here, before structlog exists, as structlog's
-own filtering logger would drop it; an event that passes is a structlog event like any
-other. Modules take a logger with :func:`get_logger` at import time at no cost.
+structlog (and asyncio with it, tens of ms) is imported on the first event at or above the
+level, so a command that logs nothing never pays for it; an event below the level is
+dropped here, as structlog's filtering logger would drop it.
 """
 
 from __future__ import annotations
@@ -15,8 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-# The numeric levels of the standard library's logging (which structlog's filtering
-# logger uses too), spelled out so that a run that logs nothing never imports logging.
+# logging's levels (structlog's filtering logger uses them), without importing logging
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 
 _settings: dict[str, Any] = {"fmt": "auto", "verbosity": 0, "stream": None}

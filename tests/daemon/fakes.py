@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from vfio_manager.daemon.health import socket_address
-from vfio_manager.daemon.intent import IntentStore
 from vfio_manager.daemon.reconciler import (
     FunctionStatus,
     HostCheck,
@@ -22,6 +21,7 @@ from vfio_manager.daemon.reconciler import (
 )
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.pipeline.engine import Status
+from vfio_manager.safety.intents import IntentStore
 
 VFIO = "vfio-pci"
 

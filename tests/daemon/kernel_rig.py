@@ -30,12 +30,12 @@ from pyfakefs.fake_filesystem_unittest import Pause
 from tests.daemon.fakes import FakeClock, Listener
 from tests.daemon.samples import driver_event, pci_event
 from tests.harness import FakeKernel
-from vfio_manager.daemon.intent import IntentStore
 from vfio_manager.daemon.reconciler import State
 from vfio_manager.daemon.service import Daemon, DaemonOptions, build_daemon
 from vfio_manager.host.modules import RunResult
 from vfio_manager.kernel.uevents import DatagramUeventSource
 from vfio_manager.pipeline.node import Node
+from vfio_manager.safety.intents import IntentStore
 
 WALL = 1714564800.0
 
@@ -48,9 +48,7 @@ REAL_STATE = [
             "vfio_manager.safety.lock",
             "vfio_manager.safety.journal",
             "vfio_manager.safety.statedir",
-            "vfio_manager.daemon.files",
-            "vfio_manager.daemon.intent",
-            "vfio_manager.daemon.presence",
+            "vfio_manager.safety.intents",
             "vfio_manager.daemon.health",
             "vfio_manager.daemon.loop",
         ]

@@ -22,10 +22,10 @@ from tests.daemon.kernel_rig import REAL_STATE, KernelRig
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.safety.test_in_use import fake_process, native_node
-from vfio_manager.daemon.intent import IntentStore
-from vfio_manager.daemon.presence import DaemonRunningError
 from vfio_manager.daemon.reconciler import OnExit, State
 from vfio_manager.daemon.service import DaemonOptions
+from vfio_manager.safety.intents import IntentStore
+from vfio_manager.safety.lock import DaemonRunningError
 
 NEW = "0000:09:00.0"
 

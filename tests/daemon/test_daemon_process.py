@@ -124,7 +124,7 @@ def test_the_daemon_process_from_ready_to_sigterm(
         assert "vfio_manager_node_converged 1.0" in text
         assert "process_resident_memory_bytes" in text
 
-        probe = "import sys\nfrom vfio_manager.daemon.presence import daemon_running\n"
+        probe = "import sys\nfrom vfio_manager.safety.lock import daemon_running\n"
         probe += "print(daemon_running(sys.argv[1]))"
         seen = subprocess.run(
             [sys.executable, "-c", probe, str(state)],

@@ -11,10 +11,14 @@ import pytest
 
 from tests.daemon.fakes import FakeClock
 from vfio_manager.daemon.health import ReadyFile, default_ready_path
-from vfio_manager.daemon.intent import IntentStore
-from vfio_manager.daemon.presence import DaemonPresence, DaemonRunningError, daemon_running
 from vfio_manager.errors import UsageError
-from vfio_manager.safety.lock import UnsafeStateDirError
+from vfio_manager.safety.intents import IntentStore
+from vfio_manager.safety.lock import (
+    DaemonPresence,
+    DaemonRunningError,
+    daemon_running,
+)
+from vfio_manager.safety.statedir import UnsafeStateDirError
 
 COUNTS = {"converged": 2, "pending": 0, "held": 0, "excluded": 1, "failed": 0, "intent-host": 0}
 

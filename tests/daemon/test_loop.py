@@ -21,11 +21,11 @@ from tests.daemon.fakes import VFIO, AdvancingWaiter, FakeClock, FakeNode, Liste
 from tests.daemon.samples import driver_event, pci_event
 from vfio_manager.daemon import loop as loop_module
 from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
-from vfio_manager.daemon.intent import IntentStore
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, summary
 from vfio_manager.daemon.reconciler import HostCheck, State
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.uevents import DatagramUeventSource
+from vfio_manager.safety.intents import IntentStore
 
 A, B, C = "0000:03:00.0", "0000:04:00.0", "0000:05:00.0"
 IOMMU_OFF = HostCheck("iommu", "no IOMMU groups in /sys/kernel/iommu_groups", "intel_iommu=on")

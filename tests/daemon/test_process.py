@@ -74,8 +74,8 @@ def test_the_loop_loads_neither_prometheus_nor_http_server() -> None:
     """Cold start: only --listen pays for prometheus-client and http.server."""
     probe = (
         "import sys\n"
-        "import vfio_manager.daemon.loop, vfio_manager.daemon.intent, "
-        "vfio_manager.daemon.presence, vfio_manager.kernel.uevents\n"
+        "import vfio_manager.daemon.loop, vfio_manager.safety.intents, "
+        "vfio_manager.safety.lock, vfio_manager.kernel.uevents\n"
         "print(sorted(m for m in ('prometheus_client', 'http.server', 'structlog') "
         "if m in sys.modules))"
     )

@@ -1,8 +1,8 @@
 """A state directory that stops taking writes (EROFS, EIO) never costs the report.
 
 Each journal call on the write path can fail: the listing of pending records, dropping a
-moot record, reading or dropping an origin, the record written before the first write, a
-step appended after a write, the removal once a function arrived. Each failure is a
+moot record, reading or dropping an origin, the record written before the first write, the
+removal once a function arrived. Each failure is a
 per-function outcome or a note, with exit code 1, and the summary (text or the one JSON
 document) is always printed; a function whose record could not be written before its
 first write is refused, and nothing is written to it. The faults are injected at the state
@@ -171,34 +171,6 @@ def test_a_record_that_cannot_be_written_refuses_that_function_only(
     assert "Read-only file system" in outcomes[first]["reason"]
     assert "nothing was written" in outcomes[first]["remedy"]
     assert outcomes[second]["outcome"] == "changed"
-
-
-def test_a_step_that_cannot_be_recorded_does_not_undo_the_transition(
-    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The record written before the first write is what recovery needs; a step that could
-    not be appended to it is said, not undone (undoing would only add writes)."""
-    (npu,) = npu_node(kernel, count=1)
-    seen: set[str] = set()
-
-    def rewrite_of_a_transition(name: str) -> bool:
-        if not name.startswith("journal-"):
-            return False
-        again = name in seen
-        seen.add(name)
-        return again
-
-    failed = fail(monkeypatch, "replace", errno.EIO, rewrite_of_a_transition)
-    result = invoke(kernel, "bind-all", "--json")
-    assert failed
-    assert state(kernel, npu) == VFIO
-    assert result.exit_code == 1
-    (function,) = one_document(result)["functions"]
-    assert function["outcome"] == "changed"
-    assert function["writes"] == 3
-    assert "Input/output error" in function["journal_error"]
-    assert "not recorded" in function["journal_error"]
-    assert pending(kernel) == []  # the removal worked: nothing is left to settle
 
 
 def test_a_journal_that_cannot_be_listed_refuses_the_run_before_any_write(

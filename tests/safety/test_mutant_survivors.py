@@ -10,6 +10,8 @@ import errno
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,9 @@ from tests.harness.topologies import npu_node
 from tests.safety.conftest import state
 from tests.safety.test_as_found import operator, park_on_pci_stub, with_pci_stub
 from tests.unit.test_inuse import PROC, add_process, failing
-from vfio_manager.safety.deadline import DeadlineExceededError, bounded_write, run_with_deadline
 from vfio_manager.safety.holders import scan_holders
 from vfio_manager.safety.lock import LOCK_FILE_NAME, LockTimeoutError, NodeLock, read_holder
+from vfio_manager.safety.writer import ChildWriter, Deadline, DeadlineExceededError, bounded
 
 EVENT_WAIT = 5.0  # upper bound for event waits; never reached when the code is right
 
@@ -72,12 +74,21 @@ def test_a_failed_bind_puts_pci_stub_back_without_leaving_its_override(
     assert outcome["restored_to"] == "pci-stub (override unset)"
 
 
-def _stuck_write(what: str) -> tuple[threading.Event, threading.Thread]:
-    """A write of ours that misses its deadline and stays in the kernel until released."""
-    release = threading.Event()
+def _stuck_write(writer: ChildWriter, fifo: Path) -> tuple[Callable[[], None], threading.Thread]:
+    """A write of ours (to a FIFO nobody reads, as an unbind while a VM holds the device)
+    that misses its deadline and stays in the kernel until released."""
+    os.mkfifo(fifo)
+    before = set(threading.enumerate())
     with pytest.raises(DeadlineExceededError):
-        run_with_deadline(lambda: release.wait(EVENT_WAIT), timeout=0.02, what=what)
-    (thread,) = [t for t in threading.enumerate() if t.name.endswith(what)]
+        bounded(
+            lambda: writer(str(fifo), b"0000:01:00.0"), Deadline(time.monotonic() + 0.02, "unbind")
+        )
+    (thread,) = [t for t in threading.enumerate() if t not in before]
+
+    def release() -> None:
+        with open(fifo, "rb") as reader:
+            reader.read()
+
     return release, thread
 
 
@@ -99,14 +110,15 @@ def test_the_node_lock_is_kept_until_the_last_stuck_write_returns(tmp_path: Path
     (proc_root / str(os.getpid())).mkdir(parents=True)
     (proc_root / str(os.getpid()) / "stat").write_text(f"{os.getpid()} (python) S 1 2 3\n")
     state_dir = str(tmp_path / "state")
-    with NodeLock(state_dir, timeout=0, proc_root=str(proc_root)):
-        first, first_thread = _stuck_write("unbind 0000:01:00.0 from rebellions (mutants)")
-        second, second_thread = _stuck_write("unbind 0000:02:00.0 from rebellions (mutants)")
+    with NodeLock(state_dir, timeout=0, proc_root=str(proc_root)) as lock:
+        writer = lock.writer(threads=True)
+        first, first_thread = _stuck_write(writer, tmp_path / "unbind-1")
+        second, second_thread = _stuck_write(writer, tmp_path / "unbind-2")
     assert not _free(state_dir, proc_root), "released while two writes are stuck"
-    first.set()
+    first()
     first_thread.join(EVENT_WAIT)
     assert not _free(state_dir, proc_root), "released while a write is still stuck"
-    second.set()
+    second()
     second_thread.join(EVENT_WAIT)
     assert _free(state_dir, proc_root), "still held after every stuck write returned"
 
@@ -119,16 +131,19 @@ def test_a_write_after_the_deadline_gets_no_time_of_its_own() -> None:
     """
     release = threading.Event()
     what = "unbind 0000:01:00.0 from rebellions (late)"
+
+    def hang(_path: str, _data: bytes) -> None:
+        release.wait(EVENT_WAIT)
+
+    writer = ChildWriter(threads=True, write=hang)
+    before = set(threading.enumerate())
     try:
         with pytest.raises(DeadlineExceededError) as caught:
-            bounded_write(
-                lambda: release.wait(EVENT_WAIT), deadline_at=10.0, what=what, clock=lambda: 10.5
-            )
+            bounded(lambda: writer("/x", b"1"), Deadline(10.0, what, clock=lambda: 10.5))
     finally:
         release.set()
-        for thread in threading.enumerate():
-            if thread.name.endswith(what):
-                thread.join(EVENT_WAIT)  # leaves no pending write to the tests after this one
+        for thread in set(threading.enumerate()) - before:
+            thread.join(EVENT_WAIT)  # leaves no pending write to the tests after this one
     assert "within 0s" in caught.value.message
 
 

@@ -132,7 +132,9 @@ def test_reading_the_holder_of_a_fifo_lock_file_does_not_block(tmp_path: Path) -
     state_dir = private_dir(str(tmp_path / "state"))
     lock = mkfifo(os.path.join(state_dir, "lock"))
     assert finishes(lambda: read_holder(lock), within=HANG, fifos=(lock,)) is None
-    holder = finishes(lambda: NodeLock(state_dir, timeout=0).holder(), within=HANG, fifos=(lock,))
+    holder = finishes(
+        lambda: read_holder(NodeLock(state_dir, timeout=0).path), within=HANG, fifos=(lock,)
+    )
     assert holder is None
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vfio_manager.safety.writer import ChildWriter
+from vfio_manager.safety.writer import ChildWriter, Deadline, DeadlineExceededError, bounded
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
@@ -50,7 +50,7 @@ def test_a_write_goes_on_while_another_child_is_stuck(tmp_path: Path) -> None:
     thread = threading.Thread(target=stuck_write, daemon=True)
     thread.start()
     try:
-        _until(lambda: bool(writer.in_flight()), "the FIFO write to reach its child")
+        _until(lambda: bool(writer.stuck()), "the FIFO write to reach its child")
         # the FIFO's open blocks in the first child; this write needs a second one
         writer(str(plain), b"0000:02:00.0")
         assert plain.read_text() == "0000:02:00.0"
@@ -99,3 +99,19 @@ def test_an_errno_comes_back_from_the_child(tmp_path: Path) -> None:
         assert caught.value.errno == errno.ENOENT  # the answer, carried back from the child
     finally:
         writer.close()
+
+
+def test_a_write_past_its_deadline_is_abandoned_to_its_child(tmp_path: Path) -> None:
+    """The caller stops waiting at the deadline; the child stays until its write returns,
+    then exits (its answer refused), and is no longer named as stuck."""
+    fifo = tmp_path / "unbind"
+    os.mkfifo(fifo)
+    writer = ChildWriter()
+    deadline = Deadline(time.monotonic() + 0.05, "unbind 0000:01:00.0", "0000:01:00.0", "unbind")
+    with pytest.raises(DeadlineExceededError, match="did not return within"):
+        bounded(lambda: writer(str(fifo), b"0000:01:00.0"), deadline)
+    (stuck,) = writer.close()
+    assert stuck.pid != os.getpid()
+    with open(fifo, "rb") as reader:  # the "VM" lets go
+        assert reader.read() == b"0000:01:00.0"
+    _until(lambda: writer.stuck() == [], "the abandoned child to exit")

@@ -1,4 +1,8 @@
-"""Deadlines and retries without real waiting: hangs are Events, time is a fake clock."""
+"""Deadlines and retries without real waiting: hangs are Events, time is a fake clock.
+
+The deadline is the writer's: a write goes to a child (a thread here, as under the fake
+kernel) and the caller stops waiting for its answer when the deadline passes.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,19 @@ import errno
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
-from vfio_manager.safety.deadline import (
+from vfio_manager.safety.writer import (
+    ChildWriter,
+    Deadline,
     DeadlineExceededError,
-    bounded_write,
+    bounded,
     is_transient,
-    pending_writes,
     retry_transient,
-    run_with_deadline,
 )
 
 EVENT_WAIT = 5.0  # upper bound for event waits; never reached when the code is right
@@ -56,20 +62,28 @@ class Flaky:
         return "ok"
 
 
-# -- run_with_deadline ------------------------------------------------------------------------
+def within(
+    seconds: float, what: str = "write", bdf: str | None = None, step: str | None = None
+) -> Deadline:
+    return Deadline(time.monotonic() + seconds, what, bdf, step)
+
+
+def writer_of(write: Callable[[str, bytes], None]) -> ChildWriter:
+    return ChildWriter(threads=True, write=write)
+
+
+# -- the writer's deadline --------------------------------------------------------------------
 
 
 def test_returns_the_result() -> None:
-    assert run_with_deadline(lambda: 42, timeout=EVENT_WAIT, what="probe") == 42
+    assert bounded(lambda: 42, within(EVENT_WAIT, "probe")) == 42
 
 
 def test_runs_off_the_calling_thread() -> None:
     seen: list[threading.Thread] = []
-
-    def fn() -> None:
-        seen.append(threading.current_thread())
-
-    run_with_deadline(fn, timeout=EVENT_WAIT, what="probe")
+    writer = writer_of(lambda _path, _data: seen.append(threading.current_thread()))
+    bounded(lambda: writer("/sys/bus/pci/drivers_probe", b"1"), within(EVENT_WAIT, "probe"))
+    writer.close()
     assert seen[0] is not threading.current_thread()
     assert seen[0].daemon
 
@@ -81,8 +95,19 @@ def test_exceptions_propagate_unchanged() -> None:
         raise err
 
     with pytest.raises(SysfsWriteError) as caught:
-        run_with_deadline(fn, timeout=EVENT_WAIT, what="bind")
+        bounded(fn, within(EVENT_WAIT, "bind"))
     assert caught.value is err
+
+
+def test_an_errno_comes_back_from_the_child() -> None:
+    def refuse(_path: str, _data: bytes) -> None:
+        raise OSError(errno.EINVAL, "refused")
+
+    writer = writer_of(refuse)
+    with pytest.raises(OSError, match="Invalid argument") as caught:
+        bounded(lambda: writer("/sys/x", b"1"), within(EVENT_WAIT))
+    writer.close()
+    assert caught.value.errno == errno.EINVAL
 
 
 def test_a_hung_write_is_abandoned_not_awaited() -> None:
@@ -90,14 +115,17 @@ def test_a_hung_write_is_abandoned_not_awaited() -> None:
     release = threading.Event()
     finished = threading.Event()
 
-    def hang() -> None:
+    def hang(_path: str, _data: bytes) -> None:
         started.set()
         release.wait(EVENT_WAIT)
         finished.set()
 
+    writer = writer_of(hang)
+    before = set(threading.enumerate())
     what = "unbind 0000:03:00.0 from vfio-pci"
+    deadline = within(TINY, what, bdf="0000:03:00.0", step="unbind")
     with pytest.raises(DeadlineExceededError) as caught:
-        run_with_deadline(hang, timeout=TINY, what=what, bdf="0000:03:00.0", step="unbind")
+        bounded(lambda: writer("/sys/bus/pci/drivers/vfio-pci/unbind", b"0000:03:00.0"), deadline)
     err = caught.value
     assert isinstance(err, VfioManagerError)
     assert started.is_set()
@@ -105,31 +133,39 @@ def test_a_hung_write_is_abandoned_not_awaited() -> None:
     assert (err.bdf, err.step) == ("0000:03:00.0", "unbind")
     assert what in err.message
     assert err.remedy is not None
-    assert what in pending_writes()
-    stuck = [t for t in threading.enumerate() if t.name.endswith(what)]
+    (pending,) = writer.stuck()
+    assert "0000:03:00.0" in pending.what
+    stuck = [t for t in threading.enumerate() if t not in before]
     assert len(stuck) == 1
     assert stuck[0].daemon, "a daemon thread: the interpreter exits without it"
 
-    release.set()  # the holder lets go: the write returns and leaves the registry
+    release.set()  # the holder lets go: the write returns and the child ends
     stuck[0].join(EVENT_WAIT)
     assert finished.is_set()
-    assert what not in pending_writes()
+    assert writer.stuck() == []
 
 
 def test_zero_timeout_still_returns_a_fast_result_or_raises() -> None:
     gate = threading.Event()
+
+    def hang(_path: str, _data: bytes) -> None:
+        gate.wait(EVENT_WAIT)
+
+    writer = writer_of(hang)
     with pytest.raises(DeadlineExceededError):
-        run_with_deadline(lambda: gate.wait(EVENT_WAIT), timeout=0, what="hang")
+        bounded(lambda: writer("/sys/x", b"1"), within(0, "hang"))
     gate.set()
 
 
 def test_process_exits_despite_a_stuck_write() -> None:
-    """The real thing: a child process whose write never returns still exits promptly."""
+    """The real thing: a process whose write never returns still exits promptly."""
     code = (
-        "import threading, sys\n"
-        "from vfio_manager.safety.deadline import run_with_deadline, DeadlineExceededError\n"
+        "import threading, sys, time\n"
+        "from vfio_manager.safety.writer import ChildWriter, Deadline, DeadlineExceededError,"
+        " bounded\n"
+        "writer = ChildWriter(threads=True, write=lambda p, d: threading.Event().wait())\n"
         "try:\n"
-        "    run_with_deadline(threading.Event().wait, timeout=0.01, what='unbind')\n"
+        "    bounded(lambda: writer('/x', b'1'), Deadline(time.monotonic() + 0.01, 'unbind'))\n"
         "except DeadlineExceededError:\n"
         "    sys.exit(7)\n"
     )
@@ -212,29 +248,30 @@ def test_is_transient() -> None:
     assert not is_transient(OSError(errno.EBUSY, "not a SysfsWriteError"))
 
 
-def test_bounded_write_retries_then_succeeds() -> None:
+def test_bounded_retries_then_succeeds() -> None:
     clock = FakeClock()
     fn = Flaky(errno.ENODEV)
-    result = bounded_write(
-        fn, deadline_at=clock() + EVENT_WAIT, what="bind", clock=clock, sleep=clock.sleep
-    )
+    result = bounded(fn, Deadline(clock() + EVENT_WAIT, "bind", clock=clock), sleep=clock.sleep)
     assert result == "ok"
     assert fn.calls == 2
 
 
-def test_bounded_write_does_not_retry_a_hang() -> None:
+def test_bounded_does_not_retry_a_hang() -> None:
     clock = FakeClock()
     release = threading.Event()
     calls = 0
 
-    def hang() -> None:
+    def hang(_path: str, _data: bytes) -> None:
         nonlocal calls
         calls += 1
         release.wait(EVENT_WAIT)
 
+    writer = writer_of(hang)
     with pytest.raises(DeadlineExceededError):
-        bounded_write(
-            hang, deadline_at=clock() + TINY, what="unbind", clock=clock, sleep=clock.sleep
+        bounded(
+            lambda: writer("/x", b"1"),
+            Deadline(clock() + TINY, "unbind", clock=clock),
+            sleep=clock.sleep,
         )
     release.set()
     assert calls == 1
@@ -245,7 +282,7 @@ def test_tenacity_is_not_imported_until_a_write_is_retried() -> None:
     code = (
         "import errno, sys, time\n"
         "from vfio_manager.errors import SysfsWriteError\n"
-        "from vfio_manager.safety import deadline\n"
+        "from vfio_manager.safety import writer as deadline\n"
         "assert 'tenacity' not in sys.modules\n"
         "assert deadline.retry_transient(lambda: 1, deadline_at=time.monotonic() + 5) == 1\n"
         "assert 'tenacity' not in sys.modules, 'a write that succeeds at once needs no retry'\n"

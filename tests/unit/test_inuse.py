@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from vfio_manager.safety.holders import (
     Holder,
     Target,
     describe_holders,
-    find_holders,
     function_targets,
     scan_holders,
 )
@@ -28,6 +27,12 @@ PROC = "/proc"
 BDF = "0000:03:00.0"
 REAL = f"/sys/devices/pci0000:00/0000:00:01.0/{BDF}"
 SELF = 4242
+
+
+def find_holders(
+    proc_root: str, targets: Sequence[Target | str], *, self_pid: int | None = None
+) -> list[Holder]:
+    return list(scan_holders(proc_root, targets, self_pid=self_pid).holders)
 
 
 def add_process(

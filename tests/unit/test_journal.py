@@ -18,7 +18,7 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.model import PciFunction
 from vfio_manager.safety.journal import ORIGIN, TRANSITION, Journal, JournalEntry, JournalError
-from vfio_manager.safety.lock import UnsafeStateDirError
+from vfio_manager.safety.statedir import UnsafeStateDirError
 
 BDF = "0000:03:00.0"
 NPU = 0x1220
@@ -71,14 +71,11 @@ def test_bind_records_transition_and_origin(journal: Journal, state: Path) -> No
     assert data["started_at"] == NOW
     assert data["pid"] == os.getpid()
 
-    journal.mark_step(BDF, "set-override")
-    journal.mark_step(BDF, "unbind")
     (pending,) = journal.pending()
-    assert pending.steps_done == ("set-override", "unbind")
     assert pending.direction is Direction.TO_VFIO
     assert not pending.corrupt
 
-    journal.complete(BDF)
+    journal.drop_transition(BDF)
     assert journal.pending() == []
     origin = journal.original(BDF)
     assert origin is not None
@@ -91,14 +88,14 @@ def test_return_to_host_keeps_the_origin_until_it_is_forgotten(
     journal: Journal, state: Path
 ) -> None:
     journal.record_start(npu(), Direction.TO_VFIO)
-    journal.complete(BDF)
+    journal.drop_transition(BDF)
     on_vfio = npu(driver="vfio-pci", override="vfio-pci")
     entry = journal.record_start(on_vfio, Direction.TO_HOST)
     assert not entry.origin_created
     origin = journal.original(BDF)
     assert origin is not None
     assert origin.original_driver == "rebellions", "the origin survives the way back"
-    journal.complete(BDF)
+    journal.drop_transition(BDF)
     origin = journal.original(BDF)
     assert origin is not None, "as found, and as it is again: the next run leaves it so"
     assert origin.original_driver == "rebellions"
@@ -111,10 +108,10 @@ def test_return_to_host_keeps_the_origin_until_it_is_forgotten(
 def test_second_bind_keeps_the_first_origin(journal: Journal) -> None:
     """A function already in vfio mode (driver or override) does not overwrite its origin."""
     journal.record_start(npu(driver="nvme"), Direction.TO_VFIO)
-    journal.complete(BDF)
+    journal.drop_transition(BDF)
     for driver, override in (("vfio-pci", "vfio-pci"), (None, "vfio-pci"), ("vfio-pci", None)):
         journal.record_start(npu(driver=driver, override=override), Direction.TO_VFIO)
-        journal.complete(BDF)
+        journal.drop_transition(BDF)
         origin = journal.original(BDF)
         assert origin is not None
         assert origin.original_driver == "nvme"
@@ -122,8 +119,7 @@ def test_second_bind_keeps_the_first_origin(journal: Journal) -> None:
 
 def test_abort_of_a_bind_keeps_the_origin_it_is_back_in(journal: Journal, state: Path) -> None:
     journal.record_start(npu(driver=None, override="pci-stub"), Direction.TO_VFIO)
-    journal.mark_step(BDF, "set-override")
-    journal.abort(BDF)
+    journal.drop_transition(BDF)
     assert files(state) == [f"origin-{BDF}.json"]
     origin = journal.original(BDF)
     assert origin is not None
@@ -132,9 +128,9 @@ def test_abort_of_a_bind_keeps_the_origin_it_is_back_in(journal: Journal, state:
 
 def test_abort_of_a_return_keeps_the_origin(journal: Journal) -> None:
     journal.record_start(npu(), Direction.TO_VFIO)
-    journal.complete(BDF)
+    journal.drop_transition(BDF)
     journal.record_start(npu(driver="vfio-pci", override="vfio-pci"), Direction.TO_HOST)
-    journal.abort(BDF)
+    journal.drop_transition(BDF)
     origin = journal.original(BDF)
     assert origin is not None
     assert origin.original_driver == "rebellions"
@@ -144,11 +140,8 @@ def test_abort_of_a_return_keeps_the_origin(journal: Journal) -> None:
 def test_unrecovered_transition_keeps_the_first_originals(journal: Journal) -> None:
     """A crash after the unbind: the function is driverless now, but the record knows better."""
     journal.record_start(npu(), Direction.TO_VFIO)
-    journal.mark_step(BDF, "set-override")
-    journal.mark_step(BDF, "unbind")
     entry = journal.record_start(npu(driver=None, override="vfio-pci"), Direction.TO_VFIO)
     assert entry.original_driver == "rebellions"
-    assert entry.steps_done == ()
     origin = journal.original(BDF)
     assert origin is not None
     assert origin.original_driver == "rebellions"
@@ -156,7 +149,7 @@ def test_unrecovered_transition_keeps_the_first_originals(journal: Journal) -> N
 
 def test_original_ignores_a_record_for_another_device(journal: Journal, state: Path) -> None:
     journal.record_start(npu(), Direction.TO_VFIO)
-    journal.complete(BDF)
+    journal.drop_transition(BDF)
     assert journal.original(BDF, vendor_device="1eff:1220") is not None
     assert journal.original(BDF, vendor_device="1EFF:1221") is None
     assert files(state) == [], "a stale origin is removed, not trusted later"
@@ -166,32 +159,26 @@ def test_records_are_per_function(journal: Journal) -> None:
     other = "0000:04:00.0"
     journal.record_start(npu(), Direction.TO_VFIO)
     journal.record_start(npu(other, driver=None), Direction.TO_VFIO)
-    journal.complete(BDF)
+    journal.drop_transition(BDF)
     assert [e.bdf for e in journal.pending()] == [other]
     origin = journal.original(other)
     assert origin is not None
     assert origin.original_driver is None
 
 
-def test_mark_step_without_start_is_an_error(journal: Journal) -> None:
-    with pytest.raises(JournalError):
-        journal.mark_step(BDF, "unbind")
-
-
 def test_bad_bdf_never_becomes_a_path(journal: Journal, state: Path) -> None:
     for bad in ("../../etc/passwd", "0000:03:00.8", "", "x"):
         with pytest.raises(UsageError):
-            journal.mark_step(bad, "unbind")
+            journal.drop_transition(bad)
     assert not state.exists() or files(state) == []
 
 
 def test_short_bdf_is_filed_canonically(journal: Journal, state: Path) -> None:
     journal.record_start(npu("03:00.0"), Direction.TO_VFIO)
-    journal.mark_step("03:00.0", "unbind")
     assert f"journal-{BDF}.json" in files(state)
-    entry = journal.transition(BDF)
+    entry = journal.transition("03:00.0")
     assert entry is not None
-    assert entry.steps_done == ("unbind",)
+    assert entry.bdf == BDF
 
 
 # -- corrupt records ----------------------------------------------------------------------
@@ -404,10 +391,8 @@ def test_every_record_the_journal_writes_reads_back(
     assert files(state)
     assert not any(name.endswith(".corrupt") for name in files(state))
     assert journal.transition(BDF) == entry
-    assert journal.mark_step(BDF, "set-override") == journal.transition(BDF)
     (found,) = journal.pending()
     assert not found.corrupt, found.problem
-    assert found.steps_done == ("set-override",)
     assert found.original_override == (override or None)
     if driver is None or _usable_driver_name(driver):
         assert (found.original_driver, found.original_driver_unknown) == (driver, False)
@@ -439,7 +424,6 @@ def test_a_driver_link_with_an_unusable_name_is_recorded_as_unknown(
 
 def test_an_override_with_a_slash_is_kept_as_the_string_it_was(journal: Journal) -> None:
     journal.record_start(npu(override="odd/override"), Direction.TO_VFIO)
-    journal.mark_step(BDF, "set-override")
     (found,) = journal.pending()
     assert found.original_override == "odd/override"
     origin = journal.original(BDF)

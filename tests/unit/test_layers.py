@@ -1,7 +1,7 @@
 """The package's layers: a lower layer never imports an upper one, and no module cycles.
 
 Order, bottom up: errors, log and record; kernel (the kernel's view and verbs); host (readiness);
-safety (lock, journal, deadlines, holders); pipeline (plan, engine, transition); daemon;
+safety (lock, journal, writer, holders); pipeline (plan, engine, transition); daemon;
 cli. Imports inside functions count too (a lazy import is still a dependency), and so do
 imports made only for type checking.
 """

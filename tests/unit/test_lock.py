@@ -19,9 +19,9 @@ from vfio_manager.safety.lock import (
     LOCK_FILE_NAME,
     LockTimeoutError,
     NodeLock,
-    UnsafeStateDirError,
     read_holder,
 )
+from vfio_manager.safety.statedir import UnsafeStateDirError
 
 EVENT_WAIT = 5.0  # upper bound for event waits; never reached when the code is right
 
@@ -177,7 +177,7 @@ def test_two_holders_in_threads_serialise(tmp_path: Path) -> None:
         thread.start()
         assert b_waiting.wait(EVENT_WAIT), "B never polled"
         assert not b_done.is_set()
-        holder = a.holder()
+        holder = read_holder(a.path)
         assert holder is not None
         assert holder.command == "A"
         order.append("A out")

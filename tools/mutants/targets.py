@@ -97,8 +97,8 @@ TARGETS: dict[str, Target] = {
         ),
         sample=12,
     ),
-    "deadline": Target(
-        "vfio_manager/safety/deadline.py",
+    "writer": Target(
+        "vfio_manager/safety/writer.py",
         (
             SURVIVORS,
             "tests/unit/test_deadline.py",

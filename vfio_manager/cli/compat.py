@@ -2,9 +2,9 @@
 
 The script's command line, exit codes (0, 1, 2) and stdout lines, which the operator's hooks
 and admins' runbooks grep, over ``vfio-manager``'s pipeline: writes go through
-:func:`~vfio_manager.cli.main.run_with_intents`, ``check_bind`` reads what ``status`` reads,
-and the node and selection come from ``vfio-manager``'s environment variables. docs/cli.md
-lists where it differs from the script on purpose.
+``run_transition``, ``check_bind`` reads what ``status`` reads, and the node and selection
+come from ``vfio-manager``'s environment variables. docs/cli.md lists where it differs from
+the script on purpose.
 """
 
 from __future__ import annotations
@@ -211,14 +211,14 @@ def _transition(
     ``-d`` outside the selection is the script's "not an NPU": exit 0, nothing written."""
 
     def run(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> int:
-        from vfio_manager.cli.main import run_with_intents
         from vfio_manager.errors import NotSelectedError
-        from vfio_manager.pipeline.transition import TransitionRequest
+        from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
         named = () if bdf is None else (bdf,)
         try:
-            result = run_with_intents(node, TransitionRequest(selector, direction, named=named))
+            request = TransitionRequest(selector, direction, named=named, admin=True)
+            result = run_transition(node, request)
         except NotSelectedError as err:
             log.warning("not selected", bdf=err.bdf, reason=err.message)
             if not_selected:

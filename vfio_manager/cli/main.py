@@ -24,7 +24,6 @@ from vfio_manager.kernel.address import PciAddress
 if TYPE_CHECKING:
     from vfio_manager.pipeline.node import Node
     from vfio_manager.pipeline.selection import Selector
-    from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -409,12 +408,10 @@ def _wait_on_vfio(node: Node, selector: Any, seconds: float) -> None:
 
 def _read_intents(node: Node) -> dict[str, Any]:
     """The admin's intents (read-only; an unreadable state directory shows none)."""
-    from vfio_manager.daemon.files import intents_recorded
+    from vfio_manager.safety.intents import IntentStore, intents_recorded
 
     if not intents_recorded(node.state_dir):
         return {}
-    from vfio_manager.daemon.intent import IntentStore
-
     try:
         return dict(IntentStore(node.state_dir).read())
     except VfioManagerError:
@@ -465,22 +462,6 @@ def check(
 
 
 # -- bind, unbind, bind-all, unbind-all --------------------------------------------------------
-def run_with_intents(node: Node, request: TransitionRequest) -> TransitionResult:
-    """One admin-run transition, the daemon's intents recorded before it and settled after;
-    these commands and ``vfio-manage`` write through it."""
-    from vfio_manager.daemon.oneshot import record_unbind_intents, settle_intents
-    from vfio_manager.pipeline.transition import run_transition
-
-    recorded = record_unbind_intents(node, request)
-    try:
-        result = run_transition(node, request)
-    except VfioManagerError:
-        settle_intents(node, None, recorded)
-        raise
-    settle_intents(node, result, recorded)
-    return result
-
-
 _transition_options = _options(
     _selection_options,
     click.option(
@@ -526,11 +507,12 @@ def _transition_command(
     ) -> None:
         from vfio_manager.cli import render
         from vfio_manager.kernel.drivers import Direction
-        from vfio_manager.pipeline.transition import TransitionRequest
+        from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
         selector = _selector(vendor, pci_class, device_ids)
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
-        result = run_with_intents(node, TransitionRequest(selector, direction, named=bdfs, **flags))
+        request = TransitionRequest(selector, direction, named=bdfs, admin=True, **flags)
+        result = run_transition(node, request)
         lines = render.transition_json(result) if as_json else render.transition_text(result)
         _finish(lines, result.exit_code)
 

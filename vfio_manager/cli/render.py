@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
-    from vfio_manager.daemon.intent import Intent
     from vfio_manager.pipeline.engine import Report
     from vfio_manager.pipeline.plan import Plan
     from vfio_manager.pipeline.queries import CheckResult, StatusResult
     from vfio_manager.pipeline.selection import Selector
     from vfio_manager.pipeline.transition import TransitionResult
+    from vfio_manager.safety.intents import Intent
 
 
 def to_json(data: Any) -> str:

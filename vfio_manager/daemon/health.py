@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from vfio_manager import __version__
-from vfio_manager.daemon import files
 from vfio_manager.daemon.reconciler import NodeView, ReconcileOutcome, State
 from vfio_manager.errors import UsageError
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.uevents import PCI_ACTIONS, Uevent
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.engine import Status
+from vfio_manager.safety.statedir import remove_file, replace_file
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
@@ -60,27 +60,21 @@ class ReadyFile:
             "counts": wanted,
         }
         payload = (json.dumps(doc, sort_keys=True) + "\n").encode()
-        written = self._change(
-            "ready file not written", lambda fd, name: files.write_atomic(fd, name, payload)
-        )
+        written = self._change("ready file not written", lambda: replace_file(self.path, payload))
         self._written = wanted if written else None
 
     def remove(self) -> None:
         """Remove the file (no error when absent): the node is not, or no longer, converged."""
         self._since = self._written = None
-        self._change("ready file not removed", files.remove, missing_ok=True)
+        self._change("ready file not removed", lambda: remove_file(self.path), missing_ok=True)
 
     def _change(
-        self, failure: str, change: Callable[[int, str], object], *, missing_ok: bool = False
+        self, failure: str, change: Callable[[], object], *, missing_ok: bool = False
     ) -> bool:
-        """``change(dir_fd, name)`` in the file's directory; False when it failed (logged
-        unless ``missing_ok`` and the directory is missing)."""
+        """Run ``change``; False when it failed (logged unless ``missing_ok`` and the
+        directory is missing)."""
         try:
-            dir_fd = files.open_directory(os.path.dirname(self.path))
-            try:
-                change(dir_fd, os.path.basename(self.path))
-            finally:
-                os.close(dir_fd)
+            change()
         except OSError as exc:
             if missing_ok and isinstance(exc, FileNotFoundError):
                 return False

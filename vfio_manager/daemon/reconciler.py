@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Optional
 
-from vfio_manager.daemon.intent import Intent, IntentStore
 from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
@@ -21,6 +20,7 @@ from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import FunctionPlan, RefusalKind
 from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_functions
 from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult, run_transition
+from vfio_manager.safety.intents import Intent, IntentStore
 
 if TYPE_CHECKING:
     from vfio_manager.host.modules import Runner
@@ -375,7 +375,7 @@ def on_exit_action(
 
 def _held_groups(node: Node, selector: Selector) -> set[PciAddress]:
     """Every member of each IOMMU group a process holds through a selected function on vfio."""
-    from vfio_manager.pipeline.refusals import find_holders
+    from vfio_manager.safety.holders import find_holders
 
     sysfs = node.sysfs()
     topology = read_topology(sysfs)

@@ -21,12 +21,12 @@ from vfio_manager.daemon.health import (
     parse_listen,
 )
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
-from vfio_manager.daemon.presence import DaemonPresence
 from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, on_exit_action
 from vfio_manager.kernel.uevents import DatagramUeventSource, Waiter, open_kernel_uevents
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.selection import Selector
+from vfio_manager.safety.lock import DaemonPresence
 
 if TYPE_CHECKING:
     from vfio_manager.host.modules import Runner

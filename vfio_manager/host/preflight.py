@@ -21,7 +21,7 @@ from vfio_manager.log import get_logger
 if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
     from vfio_manager.host.modules import Runner
-    from vfio_manager.kernel.model import PciFunction
+    from vfio_manager.kernel.model import PciFunction, Topology
 
 # remedies, asserted verbatim in tests
 GRUB_STEPS = (
@@ -676,9 +676,12 @@ def run(
 
 
 class PreflightFailed(HostNotReadyError):
-    """The gate: the host is not ready, nothing was written. Carries the failing checks."""
+    """The gate: the host is not ready, nothing was written. Carries the failing checks and
+    the topology the gate saw."""
 
-    def __init__(self, preflight: Preflight, failing: Sequence[Check]) -> None:
+    def __init__(
+        self, preflight: Preflight, failing: Sequence[Check], topology: Optional[Topology] = None
+    ) -> None:
         lines = [
             "the host is not ready for VFIO passthrough; nothing was written:",
             *("  " + line for line in checklist_lines(failing, evidence=False)),
@@ -689,6 +692,7 @@ class PreflightFailed(HostNotReadyError):
         )
         self.preflight = preflight
         self.failing = tuple(failing)
+        self.topology = topology
 
     def details(self) -> dict[str, Any]:
         return {**super().details(), "checks": [check.to_json() for check in self.failing]}

@@ -1,8 +1,8 @@
-"""Applies a plan: runs each function's steps, verifies, waits, and undoes a failed function.
+"""Applies a plan: each function's steps, verified, its /dev/vfio node awaited, a failure undone.
 
-One function failing never stops the others; it is put back where it started (override and
-driver) and the report says so. /dev/vfio nodes of all functions are awaited side by side
-under one deadline after the writes, never one function after another.
+One function failing never stops the others: it is put back where it started (override and
+driver) and the report says so. IOMMU groups move side by side; the /dev/vfio nodes of all
+functions are awaited together, under one deadline, after the writes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import errno as errno_mod
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
@@ -20,26 +21,17 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
 from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Settle, Step
-from vfio_manager.safety.deadline import (
-    DEFAULT_WRITE_TIMEOUT,
-    DeadlineExceededError,
-    bounded_write,
-    run_with_deadline,
-)
+from vfio_manager.pipeline.node import DEFAULT_PARALLEL, DEFAULT_WRITE_TIMEOUT
+from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Step
+from vfio_manager.safety.writer import Deadline, DeadlineExceededError, bounded
 
 if TYPE_CHECKING:
     from vfio_manager.safety.journal import Journal
 
 log = get_logger("vfio_manager.pipeline.engine")
 
-DEFAULT_NODE_TIMEOUT = 10.0
-DEFAULT_PARALLEL = 8
-"""IOMMU groups moved side by side: enough for a node of NPUs (8 per host is common), few
-enough that a driver's probe is not raced by dozens of its own."""
 _POLL_INTERVAL = 0.05
 T = TypeVar("T")
-
 _BIND_ERRNO_HINTS = {
     errno_mod.EINVAL: "the driver refused the function at probe (no IOMMU group, a bridge, or a "
     "denylisted ID; dmesg shows 'probe ... failed with error -22')",
@@ -47,6 +39,7 @@ _BIND_ERRNO_HINTS = {
     errno_mod.ENODEV: "the driver does not match it (driver_override names another driver) or "
     "the function is gone",
 }
+_HOT_UNPLUG = "check `dmesg` for a hot-unplug or a surprise removal"
 
 
 class Status(str, enum.Enum):
@@ -119,10 +112,6 @@ class Report:
         }
 
 
-def _note(entry: FunctionPlan) -> Optional[str]:
-    return entry.interrupted.note if entry.interrupted is not None else None
-
-
 def _kept(entry: FunctionPlan) -> Optional[str]:
     """For an entry that did not settle its record: say so (the next run sees it again)."""
     if entry.interrupted is None:
@@ -130,29 +119,20 @@ def _kept(entry: FunctionPlan) -> Optional[str]:
     return f"{entry.interrupted.note}: not settled, the journal record is kept"
 
 
-def _journal_problem(err: VfioManagerError) -> str:
-    return f"{err.message} (remedy: {err.remedy})" if err.remedy else err.message
-
-
-def _driver_label(driver: Optional[str]) -> str:
+def _label(driver: Optional[str]) -> str:
     return driver if driver is not None else "no driver"
 
 
 class Engine:
-    """Runs plans against the kernel. ``clock``/``sleep`` are injectable for tests.
-
-    ``write_timeout`` bounds each function's writes (its steps share one deadline); each
-    write runs off the main thread, transient errnos are retried inside that deadline.
-    ``journal`` (optional) records each function before its first write, so a run killed
-    half way can be finished or rolled back by the next one. ``parallel`` IOMMU groups move
-    side by side (1: one function after another).
-    """
+    """Runs plans against the kernel. ``write_timeout`` bounds each function's writes,
+    ``node_timeout`` the shared wait for /dev/vfio nodes; ``journal`` records each function
+    before its first write; ``parallel`` IOMMU groups move side by side."""
 
     def __init__(
         self,
         kernel: Kernel,
         *,
-        node_timeout: float = DEFAULT_NODE_TIMEOUT,
+        node_timeout: float = 10.0,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         journal: Optional[Journal] = None,
         clock: Callable[[], float] = time.monotonic,
@@ -168,45 +148,26 @@ class Engine:
         self.sleep = sleep
         # functions drivers_probe gave to another driver than the plan's (taken off again)
         self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
-        self._steps_unrecorded: dict[PciAddress, str] = {}  # per apply(): steps not journalled
 
-    # -- public ---------------------------------------------------------------------------
     def apply(self, plan: Plan) -> Report:
-        """Run the plan: refusals and converged functions are reported as they are; the
-        functions to move run their steps, IOMMU groups side by side and the functions of
-        one group one after another (a native probe may take seconds: a return of 8 NPUs
-        should take one of them, not eight); then every /dev/vfio node is awaited together."""
+        """Refusals and converged functions are reported as they are; the others move, the
+        functions of one IOMMU group one after another; then every node is awaited."""
         outcomes: dict[PciAddress, Outcome] = {}
         waiting: dict[PciAddress, tuple[FunctionPlan, int, int]] = {}
-        self._steps_unrecorded = {}
         lanes: dict[object, list[FunctionPlan]] = {}
         for entry in plan.entries:
-            bdf = entry.function.bdf
+            bdf, driver = entry.function.bdf, entry.function.driver
             if entry.refusal is not None:
                 log.warning(
                     "refused", bdf=bdf, step="plan", outcome="refused", reason=entry.refusal
                 )
                 outcomes[entry.address] = Outcome(
-                    bdf,
-                    Status.REFUSED,
-                    entry.function.driver,
-                    entry.refusal,
-                    entry.remedy,
-                    journal=_kept(entry),
+                    bdf, Status.REFUSED, driver, entry.refusal, entry.remedy, journal=_kept(entry)
                 )
-            elif entry.converged:
-                # debug, not info: a converged node is the common case (every init container
-                # start, every resync); the report on stdout says it per function, and a
-                # quiet run then never pays for the logging stack (issue 12, cold start)
-                log.debug(
-                    "converged",
-                    bdf=bdf,
-                    step="plan",
-                    outcome="converged",
-                    driver=entry.function.driver,
-                )
+            elif entry.converged:  # debug: the common case, and a quiet run loads no logging
+                log.debug("converged", bdf=bdf, step="plan", outcome="converged", driver=driver)
                 outcomes[entry.address] = self._settled(
-                    entry, Outcome(bdf, Status.CONVERGED, entry.function.driver)
+                    entry, Outcome(bdf, Status.CONVERGED, driver)
                 )
             else:
                 group = entry.function.iommu_group
@@ -217,15 +178,10 @@ class Engine:
             else:
                 waiting[address] = result
         outcomes.update(self._wait_for_nodes(waiting))
-        for address, problem in self._steps_unrecorded.items():
-            outcome = outcomes[address]
-            both = f"{problem}; {outcome.journal_error}" if outcome.journal_error else problem
-            outcomes[address] = replace(outcome, journal_error=both)
         return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
 
     def _run_lanes(self, lanes: list[list[FunctionPlan]]) -> list[tuple[PciAddress, _LaneResult]]:
-        """Each lane (an IOMMU group's functions, in plan order) on a thread of its own, at
-        most :attr:`parallel` at once; one lane runs on the calling thread."""
+        """Each lane on a thread of its own, at most :attr:`parallel` at once."""
 
         def run(lane: list[FunctionPlan]) -> list[tuple[PciAddress, _LaneResult]]:
             return [(entry.address, self._move(entry)) for entry in lane]
@@ -246,28 +202,58 @@ class Engine:
             try:
                 self.journal.record_start(entry.function, entry.direction)
             except VfioManagerError as err:  # no record, no write
-                return self._unrecorded(entry, err)
-        sysfs = self.kernel.sysfs
-        before = sysfs.writes_to(bdf)
+                reason = f"its journal record could not be written: {err.message}"
+                log.error("refused", bdf=bdf, step="journal", outcome="refused", reason=reason)
+                return Outcome(
+                    bdf,
+                    Status.REFUSED,
+                    entry.function.driver,
+                    reason,
+                    err.remedy,
+                    "journal",
+                    err.errno,
+                    journal=_kept(entry),
+                )
+        before = self.kernel.sysfs.writes_to(bdf)
         try:
             wait = self._run_steps(entry)
-        except DeadlineExceededError as err:
-            return self._stuck(entry, err, sysfs.writes_to(bdf) - before)
+        except DeadlineExceededError as err:  # touched no more: an undo would queue behind it
+            log.error("transition", bdf=bdf, step=err.step, outcome="stuck", reason=err.message)
+            writes = self.kernel.sysfs.writes_to(bdf) - before
+            return Outcome(
+                bdf,
+                Status.FAILED,
+                None,
+                err.message,
+                err.remedy,
+                err.step,
+                writes=writes,
+                journal=_kept(entry),
+                stuck=True,
+            )
         except VfioManagerError as err:
-            return self._fail(entry, err, sysfs.writes_to(bdf) - before)
-        writes = sysfs.writes_to(bdf) - before
+            return self._fail(entry, err, self.kernel.sysfs.writes_to(bdf) - before)
+        writes = self.kernel.sysfs.writes_to(bdf) - before
         if wait is not None and wait.group is not None:
             return (entry, wait.group, writes)
         return self._done(entry, writes)
 
     def _bounded(
-        self, address: PciAddress, step: str, what: str, fn: Callable[[], T], deadline_at: float
-    ) -> T:
-        """One write under the function's deadline; a vanished function is not retried."""
+        self,
+        address: PciAddress,
+        step: str,
+        what: str,
+        fn: Callable[[], object],
+        deadline_at: float,
+        *,
+        retry: bool = True,
+    ) -> None:
+        """Writes under the function's deadline; transient errnos retried (with ``retry``),
+        except from a function that is gone."""
 
-        def write() -> T:
+        def write() -> None:
             try:
-                return fn()
+                fn()
             except SysfsWriteError as err:
                 gone = err.errno in (errno_mod.ENODEV, errno_mod.ENOENT)
                 if gone and not self.kernel.exists(address):
@@ -276,15 +262,8 @@ class Engine:
                     ) from err
                 raise
 
-        return bounded_write(
-            write,
-            deadline_at=deadline_at,
-            what=what,
-            bdf=str(address),
-            step=step,
-            clock=self.clock,
-            sleep=self.sleep,
-        )
+        deadline = Deadline(deadline_at, what, str(address), step, self.clock)
+        bounded(write if retry else fn, deadline, retry=retry, sleep=self.sleep)
 
     # -- steps ----------------------------------------------------------------------------
     def _run_steps(self, entry: FunctionPlan) -> Optional[Step]:
@@ -302,62 +281,34 @@ class Engine:
                 err.step = err.step or step.action.value
                 err.bdf = str(address)
                 raise
-            if self.journal is not None and step.writes:
-                self._mark_step(address, step.action.value)
             log.info(
                 "step", bdf=str(address), step=step.action.value, outcome="done", driver=step.driver
             )
         return wait
 
-    def _mark_step(self, address: PciAddress, step: str) -> None:
-        """Append a step to the function's record; a failure is reported, not undone.
-
-        The record written before the first write already lets the next run finish or roll
-        back the function; undoing a transition because its bookkeeping failed would only
-        add writes.
-        """
-        if self.journal is None:
-            return
-        try:
-            self.journal.mark_step(str(address), step)
-        except VfioManagerError as err:
-            log.error("journal", bdf=str(address), step=step, outcome="failed", reason=err)
-            self._steps_unrecorded.setdefault(address, _journal_problem(err))
-
     def _run_step(self, address: PciAddress, step: Step, deadline_at: float) -> None:
-        kernel = self.kernel
-        name = step.action.value
-        driver = step.driver
-        if step.action is Action.SET_OVERRIDE and driver is not None:
-            self._bounded(
-                address,
-                name,
+        kernel, action, driver = self.kernel, step.action, step.driver
+        if action is Action.VERIFY_DRIVER:
+            self._verify(address, driver, deadline_at)
+            return
+        if driver is None and action in (Action.SET_OVERRIDE, Action.UNBIND):
+            return
+        what, fn = {
+            Action.SET_OVERRIDE: (
                 f"set the override of {address} to {driver}",
-                lambda: kernel.set_override(address, driver),
-                deadline_at,
-            )
-        elif step.action is Action.CLEAR_OVERRIDE:
-            self._bounded(
-                address,
-                name,
+                lambda: kernel.set_override(address, driver or ""),
+            ),
+            Action.CLEAR_OVERRIDE: (
                 f"clear the override of {address}",
                 lambda: kernel.clear_override(address),
-                deadline_at,
-            )
-        elif step.action is Action.UNBIND and driver is not None:
-            self._bounded(
-                address,
-                name,
+            ),
+            Action.UNBIND: (
                 f"unbind {address} from {driver}",
-                lambda: kernel.unbind(address, driver),
-                deadline_at,
-            )
-        elif step.action is Action.PROBE:
-            self._bounded(
-                address, name, f"probe {address}", lambda: kernel.probe(address), deadline_at
-            )
-        elif step.action is Action.VERIFY_DRIVER:
-            self._verify(address, driver, deadline_at)
+                lambda: kernel.unbind(address, driver or ""),
+            ),
+            Action.PROBE: (f"probe {address}", lambda: kernel.probe(address)),
+        }[action]
+        self._bounded(address, action.value, what, fn, deadline_at)
 
     def _take_off(
         self, address: PciAddress, picked: str, expected: Optional[str], deadline_at: float
@@ -382,12 +333,14 @@ class Engine:
 
     def _bind_once(self, address: PciAddress, driver: str, deadline_at: float, step: str) -> None:
         """One explicit bind, no retry: its errno is the diagnosis, not a transient state."""
-        run_with_deadline(
-            lambda: self.kernel.bind(address, driver),
-            timeout=max(0.0, deadline_at - self.clock()),
-            what=f"bind {address} to {driver}",
-            bdf=str(address),
-            step=step,
+        what = f"bind {address} to {driver}"
+        self._bounded(
+            address,
+            step,
+            what,
+            partial(self.kernel.bind, address, driver),
+            deadline_at,
+            retry=False,
         )
 
     def _verify(self, address: PciAddress, expected: Optional[str], deadline_at: float) -> None:
@@ -425,55 +378,30 @@ class Engine:
 
     # -- outcomes ---------------------------------------------------------------------------
     def _settled(self, entry: FunctionPlan, outcome: Outcome, *, back: bool = False) -> Outcome:
-        """Close the function's journal record now that it reached its target (or, with
+        """Drop the function's journal record now that it reached its target (or, with
         ``back``, its start state); a state dir that refuses is reported, not raised."""
         if self.journal is None or (not (back or outcome.writes) and entry.interrupted is None):
             return outcome
-        rolled_back = back or (
-            entry.interrupted is not None and entry.interrupted.settle is Settle.ROLL_BACK
-        )
+        note = entry.interrupted.note if entry.interrupted is not None else None
         try:
-            if rolled_back:
-                self.journal.abort(entry.function.bdf)
-            else:
-                self.journal.complete(entry.function.bdf)
+            self.journal.drop_transition(entry.function.bdf)
         except VfioManagerError as err:
             log.error(
                 "journal", bdf=entry.function.bdf, step="journal", outcome="failed", reason=err
             )
-            return replace(outcome, journal=_note(entry), journal_error=_journal_problem(err))
-        return replace(outcome, journal=_note(entry))
-
-    def _unrecorded(self, entry: FunctionPlan, err: VfioManagerError) -> Outcome:
-        """The record could not be written before the first write: refused, nothing written."""
-        bdf = entry.function.bdf
-        reason = f"its journal record could not be written: {err.message}"
-        log.error("refused", bdf=bdf, step="journal", outcome="refused", reason=reason)
-        return Outcome(
-            bdf,
-            Status.REFUSED,
-            entry.function.driver,
-            reason,
-            err.remedy,
-            "journal",
-            err.errno,
-            journal=_kept(entry),
-        )
+            problem = f"{err.message} (remedy: {err.remedy})" if err.remedy else err.message
+            return replace(outcome, journal=note, journal_error=problem)
+        return replace(outcome, journal=note)
 
     def _done(self, entry: FunctionPlan, writes: int) -> Outcome:
         driver = self.kernel.driver_of(entry.address)
         status = Status.CHANGED if writes else Status.CONVERGED
+        bdf = entry.function.bdf
         log.info(
-            "transition",
-            bdf=entry.function.bdf,
-            step="done",
-            outcome=status.value,
-            driver=driver,
-            writes=writes,
+            "transition", bdf=bdf, step="done", outcome=status.value, driver=driver, writes=writes
         )
         reason, remedy = self._probe_note(entry)
-        outcome = Outcome(entry.function.bdf, status, driver, reason, remedy, writes=writes)
-        return self._settled(entry, outcome)
+        return self._settled(entry, Outcome(bdf, status, driver, reason, remedy, writes=writes))
 
     def _probe_note(self, entry: FunctionPlan) -> tuple[Optional[str], Optional[str]]:
         """What the report says when drivers_probe picked another driver on the way."""
@@ -503,89 +431,72 @@ class Engine:
         deadline = self.clock() + self.node_timeout
         while waiting:
             for address, (entry, group, writes) in list(waiting.items()):
+                node = self.kernel.sysfs.vfio_group_node(group)
                 if self.kernel.sysfs.vfio_node_exists(group):
                     results[address] = self._done(entry, writes)
-                    del waiting[address]
                 elif not self.kernel.exists(address):
-                    results[address] = self._removed_while_waiting(entry, group, writes)
-                    del waiting[address]
+                    self._probe_picked.pop(entry.address, None)
+                    reason = (
+                        f"{entry.function.bdf} was removed (hot-unplug) while waiting for {node}"
+                    )
+                    remedy = f"{_HOT_UNPLUG}; after a rescan, run the command again"
+                    results[address] = self._failed(entry, reason, remedy, writes, errno_mod.ENODEV)
+                else:
+                    continue
+                del waiting[address]
             if not waiting or self.clock() >= deadline:
                 break
             self.sleep(_POLL_INTERVAL)
         for address, (entry, group, writes) in waiting.items():
+            driver = self.kernel.driver_of(address)
             node = self.kernel.sysfs.vfio_group_node(group)
-            reason = (
-                f"bound to {self.kernel.driver_of(address)}, but {node} did not appear "
-                f"within {self.node_timeout:g}s"
-            )
-            log.error(
-                "transition",
-                bdf=entry.function.bdf,
-                step="wait-vfio-node",
-                outcome="failed",
-                reason=reason,
-            )
-            results[address] = Outcome(
-                entry.function.bdf,
-                Status.FAILED,
-                self.kernel.driver_of(address),
-                reason,
+            reason = f"bound to {driver}, but {node} did not appear within {self.node_timeout:g}s"
+            remedy = (
                 "in a container, mount the host's /dev (the node is created by devtmpfs/udev "
-                "on the host); raise --timeout on slow hosts",
-                step=Action.WAIT_VFIO_NODE.value,
-                writes=writes,
-                journal=_kept(entry),
+                "on the host); raise --timeout on slow hosts"
             )
+            results[address] = self._failed(entry, reason, remedy, writes, driver=driver)
         return results
 
-    def _removed_while_waiting(self, entry: FunctionPlan, group: int, writes: int) -> Outcome:
-        """The function left the bus after its writes, before its /dev/vfio node appeared."""
-        self._probe_picked.pop(entry.address, None)
-        node = self.kernel.sysfs.vfio_group_node(group)
-        reason = f"{entry.function.bdf} was removed (hot-unplug) while waiting for {node}"
-        log.error(
-            "transition",
-            bdf=entry.function.bdf,
-            step=Action.WAIT_VFIO_NODE.value,
-            outcome="failed",
-            reason=reason,
-        )
+    def _failed(
+        self,
+        entry: FunctionPlan,
+        reason: str,
+        remedy: str,
+        writes: int,
+        errno: Optional[int] = None,
+        driver: Optional[str] = None,
+    ) -> Outcome:
+        """A function that failed while its /dev/vfio node was awaited."""
+        step = Action.WAIT_VFIO_NODE.value
+        log.error("transition", bdf=entry.function.bdf, step=step, outcome="failed", reason=reason)
         return Outcome(
             entry.function.bdf,
             Status.FAILED,
-            None,
+            driver,
             reason,
-            "check `dmesg` for a hot-unplug or a surprise removal; after a rescan, run the "
-            "command again",
-            step=Action.WAIT_VFIO_NODE.value,
-            errno=errno_mod.ENODEV,
+            remedy,
+            step,
+            errno,
             writes=writes,
             journal=_kept(entry),
         )
 
     def _fail(self, entry: FunctionPlan, err: VfioManagerError, writes: int) -> Outcome:
+        """A step failed: put the function back to its start state (the plan's, or the
+        journal's originals when the entry settles an interrupted run)."""
         bdf = entry.function.bdf
         self._probe_picked.pop(entry.address, None)
         log.error("transition", bdf=bdf, step=err.step, outcome="failed", reason=err.message)
-        if not self.kernel.exists(entry.address):
-            return Outcome(
-                bdf,
-                Status.FAILED,
-                None,
-                f"{err.message}; the function disappeared",
-                "check `dmesg` for a hot-unplug or a surprise removal",
-                err.step,
-                err.errno,
-                writes=writes,
-                journal=_kept(entry),
-            )
-        before = self.kernel.sysfs.writes_to(bdf)
-        start_driver, start_override = entry.start_state
-        restored, note = self._restore(
-            entry.address, start_driver=start_driver, start_override=start_override
+        outcome = Outcome(
+            bdf, Status.FAILED, None, step=err.step, errno=err.errno, journal=_kept(entry)
         )
+        if not self.kernel.exists(entry.address):
+            reason = f"{err.message}; the function disappeared"
+            return replace(outcome, reason=reason, remedy=_HOT_UNPLUG, writes=writes)
+        before = self.kernel.sysfs.writes_to(bdf)
+        restored, note = self._restore(entry.address, *entry.start_state)
         writes += self.kernel.sysfs.writes_to(bdf) - before
-        reason = err.message if note is None else f"{err.message}; {note}"
         log.warning(
             "rollback",
             bdf=bdf,
@@ -593,45 +504,16 @@ class Engine:
             outcome="restored" if note is None else "incomplete",
             restored_to=restored,
         )
-        outcome = Outcome(
-            bdf,
-            Status.FAILED,
-            self.kernel.driver_of(entry.address),
-            reason,
-            err.remedy,
-            err.step,
-            err.errno,
+        outcome = replace(
+            outcome,
+            driver=self.kernel.driver_of(entry.address),
+            reason=err.message if note is None else f"{err.message}; {note}",
+            remedy=err.remedy,
             restored_to=restored,
             writes=writes,
-            journal=_kept(entry),
         )
-        if note is None:  # back in its start state: the record has nothing left to settle
-            return self._settled(entry, outcome, back=True)
-        return outcome
-
-    def _stuck(self, entry: FunctionPlan, err: DeadlineExceededError, writes: int) -> Outcome:
-        """A write hangs in the kernel: report it (the pipeline names who holds the function);
-        touch it no more.
-
-        Undoing would queue another write behind the stuck one. The journal keeps the
-        transition, so the run after the device is released finishes or undoes it.
-        """
-        bdf = entry.function.bdf
-        reason = err.message
-        log.error("transition", bdf=bdf, step=err.step, outcome="stuck", reason=reason)
-        return Outcome(
-            bdf,
-            Status.FAILED,
-            None,
-            reason,
-            err.remedy,
-            err.step,
-            None,
-            restored_to=None,
-            writes=writes,
-            journal=_kept(entry),
-            stuck=True,
-        )
+        # back in its start state: the record has nothing left to settle
+        return self._settled(entry, outcome, back=True) if note is None else outcome
 
     def _reattach(
         self,
@@ -672,14 +554,10 @@ class Engine:
                     bounded("set-override", lambda: kernel.set_override(address, override))
 
     def _restore(
-        self, address: PciAddress, *, start_driver: Optional[str], start_override: Optional[str]
+        self, address: PciAddress, driver: Optional[str], override: Optional[str]
     ) -> tuple[str, Optional[str]]:
-        """Put override and driver back to a known start state; never raise.
-
-        Returns a label of where the function is now and, when that is not the start state,
-        a note saying so. The start state is the plan's, or the journal's originals when the
-        entry settles an interrupted run.
-        """
+        """Put override and driver back to ``driver`` and ``override``; never raise. Returns
+        where the function is now and, when that is not the start state, a note saying so."""
         kernel = self.kernel
         deadline_at = self.clock() + self.write_timeout
 
@@ -687,25 +565,22 @@ class Engine:
             self._bounded(address, step, f"restore {address}: {step}", fn, deadline_at)
 
         try:
-            if kernel.override_of(address) != start_override:
-                if start_override is None:
+            if kernel.override_of(address) != override:
+                if override is None:
                     bounded("clear-override", lambda: kernel.clear_override(address))
                 else:
-                    bounded("set-override", lambda: kernel.set_override(address, start_override))
+                    bounded("set-override", lambda: kernel.set_override(address, override))
             current = kernel.driver_of(address)
-            if current != start_driver:
+            if current != driver:
                 if current is not None:
                     bounded("unbind", lambda: kernel.unbind(address, current))
-                if start_driver is not None:
-                    self._reattach(address, start_driver, start_override, bounded, deadline_at)
+                if driver is not None:
+                    self._reattach(address, driver, override, bounded, deadline_at)
         except VfioManagerError as err:
-            now = kernel.driver_of(address)
-            return (
-                _driver_label(now),
-                f"could not restore it ({err.message}); now on {_driver_label(now)}",
-            )
+            where = _label(kernel.driver_of(address))
+            return where, f"could not restore it ({err.message}); now on {where}"
         now = kernel.driver_of(address)
-        label = f"{_driver_label(now)} (override {kernel.override_of(address) or 'unset'})"
-        if now != start_driver:
-            return label, f"could not restore {_driver_label(start_driver)}; now on {label}"
+        label = f"{_label(now)} (override {kernel.override_of(address) or 'unset'})"
+        if now != driver:
+            return label, f"could not restore {_label(driver)}; now on {label}"
         return label, None

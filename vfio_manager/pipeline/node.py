@@ -1,7 +1,6 @@
-"""The node a run acts on: where its sysfs, /dev, host root, /proc and state dir are.
+"""The node a run acts on: its roots (sysfs, /dev, host, /proc), state directory and deadlines.
 
-Built once from the command line (or the daemon's options) and handed to every stage, so no
-stage re-derives a path or a root, and a test or a container points the whole tool
+Built once from the command line or the daemon's options; a test points the whole tool
 elsewhere by building another ``Node``.
 """
 
@@ -13,24 +12,20 @@ from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT
 from vfio_manager.kernel.sysfs import DEFAULT_DEV_ROOT, DEFAULT_SYSFS_ROOT, Sysfs, direct_write
-from vfio_manager.safety.deadline import DEFAULT_LOCK_TIMEOUT, DEFAULT_WRITE_TIMEOUT
 from vfio_manager.safety.statedir import DEFAULT_STATE_DIR
 
-if TYPE_CHECKING:  # imported where used: status reads no host file, takes no lock, opens no journal
+if TYPE_CHECKING:  # imported where used: status reads no host file, takes no lock
     from vfio_manager.host.files import HostFiles
     from vfio_manager.safety.journal import Journal
     from vfio_manager.safety.lock import NodeLock
 
-WRITERS = ("process", "thread")
-"""How sysfs writes are made: from a child process that a stuck write cannot keep alive
-(:mod:`vfio_manager.safety.writer`, the default), or from a thread of this process (the
-in-memory fake kernel of the tests, where a child would write to its own copy)."""
+DEFAULT_WRITE_TIMEOUT = 30.0  # seconds for each function's writes (--timeout)
+DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writing run waits for the node lock (--lock-timeout)
+DEFAULT_PARALLEL = 8  # IOMMU groups moved side by side (--parallel)
 
 
 @dataclass(frozen=True)
 class Node:
-    """Roots, state directory and deadlines of one run."""
-
     sysfs_root: str = DEFAULT_SYSFS_ROOT
     dev_root: str = DEFAULT_DEV_ROOT
     host_root: str = "/"
@@ -38,8 +33,8 @@ class Node:
     state_dir: str = DEFAULT_STATE_DIR
     timeout: float = DEFAULT_WRITE_TIMEOUT
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-    writer: str = "process"
-    parallel: int = 8  # IOMMU groups moved side by side (pipeline.engine.DEFAULT_PARALLEL)
+    writer: str = "process"  # or "thread", for the in-memory fake kernel of the tests
+    parallel: int = DEFAULT_PARALLEL
 
     def sysfs(self, transport: Callable[[str, bytes], None] = direct_write) -> Sysfs:
         return Sysfs(self.sysfs_root, self.dev_root, transport=transport)
@@ -55,8 +50,7 @@ class Node:
         return Journal(self.state_dir, readonly=readonly)
 
     def lock(self, *, sleep: Optional[Callable[[float], None]] = None) -> NodeLock:
-        """The node lock; ``sleep`` (between polls while another run holds it) may raise to
-        give up early: the daemon stops waiting when asked to stop."""
+        """The node lock; ``sleep`` (between polls) may raise to give up waiting."""
         from vfio_manager.safety.lock import NodeLock
 
         if sleep is None:
@@ -66,5 +60,5 @@ class Node:
         )
 
     def transport(self, lock: NodeLock) -> Callable[[str, bytes], None]:
-        """How this run's writes reach sysfs, given the lock it holds."""
-        return lock.child_writer() if self.writer == "process" else direct_write
+        """How this run's writes reach sysfs: a writer whose children keep ``lock``."""
+        return lock.writer(threads=self.writer == "thread")

@@ -1,8 +1,7 @@
 """Plans: the pure difference between what sysfs shows and where each function should be.
 
-A plan is computed from a :class:`~vfio_manager.kernel.model.Topology` without any I/O, so the same
-code serves ``--dry-run`` and every writing command. A converged function
-gets no steps, which is how a second run writes nothing.
+No I/O, so ``--dry-run`` and every writing command share it; a converged function gets no
+steps, which is how a second run writes nothing.
 """
 
 from __future__ import annotations
@@ -63,8 +62,7 @@ class Step:
 
 
 class RefusalKind(str, enum.Enum):
-    """Why a function is refused, for callers that act on the kind rather than the words
-    (the daemon reports an in-use function as held, a blocked group as pending)."""
+    """Why a function is refused, for callers that act on the kind (the daemon)."""
 
     KERNEL = "kernel"  # the kernel refuses it whatever we do: a bridge, no group, a PF with VFs
     GROUP = "group"  # its IOMMU group cannot be handed over: a peer on a host driver, or refused
@@ -82,8 +80,8 @@ class Settle(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Interrupted:
-    """A journal record this entry settles: how, why (for the output), and the state
-    before the interrupted run, which is what a failure of this entry restores."""
+    """A journal record this entry settles: how, why, and the state before the interrupted
+    run (what a failure of this entry restores)."""
 
     settle: Settle
     note: str
@@ -101,12 +99,8 @@ class Interrupted:
 
 @dataclass(frozen=True)
 class FunctionPlan:
-    """Steps for one function, or the reason it is refused (then it has no steps).
-
-    ``interrupted`` is set when the entry also settles a journal record left by a killed
-    run: the record is completed (finish) or dropped (roll back) once the entry succeeds,
-    and kept when it is refused or fails.
-    """
+    """Steps for one function, or the reason it is refused (then it has no steps);
+    ``interrupted``: the journal record it settles once it succeeds."""
 
     function: PciFunction
     direction: Direction
@@ -214,13 +208,9 @@ def plan_to_vfio(
     vfio_driver_for: Callable[[PciFunction], str] = lambda _f: VFIO_PCI,
     exclude: Collection[PciAddress] = (),
 ) -> Plan:
-    """Plan moving ``targets`` to their vfio driver.
-
-    A function whose IOMMU group has another member on a host driver is refused (the VM could
-    not open the group) unless that member moves too: because it is a target itself, or because
-    ``with_group_peers`` is set and the member is an endpoint that is selected or named (and
-    not in ``exclude``).
-    """
+    """Plan moving ``targets`` to their vfio driver. A function whose IOMMU group has a
+    member on a host driver is refused (no VM could open the group) unless that member moves
+    too: as a target, or with ``with_group_peers`` as a selected or named endpoint."""
     ordered = list(targets)
     moving = {f.address for f in ordered}
     if with_group_peers:
@@ -313,14 +303,10 @@ def host_steps(
     *,
     probe_picks: bool = True,
 ) -> tuple[Step, ...]:
-    """Steps from the function's state to ``driver`` (``None``: whatever the probe picks
-    instead of a vfio driver; :data:`STAY_UNBOUND`: none) and ``override`` on the host.
-
-    The override goes first, so the probe after the unbind finds the driver it allows. When
-    the probe is not trusted to pick ``driver`` (``probe_picks`` false: it is not the driver
-    modules.alias names, such as pci-stub, or a vfio driver has a dynamic ID for the
-    function), the override names ``driver`` for the probe and is set to ``override`` after
-    it: the one sequence that does not depend on ID tables and dynamic IDs nobody can read.
+    """Steps to ``driver`` (``None``: whatever the probe picks instead of a vfio driver;
+    :data:`STAY_UNBOUND`: none) and ``override`` on the host, the override first. When the
+    probe is not trusted to pick ``driver`` (``probe_picks`` false), the override names it
+    for the probe and is set to ``override`` after: no ID table nor dynamic ID matters then.
     """
     on_vfio = is_vfio_driver(function.driver)
     if driver is None:
@@ -388,14 +374,9 @@ def plan_to_host(
     host_target_for: Callable[[PciFunction], HostTarget],
     settling: Collection[PciAddress] = (),
 ) -> Plan:
-    """Plan returning ``targets`` to the host state each was found in (see
-    :class:`~vfio_manager.host.driver_choice.HostTarget`).
-
-    A function left driverless by an earlier tool is probed again when its native driver is
-    known and registered; one whose native module is absent stays driverless, which is success.
-    A function in ``settling`` (an interrupted transition of it is settled by this entry) goes
-    to its target from wherever the interrupted run left it.
-    """
+    """Plan returning ``targets`` to the host state each was found in (its
+    :class:`~vfio_manager.host.driver_choice.HostTarget`); one in ``settling`` goes there
+    from wherever an interrupted run left it."""
     del topology  # the reverse move has no group constraint
     entries = []
     for function in targets:

@@ -1,8 +1,5 @@
-"""The read-only commands, ``status`` and ``check``: what they read and what they found.
-
-They share the pipeline's first stage (read once, select) and none of its writes: no lock,
-no journal, no /proc scan. The results are data; :mod:`vfio_manager.cli.render` turns them
-into lines.
+"""The read-only commands, ``status`` and ``check``: the pipeline's first stage (read once,
+select) and none of its writes (no lock, no journal, no /proc scan); the results are data.
 """
 
 from __future__ import annotations

@@ -1,19 +1,15 @@
 """Refuse what must not be moved: functions held by a process, or backing the host itself.
 
-Runs between planning and applying, on every entry of the plan, journal roll-backs
-included. One /proc scan covers every function that would be
-unbound, and one read of the host's mount, block and network tables covers every function the
-guard checks. ``--force`` turns the refusals into warnings; nothing else bypasses them.
+Runs on every entry of the plan, journal roll-backs included, with one /proc scan and one
+read of the host's tables for all of them. ``--force`` turns the refusals into warnings.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
-from vfio_manager.kernel.model import PciFunction
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.plan import (
@@ -24,9 +20,6 @@ from vfio_manager.pipeline.plan import (
     refuse_group_mates,
 )
 
-if TYPE_CHECKING:  # imported where used: a converged plan neither scans nor guards
-    from vfio_manager.safety.holders import Holder, Target
-
 log = get_logger("vfio_manager.pipeline.refusals")
 
 _FORCE = "pass --force to move it anyway"
@@ -34,46 +27,6 @@ _FORCE = "pass --force to move it anyway"
 
 def _unbinds(entry: FunctionPlan) -> bool:
     return any(step.action is Action.UNBIND for step in entry.steps)
-
-
-def holder_targets(sysfs: Sysfs, function: PciFunction) -> list[Target]:
-    """What a process can hold the function through: its vfio group node when it is in vfio
-    mode, the native driver's device nodes and its BAR files otherwise."""
-    from vfio_manager.safety.holders import function_targets
-
-    group = function.iommu_group if is_vfio_driver(function.driver) else None
-    return function_targets(sysfs, function.address, group=group)
-
-
-def find_holders(
-    sysfs: Sysfs, proc_root: str, functions: list[PciFunction]
-) -> dict[PciAddress, list[Holder]]:
-    """Holders per function, from one scan of /proc."""
-    if not functions:
-        return {}
-    from vfio_manager.safety.holders import scan_holders
-
-    owner: dict[str, PciAddress] = {}
-    targets: list[Target] = []
-    for function in functions:
-        for target in holder_targets(sysfs, function):
-            owner.setdefault(target.path, function.address)
-            targets.append(target)
-    scan = scan_holders(proc_root, targets)
-    if not scan.complete:
-        log.warning(
-            "in-use scan incomplete",
-            step="in-use",
-            outcome="partial",
-            unreadable_pids=list(scan.unreadable)[:20],
-            hint="run as root with the host's PID namespace (hostPID: true in Kubernetes)",
-        )
-    found: dict[PciAddress, list[Holder]] = {}
-    for holder in scan.holders:
-        address = owner.get(holder.what)
-        if address is not None:
-            found.setdefault(address, []).append(holder)
-    return found
 
 
 def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) -> Plan:
@@ -95,9 +48,9 @@ def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) ->
                         RefusalKind.HOST_CRITICAL,
                     )
     unbinding = [e.function for e in moving if _unbinds(e) and e.address not in reasons]
-    for address, holders in find_holders(sysfs, proc_root, unbinding).items():
-        from vfio_manager.safety.holders import describe_holders
+    from vfio_manager.safety.holders import describe_holders, find_holders
 
+    for address, holders in find_holders(sysfs, proc_root, unbinding).items():
         reasons[address] = (
             "it is in use: " + describe_holders(holders),
             f"stop those processes (a VM: shut it down or detach the device), or {_FORCE} "

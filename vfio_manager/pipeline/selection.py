@@ -1,14 +1,13 @@
 """Which functions the tool may touch: vendor, class and device-ID filters.
 
-The defaults select Rebellions NPUs (vendor 0x1eff, class 0x120000). Filtering by class as
-well as vendor keeps the vendor's own bridges and switches out of reach. Every BDF a user
-names is checked before anything is written: one that does not exist or that the selection
-excludes refuses the whole command, so a typo never moves the wrong function.
+The defaults select Rebellions NPUs (the class keeps the vendor's bridges out of reach).
+A named BDF that does not exist or is not selected refuses the whole command before any
+write, so a typo never moves the wrong function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -36,12 +35,8 @@ def parse_id(text: str, *, what: str, bits: int, example: str = "0x1eff") -> int
 
 @dataclass(frozen=True)
 class Selector:
-    """Vendor, class and device-ID filters; ``None`` means any.
-
-    A class given with 4 hex digits (``0x1200``) matches base class and subclass whatever
-    the programming interface; one with 6 (``0x120000``) must match exactly; any other
-    width is refused (``0x12`` would be a guess).
-    """
+    """Vendor, class and device-ID filters; ``None`` means any. A class of 4 hex digits
+    (``0x1200``) matches any programming interface, one of 6 must match exactly."""
 
     vendor: Optional[int] = REBELLIONS_VENDOR
     pci_class: Optional[int] = PROCESSING_ACCELERATOR_CLASS
@@ -122,12 +117,30 @@ def named_functions(
     return result
 
 
-def in_groups_of(topology: Topology, addresses: Iterable[PciAddress]) -> frozenset[PciAddress]:
-    """``addresses`` with every member of their IOMMU groups; absent addresses are dropped.
+def select_targets(
+    topology: Topology,
+    selector: Selector,
+    *,
+    named: Sequence[PciAddress] = (),
+    scope: Optional[Iterable[PciAddress]] = None,
+    exclude: Collection[PciAddress] = (),
+) -> list[PciFunction]:
+    """The functions a request moves: the ``named`` ones (checked) or every selected one;
+    with ``scope``, only those in the IOMMU groups of its functions; less ``exclude``."""
+    found = (
+        named_functions(topology, selector, named)
+        if named
+        else selected_functions(topology, selector)
+    )
+    if scope is not None:
+        members = in_groups_of(topology, scope)
+        found = [f for f in found if f.address in members]
+    return [f for f in found if f.address not in exclude]
 
-    A group moves whole or not at all, so re-planning one function (a uevent named it)
-    means re-planning its group: a peer's driver decides whether the group is viable.
-    """
+
+def in_groups_of(topology: Topology, addresses: Iterable[PciAddress]) -> frozenset[PciAddress]:
+    """``addresses`` with every member of their IOMMU groups (a group moves whole or not at
+    all); absent addresses are dropped."""
     found: set[PciAddress] = set()
     for address in addresses:
         function = topology.get(address)

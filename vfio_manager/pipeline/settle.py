@@ -1,22 +1,11 @@
 """What the journal asks this run to finish or undo, as ordinary plan input.
 
-A run killed half way leaves a transition record per function it had started (see
-:mod:`vfio_manager.safety.journal`). Settling one is a write like any other, so it goes
-through the same plan, refusals, engine and report as the run's own functions: it is shown
-by ``--dry-run``, refused when a process holds the function or the record falls outside the
-selection, counted in the summary, and a failure to settle makes the exit code 1.
-
-The policy, per record (checked against the live function first):
-
-* the function is gone, or another device (vendor:device) now sits at its address: the
-  record is moot and dropped, said in a note, and the function is planned like any other;
-* its recorded driver is not a registered PCI driver, was recorded as unknown (the driver
-  link named no usable driver), or the function is not selected: refused, and the record
-  stays for a human (or a run with the right selection);
-* the record goes the way this run goes: the function is *finished*, i.e. planned like a
-  target of this run (added to the targets if it was not one);
-* otherwise it is *rolled back* to the driver and override it had before the killed run,
-  which, for a target of this run, is where this run takes it anyway.
+Settling a record a killed run left is a write like any other: it goes through the same
+plan, refusals, engine and report. Per record: a function that is gone (or another device at
+its address) makes it moot (dropped, with a note); a recorded driver that is not registered
+or unknown, or a function outside the selection, is refused (the record stays); a record
+going this run's way is *finished* (planned like a target); any other is *rolled back* to
+the driver and override it had before the killed run.
 """
 
 from __future__ import annotations
@@ -43,13 +32,9 @@ _VERB = {Direction.TO_VFIO: "bind to vfio", Direction.TO_HOST: "return to the ho
 
 @dataclass
 class Settlement:
-    """The journal's share of a plan.
-
-    ``interrupted`` is attached to the entries of targets (existing or ``extra_targets``);
-    ``entries`` are roll-backs of functions that are not targets, and refusals (which
-    replace a target's own entry: its record must be settled first). ``moot`` are
-    records of functions that are gone (dropped by a real run), ``notes`` say what was found.
-    """
+    """The journal's share of a plan: ``interrupted`` for the entries of targets (existing
+    or ``extra_targets``); ``entries``, roll-backs of other functions and refusals (which
+    replace a target's own entry); ``moot``, records of functions that are gone."""
 
     interrupted: dict[PciAddress, Interrupted] = field(default_factory=dict)
     extra_targets: list[PciFunction] = field(default_factory=list)
@@ -91,11 +76,8 @@ def settle(
     targets: Collection[PciAddress],
     probe_picks: Callable[[PciFunction, Optional[str]], bool] = lambda _f, _d: True,
 ) -> Settlement:
-    """Turn the pending journal records into plan input; see the module docstring.
-
-    ``probe_picks(function, driver)`` says whether ``drivers_probe`` is trusted to attach
-    the recorded driver of a roll-back (see :func:`~vfio_manager.pipeline.plan.host_steps`).
-    """
+    """Turn the pending journal records into plan input. ``probe_picks(function, driver)``:
+    whether ``drivers_probe`` is trusted to attach a roll-back's recorded driver."""
     result = Settlement()
     for entry in pending:
         if entry.corrupt or entry.bdf is None or entry.direction is None:
@@ -167,6 +149,3 @@ def settle(
             )
         )
     return result
-
-
-__all__ = ["Settlement", "settle"]

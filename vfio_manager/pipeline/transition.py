@@ -1,17 +1,9 @@
 """The one write pipeline: read once -> gate -> plan -> refusals -> apply -> report.
 
-``bind``, ``unbind``, ``bind-all``, ``unbind-all``, the daemon and the ``vfio-manage.sh``
-drop-in all come through :func:`run_transition`, and so does settling what a killed run
-left in the journal: its records are one more input to the plan
-(:mod:`vfio_manager.pipeline.settle`), not a write path of their own. So every write passes
-the same refusals (selection, in-use, host-critical), is shown by ``--dry-run``, is counted
-in the report, and decides the exit code.
-
-A real run holds the node lock from the first read to the last write, so the topology it
-plans from cannot change under it through another vfio-manager; its writes are made by a
-child that inherits the lock (:mod:`vfio_manager.safety.writer`), so a write stuck in the
-kernel keeps the node locked without keeping this process alive. A dry run takes no lock,
-reads the journal without changing it, and writes nothing.
+Every writing command, the daemon and the ``vfio-manage.sh`` drop-in come through
+:func:`run_transition`, and so does settling what a killed run left in the journal (one more
+input to the plan, :mod:`vfio_manager.pipeline.settle`). A real run holds the node lock from
+the first read to the last write; a dry run takes no lock and writes nothing.
 """
 
 from __future__ import annotations
@@ -22,19 +14,14 @@ from typing import TYPE_CHECKING, Optional
 
 from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
-from vfio_manager.kernel.drivers import Direction
+from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import Plan
-from vfio_manager.pipeline.selection import (
-    Selector,
-    in_groups_of,
-    named_functions,
-    selected_functions,
-)
+from vfio_manager.pipeline.selection import Selector, select_targets
 
 if TYPE_CHECKING:
     from vfio_manager.host.driver_choice import DriverResolver
@@ -42,6 +29,7 @@ if TYPE_CHECKING:
     from vfio_manager.host.modalias import AliasTable
     from vfio_manager.host.modules import Runner
     from vfio_manager.pipeline.engine import Report
+    from vfio_manager.safety.intents import IntentStore
     from vfio_manager.safety.journal import Journal, JournalEntry
     from vfio_manager.safety.lock import NodeLock
 
@@ -50,7 +38,13 @@ log = get_logger("vfio_manager.pipeline.transition")
 
 @dataclass(frozen=True)
 class TransitionRequest:
-    """What the caller asks for: which functions, which way, and how carefully."""
+    """What the caller asks for: which functions, which way, and how carefully.
+
+    ``exclude``: never planned, not even to settle a journal record (the daemon's excluded,
+    intent and backoff sets). ``scope``: only the selected functions in the IOMMU groups of
+    these (what a uevent named). ``admin``: a one-shot command, which keeps the daemon's
+    intents (:mod:`vfio_manager.safety.intents`); the daemon's own runs never touch them.
+    """
 
     selector: Selector
     direction: Direction
@@ -61,24 +55,22 @@ class TransitionRequest:
     force: bool = False
     runner: Optional[Runner] = None  # modprobe runner; tests inject the fake kernel's
     exclude: frozenset[PciAddress] = frozenset()
-    """Never planned: not as targets, not as group peers, not to settle a journal record
-    (the record is kept for a later run). The daemon's excluded, intent and backoff sets."""
     scope: Optional[frozenset[PciAddress]] = None
-    """Only the selected functions in the IOMMU groups of these (what a uevent named);
-    ``None``: every selected function."""
+    admin: bool = False
 
 
 @dataclass(frozen=True)
 class TransitionResult:
-    """The plan, the report of applying it (``None`` for a dry run or an empty plan), and
-    notes about the host (modules loaded) and the journal (records found)."""
+    """The plan, the report of applying it (``None`` for a dry run or an empty plan), notes,
+    and the topology and targets the plan was made from."""
 
     request: TransitionRequest
     plan: Plan
     report: Optional[Report]
     notes: tuple[str, ...] = ()
     journal_errors: tuple[str, ...] = ()  # records the state dir would not update (no entry)
-    topology: Optional[Topology] = None  # what the plan was made from
+    topology: Optional[Topology] = None
+    targets: tuple[PciAddress, ...] = ()
 
     @property
     def exit_code(self) -> ExitCode:
@@ -93,12 +85,9 @@ class TransitionResult:
 def run_transition(
     node: Node, request: TransitionRequest, *, lock: Optional[NodeLock] = None
 ) -> TransitionResult:
-    """Plan and (unless ``dry_run``) apply; see the module docstring.
-
-    ``lock``: the node lock, already held by the caller, who read something under it that
-    this run must agree with (the daemon reads the admin's intents first); by default the
-    run takes the lock itself.
-    """
+    """Plan and (unless ``dry_run``) apply. ``lock``: the node lock, already held by a
+    caller who read something under it this run must agree with (the daemon, its intents);
+    by default the run takes it."""
     if request.dry_run:
         return _Run(node, request, node.sysfs(), _readonly_journal(node)).result()
     if lock is None:
@@ -106,8 +95,14 @@ def run_transition(
             return run_transition(node, request, lock=held)
     if not lock.held:
         raise RuntimeError(f"{lock.path} must be held by the caller")
-    sysfs = node.sysfs(node.transport(lock))
-    return _Run(node, request, sysfs, node.journal()).result()
+    run = _Run(node, request, node.sysfs(node.transport(lock)), node.journal())
+    try:
+        result = run.result()
+    except VfioManagerError:
+        run.settle_intents(None)
+        raise
+    run.settle_intents(result)
+    return result
 
 
 def _readonly_journal(node: Node) -> Optional[Journal]:
@@ -133,6 +128,12 @@ class _Run:
         self.notes: list[str] = []
         self.journal_errors: list[str] = []
         self.unreadable_origins: set[str] = set()
+        self.intents: Optional[IntentStore] = None
+        self.recorded: list[str] = []  # the intents this run recorded
+        if request.admin and not request.dry_run:
+            from vfio_manager.safety.intents import IntentStore
+
+            self.intents = IntentStore(node.state_dir)
 
     def result(self) -> TransitionResult:
         from vfio_manager.host.driver_choice import DriverResolver
@@ -153,13 +154,9 @@ class _Run:
                     self.sysfs,
                     dynamic=suspected_ids(topology.functions.values()),
                 )
-        plan = self._plan(topology, targets, resolver)
-        plan = self._refuse(plan)
-        if self.request.dry_run or not plan.entries:
-            return self._result(plan, None, topology)
-        return self._result(plan, self._apply(plan), topology)
-
-    def _result(self, plan: Plan, report: Optional[Report], topology: Topology) -> TransitionResult:
+        self._record_intents(targets)
+        plan = self._refuse(self._plan(topology, targets, resolver))
+        report = None if self.request.dry_run or not plan.entries else self._apply(plan)
         return TransitionResult(
             self.request,
             plan,
@@ -167,19 +164,13 @@ class _Run:
             tuple(self.notes),
             tuple(self.journal_errors),
             topology,
+            tuple(f.address for f in targets),
         )
 
     # -- stages -----------------------------------------------------------------------------
     def _targets(self, topology: Topology) -> list[PciFunction]:
-        request = self.request
-        if request.named:
-            found = named_functions(topology, request.selector, request.named)
-        else:
-            found = selected_functions(topology, request.selector)
-        if request.scope is not None:
-            scope = in_groups_of(topology, request.scope)
-            found = [f for f in found if f.address in scope]
-        return [f for f in found if f.address not in request.exclude]
+        r = self.request
+        return select_targets(topology, r.selector, named=r.named, scope=r.scope, exclude=r.exclude)
 
     def _gate(
         self,
@@ -188,20 +179,65 @@ class _Run:
         targets: Sequence[PciFunction],
         aliases: AliasTable,
     ) -> tuple[str, ...]:
+        """The checks of ``check`` before any write, loading missing modules unless told not
+        to (a dry run counts loadable ones as loaded); returns the modules loaded. Raises
+        :class:`~vfio_manager.host.preflight.PreflightFailed` when the host is not ready."""
+        from vfio_manager.host import preflight
+
         request = self.request
-        loaded = gate(
+        dry_run, load = request.dry_run, request.load_modules
+        result = preflight.run(
             self.sysfs,
             host,
-            topology,
             targets,
             aliases=aliases,
+            driver_modules=topology.driver_modules,
             selection=request.selector.describe(),
-            load_modules=request.load_modules,
-            dry_run=request.dry_run,
+            load=load and not dry_run,
             runner=request.runner,
         )
+        blocking = result.blocking(assume_loaded=dry_run and load)
+        if blocking:
+            raise preflight.PreflightFailed(result, blocking, topology)
+        loaded = tuple(a.describe() for a in result.attempts)
         self.notes += [f"host: {note}" for note in loaded]
+        if not loaded and dry_run and load and result.pending:
+            pending = ", ".join(result.pending)
+            self.notes.append(f"host: would load {pending} with modprobe first (dry run)")
         return loaded
+
+    def _record_intents(self, targets: Sequence[PciFunction]) -> None:
+        """Returning functions while a daemon is up: one intent each, so it leaves them be."""
+        if self.intents is None or self.request.direction is not Direction.TO_HOST:
+            return
+        from vfio_manager.safety.lock import daemon_running
+
+        if daemon_running(self.node.state_dir):
+            for function in targets:
+                self.recorded.append(self.intents.record(function.bdf).bdf)
+
+    def settle_intents(self, result: Optional[TransitionResult]) -> None:
+        """Clear the intents that no longer hold: those of a bind's functions that are on
+        vfio, and those recorded for functions this run did not return (refused, failed
+        back, never started). A state directory that refuses is logged, not raised."""
+        if self.intents is None:
+            return
+        from vfio_manager.pipeline.engine import Status
+
+        report = result.report if result is not None else None
+        outcomes = report.outcomes if report is not None else ()
+        if self.request.direction is Direction.TO_VFIO:
+            done = (Status.CHANGED, Status.CONVERGED)
+            clear = [o.bdf for o in outcomes if o.status in done and is_vfio_driver(o.driver)]
+        elif report is None:
+            clear = self.recorded
+        else:
+            clear = [o.bdf for o in outcomes if o.bdf in self.recorded and is_vfio_driver(o.driver)]
+        try:
+            if clear:
+                self.intents.clear(clear)
+        except VfioManagerError as err:
+            log.error("intents not updated", error=err.message, remedy=err.remedy)
 
     def _plan(
         self, topology: Topology, targets: list[PciFunction], resolver: DriverResolver
@@ -262,7 +298,7 @@ class _Run:
             return
         for bdf in moot:
             try:
-                self.journal.abort(bdf)
+                self.journal.drop_transition(bdf)
             except VfioManagerError as err:
                 self._journal_failed(bdf, "its moot record could not be dropped", err)
 
@@ -283,15 +319,10 @@ class _Run:
     def _origins(
         self, targets: Sequence[PciFunction], settling: Collection[PciAddress]
     ) -> dict[PciAddress, tuple[Optional[str], Optional[str]]]:
-        """The host state (driver, override) each function was found in before it was first
-        moved to vfio, where the journal has it and it still means something.
-
-        An origin outlives the return to the host: "as found" holds for as long as the
-        function stays so (a function found unbound is not probed by the next run). A
-        function seen on the host in another state was changed by someone else since: its
-        origin is over and is dropped (a dry run only ignores it), unless this run settles an
-        interrupted transition of it, which may have stopped anywhere on the way.
-        """
+        """The (driver, override) each function was found in before it was first moved to
+        vfio, where the journal has it. A function seen on the host in another state was
+        changed by someone else: its origin is over and dropped, unless this run settles an
+        interrupted transition of it (which may have stopped anywhere)."""
         from vfio_manager.pipeline.plan import in_vfio_mode
 
         origins: dict[PciAddress, tuple[Optional[str], Optional[str]]] = {}
@@ -367,8 +398,7 @@ class _Run:
         stuck = {o.bdf for o in report.outcomes if o.stuck}
         if not stuck:
             return report
-        from vfio_manager.pipeline.refusals import find_holders
-        from vfio_manager.safety.holders import describe_holders
+        from vfio_manager.safety.holders import describe_holders, find_holders
 
         functions = [e.function for e in plan.entries if e.function.bdf in stuck]
         found = find_holders(self.sysfs, self.node.proc_root, functions)
@@ -386,9 +416,8 @@ def _native_sources(
     origins: Mapping[PciAddress, tuple[Optional[str], Optional[str]]],
     said: Collection[str],
 ) -> list[str]:
-    """For each target whose transition record was unreadable: where its native driver
-    comes from now (its origin record, or modules.alias when it has none readable).
-    ``said``: functions whose unreadable origin record has a note of its own."""
+    """For each target whose transition record was unreadable (and not in ``said``): where
+    its native driver comes from now, its origin record or modules.alias."""
     returning = {f.bdf for f in targets}
     notes = []
     for entry in pending:
@@ -406,47 +435,3 @@ def _native_sources(
                 "comes from modules.alias"
             )
     return notes
-
-
-def gate(
-    sysfs: Sysfs,
-    host: HostFiles,
-    topology: Topology,
-    targets: Sequence[PciFunction],
-    *,
-    aliases: Optional[AliasTable],
-    selection: str,
-    load_modules: bool,
-    dry_run: bool,
-    runner: Optional[Runner] = None,
-) -> tuple[str, ...]:
-    """The checks of ``check``, before any write; loads missing modules unless told not to.
-
-    Returns notes for the output (the modules loaded, or in a dry run those that would be);
-    raises :class:`~vfio_manager.host.preflight.PreflightFailed` (exit 3) when the host is
-    not ready. A dry run loads nothing and counts loadable modules as loaded when loading is
-    on.
-    """
-    from vfio_manager.host import preflight
-
-    result = preflight.run(
-        sysfs,
-        host,
-        targets,
-        aliases=aliases,
-        driver_modules=topology.driver_modules,
-        selection=selection,
-        load=load_modules and not dry_run,
-        runner=runner,
-    )
-    blocking = result.blocking(assume_loaded=dry_run and load_modules)
-    if blocking:
-        raise preflight.PreflightFailed(result, blocking)
-    if result.attempts:
-        return tuple(a.describe() for a in result.attempts)
-    if dry_run and load_modules and result.pending:
-        return (f"would load {', '.join(result.pending)} with modprobe first (dry run)",)
-    return ()
-
-
-__all__ = ["TransitionRequest", "TransitionResult", "gate", "run_transition"]

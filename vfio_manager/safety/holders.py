@@ -1,30 +1,12 @@
 """Who holds a function: processes with its device nodes open or its BAR files mapped.
 
-Unbinding a function that a VM or a process still uses either yanks the device from under it
-(native driver: the NPU runtime loses its device) or blocks in the kernel until the user lets
-go (vfio-pci waits for the group to be closed, then uninterruptibly). So before any
-``unbind`` the pipeline's refusal stage (:mod:`vfio_manager.pipeline.refusals`) scans for
-holders, and refuses with the PIDs and command names unless ``--force``.
-
-What counts as holding a function:
-
-* an open descriptor on ``/dev/vfio/N`` of its IOMMU group (QEMU, a DPDK or SPDK process),
-  on its VFIO device node (``/dev/vfio/devices/vfioK``, iommufd) or on the native driver's
-  nodes (``/dev/rblnN``), all found through sysfs (:meth:`Sysfs.device_nodes_of`);
-* a memory mapping of one of its ``resourceN`` files (user-space drivers that map BARs
-  through sysfs), under either of the names the kernel may print in /proc/PID/maps.
-
-How it is scanned, and what it costs: one listing of /proc; per process one listing of
-``fd`` and one ``readlink`` per descriptor; ``maps`` only when a mappable target was asked
-for; ``comm`` only for a process that holds something. Every process is scanned once for
-all targets. A descriptor whose link names another path is also compared by device number
-(``stat``) when its name looks like a device node (contains ``/dev/`` or has a target's
-basename): a process in another container sees the same node under its own /dev.
-
-Processes come and go during a scan: one that vanishes (ENOENT, ESRCH) is skipped; one we
-may not inspect (EACCES: not root, or another PID namespace) is counted in
-:attr:`HolderScan.unreadable`, so the caller can say the answer is incomplete. In Kubernetes
-the pod needs ``hostPID: true`` to see VMs in other pods at all. Our own PID is excluded.
+Unbinding a function a VM or a process uses either yanks the device from under it or blocks
+in the kernel until the user lets go, so the pipeline refuses such a function (unless
+``--force``), naming the holders. Held means: a descriptor on its IOMMU group's
+``/dev/vfio/N``, its VFIO device node or a native driver's node (matched by path, or by
+device number when another container names it otherwise), or a mapping of one of its
+``resourceN`` files. One pass over /proc covers every function; a process that vanishes is
+skipped, one we may not inspect makes the scan incomplete (in Kubernetes: ``hostPID``).
 """
 
 from __future__ import annotations
@@ -37,6 +19,8 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import is_vfio_driver
+from vfio_manager.kernel.model import PciFunction
 from vfio_manager.kernel.procfs import Procfs
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
@@ -50,11 +34,8 @@ _COMM_LIMIT = 64
 
 @dataclass(frozen=True)
 class Target:
-    """A file a process can hold: matched by ``path`` (and by ``rdev`` for a device node).
-
-    ``mapped`` asks for /proc/PID/maps to be read too (BAR files); any target is then looked
-    for in the maps as well, since reading them costs the same.
-    """
+    """A file a process can hold, matched by ``path`` (and ``rdev``, for a device node);
+    ``mapped`` asks for /proc/PID/maps to be read too (BAR files)."""
 
     path: str
     rdev: Optional[int] = None
@@ -111,13 +92,8 @@ def describe_holders(holders: Iterable[Holder]) -> str:
 def function_targets(
     sysfs: Sysfs, address: PciAddress, *, group: Optional[int] = None
 ) -> list[Target]:
-    """Everything through which a process can hold ``address``, read from sysfs.
-
-    ``group`` is the function's IOMMU group (``/dev/vfio/N``; the whole group is held by
-    whoever opens it). Device nodes are listed both as the host names them (``/dev/...``)
-    and under our ``--dev-root``; BAR files under both the bus path and the resolved
-    /sys/devices path, as the host names them and under our ``--sysfs-root``.
-    """
+    """Everything through which a process can hold ``address`` (and ``/dev/vfio/<group>``),
+    each under the name the host uses and the one under our roots."""
     targets: dict[tuple[str, bool], Target] = {}
 
     def add(target: Target) -> None:
@@ -139,33 +115,50 @@ def function_targets(
     return list(targets.values())
 
 
-def find_holders(
-    proc_root: str,
-    targets: Iterable[Union[Target, str]],
-    *,
-    self_pid: Optional[int] = None,
-) -> list[Holder]:
-    """Processes holding any of ``targets`` (see :func:`scan_holders`), by PID."""
-    return list(scan_holders(proc_root, targets, self_pid=self_pid).holders)
-
-
 def scan_holders(
     proc_root: str,
     targets: Iterable[Union[Target, str]],
     *,
     self_pid: Optional[int] = None,
 ) -> HolderScan:
-    """Scan every process under ``proc_root`` once for all ``targets``.
-
-    A plain string target is a device node path matched against open descriptors, or, when
-    it names a BAR file (``.../resourceN``), a mappable file. ``self_pid`` (default: ours)
-    is skipped.
-    """
+    """Scan every process under ``proc_root`` (but ``self_pid``, default ours) once for all
+    ``targets``; a string target is a device node, or a mappable ``.../resourceN`` file."""
     wanted = [_as_target(t) for t in targets]
     if not wanted:
         return HolderScan((), 0, ())
     scanner = _Scanner(proc_root, wanted, os.getpid() if self_pid is None else self_pid)
     return scanner.run()
+
+
+def find_holders(
+    sysfs: Sysfs, proc_root: str, functions: list[PciFunction]
+) -> dict[PciAddress, list[Holder]]:
+    """Holders per function, from one scan of /proc: through its vfio group node when it is
+    in vfio mode, the native driver's device nodes and its BAR files otherwise."""
+    if not functions:
+        return {}
+    owner: dict[str, PciAddress] = {}
+    targets: list[Target] = []
+    for function in functions:
+        group = function.iommu_group if is_vfio_driver(function.driver) else None
+        for target in function_targets(sysfs, function.address, group=group):
+            owner.setdefault(target.path, function.address)
+            targets.append(target)
+    scan = scan_holders(proc_root, targets)
+    if not scan.complete:
+        log.warning(
+            "in-use scan incomplete",
+            step="in-use",
+            outcome="partial",
+            unreadable_pids=list(scan.unreadable)[:20],
+            hint="run as root with the host's PID namespace (hostPID: true in Kubernetes)",
+        )
+    found: dict[PciAddress, list[Holder]] = {}
+    for holder in scan.holders:
+        address = owner.get(holder.what)
+        if address is not None:
+            found.setdefault(address, []).append(holder)
+    return found
 
 
 def _as_target(target: Union[Target, str]) -> Target:
@@ -177,18 +170,16 @@ def _as_target(target: Union[Target, str]) -> Target:
 
 
 def _needle(path: str) -> bytes:
-    """A part of ``path`` that a maps file naming it must contain: its last component, or
-    its last two when the last is short (``vfio/9``), so that a cheap substring test rules
-    out most processes before any line is parsed."""
+    """A part of ``path`` a maps file naming it must contain (its last component, or two
+    when short): a cheap test that rules out most processes before any line is parsed."""
     parts = path.rstrip("/").split("/")
     tail = parts[-1] if len(parts[-1]) >= 4 or len(parts) < 2 else "/".join(parts[-2:])
     return tail.encode("utf-8", "surrogateescape")
 
 
 class _Scanner:
-    """One pass over /proc. Per descriptor: one ``readlink`` and a dictionary lookup, with
-    the path built by concatenation (``os.path.join`` per descriptor cost more than the
-    system call); a ``stat`` only for a link that may name a device node another way."""
+    """One pass over /proc: per descriptor one ``readlink`` and a lookup (paths built by
+    concatenation: cheaper than the call); a ``stat`` only for a possible device node."""
 
     def __init__(self, proc_root: str, targets: list[Target], self_pid: int) -> None:
         self.proc_root = proc_root
@@ -278,8 +269,7 @@ class _Scanner:
         return None
 
     def _maps(self, path: str) -> tuple[set[str], bool]:
-        """Targets named in a maps file. Read whole, in binary; its lines are parsed only
-        when it contains a target's last component (most processes map no sysfs file)."""
+        """Targets named in a maps file (parsed only when it holds a target's needle)."""
         found: set[str] = set()
         try:
             with open(path, "rb") as handle:
@@ -304,14 +294,3 @@ class _Scanner:
                 return handle.read(_COMM_LIMIT).strip() or "?"
         except OSError:
             return "?"
-
-
-__all__ = [
-    "Holder",
-    "HolderScan",
-    "Target",
-    "describe_holders",
-    "find_holders",
-    "function_targets",
-    "scan_holders",
-]

@@ -1,40 +1,11 @@
 """Refuse to take away what the host itself runs on: its disks, its network, its console.
 
-A selector that is too wide (a vendor ID shared with a storage controller, ``--all`` on a
-mixed node, a typo in a BDF) must not detach the disk holding the root filesystem or the NIC
-carrying the node's address. :class:`SafetyGuard` says, per function, why it backs something
-the host needs; the pipeline's refusal stage refuses such a function unless ``--force``. An
-NPU is none of these, so for the functions this tool is for the guard is silent.
-
-What is checked, with pure reads (sysfs through :class:`~vfio_manager.kernel.sysfs.Sysfs`, procfs
-through ``proc_root``):
-
-Mounted filesystems and swap
-    Block devices whose resolved /sys path lies under the function's (``vda``, its
-    partitions ``vda1``), plus everything stacked on them (``holders/``, and devices whose
-    ``slaves/`` include them: dm-crypt, LVM, md), matched against the mount tables by
-    ``MAJ:MIN`` and by source name (``/dev/vda1``, ``/dev/mapper/root``, udev symlinks
-    resolved through our /dev). Mount tables: /proc/1/mountinfo (the host's, with hostPID)
-    and /proc/self/mountinfo (ours, which in a container still shows the host root mounted
-    at /host), else /proc/mounts. Active swap comes from /proc/swaps.
-
-Network interfaces with an address or a route
-    Interfaces whose resolved /sys path lies under the function, and the bridges, bonds and
-    VLANs stacked on them (``master``, ``upper_*``). IPv6 addresses come from
-    /proc/net/if_inet6 (link-local and host scope ignored: every interface that is up has
-    one) and routes from /proc/net/ipv6_route (link-local and multicast prefixes ignored).
-    IPv4 routes come from /proc/net/route (main table, by interface). procfs has no table
-    of IPv4 addresses by interface, so local addresses are read from /proc/net/fib_trie
-    (``/32 host LOCAL`` leaves) and each is given to the interface whose connected route
-    (no gateway) contains it, longest prefix first. An address without such a route
-    (``noprefixroute``) cannot be placed; such an interface nearly always carries some
-    other route, which is reported.
-
-The boot console
-    ``boot_vga`` reads ``1``: firmware and the kernel console draw on it.
-
-Everything is read once per guard (the first question) and reused for every function, so
-checking N functions costs one pass over /sys/class/{block,net} and the proc tables.
+A selection too wide (a vendor ID shared with a storage controller, a typo in a BDF) must
+not detach the root disk or the node's NIC. :class:`SafetyGuard` says why a function backs
+the host: a mounted filesystem or active swap on a block device under it (or stacked on one:
+dm, LVM, md), matched by ``MAJ:MIN`` and by source name; an interface under it (or a bridge,
+bond or VLAN on one) with an address or a route; the boot VGA device. Everything is read once
+per guard, from sysfs and the mount, swap and network tables of ``proc_root``.
 """
 
 from __future__ import annotations
@@ -105,17 +76,12 @@ def _listed(items: list[str]) -> str:
 
 def _ipv4(hex_text: str) -> ipaddress.IPv4Address:
     """/proc/net/route prints each address as the native-endian integer of its bytes."""
-    # /proc/net/route holds the address in host byte order; packed, it is the network-order
-    # bytes IPv4Address reads (what socket.inet_ntoa did, without importing socket)
     return ipaddress.IPv4Address(struct.pack("=I", int(hex_text, 16)))
 
 
 class SafetyGuard:
-    """Why a function must not be taken from the host; an empty list means it may be.
-
-    Construct one per command (it snapshots the host's disks, interfaces and tables on the
-    first :meth:`reasons` call) and ask it about every selected function.
-    """
+    """Why a function must not be taken from the host (none: it may be). One per command: it
+    reads the host's disks, interfaces and tables on the first :meth:`reasons` call."""
 
     def __init__(self, sysfs: Sysfs, *, proc_root: str = DEFAULT_PROC_ROOT) -> None:
         self.sysfs = sysfs
@@ -129,7 +95,6 @@ class SafetyGuard:
         self._addrs: dict[str, list[str]] = {}
         self._routes: dict[str, list[str]] = {}
 
-    # -- public ---------------------------------------------------------------------------
     def reasons(self, address: PciAddress) -> list[str]:
         """Human-readable reasons naming the disk, mount, interface or console at stake."""
         self._load()
@@ -144,7 +109,6 @@ class SafetyGuard:
             log.info("guard", bdf=str(address), outcome="protected", reasons=reasons)
         return reasons
 
-    # -- storage --------------------------------------------------------------------------
     def _storage_reasons(self, prefix: str) -> list[str]:
         direct = {name for name, real in self._blocks.items() if real.startswith(prefix)}
         if not direct:
@@ -218,7 +182,6 @@ class SafetyGuard:
             chain.append(current)
         return f"{name}, stacked on {' on '.join(chain)}"
 
-    # -- network --------------------------------------------------------------------------
     def _network_reasons(self, prefix: str) -> list[str]:
         direct = sorted(n for n, real in self._ifaces.items() if real.startswith(prefix))
         reasons: list[str] = []
@@ -243,7 +206,6 @@ class SafetyGuard:
             reasons.append(f"its network {what} has {' and '.join(parts)}")
         return reasons
 
-    # -- loading --------------------------------------------------------------------------
     def _load(self) -> None:
         if self._loaded:
             return
@@ -390,6 +352,3 @@ class SafetyGuard:
             text = "default" if length == 0 else str(network)
             found.append((fields[9], f"{text} via {hop}" if int(hop) else text))
         return found
-
-
-__all__ = ["SafetyGuard"]

@@ -1,40 +1,12 @@
 """What a function looked like before we touched it, kept where a killed run can find it.
 
-Two kinds of record live in the state directory (see :mod:`vfio_manager.safety.lock`):
-
-``journal-BDF.json`` (a *transition*)
-    written by :meth:`Journal.record_start` before the first write to a function, updated
-    by :meth:`Journal.mark_step` after each step, removed by :meth:`Journal.complete` or
-    :meth:`Journal.abort`. A transition file left behind means a run died half way;
-    :meth:`Journal.pending` returns them so the next run can finish or roll back.
-
-``origin-BDF.json`` (an *origin*)
-    the driver and override a function had before it was first moved to vfio ("as found").
-    It stays while the function is in vfio mode, across any number of runs, so returning to
-    the host restores exactly that driver and override; and it stays after the return, while
-    the function is in that state, so the next run leaves it so. It is dropped
-    (:meth:`Journal.forget_origin`) when a run sees the function on the host in another
-    state: someone else changed it, and "as found" is over. A reboot clears it with the rest
-    of /run, as it resets the functions to what the kernel and the boot configuration pick.
-
-Why one file per function rather than one file for all: the engine moves functions one at a
-time, and each step rewrites only that function's record (a small write, instead of
-rewriting every function's state after every step); a corrupt file costs one function's
-record, not the whole node's; listing the directory is the whole of crash recovery; and
-the file name is the canonical BDF (validated by :class:`~vfio_manager.kernel.address.PciAddress`),
-so no record name can climb out of the directory.
-
-Every file goes through the state directory's gateway (:mod:`vfio_manager.safety.statedir`):
-every write is atomic and durable (a temporary file in the same directory, ``fsync``,
-``os.replace``, ``fsync`` of the directory), and only a regular file of ours is ever opened
-for reading, without following a symlink or blocking on a FIFO, and read within a bound. A
-file that is not one, or cannot be parsed, is never a traceback nor a hang: it is renamed
-``*.corrupt`` (kept for a human) and reported as a :class:`JournalEntry` with ``problem``
-set. The default state directory is on tmpfs (/run), which is right: binding state, IOMMU
-group numbers and BDFs all reset or may change at reboot, and so should these records.
-
-The journal assumes its caller holds the :class:`~vfio_manager.safety.lock.NodeLock`: any
-transition file it finds belongs to a run that is no longer running.
+Two records per function, one file each, named by its canonical BDF: a *transition*
+(``journal-BDF.json``), written before the first write and dropped when the function
+arrived (or is back where it started), which a killed run leaves for the next to finish or
+roll back (:meth:`Journal.pending`); and an *origin* (``origin-BDF.json``), the driver and
+override found before the first move to vfio, kept while the function is in vfio mode or so
+again, dropped once someone else changed it. Files go through the state directory's gateway;
+an unreadable one is set aside as ``*.corrupt``. The caller holds the node lock.
 """
 
 from __future__ import annotations
@@ -63,17 +35,10 @@ ORIGIN = "origin"
 _PREFIX = {TRANSITION: "journal-", ORIGIN: "origin-"}
 _SUFFIX = ".json"
 _CORRUPT = ".corrupt"
-# A record is a few hundred bytes; the largest one (an override of a page, every character
-# escaped in JSON) is under 64 KiB. Anything bigger is garbage.
-_MAX_RECORD = 256 * 1024
+_MAX_RECORD = 256 * 1024  # the largest record (a page of override, escaped) is under 64 KiB
 _MAX_OVERRIDE = 4095  # the kernel refuses a driver_override of a page or more
 _NAME_MAX = 255  # bytes in a path component
-# What a failed write or removal leaves behind, for the error's remedy.
 _NOTHING_WRITTEN = "nothing was written to this function"
-_STEP_NOT_RECORDED = (
-    "the step was made but not recorded; the record written before the first write still "
-    "lets the next run finish or roll back this function"
-)
 _RECORD_KEPT = (
     "the record is kept: the next run finds the function where this run left it and drops "
     "the record then"
@@ -88,20 +53,12 @@ class JournalError(VfioManagerError):
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One record: a transition in flight, or the origin of a function (how it was found).
+    """One record: a transition in flight, or a function's origin.
 
-    ``original_driver``/``original_override`` are the function's state before the first
-    write (``None``: no driver / override unset). The override is the string sysfs showed,
-    written back to ``driver_override`` as it was (not a path: ``/`` and spaces are kept).
-    The driver is a name used in sysfs paths (``drivers/NAME/bind``): when the driver link
-    named none usable (empty, ``..``), it is recorded as ``None`` with
-    ``original_driver_unknown`` set, and nothing restores "no driver" from it.
-    ``steps_done`` are the step names the engine marked, in order. ``origin_created`` says
-    whether this transition also wrote the origin record (informational: a rollback keeps
-    the origin, see :meth:`Journal.abort`).
-
-    A record that could not be read has ``problem`` (why) and ``quarantined_as`` (where the
-    bad file went) set, and only ``bdf`` (``None`` if even the name was unusable) besides.
+    ``original_driver``/``original_override``: the state before the first write (``None``:
+    none). A driver link that named no usable driver is ``None`` with
+    ``original_driver_unknown`` set. An unreadable record has only ``bdf`` (``None`` if even
+    its name was unusable), ``problem`` and ``quarantined_as`` (where it went) set.
     """
 
     bdf: Optional[str]
@@ -111,9 +68,7 @@ class JournalEntry:
     original_driver: Optional[str] = None
     original_override: Optional[str] = None
     original_driver_unknown: bool = False
-    steps_done: tuple[str, ...] = ()
     started_at: Optional[str] = None
-    updated_at: Optional[str] = None
     pid: Optional[int] = None
     origin_created: bool = False
     problem: Optional[str] = None
@@ -133,9 +88,7 @@ class JournalEntry:
             "original_driver": self.original_driver,
             "original_override": self.original_override,
             "original_driver_unknown": self.original_driver_unknown,
-            "steps_done": list(self.steps_done),
             "started_at": self.started_at,
-            "updated_at": self.updated_at,
             "pid": self.pid,
             "origin_created": self.origin_created,
         }
@@ -152,7 +105,7 @@ class JournalEntry:
         if data.get("bdf") != bdf:
             raise ValueError(f"names {data.get('bdf')!r} but is filed as {bdf}")
         direction = Direction(_str(data, "direction", optional=False))
-        steps = data.get("steps_done", [])
+        steps = data.get("steps_done", [])  # accepted when present, unused
         if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
             raise ValueError("steps_done is not a list of strings")
         pid = data.get("pid")
@@ -175,9 +128,7 @@ class JournalEntry:
             original_driver=driver,
             original_override=_checked(data, "original_override", override_problem),
             original_driver_unknown=unknown,
-            steps_done=tuple(steps),
             started_at=_str(data, "started_at"),
-            updated_at=_str(data, "updated_at"),
             pid=pid,
             origin_created=created,
         )
@@ -193,11 +144,8 @@ def _str(data: dict[str, Any], key: str, *, optional: bool = True) -> Optional[s
 
 
 def driver_name_problem(value: str) -> Optional[str]:
-    """Why ``value`` cannot be a driver name in a sysfs path (``drivers/NAME/bind``), if so.
-
-    The same check on write (:meth:`Journal.record_start`) and on read (a record is never
-    trusted to name ``..``): what the journal writes, it reads back.
-    """
+    """Why ``value`` cannot be a driver name in a sysfs path (``drivers/NAME/bind``), if so;
+    checked on write and on read alike."""
     if value in {"", ".", ".."} or any(c in value for c in "/\n\0"):
         return f"{value!r} is not a driver name"
     if len(value.encode("utf-8", "surrogatepass")) > _NAME_MAX:
@@ -206,12 +154,8 @@ def driver_name_problem(value: str) -> Optional[str]:
 
 
 def override_problem(value: str) -> Optional[str]:
-    """Why ``value`` cannot be a ``driver_override`` sysfs showed, if so.
-
-    It is written back to ``driver_override`` as a string, so ``/``, spaces and any text
-    are kept; what sysfs never shows (an empty value, a newline or NUL, a page or more)
-    cannot be written back as it was, and is refused on write and on read alike.
-    """
+    """Why ``value`` cannot be a ``driver_override`` sysfs showed (it is written back as it
+    was), if so; checked on write and on read alike."""
     if value == "":
         return "is empty (an unset override is recorded as null)"
     if "\n" in value or "\0" in value:
@@ -240,13 +184,9 @@ def _vendor_device(function: PciFunction) -> str:
 
 
 class Journal:
-    """Transition and origin records of one node, in ``state_dir``.
-
-    ``now`` (an ISO-8601 timestamp factory) is injectable for tests. Methods open the state
-    directory afresh each time, through its gateway (:class:`~vfio_manager.safety.statedir.
-    StateDir`, which checks it and every file in it), so a ``Journal`` holds no descriptor
-    and needs no closing.
-    """
+    """Transition and origin records of one node, in ``state_dir``; ``now`` (ISO-8601
+    timestamps) is injectable. Each method opens the state directory afresh: a ``Journal``
+    holds no descriptor. ``readonly`` (a dry run) never renames, removes or creates."""
 
     def __init__(
         self,
@@ -259,7 +199,7 @@ class Journal:
         self.state_dir = state_dir
         self.now = now
         self.uid = uid
-        self.readonly = readonly  # a dry run: read records, never rename, remove or create
+        self.readonly = readonly
         self._set_aside: list[JournalEntry] = []
 
     def take_set_aside(self) -> list[JournalEntry]:
@@ -268,19 +208,12 @@ class Journal:
         found, self._set_aside = self._set_aside, []
         return found
 
-    # -- transitions ---------------------------------------------------------------------
     def record_start(self, function: PciFunction, direction: Direction) -> JournalEntry:
-        """Record ``function`` as the engine found it; call before its first write.
-
-        When it goes to vfio from a host state (a non-vfio driver or none, and no vfio
-        override), that state is also its origin and is written now. A function already in
-        vfio mode keeps the origin on file. If a transition record is already
-        there (a crashed run that was not recovered), its originals are kept: they are the
-        state before the first write, which a later record can no longer see.
-        """
+        """Record ``function`` as found, before its first write; going to vfio from a host
+        state, that state is also its origin. The originals of a transition record left
+        behind (a crash not yet recovered) are kept: they are the state before its writes."""
         bdf = function.bdf
         vendor_device = _vendor_device(function)
-        stamp = self.now()
         previous = self._read(TRANSITION, bdf)
         original_driver, original_override = function.driver, function.driver_override or None
         unknown = False
@@ -307,10 +240,8 @@ class Journal:
                 "journal: replacing an unrecovered transition",
                 bdf=bdf,
                 previous_direction=previous.direction.value if previous.direction else None,
-                steps_done=list(previous.steps_done),
             )
-        # A function on (or pinned by override to) a vfio driver is already in vfio mode:
-        # its origin, if we ever knew it, is on file and must not be overwritten by this state.
+        # already in vfio mode: its origin, if ever known, is on file and stays
         in_vfio_mode = is_vfio_driver(original_driver) or is_vfio_driver(original_override)
         entry = JournalEntry(
             bdf=bdf,
@@ -320,8 +251,7 @@ class Journal:
             original_driver=original_driver,
             original_override=original_override,
             original_driver_unknown=unknown,
-            started_at=stamp,
-            updated_at=stamp,
+            started_at=self.now(),
             pid=os.getpid(),
         )
         if direction is Direction.TO_VFIO and not in_vfio_mode:
@@ -331,48 +261,15 @@ class Journal:
         log.debug("journal: transition recorded", bdf=bdf, direction=direction.value)
         return entry
 
-    def mark_step(self, bdf: str, step: str) -> JournalEntry:
-        """Append ``step`` to the function's transition record (atomically rewritten)."""
-        entry = self._read(TRANSITION, bdf)
-        if entry is None or entry.corrupt:
-            raise JournalError(
-                f"no transition is recorded for {bdf}; cannot mark step {step!r}",
-                bdf=bdf,
-                step=step,
-                remedy="this is a bug: the engine must call record_start first",
-            )
-        updated = replace(entry, steps_done=(*entry.steps_done, step), updated_at=self.now())
-        self._write(updated, consequence=_STEP_NOT_RECORDED)
-        return updated
-
-    def complete(self, bdf: str) -> None:
-        """The function reached its target: drop the transition.
-
-        The origin stays, also after a return to the host: it then says how the function was
-        found and is again, so the next run leaves it so (a function found unbound is not
-        probed onto its native driver). :meth:`forget_origin` drops it once the function is
-        seen in another host state.
-        """
-        self._remove(TRANSITION, bdf, consequence=_RECORD_KEPT)
-
-    def abort(self, bdf: str) -> None:
-        """The function is back in its start state: drop the transition.
-
-        The origin stays: a function rolled back from a bind is in the host state its origin
-        records, one rolled back from a return is in vfio mode again. Call only after a
-        successful rollback: a function left in neither state keeps its record, so the next
-        run sees it in :meth:`pending`.
-        """
+    def drop_transition(self, bdf: str) -> None:
+        """The function reached its target, or is back in its start state: drop its
+        transition record. The origin stays (see the module docstring)."""
         self._remove(TRANSITION, bdf, consequence=_RECORD_KEPT)
 
     def pending(self) -> list[JournalEntry]:
-        """Transitions left by runs that died, in BDF order, corrupt ones included.
-
-        Also removes stale temporary files (a run killed between creating one and renaming
-        it); corrupt records are quarantined and returned with ``problem`` set. Read-only:
-        nothing is removed or renamed, and a missing state directory has no records.
-        :class:`JournalError` when the directory cannot be listed.
-        """
+        """Transitions left by runs that died, in BDF order, corrupt ones included (set
+        aside); stale temporary files are removed. :class:`JournalError` when the directory
+        cannot be listed."""
         with self._dir() as state:
             if state is None:
                 return []
@@ -410,15 +307,9 @@ class Journal:
         """The function's transition record, if one is in flight (or was left behind)."""
         return self._read(TRANSITION, bdf)
 
-    # -- origins -------------------------------------------------------------------------
     def original(self, bdf: str, *, vendor_device: Optional[str] = None) -> Optional[JournalEntry]:
-        """Where ``bdf`` came from before it was first moved to vfio; ``None`` if unknown.
-
-        With ``vendor_device`` ("1eff:1220"), a record for another device at the same address
-        (hot-plug, a VF reshuffle) is ignored and removed rather than trusted. A corrupt
-        record is quarantined and reads as ``None`` (logged): the caller falls back to the
-        native driver from modules.alias.
-        """
+        """Where ``bdf`` came from before it was first moved to vfio; ``None`` if unknown or
+        corrupt (set aside). A record for another ``vendor_device`` is removed, not trusted."""
         entry = self._read(ORIGIN, bdf)
         if entry is None or entry.corrupt:
             return None
@@ -439,7 +330,6 @@ class Journal:
         """Drop the origin of a function someone else has changed since (it is over)."""
         self._remove(ORIGIN, bdf, consequence=_RECORD_KEPT)
 
-    # -- files (all through the state directory's gateway) -------------------------------
     @contextlib.contextmanager
     def _dir(self) -> Iterator[Optional[StateDir]]:
         """The state directory, checked; ``None`` in a dry run when it does not exist."""
@@ -573,6 +463,3 @@ class Journal:
             remedy=f"the state directory must be writable and not full "
             f"(default /run/vfio-manager); {consequence}",
         )
-
-
-__all__ = ["ORIGIN", "TRANSITION", "Journal", "JournalEntry", "JournalError"]

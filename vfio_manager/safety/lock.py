@@ -1,27 +1,10 @@
-"""One writer per node: an exclusive ``flock`` on a file in the state directory.
+"""Exclusive ``flock`` locks on files of the state directory: the node lock and the daemon's.
 
-Two vfio-manager processes writing to the same functions at once (a DaemonSet's new pod and
-the old pod's preStop hook, an operator's manual run) interleave ``driver_override`` and
-``unbind`` writes and leave functions half moved. Every command that writes therefore holds
-:class:`NodeLock` for its whole run; read-only commands take no lock, so ``status`` never
-waits.
-
-Why ``flock`` on a file that is never deleted:
-
-* the kernel drops the lock when the holder's last descriptor closes, so a killed run never
-  leaves a stale lock behind (a PID file alone would need guessing whether its PID is ours);
-* unlinking a lock file on release races with a waiter that already opened the old inode,
-  so the file stays and only its content (who holds it) is cleared on release.
-
-The state directory (default ``/run/vfio-manager``: tmpfs, gone at reboot, like the binding
-state it describes) must be a real directory owned by us and writable by nobody else, and
-the lock file a regular file of ours: both are opened and checked by the state directory's
-gateway (:mod:`vfio_manager.safety.statedir`), so nobody can aim our writes elsewhere with a
-symlink, nor hang a run with a FIFO.
-
-The holder writes its PID and command line into the lock file after acquiring it, so a
-waiter that gives up can say who holds the node and whether that process is still running
-(or is stuck in the kernel, in an unbind that waits for a device to be let go).
+Every writing run holds the node lock, so two runs never interleave their writes; a daemon
+holds its presence lock for its whole life, so ``unbind`` knows one is up and a second
+daemon waits for the first. ``flock``: the kernel drops it when the holder dies, however.
+The files are never unlinked (a waiter may hold the old inode); the holder writes its PID
+and command line into them so a waiter that gives up can name it.
 """
 
 from __future__ import annotations
@@ -34,16 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
 from vfio_manager.log import get_logger
-from vfio_manager.safety.deadline import (
-    DEFAULT_LOCK_TIMEOUT,
-    pending_writes,
-    when_writes_return,
-)
 from vfio_manager.safety.statedir import (
     DEFAULT_STATE_DIR,
     StateDir,
@@ -51,14 +29,15 @@ from vfio_manager.safety.statedir import (
     UnusableFile,
 )
 
-if TYPE_CHECKING:  # imported by child_writer(): only a run that writes needs it
+if TYPE_CHECKING:
     from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
 
 LOCK_FILE_NAME = "lock"
-_POLL_INTERVAL = 0.1
+PRESENCE_FILE_NAME = "daemon"
 _HOLDER_READ_LIMIT = 4096
+L = TypeVar("L", bound="FileLock")
 
 
 class LockTimeoutError(VfioManagerError):
@@ -73,16 +52,15 @@ class LockTimeoutError(VfioManagerError):
         return {**super().details(), "holder": None if holder is None else asdict(holder)}
 
 
+class DaemonRunningError(VfioManagerError):
+    """Another daemon holds this node's state directory."""
+
+
 @dataclass(frozen=True)
 class LockHolder:
-    """Who wrote the lock file: PID and command line, and what /proc says about that PID now.
-
-    ``running`` is False when /proc/PID is gone (the lock is then held by a descendant that
-    inherited the descriptor, or the PID is from another PID namespace: in Kubernetes the pod
-    needs hostPID to see other pods' processes). ``state`` is the one-letter process state
-    from /proc/PID/stat; ``D`` means stuck in the kernel, typically an unbind waiting for a
-    VM or process to release the device.
-    """
+    """The PID and command line a lock file names, and what /proc says about that PID now:
+    ``running`` False when it is gone (or in another PID namespace), ``state`` ``D`` when it
+    is stuck in the kernel."""
 
     pid: int
     command: str
@@ -98,29 +76,19 @@ class LockHolder:
         return text
 
 
-def _default_command() -> str:
+def command_line() -> str:
+    """Our command line, as a shell would take it (for holder and intent records)."""
     import shlex
 
     return shlex.join([os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]])
 
 
 def read_holder(lock_path: str, *, proc_root: str = DEFAULT_PROC_ROOT) -> Optional[LockHolder]:
-    """Parse the lock file (``PID\ncommand\n``) and look the PID up in ``proc_root``.
-
-    ``None`` when the file is empty (released), does not start with a PID, or is not a
-    regular file of ours in a safe directory (read through the state directory's gateway:
-    a FIFO there never blocks); a half-written file is read as far as it goes. Never
-    raises: this only decorates an error message.
-    """
+    """Who a lock file (``PID\ncommand\n``) names; ``None`` when it names nobody or is not
+    a regular file of ours in a safe directory. Never raises: it only decorates messages."""
     directory, name = os.path.split(lock_path)
-    return _holder_in(directory or ".", name, uid=None, proc_root=proc_root)
-
-
-def _holder_in(
-    state_dir: str, name: str, *, uid: Optional[int], proc_root: str
-) -> Optional[LockHolder]:
     try:
-        state = StateDir.open_existing(state_dir, uid=uid)
+        state = StateDir.open_existing(directory or ".")
         if state is None:
             return None
         with state:
@@ -128,14 +96,6 @@ def _holder_in(
     except (UnusableFile, UnsafeStateDirError, OSError):
         return None
     return _parse_holder(data, proc_root) if data is not None else None
-
-
-def _read_small(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(_HOLDER_READ_LIMIT)
-    except OSError:
-        return None
 
 
 def _parse_holder(data: bytes, proc_root: str) -> Optional[LockHolder]:
@@ -146,125 +106,124 @@ def _parse_holder(data: bytes, proc_root: str) -> Optional[LockHolder]:
     pid = int(first)
     command = lines[1].strip() if len(lines) > 1 else ""
     proc_dir = Procfs(proc_root).pid_path(pid)
-    running = os.path.isdir(proc_dir)
-    state: Optional[str] = None
-    if running:
-        # "PID (comm) S ...": comm may hold spaces and parentheses; split at the last ')'
-        text = _read_small(os.path.join(proc_dir, "stat"))
-        fields = text.rsplit(")", 1)[-1].split() if text and ")" in text else []
-        state = fields[0] if fields else None
-    return LockHolder(pid, command, running, state)
+    if not os.path.isdir(proc_dir):
+        return LockHolder(pid, command, False)
+    # "PID (comm) S ...": comm may hold spaces and parentheses; split at the last ')'
+    try:
+        with open(os.path.join(proc_dir, "stat"), encoding="utf-8", errors="replace") as f:
+            text = f.read(_HOLDER_READ_LIMIT)
+    except OSError:
+        text = ""
+    fields = text.rsplit(")", 1)[-1].split() if ")" in text else []
+    return LockHolder(pid, command, True, fields[0] if fields else None)
 
 
-class NodeLock:
-    """Exclusive, bounded-wait lock on ``STATE_DIR/lock``; use it as a context manager.
+def _write_holder(fd: int, pid: int, command: str) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{pid}\n{command.replace(chr(10), ' ')}\n".encode("utf-8", "replace"), 0)
 
-    ``timeout`` is how long to wait for another holder (0: try once). ``clock`` and ``sleep``
-    are injectable so tests never wait for real; ``command`` (default: our argv) and ``uid``
-    (default: our effective UID, the owner the state directory must have) likewise.
 
-    Locks taken through two ``NodeLock`` objects conflict even inside one process (each has
-    its own open file description), which is what lets tests run competing holders in
-    threads. One object is not re-entrant: acquiring it twice is a programming error.
-    """
+def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
+    """True while a daemon holds ``<state-dir>/daemon``; probes with a shared lock, released
+    at once. Never creates or blocks; anything unusable means no daemon."""
+    try:
+        state = StateDir.open_existing(state_dir)
+        if state is None:
+            return False
+        with state:
+            fd = state.open_file(PRESENCE_FILE_NAME, os.O_RDONLY)
+    except (UnsafeStateDirError, UnusableFile, OSError):
+        return False
+    if fd is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return False
+
+
+class FileLock:
+    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds; a
+    context manager. Two objects conflict even in one process (each opens the file anew);
+    one object is not re-entrant. ``clock``, ``sleep``, ``command`` and ``uid`` (the owner
+    the state directory must have) are injectable."""
+
+    NAME: ClassVar[str]
+    POLL_INTERVAL: ClassVar[float] = 0.1
 
     def __init__(
         self,
         state_dir: str = DEFAULT_STATE_DIR,
         *,
-        timeout: float,
+        timeout: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        poll_interval: float = _POLL_INTERVAL,
+        poll_interval: Optional[float] = None,
         proc_root: str = DEFAULT_PROC_ROOT,
         command: Optional[str] = None,
         uid: Optional[int] = None,
     ) -> None:
         self.state_dir = state_dir
+        self.name = self.NAME
         self.timeout = max(0.0, timeout)
         self.clock = clock
         self.sleep = sleep
-        self.poll_interval = poll_interval
+        self.poll_interval = self.POLL_INTERVAL if poll_interval is None else poll_interval
         self.proc_root = proc_root
         self.command = command
         self.uid = uid
         self._fd: Optional[int] = None
-        self._writer: Optional[ChildWriter] = None
 
     @property
     def path(self) -> str:
-        return os.path.join(self.state_dir, LOCK_FILE_NAME)
+        return os.path.join(self.state_dir, self.name)
 
     @property
     def held(self) -> bool:
         return self._fd is not None
 
-    def holder(self) -> Optional[LockHolder]:
-        """Who the lock file says holds the lock (``None`` when nobody wrote it)."""
-        return _holder_in(self.state_dir, LOCK_FILE_NAME, uid=self.uid, proc_root=self.proc_root)
+    @property
+    def fd(self) -> Optional[int]:
+        return self._fd
 
-    # -- acquire / release ---------------------------------------------------------------
     def acquire(self) -> None:
-        """Take the lock, polling until ``timeout``; raise :class:`LockTimeoutError`."""
+        """Take the lock, polling until ``timeout``; raise :meth:`busy`'s error then."""
         if self._fd is not None:
-            raise RuntimeError(f"{self.path} is already held by this NodeLock")
-        fd = self._open()
+            raise RuntimeError(f"{self.path} is already held by this lock")
+        with StateDir.open(self.state_dir, uid=self.uid) as state:
+            fd = state.open_lock_file(self.name)
         try:
-            self._wait(fd)
-            self._write_holder(fd)
+            start = self.clock()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    remaining = self.timeout - (self.clock() - start)
+                    if remaining <= 0:
+                        raise self._busy(fd) from None
+                    self.sleep(min(self.poll_interval, remaining))
+            try:
+                command = self.command if self.command is not None else command_line()
+                _write_holder(fd, os.getpid(), command)
+            except OSError as exc:  # only a decoration: the lock itself is held
+                log.warning("lock holder not recorded", path=self.path, error=exc.strerror)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
         log.debug("lock acquired", path=self.path)
 
-    @property
-    def fd(self) -> Optional[int]:
-        """The lock's descriptor while held (a writer child inherits it, see release)."""
-        return self._fd
-
-    def child_writer(self) -> ChildWriter:
-        """A writer whose children inherit this lock; :meth:`release` minds its stuck ones."""
-        if self._fd is None:
-            raise RuntimeError(f"{self.path} is not held")
-        from vfio_manager.safety.writer import ChildWriter
-
-        self._writer = ChildWriter(keep_fds=[self._fd])
-        return self._writer
-
     def release(self) -> None:
-        """Clear the holder record, unlock, close. Safe to call when not held.
-
-        Not while a write we gave up on is still in the kernel: a next run would queue its
-        writes behind it. A stuck writer child keeps the lock through the descriptor it
-        inherited (we only close ours and name it in the holder record); a stuck thread of
-        ours keeps it until its write returns, then the lock is released.
-        """
+        """Clear the holder record, unlock, close. Safe to call when not held."""
         fd, self._fd = self._fd, None
-        writer, self._writer = self._writer, None
-        if fd is None:
-            return
-        stuck = writer.stuck() if writer is not None else []
-        if writer is not None:
-            writer.close()
-        if stuck:
-            self._record_holder(fd, stuck[0].pid, f"vfio-manager writer: {stuck[0].what}")
-            os.close(fd)
-            log.warning(
-                "lock kept by a stuck write",
-                path=self.path,
-                step="lock",
-                outcome="held",
-                pid=stuck[0].pid,
-                what=stuck[0].what,
-            )
-            return
-        pending = pending_writes()
-        if pending:
-            self._record_holder(fd, os.getpid(), f"vfio-manager (stuck: {pending[0]})")
-            log.warning("lock kept by a stuck write", path=self.path, step="lock", what=pending)
-        if when_writes_return(lambda: self._unlock(fd)):
-            log.debug("lock released", path=self.path)
+        if fd is not None:
+            self._unlock(fd)
 
     @staticmethod
     def _unlock(fd: int) -> None:
@@ -275,13 +234,18 @@ class NodeLock:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _record_holder(fd: int, pid: int, command: str) -> None:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{pid}\n{command.replace(chr(10), ' ')}\n".encode(), 0)
+    def _busy(self, fd: int) -> VfioManagerError:
+        """The error for a lock another process kept past ``timeout``."""
+        try:
+            data = os.pread(fd, _HOLDER_READ_LIMIT, 0)
+        except OSError:
+            data = b""
+        return self.busy(_parse_holder(data, self.proc_root))
 
-    def __enter__(self) -> NodeLock:
+    def busy(self, holder: Optional[LockHolder]) -> VfioManagerError:
+        raise NotImplementedError
+
+    def __enter__(self: L) -> L:
         self.acquire()
         return self
 
@@ -293,31 +257,52 @@ class NodeLock:
     ) -> None:
         self.release()
 
-    # -- internals -------------------------------------------------------------------------
-    def _open(self) -> int:
-        with StateDir.open(self.state_dir, uid=self.uid) as state:
-            return state.open_lock_file(LOCK_FILE_NAME)
 
-    def _wait(self, fd: int) -> None:
-        start = self.clock()
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass
-            else:
-                return
-            remaining = self.timeout - (self.clock() - start)
-            if remaining <= 0:
-                raise self._timeout_error(fd)
-            self.sleep(min(self.poll_interval, remaining))
+class NodeLock(FileLock):
+    """One writer per node: ``state_dir/lock``, held by every writing run from its first read
+    to its last write. The writer it hands out (:meth:`writer`) keeps it while a write the run
+    gave up on is still in the kernel."""
 
-    def _timeout_error(self, fd: int) -> LockTimeoutError:
-        try:
-            data = os.pread(fd, _HOLDER_READ_LIMIT, 0)
-        except OSError:
-            data = b""
-        holder = _parse_holder(data, self.proc_root)
+    NAME = LOCK_FILE_NAME
+    _writer: Optional[ChildWriter] = None
+
+    def writer(self, *, threads: bool = False) -> ChildWriter:
+        """A writer whose children inherit this lock; :meth:`release` minds its stuck ones."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.path} is not held")
+        from vfio_manager.safety.writer import ChildWriter
+
+        self._writer = ChildWriter(keep_fds=[self._fd], threads=threads)
+        return self._writer
+
+    def release(self) -> None:
+        """Release, unless a write we gave up on is still in the kernel (a next run would queue
+        behind it): then the lock is kept by the child, and named as the holder."""
+        fd, self._fd = self._fd, None
+        writer, self._writer = self._writer, None
+        if fd is None:
+            return
+        stuck = writer.close() if writer is not None else []
+        if writer is None or not stuck:
+            self._unlock(fd)
+            log.debug("lock released", path=self.path)
+            return
+        with contextlib.suppress(OSError):
+            _write_holder(fd, stuck[0].pid, f"vfio-manager writer (stuck: {stuck[0].what})")
+        log.warning(
+            "lock kept by a stuck write",
+            path=self.path,
+            step="lock",
+            outcome="held",
+            pid=stuck[0].pid,
+            what=stuck[0].what,
+        )
+        if writer.threads:  # a thread inherits nothing: unlock when its write returns
+            writer.when_returned(lambda: self._unlock(fd))
+        else:  # each stuck child holds a copy; the kernel unlocks when the last one exits
+            os.close(fd)
+
+    def busy(self, holder: Optional[LockHolder]) -> LockTimeoutError:
         who = holder.describe() if holder is not None else "another process (it did not say who)"
         remedy = (
             "wait for it to finish and retry, or raise --lock-timeout; "
@@ -341,24 +326,19 @@ class NodeLock:
             remedy=remedy,
         )
 
-    def _write_holder(self, fd: int) -> None:
-        """Record who we are; a failure here is only logged (the lock itself is held)."""
-        command = self.command if self.command is not None else _default_command()
-        text = f"{os.getpid()}\n{command.replace(chr(10), ' ')}\n"
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, text.encode("utf-8", "replace"), 0)
-        except OSError as exc:
-            log.warning("lock holder not recorded", path=self.path, error=exc.strerror)
 
+class DaemonPresence(FileLock):
+    """``state_dir/daemon``, held by the daemon for its whole life; a second daemon waits up
+    to ``timeout`` (a rolling update's handover), then refuses naming the first."""
 
-__all__ = [
-    "DEFAULT_LOCK_TIMEOUT",
-    "DEFAULT_STATE_DIR",
-    "LOCK_FILE_NAME",
-    "LockHolder",
-    "LockTimeoutError",
-    "NodeLock",
-    "UnsafeStateDirError",
-    "read_holder",
-]
+    NAME = PRESENCE_FILE_NAME
+    POLL_INTERVAL = 0.5
+
+    def busy(self, holder: Optional[LockHolder]) -> DaemonRunningError:
+        who = holder.describe() if holder is not None else "another process"
+        return DaemonRunningError(
+            f"another vfio-manager daemon is running on this node: {who}",
+            path=self.path,
+            remedy="run one daemon per node (a DaemonSet or a systemd unit, not both); "
+            "stop the other one, or wait for it to exit",
+        )

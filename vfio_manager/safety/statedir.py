@@ -1,26 +1,13 @@
-"""The state directory's one gateway: open it safely; read, replace and remove files in it.
+"""The state directory's one gateway: every file of the lock, the journal and the intents.
 
-The node lock (:mod:`vfio_manager.safety.lock`) and the journal
-(:mod:`vfio_manager.safety.journal`) keep their files in one directory (default
-``/run/vfio-manager``), and every run opens those files while it holds the node lock, so a
-file that is not what its name says must never hang a run, nor redirect a write. Both go
-through :class:`StateDir`, and nothing else opens a file there. What it guarantees:
-
-* the directory is a real directory, owned by us and writable by nobody else, checked on the
-  open descriptor (``fstat``), and every file is opened relative to that descriptor
-  (``dir_fd``), so the directory cannot be swapped between check and use;
-* a name is looked at (``lstat``) before it is opened, and only a regular file of ours is
-  opened at all: a device node is never opened (an open can have effects), a FIFO never
-  blocks a run;
-* every open is ``O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC`` and is checked again with ``fstat``
-  (the name may have changed since the ``lstat``): a symlink fails, a FIFO opens at once
-  and is refused, the descriptor never leaks into a child;
-* every read is bounded: a file larger than the caller's limit is refused, not read;
-* a replace is atomic and durable: a temporary file, ``fsync``, ``rename`` over the name,
-  ``fsync`` of the directory; a remove is followed by an ``fsync`` of the directory.
-
-A file that is there but unusable raises :class:`UnusableFile` with the reason; the caller
-decides (the journal sets it aside as ``*.corrupt``, the lock refuses and names it).
+Every run opens these files, mostly under the node lock, so a file that is not what its name
+says must never hang a run nor redirect a write. Hence: the directory is a real directory
+owned by us and writable by nobody else (checked on the open descriptor), and files are
+opened relative to it; a name is looked at (``lstat``) before it is opened and only a regular
+file of ours is opened, never following a symlink nor blocking on a FIFO, and checked again
+(``fstat``); reads are bounded; replaces are atomic and durable (temporary file, ``fsync``,
+``rename``, ``fsync`` of the directory). An unusable file raises :class:`UnusableFile`; the
+caller decides (the journal sets it aside, the lock refuses naming it).
 """
 
 from __future__ import annotations
@@ -44,10 +31,8 @@ _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeStateDirError(VfioManagerError):
-    """The state directory (or a file in it) could be controlled by someone else: refused.
-
-    Nothing is written when this is raised; the remedy says what to fix.
-    """
+    """The state directory (or a file in it) could be controlled by someone else: refused,
+    nothing written."""
 
 
 class UnusableFile(Exception):
@@ -59,20 +44,20 @@ class UnusableFile(Exception):
         self.problem = problem
 
 
+_KINDS = {
+    stat.S_IFREG: "a regular file",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symlink",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
 def kind_of(mode: int) -> str:
     """What a file is, in words, for messages: ``a FIFO``, ``a symlink``, ..."""
-    for test, text in (
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symlink"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return text
-    return "not a file"
+    return _KINDS.get(stat.S_IFMT(mode), "not a file")
 
 
 def _not_a_directory_above(path: str) -> Optional[str]:
@@ -122,19 +107,15 @@ def _kind_at(path: str) -> str:
 
 
 class StateDir:
-    """An open, checked state directory; every file operation in it goes through here.
-
-    Use :meth:`open` (creates the directory if missing) or :meth:`open_existing` (``None``
-    when it is missing: a dry run creates nothing) as a context manager. ``owner`` is the
-    UID the directory and its files must have (default: our effective UID).
-    """
+    """An open, checked state directory, used as a context manager: :meth:`open` creates it,
+    :meth:`open_existing` does not (a dry run creates nothing). ``owner`` is the UID the
+    directory and its files must have (default: our effective UID)."""
 
     def __init__(self, path: str, fd: int, owner: int) -> None:
         self.path = path
         self.fd = fd
         self.owner = owner
 
-    # -- opening the directory ----------------------------------------------------------------
     @classmethod
     def open(cls, path: str, *, uid: Optional[int] = None) -> StateDir:
         """Create ``path`` (mode 0700) if missing, check it, and return it open."""
@@ -171,10 +152,20 @@ class StateDir:
         """The directory, checked, or ``None`` when it does not exist (nothing is created)."""
         return cls._open_dir(path, os.geteuid() if uid is None else uid)
 
+    def subdir(self, name: str, *, create: bool = False) -> Optional[StateDir]:
+        """The directory ``name`` in this one (created 0700 if missing and ``create``),
+        checked like this one; ``None`` when it does not exist."""
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=self.fd)
+        return self._open_dir(self.path_of(name), self.owner, at=(self.fd, name))
+
     @classmethod
-    def _open_dir(cls, path: str, owner: int) -> Optional[StateDir]:
+    def _open_dir(
+        cls, path: str, owner: int, *, at: Optional[tuple[int, str]] = None
+    ) -> Optional[StateDir]:
         try:
-            fd = os.open(path, _DIR_OPEN)
+            fd = os.open(path, _DIR_OPEN) if at is None else os.open(at[1], _DIR_OPEN, dir_fd=at[0])
         except FileNotFoundError as exc:
             blocker = _not_a_directory_above(path)  # some file systems say ENOENT for ENOTDIR
             if blocker is not None:
@@ -221,7 +212,6 @@ class StateDir:
     ) -> None:
         self.close()
 
-    # -- names --------------------------------------------------------------------------------
     def path_of(self, name: str) -> str:
         return os.path.join(self.path, name)
 
@@ -246,7 +236,7 @@ class StateDir:
         if limit is not None and st.st_size > limit:
             raise UnusableFile(name, f"{st.st_size} bytes, more than the {limit} expected")
 
-    def _open_file(self, name: str, flags: int, limit: Optional[int]) -> Optional[int]:
+    def open_file(self, name: str, flags: int, limit: Optional[int] = None) -> Optional[int]:
         """Look, open (never following, never blocking), check again; ``None`` if absent."""
         try:
             self._usable(name, os.stat(name, dir_fd=self.fd, follow_symlinks=False), limit)
@@ -272,15 +262,11 @@ class StateDir:
             raise
         return fd
 
-    # -- files --------------------------------------------------------------------------------
     def read(self, name: str, *, limit: int, whole: bool = True) -> Optional[bytes]:
-        """The content of ``name`` (at most ``limit`` bytes), ``None`` if it does not exist.
-
-        :class:`UnusableFile` when it is not a regular file of ours, cannot be read, or
-        (``whole``, the default) is larger than ``limit``; with ``whole=False`` a larger file
-        yields its first ``limit`` bytes.
-        """
-        fd = self._open_file(name, os.O_RDONLY, limit if whole else None)
+        """The content of ``name``, ``None`` if it does not exist; :class:`UnusableFile`
+        when it is not a regular file of ours, cannot be read, or (``whole``) is larger than
+        ``limit`` (else its first ``limit`` bytes)."""
+        fd = self.open_file(name, os.O_RDONLY, limit if whole else None)
         if fd is None:
             return None
         try:
@@ -304,14 +290,11 @@ class StateDir:
         return data
 
     def open_lock_file(self, name: str) -> int:
-        """Open (creating it if missing) ``name`` for reading and writing; the caller closes.
-
-        For the lock file, which is never replaced (a waiter may hold the old inode): it is
-        refused, naming it, unless it is a regular file of ours.
-        """
+        """Open (creating it if missing) a lock file, never replaced (a waiter may hold the
+        old inode); refused, naming it, unless it is a regular file of ours."""
         path = self.path_of(name)
         try:
-            fd = self._open_file(name, os.O_RDWR | os.O_CREAT, None)
+            fd = self.open_file(name, os.O_RDWR | os.O_CREAT, None)
         except UnusableFile as bad:
             raise UnsafeStateDirError(
                 f"state directory {self.path} holds a {name} that is not the lock file this "
@@ -329,27 +312,10 @@ class StateDir:
         return fd
 
     def replace(self, name: str, data: bytes) -> None:
-        """Atomically and durably make ``data`` the content of ``name``; ``OSError`` on failure.
-
-        The temporary file is removed again when anything fails; a symlink or a FIFO at
-        ``name`` is replaced (the rename swaps the name), never written through.
-        """
-        tmp = f"{TMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN, 0o600, dir_fd=self.fd)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-            os.fsync(self.fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self.fd)
-            raise
+        """Atomically and durably make ``data`` the content of ``name``; ``OSError`` on
+        failure. Whatever is at ``name`` (a symlink, a FIFO) is replaced, never written
+        through."""
+        _replace_at(self.fd, name, data, 0o600)
 
     def remove(self, name: str) -> bool:
         """Remove ``name`` durably; ``False`` if it was not there, ``OSError`` on failure."""
@@ -361,11 +327,8 @@ class StateDir:
         return True
 
     def set_aside(self, name: str, suffix: str) -> str:
-        """Rename ``name`` to ``NAME<suffix>`` (or ``NAME.N<suffix>``); return the new name.
-
-        Whatever ``name`` is (a FIFO, a symlink) is renamed, never opened. ``OSError`` when
-        the rename fails or no free name is left.
-        """
+        """Rename whatever ``name`` is (never opened) to ``NAME<suffix>`` or
+        ``NAME.N<suffix>``; return the new name. ``OSError`` when no name is free."""
         for attempt in range(100):
             target = f"{name}{suffix}" if attempt == 0 else f"{name}.{attempt}{suffix}"
             if self.exists(target):
@@ -386,18 +349,44 @@ class StateDir:
         return removed
 
 
-__all__ = [
-    "DEFAULT_STATE_DIR",
-    "TMP_PREFIX",
-    "StateDir",
-    "UnsafeStateDirError",
-    "UnusableFile",
-    "kind_of",
-    "open_state_dir",
-]
+def _replace_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    tmp = f"{TMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN, mode, dir_fd=dir_fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)  # the umask must not decide who can read it
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
-def open_state_dir(path: str, *, uid: Optional[int] = None) -> int:
-    """The checked state directory as a bare descriptor, for code that keeps its own files
-    relative to it (the daemon's presence lock and intents); the caller closes it."""
-    return StateDir.open(path, uid=uid).fd
+def replace_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
+    """``StateDir.replace`` for a file anywhere (the daemon's ready file): its directory is
+    opened without following a symlink; ``OSError`` on failure."""
+    fd = os.open(os.path.dirname(path) or ".", _DIR_OPEN)
+    try:
+        _replace_at(fd, os.path.basename(path), data, mode)
+    finally:
+        os.close(fd)
+
+
+def remove_file(path: str) -> bool:
+    """Remove a file anywhere (a symlink itself, never its target); ``False`` when it was
+    not there, ``OSError`` (``FileNotFoundError`` for a missing directory) on failure."""
+    fd = os.open(os.path.dirname(path) or ".", _DIR_OPEN)
+    try:
+        os.unlink(os.path.basename(path), dir_fd=fd)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
+    return True

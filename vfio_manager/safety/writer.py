@@ -1,46 +1,168 @@
-"""Sysfs writes from a child process, so a write stuck in the kernel cannot keep us alive.
+"""Kernel writes under a deadline, made by a child that a stuck write cannot keep alive.
 
-A write to ``unbind`` can block in the kernel for as long as a VM holds the device, and the
-writes queued behind it (``drivers_probe``, ``bind``, even ``driver_override``, which take
-the same device lock) block with it. A thread stuck there keeps its whole process from
-exiting: the init container, the systemd unit or the admin's shell would wait with it, far
-past ``--timeout``. So the writes are made by a small forked child instead:
-
-* the parent sends ``(path, bytes)`` over a pipe and waits for the errno, under the
-  engine's deadline (:mod:`vfio_manager.safety.deadline`); the wait is interruptible, so
-  the parent can give up, report and exit;
-* the child inherits the node lock's open file description (and nothing else: its stdio
-  is /dev/null, so nobody reading our stdout waits for it), so the lock stays held exactly
-  as long as a stuck write is in the kernel, and is released by the kernel when the child
-  exits after the write returns;
-* a child that missed a deadline is left alone (:meth:`ChildWriter.stuck` names it, for
-  the lock's holder record) and the next write gets another child; functions that move
-  side by side each write through a child of their own.
-
-The child is forked on the first write only, so a converged run forks nothing. Under the
-fake kernel of the tests (pyfakefs, in memory) a child would write to its own copy of the
-memory: those runs use :func:`direct_write` in-process instead.
+An ``unbind`` blocks in the kernel while a VM holds the device, and the writes queued behind
+it block too; a thread stuck there would keep the process alive past ``--timeout``. So each
+write goes to a child, a forked process (its stdio /dev/null, the node lock's descriptor
+inherited) or, under the tests' in-memory fake kernel, a thread running the same loop. The
+caller waits for the answer until the deadline of its function (:func:`bounded`), then
+raises :class:`DeadlineExceededError` and abandons the child, which keeps the node lock
+until its write returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno as errno_mod
 import os
+import queue
+import select
 import signal
 import struct
 import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TypeVar, Union
 
+from vfio_manager.errors import SysfsWriteError, VfioManagerError
 from vfio_manager.kernel.sysfs import direct_write
+from vfio_manager.log import get_logger
 
+log = get_logger("vfio_manager.safety.writer")
+
+T = TypeVar("T")
+Write = Callable[[str, bytes], None]
+TRANSIENT_ERRNOS = frozenset({errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV})
 _HEADER = struct.Struct("!II")  # path length, payload length
 _REPLY = struct.Struct("!i")  # 0 or the errno
 _MAX_PATH = 4096
 _MAX_PAYLOAD = 65536
+
+
+class DeadlineExceededError(VfioManagerError):
+    """A write did not return in time; it is still pending in the kernel."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the writes about one function must be done (a ``clock()`` value), and what they
+    are, for the error."""
+
+    at: float
+    what: str
+    bdf: Optional[str] = None
+    step: Optional[str] = None
+    clock: Callable[[], float] = time.monotonic
+
+    def left(self) -> float:
+        return max(0.0, self.at - self.clock())
+
+    def exceeded(self, waited: float) -> DeadlineExceededError:
+        log.error("deadline exceeded", what=self.what, bdf=self.bdf, step=self.step, timeout=waited)
+        return DeadlineExceededError(
+            f"{self.what} did not return within {waited:.2g}s; the write is still pending "
+            "in the kernel",
+            bdf=self.bdf,
+            step=self.step,
+            remedy="something still holds the device (a VM, or a process with its /dev node "
+            "open): stop it and the write completes; raise --timeout if the driver is only "
+            "slow. Do not retry before it completes: a second write queues behind the first",
+        )
+
+
+_deadline: contextvars.ContextVar[Optional[Deadline]] = contextvars.ContextVar(
+    "vfio_manager_write_deadline", default=None
+)
+
+
+def bounded(
+    fn: Callable[[], T],
+    deadline: Deadline,
+    *,
+    retry: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn`` (writes through a :class:`ChildWriter`) under ``deadline``; with ``retry``,
+    transient errnos are retried inside it."""
+    token = _deadline.set(deadline)
+    try:
+        if not retry:
+            return fn()
+        return retry_transient(fn, deadline_at=deadline.at, clock=deadline.clock, sleep=sleep)
+    finally:
+        _deadline.reset(token)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A kernel answer that may change on its own shortly: EBUSY, EAGAIN, ENODEV."""
+    return isinstance(exc, SysfsWriteError) and exc.errno in TRANSIENT_ERRNOS
+
+
+def retry_transient(
+    fn: Callable[[], T],
+    *,
+    deadline_at: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    initial: float = 0.05,
+    maximum: float = 1.0,
+) -> T:
+    """Call ``fn``; retry it on transient errnos, waits doubling from ``initial`` to
+    ``maximum``, while no wait runs past ``deadline_at``; the last error is the kernel's.
+    tenacity is imported only once a first attempt failed so (a tenth of a run's start-up)."""
+
+    def backoff(attempt: int) -> float:
+        return float(min(maximum, initial * (2 ** min(attempt - 1, 32))))
+
+    def exhausted(attempt: int) -> bool:
+        return clock() + backoff(attempt) >= deadline_at
+
+    def announce(attempt: int, exc: Optional[BaseException]) -> None:
+        code = errno_mod.errorcode.get(getattr(exc, "errno", 0) or 0)
+        log.info("transient error, retrying", attempt=attempt, errno=code, wait=backoff(attempt))
+
+    try:
+        return fn()
+    except Exception as exc:
+        if not is_transient(exc) or exhausted(1):
+            raise
+        announce(1, exc)
+    sleep(backoff(1))
+
+    import tenacity  # attempts 2, 3, ...: tenacity counts them from 1
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        stop=lambda state: exhausted(state.attempt_number + 1),
+        wait=lambda state: backoff(state.attempt_number + 1),
+        sleep=sleep,
+        before_sleep=lambda state: announce(
+            state.attempt_number + 1,
+            state.outcome.exception() if state.outcome is not None else None,
+        ),
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+def _serve(
+    receive: Callable[[], Optional[tuple[str, bytes]]], answer: Callable[[int], bool], write: Write
+) -> None:
+    """A child's whole life: take a request, write it, answer 0 or the errno; ``None`` (or
+    an answer nobody takes) ends it."""
+    while True:
+        request = receive()
+        if request is None:
+            return
+        try:
+            write(*request)
+            code = 0
+        except OSError as exc:
+            code = exc.errno or errno_mod.EIO
+        if not answer(code):
+            return
 
 
 def _read_exactly(fd: int, size: int) -> Optional[bytes]:
@@ -53,133 +175,10 @@ def _read_exactly(fd: int, size: int) -> Optional[bytes]:
     return data
 
 
-def _child_loop(requests: int, replies: int) -> None:
-    """The child's whole life: read a request, write it, answer the errno; EOF ends it."""
-    while True:
-        header = _read_exactly(requests, _HEADER.size)
-        if header is None:
-            return
-        path_len, payload_len = _HEADER.unpack(header)
-        if path_len > _MAX_PATH or payload_len > _MAX_PAYLOAD:
-            return
-        body = _read_exactly(requests, path_len + payload_len)
-        if body is None:
-            return
-        path, payload = body[:path_len].decode(), body[path_len:]
-        try:
-            direct_write(path, payload)
-            code = 0
-        except OSError as exc:
-            code = exc.errno or errno_mod.EIO
-        try:
-            os.write(replies, _REPLY.pack(code))
-        except OSError:  # the parent is gone (it gave up on this write): we are done
-            return
+class _Process:
+    """A forked child that keeps only ``keep_fds`` (the node lock) and its two pipes."""
 
-
-@dataclass
-class _Child:
-    pid: int
-    requests: int  # our write end
-    replies: int  # our read end
-    busy: Optional[str] = None  # what it is writing, while a request is outstanding
-
-
-@dataclass(frozen=True)
-class StuckWriter:
-    """A child still in the kernel with a write the run gave up on."""
-
-    pid: int
-    what: str
-
-
-class ChildWriter:
-    """Sends each sysfs write to a forked child; see the module docstring for why.
-
-    ``keep_fds`` are inherited by the children (the node lock's descriptor); every other
-    descriptor is closed in them. Thread-safe: a child makes one write at a time, so writes
-    made side by side (functions moving in parallel) each get an idle child or a new one;
-    a child whose write missed its deadline stays busy and is never handed another.
-    """
-
-    def __init__(self, keep_fds: Sequence[int] = ()) -> None:
-        self.keep_fds = tuple(keep_fds)
-        self._idle: list[_Child] = []
-        self._busy: list[_Child] = []  # a write outstanding
-        self._stuck: list[_Child] = []  # busy when the run ended (see stuck())
-        self._guard = threading.Lock()
-
-    def __call__(self, path: str, payload: bytes) -> None:
-        what = f"write {payload.decode(errors='replace').strip()!r} to {path}"
-        with self._guard:
-            child = self._idle.pop() if self._idle else None
-        if child is None:
-            child = self._fork()
-        with self._guard:
-            child.busy = what
-            self._busy.append(child)
-        try:
-            os.write(child.requests, _HEADER.pack(len(path.encode()), len(payload)))
-            os.write(child.requests, path.encode() + payload)
-            reply = _read_exactly(child.replies, _REPLY.size)
-        except OSError as exc:
-            self._forget(child)
-            raise OSError(errno_mod.EIO, f"the writer process failed: {exc.strerror}") from exc
-        if reply is None:
-            self._forget(child)
-            raise OSError(errno_mod.EIO, "the writer process died")
-        with self._guard:
-            child.busy = None
-            if child in self._stuck:  # a late answer: the run gave up on it meanwhile
-                self._stuck.remove(child)
-                self._close(child)
-            else:
-                self._busy.remove(child)
-                self._idle.append(child)
-        (code,) = _REPLY.unpack(reply)
-        if code:
-            raise OSError(code, os.strerror(code))
-
-    def in_flight(self) -> list[str]:
-        """What the children are writing now, stuck ones included (a snapshot)."""
-        with self._guard:
-            return [c.busy or "a write" for c in (*self._busy, *self._stuck)]
-
-    def stuck(self) -> list[StuckWriter]:
-        """Children whose write has not returned (their descriptors keep the lock held).
-
-        Called when the run is over: a child still busy then holds a write the run gave up
-        on."""
-        with self._guard:
-            self._stuck.extend(self._busy)
-            self._busy.clear()
-            return [StuckWriter(c.pid, c.busy or "a write") for c in self._stuck]
-
-    def close(self) -> None:
-        """End the idle children (EOF on their pipes); stuck ones end when their write
-        returns."""
-        with self._guard:
-            idle, self._idle = self._idle, []
-        for child in idle:
-            self._close(child)
-            _reap(child.pid)
-
-    # -- internals -------------------------------------------------------------------------
-    def _forget(self, child: _Child) -> None:
-        with self._guard:
-            for pool in (self._idle, self._busy, self._stuck):
-                if child in pool:
-                    pool.remove(child)
-        self._close(child)
-        _reap(child.pid)
-
-    @staticmethod
-    def _close(child: _Child) -> None:
-        for fd in (child.requests, child.replies):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def _fork(self) -> _Child:
+    def __init__(self, keep_fds: Sequence[int], write: Write) -> None:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         with warnings.catch_warnings():  # the child runs only os-level code: no lock to inherit
@@ -193,25 +192,201 @@ class ChildWriter:
                 null = os.open(os.devnull, os.O_RDWR)
                 for std in (0, 1, 2):
                     os.dup2(null, std)
-                keep = sorted({req_r, rep_w, *self.keep_fds})
                 low = 3
-                for fd in keep:
+                for fd in sorted({req_r, rep_w, *keep_fds}):
                     os.closerange(low, fd)
                     low = fd + 1
                 os.closerange(low, 65536)
-                _child_loop(req_r, rep_w)
+                _serve(lambda: self._request(req_r), lambda code: _answer(rep_w, code), write)
             finally:
                 os._exit(0)
         os.close(req_r)
         os.close(rep_w)
         os.set_inheritable(req_w, False)
         os.set_inheritable(rep_r, False)
-        return _Child(pid, req_w, rep_r)
+        self.pid, self._requests, self._replies = pid, req_w, rep_r
+
+    @staticmethod
+    def _request(fd: int) -> Optional[tuple[str, bytes]]:  # pragma: no cover - in the child
+        header = _read_exactly(fd, _HEADER.size)
+        if header is None:
+            return None
+        path_len, payload_len = _HEADER.unpack(header)
+        if path_len > _MAX_PATH or payload_len > _MAX_PAYLOAD:
+            return None
+        body = _read_exactly(fd, path_len + payload_len)
+        return None if body is None else (body[:path_len].decode(), body[path_len:])
+
+    def send(self, path: str, payload: bytes) -> None:
+        os.write(self._requests, _HEADER.pack(len(path.encode()), len(payload)))
+        os.write(self._requests, path.encode() + payload)
+
+    def answer(self, timeout: Optional[float]) -> Optional[int]:
+        """The errno (0: done); ``None`` when ``timeout`` passed first."""
+        poller = select.poll()  # not select(): a daemon's descriptors may pass FD_SETSIZE
+        poller.register(self._replies, select.POLLIN)
+        if not poller.poll(None if timeout is None else timeout * 1000):
+            return None
+        reply = _read_exactly(self._replies, _REPLY.size)
+        if reply is None:
+            raise OSError(errno_mod.EIO, "the writer process died")
+        return int(_REPLY.unpack(reply)[0])
+
+    def abandon(self) -> None:
+        """Close our ends: the child exits once its write returns (EOF, its answer refused)."""
+        for fd in (self._requests, self._replies):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def end(self) -> None:
+        self.abandon()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+    def returned(self) -> bool:
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:
+            return True
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+def _answer(fd: int, code: int) -> bool:  # pragma: no cover - in the child
+    try:
+        os.write(fd, _REPLY.pack(code))
+    except OSError:  # the parent gave up on this write: we are done
+        return False
+    return True
 
 
-__all__ = ["ChildWriter", "StuckWriter"]
+class _Thread:
+    """A thread of this process serving the same loop over queues (pyfakefs fakes pipes)."""
+
+    def __init__(self, write: Write, on_exit: Callable[[_Thread], None]) -> None:
+        self.pid = os.getpid()
+        self._requests: queue.SimpleQueue[Optional[tuple[str, bytes]]] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+        def run() -> None:
+            try:
+                _serve(self._requests.get, self._answer, write)
+            finally:
+                on_exit(self)
+
+        self._thread = threading.Thread(target=run, name="vfio-manager: writer", daemon=True)
+        self._thread.start()
+
+    def _answer(self, code: int) -> bool:
+        self._replies.put(code)
+        return True
+
+    def send(self, path: str, payload: bytes) -> None:
+        self._requests.put((path, payload))
+
+    def answer(self, timeout: Optional[float]) -> Optional[int]:
+        try:
+            return self._replies.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def abandon(self) -> None:
+        self._requests.put(None)
+
+    end = abandon
+
+    def returned(self) -> bool:
+        return not self._thread.is_alive()
+
+
+_Child = Union[_Process, _Thread]
+
+
+@dataclass(frozen=True)
+class StuckWriter:
+    """A child still in the kernel with a write the run gave up on."""
+
+    pid: int
+    what: str
+
+
+class ChildWriter:
+    """Sends each write to an idle child (or a new one: never a second write before the
+    first returned) and waits under the caller's deadline. ``threads``: the children are
+    threads; ``keep_fds``: what a process child inherits (the node lock). Thread-safe."""
+
+    def __init__(
+        self, keep_fds: Sequence[int] = (), *, threads: bool = False, write: Write = direct_write
+    ) -> None:
+        self.keep_fds = tuple(keep_fds)
+        self.threads = threads
+        self._write = write
+        self._idle: list[_Child] = []
+        self._busy: dict[_Child, str] = {}  # a caller waits for its answer
+        self._abandoned: dict[_Child, str] = {}  # its caller gave up
+        self._when_returned: list[Callable[[], None]] = []
+        self._guard = threading.Lock()
+
+    def __call__(self, path: str, payload: bytes) -> None:
+        what = f"write {payload.decode(errors='replace').strip()!r} to {path}"
+        deadline = _deadline.get()
+        timeout = None if deadline is None else deadline.left()
+        with self._guard:
+            child = self._idle.pop() if self._idle else None
+        if child is None:
+            child = (
+                _Thread(self._write, self._ended)
+                if self.threads
+                else _Process(self.keep_fds, self._write)
+            )
+        with self._guard:
+            self._busy[child] = what
+        try:
+            child.send(path, payload)
+            code = child.answer(timeout)
+        except OSError as exc:
+            with self._guard:
+                del self._busy[child]
+            child.end()
+            raise OSError(errno_mod.EIO, f"the writer process failed: {exc.strerror}") from exc
+        with self._guard:
+            del self._busy[child]
+            if code is None:
+                self._abandoned[child] = what
+            else:
+                self._idle.append(child)
+        if code is None and deadline is not None and timeout is not None:
+            child.abandon()
+            raise deadline.exceeded(timeout)
+        if code:
+            raise OSError(code, os.strerror(code))
+
+    def stuck(self) -> list[StuckWriter]:
+        """Children whose write has not returned (a process child keeps the lock held)."""
+        with self._guard:
+            for child in [c for c in self._abandoned if c.returned()]:
+                del self._abandoned[child]
+            found = {**self._busy, **self._abandoned}
+        return [StuckWriter(c.pid, what) for c, what in found.items()]
+
+    def close(self) -> list[StuckWriter]:
+        """End the idle children; return the stuck ones (they end when their write returns)."""
+        with self._guard:
+            idle, self._idle = self._idle, []
+        for child in idle:
+            child.end()
+        return self.stuck()
+
+    def when_returned(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no thread child is stuck: now, or when the last returns."""
+        with self._guard:
+            if any(not c.returned() for c in self._abandoned):
+                self._when_returned.append(callback)
+                return
+        callback()
+
+    def _ended(self, child: _Thread) -> None:
+        with self._guard:
+            if self._abandoned.pop(child, None) is None or self._abandoned:
+                return
+            callbacks, self._when_returned = self._when_returned, []
+        for callback in callbacks:
+            callback()
