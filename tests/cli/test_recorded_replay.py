@@ -76,7 +76,7 @@ def test_fake_kernel_matches_the_real_one(
         real_writes = [w.removeprefix("/sys/") for w in step["writes"]]
         assert [w.path for w in kernel.writes] == real_writes, where
         assert _fake_binding(kernel, bdfs) == _binding(step["after"]), where
-        assert kernel.vfio_nodes() == set(step["after"]["dev_vfio"] or []), where
+        assert kernel.vfio_devs() == set(step["after"]["dev_vfio"] or []), where
 
 
 def _data(name: str) -> dict[str, Any]:

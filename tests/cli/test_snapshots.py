@@ -53,7 +53,7 @@ def test_q35_bind_all_and_back(snapshot_kernel: SnapshotKernel) -> None:
     bind = invoke(kernel, "bind-all", *E1000E)
     assert bind.exit_code == 0, bind.stdout + bind.stderr
     assert kernel.driver_of("0000:03:00.0") == "vfio-pci"
-    assert "9" in kernel.vfio_nodes()
+    assert "9" in kernel.vfio_devs()
     kernel.clear_writes()
     assert invoke(kernel, "bind-all", *E1000E).exit_code == 0
     assert kernel.writes == []
@@ -61,7 +61,7 @@ def test_q35_bind_all_and_back(snapshot_kernel: SnapshotKernel) -> None:
     assert back.exit_code == 0, back.stdout
     assert kernel.driver_of("0000:03:00.0") == "e1000e"
     assert kernel.override_of("0000:03:00.0") is None
-    assert "9" not in kernel.vfio_nodes()
+    assert "9" not in kernel.vfio_devs()
 
 
 def test_q35_multifunction_sibling_refused(snapshot_kernel: SnapshotKernel) -> None:
@@ -92,4 +92,4 @@ def test_q35_two_bound_unbind_all(snapshot_kernel: SnapshotKernel) -> None:
     assert edu.exit_code == 0, edu.stdout
     assert kernel.driver_of("0000:00:04.0") is None  # edu has no native driver: stays driverless
     assert kernel.override_of("0000:00:04.0") is None
-    assert kernel.vfio_nodes() <= {"vfio"}
+    assert kernel.vfio_devs() <= {"vfio"}

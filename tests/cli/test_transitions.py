@@ -21,7 +21,7 @@ def test_bind_all_moves_every_npu_with_three_writes_each(kernel: FakeKernel, run
         assert kernel.driver_of(bdf) == "vfio-pci"
         assert kernel.override_of(bdf) == "vfio-pci"
     groups = {str(d["iommu_group"]) for d in run("status", "--json").json()["devices"]}
-    assert groups <= kernel.vfio_nodes()
+    assert groups <= kernel.vfio_devs()
     paths = [w.path for w in kernel.writes]
     assert len(paths) == 3 * len(bdfs)
     for bdf in bdfs:
@@ -53,7 +53,7 @@ def test_unbind_all_returns_to_the_native_driver(kernel: FakeKernel, run: RunCli
     for bdf in bdfs:
         assert kernel.driver_of(bdf) == "rebellions"
         assert kernel.override_of(bdf) is None
-    assert kernel.vfio_nodes() <= {"vfio"}
+    assert kernel.vfio_devs() <= {"vfio"}
     assert len(kernel.writes) == 3 * len(bdfs)
     assert [w.data for w in kernel.writes if w.path.endswith("driver_override")] == ["\n"] * 2
     kernel.clear_writes()

@@ -11,16 +11,16 @@ from typing import Optional
 
 from vfio_manager.daemon.health import socket_address
 from vfio_manager.daemon.reconciler import (
-    FunctionStatus,
+    FunctionState,
     HostCheck,
     HostReadiness,
+    LastTransition,
     ReconcileOutcome,
     ReconcileRequest,
     State,
-    TransitionRecord,
 )
 from vfio_manager.kernel.drivers import Direction
-from vfio_manager.pipeline.engine import Status
+from vfio_manager.pipeline.engine import Result
 from vfio_manager.safety.intents import IntentStore
 
 VFIO = "vfio-pci"
@@ -84,8 +84,8 @@ class FakeNode:
         host = HostReadiness(not self.host_failing, tuple(self.host_failing))
         intents = self.intents.bdfs() if self.intents is not None else frozenset()
         scope = sorted(self.drivers if request.affected is None else request.affected)
-        statuses: list[FunctionStatus] = []
-        transitions: list[TransitionRecord] = []
+        statuses: list[FunctionState] = []
+        transitions: list[LastTransition] = []
         for bdf in scope:
             if bdf not in self.drivers:
                 continue  # gone
@@ -101,24 +101,24 @@ class FakeNode:
         request: ReconcileRequest,
         host: HostReadiness,
         intents: frozenset[str],
-    ) -> tuple[FunctionStatus, Optional[TransitionRecord]]:
+    ) -> tuple[FunctionState, Optional[LastTransition]]:
         if bdf in self.excluded:
-            return FunctionStatus(bdf, State.EXCLUDED, "--exclude"), None
+            return FunctionState(bdf, State.EXCLUDED, "--exclude"), None
         if bdf in intents:
-            return FunctionStatus(bdf, State.INTENT_HOST, "left on the host by intent"), None
+            return FunctionState(bdf, State.INTENT_HOST, "left on the host by intent"), None
         if self.drivers[bdf] == VFIO:
-            return FunctionStatus(bdf, State.CONVERGED), None
+            return FunctionState(bdf, State.CONVERGED), None
         if bdf in self.held:
-            return FunctionStatus(bdf, State.HELD, "PID 812 (qemu) holds it"), None
+            return FunctionState(bdf, State.HELD, "PID 812 (qemu) holds it"), None
         if not host.ok or bdf in request.skip:
-            return FunctionStatus(bdf, State.PENDING, "not attempted"), None
+            return FunctionState(bdf, State.PENDING, "not attempted"), None
         if bdf in self.failing:
             reason = self.failing[bdf]
-            record = TransitionRecord(bdf, Direction.TO_VFIO, Status.FAILED, reason)
-            return FunctionStatus(bdf, State.FAILED, reason), record
+            record = LastTransition(bdf, Direction.TO_VFIO, Result.FAILED, reason)
+            return FunctionState(bdf, State.FAILED, reason), record
         self.drivers[bdf] = VFIO
-        record = TransitionRecord(bdf, Direction.TO_VFIO, Status.CHANGED)
-        return FunctionStatus(bdf, State.CONVERGED), record
+        record = LastTransition(bdf, Direction.TO_VFIO, Result.CHANGED)
+        return FunctionState(bdf, State.CONVERGED), record
 
 
 class Listener:

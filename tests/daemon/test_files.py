@@ -100,8 +100,8 @@ def test_intents_are_recorded_read_and_cleared(state_dir: Path) -> None:
     store = IntentStore(str(state_dir), wall_clock=lambda: 1714564800.0)
     assert store.read() == {}
     assert not (state_dir / "intent").exists(), "reading creates nothing"
-    store.record("03:00.0", command="vfio-manager unbind 03:00.0")
-    store.record("0000:5E:00.0", command="vfio-manager unbind-all")
+    store.add("03:00.0", command="vfio-manager unbind 03:00.0")
+    store.add("0000:5E:00.0", command="vfio-manager unbind-all")
     intents = store.read()
     assert sorted(intents) == ["0000:03:00.0", "0000:5e:00.0"]
     first = intents["0000:03:00.0"]
@@ -119,12 +119,12 @@ def test_intents_are_recorded_read_and_cleared(state_dir: Path) -> None:
 
 def test_a_malformed_bdf_is_refused_before_any_path_is_built(state_dir: Path) -> None:
     with pytest.raises(UsageError):
-        IntentStore(str(state_dir)).record("../../etc/passwd")
+        IntentStore(str(state_dir)).add("../../etc/passwd")
 
 
 def test_damaged_intent_files_still_count_and_never_hang(state_dir: Path, tmp_path: Path) -> None:
     store = IntentStore(str(state_dir))
-    store.record("0000:01:00.0")
+    store.add("0000:01:00.0")
     intent_dir = state_dir / "intent"
     os.mkfifo(intent_dir / "0000:02:00.0")
     (intent_dir / "0000:03:00.0").symlink_to(tmp_path / "elsewhere")
@@ -154,7 +154,7 @@ def test_an_intent_directory_that_is_a_symlink_is_refused(state_dir: Path, tmp_p
     with pytest.raises(UnsafeStateDirError):
         store.read()
     with pytest.raises(UnsafeStateDirError):
-        store.record("0000:03:00.0")
+        store.add("0000:03:00.0")
     assert list(elsewhere.iterdir()) == []
 
 

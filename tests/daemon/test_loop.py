@@ -254,7 +254,7 @@ def test_an_admin_intent_is_respected_then_cleared(make_rig: Any, tmp_path: Path
     rig = make_rig({A: VFIO, B: VFIO}, intents=store)
     rig.loop.start()
     # `vfio-manager unbind A` while the daemon runs: intent first, then the unbind
-    store.record(A, command="vfio-manager unbind 0000:03:00.0")
+    store.add(A, command="vfio-manager unbind 0000:03:00.0")
     rig.node.drivers[A] = "rebellions"
     rig.send(pci_event("unbind", A), pci_event("bind", A, driver="rebellions"))
     rig.step_until_reconciled()
@@ -509,7 +509,7 @@ def test_the_heartbeat_covers_the_wait_and_expires_after(make_rig: Any) -> None:
 
 def test_summary_lines() -> None:
     from vfio_manager.daemon.reconciler import (
-        FunctionStatus,
+        FunctionState,
         HostReadiness,
         NodeView,
         ReconcileOutcome,
@@ -519,7 +519,7 @@ def test_summary_lines() -> None:
     view = NodeView().merge(
         ReconcileRequest(None),
         ReconcileOutcome(
-            (FunctionStatus(A, State.CONVERGED), FunctionStatus(B, State.FAILED, "EINVAL")),
+            (FunctionState(A, State.CONVERGED), FunctionState(B, State.FAILED, "EINVAL")),
             HostReadiness(False, (IOMMU_OFF,)),
         ),
     )

@@ -17,19 +17,19 @@ from vfio_manager.daemon.health import DaemonMetrics, HealthServer, parse_listen
 from vfio_manager.daemon.loop import ReconcileLoop
 from vfio_manager.daemon.reconciler import (
     HOST_READY,
-    FunctionStatus,
+    FunctionState,
     HostCheck,
     HostReadiness,
+    LastTransition,
     NodeView,
     ReconcileOutcome,
     ReconcileRequest,
     State,
-    TransitionRecord,
 )
 from vfio_manager.errors import UsageError
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.uevents import Uevent
-from vfio_manager.pipeline.engine import Status
+from vfio_manager.pipeline.engine import Result
 
 IOMMU_OFF = HostCheck("iommu", "no IOMMU groups", "enable intel_iommu=on and reboot")
 
@@ -44,10 +44,10 @@ def sample(text: str, name: str, **labels: str) -> Optional[float]:
 
 def observe(
     metrics: DaemonMetrics,
-    functions: tuple[FunctionStatus, ...],
+    functions: tuple[FunctionState, ...],
     *,
     host: HostReadiness = HOST_READY,
-    transitions: tuple[TransitionRecord, ...] = (),
+    transitions: tuple[LastTransition, ...] = (),
     error: Optional[str] = None,
     full: bool = True,
 ) -> None:
@@ -79,13 +79,13 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
     observe(
         metrics,
         (
-            FunctionStatus("0000:03:00.0", State.CONVERGED),
-            FunctionStatus("0000:04:00.0", State.FAILED, "EINVAL"),
-            FunctionStatus("0000:05:00.0", State.EXCLUDED),
+            FunctionState("0000:03:00.0", State.CONVERGED),
+            FunctionState("0000:04:00.0", State.FAILED, "EINVAL"),
+            FunctionState("0000:05:00.0", State.EXCLUDED),
         ),
         transitions=(
-            TransitionRecord("0000:03:00.0", Direction.TO_VFIO, Status.CHANGED),
-            TransitionRecord("0000:04:00.0", Direction.TO_VFIO, Status.FAILED),
+            LastTransition("0000:03:00.0", Direction.TO_VFIO, Result.CHANGED),
+            LastTransition("0000:04:00.0", Direction.TO_VFIO, Result.FAILED),
         ),
     )
     text = metrics.render()[0].decode()
@@ -108,7 +108,7 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
         "a reconcile with a failed function is not a success"
     )
 
-    observe(metrics, (FunctionStatus("0000:03:00.0", State.CONVERGED),))
+    observe(metrics, (FunctionState("0000:03:00.0", State.CONVERGED),))
     text = metrics.render()[0].decode()
     assert sample(text, "vfio_manager_last_successful_reconcile_timestamp_seconds") == 1714564800.0
     assert sample(text, "vfio_manager_node_converged") == 1
@@ -206,9 +206,9 @@ def test_readyz_names_what_is_not_converged(
 
     outcome = ReconcileOutcome(
         (
-            FunctionStatus("0000:03:00.0", State.CONVERGED),
-            FunctionStatus("0000:04:00.0", State.HELD, "PID 812 (qemu) holds /dev/vfio/12"),
-            FunctionStatus("0000:05:00.0", State.INTENT_HOST, "left on the host by intent"),
+            FunctionState("0000:03:00.0", State.CONVERGED),
+            FunctionState("0000:04:00.0", State.HELD, "PID 812 (qemu) holds /dev/vfio/12"),
+            FunctionState("0000:05:00.0", State.INTENT_HOST, "left on the host by intent"),
         ),
         HostReadiness(False, (IOMMU_OFF,)),
     )
@@ -228,7 +228,7 @@ def test_readyz_names_what_is_not_converged(
     ]
     assert doc["counts"]["intent-host"] == 1
 
-    settled = ReconcileOutcome((FunctionStatus("0000:03:00.0", State.CONVERGED),))
+    settled = ReconcileOutcome((FunctionState("0000:03:00.0", State.CONVERGED),))
     board.view = NodeView().merge(ReconcileRequest(None), settled)
     code, _, body = client.get("/readyz")
     assert (code, json.loads(body)["ready"], json.loads(body)["not_converged"]) == (200, True, [])

@@ -18,11 +18,11 @@ DAEMON = """
 import sys
 from vfio_manager.daemon.health import Notifier, ReadyFile
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
-from vfio_manager.daemon.reconciler import FunctionStatus, ReconcileOutcome, State
+from vfio_manager.daemon.reconciler import FunctionState, ReconcileOutcome, State
 from vfio_manager.daemon.service import open_uevent_source
 
 def reconcile(request):
-    return ReconcileOutcome((FunctionStatus("0000:03:00.0", State.CONVERGED),))
+    return ReconcileOutcome((FunctionState("0000:03:00.0", State.CONVERGED),))
 
 loop = ReconcileLoop(
     reconcile,

@@ -83,7 +83,7 @@ def group_viable(bdf: str) -> Optional[bool]:
     return all(driver(m) in DMA_SAFE for m in group_members(bdf) if m != bdf)
 
 
-def vfio_node(bdf: str) -> Optional[str]:
+def vfio_dev(bdf: str) -> Optional[str]:
     g = group(bdf)
     path = f"/dev/vfio/{g}"
     return path if g is not None and os.path.exists(path) else None

@@ -178,7 +178,7 @@ def hotplug_cycle() -> tuple[float, float]:
     wait_until(lambda: os.path.exists(f"{PCI}/{E1000E}"), "the rescan")
     appeared = time.monotonic()
     guest.wait_for(
-        lambda: guest.driver(E1000E) == "vfio-pci" and guest.vfio_node(E1000E) is not None,
+        lambda: guest.driver(E1000E) == "vfio-pci" and guest.vfio_dev(E1000E) is not None,
         timeout=BOUND,
         what="the daemon to bind the hot-added function",
     )
@@ -196,7 +196,7 @@ def test_the_daemon_repairs_hotplug_and_drift_and_respects_the_admin(
         assert fields[1:] == ["STATUS=converged: 1 converged"], str(daemon)
         assert guest.driver(E1000E) == "vfio-pci"
         assert guest.override(E1000E) == "vfio-pci"
-        assert guest.vfio_node(E1000E) is not None, "devtmpfs made /dev/vfio/N"
+        assert guest.vfio_dev(E1000E) is not None, "devtmpfs made /dev/vfio/N"
         (started,) = daemon.events("daemon starting")
         assert started["uevents"] is True, "the netlink socket opened"
         print(f"daemon: start to READY=1 {took:.2f}s; RSS {daemon.rss_kib()} KiB")

@@ -141,7 +141,7 @@ def test_one_bind_all_moves_both_groups_and_unbind_all_returns_them(
     assert report["writes"] == 6
     assert guest.state(list(NATIVE)) == VFIO
     # the run waits for both nodes before it exits: they are there, one per group
-    nodes = {bdf: guest.vfio_node(bdf) for bdf in NATIVE}
+    nodes = {bdf: guest.vfio_dev(bdf) for bdf in NATIVE}
     assert nodes == {bdf: f"/dev/vfio/{guest.group(bdf)}" for bdf in NATIVE}, nodes
     assert all(stat.S_ISCHR(os.stat(str(node)).st_mode) for node in nodes.values())
     assert _pending(state) == []

@@ -32,7 +32,7 @@ def _expected(bdf: str) -> dict[str, Any]:
         "driver_override": guest.override(bdf),
         "iommu_group": guest.group(bdf),
         "group_viable": guest.group_viable(bdf),
-        "vfio_node": guest.vfio_node(bdf),
+        "vfio_node": guest.vfio_dev(bdf),
         "numa_node": None if numa < 0 else numa,
     }
 
@@ -64,8 +64,8 @@ def test_status_json_matches_sysfs_at_boot(baseline: Baseline) -> None:
 def test_status_json_matches_sysfs_with_functions_on_vfio(baseline: Baseline) -> None:
     guest.move_to_vfio(E1000E)
     guest.move_to_vfio(EDU)
-    assert guest.vfio_node(E1000E)
-    assert guest.vfio_node(EDU)
+    assert guest.vfio_dev(E1000E)
+    assert guest.vfio_dev(EDU)
     _assert_status_matches_sysfs(NICS, _matching("0x8086", "0x020000"))
     _assert_status_matches_sysfs(SEL_EDU, [EDU, EDU_BEHIND_BRIDGE])
 
@@ -84,4 +84,4 @@ def test_bridge_group_reported_not_viable(baseline: Baseline) -> None:
     assert guest.kernel_group_viable(group) is False
     by_bdf = {d["bdf"]: d for d in _status(*SEL_EDU)}
     assert by_bdf[EDU_BEHIND_BRIDGE]["group_viable"] is False
-    assert by_bdf[EDU_BEHIND_BRIDGE]["vfio_node"] == guest.vfio_node(EDU_BEHIND_BRIDGE)
+    assert by_bdf[EDU_BEHIND_BRIDGE]["vfio_node"] == guest.vfio_dev(EDU_BEHIND_BRIDGE)

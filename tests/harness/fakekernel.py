@@ -382,7 +382,7 @@ class FakeKernel(KernelState):
         shown = obj.peek().decode().rstrip("\n") if isinstance(obj, KernelFile) else "(null)"
         return None if shown == "(null)" else shown
 
-    def vfio_nodes(self) -> set[str]:
+    def vfio_devs(self) -> set[str]:
         """Names under /node/dev/vfio (``{"vfio", "3"}``); empty when the folder is absent."""
         path = posixpath.join(self.dev_root, "vfio")
         if not self.fs.isdir(path):

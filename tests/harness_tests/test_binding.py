@@ -33,7 +33,7 @@ def test_safe_order_moves_npu_to_vfio_and_back(kernel: FakeKernel) -> None:
     _to_vfio(kernel, first, "rebellions")
     assert kernel.driver_of(first) == "vfio-pci"
     assert kernel.override_of(first) == "vfio-pci"
-    assert kernel.vfio_nodes() == {"vfio", str(group)}
+    assert kernel.vfio_devs() == {"vfio", str(group)}
     assert kernel.driver_of(second) == "rebellions"  # untouched
     assert kernel.writes == [
         Write(dev(first, "driver_override"), "vfio-pci\n", None),
@@ -44,7 +44,7 @@ def test_safe_order_moves_npu_to_vfio_and_back(kernel: FakeKernel) -> None:
     _to_host(kernel, first)
     assert kernel.driver_of(first) == "rebellions"
     assert kernel.override_of(first) is None
-    assert kernel.vfio_nodes() == {"vfio"}
+    assert kernel.vfio_devs() == {"vfio"}
 
 
 def test_return_to_host_leaves_device_unbound_when_native_module_is_absent(
@@ -98,7 +98,7 @@ def test_drivers_probe_hides_vfio_refusals(kernel: FakeKernel) -> None:
         write(kernel, drv(native, "unbind"), bdf)
         assert write_errno(kernel, "bus/pci/drivers_probe", bdf) is None  # "success"
         assert kernel.driver_of(bdf) is None  # ... and driverless
-    assert kernel.vfio_nodes() == {"vfio"}
+    assert kernel.vfio_devs() == {"vfio"}
     assert any("failed with error -22" in line and bridge_port in line for line in kernel.dmesg)
     assert any("failed with error -16" in line for line in kernel.dmesg)
     assert kernel.driver_of(npu) == "rebellions"
@@ -138,7 +138,7 @@ def test_iommu_off_vfio_refuses_every_probe(fs: FakeFilesystem) -> None:
     assert write_errno(k, "bus/pci/drivers_probe", edu) is None
     assert k.driver_of(nic) is None
     assert k.driver_of(edu) is None
-    assert k.vfio_nodes() == {"vfio"}
+    assert k.vfio_devs() == {"vfio"}
     assert k.dmesg == [
         f"vfio-pci {b}: probe with driver vfio-pci failed with error -22" for b in (nic, edu)
     ]
@@ -193,9 +193,9 @@ def test_group_node_appears_with_first_member_and_goes_with_last(kernel: FakeKer
             driver="rebellions",
             iommu_group=4,
         )
-    assert kernel.vfio_nodes() == {"vfio"}
+    assert kernel.vfio_devs() == {"vfio"}
     _to_vfio(kernel, pair[0], "rebellions")
-    assert kernel.vfio_nodes() == {"vfio", "4"}
+    assert kernel.vfio_devs() == {"vfio", "4"}
     _to_vfio(kernel, pair[1], "rebellions")
     assert sorted(kernel.fs.listdir(f"{kernel.sys_root}/bus/pci/drivers/vfio-pci")) == [
         *pair,
@@ -211,10 +211,10 @@ def test_group_node_appears_with_first_member_and_goes_with_last(kernel: FakeKer
         ["vfio1"],
     ]
     _to_host(kernel, pair[0])
-    assert kernel.vfio_nodes() == {"vfio", "4"}  # 05:00.1 still holds the group
+    assert kernel.vfio_devs() == {"vfio", "4"}  # 05:00.1 still holds the group
     assert not kernel.fs.exists(f"{kernel.sys_root}/bus/pci/devices/{pair[0]}/vfio-dev")
     _to_host(kernel, pair[1])
-    assert kernel.vfio_nodes() == {"vfio"}
+    assert kernel.vfio_devs() == {"vfio"}
 
 
 def test_vfio_index_reuses_the_lowest_free_number(kernel: FakeKernel) -> None:
@@ -256,7 +256,7 @@ def test_drivers_autoprobe_controls_module_load_probing(kernel: FakeKernel) -> N
 def test_load_module_registers_driver_and_binds_waiting_overrides(kernel: FakeKernel) -> None:
     (npu,) = npu_node(kernel, count=1, vfio_loaded=False)
     assert "vfio-pci" not in kernel.drivers()
-    assert kernel.vfio_nodes() == set()
+    assert kernel.vfio_devs() == set()
     assert not kernel.fs.exists(f"{kernel.dev_root}/vfio")
     write(kernel, dev(npu, "driver_override"), "vfio-pci\n")
     write(kernel, drv("rebellions", "unbind"), npu)
@@ -264,7 +264,7 @@ def test_load_module_registers_driver_and_binds_waiting_overrides(kernel: FakeKe
     assert kernel.driver_of(npu) is None  # vfio-pci not registered yet
     kernel.load_module("vfio-pci")
     assert kernel.driver_of(npu) == "vfio-pci"  # driver_register probes it
-    assert kernel.vfio_nodes() == {"vfio", str(kernel.group_of(npu))}
+    assert kernel.vfio_devs() == {"vfio", str(kernel.group_of(npu))}
     assert kernel.loaded_modules()[:6] == [
         "vfio_pci",
         "vfio_pci_core",
@@ -281,7 +281,7 @@ def test_unload_module_unbinds_and_refuses_when_in_use(kernel: FakeKernel) -> No
         kernel.unload_module("vfio")
     kernel.unload_module("vfio_pci")
     assert [kernel.driver_of(b) for b in bdfs] == [None, None]
-    assert kernel.vfio_nodes() == {"vfio"}
+    assert kernel.vfio_devs() == {"vfio"}
     assert not kernel.fs.exists(f"{kernel.sys_root}/bus/pci/drivers/vfio-pci")
     assert not kernel.fs.exists(f"{kernel.sys_root}/module/vfio_pci")
     with pytest.raises(UnknownModuleError):
@@ -332,11 +332,11 @@ def test_noiommu_mode_binds_without_isolation(fs: FakeFilesystem) -> None:
     assert k.driver_of(edu) == "vfio-pci"
     group = k.group_of(edu)
     assert group is not None
-    assert k.vfio_nodes() == {"vfio", f"noiommu-{group}"}
+    assert k.vfio_devs() == {"vfio", f"noiommu-{group}"}
     assert k.fs.listdir(f"{k.sys_root}/kernel/iommu_groups") == [str(group)]
     write(k, drv("vfio-pci", "unbind"), edu)
     assert k.group_of(edu) is None
-    assert k.vfio_nodes() == {"vfio"}
+    assert k.vfio_devs() == {"vfio"}
     assert k.fs.listdir(f"{k.sys_root}/kernel/iommu_groups") == []
     assert k.driver_of(nic) == "e1000e"
 
@@ -368,7 +368,7 @@ def test_group_viability_is_not_enforced_at_bind(kernel: FakeKernel) -> None:
     write(kernel, "bus/pci/drivers_probe", "0000:00:05.1")
     assert kernel.driver_of("0000:00:05.1") == "vfio-pci"
     assert kernel.driver_of("0000:00:05.0") == "e1000"
-    assert kernel.vfio_nodes() == {"vfio", "4"}
+    assert kernel.vfio_devs() == {"vfio", "4"}
     assert [kernel.driver(d).dma_safe for d in ("vfio-pci", "pci-stub", "pcieport", "e1000")] == [
         True,
         True,

@@ -60,7 +60,7 @@ def test_block_unbind_blocks_the_writer_until_released(kernel: FakeKernel) -> No
     # as on the real kernel (QEMU tier): the driver link goes before remove() blocks, while
     # vfio-pci still owns the function: its group node and vfio-dev entry stay
     assert kernel.driver_of(npu) is None
-    assert group in kernel.vfio_nodes()
+    assert group in kernel.vfio_devs()
     assert kernel.fs.exists(f"{kernel.sys_root}/bus/pci/devices/{npu}/vfio-dev")
     assert outcome == []
     gate.set()
@@ -68,7 +68,7 @@ def test_block_unbind_blocks_the_writer_until_released(kernel: FakeKernel) -> No
     assert not writer.is_alive()
     assert outcome == [None]
     assert kernel.driver_of(npu) is None
-    assert group not in kernel.vfio_nodes()
+    assert group not in kernel.vfio_devs()
 
 
 def test_block_unbind_waits_only_for_a_valid_unbind_of_that_function(kernel: FakeKernel) -> None:
@@ -115,7 +115,7 @@ def test_remove_function_takes_children_and_vfio_node(kernel: FakeKernel) -> Non
     port = "0000:00:02.0"
     kernel.remove_function(port)  # the root port and everything behind it
     assert not kernel.has_function(npu)
-    assert kernel.vfio_nodes() == {"vfio"}
+    assert kernel.vfio_devs() == {"vfio"}
     assert sorted(kernel.fs.listdir(f"{kernel.sys_root}/bus/pci/drivers/vfio-pci")) == [
         "bind",
         "module",
@@ -152,9 +152,9 @@ def test_deferred_vfio_nodes_appear_at_settle(kernel: FakeKernel) -> None:
     write(kernel, drv("rebellions", "unbind"), npu)
     write(kernel, "bus/pci/drivers_probe", npu)
     assert kernel.driver_of(npu) == "vfio-pci"
-    assert kernel.vfio_nodes() == {"vfio"}  # udev has not caught up yet
+    assert kernel.vfio_devs() == {"vfio"}  # udev has not caught up yet
     kernel.settle()
-    assert kernel.vfio_nodes() == {"vfio", str(kernel.group_of(npu))}
+    assert kernel.vfio_devs() == {"vfio", str(kernel.group_of(npu))}
 
 
 def test_unplugging_one_vf_keeps_the_other_links(kernel: FakeKernel) -> None:

@@ -208,7 +208,7 @@ def test_amd_iommu_unit(fs: FakeFilesystem) -> None:
 def test_vfio_group_node_is_a_character_device(kernel: FakeKernel) -> None:
     npu_node(kernel, count=1, driver="vfio-pci")
     group = kernel.group_of(NPU)
-    assert kernel.vfio_nodes() == {"vfio", str(group)}
+    assert kernel.vfio_devs() == {"vfio", str(group)}
     for name in ("vfio", str(group)):
         assert stat.S_ISCHR(os.stat(f"{kernel.dev_root}/vfio/{name}").st_mode), name
     assert os.listdir(f"{kernel.sys_root}/bus/pci/devices/{NPU}/vfio-dev") == ["vfio0"]

@@ -56,7 +56,7 @@ def test_rule3_variant_driver_also_needs_its_own_exact_name(kernel: FakeKernel) 
     write(kernel, dev("0000:01:00.0", "driver_override"), "rbln-vfio-pci\n")
     write(kernel, "bus/pci/drivers_probe", "0000:01:00.0")
     assert kernel.driver_of("0000:01:00.0") == "rbln-vfio-pci"
-    assert kernel.vfio_nodes() == {"vfio", "3"}
+    assert kernel.vfio_devs() == {"vfio", "3"}
 
 
 # -- rule 4: the override takes the driver name; the module name matches nothing -------------
@@ -156,4 +156,4 @@ def test_override_neither_unbinds_nor_binds(kernel: FakeKernel) -> None:
     assert kernel.driver_of(nic) == "e1000e"
     write(kernel, dev(edu, "driver_override"), "vfio-pci\n")
     assert kernel.driver_of(edu) is None
-    assert kernel.vfio_nodes() == {"vfio"}
+    assert kernel.vfio_devs() == {"vfio"}

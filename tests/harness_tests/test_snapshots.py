@@ -50,7 +50,7 @@ def test_two_bound_state_is_visible_through_the_accessors(snapshot_kernel: Snaps
     assert k.driver_of("0000:01:00.0") == "shpchp"
     assert k.driver_of("0000:02:02.0") is None
     assert k.override_of("0000:00:05.0") is None
-    assert k.vfio_nodes() == {"3", "9", "vfio"}
+    assert k.vfio_devs() == {"3", "9", "vfio"}
     assert (k.group_of(E1000E), k.group_of("0000:02:02.0")) == (9, 8)
     assert k.group_members(8) == ["0000:01:00.0", "0000:02:01.0", "0000:02:02.0"]
     assert k.group_members(4) == ["0000:00:05.0", "0000:00:05.1"]
@@ -63,7 +63,7 @@ def test_boot_plus_modprobe_vfio_pci_is_the_vfio_loaded_machine(
     snapshot_kernel: SnapshotKernel, snapshot_data: Data
 ) -> None:
     k = snapshot_kernel("q35-boot")
-    assert k.vfio_nodes() == set()
+    assert k.vfio_devs() == set()
     assert k.run_modprobe(["chroot", "/node", "/sbin/modprobe", "vfio-pci"])[0] == 0
     assert diff_snapshots(snapshot_data["q35-vfio-loaded"], take_snapshot(k)) == []
 
@@ -114,7 +114,7 @@ def test_two_bound_unbinds_back_to_e1000e(snapshot_kernel: SnapshotKernel) -> No
     _return_to_host(k)
     assert (k.driver_of(E1000E), k.driver_of(EDU)) == ("e1000e", None)
     assert (k.override_of(E1000E), k.override_of(EDU)) == (None, None)
-    assert k.vfio_nodes() == {"vfio"}
+    assert k.vfio_devs() == {"vfio"}
 
 
 def test_vm_without_iommu(snapshot_kernel: SnapshotKernel) -> None:

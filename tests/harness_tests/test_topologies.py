@@ -35,7 +35,7 @@ def test_default_node(kernel: FakeKernel) -> None:
     assert kernel.driver_of(HOST_BRIDGE) is None
     groups = [kernel.group_of(b) for b in kernel.functions()]
     assert len(groups) == len(set(groups))  # every function in its own group
-    assert kernel.vfio_nodes() == {"vfio"}
+    assert kernel.vfio_devs() == {"vfio"}
     assert "vfio-pci" in kernel.drivers()
     assert not kernel.has_function("0000:7f:00.0")
 
@@ -55,7 +55,7 @@ def test_moving_npus_leaves_the_host_functions_alone(kernel: FakeKernel) -> None
         write(kernel, drv("rebellions", "unbind"), bdf)
         write(kernel, "bus/pci/drivers_probe", bdf)
     assert [kernel.driver_of(b) for b in bdfs] == ["vfio-pci"] * 3
-    assert kernel.vfio_nodes() == {"vfio", *(str(kernel.group_of(b)) for b in bdfs)}
+    assert kernel.vfio_devs() == {"vfio", *(str(kernel.group_of(b)) for b in bdfs)}
     for host in (HOST_NIC, HOST_DISK, DISK_ROOT_PORT, HOST_BRIDGE):
         assert kernel.override_of(host) is None
         assert not any(host in w.path or w.data == host for w in kernel.writes)
@@ -69,14 +69,14 @@ def test_variants(kernel: FakeKernel) -> None:
     (group,) = {kernel.group_of(b) for b in bdfs}
     assert group is not None
     assert kernel.group_members(group) == bdfs
-    assert kernel.vfio_nodes() == {"vfio", str(group)}
+    assert kernel.vfio_devs() == {"vfio", str(group)}
 
 
 def test_unbound_and_without_vfio(kernel: FakeKernel) -> None:
     bdfs = npu_node(kernel, count=1, driver=None, vfio_loaded=False)
     assert kernel.driver_of(bdfs[0]) is None
     assert "vfio-pci" not in kernel.drivers()
-    assert kernel.vfio_nodes() == set()
+    assert kernel.vfio_devs() == set()
     kernel.load_module("vfio_pci")  # the modules are on disk
     assert "vfio-pci" in kernel.drivers()
     with pytest.raises(ValueError, match="vfio_loaded"):

@@ -11,7 +11,7 @@ from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.verbs import Kernel
-from vfio_manager.pipeline.engine import Engine, Status
+from vfio_manager.pipeline.engine import Engine, Result
 from vfio_manager.pipeline.plan import plan_to_vfio
 from vfio_manager.pipeline.selection import Selector
 
@@ -31,14 +31,14 @@ class FakeClock:
         self.slept += seconds
 
 
-def _bind_all(kernel: FakeKernel, clock: FakeClock, sysfs: Sysfs) -> list[Status]:
+def _bind_all(kernel: FakeKernel, clock: FakeClock, sysfs: Sysfs) -> list[Result]:
     topology = read_topology(sysfs)
     selector = Selector()
     targets = [f for f in topology.functions.values() if selector.matches(f)]
     resolver = DriverResolver.load(topology, HostFiles(kernel.host_root), sysfs)
     plan = plan_to_vfio(topology, targets, selector=selector, vfio_driver_for=resolver.vfio_driver)
     engine = Engine(Kernel(sysfs), node_timeout=5.0, clock=clock, sleep=clock.sleep)
-    return [o.status for o in engine.apply(plan).outcomes]
+    return [o.result for o in engine.apply(plan).outcomes]
 
 
 def test_nodes_are_awaited_side_by_side_under_one_deadline(
@@ -46,10 +46,10 @@ def test_nodes_are_awaited_side_by_side_under_one_deadline(
 ) -> None:
     npu_node(kernel, count=4)
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
-    monkeypatch.setattr(sysfs, "vfio_node_exists", lambda _group: False)
+    monkeypatch.setattr(sysfs, "vfio_dev_exists", lambda _group: False)
     clock = FakeClock()
     statuses = _bind_all(kernel, clock, sysfs)
-    assert statuses == [Status.FAILED] * 4
+    assert statuses == [Result.FAILED] * 4
     # one deadline for all four, not four deadlines one after another
     assert 5.0 <= clock.slept < 5.2
 
@@ -58,7 +58,7 @@ def test_nodes_that_appear_end_the_wait_at_once(kernel: FakeKernel) -> None:
     npu_node(kernel, count=2)
     clock = FakeClock()
     statuses = _bind_all(kernel, clock, Sysfs(kernel.sys_root, kernel.dev_root))
-    assert statuses == [Status.CHANGED] * 2
+    assert statuses == [Result.CHANGED] * 2
     assert clock.slept == 0.0
 
 
@@ -67,8 +67,8 @@ def test_missing_node_is_failure_but_not_rolled_back(
 ) -> None:
     (bdf,) = npu_node(kernel, count=1)
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
-    monkeypatch.setattr(sysfs, "vfio_node_exists", lambda _group: False)
-    assert _bind_all(kernel, FakeClock(), sysfs) == [Status.FAILED]
+    monkeypatch.setattr(sysfs, "vfio_dev_exists", lambda _group: False)
+    assert _bind_all(kernel, FakeClock(), sysfs) == [Result.FAILED]
     # the function reached its target state (vfio-pci with the override); only the node is late
     assert kernel.driver_of(bdf) == "vfio-pci"
     assert kernel.override_of(bdf) == "vfio-pci"
@@ -83,7 +83,7 @@ def test_vfio_driver_missing_at_probe_fails_with_errno_and_restores(kernel: Fake
     plan = plan_to_vfio(topology, targets, selector=Selector())
     report = Engine(Kernel(sysfs), clock=FakeClock(), sleep=FakeClock().sleep).apply(plan)
     (outcome,) = report.outcomes
-    assert outcome.status is Status.FAILED
+    assert outcome.result is Result.FAILED
     assert "vfio-pci did not bind" in (outcome.reason or "")
     assert outcome.restored_to is not None
     assert outcome.restored_to.startswith("rebellions")

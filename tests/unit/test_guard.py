@@ -1,4 +1,4 @@
-"""SafetyGuard on a fake node (pyfakefs): a root disk, NICs, a boot GPU and an NPU."""
+"""HostCritical on a fake node (pyfakefs): a root disk, NICs, a boot GPU and an NPU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.sysfs import Sysfs
-from vfio_manager.safety.hostcritical import SafetyGuard
+from vfio_manager.safety.hostcritical import HostCritical
 
 ROOT = "/sys/devices/pci0000:00"
 DISK = "0000:00:04.0"
@@ -180,7 +180,7 @@ def node(fs: FakeFilesystem) -> Sysfs:
 
 
 def reasons(sysfs: Sysfs, bdf: str) -> list[str]:
-    return SafetyGuard(sysfs, proc_root="/proc").reasons(PciAddress.parse(bdf))
+    return HostCritical(sysfs, proc_root="/proc").reasons(PciAddress.parse(bdf))
 
 
 def test_root_disk_is_protected(node: Sysfs) -> None:
@@ -217,7 +217,7 @@ def test_functions_the_host_does_not_need(node: Sysfs, bdf: str) -> None:
 
 
 def test_one_guard_reads_the_tables_once(node: Sysfs, fs: FakeFilesystem) -> None:
-    guard = SafetyGuard(node)
+    guard = HostCritical(node)
     assert guard.reasons(PciAddress.parse(DISK))
     fs.remove("/proc/self/mountinfo")
     assert guard.reasons(PciAddress.parse(DISK)), "the snapshot is reused"
@@ -267,4 +267,4 @@ def test_garbage_tables_never_raise(node: Sysfs, fs: FakeFilesystem) -> None:
 def test_no_proc_at_all(fs: FakeFilesystem) -> None:
     fs.create_dir(f"{ROOT}/{NPU}")
     fs.create_symlink(f"/sys/bus/pci/devices/{NPU}", f"{ROOT}/{NPU}")
-    assert SafetyGuard(Sysfs("/sys"), proc_root="/nowhere").reasons(PciAddress.parse(NPU)) == []
+    assert HostCritical(Sysfs("/sys"), proc_root="/nowhere").reasons(PciAddress.parse(NPU)) == []

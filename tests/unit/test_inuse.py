@@ -83,7 +83,7 @@ def npu_sysfs(fs: FakeFilesystem) -> Sysfs:
 
 
 def test_device_nodes_come_from_sysfs(npu_sysfs: Sysfs) -> None:
-    nodes = npu_sysfs.device_nodes_of(PciAddress.parse(BDF))
+    nodes = npu_sysfs.char_devs_of(PciAddress.parse(BDF))
     assert sorted(nodes) == [("rbln0", "240:0"), ("vfio/devices/vfio0", "511:0")]
 
 
@@ -246,10 +246,10 @@ def test_uevent_devname_cannot_escape_dev(fs: FakeFilesystem) -> None:
     fs.create_file(f"{REAL}/evil/x/uevent", contents="DEVNAME=../etc/shadow\n")
     fs.create_symlink(f"/sys/bus/pci/devices/{BDF}", REAL)
     sysfs = Sysfs("/sys", "/dev")
-    assert sysfs.device_nodes_of(PciAddress.parse(BDF)) == [("x", "1:2")]
+    assert sysfs.char_devs_of(PciAddress.parse(BDF)) == [("x", "1:2")]
     for bad in ("../etc/shadow", "/etc/shadow", "vfio//9", "", "a/./b"):
         with pytest.raises(UsageError):
-            sysfs.dev_node_path(bad)
+            sysfs.dev_path(bad)
         with pytest.raises(UsageError):
             Sysfs.canonical_dev_path(bad)
     assert sysfs.resolve_dev_name("/etc/passwd") is None

@@ -63,4 +63,4 @@ def test_device_nodes_skip_links_child_functions_and_plain_files(fs: FakeFilesys
     fs.create_file(f"{base}/dev", contents="1:1\n")  # a file, not a class device
     fs.create_file("/elsewhere/y/dev", contents="9:9\n")
     fs.create_symlink(f"{base}/virtfn0", "/elsewhere")
-    assert Sysfs("/sys", "/dev").device_nodes_of(BDF) == [("card0", "226:0")]
+    assert Sysfs("/sys", "/dev").char_devs_of(BDF) == [("card0", "226:0")]

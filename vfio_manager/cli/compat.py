@@ -150,7 +150,7 @@ def node_and_selector(
 
 # -- commands --------------------------------------------------------------------------------
 def _detail(outcome: Outcome) -> str:
-    text = outcome.reason or outcome.status.value
+    text = outcome.reason or outcome.result.value
     if outcome.restored_to:
         text += f" (restored to {outcome.restored_to})"
     if outcome.remedy:
@@ -159,45 +159,45 @@ def _detail(outcome: Outcome) -> str:
 
 
 def _bind_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
-    from vfio_manager.pipeline.engine import Status
+    from vfio_manager.pipeline.engine import Result
 
     bdf, before = entry.function.bdf, entry.function.driver
-    if outcome.status in (Status.CHANGED, Status.CONVERGED) and is_vfio_driver(before):
+    if outcome.result in (Result.CHANGED, Result.CONVERGED) and is_vfio_driver(before):
         return [f"device {bdf} already bound to {before}"]
-    if outcome.status is Status.CHANGED:
+    if outcome.result is Result.CHANGED:
         unbound = [] if before is None else [f"unbinding device {bdf} from driver {before}"]
         return [*unbound, f"binding device {bdf}"]
-    if outcome.status is Status.CONVERGED:  # a settled journal record: now on vfio
+    if outcome.result is Result.CONVERGED:  # a settled journal record: now on vfio
         return [f"device {bdf} already bound to {outcome.driver}"]
     return [f"ERROR: device {bdf} was not bound to vfio-pci: {_detail(outcome)}"]
 
 
 def _unbind_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
-    from vfio_manager.pipeline.engine import Status
+    from vfio_manager.pipeline.engine import Result
 
     bdf, before = entry.function.bdf, entry.function.driver
     lines = [f"unbinding device {bdf}"]
-    if outcome.status is Status.CHANGED:
+    if outcome.result is Result.CHANGED:
         if before is not None:
             lines.append(f"unbinding device {bdf} from driver {before}")
         if outcome.driver is None:
             return [*lines, f"device {bdf} left with no driver (it had none before vfio-pci)"]
         return [*lines, f"device {bdf} returned to driver {outcome.driver}"]
-    if outcome.status is Status.CONVERGED:
+    if outcome.result is Result.CONVERGED:
         left_on = outcome.driver or "no driver"
         return [*lines, f"device {bdf} is not bound to vfio-pci; left on {left_on}"]
     return [*lines, f"ERROR: device {bdf} was not returned to the host: {_detail(outcome)}"]
 
 
 def _cleanup_lines(entry: FunctionPlan, outcome: Outcome) -> list[str]:
-    from vfio_manager.pipeline.engine import Status
+    from vfio_manager.pipeline.engine import Result
 
     bdf = entry.function.bdf
-    if outcome.status is Status.CHANGED:
+    if outcome.result is Result.CHANGED:
         if outcome.driver is None:
             return [f"device {bdf} released from vfio-pci (it had no driver before)"]
         return [f"device {bdf} rebound to {outcome.driver}"]
-    if outcome.status is Status.CONVERGED:
+    if outcome.result is Result.CONVERGED:
         return []
     native = entry.target_driver
     target = native if native not in (None, STAY_UNBOUND) else "its native driver"

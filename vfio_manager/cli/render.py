@@ -88,12 +88,12 @@ def _plan_lines(plan: Plan) -> list[str]:
 
 def _report_lines(report: Report) -> list[str]:
     """The per-function summary of a bind/unbind run."""
-    from vfio_manager.pipeline.engine import Status
+    from vfio_manager.pipeline.engine import Result
 
     rows = []
     for o in report.outcomes:
         detail = o.reason or ""
-        if o.status is Status.FAILED and o.restored_to:
+        if o.result is Result.FAILED and o.restored_to:
             detail += f" (restored to {o.restored_to})"
         if o.remedy:  # failures and refusals; a changed one when the probe picked wrong
             detail += f"; remedy: {o.remedy}"
@@ -101,9 +101,9 @@ def _report_lines(report: Report) -> list[str]:
             detail = f"{detail}; journal: {o.journal}" if detail else f"journal: {o.journal}"
         if o.journal_error:
             detail += f"; JOURNAL NOT UPDATED: {o.journal_error}"
-        rows.append((o.bdf, o.status.value, _cell(o.driver), str(o.writes), detail))
+        rows.append((o.bdf, o.result.value, _cell(o.driver), str(o.writes), detail))
     lines = _table(("BDF", "OUTCOME", "DRIVER", "WRITES", "DETAIL"), rows)
-    counts = {s: sum(1 for o in report.outcomes if o.status is s) for s in Status}
+    counts = {s: sum(1 for o in report.outcomes if o.result is s) for s in Result}
     lines.append(
         ", ".join(f"{n} {s.value}" for s, n in counts.items()) + f"; {report.writes} write(s)"
     )

@@ -19,7 +19,7 @@ from vfio_manager.errors import UsageError
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.uevents import PCI_ACTIONS, Uevent
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.engine import Status
+from vfio_manager.pipeline.engine import Result
 from vfio_manager.safety.statedir import remove_file, replace_file
 
 if TYPE_CHECKING:
@@ -246,8 +246,8 @@ class DaemonMetrics:
         for state in State:
             self.functions.labels(state.value).set(0)
         for direction in Direction:
-            for status in (Status.CHANGED, Status.FAILED, Status.REFUSED):
-                self.transitions.labels(direction.value, status.value)
+            for result in (Result.CHANGED, Result.FAILED, Result.REFUSED):
+                self.transitions.labels(direction.value, result.value)
         for action in sorted(PCI_ACTIONS):
             self.uevents.labels(action)
         for scope in ("full", "partial"):
@@ -274,7 +274,7 @@ class DaemonMetrics:
         elif all(s.state is not State.FAILED for s in outcome.functions):
             self.last_success.set(finished_at)  # held or pending functions are no failures
         for t in outcome.transitions if outcome is not None else ():
-            self.transitions.labels(t.direction.value, t.status.value).inc()
+            self.transitions.labels(t.direction.value, t.result.value).inc()
         for state, count in view.counts().items():
             self.functions.labels(state).set(count)
         self.node_converged.set(1 if view.converged else 0)

@@ -17,7 +17,7 @@ from typing import Optional
 
 from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
 from vfio_manager.daemon.reconciler import (
-    FunctionStatus,
+    FunctionState,
     NodeView,
     ReconcileOutcome,
     ReconcileRequest,
@@ -26,7 +26,7 @@ from vfio_manager.daemon.reconciler import (
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.uevents import DatagramUeventSource, PollWaiter, UeventBatch, Waiter
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.engine import Status
+from vfio_manager.pipeline.engine import Result
 
 log = get_logger("vfio_manager.daemon.loop")
 
@@ -440,38 +440,38 @@ class ReconcileLoop:
         """Backoff and flap bookkeeping, then the view with waiting functions shown failed."""
         flapping = set()
         for t in outcome.transitions:
-            changed = t.status is Status.CHANGED
+            changed = t.result is Result.CHANGED
             if changed and self.flaps.moved(t.bdf):
                 flapping.add(t.bdf)
             (log.info if changed else log.warning)(
                 "transition",
                 bdf=t.bdf,
                 direction=t.direction.value,
-                outcome=t.status.value,
+                outcome=t.result.value,
                 reason=t.reason,
             )
-        statuses = tuple(self._account(s, request, s.bdf in flapping) for s in outcome.functions)
-        seen = {s.bdf for s in statuses}
+        states = tuple(self._account(s, request, s.bdf in flapping) for s in outcome.functions)
+        seen = {s.bdf for s in states}
         gone = (self.backoff.keys() if request.affected is None else request.affected) - seen
         for bdf in gone:
             self.backoff.succeeded(bdf)  # gone
             self.flaps.forget(bdf)
-        return self.view.merge(request, replace(outcome, functions=statuses))
+        return self.view.merge(request, replace(outcome, functions=states))
 
     def _account(
-        self, status: FunctionStatus, request: ReconcileRequest, flapping: bool
-    ) -> FunctionStatus:
-        bdf = status.bdf
+        self, function: FunctionState, request: ReconcileRequest, flapping: bool
+    ) -> FunctionState:
+        bdf = function.bdf
         if bdf in request.skip:
-            if status.state is not State.PENDING:
-                return status
+            if function.state is not State.PENDING:
+                return function
             retry = self.backoff.get(bdf)
             wait = max(0.0, retry.at - self.clock()) if retry.at is not None else 0.0
             remedy = (
                 f"retried automatically in {wait:.0f}s "
                 f"(attempt {retry.failures + 1}); a SIGHUP retries now"
             )
-            return FunctionStatus(bdf, State.FAILED, retry.reason, remedy)
+            return FunctionState(bdf, State.FAILED, retry.reason, remedy)
         if flapping:
             reason = (
                 f"moved back to the host more than {self.flaps.limit} times within "
@@ -479,22 +479,22 @@ class ReconcileLoop:
             )
             delay = self.backoff.failed(bdf, reason)
             log.error("function flapping", bdf=bdf, reason=reason, retry_in=delay)
-            return FunctionStatus(bdf, State.FAILED, reason, "find and stop what rebinds it")
-        if status.state is State.FAILED:
-            delay = self.backoff.failed(bdf, status.reason)
+            return FunctionState(bdf, State.FAILED, reason, "find and stop what rebinds it")
+        if function.state is State.FAILED:
+            delay = self.backoff.failed(bdf, function.reason)
             log.error(
                 "function failed",
                 bdf=bdf,
-                reason=status.reason,
-                remedy=status.remedy,
+                reason=function.reason,
+                remedy=function.remedy,
                 attempt=self.backoff.failures(bdf),
                 retry_in=delay,
             )
-        elif status.state.settled:
+        elif function.state.accepted:
             self.backoff.succeeded(bdf)
         else:
             self.backoff.park(bdf)
-        return status
+        return function
 
     def _log_host(self, view: NodeView) -> None:
         """The host's failing checks, once per distinct set; once more when it recovers."""

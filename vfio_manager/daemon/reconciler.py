@@ -15,7 +15,7 @@ from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.engine import Outcome, Status
+from vfio_manager.pipeline.engine import Outcome, Result
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import FunctionPlan, RefusalKind
 from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_functions
@@ -39,12 +39,12 @@ class State(str, enum.Enum):
     INTENT_HOST = "intent-host"
 
     @property
-    def settled(self) -> bool:
+    def accepted(self) -> bool:
         return self in (State.CONVERGED, State.EXCLUDED, State.INTENT_HOST)
 
 
 @dataclass(frozen=True)
-class FunctionStatus:
+class FunctionState:
     """One function's state; ``reason`` and ``remedy`` say why it is not converged."""
 
     bdf: str
@@ -78,12 +78,12 @@ HOST_READY = HostReadiness(ok=True)
 
 
 @dataclass(frozen=True)
-class TransitionRecord:
-    """One attempted transition: ``status`` is changed, failed or refused."""
+class LastTransition:
+    """One attempted transition: its ``result`` is changed, failed or refused."""
 
     bdf: str
     direction: Direction
-    status: Status
+    result: Result
     reason: Optional[str] = None
 
 
@@ -102,16 +102,16 @@ class ReconcileOutcome:
     """Every function looked at (an affected BDF missing is gone), the host's verdict (not
     ok: nothing was written) and the transitions attempted."""
 
-    functions: tuple[FunctionStatus, ...]
+    functions: tuple[FunctionState, ...]
     host: HostReadiness = HOST_READY
-    transitions: tuple[TransitionRecord, ...] = ()
+    transitions: tuple[LastTransition, ...] = ()
 
 
 @dataclass(frozen=True)
 class NodeView:
     """The node after the last reconcile; ``error``: that reconcile raised."""
 
-    functions: Mapping[str, FunctionStatus] = field(default_factory=dict)
+    functions: Mapping[str, FunctionState] = field(default_factory=dict)
     host: HostReadiness = HOST_READY
     reconciled: bool = False
     error: Optional[str] = None
@@ -122,14 +122,14 @@ class NodeView:
             self.reconciled
             and self.error is None
             and self.host.ok
-            and all(s.state.settled for s in self.functions.values())
+            and all(s.state.accepted for s in self.functions.values())
         )
 
     def counts(self) -> dict[str, int]:
         """``{state: count}`` with every state, in declaration order."""
         counts = {s.value: 0 for s in State}
-        for status in self.functions.values():
-            counts[status.state.value] += 1
+        for function in self.functions.values():
+            counts[function.state.value] += 1
         return counts
 
     def merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
@@ -148,7 +148,7 @@ class NodeView:
             "host": {"ready": self.host.ok, "failing": [c.to_json() for c in self.host.failing]},
             "counts": self.counts(),
             "not_converged": [
-                s.to_json() for _, s in sorted(self.functions.items()) if not s.state.settled
+                s.to_json() for _, s in sorted(self.functions.items()) if not s.state.accepted
             ],
         }
         if not self.reconciled:
@@ -215,11 +215,11 @@ class PipelineReconciler:
                 names = ", ".join(c.name for c in checks)
                 reason = f"the host is not ready ({names}): nothing is written until it is"
                 remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
-                statuses = (
+                states = (
                     self._left_out(f, intents, frozenset()) or _as_found(f, reason, remedy)
                     for f in self._in_scope(topology, scope)
                 )
-                return ReconcileOutcome(tuple(statuses), self.host)
+                return ReconcileOutcome(tuple(states), self.host)
         for note in result.notes:
             log.info("reconcile note", note=note)
         return self._outcome(request, result, scope, intents)
@@ -235,16 +235,16 @@ class PipelineReconciler:
 
     def _left_out(
         self, function: PciFunction, intents: Mapping[str, Intent], skip: frozenset[str]
-    ) -> Optional[FunctionStatus]:
-        """The status of a function the run was told to leave alone, else ``None``."""
+    ) -> Optional[FunctionState]:
+        """The state of a function the run was told to leave alone, else ``None``."""
         bdf = function.bdf
         if bdf in self.exclude:
-            return FunctionStatus(
+            return FunctionState(
                 bdf, State.EXCLUDED, "excluded with --exclude", "remove --exclude to manage it"
             )
         intent = intents.get(bdf)
         if intent is not None:
-            return FunctionStatus(
+            return FunctionState(
                 bdf,
                 State.INTENT_HOST,
                 intent.describe(),
@@ -272,39 +272,39 @@ class PipelineReconciler:
         }
         outcomes = {o.bdf: o for o in result.report.outcomes} if result.report is not None else {}
         functions = {f.bdf: f for f in in_scope} | {b: e.function for b, e in entries.items()}
-        statuses = (
+        states = (
             left_out.get(b) or self._planned(f, entries.get(b), outcomes.get(b))
             for b, f in sorted(functions.items())
         )
         transitions = (
-            TransitionRecord(b, e.direction, o.status, o.reason)
+            LastTransition(b, e.direction, o.result, o.reason)
             for b, e in entries.items()
-            if (o := outcomes.get(b)) is not None and o.status is not Status.CONVERGED
+            if (o := outcomes.get(b)) is not None and o.result is not Result.CONVERGED
         )
         if scope is None or any(s is None for s in left_out.values()):
             self.host = HOST_READY  # the gate passed, or nothing needed it
-        found = tuple(s for s in statuses if s is not None)
+        found = tuple(s for s in states if s is not None)
         return ReconcileOutcome(found, self.host, tuple(transitions))
 
     def _planned(
         self, function: PciFunction, entry: Optional[FunctionPlan], outcome: Optional[Outcome]
-    ) -> Optional[FunctionStatus]:
+    ) -> Optional[FunctionState]:
         """The state of a function the run planned; ``None`` when it vanished meanwhile."""
         bdf = function.bdf
         if entry is None or outcome is None:
             return _as_found(function, "not planned")
         if outcome.journal_error is not None:
-            return FunctionStatus(
+            return FunctionState(
                 bdf,
                 State.FAILED,
                 f"the journal was not updated: {outcome.journal_error}",
                 "the state directory must be writable and not full",
             )
-        if outcome.status in (Status.CHANGED, Status.CONVERGED):
-            return FunctionStatus(bdf, State.CONVERGED)
-        if outcome.status is Status.REFUSED:
+        if outcome.result in (Result.CHANGED, Result.CONVERGED):
+            return FunctionState(bdf, State.CONVERGED)
+        if outcome.result is Result.REFUSED:
             held = entry.refusal_kind in (RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL)
-            return FunctionStatus(
+            return FunctionState(
                 bdf, State.HELD if held else State.PENDING, outcome.reason, outcome.remedy
             )
         if not self.node.sysfs().function_exists(function.address):
@@ -312,14 +312,14 @@ class PipelineReconciler:
         reason = outcome.reason or "failed"
         if outcome.restored_to:
             reason += f" (restored to {outcome.restored_to})"
-        return FunctionStatus(bdf, State.FAILED, reason, outcome.remedy)
+        return FunctionState(bdf, State.FAILED, reason, outcome.remedy)
 
 
-def _as_found(function: PciFunction, reason: str, remedy: Optional[str] = None) -> FunctionStatus:
+def _as_found(function: PciFunction, reason: str, remedy: Optional[str] = None) -> FunctionState:
     """Converged when it is on a vfio driver already, else pending for ``reason``."""
     if is_vfio_driver(function.driver):
-        return FunctionStatus(function.bdf, State.CONVERGED)
-    return FunctionStatus(function.bdf, State.PENDING, reason, remedy)
+        return FunctionState(function.bdf, State.CONVERGED)
+    return FunctionState(function.bdf, State.PENDING, reason, remedy)
 
 
 class OnExit(str, enum.Enum):
@@ -355,15 +355,15 @@ def on_exit_action(
                 "on exit",
                 mode=mode.value,
                 bdf=o.bdf,
-                outcome=o.status.value,
+                outcome=o.result.value,
                 driver=o.driver,
                 reason=o.reason,
             )
         if result.exit_code != ExitCode.OK:
             bad = [
-                o for o in moved if o.status in (Status.REFUSED, Status.FAILED) or o.journal_error
+                o for o in moved if o.result in (Result.REFUSED, Result.FAILED) or o.journal_error
             ]
-            names = ", ".join(f"{o.bdf} {o.status.value}: {o.reason}" for o in bad)
+            names = ", ".join(f"{o.bdf} {o.result.value}: {o.reason}" for o in bad)
             raise VfioManagerError(
                 f"--on-exit {mode.value}: not every function went back to the host "
                 f"({names or 'see the log'})",

@@ -27,7 +27,7 @@ class HostSummary:
 
     @classmethod
     def read(cls, sysfs: Sysfs) -> HostSummary:
-        nodes = tuple(sorted(n for n in sysfs.vfio_nodes() if n.startswith("noiommu-")))
+        nodes = tuple(sorted(n for n in sysfs.vfio_devs() if n.startswith("noiommu-")))
         fake = {n[len("noiommu-") :] for n in nodes}
         return cls(
             sum(1 for g in sysfs.iommu_group_names() if g not in fake),

@@ -152,6 +152,6 @@ def read_topology(
     return Topology(
         functions=functions,
         groups={n: tuple(m) for n, m in members.items()},
-        vfio_nodes=sysfs.vfio_nodes(),
+        vfio_devs=sysfs.vfio_devs(),
         driver_modules=sysfs.driver_modules(),
     )

@@ -63,7 +63,7 @@ class Topology:
 
     functions: dict[PciAddress, PciFunction]
     groups: dict[int, tuple[PciAddress, ...]]
-    vfio_nodes: frozenset[str] = field(default_factory=frozenset)
+    vfio_devs: frozenset[str] = field(default_factory=frozenset)
     driver_modules: dict[str, Optional[str]] = field(default_factory=dict)
 
     def get(self, address: PciAddress) -> Optional[PciFunction]:
@@ -76,9 +76,9 @@ class Topology:
         members = self.groups.get(function.iommu_group, (function.address,))
         return tuple(self.functions[a] for a in members if a in self.functions)
 
-    def vfio_node(self, function: PciFunction) -> Optional[str]:
+    def vfio_dev(self, function: PciFunction) -> Optional[str]:
         """``/dev/vfio/N`` name of the function's group when the node exists."""
         if function.iommu_group is None:
             return None
         name = str(function.iommu_group)
-        return name if name in self.vfio_nodes else None
+        return name if name in self.vfio_devs else None

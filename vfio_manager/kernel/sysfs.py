@@ -68,7 +68,7 @@ class Sysfs:
     def _driver_dir(self, driver: str) -> str:
         return self._path("bus", "pci", "drivers", _valid_name(driver, "driver"))
 
-    def vfio_group_node(self, group: int) -> str:
+    def vfio_dev_path(self, group: int) -> str:
         return os.path.join(self._vfio_dir, str(group))
 
     def module_dir(self, module: str) -> str:
@@ -168,11 +168,11 @@ class Sysfs:
         entries = self.list_dir(os.path.join(self.module_dir(module), "drivers"))
         return [e[len("pci:") :] for e in entries if e.startswith("pci:")]
 
-    def vfio_nodes(self) -> frozenset[str]:
+    def vfio_devs(self) -> frozenset[str]:
         return frozenset(self.list_dir(self._vfio_dir))
 
-    def vfio_node_exists(self, group: int) -> bool:
-        return os.path.exists(self.vfio_group_node(group))
+    def vfio_dev_exists(self, group: int) -> bool:
+        return os.path.exists(self.vfio_dev_path(group))
 
     def dev_vfio_exists(self) -> bool:
         return os.path.isdir(self._vfio_dir)
@@ -231,7 +231,7 @@ class Sysfs:
         base = self.device_dir(address) + "/"
         return [base + n for n in self.list_dir(base) if _RESOURCE_FILE.fullmatch(n)]
 
-    def device_nodes_of(self, address: PciAddress) -> list[tuple[str, str]]:
+    def char_devs_of(self, address: PciAddress) -> list[tuple[str, str]]:
         """``(DEVNAME, "MAJ:MIN")`` of the class devices drivers made for the function: real
         folders with a ``dev`` file in its folder or one below (``drm/card0``), never through a
         symlink or a child function; DEVNAME from ``uevent``, else the folder's name."""
@@ -254,7 +254,7 @@ class Sysfs:
                 return name if _valid_devname(name) else None
         return None
 
-    def dev_node_path(self, devname: str) -> str:
+    def dev_path(self, devname: str) -> str:
         """Where a node (uevent DEVNAME, e.g. ``vfio/9``) is under our /dev (``--dev-root``)."""
         return os.path.join(self.dev_root, _checked_devname(devname))
 

@@ -42,7 +42,7 @@ _BIND_ERRNO_HINTS = {
 _HOT_UNPLUG = "check `dmesg` for a hot-unplug or a surprise removal"
 
 
-class Status(str, enum.Enum):
+class Result(str, enum.Enum):
     CHANGED = "changed"
     CONVERGED = "converged"
     REFUSED = "refused"
@@ -54,7 +54,7 @@ class Outcome:
     """What happened to one function; ``restored_to`` is set when a failure was undone."""
 
     bdf: str
-    status: Status
+    result: Result
     driver: Optional[str] = None
     reason: Optional[str] = None
     remedy: Optional[str] = None
@@ -69,7 +69,7 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         return {
             "bdf": self.bdf,
-            "outcome": self.status.value,
+            "outcome": self.result.value,
             "driver": self.driver,
             "reason": self.reason,
             "remedy": self.remedy,
@@ -94,7 +94,7 @@ class Report:
     @property
     def exit_code(self) -> ExitCode:
         ok = all(
-            o.status in (Status.CHANGED, Status.CONVERGED) and o.journal_error is None
+            o.result in (Result.CHANGED, Result.CONVERGED) and o.journal_error is None
             for o in self.outcomes
         )
         return ExitCode.OK if ok else ExitCode.FAILED
@@ -162,12 +162,12 @@ class Engine:
                     "refused", bdf=bdf, step="plan", outcome="refused", reason=entry.refusal
                 )
                 outcomes[entry.address] = Outcome(
-                    bdf, Status.REFUSED, driver, entry.refusal, entry.remedy, journal=_kept(entry)
+                    bdf, Result.REFUSED, driver, entry.refusal, entry.remedy, journal=_kept(entry)
                 )
             elif entry.converged:  # debug: the common case, and a quiet run loads no logging
                 log.debug("converged", bdf=bdf, step="plan", outcome="converged", driver=driver)
-                outcomes[entry.address] = self._settled(
-                    entry, Outcome(bdf, Status.CONVERGED, driver)
+                outcomes[entry.address] = self._close_record(
+                    entry, Outcome(bdf, Result.CONVERGED, driver)
                 )
             else:
                 group = entry.function.iommu_group
@@ -206,7 +206,7 @@ class Engine:
                 log.error("refused", bdf=bdf, step="journal", outcome="refused", reason=reason)
                 return Outcome(
                     bdf,
-                    Status.REFUSED,
+                    Result.REFUSED,
                     entry.function.driver,
                     reason,
                     err.remedy,
@@ -222,7 +222,7 @@ class Engine:
             writes = self.kernel.sysfs.writes_to(bdf) - before
             return Outcome(
                 bdf,
-                Status.FAILED,
+                Result.FAILED,
                 None,
                 err.message,
                 err.remedy,
@@ -377,7 +377,9 @@ class Engine:
             raise TransitionError(f"{expected} did not bind {address} (no error reported)")
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _settled(self, entry: FunctionPlan, outcome: Outcome, *, back: bool = False) -> Outcome:
+    def _close_record(
+        self, entry: FunctionPlan, outcome: Outcome, *, back: bool = False
+    ) -> Outcome:
         """Drop the function's journal record now that it reached its target (or, with
         ``back``, its start state); a state dir that refuses is reported, not raised."""
         if self.journal is None or (not (back or outcome.writes) and entry.interrupted is None):
@@ -395,13 +397,15 @@ class Engine:
 
     def _done(self, entry: FunctionPlan, writes: int) -> Outcome:
         driver = self.kernel.driver_of(entry.address)
-        status = Status.CHANGED if writes else Status.CONVERGED
+        result = Result.CHANGED if writes else Result.CONVERGED
         bdf = entry.function.bdf
         log.info(
-            "transition", bdf=bdf, step="done", outcome=status.value, driver=driver, writes=writes
+            "transition", bdf=bdf, step="done", outcome=result.value, driver=driver, writes=writes
         )
         reason, remedy = self._probe_note(entry)
-        return self._settled(entry, Outcome(bdf, status, driver, reason, remedy, writes=writes))
+        return self._close_record(
+            entry, Outcome(bdf, result, driver, reason, remedy, writes=writes)
+        )
 
     def _probe_note(self, entry: FunctionPlan) -> tuple[Optional[str], Optional[str]]:
         """What the report says when drivers_probe picked another driver on the way."""
@@ -431,8 +435,8 @@ class Engine:
         deadline = self.clock() + self.node_timeout
         while waiting:
             for address, (entry, group, writes) in list(waiting.items()):
-                node = self.kernel.sysfs.vfio_group_node(group)
-                if self.kernel.sysfs.vfio_node_exists(group):
+                node = self.kernel.sysfs.vfio_dev_path(group)
+                if self.kernel.sysfs.vfio_dev_exists(group):
                     results[address] = self._done(entry, writes)
                 elif not self.kernel.exists(address):
                     self._probe_picked.pop(entry.address, None)
@@ -449,7 +453,7 @@ class Engine:
             self.sleep(_POLL_INTERVAL)
         for address, (entry, group, writes) in waiting.items():
             driver = self.kernel.driver_of(address)
-            node = self.kernel.sysfs.vfio_group_node(group)
+            node = self.kernel.sysfs.vfio_dev_path(group)
             reason = f"bound to {driver}, but {node} did not appear within {self.node_timeout:g}s"
             remedy = (
                 "in a container, mount the host's /dev (the node is created by devtmpfs/udev "
@@ -472,7 +476,7 @@ class Engine:
         log.error("transition", bdf=entry.function.bdf, step=step, outcome="failed", reason=reason)
         return Outcome(
             entry.function.bdf,
-            Status.FAILED,
+            Result.FAILED,
             driver,
             reason,
             remedy,
@@ -489,7 +493,7 @@ class Engine:
         self._probe_picked.pop(entry.address, None)
         log.error("transition", bdf=bdf, step=err.step, outcome="failed", reason=err.message)
         outcome = Outcome(
-            bdf, Status.FAILED, None, step=err.step, errno=err.errno, journal=_kept(entry)
+            bdf, Result.FAILED, None, step=err.step, errno=err.errno, journal=_kept(entry)
         )
         if not self.kernel.exists(entry.address):
             reason = f"{err.message}; the function disappeared"
@@ -513,7 +517,7 @@ class Engine:
             writes=writes,
         )
         # back in its start state: the record has nothing left to settle
-        return self._settled(entry, outcome, back=True) if note is None else outcome
+        return self._close_record(entry, outcome, back=True) if note is None else outcome
 
     def _reattach(
         self,

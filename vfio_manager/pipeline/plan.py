@@ -254,7 +254,7 @@ def plan_to_vfio(
                 function,
                 Direction.TO_VFIO,
                 steps=_to_vfio_steps(
-                    function, vfio_driver, topology.vfio_node(function) is not None
+                    function, vfio_driver, topology.vfio_dev(function) is not None
                 ),
                 target_driver=vfio_driver,
                 target_override=vfio_driver,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> dict[str, Any]:
     """The ``status --json`` record of one function (JSON nulls for absent values)."""
-    node = topology.vfio_node(function)
+    node = topology.vfio_dev(function)
     return {
         "bdf": function.bdf,
         "vendor": f"0x{function.vendor:04x}",
@@ -35,7 +35,7 @@ def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> di
         "driver_override": function.driver_override,
         "iommu_group": function.iommu_group,
         "group_viable": group_viable(topology, function),
-        "vfio_node": sysfs.vfio_group_node(int(node)) if node is not None else None,
+        "vfio_node": sysfs.vfio_dev_path(int(node)) if node is not None else None,
         "numa_node": function.numa_node,
         "sriov": function.sriov_role,
     }

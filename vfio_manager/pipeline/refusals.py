@@ -35,9 +35,9 @@ def protect(plan: Plan, sysfs: Sysfs, *, proc_root: str, force: bool = False) ->
     moving = [e for e in plan.entries if e.refusal is None and e.steps]
     to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
     if to_vfio:
-        from vfio_manager.safety.hostcritical import SafetyGuard
+        from vfio_manager.safety.hostcritical import HostCritical
 
-        guard = SafetyGuard(sysfs, proc_root=proc_root)
+        guard = HostCritical(sysfs, proc_root=proc_root)
         for entry in to_vfio:
             if entry.function.driver is not None and not is_vfio_driver(entry.function.driver):
                 found = guard.reasons(entry.address)

@@ -99,9 +99,9 @@ def run_transition(
     try:
         result = run.result()
     except VfioManagerError:
-        run.settle_intents(None)
+        run.update_intents(None)
         raise
-    run.settle_intents(result)
+    run.update_intents(result)
     return result
 
 
@@ -214,21 +214,21 @@ class _Run:
 
         if daemon_running(self.node.state_dir):
             for function in targets:
-                self.recorded.append(self.intents.record(function.bdf).bdf)
+                self.recorded.append(self.intents.add(function.bdf).bdf)
 
-    def settle_intents(self, result: Optional[TransitionResult]) -> None:
+    def update_intents(self, result: Optional[TransitionResult]) -> None:
         """Clear the intents that no longer hold: those of a bind's functions that are on
         vfio, and those recorded for functions this run did not return (refused, failed
         back, never started). A state directory that refuses is logged, not raised."""
         if self.intents is None:
             return
-        from vfio_manager.pipeline.engine import Status
+        from vfio_manager.pipeline.engine import Result
 
         report = result.report if result is not None else None
         outcomes = report.outcomes if report is not None else ()
         if self.request.direction is Direction.TO_VFIO:
-            done = (Status.CHANGED, Status.CONVERGED)
-            clear = [o.bdf for o in outcomes if o.status in done and is_vfio_driver(o.driver)]
+            done = (Result.CHANGED, Result.CONVERGED)
+            clear = [o.bdf for o in outcomes if o.result in done and is_vfio_driver(o.driver)]
         elif report is None:
             clear = self.recorded
         else:

@@ -102,10 +102,10 @@ def function_targets(
     nodes: list[tuple[str, Optional[str]]] = []
     if group is not None:
         nodes.append((f"vfio/{int(group)}", sysfs.vfio_group_dev_numbers(group)))
-    nodes.extend((name, numbers) for name, numbers in sysfs.device_nodes_of(address))
+    nodes.extend((name, numbers) for name, numbers in sysfs.char_devs_of(address))
     for devname, numbers in nodes:
         add(Target.node(Sysfs.canonical_dev_path(devname), numbers))
-        add(Target.node(sysfs.dev_node_path(devname), numbers))
+        add(Target.node(sysfs.dev_path(devname), numbers))
     real_dir = sysfs.device_realpath(address)
     for path in sysfs.resource_files(address):
         real = os.path.join(real_dir, os.path.basename(path))

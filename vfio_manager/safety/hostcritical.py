@@ -1,7 +1,7 @@
 """Refuse to take away what the host itself runs on: its disks, its network, its console.
 
 A selection too wide (a vendor ID shared with a storage controller, a typo in a BDF) must
-not detach the root disk or the node's NIC. :class:`SafetyGuard` says why a function backs
+not detach the root disk or the node's NIC. :class:`HostCritical` says why a function backs
 the host: a mounted filesystem or active swap on a block device under it (or stacked on one:
 dm, LVM, md), matched by ``MAJ:MIN`` and by source name; an interface under it (or a bridge,
 bond or VLAN on one) with an address or a route; the boot VGA device. Everything is read once
@@ -79,7 +79,7 @@ def _ipv4(hex_text: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(struct.pack("=I", int(hex_text, 16)))
 
 
-class SafetyGuard:
+class HostCritical:
     """Why a function must not be taken from the host (none: it may be). One per command: it
     reads the host's disks, interfaces and tables on the first :meth:`reasons` call."""
 

@@ -84,7 +84,7 @@ class IntentStore:
     def path(self) -> str:
         return os.path.join(self.state_dir, INTENT_DIR)
 
-    def record(self, bdf: str, *, command: Optional[str] = None) -> Intent:
+    def add(self, bdf: str, *, command: Optional[str] = None) -> Intent:
         """Record "leave ``bdf`` on the host"; :class:`IntentError` when it cannot."""
         import datetime
 

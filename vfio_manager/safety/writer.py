@@ -323,13 +323,13 @@ class ChildWriter:
         self._busy: dict[_Child, str] = {}  # a caller waits for its answer
         self._abandoned: dict[_Child, str] = {}  # its caller gave up
         self._when_returned: list[Callable[[], None]] = []
-        self._guard = threading.Lock()
+        self._mutex = threading.Lock()
 
     def __call__(self, path: str, payload: bytes) -> None:
         what = f"write {payload.decode(errors='replace').strip()!r} to {path}"
         deadline = _deadline.get()
         timeout = None if deadline is None else deadline.left()
-        with self._guard:
+        with self._mutex:
             child = self._idle.pop() if self._idle else None
         if child is None:
             child = (
@@ -337,17 +337,17 @@ class ChildWriter:
                 if self.threads
                 else _Process(self.keep_fds, self._write)
             )
-        with self._guard:
+        with self._mutex:
             self._busy[child] = what
         try:
             child.send(path, payload)
             code = child.answer(timeout)
         except OSError as exc:
-            with self._guard:
+            with self._mutex:
                 del self._busy[child]
             child.end()
             raise OSError(errno_mod.EIO, f"the writer process failed: {exc.strerror}") from exc
-        with self._guard:
+        with self._mutex:
             del self._busy[child]
             if code is None:
                 self._abandoned[child] = what
@@ -361,7 +361,7 @@ class ChildWriter:
 
     def stuck(self) -> list[StuckWriter]:
         """Children whose write has not returned (a process child keeps the lock held)."""
-        with self._guard:
+        with self._mutex:
             for child in [c for c in self._abandoned if c.returned()]:
                 del self._abandoned[child]
             found = {**self._busy, **self._abandoned}
@@ -369,7 +369,7 @@ class ChildWriter:
 
     def close(self) -> list[StuckWriter]:
         """End the idle children; return the stuck ones (they end when their write returns)."""
-        with self._guard:
+        with self._mutex:
             idle, self._idle = self._idle, []
         for child in idle:
             child.end()
@@ -377,14 +377,14 @@ class ChildWriter:
 
     def when_returned(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once no thread child is stuck: now, or when the last returns."""
-        with self._guard:
+        with self._mutex:
             if any(not c.returned() for c in self._abandoned):
                 self._when_returned.append(callback)
                 return
         callback()
 
     def _ended(self, child: _Thread) -> None:
-        with self._guard:
+        with self._mutex:
             if self._abandoned.pop(child, None) is None or self._abandoned:
                 return
             callbacks, self._when_returned = self._when_returned, []
