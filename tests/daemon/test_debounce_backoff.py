@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.daemon.fakes import FakeClock
+from tests.support import FakeClock
 from vfio_manager.daemon.loop import Backoff, Batch, Debouncer, FlapGuard
 from vfio_manager.kernel.uevents import Uevent, UeventBatch
 

@@ -17,14 +17,14 @@ from typing import Any, Optional
 
 import pytest
 
-from tests.daemon.fakes import VFIO, AdvancingWaiter, FakeClock, FakeNode, Listener
-from tests.daemon.samples import driver_event, pci_event
+from tests.daemon.fakes import VFIO, FakeNode, Listener
+from tests.harness.uevents import driver_event, pci_event
+from tests.support import AdvancingWaiter, FakeClock, open_uevent_pair
 from vfio_manager.daemon import loop as loop_module
 from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, summary
 from vfio_manager.daemon.reconciler import HostCheck, State
 from vfio_manager.errors import VfioManagerError
-from vfio_manager.kernel.uevents import DatagramUeventSource
 from vfio_manager.safety.intents import IntentStore
 
 A, B, C = "0000:03:00.0", "0000:04:00.0", "0000:05:00.0"
@@ -82,14 +82,14 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
     ) -> Rig:
         clock = FakeClock()
         node = FakeNode(drivers=dict(drivers), **node_fields)
-        sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender, source = open_uevent_pair()
         systemd = Listener(str(tmp_path / f"notify-{len(made)}.sock"))
         waiter = AdvancingWaiter(clock)
         ready_path = tmp_path / f"ready-{len(made)}"
         rig_exits: list[str] = []
         loop = ReconcileLoop(
             node.reconcile,
-            source=DatagramUeventSource(receiver),
+            source=source,
             settings=settings or LoopSettings(),
             clock=clock,
             wall_clock=lambda: 1714564800.0,

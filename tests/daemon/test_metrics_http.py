@@ -12,7 +12,7 @@ from typing import Any, Optional
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon.fakes import FakeClock
+from tests.support import FakeClock
 from vfio_manager.daemon.health import DaemonMetrics, HealthServer, parse_listen
 from vfio_manager.daemon.loop import ReconcileLoop
 from vfio_manager.daemon.reconciler import (

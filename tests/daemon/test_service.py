@@ -17,11 +17,10 @@ from typing import Any, Optional
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from tests.cli.conftest import invoke
 from tests.daemon.kernel_rig import REAL_STATE, KernelRig
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.test_in_use import fake_process, native_node
+from tests.support import fake_process, invoke, native_node
 from vfio_manager.daemon.reconciler import OnExit, State
 from vfio_manager.daemon.service import DaemonOptions
 from vfio_manager.safety.intents import IntentStore

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon.fakes import AdvancingWaiter, FakeClock
-from tests.daemon.samples import datagram, pci_event
+from tests.harness.uevents import datagram, pci_event
+from tests.support import AdvancingWaiter, FakeClock
 from vfio_manager.kernel.uevents import DatagramUeventSource, wait_for
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, DatagramUeventSource]]:
-    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    source = DatagramUeventSource(receiver)
-    yield sender, source
-    sender.close()
-    source.close()
 
 
 class Condition:
@@ -43,9 +33,9 @@ def test_already_true_returns_at_once() -> None:
 
 
 def test_a_bind_uevent_ends_the_wait_without_waiting_for_the_poll(
-    pair: tuple[socket.socket, DatagramUeventSource],
+    uevent_pair: tuple[socket.socket, DatagramUeventSource],
 ) -> None:
-    sender, source = pair
+    sender, source = uevent_pair
     clock = FakeClock()
     condition = Condition()
     sender.send(datagram("add", "/devices/virtual/net/x", [("SUBSYSTEM", "net")]))
@@ -62,9 +52,9 @@ def test_a_bind_uevent_ends_the_wait_without_waiting_for_the_poll(
 
 
 def test_irrelevant_datagrams_do_not_reread_sysfs(
-    pair: tuple[socket.socket, DatagramUeventSource],
+    uevent_pair: tuple[socket.socket, DatagramUeventSource],
 ) -> None:
-    sender, source = pair
+    sender, source = uevent_pair
     clock = FakeClock()
     condition = Condition()
     sender.send(datagram("add", "/devices/virtual/net/x", [("SUBSYSTEM", "net")]))

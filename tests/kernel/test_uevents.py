@@ -5,23 +5,14 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon.samples import datagram, driver_event, libudev_message, pci_event
+from tests.harness.uevents import datagram, driver_event, libudev_message, pci_event
+from tests.support import open_uevent_pair
 from vfio_manager.daemon import service
 from vfio_manager.kernel import uevents
 from vfio_manager.kernel.uevents import DatagramUeventSource, Uevent, parse_uevent
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, DatagramUeventSource]]:
-    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    source = DatagramUeventSource(receiver)
-    yield sender, source
-    sender.close()
-    source.close()
 
 
 def test_add_of_a_pci_function() -> None:
@@ -125,9 +116,9 @@ def test_properties_without_a_value_separator_are_skipped() -> None:
 
 
 def test_the_source_returns_relevant_events_in_order(
-    pair: tuple[socket.socket, DatagramUeventSource],
+    uevent_pair: tuple[socket.socket, DatagramUeventSource],
 ) -> None:
-    sender, source = pair
+    sender, source = uevent_pair
     for data in (
         pci_event("unbind", "0000:03:00.0"),
         libudev_message(),
@@ -152,8 +143,7 @@ def test_the_source_returns_relevant_events_in_order(
 
 
 def test_kernel_only_drops_datagrams_not_sent_by_the_kernel() -> None:
-    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    source = DatagramUeventSource(receiver, kernel_only=True)
+    sender, source = open_uevent_pair(kernel_only=True)
     try:
         sender.send(pci_event("add"))
         assert source.read_pending().events == ()

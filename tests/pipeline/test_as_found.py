@@ -15,44 +15,25 @@ import time
 
 import pytest
 
-from tests.cli.conftest import Run, invoke, state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, state
+from tests.support import (
+    HOST,
+    VFIO,
+    Run,
+    invoke,
+    operator,
+    park_on_pci_stub,
+    state,
+    state_dir,
+    with_pci_stub,
+)
 
 REMOVE_ID = "echo 1eff 1220 > /sys/bus/pci/drivers/vfio-pci/remove_id"
 
 
-def operator(kernel: FakeKernel, rel: str, data: str) -> None:
-    """What an admin (or a script this tool replaces) writes to sysfs by hand."""
-    fd = os.open(f"{kernel.sys_root}/{rel}", os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data.encode())
-    finally:
-        os.close(fd)
-
-
 def dev(bdf: str, attr: str) -> str:
     return f"bus/pci/devices/{bdf}/{attr}"
-
-
-def with_pci_stub(kernel: FakeKernel) -> None:
-    kernel.add_driver("pci-stub", module="pci_stub", dma_safe=True)
-
-
-def park_on_pci_stub(kernel: FakeKernel, bdf: str, *, keep_override: bool) -> None:
-    """Override, unbind, probe (driverctl's way); or through a pci-stub dynamic ID and an
-    explicit bind, with no override left (pci-stub.ids=, new_id + bind)."""
-    if keep_override:
-        operator(kernel, dev(bdf, "driver_override"), "pci-stub")
-        operator(kernel, f"bus/pci/drivers/{kernel.driver_of(bdf)}/unbind", bdf)
-        operator(kernel, "bus/pci/drivers_probe", bdf)
-    else:
-        operator(kernel, "bus/pci/drivers/pci-stub/new_id", "1eff 1220")
-        operator(kernel, f"bus/pci/drivers/{kernel.driver_of(bdf)}/unbind", bdf)
-        operator(kernel, "bus/pci/drivers/pci-stub/bind", bdf)
-    assert state(kernel, bdf) == ("pci-stub", "pci-stub" if keep_override else None)
-    kernel.clear_writes()
 
 
 def cycle(kernel: FakeKernel) -> Run:

@@ -33,7 +33,6 @@ from hypothesis import strategies as st
 from pyfakefs.fake_file import FakeFile
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-from tests.cli.conftest import root_args
 from tests.harness import FakeKernel
 from tests.harness.sysfsfile import KernelFile
 from tests.harness.topologies import (
@@ -43,7 +42,7 @@ from tests.harness.topologies import (
     REBELLIONS_VENDOR,
     npu_node,
 )
-from tests.safety.conftest import named_bdf
+from tests.support import named_bdf, root_args
 from vfio_manager.cli.main import cli
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

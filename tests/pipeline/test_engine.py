@@ -6,6 +6,7 @@ import pytest
 
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
+from tests.support import FakeClock
 from vfio_manager.host.driver_choice import DriverResolver
 from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.inventory import read_topology
@@ -14,21 +15,6 @@ from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.pipeline.engine import Engine, Result
 from vfio_manager.pipeline.plan import plan_to_vfio
 from vfio_manager.pipeline.selection import Selector
-
-
-class FakeClock:
-    """Time that moves only when the engine sleeps: no real waiting in tests."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        self.slept += seconds
 
 
 def _bind_all(kernel: FakeKernel, clock: FakeClock, sysfs: Sysfs) -> list[Result]:
@@ -47,7 +33,7 @@ def test_nodes_are_awaited_side_by_side_under_one_deadline(
     npu_node(kernel, count=4)
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
     monkeypatch.setattr(sysfs, "vfio_dev_exists", lambda _group: False)
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     statuses = _bind_all(kernel, clock, sysfs)
     assert statuses == [Result.FAILED] * 4
     # one deadline for all four, not four deadlines one after another
@@ -56,7 +42,7 @@ def test_nodes_are_awaited_side_by_side_under_one_deadline(
 
 def test_nodes_that_appear_end_the_wait_at_once(kernel: FakeKernel) -> None:
     npu_node(kernel, count=2)
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     statuses = _bind_all(kernel, clock, Sysfs(kernel.sys_root, kernel.dev_root))
     assert statuses == [Result.CHANGED] * 2
     assert clock.slept == 0.0
@@ -68,7 +54,7 @@ def test_missing_node_is_failure_but_not_rolled_back(
     (bdf,) = npu_node(kernel, count=1)
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
     monkeypatch.setattr(sysfs, "vfio_dev_exists", lambda _group: False)
-    assert _bind_all(kernel, FakeClock(), sysfs) == [Result.FAILED]
+    assert _bind_all(kernel, FakeClock(0.0), sysfs) == [Result.FAILED]
     # the function reached its target state (vfio-pci with the override); only the node is late
     assert kernel.driver_of(bdf) == "vfio-pci"
     assert kernel.override_of(bdf) == "vfio-pci"
@@ -81,7 +67,7 @@ def test_vfio_driver_missing_at_probe_fails_with_errno_and_restores(kernel: Fake
     topology = read_topology(sysfs)
     targets = [f for f in topology.functions.values() if Selector().matches(f)]
     plan = plan_to_vfio(topology, targets, selector=Selector())
-    report = Engine(Kernel(sysfs), clock=FakeClock(), sleep=FakeClock().sleep).apply(plan)
+    report = Engine(Kernel(sysfs), clock=FakeClock(0.0), sleep=FakeClock(0.0).sleep).apply(plan)
     (outcome,) = report.outcomes
     assert outcome.result is Result.FAILED
     assert "vfio-pci did not bind" in (outcome.reason or "")

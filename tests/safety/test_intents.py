@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.fakes import FakeClock
+from tests.support import FakeClock
 from vfio_manager.daemon.health import ReadyFile, default_ready_path
 from vfio_manager.errors import UsageError
 from vfio_manager.safety.intents import IntentStore
@@ -177,14 +177,9 @@ def test_daemon_running_follows_the_presence_lock(state_dir: Path) -> None:
 
 def test_a_second_daemon_waits_then_names_the_first(state_dir: Path) -> None:
     clock = FakeClock()
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.advance(seconds)
-
+    slept = clock.sleeps
     with DaemonPresence(str(state_dir)):
-        second = DaemonPresence(str(state_dir), timeout=2.0, clock=clock, sleep=sleep)
+        second = DaemonPresence(str(state_dir), timeout=2.0, clock=clock, sleep=clock.sleep)
         with pytest.raises(DaemonRunningError, match=f"PID {os.getpid()}"):
             second.acquire()
     assert sum(slept) == pytest.approx(2.0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import FakeClock
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.safety.lock import (
     LOCK_FILE_NAME,
@@ -24,21 +25,6 @@ from vfio_manager.safety.lock import (
 from vfio_manager.safety.statedir import UnsafeStateDirError
 
 EVENT_WAIT = 5.0  # upper bound for event waits; never reached when the code is right
-
-
-class FakeClock:
-    """Time advances only when the lock sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
@@ -81,7 +67,7 @@ def test_one_object_is_not_reentrant(tmp_path: Path) -> None:
 
 def test_second_holder_times_out_naming_the_first(tmp_path: Path, proc_root: Path) -> None:
     state = str(tmp_path / "s")
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     first = NodeLock(state, timeout=0, command="vfio-manager bind-all --timeout 30")
     second = NodeLock(
         state,
@@ -112,7 +98,7 @@ def test_second_holder_times_out_naming_the_first(tmp_path: Path, proc_root: Pat
 
 
 def test_timeout_zero_tries_exactly_once(tmp_path: Path, proc_root: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     state = str(tmp_path / "s")
     second = NodeLock(state, timeout=0, clock=clock, sleep=clock.sleep, proc_root=str(proc_root))
     with NodeLock(state, timeout=0), pytest.raises(LockTimeoutError):
@@ -124,7 +110,7 @@ def test_timeout_says_when_the_holder_is_gone_from_proc(tmp_path: Path) -> None:
     state = tmp_path / "s"
     empty_proc = tmp_path / "proc"
     empty_proc.mkdir()
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     first = NodeLock(str(state), timeout=0, command="vfio-manager unbind-all")
     second = NodeLock(
         str(state), timeout=0, clock=clock, sleep=clock.sleep, proc_root=str(empty_proc)

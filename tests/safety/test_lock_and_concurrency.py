@@ -13,22 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, states
+from tests.support import HOST, REAL_STATE, VFIO, invoke, states
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.pipeline import transition
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.selection import Selector
 from vfio_manager.safety.journal import Journal
 from vfio_manager.safety.lock import NodeLock
-
-# Patcher(additional_skip_names): the state directory's gateway, the lock and the journal
-# use the real filesystem
-REAL_STATE = [
-    [["vfio_manager.safety.statedir", "vfio_manager.safety.lock", "vfio_manager.safety.journal"]]
-]
 
 
 @pytest.mark.parametrize("fs", REAL_STATE, indirect=True)

@@ -17,12 +17,10 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import state
-from tests.safety.test_as_found import operator, park_on_pci_stub, with_pci_stub
-from tests.unit.test_inuse import PROC, add_process, failing
+from tests.safety.test_holders import PROC, add_process, failing
+from tests.support import invoke, operator, park_on_pci_stub, state, with_pci_stub
 from vfio_manager.safety.holders import scan_holders
 from vfio_manager.safety.lock import LOCK_FILE_NAME, LockTimeoutError, NodeLock, read_holder
 from vfio_manager.safety.writer import ChildWriter, Deadline, DeadlineExceededError, bounded

@@ -13,11 +13,9 @@ import json
 import os
 import posixpath
 
-from tests.cli.conftest import invoke, state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import VFIO, state
-from tests.safety.test_pipeline_regressions import pending, plant_record
+from tests.support import VFIO, invoke, pending, plant_record, state, state_dir
 
 
 def corrupt_records(kernel: FakeKernel) -> list[str]:

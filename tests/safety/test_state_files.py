@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import Run, invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, state
 from tests.safety.realfs import (
     REAL_STATE_FILES,
     finishes,
@@ -29,6 +27,7 @@ from tests.safety.realfs import (
     names,
     private_dir,
 )
+from tests.support import HOST, VFIO, Run, invoke, state
 from vfio_manager.safety.journal import Journal
 from vfio_manager.safety.lock import NodeLock, read_holder
 

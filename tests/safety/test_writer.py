@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support import FakeClock
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
 from vfio_manager.safety.writer import (
     ChildWriter,
@@ -33,19 +34,6 @@ def kernel_error(code: int) -> SysfsWriteError:
     return SysfsWriteError.from_os_error(
         OSError(code, "x"), path="/sys/bus/pci/drivers/vfio-pci/bind", data="0000:03:00.0"
     )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Flaky:
@@ -180,7 +168,7 @@ def test_process_exits_despite_a_stuck_write() -> None:
 
 @pytest.mark.parametrize("code", [errno.EBUSY, errno.EAGAIN, errno.ENODEV])
 def test_transient_errnos_are_retried_with_backoff(code: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(code, code, code)
     assert retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep) == "ok"
     assert fn.calls == 4
@@ -189,7 +177,7 @@ def test_transient_errnos_are_retried_with_backoff(code: int) -> None:
 
 @pytest.mark.parametrize("code", [errno.EINVAL, errno.EACCES, errno.EROFS, errno.EIO])
 def test_other_errnos_are_not_retried(code: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(code)
     with pytest.raises(SysfsWriteError) as caught:
         retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep)
@@ -199,7 +187,7 @@ def test_other_errnos_are_not_retried(code: int) -> None:
 
 
 def test_other_exceptions_are_not_retried() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     calls = 0
 
     def fn() -> None:
@@ -213,7 +201,7 @@ def test_other_exceptions_are_not_retried() -> None:
 
 
 def test_retries_stop_inside_the_deadline_with_the_kernels_error() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     start = clock()
     fn = Flaky(*([errno.EBUSY] * 100))
     with pytest.raises(SysfsWriteError) as caught:
@@ -226,7 +214,7 @@ def test_retries_stop_inside_the_deadline_with_the_kernels_error() -> None:
 
 
 def test_backoff_is_capped() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(*([errno.EAGAIN] * 100))
     with pytest.raises(SysfsWriteError):
         retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep)
@@ -235,7 +223,7 @@ def test_backoff_is_capped() -> None:
 
 
 def test_past_deadline_means_one_attempt() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(errno.EBUSY)
     with pytest.raises(SysfsWriteError):
         retry_transient(fn, deadline_at=clock() - 1, clock=clock, sleep=clock.sleep)
@@ -249,7 +237,7 @@ def test_is_transient() -> None:
 
 
 def test_bounded_retries_then_succeeds() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(errno.ENODEV)
     result = bounded(fn, Deadline(clock() + EVENT_WAIT, "bind", clock=clock), sleep=clock.sleep)
     assert result == "ok"
@@ -257,7 +245,7 @@ def test_bounded_retries_then_succeeds() -> None:
 
 
 def test_bounded_does_not_retry_a_hang() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     release = threading.Event()
     calls = 0
 
