@@ -6,6 +6,7 @@
   up in $VFIO_MANAGER_SNAPSHOTS (if set), then tests/fixtures/snapshots (the copy kept in this
   repository), then ../shared/snapshots beside the checkout. They are read from the real disk
   once per session, before pyfakefs hides it.
+- ``state_dir``: a private (0700) state directory on the real disk.
 - ``uevent_pair``: a datagram socket and the uevent source reading what it sends.
 - an autouse guard: a test that opens a real path under /sys, /dev or /proc for writing (or
   runs modprobe & co. for real) fails (see tests/harness/audit.py); ``e2e``-marked tests, which
@@ -100,6 +101,14 @@ def snapshot_kernel(
     yield load
     for k in made:
         k.close()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A private (0700) state directory on the real disk."""
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path
 
 
 @pytest.fixture

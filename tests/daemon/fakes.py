@@ -1,11 +1,13 @@
-"""Test doubles for the daemon: a node whose reconciler follows the loop's contract, and a
-systemd stand-in. (Fake time is tests.support.FakeClock.)"""
+"""Test doubles for the daemon: a node whose reconciler follows the loop's contract, a systemd
+stand-in, and a reader of the metrics text. (Fake time is tests.support.FakeClock.)"""
 
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
 from typing import Optional
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from vfio_manager.daemon.health import socket_address
 from vfio_manager.daemon.reconciler import (
@@ -117,3 +119,11 @@ class Listener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def sample(text: str, name: str, **labels: str) -> Optional[float]:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None

@@ -1,18 +1,51 @@
-"""sd_notify messages, read from real AF_UNIX datagram sockets (path and abstract name)."""
+"""What the daemon tells the world: sd_notify messages (real AF_UNIX datagram sockets, path and
+abstract name), metrics and the HTTP endpoints (a real server on 127.0.0.1), the ready file."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import stat
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 
-from tests.daemon.fakes import Listener
-from vfio_manager.daemon.health import Notifier, watchdog_interval
+from tests.daemon.fakes import Listener, sample
+from tests.support import FakeClock
+from vfio_manager.daemon.health import (
+    DaemonMetrics,
+    HealthServer,
+    Notifier,
+    ReadyFile,
+    default_ready_path,
+    parse_listen,
+    watchdog_interval,
+)
+from vfio_manager.daemon.loop import ReconcileLoop
+from vfio_manager.daemon.reconciler import (
+    HOST_READY,
+    FunctionState,
+    HostCheck,
+    HostReadiness,
+    LastTransition,
+    NodeView,
+    ReconcileOutcome,
+    ReconcileRequest,
+    State,
+)
+from vfio_manager.errors import UsageError
+from vfio_manager.kernel.drivers import Direction
+from vfio_manager.kernel.uevents import Uevent
+from vfio_manager.pipeline.engine import Result
 
 
+# -- sd_notify -----------------------------------------------------------------------------------
 @pytest.fixture(params=["path", "abstract"])
 def listener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Listener]:
     if request.param == "path":
@@ -82,3 +115,318 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
 )
 def test_watchdog_honours_watchdog_pid(env: dict[str, str], expected: object) -> None:
     assert watchdog_interval(env, pid=42) == expected
+
+
+# -- metrics ------------------------------------------------------------------------------------
+IOMMU_OFF = HostCheck("iommu", "no IOMMU groups", "enable intel_iommu=on and reboot")
+
+
+def observe(
+    metrics: DaemonMetrics,
+    functions: tuple[FunctionState, ...],
+    *,
+    host: HostReadiness = HOST_READY,
+    transitions: tuple[LastTransition, ...] = (),
+    error: Optional[str] = None,
+    full: bool = True,
+) -> None:
+    """One reconcile as the loop reports it: a raised one has an error and no outcome."""
+    outcome = ReconcileOutcome(functions, host, transitions)
+    view = NodeView().merge(ReconcileRequest(None), outcome)
+    if error is not None:
+        view = replace(view, error=error)
+    metrics.observe_reconcile(
+        view,
+        None if error else outcome,
+        full=full,
+        duration=0.03,
+        finished_at=1714564800.0,
+    )
+
+
+def test_metrics_follow_reconciles_and_uevents() -> None:
+    metrics = DaemonMetrics(version="9.9.9", process=False)
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_functions", state="failed") == 0
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="refused") == 0
+    assert sample(text, "vfio_manager_uevents_total", action="bind") == 0
+    assert sample(text, "vfio_manager_host_ready") == 0
+    assert sample(text, "vfio_manager_build_info", version="9.9.9") == 1
+    assert "_created" not in text
+
+    metrics.observe_uevents([Uevent("bind", "/devices/x/0000:03:00.0", "pci", "0000:03:00.0")] * 2)
+    observe(
+        metrics,
+        (
+            FunctionState("0000:03:00.0", State.CONVERGED),
+            FunctionState("0000:04:00.0", State.FAILED, "EINVAL"),
+            FunctionState("0000:05:00.0", State.EXCLUDED),
+        ),
+        transitions=(
+            LastTransition("0000:03:00.0", Direction.TO_VFIO, Result.CHANGED),
+            LastTransition("0000:04:00.0", Direction.TO_VFIO, Result.FAILED),
+        ),
+    )
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_uevents_total", action="bind") == 2
+    assert sample(text, "vfio_manager_functions", state="converged") == 1
+    assert sample(text, "vfio_manager_functions", state="failed") == 1
+    assert sample(text, "vfio_manager_functions", state="excluded") == 1
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="changed") == 1
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="failed") == 1
+    assert sample(text, "vfio_manager_node_converged") == 0
+    assert sample(text, "vfio_manager_reconcile_duration_seconds_count", scope="full") == 1
+    assert (
+        sample(text, "vfio_manager_reconcile_duration_seconds_bucket", scope="full", le="0.05") == 1
+    )
+    assert (
+        sample(text, "vfio_manager_reconcile_duration_seconds_bucket", scope="full", le="0.025")
+        == 0
+    )
+    assert sample(text, "vfio_manager_last_successful_reconcile_timestamp_seconds") == 0, (
+        "a reconcile with a failed function is not a success"
+    )
+
+    observe(metrics, (FunctionState("0000:03:00.0", State.CONVERGED),))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_last_successful_reconcile_timestamp_seconds") == 1714564800.0
+    assert sample(text, "vfio_manager_node_converged") == 1
+    assert sample(text, "vfio_manager_functions", state="failed") == 0
+
+
+def test_failing_host_checks_are_exported_and_cleared() -> None:
+    metrics = DaemonMetrics(process=False)
+    observe(metrics, (), host=HostReadiness(False, (IOMMU_OFF,)))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_host_ready") == 0
+    assert sample(text, "vfio_manager_host_check_failing", check="iommu") == 1
+    observe(metrics, ())
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_host_ready") == 1
+    assert sample(text, "vfio_manager_host_check_failing", check="iommu") == 0
+
+
+def test_a_reconcile_that_raised_counts_as_an_error() -> None:
+    metrics = DaemonMetrics(process=False)
+    observe(metrics, (), error="lock timeout", full=False)
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_reconcile_errors_total") == 1
+    assert sample(text, "vfio_manager_reconcile_duration_seconds_count", scope="partial") == 1
+    assert sample(text, "vfio_manager_node_converged") == 0
+
+
+def test_the_process_collector_reports_memory() -> None:
+    text = DaemonMetrics().render()[0].decode()
+    rss = sample(text, "process_resident_memory_bytes")
+    assert rss is not None
+    assert rss > 0
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+class Client:
+    def __init__(self, server: HealthServer) -> None:
+        host, port = server.address
+        self.base = f"http://{host}:{port}"
+
+    def get(self, path: str) -> tuple[int, str, Any]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=10) as answer:  # noqa: S310
+                return answer.status, answer.headers["Content-Type"], answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def board(clock: FakeClock) -> Iterator[ReconcileLoop]:
+    """What the server reads: the loop's heartbeat and the view it published."""
+    loop = ReconcileLoop(lambda request: ReconcileOutcome(()), source=None, clock=clock)
+    yield loop
+    loop.close()
+
+
+def serve(board: ReconcileLoop, metrics: Optional[DaemonMetrics] = None) -> HealthServer:
+    return HealthServer(("127.0.0.1", 0), board.alive, lambda: board.view, metrics)
+
+
+@pytest.fixture
+def served(board: ReconcileLoop) -> Iterator[tuple[Client, DaemonMetrics]]:
+    metrics = DaemonMetrics(process=False)
+    server = serve(board, metrics)
+    yield Client(server), metrics
+    server.stop()
+
+
+def test_healthz_follows_the_loops_heartbeat(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop, clock: FakeClock
+) -> None:
+    client, _ = served
+    assert client.get("/healthz")[0] == 503, "no beat yet"
+    board.beat(60)
+    code, content_type, body = client.get("/healthz")
+    assert (code, content_type, json.loads(body)) == (200, "application/json", {"alive": True})
+    clock.advance(60)
+    assert client.get("/healthz")[0] == 200
+    clock.advance(0.5)
+    assert client.get("/healthz")[0] == 503, "the loop missed its promise"
+
+
+def test_readyz_names_what_is_not_converged(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop
+) -> None:
+    client, _ = served
+    code, _, body = client.get("/readyz")
+    assert code == 503
+    assert json.loads(body)["reason"] == "the first reconcile has not finished"
+
+    outcome = ReconcileOutcome(
+        (
+            FunctionState("0000:03:00.0", State.CONVERGED),
+            FunctionState("0000:04:00.0", State.HELD, "PID 812 (qemu) holds /dev/vfio/12"),
+            FunctionState("0000:05:00.0", State.INTENT_HOST, "left on the host by intent"),
+        ),
+        HostReadiness(False, (IOMMU_OFF,)),
+    )
+    board.view = NodeView().merge(ReconcileRequest(None), outcome)
+    code, _, body = client.get("/readyz")
+    doc = json.loads(body)
+    assert code == 503
+    assert doc["ready"] is False
+    assert doc["host"] == {"ready": False, "failing": [IOMMU_OFF.to_json()]}
+    assert doc["not_converged"] == [
+        {
+            "bdf": "0000:04:00.0",
+            "state": "held",
+            "reason": "PID 812 (qemu) holds /dev/vfio/12",
+            "remedy": None,
+        }
+    ]
+    assert doc["counts"]["intent-host"] == 1
+
+    settled = ReconcileOutcome((FunctionState("0000:03:00.0", State.CONVERGED),))
+    board.view = NodeView().merge(ReconcileRequest(None), settled)
+    code, _, body = client.get("/readyz")
+    assert (code, json.loads(body)["ready"], json.loads(body)["not_converged"]) == (200, True, [])
+
+
+def test_metrics_endpoint_serves_the_text_format(served: tuple[Client, DaemonMetrics]) -> None:
+    client, metrics = served
+    metrics.observe_uevents([Uevent("add", "/devices/x/0000:03:00.0", "pci", "0000:03:00.0")])
+    code, content_type, body = client.get("/metrics")
+    assert code == 200
+    assert content_type.startswith("text/plain")
+    assert sample(body, "vfio_manager_uevents_total", action="add") == 1
+
+
+def test_unknown_paths_are_404(served: tuple[Client, DaemonMetrics]) -> None:
+    client, _ = served
+    assert client.get("/")[0] == 404
+    assert client.get("/metrics/../readyz")[0] == 404
+
+
+def test_without_metrics_the_endpoint_is_404(board: ReconcileLoop) -> None:
+    server = serve(board)
+    try:
+        assert Client(server).get("/metrics")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_a_taken_port_is_a_usage_error(board: ReconcileLoop) -> None:
+    first = serve(board)
+    try:
+        with pytest.raises(UsageError, match="cannot listen"):
+            HealthServer(first.address, board.alive, lambda: board.view)
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        (":9464", ("0.0.0.0", 9464)),  # noqa: S104 - the parser under test
+        ("[::1]:9464", ("::1", 9464)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9464", "::1:9464", "host:port", "host:70000", "", "host:-1"])
+def test_bad_listen_addresses_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_listen(text)
+
+
+# -- the ready file ----------------------------------------------------------------------------
+COUNTS = {"converged": 2, "pending": 0, "held": 0, "excluded": 1, "failed": 0, "intent-host": 0}
+
+
+def test_the_ready_file_exists_exactly_while_converged(state_dir: Path) -> None:
+    ready = ReadyFile(default_ready_path(str(state_dir)), wall_clock=lambda: 1714564800.0)
+    path = state_dir / "ready"
+    ready.update(True, COUNTS)
+    doc = json.loads(path.read_text())
+    assert doc == {
+        "converged": True,
+        "since": "2024-05-01T12:00:00Z",
+        "pid": os.getpid(),
+        "counts": COUNTS,
+    }
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    ready.update(False, {**COUNTS, "pending": 1})
+    assert not path.exists()
+    ready.update(True, COUNTS)
+    ready.remove()
+    assert not path.exists()
+    ready.remove()  # absent: no error
+
+
+def test_the_ready_file_is_rewritten_only_when_counts_change(state_dir: Path) -> None:
+    ready = ReadyFile(str(state_dir / "ready"))
+    path = state_dir / "ready"
+    ready.update(True, COUNTS)
+    inode = path.stat().st_ino
+    ready.update(True, COUNTS)
+    assert path.stat().st_ino == inode, "same content: no write"
+    ready.update(True, {**COUNTS, "converged": 3})
+    assert path.stat().st_ino != inode, "a rename replaced it"
+    assert json.loads(path.read_text())["counts"]["converged"] == 3
+    path.unlink()
+    ready.update(True, {**COUNTS, "converged": 3})
+    assert path.exists(), "removed behind our back: written again"
+
+
+def test_a_symlink_at_the_ready_path_is_replaced_not_followed(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (state_dir / "ready").symlink_to(victim)
+    ReadyFile(str(state_dir / "ready")).update(True, COUNTS)
+    assert victim.read_text() == "precious"
+    assert not (state_dir / "ready").is_symlink()
+    (state_dir / "ready").unlink()
+    (state_dir / "ready").symlink_to(victim)
+    ReadyFile(str(state_dir / "ready")).remove()
+    assert victim.exists()
+    assert not (state_dir / "ready").exists()
+
+
+def test_an_unwritable_ready_file_is_logged_once_and_never_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vfio_manager.daemon import health
+
+    errors: list[str] = []
+    monkeypatch.setattr(health.log, "error", lambda event, **kw: errors.append(event))
+    ready = ReadyFile(str(tmp_path / "missing-dir" / "ready"))
+    ready.update(True, COUNTS)
+    ready.update(True, {**COUNTS, "converged": 5})
+    assert errors == ["ready file not written"]

@@ -1,10 +1,9 @@
-"""Back to the host exactly as found, for as long as it matters (issue 9, items 1, 2 and 6).
+"""Back to the host exactly as found, for as long as it matters.
 
-Each test is a case that broke: a function whose original driver is not the one
-`drivers_probe` picks (parked on pci-stub; a leftover `vfio-pci/new_id` with the native
-driver registered after vfio-pci), an "as found" that lasted one run (a function found
-unbound was probed onto its native driver by the second `unbind-all`), an original
-`driver_override` never given back, and a function hot-removed while the run waited for its
+A function whose original driver is not the one `drivers_probe` picks (parked on pci-stub; a
+leftover `vfio-pci/new_id` with the native driver registered after vfio-pci); "as found"
+lasting beyond one run (a function found unbound stays unbound on the second `unbind-all`);
+the original `driver_override` given back; a function hot-removed while the run waits for its
 /dev/vfio node. The fake kernel plays the node; operator writes go through its files.
 """
 
@@ -51,7 +50,7 @@ def assert_converged(kernel: FakeKernel) -> None:
     assert kernel.writes == [], "a converged node was written to"
 
 
-# -- item 1: the recorded driver, whatever drivers_probe would pick ---------------------------
+# -- the recorded driver, whatever drivers_probe would pick ------------------------------------
 @pytest.mark.parametrize("keep_override", [True, False], ids=["by-override", "by-bind"])
 def test_a_function_parked_on_pci_stub_goes_back_to_pci_stub(
     kernel: FakeKernel, keep_override: bool
@@ -119,7 +118,7 @@ def test_a_function_bound_by_a_vfio_pci_dynamic_id_is_reported_and_returned(
     assert_converged(kernel)
 
 
-# -- item 2: "as found" lasts, the override included ------------------------------------------
+# -- "as found" lasts, the override included ---------------------------------------------------
 def test_a_function_found_unbound_stays_unbound_run_after_run(kernel: FakeKernel) -> None:
     (npu,) = npu_node(kernel, count=1, driver=None)
     for _ in range(2):
@@ -202,7 +201,7 @@ def test_the_origin_record_outlives_the_return_and_a_dry_run_changes_nothing(
     assert not os.path.exists(origin)
 
 
-# -- item 6: hot-removed while the run waits for /dev/vfio/N ----------------------------------
+# -- hot-removed while the run waits for /dev/vfio/N -------------------------------------------
 def test_a_function_removed_during_the_wait_is_reported_removed_at_once(
     kernel: FakeKernel,
 ) -> None:

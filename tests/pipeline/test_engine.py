@@ -1,12 +1,15 @@
-"""Engine behaviour that the CLI tests cannot reach cheaply: the shared wait deadline."""
+"""The engine: the shared wait deadline, driven directly on a fake clock; through the CLI, a
+function gone mid-transition and an undo back to pci-stub."""
 
 from __future__ import annotations
+
+import errno
 
 import pytest
 
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.support import FakeClock
+from tests.support import FakeClock, invoke, operator, park_on_pci_stub, state, with_pci_stub
 from vfio_manager.host.driver_choice import DriverResolver
 from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.inventory import read_topology
@@ -75,3 +78,39 @@ def test_vfio_driver_missing_at_probe_fails_with_errno_and_restores(kernel: Fake
     assert outcome.restored_to.startswith("rebellions")
     assert kernel.driver_of(bdf) == "rebellions"
     assert kernel.override_of(bdf) is None
+
+
+# -- through the CLI: a function gone mid-transition, an undo to pci-stub ----------------------
+def test_a_function_gone_mid_transition_is_not_written_to_again(kernel: FakeKernel) -> None:
+    """engine:181: a function unplugged by a write is reported as gone, not "restored"."""
+    gone, other = npu_node(kernel, count=2)
+    kernel.remove_function_on_write(f"bus/pci/devices/{gone}/driver_override", gone)
+    result = invoke(kernel, "--timeout", "1", "bind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert report[gone]["outcome"] == "failed"
+    assert report[gone]["restored_to"] is None
+    assert "hot-unplug" in (report[gone]["remedy"] or "")
+    about = [w for w in kernel.writes if gone in w.path or w.data.strip() == gone]
+    first_failed = next(i for i, w in enumerate(about) if w.error is not None)
+    assert about[first_failed + 1 :] == [], "written to after it was found gone"
+    assert report[other]["outcome"] == "changed"
+
+
+def test_a_failed_bind_puts_pci_stub_back_without_leaving_its_override(
+    kernel: FakeKernel,
+) -> None:
+    """engine:215: the undo that pins pci-stub with the override clears it again after."""
+    (npu,) = npu_node(kernel, count=1)
+    with_pci_stub(kernel)
+    park_on_pci_stub(kernel, npu, keep_override=False)
+    operator(kernel, "bus/pci/drivers/pci-stub/remove_id", "1eff 1220")
+    found = state(kernel, npu)
+    assert found == ("pci-stub", None)
+    kernel.fail_probe("vfio-pci", npu, errno.EINVAL)
+    result = invoke(kernel, "--timeout", "1", "bind-all", "--json")
+    assert result.exit_code == 1
+    (outcome,) = result.json()["functions"]
+    assert outcome["outcome"] == "failed"
+    assert state(kernel, npu) == found
+    assert outcome["restored_to"] == "pci-stub (override unset)"

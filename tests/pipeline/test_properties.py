@@ -411,7 +411,7 @@ def test_random_topologies_selections_and_faults_keep_the_invariant(scenario: Sc
                     thread.join(10)
 
 
-# The first counterexample hypothesis found (fixed in e7fb7a5): the move fails at drivers_probe
+# The first counterexample hypothesis found: the move fails at drivers_probe
 # and the restore's own probe fails too. The restore stopped there and left the function
 # driverless; it now writes the start driver's `bind`.
 @pytest.mark.parametrize("command", ["bind-all", "unbind-all"])

@@ -1,15 +1,11 @@
-"""Journal records go through the one write pipeline: refused, shown, counted like any write.
-
-Each test is a case that broke when settling the journal was a write path of its own
-(issue: "One write pipeline for every command"). The fake kernel plays the node; a fake
-/proc process plays the VM.
+"""Settling journal records goes through the one write pipeline: refused, shown, counted like
+any write. The fake kernel plays the node; a fake /proc process plays the VM.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -19,7 +15,6 @@ from tests.harness import FakeKernel
 from tests.harness.topologies import HOST_NIC, npu_node
 from tests.support import (
     HOST,
-    REAL_STATE,
     VFIO,
     Killed,
     fake_process,
@@ -209,27 +204,3 @@ def test_dry_run_shows_the_journal_writes_the_real_run_makes(kernel: FakeKernel)
     assert report["writes"] == len(kernel.writes) == 6
     assert {f["bdf"] for f in report["functions"]} == {first, second}
     assert pending(kernel) == []
-
-
-@pytest.mark.parametrize("fs", REAL_STATE, indirect=True)
-def test_the_lock_stays_held_while_a_write_is_stuck(
-    tmp_path: Path, fs: object, kernel: FakeKernel
-) -> None:
-    del fs
-    (npu,) = npu_node(kernel, count=1, driver="vfio-pci")
-    state_args = ["--state-dir", str(tmp_path / "state")]
-    gate = kernel.block_unbind(npu)
-    stuck = invoke(kernel, *state_args, "--timeout", "0.3", "unbind-all")
-    assert stuck.exit_code == 1
-    assert "did not return" in stuck.stdout
-    assert gate.entered.is_set()
-    kernel.clear_writes()
-    second = invoke(kernel, *state_args, "--lock-timeout", "0", "bind-all")
-    assert second.exit_code == 1
-    assert "holds" in second.stderr, second.stderr
-    assert "stuck" in second.stderr, second.stderr
-    assert kernel.writes == []  # nothing queued behind the stuck unbind
-    gate.set()
-    third = invoke(kernel, *state_args, "--lock-timeout", "5", "bind-all")
-    assert third.exit_code == 0, third.stdout + third.stderr
-    assert state(kernel, npu) == VFIO
