@@ -41,7 +41,7 @@ WALL = 1714564800.0
 # Patcher(additional_skip_names): the state directory (lock, journal, intents, presence,
 # ready file) is a real directory, so its flocks are real (pyfakefs fakes flock: a daemon
 # would never look present), and the loop's and the HTTP server's self-pipes are real pipes.
-REAL_STATE = [
+DAEMON_REAL_STATE = [
     [
         [
             "vfio_manager.safety.lock",
