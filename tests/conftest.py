@@ -6,6 +6,8 @@
   up in $VFIO_MANAGER_SNAPSHOTS (if set), then tests/fixtures/snapshots (the copy kept in this
   repository), then ../shared/snapshots beside the checkout. They are read from the real disk
   once per session, before pyfakefs hides it.
+- ``state_dir``: a private (0700) state directory on the real disk.
+- ``uevent_pair``: a datagram socket and the uevent source reading what it sends.
 - an autouse guard: a test that opens a real path under /sys, /dev or /proc for writing (or
   runs modprobe & co. for real) fails (see tests/harness/audit.py); ``e2e``-marked tests, which
   run inside the QEMU guest, are exempt.
@@ -17,6 +19,7 @@ import importlib
 import json
 import os
 import pkgutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 import vfio_manager
 from tests.harness import FakeKernel, audit
+from tests.support import open_uevent_pair
+from vfio_manager.kernel.uevents import DatagramUeventSource
 
 # Import every product module before any fake filesystem starts. The CLI imports most of
 # them lazily (cold start); a module first imported inside a pyfakefs test keeps that test's
@@ -96,6 +101,23 @@ def snapshot_kernel(
     yield load
     for k in made:
         k.close()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A private (0700) state directory on the real disk."""
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
+def uevent_pair() -> Iterator[tuple[socket.socket, DatagramUeventSource]]:
+    """A sender and the uevent source that reads it; both closed at teardown."""
+    sender, source = open_uevent_pair()
+    yield sender, source
+    sender.close()
+    source.close()
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from tests.cli.conftest import Run, invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
+from tests.support import Run, invoke
 from vfio_manager.cli.main import cli
 from vfio_manager.host import modules
 from vfio_manager.host.modules import RunResult

@@ -22,9 +22,9 @@ import pytest
 from click.testing import CliRunner
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from tests.cli.conftest import state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import HOST_NIC, npu_node
+from tests.support import state_dir
 from vfio_manager.cli import compat
 from vfio_manager.host import modules
 from vfio_manager.host.modules import RunResult

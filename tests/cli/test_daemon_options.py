@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from tests.cli.conftest import Run, RunCli, root_args
 from tests.harness import FakeKernel
 from tests.harness.topologies import HOST_NIC, npu_node
+from tests.support import Run, RunCli, root_args
 from vfio_manager.cli.main import cli
 
 

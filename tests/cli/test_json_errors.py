@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Run, RunCli, invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import HOST_NIC, npu_node
-from tests.safety.test_lock_and_concurrency import REAL_STATE
+from tests.support import REAL_STATE, Run, RunCli, invoke
 from vfio_manager.safety.lock import NodeLock
 
 

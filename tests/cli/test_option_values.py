@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.cli.conftest import Run, RunCli, invoke, root_args, state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
+from tests.support import Run, RunCli, invoke, root_args, state_dir
 from vfio_manager.cli.main import cli
 
 

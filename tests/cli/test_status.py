@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tests.cli.conftest import RunCli, invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
+from tests.support import RunCli, invoke
 
 
 def test_no_rebellions_function_is_said_calmly(kernel: FakeKernel, run: RunCli) -> None:

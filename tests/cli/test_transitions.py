@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno
 
-from tests.cli.conftest import RunCli
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
+from tests.support import RunCli
 
 
 def _override_path(bdf: str) -> str:

@@ -15,7 +15,7 @@ from vfio_manager.daemon.service import DaemonOptions
 
 @pytest.fixture
 def real_state_dir(tmp_path: Path) -> str:
-    """The daemon's and the CLI's state directory, on the real disk (see REAL_STATE)."""
+    """The daemon's and the CLI's state directory, on the real disk (see DAEMON_REAL_STATE)."""
     return str(tmp_path / "state")
 
 

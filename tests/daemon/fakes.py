@@ -1,13 +1,13 @@
-"""Test doubles for the daemon: a clock that moves only when told, a waiter that advances it,
-a node whose reconciler follows the loop's contract, and a systemd stand-in."""
+"""Test doubles for the daemon: a node whose reconciler follows the loop's contract, a systemd
+stand-in, and a reader of the metrics text. (Fake time is tests.support.FakeClock.)"""
 
 from __future__ import annotations
 
-import select
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from vfio_manager.daemon.health import socket_address
 from vfio_manager.daemon.reconciler import (
@@ -24,37 +24,6 @@ from vfio_manager.pipeline.engine import Result
 from vfio_manager.safety.intents import IntentStore
 
 VFIO = "vfio-pci"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
-
-
-class AdvancingWaiter:
-    """A ``poll`` that does not wait: readable descriptors return at once (real ``poll`` with
-    timeout 0); otherwise the fake clock jumps by the timeout, as if it had slept."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.timeouts: list[float] = []
-
-    def wait(self, fds: Sequence[int], timeout: float) -> set[int]:
-        self.timeouts.append(timeout)
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(0)}
-        if not ready:
-            self.clock.advance(timeout)
-        return ready
 
 
 @dataclass
@@ -150,3 +119,11 @@ class Listener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def sample(text: str, name: str, **labels: str) -> Optional[float]:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None

@@ -8,9 +8,9 @@ socketpair, the kernel's sequence in the kernel's format (``unbind`` before ``re
 what a test could also see through sysfs is used, so a change made by the daemon's own writes
 is announced exactly like one made by an admin or a hot-plug.
 
-:class:`AnnouncingWaiter` is the loop's ``poll``: it announces pending changes first, then
-returns the readable descriptors at once, or advances the fake clock by the timeout the loop
-asked for, as if it had slept.
+:class:`~tests.support.AdvancingWaiter` is the loop's ``poll``; it announces pending changes
+first, then returns the readable descriptors at once, or advances the fake clock by the
+timeout the loop asked for, as if it had slept.
 """
 
 from __future__ import annotations
@@ -19,21 +19,20 @@ import json
 import select
 import socket
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 from pyfakefs.fake_filesystem_unittest import Pause
 
-from tests.daemon.fakes import FakeClock, Listener
-from tests.daemon.samples import driver_event, pci_event
+from tests.daemon.fakes import Listener
 from tests.harness import FakeKernel
+from tests.harness.uevents import driver_event, pci_event
+from tests.support import AdvancingWaiter, FakeClock, node_of, open_uevent_pair
 from vfio_manager.daemon.reconciler import State
 from vfio_manager.daemon.service import Daemon, DaemonOptions, build_daemon
 from vfio_manager.host.modules import RunResult
-from vfio_manager.kernel.uevents import DatagramUeventSource
 from vfio_manager.pipeline.node import Node
 from vfio_manager.safety.intents import IntentStore
 
@@ -42,7 +41,7 @@ WALL = 1714564800.0
 # Patcher(additional_skip_names): the state directory (lock, journal, intents, presence,
 # ready file) is a real directory, so its flocks are real (pyfakefs fakes flock: a daemon
 # would never look present), and the loop's and the HTTP server's self-pipes are real pipes.
-REAL_STATE = [
+DAEMON_REAL_STATE = [
     [
         [
             "vfio_manager.safety.lock",
@@ -56,27 +55,13 @@ REAL_STATE = [
 ]
 
 
-def node_of(kernel: FakeKernel, state_dir: str) -> Node:
-    return Node(
-        sysfs_root=kernel.sys_root,
-        dev_root=kernel.dev_root,
-        host_root=kernel.host_root,
-        proc_root=kernel.proc_root,
-        state_dir=state_dir,
-        timeout=5.0,
-        lock_timeout=5.0,
-        writer="thread",
-    )
-
-
 class KernelUevents:
     """Announces the fake kernel's changes as kernel uevents (see the module docstring)."""
 
     def __init__(self, kernel: FakeKernel) -> None:
         self.kernel = kernel
-        self.sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sender, self.source = open_uevent_pair()
         self.sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self.source = DatagramUeventSource(receiver)
         self.sent: list[tuple[str, str]] = []
         self._functions, self._drivers = self._now()
 
@@ -132,24 +117,6 @@ class KernelUevents:
     def close(self) -> None:
         self.sender.close()
         self.source.close()
-
-
-class AnnouncingWaiter:
-    def __init__(self, clock: FakeClock, uevents: KernelUevents) -> None:
-        self.clock = clock
-        self.uevents = uevents
-        self.timeouts: list[float] = []
-
-    def wait(self, fds: Sequence[int], timeout: float) -> set[int]:
-        self.uevents.announce()
-        self.timeouts.append(timeout)
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(0)}
-        if not ready:
-            self.clock.advance(timeout)
-        return ready
 
 
 @dataclass
@@ -243,7 +210,7 @@ def make_rig(
     clock = FakeClock()
     uevents = KernelUevents(kernel)
     systemd = Listener(f"@vfio-manager-test-{uuid.uuid4().hex}")
-    node = replace(node_of(kernel, state_dir), lock_timeout=lock_timeout)
+    node = node_of(kernel, state_dir, timeout=5.0, lock_timeout=lock_timeout)
     options = options or DaemonOptions()
     daemon = build_daemon(
         node,
@@ -251,7 +218,7 @@ def make_rig(
         open_source=lambda _options: uevents.source,
         clock=clock,
         wall_clock=lambda: WALL,
-        waiter=AnnouncingWaiter(clock, uevents),
+        waiter=AdvancingWaiter(clock, before=uevents.announce),
         env={"NOTIFY_SOCKET": systemd.env_value},
         runner=lambda argv: RunResult(*kernel.run_modprobe(argv)),
         signals=False,

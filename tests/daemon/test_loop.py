@@ -1,4 +1,5 @@
-"""The reconcile loop with a fake reconciler, real descriptors and an injected clock.
+"""The reconcile loop with a fake reconciler, real descriptors and an injected clock; its
+debounce, backoff and flap guard on their own; and the loop as a separate process.
 
 Uevents travel as kernel-format datagrams over a real socketpair, systemd is a real datagram
 socket, the ready file a real file; only time is fake (the waiter advances the clock by the
@@ -9,7 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +22,23 @@ from typing import Any, Optional
 
 import pytest
 
-from tests.daemon.fakes import VFIO, AdvancingWaiter, FakeClock, FakeNode, Listener
-from tests.daemon.samples import driver_event, pci_event
+from tests.daemon.fakes import VFIO, FakeNode, Listener, sample
+from tests.harness.uevents import driver_event, pci_event
+from tests.support import AdvancingWaiter, FakeClock, open_uevent_pair
 from vfio_manager.daemon import loop as loop_module
 from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
-from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop, summary
+from vfio_manager.daemon.loop import (
+    Backoff,
+    Batch,
+    Debouncer,
+    FlapGuard,
+    LoopSettings,
+    ReconcileLoop,
+    summary,
+)
 from vfio_manager.daemon.reconciler import HostCheck, State
 from vfio_manager.errors import VfioManagerError
-from vfio_manager.kernel.uevents import DatagramUeventSource
+from vfio_manager.kernel.uevents import Uevent, UeventBatch
 from vfio_manager.safety.intents import IntentStore
 
 A, B, C = "0000:03:00.0", "0000:04:00.0", "0000:05:00.0"
@@ -82,14 +96,14 @@ def make_rig(tmp_path: Path) -> Iterator[Any]:
     ) -> Rig:
         clock = FakeClock()
         node = FakeNode(drivers=dict(drivers), **node_fields)
-        sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender, source = open_uevent_pair()
         systemd = Listener(str(tmp_path / f"notify-{len(made)}.sock"))
         waiter = AdvancingWaiter(clock)
         ready_path = tmp_path / f"ready-{len(made)}"
         rig_exits: list[str] = []
         loop = ReconcileLoop(
             node.reconcile,
-            source=DatagramUeventSource(receiver),
+            source=source,
             settings=settings or LoopSettings(),
             clock=clock,
             wall_clock=lambda: 1714564800.0,
@@ -202,8 +216,6 @@ def test_a_pci_driver_registering_triggers_a_full_resync(make_rig: Any) -> None:
 
 
 def test_uevents_are_counted_by_action(make_rig: Any) -> None:
-    from tests.daemon.test_metrics_http import sample
-
     metrics = DaemonMetrics(process=False)
     rig = make_rig({A: VFIO}, metrics=metrics)
     rig.loop.start()
@@ -525,3 +537,186 @@ def test_summary_lines() -> None:
     )
     assert summary(NodeView()) == "starting: first reconcile under way"
     assert summary(view) == "host not ready (iommu); 1 converged, 1 failed"
+
+
+# -- debounce windows, retry delays and flapping, on an injected clock -------------------------
+def pci(action: str, bdf: str) -> Uevent:
+    return Uevent(action, f"/devices/pci0000:00/{bdf}", "pci", bdf)
+
+
+def batch(*events: Uevent, overflowed: bool = False) -> UeventBatch:
+    return UeventBatch(tuple(events), overflowed=overflowed)
+
+
+def test_a_burst_becomes_one_batch_when_the_window_closes() -> None:
+    clock = FakeClock()
+    debouncer = Debouncer(0.2, clock=clock)
+    assert debouncer.due_at() is None
+    debouncer.add(batch(pci("remove", "0000:03:00.0")))
+    assert debouncer.due_at() == pytest.approx(clock.now + 0.2)
+    clock.advance(0.1)
+    debouncer.add(batch(pci("add", "0000:03:00.0"), pci("bind", "0000:03:00.1")))
+    assert debouncer.take_if_due() is None
+    clock.advance(0.1)
+    assert debouncer.take_if_due() == Batch(frozenset({"0000:03:00.0", "0000:03:00.1"}))
+    assert not debouncer.pending
+    assert debouncer.take_if_due() is None
+
+
+def test_the_window_does_not_slide_under_a_steady_trickle() -> None:
+    clock = FakeClock()
+    debouncer = Debouncer(0.2, clock=clock)
+    debouncer.add(batch(pci("change", "0000:03:00.0")))
+    opened = clock.now
+    for _ in range(3):
+        clock.advance(0.05)
+        debouncer.add(batch(pci("change", "0000:03:00.0")))
+    assert debouncer.due_at() == pytest.approx(opened + 0.2)
+
+
+def test_driver_registration_and_overflow_ask_for_a_full_resync() -> None:
+    clock = FakeClock()
+    debouncer = Debouncer(0.2, clock=clock)
+    debouncer.add(batch(Uevent("add", "/bus/pci/drivers/vfio-pci", "drivers")))
+    clock.advance(0.2)
+    assert debouncer.take_if_due() == Batch(frozenset(), full=True)
+    debouncer.add(batch(overflowed=True))
+    assert debouncer.pending
+    assert debouncer.take().full
+
+
+def test_an_empty_batch_opens_no_window() -> None:
+    debouncer = Debouncer(0.2, clock=FakeClock())
+    debouncer.add(batch())
+    assert not debouncer.pending
+
+
+def test_delays_double_up_to_the_cap_and_reset_on_success() -> None:
+    clock = FakeClock()
+    backoff = Backoff(1.0, 300.0, clock=clock)
+    delays = [backoff.failed("0000:03:00.0", "EINVAL") for _ in range(11)]
+    assert delays == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    assert backoff.failures("0000:03:00.0") == 11
+    assert backoff.reason("0000:03:00.0") == "EINVAL"
+    backoff.succeeded("0000:03:00.0")
+    assert backoff.failures("0000:03:00.0") == 0
+    assert backoff.failed("0000:03:00.0") == 1
+
+
+def test_a_key_waits_until_its_retry_is_due() -> None:
+    clock = FakeClock()
+    backoff = Backoff(1.0, 300.0, clock=clock)
+    backoff.failed("a")
+    backoff.failed("b")
+    backoff.failed("b")
+    assert backoff.waiting() == {"a", "b"}
+    assert backoff.next_retry_at() == pytest.approx(clock.now + 1)
+    clock.advance(1)
+    assert backoff.due() == {"a"}
+    assert backoff.waiting() == {"b"}
+    assert backoff.next_retry_at() == pytest.approx(clock.now)
+
+
+def test_a_parked_key_sets_no_timer_but_keeps_its_count() -> None:
+    clock = FakeClock()
+    backoff = Backoff(clock=clock)
+    backoff.failed("a")
+    backoff.failed("a")
+    backoff.park("a")
+    assert backoff.next_retry_at() is None
+    assert backoff.due() == frozenset()
+    assert backoff.waiting() == frozenset()
+    assert backoff.failed("a") == 4
+
+
+def test_a_huge_failure_count_stays_at_the_cap() -> None:
+    assert Backoff(1.0, 300.0).delay_after(10_000) == 300
+
+
+def test_nonsense_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="initial"):
+        Backoff(0, 10)
+    with pytest.raises(ValueError, match="initial"):
+        Backoff(5, 1)
+
+
+def test_moves_beyond_the_limit_within_the_window_are_flapping() -> None:
+    clock = FakeClock()
+    guard = FlapGuard(limit=3, window=60, clock=clock)
+    assert [guard.moved("a") for _ in range(3)] == [False, False, False]
+    assert guard.moved("a") is True
+    assert guard.moved("b") is False
+    clock.advance(61)
+    assert guard.moved("a") is False, "old moves fall out of the window"
+
+
+# -- the loop as a separate process: real signals, notify socket and uevent socket -------------
+DAEMON = """
+import sys
+from vfio_manager.daemon.health import Notifier, ReadyFile
+from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
+from vfio_manager.daemon.reconciler import FunctionState, ReconcileOutcome, State
+from vfio_manager.daemon.service import open_uevent_source
+
+def reconcile(request):
+    return ReconcileOutcome((FunctionState("0000:03:00.0", State.CONVERGED),))
+
+loop = ReconcileLoop(
+    reconcile,
+    source=open_uevent_source(3600),
+    settings=LoopSettings(resync_interval=3600),
+    notifier=Notifier.from_environment(),
+    ready_file=ReadyFile(sys.argv[1]),
+    on_exit=lambda: print("on_exit ran", flush=True),
+)
+loop.install_signal_handlers()
+sys.exit(loop.run())
+"""
+
+
+def test_sighup_resyncs_and_sigterm_exits_0_with_stopping(tmp_path: Path) -> None:
+    systemd = Listener(str(tmp_path / "notify.sock"))
+    ready = tmp_path / "ready"
+    env = {**os.environ, "NOTIFY_SOCKET": systemd.env_value}
+    process = subprocess.Popen(
+        [sys.executable, "-c", DAEMON, str(ready)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert systemd.message() == ["STATUS=starting: first reconcile under way"]
+        assert systemd.message() == ["READY=1", "STATUS=converged: 1 converged"]
+        assert ready.exists()
+        process.send_signal(signal.SIGHUP)
+        assert systemd.message() == ["STATUS=converged: 1 converged"], "resynced at once"
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+        elapsed = time.monotonic() - sent
+        assert process.returncode == 0, err
+        assert systemd.message() == ["STOPPING=1", "STATUS=stopping (SIGTERM)"]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        systemd.close()
+    assert "on_exit ran" in out
+    assert not ready.exists()
+    print(f"SIGTERM to exit: {elapsed * 1000:.0f} ms")
+
+
+def test_the_loop_loads_neither_prometheus_nor_http_server() -> None:
+    """Cold start: only --listen pays for prometheus-client and http.server."""
+    probe = (
+        "import sys\n"
+        "import vfio_manager.daemon.loop, vfio_manager.safety.intents, "
+        "vfio_manager.safety.lock, vfio_manager.kernel.uevents\n"
+        "print(sorted(m for m in ('prometheus_client', 'http.server', 'structlog') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"

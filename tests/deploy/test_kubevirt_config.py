@@ -19,9 +19,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.cli.conftest import root_args
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
+from tests.support import root_args
 from vfio_manager.cli import kubevirt
 from vfio_manager.cli.main import cli
 from vfio_manager.kernel.address import PciAddress

@@ -56,10 +56,6 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     config.addinivalue_line("markers", "iommu_off: runs only in the boot with intel_iommu=off")
     config.addinivalue_line("markers", "e2e: runs only inside the QEMU guest")
-    config.addinivalue_line(
-        "markers",
-        "needs_cli(command, option=None, why=''): skip until the CLI has that command/option",
-    )
     actual = "on" if guest.iommu_on() else "off"
     wanted = config.getoption("--e2e-boot") or actual
     if wanted != actual:
@@ -87,12 +83,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # a higher enable count), which is what the replays should start from
     keep.sort(key=lambda item: item.path.name != "test_recorded.py")
     items[:] = keep
-    for item in items:
-        marker = item.get_closest_marker("needs_cli")
-        if marker is not None:
-            reason = guest.missing_cli(*marker.args, **marker.kwargs)
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

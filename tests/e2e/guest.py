@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import os
 import struct
 import subprocess
@@ -220,13 +219,6 @@ def run_cli(*argv: str) -> CliResult:
     )
 
 
-@functools.cache
-def cli_has(command: str, option: Optional[str] = None) -> bool:
-    """Whether the CLI under test has ``command`` (and ``option`` in its --help)."""
-    result = run_cli(command, "--help")
-    return result.exit_code == 0 and (option is None or option in result.stdout)
-
-
 # ---- putting the guest back (harness writes, not the tool's) -------------------------
 def _write(path: str, data: str) -> None:
     assert not _forbidden(path), path
@@ -341,14 +333,6 @@ def start_holder(code: str, *args: str) -> subprocess.Popen[str]:
     line = holder.stdout.readline()
     assert line.startswith("holding"), f"holder could not open the device: {line!r}"
     return holder
-
-
-def missing_cli(command: str, option: Optional[str] = None, why: str = "") -> Optional[str]:
-    """Why a test must wait for a CLI surface that has not landed yet (None: it is there)."""
-    if cli_has(command, option):
-        return None
-    what = f"`vfio-manager {command} --help`" + (f" lists no {option}" if option else " fails")
-    return f"waiting for {why or command}: {what}"
 
 
 # ---- vfio modules ---------------------------------------------------------------------

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import guest
-import pytest
 from conftest import Baseline
 from guest import E1000E, PCI, SEL_E1000E
 
@@ -186,7 +185,6 @@ def hotplug_cycle() -> tuple[float, float]:
     return bound - rescanned, bound - appeared
 
 
-@pytest.mark.needs_cli("daemon", "--on-exit", why="daemon mode")
 def test_the_daemon_repairs_hotplug_and_drift_and_respects_the_admin(
     baseline: Baseline, tmp_path: Path
 ) -> None:
@@ -247,7 +245,6 @@ def test_the_daemon_repairs_hotplug_and_drift_and_respects_the_admin(
     assert not os.path.exists(os.path.join(daemon.state, "ready"))
 
 
-@pytest.mark.needs_cli("daemon", "--on-exit", why="daemon mode")
 def test_the_daemon_sees_uevents_inside_its_own_network_namespace(
     baseline: Baseline, tmp_path: Path
 ) -> None:
@@ -264,7 +261,6 @@ def test_the_daemon_sees_uevents_inside_its_own_network_namespace(
     assert guest.driver(E1000E) == "vfio-pci"
 
 
-@pytest.mark.needs_cli("status", "--wait", why="status --check --wait")
 def test_status_wait_returns_when_the_daemon_has_converged(
     baseline: Baseline, tmp_path: Path
 ) -> None:

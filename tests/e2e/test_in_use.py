@@ -11,14 +11,12 @@ import sys
 import time
 
 import guest
-import pytest
 from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 
 DEADLINE = 60
 
 
-@pytest.mark.needs_cli("unbind", "--force", why="in-use detection (later issue)")
 def test_unbind_refuses_while_a_process_holds_the_group(baseline: Baseline) -> None:
     guest.move_to_vfio(E1000E)
     group = guest.group(E1000E)

@@ -28,7 +28,6 @@ def test_status_reports_no_group(baseline: Baseline) -> None:
     assert d["driver"] == "e1000e"
 
 
-@pytest.mark.needs_cli("check", why="the `check` command (later issue)")
 def test_check_fails_with_exit_3_and_remedy(baseline: Baseline) -> None:
     r = guest.run_cli("check", *SEL_E1000E)
     assert r.exit_code == 3, r
@@ -36,7 +35,6 @@ def test_check_fails_with_exit_3_and_remedy(baseline: Baseline) -> None:
     assert "intel_iommu=on" in r.stdout + r.stderr, f"the remedy should name intel_iommu=on\n{r}"
 
 
-@pytest.mark.needs_cli("check", why="the `check` command (later issue) and its pre-flight")
 def test_bind_all_refuses_before_writing(baseline: Baseline) -> None:
     r = guest.run_cli("bind-all", *SEL_E1000E)
     assert r.exit_code == 3, r

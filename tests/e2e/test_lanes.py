@@ -13,7 +13,7 @@ back on e1000e, and lets go only then. Side by side (the default), the e1000e's 
 it meanwhile, the holder lets go and the e1000's unbind completes: both back, exit 0. One
 after another (`--parallel 1`), the e1000 comes first (address order) and waits alone until
 its deadline; only then does the e1000e move: the same case ends with exit 1, the e1000
-reported as not returned in time. The fake-kernel twin is tests/safety/test_side_by_side.py.
+reported as not returned in time. The fake-kernel twin is tests/pipeline/test_side_by_side.py.
 """
 
 from __future__ import annotations

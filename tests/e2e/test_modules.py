@@ -3,12 +3,10 @@
 import os
 
 import guest
-import pytest
 from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 
 
-@pytest.mark.needs_cli("check", "--load-modules", why="check --load-modules")
 def test_check_names_missing_modules_and_load_modules_fixes_it(baseline: Baseline) -> None:
     guest.unload_vfio()
     r = guest.run_cli("check", *SEL_E1000E)
@@ -22,7 +20,6 @@ def test_check_names_missing_modules_and_load_modules_fixes_it(baseline: Baselin
     assert os.path.exists("/dev/vfio/vfio")
 
 
-@pytest.mark.needs_cli("bind-all", "--load-modules", why="bind-all module loading")
 def test_bind_all_loads_missing_modules(baseline: Baseline) -> None:
     guest.unload_vfio()
     r = guest.run_cli("bind-all", *SEL_E1000E)
@@ -31,7 +28,6 @@ def test_bind_all_loads_missing_modules(baseline: Baseline) -> None:
     assert guest.driver(E1000E) == "vfio-pci"
 
 
-@pytest.mark.needs_cli("bind-all", "--no-load-modules", why="bind-all --no-load-modules")
 def test_bind_all_no_load_modules_refuses_before_writing(baseline: Baseline) -> None:
     guest.unload_vfio()
     r = guest.run_cli("bind-all", "--no-load-modules", *SEL_E1000E)

@@ -1,21 +1,26 @@
-"""Deadlines and retries without real waiting: hangs are Events, time is a fake clock.
+"""The writer: deadlines and retries without real waiting (hangs are Events, time is a fake
+clock), its children as real processes, and the node lock kept while a write is stuck.
 
-The deadline is the writer's: a write goes to a child (a thread here, as under the fake
-kernel) and the caller stops waiting for its answer when the deadline passes.
+A write goes to a child (a thread, as under the fake kernel, unless the test says processes)
+and the caller stops waiting for its answer when the deadline passes.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from tests.support import FakeClock
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
+from vfio_manager.safety.lock import LockTimeoutError, NodeLock
 from vfio_manager.safety.writer import (
     ChildWriter,
     Deadline,
@@ -33,19 +38,6 @@ def kernel_error(code: int) -> SysfsWriteError:
     return SysfsWriteError.from_os_error(
         OSError(code, "x"), path="/sys/bus/pci/drivers/vfio-pci/bind", data="0000:03:00.0"
     )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Flaky:
@@ -180,7 +172,7 @@ def test_process_exits_despite_a_stuck_write() -> None:
 
 @pytest.mark.parametrize("code", [errno.EBUSY, errno.EAGAIN, errno.ENODEV])
 def test_transient_errnos_are_retried_with_backoff(code: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(code, code, code)
     assert retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep) == "ok"
     assert fn.calls == 4
@@ -189,7 +181,7 @@ def test_transient_errnos_are_retried_with_backoff(code: int) -> None:
 
 @pytest.mark.parametrize("code", [errno.EINVAL, errno.EACCES, errno.EROFS, errno.EIO])
 def test_other_errnos_are_not_retried(code: int) -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(code)
     with pytest.raises(SysfsWriteError) as caught:
         retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep)
@@ -199,7 +191,7 @@ def test_other_errnos_are_not_retried(code: int) -> None:
 
 
 def test_other_exceptions_are_not_retried() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     calls = 0
 
     def fn() -> None:
@@ -213,7 +205,7 @@ def test_other_exceptions_are_not_retried() -> None:
 
 
 def test_retries_stop_inside_the_deadline_with_the_kernels_error() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     start = clock()
     fn = Flaky(*([errno.EBUSY] * 100))
     with pytest.raises(SysfsWriteError) as caught:
@@ -226,7 +218,7 @@ def test_retries_stop_inside_the_deadline_with_the_kernels_error() -> None:
 
 
 def test_backoff_is_capped() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(*([errno.EAGAIN] * 100))
     with pytest.raises(SysfsWriteError):
         retry_transient(fn, deadline_at=clock() + 10, clock=clock, sleep=clock.sleep)
@@ -235,7 +227,7 @@ def test_backoff_is_capped() -> None:
 
 
 def test_past_deadline_means_one_attempt() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(errno.EBUSY)
     with pytest.raises(SysfsWriteError):
         retry_transient(fn, deadline_at=clock() - 1, clock=clock, sleep=clock.sleep)
@@ -249,7 +241,7 @@ def test_is_transient() -> None:
 
 
 def test_bounded_retries_then_succeeds() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     fn = Flaky(errno.ENODEV)
     result = bounded(fn, Deadline(clock() + EVENT_WAIT, "bind", clock=clock), sleep=clock.sleep)
     assert result == "ok"
@@ -257,7 +249,7 @@ def test_bounded_retries_then_succeeds() -> None:
 
 
 def test_bounded_does_not_retry_a_hang() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     release = threading.Event()
     calls = 0
 
@@ -301,3 +293,175 @@ def test_tenacity_is_not_imported_until_a_write_is_retried() -> None:
         [sys.executable, "-c", code], timeout=60, check=False, capture_output=True
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- the writer's children as real processes; files in a temporary folder stand for sysfs ------
+# Writes arrive from several threads at once (groups move side by side); each gets a child of
+# its own, and a child whose write is stuck in the kernel (a FIFO nobody reads, as an unbind
+# while a VM holds the device) is never handed another write and is named by ``stuck()``.
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+def _until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Wait for a condition another thread makes true (bounded), not for a length of time."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@needs_fork
+def test_a_write_goes_on_while_another_child_is_stuck(tmp_path: Path) -> None:
+    fifo = tmp_path / "unbind"
+    os.mkfifo(fifo)
+    plain = tmp_path / "drivers_probe"
+    plain.write_text("")
+    writer = ChildWriter()
+    stuck_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def stuck_write() -> None:
+        try:
+            writer(str(fifo), b"0000:01:00.0")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            stuck_done.set()
+
+    thread = threading.Thread(target=stuck_write, daemon=True)
+    thread.start()
+    try:
+        _until(lambda: bool(writer.stuck()), "the FIFO write to reach its child")
+        # the FIFO's open blocks in the first child; this write needs a second one
+        writer(str(plain), b"0000:02:00.0")
+        assert plain.read_text() == "0000:02:00.0"
+        writer(str(plain), b"0000:03:00.0")  # the idle second child is reused
+        assert plain.read_text() == "0000:03:00.0"
+        assert not stuck_done.is_set()
+        (stuck,) = writer.stuck()
+        assert "0000:01:00.0" in stuck.what
+        assert str(fifo) in stuck.what
+        assert stuck.pid != os.getpid()
+    finally:
+        with open(fifo, "rb") as reader:  # the "VM" lets go: the stuck write completes
+            assert reader.read() == b"0000:01:00.0"
+        assert stuck_done.wait(30), "the stuck write never returned"
+        writer.close()
+    assert errors == []
+    assert writer.stuck() == []  # its late answer closed it
+
+
+@needs_fork
+def test_writes_from_threads_at_once_each_arrive_once(tmp_path: Path) -> None:
+    writer = ChildWriter()
+    targets = [tmp_path / f"f{i}" for i in range(8)]
+    for target in targets:
+        target.write_text("")
+    barrier = threading.Barrier(len(targets))
+
+    def write(index: int) -> None:
+        barrier.wait(timeout=30)
+        writer(str(targets[index]), f"value {index}".encode())
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(targets))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    writer.close()
+    assert [t.read_text() for t in targets] == [f"value {i}" for i in range(len(targets))]
+    assert writer.stuck() == []
+
+
+@needs_fork
+def test_an_errno_comes_back_from_the_child_process(tmp_path: Path) -> None:
+    writer = ChildWriter()
+    try:
+        with pytest.raises(OSError, match="No such file") as caught:
+            writer(str(tmp_path / "missing" / "unbind"), b"0000:01:00.0")
+        assert caught.value.errno == errno.ENOENT  # the answer, carried back from the child
+    finally:
+        writer.close()
+
+
+@needs_fork
+def test_a_write_past_its_deadline_is_abandoned_to_its_child(tmp_path: Path) -> None:
+    """The caller stops waiting at the deadline; the child stays until its write returns,
+    then exits (its answer refused), and is no longer named as stuck."""
+    fifo = tmp_path / "unbind"
+    os.mkfifo(fifo)
+    writer = ChildWriter()
+    deadline = Deadline(time.monotonic() + 0.05, "unbind 0000:01:00.0", "0000:01:00.0", "unbind")
+    with pytest.raises(DeadlineExceededError, match="did not return within"):
+        bounded(lambda: writer(str(fifo), b"0000:01:00.0"), deadline)
+    (stuck,) = writer.close()
+    assert stuck.pid != os.getpid()
+    with open(fifo, "rb") as reader:  # the "VM" lets go
+        assert reader.read() == b"0000:01:00.0"
+    _until(lambda: writer.stuck() == [], "the abandoned child to exit")
+
+
+# -- stuck writes and the node lock ------------------------------------------------------------
+def _stuck_write(writer: ChildWriter, fifo: Path) -> tuple[Callable[[], None], threading.Thread]:
+    """A write of ours (to a FIFO nobody reads, as an unbind while a VM holds the device)
+    that misses its deadline and stays in the kernel until released."""
+    os.mkfifo(fifo)
+    before = set(threading.enumerate())
+    with pytest.raises(DeadlineExceededError):
+        bounded(
+            lambda: writer(str(fifo), b"0000:01:00.0"), Deadline(time.monotonic() + 0.02, "unbind")
+        )
+    (thread,) = [t for t in threading.enumerate() if t not in before]
+
+    def release() -> None:
+        with open(fifo, "rb") as reader:
+            reader.read()
+
+    return release, thread
+
+
+def _free(state_dir: str, proc_root: Path) -> bool:
+    try:
+        with NodeLock(state_dir, timeout=0, proc_root=str(proc_root)):
+            return True
+    except LockTimeoutError:
+        return False
+
+
+def test_the_node_lock_is_kept_until_the_last_stuck_write_returns(tmp_path: Path) -> None:
+    """deadline:6, deadline:19: the lock goes when the last write we gave up on returns."""
+    proc_root = tmp_path / "proc"
+    (proc_root / str(os.getpid())).mkdir(parents=True)
+    (proc_root / str(os.getpid()) / "stat").write_text(f"{os.getpid()} (python) S 1 2 3\n")
+    state_dir = str(tmp_path / "state")
+    with NodeLock(state_dir, timeout=0, proc_root=str(proc_root)) as lock:
+        writer = lock.writer(threads=True)
+        first, first_thread = _stuck_write(writer, tmp_path / "unbind-1")
+        second, second_thread = _stuck_write(writer, tmp_path / "unbind-2")
+    assert not _free(state_dir, proc_root), "released while two writes are stuck"
+    first()
+    first_thread.join(EVENT_WAIT)
+    assert not _free(state_dir, proc_root), "released while a write is still stuck"
+    second()
+    second_thread.join(EVENT_WAIT)
+    assert _free(state_dir, proc_root), "still held after every stuck write returned"
+
+
+def test_a_write_after_the_deadline_gets_no_time_of_its_own() -> None:
+    """deadline:56: an attempt started when the deadline has passed waits 0 s, not more."""
+    release = threading.Event()
+    what = "unbind 0000:01:00.0 from rebellions (late)"
+
+    def hang(_path: str, _data: bytes) -> None:
+        release.wait(EVENT_WAIT)
+
+    writer = ChildWriter(threads=True, write=hang)
+    before = set(threading.enumerate())
+    try:
+        with pytest.raises(DeadlineExceededError) as caught:
+            bounded(lambda: writer("/x", b"1"), Deadline(10.0, what, clock=lambda: 10.5))
+    finally:
+        release.set()
+        for thread in set(threading.enumerate()) - before:
+            thread.join(EVENT_WAIT)  # leaves no pending write to the tests after this one
+    assert "within 0s" in caught.value.message

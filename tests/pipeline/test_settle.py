@@ -1,64 +1,36 @@
-"""Journal records go through the one write pipeline: refused, shown, counted like any write.
-
-Each test is a case that broke when settling the journal was a write path of its own
-(issue: "One write pipeline for every command"). The fake kernel plays the node; a fake
-/proc process plays the VM.
+"""Settling journal records goes through the one write pipeline: refused, shown, counted like
+any write. The fake kernel plays the node; a fake /proc process plays the VM.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import posixpath
-from pathlib import Path
 from typing import Optional
 
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from tests.cli.conftest import invoke, state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import HOST_NIC, npu_node
-from tests.safety.conftest import HOST, VFIO, named_bdf, state
-from tests.safety.test_crash import Killed
-from tests.safety.test_in_use import fake_process
-from tests.safety.test_lock_and_concurrency import REAL_STATE
+from tests.support import (
+    HOST,
+    VFIO,
+    Killed,
+    fake_process,
+    invoke,
+    named_bdf,
+    pending,
+    plant_record,
+    state,
+    state_dir,
+)
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.safety.journal import Journal
 
 
 def writes_for(kernel: FakeKernel, bdf: str) -> list[str]:
     return [w.path for w in kernel.writes if named_bdf(w.path, w.data) == bdf]
-
-
-def pending(kernel: FakeKernel) -> list[str]:
-    return sorted(e.bdf or "?" for e in Journal(state_dir(kernel)).pending())
-
-
-def plant_record(kernel: FakeKernel, bdf: str, **fields: object) -> str:
-    """A transition record as a killed run would leave it (fields override the defaults)."""
-    record: dict[str, object] = {
-        "version": 1,
-        "record": "transition",
-        "bdf": bdf,
-        "direction": "vfio",
-        "vendor_device": None,
-        "original_driver": None,
-        "original_override": None,
-        "steps_done": ["set-override"],
-        "started_at": "2026-11-30T00:00:00+00:00",
-        "updated_at": "2026-11-30T00:00:00+00:00",
-        "pid": 999999,
-        "origin_created": False,
-    }
-    record.update(fields)
-    directory = state_dir(kernel)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    path = posixpath.join(directory, f"journal-{bdf}.json")
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(record, handle)
-    return path
 
 
 def bind_with_late_nodes(kernel: FakeKernel, count: int = 2) -> list[str]:
@@ -232,27 +204,3 @@ def test_dry_run_shows_the_journal_writes_the_real_run_makes(kernel: FakeKernel)
     assert report["writes"] == len(kernel.writes) == 6
     assert {f["bdf"] for f in report["functions"]} == {first, second}
     assert pending(kernel) == []
-
-
-@pytest.mark.parametrize("fs", REAL_STATE, indirect=True)
-def test_the_lock_stays_held_while_a_write_is_stuck(
-    tmp_path: Path, fs: object, kernel: FakeKernel
-) -> None:
-    del fs
-    (npu,) = npu_node(kernel, count=1, driver="vfio-pci")
-    state_args = ["--state-dir", str(tmp_path / "state")]
-    gate = kernel.block_unbind(npu)
-    stuck = invoke(kernel, *state_args, "--timeout", "0.3", "unbind-all")
-    assert stuck.exit_code == 1
-    assert "did not return" in stuck.stdout
-    assert gate.entered.is_set()
-    kernel.clear_writes()
-    second = invoke(kernel, *state_args, "--lock-timeout", "0", "bind-all")
-    assert second.exit_code == 1
-    assert "holds" in second.stderr, second.stderr
-    assert "stuck" in second.stderr, second.stderr
-    assert kernel.writes == []  # nothing queued behind the stuck unbind
-    gate.set()
-    third = invoke(kernel, *state_args, "--lock-timeout", "5", "bind-all")
-    assert third.exit_code == 0, third.stdout + third.stderr
-    assert state(kernel, npu) == VFIO

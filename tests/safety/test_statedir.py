@@ -1,10 +1,7 @@
-"""Files in the state directory that are not what their names say never hang a run.
+"""The state directory's gateway on real files: only regular files of ours are ever opened.
 
-A FIFO named like a journal record once hung every writing command forever, while it held
-the node lock: the record was opened (blocking, for a FIFO without a writer) before it was
-checked to be a regular file. These tests put real FIFOs, sockets and device nodes in a
-real state directory (sysfs stays fake) and run the commands in-process under a time
-bound: each must end with a report that names the bad file.
+A FIFO, socket or device node named like a journal record or the lock never hangs a run
+(which would hold the node lock for good): each command ends with a report naming the file.
 """
 
 from __future__ import annotations
@@ -15,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import Run, invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, state
 from tests.safety.realfs import (
     REAL_STATE_FILES,
     finishes,
@@ -29,21 +24,113 @@ from tests.safety.realfs import (
     names,
     private_dir,
 )
+from tests.support import HOST, VFIO, Run, invoke, state
 from vfio_manager.safety.journal import Journal
 from vfio_manager.safety.lock import NodeLock, read_holder
+from vfio_manager.safety.statedir import StateDir, UnsafeStateDirError, UnusableFile
 
 HANG = 90.0  # seconds; a hang is forever, a run takes a few seconds on a loaded machine
-
-
-def run(kernel: FakeKernel, state_dir: str, *args: str, fifos: tuple[str, ...] = ()) -> Run:
-    return finishes(
-        lambda: invoke(kernel, "--state-dir", state_dir, *args), within=HANG, fifos=fifos
-    )
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> str:
     return private_dir(str(tmp_path / "state"))
+
+
+def read(state_dir: str, name: str, limit: int = 100, **kwargs: bool) -> bytes | None:
+    with StateDir.open(state_dir) as state:
+        return state.read(name, limit=limit, **kwargs)
+
+
+@pytest.mark.parametrize("make", ["fifo", "socket", "chardev", "symlink", "dir"])
+def test_read_refuses_anything_but_a_regular_file_without_blocking(
+    state_dir: str, make: str
+) -> None:
+    path = os.path.join(state_dir, "record")
+    sockets = []
+    if make == "fifo":
+        mkfifo(path)
+    elif make == "socket":
+        sockets.append(mksocket(path))
+    elif make == "chardev":
+        mkchardev(path)
+    elif make == "symlink":
+        os.symlink("/etc/hostname", path)
+    else:
+        os.mkdir(path)
+    try:
+        with pytest.raises(UnusableFile) as caught:
+            finishes(lambda: read(state_dir, "record"), within=HANG, fifos=(path,))
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert caught.value.problem.startswith("not a regular file")
+
+
+def test_read_is_bounded(state_dir: str) -> None:
+    Path(state_dir, "big").write_bytes(b"x" * 101)
+    with pytest.raises(UnusableFile) as caught:
+        read(state_dir, "big")
+    assert "101 bytes" in caught.value.problem
+    assert read(state_dir, "big", whole=False) == b"x" * 100
+    Path(state_dir, "fits").write_bytes(b"y" * 100)
+    assert read(state_dir, "fits") == b"y" * 100
+    assert read(state_dir, "missing") is None
+
+
+def test_read_refuses_a_file_owned_by_someone_else(state_dir: str) -> None:
+    path = Path(state_dir, "theirs")
+    path.write_text("{}")
+    try:
+        os.chown(path, os.geteuid() + 1, -1)
+    except PermissionError:
+        pytest.skip("chown is not permitted here")
+    with pytest.raises(UnusableFile) as caught:
+        read(state_dir, "theirs")
+    assert "owned by UID" in caught.value.problem
+
+
+def test_a_fifo_lock_file_is_refused_naming_it(state_dir: str) -> None:
+    path = mkfifo(os.path.join(state_dir, "lock"))
+
+    def open_lock() -> int:
+        with StateDir.open(state_dir) as state:
+            return state.open_lock_file("lock")
+
+    with pytest.raises(UnsafeStateDirError) as caught:
+        finishes(open_lock, within=HANG, fifos=(path,))
+    assert "a FIFO" in caught.value.message
+    assert caught.value.remedy is not None
+    assert f"remove {path}" in caught.value.remedy
+    assert kind(path) == "fifo"
+
+
+def test_replace_swaps_a_fifo_for_the_record(state_dir: str) -> None:
+    path = mkfifo(os.path.join(state_dir, "record"))
+    with StateDir.open(state_dir) as state:
+        finishes(lambda: state.replace("record", b"{}\n"), within=HANG, fifos=(path,))
+        assert state.read("record", limit=10) == b"{}\n"
+        assert state.names() == ["record"], "no temporary file left behind"
+
+
+def test_set_aside_renames_whatever_is_there(state_dir: str) -> None:
+    mkfifo(os.path.join(state_dir, "record"))
+    Path(state_dir, "record.corrupt").write_text("an earlier one")
+    with StateDir.open(state_dir) as state:
+        assert state.set_aside("record", ".corrupt") == "record.1.corrupt"
+    assert kind(os.path.join(state_dir, "record.1.corrupt")) == "fifo"
+
+
+def test_a_missing_state_dir_is_not_created_for_reading(tmp_path: Path) -> None:
+    assert StateDir.open_existing(str(tmp_path / "missing")) is None
+    assert not (tmp_path / "missing").exists()
+
+
+# -- the commands with special files in a real state directory (sysfs stays fake) --------------
+def run(kernel: FakeKernel, state_dir: str, *args: str, fifos: tuple[str, ...] = ()) -> Run:
+    return finishes(
+        lambda: invoke(kernel, "--state-dir", state_dir, *args), within=HANG, fifos=fifos
+    )
 
 
 @pytest.mark.parametrize("fs", REAL_STATE_FILES, indirect=True)
@@ -110,7 +197,7 @@ def test_a_dry_run_reports_a_fifo_record_and_leaves_it(
 
 
 @pytest.mark.parametrize("fs", REAL_STATE_FILES, indirect=True)
-def test_a_fifo_lock_file_is_refused_naming_it(
+def test_a_fifo_lock_file_makes_a_run_fail_naming_it(
     state_dir: str, fs: object, kernel: FakeKernel
 ) -> None:
     del fs

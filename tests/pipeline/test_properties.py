@@ -36,7 +36,6 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-from tests.cli.conftest import Run, invoke, state_dir
 from tests.harness import FakeKernel, Write
 from tests.harness.topologies import (
     DISK_ROOT_PORT,
@@ -47,7 +46,7 @@ from tests.harness.topologies import (
     REBELLIONS_VENDOR,
     npu_node,
 )
-from tests.safety.conftest import HOST, VFIO, State, named_bdf, state
+from tests.support import HOST, VFIO, Run, State, invoke, named_bdf, state, state_dir
 from vfio_manager.safety.journal import Journal
 
 NPU_IDS = (0x1220, 0x1221, 0x1250)
@@ -412,7 +411,7 @@ def test_random_topologies_selections_and_faults_keep_the_invariant(scenario: Sc
                     thread.join(10)
 
 
-# The first counterexample hypothesis found (fixed in e7fb7a5): the move fails at drivers_probe
+# The first counterexample hypothesis found: the move fails at drivers_probe
 # and the restore's own probe fails too. The restore stopped there and left the function
 # driverless; it now writes the start driver's `bind`.
 @pytest.mark.parametrize("command", ["bind-all", "unbind-all"])

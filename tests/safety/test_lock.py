@@ -1,4 +1,5 @@
-"""NodeLock on real files under tmp_path: pyfakefs makes flock a no-op, so it is not used here.
+"""The node lock and the daemon's presence lock on real files under tmp_path (pyfakefs makes
+flock a no-op); through the CLI, the state directory is on the real disk and sysfs is fake.
 
 Competing holders run in threads with separate NodeLock objects (separate open file
 descriptions, so flock makes them conflict as two processes would). Nothing sleeps: waits
@@ -9,36 +10,32 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from tests.harness import FakeKernel
+from tests.harness.topologies import npu_node
+from tests.support import HOST, REAL_STATE, VFIO, FakeClock, invoke, node_of, state, states
 from vfio_manager.errors import VfioManagerError
+from vfio_manager.kernel.drivers import Direction
+from vfio_manager.pipeline import transition
+from vfio_manager.pipeline.selection import Selector
+from vfio_manager.safety.journal import Journal
 from vfio_manager.safety.lock import (
     LOCK_FILE_NAME,
+    DaemonPresence,
+    DaemonRunningError,
     LockTimeoutError,
     NodeLock,
+    daemon_running,
     read_holder,
 )
 from vfio_manager.safety.statedir import UnsafeStateDirError
 
 EVENT_WAIT = 5.0  # upper bound for event waits; never reached when the code is right
-
-
-class FakeClock:
-    """Time advances only when the lock sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
@@ -81,7 +78,7 @@ def test_one_object_is_not_reentrant(tmp_path: Path) -> None:
 
 def test_second_holder_times_out_naming_the_first(tmp_path: Path, proc_root: Path) -> None:
     state = str(tmp_path / "s")
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     first = NodeLock(state, timeout=0, command="vfio-manager bind-all --timeout 30")
     second = NodeLock(
         state,
@@ -112,7 +109,7 @@ def test_second_holder_times_out_naming_the_first(tmp_path: Path, proc_root: Pat
 
 
 def test_timeout_zero_tries_exactly_once(tmp_path: Path, proc_root: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     state = str(tmp_path / "s")
     second = NodeLock(state, timeout=0, clock=clock, sleep=clock.sleep, proc_root=str(proc_root))
     with NodeLock(state, timeout=0), pytest.raises(LockTimeoutError):
@@ -124,7 +121,7 @@ def test_timeout_says_when_the_holder_is_gone_from_proc(tmp_path: Path) -> None:
     state = tmp_path / "s"
     empty_proc = tmp_path / "proc"
     empty_proc.mkdir()
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     first = NodeLock(str(state), timeout=0, command="vfio-manager unbind-all")
     second = NodeLock(
         str(state), timeout=0, clock=clock, sleep=clock.sleep, proc_root=str(empty_proc)
@@ -316,3 +313,158 @@ def test_read_holder_tolerates_garbage(tmp_path: Path) -> None:
     holder = read_holder(str(path), proc_root=str(tmp_path))
     assert holder is not None
     assert (holder.pid, holder.command, holder.running) == (12, "", False)
+
+
+# -- the daemon's presence lock ----------------------------------------------------------------
+def test_daemon_running_follows_the_presence_lock(state_dir: Path) -> None:
+    assert not daemon_running(str(state_dir))
+    with DaemonPresence(str(state_dir)):
+        assert daemon_running(str(state_dir))
+        assert (state_dir / "daemon").read_text().startswith(f"{os.getpid()}\n")
+    assert not daemon_running(str(state_dir))
+    assert (state_dir / "daemon").read_text() == ""
+
+
+def test_a_second_daemon_waits_then_names_the_first(state_dir: Path) -> None:
+    clock = FakeClock()
+    slept = clock.sleeps
+    with DaemonPresence(str(state_dir)):
+        second = DaemonPresence(str(state_dir), timeout=2.0, clock=clock, sleep=clock.sleep)
+        with pytest.raises(DaemonRunningError, match=f"PID {os.getpid()}"):
+            second.acquire()
+    assert sum(slept) == pytest.approx(2.0)
+    second.acquire()
+    second.release()
+
+
+def test_a_fifo_at_the_presence_path_is_not_a_daemon(state_dir: Path) -> None:
+    os.mkfifo(state_dir / "daemon")
+    assert not daemon_running(str(state_dir))
+    with pytest.raises(UnsafeStateDirError):
+        DaemonPresence(str(state_dir)).acquire()
+
+
+# -- the node lock through the CLI; concurrent runs serialise on it ----------------------------
+@pytest.mark.parametrize("fs", REAL_STATE, indirect=True)
+def test_a_held_lock_makes_writers_give_up_naming_the_holder(
+    tmp_path: Path, fs: object, kernel: FakeKernel
+) -> None:
+    del fs
+    (npu,) = npu_node(kernel, count=1)
+    state_dir = str(tmp_path / "state")
+    with NodeLock(state_dir, timeout=1):
+        result = invoke(kernel, "--state-dir", state_dir, "--lock-timeout", "0.2", "bind-all")
+        assert result.exit_code == 1
+        assert f"PID {os.getpid()}" in result.stderr
+        assert "gave up after 0.2s" in result.stderr
+        assert "remedy:" in result.stderr
+        assert kernel.writes == []
+        # readers take no lock
+        assert invoke(kernel, "--state-dir", state_dir, "status").exit_code == 0
+        assert invoke(kernel, "--state-dir", state_dir, "bind-all", "--dry-run").exit_code == 0
+    assert invoke(kernel, "--state-dir", state_dir, "bind-all").exit_code == 0
+    assert states(kernel, [npu]) == {npu: VFIO}
+
+
+@pytest.mark.parametrize("fs", REAL_STATE, indirect=True)
+def test_eight_concurrent_runs_serialise(
+    tmp_path: Path, fs: object, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    del fs
+    bdfs = npu_node(kernel, count=3)
+    state_dir = str(tmp_path / "state")
+    node = node_of(kernel, state_dir, timeout=5.0)
+    inside = 0
+    overlap: list[int] = []
+    guard = threading.Lock()
+    real = transition._Run.result
+
+    def counted(*args: object, **kwargs: object) -> transition.TransitionResult:
+        nonlocal inside
+        with guard:
+            inside += 1
+            overlap.append(inside)
+        try:
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with guard:
+                inside -= 1
+
+    monkeypatch.setattr(transition._Run, "result", counted)
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker(to_vfio: bool) -> None:
+        try:
+            direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
+            request = transition.TransitionRequest(Selector(), direction, load_modules=False)
+            result = transition.run_transition(node, request)
+            results.append(int(result.exit_code))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert len(results) == 8
+    assert max(overlap) == 1, "two runs were inside the lock at once"
+    assert results == [0] * 8
+    end = states(kernel, bdfs)
+    assert set(end.values()) <= {HOST, VFIO}
+    assert len(set(end.values())) == 1  # each run moved all three: no mixed state
+    assert Journal(state_dir).pending() == []
+
+
+@pytest.mark.parametrize("fs", REAL_STATE, indirect=True)
+def test_the_lock_stays_held_while_a_write_is_stuck(
+    tmp_path: Path, fs: object, kernel: FakeKernel
+) -> None:
+    del fs
+    (npu,) = npu_node(kernel, count=1, driver="vfio-pci")
+    state_args = ["--state-dir", str(tmp_path / "state")]
+    gate = kernel.block_unbind(npu)
+    stuck = invoke(kernel, *state_args, "--timeout", "0.3", "unbind-all")
+    assert stuck.exit_code == 1
+    assert "did not return" in stuck.stdout
+    assert gate.entered.is_set()
+    kernel.clear_writes()
+    second = invoke(kernel, *state_args, "--lock-timeout", "0", "bind-all")
+    assert second.exit_code == 1
+    assert "holds" in second.stderr, second.stderr
+    assert "stuck" in second.stderr, second.stderr
+    assert kernel.writes == []  # nothing queued behind the stuck unbind
+    gate.set()
+    third = invoke(kernel, *state_args, "--lock-timeout", "5", "bind-all")
+    assert third.exit_code == 0, third.stdout + third.stderr
+    assert state(kernel, npu) == VFIO
+
+
+# -- who holds the lock ------------------------------------------------------------------------
+def test_the_lock_names_the_command_that_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lock:16: the holder record is the command line as typed, program name first."""
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/vfio-manager", "bind-all", "--json"])
+    state_dir = tmp_path / "state"
+    with NodeLock(str(state_dir), timeout=0):
+        recorded = (state_dir / LOCK_FILE_NAME).read_text()
+    assert recorded == f"{os.getpid()}\nvfio-manager bind-all --json\n"
+
+
+def test_a_holder_whose_proc_stat_cannot_be_read_is_still_named(tmp_path: Path) -> None:
+    """lock:44: an unreadable /proc/PID/stat leaves the state unknown; it never raises."""
+    proc_root = tmp_path / "proc"
+    (proc_root / str(os.getpid())).mkdir(parents=True)  # running, but no stat file
+    state_dir = tmp_path / "state"
+    with NodeLock(str(state_dir), timeout=0, command="vfio-manager bind-all"):
+        holder = read_holder(str(state_dir / LOCK_FILE_NAME), proc_root=str(proc_root))
+    assert holder is not None
+    assert (holder.pid, holder.command, holder.running) == (
+        os.getpid(),
+        "vfio-manager bind-all",
+        True,
+    )
+    assert holder.state is None

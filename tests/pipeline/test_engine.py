@@ -1,11 +1,15 @@
-"""Engine behaviour that the CLI tests cannot reach cheaply: the shared wait deadline."""
+"""The engine: the shared wait deadline, driven directly on a fake clock; through the CLI, a
+function gone mid-transition and an undo back to pci-stub."""
 
 from __future__ import annotations
+
+import errno
 
 import pytest
 
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
+from tests.support import FakeClock, invoke, operator, park_on_pci_stub, state, with_pci_stub
 from vfio_manager.host.driver_choice import DriverResolver
 from vfio_manager.host.files import HostFiles
 from vfio_manager.kernel.inventory import read_topology
@@ -14,21 +18,6 @@ from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.pipeline.engine import Engine, Result
 from vfio_manager.pipeline.plan import plan_to_vfio
 from vfio_manager.pipeline.selection import Selector
-
-
-class FakeClock:
-    """Time that moves only when the engine sleeps: no real waiting in tests."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        self.slept += seconds
 
 
 def _bind_all(kernel: FakeKernel, clock: FakeClock, sysfs: Sysfs) -> list[Result]:
@@ -47,7 +36,7 @@ def test_nodes_are_awaited_side_by_side_under_one_deadline(
     npu_node(kernel, count=4)
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
     monkeypatch.setattr(sysfs, "vfio_dev_exists", lambda _group: False)
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     statuses = _bind_all(kernel, clock, sysfs)
     assert statuses == [Result.FAILED] * 4
     # one deadline for all four, not four deadlines one after another
@@ -56,7 +45,7 @@ def test_nodes_are_awaited_side_by_side_under_one_deadline(
 
 def test_nodes_that_appear_end_the_wait_at_once(kernel: FakeKernel) -> None:
     npu_node(kernel, count=2)
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     statuses = _bind_all(kernel, clock, Sysfs(kernel.sys_root, kernel.dev_root))
     assert statuses == [Result.CHANGED] * 2
     assert clock.slept == 0.0
@@ -68,7 +57,7 @@ def test_missing_node_is_failure_but_not_rolled_back(
     (bdf,) = npu_node(kernel, count=1)
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
     monkeypatch.setattr(sysfs, "vfio_dev_exists", lambda _group: False)
-    assert _bind_all(kernel, FakeClock(), sysfs) == [Result.FAILED]
+    assert _bind_all(kernel, FakeClock(0.0), sysfs) == [Result.FAILED]
     # the function reached its target state (vfio-pci with the override); only the node is late
     assert kernel.driver_of(bdf) == "vfio-pci"
     assert kernel.override_of(bdf) == "vfio-pci"
@@ -81,7 +70,7 @@ def test_vfio_driver_missing_at_probe_fails_with_errno_and_restores(kernel: Fake
     topology = read_topology(sysfs)
     targets = [f for f in topology.functions.values() if Selector().matches(f)]
     plan = plan_to_vfio(topology, targets, selector=Selector())
-    report = Engine(Kernel(sysfs), clock=FakeClock(), sleep=FakeClock().sleep).apply(plan)
+    report = Engine(Kernel(sysfs), clock=FakeClock(0.0), sleep=FakeClock(0.0).sleep).apply(plan)
     (outcome,) = report.outcomes
     assert outcome.result is Result.FAILED
     assert "vfio-pci did not bind" in (outcome.reason or "")
@@ -89,3 +78,39 @@ def test_vfio_driver_missing_at_probe_fails_with_errno_and_restores(kernel: Fake
     assert outcome.restored_to.startswith("rebellions")
     assert kernel.driver_of(bdf) == "rebellions"
     assert kernel.override_of(bdf) is None
+
+
+# -- through the CLI: a function gone mid-transition, an undo to pci-stub ----------------------
+def test_a_function_gone_mid_transition_is_not_written_to_again(kernel: FakeKernel) -> None:
+    """engine:181: a function unplugged by a write is reported as gone, not "restored"."""
+    gone, other = npu_node(kernel, count=2)
+    kernel.remove_function_on_write(f"bus/pci/devices/{gone}/driver_override", gone)
+    result = invoke(kernel, "--timeout", "1", "bind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert report[gone]["outcome"] == "failed"
+    assert report[gone]["restored_to"] is None
+    assert "hot-unplug" in (report[gone]["remedy"] or "")
+    about = [w for w in kernel.writes if gone in w.path or w.data.strip() == gone]
+    first_failed = next(i for i, w in enumerate(about) if w.error is not None)
+    assert about[first_failed + 1 :] == [], "written to after it was found gone"
+    assert report[other]["outcome"] == "changed"
+
+
+def test_a_failed_bind_puts_pci_stub_back_without_leaving_its_override(
+    kernel: FakeKernel,
+) -> None:
+    """engine:215: the undo that pins pci-stub with the override clears it again after."""
+    (npu,) = npu_node(kernel, count=1)
+    with_pci_stub(kernel)
+    park_on_pci_stub(kernel, npu, keep_override=False)
+    operator(kernel, "bus/pci/drivers/pci-stub/remove_id", "1eff 1220")
+    found = state(kernel, npu)
+    assert found == ("pci-stub", None)
+    kernel.fail_probe("vfio-pci", npu, errno.EINVAL)
+    result = invoke(kernel, "--timeout", "1", "bind-all", "--json")
+    assert result.exit_code == 1
+    (outcome,) = result.json()["functions"]
+    assert outcome["outcome"] == "failed"
+    assert state(kernel, npu) == found
+    assert outcome["restored_to"] == "pci-stub (override unset)"

@@ -1,10 +1,9 @@
-"""Back to the host exactly as found, for as long as it matters (issue 9, items 1, 2 and 6).
+"""Back to the host exactly as found, for as long as it matters.
 
-Each test is a case that broke: a function whose original driver is not the one
-`drivers_probe` picks (parked on pci-stub; a leftover `vfio-pci/new_id` with the native
-driver registered after vfio-pci), an "as found" that lasted one run (a function found
-unbound was probed onto its native driver by the second `unbind-all`), an original
-`driver_override` never given back, and a function hot-removed while the run waited for its
+A function whose original driver is not the one `drivers_probe` picks (parked on pci-stub; a
+leftover `vfio-pci/new_id` with the native driver registered after vfio-pci); "as found"
+lasting beyond one run (a function found unbound stays unbound on the second `unbind-all`);
+the original `driver_override` given back; a function hot-removed while the run waits for its
 /dev/vfio node. The fake kernel plays the node; operator writes go through its files.
 """
 
@@ -15,44 +14,25 @@ import time
 
 import pytest
 
-from tests.cli.conftest import Run, invoke, state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, state
+from tests.support import (
+    HOST,
+    VFIO,
+    Run,
+    invoke,
+    operator,
+    park_on_pci_stub,
+    state,
+    state_dir,
+    with_pci_stub,
+)
 
 REMOVE_ID = "echo 1eff 1220 > /sys/bus/pci/drivers/vfio-pci/remove_id"
 
 
-def operator(kernel: FakeKernel, rel: str, data: str) -> None:
-    """What an admin (or a script this tool replaces) writes to sysfs by hand."""
-    fd = os.open(f"{kernel.sys_root}/{rel}", os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data.encode())
-    finally:
-        os.close(fd)
-
-
 def dev(bdf: str, attr: str) -> str:
     return f"bus/pci/devices/{bdf}/{attr}"
-
-
-def with_pci_stub(kernel: FakeKernel) -> None:
-    kernel.add_driver("pci-stub", module="pci_stub", dma_safe=True)
-
-
-def park_on_pci_stub(kernel: FakeKernel, bdf: str, *, keep_override: bool) -> None:
-    """Override, unbind, probe (driverctl's way); or through a pci-stub dynamic ID and an
-    explicit bind, with no override left (pci-stub.ids=, new_id + bind)."""
-    if keep_override:
-        operator(kernel, dev(bdf, "driver_override"), "pci-stub")
-        operator(kernel, f"bus/pci/drivers/{kernel.driver_of(bdf)}/unbind", bdf)
-        operator(kernel, "bus/pci/drivers_probe", bdf)
-    else:
-        operator(kernel, "bus/pci/drivers/pci-stub/new_id", "1eff 1220")
-        operator(kernel, f"bus/pci/drivers/{kernel.driver_of(bdf)}/unbind", bdf)
-        operator(kernel, "bus/pci/drivers/pci-stub/bind", bdf)
-    assert state(kernel, bdf) == ("pci-stub", "pci-stub" if keep_override else None)
-    kernel.clear_writes()
 
 
 def cycle(kernel: FakeKernel) -> Run:
@@ -70,7 +50,7 @@ def assert_converged(kernel: FakeKernel) -> None:
     assert kernel.writes == [], "a converged node was written to"
 
 
-# -- item 1: the recorded driver, whatever drivers_probe would pick ---------------------------
+# -- the recorded driver, whatever drivers_probe would pick ------------------------------------
 @pytest.mark.parametrize("keep_override", [True, False], ids=["by-override", "by-bind"])
 def test_a_function_parked_on_pci_stub_goes_back_to_pci_stub(
     kernel: FakeKernel, keep_override: bool
@@ -138,7 +118,7 @@ def test_a_function_bound_by_a_vfio_pci_dynamic_id_is_reported_and_returned(
     assert_converged(kernel)
 
 
-# -- item 2: "as found" lasts, the override included ------------------------------------------
+# -- "as found" lasts, the override included ---------------------------------------------------
 def test_a_function_found_unbound_stays_unbound_run_after_run(kernel: FakeKernel) -> None:
     (npu,) = npu_node(kernel, count=1, driver=None)
     for _ in range(2):
@@ -221,7 +201,7 @@ def test_the_origin_record_outlives_the_return_and_a_dry_run_changes_nothing(
     assert not os.path.exists(origin)
 
 
-# -- item 6: hot-removed while the run waits for /dev/vfio/N ----------------------------------
+# -- hot-removed while the run waits for /dev/vfio/N -------------------------------------------
 def test_a_function_removed_during_the_wait_is_reported_removed_at_once(
     kernel: FakeKernel,
 ) -> None:

@@ -1,27 +1,20 @@
-"""The uevent parser on kernel-format bytes, the datagram source on real sockets."""
+"""The uevent parser on kernel-format bytes, the datagram source on real sockets, and
+``wait_for`` (``status --check --wait``): woken by uevents, slow poll as fallback.
+"""
 
 from __future__ import annotations
 
 import errno
 import select
 import socket
-from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon.samples import datagram, driver_event, libudev_message, pci_event
+from tests.harness.uevents import datagram, driver_event, libudev_message, pci_event
+from tests.support import AdvancingWaiter, FakeClock, open_uevent_pair
 from vfio_manager.daemon import service
 from vfio_manager.kernel import uevents
-from vfio_manager.kernel.uevents import DatagramUeventSource, Uevent, parse_uevent
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, DatagramUeventSource]]:
-    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    source = DatagramUeventSource(receiver)
-    yield sender, source
-    sender.close()
-    source.close()
+from vfio_manager.kernel.uevents import DatagramUeventSource, Uevent, parse_uevent, wait_for
 
 
 def test_add_of_a_pci_function() -> None:
@@ -125,9 +118,9 @@ def test_properties_without_a_value_separator_are_skipped() -> None:
 
 
 def test_the_source_returns_relevant_events_in_order(
-    pair: tuple[socket.socket, DatagramUeventSource],
+    uevent_pair: tuple[socket.socket, DatagramUeventSource],
 ) -> None:
-    sender, source = pair
+    sender, source = uevent_pair
     for data in (
         pci_event("unbind", "0000:03:00.0"),
         libudev_message(),
@@ -152,8 +145,7 @@ def test_the_source_returns_relevant_events_in_order(
 
 
 def test_kernel_only_drops_datagrams_not_sent_by_the_kernel() -> None:
-    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    source = DatagramUeventSource(receiver, kernel_only=True)
+    sender, source = open_uevent_pair(kernel_only=True)
     try:
         sender.send(pci_event("add"))
         assert source.read_pending().events == ()
@@ -220,3 +212,84 @@ def test_an_unopenable_socket_means_resync_only(monkeypatch: pytest.MonkeyPatch)
     assert service.open_uevent_source(60.0) is None
     assert len(warnings) == 1
     assert warnings[0][1]["errno"] == "EPERM"
+
+
+# -- waiting for a condition: woken by uevents, slow poll as fallback --------------------------
+class Condition:
+    """True once ``bound`` is set; counts how often it was read (each read is a sysfs read)."""
+
+    def __init__(self) -> None:
+        self.bound = False
+        self.reads = 0
+
+    def __call__(self) -> bool:
+        self.reads += 1
+        return self.bound
+
+
+def test_already_true_returns_at_once() -> None:
+    clock = FakeClock()
+    condition = Condition()
+    condition.bound = True
+    waiter = AdvancingWaiter(clock)
+    assert wait_for(condition, timeout=300, source=None, clock=clock, waiter=waiter)
+    assert waiter.timeouts == []
+
+
+def test_a_bind_uevent_ends_the_wait_without_waiting_for_the_poll(
+    uevent_pair: tuple[socket.socket, DatagramUeventSource],
+) -> None:
+    sender, source = uevent_pair
+    clock = FakeClock()
+    condition = Condition()
+    sender.send(datagram("add", "/devices/virtual/net/x", [("SUBSYSTEM", "net")]))
+    sender.send(pci_event("bind", "0000:03:00.0", driver="vfio-pci"))
+
+    def bound_by_now() -> bool:  # false at the first read, true once the bind is in
+        condition()
+        return condition.reads > 1
+
+    waiter = AdvancingWaiter(clock)
+    assert wait_for(bound_by_now, timeout=300, source=source, clock=clock, waiter=waiter)
+    assert clock.now == 1000.0, "no time passed: the event woke it, not the 5 s poll"
+    assert condition.reads == 2
+
+
+def test_irrelevant_datagrams_do_not_reread_sysfs(
+    uevent_pair: tuple[socket.socket, DatagramUeventSource],
+) -> None:
+    sender, source = uevent_pair
+    clock = FakeClock()
+    condition = Condition()
+    sender.send(datagram("add", "/devices/virtual/net/x", [("SUBSYSTEM", "net")]))
+    waiter = AdvancingWaiter(clock)
+    assert not wait_for(
+        condition, timeout=10, source=source, clock=clock, waiter=waiter, poll_interval=5
+    )
+    assert condition.reads == 4, "first, two slow polls, last"
+
+
+def test_without_uevents_it_polls_slowly_until_the_deadline() -> None:
+    clock = FakeClock()
+    condition = Condition()
+    waiter = AdvancingWaiter(clock)
+    assert not wait_for(
+        condition, timeout=12, source=None, clock=clock, waiter=waiter, poll_interval=5
+    )
+    assert waiter.timeouts == [5, 5, 2]
+    assert clock.now == pytest.approx(1012)
+
+
+def test_the_slow_poll_catches_a_missed_event() -> None:
+    clock = FakeClock()
+    condition = Condition()
+
+    class FlipsLater(AdvancingWaiter):
+        def wait(self, fds: object, timeout: float) -> set[int]:
+            if len(self.timeouts) == 1:
+                condition.bound = True
+            return super().wait(fds, timeout)  # type: ignore[arg-type]
+
+    waiter = FlipsLater(clock)
+    assert wait_for(condition, timeout=300, source=None, clock=clock, waiter=waiter)
+    assert clock.now == pytest.approx(1010)

@@ -20,11 +20,19 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Run, invoke, state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, named_bdf, state
-from tests.safety.test_pipeline_regressions import pending, plant_record
+from tests.support import (
+    HOST,
+    VFIO,
+    Run,
+    invoke,
+    named_bdf,
+    pending,
+    plant_record,
+    state,
+    state_dir,
+)
 from vfio_manager.safety.statedir import StateDir
 
 Match = Callable[[str], bool]

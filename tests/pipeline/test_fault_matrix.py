@@ -12,10 +12,9 @@ from typing import Optional
 
 import pytest
 
-from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, State, states
+from tests.support import HOST, VFIO, State, invoke, states
 
 ERRNOS = {
     "EBUSY": errno.EBUSY,

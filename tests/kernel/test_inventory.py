@@ -1,4 +1,4 @@
-"""kernel/inventory: one ``modalias`` read gives a function's IDs and class (issue 12).
+"""kernel/inventory: one ``modalias`` read gives a function's IDs and class.
 
 ``modalias`` (``pci:vVVVVVVVVdDDDDDDDDsvSSSSSSSSsdSSSSSSSSbcBBscSSiII``) is formatted by the
 kernel from the same ``pci_dev`` fields as ``vendor``, ``device``, ``class`` and
@@ -118,7 +118,7 @@ def test_files_that_disagree_with_modalias_win_where_a_write_may_follow(
     fs: FakeFilesystem, kernel: FakeKernel
 ) -> None:
     """A real kernel never shows both; a corrupted or faked sysfs may. The write pipeline
-    must not select a function on the modalias alone (tests/safety/test_bad_input.py)."""
+    must not select a function on the modalias alone (tests/pipeline/test_bad_input.py)."""
     bdf = npu_node(kernel, count=1)[0]
     _rewrite(fs, kernel, bdf, "vendor", "0x8086")
     sysfs = Sysfs(kernel.sys_root, kernel.dev_root)

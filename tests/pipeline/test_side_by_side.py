@@ -9,10 +9,9 @@ run at once, and `--parallel 1` (one after another) shows the same case failing.
 
 from __future__ import annotations
 
-from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, named_bdf, states
+from tests.support import HOST, VFIO, invoke, named_bdf, states
 
 
 def hold_first_until_second_probed(kernel: FakeKernel, first: str, second: str) -> None:

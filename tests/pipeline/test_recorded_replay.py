@@ -19,8 +19,8 @@ from typing import Any, Optional
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
+from tests.support import invoke
 from vfio_manager.host import modules
 from vfio_manager.host.modules import RunResult
 

@@ -33,7 +33,6 @@ from hypothesis import strategies as st
 from pyfakefs.fake_file import FakeFile
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-from tests.cli.conftest import root_args
 from tests.harness import FakeKernel
 from tests.harness.sysfsfile import KernelFile
 from tests.harness.topologies import (
@@ -43,7 +42,7 @@ from tests.harness.topologies import (
     REBELLIONS_VENDOR,
     npu_node,
 )
-from tests.safety.conftest import named_bdf
+from tests.support import named_bdf, root_args
 from vfio_manager.cli.main import cli
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -53,7 +52,7 @@ SRIOV_NPU = "0000:03:00.0"  # an SR-IOV capable NPU added for (c), on rebellions
 
 # -- running the CLI ----------------------------------------------------------------------------
 def _invoke(kernel: FakeKernel, *args: str) -> Result:
-    """tests.cli.conftest.invoke, but catching exceptions so a traceback can be asserted on."""
+    """tests.support.invoke, but catching exceptions so a traceback can be asserted on."""
     return CliRunner().invoke(cli, [*root_args(kernel), *args], catch_exceptions=True)
 
 
@@ -362,7 +361,7 @@ def test_fuzzed_option_values_exit_2_without_a_write(option: str, value: str, co
     _fresh(body)
 
 
-# Regressions (fixed in e7fb7a5): click.FloatRange let inf and nan through. inf crashed with
+# Regressions: click.FloatRange let inf and nan through. inf crashed with
 # OverflowError on the first write that did not return at once (a thread wait of inf), nan
 # made every write's deadline 0 and the /dev/vfio wait endless.
 @pytest.mark.parametrize("option", ["--timeout", "--lock-timeout"])

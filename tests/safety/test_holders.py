@@ -196,6 +196,18 @@ def test_vanishing_and_unreadable_processes(
     assert scan.processes == 5
 
 
+def test_a_process_whose_descriptors_cannot_be_read_makes_the_scan_incomplete(
+    fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """holders:69: a descriptor link denied to us (EACCES) is a process not inspected."""
+    add_process(fs, 20, "qemu", {3: "/dev/vfio/9"})
+    failing(monkeypatch, "readlink", {f"{PROC}/20/fd/3": errno.EACCES})
+    scan = scan_holders(PROC, ["/dev/vfio/9"], self_pid=1)
+    assert scan.holders == ()
+    assert scan.unreadable == (20,)
+    assert not scan.complete
+
+
 def test_unlistable_proc_is_an_empty_answer(fs: FakeFilesystem) -> None:
     scan = scan_holders("/no-proc", ["/dev/vfio/9"])
     assert scan.holders == ()

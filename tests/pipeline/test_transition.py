@@ -7,32 +7,18 @@ daemon can tell a held function from a blocked group.
 
 from __future__ import annotations
 
-import posixpath
-
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.harness import FakeKernel
 from tests.harness.topologies import HOST_NIC, npu_node
-from tests.safety.test_in_use import fake_process, native_node
+from tests.support import fake_process, native_node, node_of
 from vfio_manager.host.modules import RunResult
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.inventory import read_topology
-from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import RefusalKind
 from vfio_manager.pipeline.selection import Selector, in_groups_of
 from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult, run_transition
-
-
-def node_of(kernel: FakeKernel) -> Node:
-    return Node(
-        sysfs_root=kernel.sys_root,
-        dev_root=kernel.dev_root,
-        host_root=kernel.host_root,
-        proc_root=kernel.proc_root,
-        state_dir=posixpath.join(kernel.host_root, "run/vfio-manager"),
-        writer="thread",
-    )
 
 
 def to_vfio(kernel: FakeKernel, **fields: object) -> TransitionResult:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
+from tests.support import invoke
 
 E1000E = ("--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10d3")
 EDU = ("--vendor", "0x1234", "--class", "0x00ff00", "--device-id", "0x11e8")

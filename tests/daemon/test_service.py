@@ -17,11 +17,10 @@ from typing import Any, Optional
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from tests.cli.conftest import invoke
-from tests.daemon.kernel_rig import REAL_STATE, KernelRig
+from tests.daemon.kernel_rig import DAEMON_REAL_STATE, KernelRig
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.test_in_use import fake_process, native_node
+from tests.support import fake_process, invoke, native_node
 from vfio_manager.daemon.reconciler import OnExit, State
 from vfio_manager.daemon.service import DaemonOptions
 from vfio_manager.safety.intents import IntentStore
@@ -29,7 +28,7 @@ from vfio_manager.safety.lock import DaemonRunningError
 
 NEW = "0000:09:00.0"
 
-pytestmark = pytest.mark.parametrize("fs", REAL_STATE, indirect=True)
+pytestmark = pytest.mark.parametrize("fs", DAEMON_REAL_STATE, indirect=True)
 
 
 @pytest.fixture(autouse=True)

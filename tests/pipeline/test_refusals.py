@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import posixpath
 
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from tests.cli.conftest import invoke
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, state
-
-
-def fake_process(
-    fs: FakeFilesystem,
-    kernel: FakeKernel,
-    pid: int,
-    comm: str,
-    fds: tuple[str, ...] = (),
-    maps: tuple[str, ...] = (),
-) -> None:
-    """A process in the fake /proc holding ``fds`` open and mapping ``maps``."""
-    base = posixpath.join(kernel.proc_root, str(pid))
-    fs.create_file(posixpath.join(base, "comm"), contents=comm + "\n")
-    fs.create_dir(posixpath.join(base, "fd"))
-    for number, target in enumerate(fds, start=3):
-        fs.create_symlink(posixpath.join(base, "fd", str(number)), target)
-    lines = [
-        f"7f00{i:04x}0000-7f00{i:04x}1000 rw-s 00000000 00:15 42 {path}"
-        for i, path in enumerate(maps)
-    ]
-    fs.create_file(posixpath.join(base, "maps"), contents="\n".join(lines) + "\n")
-
-
-def device_dir(kernel: FakeKernel, bdf: str) -> str:
-    """The function's real directory under devices/ (bus/pci/devices/BDF is a symlink)."""
-    return os.path.realpath(posixpath.join(kernel.sys_root, "bus/pci/devices", bdf))
-
-
-def native_node(fs: FakeFilesystem, kernel: FakeKernel, bdf: str, name: str = "rbln0") -> None:
-    """The class device the rebellions driver creates: devices/BDF/rebellions/rbln0."""
-    base = posixpath.join(device_dir(kernel, bdf), "rebellions", name)
-    fs.create_file(posixpath.join(base, "dev"), contents="240:0\n")
-    fs.create_file(posixpath.join(base, "uevent"), contents=f"MAJOR=240\nMINOR=0\nDEVNAME={name}\n")
+from tests.support import HOST, VFIO, device_dir, fake_process, invoke, native_node, state
 
 
 def test_unbind_refused_while_a_vm_holds_the_group(fs: FakeFilesystem, kernel: FakeKernel) -> None:

@@ -1,19 +1,32 @@
-"""Metrics values and the HTTP endpoints, on a real server bound to 127.0.0.1:ephemeral."""
+"""What the daemon tells the world: sd_notify messages (real AF_UNIX datagram sockets, path and
+abstract name), metrics and the HTTP endpoints (a real server on 127.0.0.1), the ready file."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon.fakes import FakeClock
-from vfio_manager.daemon.health import DaemonMetrics, HealthServer, parse_listen
+from tests.daemon.fakes import Listener, sample
+from tests.support import FakeClock
+from vfio_manager.daemon.health import (
+    DaemonMetrics,
+    HealthServer,
+    Notifier,
+    ReadyFile,
+    default_ready_path,
+    parse_listen,
+    watchdog_interval,
+)
 from vfio_manager.daemon.loop import ReconcileLoop
 from vfio_manager.daemon.reconciler import (
     HOST_READY,
@@ -31,15 +44,81 @@ from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.uevents import Uevent
 from vfio_manager.pipeline.engine import Result
 
+
+# -- sd_notify -----------------------------------------------------------------------------------
+@pytest.fixture(params=["path", "abstract"])
+def listener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Listener]:
+    if request.param == "path":
+        address = str(tmp_path / "notify.sock")
+    else:
+        address = f"@vfio-manager-test-{os.getpid()}-{secrets.token_hex(4)}"
+    listening = Listener(address)
+    yield listening
+    listening.close()
+
+
+def test_each_message_arrives_as_one_datagram(listener: Listener) -> None:
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": listener.env_value})
+    assert notifier.enabled
+    assert notifier.ready("converged: 2 functions on vfio-pci")
+    assert notifier.status("reconciling 0000:03:00.0\nand more")
+    assert notifier.watchdog()
+    assert notifier.stopping()
+    assert listener.message() == ["READY=1", "STATUS=converged: 2 functions on vfio-pci"]
+    assert listener.message() == ["STATUS=reconciling 0000:03:00.0 and more"]
+    assert listener.message() == ["WATCHDOG=1"]
+    assert listener.message() == ["STOPPING=1"]
+    notifier.close()
+
+
+def test_without_notify_socket_nothing_is_sent() -> None:
+    notifier = Notifier.from_environment({})
+    assert not notifier.enabled
+    assert notifier.ready() is False
+    assert notifier.watchdog_interval is None
+
+
+def test_a_vanished_socket_is_reported_once_and_never_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vfio_manager.daemon import health
+
+    warnings: list[str] = []
+    monkeypatch.setattr(health.log, "warning", lambda event, **kw: warnings.append(event))
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    assert notifier.status("one") is False
+    assert notifier.status("two") is False
+    assert len(warnings) == 1
+
+
+@pytest.mark.parametrize("value", ["relative.sock", "@", "vsock:2:1234"])
+def test_unsupported_addresses_disable_notify(value: str) -> None:
+    assert not Notifier.from_environment({"NOTIFY_SOCKET": value}).enabled
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
+    env = {"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "30000000"}
+    assert watchdog_interval(env) == 15.0
+    assert Notifier.from_environment(env).watchdog_interval == 15.0
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "-5"}, None),
+        ({"WATCHDOG_USEC": "²"}, None),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "42"}, 1.0),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "43"}, None),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "x"}, None),
+    ],
+)
+def test_watchdog_honours_watchdog_pid(env: dict[str, str], expected: object) -> None:
+    assert watchdog_interval(env, pid=42) == expected
+
+
+# -- metrics ------------------------------------------------------------------------------------
 IOMMU_OFF = HostCheck("iommu", "no IOMMU groups", "enable intel_iommu=on and reboot")
-
-
-def sample(text: str, name: str, **labels: str) -> Optional[float]:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return None
 
 
 def observe(
@@ -283,3 +362,71 @@ def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
 def test_bad_listen_addresses_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError):
         parse_listen(text)
+
+
+# -- the ready file ----------------------------------------------------------------------------
+COUNTS = {"converged": 2, "pending": 0, "held": 0, "excluded": 1, "failed": 0, "intent-host": 0}
+
+
+def test_the_ready_file_exists_exactly_while_converged(state_dir: Path) -> None:
+    ready = ReadyFile(default_ready_path(str(state_dir)), wall_clock=lambda: 1714564800.0)
+    path = state_dir / "ready"
+    ready.update(True, COUNTS)
+    doc = json.loads(path.read_text())
+    assert doc == {
+        "converged": True,
+        "since": "2024-05-01T12:00:00Z",
+        "pid": os.getpid(),
+        "counts": COUNTS,
+    }
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    ready.update(False, {**COUNTS, "pending": 1})
+    assert not path.exists()
+    ready.update(True, COUNTS)
+    ready.remove()
+    assert not path.exists()
+    ready.remove()  # absent: no error
+
+
+def test_the_ready_file_is_rewritten_only_when_counts_change(state_dir: Path) -> None:
+    ready = ReadyFile(str(state_dir / "ready"))
+    path = state_dir / "ready"
+    ready.update(True, COUNTS)
+    inode = path.stat().st_ino
+    ready.update(True, COUNTS)
+    assert path.stat().st_ino == inode, "same content: no write"
+    ready.update(True, {**COUNTS, "converged": 3})
+    assert path.stat().st_ino != inode, "a rename replaced it"
+    assert json.loads(path.read_text())["counts"]["converged"] == 3
+    path.unlink()
+    ready.update(True, {**COUNTS, "converged": 3})
+    assert path.exists(), "removed behind our back: written again"
+
+
+def test_a_symlink_at_the_ready_path_is_replaced_not_followed(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (state_dir / "ready").symlink_to(victim)
+    ReadyFile(str(state_dir / "ready")).update(True, COUNTS)
+    assert victim.read_text() == "precious"
+    assert not (state_dir / "ready").is_symlink()
+    (state_dir / "ready").unlink()
+    (state_dir / "ready").symlink_to(victim)
+    ReadyFile(str(state_dir / "ready")).remove()
+    assert victim.exists()
+    assert not (state_dir / "ready").exists()
+
+
+def test_an_unwritable_ready_file_is_logged_once_and_never_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vfio_manager.daemon import health
+
+    errors: list[str] = []
+    monkeypatch.setattr(health.log, "error", lambda event, **kw: errors.append(event))
+    ready = ReadyFile(str(tmp_path / "missing-dir" / "ready"))
+    ready.update(True, COUNTS)
+    ready.update(True, {**COUNTS, "converged": 5})
+    assert errors == ["ready file not written"]

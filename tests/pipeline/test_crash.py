@@ -13,19 +13,13 @@ from typing import Optional
 
 import pytest
 
-from tests.cli.conftest import invoke, state_dir
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.safety.conftest import HOST, VFIO, states
+from tests.support import HOST, VFIO, Killed, invoke, pending, states
 from vfio_manager.kernel.sysfs import Sysfs
-from vfio_manager.safety.journal import Journal
 
 COUNT = 3
 WRITES_PER_RUN = 3 * COUNT  # override, unbind, probe per function
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: not an Exception, so no `except Exception` can absorb it."""
 
 
 class Kill:
@@ -80,10 +74,6 @@ def kill(monkeypatch: pytest.MonkeyPatch) -> Kill:
     return killer
 
 
-def _pending(kernel: FakeKernel) -> list[str]:
-    return [e.bdf or "?" for e in Journal(state_dir(kernel)).pending()]
-
-
 @pytest.mark.parametrize("after", [False, True], ids=["before-write", "after-write"])
 @pytest.mark.parametrize("k", range(WRITES_PER_RUN))
 def test_bind_all_killed_after_k_writes_converges_on_rerun(
@@ -91,11 +81,11 @@ def test_bind_all_killed_after_k_writes_converges_on_rerun(
 ) -> None:
     bdfs = npu_node(kernel, count=COUNT)
     kill.run(kernel, k, after, "bind-all")
-    assert _pending(kernel), "the killed run left no journal record to recover from"
+    assert pending(kernel), "the killed run left no journal record to recover from"
     rerun = invoke(kernel, "bind-all")
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
     assert states(kernel, bdfs) == dict.fromkeys(bdfs, VFIO)
-    assert _pending(kernel) == []
+    assert pending(kernel) == []
     assert "journal:" in rerun.stdout
 
 
@@ -110,7 +100,7 @@ def test_unbind_all_killed_after_k_writes_converges_on_rerun(
     rerun = invoke(kernel, "unbind-all")
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
     assert states(kernel, bdfs) == dict.fromkeys(bdfs, HOST)
-    assert _pending(kernel) == []
+    assert pending(kernel) == []
 
 
 @pytest.mark.parametrize("k", range(WRITES_PER_RUN))
@@ -121,5 +111,5 @@ def test_bind_killed_then_unbind_all_rolls_back(kernel: FakeKernel, kill: Kill, 
     rerun = invoke(kernel, "unbind-all")
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
     assert states(kernel, bdfs) == dict.fromkeys(bdfs, HOST)
-    assert _pending(kernel) == []
+    assert pending(kernel) == []
     assert "rolling back the interrupted bind to vfio" in rerun.stdout
