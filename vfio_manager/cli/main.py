@@ -1,8 +1,8 @@
 """The click command line: options in, one result on stdout, an exit code out.
 
-Options become a :class:`~vfio_manager.pipeline.node.Node` and a request for the pipeline.
-Errors end in :class:`_Cli`: a message, a remedy and an exit code on stderr, never a
-traceback; with ``--json``, every error is also one ``{"error": ...}`` document on stdout.
+Options become a :class:`~vfio_manager.pipeline.node.Node` and a pipeline request. Every
+error ends in :class:`_Cli` as a message, remedy and exit code on stderr, never a traceback;
+with ``--json``, also as one ``{"error": ...}`` document on stdout.
 """
 
 from __future__ import annotations
@@ -115,105 +115,87 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+def _opt(*decls: str, env: Optional[str] = None, **kwargs: Any) -> Callable[[F], F]:
+    """``click.option``; ``env``, its environment variable, is named at the end of its help."""
+    if env is not None:
+        kwargs.update(envvar=env, help=f"{kwargs['help'].rstrip('.')} (env {env}).")
+    return click.option(*decls, **kwargs)
+
+
+def _path_option(name: str, env: str, default: str, text: str, **kwargs: Any) -> Callable[[F], F]:
+    return _opt(name, env=env, type=LOCATION, default=default, help=text, **kwargs)
+
+
+def _flag(*decls: str, help: str) -> Callable[[F], F]:
+    return click.option(*decls, is_flag=True, help=help)
+
+
 # -- the node and the selection ----------------------------------------------------------------
 _node_options = _options(
-    click.option(
-        "--sysfs-root",
-        envvar="VFIO_MANAGER_SYSFS_ROOT",
-        type=LOCATION,
-        default="/sys",
-        help="Where sysfs is mounted (env VFIO_MANAGER_SYSFS_ROOT).",
-    ),
-    click.option(
-        "--dev-root",
-        envvar="VFIO_MANAGER_DEV_ROOT",
-        type=LOCATION,
-        default="/dev",
-        help="Where the host's /dev is mounted (env VFIO_MANAGER_DEV_ROOT).",
-    ),
-    click.option(
-        "--host-root",
-        envvar="HOST_ROOT",
-        type=LOCATION,
-        default="/",
-        help="The host's root filesystem, for /proc/cmdline and /lib/modules (env HOST_ROOT).",
-    ),
-    click.option(
+    _path_option("--sysfs-root", "VFIO_MANAGER_SYSFS_ROOT", "/sys", "Where sysfs is mounted."),
+    _path_option("--dev-root", "VFIO_MANAGER_DEV_ROOT", "/dev", "Where the host's /dev is."),
+    _path_option("--host-root", "HOST_ROOT", "/", "The host's / (/proc/cmdline, /lib/modules)."),
+    _opt(
         "--timeout",
         type=_seconds(0.1),
         default=30.0,
         help="Deadline in seconds for each function's writes (an unbind can hang while a "
         "process holds the device) and for its /dev/vfio node to appear.",
     ),
-    click.option(
+    _path_option(
         "--state-dir",
-        envvar="VFIO_MANAGER_STATE_DIR",
-        type=LOCATION,
-        default="/run/vfio-manager",
-        help="Lock and journal directory (env VFIO_MANAGER_STATE_DIR); in Kubernetes a "
-        "hostPath, so the DaemonSet pod and its preStop hook share it.",
+        "VFIO_MANAGER_STATE_DIR",
+        "/run/vfio-manager",
+        "Lock and journal directory; in Kubernetes a hostPath the preStop hook shares.",
     ),
-    click.option(
+    _opt(
         "--lock-timeout",
         type=_seconds(0.0),
         default=60.0,
         help="Seconds a writing command waits for another vfio-manager run to finish.",
     ),
-    click.option(
+    _opt(
         "--parallel",
-        envvar="VFIO_MANAGER_PARALLEL",
+        env="VFIO_MANAGER_PARALLEL",
         type=click.IntRange(1, 64),
         default=8,
-        help="IOMMU groups moved side by side (a native driver's probe can take seconds); "
-        "1 moves one function after another.",
+        help="IOMMU groups moved side by side (a native driver's probe can take seconds).",
     ),
-    click.option(
-        "--proc-root",
-        envvar="VFIO_MANAGER_PROC_ROOT",
-        type=LOCATION,
-        default="/proc",
-        hidden=True,
-        help="Where the host's /proc is (processes holding a device, mounts, routes).",
-    ),
-    click.option(
+    _path_option("--proc-root", "VFIO_MANAGER_PROC_ROOT", "/proc", "Host /proc.", hidden=True),
+    _opt(
         "--writer",
-        envvar="VFIO_MANAGER_WRITER",
+        env="VFIO_MANAGER_WRITER",
         type=click.Choice(["process", "thread"]),
         default="process",
         hidden=True,
-        help="How sysfs writes are made: from a child process (a stuck write cannot keep the "
-        "command alive) or a thread (the tests' in-memory fake kernel).",
+        help="sysfs writes from a child process, or a thread (the tests' fake kernel).",
     ),
 )
 
 _selection_options = _options(
-    click.option(
-        "--vendor",
-        envvar="VFIO_MANAGER_VENDOR",
-        default="0x1eff",
-        metavar="HEX",
-        help="PCI vendor ID to select (env VFIO_MANAGER_VENDOR).",
-    ),
-    click.option(
+    _opt("--vendor", env="VFIO_MANAGER_VENDOR", default="0x1eff", metavar="HEX", help="Vendor ID."),
+    _opt(
         "--class",
         "pci_class",
-        envvar="VFIO_MANAGER_CLASS",
+        env="VFIO_MANAGER_CLASS",
         default="0x120000",
         metavar="HEX",
-        help="PCI class to select (0x1200 ignores the programming interface; env "
-        "VFIO_MANAGER_CLASS).",
+        help="PCI class to select; 0x1200 ignores the programming interface.",
     ),
-    click.option(
+    _opt(
         "--device-id",
         "device_ids",
-        envvar="VFIO_MANAGER_DEVICE_ID",
+        env="VFIO_MANAGER_DEVICE_ID",
         type=HEX,
         multiple=True,
         metavar="HEX",
-        help="PCI device ID to select; repeatable. Default: every device ID (env "
-        "VFIO_MANAGER_DEVICE_ID, comma-separated).",
+        help="PCI device ID to select; repeatable, comma-separated in the environment. "
+        "Default: every device ID",
     ),
 )
+
+
+_SELECTION = ("vendor", "pci_class", "device_ids")
 
 
 def _node(ctx: click.Context) -> Node:
@@ -238,6 +220,7 @@ def _node(ctx: click.Context) -> Node:
 
 
 def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Selector:
+    """The selection options' :class:`Selector` (commands take them as ``**selection``)."""
     from vfio_manager.pipeline.selection import Selector
 
     try:
@@ -250,10 +233,8 @@ def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Selecto
 @_node_options
 @_selection_options
 @click.pass_context
-def _from_environment(
-    ctx: click.Context, /, vendor: str, pci_class: str, device_ids: tuple[str, ...], **_roots: Any
-) -> tuple[Node, Selector]:
-    return _node(ctx), _selector(vendor, pci_class, device_ids)
+def _from_environment(ctx: click.Context, /, **params: Any) -> tuple[Node, Selector]:
+    return _node(ctx), _selector(**{k: params[k] for k in _SELECTION})
 
 
 def node_from_environment(**defaults: str) -> tuple[Node, Selector]:
@@ -332,9 +313,7 @@ class _Cli(click.Group):
     default="auto",
     help="Log format on stderr; auto is JSON unless stderr is a terminal.",
 )
-@click.option(
-    "-v", "--verbose", count=True, show_default=False, help="More log detail (every sysfs write)."
-)
+@click.option("-v", "--verbose", count=True, show_default=False, help="More log detail.")
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.pass_context
 def cli(ctx: click.Context, /, log_format: str, verbose: int, quiet: bool, **_roots: Any) -> None:
@@ -349,6 +328,16 @@ def cli(ctx: click.Context, /, log_format: str, verbose: int, quiet: bool, **_ro
     logsetup.configure(log_format, -1 if quiet else verbose)
 
 
+def _command(name: Optional[str] = None, **attrs: Any) -> Callable[[F], click.Command]:
+    """A subcommand: the selection options first, the node as its first argument."""
+
+    def make(func: F) -> click.Command:
+        command = _selection_options(click.pass_obj(func))
+        return cli.command(name, epilog=EXIT_CODES_HELP, **attrs)(command)
+
+    return make
+
+
 def _finish(lines: Sequence[str], code: ExitCode) -> None:
     """Print a result in one write (a big plan has thousands of lines) and exit with its code."""
     if lines:
@@ -358,12 +347,8 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
 
 
 # -- status --------------------------------------------------------------------------------
-@cli.command(epilog=EXIT_CODES_HELP)
-@_selection_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--check", is_flag=True, help="Exit 0 only when every selected function is on vfio-pci."
-)
+@_flag("--json", "as_json", help="Print JSON instead of a table.")
+@_flag("--check", help="Exit 0 only when every selected function is on vfio-pci.")
 @click.option(
     "--wait",
     type=_seconds(0.0),
@@ -371,16 +356,8 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
     help="With --check: wait up to SECONDS for every selected function to be on vfio-pci "
     "(woken by kernel uevents, re-read every 5 s at least); exit 1 if time runs out.",
 )
-@click.pass_obj
-def status(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    as_json: bool,
-    check: bool,
-    wait: Optional[float],
-) -> None:
+@_command()
+def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **selection: Any) -> None:
     """Show the selected functions: driver, override, IOMMU group and its viability.
 
     Read-only: works anywhere, as any user that can read sysfs.
@@ -388,22 +365,17 @@ def status(
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import status as read_status
 
-    selector = _selector(vendor, pci_class, device_ids)
+    selector = _selector(**selection)
     if wait is not None:
         if not check:
             raise click.UsageError("--wait needs --check (it waits for what --check checks)")
-        _wait_on_vfio(node, selector, wait)
+        from vfio_manager.kernel.uevents import wait_with_uevents
+
+        wait_with_uevents(lambda: read_status(node, selector).all_on_vfio, timeout=wait)
     result = read_status(node, selector)
     intents = _read_intents(node)
     lines = render.status_json(result, intents) if as_json else render.status_text(result, intents)
     _finish(lines, ExitCode.FAILED if check and not result.all_on_vfio else ExitCode.OK)
-
-
-def _wait_on_vfio(node: Node, selector: Any, seconds: float) -> None:
-    from vfio_manager.kernel.uevents import wait_with_uevents
-    from vfio_manager.pipeline.queries import status as read_status
-
-    wait_with_uevents(lambda: read_status(node, selector).all_on_vfio, timeout=seconds)
 
 
 def _read_intents(node: Node) -> dict[str, Any]:
@@ -430,23 +402,14 @@ def _check_mark(ok: bool) -> str:
     return click.style(text, fg="green") if ok else click.style(text, fg="red", bold=True)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
-@_selection_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a checklist.")
+@_flag("--json", "as_json", help="Print JSON instead of a checklist.")
 @click.option(
     "--load-modules/--no-load-modules",
     default=False,
     help="Load the missing vfio modules with the host's modprobe, then check again.",
 )
-@click.pass_obj
-def check(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    as_json: bool,
-    load_modules: bool,
-) -> None:
+@_command()
+def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> None:
     """Is this host ready to give the selected functions to VMs? Exit 0 if so, 3 if not.
 
     Checks the IOMMU (live evidence, explained by the kernel arguments and configuration),
@@ -456,27 +419,24 @@ def check(
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import check as check_host
 
-    result = check_host(node, _selector(vendor, pci_class, device_ids), load_modules=load_modules)
+    result = check_host(node, _selector(**selection), load_modules=load_modules)
     lines = render.check_json(result) if as_json else render.check_text(result, _check_mark)
     _finish(lines, ExitCode.OK if result.preflight.ok else ExitCode.HOST_NOT_READY)
 
 
 # -- bind, unbind, bind-all, unbind-all --------------------------------------------------------
 _transition_options = _options(
-    _selection_options,
-    click.option(
+    _flag(
         "--force",
-        is_flag=True,
         help="Move functions even when a process holds them or the host needs them (a mounted "
         "disk, an addressed interface, the boot console). Use with care.",
     ),
-    click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
-    click.option("--json", "as_json", is_flag=True, help="Print the plan or the outcome as JSON."),
+    _flag("--dry-run", help="Print the plan; write nothing."),
+    _flag("--json", "as_json", help="Print the plan or the outcome as JSON."),
 )
 _to_vfio_options = _options(
-    click.option(
+    _flag(
         "--with-group-peers",
-        is_flag=True,
         help="Also bind the other endpoint members of each IOMMU group when they match the "
         "selection (or, for bind, are named).",
     ),
@@ -495,21 +455,12 @@ def _transition_command(
     """Make the command the decorated function names and documents: to or from vfio-pci,
     for the named BDFs or every selected function."""
 
-    def run(
-        node: Node,
-        /,
-        vendor: str,
-        pci_class: str,
-        device_ids: tuple[str, ...],
-        as_json: bool,
-        bdfs: tuple[PciAddress, ...] = (),
-        **flags: Any,
-    ) -> None:
+    def run(node: Node, /, as_json: bool, bdfs: tuple[PciAddress, ...] = (), **flags: Any) -> None:
         from vfio_manager.cli import render
         from vfio_manager.kernel.drivers import Direction
         from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
-        selector = _selector(vendor, pci_class, device_ids)
+        selector = _selector(**{k: flags.pop(k) for k in _SELECTION})
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
         request = TransitionRequest(selector, direction, named=bdfs, admin=True, **flags)
         result = run_transition(node, request)
@@ -523,8 +474,7 @@ def _transition_command(
                 0, click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
             )
         name = described.__name__.replace("_", "-")
-        command = _options(*options)(click.pass_obj(run))
-        return cli.command(name, help=described.__doc__, epilog=EXIT_CODES_HELP)(command)
+        return _command(name, help=described.__doc__)(_options(*options)(run))
 
     return make
 
@@ -560,8 +510,7 @@ def unbind_all() -> None:
 
 
 # -- kubevirt-config ---------------------------------------------------------------------------
-@cli.command("kubevirt-config", epilog=EXIT_CODES_HELP)
-@_selection_options
+@_command("kubevirt-config")
 @click.option(
     "--naming",
     type=click.Choice(["atom", "pf"]),
@@ -569,28 +518,14 @@ def unbind_all() -> None:
     help="Resource names of the sandbox device plugin: atom = rebellions.ai/ATOM_CA22_PT "
     "(one per card), pf = rebellions.ai/RBLN-CA25_PF and _VF (per product and function).",
 )
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["yaml", "json"]),
-    default="yaml",
-    help="Output format.",
-)
-@click.option(
+@click.option("--format", "output_format", type=click.Choice(["yaml", "json"]), default="yaml")
+@_flag(
     "--all-products",
-    is_flag=True,
     help="Every catalogued product's PF and VF IDs instead of the functions on this host "
     "(the selection options then do not apply).",
 )
-@click.pass_obj
 def kubevirt_config(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    naming: str,
-    output_format: str,
-    all_products: bool,
+    node: Node, naming: str, output_format: str, all_products: bool, **selection: Any
 ) -> None:
     """Print KubeVirt's permittedHostDevices.pciHostDevices entries for the NPUs.
 
@@ -606,7 +541,7 @@ def kubevirt_config(
         from vfio_manager.kernel.inventory import read_topology
         from vfio_manager.pipeline.selection import selected_functions
 
-        selector = _selector(vendor, pci_class, device_ids)
+        selector = _selector(**selection)
         topology = read_topology(node.sysfs())
         entries = kubevirt.for_functions(selected_functions(topology, selector), naming)
         if not entries:
@@ -622,67 +557,59 @@ def kubevirt_config(
 
 
 # -- daemon ---------------------------------------------------------------------------------
-@cli.command(epilog=EXIT_CODES_HELP)
-@_selection_options
-@click.option(
+@_command()
+@_opt(
     "--resync-interval",
-    envvar="VFIO_MANAGER_RESYNC_INTERVAL",
+    env="VFIO_MANAGER_RESYNC_INTERVAL",
     type=_seconds(1.0),
     default=60.0,
-    help="Seconds between full re-reads of the node, the safety net under the kernel's "
-    "uevents (env VFIO_MANAGER_RESYNC_INTERVAL).",
+    help="Seconds between full re-reads of the node, the safety net under the kernel's uevents.",
 )
-@click.option(
+@_opt(
     "--ready-file",
-    envvar="VFIO_MANAGER_READY_FILE",
+    env="VFIO_MANAGER_READY_FILE",
     metavar="PATH",
-    help="File present exactly while the node is converged (default <state-dir>/ready; env "
-    "VFIO_MANAGER_READY_FILE).",
+    help="File present exactly while the node is converged (default <state-dir>/ready).",
 )
-@click.option(
+@_opt(
     "--listen",
-    envvar="VFIO_MANAGER_LISTEN",
+    env="VFIO_MANAGER_LISTEN",
     metavar="ADDR:PORT",
     help="Serve /healthz, /readyz and /metrics over HTTP there (default off; :PORT for every "
-    "IPv4 address, [::1]:PORT for IPv6, port 0 picks one and logs it; env "
-    "VFIO_MANAGER_LISTEN).",
+    "IPv4 address, [::1]:PORT for IPv6, port 0 picks one and logs it).",
 )
-@click.option(
+@_opt(
     "--on-exit",
-    envvar="VFIO_MANAGER_ON_EXIT",
+    env="VFIO_MANAGER_ON_EXIT",
     type=click.Choice(["keep", "release-idle", "release"]),
     default="keep",
     help="On SIGTERM: keep every function on vfio-pci, return those whose IOMMU group no "
-    "process holds, or return all (with unbind-all's refusals) (env VFIO_MANAGER_ON_EXIT).",
+    "process holds, or return all (with unbind-all's refusals).",
 )
-@click.option(
+@_opt(
     "--exclude",
-    envvar="VFIO_MANAGER_EXCLUDE",
+    env="VFIO_MANAGER_EXCLUDE",
     type=BDF,
     multiple=True,
     metavar="BDF",
-    help="Never touch this function (reported as excluded); repeatable (env "
-    "VFIO_MANAGER_EXCLUDE, comma-separated).",
+    help="Never touch this function (reported as excluded); repeatable, comma-separated in "
+    "the environment.",
 )
-@click.option(
+@_opt(
     "--load-modules/--no-load-modules",
-    envvar="VFIO_MANAGER_LOAD_MODULES",
+    env="VFIO_MANAGER_LOAD_MODULES",
     default=True,
-    help="Load missing vfio modules with the host's modprobe, as bind-all does (env "
-    "VFIO_MANAGER_LOAD_MODULES).",
+    help="Load missing vfio modules with the host's modprobe, as bind-all does.",
 )
-@click.pass_obj
 def daemon(
     node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
     resync_interval: float,
     ready_file: Optional[str],
     listen: Optional[str],
     on_exit: str,
     exclude: tuple[PciAddress, ...],
     load_modules: bool,
+    **selection: Any,
 ) -> None:
     """Keep the selected functions on vfio-pci, driven by kernel uevents.
 
@@ -694,7 +621,7 @@ def daemon(
     from vfio_manager.daemon.service import DaemonOptions, run_daemon
 
     options = DaemonOptions(
-        selector=_selector(vendor, pci_class, device_ids),
+        selector=_selector(**selection),
         exclude=tuple(sorted({str(a) for a in exclude})),
         resync_interval=resync_interval,
         ready_file=ready_file,
