@@ -1,6 +1,6 @@
 """The reconcile loop: when to reconcile (uevents, resyncs, retries, signals) and what to tell
-afterwards. One thread, one ``poll`` on the uevent socket and a wakeup pipe, whose timeout is
-the next thing owed; the reconciler is injected. docs/daemon.md has the loop and its contract.
+afterwards. One thread and one ``poll`` (uevent socket, wakeup pipe) whose timeout is the next
+thing owed; the reconciler is injected. docs/daemon.md has the loop and its contract.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from vfio_manager.pipeline.engine import Result
 
 log = get_logger("vfio_manager.daemon.loop")
 
+Clock = Callable[[], float]
 HEARTBEAT_SLACK = 5.0  # beyond the wait's timeout before /healthz calls the loop wedged
 _SPURIOUS_WAKEUPS = 100  # readable-but-empty in a row before the source is dropped
 
@@ -38,7 +39,7 @@ _SPURIOUS_WAKEUPS = 100  # readable-but-empty in a row before the source is drop
 class Batch:
     """The functions a window of events touched; ``full``: re-plan every function."""
 
-    affected: frozenset[str]
+    affected: frozenset[str] = frozenset()
     full: bool = False
 
 
@@ -46,10 +47,9 @@ class Debouncer:
     """Gathers a burst of uevents into one reconcile: the first event opens a window that
     does not slide, so a steady trickle cannot postpone the reconcile forever."""
 
-    def __init__(self, window: float = 0.2, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window = max(0.0, window)
-        self.clock = clock
-        self._batch = Batch(frozenset())
+    def __init__(self, window: float = 0.2, *, clock: Clock = time.monotonic) -> None:
+        self.window, self.clock = max(0.0, window), clock
+        self._batch = Batch()
         self._opened_at: Optional[float] = None
 
     def add(self, batch: UeventBatch) -> None:
@@ -70,13 +70,11 @@ class Debouncer:
 
     def take_if_due(self) -> Optional[Batch]:
         due = self.due_at()
-        if due is None or self.clock() < due:
-            return None
-        return self.take()
+        return self.take() if due is not None and self.clock() >= due else None
 
     def take(self) -> Batch:
         """The batch now, window closed or not (a resync absorbs pending events)."""
-        batch, self._batch, self._opened_at = self._batch, Batch(frozenset()), None
+        batch, self._batch, self._opened_at = self._batch, Batch(), None
         return batch
 
 
@@ -92,17 +90,11 @@ class Backoff:
     a failing function (whose own attempts make uevents) is never retried in a hot loop."""
 
     def __init__(
-        self,
-        initial: float = 1.0,
-        cap: float = 300.0,
-        *,
-        clock: Callable[[], float] = time.monotonic,
+        self, initial: float = 1.0, cap: float = 300.0, *, clock: Clock = time.monotonic
     ) -> None:
         if initial <= 0 or cap < initial:
             raise ValueError(f"backoff needs 0 < initial <= cap, got {initial} and {cap}")
-        self.initial = initial
-        self.cap = cap
-        self.clock = clock
+        self.initial, self.cap, self.clock = initial, cap, clock
         self._retries: dict[str, _Retry] = {}
 
     def delay_after(self, failures: int) -> float:
@@ -117,6 +109,12 @@ class Backoff:
 
     def get(self, key: str) -> _Retry:
         return self._retries.get(key, _Retry())
+
+    def failures(self, key: str) -> int:
+        return self.get(key).failures
+
+    def reason(self, key: str) -> Optional[str]:
+        return self.get(key).reason
 
     def succeeded(self, key: str) -> None:
         self._retries.pop(key, None)
@@ -133,14 +131,7 @@ class Backoff:
         """Make every waiting key due (SIGHUP: "I fixed it, try again")."""
         now = self.clock()
         for retry in self._retries.values():
-            if retry.at is not None:
-                retry.at = min(retry.at, now)
-
-    def failures(self, key: str) -> int:
-        return self.get(key).failures
-
-    def reason(self, key: str) -> Optional[str]:
-        return self.get(key).reason
+            retry.at = None if retry.at is None else min(retry.at, now)
 
     def waiting(self) -> frozenset[str]:
         """Keys whose retry has not come: not to be written yet."""
@@ -151,8 +142,7 @@ class Backoff:
         return frozenset(k for k, r in self._retries.items() if r.at is not None and r.at <= now)
 
     def next_retry_at(self) -> Optional[float]:
-        times = [r.at for r in self._retries.values() if r.at is not None]
-        return min(times) if times else None
+        return min((r.at for r in self._retries.values() if r.at is not None), default=None)
 
 
 class FlapGuard:
@@ -160,11 +150,9 @@ class FlapGuard:
     something else binding it back (a udev rule, another agent): a failure for the backoff."""
 
     def __init__(
-        self, limit: int = 5, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic
+        self, limit: int = 5, window: float = 60.0, *, clock: Clock = time.monotonic
     ) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
+        self.limit, self.window, self.clock = limit, window, clock
         self._moves: dict[str, deque[float]] = {}
 
     def moved(self, key: str) -> bool:
@@ -216,36 +204,30 @@ class ReconcileLoop:
         *,
         source: Optional[DatagramUeventSource],
         settings: LoopSettings = LoopSettings(),
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
         waiter: Optional[Waiter] = None,
         notifier: Optional[Notifier] = None,
         ready_file: Optional[ReadyFile] = None,
         metrics: Optional[DaemonMetrics] = None,
         on_exit: Callable[[], None] = lambda: None,
     ) -> None:
-        self.reconciler = reconcile
-        self.source = source
-        self._doorbell, self._ring_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stop = self._resync = False
-        self.stop_signal: Optional[int] = None
-        self.settings = settings
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self.waiter: Waiter = waiter if waiter is not None else PollWaiter()
-        self.notifier = notifier if notifier is not None else Notifier(None)
-        self.ready_file = ready_file
-        self.metrics = metrics
-        self.on_exit = on_exit
+        self.reconciler, self.source, self.settings = reconcile, source, settings
+        self.clock, self.wall_clock = clock, wall_clock
+        self.waiter: Waiter = waiter or PollWaiter()
+        self.notifier = notifier or Notifier(None)
+        self.ready_file, self.metrics, self.on_exit = ready_file, metrics, on_exit
         self.debouncer = Debouncer(settings.debounce, clock=clock)
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_cap, clock=clock)
         self.flaps = FlapGuard(settings.flap_limit, settings.flap_window, clock=clock)
         self.view = NodeView()
         self.reconciles = 0
+        self.stop_signal: Optional[int] = None
+        self._stop = self._resync = self._ready_sent = False
+        self._doorbell, self._ring_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._alive_until = float("-inf")
         self._next_resync = clock()
         self._next_watchdog = None if self.notifier.watchdog_interval is None else clock()
-        self._ready_sent = False
         self._host_logged: Optional[frozenset[str]] = None
         self._spurious = 0
 
@@ -269,7 +251,7 @@ class ReconcileLoop:
     def install_signal_handlers(self) -> Callable[[], None]:
         """SIGTERM/SIGINT: stop; SIGHUP: resync. Returns a function restoring the old ones."""
 
-        def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
             if signum == signal.SIGHUP:
                 self.request_resync()
             else:
@@ -316,11 +298,12 @@ class ReconcileLoop:
         """Wait for the next thing to do and do it; False once a stop was requested."""
         if self.stop_requested():
             return False
-        timeout = self._timeout()
+        owed = (self._next_resync, self.debouncer.due_at(), self.backoff.next_retry_at())
+        due = min(t for t in (*owed, self._next_watchdog) if t is not None)
+        timeout = max(0.0, due - self.clock())
         self.beat(timeout + HEARTBEAT_SLACK)
-        fds = [self._doorbell]
-        if self.source is not None:
-            fds.append(self.source.fileno())
+        source = self.source
+        fds = [self._doorbell] if source is None else [self._doorbell, source.fileno()]
         ready = self.waiter.wait(fds, timeout)
         if self._doorbell in ready:
             with contextlib.suppress(BlockingIOError):
@@ -328,8 +311,8 @@ class ReconcileLoop:
                     pass
         if self.stop_requested():
             return False
-        if self.source is not None and self.source.fileno() in ready:
-            self._read_events(self.source)
+        if source is not None and source.fileno() in ready:
+            self._read_events(source)
         self._act()
         self._ping_watchdog()
         return True
@@ -354,15 +337,6 @@ class ReconcileLoop:
         log.info("stopped", exit_code=code)
         return code
 
-    def _timeout(self) -> float:
-        owed = (
-            self._next_resync,
-            self.debouncer.due_at(),
-            self.backoff.next_retry_at(),
-            self._next_watchdog,
-        )
-        return max(0.0, min(t for t in owed if t is not None) - self.clock())
-
     def _read_events(self, source: DatagramUeventSource) -> None:
         batch = source.read_pending()
         if batch.events and self.metrics is not None:
@@ -385,13 +359,11 @@ class ReconcileLoop:
         if resync:
             log.info("resync requested (SIGHUP): failed functions are retried now")
             self.backoff.retry_now()
-        batch = self.debouncer.take_if_due()
-        if resync or self.clock() >= self._next_resync or (batch is not None and batch.full):
+        batch = self.debouncer.take_if_due() or Batch()
+        if resync or batch.full or self.clock() >= self._next_resync:
             self.debouncer.take()  # a full reconcile covers whatever was pending
             self._reconcile(None)
-            return
-        affected = (batch.affected if batch is not None else frozenset()) | self.backoff.due()
-        if affected:
+        elif affected := batch.affected | self.backoff.due():
             self._reconcile(affected)
 
     def _reconcile(self, affected: Optional[frozenset[str]]) -> None:
@@ -400,7 +372,6 @@ class ReconcileLoop:
         self._ping_watchdog()
         started = self.clock()
         outcome: Optional[ReconcileOutcome] = None
-        error: Optional[str] = None
         try:
             outcome = self.reconciler(request)
         except VfioManagerError as exc:
@@ -411,8 +382,7 @@ class ReconcileLoop:
             log.error("reconcile crashed (a bug: please report it)", error=error, exc_info=True)
         duration = self.clock() - started
         self.reconciles += 1
-        full = affected is None
-        if full:
+        if affected is None:
             self._next_resync = self.clock() + self.settings.resync_interval
         if outcome is not None:
             self.view = self._merge(request, outcome)
@@ -423,7 +393,11 @@ class ReconcileLoop:
             self.ready_file.update(view.converged, view.counts())
         if self.metrics is not None:
             self.metrics.observe_reconcile(
-                view, outcome, full=full, duration=duration, finished_at=self.wall_clock()
+                view,
+                outcome,
+                full=affected is None,
+                duration=duration,
+                finished_at=self.wall_clock(),
             )
         self._log_host(view)
         line = summary(view)
@@ -433,7 +407,7 @@ class ReconcileLoop:
             log.info("converged", summary=line)
         else:
             self.notifier.status(line)
-        scope = "full" if full else "partial"
+        scope = "full" if affected is None else "partial"
         log.debug("reconciled", scope=scope, duration=round(duration, 4), summary=line)
 
     def _merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
@@ -451,11 +425,10 @@ class ReconcileLoop:
                 reason=t.reason,
             )
         states = tuple(self._account(s, request, s.bdf in flapping) for s in outcome.functions)
-        seen = {s.bdf for s in states}
-        gone = (self.backoff.keys() if request.affected is None else request.affected) - seen
-        for bdf in gone:
-            self.backoff.succeeded(bdf)  # gone
-            self.flaps.forget(bdf)
+        looked_at = self.backoff.keys() if request.affected is None else request.affected
+        for gone in looked_at - {s.bdf for s in states}:
+            self.backoff.succeeded(gone)
+            self.flaps.forget(gone)
         return self.view.merge(request, replace(outcome, functions=states))
 
     def _account(
