@@ -32,13 +32,16 @@ def default_ready_path(state_dir: str) -> str:
     return os.path.join(state_dir, "ready")
 
 
+def _json(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+
 class ReadyFile:
     """Present exactly while the node is converged: a small JSON document written atomically
     (``O_NOFOLLOW``), rewritten only when the counts change. A failure is logged once."""
 
     def __init__(self, path: str, *, wall_clock: Callable[[], float] = time.time) -> None:
-        self.path = os.path.abspath(path)
-        self.wall_clock = wall_clock
+        self.path, self.wall_clock = os.path.abspath(path), wall_clock
         self._written: Optional[dict[str, int]] = None
         self._since: Optional[float] = None
         self._failing = False
@@ -48,19 +51,13 @@ class ReadyFile:
         if not converged:
             self.remove()
             return
-        if self._since is None:
-            self._since = self.wall_clock()
+        self._since = self.wall_clock() if self._since is None else self._since
         wanted = dict(counts)
         if wanted == self._written and os.path.lexists(self.path):
             return
-        doc = {
-            "converged": True,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since)),
-            "pid": os.getpid(),
-            "counts": wanted,
-        }
-        payload = (json.dumps(doc, sort_keys=True) + "\n").encode()
-        written = self._change("ready file not written", lambda: replace_file(self.path, payload))
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since))
+        doc = _json({"converged": True, "since": since, "pid": os.getpid(), "counts": wanted})
+        written = self._change("ready file not written", lambda: replace_file(self.path, doc))
         self._written = wanted if written else None
 
     def remove(self) -> None:
@@ -68,11 +65,9 @@ class ReadyFile:
         self._since = self._written = None
         self._change("ready file not removed", lambda: remove_file(self.path), missing_ok=True)
 
-    def _change(
-        self, failure: str, change: Callable[[], object], *, missing_ok: bool = False
-    ) -> bool:
-        """Run ``change``; False when it failed (logged unless ``missing_ok`` and the
-        directory is missing)."""
+    def _change(self, failure: str, change: Callable[[], object], missing_ok: bool = False) -> bool:
+        """Run ``change``; False when it failed (logged once, but for a missing file when
+        ``missing_ok``)."""
         try:
             change()
         except OSError as exc:
@@ -120,25 +115,22 @@ def watchdog_interval(env: Mapping[str, str], pid: Optional[int] = None) -> Opti
 
 
 class Notifier:
-    """sd_notify: one ``AF_UNIX`` datagram of ``KEY=VALUE`` lines per message; a no-op
-    without ``$NOTIFY_SOCKET``. Each method says whether the message went out."""
+    """sd_notify to ``$NOTIFY_SOCKET`` (``None``: a no-op), one ``AF_UNIX`` datagram of
+    ``KEY=VALUE`` lines per message. Each method says whether the message went out."""
 
-    def __init__(
-        self, address: Optional[Union[str, bytes]], watchdog: Optional[float] = None
-    ) -> None:
-        self.address = address
-        self.watchdog_interval = watchdog
+    def __init__(self, notify_socket: Optional[str], watchdog: Optional[float] = None) -> None:
+        self.notify_socket = notify_socket
+        self.address = socket_address(notify_socket) if notify_socket else None
+        if notify_socket and self.address is None:
+            log.warning("NOTIFY_SOCKET not understood; systemd is not told", value=notify_socket)
+        self.watchdog_interval = watchdog if self.address is not None else None
         self._sock: Optional[socket.socket] = None
         self._warned = False
 
     @classmethod
     def from_environment(cls, env: Optional[Mapping[str, str]] = None) -> Notifier:
         env = os.environ if env is None else env
-        raw = env.get("NOTIFY_SOCKET", "")
-        address = socket_address(raw) if raw else None
-        if raw and address is None:
-            log.warning("NOTIFY_SOCKET not understood; systemd is not told", value=raw)
-        return cls(address, watchdog_interval(env) if address is not None else None)
+        return cls(env.get("NOTIFY_SOCKET") or None, watchdog_interval(env))
 
     @property
     def enabled(self) -> bool:
@@ -155,12 +147,9 @@ class Notifier:
         except OSError as exc:
             if not self._warned:
                 self._warned = True
-                where = self.address
-                if isinstance(where, bytes):
-                    where = "@" + where[1:].decode("utf-8", "replace")
                 log.warning(
                     "sd_notify failed; systemd is not told (said once)",
-                    socket=where,
+                    socket=self.notify_socket,
                     error=exc.strerror,
                 )
             return False
@@ -298,18 +287,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        host = ""  # an IPv6 address without brackets: refused below
-        sep = ""
+        host = sep = ""  # an IPv6 address without brackets: refused below
     if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise UsageError(
             f"--listen {text!r} is not ADDR:PORT",
             remedy="give e.g. 127.0.0.1:9464, :9464 (every IPv4 address) or [::1]:9464",
         )
     return host or "0.0.0.0", int(port)  # noqa: S104 - ':PORT' asks for every address
-
-
-def _json(doc: dict[str, Any]) -> bytes:
-    return (json.dumps(doc, sort_keys=True) + "\n").encode()
 
 
 class HealthServer:
