@@ -601,16 +601,7 @@ def kubevirt_config(
     default=True,
     help="Load missing vfio modules with the host's modprobe, as bind-all does.",
 )
-def daemon(
-    node: Node,
-    resync_interval: float,
-    ready_file: Optional[str],
-    listen: Optional[str],
-    on_exit: str,
-    exclude: tuple[PciAddress, ...],
-    load_modules: bool,
-    **selection: Any,
-) -> None:
+def daemon(node: Node, on_exit: str, exclude: tuple[PciAddress, ...], **options: Any) -> None:
     """Keep the selected functions on vfio-pci, driven by kernel uevents.
 
     Converges once (the checks of bind-all first; a host that is not ready is waited for, not
@@ -620,16 +611,9 @@ def daemon(
     from vfio_manager.daemon.reconciler import OnExit
     from vfio_manager.daemon.service import DaemonOptions, run_daemon
 
-    options = DaemonOptions(
-        selector=_selector(**selection),
-        exclude=tuple(sorted({str(a) for a in exclude})),
-        resync_interval=resync_interval,
-        ready_file=ready_file,
-        listen=listen,
-        on_exit=OnExit(on_exit),
-        load_modules=load_modules,
-    )
-    code = run_daemon(node, options)
+    selector = _selector(**{k: options.pop(k) for k in _SELECTION})
+    bdfs = tuple(sorted({str(a) for a in exclude}))
+    code = run_daemon(node, DaemonOptions(selector, bdfs, on_exit=OnExit(on_exit), **options))
     if code:
         sys.exit(code)
 

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = get_logger("vfio_manager.daemon.reconciler")
 
+Scope = Optional[frozenset[PciAddress]]  # the affected functions' addresses; None: all
+Intents = Mapping[str, Intent]
+
 
 class State(str, enum.Enum):
     """A selected function as the daemon sees it; the settled ones keep the node ready."""
@@ -72,6 +75,9 @@ class HostCheck:
 class HostReadiness:
     ok: bool
     failing: tuple[HostCheck, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ready": self.ok, "failing": [c.to_json() for c in self.failing]}
 
 
 HOST_READY = HostReadiness(ok=True)
@@ -134,18 +140,15 @@ class NodeView:
 
     def merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
         """A full resync replaces the view, a partial one patches it."""
-        if request.affected is None:
-            functions = {s.bdf: s for s in outcome.functions}
-        else:
-            functions = {b: s for b, s in self.functions.items() if b not in request.affected}
-            functions.update((s.bdf, s) for s in outcome.functions)
-        return NodeView(functions, outcome.host, reconciled=True)
+        patched = request.affected
+        kept = {b: s for b, s in self.functions.items() if patched is not None and b not in patched}
+        return NodeView(kept | {s.bdf: s for s in outcome.functions}, outcome.host, reconciled=True)
 
     def to_json(self) -> dict[str, Any]:
         """The body of ``/readyz``."""
         doc: dict[str, Any] = {
             "ready": self.converged,
-            "host": {"ready": self.host.ok, "failing": [c.to_json() for c in self.host.failing]},
+            "host": self.host.to_json(),
             "counts": self.counts(),
             "not_converged": [
                 s.to_json() for _, s in sorted(self.functions.items()) if not s.state.accepted
@@ -178,8 +181,7 @@ class PipelineReconciler:
         load_modules: bool = True,
         runner: Optional[Runner] = None,
     ) -> None:
-        self.node = node
-        self.selector = selector
+        self.node, self.selector = node, selector
         self.exclude = frozenset(str(a) for a in addresses(exclude))
         self.request = TransitionRequest(
             selector, Direction.TO_VFIO, load_modules=load_modules, runner=runner
@@ -211,7 +213,7 @@ class PipelineReconciler:
             except PreflightFailed as failed:  # not an error: the host is not ready
                 checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
                 self.host = HostReadiness(ok=False, failing=checks)
-                topology = getattr(failed, "topology", None) or read_topology(self.node.sysfs())
+                topology = failed.topology or read_topology(self.node.sysfs())
                 names = ", ".join(c.name for c in checks)
                 reason = f"the host is not ready ({names}): nothing is written until it is"
                 remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
@@ -222,19 +224,15 @@ class PipelineReconciler:
                 return ReconcileOutcome(tuple(states), self.host)
         for note in result.notes:
             log.info("reconcile note", note=note)
-        return self._outcome(request, result, scope, intents)
+        return self._outcome(result, scope, intents, request.skip)
 
-    def _in_scope(
-        self, topology: Topology, scope: Optional[frozenset[PciAddress]]
-    ) -> list[PciFunction]:
+    def _in_scope(self, topology: Topology, scope: Scope) -> list[PciFunction]:
         functions = selected_functions(topology, self.selector)
-        if scope is None:
-            return functions
-        members = in_groups_of(topology, scope)
-        return [f for f in functions if f.address in members]
+        members = None if scope is None else in_groups_of(topology, scope)
+        return [f for f in functions if members is None or f.address in members]
 
     def _left_out(
-        self, function: PciFunction, intents: Mapping[str, Intent], skip: frozenset[str]
+        self, function: PciFunction, intents: Intents, skip: frozenset[str]
     ) -> Optional[FunctionState]:
         """The state of a function the run was told to leave alone, else ``None``."""
         bdf = function.bdf
@@ -255,16 +253,12 @@ class PipelineReconciler:
         return None
 
     def _outcome(
-        self,
-        request: ReconcileRequest,
-        result: TransitionResult,
-        scope: Optional[frozenset[PciAddress]],
-        intents: Mapping[str, Intent],
+        self, result: TransitionResult, scope: Scope, intents: Intents, skip: frozenset[str]
     ) -> ReconcileOutcome:
         if result.topology is None:  # only a dry run has none
             raise RuntimeError("the pipeline returned no topology")
         in_scope = self._in_scope(result.topology, scope)
-        left_out = {f.bdf: self._left_out(f, intents, request.skip) for f in in_scope}
+        left_out = {f.bdf: self._left_out(f, intents, skip) for f in in_scope}
         # journal settlements outside the scope included; a record of an unselected function
         # is one the run refused to settle (the engine logged it)
         entries = {

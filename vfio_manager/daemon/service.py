@@ -83,9 +83,7 @@ def build_daemon(
     node: Node,
     options: DaemonOptions,
     *,
-    open_source: Callable[[DaemonOptions], Optional[DatagramUeventSource]] = lambda options: (
-        open_uevent_source(options.resync_interval)
-    ),
+    open_source: Optional[Callable[[DaemonOptions], Optional[DatagramUeventSource]]] = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     waiter: Optional[Waiter] = None,
@@ -101,20 +99,18 @@ def build_daemon(
     address = parse_listen(options.listen) if options.listen is not None else None
     with contextlib.ExitStack() as acquired:  # released at once if a later step fails
         acquired.enter_context(DaemonPresence(node.state_dir, timeout=node.lock_timeout))
-        source = open_source(options)
+        source = (
+            open_source(options) if open_source else open_uevent_source(options.resync_interval)
+        )
         if source is not None:
             acquired.callback(source.close)
         metrics = DaemonMetrics(process=process_metrics) if address is not None else None
-        ready = ReadyFile(
-            options.ready_file or default_ready_path(node.state_dir), wall_clock=wall_clock
-        )
+        ready_path = options.ready_file or default_ready_path(node.state_dir)
+        ready = ReadyFile(ready_path, wall_clock=wall_clock)
+        selector, exclude = options.selector, options.exclude
         loop = ReconcileLoop(
             PipelineReconciler(
-                node,
-                options.selector,
-                exclude=options.exclude,
-                load_modules=options.load_modules,
-                runner=runner,
+                node, selector, exclude=exclude, load_modules=options.load_modules, runner=runner
             ),
             source=source,
             settings=settings or LoopSettings(resync_interval=options.resync_interval),
@@ -124,9 +120,7 @@ def build_daemon(
             notifier=Notifier.from_environment(env),
             ready_file=ready,
             metrics=metrics,
-            on_exit=on_exit_action(
-                options.on_exit, node, options.selector, exclude=options.exclude
-            ),
+            on_exit=on_exit_action(options.on_exit, node, selector, exclude=exclude),
         )
         acquired.callback(loop.close)
         server = None
@@ -139,8 +133,8 @@ def build_daemon(
     log.info(
         "daemon starting",
         pid=os.getpid(),
-        selection=options.selector.describe(),
-        exclude=list(options.exclude),
+        selection=selector.describe(),
+        exclude=list(exclude),
         on_exit=options.on_exit.value,
         resync_interval=options.resync_interval,
         ready_file=ready.path,
