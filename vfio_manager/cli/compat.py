@@ -1,10 +1,8 @@
 """``vfio-manage``: the drop-in for the RBLN NPU Operator's ``vfio-manage.sh``.
 
-The script's command line, exit codes (0, 1, 2) and stdout lines, which the operator's hooks
-and admins' runbooks grep, over ``vfio-manager``'s pipeline: writes go through
-``run_transition``, ``check_bind`` reads what ``status`` reads, and the node and selection
-come from ``vfio-manager``'s environment variables. docs/cli.md lists where it differs from
-the script on purpose.
+The script's command line, exit codes (0, 1, 2) and stdout lines (which hooks and runbooks
+grep) over ``vfio-manager``'s pipeline, node and selection. docs/cli.md lists where it
+differs from the script on purpose.
 """
 
 from __future__ import annotations
@@ -75,23 +73,17 @@ class _Script(click.Command):
     """Click's parse errors in the script's words."""
 
     def make_context(
-        self,
-        info_name: Optional[str],
-        args: list[str],
-        parent: Optional[click.Context] = None,
-        **extra: Any,
+        self, info_name: Optional[str], args: list[str], *rest: Any, **extra: Any
     ) -> click.Context:
         try:
-            return super().make_context(info_name, args, parent, **extra)
+            return super().make_context(info_name, args, *rest, **extra)
         except click.UsageError as err:
             name, remedy = getattr(err, "option_name", None), f"see `{PROG} help`"
             if isinstance(err, click.NoSuchOption):
                 message = f"unknown option {name!r}"
             elif name in ("-d", "--device-id"):  # given without its BDF
-                message, remedy = (
-                    f"{name} needs a PCI address",
-                    f"e.g. `{PROG} bind {name} 0000:3b:00.0`",
-                )
+                message = f"{name} needs a PCI address"
+                remedy = f"e.g. `{PROG} bind {name} 0000:3b:00.0`"
             else:
                 message = err.format_message()
         _fail(UsageError(message, remedy=remedy), usage=True)
@@ -136,9 +128,7 @@ def cli(words: tuple[str, ...], all_devices: bool, device: Optional[str], help_a
     sys.exit(code)
 
 
-def node_and_selector(
-    host_mounted: Callable[[str], bool] = os.path.isdir,
-) -> tuple[Node, Selector]:
+def node_and_selector(host_mounted: Callable[[str], bool] = os.path.isdir) -> tuple[Node, Selector]:
     """``vfio-manager``'s node and selection from the environment; without ``HOST_ROOT``, the
     host's / mounted at /host (the script's ``chroot /host``) when it is there."""
     from vfio_manager.cli.main import node_from_environment
@@ -238,7 +228,6 @@ def _transition(
 
 
 def _check_bind(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> int:
-
     if bdf is not None:
         from vfio_manager.errors import NotSelectedError
         from vfio_manager.kernel.inventory import read_topology

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from vfio_manager.pipeline.selection import Selector
 
 F = TypeVar("F", bound=Callable[..., Any])
+Param = Optional[click.Parameter]
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -42,10 +43,7 @@ class _BadValue(click.BadParameter):
     (a whole selection), worded as click's plain usage error."""
 
     def __init__(
-        self,
-        err: UsageError,
-        param: Optional[click.Parameter] = None,
-        ctx: Optional[click.Context] = None,
+        self, err: UsageError, param: Param = None, ctx: Optional[click.Context] = None
     ) -> None:
         super().__init__(err.message, ctx, param)
         self.remedy = err.remedy
@@ -61,20 +59,17 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]
 
     envvar_list_splitter = ","
 
-    def __init__(self, name: str, parse: Callable[[Any, Optional[click.Parameter]], Any]) -> None:
-        self.name = name
-        self.parse = parse
+    def __init__(self, name: str, parse: Callable[[Any, Param], Any]) -> None:
+        self.name, self.parse = name, parse
 
-    def convert(
-        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
-    ) -> Any:
+    def convert(self, value: Any, param: Param, ctx: Optional[click.Context]) -> Any:
         try:
             return self.parse(value, param)
         except UsageError as err:
             raise _BadValue(err, param, ctx) from err
 
 
-def _path(value: Any, param: Optional[click.Parameter]) -> str:
+def _path(value: Any, param: Param) -> str:
     """A root or directory: an empty path is refused, never read as the default."""
     text = str(value)
     if text and "\0" not in text:
@@ -87,7 +82,7 @@ def _path(value: Any, param: Optional[click.Parameter]) -> str:
 def _seconds(minimum: float, maximum: float = 86400.0) -> _Parsed:
     """Finite seconds within bounds: inf and nan would disable a deadline."""
 
-    def parse(value: Any, _param: Optional[click.Parameter]) -> float:
+    def parse(value: Any, _param: Param) -> float:
         try:
             seconds = float(value)
         except (TypeError, ValueError):
@@ -283,15 +278,11 @@ class _Cli(click.Group):
     """The group, where every error ends: ``--json`` before any ``--`` asks for the document."""
 
     def make_context(
-        self,
-        info_name: Optional[str],
-        args: list[str],
-        parent: Optional[click.Context] = None,
-        **extra: Any,
+        self, info_name: Optional[str], args: list[str], *rest: Any, **extra: Any
     ) -> click.Context:
         as_json = "--json" in itertools.takewhile(lambda arg: arg != "--", args)
         with _reported(as_json):
-            ctx = super().make_context(info_name, args, parent, **extra)
+            ctx = super().make_context(info_name, args, *rest, **extra)
         ctx.meta["json"] = as_json
         return ctx
 
