@@ -46,15 +46,11 @@ class PciHostDevice:
         }
 
 
-def _check_naming(naming: str) -> None:
-    if naming not in NAMINGS:
-        raise ValueError(f"naming must be one of {', '.join(NAMINGS)}, not {naming!r}")
-
-
 def resource_name(device: int, naming: str, *, is_vf: bool = False) -> str:
     """The name the sandbox device plugin advertises for a Rebellions device ID; ``is_vf``
     tells the kind of an ID the catalogue does not know."""
-    _check_naming(naming)
+    if naming not in NAMINGS:
+        raise ValueError(f"naming must be one of {', '.join(NAMINGS)}, not {naming!r}")
     known = catalogue_entry(device)
     if naming == "atom" and known is not None:
         return f"{RESOURCE_PREFIX}/{known.family}_{known.product.removeprefix('RBLN-')}_PT"
@@ -66,29 +62,22 @@ def resource_name(device: int, naming: str, *, is_vf: bool = False) -> str:
 
 
 def _entry(device: int, naming: str, *, is_vf: bool) -> PciHostDevice:
-    return PciHostDevice(
-        vendor=REBELLIONS_VENDOR,
-        device=device,
-        resource_name=resource_name(device, naming, is_vf=is_vf),
-        catalogued=catalogue_entry(device) is not None,
-    )
+    name = resource_name(device, naming, is_vf=is_vf)
+    return PciHostDevice(REBELLIONS_VENDOR, device, name, catalogue_entry(device) is not None)
 
 
 def for_functions(functions: Iterable[PciFunction], naming: str) -> list[PciHostDevice]:
     """One entry per Rebellions device ID among ``functions`` (no plugin names others), by ID."""
-    _check_naming(naming)
     by_device: dict[int, PciHostDevice] = {}
     for function in functions:
-        if function.vendor != REBELLIONS_VENDOR or function.device in by_device:
-            continue
-        is_vf = function.physfn is not None
-        by_device[function.device] = _entry(function.device, naming, is_vf=is_vf)
+        if function.vendor == REBELLIONS_VENDOR and function.device not in by_device:
+            is_vf = function.physfn is not None
+            by_device[function.device] = _entry(function.device, naming, is_vf=is_vf)
     return [by_device[device] for device in sorted(by_device)]
 
 
 def for_catalogue(naming: str) -> list[PciHostDevice]:
     """One entry per catalogued device ID (every product's PF and VF), by ID."""
-    _check_naming(naming)
     return [_entry(e.device, naming, is_vf=e.kind == "VF") for e in catalogue_entries()]
 
 
