@@ -134,8 +134,7 @@ _node_options = _options(
         "--timeout",
         type=_seconds(0.1),
         default=30.0,
-        help="Deadline in seconds for each function's writes (an unbind can hang while a "
-        "process holds the device) and for its /dev/vfio node to appear.",
+        help="Seconds each function's writes, and its /dev/vfio node, may take.",
     ),
     _path_option(
         "--state-dir",
@@ -344,15 +343,11 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
     "--wait",
     type=_seconds(0.0),
     metavar="SECONDS",
-    help="With --check: wait up to SECONDS for every selected function to be on vfio-pci "
-    "(woken by kernel uevents, re-read every 5 s at least); exit 1 if time runs out.",
+    help="With --check: wait up to SECONDS for every selected function to be on vfio-pci.",
 )
 @_command()
 def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **selection: Any) -> None:
-    """Show the selected functions: driver, override, IOMMU group and its viability.
-
-    Read-only: works anywhere, as any user that can read sysfs.
-    """
+    """Show the selected functions: driver, override, IOMMU group and its viability (read-only)."""
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import status as read_status
 
@@ -403,9 +398,8 @@ def _check_mark(ok: bool) -> str:
 def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> None:
     """Is this host ready to give the selected functions to VMs? Exit 0 if so, 3 if not.
 
-    Checks the IOMMU (live evidence, explained by the kernel arguments and configuration),
-    no-IOMMU mode, the vfio modules and driver, /dev/vfio/vfio, and each selected function's
-    IOMMU group and vfio driver. Read-only unless --load-modules is given.
+    Checks the IOMMU, the vfio modules and driver, /dev/vfio/vfio and each selected function's
+    IOMMU group. Read-only unless --load-modules is given.
     """
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import check as check_host
@@ -419,8 +413,7 @@ def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> No
 _transition_options = _options(
     _flag(
         "--force",
-        help="Move functions even when a process holds them or the host needs them (a mounted "
-        "disk, an addressed interface, the boot console). Use with care.",
+        help="Move functions even if a process holds them or the host needs them; use with care.",
     ),
     _flag("--dry-run", help="Print the plan; write nothing."),
     _flag("--json", "as_json", help="Print the plan or the outcome as JSON."),
@@ -428,14 +421,12 @@ _transition_options = _options(
 _to_vfio_options = _options(
     _flag(
         "--with-group-peers",
-        help="Also bind the other endpoint members of each IOMMU group when they match the "
-        "selection (or, for bind, are named).",
+        help="Also bind the selected (for bind: named) other endpoints of each IOMMU group.",
     ),
     click.option(
         "--load-modules/--no-load-modules",
         default=True,
-        help="Load the missing vfio modules with the host's modprobe before binding (default); "
-        "--no-load-modules refuses instead.",
+        help="Load missing vfio modules with the host's modprobe; else refuse without them.",
     ),
 )
 
@@ -472,27 +463,17 @@ def _transition_command(
 
 @_transition_command(to_vfio=True, named=True)
 def bind() -> None:
-    """Move the named functions to vfio-pci (override, unbind, probe, verify).
-
-    The checks of `vfio-manager check` run first; the host must pass them (exit 3 otherwise,
-    before anything is written).
-    """
+    """Move the named functions to vfio-pci, once the host passes `vfio-manager check`."""
 
 
 @_transition_command(to_vfio=False, named=True)
 def unbind() -> None:
-    """Return the named functions from vfio-pci to their native driver.
-
-    Refused while a process (a VM) holds the function's /dev/vfio group, unless --force.
-    """
+    """Return the named functions to their native driver (refused while a VM holds one)."""
 
 
 @_transition_command(to_vfio=True, named=False)
 def bind_all() -> None:
-    """Move every selected function to vfio-pci; converged ones are left alone.
-
-    The checks of `vfio-manager check` run first (exit 3 before any write if they fail).
-    """
+    """Move every selected function to vfio-pci, once the host passes `vfio-manager check`."""
 
 
 @_transition_command(to_vfio=False, named=False)
@@ -512,17 +493,15 @@ def unbind_all() -> None:
 @click.option("--format", "output_format", type=click.Choice(["yaml", "json"]), default="yaml")
 @_flag(
     "--all-products",
-    help="Every catalogued product's PF and VF IDs instead of the functions on this host "
-    "(the selection options then do not apply).",
+    help="Every catalogued product's IDs instead of this host's (no selection applies).",
 )
 def kubevirt_config(
     node: Node, naming: str, output_format: str, all_products: bool, **selection: Any
 ) -> None:
     """Print KubeVirt's permittedHostDevices.pciHostDevices entries for the NPUs.
 
-    One entry per device ID present (or, with --all-products, catalogued), with the resource
-    name the sandbox device plugin advertises and externalResourceProvider: true. The output
-    goes under spec.configuration of the KubeVirt CR. Read-only.
+    One entry per device ID present (or catalogued) with the sandbox device plugin's resource
+    name, for spec.configuration of the KubeVirt CR.
     """
     from vfio_manager.cli import kubevirt
 
@@ -566,16 +545,14 @@ def kubevirt_config(
     "--listen",
     env="VFIO_MANAGER_LISTEN",
     metavar="ADDR:PORT",
-    help="Serve /healthz, /readyz and /metrics over HTTP there (default off; :PORT for every "
-    "IPv4 address, [::1]:PORT for IPv6, port 0 picks one and logs it).",
+    help="Serve /healthz, /readyz and /metrics over HTTP (:PORT: every IPv4 address).",
 )
 @_opt(
     "--on-exit",
     env="VFIO_MANAGER_ON_EXIT",
     type=click.Choice(["keep", "release-idle", "release"]),
     default="keep",
-    help="On SIGTERM: keep every function on vfio-pci, return those whose IOMMU group no "
-    "process holds, or return all (with unbind-all's refusals).",
+    help="On SIGTERM: keep all on vfio-pci, return those no process holds, or return all.",
 )
 @_opt(
     "--exclude",
@@ -583,8 +560,7 @@ def kubevirt_config(
     type=BDF,
     multiple=True,
     metavar="BDF",
-    help="Never touch this function (reported as excluded); repeatable, comma-separated in "
-    "the environment.",
+    help="Never touch this function; repeatable, comma-separated in the environment.",
 )
 @_opt(
     "--load-modules/--no-load-modules",
@@ -595,9 +571,8 @@ def kubevirt_config(
 def daemon(node: Node, on_exit: str, exclude: tuple[PciAddress, ...], **options: Any) -> None:
     """Keep the selected functions on vfio-pci, driven by kernel uevents.
 
-    Converges once (the checks of bind-all first; a host that is not ready is waited for, not
-    an error), then re-plans what each uevent names, and everything at each resync. Runs until
-    SIGTERM or SIGINT; SIGHUP resyncs now. See docs/daemon.md.
+    Converges once (waiting for a host that is not ready), then re-plans what each uevent
+    names and everything at each resync, until SIGTERM; SIGHUP resyncs now. See docs/daemon.md.
     """
     from vfio_manager.daemon.reconciler import OnExit
     from vfio_manager.daemon.service import DaemonOptions, run_daemon
