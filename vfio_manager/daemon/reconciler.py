@@ -203,11 +203,8 @@ class PipelineReconciler:
         with self.node.lock(sleep=sleep) as lock:
             intents = self.intents.read()
             scope = None if request.affected is None else addresses(request.affected)
-            transition = replace(
-                self.request,
-                exclude=addresses(self.exclude | intents.keys() | request.skip),
-                scope=scope,
-            )
+            left_alone = addresses(self.exclude | intents.keys() | request.skip)
+            transition = replace(self.request, exclude=left_alone, scope=scope)
             try:
                 result = run_transition(self.node, transition, lock=lock)
             except PreflightFailed as failed:  # not an error: the host is not ready
@@ -240,14 +237,9 @@ class PipelineReconciler:
             return FunctionState(
                 bdf, State.EXCLUDED, "excluded with --exclude", "remove --exclude to manage it"
             )
-        intent = intents.get(bdf)
-        if intent is not None:
-            return FunctionState(
-                bdf,
-                State.INTENT_HOST,
-                intent.describe(),
-                f"`vfio-manager bind {bdf}` hands it back to the daemon",
-            )
+        if (intent := intents.get(bdf)) is not None:
+            hand_back = f"`vfio-manager bind {bdf}` hands it back to the daemon"
+            return FunctionState(bdf, State.INTENT_HOST, intent.describe(), hand_back)
         if bdf in skip:
             return _as_found(function, "waiting for its retry after a failure")
         return None
@@ -335,7 +327,7 @@ def on_exit_action(
             log.info("on exit: functions kept where they are (--on-exit keep)")
             return
         with node.lock() as lock:
-            held = _held_groups(node, selector) if mode is OnExit.RELEASE_IDLE else set()
+            held = _held_groups(node, selector) if mode is OnExit.RELEASE_IDLE else frozenset()
             if held:
                 log.info(
                     "on exit: kept on vfio, their group is in use",
@@ -367,16 +359,12 @@ def on_exit_action(
     return on_exit
 
 
-def _held_groups(node: Node, selector: Selector) -> set[PciAddress]:
+def _held_groups(node: Node, selector: Selector) -> frozenset[PciAddress]:
     """Every member of each IOMMU group a process holds through a selected function on vfio."""
     from vfio_manager.safety.holders import find_holders
 
     sysfs = node.sysfs()
     topology = read_topology(sysfs)
     in_vfio = [f for f in selected_functions(topology, selector) if is_vfio_driver(f.driver)]
-    held: set[PciAddress] = set()
-    for address, holders in find_holders(sysfs, node.proc_root, in_vfio).items():
-        function = topology.get(address)
-        if holders and function is not None:
-            held.update(m.address for m in topology.group_members(function))
-    return held
+    holders = find_holders(sysfs, node.proc_root, in_vfio)
+    return in_groups_of(topology, (address for address, found in holders.items() if found))
