@@ -1,7 +1,4 @@
-"""Errors as values: every failure the tool reports carries an exit code and a remedy.
-
-The CLI catches :class:`VfioManagerError` at its edge; nothing below it prints or exits.
-"""
+"""Errors as values, each with an exit code and a remedy; only the CLI prints or exits."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """structlog, configured once: events on stderr (stdout is data), JSON unless on a terminal.
 
 structlog (and asyncio with it, tens of ms) is imported on the first event at or above the
-level, so a command that logs nothing never pays for it; an event below the level is
-dropped here, as structlog's filtering logger would drop it.
-"""
+level: a command that logs nothing never pays for it."""
 
 from __future__ import annotations
 

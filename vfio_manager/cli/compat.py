@@ -1,9 +1,6 @@
-"""``vfio-manage``: the drop-in for the RBLN NPU Operator's ``vfio-manage.sh``.
-
-The script's command line, exit codes (0, 1, 2) and stdout lines (which hooks and runbooks
-grep) over ``vfio-manager``'s pipeline, node and selection. docs/cli.md lists where it
-differs from the script on purpose.
-"""
+"""``vfio-manage``, the drop-in for the RBLN NPU Operator's ``vfio-manage.sh``: its command
+line, exit codes (0, 1, 2) and stdout lines over ``vfio-manager``'s pipeline. docs/cli.md
+lists where it differs from the script on purpose."""
 
 from __future__ import annotations
 

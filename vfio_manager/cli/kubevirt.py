@@ -1,12 +1,8 @@
 """KubeVirt's ``permittedHostDevices.pciHostDevices`` entries for Rebellions functions.
 
-KubeVirt gives a VM a host PCI device only when its CR lists a ``pciVendorSelector``
-(``"1EFF:1220"``) with the ``resourceName`` a device plugin advertises. On Rebellions nodes
-that is the RBLN operator's sandbox device plugin, so every entry says
-``externalResourceProvider: true`` and its name must be the plugin's, letter for letter
-(a mismatch leaves the VM pending). The plugin names a card ``rebellions.ai/ATOM_CA22_PT``
-(``--naming atom``) or a product and function kind ``rebellions.ai/RBLN-CA25_PF`` (``pf``);
-an uncatalogued ID gets a name made from it and is marked so.
+Each names the resource the RBLN operator's sandbox device plugin advertises, letter for
+letter (``externalResourceProvider: true``; a mismatch leaves the VM pending): per card
+(``--naming atom``) or per product and function kind (``pf``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The click command line: options in, one result on stdout, an exit code out.
-
-Options become a :class:`~vfio_manager.pipeline.node.Node` and a pipeline request. Every
-error ends in :class:`_Cli` as a message, remedy and exit code on stderr, never a traceback;
-with ``--json``, also as one ``{"error": ...}`` document on stdout.
-"""
+"""The click command line: options in, one result on stdout, an exit code out. Every error
+ends in :class:`_Cli` as a message, remedy and exit code on stderr, never a traceback; with
+``--json``, also as one ``{"error": ...}`` document on stdout."""
 
 from __future__ import annotations
 

@@ -367,6 +367,7 @@ class ReconcileLoop:
             self._reconcile(affected)
 
     def _reconcile(self, affected: Optional[frozenset[str]]) -> None:
+        full = affected is None
         request = ReconcileRequest(affected, self.backoff.waiting(), self.stop_requested)
         self.beat(self.settings.stall_after)
         self._ping_watchdog()
@@ -382,7 +383,7 @@ class ReconcileLoop:
             log.error("reconcile crashed (a bug: please report it)", error=error, exc_info=True)
         duration = self.clock() - started
         self.reconciles += 1
-        if affected is None:
+        if full:
             self._next_resync = self.clock() + self.settings.resync_interval
         if outcome is not None:
             self.view = self._merge(request, outcome)
@@ -393,11 +394,7 @@ class ReconcileLoop:
             self.ready_file.update(view.converged, view.counts())
         if self.metrics is not None:
             self.metrics.observe_reconcile(
-                view,
-                outcome,
-                full=affected is None,
-                duration=duration,
-                finished_at=self.wall_clock(),
+                view, outcome, full=full, duration=duration, finished_at=self.wall_clock()
             )
         self._log_host(view)
         line = summary(view)
@@ -407,7 +404,7 @@ class ReconcileLoop:
             log.info("converged", summary=line)
         else:
             self.notifier.status(line)
-        scope = "full" if affected is None else "partial"
+        scope = "full" if full else "partial"
         log.debug("reconciled", scope=scope, duration=round(duration, 4), summary=line)
 
     def _merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:

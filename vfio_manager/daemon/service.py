@@ -93,9 +93,8 @@ def build_daemon(
     process_metrics: bool = True,
     settings: Optional[LoopSettings] = None,
 ) -> Daemon:
-    """Acquire what the daemon holds. Tests inject the uevent source, clocks, waiter,
-    environment and modprobe runner, drive the loop themselves (``signals=False``) and may
-    override its timing (``settings``; by default only the resync interval is an option)."""
+    """Acquire what the daemon holds; tests inject the rest, drive the loop themselves
+    (``signals=False``) and may override its timing."""
     address = parse_listen(options.listen) if options.listen is not None else None
     with contextlib.ExitStack() as acquired:  # released at once if a later step fails
         acquired.enter_context(DaemonPresence(node.state_dir, timeout=node.lock_timeout))
