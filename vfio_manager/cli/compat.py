@@ -130,9 +130,8 @@ def node_and_selector(host_mounted: Callable[[str], bool] = os.path.isdir) -> tu
     host's / mounted at /host (the script's ``chroot /host``) when it is there."""
     from vfio_manager.cli.main import node_from_environment
 
-    if host_mounted(os.path.join(SCRIPT_HOST_ROOT, "lib", "modules")):
-        return node_from_environment(host_root=SCRIPT_HOST_ROOT)
-    return node_from_environment()
+    mounted = host_mounted(os.path.join(SCRIPT_HOST_ROOT, "lib", "modules"))
+    return node_from_environment(**({"host_root": SCRIPT_HOST_ROOT} if mounted else {}))
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -244,10 +243,8 @@ def _check_bind(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> in
             click.echo("No Rebellions NPU devices found.")
             return 0
     for found, driver in drivers:
-        if is_vfio_driver(driver):
-            click.echo(f"Device {found} is bound to {driver}")
-        else:
-            click.echo(f"Device {found} is not bound to vfio-pci")
+        where = f"is bound to {driver}" if is_vfio_driver(driver) else "is not bound to vfio-pci"
+        click.echo(f"Device {found} {where}")
     if not all(is_vfio_driver(driver) for _found, driver in drivers):
         return 1
     if bdf is None:

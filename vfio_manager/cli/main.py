@@ -572,12 +572,12 @@ def daemon(node: Node, on_exit: str, exclude: tuple[PciAddress, ...], **options:
     names and everything at each resync, until SIGTERM; SIGHUP resyncs now. See docs/daemon.md.
     """
     from vfio_manager.daemon.reconciler import OnExit
-    from vfio_manager.daemon.service import DaemonOptions, run_daemon
+    from vfio_manager.daemon.service import DaemonOptions, build_daemon
 
     selector = _selector(**{k: options.pop(k) for k in _SELECTION})
     bdfs = tuple(sorted({str(a) for a in exclude}))
-    code = run_daemon(node, DaemonOptions(selector, bdfs, on_exit=OnExit(on_exit), **options))
-    if code:
+    built = build_daemon(node, DaemonOptions(selector, bdfs, on_exit=OnExit(on_exit), **options))
+    if code := built.run():
         sys.exit(code)
 
 

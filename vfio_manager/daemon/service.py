@@ -142,8 +142,3 @@ def build_daemon(
         state_dir=node.state_dir,
     )
     return Daemon(loop, server, closers)
-
-
-def run_daemon(node: Node, options: DaemonOptions) -> int:
-    """Build the daemon, run it until SIGTERM/SIGINT, release everything; the exit code."""
-    return build_daemon(node, options).run()
