@@ -107,82 +107,74 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+_HELP = {  # each option's --help; --json and --load-modules, which differ by command, bring theirs
+    "--sysfs-root": "Where sysfs is mounted.",
+    "--dev-root": "Where the host's /dev is.",
+    "--host-root": "The host's /, for /proc/cmdline and /lib/modules.",
+    "--timeout": "Seconds each function's writes (and its /dev/vfio node) may take.",
+    "--state-dir": "Lock and journal directory; in Kubernetes a hostPath the preStop hook shares.",
+    "--lock-timeout": "Seconds a writing command waits for another vfio-manager run to finish.",
+    "--parallel": "IOMMU groups moved side by side (a native driver's probe can take seconds).",
+    "--proc-root": "Where the host's /proc is.",
+    "--writer": "sysfs writes from a child process, or a thread (the tests' fake kernel).",
+    "--vendor": "PCI vendor ID to select.",
+    "--class": "PCI class to select; 0x1200 ignores the programming interface.",
+    "--device-id": "PCI device ID to select (default: all); repeatable, comma-separated in the "
+    "environment.",
+    "--log-format": "Log format on stderr; auto is JSON unless stderr is a terminal.",
+    "--verbose": "More log detail.",
+    "--quiet": "Log warnings and errors only.",
+    "--check": "Exit 0 only when every selected function is on vfio-pci.",
+    "--dry-run": "Print the plan; write nothing.",
+    "--wait": "With --check: wait up to SECONDS for every selected function to be on vfio-pci.",
+    "--force": "Move functions even if a process or the host needs them; use with care.",
+    "--with-group-peers": "Also bind the selected (bind: named) other endpoints of their groups.",
+    "--naming": "Device plugin resource names: atom (per card) or pf (per product and kind).",
+    "--all-products": "Every catalogued product's IDs instead of this host's (no selection).",
+    "--resync-interval": "Seconds between full re-reads of the node (the net under uevents).",
+    "--ready-file": "File present exactly while the node is converged (default <state-dir>/ready).",
+    "--listen": "Serve /healthz, /readyz and /metrics over HTTP (:PORT: every IPv4 address).",
+    "--on-exit": "On SIGTERM: keep all on vfio-pci, return those no process holds, or return all.",
+    "--exclude": "Never touch this function; repeatable, comma-separated in the environment.",
+}
+
+
 def _opt(*decls: str, env: Optional[str] = None, **kwargs: Any) -> Callable[[F], F]:
-    """``click.option``; ``env``, its environment variable, is named at the end of its help."""
+    """``click.option`` with its help from ``_HELP`` (unless given); ``env``, its environment
+    variable, is named at the end of that help."""
+    text = kwargs.pop("help", None) or _HELP[next(d for d in decls if d.startswith("--"))]
     if env is not None:
-        kwargs.update(envvar=env, help=f"{kwargs['help'].rstrip('.')} (env {env}).")
-    return click.option(*decls, **kwargs)
+        kwargs["envvar"], text = env, f"{text.rstrip('.')} (env {env})."
+    return click.option(*decls, help=text, **kwargs)
 
 
-def _path_option(name: str, env: str, default: str, text: str, **kwargs: Any) -> Callable[[F], F]:
-    return _opt(name, env=env, type=LOCATION, default=default, help=text, **kwargs)
-
-
-def _flag(*decls: str, help: str) -> Callable[[F], F]:
-    return click.option(*decls, is_flag=True, help=help)
+def _flag(*decls: str, **kwargs: Any) -> Callable[[F], F]:
+    return _opt(*decls, is_flag=True, **kwargs)
 
 
 # -- the node and the selection ----------------------------------------------------------------
 _node_options = _options(
-    _path_option("--sysfs-root", "VFIO_MANAGER_SYSFS_ROOT", "/sys", "Where sysfs is mounted."),
-    _path_option("--dev-root", "VFIO_MANAGER_DEV_ROOT", "/dev", "Where the host's /dev is."),
-    _path_option("--host-root", "HOST_ROOT", "/", "The host's / (/proc/cmdline, /lib/modules)."),
-    _opt(
-        "--timeout",
-        type=_seconds(0.1),
-        default=30.0,
-        help="Seconds each function's writes, and its /dev/vfio node, may take.",
-    ),
-    _path_option(
-        "--state-dir",
-        "VFIO_MANAGER_STATE_DIR",
-        "/run/vfio-manager",
-        "Lock and journal directory; in Kubernetes a hostPath the preStop hook shares.",
-    ),
-    _opt(
-        "--lock-timeout",
-        type=_seconds(0.0),
-        default=60.0,
-        help="Seconds a writing command waits for another vfio-manager run to finish.",
-    ),
-    _opt(
-        "--parallel",
-        env="VFIO_MANAGER_PARALLEL",
-        type=click.IntRange(1, 64),
-        default=8,
-        help="IOMMU groups moved side by side (a native driver's probe can take seconds).",
-    ),
-    _path_option("--proc-root", "VFIO_MANAGER_PROC_ROOT", "/proc", "Host /proc.", hidden=True),
+    _opt("--sysfs-root", env="VFIO_MANAGER_SYSFS_ROOT", type=LOCATION, default="/sys"),
+    _opt("--dev-root", env="VFIO_MANAGER_DEV_ROOT", type=LOCATION, default="/dev"),
+    _opt("--host-root", env="HOST_ROOT", type=LOCATION, default="/"),
+    _opt("--timeout", type=_seconds(0.1), default=30.0),
+    _opt("--state-dir", env="VFIO_MANAGER_STATE_DIR", type=LOCATION, default="/run/vfio-manager"),
+    _opt("--lock-timeout", type=_seconds(0.0), default=60.0),
+    _opt("--parallel", env="VFIO_MANAGER_PARALLEL", type=click.IntRange(1, 64), default=8),
+    _opt("--proc-root", env="VFIO_MANAGER_PROC_ROOT", type=LOCATION, default="/proc", hidden=True),
     _opt(
         "--writer",
         env="VFIO_MANAGER_WRITER",
         type=click.Choice(["process", "thread"]),
         default="process",
         hidden=True,
-        help="sysfs writes from a child process, or a thread (the tests' fake kernel).",
     ),
 )
 
 _selection_options = _options(
-    _opt("--vendor", env="VFIO_MANAGER_VENDOR", default="0x1eff", metavar="HEX", help="Vendor ID."),
-    _opt(
-        "--class",
-        "pci_class",
-        env="VFIO_MANAGER_CLASS",
-        default="0x120000",
-        metavar="HEX",
-        help="PCI class to select; 0x1200 ignores the programming interface.",
-    ),
-    _opt(
-        "--device-id",
-        "device_ids",
-        env="VFIO_MANAGER_DEVICE_ID",
-        type=HEX,
-        multiple=True,
-        metavar="HEX",
-        help="PCI device ID to select; repeatable, comma-separated in the environment. "
-        "Default: every device ID",
-    ),
+    _opt("--vendor", env="VFIO_MANAGER_VENDOR", default="0x1eff", metavar="HEX"),
+    _opt("--class", "pci_class", env="VFIO_MANAGER_CLASS", default="0x120000", metavar="HEX"),
+    _opt("--device-id", "device_ids", env="VFIO_MANAGER_DEVICE_ID", type=HEX, multiple=True),
 )
 
 
@@ -294,14 +286,9 @@ class _Cli(click.Group):
 )
 @click.version_option(__version__, prog_name="vfio-manager")
 @_node_options
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "json", "console"]),
-    default="auto",
-    help="Log format on stderr; auto is JSON unless stderr is a terminal.",
-)
-@click.option("-v", "--verbose", count=True, show_default=False, help="More log detail.")
-@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+@_opt("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto")
+@_opt("-v", "--verbose", count=True, show_default=False)
+@_flag("-q", "--quiet")
 @click.pass_context
 def cli(ctx: click.Context, /, log_format: str, verbose: int, quiet: bool, **_roots: Any) -> None:
     """Move Rebellions NPU functions between their native driver and vfio-pci.
@@ -334,15 +321,10 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
 
 
 # -- status --------------------------------------------------------------------------------
-@_flag("--json", "as_json", help="Print JSON instead of a table.")
-@_flag("--check", help="Exit 0 only when every selected function is on vfio-pci.")
-@click.option(
-    "--wait",
-    type=_seconds(0.0),
-    metavar="SECONDS",
-    help="With --check: wait up to SECONDS for every selected function to be on vfio-pci.",
-)
 @_command()
+@_flag("--json", "as_json", help="Print JSON instead of a table.")
+@_flag("--check")
+@_opt("--wait", type=_seconds(0.0))
 def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **selection: Any) -> None:
     """Show the selected functions: driver, override, IOMMU group and its viability (read-only)."""
     from vfio_manager.cli import render
@@ -385,13 +367,13 @@ def _check_mark(ok: bool) -> str:
     return click.style(text, fg="green") if ok else click.style(text, fg="red", bold=True)
 
 
+@_command()
 @_flag("--json", "as_json", help="Print JSON instead of a checklist.")
 @click.option(
     "--load-modules/--no-load-modules",
     default=False,
     help="Load the missing vfio modules with the host's modprobe, then check again.",
 )
-@_command()
 def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> None:
     """Is this host ready to give the selected functions to VMs? Exit 0 if so, 3 if not.
 
@@ -408,18 +390,12 @@ def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> No
 
 # -- bind, unbind, bind-all, unbind-all --------------------------------------------------------
 _transition_options = _options(
-    _flag(
-        "--force",
-        help="Move functions even if a process holds them or the host needs them; use with care.",
-    ),
-    _flag("--dry-run", help="Print the plan; write nothing."),
+    _flag("--force"),
+    _flag("--dry-run"),
     _flag("--json", "as_json", help="Print the plan or the outcome as JSON."),
 )
 _to_vfio_options = _options(
-    _flag(
-        "--with-group-peers",
-        help="Also bind the selected (for bind: named) other endpoints of each IOMMU group.",
-    ),
+    _flag("--with-group-peers"),
     click.option(
         "--load-modules/--no-load-modules",
         default=True,
@@ -480,18 +456,9 @@ def unbind_all() -> None:
 
 # -- kubevirt-config ---------------------------------------------------------------------------
 @_command("kubevirt-config")
-@click.option(
-    "--naming",
-    type=click.Choice(["atom", "pf"]),
-    default="atom",
-    help="Resource names of the sandbox device plugin: atom = rebellions.ai/ATOM_CA22_PT "
-    "(one per card), pf = rebellions.ai/RBLN-CA25_PF and _VF (per product and function).",
-)
+@_opt("--naming", type=click.Choice(["atom", "pf"]), default="atom")
 @click.option("--format", "output_format", type=click.Choice(["yaml", "json"]), default="yaml")
-@_flag(
-    "--all-products",
-    help="Every catalogued product's IDs instead of this host's (no selection applies).",
-)
+@_flag("--all-products")
 def kubevirt_config(
     node: Node, naming: str, output_format: str, all_products: bool, **selection: Any
 ) -> None:
@@ -525,40 +492,16 @@ def kubevirt_config(
 
 # -- daemon ---------------------------------------------------------------------------------
 @_command()
-@_opt(
-    "--resync-interval",
-    env="VFIO_MANAGER_RESYNC_INTERVAL",
-    type=_seconds(1.0),
-    default=60.0,
-    help="Seconds between full re-reads of the node, the safety net under the kernel's uevents.",
-)
-@_opt(
-    "--ready-file",
-    env="VFIO_MANAGER_READY_FILE",
-    metavar="PATH",
-    help="File present exactly while the node is converged (default <state-dir>/ready).",
-)
-@_opt(
-    "--listen",
-    env="VFIO_MANAGER_LISTEN",
-    metavar="ADDR:PORT",
-    help="Serve /healthz, /readyz and /metrics over HTTP (:PORT: every IPv4 address).",
-)
+@_opt("--resync-interval", env="VFIO_MANAGER_RESYNC_INTERVAL", type=_seconds(1.0), default=60.0)
+@_opt("--ready-file", env="VFIO_MANAGER_READY_FILE", metavar="PATH")
+@_opt("--listen", env="VFIO_MANAGER_LISTEN", metavar="ADDR:PORT")
 @_opt(
     "--on-exit",
     env="VFIO_MANAGER_ON_EXIT",
     type=click.Choice(["keep", "release-idle", "release"]),
     default="keep",
-    help="On SIGTERM: keep all on vfio-pci, return those no process holds, or return all.",
 )
-@_opt(
-    "--exclude",
-    env="VFIO_MANAGER_EXCLUDE",
-    type=BDF,
-    multiple=True,
-    metavar="BDF",
-    help="Never touch this function; repeatable, comma-separated in the environment.",
-)
+@_opt("--exclude", env="VFIO_MANAGER_EXCLUDE", type=BDF, multiple=True)
 @_opt(
     "--load-modules/--no-load-modules",
     env="VFIO_MANAGER_LOAD_MODULES",
