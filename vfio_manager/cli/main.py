@@ -107,7 +107,7 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-_HELP = {  # each option's --help; --json and --load-modules, which differ by command, bring theirs
+_HELP = {  # each option's --help, by its long name
     "--sysfs-root": "Where sysfs is mounted.",
     "--dev-root": "Where the host's /dev is.",
     "--host-root": "The host's /, for /proc/cmdline and /lib/modules.",
@@ -125,6 +125,8 @@ _HELP = {  # each option's --help; --json and --load-modules, which differ by co
     "--verbose": "More log detail.",
     "--quiet": "Log warnings and errors only.",
     "--check": "Exit 0 only when every selected function is on vfio-pci.",
+    "--json": "Print JSON instead of text.",
+    "--load-modules": "Load missing vfio modules with the host's modprobe.",
     "--dry-run": "Print the plan; write nothing.",
     "--wait": "With --check: wait up to SECONDS for every selected function to be on vfio-pci.",
     "--force": "Move functions even if a process or the host needs them; use with care.",
@@ -140,9 +142,9 @@ _HELP = {  # each option's --help; --json and --load-modules, which differ by co
 
 
 def _opt(*decls: str, env: Optional[str] = None, **kwargs: Any) -> Callable[[F], F]:
-    """``click.option`` with its help from ``_HELP`` (unless given); ``env``, its environment
-    variable, is named at the end of that help."""
-    text = kwargs.pop("help", None) or _HELP[next(d for d in decls if d.startswith("--"))]
+    """``click.option`` with its help from ``_HELP``; ``env``, its environment variable, is
+    named at the end of that help."""
+    text = _HELP[next(d for d in decls if d.startswith("--")).split("/")[0]]
     if env is not None:
         kwargs["envvar"], text = env, f"{text.rstrip('.')} (env {env})."
     return click.option(*decls, help=text, **kwargs)
@@ -322,7 +324,7 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
 
 # -- status --------------------------------------------------------------------------------
 @_command()
-@_flag("--json", "as_json", help="Print JSON instead of a table.")
+@_flag("--json", "as_json")
 @_flag("--check")
 @_opt("--wait", type=_seconds(0.0))
 def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **selection: Any) -> None:
@@ -368,12 +370,8 @@ def _check_mark(ok: bool) -> str:
 
 
 @_command()
-@_flag("--json", "as_json", help="Print JSON instead of a checklist.")
-@click.option(
-    "--load-modules/--no-load-modules",
-    default=False,
-    help="Load the missing vfio modules with the host's modprobe, then check again.",
-)
+@_flag("--json", "as_json")
+@_opt("--load-modules/--no-load-modules", default=False)
 def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> None:
     """Is this host ready to give the selected functions to VMs? Exit 0 if so, 3 if not.
 
@@ -392,15 +390,11 @@ def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> No
 _transition_options = _options(
     _flag("--force"),
     _flag("--dry-run"),
-    _flag("--json", "as_json", help="Print the plan or the outcome as JSON."),
+    _flag("--json", "as_json"),
 )
 _to_vfio_options = _options(
     _flag("--with-group-peers"),
-    click.option(
-        "--load-modules/--no-load-modules",
-        default=True,
-        help="Load missing vfio modules with the host's modprobe; else refuse without them.",
-    ),
+    _opt("--load-modules/--no-load-modules", default=True),
 )
 
 
@@ -502,12 +496,7 @@ def kubevirt_config(
     default="keep",
 )
 @_opt("--exclude", env="VFIO_MANAGER_EXCLUDE", type=BDF, multiple=True)
-@_opt(
-    "--load-modules/--no-load-modules",
-    env="VFIO_MANAGER_LOAD_MODULES",
-    default=True,
-    help="Load missing vfio modules with the host's modprobe, as bind-all does.",
-)
+@_opt("--load-modules/--no-load-modules", env="VFIO_MANAGER_LOAD_MODULES", default=True)
 def daemon(node: Node, on_exit: str, exclude: tuple[PciAddress, ...], **options: Any) -> None:
     """Keep the selected functions on vfio-pci, driven by kernel uevents.
 
