@@ -33,19 +33,12 @@ class VfioManagerError(Exception):
         errno: Optional[int] = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
-        self.remedy = remedy
-        self.bdf = bdf
-        self.step = step
-        self.path = path
-        self.errno = errno
+        self.message, self.remedy, self.bdf = message, remedy, bdf
+        self.step, self.path, self.errno = step, path, errno
 
     def details(self) -> dict[str, Any]:
         """What the ``--json`` error document adds to the message and remedy."""
         return {} if self.bdf is None else {"bdf": self.bdf}
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class UsageError(VfioManagerError):

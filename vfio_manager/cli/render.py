@@ -168,14 +168,11 @@ def check_text(result: CheckResult, mark: Optional[Callable[[bool], str]] = None
     failed = len(result.preflight.failed)
     if failed:
         counted = sum(1 for c in result.preflight.checks if not c.advisory)  # not warnings
-        tail = (
-            f"NOT READY: {failed} of {counted} checks failed; "
-            "bind and bind-all refuse until they pass"
-        )
+        refusing = "bind and bind-all refuse until they pass"
+        tail = f"NOT READY: {failed} of {counted} checks failed; {refusing}"
     else:
         tail = "READY: the selected functions can be given to VMs"
-        warned = len(result.preflight.warnings)
-        if warned:
+        if warned := len(result.preflight.warnings):
             tail += f" ({warned} warning(s), marked !)"
     return [head, *result.preflight.lines(mark), tail]
 

@@ -103,14 +103,12 @@ def socket_address(value: str) -> Optional[Union[str, bytes]]:
 def watchdog_interval(env: Mapping[str, str], pid: Optional[int] = None) -> Optional[float]:
     """Half of ``$WATCHDOG_USEC`` in seconds, as sd_watchdog_enabled; ``None`` when it is off,
     not a positive integer, or ``$WATCHDOG_PID`` names another process."""
-    usec = env.get("WATCHDOG_USEC", "")
+    usec, owner = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID")
     if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
         return None
-    owner = env.get("WATCHDOG_PID")
-    if owner is not None:
-        me = os.getpid() if pid is None else pid
-        if not (owner.isascii() and owner.isdigit()) or int(owner) != me:
-            return None
+    me = os.getpid() if pid is None else pid
+    if owner is not None and not (owner.isascii() and owner.isdigit() and int(owner) == me):
+        return None
     return int(usec) / 2 / 1_000_000
 
 
@@ -137,7 +135,7 @@ class Notifier:
         return self.address is not None
 
     def send(self, *assignments: str) -> bool:
-        if self.address is None or not assignments:
+        if self.address is None:
             return False
         payload = "\n".join(a.replace("\n", " ") for a in assignments).encode("utf-8", "replace")
         try:

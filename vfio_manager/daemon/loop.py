@@ -437,10 +437,8 @@ class ReconcileLoop:
                 return function
             retry = self.backoff.get(bdf)
             wait = max(0.0, retry.at - self.clock()) if retry.at is not None else 0.0
-            remedy = (
-                f"retried automatically in {wait:.0f}s "
-                f"(attempt {retry.failures + 1}); a SIGHUP retries now"
-            )
+            attempt = f"attempt {retry.failures + 1}"
+            remedy = f"retried automatically in {wait:.0f}s ({attempt}); a SIGHUP retries now"
             return FunctionState(bdf, State.FAILED, retry.reason, remedy)
         if flapping:
             reason = (

@@ -124,19 +124,12 @@ class NodeView:
 
     @property
     def converged(self) -> bool:
-        return (
-            self.reconciled
-            and self.error is None
-            and self.host.ok
-            and all(s.state.accepted for s in self.functions.values())
-        )
+        settled = all(s.state.accepted for s in self.functions.values())
+        return self.reconciled and self.error is None and self.host.ok and settled
 
     def counts(self) -> dict[str, int]:
         """``{state: count}`` with every state, in declaration order."""
-        counts = {s.value: 0 for s in State}
-        for function in self.functions.values():
-            counts[function.state.value] += 1
-        return counts
+        return {s.value: sum(f.state is s for f in self.functions.values()) for s in State}
 
     def merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
         """A full resync replaces the view, a partial one patches it."""
