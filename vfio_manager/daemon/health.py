@@ -195,13 +195,10 @@ class DaemonMetrics:
             return prom.Counter(f"vfio_manager_{name}", text, labels, registry=r)
 
         self.functions = gauge("functions", "Selected PCI functions by daemon state.", "state")
-        self.node_converged = gauge(
-            "node_converged",
-            "1 while every function is settled and the host is ready (the ready file exists).",
-        )
+        self.node_converged = gauge("node_converged", "1 while the node is converged (ready file).")
         self.transitions = counter(
             "transitions",
-            "Transitions attempted by the daemon, by direction and outcome.",
+            "Transitions attempted, by direction and outcome.",
             "direction",
             "outcome",
         )
@@ -212,10 +209,7 @@ class DaemonMetrics:
             buckets=_DURATION_BUCKETS,
             registry=r,
         )
-        self.errors = counter(
-            "reconcile_errors",
-            "Reconciles that raised (lock timeout, state directory unusable, ...).",
-        )
+        self.errors = counter("reconcile_errors", "Reconciles that raised (lock timeout, ...).")
         self.last_success = gauge(
             "last_successful_reconcile_timestamp_seconds",
             "Unix time of the last reconcile that finished with no failed function.",
@@ -223,9 +217,7 @@ class DaemonMetrics:
         self.uevents = counter("uevents", "Kernel uevents acted on, by action.", "action")
         self.host_ready = gauge("host_ready", "1 when the host readiness checks pass.")
         self.host_check_failing = gauge(
-            "host_check_failing",
-            "1 while the named host readiness check fails (0 once it passes again).",
-            "check",
+            "host_check_failing", "1 while that host check fails, 0 once it passes again.", "check"
         )
         prom.Info("vfio_manager_build", "vfio-manager build information.", registry=r).info(
             {"version": version, "python": platform.python_version()}

@@ -9,7 +9,6 @@ import contextlib
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from types import FrameType
@@ -153,15 +152,13 @@ class FlapGuard:
         self, limit: int = 5, window: float = 60.0, *, clock: Clock = time.monotonic
     ) -> None:
         self.limit, self.window, self.clock = limit, window, clock
-        self._moves: dict[str, deque[float]] = {}
+        self._moves: dict[str, list[float]] = {}
 
     def moved(self, key: str) -> bool:
         """Record a move; True when ``key`` is flapping."""
         now = self.clock()
-        moves = self._moves.setdefault(key, deque(maxlen=self.limit + 1))
-        moves.append(now)
-        while moves and moves[0] <= now - self.window:
-            moves.popleft()
+        moves = [t for t in self._moves.get(key, ()) if t > now - self.window] + [now]
+        self._moves[key] = moves[-(self.limit + 1) :]
         return len(moves) > self.limit
 
     def forget(self, key: str) -> None:
