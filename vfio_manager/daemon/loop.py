@@ -254,14 +254,10 @@ class ReconcileLoop:
             else:
                 self.request_stop(signum)
 
-        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
+        restore = contextlib.ExitStack()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            restore.callback(signal.signal, sig, signal.signal(sig, on_signal))
+        return restore.close
 
     def close(self) -> None:
         for fd in (self._doorbell, self._ring_fd):
@@ -373,19 +369,19 @@ class ReconcileLoop:
         try:
             outcome = self.reconciler(request)
         except VfioManagerError as exc:
-            error = exc.message
+            self.view = replace(self.view, error=exc.message or "unknown error")
             log.error("reconcile failed", error=exc.message, remedy=exc.remedy)
         except Exception as exc:  # a daemon reports a bug and keeps serving
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("reconcile crashed (a bug: please report it)", error=error, exc_info=True)
+            self.view = replace(self.view, error=f"{type(exc).__name__}: {exc}")
+            log.error(
+                "reconcile crashed (a bug: please report it)", error=self.view.error, exc_info=True
+            )
         duration = self.clock() - started
         self.reconciles += 1
         if full:
             self._next_resync = self.clock() + self.settings.resync_interval
         if outcome is not None:
             self.view = self._merge(request, outcome)
-        else:
-            self.view = replace(self.view, error=error or "unknown error")
         view = self.view
         if self.ready_file is not None:
             self.ready_file.update(view.converged, view.counts())
