@@ -5,6 +5,7 @@ ends in :class:`_Cli` as a message, remedy and exit code on stderr, never a trac
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 Param = Optional[click.Parameter]
+Ctx = Optional[click.Context]
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -39,9 +41,7 @@ class _BadValue(click.BadParameter):
     """A value refused with a remedy, kept apart for the JSON document. Without a parameter
     (a whole selection), worded as click's plain usage error."""
 
-    def __init__(
-        self, err: UsageError, param: Param = None, ctx: Optional[click.Context] = None
-    ) -> None:
+    def __init__(self, err: UsageError, param: Param = None, ctx: Ctx = None) -> None:
         super().__init__(err.message, ctx, param)
         self.remedy = err.remedy
 
@@ -59,7 +59,7 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]
     def __init__(self, name: str, parse: Callable[[Any, Param], Any]) -> None:
         self.name, self.parse = name, parse
 
-    def convert(self, value: Any, param: Param, ctx: Optional[click.Context]) -> Any:
+    def convert(self, value: Any, param: Param, ctx: Ctx) -> Any:
         try:
             return self.parse(value, param)
         except UsageError as err:
@@ -98,13 +98,7 @@ HEX = _Parsed("HEX", lambda v, _p: str(v).strip())
 
 def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     """Several option decorators as one, listed in the order ``--help`` shows them."""
-
-    def apply(func: F) -> F:
-        for decorator in reversed(decorators):
-            func = decorator(func)
-        return func
-
-    return apply
+    return lambda func: functools.reduce(lambda f, add: add(f), reversed(decorators), func)
 
 
 _HELP = {  # each option's --help, by its long name
