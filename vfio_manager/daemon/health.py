@@ -66,8 +66,7 @@ class ReadyFile:
         self._change("ready file not removed", lambda: remove_file(self.path), missing_ok=True)
 
     def _change(self, failure: str, change: Callable[[], object], missing_ok: bool = False) -> bool:
-        """Run ``change``; False when it failed (logged once, but for a missing file when
-        ``missing_ok``)."""
+        """Run ``change``; False when it failed (logged once, unless missing and ``missing_ok``)."""
         try:
             change()
         except OSError as exc:
@@ -91,8 +90,7 @@ class ReadyFile:
 
 # -- systemd ---------------------------------------------------------------------------------
 def socket_address(value: str) -> Optional[Union[str, bytes]]:
-    """``$NOTIFY_SOCKET`` for ``sendto``: ``@name`` is abstract, ``/path`` a file; ``None``
-    for other forms (``vsock:`` is for VMs)."""
+    """``$NOTIFY_SOCKET`` for ``sendto`` (``@name`` abstract, ``/path`` a file), else ``None``."""
     if value.startswith("@") and len(value) > 1:
         return b"\0" + value[1:].encode()
     if value.startswith("/"):
@@ -197,10 +195,7 @@ class DaemonMetrics:
         self.functions = gauge("functions", "Selected PCI functions by daemon state.", "state")
         self.node_converged = gauge("node_converged", "1 while the node is converged (ready file).")
         self.transitions = counter(
-            "transitions",
-            "Transitions attempted, by direction and outcome.",
-            "direction",
-            "outcome",
+            "transitions", "Transitions attempted by direction and outcome.", "direction", "outcome"
         )
         self.duration = prom.Histogram(
             "vfio_manager_reconcile_duration_seconds",
@@ -287,8 +282,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class HealthServer:
-    """Read-only GET endpoints on daemon threads, answered from what the loop last published;
-    serving from construction (a bad address is a UsageError) to :meth:`stop`."""
+    """Read-only GET endpoints on daemon threads, from construction to :meth:`stop`."""
 
     def __init__(
         self,

@@ -119,8 +119,7 @@ class Backoff:
         self._retries.pop(key, None)
 
     def park(self, key: str) -> None:
-        """Keep the count but set no timer: the function was due but could not be attempted
-        (host not ready, held), so the next event or resync tries again."""
+        """Keep the count, set no timer: due but not attempted (the next event or resync is)."""
         self.get(key).at = None
 
     def keys(self) -> frozenset[str]:
@@ -167,8 +166,7 @@ class FlapGuard:
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """Timing (seconds). ``stall_after``: how long one reconcile may take before ``/healthz``
-    calls the loop wedged (lock wait and per-function deadlines fit in it)."""
+    """Timing (seconds); ``stall_after``: the longest reconcile before ``/healthz`` fails."""
 
     resync_interval: float = 60.0
     debounce: float = 0.2

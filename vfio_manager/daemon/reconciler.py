@@ -105,8 +105,7 @@ class ReconcileRequest:
 
 @dataclass(frozen=True)
 class ReconcileOutcome:
-    """Every function looked at (an affected BDF missing is gone), the host's verdict (not
-    ok: nothing was written) and the transitions attempted."""
+    """Every function looked at (an affected BDF missing is gone), host verdict, transitions."""
 
     functions: tuple[FunctionState, ...]
     host: HostReadiness = HOST_READY
