@@ -75,5 +75,4 @@ class Logger:
         self._emit(ERROR, "error", event, fields)
 
 
-def get_logger(name: str) -> Logger:
-    return Logger(name)
+get_logger = Logger

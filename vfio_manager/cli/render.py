@@ -17,8 +17,7 @@ if TYPE_CHECKING:
 
 
 def to_json(data: Any) -> str:
-    """Indented for a person at a terminal; one line for a pipe or a file (``indent``
-    falls back to json's pure-Python encoder: a second for a 4,096-function status)."""
+    """Indented at a terminal, one line for a pipe (``indent`` is json's slow pure-Python path)."""
     import json
 
     return json.dumps(data, indent=2 if _stdout_is_terminal() else None)

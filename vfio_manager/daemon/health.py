@@ -295,13 +295,11 @@ class HealthServer:
 
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-            daemon_threads = True
-            block_on_close = False
+            block_on_close = False  # daemon_threads is already True
             timeout = 1.0  # handle_request's own wait; called only once the socket is readable
 
         class Handler(BaseHTTPRequestHandler):
-            server_version = "vfio-manager"
-            sys_version = ""
+            server_version, sys_version = "vfio-manager", ""
             timeout = 10.0  # a stalled client cannot hold a thread for long
 
             def do_HEAD(self) -> None:
