@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import selectors
 import socket
 import threading
 import time
@@ -17,7 +16,7 @@ from vfio_manager import __version__
 from vfio_manager.daemon.reconciler import NodeView, ReconcileOutcome, State
 from vfio_manager.errors import UsageError
 from vfio_manager.kernel.drivers import Direction
-from vfio_manager.kernel.uevents import PCI_ACTIONS, Uevent
+from vfio_manager.kernel.uevents import PCI_ACTIONS, PollWaiter, Uevent
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.engine import Result
 from vfio_manager.safety.statedir import remove_file, replace_file
@@ -39,6 +38,10 @@ def _json(doc: dict[str, Any]) -> bytes:
 class ReadyFile:
     """Present exactly while the node is converged: a small JSON document written atomically
     (``O_NOFOLLOW``), rewritten only when the counts change. A failure is logged once."""
+
+    REMEDY = (
+        "make the ready file's directory exist and be writable, or point --ready-file elsewhere"
+    )
 
     def __init__(self, path: str, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.path, self.wall_clock = os.path.abspath(path), wall_clock
@@ -74,13 +77,7 @@ class ReadyFile:
                 return False
             if not self._failing:
                 self._failing = True
-                log.error(
-                    failure,
-                    path=self.path,
-                    error=exc.strerror,
-                    remedy="make the ready file's directory exist and be writable, or point "
-                    "--ready-file elsewhere",
-                )
+                log.error(failure, path=self.path, error=exc.strerror, remedy=self.REMEDY)
             return False
         if self._failing:
             self._failing = False
@@ -348,15 +345,11 @@ class HealthServer:
         return str(host), int(port)
 
     def _serve(self) -> None:
-        """Accept until :meth:`stop`, asleep in ``select`` without a timeout while idle."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._server, selectors.EVENT_READ)
-            selector.register(self._stop_r, selectors.EVENT_READ)
-            while True:
-                for key, _ in selector.select():
-                    if key.fileobj == self._stop_r:
-                        return
-                    self._server.handle_request()
+        """Accept until :meth:`stop`, asleep in ``poll`` while idle (it wakes once an hour)."""
+        fds = [self._server.fileno(), self._stop_r]
+        while self._stop_r not in (ready := PollWaiter().wait(fds, 3600.0)):
+            if ready:
+                self._server.handle_request()
 
     def stop(self) -> None:
         os.write(self._stop_w, b"x")
