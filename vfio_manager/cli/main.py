@@ -325,6 +325,7 @@ def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **sele
     """Show the selected functions: driver, override, IOMMU group and its viability (read-only)."""
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import status as read_status
+    from vfio_manager.safety.intents import IntentStore, intents_recorded
 
     selector = _selector(**selection)
     if wait is not None:
@@ -334,21 +335,12 @@ def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **sele
 
         wait_with_uevents(lambda: read_status(node, selector).all_on_vfio, timeout=wait)
     result = read_status(node, selector)
-    intents = _read_intents(node)
+    intents: dict[str, Any] = {}  # the admin's; an unreadable state directory shows none
+    if intents_recorded(node.state_dir):
+        with contextlib.suppress(VfioManagerError):
+            intents = dict(IntentStore(node.state_dir).read())
     lines = render.status_json(result, intents) if as_json else render.status_text(result, intents)
     _finish(lines, ExitCode.FAILED if check and not result.all_on_vfio else ExitCode.OK)
-
-
-def _read_intents(node: Node) -> dict[str, Any]:
-    """The admin's intents (read-only; an unreadable state directory shows none)."""
-    from vfio_manager.safety.intents import IntentStore, intents_recorded
-
-    if not intents_recorded(node.state_dir):
-        return {}
-    try:
-        return dict(IntentStore(node.state_dir).read())
-    except VfioManagerError:
-        return {}
 
 
 # -- check ----------------------------------------------------------------------------------

@@ -282,9 +282,8 @@ class PipelineReconciler:
             return FunctionState(bdf, State.CONVERGED)
         if outcome.result is Result.REFUSED:
             held = entry.refusal_kind in (RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL)
-            return FunctionState(
-                bdf, State.HELD if held else State.PENDING, outcome.reason, outcome.remedy
-            )
+            state = State.HELD if held else State.PENDING
+            return FunctionState(bdf, state, outcome.reason, outcome.remedy)
         if not self.node.sysfs().function_exists(function.address):
             return None  # gone: its remove uevent drops it from the view
         reason = outcome.reason or "failed"
