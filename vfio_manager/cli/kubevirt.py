@@ -64,12 +64,9 @@ def _entry(device: int, naming: str, *, is_vf: bool) -> PciHostDevice:
 
 def for_functions(functions: Iterable[PciFunction], naming: str) -> list[PciHostDevice]:
     """One entry per Rebellions device ID among ``functions`` (no plugin names others), by ID."""
-    by_device: dict[int, PciHostDevice] = {}
-    for function in functions:
-        if function.vendor == REBELLIONS_VENDOR and function.device not in by_device:
-            is_vf = function.physfn is not None
-            by_device[function.device] = _entry(function.device, naming, is_vf=is_vf)
-    return [by_device[device] for device in sorted(by_device)]
+    rebellions = [f for f in functions if f.vendor == REBELLIONS_VENDOR]
+    is_vf = {f.device: f.physfn is not None for f in reversed(rebellions)}  # the first one's kind
+    return [_entry(device, naming, is_vf=is_vf[device]) for device in sorted(is_vf)]
 
 
 def for_catalogue(naming: str) -> list[PciHostDevice]:

@@ -90,9 +90,7 @@ def socket_address(value: str) -> Optional[Union[str, bytes]]:
     """``$NOTIFY_SOCKET`` for ``sendto`` (``@name`` abstract, ``/path`` a file), else ``None``."""
     if value.startswith("@") and len(value) > 1:
         return b"\0" + value[1:].encode()
-    if value.startswith("/"):
-        return value
-    return None
+    return value if value.startswith("/") else None
 
 
 def watchdog_interval(env: Mapping[str, str], pid: Optional[int] = None) -> Optional[float]:
