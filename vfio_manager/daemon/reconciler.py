@@ -7,7 +7,7 @@ import enum
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
@@ -21,9 +21,6 @@ from vfio_manager.pipeline.plan import FunctionPlan, RefusalKind
 from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_functions
 from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult, run_transition
 from vfio_manager.safety.intents import Intent, IntentStore
-
-if TYPE_CHECKING:
-    from vfio_manager.host.modules import Runner
 
 log = get_logger("vfio_manager.daemon.reconciler")
 
@@ -160,24 +157,13 @@ def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
 
 
 class PipelineReconciler:
-    """A ``bind-all`` per call under the node lock, leaving out ``--exclude``, the admin's
-    intents (read under the lock) and ``request.skip``; a partial call re-plans the affected
-    groups' selected members and, with nothing to move, keeps the last host verdict."""
+    """``bind_all`` per call under the node lock, leaving out also the admin's intents (read
+    under the lock) and ``request.skip``; a partial call re-plans the affected groups' selected
+    members and, with nothing to move, keeps the last host verdict."""
 
-    def __init__(
-        self,
-        node: Node,
-        selector: Selector,
-        *,
-        exclude: Iterable[str] = (),
-        load_modules: bool = True,
-        runner: Optional[Runner] = None,
-    ) -> None:
-        self.node, self.selector = node, selector
-        self.exclude = frozenset(str(a) for a in addresses(exclude))
-        self.request = TransitionRequest(
-            selector, Direction.TO_VFIO, load_modules=load_modules, runner=runner
-        )
+    def __init__(self, node: Node, bind_all: TransitionRequest) -> None:
+        self.node, self.bind_all, self.selector = node, bind_all, bind_all.selector
+        self.exclude = frozenset(str(a) for a in bind_all.exclude)  # --exclude
         self.intents = IntentStore(node.state_dir)
         self.host = HOST_READY
 
@@ -196,7 +182,7 @@ class PipelineReconciler:
             intents = self.intents.read()
             scope = None if request.affected is None else addresses(request.affected)
             left_alone = addresses(self.exclude | intents.keys() | request.skip)
-            transition = replace(self.request, exclude=left_alone, scope=scope)
+            transition = replace(self.bind_all, exclude=left_alone, scope=scope)
             try:
                 result = run_transition(self.node, transition, lock=lock)
             except PreflightFailed as failed:  # not an error: the host is not ready
@@ -308,10 +294,9 @@ class OnExit(str, enum.Enum):
 
 
 def on_exit_action(
-    mode: OnExit, node: Node, selector: Selector, *, exclude: Iterable[str] = ()
+    mode: OnExit, node: Node, selector: Selector, excluded: frozenset[PciAddress]
 ) -> Callable[[], None]:
-    """The loop's ``on_exit`` for ``mode``; ``--exclude``d functions are never touched."""
-    excluded = addresses(exclude)
+    """The loop's ``on_exit`` for ``mode``; ``excluded`` functions are never touched."""
 
     def on_exit() -> None:
         if mode is OnExit.KEEP:

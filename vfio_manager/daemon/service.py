@@ -21,11 +21,13 @@ from vfio_manager.daemon.health import (
     parse_listen,
 )
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
-from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, on_exit_action
+from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, addresses, on_exit_action
+from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.uevents import DatagramUeventSource, Waiter, open_kernel_uevents
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.selection import Selector
+from vfio_manager.pipeline.transition import TransitionRequest
 from vfio_manager.safety.lock import DaemonPresence
 
 if TYPE_CHECKING:
@@ -106,11 +108,13 @@ def build_daemon(
         metrics = DaemonMetrics(process=process_metrics) if address is not None else None
         ready_path = options.ready_file or default_ready_path(node.state_dir)
         ready = ReadyFile(ready_path, wall_clock=wall_clock)
-        selector, exclude = options.selector, options.exclude
+        selector, load_modules = options.selector, options.load_modules
+        excluded = addresses(options.exclude)
+        bind_all = TransitionRequest(
+            selector, Direction.TO_VFIO, load_modules=load_modules, runner=runner, exclude=excluded
+        )
         loop = ReconcileLoop(
-            PipelineReconciler(
-                node, selector, exclude=exclude, load_modules=options.load_modules, runner=runner
-            ),
+            PipelineReconciler(node, bind_all),
             source=source,
             settings=settings or LoopSettings(resync_interval=options.resync_interval),
             clock=clock,
@@ -119,7 +123,7 @@ def build_daemon(
             notifier=Notifier.from_environment(env),
             ready_file=ready,
             metrics=metrics,
-            on_exit=on_exit_action(options.on_exit, node, selector, exclude=exclude),
+            on_exit=on_exit_action(options.on_exit, node, selector, excluded),
         )
         acquired.callback(loop.close)
         server = None
@@ -133,7 +137,7 @@ def build_daemon(
         "daemon starting",
         pid=os.getpid(),
         selection=selector.describe(),
-        exclude=list(exclude),
+        exclude=list(options.exclude),
         on_exit=options.on_exit.value,
         resync_interval=options.resync_interval,
         ready_file=ready.path,
