@@ -1,5 +1,4 @@
 """structlog, configured once: events on stderr (stdout is data), JSON unless on a terminal.
-
 structlog (and asyncio with it, tens of ms) is imported on the first event at or above the
 level: a command that logs nothing never pays for it."""
 

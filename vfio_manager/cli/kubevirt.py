@@ -1,9 +1,6 @@
-"""KubeVirt's ``permittedHostDevices.pciHostDevices`` entries for Rebellions functions.
-
-Each names the resource the RBLN operator's sandbox device plugin advertises, letter for
-letter (``externalResourceProvider: true``; a mismatch leaves the VM pending): per card
-(``--naming atom``) or per product and function kind (``pf``).
-"""
+"""KubeVirt's ``permittedHostDevices.pciHostDevices`` entries for Rebellions functions, each
+naming the resource the RBLN operator's sandbox device plugin advertises, letter for letter
+(a mismatch leaves the VM pending): per card (``atom``) or per product and kind (``pf``)."""
 
 from __future__ import annotations
 

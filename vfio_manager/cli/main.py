@@ -289,8 +289,7 @@ class _Cli(click.Group):
 def cli(ctx: click.Context, /, log_format: str, verbose: int, quiet: bool, **_roots: Any) -> None:
     """Move Rebellions NPU functions between their native driver and vfio-pci.
 
-    Functions are selected by vendor, class and device ID (default: Rebellions NPUs,
-    vendor 0x1eff, class 0x120000); nothing outside the selection is ever touched.
+    Nothing outside the selection (vendor, class and device ID) is ever touched.
     """
     from vfio_manager import log as logsetup
 
@@ -361,8 +360,7 @@ def _check_mark(ok: bool) -> str:
 def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> None:
     """Is this host ready to give the selected functions to VMs? Exit 0 if so, 3 if not.
 
-    Checks the IOMMU, the vfio modules and driver, /dev/vfio/vfio and each selected function's
-    IOMMU group. Read-only unless --load-modules is given.
+    Checks the IOMMU, vfio, /dev/vfio/vfio and IOMMU groups; read-only unless --load-modules.
     """
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import check as check_host
@@ -387,8 +385,7 @@ _to_vfio_options = _options(
 def _transition_command(
     *, to_vfio: bool, named: bool
 ) -> Callable[[Callable[[], None]], click.Command]:
-    """Make the command the decorated function names and documents: to or from vfio-pci,
-    for the named BDFs or every selected function."""
+    """The command the decorated function names and documents (to or from vfio-pci)."""
 
     def run(node: Node, /, as_json: bool, bdfs: tuple[PciAddress, ...] = (), **flags: Any) -> None:
         from vfio_manager.cli import render
@@ -444,8 +441,7 @@ def kubevirt_config(
 ) -> None:
     """Print KubeVirt's permittedHostDevices.pciHostDevices entries for the NPUs.
 
-    One entry per device ID present (or catalogued) with the sandbox device plugin's resource
-    name, for spec.configuration of the KubeVirt CR.
+    One entry per device ID present (or catalogued), for spec.configuration of the CR.
     """
     from vfio_manager.cli import kubevirt
 
@@ -486,8 +482,7 @@ def kubevirt_config(
 def daemon(node: Node, on_exit: str, exclude: tuple[PciAddress, ...], **options: Any) -> None:
     """Keep the selected functions on vfio-pci, driven by kernel uevents.
 
-    Converges once (waiting for a host that is not ready), then re-plans what each uevent
-    names and everything at each resync, until SIGTERM; SIGHUP resyncs now. See docs/daemon.md.
+    Re-plans what each uevent names and all at each resync; SIGHUP resyncs now (docs/daemon.md).
     """
     from vfio_manager.daemon.reconciler import OnExit
     from vfio_manager.daemon.service import DaemonOptions, build_daemon

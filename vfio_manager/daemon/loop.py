@@ -1,7 +1,6 @@
 """The reconcile loop: when to reconcile (uevents, resyncs, retries, signals) and what to tell
 afterwards. One thread and one ``poll`` (uevent socket, wakeup pipe) whose timeout is the next
-thing owed; the reconciler is injected. docs/daemon.md has the loop and its contract.
-"""
+thing owed; the reconciler is injected. docs/daemon.md has the loop and its contract."""
 
 from __future__ import annotations
 

@@ -157,9 +157,8 @@ def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
 
 
 class PipelineReconciler:
-    """``bind_all`` per call under the node lock, leaving out also the admin's intents (read
-    under the lock) and ``request.skip``; a partial call re-plans the affected groups' selected
-    members and, with nothing to move, keeps the last host verdict."""
+    """``bind_all`` per call under the node lock, without the admin's intents or ``skip``; a
+    partial call re-plans the affected groups and, moving nothing, keeps the last host verdict."""
 
     def __init__(self, node: Node, bind_all: TransitionRequest) -> None:
         self.node, self.bind_all, self.selector = node, bind_all, bind_all.selector
