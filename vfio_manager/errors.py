@@ -68,11 +68,8 @@ class SysfsWriteError(VfioManagerError):
     def from_os_error(cls, exc: OSError, *, path: str, data: str) -> SysfsWriteError:
         code = exc.errno if exc.errno is not None else errno_mod.EIO
         name = errno_mod.errorcode.get(code, str(code))
-        return cls(
-            f"writing {data.strip()!r} to {path} failed: {name} ({os.strerror(code)})",
-            path=path,
-            errno=code,
-        )
+        message = f"writing {data.strip()!r} to {path} failed: {name} ({os.strerror(code)})"
+        return cls(message, path=path, errno=code)
 
 
 class TransitionError(VfioManagerError):
