@@ -130,8 +130,9 @@ def node_and_selector(host_mounted: Callable[[str], bool] = os.path.isdir) -> tu
     host's / mounted at /host (the script's ``chroot /host``) when it is there."""
     from vfio_manager.cli.main import node_from_environment
 
-    mounted = host_mounted(os.path.join(SCRIPT_HOST_ROOT, "lib", "modules"))
-    return node_from_environment(**({"host_root": SCRIPT_HOST_ROOT} if mounted else {}))
+    if host_mounted(os.path.join(SCRIPT_HOST_ROOT, "lib", "modules")):
+        return node_from_environment(host_root=SCRIPT_HOST_ROOT)
+    return node_from_environment()
 
 
 # -- commands --------------------------------------------------------------------------------

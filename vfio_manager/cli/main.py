@@ -103,7 +103,7 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 _HELP = {  # each option's --help, by its long name
     "--sysfs-root": "Where sysfs is mounted.",
-    "--dev-root": "Where the host's /dev is.",
+    "--dev-root": "Where the host's /dev is mounted.",
     "--host-root": "The host's /, for /proc/cmdline and /lib/modules.",
     "--timeout": "Seconds each function's writes (and its /dev/vfio node) may take.",
     "--state-dir": "Lock and journal directory; in Kubernetes a hostPath the preStop hook shares.",
@@ -116,16 +116,17 @@ _HELP = {  # each option's --help, by its long name
     "--device-id": "PCI device ID to select (default: all); repeatable, comma-separated in the "
     "environment.",
     "--log-format": "Log format on stderr; auto is JSON unless stderr is a terminal.",
-    "--verbose": "More log detail.",
+    "--verbose": "More log detail (every sysfs write).",
     "--quiet": "Log warnings and errors only.",
     "--check": "Exit 0 only when every selected function is on vfio-pci.",
     "--json": "Print JSON instead of text.",
     "--load-modules": "Load missing vfio modules with the host's modprobe.",
     "--dry-run": "Print the plan; write nothing.",
-    "--wait": "With --check: wait up to SECONDS for every selected function to be on vfio-pci.",
+    "--wait": "With --check: wait up to SECONDS for all on vfio-pci; exit 1 if time runs out.",
     "--force": "Move functions even if a process or the host needs them; use with care.",
     "--with-group-peers": "Also bind the selected (bind: named) other endpoints of their groups.",
     "--naming": "Device plugin resource names: atom (per card) or pf (per product and kind).",
+    "--format": "Output format.",
     "--all-products": "Every catalogued product's IDs instead of this host's (no selection).",
     "--resync-interval": "Seconds between full re-reads of the node (the net under uevents).",
     "--ready-file": "File present exactly while the node is converged (default <state-dir>/ready).",
@@ -149,6 +150,7 @@ def _flag(*decls: str, **kwargs: Any) -> Callable[[F], F]:
 
 
 # -- the node and the selection ----------------------------------------------------------------
+_WRITERS = click.Choice(["process", "thread"])  # thread: the tests' in-memory fake kernel
 _node_options = _options(
     _opt("--sysfs-root", env="VFIO_MANAGER_SYSFS_ROOT", type=LOCATION, default="/sys"),
     _opt("--dev-root", env="VFIO_MANAGER_DEV_ROOT", type=LOCATION, default="/dev"),
@@ -158,13 +160,7 @@ _node_options = _options(
     _opt("--lock-timeout", type=_seconds(0.0), default=60.0),
     _opt("--parallel", env="VFIO_MANAGER_PARALLEL", type=click.IntRange(1, 64), default=8),
     _opt("--proc-root", env="VFIO_MANAGER_PROC_ROOT", type=LOCATION, default="/proc", hidden=True),
-    _opt(
-        "--writer",
-        env="VFIO_MANAGER_WRITER",
-        type=click.Choice(["process", "thread"]),
-        default="process",
-        hidden=True,
-    ),
+    _opt("--writer", env="VFIO_MANAGER_WRITER", type=_WRITERS, default="process", hidden=True),
 )
 
 _selection_options = _options(
@@ -434,14 +430,14 @@ def unbind_all() -> None:
 # -- kubevirt-config ---------------------------------------------------------------------------
 @_command("kubevirt-config")
 @_opt("--naming", type=click.Choice(["atom", "pf"]), default="atom")
-@click.option("--format", "output_format", type=click.Choice(["yaml", "json"]), default="yaml")
+@_opt("--format", "output_format", type=click.Choice(["yaml", "json"]), default="yaml")
 @_flag("--all-products")
 def kubevirt_config(
     node: Node, naming: str, output_format: str, all_products: bool, **selection: Any
 ) -> None:
     """Print KubeVirt's permittedHostDevices.pciHostDevices entries for the NPUs.
 
-    One entry per device ID present (or catalogued), for spec.configuration of the CR.
+    One entry per device ID present (or catalogued), for the KubeVirt CR's spec.configuration.
     """
     from vfio_manager.cli import kubevirt
 

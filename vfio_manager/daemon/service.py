@@ -85,7 +85,9 @@ def build_daemon(
     node: Node,
     options: DaemonOptions,
     *,
-    open_source: Optional[Callable[[DaemonOptions], Optional[DatagramUeventSource]]] = None,
+    open_source: Callable[[DaemonOptions], Optional[DatagramUeventSource]] = lambda options: (
+        open_uevent_source(options.resync_interval)
+    ),
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     waiter: Optional[Waiter] = None,
@@ -100,9 +102,7 @@ def build_daemon(
     address = parse_listen(options.listen) if options.listen is not None else None
     with contextlib.ExitStack() as acquired:  # released at once if a later step fails
         acquired.enter_context(DaemonPresence(node.state_dir, timeout=node.lock_timeout))
-        source = (
-            open_source(options) if open_source else open_uevent_source(options.resync_interval)
-        )
+        source = open_source(options)
         if source is not None:
             acquired.callback(source.close)
         metrics = DaemonMetrics(process=process_metrics) if address is not None else None
