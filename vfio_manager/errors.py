@@ -1,7 +1,4 @@
-"""Errors as values: every failure the tool reports carries an exit code and a remedy.
-
-The CLI catches :class:`VfioManagerError` at its edge; nothing below it prints or exits.
-"""
+"""Errors as values, each with an exit code and a remedy; only the CLI prints or exits."""
 
 from __future__ import annotations
 
@@ -36,19 +33,12 @@ class VfioManagerError(Exception):
         errno: Optional[int] = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
-        self.remedy = remedy
-        self.bdf = bdf
-        self.step = step
-        self.path = path
-        self.errno = errno
+        self.message, self.remedy, self.bdf = message, remedy, bdf
+        self.step, self.path, self.errno = step, path, errno
 
     def details(self) -> dict[str, Any]:
         """What the ``--json`` error document adds to the message and remedy."""
         return {} if self.bdf is None else {"bdf": self.bdf}
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class UsageError(VfioManagerError):
@@ -78,11 +68,8 @@ class SysfsWriteError(VfioManagerError):
     def from_os_error(cls, exc: OSError, *, path: str, data: str) -> SysfsWriteError:
         code = exc.errno if exc.errno is not None else errno_mod.EIO
         name = errno_mod.errorcode.get(code, str(code))
-        return cls(
-            f"writing {data.strip()!r} to {path} failed: {name} ({os.strerror(code)})",
-            path=path,
-            errno=code,
-        )
+        message = f"writing {data.strip()!r} to {path} failed: {name} ({os.strerror(code)})"
+        return cls(message, path=path, errno=code)
 
 
 class TransitionError(VfioManagerError):

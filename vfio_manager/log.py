@@ -1,48 +1,37 @@
 """structlog, configured once: events on stderr (stdout is data), JSON unless on a terminal.
-
 structlog (and asyncio with it, tens of ms) is imported on the first event at or above the
-level, so a command that logs nothing never pays for it; an event below the level is
-dropped here, as structlog's filtering logger would drop it.
-"""
+level: a command that logs nothing never pays for it."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 # logging's levels (structlog's filtering logger uses them), without importing logging
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 
-_settings: dict[str, Any] = {"fmt": "auto", "verbosity": 0, "stream": None}
-_configured = False
+_format = "auto"
 _level = INFO
+_configured = False
 
 
-def configure(fmt: str = "auto", verbosity: int = 0, stream: TextIO | None = None) -> None:
-    """``verbosity``: -1 warnings only, 0 info, 1+ debug. Applied at the first event."""
-    global _configured, _level  # noqa: PLW0603 - one process-wide logging setup, by design
-    _settings.update(fmt=fmt, verbosity=verbosity, stream=stream)
-    _level = _level_of(verbosity)
-    _configured = False
-
-
-def _level_of(verbosity: int) -> int:
-    return DEBUG if verbosity > 0 else WARNING if verbosity < 0 else INFO
+def configure(fmt: str = "auto", verbosity: int = 0) -> None:
+    """``verbosity``: -1 warnings only, 0 info, 1+ debug. Applied at the first event, to the
+    ``sys.stderr`` of that moment."""
+    global _format, _level, _configured  # noqa: PLW0603 - one process-wide logging setup
+    _format, _configured = fmt, False
+    _level = DEBUG if verbosity > 0 else WARNING if verbosity < 0 else INFO
 
 
 def _apply() -> None:
     global _configured  # noqa: PLW0603
     import structlog
 
-    out = _settings["stream"] if _settings["stream"] is not None else sys.stderr
-    level = _level_of(_settings["verbosity"])
-    fmt = _settings["fmt"]
-    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
-        if use_console
-        else structlog.processors.JSONRenderer()
-    )
+    out = sys.stderr
+    if _format == "console" or (_format == "auto" and out.isatty()):
+        renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -50,7 +39,7 @@ def _apply() -> None:
             structlog.processors.dict_tracebacks,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
@@ -85,5 +74,4 @@ class Logger:
         self._emit(ERROR, "error", event, fields)
 
 
-def get_logger(name: str) -> Logger:
-    return Logger(name)
+get_logger = Logger

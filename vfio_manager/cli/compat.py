@@ -1,11 +1,6 @@
-"""``vfio-manage``: the drop-in for the RBLN NPU Operator's ``vfio-manage.sh``.
-
-The script's command line, exit codes (0, 1, 2) and stdout lines, which the operator's hooks
-and admins' runbooks grep, over ``vfio-manager``'s pipeline: writes go through
-``run_transition``, ``check_bind`` reads what ``status`` reads, and the node and selection
-come from ``vfio-manager``'s environment variables. docs/cli.md lists where it differs from
-the script on purpose.
-"""
+"""``vfio-manage``, the drop-in for the RBLN NPU Operator's ``vfio-manage.sh``: its command
+line, exit codes (0, 1, 2) and stdout lines over ``vfio-manager``'s pipeline. docs/cli.md
+lists where it differs from the script on purpose."""
 
 from __future__ import annotations
 
@@ -75,23 +70,17 @@ class _Script(click.Command):
     """Click's parse errors in the script's words."""
 
     def make_context(
-        self,
-        info_name: Optional[str],
-        args: list[str],
-        parent: Optional[click.Context] = None,
-        **extra: Any,
+        self, info_name: Optional[str], args: list[str], *rest: Any, **extra: Any
     ) -> click.Context:
         try:
-            return super().make_context(info_name, args, parent, **extra)
+            return super().make_context(info_name, args, *rest, **extra)
         except click.UsageError as err:
             name, remedy = getattr(err, "option_name", None), f"see `{PROG} help`"
             if isinstance(err, click.NoSuchOption):
                 message = f"unknown option {name!r}"
             elif name in ("-d", "--device-id"):  # given without its BDF
-                message, remedy = (
-                    f"{name} needs a PCI address",
-                    f"e.g. `{PROG} bind {name} 0000:3b:00.0`",
-                )
+                message = f"{name} needs a PCI address"
+                remedy = f"e.g. `{PROG} bind {name} 0000:3b:00.0`"
             else:
                 message = err.format_message()
         _fail(UsageError(message, remedy=remedy), usage=True)
@@ -136,9 +125,7 @@ def cli(words: tuple[str, ...], all_devices: bool, device: Optional[str], help_a
     sys.exit(code)
 
 
-def node_and_selector(
-    host_mounted: Callable[[str], bool] = os.path.isdir,
-) -> tuple[Node, Selector]:
+def node_and_selector(host_mounted: Callable[[str], bool] = os.path.isdir) -> tuple[Node, Selector]:
     """``vfio-manager``'s node and selection from the environment; without ``HOST_ROOT``, the
     host's / mounted at /host (the script's ``chroot /host``) when it is there."""
     from vfio_manager.cli.main import node_from_environment
@@ -238,7 +225,6 @@ def _transition(
 
 
 def _check_bind(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> int:
-
     if bdf is not None:
         from vfio_manager.errors import NotSelectedError
         from vfio_manager.kernel.inventory import read_topology
@@ -258,10 +244,8 @@ def _check_bind(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> in
             click.echo("No Rebellions NPU devices found.")
             return 0
     for found, driver in drivers:
-        if is_vfio_driver(driver):
-            click.echo(f"Device {found} is bound to {driver}")
-        else:
-            click.echo(f"Device {found} is not bound to vfio-pci")
+        where = f"is bound to {driver}" if is_vfio_driver(driver) else "is not bound to vfio-pci"
+        click.echo(f"Device {found} {where}")
     if not all(is_vfio_driver(driver) for _found, driver in drivers):
         return 1
     if bdf is None:

@@ -1,13 +1,6 @@
-"""KubeVirt's ``permittedHostDevices.pciHostDevices`` entries for Rebellions functions.
-
-KubeVirt gives a VM a host PCI device only when its CR lists a ``pciVendorSelector``
-(``"1EFF:1220"``) with the ``resourceName`` a device plugin advertises. On Rebellions nodes
-that is the RBLN operator's sandbox device plugin, so every entry says
-``externalResourceProvider: true`` and its name must be the plugin's, letter for letter
-(a mismatch leaves the VM pending). The plugin names a card ``rebellions.ai/ATOM_CA22_PT``
-(``--naming atom``) or a product and function kind ``rebellions.ai/RBLN-CA25_PF`` (``pf``);
-an uncatalogued ID gets a name made from it and is marked so.
-"""
+"""KubeVirt's ``permittedHostDevices.pciHostDevices`` entries for Rebellions functions, each
+naming the resource the RBLN operator's sandbox device plugin advertises, letter for letter
+(a mismatch leaves the VM pending): per card (``atom``) or per product and kind (``pf``)."""
 
 from __future__ import annotations
 
@@ -46,15 +39,11 @@ class PciHostDevice:
         }
 
 
-def _check_naming(naming: str) -> None:
-    if naming not in NAMINGS:
-        raise ValueError(f"naming must be one of {', '.join(NAMINGS)}, not {naming!r}")
-
-
 def resource_name(device: int, naming: str, *, is_vf: bool = False) -> str:
     """The name the sandbox device plugin advertises for a Rebellions device ID; ``is_vf``
     tells the kind of an ID the catalogue does not know."""
-    _check_naming(naming)
+    if naming not in NAMINGS:
+        raise ValueError(f"naming must be one of {', '.join(NAMINGS)}, not {naming!r}")
     known = catalogue_entry(device)
     if naming == "atom" and known is not None:
         return f"{RESOURCE_PREFIX}/{known.family}_{known.product.removeprefix('RBLN-')}_PT"
@@ -66,29 +55,19 @@ def resource_name(device: int, naming: str, *, is_vf: bool = False) -> str:
 
 
 def _entry(device: int, naming: str, *, is_vf: bool) -> PciHostDevice:
-    return PciHostDevice(
-        vendor=REBELLIONS_VENDOR,
-        device=device,
-        resource_name=resource_name(device, naming, is_vf=is_vf),
-        catalogued=catalogue_entry(device) is not None,
-    )
+    name = resource_name(device, naming, is_vf=is_vf)
+    return PciHostDevice(REBELLIONS_VENDOR, device, name, catalogue_entry(device) is not None)
 
 
 def for_functions(functions: Iterable[PciFunction], naming: str) -> list[PciHostDevice]:
     """One entry per Rebellions device ID among ``functions`` (no plugin names others), by ID."""
-    _check_naming(naming)
-    by_device: dict[int, PciHostDevice] = {}
-    for function in functions:
-        if function.vendor != REBELLIONS_VENDOR or function.device in by_device:
-            continue
-        is_vf = function.physfn is not None
-        by_device[function.device] = _entry(function.device, naming, is_vf=is_vf)
-    return [by_device[device] for device in sorted(by_device)]
+    rebellions = [f for f in functions if f.vendor == REBELLIONS_VENDOR]
+    is_vf = {f.device: f.physfn is not None for f in reversed(rebellions)}  # the first one's kind
+    return [_entry(device, naming, is_vf=is_vf[device]) for device in sorted(is_vf)]
 
 
 def for_catalogue(naming: str) -> list[PciHostDevice]:
     """One entry per catalogued device ID (every product's PF and VF), by ID."""
-    _check_naming(naming)
     return [_entry(e.device, naming, is_vf=e.kind == "VF") for e in catalogue_entries()]
 
 

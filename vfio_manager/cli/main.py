@@ -1,13 +1,11 @@
-"""The click command line: options in, one result on stdout, an exit code out.
-
-Options become a :class:`~vfio_manager.pipeline.node.Node` and a request for the pipeline.
-Errors end in :class:`_Cli`: a message, a remedy and an exit code on stderr, never a
-traceback; with ``--json``, every error is also one ``{"error": ...}`` document on stdout.
-"""
+"""The click command line: options in, one result on stdout, an exit code out. Every error
+ends in :class:`_Cli` as a message, remedy and exit code on stderr, never a traceback; with
+``--json``, also as one ``{"error": ...}`` document on stdout."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -26,6 +24,8 @@ if TYPE_CHECKING:
     from vfio_manager.pipeline.selection import Selector
 
 F = TypeVar("F", bound=Callable[..., Any])
+Param = Optional[click.Parameter]
+Ctx = Optional[click.Context]
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -41,12 +41,7 @@ class _BadValue(click.BadParameter):
     """A value refused with a remedy, kept apart for the JSON document. Without a parameter
     (a whole selection), worded as click's plain usage error."""
 
-    def __init__(
-        self,
-        err: UsageError,
-        param: Optional[click.Parameter] = None,
-        ctx: Optional[click.Context] = None,
-    ) -> None:
+    def __init__(self, err: UsageError, param: Param = None, ctx: Ctx = None) -> None:
         super().__init__(err.message, ctx, param)
         self.remedy = err.remedy
 
@@ -61,20 +56,17 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]
 
     envvar_list_splitter = ","
 
-    def __init__(self, name: str, parse: Callable[[Any, Optional[click.Parameter]], Any]) -> None:
-        self.name = name
-        self.parse = parse
+    def __init__(self, name: str, parse: Callable[[Any, Param], Any]) -> None:
+        self.name, self.parse = name, parse
 
-    def convert(
-        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
-    ) -> Any:
+    def convert(self, value: Any, param: Param, ctx: Ctx) -> Any:
         try:
             return self.parse(value, param)
         except UsageError as err:
             raise _BadValue(err, param, ctx) from err
 
 
-def _path(value: Any, param: Optional[click.Parameter]) -> str:
+def _path(value: Any, param: Param) -> str:
     """A root or directory: an empty path is refused, never read as the default."""
     text = str(value)
     if text and "\0" not in text:
@@ -87,7 +79,7 @@ def _path(value: Any, param: Optional[click.Parameter]) -> str:
 def _seconds(minimum: float, maximum: float = 86400.0) -> _Parsed:
     """Finite seconds within bounds: inf and nan would disable a deadline."""
 
-    def parse(value: Any, _param: Optional[click.Parameter]) -> float:
+    def parse(value: Any, _param: Param) -> float:
         try:
             seconds = float(value)
         except (TypeError, ValueError):
@@ -106,114 +98,79 @@ HEX = _Parsed("HEX", lambda v, _p: str(v).strip())
 
 def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     """Several option decorators as one, listed in the order ``--help`` shows them."""
+    return lambda func: functools.reduce(lambda f, add: add(f), reversed(decorators), func)
 
-    def apply(func: F) -> F:
-        for decorator in reversed(decorators):
-            func = decorator(func)
-        return func
 
-    return apply
+_HELP = {  # each option's --help, by its long name
+    "--sysfs-root": "Where sysfs is mounted.",
+    "--dev-root": "Where the host's /dev is mounted.",
+    "--host-root": "The host's /, for /proc/cmdline and /lib/modules.",
+    "--timeout": "Seconds each function's writes (and its /dev/vfio node) may take.",
+    "--state-dir": "Lock and journal directory; in Kubernetes a hostPath the preStop hook shares.",
+    "--lock-timeout": "Seconds a writing command waits for another vfio-manager run to finish.",
+    "--parallel": "IOMMU groups moved side by side (a native driver's probe can take seconds).",
+    "--proc-root": "Where the host's /proc is.",
+    "--writer": "sysfs writes from a child process, or a thread (the tests' fake kernel).",
+    "--vendor": "PCI vendor ID to select.",
+    "--class": "PCI class to select; 0x1200 ignores the programming interface.",
+    "--device-id": "PCI device ID to select (default: all); repeatable, comma-separated in the "
+    "environment.",
+    "--log-format": "Log format on stderr; auto is JSON unless stderr is a terminal.",
+    "--verbose": "More log detail (every sysfs write).",
+    "--quiet": "Log warnings and errors only.",
+    "--check": "Exit 0 only when every selected function is on vfio-pci.",
+    "--json": "Print JSON instead of text.",
+    "--load-modules": "Load missing vfio modules with the host's modprobe.",
+    "--dry-run": "Print the plan; write nothing.",
+    "--wait": "With --check: wait up to SECONDS for all on vfio-pci; exit 1 if time runs out.",
+    "--force": "Move functions even if a process or the host needs them; use with care.",
+    "--with-group-peers": "Also bind the selected (bind: named) other endpoints of their groups.",
+    "--naming": "Device plugin resource names: atom (per card) or pf (per product and kind).",
+    "--format": "Output format.",
+    "--all-products": "Every catalogued product's IDs instead of this host's (no selection).",
+    "--resync-interval": "Seconds between full re-reads of the node (the net under uevents).",
+    "--ready-file": "File present exactly while the node is converged (default <state-dir>/ready).",
+    "--listen": "Serve /healthz, /readyz and /metrics over HTTP (:PORT: every IPv4 address).",
+    "--on-exit": "On SIGTERM: keep all on vfio-pci, return those no process holds, or return all.",
+    "--exclude": "Never touch this function; repeatable, comma-separated in the environment.",
+}
+
+
+def _opt(*decls: str, env: Optional[str] = None, **kwargs: Any) -> Callable[[F], F]:
+    """``click.option`` with its help from ``_HELP``; ``env``, its environment variable, is
+    named at the end of that help."""
+    text = _HELP[next(d for d in decls if d.startswith("--")).split("/")[0]]
+    if env is not None:
+        kwargs["envvar"], text = env, f"{text.rstrip('.')} (env {env})."
+    return click.option(*decls, help=text, **kwargs)
+
+
+def _flag(*decls: str, **kwargs: Any) -> Callable[[F], F]:
+    return _opt(*decls, is_flag=True, **kwargs)
 
 
 # -- the node and the selection ----------------------------------------------------------------
+_WRITERS = click.Choice(["process", "thread"])  # thread: the tests' in-memory fake kernel
 _node_options = _options(
-    click.option(
-        "--sysfs-root",
-        envvar="VFIO_MANAGER_SYSFS_ROOT",
-        type=LOCATION,
-        default="/sys",
-        help="Where sysfs is mounted (env VFIO_MANAGER_SYSFS_ROOT).",
-    ),
-    click.option(
-        "--dev-root",
-        envvar="VFIO_MANAGER_DEV_ROOT",
-        type=LOCATION,
-        default="/dev",
-        help="Where the host's /dev is mounted (env VFIO_MANAGER_DEV_ROOT).",
-    ),
-    click.option(
-        "--host-root",
-        envvar="HOST_ROOT",
-        type=LOCATION,
-        default="/",
-        help="The host's root filesystem, for /proc/cmdline and /lib/modules (env HOST_ROOT).",
-    ),
-    click.option(
-        "--timeout",
-        type=_seconds(0.1),
-        default=30.0,
-        help="Deadline in seconds for each function's writes (an unbind can hang while a "
-        "process holds the device) and for its /dev/vfio node to appear.",
-    ),
-    click.option(
-        "--state-dir",
-        envvar="VFIO_MANAGER_STATE_DIR",
-        type=LOCATION,
-        default="/run/vfio-manager",
-        help="Lock and journal directory (env VFIO_MANAGER_STATE_DIR); in Kubernetes a "
-        "hostPath, so the DaemonSet pod and its preStop hook share it.",
-    ),
-    click.option(
-        "--lock-timeout",
-        type=_seconds(0.0),
-        default=60.0,
-        help="Seconds a writing command waits for another vfio-manager run to finish.",
-    ),
-    click.option(
-        "--parallel",
-        envvar="VFIO_MANAGER_PARALLEL",
-        type=click.IntRange(1, 64),
-        default=8,
-        help="IOMMU groups moved side by side (a native driver's probe can take seconds); "
-        "1 moves one function after another.",
-    ),
-    click.option(
-        "--proc-root",
-        envvar="VFIO_MANAGER_PROC_ROOT",
-        type=LOCATION,
-        default="/proc",
-        hidden=True,
-        help="Where the host's /proc is (processes holding a device, mounts, routes).",
-    ),
-    click.option(
-        "--writer",
-        envvar="VFIO_MANAGER_WRITER",
-        type=click.Choice(["process", "thread"]),
-        default="process",
-        hidden=True,
-        help="How sysfs writes are made: from a child process (a stuck write cannot keep the "
-        "command alive) or a thread (the tests' in-memory fake kernel).",
-    ),
+    _opt("--sysfs-root", env="VFIO_MANAGER_SYSFS_ROOT", type=LOCATION, default="/sys"),
+    _opt("--dev-root", env="VFIO_MANAGER_DEV_ROOT", type=LOCATION, default="/dev"),
+    _opt("--host-root", env="HOST_ROOT", type=LOCATION, default="/"),
+    _opt("--timeout", type=_seconds(0.1), default=30.0),
+    _opt("--state-dir", env="VFIO_MANAGER_STATE_DIR", type=LOCATION, default="/run/vfio-manager"),
+    _opt("--lock-timeout", type=_seconds(0.0), default=60.0),
+    _opt("--parallel", env="VFIO_MANAGER_PARALLEL", type=click.IntRange(1, 64), default=8),
+    _opt("--proc-root", env="VFIO_MANAGER_PROC_ROOT", type=LOCATION, default="/proc", hidden=True),
+    _opt("--writer", env="VFIO_MANAGER_WRITER", type=_WRITERS, default="process", hidden=True),
 )
 
 _selection_options = _options(
-    click.option(
-        "--vendor",
-        envvar="VFIO_MANAGER_VENDOR",
-        default="0x1eff",
-        metavar="HEX",
-        help="PCI vendor ID to select (env VFIO_MANAGER_VENDOR).",
-    ),
-    click.option(
-        "--class",
-        "pci_class",
-        envvar="VFIO_MANAGER_CLASS",
-        default="0x120000",
-        metavar="HEX",
-        help="PCI class to select (0x1200 ignores the programming interface; env "
-        "VFIO_MANAGER_CLASS).",
-    ),
-    click.option(
-        "--device-id",
-        "device_ids",
-        envvar="VFIO_MANAGER_DEVICE_ID",
-        type=HEX,
-        multiple=True,
-        metavar="HEX",
-        help="PCI device ID to select; repeatable. Default: every device ID (env "
-        "VFIO_MANAGER_DEVICE_ID, comma-separated).",
-    ),
+    _opt("--vendor", env="VFIO_MANAGER_VENDOR", default="0x1eff", metavar="HEX"),
+    _opt("--class", "pci_class", env="VFIO_MANAGER_CLASS", default="0x120000", metavar="HEX"),
+    _opt("--device-id", "device_ids", env="VFIO_MANAGER_DEVICE_ID", type=HEX, multiple=True),
 )
+
+
+_SELECTION = ("vendor", "pci_class", "device_ids")
 
 
 def _node(ctx: click.Context) -> Node:
@@ -238,6 +195,7 @@ def _node(ctx: click.Context) -> Node:
 
 
 def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Selector:
+    """The selection options' :class:`Selector` (commands take them as ``**selection``)."""
     from vfio_manager.pipeline.selection import Selector
 
     try:
@@ -250,10 +208,8 @@ def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Selecto
 @_node_options
 @_selection_options
 @click.pass_context
-def _from_environment(
-    ctx: click.Context, /, vendor: str, pci_class: str, device_ids: tuple[str, ...], **_roots: Any
-) -> tuple[Node, Selector]:
-    return _node(ctx), _selector(vendor, pci_class, device_ids)
+def _from_environment(ctx: click.Context, /, **params: Any) -> tuple[Node, Selector]:
+    return _node(ctx), _selector(**{k: params[k] for k in _SELECTION})
 
 
 def node_from_environment(**defaults: str) -> tuple[Node, Selector]:
@@ -302,15 +258,11 @@ class _Cli(click.Group):
     """The group, where every error ends: ``--json`` before any ``--`` asks for the document."""
 
     def make_context(
-        self,
-        info_name: Optional[str],
-        args: list[str],
-        parent: Optional[click.Context] = None,
-        **extra: Any,
+        self, info_name: Optional[str], args: list[str], *rest: Any, **extra: Any
     ) -> click.Context:
         as_json = "--json" in itertools.takewhile(lambda arg: arg != "--", args)
         with _reported(as_json):
-            ctx = super().make_context(info_name, args, parent, **extra)
+            ctx = super().make_context(info_name, args, *rest, **extra)
         ctx.meta["json"] = as_json
         return ctx
 
@@ -326,27 +278,29 @@ class _Cli(click.Group):
 )
 @click.version_option(__version__, prog_name="vfio-manager")
 @_node_options
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "json", "console"]),
-    default="auto",
-    help="Log format on stderr; auto is JSON unless stderr is a terminal.",
-)
-@click.option(
-    "-v", "--verbose", count=True, show_default=False, help="More log detail (every sysfs write)."
-)
-@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+@_opt("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto")
+@_opt("-v", "--verbose", count=True, show_default=False)
+@_flag("-q", "--quiet")
 @click.pass_context
 def cli(ctx: click.Context, /, log_format: str, verbose: int, quiet: bool, **_roots: Any) -> None:
     """Move Rebellions NPU functions between their native driver and vfio-pci.
 
-    Functions are selected by vendor, class and device ID (default: Rebellions NPUs,
-    vendor 0x1eff, class 0x120000); nothing outside the selection is ever touched.
+    Nothing outside the selection (vendor, class and device ID) is ever touched.
     """
     from vfio_manager import log as logsetup
 
     ctx.obj = _node(ctx)
     logsetup.configure(log_format, -1 if quiet else verbose)
+
+
+def _command(name: Optional[str] = None, **attrs: Any) -> Callable[[F], click.Command]:
+    """A subcommand: the selection options first, the node as its first argument."""
+
+    def make(func: F) -> click.Command:
+        command = _selection_options(click.pass_obj(func))
+        return cli.command(name, epilog=EXIT_CODES_HELP, **attrs)(command)
+
+    return make
 
 
 def _finish(lines: Sequence[str], code: ExitCode) -> None:
@@ -358,64 +312,30 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
 
 
 # -- status --------------------------------------------------------------------------------
-@cli.command(epilog=EXIT_CODES_HELP)
-@_selection_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--check", is_flag=True, help="Exit 0 only when every selected function is on vfio-pci."
-)
-@click.option(
-    "--wait",
-    type=_seconds(0.0),
-    metavar="SECONDS",
-    help="With --check: wait up to SECONDS for every selected function to be on vfio-pci "
-    "(woken by kernel uevents, re-read every 5 s at least); exit 1 if time runs out.",
-)
-@click.pass_obj
-def status(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    as_json: bool,
-    check: bool,
-    wait: Optional[float],
-) -> None:
-    """Show the selected functions: driver, override, IOMMU group and its viability.
-
-    Read-only: works anywhere, as any user that can read sysfs.
-    """
+@_command()
+@_flag("--json", "as_json")
+@_flag("--check")
+@_opt("--wait", type=_seconds(0.0))
+def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **selection: Any) -> None:
+    """Show the selected functions: driver, override, IOMMU group and its viability (read-only)."""
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import status as read_status
+    from vfio_manager.safety.intents import IntentStore, intents_recorded
 
-    selector = _selector(vendor, pci_class, device_ids)
+    selector = _selector(**selection)
     if wait is not None:
         if not check:
             raise click.UsageError("--wait needs --check (it waits for what --check checks)")
-        _wait_on_vfio(node, selector, wait)
+        from vfio_manager.kernel.uevents import wait_with_uevents
+
+        wait_with_uevents(lambda: read_status(node, selector).all_on_vfio, timeout=wait)
     result = read_status(node, selector)
-    intents = _read_intents(node)
+    intents: dict[str, Any] = {}  # the admin's; an unreadable state directory shows none
+    if intents_recorded(node.state_dir):
+        with contextlib.suppress(VfioManagerError):
+            intents = dict(IntentStore(node.state_dir).read())
     lines = render.status_json(result, intents) if as_json else render.status_text(result, intents)
     _finish(lines, ExitCode.FAILED if check and not result.all_on_vfio else ExitCode.OK)
-
-
-def _wait_on_vfio(node: Node, selector: Any, seconds: float) -> None:
-    from vfio_manager.kernel.uevents import wait_with_uevents
-    from vfio_manager.pipeline.queries import status as read_status
-
-    wait_with_uevents(lambda: read_status(node, selector).all_on_vfio, timeout=seconds)
-
-
-def _read_intents(node: Node) -> dict[str, Any]:
-    """The admin's intents (read-only; an unreadable state directory shows none)."""
-    from vfio_manager.safety.intents import IntentStore, intents_recorded
-
-    if not intents_recorded(node.state_dir):
-        return {}
-    try:
-        return dict(IntentStore(node.state_dir).read())
-    except VfioManagerError:
-        return {}
 
 
 # -- check ----------------------------------------------------------------------------------
@@ -430,86 +350,45 @@ def _check_mark(ok: bool) -> str:
     return click.style(text, fg="green") if ok else click.style(text, fg="red", bold=True)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
-@_selection_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a checklist.")
-@click.option(
-    "--load-modules/--no-load-modules",
-    default=False,
-    help="Load the missing vfio modules with the host's modprobe, then check again.",
-)
-@click.pass_obj
-def check(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    as_json: bool,
-    load_modules: bool,
-) -> None:
+@_command()
+@_flag("--json", "as_json")
+@_opt("--load-modules/--no-load-modules", default=False)
+def check(node: Node, as_json: bool, load_modules: bool, **selection: Any) -> None:
     """Is this host ready to give the selected functions to VMs? Exit 0 if so, 3 if not.
 
-    Checks the IOMMU (live evidence, explained by the kernel arguments and configuration),
-    no-IOMMU mode, the vfio modules and driver, /dev/vfio/vfio, and each selected function's
-    IOMMU group and vfio driver. Read-only unless --load-modules is given.
+    Checks the IOMMU, vfio, /dev/vfio/vfio and IOMMU groups; read-only unless --load-modules.
     """
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import check as check_host
 
-    result = check_host(node, _selector(vendor, pci_class, device_ids), load_modules=load_modules)
+    result = check_host(node, _selector(**selection), load_modules=load_modules)
     lines = render.check_json(result) if as_json else render.check_text(result, _check_mark)
     _finish(lines, ExitCode.OK if result.preflight.ok else ExitCode.HOST_NOT_READY)
 
 
 # -- bind, unbind, bind-all, unbind-all --------------------------------------------------------
 _transition_options = _options(
-    _selection_options,
-    click.option(
-        "--force",
-        is_flag=True,
-        help="Move functions even when a process holds them or the host needs them (a mounted "
-        "disk, an addressed interface, the boot console). Use with care.",
-    ),
-    click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
-    click.option("--json", "as_json", is_flag=True, help="Print the plan or the outcome as JSON."),
+    _flag("--force"),
+    _flag("--dry-run"),
+    _flag("--json", "as_json"),
 )
 _to_vfio_options = _options(
-    click.option(
-        "--with-group-peers",
-        is_flag=True,
-        help="Also bind the other endpoint members of each IOMMU group when they match the "
-        "selection (or, for bind, are named).",
-    ),
-    click.option(
-        "--load-modules/--no-load-modules",
-        default=True,
-        help="Load the missing vfio modules with the host's modprobe before binding (default); "
-        "--no-load-modules refuses instead.",
-    ),
+    _flag("--with-group-peers"),
+    _opt("--load-modules/--no-load-modules", default=True),
 )
 
 
 def _transition_command(
     *, to_vfio: bool, named: bool
 ) -> Callable[[Callable[[], None]], click.Command]:
-    """Make the command the decorated function names and documents: to or from vfio-pci,
-    for the named BDFs or every selected function."""
+    """The command the decorated function names and documents (to or from vfio-pci)."""
 
-    def run(
-        node: Node,
-        /,
-        vendor: str,
-        pci_class: str,
-        device_ids: tuple[str, ...],
-        as_json: bool,
-        bdfs: tuple[PciAddress, ...] = (),
-        **flags: Any,
-    ) -> None:
+    def run(node: Node, /, as_json: bool, bdfs: tuple[PciAddress, ...] = (), **flags: Any) -> None:
         from vfio_manager.cli import render
         from vfio_manager.kernel.drivers import Direction
         from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
-        selector = _selector(vendor, pci_class, device_ids)
+        selector = _selector(**{k: flags.pop(k) for k in _SELECTION})
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
         request = TransitionRequest(selector, direction, named=bdfs, admin=True, **flags)
         result = run_transition(node, request)
@@ -523,35 +402,24 @@ def _transition_command(
                 0, click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
             )
         name = described.__name__.replace("_", "-")
-        command = _options(*options)(click.pass_obj(run))
-        return cli.command(name, help=described.__doc__, epilog=EXIT_CODES_HELP)(command)
+        return _command(name, help=described.__doc__)(_options(*options)(run))
 
     return make
 
 
 @_transition_command(to_vfio=True, named=True)
 def bind() -> None:
-    """Move the named functions to vfio-pci (override, unbind, probe, verify).
-
-    The checks of `vfio-manager check` run first; the host must pass them (exit 3 otherwise,
-    before anything is written).
-    """
+    """Move the named functions to vfio-pci, once the host passes `vfio-manager check`."""
 
 
 @_transition_command(to_vfio=False, named=True)
 def unbind() -> None:
-    """Return the named functions from vfio-pci to their native driver.
-
-    Refused while a process (a VM) holds the function's /dev/vfio group, unless --force.
-    """
+    """Return the named functions to their native driver (refused while a VM holds one)."""
 
 
 @_transition_command(to_vfio=True, named=False)
 def bind_all() -> None:
-    """Move every selected function to vfio-pci; converged ones are left alone.
-
-    The checks of `vfio-manager check` run first (exit 3 before any write if they fail).
-    """
+    """Move every selected function to vfio-pci, once the host passes `vfio-manager check`."""
 
 
 @_transition_command(to_vfio=False, named=False)
@@ -560,43 +428,16 @@ def unbind_all() -> None:
 
 
 # -- kubevirt-config ---------------------------------------------------------------------------
-@cli.command("kubevirt-config", epilog=EXIT_CODES_HELP)
-@_selection_options
-@click.option(
-    "--naming",
-    type=click.Choice(["atom", "pf"]),
-    default="atom",
-    help="Resource names of the sandbox device plugin: atom = rebellions.ai/ATOM_CA22_PT "
-    "(one per card), pf = rebellions.ai/RBLN-CA25_PF and _VF (per product and function).",
-)
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["yaml", "json"]),
-    default="yaml",
-    help="Output format.",
-)
-@click.option(
-    "--all-products",
-    is_flag=True,
-    help="Every catalogued product's PF and VF IDs instead of the functions on this host "
-    "(the selection options then do not apply).",
-)
-@click.pass_obj
+@_command("kubevirt-config")
+@_opt("--naming", type=click.Choice(["atom", "pf"]), default="atom")
+@_opt("--format", "output_format", type=click.Choice(["yaml", "json"]), default="yaml")
+@_flag("--all-products")
 def kubevirt_config(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    naming: str,
-    output_format: str,
-    all_products: bool,
+    node: Node, naming: str, output_format: str, all_products: bool, **selection: Any
 ) -> None:
     """Print KubeVirt's permittedHostDevices.pciHostDevices entries for the NPUs.
 
-    One entry per device ID present (or, with --all-products, catalogued), with the resource
-    name the sandbox device plugin advertises and externalResourceProvider: true. The output
-    goes under spec.configuration of the KubeVirt CR. Read-only.
+    One entry per device ID present (or catalogued), for the KubeVirt CR's spec.configuration.
     """
     from vfio_manager.cli import kubevirt
 
@@ -606,7 +447,7 @@ def kubevirt_config(
         from vfio_manager.kernel.inventory import read_topology
         from vfio_manager.pipeline.selection import selected_functions
 
-        selector = _selector(vendor, pci_class, device_ids)
+        selector = _selector(**selection)
         topology = read_topology(node.sysfs())
         entries = kubevirt.for_functions(selected_functions(topology, selector), naming)
         if not entries:
@@ -622,88 +463,30 @@ def kubevirt_config(
 
 
 # -- daemon ---------------------------------------------------------------------------------
-@cli.command(epilog=EXIT_CODES_HELP)
-@_selection_options
-@click.option(
-    "--resync-interval",
-    envvar="VFIO_MANAGER_RESYNC_INTERVAL",
-    type=_seconds(1.0),
-    default=60.0,
-    help="Seconds between full re-reads of the node, the safety net under the kernel's "
-    "uevents (env VFIO_MANAGER_RESYNC_INTERVAL).",
-)
-@click.option(
-    "--ready-file",
-    envvar="VFIO_MANAGER_READY_FILE",
-    metavar="PATH",
-    help="File present exactly while the node is converged (default <state-dir>/ready; env "
-    "VFIO_MANAGER_READY_FILE).",
-)
-@click.option(
-    "--listen",
-    envvar="VFIO_MANAGER_LISTEN",
-    metavar="ADDR:PORT",
-    help="Serve /healthz, /readyz and /metrics over HTTP there (default off; :PORT for every "
-    "IPv4 address, [::1]:PORT for IPv6, port 0 picks one and logs it; env "
-    "VFIO_MANAGER_LISTEN).",
-)
-@click.option(
+@_command()
+@_opt("--resync-interval", env="VFIO_MANAGER_RESYNC_INTERVAL", type=_seconds(1.0), default=60.0)
+@_opt("--ready-file", env="VFIO_MANAGER_READY_FILE", metavar="PATH")
+@_opt("--listen", env="VFIO_MANAGER_LISTEN", metavar="ADDR:PORT")
+@_opt(
     "--on-exit",
-    envvar="VFIO_MANAGER_ON_EXIT",
+    env="VFIO_MANAGER_ON_EXIT",
     type=click.Choice(["keep", "release-idle", "release"]),
     default="keep",
-    help="On SIGTERM: keep every function on vfio-pci, return those whose IOMMU group no "
-    "process holds, or return all (with unbind-all's refusals) (env VFIO_MANAGER_ON_EXIT).",
 )
-@click.option(
-    "--exclude",
-    envvar="VFIO_MANAGER_EXCLUDE",
-    type=BDF,
-    multiple=True,
-    metavar="BDF",
-    help="Never touch this function (reported as excluded); repeatable (env "
-    "VFIO_MANAGER_EXCLUDE, comma-separated).",
-)
-@click.option(
-    "--load-modules/--no-load-modules",
-    envvar="VFIO_MANAGER_LOAD_MODULES",
-    default=True,
-    help="Load missing vfio modules with the host's modprobe, as bind-all does (env "
-    "VFIO_MANAGER_LOAD_MODULES).",
-)
-@click.pass_obj
-def daemon(
-    node: Node,
-    vendor: str,
-    pci_class: str,
-    device_ids: tuple[str, ...],
-    resync_interval: float,
-    ready_file: Optional[str],
-    listen: Optional[str],
-    on_exit: str,
-    exclude: tuple[PciAddress, ...],
-    load_modules: bool,
-) -> None:
+@_opt("--exclude", env="VFIO_MANAGER_EXCLUDE", type=BDF, multiple=True)
+@_opt("--load-modules/--no-load-modules", env="VFIO_MANAGER_LOAD_MODULES", default=True)
+def daemon(node: Node, on_exit: str, exclude: tuple[PciAddress, ...], **options: Any) -> None:
     """Keep the selected functions on vfio-pci, driven by kernel uevents.
 
-    Converges once (the checks of bind-all first; a host that is not ready is waited for, not
-    an error), then re-plans what each uevent names, and everything at each resync. Runs until
-    SIGTERM or SIGINT; SIGHUP resyncs now. See docs/daemon.md.
+    Re-plans what each uevent names and all at each resync; SIGHUP resyncs now (docs/daemon.md).
     """
     from vfio_manager.daemon.reconciler import OnExit
-    from vfio_manager.daemon.service import DaemonOptions, run_daemon
+    from vfio_manager.daemon.service import DaemonOptions, build_daemon
 
-    options = DaemonOptions(
-        selector=_selector(vendor, pci_class, device_ids),
-        exclude=tuple(sorted({str(a) for a in exclude})),
-        resync_interval=resync_interval,
-        ready_file=ready_file,
-        listen=listen,
-        on_exit=OnExit(on_exit),
-        load_modules=load_modules,
-    )
-    code = run_daemon(node, options)
-    if code:
+    selector = _selector(**{k: options.pop(k) for k in _SELECTION})
+    bdfs = tuple(sorted({str(a) for a in exclude}))
+    built = build_daemon(node, DaemonOptions(selector, bdfs, on_exit=OnExit(on_exit), **options))
+    if code := built.run():
         sys.exit(code)
 
 

@@ -1,7 +1,5 @@
-"""The results of every command as text lines or one JSON document, for stdout.
-
-Pure: nothing here reads sysfs or writes to a stream.
-"""
+"""The results of every command as text lines or one JSON document, for stdout (pure: it
+reads no sysfs and writes to no stream)."""
 
 from __future__ import annotations
 
@@ -19,13 +17,10 @@ if TYPE_CHECKING:
 
 
 def to_json(data: Any) -> str:
-    """Indented for a person at a terminal; one line for a pipe or a file (``indent``
-    falls back to json's pure-Python encoder: a second for a 4,096-function status)."""
+    """Indented at a terminal, one line for a pipe (``indent`` is json's slow pure-Python path)."""
     import json
 
-    if _stdout_is_terminal():
-        return json.dumps(data, indent=2)
-    return json.dumps(data)
+    return json.dumps(data, indent=2 if _stdout_is_terminal() else None)
 
 
 def _stdout_is_terminal() -> bool:
@@ -50,17 +45,9 @@ def _status_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     headers = ("BDF", "PRODUCT", "ID", "DRIVER", "OVERRIDE", "GROUP", "VIABLE", "VFIO NODE", "NUMA")
     viable = {True: "yes", False: "NO", None: "-"}
     rows = (
-        (
-            r["bdf"],
-            _cell(r["product"]),
-            f"{r['vendor'][2:]}:{r['device'][2:]}",
-            _cell(r["driver"]),
-            _cell(r["driver_override"]),
-            _cell(r["iommu_group"]),
-            viable[r["group_viable"]],
-            _cell(r["vfio_node"]),
-            _cell(r["numa_node"]),
-        )
+        [r["bdf"], _cell(r["product"]), f"{r['vendor'][2:]}:{r['device'][2:]}"]
+        + [_cell(r[k]) for k in ("driver", "driver_override", "iommu_group")]
+        + [viable[r["group_viable"]], _cell(r["vfio_node"]), _cell(r["numa_node"])]
         for r in records
     )
     return _table(headers, rows)
@@ -102,23 +89,18 @@ def _report_lines(report: Report) -> list[str]:
         if o.journal_error:
             detail += f"; JOURNAL NOT UPDATED: {o.journal_error}"
         rows.append((o.bdf, o.result.value, _cell(o.driver), str(o.writes), detail))
-    lines = _table(("BDF", "OUTCOME", "DRIVER", "WRITES", "DETAIL"), rows)
-    counts = {s: sum(1 for o in report.outcomes if o.result is s) for s in Result}
-    lines.append(
-        ", ".join(f"{n} {s.value}" for s, n in counts.items()) + f"; {report.writes} write(s)"
-    )
-    return lines
+    counts = ", ".join(f"{sum(o.result is s for o in report.outcomes)} {s.value}" for s in Result)
+    table = _table(("BDF", "OUTCOME", "DRIVER", "WRITES", "DETAIL"), rows)
+    return [*table, f"{counts}; {report.writes} write(s)"]
 
 
 def _nothing_selected(selector: Selector) -> str:
     from vfio_manager.pipeline.selection import Selector
 
+    found = f"No PCI function matches {selector.describe()}"
     if selector == Selector():
-        return (
-            f"No PCI function matches {selector.describe()}: no Rebellions NPU is present "
-            "on this host (nothing to do)."
-        )
-    return f"No PCI function matches {selector.describe()}: nothing to do."
+        return f"{found}: no Rebellions NPU is present on this host (nothing to do)."
+    return f"{found}: nothing to do."
 
 
 def status_text(result: StatusResult, intents: Mapping[str, Intent]) -> list[str]:
@@ -185,14 +167,11 @@ def check_text(result: CheckResult, mark: Optional[Callable[[bool], str]] = None
     failed = len(result.preflight.failed)
     if failed:
         counted = sum(1 for c in result.preflight.checks if not c.advisory)  # not warnings
-        tail = (
-            f"NOT READY: {failed} of {counted} checks failed; "
-            "bind and bind-all refuse until they pass"
-        )
+        refusing = "bind and bind-all refuse until they pass"
+        tail = f"NOT READY: {failed} of {counted} checks failed; {refusing}"
     else:
         tail = "READY: the selected functions can be given to VMs"
-        warned = len(result.preflight.warnings)
-        if warned:
+        if warned := len(result.preflight.warnings):
             tail += f" ({warned} warning(s), marked !)"
     return [head, *result.preflight.lines(mark), tail]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import selectors
 import socket
 import threading
 import time
@@ -17,7 +16,7 @@ from vfio_manager import __version__
 from vfio_manager.daemon.reconciler import NodeView, ReconcileOutcome, State
 from vfio_manager.errors import UsageError
 from vfio_manager.kernel.drivers import Direction
-from vfio_manager.kernel.uevents import PCI_ACTIONS, Uevent
+from vfio_manager.kernel.uevents import PCI_ACTIONS, PollWaiter, Uevent
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.engine import Result
 from vfio_manager.safety.statedir import remove_file, replace_file
@@ -32,13 +31,20 @@ def default_ready_path(state_dir: str) -> str:
     return os.path.join(state_dir, "ready")
 
 
+def _json(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+
 class ReadyFile:
     """Present exactly while the node is converged: a small JSON document written atomically
     (``O_NOFOLLOW``), rewritten only when the counts change. A failure is logged once."""
 
+    REMEDY = (
+        "make the ready file's directory exist and be writable, or point --ready-file elsewhere"
+    )
+
     def __init__(self, path: str, *, wall_clock: Callable[[], float] = time.time) -> None:
-        self.path = os.path.abspath(path)
-        self.wall_clock = wall_clock
+        self.path, self.wall_clock = os.path.abspath(path), wall_clock
         self._written: Optional[dict[str, int]] = None
         self._since: Optional[float] = None
         self._failing = False
@@ -48,19 +54,13 @@ class ReadyFile:
         if not converged:
             self.remove()
             return
-        if self._since is None:
-            self._since = self.wall_clock()
+        self._since = self.wall_clock() if self._since is None else self._since
         wanted = dict(counts)
         if wanted == self._written and os.path.lexists(self.path):
             return
-        doc = {
-            "converged": True,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since)),
-            "pid": os.getpid(),
-            "counts": wanted,
-        }
-        payload = (json.dumps(doc, sort_keys=True) + "\n").encode()
-        written = self._change("ready file not written", lambda: replace_file(self.path, payload))
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since))
+        doc = _json({"converged": True, "since": since, "pid": os.getpid(), "counts": wanted})
+        written = self._change("ready file not written", lambda: replace_file(self.path, doc))
         self._written = wanted if written else None
 
     def remove(self) -> None:
@@ -68,11 +68,8 @@ class ReadyFile:
         self._since = self._written = None
         self._change("ready file not removed", lambda: remove_file(self.path), missing_ok=True)
 
-    def _change(
-        self, failure: str, change: Callable[[], object], *, missing_ok: bool = False
-    ) -> bool:
-        """Run ``change``; False when it failed (logged unless ``missing_ok`` and the
-        directory is missing)."""
+    def _change(self, failure: str, change: Callable[[], object], missing_ok: bool = False) -> bool:
+        """Run ``change``; False when it failed (logged once, unless missing and ``missing_ok``)."""
         try:
             change()
         except OSError as exc:
@@ -80,13 +77,7 @@ class ReadyFile:
                 return False
             if not self._failing:
                 self._failing = True
-                log.error(
-                    failure,
-                    path=self.path,
-                    error=exc.strerror,
-                    remedy="make the ready file's directory exist and be writable, or point "
-                    "--ready-file elsewhere",
-                )
+                log.error(failure, path=self.path, error=exc.strerror, remedy=self.REMEDY)
             return False
         if self._failing:
             self._failing = False
@@ -96,56 +87,48 @@ class ReadyFile:
 
 # -- systemd ---------------------------------------------------------------------------------
 def socket_address(value: str) -> Optional[Union[str, bytes]]:
-    """``$NOTIFY_SOCKET`` for ``sendto``: ``@name`` is abstract, ``/path`` a file; ``None``
-    for other forms (``vsock:`` is for VMs)."""
+    """``$NOTIFY_SOCKET`` for ``sendto`` (``@name`` abstract, ``/path`` a file), else ``None``."""
     if value.startswith("@") and len(value) > 1:
         return b"\0" + value[1:].encode()
-    if value.startswith("/"):
-        return value
-    return None
+    return value if value.startswith("/") else None
 
 
 def watchdog_interval(env: Mapping[str, str], pid: Optional[int] = None) -> Optional[float]:
     """Half of ``$WATCHDOG_USEC`` in seconds, as sd_watchdog_enabled; ``None`` when it is off,
     not a positive integer, or ``$WATCHDOG_PID`` names another process."""
-    usec = env.get("WATCHDOG_USEC", "")
+    usec, owner = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID")
     if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
         return None
-    owner = env.get("WATCHDOG_PID")
-    if owner is not None:
-        me = os.getpid() if pid is None else pid
-        if not (owner.isascii() and owner.isdigit()) or int(owner) != me:
-            return None
+    me = os.getpid() if pid is None else pid
+    if owner is not None and not (owner.isascii() and owner.isdigit() and int(owner) == me):
+        return None
     return int(usec) / 2 / 1_000_000
 
 
 class Notifier:
-    """sd_notify: one ``AF_UNIX`` datagram of ``KEY=VALUE`` lines per message; a no-op
-    without ``$NOTIFY_SOCKET``. Each method says whether the message went out."""
+    """sd_notify to ``$NOTIFY_SOCKET`` (``None``: a no-op), one ``AF_UNIX`` datagram of
+    ``KEY=VALUE`` lines per message. Each method says whether the message went out."""
 
-    def __init__(
-        self, address: Optional[Union[str, bytes]], watchdog: Optional[float] = None
-    ) -> None:
-        self.address = address
-        self.watchdog_interval = watchdog
+    def __init__(self, notify_socket: Optional[str], watchdog: Optional[float] = None) -> None:
+        self.notify_socket = notify_socket
+        self.address = socket_address(notify_socket) if notify_socket else None
+        if notify_socket and self.address is None:
+            log.warning("NOTIFY_SOCKET not understood; systemd is not told", value=notify_socket)
+        self.watchdog_interval = watchdog if self.address is not None else None
         self._sock: Optional[socket.socket] = None
         self._warned = False
 
     @classmethod
     def from_environment(cls, env: Optional[Mapping[str, str]] = None) -> Notifier:
         env = os.environ if env is None else env
-        raw = env.get("NOTIFY_SOCKET", "")
-        address = socket_address(raw) if raw else None
-        if raw and address is None:
-            log.warning("NOTIFY_SOCKET not understood; systemd is not told", value=raw)
-        return cls(address, watchdog_interval(env) if address is not None else None)
+        return cls(env.get("NOTIFY_SOCKET") or None, watchdog_interval(env))
 
     @property
     def enabled(self) -> bool:
         return self.address is not None
 
     def send(self, *assignments: str) -> bool:
-        if self.address is None or not assignments:
+        if self.address is None:
             return False
         payload = "\n".join(a.replace("\n", " ") for a in assignments).encode("utf-8", "replace")
         try:
@@ -155,12 +138,9 @@ class Notifier:
         except OSError as exc:
             if not self._warned:
                 self._warned = True
-                where = self.address
-                if isinstance(where, bytes):
-                    where = "@" + where[1:].decode("utf-8", "replace")
                 log.warning(
                     "sd_notify failed; systemd is not told (said once)",
-                    socket=where,
+                    socket=self.notify_socket,
                     error=exc.strerror,
                 )
             return False
@@ -208,15 +188,9 @@ class DaemonMetrics:
             return prom.Counter(f"vfio_manager_{name}", text, labels, registry=r)
 
         self.functions = gauge("functions", "Selected PCI functions by daemon state.", "state")
-        self.node_converged = gauge(
-            "node_converged",
-            "1 while every function is settled and the host is ready (the ready file exists).",
-        )
+        self.node_converged = gauge("node_converged", "1 while the node is converged (ready file).")
         self.transitions = counter(
-            "transitions",
-            "Transitions attempted by the daemon, by direction and outcome.",
-            "direction",
-            "outcome",
+            "transitions", "Transitions attempted by direction and outcome.", "direction", "outcome"
         )
         self.duration = prom.Histogram(
             "vfio_manager_reconcile_duration_seconds",
@@ -225,10 +199,7 @@ class DaemonMetrics:
             buckets=_DURATION_BUCKETS,
             registry=r,
         )
-        self.errors = counter(
-            "reconcile_errors",
-            "Reconciles that raised (lock timeout, state directory unusable, ...).",
-        )
+        self.errors = counter("reconcile_errors", "Reconciles that raised (lock timeout, ...).")
         self.last_success = gauge(
             "last_successful_reconcile_timestamp_seconds",
             "Unix time of the last reconcile that finished with no failed function.",
@@ -236,9 +207,7 @@ class DaemonMetrics:
         self.uevents = counter("uevents", "Kernel uevents acted on, by action.", "action")
         self.host_ready = gauge("host_ready", "1 when the host readiness checks pass.")
         self.host_check_failing = gauge(
-            "host_check_failing",
-            "1 while the named host readiness check fails (0 once it passes again).",
-            "check",
+            "host_check_failing", "1 while that host check fails, 0 once it passes again.", "check"
         )
         prom.Info("vfio_manager_build", "vfio-manager build information.", registry=r).info(
             {"version": version, "python": platform.python_version()}
@@ -298,8 +267,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        host = ""  # an IPv6 address without brackets: refused below
-        sep = ""
+        host = sep = ""  # an IPv6 address without brackets: refused below
     if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise UsageError(
             f"--listen {text!r} is not ADDR:PORT",
@@ -308,13 +276,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)  # noqa: S104 - ':PORT' asks for every address
 
 
-def _json(doc: dict[str, Any]) -> bytes:
-    return (json.dumps(doc, sort_keys=True) + "\n").encode()
-
-
 class HealthServer:
-    """Read-only GET endpoints on daemon threads, answered from what the loop last published;
-    serving from construction (a bad address is a UsageError) to :meth:`stop`."""
+    """Read-only GET endpoints on daemon threads, from construction to :meth:`stop`."""
 
     def __init__(
         self,
@@ -327,13 +290,11 @@ class HealthServer:
 
         class Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-            daemon_threads = True
-            block_on_close = False
+            block_on_close = False  # daemon_threads is already True
             timeout = 1.0  # handle_request's own wait; called only once the socket is readable
 
         class Handler(BaseHTTPRequestHandler):
-            server_version = "vfio-manager"
-            sys_version = ""
+            server_version, sys_version = "vfio-manager", ""
             timeout = 10.0  # a stalled client cannot hold a thread for long
 
             def do_HEAD(self) -> None:
@@ -382,15 +343,11 @@ class HealthServer:
         return str(host), int(port)
 
     def _serve(self) -> None:
-        """Accept until :meth:`stop`, asleep in ``select`` without a timeout while idle."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._server, selectors.EVENT_READ)
-            selector.register(self._stop_r, selectors.EVENT_READ)
-            while True:
-                for key, _ in selector.select():
-                    if key.fileobj == self._stop_r:
-                        return
-                    self._server.handle_request()
+        """Accept until :meth:`stop`, asleep in ``poll`` while idle (it wakes once an hour)."""
+        fds = [self._server.fileno(), self._stop_r]
+        while self._stop_r not in (ready := PollWaiter().wait(fds, 3600.0)):
+            if ready:
+                self._server.handle_request()
 
     def stop(self) -> None:
         os.write(self._stop_w, b"x")

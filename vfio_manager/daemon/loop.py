@@ -1,7 +1,6 @@
 """The reconcile loop: when to reconcile (uevents, resyncs, retries, signals) and what to tell
-afterwards. One thread, one ``poll`` on the uevent socket and a wakeup pipe, whose timeout is
-the next thing owed; the reconciler is injected. docs/daemon.md has the loop and its contract.
-"""
+afterwards. One thread and one ``poll`` (uevent socket, wakeup pipe) whose timeout is the next
+thing owed; the reconciler is injected. docs/daemon.md has the loop and its contract."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import contextlib
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from types import FrameType
@@ -30,6 +28,7 @@ from vfio_manager.pipeline.engine import Result
 
 log = get_logger("vfio_manager.daemon.loop")
 
+Clock = Callable[[], float]
 HEARTBEAT_SLACK = 5.0  # beyond the wait's timeout before /healthz calls the loop wedged
 _SPURIOUS_WAKEUPS = 100  # readable-but-empty in a row before the source is dropped
 
@@ -38,7 +37,7 @@ _SPURIOUS_WAKEUPS = 100  # readable-but-empty in a row before the source is drop
 class Batch:
     """The functions a window of events touched; ``full``: re-plan every function."""
 
-    affected: frozenset[str]
+    affected: frozenset[str] = frozenset()
     full: bool = False
 
 
@@ -46,10 +45,9 @@ class Debouncer:
     """Gathers a burst of uevents into one reconcile: the first event opens a window that
     does not slide, so a steady trickle cannot postpone the reconcile forever."""
 
-    def __init__(self, window: float = 0.2, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window = max(0.0, window)
-        self.clock = clock
-        self._batch = Batch(frozenset())
+    def __init__(self, window: float = 0.2, *, clock: Clock = time.monotonic) -> None:
+        self.window, self.clock = max(0.0, window), clock
+        self._batch = Batch()
         self._opened_at: Optional[float] = None
 
     def add(self, batch: UeventBatch) -> None:
@@ -70,13 +68,11 @@ class Debouncer:
 
     def take_if_due(self) -> Optional[Batch]:
         due = self.due_at()
-        if due is None or self.clock() < due:
-            return None
-        return self.take()
+        return self.take() if due is not None and self.clock() >= due else None
 
     def take(self) -> Batch:
         """The batch now, window closed or not (a resync absorbs pending events)."""
-        batch, self._batch, self._opened_at = self._batch, Batch(frozenset()), None
+        batch, self._batch, self._opened_at = self._batch, Batch(), None
         return batch
 
 
@@ -92,17 +88,11 @@ class Backoff:
     a failing function (whose own attempts make uevents) is never retried in a hot loop."""
 
     def __init__(
-        self,
-        initial: float = 1.0,
-        cap: float = 300.0,
-        *,
-        clock: Callable[[], float] = time.monotonic,
+        self, initial: float = 1.0, cap: float = 300.0, *, clock: Clock = time.monotonic
     ) -> None:
         if initial <= 0 or cap < initial:
             raise ValueError(f"backoff needs 0 < initial <= cap, got {initial} and {cap}")
-        self.initial = initial
-        self.cap = cap
-        self.clock = clock
+        self.initial, self.cap, self.clock = initial, cap, clock
         self._retries: dict[str, _Retry] = {}
 
     def delay_after(self, failures: int) -> float:
@@ -118,12 +108,17 @@ class Backoff:
     def get(self, key: str) -> _Retry:
         return self._retries.get(key, _Retry())
 
+    def failures(self, key: str) -> int:
+        return self.get(key).failures
+
+    def reason(self, key: str) -> Optional[str]:
+        return self.get(key).reason
+
     def succeeded(self, key: str) -> None:
         self._retries.pop(key, None)
 
     def park(self, key: str) -> None:
-        """Keep the count but set no timer: the function was due but could not be attempted
-        (host not ready, held), so the next event or resync tries again."""
+        """Keep the count, set no timer: due but not attempted (the next event or resync is)."""
         self.get(key).at = None
 
     def keys(self) -> frozenset[str]:
@@ -133,14 +128,7 @@ class Backoff:
         """Make every waiting key due (SIGHUP: "I fixed it, try again")."""
         now = self.clock()
         for retry in self._retries.values():
-            if retry.at is not None:
-                retry.at = min(retry.at, now)
-
-    def failures(self, key: str) -> int:
-        return self.get(key).failures
-
-    def reason(self, key: str) -> Optional[str]:
-        return self.get(key).reason
+            retry.at = None if retry.at is None else min(retry.at, now)
 
     def waiting(self) -> frozenset[str]:
         """Keys whose retry has not come: not to be written yet."""
@@ -151,8 +139,7 @@ class Backoff:
         return frozenset(k for k, r in self._retries.items() if r.at is not None and r.at <= now)
 
     def next_retry_at(self) -> Optional[float]:
-        times = [r.at for r in self._retries.values() if r.at is not None]
-        return min(times) if times else None
+        return min((r.at for r in self._retries.values() if r.at is not None), default=None)
 
 
 class FlapGuard:
@@ -160,20 +147,16 @@ class FlapGuard:
     something else binding it back (a udev rule, another agent): a failure for the backoff."""
 
     def __init__(
-        self, limit: int = 5, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic
+        self, limit: int = 5, window: float = 60.0, *, clock: Clock = time.monotonic
     ) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self._moves: dict[str, deque[float]] = {}
+        self.limit, self.window, self.clock = limit, window, clock
+        self._moves: dict[str, list[float]] = {}
 
     def moved(self, key: str) -> bool:
         """Record a move; True when ``key`` is flapping."""
         now = self.clock()
-        moves = self._moves.setdefault(key, deque(maxlen=self.limit + 1))
-        moves.append(now)
-        while moves and moves[0] <= now - self.window:
-            moves.popleft()
+        moves = [t for t in self._moves.get(key, ()) if t > now - self.window] + [now]
+        self._moves[key] = moves[-(self.limit + 1) :]
         return len(moves) > self.limit
 
     def forget(self, key: str) -> None:
@@ -182,8 +165,7 @@ class FlapGuard:
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """Timing (seconds). ``stall_after``: how long one reconcile may take before ``/healthz``
-    calls the loop wedged (lock wait and per-function deadlines fit in it)."""
+    """Timing (seconds); ``stall_after``: the longest reconcile before ``/healthz`` fails."""
 
     resync_interval: float = 60.0
     debounce: float = 0.2
@@ -216,36 +198,30 @@ class ReconcileLoop:
         *,
         source: Optional[DatagramUeventSource],
         settings: LoopSettings = LoopSettings(),
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
         waiter: Optional[Waiter] = None,
         notifier: Optional[Notifier] = None,
         ready_file: Optional[ReadyFile] = None,
         metrics: Optional[DaemonMetrics] = None,
         on_exit: Callable[[], None] = lambda: None,
     ) -> None:
-        self.reconciler = reconcile
-        self.source = source
-        self._doorbell, self._ring_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stop = self._resync = False
-        self.stop_signal: Optional[int] = None
-        self.settings = settings
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self.waiter: Waiter = waiter if waiter is not None else PollWaiter()
-        self.notifier = notifier if notifier is not None else Notifier(None)
-        self.ready_file = ready_file
-        self.metrics = metrics
-        self.on_exit = on_exit
+        self.reconciler, self.source, self.settings = reconcile, source, settings
+        self.clock, self.wall_clock = clock, wall_clock
+        self.waiter: Waiter = waiter or PollWaiter()
+        self.notifier = notifier or Notifier(None)
+        self.ready_file, self.metrics, self.on_exit = ready_file, metrics, on_exit
         self.debouncer = Debouncer(settings.debounce, clock=clock)
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_cap, clock=clock)
         self.flaps = FlapGuard(settings.flap_limit, settings.flap_window, clock=clock)
         self.view = NodeView()
         self.reconciles = 0
+        self.stop_signal: Optional[int] = None
+        self._stop = self._resync = self._ready_sent = False
+        self._doorbell, self._ring_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._alive_until = float("-inf")
         self._next_resync = clock()
         self._next_watchdog = None if self.notifier.watchdog_interval is None else clock()
-        self._ready_sent = False
         self._host_logged: Optional[frozenset[str]] = None
         self._spurious = 0
 
@@ -269,20 +245,16 @@ class ReconcileLoop:
     def install_signal_handlers(self) -> Callable[[], None]:
         """SIGTERM/SIGINT: stop; SIGHUP: resync. Returns a function restoring the old ones."""
 
-        def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
             if signum == signal.SIGHUP:
                 self.request_resync()
             else:
                 self.request_stop(signum)
 
-        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
+        restore = contextlib.ExitStack()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            restore.callback(signal.signal, sig, signal.signal(sig, on_signal))
+        return restore.close
 
     def close(self) -> None:
         for fd in (self._doorbell, self._ring_fd):
@@ -316,11 +288,12 @@ class ReconcileLoop:
         """Wait for the next thing to do and do it; False once a stop was requested."""
         if self.stop_requested():
             return False
-        timeout = self._timeout()
+        owed = (self._next_resync, self.debouncer.due_at(), self.backoff.next_retry_at())
+        due = min(t for t in (*owed, self._next_watchdog) if t is not None)
+        timeout = max(0.0, due - self.clock())
         self.beat(timeout + HEARTBEAT_SLACK)
-        fds = [self._doorbell]
-        if self.source is not None:
-            fds.append(self.source.fileno())
+        source = self.source
+        fds = [self._doorbell] if source is None else [self._doorbell, source.fileno()]
         ready = self.waiter.wait(fds, timeout)
         if self._doorbell in ready:
             with contextlib.suppress(BlockingIOError):
@@ -328,8 +301,8 @@ class ReconcileLoop:
                     pass
         if self.stop_requested():
             return False
-        if self.source is not None and self.source.fileno() in ready:
-            self._read_events(self.source)
+        if source is not None and source.fileno() in ready:
+            self._read_events(source)
         self._act()
         self._ping_watchdog()
         return True
@@ -354,15 +327,6 @@ class ReconcileLoop:
         log.info("stopped", exit_code=code)
         return code
 
-    def _timeout(self) -> float:
-        owed = (
-            self._next_resync,
-            self.debouncer.due_at(),
-            self.backoff.next_retry_at(),
-            self._next_watchdog,
-        )
-        return max(0.0, min(t for t in owed if t is not None) - self.clock())
-
     def _read_events(self, source: DatagramUeventSource) -> None:
         batch = source.read_pending()
         if batch.events and self.metrics is not None:
@@ -385,39 +349,36 @@ class ReconcileLoop:
         if resync:
             log.info("resync requested (SIGHUP): failed functions are retried now")
             self.backoff.retry_now()
-        batch = self.debouncer.take_if_due()
-        if resync or self.clock() >= self._next_resync or (batch is not None and batch.full):
+        batch = self.debouncer.take_if_due() or Batch()
+        if resync or batch.full or self.clock() >= self._next_resync:
             self.debouncer.take()  # a full reconcile covers whatever was pending
             self._reconcile(None)
-            return
-        affected = (batch.affected if batch is not None else frozenset()) | self.backoff.due()
-        if affected:
+        elif affected := batch.affected | self.backoff.due():
             self._reconcile(affected)
 
     def _reconcile(self, affected: Optional[frozenset[str]]) -> None:
+        full = affected is None
         request = ReconcileRequest(affected, self.backoff.waiting(), self.stop_requested)
         self.beat(self.settings.stall_after)
         self._ping_watchdog()
         started = self.clock()
         outcome: Optional[ReconcileOutcome] = None
-        error: Optional[str] = None
         try:
             outcome = self.reconciler(request)
         except VfioManagerError as exc:
-            error = exc.message
+            self.view = replace(self.view, error=exc.message or "unknown error")
             log.error("reconcile failed", error=exc.message, remedy=exc.remedy)
         except Exception as exc:  # a daemon reports a bug and keeps serving
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("reconcile crashed (a bug: please report it)", error=error, exc_info=True)
+            self.view = replace(self.view, error=f"{type(exc).__name__}: {exc}")
+            log.error(
+                "reconcile crashed (a bug: please report it)", error=self.view.error, exc_info=True
+            )
         duration = self.clock() - started
         self.reconciles += 1
-        full = affected is None
         if full:
             self._next_resync = self.clock() + self.settings.resync_interval
         if outcome is not None:
             self.view = self._merge(request, outcome)
-        else:
-            self.view = replace(self.view, error=error or "unknown error")
         view = self.view
         if self.ready_file is not None:
             self.ready_file.update(view.converged, view.counts())
@@ -451,11 +412,10 @@ class ReconcileLoop:
                 reason=t.reason,
             )
         states = tuple(self._account(s, request, s.bdf in flapping) for s in outcome.functions)
-        seen = {s.bdf for s in states}
-        gone = (self.backoff.keys() if request.affected is None else request.affected) - seen
-        for bdf in gone:
-            self.backoff.succeeded(bdf)  # gone
-            self.flaps.forget(bdf)
+        looked_at = self.backoff.keys() if request.affected is None else request.affected
+        for gone in looked_at - {s.bdf for s in states}:
+            self.backoff.succeeded(gone)
+            self.flaps.forget(gone)
         return self.view.merge(request, replace(outcome, functions=states))
 
     def _account(
@@ -467,10 +427,8 @@ class ReconcileLoop:
                 return function
             retry = self.backoff.get(bdf)
             wait = max(0.0, retry.at - self.clock()) if retry.at is not None else 0.0
-            remedy = (
-                f"retried automatically in {wait:.0f}s "
-                f"(attempt {retry.failures + 1}); a SIGHUP retries now"
-            )
+            attempt = f"attempt {retry.failures + 1}"
+            remedy = f"retried automatically in {wait:.0f}s ({attempt}); a SIGHUP retries now"
             return FunctionState(bdf, State.FAILED, retry.reason, remedy)
         if flapping:
             reason = (

@@ -7,7 +7,7 @@ import enum
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
@@ -22,10 +22,10 @@ from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_fun
 from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult, run_transition
 from vfio_manager.safety.intents import Intent, IntentStore
 
-if TYPE_CHECKING:
-    from vfio_manager.host.modules import Runner
-
 log = get_logger("vfio_manager.daemon.reconciler")
+
+Scope = Optional[frozenset[PciAddress]]  # the affected functions' addresses; None: all
+Intents = Mapping[str, Intent]
 
 
 class State(str, enum.Enum):
@@ -73,6 +73,9 @@ class HostReadiness:
     ok: bool
     failing: tuple[HostCheck, ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        return {"ready": self.ok, "failing": [c.to_json() for c in self.failing]}
+
 
 HOST_READY = HostReadiness(ok=True)
 
@@ -99,8 +102,7 @@ class ReconcileRequest:
 
 @dataclass(frozen=True)
 class ReconcileOutcome:
-    """Every function looked at (an affected BDF missing is gone), the host's verdict (not
-    ok: nothing was written) and the transitions attempted."""
+    """Every function looked at (an affected BDF missing is gone), host verdict, transitions."""
 
     functions: tuple[FunctionState, ...]
     host: HostReadiness = HOST_READY
@@ -118,34 +120,24 @@ class NodeView:
 
     @property
     def converged(self) -> bool:
-        return (
-            self.reconciled
-            and self.error is None
-            and self.host.ok
-            and all(s.state.accepted for s in self.functions.values())
-        )
+        settled = all(s.state.accepted for s in self.functions.values())
+        return self.reconciled and self.error is None and self.host.ok and settled
 
     def counts(self) -> dict[str, int]:
         """``{state: count}`` with every state, in declaration order."""
-        counts = {s.value: 0 for s in State}
-        for function in self.functions.values():
-            counts[function.state.value] += 1
-        return counts
+        return {s.value: sum(f.state is s for f in self.functions.values()) for s in State}
 
     def merge(self, request: ReconcileRequest, outcome: ReconcileOutcome) -> NodeView:
         """A full resync replaces the view, a partial one patches it."""
-        if request.affected is None:
-            functions = {s.bdf: s for s in outcome.functions}
-        else:
-            functions = {b: s for b, s in self.functions.items() if b not in request.affected}
-            functions.update((s.bdf, s) for s in outcome.functions)
-        return NodeView(functions, outcome.host, reconciled=True)
+        patched = request.affected
+        kept = {b: s for b, s in self.functions.items() if patched is not None and b not in patched}
+        return NodeView(kept | {s.bdf: s for s in outcome.functions}, outcome.host, reconciled=True)
 
     def to_json(self) -> dict[str, Any]:
         """The body of ``/readyz``."""
         doc: dict[str, Any] = {
             "ready": self.converged,
-            "host": {"ready": self.host.ok, "failing": [c.to_json() for c in self.host.failing]},
+            "host": self.host.to_json(),
             "counts": self.counts(),
             "not_converged": [
                 s.to_json() for _, s in sorted(self.functions.items()) if not s.state.accepted
@@ -165,25 +157,12 @@ def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
 
 
 class PipelineReconciler:
-    """A ``bind-all`` per call under the node lock, leaving out ``--exclude``, the admin's
-    intents (read under the lock) and ``request.skip``; a partial call re-plans the affected
-    groups' selected members and, with nothing to move, keeps the last host verdict."""
+    """``bind_all`` per call under the node lock, without the admin's intents or ``skip``; a
+    partial call re-plans the affected groups and, moving nothing, keeps the last host verdict."""
 
-    def __init__(
-        self,
-        node: Node,
-        selector: Selector,
-        *,
-        exclude: Iterable[str] = (),
-        load_modules: bool = True,
-        runner: Optional[Runner] = None,
-    ) -> None:
-        self.node = node
-        self.selector = selector
-        self.exclude = frozenset(str(a) for a in addresses(exclude))
-        self.request = TransitionRequest(
-            selector, Direction.TO_VFIO, load_modules=load_modules, runner=runner
-        )
+    def __init__(self, node: Node, bind_all: TransitionRequest) -> None:
+        self.node, self.bind_all, self.selector = node, bind_all, bind_all.selector
+        self.exclude = frozenset(str(a) for a in bind_all.exclude)  # --exclude
         self.intents = IntentStore(node.state_dir)
         self.host = HOST_READY
 
@@ -201,17 +180,14 @@ class PipelineReconciler:
         with self.node.lock(sleep=sleep) as lock:
             intents = self.intents.read()
             scope = None if request.affected is None else addresses(request.affected)
-            transition = replace(
-                self.request,
-                exclude=addresses(self.exclude | intents.keys() | request.skip),
-                scope=scope,
-            )
+            left_alone = addresses(self.exclude | intents.keys() | request.skip)
+            transition = replace(self.bind_all, exclude=left_alone, scope=scope)
             try:
                 result = run_transition(self.node, transition, lock=lock)
             except PreflightFailed as failed:  # not an error: the host is not ready
                 checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
                 self.host = HostReadiness(ok=False, failing=checks)
-                topology = getattr(failed, "topology", None) or read_topology(self.node.sysfs())
+                topology = failed.topology or read_topology(self.node.sysfs())
                 names = ", ".join(c.name for c in checks)
                 reason = f"the host is not ready ({names}): nothing is written until it is"
                 remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
@@ -222,19 +198,15 @@ class PipelineReconciler:
                 return ReconcileOutcome(tuple(states), self.host)
         for note in result.notes:
             log.info("reconcile note", note=note)
-        return self._outcome(request, result, scope, intents)
+        return self._outcome(result, scope, intents, request.skip)
 
-    def _in_scope(
-        self, topology: Topology, scope: Optional[frozenset[PciAddress]]
-    ) -> list[PciFunction]:
+    def _in_scope(self, topology: Topology, scope: Scope) -> list[PciFunction]:
         functions = selected_functions(topology, self.selector)
-        if scope is None:
-            return functions
-        members = in_groups_of(topology, scope)
-        return [f for f in functions if f.address in members]
+        members = None if scope is None else in_groups_of(topology, scope)
+        return [f for f in functions if members is None or f.address in members]
 
     def _left_out(
-        self, function: PciFunction, intents: Mapping[str, Intent], skip: frozenset[str]
+        self, function: PciFunction, intents: Intents, skip: frozenset[str]
     ) -> Optional[FunctionState]:
         """The state of a function the run was told to leave alone, else ``None``."""
         bdf = function.bdf
@@ -242,29 +214,20 @@ class PipelineReconciler:
             return FunctionState(
                 bdf, State.EXCLUDED, "excluded with --exclude", "remove --exclude to manage it"
             )
-        intent = intents.get(bdf)
-        if intent is not None:
-            return FunctionState(
-                bdf,
-                State.INTENT_HOST,
-                intent.describe(),
-                f"`vfio-manager bind {bdf}` hands it back to the daemon",
-            )
+        if (intent := intents.get(bdf)) is not None:
+            hand_back = f"`vfio-manager bind {bdf}` hands it back to the daemon"
+            return FunctionState(bdf, State.INTENT_HOST, intent.describe(), hand_back)
         if bdf in skip:
             return _as_found(function, "waiting for its retry after a failure")
         return None
 
     def _outcome(
-        self,
-        request: ReconcileRequest,
-        result: TransitionResult,
-        scope: Optional[frozenset[PciAddress]],
-        intents: Mapping[str, Intent],
+        self, result: TransitionResult, scope: Scope, intents: Intents, skip: frozenset[str]
     ) -> ReconcileOutcome:
         if result.topology is None:  # only a dry run has none
             raise RuntimeError("the pipeline returned no topology")
         in_scope = self._in_scope(result.topology, scope)
-        left_out = {f.bdf: self._left_out(f, intents, request.skip) for f in in_scope}
+        left_out = {f.bdf: self._left_out(f, intents, skip) for f in in_scope}
         # journal settlements outside the scope included; a record of an unselected function
         # is one the run refused to settle (the engine logged it)
         entries = {
@@ -304,9 +267,8 @@ class PipelineReconciler:
             return FunctionState(bdf, State.CONVERGED)
         if outcome.result is Result.REFUSED:
             held = entry.refusal_kind in (RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL)
-            return FunctionState(
-                bdf, State.HELD if held else State.PENDING, outcome.reason, outcome.remedy
-            )
+            state = State.HELD if held else State.PENDING
+            return FunctionState(bdf, state, outcome.reason, outcome.remedy)
         if not self.node.sysfs().function_exists(function.address):
             return None  # gone: its remove uevent drops it from the view
         reason = outcome.reason or "failed"
@@ -331,17 +293,16 @@ class OnExit(str, enum.Enum):
 
 
 def on_exit_action(
-    mode: OnExit, node: Node, selector: Selector, *, exclude: Iterable[str] = ()
+    mode: OnExit, node: Node, selector: Selector, excluded: frozenset[PciAddress]
 ) -> Callable[[], None]:
-    """The loop's ``on_exit`` for ``mode``; ``--exclude``d functions are never touched."""
-    excluded = addresses(exclude)
+    """The loop's ``on_exit`` for ``mode``; ``excluded`` functions are never touched."""
 
     def on_exit() -> None:
         if mode is OnExit.KEEP:
             log.info("on exit: functions kept where they are (--on-exit keep)")
             return
         with node.lock() as lock:
-            held = _held_groups(node, selector) if mode is OnExit.RELEASE_IDLE else set()
+            held = _held_groups(node, selector) if mode is OnExit.RELEASE_IDLE else frozenset()
             if held:
                 log.info(
                     "on exit: kept on vfio, their group is in use",
@@ -373,16 +334,12 @@ def on_exit_action(
     return on_exit
 
 
-def _held_groups(node: Node, selector: Selector) -> set[PciAddress]:
+def _held_groups(node: Node, selector: Selector) -> frozenset[PciAddress]:
     """Every member of each IOMMU group a process holds through a selected function on vfio."""
     from vfio_manager.safety.holders import find_holders
 
     sysfs = node.sysfs()
     topology = read_topology(sysfs)
     in_vfio = [f for f in selected_functions(topology, selector) if is_vfio_driver(f.driver)]
-    held: set[PciAddress] = set()
-    for address, holders in find_holders(sysfs, node.proc_root, in_vfio).items():
-        function = topology.get(address)
-        if holders and function is not None:
-            held.update(m.address for m in topology.group_members(function))
-    return held
+    holders = find_holders(sysfs, node.proc_root, in_vfio)
+    return in_groups_of(topology, (address for address, found in holders.items() if found))

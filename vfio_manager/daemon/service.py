@@ -21,11 +21,13 @@ from vfio_manager.daemon.health import (
     parse_listen,
 )
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
-from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, on_exit_action
+from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, addresses, on_exit_action
+from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.uevents import DatagramUeventSource, Waiter, open_kernel_uevents
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.selection import Selector
+from vfio_manager.pipeline.transition import TransitionRequest
 from vfio_manager.safety.lock import DaemonPresence
 
 if TYPE_CHECKING:
@@ -95,9 +97,8 @@ def build_daemon(
     process_metrics: bool = True,
     settings: Optional[LoopSettings] = None,
 ) -> Daemon:
-    """Acquire what the daemon holds. Tests inject the uevent source, clocks, waiter,
-    environment and modprobe runner, drive the loop themselves (``signals=False``) and may
-    override its timing (``settings``; by default only the resync interval is an option)."""
+    """Acquire what the daemon holds; tests inject the rest, drive the loop themselves
+    (``signals=False``) and may override its timing."""
     address = parse_listen(options.listen) if options.listen is not None else None
     with contextlib.ExitStack() as acquired:  # released at once if a later step fails
         acquired.enter_context(DaemonPresence(node.state_dir, timeout=node.lock_timeout))
@@ -105,17 +106,15 @@ def build_daemon(
         if source is not None:
             acquired.callback(source.close)
         metrics = DaemonMetrics(process=process_metrics) if address is not None else None
-        ready = ReadyFile(
-            options.ready_file or default_ready_path(node.state_dir), wall_clock=wall_clock
+        ready_path = options.ready_file or default_ready_path(node.state_dir)
+        ready = ReadyFile(ready_path, wall_clock=wall_clock)
+        selector, load_modules = options.selector, options.load_modules
+        excluded = addresses(options.exclude)
+        bind_all = TransitionRequest(
+            selector, Direction.TO_VFIO, load_modules=load_modules, runner=runner, exclude=excluded
         )
         loop = ReconcileLoop(
-            PipelineReconciler(
-                node,
-                options.selector,
-                exclude=options.exclude,
-                load_modules=options.load_modules,
-                runner=runner,
-            ),
+            PipelineReconciler(node, bind_all),
             source=source,
             settings=settings or LoopSettings(resync_interval=options.resync_interval),
             clock=clock,
@@ -124,9 +123,7 @@ def build_daemon(
             notifier=Notifier.from_environment(env),
             ready_file=ready,
             metrics=metrics,
-            on_exit=on_exit_action(
-                options.on_exit, node, options.selector, exclude=options.exclude
-            ),
+            on_exit=on_exit_action(options.on_exit, node, selector, excluded),
         )
         acquired.callback(loop.close)
         server = None
@@ -139,7 +136,7 @@ def build_daemon(
     log.info(
         "daemon starting",
         pid=os.getpid(),
-        selection=options.selector.describe(),
+        selection=selector.describe(),
         exclude=list(options.exclude),
         on_exit=options.on_exit.value,
         resync_interval=options.resync_interval,
@@ -149,8 +146,3 @@ def build_daemon(
         state_dir=node.state_dir,
     )
     return Daemon(loop, server, closers)
-
-
-def run_daemon(node: Node, options: DaemonOptions) -> int:
-    """Build the daemon, run it until SIGTERM/SIGINT, release everything; the exit code."""
-    return build_daemon(node, options).run()
