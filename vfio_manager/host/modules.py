@@ -210,33 +210,29 @@ class LoadAttempt:
         return f"`{command}` failed (exit {self.returncode}): {self.message}"
 
 
-class ModuleLoader:
-    """Loads modules with the host's modprobe through an injectable runner."""
-
-    def __init__(self, host: HostFiles, runner: Optional[Runner] = None) -> None:
-        self.host = host
-        self.runner: Runner = runner if runner is not None else subprocess_runner
-
-    def load(
-        self, modules: Sequence[str], *, still_needed: Optional[Callable[[str], bool]] = None
-    ) -> list[LoadAttempt]:
-        """modprobe each module in order up to the first failure, skipping those an earlier
-        modprobe pulled in (``still_needed``)."""
-        if not modules:
-            return []
-        modprobe = self.host.modprobe_path()
-        if modprobe is None:
-            where = ", ".join(self.host.path(os.path.dirname(p)[1:]) for p in MODPROBE_LOCATIONS)
-            message = f"modprobe is not installed (looked in {where})"
-            return [LoadAttempt(m, (), None, message) for m in modules]
-        attempts: list[LoadAttempt] = []
-        for module in modules:
-            if attempts and still_needed is not None and not still_needed(module):
-                continue
-            argv = modprobe_command(self.host.root, modprobe, module)
-            result = self.runner(argv)
-            message = (result.stderr or result.stdout).strip().replace("\n", "; ")
-            attempts.append(LoadAttempt(module, tuple(argv), result.returncode, message))
-            if result.returncode != 0:
-                break
-        return attempts
+def load_modules(
+    host: HostFiles,
+    modules: Sequence[str],
+    *,
+    runner: Optional[Runner] = None,
+    still_needed: Optional[Callable[[str], bool]] = None,
+) -> list[LoadAttempt]:
+    """modprobe each module in order up to the first failure, skipping those an earlier
+    modprobe pulled in (``still_needed``); ``runner`` defaults to :func:`subprocess_runner`."""
+    modprobe = host.modprobe_path()
+    if modprobe is None:
+        where = ", ".join(host.path(os.path.dirname(p)[1:]) for p in MODPROBE_LOCATIONS)
+        message = f"modprobe is not installed (looked in {where})"
+        return [LoadAttempt(m, (), None, message) for m in modules]
+    run = runner if runner is not None else subprocess_runner
+    attempts: list[LoadAttempt] = []
+    for module in modules:
+        if attempts and still_needed is not None and not still_needed(module):
+            continue
+        argv = modprobe_command(host.root, modprobe, module)
+        result = run(argv)
+        message = (result.stderr or result.stdout).strip().replace("\n", "; ")
+        attempts.append(LoadAttempt(module, tuple(argv), result.returncode, message))
+        if result.returncode != 0:
+            break
+    return attempts
