@@ -63,7 +63,6 @@ def facts(**changes: Any) -> HostFacts:
         noiommu_options=(),
         modules={**LOADED, "iommufd": ModuleInfo("iommufd", ModuleState.MISSING)},
         modules_dir="/node/lib/modules/6.1.0-56-amd64",
-        modprobe="/sbin/modprobe",
         vfio_pci_registered=True,
         dev_vfio_dir=True,
         vfio_container=True,

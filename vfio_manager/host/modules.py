@@ -17,6 +17,14 @@ MODPROBE_TIMEOUT = 60.0
 _BLOCKING_INSTALL_COMMANDS = frozenset(
     {"/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/true", "false", "true"}
 )
+# the vfio stack's modules, each with its config option
+MODULE_CONFIG = {
+    "vfio": "CONFIG_VFIO",
+    "vfio_pci": "CONFIG_VFIO_PCI",
+    "vfio_pci_core": "CONFIG_VFIO_PCI_CORE",
+    "vfio_iommu_type1": "CONFIG_VFIO_IOMMU_TYPE1",
+    "iommufd": "CONFIG_IOMMUFD",
+}
 
 
 class ModuleState(str, enum.Enum):
@@ -34,9 +42,6 @@ class Blacklisting:
     how: str  # "blacklist", "install", "module_blacklist", "modprobe.blacklist"
     where: str  # "/etc/modprobe.d/x.conf:3" or "the kernel command line"
     line: str
-
-    def describe(self) -> str:
-        return f"`{self.line}` ({self.where})"
 
 
 @dataclass(frozen=True)
@@ -62,12 +67,12 @@ class ModuleInfo:
         return self.state is not ModuleState.MISSING or self.blacklisting is not None
 
     def describe(self) -> str:
-        text = self.state.value
+        text, b = self.state.value, self.blacklisting
         if self.state is ModuleState.LOADABLE and self.path:
             text += f" ({self.path}), not loaded"
-        elif self.state is ModuleState.BLACKLISTED and self.blacklisting is not None:
-            text += f" by {self.blacklisting.describe()}"
-            text += f", {self.path} is on disk" if self.path else ""
+        elif self.state is ModuleState.BLACKLISTED and b is not None:
+            on_disk = f", {self.path} is on disk" if self.path else ""
+            text += f" by `{b.line}` ({b.where}){on_disk}"
         if self.note:
             text += f" ({self.note})"
         elif self.state is ModuleState.MISSING and not self.tree_visible:
@@ -82,25 +87,22 @@ def blacklistings(
     found: dict[str, Blacklisting] = {}
     for key in ("module_blacklist", "modprobe.blacklist"):
         for value in cmdline_args.get(key, ()):
-            for name in value.split(","):
-                if name.strip():
-                    found.setdefault(
-                        normalise(name),
-                        Blacklisting(key, "the kernel command line", f"{key}={value}"),
-                    )
+            blacklisting = Blacklisting(key, "the kernel command line", f"{key}={value}")
+            for name in filter(str.strip, value.split(",")):
+                found.setdefault(normalise(name), blacklisting)
     for path, number, line in config:
-        words = line.split()
-        if len(words) >= 2 and words[0] == "blacklist":
-            found.setdefault(
-                normalise(words[1]), Blacklisting("blacklist", f"{path}:{number}", line)
-            )
-        elif len(words) >= 3 and words[0] == "install" and words[2] in _BLOCKING_INSTALL_COMMANDS:
-            found.setdefault(normalise(words[1]), Blacklisting("install", f"{path}:{number}", line))
+        words = [*line.split(), "", ""]  # padded: a short line has empty words
+        blocking = words[0] == "blacklist" or (
+            words[0] == "install" and words[2] in _BLOCKING_INSTALL_COMMANDS
+        )
+        if blocking and words[1]:
+            found.setdefault(normalise(words[1]), Blacklisting(words[0], f"{path}:{number}", line))
     return found
 
 
 class ModuleInventory:
-    """Module state from sysfs and the host's files; the big files are read once, here."""
+    """Module state from sysfs and the host's files; the big files and the kernel config are
+    read once, here."""
 
     def __init__(
         self,
@@ -113,18 +115,19 @@ class ModuleInventory:
         self.host = host
         self.builtin = host.builtin_modules()
         self.loadable = host.loadable_modules()
-        self.proc_modules = host.proc_modules()
+        self.proc_modules = host.proc_modules() or frozenset()
         self.modprobe_config = host.modprobe_config()
         self.blacklisted = blacklistings(self.modprobe_config, cmdline_args or {})
+        self.config_source, self.config = host.kernel_config()
 
     def info(self, module: str) -> ModuleInfo:
         name = normalise(module)
         module_dir = self.sysfs.module_dir(name)
         present = self.sysfs.module_present(name)
-        initstate = self.sysfs.module_initstate(name) if present else None
+        initstate = self.sysfs.read_text(f"{module_dir}/initstate") if present else None
         path = self.loadable.get(name) if self.loadable is not None else None
         loaded = [f"{module_dir}/initstate: {initstate}"] if initstate is not None else []
-        if self.proc_modules is not None and name in self.proc_modules:
+        if name in self.proc_modules:
             loaded.append(f"{self.host.path('proc', 'modules')} lists {name}")
         if loaded:
             return ModuleInfo(name, ModuleState.LOADED, tuple(loaded), path=path)
@@ -133,19 +136,24 @@ class ModuleInventory:
             builtin.append(f"{self.host.modules_file('modules.builtin')} lists {name}")
         if builtin:
             return ModuleInfo(name, ModuleState.BUILTIN, tuple(builtin), path=path)
-        where = self.host.modules_dir()
-        tree_visible = self.loadable is not None
+        where, tree_visible = self.host.modules_dir(), self.loadable is not None
         found = f"{where}/{path}" if path else f"no {name}.ko under {where}"
-        evidence = [f"{module_dir} absent", found if tree_visible else f"{where} not readable"]
-        blacklisting = self.blacklisted.get(name)
-        if blacklisting is not None:
-            evidence.append(f"{blacklisting.where}: {blacklisting.line}")
-            return ModuleInfo(
-                name, ModuleState.BLACKLISTED, tuple(evidence), blacklisting, path, tree_visible
-            )
+        evidence = (f"{module_dir} absent", found if tree_visible else f"{where} not readable")
+        b = self.blacklisted.get(name)
+        if b is not None:
+            evidence += (f"{b.where}: {b.line}",)
+            return ModuleInfo(name, ModuleState.BLACKLISTED, evidence, b, path, tree_visible)
         if path is not None:
-            return ModuleInfo(name, ModuleState.LOADABLE, tuple(evidence), path=path)
-        return ModuleInfo(name, ModuleState.MISSING, tuple(evidence), tree_visible=tree_visible)
+            return ModuleInfo(name, ModuleState.LOADABLE, evidence, path=path)
+        # no other trace: the kernel config tells built in (=y) from not built (unset)
+        option, source = MODULE_CONFIG.get(name), self.config_source
+        value = self.config.get(option, "n") if option is not None and source else None
+        if value == "y":
+            evidence += (f"{source}: {option}=y",)
+            return ModuleInfo(name, ModuleState.BUILTIN, evidence, tree_visible=tree_visible)
+        note = f"the kernel is built without {option}" if value == "n" else None
+        evidence += (f"{source}: {option} is not set",) if note else ()
+        return ModuleInfo(name, ModuleState.MISSING, evidence, tree_visible=tree_visible, note=note)
 
 
 @dataclass(frozen=True)

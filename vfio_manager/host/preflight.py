@@ -11,9 +11,15 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vfio_manager.errors import HostNotReadyError
 from vfio_manager.host.dynamic_ids import remove_id_remedy
-from vfio_manager.host.facts import MODULE_CONFIG, HostFacts, gather, last_flag
+from vfio_manager.host.facts import HostFacts, gather, last_flag
 from vfio_manager.host.files import HostFiles
-from vfio_manager.host.modules import LoadAttempt, ModuleInfo, ModuleState, load_modules
+from vfio_manager.host.modules import (
+    MODULE_CONFIG,
+    LoadAttempt,
+    ModuleInfo,
+    ModuleState,
+    load_modules,
+)
 from vfio_manager.kernel.drivers import VFIO_PCI
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger

@@ -155,14 +155,6 @@ class Sysfs:
         """/sys/module/NAME exists: loaded, or built in with parameters."""
         return os.path.isdir(self.module_dir(module))
 
-    def module_initstate(self, module: str) -> Optional[str]:
-        """``live`` for a loaded loadable module; ``None`` for a built-in one (or none at all)."""
-        return self.read_text(os.path.join(self.module_dir(module), "initstate"))
-
-    def module_parameter(self, module: str, name: str) -> Optional[str]:
-        path = os.path.join(self.module_dir(module), "parameters", _valid_name(name, "parameter"))
-        return self.read_text(path)
-
     def module_pci_drivers(self, module: str) -> list[str]:
         """PCI drivers a module registered (/sys/module/MOD/drivers/pci:NAME -> NAME)."""
         entries = self.list_dir(os.path.join(self.module_dir(module), "drivers"))
@@ -173,17 +165,6 @@ class Sysfs:
 
     def vfio_dev_exists(self, group: int) -> bool:
         return os.path.exists(self.vfio_dev_path(group))
-
-    def dev_vfio_exists(self) -> bool:
-        return os.path.isdir(self._vfio_dir)
-
-    def vfio_container_exists(self) -> bool:
-        """/dev/vfio/vfio, the legacy container node QEMU opens (CONFIG_VFIO_CONTAINER)."""
-        return os.path.exists(os.path.join(self._vfio_dir, "vfio"))
-
-    def iommufd_node_exists(self) -> bool:
-        """/dev/iommu, the iommufd node that replaces the container on new kernels."""
-        return os.path.exists(os.path.join(self.dev_root, "iommu"))
 
     def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
         """One write; the errno comes back as :class:`SysfsWriteError`. ``subject``: its BDF."""
