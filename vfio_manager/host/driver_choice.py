@@ -5,7 +5,7 @@ stay driverless as the kernel would leave it). On the way back, the journal's or
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from vfio_manager.host.dynamic_ids import suspected_ids
@@ -31,51 +31,35 @@ class HostTarget:
     probe_picks: bool = True
 
 
+@dataclass
 class DriverResolver:
     """The one answer to "vfio driver for F" and "where F returns on the host" (``check`` and
     ``bind`` alike). A module missing from ``driver_modules`` is looked up live in sysfs;
     ``dynamic``: the (vendor, device) pairs a vfio driver claims by a dynamic ID."""
 
-    def __init__(
-        self,
-        driver_modules: Mapping[str, Optional[str]],
-        aliases: AliasTable,
-        sysfs: Sysfs,
-        *,
-        origins: Optional[Origins] = None,
-        dynamic: frozenset[tuple[int, int]] = frozenset(),
-    ) -> None:
-        self.driver_modules = driver_modules
-        self.aliases = aliases
-        self.sysfs = sysfs
-        self.origins = origins or {}
-        self.dynamic = dynamic
+    driver_modules: Mapping[str, Optional[str]]
+    aliases: AliasTable
+    sysfs: Sysfs
+    origins: Origins = field(default_factory=dict)
+    dynamic: frozenset[tuple[int, int]] = frozenset()
+
+    def __post_init__(self) -> None:
         self._driver_by_module: dict[str, str] = {}
-        for driver, module in driver_modules.items():
+        for driver, module in self.driver_modules.items():
             self._driver_by_module.setdefault(normalise(module or driver), driver)
 
     @classmethod
-    def load(cls, topology: Topology, host: HostFiles, sysfs: Sysfs) -> DriverResolver:
-        dynamic = suspected_ids(topology.functions.values())
-        return cls(topology.driver_modules, AliasTable.load(host), sysfs, dynamic=dynamic)
-
-    @classmethod
-    def for_node(
-        cls,
-        driver_modules: Mapping[str, Optional[str]],
-        aliases: AliasTable,
-        sysfs: Sysfs,
-        *,
-        dynamic: frozenset[tuple[int, int]] = frozenset(),
+    def load(
+        cls, topology: Topology, host: HostFiles, sysfs: Sysfs, aliases: Optional[AliasTable] = None
     ) -> DriverResolver:
-        """The constructor, under the name its callers use."""
-        return cls(driver_modules, aliases, sysfs, dynamic=dynamic)
+        """The resolver for a topology just read (``aliases``: a table already loaded)."""
+        aliases = aliases if aliases is not None else AliasTable.load(host)
+        dynamic = suspected_ids(topology.functions.values())
+        return cls(topology.driver_modules, aliases, sysfs, dynamic=dynamic)
 
     def with_origins(self, origins: Origins) -> DriverResolver:
         """The same resolver, answering the way back from the journal's ``origins``."""
-        return DriverResolver(
-            self.driver_modules, self.aliases, self.sysfs, origins=origins, dynamic=self.dynamic
-        )
+        return replace(self, origins=origins)
 
     def driver_for_module(self, module: str) -> Optional[str]:
         """The registered PCI driver a module provides, ``None`` if it is not loaded."""

@@ -138,7 +138,8 @@ class ModuleInventory:
             return ModuleInfo(name, ModuleState.BUILTIN, tuple(builtin), path=path)
         where, tree_visible = self.host.modules_dir(), self.loadable is not None
         found = f"{where}/{path}" if path else f"no {name}.ko under {where}"
-        evidence = (f"{module_dir} absent", found if tree_visible else f"{where} not readable")
+        found = found if tree_visible else f"{where} not readable"
+        evidence: tuple[str, ...] = (f"{module_dir} absent", found)
         b = self.blacklisted.get(name)
         if b is not None:
             evidence += (f"{b.where}: {b.line}",)

@@ -137,7 +137,6 @@ class _Run:
 
     def result(self) -> TransitionResult:
         from vfio_manager.host.driver_choice import DriverResolver
-        from vfio_manager.host.dynamic_ids import suspected_ids
 
         topology = read_topology(self.sysfs)
         targets = self._targets(topology)
@@ -148,12 +147,7 @@ class _Run:
             if loaded and not self.request.dry_run:  # drivers and modules changed: read again
                 topology = read_topology(self.sysfs)
                 targets = self._targets(topology)
-                resolver = DriverResolver.for_node(
-                    topology.driver_modules,
-                    resolver.aliases,
-                    self.sysfs,
-                    dynamic=suspected_ids(topology.functions.values()),
-                )
+                resolver = DriverResolver.load(topology, host, self.sysfs, resolver.aliases)
         self._record_intents(targets)
         plan = self._refuse(self._plan(topology, targets, resolver))
         report = None if self.request.dry_run or not plan.entries else self._apply(plan)
