@@ -147,9 +147,7 @@ class Sysfs:
         base = self._path("firmware", "acpi", "tables")
         if not os.path.isdir(base):
             return None
-        return frozenset(
-            n for n in names if os.path.lexists(os.path.join(base, _valid_name(n, "ACPI table")))
-        )
+        return frozenset(n for n in names if os.path.lexists(os.path.join(base, n)))
 
     def module_present(self, module: str) -> bool:
         """/sys/module/NAME exists: loaded, or built in with parameters."""
@@ -253,9 +251,7 @@ class Sysfs:
 
     def vfio_group_dev_numbers(self, group: int) -> Optional[str]:
         """``MAJ:MIN`` of /dev/vfio/N (``/sys/class/vfio/N/dev``); ``None`` when absent."""
-        return _dev_numbers(
-            self.read_text(os.path.join(self._path("class", "vfio"), str(int(group)), "dev"))
-        )
+        return _dev_numbers(self.read_text(self._path("class", "vfio", str(int(group)), "dev")))
 
     def resolve_dev_name(self, path: str) -> Optional[str]:
         """Kernel name of a /dev path of a mount table (``/dev/mapper/root`` -> ``dm-0``) through
@@ -269,16 +265,14 @@ class Sysfs:
             return None
         return os.path.basename(real)
 
+    def class_devices(self, kind: str) -> dict[str, str]:
+        """``/sys/class/KIND`` (``block``, ``net``): name -> its resolved /sys/devices path,
+        under its PCI function's for a physical device."""
+        base = self._path("class", kind)
+        return {n: os.path.realpath(os.path.join(base, n)) for n in self.list_dir(base)}
+
     def _block(self, name: str, *parts: str) -> str:
         return os.path.join(self._path("class", "block"), _valid_name(name, "disk"), *parts)
-
-    def block_devices(self) -> list[str]:
-        """Every disk and partition (``/sys/class/block``: vda, vda1, nvme0n1, dm-0, md0)."""
-        return self.list_dir(self._path("class", "block"))
-
-    def block_realpath(self, name: str) -> str:
-        """Resolved path of a block device: under its PCI function's /sys/devices path."""
-        return os.path.realpath(self._block(name))
 
     def block_dev_numbers(self, name: str) -> Optional[str]:
         return _dev_numbers(self.read_text(self._block(name, "dev")))
@@ -288,31 +282,19 @@ class Sysfs:
         return self.list_dir(self._block(name, "holders"))
 
     def block_slaves(self, name: str) -> list[str]:
-        """Devices this one is stacked on (the reverse of :meth:`block_holders`)."""
+        """Devices this one is stacked on."""
         return self.list_dir(self._block(name, "slaves"))
 
     def block_dm_name(self, name: str) -> Optional[str]:
-        """Device-mapper name (``/dev/mapper/NAME``) of a dm-N device; ``None`` otherwise."""
+        """Device-mapper name (``/dev/mapper/NAME``) of a dm-N device."""
         return self.read_text(self._block(name, "dm", "name"))
-
-    def net_interfaces(self) -> list[str]:
-        return self.list_dir(self._path("class", "net"))
-
-    def _net(self, iface: str) -> str:
-        return os.path.join(self._path("class", "net"), _valid_name(iface, "interface"))
-
-    def net_realpath(self, iface: str) -> str:
-        """Resolved path of an interface; physical ones lie under their PCI function."""
-        return os.path.realpath(self._net(iface))
 
     def net_uppers(self, iface: str) -> list[str]:
         """Interfaces stacked on this one: its ``master`` (bridge, bond) and ``upper_*`` (VLAN)."""
-        base = self._net(iface)
+        base = os.path.join(self._path("class", "net"), _valid_name(iface, "interface"))
         uppers = [n[len("upper_") :] for n in self.list_dir(base) if n.startswith("upper_")]
         master = self.link_name(os.path.join(base, "master"))
-        if master is not None and master not in uppers:
-            uppers.append(master)
-        return uppers
+        return [*uppers, master] if master is not None and master not in uppers else uppers
 
 
 def _is_number(name: str) -> bool:
