@@ -115,7 +115,7 @@ class ModuleInventory:
         self.host = host
         self.builtin = host.builtin_modules()
         self.loadable = host.loadable_modules()
-        self.proc_modules = host.proc_modules() or frozenset()
+        self.proc_modules = host.proc_modules()
         self.modprobe_config = host.modprobe_config()
         self.blacklisted = blacklistings(self.modprobe_config, cmdline_args or {})
         self.config_source, self.config = host.kernel_config()

@@ -45,11 +45,8 @@ class Uevent:
     @property
     def is_pci_driver(self) -> bool:
         """A PCI driver registered or unregistered (a module loaded or unloaded)."""
-        return (
-            self.subsystem == "drivers"
-            and self.devpath.startswith("/bus/pci/drivers/")
-            and self.action in ("add", "remove")
-        )
+        driver = self.subsystem == "drivers" and self.devpath.startswith("/bus/pci/drivers/")
+        return driver and self.action in ("add", "remove")
 
     @property
     def relevant(self) -> bool:
@@ -110,8 +107,7 @@ class DatagramUeventSource:
 
     def read_pending(self) -> UeventBatch:
         events: list[Uevent] = []
-        overflowed = False
-        received = 0
+        overflowed, received = False, 0
         for _ in range(_DRAIN_LIMIT):
             try:
                 data, sender = self._sock.recvfrom(_DATAGRAM_MAX)
@@ -124,9 +120,8 @@ class DatagramUeventSource:
                 log.warning("uevents: read failed", error=exc.strerror, errno=exc.errno)
                 return UeventBatch(tuple(events), True, True, received)
             received += 1
-            from_kernel = isinstance(sender, tuple) and len(sender) == 2 and sender[0] == 0
-            if self._kernel_only and not from_kernel:
-                continue
+            if self._kernel_only and not (isinstance(sender, tuple) and sender[:1] == (0,)):
+                continue  # not from the kernel (port 0)
             event = parse_uevent(data)
             if event is not None and event.relevant:
                 events.append(event)
@@ -188,10 +183,7 @@ def wait_for(
     deadline = clock() + max(0.0, timeout)
     if condition():
         return True
-    while True:
-        remaining = deadline - clock()
-        if remaining <= 0:
-            return condition()
+    while (remaining := deadline - clock()) > 0:
         fds = [source.fileno()] if source is not None else []
         ready = wait.wait(fds, min(remaining, poll_interval))
         if source is not None and source.fileno() in ready:
@@ -202,6 +194,7 @@ def wait_for(
                 continue  # nothing that could change the answer
         if condition():
             return True
+    return condition()
 
 
 def wait_with_uevents(
