@@ -30,9 +30,12 @@ class DynamicId:
             "so drivers_probe may hand it back to vfio on its way to the host"
         )
 
+    @property
+    def remedy(self) -> str:
+        return remove_id_remedy(self.driver, self.vendor, self.device)
+
     def to_json(self) -> dict[str, Any]:
-        remedy = remove_id_remedy(self.driver, self.vendor, self.device)
-        return {"bdf": self.bdf, "message": self.message, "remedy": remedy}
+        return {"bdf": self.bdf, "message": self.message, "remedy": self.remedy}
 
 
 def remove_id_remedy(driver: str, vendor: int, device: int) -> str:

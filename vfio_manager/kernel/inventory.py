@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Optional
@@ -64,31 +65,24 @@ def read_function(
     read = sysfs.read_text
     modalias = read(base + "modalias")
     ids = parse_modalias(modalias)
-    vendor: Optional[int]
-    device: Optional[int]
-    pci_class: Optional[int]
-    sub_vendor: Optional[int]
-    sub_device: Optional[int]
-    if ids is not None and ids_from_modalias:
-        vendor, device, sub_vendor, sub_device, pci_class = ids
-    else:
+    subsystem: tuple[Optional[int], ...] = ids[2:4] if ids else (None, None)
+    if ids is None or not ids_from_modalias:
         vendor, device, pci_class = (_number(read(base + name)) for name in _IDENTITY_FILES)
         if vendor is None or device is None or pci_class is None:
             return None
-        if ids is not None:
-            sub_vendor, sub_device = ids[2], ids[3]
-            if (vendor, device, pci_class) != (ids[0], ids[1], ids[4]):
-                log.warning(
-                    "sysfs identity disagrees",
-                    bdf=str(address),
-                    step="read",
-                    outcome="files win",
-                    files=f"{vendor:04x}:{device:04x} class {pci_class:06x}",
-                    modalias=modalias,
-                )
-        else:
-            sub_vendor = _number(read(base + "subsystem_vendor")) if driver_ids else None
-            sub_device = _number(read(base + "subsystem_device")) if driver_ids else None
+        if ids is None and driver_ids:
+            subsystem = tuple(_number(read(f"{base}subsystem_{n}")) for n in ("vendor", "device"))
+        elif ids is not None and (vendor, device, pci_class) != (ids[0], ids[1], ids[4]):
+            log.warning(
+                "sysfs identity disagrees",
+                bdf=str(address),
+                step="read",
+                outcome="files win",
+                files=f"{vendor:04x}:{device:04x} class {pci_class:06x}",
+                modalias=modalias,
+            )
+    else:
+        vendor, device, pci_class = ids[0], ids[1], ids[4]
     driver = sysfs.link_name(base + "driver")
     if wanted is not None:
         brief = PciFunction(address, vendor, device, pci_class, driver=driver, iommu_group=group)
@@ -106,8 +100,8 @@ def read_function(
         vendor=vendor,
         device=device,
         pci_class=pci_class,
-        subsystem_vendor=sub_vendor if driver_ids else None,
-        subsystem_device=sub_device if driver_ids else None,
+        subsystem_vendor=subsystem[0] if driver_ids else None,
+        subsystem_device=subsystem[1] if driver_ids else None,
         driver=driver,
         driver_override=None if override in (None, "", "(null)") else override,
         iommu_group=group,
@@ -137,18 +131,15 @@ def read_topology(
         if group is not None:
             group_of[address] = group
             members.setdefault(group, []).append(address)
-    functions: dict[PciAddress, PciFunction] = {}
-    for address in addresses:
-        function = read_function(
-            sysfs,
-            address,
-            group=group_of.get(address),
-            wanted=wanted,
-            driver_ids=driver_ids,
-            ids_from_modalias=ids_from_modalias,
-        )
-        if function is not None:
-            functions[address] = function
+    read = functools.partial(
+        read_function,
+        sysfs,
+        wanted=wanted,
+        driver_ids=driver_ids,
+        ids_from_modalias=ids_from_modalias,
+    )
+    found = (read(a, group=group_of.get(a)) for a in addresses)
+    functions = {f.address: f for f in found if f is not None}
     return Topology(
         functions=functions,
         groups={n: tuple(m) for n, m in members.items()},
