@@ -226,11 +226,11 @@ def check_iommu(facts: HostFacts) -> Check:
     label = _VENDOR_LABEL.get(vendor or "", "vendor unknown")
     groups_dir = facts.path(facts.sysfs_root, "kernel", "iommu_groups")
     units_dir = facts.path(facts.sysfs_root, "class", "iommu")
-    acpi = facts.acpi_tables
+    acpi, units = facts.acpi_tables, ", ".join(facts.iommu_units)
     tables = "not visible" if acpi is None else ", ".join(sorted(acpi)) or "no DMAR, no IVRS"
     evidence = [
         f"{groups_dir}: {facts.iommu_groups} group(s)",
-        f"{units_dir}: {', '.join(facts.iommu_units) or 'empty'}",
+        f"{units_dir}: {units or 'empty'}",
         f"ACPI tables: {tables}",
         f"vendor: {label} ({vendor_source})",
     ]
@@ -238,16 +238,15 @@ def check_iommu(facts: HostFacts) -> Check:
         shown = ("CONFIG_INTEL_IOMMU", "CONFIG_INTEL_IOMMU_DEFAULT_ON", "CONFIG_AMD_IOMMU")
         values = ", ".join(f"{k}={facts.config.get(k, 'n')}" for k in shown)
         evidence.append(f"{facts.config_source}: {values}")
-    reasons = _iommu_reasons(facts, vendor, on)
     if on:
-        units = f", units {', '.join(facts.iommu_units)}" if facts.iommu_units else ""
-        detail = f"on ({label}): {facts.iommu_groups} IOMMU group(s){units}"
-        return check(True, "; ".join([detail, *reasons]), evidence=tuple(evidence))
-    detail = f"off: {groups_dir} is empty"
-    if not facts.iommu_units:
-        detail += f" and {units_dir} has no dmar*/ivhd* unit"
-    remedy = _iommu_remedy(facts, vendor)
-    return check(False, "; ".join([detail, *reasons]), remedy, tuple(evidence))
+        more = f", units {units}" if units else ""
+        detail = f"on ({label}): {facts.iommu_groups} IOMMU group(s){more}"
+    else:
+        more = "" if units else f" and {units_dir} has no dmar*/ivhd* unit"
+        detail = f"off: {groups_dir} is empty{more}"
+    reasons = _iommu_reasons(facts, vendor, on)
+    remedy = None if on else _iommu_remedy(facts, vendor)
+    return check(on, "; ".join([detail, *reasons]), remedy, tuple(evidence))
 
 
 def check_cmdline(facts: HostFacts) -> Check:
@@ -359,9 +358,8 @@ def check_modules(facts: HostFacts) -> Check:
     evidence = tuple(dict.fromkeys(e for i in infos for e in i.evidence))
     detail = ", ".join(f"{i.name} {i.describe()}" for i in infos)
     bad = [i for i in infos if not i.ok]
-    if not bad:
-        return check(True, detail, evidence=evidence)
-    return check(False, detail, _module_remedy(facts, *bad), evidence, _load(*bad))
+    remedy = _module_remedy(facts, *bad) if bad else None
+    return check(not bad, detail, remedy, evidence, _load(*bad))
 
 
 def check_vfio_pci_driver(facts: HostFacts) -> Check:
