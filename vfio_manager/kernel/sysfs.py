@@ -1,6 +1,6 @@
 """The one module that builds paths under /sys and /dev (``--sysfs-root``, ``--dev-root``).
-Reads give ``None`` for a vanished or garbled file; each write is one unbuffered ``os.write``,
-so the kernel's errno comes back with it (kernel-facts K1)."""
+Reads give ``None`` for a vanished or garbled file; each write is one unbuffered ``os.write``
+that returns the kernel's errno (kernel-facts K1)."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ class Sysfs:
         try:
             target = os.readlink(link)
         except OSError:  # not a link (a test tree), or gone
-            return os.path.realpath(link)
+            target = ""
         if not target.startswith("../"):
             return os.path.realpath(link)
         # the link climbs only through real folders: no lstat per component (as realpath does)
@@ -226,12 +226,9 @@ class Sysfs:
         return found
 
     def _uevent_devname(self, class_device_dir: str) -> Optional[str]:
-        text = self.read_text(os.path.join(class_device_dir, "uevent")) or ""
-        for line in text.splitlines():
-            if line.startswith("DEVNAME="):
-                name = line[len("DEVNAME=") :].strip()
-                return name if _valid_devname(name) else None
-        return None
+        lines = (self.read_text(os.path.join(class_device_dir, "uevent")) or "").splitlines()
+        name = next((n[len("DEVNAME=") :].strip() for n in lines if n.startswith("DEVNAME=")), "")
+        return name if _valid_devname(name) else None
 
     def dev_path(self, devname: str) -> str:
         """Where a node (uevent DEVNAME, e.g. ``vfio/9``) is under our /dev (``--dev-root``)."""
@@ -260,10 +257,8 @@ class Sysfs:
         if not path.startswith(prefix) or not _valid_devname(path[len(prefix) :]):
             return None
         real = os.path.realpath(os.path.join(self.dev_root, path[len(prefix) :]))
-        root = os.path.realpath(self.dev_root)
-        if not real.startswith(root.rstrip("/") + "/"):
-            return None
-        return os.path.basename(real)
+        inside = real.startswith(os.path.realpath(self.dev_root).rstrip("/") + "/")
+        return os.path.basename(real) if inside else None
 
     def class_devices(self, kind: str) -> dict[str, str]:
         """``/sys/class/KIND`` (``block``, ``net``): name -> its resolved /sys/devices path,
@@ -327,9 +322,7 @@ def _dev_numbers(text: Optional[str]) -> Optional[str]:
 
 def _valid_devname(name: str) -> bool:
     """A relative node name with no empty, ``.`` or ``..`` component (no escape from /dev)."""
-    return (
-        bool(name) and "\0" not in name and all(p not in {"", ".", ".."} for p in name.split("/"))
-    )
+    return "\0" not in name and all(p not in {"", ".", ".."} for p in name.split("/"))
 
 
 def _checked_devname(devname: str) -> str:
