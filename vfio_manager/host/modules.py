@@ -17,14 +17,8 @@ MODPROBE_TIMEOUT = 60.0
 _BLOCKING_INSTALL_COMMANDS = frozenset(
     {"/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/true", "false", "true"}
 )
-# the vfio stack's modules, each with its config option
-MODULE_CONFIG = {
-    "vfio": "CONFIG_VFIO",
-    "vfio_pci": "CONFIG_VFIO_PCI",
-    "vfio_pci_core": "CONFIG_VFIO_PCI_CORE",
-    "vfio_iommu_type1": "CONFIG_VFIO_IOMMU_TYPE1",
-    "iommufd": "CONFIG_IOMMUFD",
-}
+_VFIO_STACK = ("vfio", "vfio_pci", "vfio_pci_core", "vfio_iommu_type1", "iommufd")
+MODULE_CONFIG = {m: f"CONFIG_{m.upper()}" for m in _VFIO_STACK}  # each one's config option
 
 
 class ModuleState(str, enum.Enum):

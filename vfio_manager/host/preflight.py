@@ -92,15 +92,9 @@ class Check:
     advisory: bool = False  # a failure is a warning: the host is ready, binding goes ahead
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "title": self.title,
-            "ok": self.ok,
-            "advisory": self.advisory,
-            "detail": self.detail,
-            "remedy": None if self.ok else self.remedy,
-            "evidence": list(self.evidence),
-        }
+        remedy = None if self.ok else self.remedy
+        shown = {k: getattr(self, k) for k in ("name", "title", "ok", "advisory", "detail")}
+        return {**shown, "remedy": remedy, "evidence": list(self.evidence)}
 
 
 def _check(name: str, title: str) -> Callable[..., Check]:
@@ -291,7 +285,7 @@ def check_noiommu(facts: HostFacts) -> Check:
         *facts.noiommu_options,
     )
     causes: list[str] = []
-    if param is not None and param in _TRUE:
+    if param in _TRUE:
         causes.append("vfio's enable_unsafe_noiommu_mode is Y")
     if nodes:
         causes.append(f"no-IOMMU groups exist ({nodes})")
@@ -362,10 +356,14 @@ def check_modules(facts: HostFacts) -> Check:
     return check(not bad, detail, remedy, evidence, _load(*bad))
 
 
+def _seen(path: str, present: bool) -> str:
+    return f"{path}: {'present' if present else 'absent'}"
+
+
 def check_vfio_pci_driver(facts: HostFacts) -> Check:
     check = _check("vfio-pci-driver", "vfio-pci driver registered")
     path = facts.path(facts.sysfs_root, "bus", "pci", "drivers", VFIO_PCI)
-    evidence = (f"{path}: {'present' if facts.vfio_pci_registered else 'absent'}",)
+    evidence = (_seen(path, facts.vfio_pci_registered),)
     if facts.vfio_pci_registered:
         return check(True, path, evidence=evidence)
     info = facts.modules["vfio_pci"]
@@ -383,10 +381,7 @@ def check_dev_vfio(facts: HostFacts) -> Check:
     check = _check("dev-vfio", "/dev/vfio/vfio present")
     node = facts.path(facts.dev_root, "vfio", "vfio")
     iommu_node = facts.path(facts.dev_root, "iommu")
-    evidence = (
-        f"{node}: {'present' if facts.vfio_container else 'absent'}",
-        f"{iommu_node}: {'present' if facts.iommufd_node else 'absent'}",
-    )
+    evidence = (_seen(node, facts.vfio_container), _seen(iommu_node, facts.iommufd_node))
     if facts.vfio_container:
         return check(True, node, evidence=evidence)
     if _backend(facts) == "iommufd" and facts.iommufd_node:
