@@ -24,7 +24,7 @@ _SO_RCVBUFFORCE = 33  # asm-generic/socket.h; needs CAP_NET_ADMIN, else SO_RCVBU
 _RECEIVE_BUFFER = 1 << 20  # a hot-plug storm queues instead of overflowing
 _DATAGRAM_MAX = 16384  # the kernel's uevent buffer is 2 KiB
 _DRAIN_LIMIT = 1024  # datagrams per read; the rest wait for the next wakeup
-DEFAULT_POLL_INTERVAL = 5.0
+_POLL_INTERVAL = 5.0  # seconds between checks without an event: events are only a hint
 
 
 @dataclass(frozen=True)
@@ -62,24 +62,19 @@ def parse_uevent(data: bytes) -> Optional[Uevent]:
     action, at, devpath = header.decode("utf-8", "replace").partition("@")
     if not at or not action or not devpath.startswith("/"):
         return None
-    props: dict[str, str] = {}
-    for raw in fields:
-        key, eq, value = raw.partition(b"=")
-        if eq and key:
-            props[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    pairs = (raw.partition(b"=") for raw in fields)
+    props = {
+        k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, eq, v in pairs if eq and k
+    }
     devpath = props.get("DEVPATH", devpath)
     subsystem = props.get("SUBSYSTEM")
     slot = props.get("PCI_SLOT_NAME") or devpath.rsplit("/", 1)[-1]
     address = PciAddress.from_sysfs_name(slot) if subsystem == "pci" else None
+    bdf = str(address) if address is not None else None
     seq = props.get("SEQNUM", "")
-    return Uevent(
-        action=props.get("ACTION", action),
-        devpath=devpath,
-        subsystem=subsystem,
-        bdf=str(address) if address is not None else None,
-        driver=props.get("DRIVER") or None,
-        seqnum=int(seq) if seq.isascii() and seq.isdigit() and len(seq) <= 20 else None,
-    )
+    seqnum = int(seq) if seq.isascii() and seq.isdigit() and len(seq) <= 20 else None
+    driver = props.get("DRIVER") or None
+    return Uevent(props.get("ACTION", action), devpath, subsystem, bdf, driver, seqnum)
 
 
 @dataclass(frozen=True)
@@ -172,7 +167,7 @@ def wait_for(
     *,
     timeout: float,
     source: Optional[DatagramUeventSource],
-    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    poll_interval: float = _POLL_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
     waiter: Optional[Waiter] = None,
 ) -> bool:
@@ -197,20 +192,18 @@ def wait_for(
     return condition()
 
 
-def wait_with_uevents(
-    condition: Callable[[], bool], *, timeout: float, poll_interval: float = DEFAULT_POLL_INTERVAL
-) -> bool:
+def wait_with_uevents(condition: Callable[[], bool], *, timeout: float) -> bool:
     """:func:`wait_for` on the netlink socket, opened before the first check so no event is
     missed in between; without one, the slow poll."""
     try:
         source: Optional[DatagramUeventSource] = open_kernel_uevents()
     except OSError as exc:
         log.info(
-            "uevents unavailable: polling instead", error=exc.strerror, poll_interval=poll_interval
+            "uevents unavailable: polling instead", error=exc.strerror, poll_interval=_POLL_INTERVAL
         )
         source = None
     try:
-        return wait_for(condition, timeout=timeout, source=source, poll_interval=poll_interval)
+        return wait_for(condition, timeout=timeout, source=source)
     finally:
         if source is not None:
             source.close()
