@@ -1,6 +1,5 @@
 """What the preflight reads, read once into :class:`HostFacts`: the checks of
-:mod:`vfio_manager.host.preflight` are pure functions of it, tested on facts alone.
-"""
+:mod:`vfio_manager.host.preflight` are pure functions of it, tested on facts alone."""
 
 from __future__ import annotations
 
@@ -107,11 +106,10 @@ class HostFacts:
 def gather(
     sysfs: Sysfs,
     host: HostFiles,
-    functions: Sequence[PciFunction] = (),
-    *,
-    aliases: Optional[AliasTable] = None,
+    functions: Sequence[PciFunction],
+    aliases: Optional[AliasTable],
     driver_modules: Mapping[str, Optional[str]],
-    selection: str = "the selection",
+    selection: str,
 ) -> HostFacts:
     """Read everything the checks use, each file once. Reads only."""
     cmdline = host.cmdline()
@@ -124,7 +122,6 @@ def gather(
         for path, number, line in inventory.modprobe_config
         if line.split()[:2] == ["options", "vfio"] and "enable_unsafe_noiommu_mode" in line
     )
-    selected_ids = {f"{f.vendor:04x}:{f.device:04x}" for f in functions}
     # the same answer bind gets (``aliases`` is None only when no function is selected)
     resolver = DriverResolver(driver_modules, aliases or AliasTable(b""), sysfs)
     variants: dict[str, tuple[ModuleInfo, Optional[str]]] = {}
@@ -136,6 +133,7 @@ def gather(
         info, driver = variants.get(variant or "", (None, None))
         ids = f"{f.vendor:04x}:{f.device:04x}"
         selected.append(FunctionFacts(f.bdf, ids, f.iommu_group, variant, info, driver))
+    selected_ids = {s.ids for s in selected}
     noiommu_numbers = (n[len("noiommu-") :] for n in summary.noiommu_nodes)
     return HostFacts(
         sysfs_root=sysfs.root,

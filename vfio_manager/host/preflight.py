@@ -599,13 +599,7 @@ def run(
     """Gather and check; with ``load``, load what is missing and check again, but only when
     nothing but loadable modules stands in the way (an IOMMU-off host is left as it was)."""
     facts_now = functools.partial(
-        gather,
-        sysfs,
-        host,
-        functions,
-        aliases=aliases,
-        driver_modules=driver_modules,
-        selection=selection,
+        gather, sysfs, host, functions, aliases, driver_modules, selection
     )
     facts = facts_now()
     first = Preflight(tuple(evaluate(facts)), pending=tuple(modules_to_load(facts)))
