@@ -38,14 +38,6 @@ class HostFiles:
     def modules_file(self, name: str) -> str:
         return os.path.join(self.modules_dir(), name)
 
-    def read_bytes(self, path: str) -> bytes:
-        """A possibly large file as bytes (modules.alias); empty when unreadable."""
-        try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except OSError:
-            return b""
-
     def cmdline_path(self) -> str:
         return self.path("proc", "cmdline")
 

@@ -34,9 +34,8 @@ def direct_write(path: str, payload: bytes) -> None:
 
 
 class Sysfs:
-    """Typed access to the PCI, IOMMU and VFIO parts of sysfs and /dev. ``writes`` and
-    :meth:`writes_to` count the writes (proof a converged node is left alone); ``transport``
-    delivers them (:func:`direct_write`, or the safety layer's writer)."""
+    """Typed access to the PCI, IOMMU and VFIO parts of sysfs and /dev. :meth:`writes_to`
+    counts the writes; ``transport`` makes them (:func:`direct_write`, or the safety layer's)."""
 
     def __init__(
         self,
@@ -48,7 +47,6 @@ class Sysfs:
         self.root = root.rstrip("/") or "/"
         self.dev_root = dev_root.rstrip("/") or "/"
         self.transport = transport
-        self.writes = 0
         self._writes_to: dict[str, int] = {}
         self._count_lock = threading.Lock()
         # built once: a node of 4,096 functions asks for tens of thousands of paths below it
@@ -167,7 +165,6 @@ class Sysfs:
     def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
         """One write; the errno comes back as :class:`SysfsWriteError`. ``subject``: its BDF."""
         with self._count_lock:
-            self.writes += 1
             if subject is not None:
                 self._writes_to[subject] = self._writes_to.get(subject, 0) + 1
         try:
