@@ -63,9 +63,8 @@ class DriverResolver:
 
     def driver_for_module(self, module: str) -> Optional[str]:
         """The registered PCI driver a module provides, ``None`` if it is not loaded."""
-        found = self._driver_by_module.get(normalise(module))
-        if found is not None:
-            return found
+        if normalise(module) in self._driver_by_module:
+            return self._driver_by_module[normalise(module)]
         registered = self.sysfs.driver_registered
         return next((d for d in self.sysfs.module_pci_drivers(module) if registered(d)), None)
 
@@ -94,12 +93,9 @@ class DriverResolver:
     def variant_module(self, function: PciFunction) -> Optional[str]:
         """The vfio variant module modules.alias names (not vfio-pci's own catch-all alias)."""
         variant = self.aliases.vfio_variant_module(function.modalias) if function.modalias else None
-        if variant is None or normalise(variant) == "vfio_pci":
-            return None
-        return normalise(variant)
+        return None if variant is None or normalise(variant) == "vfio_pci" else normalise(variant)
 
     def vfio_driver(self, function: PciFunction) -> str:
         """The vfio driver to bind: generic vfio-pci unless a variant is registered for it."""
         variant = self.variant_module(function)
-        driver = self.driver_for_module(variant) if variant is not None else None
-        return driver if driver is not None else VFIO_PCI
+        return (self.driver_for_module(variant) if variant is not None else None) or VFIO_PCI
