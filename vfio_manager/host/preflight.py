@@ -408,14 +408,10 @@ def _group_summary(pairs: Sequence[tuple[str, str]]) -> str:
     return "; ".join(f"{_few(bdfs, 4)}: {value}" for value, bdfs in grouped.items())
 
 
-def _no_function(facts: HostFacts) -> str:
-    return f"no PCI function matches {facts.selection}"
-
-
 def check_groups(facts: HostFacts) -> Check:
     check = _check("iommu-groups", "IOMMU group for each selected function")
     if not facts.functions:
-        return check(True, _no_function(facts))
+        return check(True, f"no PCI function matches {facts.selection}")
     noiommu = facts.noiommu_groups
     evidence = tuple(
         f"{f.bdf}/iommu_group: "
@@ -442,7 +438,7 @@ def check_vfio_driver(facts: HostFacts) -> Check:
     """Which vfio driver each function will get: a registered variant, else vfio-pci."""
     check = _check("vfio-driver", "vfio driver for each selected function")
     if not facts.functions:
-        return check(True, _no_function(facts))
+        return check(True, f"no PCI function matches {facts.selection}")
     pairs: list[tuple[str, str]] = []
     evidence: list[str] = []
     for f in facts.functions:
@@ -468,7 +464,7 @@ def check_dynamic_ids(facts: HostFacts) -> Check:
     """A warning: with a dynamic ID, drivers_probe may hand a function back to vfio-pci."""
     check = _check("dynamic-ids", "no dynamic ID on vfio-pci for the selected functions")
     if not facts.functions:
-        return check(True, _no_function(facts), advisory=True)
+        return check(True, f"no PCI function matches {facts.selection}", advisory=True)
     found = facts.dynamic_ids
     if not found and not facts.vfio_ids_config:
         detail = "none seen (no selected function is on vfio-pci without its override)"

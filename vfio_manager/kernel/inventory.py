@@ -140,9 +140,5 @@ def read_topology(
     )
     found = (read(a, group=group_of.get(a)) for a in addresses)
     functions = {f.address: f for f in found if f is not None}
-    return Topology(
-        functions=functions,
-        groups={n: tuple(m) for n, m in members.items()},
-        vfio_devs=sysfs.vfio_devs(),
-        driver_modules=sysfs.driver_modules(),
-    )
+    groups = {n: tuple(m) for n, m in members.items()}
+    return Topology(functions, groups, sysfs.vfio_devs(), sysfs.driver_modules())
