@@ -49,18 +49,14 @@ def read_function(
     sysfs: Sysfs,
     address: PciAddress,
     *,
-    group: Optional[int] = None,
     wanted: Optional[Callable[[PciFunction], bool]] = None,
     driver_ids: bool = True,
     ids_from_modalias: bool = False,
 ) -> Optional[PciFunction]:
-    """One function as sysfs shows it now; ``None`` if it is gone or unreadable.
-
-    ``group``: its IOMMU group if already indexed. A function ``wanted`` rejects is read no
-    further than its IDs and driver link. ``driver_ids=False`` leaves out the subsystem IDs and
-    modalias (only choosing a driver needs them). The ID files win over a ``modalias`` that
-    disagrees, unless ``ids_from_modalias`` (``status``, which writes nothing: one read, not four).
-    """
+    """One function as sysfs shows it now; ``None`` if it is gone or unreadable. One ``wanted``
+    rejects is read no further than its IDs, driver and group links. ``driver_ids=False``
+    leaves out the subsystem IDs and modalias (only choosing a driver needs them). The ID files
+    win over a ``modalias`` that disagrees, unless ``ids_from_modalias`` (``status``: one read)."""
     base = sysfs.device_dir(address) + "/"
     read = sysfs.read_text
     modalias = read(base + "modalias")
@@ -84,6 +80,7 @@ def read_function(
     else:
         vendor, device, pci_class = ids[0], ids[1], ids[4]
     driver = sysfs.link_name(base + "driver")
+    group = sysfs.iommu_group_of(address)
     if wanted is not None:
         brief = PciFunction(address, vendor, device, pci_class, driver=driver, iommu_group=group)
         if not wanted(brief):
@@ -91,8 +88,6 @@ def read_function(
     # a failed open of an optional attribute costs less than listing the folder
     override = read(base + "driver_override")
     numa = _number(read(base + "numa_node"), 10)
-    if group is None:
-        group = sysfs.iommu_group_of(address)
     physfn_name = sysfs.link_name(base + "physfn")
     totalvfs = _number(read(base + "sriov_totalvfs"), 10)
     return PciFunction(
@@ -122,15 +117,6 @@ def read_topology(
 ) -> Topology:
     """Every function and IOMMU group, the /dev/vfio nodes and the driver->module map
     (``wanted``, ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`)."""
-    addresses = sysfs.list_functions()
-    # each function's iommu_group link, not a listing of every group: a third of the cost
-    group_of: dict[PciAddress, int] = {}
-    members: dict[int, list[PciAddress]] = {}
-    for address in addresses:
-        group = sysfs.iommu_group_of(address)
-        if group is not None:
-            group_of[address] = group
-            members.setdefault(group, []).append(address)
     read = functools.partial(
         read_function,
         sysfs,
@@ -138,7 +124,11 @@ def read_topology(
         driver_ids=driver_ids,
         ids_from_modalias=ids_from_modalias,
     )
-    found = (read(a, group=group_of.get(a)) for a in addresses)
+    found = (read(address) for address in sysfs.list_functions())
     functions = {f.address: f for f in found if f is not None}
+    members: dict[int, list[PciAddress]] = {}
+    for f in functions.values():
+        if f.iommu_group is not None:
+            members.setdefault(f.iommu_group, []).append(f.address)
     groups = {n: tuple(m) for n, m in members.items()}
     return Topology(functions, groups, sysfs.vfio_devs(), sysfs.driver_modules())
