@@ -5,7 +5,7 @@ stay driverless as the kernel would leave it). On the way back, the journal's or
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 from vfio_manager.host.dynamic_ids import suspected_ids
@@ -56,10 +56,6 @@ class DriverResolver:
         aliases = aliases if aliases is not None else AliasTable.load(host)
         dynamic = suspected_ids(topology.functions.values())
         return cls(topology.driver_modules, aliases, sysfs, dynamic=dynamic)
-
-    def with_origins(self, origins: Origins) -> DriverResolver:
-        """The same resolver, answering the way back from the journal's ``origins``."""
-        return replace(self, origins=origins)
 
     def driver_for_module(self, module: str) -> Optional[str]:
         """The registered PCI driver a module provides, ``None`` if it is not loaded."""

@@ -144,7 +144,7 @@ def gather(
         iommu_units=summary.iommu_units,
         acpi_tables=sysfs.acpi_tables("DMAR", "IVRS"),
         cmdline=cmdline,
-        cmdline_path=host.cmdline_path(),
+        cmdline_path=host.path("proc", "cmdline"),
         config_source=inventory.config_source,
         config={k: v for k, v in inventory.config.items() if _CONFIG_KEYS.match(k)},
         cpu_vendor=host.cpu_vendor(),

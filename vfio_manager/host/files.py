@@ -38,12 +38,9 @@ class HostFiles:
     def modules_file(self, name: str) -> str:
         return os.path.join(self.modules_dir(), name)
 
-    def cmdline_path(self) -> str:
-        return self.path("proc", "cmdline")
-
     def cmdline(self) -> Optional[str]:
         """The host kernel's command line (the host's /proc, not a container's)."""
-        text = Sysfs.read_text(self.cmdline_path())
+        text = Sysfs.read_text(self.path("proc", "cmdline"))
         return None if text is None else text.replace("\0", " ").strip()
 
     def kernel_config(self) -> tuple[Optional[str], dict[str, str]]:

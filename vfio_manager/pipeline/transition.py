@@ -266,7 +266,7 @@ class _Run:
             settling = frozenset(settlement.interrupted)
             origins = self._origins(targets, settling)
             self.notes += _native_sources(pending, targets, origins, self.unreadable_origins)
-            host = resolver.with_origins(origins)
+            host = replace(resolver, origins=origins)
             plan = plan_to_host(
                 topology, targets, host_target_for=host.host_target, settling=settling
             )
