@@ -16,9 +16,6 @@ from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 
-Origins = Mapping[PciAddress, tuple[Optional[str], Optional[str]]]
-"""The journal's origins: per function, the driver and ``driver_override`` it was found with."""
-
 
 @dataclass(frozen=True)
 class HostTarget:
@@ -35,12 +32,13 @@ class HostTarget:
 class DriverResolver:
     """The one answer to "vfio driver for F" and "where F returns on the host" (``check`` and
     ``bind`` alike). A module missing from ``driver_modules`` is looked up live in sysfs;
-    ``dynamic``: the (vendor, device) pairs a vfio driver claims by a dynamic ID."""
+    ``origins``: the journal's driver and override per function, as it was found; ``dynamic``:
+    the (vendor, device) pairs a vfio driver claims by a dynamic ID."""
 
     driver_modules: Mapping[str, Optional[str]]
     aliases: AliasTable
     sysfs: Sysfs
-    origins: Origins = field(default_factory=dict)
+    origins: Mapping[PciAddress, tuple[Optional[str], Optional[str]]] = field(default_factory=dict)
     dynamic: frozenset[tuple[int, int]] = frozenset()
 
     def __post_init__(self) -> None:

@@ -94,7 +94,6 @@ class HostFiles:
         return found
 
     def proc_modules(self) -> frozenset[str]:
-        """Loaded loadable modules from the host's /proc/modules."""
         lines = _read_lines(self.path("proc", "modules")) or ()
         return frozenset(line.split()[0] for line in lines if line.split())
 

@@ -125,11 +125,9 @@ class Sysfs:
         return int(name) if name is not None and _is_number(name) else None
 
     def iommu_group_names(self) -> list[str]:
-        """Names under /sys/kernel/iommu_groups (empty when the IOMMU is off)."""
         return [n for n in self.list_dir(self._path("kernel", "iommu_groups")) if _is_number(n)]
 
     def iommu_units(self) -> list[str]:
-        """Entries of /sys/class/iommu: ``dmar0`` (Intel VT-d), ``ivhd0`` (AMD-Vi), ..."""
         return self.list_dir(self._path("class", "iommu"))
 
     def driver_registered(self, driver: str) -> bool:
@@ -152,7 +150,6 @@ class Sysfs:
         return os.path.isdir(self.module_dir(module))
 
     def module_pci_drivers(self, module: str) -> list[str]:
-        """PCI drivers a module registered (/sys/module/MOD/drivers/pci:NAME -> NAME)."""
         entries = self.list_dir(os.path.join(self.module_dir(module), "drivers"))
         return [e[len("pci:") :] for e in entries if e.startswith("pci:")]
 
@@ -244,7 +241,6 @@ class Sysfs:
         return path
 
     def vfio_group_dev_numbers(self, group: int) -> Optional[str]:
-        """``MAJ:MIN`` of /dev/vfio/N (``/sys/class/vfio/N/dev``); ``None`` when absent."""
         return _dev_numbers(self.read_text(self._path("class", "vfio", str(int(group)), "dev")))
 
     def resolve_dev_name(self, path: str) -> Optional[str]:
@@ -274,7 +270,6 @@ class Sysfs:
         return self.list_dir(self._block(name, "holders"))
 
     def block_slaves(self, name: str) -> list[str]:
-        """Devices this one is stacked on."""
         return self.list_dir(self._block(name, "slaves"))
 
     def block_dm_name(self, name: str) -> Optional[str]:
@@ -312,7 +307,6 @@ def _real_subdirs(path: str) -> list[os.DirEntry[str]]:
 
 
 def _dev_numbers(text: Optional[str]) -> Optional[str]:
-    """``MAJ:MIN`` from a ``dev`` file; ``None`` for anything else."""
     major, sep, minor = (text or "").strip().partition(":")
     return f"{major}:{minor}" if sep and major.isdecimal() and minor.isdecimal() else None
 
