@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vfio_manager.host.dynamic_ids import suspected_ids
+from vfio_manager.host.dynamic_ids import dynamic_ids
 from vfio_manager.host.files import HostFiles, normalise
 from vfio_manager.host.modalias import AliasTable
 from vfio_manager.kernel.address import PciAddress
@@ -52,7 +52,7 @@ class DriverResolver:
     ) -> DriverResolver:
         """The resolver for a topology just read (``aliases``: a table already loaded)."""
         aliases = aliases if aliases is not None else AliasTable.load(host)
-        dynamic = suspected_ids(topology.functions.values())
+        dynamic = frozenset((d.vendor, d.device) for d in dynamic_ids(topology.functions.values()))
         return cls(topology.driver_modules, aliases, sysfs, dynamic=dynamic)
 
     def driver_for_module(self, module: str) -> Optional[str]:

@@ -52,11 +52,6 @@ def dynamic_ids(functions: Iterable[PciFunction]) -> list[DynamicId]:
     ]
 
 
-def suspected_ids(functions: Iterable[PciFunction]) -> frozenset[tuple[int, int]]:
-    """The (vendor, device) pairs some vfio driver is seen claiming through a dynamic ID."""
-    return frozenset((d.vendor, d.device) for d in dynamic_ids(functions))
-
-
 def _listed(value: str, wanted: Collection[str]) -> list[str]:
     """The ``vvvv:dddd`` of ``wanted`` an ``ids=`` value lists (``1eff:1220,8086:10d3:...``)."""
     listed = (item.strip().lower().split(":") for item in value.split(","))

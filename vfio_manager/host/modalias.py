@@ -26,10 +26,10 @@ def glob_match(text: str, pattern: str) -> bool:
         return False
     at = len(head)
     for piece in pieces[1:-1]:
-        found = text.find(piece, at, end)
-        if found < 0:
+        at = text.find(piece, at, end)
+        if at < 0:
             return False
-        at = found + len(piece)
+        at += len(piece)
     return True
 
 
