@@ -71,7 +71,6 @@ class HostFacts:
     iommu_units: tuple[str, ...]
     acpi_tables: Optional[frozenset[str]]  # of DMAR/IVRS; None when the table dir is not visible
     cmdline: Optional[str]
-    cmdline_path: str
     config_source: Optional[str]
     config: Mapping[str, str]
     cpu_vendor: Optional[str]
@@ -86,7 +85,6 @@ class HostFacts:
     iommufd_node: bool
     functions: tuple[FunctionFacts, ...] = ()
     selection: str = "the selection"
-    noiommu_groups: frozenset[int] = frozenset()  # groups vfio's no-IOMMU mode made up
     dynamic_ids: tuple[DynamicId, ...] = ()  # selected functions vfio holds by a dynamic ID
     vfio_ids_config: tuple[str, ...] = ()  # vfio-pci.ids= naming a selected function's ID
 
@@ -134,7 +132,6 @@ def gather(
         ids = f"{f.vendor:04x}:{f.device:04x}"
         selected.append(FunctionFacts(f.bdf, ids, f.iommu_group, variant, info, driver))
     selected_ids = {s.ids for s in selected}
-    noiommu_numbers = (n[len("noiommu-") :] for n in summary.noiommu_nodes)
     return HostFacts(
         sysfs_root=sysfs.root,
         dev_root=sysfs.dev_root,
@@ -144,7 +141,6 @@ def gather(
         iommu_units=summary.iommu_units,
         acpi_tables=sysfs.acpi_tables("DMAR", "IVRS"),
         cmdline=cmdline,
-        cmdline_path=host.path("proc", "cmdline"),
         config_source=inventory.config_source,
         config={k: v for k, v in inventory.config.items() if _CONFIG_KEYS.match(k)},
         cpu_vendor=host.cpu_vendor(),
@@ -159,7 +155,6 @@ def gather(
         iommufd_node=os.path.exists(sysfs.dev_path("iommu")),
         functions=tuple(selected),
         selection=selection,
-        noiommu_groups=frozenset(int(n) for n in noiommu_numbers if n.isascii() and n.isdigit()),
         dynamic_ids=tuple(dynamic_ids(functions)),
         vfio_ids_config=tuple(configured_ids(args, inventory.modprobe_config, selected_ids)),
     )

@@ -246,7 +246,7 @@ def check_iommu(facts: HostFacts) -> Check:
 def check_cmdline(facts: HostFacts) -> Check:
     """The arguments that matter, explained; informational (evidence decides elsewhere)."""
     check = _check("kernel-cmdline", "kernel command line")
-    where = facts.cmdline_path
+    where = facts.path(facts.host_root, "proc", "cmdline")
     if facts.cmdline is None:
         detail = f"not readable at {where}; the other checks use live evidence"
         return check(True, detail, evidence=(f"{where}: not readable",))
@@ -412,7 +412,8 @@ def check_groups(facts: HostFacts) -> Check:
     check = _check("iommu-groups", "IOMMU group for each selected function")
     if not facts.functions:
         return check(True, f"no PCI function matches {facts.selection}")
-    noiommu = facts.noiommu_groups
+    numbers = (n[len("noiommu-") :] for n in facts.noiommu_nodes)  # groups vfio made up
+    noiommu = {int(n) for n in numbers if n.isascii() and n.isdigit()}
     evidence = tuple(
         f"{f.bdf}/iommu_group: "
         + ("absent" if f.iommu_group is None else str(f.iommu_group))
