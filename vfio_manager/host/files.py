@@ -79,18 +79,14 @@ class HostFiles:
         if not os.path.isdir(base):
             return None
         dep = self.modules_file("modules.dep")
-        found: dict[str, str] = {}
         if os.path.isfile(dep):
-            for line in _read_lines(dep) or ():
-                rel = line.partition(":")[0].strip()
-                if rel:
-                    found.setdefault(module_name(rel), rel)
-            return found
-        for directory, _dirs, files in os.walk(base):
-            for name in files:
-                if _KO.search(name):
-                    rel = os.path.relpath(os.path.join(directory, name), base)
-                    found.setdefault(module_name(rel), rel)
+            paths = [line.partition(":")[0].strip() for line in _read_lines(dep) or ()]
+        else:
+            ko = ((d, name) for d, _, names in os.walk(base) for name in names if _KO.search(name))
+            paths = [os.path.relpath(os.path.join(d, name), base) for d, name in ko]
+        found: dict[str, str] = {}
+        for rel in filter(None, paths):
+            found.setdefault(module_name(rel), rel)
         return found
 
     def proc_modules(self) -> frozenset[str]:
