@@ -17,10 +17,10 @@ from vfio_manager.host.files import HostFiles
 from vfio_manager.host.modules import (
     LoadAttempt,
     ModuleInventory,
-    ModuleLoader,
     ModuleState,
     RunResult,
     blacklistings,
+    load_modules,
     modprobe_command,
 )
 from vfio_manager.kernel.sysfs import Sysfs
@@ -211,7 +211,7 @@ def test_cpu_vendor_and_cmdline(node: FakeFilesystem) -> None:
 # -- modprobe -------------------------------------------------------------------------------------
 def test_chroot_command_line_for_a_mounted_host_root(node: FakeFilesystem) -> None:
     runner = Recorder()
-    attempts = ModuleLoader(HostFiles("/node"), runner).load(["vfio_pci", "vfio_iommu_type1"])
+    attempts = load_modules(HostFiles("/node"), ["vfio_pci", "vfio_iommu_type1"], runner=runner)
     assert runner.calls == [
         ["chroot", "/node", "/sbin/modprobe", "vfio_pci"],
         ["chroot", "/node", "/sbin/modprobe", "vfio_iommu_type1"],
@@ -223,7 +223,7 @@ def test_chroot_command_line_for_a_mounted_host_root(node: FakeFilesystem) -> No
 def test_direct_modprobe_when_the_host_root_is_slash(fs: FakeFilesystem) -> None:
     fs.create_file("/usr/sbin/modprobe")
     runner = Recorder()
-    ModuleLoader(HostFiles("/"), runner).load(["vfio_pci"])
+    load_modules(HostFiles("/"), ["vfio_pci"], runner=runner)
     assert runner.calls == [["/usr/sbin/modprobe", "vfio_pci"]]
 
 
@@ -242,7 +242,7 @@ def test_modprobe_command_is_a_fixed_argument_list() -> None:
 def test_modprobe_absent_runs_nothing(node: FakeFilesystem) -> None:
     node.remove("/node/sbin/modprobe")
     runner = Recorder()
-    (attempt,) = ModuleLoader(HostFiles("/node"), runner).load(["vfio_pci"])
+    (attempt,) = load_modules(HostFiles("/node"), ["vfio_pci"], runner=runner)
     assert runner.calls == []
     assert not attempt.ok
     assert attempt.argv == ()
@@ -255,7 +255,7 @@ def test_modprobe_failure_keeps_its_message(node: FakeFilesystem) -> None:
             1, "", f"modprobe: FATAL: Module vfio_pci not found in directory /lib/modules/{REL}\n"
         )
     )
-    (attempt,) = ModuleLoader(HostFiles("/node"), runner).load(["vfio_pci"])
+    (attempt,) = load_modules(HostFiles("/node"), ["vfio_pci"], runner=runner)
     assert attempt.returncode == 1
     assert attempt.describe() == (
         "`chroot /node /sbin/modprobe vfio_pci` failed (exit 1): modprobe: FATAL: Module "
@@ -265,7 +265,7 @@ def test_modprobe_failure_keeps_its_message(node: FakeFilesystem) -> None:
 
 def test_nothing_to_load_runs_nothing(node: FakeFilesystem) -> None:
     runner = Recorder()
-    assert ModuleLoader(HostFiles("/node"), runner).load([]) == []
+    assert load_modules(HostFiles("/node"), [], runner=runner) == []
     assert runner.calls == []
 
 
@@ -286,8 +286,10 @@ def test_subprocess_runner_reports_an_unknown_program_without_running_anything(
 def test_load_skips_what_an_earlier_modprobe_pulled_in(node: FakeFilesystem) -> None:
     runner = Recorder()
     loaded = {"vfio", "vfio_iommu_type1", "vfio_pci_core"}  # as `modprobe vfio_pci` would
-    ModuleLoader(HostFiles("/node"), runner).load(
+    load_modules(
+        HostFiles("/node"),
         ["vfio_pci", "vfio", "vfio_iommu_type1", "vfio_pci_core", "rbln_vfio_pci"],
+        runner=runner,
         still_needed=lambda name: name not in loaded,
     )
     assert runner.calls == [
@@ -298,6 +300,6 @@ def test_load_skips_what_an_earlier_modprobe_pulled_in(node: FakeFilesystem) -> 
 
 def test_load_stops_at_the_first_failure(node: FakeFilesystem) -> None:
     runner = Recorder(RunResult(1, "", "modprobe: ERROR: Operation not permitted\n"))
-    attempts = ModuleLoader(HostFiles("/node"), runner).load(["vfio_pci", "vfio"])
+    attempts = load_modules(HostFiles("/node"), ["vfio_pci", "vfio"], runner=runner)
     assert len(runner.calls) == 1
     assert [a.ok for a in attempts] == [False]

@@ -50,7 +50,6 @@ def facts(**changes: Any) -> HostFacts:
         iommu_units=("dmar0",),
         acpi_tables=frozenset({"DMAR"}),
         cmdline="BOOT_IMAGE=/boot/vmlinuz root=/dev/sda1 ro quiet intel_iommu=on",
-        cmdline_path="/node/proc/cmdline",
         config_source="/node/boot/config-6.1.0-56-amd64",
         config={
             "CONFIG_INTEL_IOMMU": "y",
@@ -63,7 +62,6 @@ def facts(**changes: Any) -> HostFacts:
         noiommu_options=(),
         modules={**LOADED, "iommufd": ModuleInfo("iommufd", ModuleState.MISSING)},
         modules_dir="/node/lib/modules/6.1.0-56-amd64",
-        modprobe="/sbin/modprobe",
         vfio_pci_registered=True,
         dev_vfio_dir=True,
         vfio_container=True,

@@ -5,19 +5,16 @@ stay driverless as the kernel would leave it). On the way back, the journal's or
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
-from vfio_manager.host.dynamic_ids import suspected_ids
+from vfio_manager.host.dynamic_ids import dynamic_ids
 from vfio_manager.host.files import HostFiles, normalise
 from vfio_manager.host.modalias import AliasTable
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
-
-Origins = Mapping[PciAddress, tuple[Optional[str], Optional[str]]]
-"""The journal's origins: per function, the driver and ``driver_override`` it was found with."""
 
 
 @dataclass(frozen=True)
@@ -31,57 +28,37 @@ class HostTarget:
     probe_picks: bool = True
 
 
+@dataclass
 class DriverResolver:
     """The one answer to "vfio driver for F" and "where F returns on the host" (``check`` and
     ``bind`` alike). A module missing from ``driver_modules`` is looked up live in sysfs;
-    ``dynamic``: the (vendor, device) pairs a vfio driver claims by a dynamic ID."""
+    ``origins``: the journal's driver and override per function, as it was found; ``dynamic``:
+    the (vendor, device) pairs a vfio driver claims by a dynamic ID."""
 
-    def __init__(
-        self,
-        driver_modules: Mapping[str, Optional[str]],
-        aliases: AliasTable,
-        sysfs: Sysfs,
-        *,
-        origins: Optional[Origins] = None,
-        dynamic: frozenset[tuple[int, int]] = frozenset(),
-    ) -> None:
-        self.driver_modules = driver_modules
-        self.aliases = aliases
-        self.sysfs = sysfs
-        self.origins = origins or {}
-        self.dynamic = dynamic
+    driver_modules: Mapping[str, Optional[str]]
+    aliases: AliasTable
+    sysfs: Sysfs
+    origins: Mapping[PciAddress, tuple[Optional[str], Optional[str]]] = field(default_factory=dict)
+    dynamic: frozenset[tuple[int, int]] = frozenset()
+
+    def __post_init__(self) -> None:
         self._driver_by_module: dict[str, str] = {}
-        for driver, module in driver_modules.items():
+        for driver, module in self.driver_modules.items():
             self._driver_by_module.setdefault(normalise(module or driver), driver)
 
     @classmethod
-    def load(cls, topology: Topology, host: HostFiles, sysfs: Sysfs) -> DriverResolver:
-        dynamic = suspected_ids(topology.functions.values())
-        return cls(topology.driver_modules, AliasTable.load(host), sysfs, dynamic=dynamic)
-
-    @classmethod
-    def for_node(
-        cls,
-        driver_modules: Mapping[str, Optional[str]],
-        aliases: AliasTable,
-        sysfs: Sysfs,
-        *,
-        dynamic: frozenset[tuple[int, int]] = frozenset(),
+    def load(
+        cls, topology: Topology, host: HostFiles, sysfs: Sysfs, aliases: Optional[AliasTable] = None
     ) -> DriverResolver:
-        """The constructor, under the name its callers use."""
-        return cls(driver_modules, aliases, sysfs, dynamic=dynamic)
-
-    def with_origins(self, origins: Origins) -> DriverResolver:
-        """The same resolver, answering the way back from the journal's ``origins``."""
-        return DriverResolver(
-            self.driver_modules, self.aliases, self.sysfs, origins=origins, dynamic=self.dynamic
-        )
+        """The resolver for a topology just read (``aliases``: a table already loaded)."""
+        aliases = aliases if aliases is not None else AliasTable.load(host)
+        dynamic = frozenset((d.vendor, d.device) for d in dynamic_ids(topology.functions.values()))
+        return cls(topology.driver_modules, aliases, sysfs, dynamic=dynamic)
 
     def driver_for_module(self, module: str) -> Optional[str]:
         """The registered PCI driver a module provides, ``None`` if it is not loaded."""
-        found = self._driver_by_module.get(normalise(module))
-        if found is not None:
-            return found
+        if normalise(module) in self._driver_by_module:
+            return self._driver_by_module[normalise(module)]
         registered = self.sysfs.driver_registered
         return next((d for d in self.sysfs.module_pci_drivers(module) if registered(d)), None)
 
@@ -110,12 +87,9 @@ class DriverResolver:
     def variant_module(self, function: PciFunction) -> Optional[str]:
         """The vfio variant module modules.alias names (not vfio-pci's own catch-all alias)."""
         variant = self.aliases.vfio_variant_module(function.modalias) if function.modalias else None
-        if variant is None or normalise(variant) == "vfio_pci":
-            return None
-        return normalise(variant)
+        return None if variant is None or normalise(variant) == "vfio_pci" else normalise(variant)
 
     def vfio_driver(self, function: PciFunction) -> str:
         """The vfio driver to bind: generic vfio-pci unless a variant is registered for it."""
         variant = self.variant_module(function)
-        driver = self.driver_for_module(variant) if variant is not None else None
-        return driver if driver is not None else VFIO_PCI
+        return (self.driver_for_module(variant) if variant is not None else None) or VFIO_PCI

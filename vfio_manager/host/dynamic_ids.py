@@ -22,14 +22,11 @@ class DynamicId:
     device: int
 
     @property
-    def ids(self) -> str:
-        return f"{self.vendor:04x}:{self.device:04x}"
-
-    @property
     def message(self) -> str:
+        ids = f"{self.vendor:04x}:{self.device:04x}"
         return (
             f"{self.bdf} is on {self.driver} without driver_override={self.driver}: "
-            f"{self.driver} has a dynamic ID for {self.ids} (new_id or {self.driver}.ids=), "
+            f"{self.driver} has a dynamic ID for {ids} (new_id or {self.driver}.ids=), "
             "so drivers_probe may hand it back to vfio on its way to the host"
         )
 
@@ -55,21 +52,11 @@ def dynamic_ids(functions: Iterable[PciFunction]) -> list[DynamicId]:
     ]
 
 
-def suspected_ids(functions: Iterable[PciFunction]) -> frozenset[tuple[int, int]]:
-    """The (vendor, device) pairs some vfio driver is seen claiming through a dynamic ID."""
-    return frozenset((d.vendor, d.device) for d in dynamic_ids(functions))
-
-
 def _listed(value: str, wanted: Collection[str]) -> list[str]:
     """The ``vvvv:dddd`` of ``wanted`` an ``ids=`` value lists (``1eff:1220,8086:10d3:...``)."""
-    found = []
-    for item in value.split(","):
-        parts = item.strip().lower().split(":")
-        if len(parts) >= 2:
-            ids = f"{parts[0].rjust(4, '0')}:{parts[1].rjust(4, '0')}"
-            if ids in wanted and ids not in found:
-                found.append(ids)
-    return found
+    listed = (item.strip().lower().split(":") for item in value.split(","))
+    ids = (f"{p[0].rjust(4, '0')}:{p[1].rjust(4, '0')}" for p in listed if len(p) >= 2)
+    return [i for i in dict.fromkeys(ids) if i in wanted]
 
 
 def configured_ids(
@@ -86,10 +73,8 @@ def configured_ids(
     ]
     for path, number, line in modprobe_lines:
         words = line.split()
-        if len(words) < 3 or words[0] != "options" or words[1].replace("-", "_") != "vfio_pci":
-            continue
-        for word in words[2:]:
-            if word.startswith("ids="):
-                for ids in _listed(word[len("ids=") :], wanted):
-                    evidence.append(f"{path}:{number}: {line} (lists {ids})")
+        if len(words) >= 3 and words[0] == "options" and words[1].replace("-", "_") == "vfio_pci":
+            values = [word[len("ids=") :] for word in words[2:] if word.startswith("ids=")]
+            found = [ids for value in values for ids in _listed(value, wanted)]
+            evidence += [f"{path}:{number}: {line} (lists {ids})" for ids in found]
     return evidence

@@ -1,19 +1,19 @@
 """What the preflight reads, read once into :class:`HostFacts`: the checks of
-:mod:`vfio_manager.host.preflight` are pure functions of it, tested on facts alone.
-"""
+:mod:`vfio_manager.host.preflight` are pure functions of it, tested on facts alone."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from vfio_manager.host.driver_choice import DriverResolver
 from vfio_manager.host.dynamic_ids import DynamicId, configured_ids, dynamic_ids
 from vfio_manager.host.files import HostFiles
 from vfio_manager.host.modalias import AliasTable
-from vfio_manager.host.modules import ModuleInfo, ModuleInventory, ModuleState
+from vfio_manager.host.modules import MODULE_CONFIG, ModuleInfo, ModuleInventory
 from vfio_manager.host.summary import HostSummary
 from vfio_manager.kernel.model import PciFunction
 from vfio_manager.kernel.sysfs import Sysfs
@@ -22,14 +22,6 @@ from vfio_manager.kernel.sysfs import Sysfs
 _CONFIG_KEYS = re.compile(r"^CONFIG_\w*(IOMMU|VFIO|DMAR)\w*$")
 # a run of non-blanks and double-quoted text (an unclosed quote runs to the end)
 _TOKEN = re.compile(r'(?:[^\s"]|"[^"]*"?)+')
-# the vfio stack's modules, each with its config option
-MODULE_CONFIG = {
-    "vfio": "CONFIG_VFIO",
-    "vfio_pci": "CONFIG_VFIO_PCI",
-    "vfio_pci_core": "CONFIG_VFIO_PCI_CORE",
-    "vfio_iommu_type1": "CONFIG_VFIO_IOMMU_TYPE1",
-    "iommufd": "CONFIG_IOMMUFD",
-}
 
 
 def parse_cmdline(cmdline: Optional[str]) -> dict[str, list[str]]:
@@ -79,7 +71,6 @@ class HostFacts:
     iommu_units: tuple[str, ...]
     acpi_tables: Optional[frozenset[str]]  # of DMAR/IVRS; None when the table dir is not visible
     cmdline: Optional[str]
-    cmdline_path: str
     config_source: Optional[str]
     config: Mapping[str, str]
     cpu_vendor: Optional[str]
@@ -88,14 +79,12 @@ class HostFacts:
     noiommu_options: tuple[str, ...]
     modules: Mapping[str, ModuleInfo]
     modules_dir: str
-    modprobe: Optional[str]
     vfio_pci_registered: bool
     dev_vfio_dir: bool
     vfio_container: bool
     iommufd_node: bool
     functions: tuple[FunctionFacts, ...] = ()
     selection: str = "the selection"
-    noiommu_groups: frozenset[int] = frozenset()  # groups vfio's no-IOMMU mode made up
     dynamic_ids: tuple[DynamicId, ...] = ()  # selected functions vfio holds by a dynamic ID
     vfio_ids_config: tuple[str, ...] = ()  # vfio-pci.ids= naming a selected function's ID
 
@@ -115,38 +104,34 @@ class HostFacts:
 def gather(
     sysfs: Sysfs,
     host: HostFiles,
-    functions: Sequence[PciFunction] = (),
-    *,
-    aliases: Optional[AliasTable] = None,
+    functions: Sequence[PciFunction],
+    aliases: Optional[AliasTable],
     driver_modules: Mapping[str, Optional[str]],
-    selection: str = "the selection",
+    selection: str,
 ) -> HostFacts:
     """Read everything the checks use, each file once. Reads only."""
     cmdline = host.cmdline()
     args = parse_cmdline(cmdline)
-    config_source, config = host.kernel_config()
     inventory = ModuleInventory(sysfs, host, cmdline_args=args)
     summary = HostSummary.read(sysfs)
+    vfio_module = sysfs.module_dir("vfio")
     noiommu_options = tuple(
         f"{path}:{number}: {line}"
         for path, number, line in inventory.modprobe_config
         if line.split()[:2] == ["options", "vfio"] and "enable_unsafe_noiommu_mode" in line
     )
-    selected_ids = {f"{f.vendor:04x}:{f.device:04x}" for f in functions}
-    # the same answer bind gets
-    resolver = DriverResolver(driver_modules, aliases, sysfs) if aliases is not None else None
-    variants: dict[str, tuple[Optional[ModuleInfo], Optional[str]]] = {}
+    # the same answer bind gets (``aliases`` is None only when no function is selected)
+    resolver = DriverResolver(driver_modules, aliases or AliasTable(b""), sysfs)
+    variants: dict[str, tuple[ModuleInfo, Optional[str]]] = {}
     selected: list[FunctionFacts] = []
-    for function in functions:
-        variant = resolver.variant_module(function) if resolver is not None else None
-        if resolver is not None and variant is not None and variant not in variants:
+    for f in functions:
+        variant = resolver.variant_module(f)
+        if variant is not None and variant not in variants:
             variants[variant] = (inventory.info(variant), resolver.driver_for_module(variant))
-        info, registered = variants.get(variant or "", (None, None))
-        ids = f"{function.vendor:04x}:{function.device:04x}"
-        selected.append(
-            FunctionFacts(function.bdf, ids, function.iommu_group, variant, info, registered)
-        )
-    noiommu_numbers = (n[len("noiommu-") :] for n in summary.noiommu_nodes)
+        info, driver = variants.get(variant or "", (None, None))
+        ids = f"{f.vendor:04x}:{f.device:04x}"
+        selected.append(FunctionFacts(f.bdf, ids, f.iommu_group, variant, info, driver))
+    selected_ids = {s.ids for s in selected}
     return HostFacts(
         sysfs_root=sysfs.root,
         dev_root=sysfs.dev_root,
@@ -156,42 +141,20 @@ def gather(
         iommu_units=summary.iommu_units,
         acpi_tables=sysfs.acpi_tables("DMAR", "IVRS"),
         cmdline=cmdline,
-        cmdline_path=host.cmdline_path(),
-        config_source=config_source,
-        config={k: v for k, v in config.items() if _CONFIG_KEYS.match(k)},
+        config_source=inventory.config_source,
+        config={k: v for k, v in inventory.config.items() if _CONFIG_KEYS.match(k)},
         cpu_vendor=host.cpu_vendor(),
-        noiommu_param=sysfs.module_parameter("vfio", "enable_unsafe_noiommu_mode"),
+        noiommu_param=sysfs.read_text(f"{vfio_module}/parameters/enable_unsafe_noiommu_mode"),
         noiommu_nodes=summary.noiommu_nodes,
         noiommu_options=noiommu_options,
-        modules={n: _with_config(inventory.info(n), config_source, config) for n in MODULE_CONFIG},
+        modules={n: inventory.info(n) for n in MODULE_CONFIG},
         modules_dir=host.modules_dir(),
-        modprobe=host.modprobe_path(),
         vfio_pci_registered=summary.vfio_pci_registered,
-        dev_vfio_dir=sysfs.dev_vfio_exists(),
-        vfio_container=sysfs.vfio_container_exists(),
-        iommufd_node=sysfs.iommufd_node_exists(),
+        dev_vfio_dir=os.path.isdir(sysfs.dev_path("vfio")),
+        vfio_container=os.path.exists(sysfs.dev_path("vfio/vfio")),
+        iommufd_node=os.path.exists(sysfs.dev_path("iommu")),
         functions=tuple(selected),
         selection=selection,
-        noiommu_groups=frozenset(int(n) for n in noiommu_numbers if n.isascii() and n.isdigit()),
         dynamic_ids=tuple(dynamic_ids(functions)),
         vfio_ids_config=tuple(configured_ids(args, inventory.modprobe_config, selected_ids)),
     )
-
-
-def _with_config(info: ModuleInfo, source: Optional[str], config: Mapping[str, str]) -> ModuleInfo:
-    """Complete a module with no other trace from the kernel config: ``=y`` built in, unset."""
-    option = MODULE_CONFIG.get(info.name)
-    if info.state is not ModuleState.MISSING or option is None or source is None:
-        return info
-    value = config.get(option, "n")
-    if value == "y":
-        return replace(
-            info, state=ModuleState.BUILTIN, evidence=(*info.evidence, f"{source}: {option}=y")
-        )
-    if value == "n":
-        return replace(
-            info,
-            evidence=(*info.evidence, f"{source}: {option} is not set"),
-            note=f"the kernel is built without {option}",
-        )
-    return info

@@ -38,28 +38,25 @@ class HostFiles:
     def modules_file(self, name: str) -> str:
         return os.path.join(self.modules_dir(), name)
 
-    def read_bytes(self, path: str) -> bytes:
-        """A possibly large file as bytes (modules.alias); empty when unreadable."""
-        try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except OSError:
-            return b""
-
-    def cmdline_path(self) -> str:
-        return self.path("proc", "cmdline")
-
     def cmdline(self) -> Optional[str]:
         """The host kernel's command line (the host's /proc, not a container's)."""
-        text = Sysfs.read_text(self.cmdline_path())
-        return text.replace("\0", " ").strip() if text is not None else None
+        text = Sysfs.read_text(self.path("proc", "cmdline"))
+        return None if text is None else text.replace("\0", " ").strip()
 
     def kernel_config(self) -> tuple[Optional[str], dict[str, str]]:
         """``(source, {CONFIG_X: value})`` from /boot/config-REL or /proc/config.gz; unset: n."""
         for path in (self.path("boot", f"config-{self.release}"), self.path("proc", "config.gz")):
             lines = _read_lines(path)
-            if lines is not None:
-                return path, _parse_kernel_config(lines)
+            if lines is None:
+                continue
+            config: dict[str, str] = {}
+            for line in lines:
+                key, sep, value = line.partition("=")
+                if line.startswith("CONFIG_") and sep:
+                    config[key.strip()] = value.strip().strip('"')
+                elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+                    config[line[2 : -len(" is not set")]] = "n"
+            return path, config
         return None, {}
 
     def cpu_vendor(self) -> Optional[str]:
@@ -71,11 +68,9 @@ class HostFiles:
         return None
 
     def builtin_modules(self) -> Optional[frozenset[str]]:
-        """Names in modules.builtin, normalised; ``None`` when it is absent."""
-        path = self.modules_file("modules.builtin")
-        if not os.path.isfile(path):
-            return None
-        return frozenset(module_name(line) for line in _read_lines(path) or () if line.strip())
+        """Names in modules.builtin, normalised; ``None`` when it is unreadable."""
+        lines = _read_lines(self.modules_file("modules.builtin"))
+        return None if lines is None else frozenset(module_name(n) for n in lines if n.strip())
 
     def loadable_modules(self) -> Optional[dict[str, str]]:
         """Module name -> its ``.ko`` under /lib/modules/REL (modules.dep, else a walk of the
@@ -84,26 +79,19 @@ class HostFiles:
         if not os.path.isdir(base):
             return None
         dep = self.modules_file("modules.dep")
-        found: dict[str, str] = {}
         if os.path.isfile(dep):
-            for line in _read_lines(dep) or ():
-                rel = line.partition(":")[0].strip()
-                if rel:
-                    found.setdefault(module_name(rel), rel)
-            return found
-        for directory, _dirs, files in os.walk(base):
-            for name in files:
-                if _KO.search(name):
-                    rel = os.path.relpath(os.path.join(directory, name), base)
-                    found.setdefault(module_name(rel), rel)
+            paths = [line.partition(":")[0].strip() for line in _read_lines(dep) or ()]
+        else:
+            ko = ((d, name) for d, _, names in os.walk(base) for name in names if _KO.search(name))
+            paths = [os.path.relpath(os.path.join(d, name), base) for d, name in ko]
+        found: dict[str, str] = {}
+        for rel in filter(None, paths):
+            found.setdefault(module_name(rel), rel)
         return found
 
-    def proc_modules(self) -> Optional[frozenset[str]]:
-        """Loaded loadable modules from the host's /proc/modules; ``None`` when it is absent."""
-        path = self.path("proc", "modules")
-        if not os.path.isfile(path):
-            return None
-        return frozenset(line.split()[0] for line in _read_lines(path) or () if line.split())
+    def proc_modules(self) -> frozenset[str]:
+        lines = _read_lines(self.path("proc", "modules")) or ()
+        return frozenset(line.split()[0] for line in lines if line.split())
 
     def modprobe_config(self) -> list[tuple[str, int, str]]:
         """``(file, line number, line)`` of every modprobe.d line as kmod reads them."""
@@ -151,15 +139,3 @@ def _read_lines(path: str) -> Optional[list[str]]:
             return handle.read().splitlines()
     except (OSError, EOFError, ValueError):
         return None
-
-
-def _parse_kernel_config(lines: list[str]) -> dict[str, str]:
-    config: dict[str, str] = {}
-    for line in lines:
-        if line.startswith("CONFIG_"):
-            key, sep, value = line.partition("=")
-            if sep:
-                config[key.strip()] = value.strip().strip('"')
-        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-            config[line[2 : -len(" is not set")]] = "n"
-    return config

@@ -26,10 +26,10 @@ def glob_match(text: str, pattern: str) -> bool:
         return False
     at = len(head)
     for piece in pieces[1:-1]:
-        found = text.find(piece, at, end)
-        if found < 0:
+        at = text.find(piece, at, end)
+        if at < 0:
             return False
-        at = found + len(piece)
+        at += len(piece)
     return True
 
 
@@ -44,7 +44,12 @@ class AliasTable:
 
     @classmethod
     def load(cls, host: HostFiles) -> AliasTable:
-        return cls(host.read_bytes(host.modules_file("modules.alias")))
+        """The host's table; an empty one when modules.alias is unreadable."""
+        try:
+            with open(host.modules_file("modules.alias"), "rb") as handle:
+                return cls(handle.read())
+        except OSError:
+            return cls(b"")
 
     def _bucket(self, kind: str, vendor: Optional[str]) -> list[tuple[str, str]]:
         """(pattern, module) of the ``alias KIND:PATTERN MODULE`` lines for one vendor;

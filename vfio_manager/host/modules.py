@@ -17,6 +17,8 @@ MODPROBE_TIMEOUT = 60.0
 _BLOCKING_INSTALL_COMMANDS = frozenset(
     {"/bin/false", "/bin/true", "/usr/bin/false", "/usr/bin/true", "false", "true"}
 )
+_VFIO_STACK = ("vfio", "vfio_pci", "vfio_pci_core", "vfio_iommu_type1", "iommufd")
+MODULE_CONFIG = {m: f"CONFIG_{m.upper()}" for m in _VFIO_STACK}  # each one's config option
 
 
 class ModuleState(str, enum.Enum):
@@ -34,9 +36,6 @@ class Blacklisting:
     how: str  # "blacklist", "install", "module_blacklist", "modprobe.blacklist"
     where: str  # "/etc/modprobe.d/x.conf:3" or "the kernel command line"
     line: str
-
-    def describe(self) -> str:
-        return f"`{self.line}` ({self.where})"
 
 
 @dataclass(frozen=True)
@@ -62,12 +61,12 @@ class ModuleInfo:
         return self.state is not ModuleState.MISSING or self.blacklisting is not None
 
     def describe(self) -> str:
-        text = self.state.value
+        text, b = self.state.value, self.blacklisting
         if self.state is ModuleState.LOADABLE and self.path:
             text += f" ({self.path}), not loaded"
-        elif self.state is ModuleState.BLACKLISTED and self.blacklisting is not None:
-            text += f" by {self.blacklisting.describe()}"
-            text += f", {self.path} is on disk" if self.path else ""
+        elif self.state is ModuleState.BLACKLISTED and b is not None:
+            on_disk = f", {self.path} is on disk" if self.path else ""
+            text += f" by `{b.line}` ({b.where}){on_disk}"
         if self.note:
             text += f" ({self.note})"
         elif self.state is ModuleState.MISSING and not self.tree_visible:
@@ -82,25 +81,22 @@ def blacklistings(
     found: dict[str, Blacklisting] = {}
     for key in ("module_blacklist", "modprobe.blacklist"):
         for value in cmdline_args.get(key, ()):
-            for name in value.split(","):
-                if name.strip():
-                    found.setdefault(
-                        normalise(name),
-                        Blacklisting(key, "the kernel command line", f"{key}={value}"),
-                    )
+            blacklisting = Blacklisting(key, "the kernel command line", f"{key}={value}")
+            for name in filter(str.strip, value.split(",")):
+                found.setdefault(normalise(name), blacklisting)
     for path, number, line in config:
-        words = line.split()
-        if len(words) >= 2 and words[0] == "blacklist":
-            found.setdefault(
-                normalise(words[1]), Blacklisting("blacklist", f"{path}:{number}", line)
-            )
-        elif len(words) >= 3 and words[0] == "install" and words[2] in _BLOCKING_INSTALL_COMMANDS:
-            found.setdefault(normalise(words[1]), Blacklisting("install", f"{path}:{number}", line))
+        words = [*line.split(), "", ""]  # padded: a short line has empty words
+        blocking = words[0] == "blacklist" or (
+            words[0] == "install" and words[2] in _BLOCKING_INSTALL_COMMANDS
+        )
+        if blocking and words[1]:
+            found.setdefault(normalise(words[1]), Blacklisting(words[0], f"{path}:{number}", line))
     return found
 
 
 class ModuleInventory:
-    """Module state from sysfs and the host's files; the big files are read once, here."""
+    """Module state from sysfs and the host's files; the big files and the kernel config are
+    read once, here."""
 
     def __init__(
         self,
@@ -116,15 +112,16 @@ class ModuleInventory:
         self.proc_modules = host.proc_modules()
         self.modprobe_config = host.modprobe_config()
         self.blacklisted = blacklistings(self.modprobe_config, cmdline_args or {})
+        self.config_source, self.config = host.kernel_config()
 
     def info(self, module: str) -> ModuleInfo:
         name = normalise(module)
         module_dir = self.sysfs.module_dir(name)
         present = self.sysfs.module_present(name)
-        initstate = self.sysfs.module_initstate(name) if present else None
+        initstate = self.sysfs.read_text(f"{module_dir}/initstate") if present else None
         path = self.loadable.get(name) if self.loadable is not None else None
         loaded = [f"{module_dir}/initstate: {initstate}"] if initstate is not None else []
-        if self.proc_modules is not None and name in self.proc_modules:
+        if name in self.proc_modules:
             loaded.append(f"{self.host.path('proc', 'modules')} lists {name}")
         if loaded:
             return ModuleInfo(name, ModuleState.LOADED, tuple(loaded), path=path)
@@ -133,19 +130,25 @@ class ModuleInventory:
             builtin.append(f"{self.host.modules_file('modules.builtin')} lists {name}")
         if builtin:
             return ModuleInfo(name, ModuleState.BUILTIN, tuple(builtin), path=path)
-        where = self.host.modules_dir()
-        tree_visible = self.loadable is not None
+        where, tree_visible = self.host.modules_dir(), self.loadable is not None
         found = f"{where}/{path}" if path else f"no {name}.ko under {where}"
-        evidence = [f"{module_dir} absent", found if tree_visible else f"{where} not readable"]
-        blacklisting = self.blacklisted.get(name)
-        if blacklisting is not None:
-            evidence.append(f"{blacklisting.where}: {blacklisting.line}")
-            return ModuleInfo(
-                name, ModuleState.BLACKLISTED, tuple(evidence), blacklisting, path, tree_visible
-            )
+        found = found if tree_visible else f"{where} not readable"
+        evidence: tuple[str, ...] = (f"{module_dir} absent", found)
+        b = self.blacklisted.get(name)
+        if b is not None:
+            evidence += (f"{b.where}: {b.line}",)
+            return ModuleInfo(name, ModuleState.BLACKLISTED, evidence, b, path, tree_visible)
         if path is not None:
-            return ModuleInfo(name, ModuleState.LOADABLE, tuple(evidence), path=path)
-        return ModuleInfo(name, ModuleState.MISSING, tuple(evidence), tree_visible=tree_visible)
+            return ModuleInfo(name, ModuleState.LOADABLE, evidence, path=path)
+        # no other trace: the kernel config tells built in (=y) from not built (unset)
+        option, source = MODULE_CONFIG.get(name), self.config_source
+        value = self.config.get(option, "n") if option is not None and source else None
+        if value == "y":
+            evidence += (f"{source}: {option}=y",)
+            return ModuleInfo(name, ModuleState.BUILTIN, evidence, tree_visible=tree_visible)
+        note = f"the kernel is built without {option}" if value == "n" else None
+        evidence += (f"{source}: {option} is not set",) if note else ()
+        return ModuleInfo(name, ModuleState.MISSING, evidence, tree_visible=tree_visible, note=note)
 
 
 @dataclass(frozen=True)
@@ -210,33 +213,29 @@ class LoadAttempt:
         return f"`{command}` failed (exit {self.returncode}): {self.message}"
 
 
-class ModuleLoader:
-    """Loads modules with the host's modprobe through an injectable runner."""
-
-    def __init__(self, host: HostFiles, runner: Optional[Runner] = None) -> None:
-        self.host = host
-        self.runner: Runner = runner if runner is not None else subprocess_runner
-
-    def load(
-        self, modules: Sequence[str], *, still_needed: Optional[Callable[[str], bool]] = None
-    ) -> list[LoadAttempt]:
-        """modprobe each module in order up to the first failure, skipping those an earlier
-        modprobe pulled in (``still_needed``)."""
-        if not modules:
-            return []
-        modprobe = self.host.modprobe_path()
-        if modprobe is None:
-            where = ", ".join(self.host.path(os.path.dirname(p)[1:]) for p in MODPROBE_LOCATIONS)
-            message = f"modprobe is not installed (looked in {where})"
-            return [LoadAttempt(m, (), None, message) for m in modules]
-        attempts: list[LoadAttempt] = []
-        for module in modules:
-            if attempts and still_needed is not None and not still_needed(module):
-                continue
-            argv = modprobe_command(self.host.root, modprobe, module)
-            result = self.runner(argv)
-            message = (result.stderr or result.stdout).strip().replace("\n", "; ")
-            attempts.append(LoadAttempt(module, tuple(argv), result.returncode, message))
-            if result.returncode != 0:
-                break
-        return attempts
+def load_modules(
+    host: HostFiles,
+    modules: Sequence[str],
+    *,
+    runner: Optional[Runner] = None,
+    still_needed: Optional[Callable[[str], bool]] = None,
+) -> list[LoadAttempt]:
+    """modprobe each module in order up to the first failure, skipping those an earlier
+    modprobe pulled in (``still_needed``); ``runner`` defaults to :func:`subprocess_runner`."""
+    modprobe = host.modprobe_path()
+    if modprobe is None:
+        where = ", ".join(host.path(os.path.dirname(p)[1:]) for p in MODPROBE_LOCATIONS)
+        message = f"modprobe is not installed (looked in {where})"
+        return [LoadAttempt(m, (), None, message) for m in modules]
+    run = runner if runner is not None else subprocess_runner
+    attempts: list[LoadAttempt] = []
+    for module in modules:
+        if attempts and still_needed is not None and not still_needed(module):
+            continue
+        argv = modprobe_command(host.root, modprobe, module)
+        result = run(argv)
+        message = (result.stderr or result.stdout).strip().replace("\n", "; ")
+        attempts.append(LoadAttempt(module, tuple(argv), result.returncode, message))
+        if result.returncode != 0:
+            break
+    return attempts

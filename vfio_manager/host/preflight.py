@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vfio_manager.errors import HostNotReadyError
 from vfio_manager.host.dynamic_ids import remove_id_remedy
-from vfio_manager.host.facts import MODULE_CONFIG, HostFacts, gather, last_flag
+from vfio_manager.host.facts import HostFacts, gather, last_flag
 from vfio_manager.host.files import HostFiles
-from vfio_manager.host.modules import LoadAttempt, ModuleInfo, ModuleLoader, ModuleState
+from vfio_manager.host.modules import (
+    MODULE_CONFIG,
+    LoadAttempt,
+    ModuleInfo,
+    ModuleState,
+    load_modules,
+)
 from vfio_manager.kernel.drivers import VFIO_PCI
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
@@ -57,10 +63,16 @@ NOIOMMU_REMEDY = (
     "`options vfio enable_unsafe_noiommu_mode=1` from /etc/modprobe.d, enable the IOMMU, "
     "and reboot"
 )
+_INTEL_ALREADY_ON = (
+    "intel_iommu=on is already set: enable VT-d (Intel Virtualization Technology for Directed "
+    "I/O) in the firmware (BIOS/UEFI) setup and reboot; `dmesg | grep -e DMAR -e IOMMU` tells "
+    "why the kernel left it off"
+)
 MODPROBE_MISSING_REMEDY = (
     "install kmod on the host (it provides modprobe), or " + CONTAINER_HOST_ROOT
 )
 
+_NOIOMMU_ARG = "vfio.enable_unsafe_noiommu_mode"
 _TRUE = frozenset({"1", "y", "Y", "yes", "true", "on"})
 INTEL, AMD = "intel", "amd"
 _VENDOR_LABEL = {INTEL: "Intel VT-d", AMD: "AMD-Vi"}
@@ -80,114 +92,94 @@ class Check:
     advisory: bool = False  # a failure is a warning: the host is ready, binding goes ahead
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "title": self.title,
-            "ok": self.ok,
-            "advisory": self.advisory,
-            "detail": self.detail,
-            "remedy": None if self.ok else self.remedy,
-            "evidence": list(self.evidence),
-        }
+        remedy = None if self.ok else self.remedy
+        shown = {k: getattr(self, k) for k in ("name", "title", "ok", "advisory", "detail")}
+        return {**shown, "remedy": remedy, "evidence": list(self.evidence)}
 
 
 def _check(name: str, title: str) -> Callable[..., Check]:
-    """A :class:`Check` constructor with the item's name and title filled in."""
     return functools.partial(Check, name, title)
 
 
 def _load(*infos: ModuleInfo) -> tuple[str, ...]:
     """The modules to load for a check to pass: all of ``infos`` when all are loadable."""
-    return (
-        tuple(i.name for i in infos) if all(i.state is ModuleState.LOADABLE for i in infos) else ()
-    )
+    loadable = all(i.state is ModuleState.LOADABLE for i in infos)
+    return tuple(i.name for i in infos) if loadable else ()
 
 
 def iommu_vendor(facts: HostFacts) -> tuple[Optional[str], str]:
     """Intel or AMD, and how we know: ACPI tables, IOMMU units, the CPU, then the arguments."""
-    tables = facts.acpi_tables or frozenset()
-    args = facts.args
-    clues: list[tuple[bool, str, str]] = [
+    tables, cpu = facts.acpi_tables or frozenset(), facts.cpu_vendor or ""
+    clues = [
         ("DMAR" in tables, INTEL, "ACPI DMAR table"),
         ("IVRS" in tables, AMD, "ACPI IVRS table"),
     ]
-    units_dir = facts.path(facts.sysfs_root, "class", "iommu")
     for unit in facts.iommu_units:
-        clues.append((unit.startswith("dmar"), INTEL, facts.path(units_dir, unit)))
-        clues.append((unit.startswith("ivhd"), AMD, facts.path(units_dir, unit)))
-    cpu = facts.cpu_vendor or ""
+        where = facts.path(facts.sysfs_root, "class", "iommu", unit)
+        clues += [(unit.startswith("dmar"), INTEL, where), (unit.startswith("ivhd"), AMD, where)]
     clues += [
         (cpu == "GenuineIntel", INTEL, f"CPU vendor {cpu}"),
         (cpu in ("AuthenticAMD", "HygonGenuine"), AMD, f"CPU vendor {cpu}"),
-        ("intel_iommu" in args, INTEL, "intel_iommu= on the kernel command line"),
-        ("amd_iommu" in args, AMD, "amd_iommu= on the kernel command line"),
+        ("intel_iommu" in facts.args, INTEL, "intel_iommu= on the kernel command line"),
+        ("amd_iommu" in facts.args, AMD, "amd_iommu= on the kernel command line"),
     ]
-    for matched, vendor, source in clues:
-        if matched:
-            return vendor, source
-    return None, "no ACPI DMAR/IVRS table, IOMMU unit or CPU vendor seen"
+    unknown = (None, "no ACPI DMAR/IVRS table, IOMMU unit or CPU vendor seen")
+    return next(((vendor, source) for seen, vendor, source in clues if seen), unknown)
 
 
 def _config_value(facts: HostFacts, key: str) -> Optional[str]:
-    if facts.config_source is None:
-        return None
-    return facts.config.get(key, "n")
+    return None if facts.config_source is None else facts.config.get(key, "n")
+
+
+def _built_without(facts: HostFacts, vendor: Optional[str]) -> Optional[str]:
+    """``CONFIG_INTEL_IOMMU`` or ``CONFIG_AMD_IOMMU`` when the kernel config says it is not set."""
+    option = f"CONFIG_{(vendor or '').upper()}_IOMMU"
+    return option if vendor is not None and _config_value(facts, option) == "n" else None
 
 
 def _intel_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
     intel = last_flag(facts.args, "intel_iommu", ("on", "off"))
     default_on = _config_value(facts, "CONFIG_INTEL_IOMMU_DEFAULT_ON")
-    reasons: list[str] = []
     if intel == "on":
-        reasons.append("intel_iommu=on is on the kernel command line")
-    elif intel == "off":
-        reasons.append("intel_iommu=off on the kernel command line disables it")
-    elif default_on == "y":
-        reasons.append(
+        return ["intel_iommu=on is on the kernel command line"]
+    if intel == "off":
+        return ["intel_iommu=off on the kernel command line disables it"]
+    if default_on == "y":
+        return [
             "the kernel enables it by default (CONFIG_INTEL_IOMMU_DEFAULT_ON=y in "
             f"{facts.config_source}), no intel_iommu= argument needed"
-        )
-    elif vendor == INTEL and default_on is not None:
-        reasons.append(
-            "intel_iommu=on is not on the kernel command line and the kernel does not "
-            f"enable it by default (CONFIG_INTEL_IOMMU_DEFAULT_ON is not set in "
-            f"{facts.config_source})"
-        )
-    elif vendor == INTEL and not on:
-        reasons.append(
+        ]
+    if vendor == INTEL and default_on is not None:
+        return [
+            "intel_iommu=on is not on the kernel command line and the kernel does not enable "
+            f"it by default (CONFIG_INTEL_IOMMU_DEFAULT_ON is not set in {facts.config_source})"
+        ]
+    if vendor == INTEL and not on:
+        return [
             "intel_iommu=on is not on the kernel command line (kernel config not readable: "
             f"no /boot/config-{facts.release} or /proc/config.gz under {facts.host_root})"
-        )
-    if vendor == INTEL and _config_value(facts, "CONFIG_INTEL_IOMMU") == "n":
-        reasons.append(f"the kernel is built without CONFIG_INTEL_IOMMU ({facts.config_source})")
-    return reasons
-
-
-def _amd_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
-    amd = last_flag(facts.args, "amd_iommu", ("on", "off"))
-    reasons: list[str] = []
-    if amd == "off":
-        reasons.append("amd_iommu=off on the kernel command line disables it")
-    elif amd == "on":
-        reasons.append("amd_iommu=on is not a valid value (harmless: AMD-Vi is on by default)")
-    elif vendor == AMD and on:
-        reasons.append("AMD-Vi is on by default")
-    if vendor == AMD and _config_value(facts, "CONFIG_AMD_IOMMU") == "n":
-        reasons.append(f"the kernel is built without CONFIG_AMD_IOMMU ({facts.config_source})")
-    return reasons
+        ]
+    return []
 
 
 def _iommu_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[str]:
     """Why the IOMMU is on or off, from the arguments and the kernel configuration."""
     args = facts.args
     generic = last_flag(args, "iommu", ("off", "pt", "nopt"))
-    reasons: list[str] = []
-    if generic == "off":
-        reasons.append("iommu=off on the kernel command line disables it")
+    reasons = ["iommu=off on the kernel command line disables it"] if generic == "off" else []
     if vendor in (INTEL, None):
         reasons += _intel_reasons(facts, vendor, on)
     if vendor in (AMD, None):
-        reasons += _amd_reasons(facts, vendor, on)
+        amd = last_flag(args, "amd_iommu", ("on", "off"))
+        if amd == "off":
+            reasons.append("amd_iommu=off on the kernel command line disables it")
+        elif amd == "on":
+            reasons.append("amd_iommu=on is not a valid value (harmless: AMD-Vi is on by default)")
+        elif vendor == AMD and on:
+            reasons.append("AMD-Vi is on by default")
+    unbuilt = _built_without(facts, vendor)
+    if unbuilt:
+        reasons.append(f"the kernel is built without {unbuilt} ({facts.config_source})")
     if generic == "pt" or any(v in _TRUE for v in args.get("iommu.passthrough", [])):
         reasons.append("iommu=pt (passthrough for the host's own DMA) is fine for VFIO")
     if not on and facts.acpi_tables is not None and not facts.acpi_tables:
@@ -198,28 +190,6 @@ def _iommu_reasons(facts: HostFacts, vendor: Optional[str], on: bool) -> list[st
     return reasons
 
 
-def _intel_remedy(facts: HostFacts, remove: str) -> str:
-    if _config_value(facts, "CONFIG_INTEL_IOMMU") == "n":
-        return f"boot a kernel built with CONFIG_INTEL_IOMMU=y, then {INTEL_REMEDY}"
-    if remove:
-        return f"remove {remove} from the kernel command line, then {INTEL_REMEDY}"
-    if last_flag(facts.args, "intel_iommu", ("on", "off")) == "on":
-        return (
-            "intel_iommu=on is already set: enable VT-d (Intel Virtualization Technology for "
-            "Directed I/O) in the firmware (BIOS/UEFI) setup and reboot; "
-            "`dmesg | grep -e DMAR -e IOMMU` tells why the kernel left it off"
-        )
-    return INTEL_REMEDY
-
-
-def _amd_remedy(facts: HostFacts, remove: str) -> str:
-    if _config_value(facts, "CONFIG_AMD_IOMMU") == "n":
-        return f"boot a kernel built with CONFIG_AMD_IOMMU=y; {AMD_REMEDY}"
-    if remove:
-        return f"remove {remove} from {GRUB_STEPS}; {AMD_REMEDY}"
-    return AMD_REMEDY
-
-
 def _iommu_remedy(facts: HostFacts, vendor: Optional[str]) -> str:
     remove = " and ".join(
         f"{key}=off"
@@ -227,10 +197,18 @@ def _iommu_remedy(facts: HostFacts, vendor: Optional[str]) -> str:
         if last_flag(facts.args, key, ("on", "off", "pt")) == "off"
         and (key == "iommu" or vendor is None or key.startswith(vendor))
     )
+    unbuilt = _built_without(facts, vendor)
     if vendor == INTEL:
-        return _intel_remedy(facts, remove)
+        if unbuilt:
+            return f"boot a kernel built with {unbuilt}=y, then {INTEL_REMEDY}"
+        if remove:
+            return f"remove {remove} from the kernel command line, then {INTEL_REMEDY}"
+        already = last_flag(facts.args, "intel_iommu", ("on", "off")) == "on"
+        return _INTEL_ALREADY_ON if already else INTEL_REMEDY
     if vendor == AMD:
-        return _amd_remedy(facts, remove)
+        if unbuilt:
+            return f"boot a kernel built with {unbuilt}=y; {AMD_REMEDY}"
+        return f"remove {remove} from {GRUB_STEPS}; {AMD_REMEDY}" if remove else AMD_REMEDY
     prefix = f"remove {remove} from the kernel command line. " if remove else ""
     return f"{prefix}Intel: {INTEL_REMEDY}. AMD: {AMD_REMEDY}. {VM_HINT}"
 
@@ -242,41 +220,36 @@ def check_iommu(facts: HostFacts) -> Check:
     label = _VENDOR_LABEL.get(vendor or "", "vendor unknown")
     groups_dir = facts.path(facts.sysfs_root, "kernel", "iommu_groups")
     units_dir = facts.path(facts.sysfs_root, "class", "iommu")
-    acpi = facts.acpi_tables
+    acpi, units = facts.acpi_tables, ", ".join(facts.iommu_units)
     tables = "not visible" if acpi is None else ", ".join(sorted(acpi)) or "no DMAR, no IVRS"
     evidence = [
         f"{groups_dir}: {facts.iommu_groups} group(s)",
-        f"{units_dir}: {', '.join(facts.iommu_units) or 'empty'}",
+        f"{units_dir}: {units or 'empty'}",
         f"ACPI tables: {tables}",
         f"vendor: {label} ({vendor_source})",
     ]
     if facts.config_source is not None:
         shown = ("CONFIG_INTEL_IOMMU", "CONFIG_INTEL_IOMMU_DEFAULT_ON", "CONFIG_AMD_IOMMU")
-        evidence.append(
-            f"{facts.config_source}: " + ", ".join(f"{k}={facts.config.get(k, 'n')}" for k in shown)
-        )
-    reasons = _iommu_reasons(facts, vendor, on)
+        values = ", ".join(f"{k}={facts.config.get(k, 'n')}" for k in shown)
+        evidence.append(f"{facts.config_source}: {values}")
     if on:
-        units = f", units {', '.join(facts.iommu_units)}" if facts.iommu_units else ""
-        detail = f"on ({label}): {facts.iommu_groups} IOMMU group(s){units}"
-        return check(True, "; ".join([detail, *reasons]), evidence=tuple(evidence))
-    detail = f"off: {groups_dir} is empty"
-    if not facts.iommu_units:
-        detail += f" and {units_dir} has no dmar*/ivhd* unit"
-    return check(
-        False, "; ".join([detail, *reasons]), _iommu_remedy(facts, vendor), tuple(evidence)
-    )
+        more = f", units {units}" if units else ""
+        detail = f"on ({label}): {facts.iommu_groups} IOMMU group(s){more}"
+    else:
+        more = "" if units else f" and {units_dir} has no dmar*/ivhd* unit"
+        detail = f"off: {groups_dir} is empty{more}"
+    reasons = _iommu_reasons(facts, vendor, on)
+    remedy = None if on else _iommu_remedy(facts, vendor)
+    return check(on, "; ".join([detail, *reasons]), remedy, tuple(evidence))
 
 
 def check_cmdline(facts: HostFacts) -> Check:
     """The arguments that matter, explained; informational (evidence decides elsewhere)."""
     check = _check("kernel-cmdline", "kernel command line")
+    where = facts.path(facts.host_root, "proc", "cmdline")
     if facts.cmdline is None:
-        return check(
-            True,
-            f"not readable at {facts.cmdline_path}; the other checks use live evidence",
-            evidence=(f"{facts.cmdline_path}: not readable",),
-        )
+        detail = f"not readable at {where}; the other checks use live evidence"
+        return check(True, detail, evidence=(f"{where}: not readable",))
     args = facts.args
     notes: list[str] = []
     for key in ("intel_iommu", "amd_iommu", "iommu", "iommu.passthrough"):
@@ -284,8 +257,7 @@ def check_cmdline(facts: HostFacts) -> Check:
             note = f"{key}={value}"
             if key == "amd_iommu" and "on" in value.split(","):
                 note += " (not a valid value; harmless)"
-            passthrough = key == "iommu.passthrough" and value in _TRUE
-            if (key == "iommu" and value == "pt") or passthrough:
+            if (key, value) == ("iommu", "pt") or (key == "iommu.passthrough" and value in _TRUE):
                 note += " (fine for VFIO)"
             if "off" in value.split(","):
                 note += " (disables it)"
@@ -295,74 +267,64 @@ def check_cmdline(facts: HostFacts) -> Check:
             f"vfio-pci.ids={value}: vfio-pci claims every function with "
             f"{'these IDs' if ',' in value else 'this ID'} at boot, selected or not"
         )
-    for key in ("vfio.enable_unsafe_noiommu_mode", "module_blacklist", "modprobe.blacklist"):
+    for key in (_NOIOMMU_ARG, "module_blacklist", "modprobe.blacklist"):
         notes.extend(f"{key}={value}" for value in args.get(key, ()))
     detail = "; ".join(notes) if notes else "no IOMMU or vfio arguments"
-    return check(True, detail, evidence=(f"{facts.cmdline_path}: {facts.cmdline}",))
+    return check(True, detail, evidence=(f"{where}: {facts.cmdline}",))
 
 
 def check_noiommu(facts: HostFacts) -> Check:
     check = _check("noiommu", "no-IOMMU mode off")
-    param = facts.noiommu_param
-    cmdline = [
-        f"vfio.enable_unsafe_noiommu_mode={v}"
-        for v in facts.args.get("vfio.enable_unsafe_noiommu_mode", ())
-    ]
-    evidence = [
-        facts.path(facts.sysfs_root, "module", "vfio", "parameters", "enable_unsafe_noiommu_mode")
-        + ": "
-        + (param if param is not None else "absent"),
-        f"{facts.path(facts.dev_root, 'vfio')}: "
-        + (", ".join(facts.noiommu_nodes) or "no noiommu-N node"),
+    param, nodes = facts.noiommu_param, ", ".join(facts.noiommu_nodes)
+    cmdline = [f"{_NOIOMMU_ARG}={v}" for v in facts.args.get(_NOIOMMU_ARG, ())]
+    parameters = facts.path(facts.sysfs_root, "module", "vfio", "parameters")
+    evidence = (
+        f"{parameters}/enable_unsafe_noiommu_mode: {'absent' if param is None else param}",
+        f"{facts.path(facts.dev_root, 'vfio')}: {nodes or 'no noiommu-N node'}",
         *cmdline,
         *facts.noiommu_options,
-    ]
+    )
     causes: list[str] = []
-    if param is not None and param in _TRUE:
+    if param in _TRUE:
         causes.append("vfio's enable_unsafe_noiommu_mode is Y")
-    if facts.noiommu_nodes:
-        causes.append(f"no-IOMMU groups exist ({', '.join(facts.noiommu_nodes)})")
-    if param is None:
-        if any(c.partition("=")[2] in _TRUE for c in cmdline):
-            causes.append("the kernel command line enables it when vfio loads")
-        if any(o.split("=")[-1].strip() in _TRUE for o in facts.noiommu_options):
-            causes.append("modprobe.d enables it when vfio loads")
+    if nodes:
+        causes.append(f"no-IOMMU groups exist ({nodes})")
+    if param is None and any(c.partition("=")[2] in _TRUE for c in cmdline):
+        causes.append("the kernel command line enables it when vfio loads")
+    if param is None and any(o.split("=")[-1].strip() in _TRUE for o in facts.noiommu_options):
+        causes.append("modprobe.d enables it when vfio loads")
     if causes:
         detail = "no-IOMMU mode is on (" + "; ".join(causes) + "): unusable for VM passthrough"
-        return check(False, detail, NOIOMMU_REMEDY, tuple(evidence))
-    return check(True, "not enabled", evidence=tuple(evidence))
+        return check(False, detail, NOIOMMU_REMEDY, evidence)
+    return check(True, "not enabled", evidence=evidence)
 
 
 def _backend(facts: HostFacts) -> str:
-    """The vfio IOMMU backend to require: vfio_iommu_type1 unless only iommufd is there."""
-    if facts.modules["vfio_iommu_type1"].exists:
-        return "vfio_iommu_type1"  # what libvirt and QEMU use by default (/dev/vfio/vfio)
-    return "iommufd" if facts.modules["iommufd"].exists else "vfio_iommu_type1"
+    """The IOMMU backend to require: vfio_iommu_type1 (libvirt's and QEMU's default, through
+    /dev/vfio/vfio) unless only iommufd is there."""
+    only_iommufd = not facts.modules["vfio_iommu_type1"].exists and facts.modules["iommufd"].exists
+    return "iommufd" if only_iommufd else "vfio_iommu_type1"
 
 
 def required_modules(facts: HostFacts) -> tuple[str, ...]:
     """vfio, an IOMMU backend, vfio_pci_core (5.16+, or wherever it exists), and vfio_pci."""
-    names = ["vfio", _backend(facts)]
-    core = facts.modules["vfio_pci_core"]
-    if core.exists or facts.kernel_version >= (5, 16):
-        names.append("vfio_pci_core")
-    names.append("vfio_pci")
-    return tuple(names)
+    names = ("vfio", _backend(facts), "vfio_pci_core", "vfio_pci")
+    if facts.modules["vfio_pci_core"].exists or facts.kernel_version >= (5, 16):
+        return names
+    return tuple(n for n in names if n != "vfio_pci_core")
 
 
 def _module_remedy(facts: HostFacts, *infos: ModuleInfo) -> str:
     """One remedy for the modules that are not in the kernel, grouped by why."""
     clauses: list[str] = []
-    unbuilt = [i for i in infos if i.state is ModuleState.MISSING and i.note]
-    absent = [i for i in infos if i.state is ModuleState.MISSING and not i.note]
-    for info in infos:
-        b = info.blacklisting
-        if info.state is ModuleState.BLACKLISTED and b is not None:
-            if b.where == "the kernel command line":
-                clauses.append(f"remove {b.line} from {GRUB_STEPS}")
-            else:
-                path, _, number = b.where.rpartition(":")
-                clauses.append(f"remove `{b.line}` from {path} (line {number}), then load it")
+    for b in (i.blacklisting for i in infos if i.state is ModuleState.BLACKLISTED):
+        if b is not None and b.where == "the kernel command line":
+            clauses.append(f"remove {b.line} from {GRUB_STEPS}")
+        elif b is not None:
+            path, _, number = b.where.rpartition(":")
+            clauses.append(f"remove `{b.line}` from {path} (line {number}), then load it")
+    missing = [i for i in infos if i.state is ModuleState.MISSING]
+    unbuilt, absent = [i for i in missing if i.note], [i for i in missing if not i.note]
     if unbuilt:
         options = ", ".join(MODULE_CONFIG.get(i.name, i.name) for i in unbuilt)
         clauses.append(
@@ -390,25 +352,27 @@ def check_modules(facts: HostFacts) -> Check:
     evidence = tuple(dict.fromkeys(e for i in infos for e in i.evidence))
     detail = ", ".join(f"{i.name} {i.describe()}" for i in infos)
     bad = [i for i in infos if not i.ok]
-    if not bad:
-        return check(True, detail, evidence=evidence)
-    return check(False, detail, _module_remedy(facts, *bad), evidence, _load(*bad))
+    remedy = _module_remedy(facts, *bad) if bad else None
+    return check(not bad, detail, remedy, evidence, _load(*bad))
+
+
+def _seen(path: str, present: bool) -> str:
+    return f"{path}: {'present' if present else 'absent'}"
 
 
 def check_vfio_pci_driver(facts: HostFacts) -> Check:
     check = _check("vfio-pci-driver", "vfio-pci driver registered")
     path = facts.path(facts.sysfs_root, "bus", "pci", "drivers", VFIO_PCI)
-    info = facts.modules["vfio_pci"]
-    evidence = (f"{path}: {'present' if facts.vfio_pci_registered else 'absent'}",)
+    evidence = (_seen(path, facts.vfio_pci_registered),)
     if facts.vfio_pci_registered:
         return check(True, path, evidence=evidence)
-    if info.ok:
-        remedy = (
-            f"vfio_pci is {info.state.value} but did not register: see `dmesg | grep vfio`; "
-            "is --sysfs-root the host's sysfs?"
-        )
-    else:
-        remedy = _module_remedy(facts, info)
+    info = facts.modules["vfio_pci"]
+    remedy = (
+        f"vfio_pci is {info.state.value} but did not register: see `dmesg | grep vfio`; "
+        "is --sysfs-root the host's sysfs?"
+        if info.ok
+        else _module_remedy(facts, info)
+    )
     detail = f"{path} is absent: vfio_pci is {info.describe()}"
     return check(False, detail, remedy, evidence, _load(info))
 
@@ -417,10 +381,7 @@ def check_dev_vfio(facts: HostFacts) -> Check:
     check = _check("dev-vfio", "/dev/vfio/vfio present")
     node = facts.path(facts.dev_root, "vfio", "vfio")
     iommu_node = facts.path(facts.dev_root, "iommu")
-    evidence = (
-        f"{node}: {'present' if facts.vfio_container else 'absent'}",
-        f"{iommu_node}: {'present' if facts.iommufd_node else 'absent'}",
-    )
+    evidence = (_seen(node, facts.vfio_container), _seen(iommu_node, facts.iommufd_node))
     if facts.vfio_container:
         return check(True, node, evidence=evidence)
     if _backend(facts) == "iommufd" and facts.iommufd_node:
@@ -434,23 +395,25 @@ def check_dev_vfio(facts: HostFacts) -> Check:
     return check(False, detail, CONTAINER_DEV, evidence)
 
 
+def _few(items: Sequence[str], shown: int) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
 def _group_summary(pairs: Sequence[tuple[str, str]]) -> str:
-    """``"a, b -> x; c -> y"`` from (bdf, value) pairs, keeping long lists short."""
+    """``"a, b: x; c: y"`` from (bdf, value) pairs, keeping long lists short."""
     grouped: dict[str, list[str]] = {}
     for bdf, value in pairs:
         grouped.setdefault(value, []).append(bdf)
-    parts = []
-    for value, bdfs in grouped.items():
-        shown = ", ".join(bdfs[:4]) + (f" and {len(bdfs) - 4} more" if len(bdfs) > 4 else "")
-        parts.append(f"{shown}: {value}")
-    return "; ".join(parts)
+    return "; ".join(f"{_few(bdfs, 4)}: {value}" for value, bdfs in grouped.items())
 
 
 def check_groups(facts: HostFacts) -> Check:
     check = _check("iommu-groups", "IOMMU group for each selected function")
     if not facts.functions:
         return check(True, f"no PCI function matches {facts.selection}")
-    noiommu = facts.noiommu_groups
+    numbers = (n[len("noiommu-") :] for n in facts.noiommu_nodes)  # groups vfio made up
+    noiommu = {int(n) for n in numbers if n.isascii() and n.isdigit()}
     evidence = tuple(
         f"{f.bdf}/iommu_group: "
         + ("absent" if f.iommu_group is None else str(f.iommu_group))
@@ -469,8 +432,7 @@ def check_groups(facts: HostFacts) -> Check:
             "they were added to a group (some platforms leave devices behind non-translating "
             "bridges out)"
         )
-    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    return check(False, f"no IOMMU group: {shown}", remedy, evidence)
+    return check(False, f"no IOMMU group: {_few(missing, 8)}", remedy, evidence)
 
 
 def check_vfio_driver(facts: HostFacts) -> Check:
@@ -480,22 +442,18 @@ def check_vfio_driver(facts: HostFacts) -> Check:
         return check(True, f"no PCI function matches {facts.selection}")
     pairs: list[tuple[str, str]] = []
     evidence: list[str] = []
-    needs_generic = False
     for f in facts.functions:
-        if f.variant_module and f.variant_driver:
+        alias = f"alias vfio_pci:... -> {f.variant_module}" if f.variant_module else None
+        evidence.append(f"{f.bdf} ({f.ids}): {alias or 'no vfio_pci variant alias'}")
+        if f.variant_driver:
             pairs.append((f.bdf, f"{f.variant_driver} (variant {f.variant_module})"))
-            evidence.append(f"{f.bdf} ({f.ids}): alias vfio_pci:... -> {f.variant_module}")
-            continue
-        needs_generic = True
-        if f.variant_module and f.variant is not None:
+        elif f.variant is not None:
             described = f"variant {f.variant_module} is {f.variant.describe()}"
             pairs.append((f.bdf, f"{VFIO_PCI} ({described})"))
-            evidence.append(f"{f.bdf} ({f.ids}): alias vfio_pci:... -> {f.variant_module}")
         else:
             pairs.append((f.bdf, VFIO_PCI))
-            evidence.append(f"{f.bdf} ({f.ids}): no vfio_pci variant alias")
     detail = _group_summary(pairs)
-    if needs_generic and not facts.vfio_pci_registered:
+    if not facts.vfio_pci_registered and any(not f.variant_driver for f in facts.functions):
         info = facts.modules["vfio_pci"]
         remedy = _module_remedy(facts, info) if not info.ok else "see 'vfio-pci driver registered'"
         detail = f"{detail}; {VFIO_PCI} is not registered"
@@ -536,26 +494,17 @@ def check_dynamic_ids(facts: HostFacts) -> Check:
 def check_loading(facts: HostFacts, attempts: Sequence[LoadAttempt]) -> Check:
     check = _check("module-loading", "loading modules")
     evidence = tuple(" ".join(a.argv) or a.module for a in attempts)
-    failed = [a for a in attempts if not a.ok]
     detail = "; ".join(a.describe() for a in attempts)
+    failed = [a for a in attempts if not a.ok]
     if not failed:
         return check(True, detail, evidence=evidence)
     if any(not a.argv for a in failed):
-        remedy = MODPROBE_MISSING_REMEDY
-    else:
-        remedy = (
-            "read modprobe's message above; `dmesg | tail` shows the kernel's side "
-            f"(modules of kernel {facts.release} are looked up in {facts.modules_dir})"
-        )
+        return check(False, detail, MODPROBE_MISSING_REMEDY, evidence)
+    remedy = (
+        "read modprobe's message above; `dmesg | tail` shows the kernel's side "
+        f"(modules of kernel {facts.release} are looked up in {facts.modules_dir})"
+    )
     return check(False, detail, remedy, evidence)
-
-
-def evaluate(facts: HostFacts, attempts: Sequence[LoadAttempt] = ()) -> list[Check]:
-    """Every check, in the order the checklist shows them. Pure."""
-    checks = [check(facts) for check in _CHECKS]
-    if attempts:
-        checks.append(check_loading(facts, attempts))
-    return checks
 
 
 _CHECKS = (
@@ -569,6 +518,12 @@ _CHECKS = (
     check_vfio_driver,
     check_dynamic_ids,
 )
+
+
+def evaluate(facts: HostFacts, attempts: Sequence[LoadAttempt] = ()) -> list[Check]:
+    """Every check, in the order the checklist shows them. Pure."""
+    checks = [check(facts) for check in _CHECKS]
+    return [*checks, check_loading(facts, attempts)] if attempts else checks
 
 
 def modules_to_load(facts: HostFacts) -> list[str]:
@@ -586,7 +541,7 @@ def modules_to_load(facts: HostFacts) -> list[str]:
 class Preflight:
     checks: tuple[Check, ...]
     attempts: tuple[LoadAttempt, ...] = ()
-    pending: tuple[str, ...] = field(default=())  # loadable modules a load would add
+    pending: tuple[str, ...] = ()  # loadable modules a load would add
 
     @property
     def ok(self) -> bool:
@@ -640,35 +595,26 @@ def run(
 ) -> Preflight:
     """Gather and check; with ``load``, load what is missing and check again, but only when
     nothing but loadable modules stands in the way (an IOMMU-off host is left as it was)."""
-
-    def facts_now() -> HostFacts:
-        return gather(
-            sysfs,
-            host,
-            functions,
-            aliases=aliases,
-            driver_modules=driver_modules,
-            selection=selection,
-        )
-
+    facts_now = functools.partial(
+        gather, sysfs, host, functions, aliases, driver_modules, selection
+    )
     facts = facts_now()
-    checks = evaluate(facts)
-    pending = tuple(modules_to_load(facts))
-    first = Preflight(tuple(checks), pending=pending)
-    if not load or not pending or first.blocking(assume_loaded=True):
+    first = Preflight(tuple(evaluate(facts)), pending=tuple(modules_to_load(facts)))
+    if not load or not first.pending or first.blocking(assume_loaded=True):
         return first
     log = get_logger("vfio_manager.host.preflight")
-    attempts = ModuleLoader(host, runner).load(
-        pending, still_needed=lambda name: not sysfs.module_present(name)
+    attempts = load_modules(
+        host, first.pending, runner=runner, still_needed=lambda m: not sysfs.module_present(m)
     )
-    for attempt in attempts:
+    for a in attempts:
+        outcome, reason = ("done", None) if a.ok else ("failed", a.message)
         log.info(
             "modprobe",
             step="load-module",
-            module=attempt.module,
-            argv=list(attempt.argv),
-            outcome="done" if attempt.ok else "failed",
-            reason=None if attempt.ok else attempt.message,
+            module=a.module,
+            argv=list(a.argv),
+            outcome=outcome,
+            reason=reason,
         )
     facts = facts_now()
     checks = evaluate(facts, attempts)

@@ -17,43 +17,31 @@ class HostSummary:
     vfio_pci_registered: bool
     noiommu_nodes: tuple[str, ...] = ()  # /dev/vfio/noiommu-N: vfio's unsafe no-IOMMU mode
 
-    @property
-    def iommu_on(self) -> bool:
-        return self.iommu_groups > 0
-
-    @property
-    def noiommu(self) -> bool:
-        return bool(self.noiommu_nodes)
-
     @classmethod
     def read(cls, sysfs: Sysfs) -> HostSummary:
         nodes = tuple(sorted(n for n in sysfs.vfio_devs() if n.startswith("noiommu-")))
         fake = {n[len("noiommu-") :] for n in nodes}
-        return cls(
-            sum(1 for g in sysfs.iommu_group_names() if g not in fake),
-            tuple(sysfs.iommu_units()),
-            sysfs.driver_registered(VFIO_PCI),
-            nodes,
-        )
+        groups = sum(1 for g in sysfs.iommu_group_names() if g not in fake)
+        return cls(groups, tuple(sysfs.iommu_units()), sysfs.driver_registered(VFIO_PCI), nodes)
 
     def line(self) -> str:
-        if self.iommu_on:
+        on, noiommu = self.iommu_groups > 0, bool(self.noiommu_nodes)
+        if on:
             units = f", {', '.join(self.iommu_units)}" if self.iommu_units else ""
             iommu = f"IOMMU on ({self.iommu_groups} groups{units})"
         else:
             iommu = "IOMMU off (no IOMMU groups)"
-        if self.noiommu:
+        if noiommu:
             iommu += ", no-IOMMU mode on (unusable for VMs)"
         driver = "vfio-pci registered" if self.vfio_pci_registered else "vfio-pci not registered"
-        ready = self.iommu_on and self.vfio_pci_registered and not self.noiommu
-        hint = "" if ready else "; see `vfio-manager check`"
-        return f"host: {iommu}, {driver}{hint}"
+        ready = on and self.vfio_pci_registered and not noiommu
+        return f"host: {iommu}, {driver}" + ("" if ready else "; see `vfio-manager check`")
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "iommu": self.iommu_on,
+            "iommu": self.iommu_groups > 0,
             "iommu_groups": self.iommu_groups,
             "iommu_units": list(self.iommu_units),
             "vfio_pci_registered": self.vfio_pci_registered,
-            "noiommu": self.noiommu,
+            "noiommu": bool(self.noiommu_nodes),
         }

@@ -43,10 +43,7 @@ class PciAddress:
         if match is None or int(match["device"], 16) > 0x1F:
             return None
         return cls(
-            domain=int(match["domain"] or "0", 16),
-            bus=int(match["bus"], 16),
-            device=int(match["device"], 16),
-            function=int(match["function"]),
+            *(int(match[part] or "0", 16) for part in ("domain", "bus", "device", "function"))
         )
 
     @cached_property

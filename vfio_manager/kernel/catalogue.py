@@ -52,5 +52,4 @@ def catalogue_entry(device: int) -> Optional[CatalogueEntry]:
 
 
 def catalogue_entries() -> tuple[CatalogueEntry, ...]:
-    """Every catalogued device ID, by ID."""
     return tuple(_PRODUCTS[device] for device in sorted(_PRODUCTS))

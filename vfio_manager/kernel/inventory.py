@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Optional
@@ -48,48 +49,38 @@ def read_function(
     sysfs: Sysfs,
     address: PciAddress,
     *,
-    group: Optional[int] = None,
     wanted: Optional[Callable[[PciFunction], bool]] = None,
     driver_ids: bool = True,
     ids_from_modalias: bool = False,
 ) -> Optional[PciFunction]:
-    """One function as sysfs shows it now; ``None`` if it is gone or unreadable.
-
-    ``group``: its IOMMU group if already indexed. A function ``wanted`` rejects is read no
-    further than its IDs and driver link. ``driver_ids=False`` leaves out the subsystem IDs and
-    modalias (only choosing a driver needs them). The ID files win over a ``modalias`` that
-    disagrees, unless ``ids_from_modalias`` (``status``, which writes nothing: one read, not four).
-    """
+    """One function as sysfs shows it now; ``None`` if it is gone or unreadable. One ``wanted``
+    rejects is read no further than its IDs, driver and group links. ``driver_ids=False``
+    leaves out the subsystem IDs and modalias (only choosing a driver needs them). The ID files
+    win over a ``modalias`` that disagrees, unless ``ids_from_modalias`` (``status``: one read)."""
     base = sysfs.device_dir(address) + "/"
     read = sysfs.read_text
     modalias = read(base + "modalias")
     ids = parse_modalias(modalias)
-    vendor: Optional[int]
-    device: Optional[int]
-    pci_class: Optional[int]
-    sub_vendor: Optional[int]
-    sub_device: Optional[int]
-    if ids is not None and ids_from_modalias:
-        vendor, device, sub_vendor, sub_device, pci_class = ids
-    else:
+    subsystem: tuple[Optional[int], ...] = ids[2:4] if ids else (None, None)
+    if ids is None or not ids_from_modalias:
         vendor, device, pci_class = (_number(read(base + name)) for name in _IDENTITY_FILES)
         if vendor is None or device is None or pci_class is None:
             return None
-        if ids is not None:
-            sub_vendor, sub_device = ids[2], ids[3]
-            if (vendor, device, pci_class) != (ids[0], ids[1], ids[4]):
-                log.warning(
-                    "sysfs identity disagrees",
-                    bdf=str(address),
-                    step="read",
-                    outcome="files win",
-                    files=f"{vendor:04x}:{device:04x} class {pci_class:06x}",
-                    modalias=modalias,
-                )
-        else:
-            sub_vendor = _number(read(base + "subsystem_vendor")) if driver_ids else None
-            sub_device = _number(read(base + "subsystem_device")) if driver_ids else None
+        if ids is None and driver_ids:
+            subsystem = tuple(_number(read(f"{base}subsystem_{n}")) for n in ("vendor", "device"))
+        elif ids is not None and (vendor, device, pci_class) != (ids[0], ids[1], ids[4]):
+            log.warning(
+                "sysfs identity disagrees",
+                bdf=str(address),
+                step="read",
+                outcome="files win",
+                files=f"{vendor:04x}:{device:04x} class {pci_class:06x}",
+                modalias=modalias,
+            )
+    else:
+        vendor, device, pci_class = ids[0], ids[1], ids[4]
     driver = sysfs.link_name(base + "driver")
+    group = sysfs.iommu_group_of(address)
     if wanted is not None:
         brief = PciFunction(address, vendor, device, pci_class, driver=driver, iommu_group=group)
         if not wanted(brief):
@@ -97,8 +88,6 @@ def read_function(
     # a failed open of an optional attribute costs less than listing the folder
     override = read(base + "driver_override")
     numa = _number(read(base + "numa_node"), 10)
-    if group is None:
-        group = sysfs.iommu_group_of(address)
     physfn_name = sysfs.link_name(base + "physfn")
     totalvfs = _number(read(base + "sriov_totalvfs"), 10)
     return PciFunction(
@@ -106,8 +95,8 @@ def read_function(
         vendor=vendor,
         device=device,
         pci_class=pci_class,
-        subsystem_vendor=sub_vendor if driver_ids else None,
-        subsystem_device=sub_device if driver_ids else None,
+        subsystem_vendor=subsystem[0] if driver_ids else None,
+        subsystem_device=subsystem[1] if driver_ids else None,
         driver=driver,
         driver_override=None if override in (None, "", "(null)") else override,
         iommu_group=group,
@@ -128,30 +117,18 @@ def read_topology(
 ) -> Topology:
     """Every function and IOMMU group, the /dev/vfio nodes and the driver->module map
     (``wanted``, ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`)."""
-    addresses = sysfs.list_functions()
-    # each function's iommu_group link, not a listing of every group: a third of the cost
-    group_of: dict[PciAddress, int] = {}
-    members: dict[int, list[PciAddress]] = {}
-    for address in addresses:
-        group = sysfs.iommu_group_of(address)
-        if group is not None:
-            group_of[address] = group
-            members.setdefault(group, []).append(address)
-    functions: dict[PciAddress, PciFunction] = {}
-    for address in addresses:
-        function = read_function(
-            sysfs,
-            address,
-            group=group_of.get(address),
-            wanted=wanted,
-            driver_ids=driver_ids,
-            ids_from_modalias=ids_from_modalias,
-        )
-        if function is not None:
-            functions[address] = function
-    return Topology(
-        functions=functions,
-        groups={n: tuple(m) for n, m in members.items()},
-        vfio_devs=sysfs.vfio_devs(),
-        driver_modules=sysfs.driver_modules(),
+    read = functools.partial(
+        read_function,
+        sysfs,
+        wanted=wanted,
+        driver_ids=driver_ids,
+        ids_from_modalias=ids_from_modalias,
     )
+    found = (read(address) for address in sysfs.list_functions())
+    functions = {f.address: f for f in found if f is not None}
+    members: dict[int, list[PciAddress]] = {}
+    for f in functions.values():
+        if f.iommu_group is not None:
+            members.setdefault(f.iommu_group, []).append(f.address)
+    groups = {n: tuple(m) for n, m in members.items()}
+    return Topology(functions, groups, sysfs.vfio_devs(), sysfs.driver_modules())

@@ -78,7 +78,5 @@ class Topology:
 
     def vfio_dev(self, function: PciFunction) -> Optional[str]:
         """``/dev/vfio/N`` name of the function's group when the node exists."""
-        if function.iommu_group is None:
-            return None
         name = str(function.iommu_group)
-        return name if name in self.vfio_devs else None
+        return name if function.iommu_group is not None and name in self.vfio_devs else None

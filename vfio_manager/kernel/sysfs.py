@@ -1,6 +1,6 @@
 """The one module that builds paths under /sys and /dev (``--sysfs-root``, ``--dev-root``).
-Reads give ``None`` for a vanished or garbled file; each write is one unbuffered ``os.write``,
-so the kernel's errno comes back with it (kernel-facts K1)."""
+Reads give ``None`` for a vanished or garbled file; each write is one unbuffered ``os.write``
+that returns the kernel's errno (kernel-facts K1)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,8 @@ def direct_write(path: str, payload: bytes) -> None:
 
 
 class Sysfs:
-    """Typed access to the PCI, IOMMU and VFIO parts of sysfs and /dev. ``writes`` and
-    :meth:`writes_to` count the writes (proof a converged node is left alone); ``transport``
-    delivers them (:func:`direct_write`, or the safety layer's writer)."""
+    """Typed access to the PCI, IOMMU and VFIO parts of sysfs and /dev. :meth:`writes_to`
+    counts the writes; ``transport`` makes them (:func:`direct_write`, or the safety layer's)."""
 
     def __init__(
         self,
@@ -48,7 +47,6 @@ class Sysfs:
         self.root = root.rstrip("/") or "/"
         self.dev_root = dev_root.rstrip("/") or "/"
         self.transport = transport
-        self.writes = 0
         self._writes_to: dict[str, int] = {}
         self._count_lock = threading.Lock()
         # built once: a node of 4,096 functions asks for tens of thousands of paths below it
@@ -127,11 +125,9 @@ class Sysfs:
         return int(name) if name is not None and _is_number(name) else None
 
     def iommu_group_names(self) -> list[str]:
-        """Names under /sys/kernel/iommu_groups (empty when the IOMMU is off)."""
         return [n for n in self.list_dir(self._path("kernel", "iommu_groups")) if _is_number(n)]
 
     def iommu_units(self) -> list[str]:
-        """Entries of /sys/class/iommu: ``dmar0`` (Intel VT-d), ``ivhd0`` (AMD-Vi), ..."""
         return self.list_dir(self._path("class", "iommu"))
 
     def driver_registered(self, driver: str) -> bool:
@@ -147,24 +143,13 @@ class Sysfs:
         base = self._path("firmware", "acpi", "tables")
         if not os.path.isdir(base):
             return None
-        return frozenset(
-            n for n in names if os.path.lexists(os.path.join(base, _valid_name(n, "ACPI table")))
-        )
+        return frozenset(n for n in names if os.path.lexists(os.path.join(base, n)))
 
     def module_present(self, module: str) -> bool:
         """/sys/module/NAME exists: loaded, or built in with parameters."""
         return os.path.isdir(self.module_dir(module))
 
-    def module_initstate(self, module: str) -> Optional[str]:
-        """``live`` for a loaded loadable module; ``None`` for a built-in one (or none at all)."""
-        return self.read_text(os.path.join(self.module_dir(module), "initstate"))
-
-    def module_parameter(self, module: str, name: str) -> Optional[str]:
-        path = os.path.join(self.module_dir(module), "parameters", _valid_name(name, "parameter"))
-        return self.read_text(path)
-
     def module_pci_drivers(self, module: str) -> list[str]:
-        """PCI drivers a module registered (/sys/module/MOD/drivers/pci:NAME -> NAME)."""
         entries = self.list_dir(os.path.join(self.module_dir(module), "drivers"))
         return [e[len("pci:") :] for e in entries if e.startswith("pci:")]
 
@@ -174,21 +159,9 @@ class Sysfs:
     def vfio_dev_exists(self, group: int) -> bool:
         return os.path.exists(self.vfio_dev_path(group))
 
-    def dev_vfio_exists(self) -> bool:
-        return os.path.isdir(self._vfio_dir)
-
-    def vfio_container_exists(self) -> bool:
-        """/dev/vfio/vfio, the legacy container node QEMU opens (CONFIG_VFIO_CONTAINER)."""
-        return os.path.exists(os.path.join(self._vfio_dir, "vfio"))
-
-    def iommufd_node_exists(self) -> bool:
-        """/dev/iommu, the iommufd node that replaces the container on new kernels."""
-        return os.path.exists(os.path.join(self.dev_root, "iommu"))
-
     def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
         """One write; the errno comes back as :class:`SysfsWriteError`. ``subject``: its BDF."""
         with self._count_lock:
-            self.writes += 1
             if subject is not None:
                 self._writes_to[subject] = self._writes_to.get(subject, 0) + 1
         try:
@@ -218,7 +191,7 @@ class Sysfs:
         try:
             target = os.readlink(link)
         except OSError:  # not a link (a test tree), or gone
-            return os.path.realpath(link)
+            target = ""
         if not target.startswith("../"):
             return os.path.realpath(link)
         # the link climbs only through real folders: no lstat per component (as realpath does)
@@ -247,12 +220,9 @@ class Sysfs:
         return found
 
     def _uevent_devname(self, class_device_dir: str) -> Optional[str]:
-        text = self.read_text(os.path.join(class_device_dir, "uevent")) or ""
-        for line in text.splitlines():
-            if line.startswith("DEVNAME="):
-                name = line[len("DEVNAME=") :].strip()
-                return name if _valid_devname(name) else None
-        return None
+        lines = (self.read_text(os.path.join(class_device_dir, "uevent")) or "").splitlines()
+        name = next((n[len("DEVNAME=") :].strip() for n in lines if n.startswith("DEVNAME=")), "")
+        return name if _valid_devname(name) else None
 
     def dev_path(self, devname: str) -> str:
         """Where a node (uevent DEVNAME, e.g. ``vfio/9``) is under our /dev (``--dev-root``)."""
@@ -271,10 +241,7 @@ class Sysfs:
         return path
 
     def vfio_group_dev_numbers(self, group: int) -> Optional[str]:
-        """``MAJ:MIN`` of /dev/vfio/N (``/sys/class/vfio/N/dev``); ``None`` when absent."""
-        return _dev_numbers(
-            self.read_text(os.path.join(self._path("class", "vfio"), str(int(group)), "dev"))
-        )
+        return _dev_numbers(self.read_text(self._path("class", "vfio", str(int(group)), "dev")))
 
     def resolve_dev_name(self, path: str) -> Optional[str]:
         """Kernel name of a /dev path of a mount table (``/dev/mapper/root`` -> ``dm-0``) through
@@ -283,21 +250,17 @@ class Sysfs:
         if not path.startswith(prefix) or not _valid_devname(path[len(prefix) :]):
             return None
         real = os.path.realpath(os.path.join(self.dev_root, path[len(prefix) :]))
-        root = os.path.realpath(self.dev_root)
-        if not real.startswith(root.rstrip("/") + "/"):
-            return None
-        return os.path.basename(real)
+        inside = real.startswith(os.path.realpath(self.dev_root).rstrip("/") + "/")
+        return os.path.basename(real) if inside else None
+
+    def class_devices(self, kind: str) -> dict[str, str]:
+        """``/sys/class/KIND`` (``block``, ``net``): name -> its resolved /sys/devices path,
+        under its PCI function's for a physical device."""
+        base = self._path("class", kind)
+        return {n: os.path.realpath(os.path.join(base, n)) for n in self.list_dir(base)}
 
     def _block(self, name: str, *parts: str) -> str:
         return os.path.join(self._path("class", "block"), _valid_name(name, "disk"), *parts)
-
-    def block_devices(self) -> list[str]:
-        """Every disk and partition (``/sys/class/block``: vda, vda1, nvme0n1, dm-0, md0)."""
-        return self.list_dir(self._path("class", "block"))
-
-    def block_realpath(self, name: str) -> str:
-        """Resolved path of a block device: under its PCI function's /sys/devices path."""
-        return os.path.realpath(self._block(name))
 
     def block_dev_numbers(self, name: str) -> Optional[str]:
         return _dev_numbers(self.read_text(self._block(name, "dev")))
@@ -307,31 +270,18 @@ class Sysfs:
         return self.list_dir(self._block(name, "holders"))
 
     def block_slaves(self, name: str) -> list[str]:
-        """Devices this one is stacked on (the reverse of :meth:`block_holders`)."""
         return self.list_dir(self._block(name, "slaves"))
 
     def block_dm_name(self, name: str) -> Optional[str]:
-        """Device-mapper name (``/dev/mapper/NAME``) of a dm-N device; ``None`` otherwise."""
+        """Device-mapper name (``/dev/mapper/NAME``) of a dm-N device."""
         return self.read_text(self._block(name, "dm", "name"))
-
-    def net_interfaces(self) -> list[str]:
-        return self.list_dir(self._path("class", "net"))
-
-    def _net(self, iface: str) -> str:
-        return os.path.join(self._path("class", "net"), _valid_name(iface, "interface"))
-
-    def net_realpath(self, iface: str) -> str:
-        """Resolved path of an interface; physical ones lie under their PCI function."""
-        return os.path.realpath(self._net(iface))
 
     def net_uppers(self, iface: str) -> list[str]:
         """Interfaces stacked on this one: its ``master`` (bridge, bond) and ``upper_*`` (VLAN)."""
-        base = self._net(iface)
+        base = os.path.join(self._path("class", "net"), _valid_name(iface, "interface"))
         uppers = [n[len("upper_") :] for n in self.list_dir(base) if n.startswith("upper_")]
         master = self.link_name(os.path.join(base, "master"))
-        if master is not None and master not in uppers:
-            uppers.append(master)
-        return uppers
+        return [*uppers, master] if master is not None and master not in uppers else uppers
 
 
 def _is_number(name: str) -> bool:
@@ -357,16 +307,13 @@ def _real_subdirs(path: str) -> list[os.DirEntry[str]]:
 
 
 def _dev_numbers(text: Optional[str]) -> Optional[str]:
-    """``MAJ:MIN`` from a ``dev`` file; ``None`` for anything else."""
     major, sep, minor = (text or "").strip().partition(":")
     return f"{major}:{minor}" if sep and major.isdecimal() and minor.isdecimal() else None
 
 
 def _valid_devname(name: str) -> bool:
     """A relative node name with no empty, ``.`` or ``..`` component (no escape from /dev)."""
-    return (
-        bool(name) and "\0" not in name and all(p not in {"", ".", ".."} for p in name.split("/"))
-    )
+    return "\0" not in name and all(p not in {"", ".", ".."} for p in name.split("/"))
 
 
 def _checked_devname(devname: str) -> str:

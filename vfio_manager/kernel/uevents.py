@@ -24,7 +24,7 @@ _SO_RCVBUFFORCE = 33  # asm-generic/socket.h; needs CAP_NET_ADMIN, else SO_RCVBU
 _RECEIVE_BUFFER = 1 << 20  # a hot-plug storm queues instead of overflowing
 _DATAGRAM_MAX = 16384  # the kernel's uevent buffer is 2 KiB
 _DRAIN_LIMIT = 1024  # datagrams per read; the rest wait for the next wakeup
-DEFAULT_POLL_INTERVAL = 5.0
+_POLL_INTERVAL = 5.0  # seconds between checks without an event: events are only a hint
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,8 @@ class Uevent:
     @property
     def is_pci_driver(self) -> bool:
         """A PCI driver registered or unregistered (a module loaded or unloaded)."""
-        return (
-            self.subsystem == "drivers"
-            and self.devpath.startswith("/bus/pci/drivers/")
-            and self.action in ("add", "remove")
-        )
+        driver = self.subsystem == "drivers" and self.devpath.startswith("/bus/pci/drivers/")
+        return driver and self.action in ("add", "remove")
 
     @property
     def relevant(self) -> bool:
@@ -65,24 +62,19 @@ def parse_uevent(data: bytes) -> Optional[Uevent]:
     action, at, devpath = header.decode("utf-8", "replace").partition("@")
     if not at or not action or not devpath.startswith("/"):
         return None
-    props: dict[str, str] = {}
-    for raw in fields:
-        key, eq, value = raw.partition(b"=")
-        if eq and key:
-            props[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    pairs = (raw.partition(b"=") for raw in fields)
+    props = {
+        k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, eq, v in pairs if eq and k
+    }
     devpath = props.get("DEVPATH", devpath)
     subsystem = props.get("SUBSYSTEM")
     slot = props.get("PCI_SLOT_NAME") or devpath.rsplit("/", 1)[-1]
     address = PciAddress.from_sysfs_name(slot) if subsystem == "pci" else None
+    bdf = str(address) if address is not None else None
     seq = props.get("SEQNUM", "")
-    return Uevent(
-        action=props.get("ACTION", action),
-        devpath=devpath,
-        subsystem=subsystem,
-        bdf=str(address) if address is not None else None,
-        driver=props.get("DRIVER") or None,
-        seqnum=int(seq) if seq.isascii() and seq.isdigit() and len(seq) <= 20 else None,
-    )
+    seqnum = int(seq) if seq.isascii() and seq.isdigit() and len(seq) <= 20 else None
+    driver = props.get("DRIVER") or None
+    return Uevent(props.get("ACTION", action), devpath, subsystem, bdf, driver, seqnum)
 
 
 @dataclass(frozen=True)
@@ -110,8 +102,7 @@ class DatagramUeventSource:
 
     def read_pending(self) -> UeventBatch:
         events: list[Uevent] = []
-        overflowed = False
-        received = 0
+        overflowed, received = False, 0
         for _ in range(_DRAIN_LIMIT):
             try:
                 data, sender = self._sock.recvfrom(_DATAGRAM_MAX)
@@ -124,9 +115,8 @@ class DatagramUeventSource:
                 log.warning("uevents: read failed", error=exc.strerror, errno=exc.errno)
                 return UeventBatch(tuple(events), True, True, received)
             received += 1
-            from_kernel = isinstance(sender, tuple) and len(sender) == 2 and sender[0] == 0
-            if self._kernel_only and not from_kernel:
-                continue
+            if self._kernel_only and not (isinstance(sender, tuple) and sender[:1] == (0,)):
+                continue  # not from the kernel (port 0)
             event = parse_uevent(data)
             if event is not None and event.relevant:
                 events.append(event)
@@ -177,7 +167,7 @@ def wait_for(
     *,
     timeout: float,
     source: Optional[DatagramUeventSource],
-    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    poll_interval: float = _POLL_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
     waiter: Optional[Waiter] = None,
 ) -> bool:
@@ -188,10 +178,7 @@ def wait_for(
     deadline = clock() + max(0.0, timeout)
     if condition():
         return True
-    while True:
-        remaining = deadline - clock()
-        if remaining <= 0:
-            return condition()
+    while (remaining := deadline - clock()) > 0:
         fds = [source.fileno()] if source is not None else []
         ready = wait.wait(fds, min(remaining, poll_interval))
         if source is not None and source.fileno() in ready:
@@ -202,22 +189,21 @@ def wait_for(
                 continue  # nothing that could change the answer
         if condition():
             return True
+    return condition()
 
 
-def wait_with_uevents(
-    condition: Callable[[], bool], *, timeout: float, poll_interval: float = DEFAULT_POLL_INTERVAL
-) -> bool:
+def wait_with_uevents(condition: Callable[[], bool], *, timeout: float) -> bool:
     """:func:`wait_for` on the netlink socket, opened before the first check so no event is
     missed in between; without one, the slow poll."""
     try:
         source: Optional[DatagramUeventSource] = open_kernel_uevents()
     except OSError as exc:
         log.info(
-            "uevents unavailable: polling instead", error=exc.strerror, poll_interval=poll_interval
+            "uevents unavailable: polling instead", error=exc.strerror, poll_interval=_POLL_INTERVAL
         )
         source = None
     try:
-        return wait_for(condition, timeout=timeout, source=source, poll_interval=poll_interval)
+        return wait_for(condition, timeout=timeout, source=source)
     finally:
         if source is not None:
             source.close()

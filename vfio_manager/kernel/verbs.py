@@ -3,8 +3,6 @@ what it depends on and does nothing when nothing is to do (a stale plan never wr
 
 from __future__ import annotations
 
-from typing import Optional
-
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
@@ -17,15 +15,9 @@ class Kernel:
 
     def __init__(self, sysfs: Sysfs) -> None:
         self.sysfs = sysfs
-
-    def driver_of(self, address: PciAddress) -> Optional[str]:
-        return self.sysfs.driver_of(address)
-
-    def override_of(self, address: PciAddress) -> Optional[str]:
-        return self.sysfs.override_of(address)
-
-    def exists(self, address: PciAddress) -> bool:
-        return self.sysfs.function_exists(address)
+        self.driver_of = sysfs.driver_of
+        self.override_of = sysfs.override_of
+        self.exists = sysfs.function_exists
 
     def set_override(self, address: PciAddress, driver: str) -> bool:
         """Only ``driver`` may bind the function from now on. Does not unbind or load anything."""

@@ -42,6 +42,4 @@ def group_blockers(
 def group_viable(topology: Topology, function: PciFunction) -> Optional[bool]:
     """Whether every *other* member leaves DMA to its user ("would binding it give a usable
     group?"); ``None`` when the function has no IOMMU group."""
-    if function.iommu_group is None:
-        return None
-    return not group_blockers(topology, function)
+    return None if function.iommu_group is None else not group_blockers(topology, function)

@@ -137,7 +137,6 @@ class _Run:
 
     def result(self) -> TransitionResult:
         from vfio_manager.host.driver_choice import DriverResolver
-        from vfio_manager.host.dynamic_ids import suspected_ids
 
         topology = read_topology(self.sysfs)
         targets = self._targets(topology)
@@ -148,12 +147,7 @@ class _Run:
             if loaded and not self.request.dry_run:  # drivers and modules changed: read again
                 topology = read_topology(self.sysfs)
                 targets = self._targets(topology)
-                resolver = DriverResolver.for_node(
-                    topology.driver_modules,
-                    resolver.aliases,
-                    self.sysfs,
-                    dynamic=suspected_ids(topology.functions.values()),
-                )
+                resolver = DriverResolver.load(topology, host, self.sysfs, resolver.aliases)
         self._record_intents(targets)
         plan = self._refuse(self._plan(topology, targets, resolver))
         report = None if self.request.dry_run or not plan.entries else self._apply(plan)
@@ -272,7 +266,7 @@ class _Run:
             settling = frozenset(settlement.interrupted)
             origins = self._origins(targets, settling)
             self.notes += _native_sources(pending, targets, origins, self.unreadable_origins)
-            host = resolver.with_origins(origins)
+            host = replace(resolver, origins=origins)
             plan = plan_to_host(
                 topology, targets, host_target_for=host.host_target, settling=settling
             )

@@ -210,10 +210,10 @@ class HostCritical:
         if self._loaded:
             return
         self._loaded = True
-        self._blocks = {n: self.sysfs.block_realpath(n) for n in self.sysfs.block_devices()}
+        self._blocks = self.sysfs.class_devices("block")
         self._mounts = self._read_mounts()
         self._swaps = self._read_swaps()
-        self._ifaces = {n: self.sysfs.net_realpath(n) for n in self.sysfs.net_interfaces()}
+        self._ifaces = self.sysfs.class_devices("net")
         if self._ifaces:
             self._read_network()
 
