@@ -1,10 +1,9 @@
 """Exclusive ``flock`` locks on files of the state directory: the node lock and the daemon's.
 
 Every writing run holds the node lock, so two runs never interleave their writes; a daemon
-holds its presence lock for its whole life, so ``unbind`` knows one is up and a second
-daemon waits for the first. ``flock``: the kernel drops it when the holder dies, however.
-The files are never unlinked (a waiter may hold the old inode); the holder writes its PID
-and command line into them so a waiter that gives up can name it.
+holds its presence lock for its whole life, so ``unbind`` knows one is up and a second daemon
+waits for the first. The kernel drops a ``flock`` when its holder dies; the files are never
+unlinked (a waiter may hold the old inode) and name their holder's PID and command line.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
 
 from vfio_manager.errors import VfioManagerError
@@ -58,9 +56,8 @@ class DaemonRunningError(VfioManagerError):
 
 @dataclass(frozen=True)
 class LockHolder:
-    """The PID and command line a lock file names, and what /proc says about that PID now:
-    ``running`` False when it is gone (or in another PID namespace), ``state`` ``D`` when it
-    is stuck in the kernel."""
+    """Who a lock file names, and what /proc says of that PID now: ``running`` False when it
+    is gone (or in another PID namespace), ``state`` ``D`` when it is stuck in the kernel."""
 
     pid: int
     command: str
@@ -123,6 +120,15 @@ def _write_holder(fd: int, pid: int, command: str) -> None:
     os.pwrite(fd, f"{pid}\n{command.replace(chr(10), ' ')}\n".encode("utf-8", "replace"), 0)
 
 
+def _unlock(fd: int) -> None:
+    try:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # the holder record goes with the lock
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
     """True while a daemon holds ``<state-dir>/daemon``; probes with a shared lock, released
     at once. Never creates or blocks; anything unusable means no daemon."""
@@ -150,8 +156,7 @@ def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
 class FileLock:
     """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds; a
     context manager. Two objects conflict even in one process (each opens the file anew);
-    one object is not re-entrant. ``clock``, ``sleep``, ``command`` and ``uid`` (the owner
-    the state directory must have) are injectable."""
+    one object is not re-entrant. ``uid`` is the owner the state directory must have."""
 
     NAME: ClassVar[str]
     POLL_INTERVAL: ClassVar[float] = 0.1
@@ -169,7 +174,7 @@ class FileLock:
         uid: Optional[int] = None,
     ) -> None:
         self.state_dir = state_dir
-        self.name = self.NAME
+        self.path = os.path.join(state_dir, self.NAME)
         self.timeout = max(0.0, timeout)
         self.clock = clock
         self.sleep = sleep
@@ -180,23 +185,15 @@ class FileLock:
         self._fd: Optional[int] = None
 
     @property
-    def path(self) -> str:
-        return os.path.join(self.state_dir, self.name)
-
-    @property
     def held(self) -> bool:
         return self._fd is not None
-
-    @property
-    def fd(self) -> Optional[int]:
-        return self._fd
 
     def acquire(self) -> None:
         """Take the lock, polling until ``timeout``; raise :meth:`busy`'s error then."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this lock")
         with StateDir.open(self.state_dir, uid=self.uid) as state:
-            fd = state.open_lock_file(self.name)
+            fd = state.open_lock_file(self.NAME)
         try:
             start = self.clock()
             while True:
@@ -206,7 +203,7 @@ class FileLock:
                 except BlockingIOError:
                     remaining = self.timeout - (self.clock() - start)
                     if remaining <= 0:
-                        raise self._busy(fd) from None
+                        raise self.busy(read_holder(self.path, proc_root=self.proc_root)) from None
                     self.sleep(min(self.poll_interval, remaining))
             try:
                 command = self.command if self.command is not None else command_line()
@@ -223,45 +220,24 @@ class FileLock:
         """Clear the holder record, unlock, close. Safe to call when not held."""
         fd, self._fd = self._fd, None
         if fd is not None:
-            self._unlock(fd)
-
-    @staticmethod
-    def _unlock(fd: int) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def _busy(self, fd: int) -> VfioManagerError:
-        """The error for a lock another process kept past ``timeout``."""
-        try:
-            data = os.pread(fd, _HOLDER_READ_LIMIT, 0)
-        except OSError:
-            data = b""
-        return self.busy(_parse_holder(data, self.proc_root))
+            _unlock(fd)
+            log.debug("lock released", path=self.path)
 
     def busy(self, holder: Optional[LockHolder]) -> VfioManagerError:
+        """The error for a lock another process kept past ``timeout``."""
         raise NotImplementedError
 
     def __enter__(self: L) -> L:
         self.acquire()
         return self
 
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
 class NodeLock(FileLock):
     """One writer per node: ``state_dir/lock``, held by every writing run from its first read
-    to its last write. The writer it hands out (:meth:`writer`) keeps it while a write the run
-    gave up on is still in the kernel."""
+    to its last write, and by a writer child while a write the run gave up on is pending."""
 
     NAME = LOCK_FILE_NAME
     _writer: Optional[ChildWriter] = None
@@ -278,15 +254,13 @@ class NodeLock(FileLock):
     def release(self) -> None:
         """Release, unless a write we gave up on is still in the kernel (a next run would queue
         behind it): then the lock is kept by the child, and named as the holder."""
-        fd, self._fd = self._fd, None
         writer, self._writer = self._writer, None
-        if fd is None:
-            return
         stuck = writer.close() if writer is not None else []
-        if writer is None or not stuck:
-            self._unlock(fd)
-            log.debug("lock released", path=self.path)
+        fd = self._fd
+        if not stuck or writer is None or fd is None:
+            super().release()
             return
+        self._fd = None
         with contextlib.suppress(OSError):
             _write_holder(fd, stuck[0].pid, f"vfio-manager writer (stuck: {stuck[0].what})")
         log.warning(
@@ -298,7 +272,7 @@ class NodeLock(FileLock):
             what=stuck[0].what,
         )
         if writer.threads:  # a thread inherits nothing: unlock when its write returns
-            writer.when_returned(lambda: self._unlock(fd))
+            writer.when_returned(lambda: _unlock(fd))
         else:  # each stuck child holds a copy; the kernel unlocks when the last one exits
             os.close(fd)
 

@@ -1,13 +1,9 @@
 """The state directory's one gateway: every file of the lock, the journal and the intents.
 
-Every run opens these files, mostly under the node lock, so a file that is not what its name
-says must never hang a run nor redirect a write. Hence: the directory is a real directory
-owned by us and writable by nobody else (checked on the open descriptor), and files are
-opened relative to it; a name is looked at (``lstat``) before it is opened and only a regular
-file of ours is opened, never following a symlink nor blocking on a FIFO, and checked again
-(``fstat``); reads are bounded; replaces are atomic and durable (temporary file, ``fsync``,
-``rename``, ``fsync`` of the directory). An unusable file raises :class:`UnusableFile`; the
-caller decides (the journal sets it aside, the lock refuses naming it).
+A file that is not what its name says must never hang a run nor redirect a write: the
+directory must be ours and writable by nobody else; only regular files of ours are opened
+(never following a symlink, never blocking on a FIFO), reads are bounded, and replaces are
+atomic and durable. An unusable file raises :class:`UnusableFile`; the caller decides.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ import contextlib
 import errno as errno_mod
 import os
 import stat
-from types import TracebackType
 from typing import Optional
 
 from vfio_manager.errors import VfioManagerError
@@ -31,8 +26,7 @@ _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeStateDirError(VfioManagerError):
-    """The state directory (or a file in it) could be controlled by someone else: refused,
-    nothing written."""
+    """The state directory (or a file in it) could be controlled by someone else."""
 
 
 class UnusableFile(Exception):
@@ -55,8 +49,7 @@ _KINDS = {
 }
 
 
-def kind_of(mode: int) -> str:
-    """What a file is, in words, for messages: ``a FIFO``, ``a symlink``, ..."""
+def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "not a file")
 
 
@@ -89,27 +82,16 @@ def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
     )
 
 
-def _blocked_by_a_file(path: str, blocker: str, exc: OSError) -> UnsafeStateDirError:
-    return UnsafeStateDirError(
-        f"cannot use state directory {path}: {blocker} is {_kind_at(blocker)}, not a directory",
-        path=blocker,
-        errno=exc.errno,
-        remedy=f"point --state-dir at a directory that is not under {blocker} "
-        f"(or move {blocker} out of the way)",
-    )
-
-
 def _kind_at(path: str) -> str:
     try:
-        return kind_of(os.lstat(path).st_mode)
+        return _kind(os.lstat(path).st_mode)
     except OSError:
         return "not a directory"
 
 
 class StateDir:
-    """An open, checked state directory, used as a context manager: :meth:`open` creates it,
-    :meth:`open_existing` does not (a dry run creates nothing). ``owner`` is the UID the
-    directory and its files must have (default: our effective UID)."""
+    """An open, checked state directory (a context manager); ``owner`` is the UID it and its
+    files must have (default: our effective UID)."""
 
     def __init__(self, path: str, fd: int, owner: int) -> None:
         self.path = path
@@ -119,26 +101,23 @@ class StateDir:
     @classmethod
     def open(cls, path: str, *, uid: Optional[int] = None) -> StateDir:
         """Create ``path`` (mode 0700) if missing, check it, and return it open."""
-        owner = os.geteuid() if uid is None else uid
-        parent = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
             os.mkdir(path, 0o700)
             log.debug("state dir created", path=path)
         except FileExistsError:
             pass
         except OSError as exc:
-            blocker = _not_a_directory_above(path) if exc.errno == errno_mod.ENOTDIR else None
-            if blocker is not None:
-                raise _blocked_by_a_file(path, blocker, exc) from exc
-            raise UnsafeStateDirError(
-                f"cannot create state directory {path}: {exc.strerror}",
-                path=path,
-                errno=exc.errno,
-                remedy="point --state-dir at a writable location (default /run/vfio-manager; "
-                "in a container, mount the host's /run or an emptyDir there)",
-            ) from exc
-        found = cls._open_dir(path, owner)
+            if exc.errno != errno_mod.ENOTDIR:  # a file in the way: opening names it
+                raise UnsafeStateDirError(
+                    f"cannot create state directory {path}: {exc.strerror}",
+                    path=path,
+                    errno=exc.errno,
+                    remedy="point --state-dir at a writable location (default "
+                    "/run/vfio-manager; in a container, mount the host's /run or an emptyDir "
+                    "there)",
+                ) from exc
+        found = cls.open_existing(path, uid=uid)
         if found is None:  # removed between mkdir and open
             raise UnsafeStateDirError(
                 f"state directory {path} disappeared while it was opened",
@@ -166,19 +145,27 @@ class StateDir:
     ) -> Optional[StateDir]:
         try:
             fd = os.open(path, _DIR_OPEN) if at is None else os.open(at[1], _DIR_OPEN, dir_fd=at[0])
-        except FileNotFoundError as exc:
-            blocker = _not_a_directory_above(path)  # some file systems say ENOENT for ENOTDIR
-            if blocker is not None:
-                raise _blocked_by_a_file(path, blocker, exc) from exc
-            return None
         except OSError as exc:
-            if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
-                blocker = _not_a_directory_above(path)
-                if os.path.islink(path):
-                    raise _unsafe(path, "is a symlink", uid=owner) from exc
-                if blocker is not None and blocker != os.path.abspath(path):
-                    raise _blocked_by_a_file(path, blocker, exc) from exc
+            not_dir = exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR)
+            if not_dir and os.path.islink(path):
+                raise _unsafe(path, "is a symlink", uid=owner) from exc
+            # some file systems say ENOENT for ENOTDIR
+            blocker = (
+                _not_a_directory_above(path) if not_dir or exc.errno == errno_mod.ENOENT else None
+            )
+            if blocker is not None and (blocker != os.path.abspath(path) or not not_dir):
+                raise UnsafeStateDirError(
+                    f"cannot use state directory {path}: {blocker} is {_kind_at(blocker)}, "
+                    "not a directory",
+                    path=blocker,
+                    errno=exc.errno,
+                    remedy=f"point --state-dir at a directory that is not under {blocker} "
+                    f"(or move {blocker} out of the way)",
+                ) from exc
+            if not_dir:
                 raise _unsafe(path, f"is {_kind_at(path)}, not a directory", uid=owner) from exc
+            if exc.errno == errno_mod.ENOENT:
+                return None
             raise UnsafeStateDirError(
                 f"cannot open state directory {path}: {exc.strerror}",
                 path=path,
@@ -204,12 +191,7 @@ class StateDir:
     def __enter__(self) -> StateDir:
         return self
 
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def path_of(self, name: str) -> str:
@@ -219,18 +201,9 @@ class StateDir:
         """Every name in the directory, sorted; ``OSError`` when it cannot be listed."""
         return sorted(os.listdir(self.fd))
 
-    def exists(self, name: str) -> bool:
-        """Whether ``name`` is taken (by anything, a dangling symlink included)."""
-        try:
-            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
-
     def _usable(self, name: str, st: os.stat_result, limit: Optional[int]) -> None:
-        """Raise :class:`UnusableFile` unless ``st`` is a regular file of ours within limit."""
         if not stat.S_ISREG(st.st_mode):
-            raise UnusableFile(name, f"not a regular file ({kind_of(st.st_mode)})")
+            raise UnusableFile(name, f"not a regular file ({_kind(st.st_mode)})")
         if st.st_uid != self.owner:
             raise UnusableFile(name, f"owned by UID {st.st_uid}, not {self.owner}")
         if limit is not None and st.st_size > limit:
@@ -269,20 +242,14 @@ class StateDir:
         fd = self.open_file(name, os.O_RDONLY, limit if whole else None)
         if fd is None:
             return None
+        data = b""
         try:
-            chunks: list[bytes] = []
-            size = 0
-            while size <= limit:
-                chunk = os.read(fd, limit + 1 - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+            while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+                data += chunk
         except OSError as exc:
             raise UnusableFile(name, f"unreadable: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        data = b"".join(chunks)
         if len(data) > limit:
             if whole:
                 raise UnusableFile(name, f"more than the {limit} bytes expected")
@@ -312,9 +279,8 @@ class StateDir:
         return fd
 
     def replace(self, name: str, data: bytes) -> None:
-        """Atomically and durably make ``data`` the content of ``name``; ``OSError`` on
-        failure. Whatever is at ``name`` (a symlink, a FIFO) is replaced, never written
-        through."""
+        """Atomically and durably make ``data`` the content of ``name`` (whatever is there is
+        replaced, never written through); ``OSError`` on failure."""
         _replace_at(self.fd, name, data, 0o600)
 
     def remove(self, name: str) -> bool:
@@ -331,11 +297,12 @@ class StateDir:
         ``NAME.N<suffix>``; return the new name. ``OSError`` when no name is free."""
         for attempt in range(100):
             target = f"{name}{suffix}" if attempt == 0 else f"{name}.{attempt}{suffix}"
-            if self.exists(target):
-                continue
-            os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-            os.fsync(self.fd)
-            return target
+            try:
+                os.stat(target, dir_fd=self.fd, follow_symlinks=False)
+            except FileNotFoundError:  # free (a dangling symlink is not)
+                os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+                os.fsync(self.fd)
+                return target
         raise OSError(errno_mod.EEXIST, f"no free name to set {name} aside")
 
     def sweep_temporaries(self) -> list[str]:
@@ -370,8 +337,7 @@ def _replace_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
 
 
 def replace_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
-    """``StateDir.replace`` for a file anywhere (the daemon's ready file): its directory is
-    opened without following a symlink; ``OSError`` on failure."""
+    """``StateDir.replace`` for a file anywhere (the daemon's ready file)."""
     fd = os.open(os.path.dirname(path) or ".", _DIR_OPEN)
     try:
         _replace_at(fd, os.path.basename(path), data, mode)

@@ -34,11 +34,12 @@ log = get_logger("vfio_manager.safety.writer")
 
 T = TypeVar("T")
 Write = Callable[[str, bytes], None]
-TRANSIENT_ERRNOS = frozenset({errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV})
+Request = Optional[tuple[str, bytes]]  # None ends the child
 _HEADER = struct.Struct("!II")  # path length, payload length
 _REPLY = struct.Struct("!i")  # 0 or the errno
 _MAX_PATH = 4096
 _MAX_PAYLOAD = 65536
+_FIRST_WAIT, _LONGEST_WAIT = 0.05, 1.0  # between retries of a transient errno
 
 
 class DeadlineExceededError(VfioManagerError):
@@ -97,7 +98,8 @@ def bounded(
 
 def is_transient(exc: BaseException) -> bool:
     """A kernel answer that may change on its own shortly: EBUSY, EAGAIN, ENODEV."""
-    return isinstance(exc, SysfsWriteError) and exc.errno in TRANSIENT_ERRNOS
+    transient = (errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV)
+    return isinstance(exc, SysfsWriteError) and exc.errno in transient
 
 
 def retry_transient(
@@ -106,22 +108,20 @@ def retry_transient(
     deadline_at: float,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    initial: float = 0.05,
-    maximum: float = 1.0,
 ) -> T:
-    """Call ``fn``; retry it on transient errnos, waits doubling from ``initial`` to
-    ``maximum``, while no wait runs past ``deadline_at``; the last error is the kernel's.
-    tenacity is imported only once a first attempt failed so (a tenth of a run's start-up)."""
+    """Call ``fn``; retry it on transient errnos, waits doubling up to a second, while no wait
+    runs past ``deadline_at``; the last error is the kernel's. tenacity is imported only once
+    a first attempt failed (it is a tenth of a run's start-up)."""
 
-    def backoff(attempt: int) -> float:
-        return float(min(maximum, initial * (2 ** min(attempt - 1, 32))))
+    def wait(attempt: int) -> float:
+        return float(min(_LONGEST_WAIT, _FIRST_WAIT * (2 ** min(attempt - 1, 32))))
 
     def exhausted(attempt: int) -> bool:
-        return clock() + backoff(attempt) >= deadline_at
+        return clock() + wait(attempt) >= deadline_at
 
     def announce(attempt: int, exc: Optional[BaseException]) -> None:
         code = errno_mod.errorcode.get(getattr(exc, "errno", 0) or 0)
-        log.info("transient error, retrying", attempt=attempt, errno=code, wait=backoff(attempt))
+        log.info("transient error, retrying", attempt=attempt, errno=code, wait=wait(attempt))
 
     try:
         return fn()
@@ -129,33 +129,27 @@ def retry_transient(
         if not is_transient(exc) or exhausted(1):
             raise
         announce(1, exc)
-    sleep(backoff(1))
+    sleep(wait(1))
 
     import tenacity  # attempts 2, 3, ...: tenacity counts them from 1
 
-    retrying = tenacity.Retrying(
+    return tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
         stop=lambda state: exhausted(state.attempt_number + 1),
-        wait=lambda state: backoff(state.attempt_number + 1),
+        wait=lambda state: wait(state.attempt_number + 1),
         sleep=sleep,
         before_sleep=lambda state: announce(
             state.attempt_number + 1,
             state.outcome.exception() if state.outcome is not None else None,
         ),
         reraise=True,
-    )
-    return retrying(fn)
+    )(fn)
 
 
-def _serve(
-    receive: Callable[[], Optional[tuple[str, bytes]]], answer: Callable[[int], bool], write: Write
-) -> None:
+def _serve(receive: Callable[[], Request], answer: Callable[[int], bool], write: Write) -> None:
     """A child's whole life: take a request, write it, answer 0 or the errno; ``None`` (or
     an answer nobody takes) ends it."""
-    while True:
-        request = receive()
-        if request is None:
-            return
+    while (request := receive()) is not None:
         try:
             write(*request)
             code = 0
@@ -179,12 +173,12 @@ class _Process:
     """A forked child that keeps only ``keep_fds`` (the node lock) and its two pipes."""
 
     def __init__(self, keep_fds: Sequence[int], write: Write) -> None:
-        req_r, req_w = os.pipe()
-        rep_r, rep_w = os.pipe()
+        req_r, self._requests = os.pipe()
+        self._replies, rep_w = os.pipe()
         with warnings.catch_warnings():  # the child runs only os-level code: no lock to inherit
             warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child; exercised by the process tests
+            self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child; exercised by the process tests
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -197,29 +191,18 @@ class _Process:
                     os.closerange(low, fd)
                     low = fd + 1
                 os.closerange(low, 65536)
-                _serve(lambda: self._request(req_r), lambda code: _answer(rep_w, code), write)
+                _serve(lambda: _receive(req_r), lambda code: _reply(rep_w, code), write)
             finally:
                 os._exit(0)
         os.close(req_r)
         os.close(rep_w)
-        os.set_inheritable(req_w, False)
-        os.set_inheritable(rep_r, False)
-        self.pid, self._requests, self._replies = pid, req_w, rep_r
-
-    @staticmethod
-    def _request(fd: int) -> Optional[tuple[str, bytes]]:  # pragma: no cover - in the child
-        header = _read_exactly(fd, _HEADER.size)
-        if header is None:
-            return None
-        path_len, payload_len = _HEADER.unpack(header)
-        if path_len > _MAX_PATH or payload_len > _MAX_PAYLOAD:
-            return None
-        body = _read_exactly(fd, path_len + payload_len)
-        return None if body is None else (body[:path_len].decode(), body[path_len:])
+        os.set_inheritable(self._requests, False)
+        os.set_inheritable(self._replies, False)
 
     def send(self, path: str, payload: bytes) -> None:
-        os.write(self._requests, _HEADER.pack(len(path.encode()), len(payload)))
-        os.write(self._requests, path.encode() + payload)
+        os.write(
+            self._requests, _HEADER.pack(len(path.encode()), len(payload)) + path.encode() + payload
+        )
 
     def answer(self, timeout: Optional[float]) -> Optional[int]:
         """The errno (0: done); ``None`` when ``timeout`` passed first."""
@@ -227,8 +210,8 @@ class _Process:
         poller.register(self._replies, select.POLLIN)
         if not poller.poll(None if timeout is None else timeout * 1000):
             return None
-        reply = _read_exactly(self._replies, _REPLY.size)
-        if reply is None:
+        reply = os.read(self._replies, _REPLY.size)  # written at once: never split
+        if len(reply) < _REPLY.size:
             raise OSError(errno_mod.EIO, "the writer process died")
         return int(_REPLY.unpack(reply)[0])
 
@@ -250,7 +233,18 @@ class _Process:
             return True
 
 
-def _answer(fd: int, code: int) -> bool:  # pragma: no cover - in the child
+def _receive(fd: int) -> Request:  # pragma: no cover - in the child
+    header = _read_exactly(fd, _HEADER.size)
+    if header is None:
+        return None
+    path_len, payload_len = _HEADER.unpack(header)
+    if path_len > _MAX_PATH or payload_len > _MAX_PAYLOAD:
+        return None
+    body = _read_exactly(fd, path_len + payload_len)
+    return None if body is None else (body[:path_len].decode(), body[path_len:])
+
+
+def _reply(fd: int, code: int) -> bool:  # pragma: no cover - in the child
     try:
         os.write(fd, _REPLY.pack(code))
     except OSError:  # the parent gave up on this write: we are done
@@ -259,23 +253,24 @@ def _answer(fd: int, code: int) -> bool:  # pragma: no cover - in the child
 
 
 class _Thread:
-    """A thread of this process serving the same loop over queues (pyfakefs fakes pipes)."""
+    """A thread of this process serving the same loop over queues (pyfakefs fakes pipes);
+    ``on_exit`` is called from the thread as it ends."""
 
     def __init__(self, write: Write, on_exit: Callable[[_Thread], None]) -> None:
         self.pid = os.getpid()
-        self._requests: queue.SimpleQueue[Optional[tuple[str, bytes]]] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._replies: queue.SimpleQueue[int] = queue.SimpleQueue()
 
         def run() -> None:
             try:
-                _serve(self._requests.get, self._answer, write)
+                _serve(self._requests.get, self._reply, write)
             finally:
                 on_exit(self)
 
         self._thread = threading.Thread(target=run, name="vfio-manager: writer", daemon=True)
         self._thread.start()
 
-    def _answer(self, code: int) -> bool:
+    def _reply(self, code: int) -> bool:
         self._replies.put(code)
         return True
 
@@ -297,9 +292,6 @@ class _Thread:
         return not self._thread.is_alive()
 
 
-_Child = Union[_Process, _Thread]
-
-
 @dataclass(frozen=True)
 class StuckWriter:
     """A child still in the kernel with a write the run gave up on."""
@@ -319,10 +311,8 @@ class ChildWriter:
         self.keep_fds = tuple(keep_fds)
         self.threads = threads
         self._write = write
-        self._idle: list[_Child] = []
-        self._busy: dict[_Child, str] = {}  # a caller waits for its answer
-        self._abandoned: dict[_Child, str] = {}  # its caller gave up
-        self._when_returned: list[Callable[[], None]] = []
+        self._children: dict[Union[_Process, _Thread], Optional[str]] = {}  # its write, or idle
+        self._on_returned: Optional[Callable[[], None]] = None
         self._mutex = threading.Lock()
 
     def __call__(self, path: str, payload: bytes) -> None:
@@ -330,47 +320,43 @@ class ChildWriter:
         deadline = _deadline.get()
         timeout = None if deadline is None else deadline.left()
         with self._mutex:
-            child = self._idle.pop() if self._idle else None
-        if child is None:
-            child = (
-                _Thread(self._write, self._ended)
-                if self.threads
-                else _Process(self.keep_fds, self._write)
-            )
-        with self._mutex:
-            self._busy[child] = what
+            child = next((c for c, busy in self._children.items() if busy is None), None)
+            if child is None:
+                child = (
+                    _Thread(self._write, self._ended)
+                    if self.threads
+                    else _Process(self.keep_fds, self._write)
+                )
+            self._children[child] = what
         try:
             child.send(path, payload)
             code = child.answer(timeout)
         except OSError as exc:
             with self._mutex:
-                del self._busy[child]
+                self._children.pop(child, None)
             child.end()
             raise OSError(errno_mod.EIO, f"the writer process failed: {exc.strerror}") from exc
-        with self._mutex:
-            del self._busy[child]
-            if code is None:
-                self._abandoned[child] = what
-            else:
-                self._idle.append(child)
-        if code is None and deadline is not None and timeout is not None:
+        if code is None and deadline is not None:  # it keeps `what` until its write returns
             child.abandon()
-            raise deadline.exceeded(timeout)
+            raise deadline.exceeded(timeout or 0.0)
+        with self._mutex:
+            self._children[child] = None
         if code:
             raise OSError(code, os.strerror(code))
 
     def stuck(self) -> list[StuckWriter]:
         """Children whose write has not returned (a process child keeps the lock held)."""
         with self._mutex:
-            for child in [c for c in self._abandoned if c.returned()]:
-                del self._abandoned[child]
-            found = {**self._busy, **self._abandoned}
-        return [StuckWriter(c.pid, what) for c, what in found.items()]
+            for child in [c for c, busy in self._children.items() if busy and c.returned()]:
+                del self._children[child]
+            return [StuckWriter(c.pid, busy) for c, busy in self._children.items() if busy]
 
     def close(self) -> list[StuckWriter]:
         """End the idle children; return the stuck ones (they end when their write returns)."""
         with self._mutex:
-            idle, self._idle = self._idle, []
+            idle = [c for c, busy in self._children.items() if busy is None]
+            for child in idle:
+                del self._children[child]
         for child in idle:
             child.end()
         return self.stuck()
@@ -378,15 +364,16 @@ class ChildWriter:
     def when_returned(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once no thread child is stuck: now, or when the last returns."""
         with self._mutex:
-            if any(not c.returned() for c in self._abandoned):
-                self._when_returned.append(callback)
+            if any(self._children.values()):
+                self._on_returned = callback
                 return
         callback()
 
     def _ended(self, child: _Thread) -> None:
         with self._mutex:
-            if self._abandoned.pop(child, None) is None or self._abandoned:
+            self._children.pop(child, None)
+            if any(self._children.values()):
                 return
-            callbacks, self._when_returned = self._when_returned, []
-        for callback in callbacks:
+            callback, self._on_returned = self._on_returned, None
+        if callback is not None:
             callback()
