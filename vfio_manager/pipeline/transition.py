@@ -8,7 +8,7 @@ the first read to the last write; a dry run takes no lock and writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from vfio_manager.safety.lock import NodeLock
 
 log = get_logger("vfio_manager.pipeline.transition")
+
+Origins = dict[PciAddress, tuple[Optional[str], Optional[str]]]
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class TransitionRequest:
 @dataclass(frozen=True)
 class TransitionResult:
     """The plan, the report of applying it (``None`` for a dry run or an empty plan), notes,
-    and the topology and targets the plan was made from."""
+    and the topology the plan was made from."""
 
     request: TransitionRequest
     plan: Plan
@@ -70,7 +72,6 @@ class TransitionResult:
     notes: tuple[str, ...] = ()
     journal_errors: tuple[str, ...] = ()  # records the state dir would not update (no entry)
     topology: Optional[Topology] = None
-    targets: tuple[PciAddress, ...] = ()
 
     @property
     def exit_code(self) -> ExitCode:
@@ -127,7 +128,6 @@ class _Run:
         self.journal = journal
         self.notes: list[str] = []
         self.journal_errors: list[str] = []
-        self.unreadable_origins: set[str] = set()
         self.intents: Optional[IntentStore] = None
         self.recorded: list[str] = []  # the intents this run recorded
         if request.admin and not request.dry_run:
@@ -138,14 +138,16 @@ class _Run:
     def result(self) -> TransitionResult:
         from vfio_manager.host.driver_choice import DriverResolver
         from vfio_manager.host.dynamic_ids import suspected_ids
+        from vfio_manager.pipeline.refusals import protect
 
+        request = self.request
         topology = read_topology(self.sysfs)
         targets = self._targets(topology)
         host = self.node.host_files()
         resolver = DriverResolver.load(topology, host, self.sysfs)
-        if self.request.direction is Direction.TO_VFIO and targets:
+        if request.direction is Direction.TO_VFIO and targets:
             loaded = self._gate(host, topology, targets, resolver.aliases)
-            if loaded and not self.request.dry_run:  # drivers and modules changed: read again
+            if loaded and not request.dry_run:  # drivers and modules changed: read again
                 topology = read_topology(self.sysfs)
                 targets = self._targets(topology)
                 resolver = DriverResolver.for_node(
@@ -155,19 +157,12 @@ class _Run:
                     dynamic=suspected_ids(topology.functions.values()),
                 )
         self._record_intents(targets)
-        plan = self._refuse(self._plan(topology, targets, resolver))
-        report = None if self.request.dry_run or not plan.entries else self._apply(plan)
-        return TransitionResult(
-            self.request,
-            plan,
-            report,
-            tuple(self.notes),
-            tuple(self.journal_errors),
-            topology,
-            tuple(f.address for f in targets),
-        )
+        plan = self._plan(topology, targets, resolver)
+        plan = protect(plan, self.sysfs, proc_root=self.node.proc_root, force=request.force)
+        report = None if request.dry_run or not plan.entries else self._apply(plan)
+        notes, errors = tuple(self.notes), tuple(self.journal_errors)
+        return TransitionResult(request, plan, report, notes, errors, topology)
 
-    # -- stages -----------------------------------------------------------------------------
     def _targets(self, topology: Topology) -> list[PciFunction]:
         r = self.request
         return select_targets(topology, r.selector, named=r.named, scope=r.scope, exclude=r.exclude)
@@ -242,6 +237,7 @@ class _Run:
     def _plan(
         self, topology: Topology, targets: list[PciFunction], resolver: DriverResolver
     ) -> Plan:
+        """The plan for ``targets``, with what the journal asks settled in it."""
         from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio
         from vfio_manager.pipeline.settle import settle
 
@@ -256,7 +252,9 @@ class _Run:
             probe_picks=resolver.probe_picks,
         )
         self.notes += [f"journal: {note}" for note in settlement.notes]
-        self._drop_moot(settlement.moot)
+        if self.journal is not None:
+            for bdf in settlement.moot:  # the function is gone
+                self._journal_change(self.journal.drop_transition, bdf, "its moot record")
         targets = targets + settlement.extra_targets
         if request.direction is Direction.TO_VFIO:
             plan = plan_to_vfio(
@@ -270,8 +268,7 @@ class _Run:
             )
         else:
             settling = frozenset(settlement.interrupted)
-            origins = self._origins(targets, settling)
-            self.notes += _native_sources(pending, targets, origins, self.unreadable_origins)
+            origins = self._origins(targets, settling, pending)
             host = resolver.with_origins(origins)
             plan = plan_to_host(
                 topology, targets, host_target_for=host.host_target, settling=settling
@@ -284,32 +281,27 @@ class _Run:
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
 
+    def _journal_change(self, change: Callable[[str], object], bdf: str, what: str) -> None:
+        """Drop a record (a real run only); one the state directory keeps is a note, and
+        exit code 1."""
+        if self.request.dry_run:
+            return
+        try:
+            change(bdf)
+        except VfioManagerError as err:
+            self._journal_failed(bdf, f"{what} could not be dropped", err)
+
     def _journal_failed(self, bdf: str, what: str, err: VfioManagerError) -> None:
-        """A record the state directory would not update: a note, and exit code 1."""
         remedy = f" (remedy: {err.remedy})" if err.remedy else ""
         text = f"{bdf}: {what}: {err.message}{remedy}"
         log.error("journal", bdf=bdf, step="journal", outcome="failed", reason=err.message)
         self.journal_errors.append(text)
         self.notes.append(f"journal: {text}")
 
-    def _drop_moot(self, moot: Sequence[str]) -> None:
-        """Drop the records of functions that are gone (a real run only)."""
-        if self.journal is None or self.request.dry_run:
-            return
-        for bdf in moot:
-            try:
-                self.journal.drop_transition(bdf)
-            except VfioManagerError as err:
-                self._journal_failed(bdf, "its moot record could not be dropped", err)
-
     def _pending_records(self, topology: Topology) -> list[JournalEntry]:
         """The journal's records, less those of excluded functions that are present (kept
         for a later run; the record of a function that is gone is settled as moot)."""
-        if self.journal is None:
-            return []
-        pending = self.journal.pending()
-        if not self.request.exclude:
-            return pending
+        pending = self.journal.pending() if self.journal is not None else []
         present = {str(a) for a in self.request.exclude if a in topology.functions}
         for entry in pending:
             if entry.bdf in present:
@@ -317,69 +309,81 @@ class _Run:
         return [e for e in pending if e.bdf not in present]
 
     def _origins(
-        self, targets: Sequence[PciFunction], settling: Collection[PciAddress]
-    ) -> dict[PciAddress, tuple[Optional[str], Optional[str]]]:
+        self,
+        targets: Sequence[PciFunction],
+        settling: Collection[PciAddress],
+        pending: Sequence[JournalEntry],
+    ) -> Origins:
         """The (driver, override) each function was found in before it was first moved to
         vfio, where the journal has it. A function seen on the host in another state was
         changed by someone else: its origin is over and dropped, unless this run settles an
-        interrupted transition of it (which may have stopped anywhere)."""
+        interrupted transition of it (which may have stopped anywhere). Notes say where the
+        native driver of a function without a readable record comes from."""
         from vfio_manager.pipeline.plan import in_vfio_mode
 
-        origins: dict[PciAddress, tuple[Optional[str], Optional[str]]] = {}
+        origins: Origins = {}
         if self.journal is None:
             return origins
+        unreadable: set[Optional[str]] = set()  # said already: their origin record
         self.journal.take_set_aside()  # the transition records': settle said them already
         for function in targets:
+            bdf = function.bdf
             try:
                 entry = self.journal.original(
-                    function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
+                    bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
                 )
             except VfioManagerError as err:
-                self._journal_failed(function.bdf, "its origin record could not be read", err)
+                self._journal_failed(bdf, "its origin record could not be read", err)
                 continue
             if entry is None:
                 continue
             if entry.original_driver_unknown:
                 self.notes.append(
-                    f"journal: {function.bdf}: its origin record has no usable driver name "
+                    f"journal: {bdf}: its origin record has no usable driver name "
                     "(recorded as unknown); its native driver comes from modules.alias"
                 )
-                self.unreadable_origins.add(function.bdf)
+                unreadable.add(bdf)
                 continue
             found = (entry.original_driver, entry.original_override)
             now = (function.driver, function.driver_override)
             if function.address not in settling and not in_vfio_mode(function) and now != found:
                 log.info(
                     "journal: origin is over, the function was changed on the host",
-                    bdf=function.bdf,
+                    bdf=bdf,
                     step="journal",
                     recorded=list(found),
                     now=list(now),
                 )
-                if not self.request.dry_run:
-                    try:
-                        self.journal.forget_origin(function.bdf)
-                    except VfioManagerError as err:
-                        self._journal_failed(
-                            function.bdf, "its origin record could not be dropped", err
-                        )
+                self._journal_change(self.journal.forget_origin, bdf, "its origin record")
                 continue
             origins[function.address] = found
         for bad in self.journal.take_set_aside():
-            self.unreadable_origins.add(bad.bdf or "")
+            unreadable.add(bad.bdf or "")
             where = f"set aside as {bad.quarantined_as}" if bad.quarantined_as else "ignored"
             self.notes.append(
                 f"journal: {bad.bdf}: its origin record was unreadable ({bad.problem}); "
                 f"{where}; its native driver comes from modules.alias instead"
             )
+        returning = {f.bdf for f in targets}
+        for record in pending:  # a transition record unreadable: the origin decides
+            if not record.corrupt or record.bdf not in returning or record.bdf in unreadable:
+                continue
+            origin = origins.get(PciAddress.parse(record.bdf or ""))
+            if origin is not None:
+                driver = origin[0] or "no driver: it stays unbound"
+                self.notes.append(
+                    f"journal: {record.bdf}: its native driver comes from its origin record "
+                    f"({driver})"
+                )
+            else:
+                self.notes.append(
+                    f"journal: {record.bdf}: it has no readable origin record; its native "
+                    "driver comes from modules.alias"
+                )
         return origins
 
-    def _refuse(self, plan: Plan) -> Plan:
-        from vfio_manager.pipeline.refusals import protect
-
-        return protect(plan, self.sysfs, proc_root=self.node.proc_root, force=self.request.force)
-
     def _apply(self, plan: Plan) -> Report:
+        """Run the engine; a write that hangs is held by someone: one /proc scan names them."""
         from vfio_manager.kernel.verbs import Kernel
         from vfio_manager.pipeline.engine import Engine
 
@@ -391,10 +395,6 @@ class _Run:
             parallel=self.node.parallel,
         )
         report = engine.apply(plan)
-        return self._name_holders_of_stuck(report, plan)
-
-    def _name_holders_of_stuck(self, report: Report, plan: Plan) -> Report:
-        """A write that hangs is held by someone: one /proc scan names them in the report."""
         stuck = {o.bdf for o in report.outcomes if o.stuck}
         if not stuck:
             return report
@@ -408,30 +408,3 @@ class _Run:
             for o in report.outcomes
         )
         return replace(report, outcomes=outcomes)
-
-
-def _native_sources(
-    pending: Sequence[JournalEntry],
-    targets: Sequence[PciFunction],
-    origins: Mapping[PciAddress, tuple[Optional[str], Optional[str]]],
-    said: Collection[str],
-) -> list[str]:
-    """For each target whose transition record was unreadable (and not in ``said``): where
-    its native driver comes from now, its origin record or modules.alias."""
-    returning = {f.bdf for f in targets}
-    notes = []
-    for entry in pending:
-        if not entry.corrupt or entry.bdf not in returning or entry.bdf in said:
-            continue
-        address = PciAddress.parse(entry.bdf)
-        if address in origins:
-            driver = origins[address][0] or "no driver: it stays unbound"
-            notes.append(
-                f"journal: {entry.bdf}: its native driver comes from its origin record ({driver})"
-            )
-        else:
-            notes.append(
-                f"journal: {entry.bdf}: it has no readable origin record; its native driver "
-                "comes from modules.alias"
-            )
-    return notes
