@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from vfio_manager.host.driver_choice import HostTarget
@@ -28,11 +28,6 @@ class Action(str, enum.Enum):
     WAIT_VFIO_NODE = "wait-vfio-node"
 
 
-WRITING_ACTIONS = frozenset(
-    {Action.SET_OVERRIDE, Action.CLEAR_OVERRIDE, Action.UNBIND, Action.PROBE}
-)
-
-
 @dataclass(frozen=True)
 class Step:
     """One kernel operation; ``driver`` is the override value, the driver left or expected."""
@@ -43,7 +38,7 @@ class Step:
 
     @property
     def writes(self) -> bool:
-        return self.action in WRITING_ACTIONS
+        return self.action not in (Action.VERIFY_DRIVER, Action.WAIT_VFIO_NODE)
 
     def describe(self) -> str:
         if self.action is Action.VERIFY_DRIVER:
@@ -109,8 +104,8 @@ class FunctionPlan:
     remedy: Optional[str] = None
     refusal_kind: Optional[RefusalKind] = None
     target_driver: Optional[str] = None
-    interrupted: Optional[Interrupted] = None
     target_override: Optional[str] = None
+    interrupted: Optional[Interrupted] = None
 
     @property
     def start_state(self) -> tuple[Optional[str], Optional[str]]:
@@ -150,7 +145,7 @@ class FunctionPlan:
 @dataclass(frozen=True)
 class Plan:
     direction: Direction
-    entries: tuple[FunctionPlan, ...] = field(default_factory=tuple)
+    entries: tuple[FunctionPlan, ...] = ()
 
     @property
     def write_count(self) -> int:
@@ -225,65 +220,45 @@ def plan_to_vfio(
     refused: set[PciAddress] = set()
     for function in ordered:
         vfio_driver = vfio_driver_for(function)
-        reason = _refusal_to_vfio(function)
-        kind = RefusalKind.KERNEL
+        refusal, kind = _refusal_to_vfio(function), RefusalKind.KERNEL
         blockers = group_blockers(topology, function, moving=moving)
-        if reason is None and blockers:
+        if refusal is None and blockers:
             kind = RefusalKind.GROUP
-            reason = (
+            refusal = (
                 f"IOMMU group {function.iommu_group} is not viable: "
                 + ", ".join(str(b) for b in blockers),
                 "add --with-group-peers to bind the other endpoint members too, or unbind the "
                 "blocking members from their host drivers first",
             )
-        if reason is not None:
+        if refusal is not None:
             refused.add(function.address)
-            entries.append(
-                FunctionPlan(
-                    function,
-                    Direction.TO_VFIO,
-                    refusal=reason[0],
-                    remedy=reason[1],
-                    refusal_kind=kind,
-                    target_driver=vfio_driver,
-                )
-            )
-            continue
-        entries.append(
-            FunctionPlan(
-                function,
-                Direction.TO_VFIO,
-                steps=_to_vfio_steps(
-                    function, vfio_driver, topology.vfio_dev(function) is not None
-                ),
-                target_driver=vfio_driver,
-                target_override=vfio_driver,
-            )
-        )
+            reason, remedy = refusal
+            entry = FunctionPlan(function, Direction.TO_VFIO, (), reason, remedy, kind, vfio_driver)
+        else:
+            has_node = topology.vfio_dev(function) is not None
+            steps = _to_vfio_steps(function, vfio_driver, has_node)
+            entry = FunctionPlan(function, Direction.TO_VFIO, steps)
+            entry = replace(entry, target_driver=vfio_driver, target_override=vfio_driver)
+        entries.append(entry)
     return Plan(Direction.TO_VFIO, tuple(refuse_group_mates(entries, refused)))
 
 
 def refuse_group_mates(entries: list[FunctionPlan], refused: set[PciAddress]) -> list[FunctionPlan]:
     """A group moves whole or not at all: if one member is refused, its movers are refused too."""
-    refused_groups: dict[int, list[PciAddress]] = {}
+    refused_in: dict[Optional[int], list[PciAddress]] = {None: []}
     for entry in entries:
         if entry.address in refused and entry.function.iommu_group is not None:
-            refused_groups.setdefault(entry.function.iommu_group, []).append(entry.address)
+            refused_in.setdefault(entry.function.iommu_group, []).append(entry.address)
     result: list[FunctionPlan] = []
     for entry in entries:
         group = entry.function.iommu_group
-        mates = (
-            [a for a in refused_groups.get(group, []) if a != entry.address]
-            if group is not None
-            else []
-        )
+        mates = [str(a) for a in refused_in.get(group, []) if a != entry.address]
         if entry.refusal is None and entry.steps and mates:
             entry = FunctionPlan(  # noqa: PLW2901 - the refused replacement of this entry
                 entry.function,
                 entry.direction,
-                refusal=f"IOMMU group {group} member "
-                + ", ".join(str(m) for m in mates)
-                + " is refused, so the group cannot be handed over",
+                refusal=f"IOMMU group {group} member {', '.join(mates)} is refused, so the "
+                "group cannot be handed over",
                 remedy="resolve the refusal of that member first",
                 refusal_kind=RefusalKind.GROUP,
                 target_driver=entry.target_driver,
@@ -338,19 +313,6 @@ def in_vfio_mode(function: PciFunction) -> bool:
     return is_vfio_driver(function.driver) or is_vfio_driver(function.driver_override)
 
 
-def _to_host_steps(function: PciFunction, target: HostTarget) -> tuple[Step, ...]:
-    """A function in vfio mode goes to its target; one on the host is left alone, except a
-    driverless one without override whose driver is known (left so by an earlier tool)."""
-    driver = target.driver
-    if not in_vfio_mode(function) and not (
-        function.driver is None
-        and function.driver_override is None
-        and driver not in (None, STAY_UNBOUND)
-    ):
-        return ()
-    return host_steps(function, driver, target.override, probe_picks=target.probe_picks)
-
-
 def restore_steps(
     function: PciFunction,
     driver: Optional[str],
@@ -381,18 +343,19 @@ def plan_to_host(
     entries = []
     for function in targets:
         target = host_target_for(function)
-        steps = (
-            host_steps(function, target.driver, target.override, probe_picks=target.probe_picks)
-            if function.address in settling
-            else _to_host_steps(function, target)
-        )
-        entries.append(
-            FunctionPlan(
-                function,
-                Direction.TO_HOST,
-                steps=steps,
-                target_driver=target.driver,
-                target_override=target.override,
+        driver, override = target.driver, target.override
+        # one on the host stays, but a driverless one without override whose driver is known
+        # (left so by an earlier tool); one settling goes on from wherever it was left
+        moves = (
+            function.address in settling
+            or in_vfio_mode(function)
+            or (
+                function.driver is None
+                and function.driver_override is None
+                and driver not in (None, STAY_UNBOUND)
             )
         )
+        steps = host_steps(function, driver, override, probe_picks=target.probe_picks)
+        entry = FunctionPlan(function, Direction.TO_HOST, steps if moves else ())
+        entries.append(replace(entry, target_driver=driver, target_override=override))
     return Plan(Direction.TO_HOST, tuple(entries))
