@@ -12,13 +12,7 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.plan import (
-    Action,
-    FunctionPlan,
-    Plan,
-    RefusalKind,
-    refuse_group_mates,
-)
+from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, RefusalKind, refuse_group_mates
 
 log = get_logger("vfio_manager.pipeline.refusals")
 

@@ -11,19 +11,13 @@ the driver and override it had before the killed run.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
-from vfio_manager.pipeline.plan import (
-    FunctionPlan,
-    Interrupted,
-    RefusalKind,
-    Settle,
-    restore_steps,
-)
+from vfio_manager.pipeline.plan import FunctionPlan, Interrupted, RefusalKind, Settle, restore_steps
 from vfio_manager.pipeline.selection import Selector
 from vfio_manager.safety.journal import JournalEntry
 
@@ -41,17 +35,6 @@ class Settlement:
     entries: list[FunctionPlan] = field(default_factory=list)
     moot: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def _started(entry: JournalEntry) -> str:
-    return f"started {entry.started_at or 'at an unknown time'} by PID {entry.pid or '?'}"
-
-
-def _another_device(entry: JournalEntry, function: PciFunction) -> Optional[str]:
-    present = f"{function.vendor:04x}:{function.device:04x}"
-    if entry.vendor_device is not None and entry.vendor_device != present:
-        return f"it was written for {entry.vendor_device}, but {present} is at that address now"
-    return None
 
 
 def _misfit(entry: JournalEntry, topology: Topology) -> Optional[str]:
@@ -91,10 +74,17 @@ def settle(
             )
             continue
         address = PciAddress.parse(entry.bdf)
-        what = f"the interrupted {_VERB[entry.direction]} ({_started(entry)})"
+        started = f"started {entry.started_at or 'at an unknown time'} by PID {entry.pid or '?'}"
+        what = f"the interrupted {_VERB[entry.direction]} ({started})"
         function = topology.functions.get(address)
-        gone = "the function is gone" if function is None else _another_device(entry, function)
-        if function is None or gone is not None:
+        present = f"{function.vendor:04x}:{function.device:04x}" if function else None
+        if function is None or entry.vendor_device not in (None, present):
+            gone = (
+                "the function is gone"
+                if function is None
+                else f"it was written for {entry.vendor_device}, but {present} is at that "
+                "address now"
+            )
             result.moot.append(entry.bdf)
             result.notes.append(f"{entry.bdf}: {what} is moot ({gone}); record dropped")
             continue
@@ -113,39 +103,21 @@ def settle(
                 )
             )
             continue
-        if entry.direction is direction:
-            interrupted = Interrupted(
-                Settle.FINISH,
-                f"finishing {what}",
-                entry.original_driver,
-                entry.original_override,
-            )
+        finish = entry.direction is direction
+        driver, override = entry.original_driver, entry.original_override
+        interrupted = Interrupted(
+            Settle.FINISH if finish else Settle.ROLL_BACK,
+            f"finishing {what}" if finish else f"rolling back {what}",
+            driver,
+            override,
+        )
+        if finish or address in targets:
             result.interrupted[address] = interrupted
             if address not in targets:
                 result.extra_targets.append(function)
             continue
-        interrupted = Interrupted(
-            Settle.ROLL_BACK,
-            f"rolling back {what}",
-            entry.original_driver,
-            entry.original_override,
-        )
-        if address in targets:
-            result.interrupted[address] = interrupted
-            continue
-        result.entries.append(
-            FunctionPlan(
-                function,
-                Direction.TO_HOST if entry.direction is Direction.TO_VFIO else Direction.TO_VFIO,
-                steps=restore_steps(
-                    function,
-                    entry.original_driver,
-                    entry.original_override,
-                    probe_picks=probe_picks(function, entry.original_driver),
-                ),
-                target_driver=entry.original_driver,
-                target_override=entry.original_override,
-                interrupted=interrupted,
-            )
-        )
+        steps = restore_steps(function, driver, override, probe_picks=probe_picks(function, driver))
+        back = Direction.TO_HOST if entry.direction is Direction.TO_VFIO else Direction.TO_VFIO
+        plan = FunctionPlan(function, back, steps, target_driver=driver, target_override=override)
+        result.entries.append(replace(plan, interrupted=interrupted))
     return result

@@ -116,10 +116,7 @@ def function_targets(
 
 
 def scan_holders(
-    proc_root: str,
-    targets: Iterable[Union[Target, str]],
-    *,
-    self_pid: Optional[int] = None,
+    proc_root: str, targets: Iterable[Union[Target, str]], *, self_pid: Optional[int] = None
 ) -> HolderScan:
     """Scan every process under ``proc_root`` (but ``self_pid``, default ours) once for all
     ``targets``; a string target is a device node, or a mappable ``.../resourceN`` file."""
