@@ -11,6 +11,7 @@ per guard, from sysfs and the mount, swap and network tables of ``proc_root``.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -40,32 +41,9 @@ class _Mount:
     fstype: str
 
 
-@dataclass(frozen=True)
-class _Route4:
-    iface: str
-    network: ipaddress.IPv4Network
-    gateway: Optional[ipaddress.IPv4Address]
-
-    def describe(self) -> str:
-        dest = "default" if self.network.prefixlen == 0 else str(self.network)
-        return f"{dest} via {self.gateway}" if self.gateway is not None else dest
-
-
 def _unescape(text: str) -> str:
     """Mount tables escape space, tab, newline and backslash as ``\\NNN`` (octal)."""
-    if "\\" not in text:
-        return text
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        chunk = text[i + 1 : i + 4]
-        if text[i] == "\\" and len(chunk) == 3 and all(c in "01234567" for c in chunk):
-            out.append(chr(int(chunk, 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal[1], 8)), text)
 
 
 def _listed(items: list[str]) -> str:
@@ -260,18 +238,19 @@ class HostCritical:
     def _read_network(self) -> None:
         addrs: dict[str, list[str]] = {}
         routes: dict[str, list[str]] = {}
-        # IPv4 routes, and the connected ones to place local addresses on interfaces.
-        connected: list[_Route4] = []
-        for route in self._routes4():
-            routes.setdefault(route.iface, []).append(route.describe())
-            if route.gateway is None:
-                connected.append(route)
-        connected.sort(key=lambda r: r.network.prefixlen, reverse=True)
+        connected: list[tuple[str, ipaddress.IPv4Network]] = []  # place local addresses
+        for iface, network, gateway in self._routes4():
+            dest = "default" if network.prefixlen == 0 else str(network)
+            routes.setdefault(iface, []).append(
+                dest if gateway is None else f"{dest} via {gateway}"
+            )
+            if gateway is None:
+                connected.append((iface, network))
+        connected.sort(key=lambda route: route[1].prefixlen, reverse=True)
         for local in self._local4():
-            for route in connected:
-                if local in route.network:
-                    addrs.setdefault(route.iface, []).append(str(local))
-                    break
+            owner = next((iface for iface, net in connected if local in net), None)
+            if owner is not None:
+                addrs.setdefault(owner, []).append(str(local))
         for iface, addr in self._addrs6():
             addrs.setdefault(iface, []).append(addr)
         for iface, route_text in self._routes6():
@@ -279,8 +258,10 @@ class HostCritical:
         self._addrs = {k: list(dict.fromkeys(v)) for k, v in addrs.items()}
         self._routes = {k: list(dict.fromkeys(v)) for k, v in routes.items()}
 
-    def _routes4(self) -> list[_Route4]:
-        found: list[_Route4] = []
+    def _routes4(
+        self,
+    ) -> list[tuple[str, ipaddress.IPv4Network, Optional[ipaddress.IPv4Address]]]:
+        found = []
         for line in (self._lines("net", "route") or [])[1:]:
             fields = line.split()
             if len(fields) < 8 or fields[0] == "lo":
@@ -294,7 +275,7 @@ class HostCritical:
             if not flags & _RTF_UP or flags & _RTF_REJECT:
                 continue
             via = gateway if flags & _RTF_GATEWAY and int(gateway) else None
-            found.append(_Route4(fields[0], network, via))
+            found.append((fields[0], network, via))
         return found
 
     def _local4(self) -> list[ipaddress.IPv4Address]:

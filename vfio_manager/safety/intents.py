@@ -1,12 +1,11 @@
 """The admin's intents: "leave this function on the host", one file per function.
 
 A daemon that puts every selected function back on vfio-pci would undo an admin's
-``vfio-manager unbind`` (a diagnostic, a firmware flash). So ``unbind`` run while a daemon is
-up records an intent per function it returns; the daemon never moves those functions, and
-``bind`` clears them (:func:`~vfio_manager.pipeline.transition.run_transition` does both).
-The file's *name* (``<state-dir>/intent/<bdf>``) is the intent; its JSON content is for
-humans. A file that is not what we write (a symlink, a FIFO, not JSON) still counts, with
-its problem said. Read them under the node lock, as the writers write them.
+``vfio-manager unbind``, so ``unbind`` run while a daemon is up records an intent per function
+it returns; the daemon never moves those, and ``bind`` clears them (both in
+:func:`~vfio_manager.pipeline.transition.run_transition`). The file's *name*
+(``<state-dir>/intent/<bdf>``) is the intent; its JSON content is for humans, and a file that
+is not what we write still counts, its problem said. Read them under the node lock.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from vfio_manager.errors import VfioManagerError
@@ -47,13 +46,7 @@ class Intent:
     problem: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "bdf": self.bdf,
-            "recorded_at": self.recorded_at,
-            "by": self.by,
-            "pid": self.pid,
-            "problem": self.problem,
-        }
+        return asdict(self)
 
     def describe(self) -> str:
         """The reason shown in ``status`` and ``/readyz``."""
@@ -79,10 +72,6 @@ class IntentStore:
         self.state_dir = state_dir
         self.uid = uid
         self.wall_clock = wall_clock
-
-    @property
-    def path(self) -> str:
-        return os.path.join(self.state_dir, INTENT_DIR)
 
     def add(self, bdf: str, *, command: Optional[str] = None) -> Intent:
         """Record "leave ``bdf`` on the host"; :class:`IntentError` when it cannot."""
@@ -148,9 +137,10 @@ class IntentStore:
             return state.subdir(INTENT_DIR)
 
     def _error(self, exc: OSError, verb: str, name: str) -> IntentError:
+        path = os.path.join(self.state_dir, INTENT_DIR)
         return IntentError(
-            f"cannot {verb} the intent {os.path.join(self.path, name)}: {exc.strerror}",
-            path=self.path,
+            f"cannot {verb} the intent {os.path.join(path, name)}: {exc.strerror}",
+            path=path,
             errno=exc.errno,
             remedy="the state directory must be writable and not full (default /run/vfio-manager)",
         )
@@ -165,7 +155,7 @@ def _load(intents: StateDir, name: str) -> Intent:
         return Intent(bdf=name, problem="vanished while read")
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         return Intent(bdf=name, problem=f"not valid JSON ({type(exc).__name__})")
     if not isinstance(doc, dict):
         return Intent(bdf=name, problem="not a JSON object")
@@ -174,5 +164,5 @@ def _load(intents: StateDir, name: str) -> Intent:
         bdf=name,
         recorded_at=at if isinstance(at, str) else None,
         by=by if isinstance(by, str) else None,
-        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        pid=pid if type(pid) is int else None,
     )
