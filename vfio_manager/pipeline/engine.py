@@ -1,8 +1,8 @@
 """Applies a plan: each function's steps, verified, its /dev/vfio node awaited, a failure undone.
 
-One function failing never stops the others: it is put back where it started (override and
-driver) and the report says so. IOMMU groups move side by side; the /dev/vfio nodes of all
-functions are awaited together, under one deadline, after the writes.
+One function failing never stops the others: it is put back where it started and the report
+says so. IOMMU groups move side by side; the /dev/vfio nodes are awaited together, after the
+writes, under one deadline.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import enum
 import errno as errno_mod
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
 from vfio_manager.host.dynamic_ids import remove_id_remedy
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 log = get_logger("vfio_manager.pipeline.engine")
 
 _POLL_INTERVAL = 0.05
-T = TypeVar("T")
 _BIND_ERRNO_HINTS = {
     errno_mod.EINVAL: "the driver refused the function at probe (no IOMMU group, a bridge, or a "
     "denylisted ID; dmesg shows 'probe ... failed with error -22')",
@@ -66,22 +65,14 @@ class Outcome:
     journal_error: Optional[str] = None  # the state dir refused to record the outcome
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "bdf": self.bdf,
-            "outcome": self.result.value,
-            "driver": self.driver,
-            "reason": self.reason,
-            "remedy": self.remedy,
-            "step": self.step,
-            "errno": errno_mod.errorcode.get(self.errno) if self.errno else None,
-            "restored_to": self.restored_to,
-            "writes": self.writes,
-            "journal": self.journal,
-            "journal_error": self.journal_error,
-        }
+        doc = {**asdict(self), "result": self.result.value}
+        doc["errno"] = errno_mod.errorcode.get(self.errno) if self.errno else None
+        del doc["stuck"]
+        return {("outcome" if key == "result" else key): value for key, value in doc.items()}
 
 
-_Waiting = tuple[FunctionPlan, int, int]  # a function whose node is awaited: IOMMU group, writes
+_Moved = Union["Outcome", tuple[int, int]]  # an outcome, or a node to await: IOMMU group, writes
+_Waiting = tuple[FunctionPlan, int, int]
 
 
 @dataclass(frozen=True)
@@ -111,10 +102,9 @@ class Report:
 
 
 def _kept(entry: FunctionPlan) -> Optional[str]:
-    """For an entry that did not settle its record: say so (the next run sees it again)."""
-    if entry.interrupted is None:
-        return None
-    return f"{entry.interrupted.note}: not settled, the journal record is kept"
+    """What the outcome of an entry that did not settle its journal record says of it."""
+    note = entry.interrupted.note if entry.interrupted is not None else None
+    return None if note is None else f"{note}: not settled, the journal record is kept"
 
 
 def _label(driver: Optional[str]) -> str:
@@ -128,7 +118,7 @@ def _override_verb(override: Optional[str]) -> str:
 class Engine:
     """Runs plans against the kernel. ``write_timeout`` bounds each function's writes,
     ``node_timeout`` the shared wait for /dev/vfio nodes; ``journal`` records each function
-    before its first write; ``parallel`` IOMMU groups move side by side."""
+    before its first write."""
 
     def __init__(
         self,
@@ -152,8 +142,8 @@ class Engine:
         self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
 
     def apply(self, plan: Plan) -> Report:
-        """Refusals and converged functions are reported as they are; the others move, the
-        functions of one IOMMU group one after another; then every node is awaited."""
+        """Refusals and converged functions are reported as they are; the others move (one
+        IOMMU group's one after another); then every node is awaited."""
         outcomes: dict[PciAddress, Outcome] = {}
         lanes: dict[object, list[FunctionPlan]] = {}
         for entry in plan.entries:
@@ -182,12 +172,10 @@ class Engine:
         outcomes.update(self._wait_for_nodes(waiting))
         return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
 
-    def _run_lanes(
-        self, lanes: list[list[FunctionPlan]]
-    ) -> list[tuple[FunctionPlan, Union[Outcome, tuple[int, int]]]]:
+    def _run_lanes(self, lanes: list[list[FunctionPlan]]) -> list[tuple[FunctionPlan, _Moved]]:
         """Each lane on a thread of its own, at most :attr:`parallel` at once."""
 
-        def run(lane: list[FunctionPlan]) -> list[tuple[FunctionPlan, Any]]:
+        def run(lane: list[FunctionPlan]) -> list[tuple[FunctionPlan, _Moved]]:
             return [(entry, self._move(entry)) for entry in lane]
 
         if len(lanes) <= 1 or self.parallel <= 1:
@@ -199,7 +187,7 @@ class Engine:
         ) as pool:
             return [item for done in pool.map(run, lanes) for item in done]
 
-    def _move(self, entry: FunctionPlan) -> Union[Outcome, tuple[int, int]]:
+    def _move(self, entry: FunctionPlan) -> _Moved:
         """One function's writes: its outcome, or what to wait for (IOMMU group, writes)."""
         bdf = entry.function.bdf
         if self.journal is not None and entry.write_count and not entry.interrupted:
@@ -207,17 +195,8 @@ class Engine:
                 self.journal.record_start(entry.function, entry.direction)
             except VfioManagerError as err:  # no record, no write
                 reason = f"its journal record could not be written: {err.message}"
-                log.error("refused", bdf=bdf, step="journal", outcome="refused", reason=reason)
-                return Outcome(
-                    bdf,
-                    Result.REFUSED,
-                    entry.function.driver,
-                    reason,
-                    err.remedy,
-                    "journal",
-                    err.errno,
-                    journal=_kept(entry),
-                )
+                driver = entry.function.driver
+                return self._left(entry, "journal", reason, err.remedy, 0, err.errno, driver)
         before = self.kernel.sysfs.writes_to(bdf)
         try:
             wait = self._run_steps(entry)
@@ -263,9 +242,9 @@ class Engine:
         step: Optional[str] = None,
         what: Optional[str] = None,
     ) -> None:
-        """One kernel verb (an action's name, or ``bind``) under the function's deadline.
-        Transient errnos are retried, except from a function that is gone, and but for a bind
-        (its errno is the diagnosis, not a transient state)."""
+        """One kernel verb (an action's name, or ``bind``) under the function's deadline;
+        transient errnos retried, but from a function that is gone or for a bind (its errno
+        is the diagnosis)."""
         kernel, name, step = self.kernel, driver or "", step or verb
         calls: dict[str, tuple[str, Callable[[], object]]] = {
             "set-override": (
@@ -314,9 +293,9 @@ class Engine:
         )
 
     def _verify(self, address: PciAddress, expected: Optional[str], deadline_at: float) -> None:
-        """Read the driver link back. When drivers_probe attached another driver (a dynamic
-        ID, or a driver registered first), take it off; when the expected driver is absent,
-        bind it explicitly, which also gives its errno when it refuses."""
+        """Read the driver link back. Another driver drivers_probe attached (a dynamic ID, or
+        registered first) is taken off; an absent expected one is bound explicitly (its
+        errno says why it refuses)."""
         current = self.kernel.driver_of(address)
         if expected == STAY_UNBOUND:
             if current is not None:
@@ -405,7 +384,7 @@ class Engine:
                     reason = f"{address} was removed (hot-unplug) while waiting for {node}"
                     remedy = f"{_HOT_UNPLUG}; after a rescan, run the command again"
                     results[address] = self._left(
-                        entry, step, reason, remedy, writes, errno=errno_mod.ENODEV
+                        entry, step, reason, remedy, writes, errno_mod.ENODEV
                     )
                 else:
                     continue
@@ -431,17 +410,20 @@ class Engine:
         reason: str,
         remedy: Optional[str],
         writes: int,
-        *,
         errno: Optional[int] = None,
         driver: Optional[str] = None,
+        *,
         stuck: bool = False,
     ) -> Outcome:
-        """A failure the function is left in (a write stuck, a node missing): not undone."""
-        outcome = "stuck" if stuck else "failed"
-        log.error("transition", bdf=entry.function.bdf, step=step, outcome=outcome, reason=reason)
+        """The function is left as it is (a journal record refused, a write stuck, a node
+        missing): nothing is undone, a journal record stays."""
+        refused = step == "journal"
+        event, outcome = ("refused", "refused") if refused else ("transition", "failed")
+        outcome = "stuck" if stuck else outcome
+        log.error(event, bdf=entry.function.bdf, step=step, outcome=outcome, reason=reason)
         return Outcome(
             entry.function.bdf,
-            Result.FAILED,
+            Result.REFUSED if refused else Result.FAILED,
             driver,
             reason,
             remedy,
@@ -488,8 +470,8 @@ class Engine:
     def _restore(
         self, address: PciAddress, driver: Optional[str], override: Optional[str]
     ) -> tuple[str, Optional[str]]:
-        """Put override and driver back to ``driver`` and ``override``; never raise. Returns
-        where the function is now and, when that is not the start state, a note saying so."""
+        """Put override and driver back; never raise. Returns where the function is now and,
+        when that is not the start state, a note saying so."""
         kernel = self.kernel
         deadline_at = self.clock() + self.write_timeout
 
@@ -521,10 +503,9 @@ class Engine:
         write: Callable[[str, Optional[str]], None],
         deadline_at: float,
     ) -> None:
-        """Reattach ``driver`` whatever drivers_probe picks: the probe first; another driver
-        it attached is taken off; then an explicit bind, and when ``driver`` does not match
-        the function by ID (ENODEV: pci-stub without a dynamic ID), once more with the
-        override naming it, put back to ``override`` after (its error is the one reported)."""
+        """Reattach ``driver`` whatever drivers_probe picks (another driver it attached is
+        taken off) by an explicit bind; when ``driver`` does not match by ID (ENODEV: pci-stub
+        without a dynamic ID), once more with the override naming it, put back after."""
         try:
             write("probe", None)
         except SysfsWriteError as err:

@@ -1,9 +1,8 @@
 """Exclusive ``flock`` locks on files of the state directory: the node lock and the daemon's.
 
 Every writing run holds the node lock, so two runs never interleave their writes; a daemon
-holds its presence lock for its whole life, so ``unbind`` knows one is up and a second daemon
-waits for the first. The kernel drops a ``flock`` when its holder dies; the files are never
-unlinked (a waiter may hold the old inode) and name their holder's PID and command line.
+holds its presence lock for its whole life. The kernel drops a ``flock`` when its holder dies;
+the files are never unlinked (a waiter may hold the old inode) and name their holder.
 """
 
 from __future__ import annotations
@@ -81,21 +80,17 @@ def command_line() -> str:
 
 
 def read_holder(lock_path: str, *, proc_root: str = DEFAULT_PROC_ROOT) -> Optional[LockHolder]:
-    """Who a lock file (``PID\ncommand\n``) names; ``None`` when it names nobody or is not
-    a regular file of ours in a safe directory. Never raises: it only decorates messages."""
+    """Who a lock file (``PID\ncommand\n``) names, if anyone. Never raises: it only
+    decorates messages."""
     directory, name = os.path.split(lock_path)
     try:
         state = StateDir.open_existing(directory or ".")
         if state is None:
             return None
         with state:
-            data = state.read(name, limit=_HOLDER_READ_LIMIT, whole=False)
+            data = state.read(name, limit=_HOLDER_READ_LIMIT, whole=False) or b""
     except (UnusableFile, UnsafeStateDirError, OSError):
         return None
-    return _parse_holder(data, proc_root) if data is not None else None
-
-
-def _parse_holder(data: bytes, proc_root: str) -> Optional[LockHolder]:
     lines = data.decode("utf-8", "replace").split("\n")
     first = lines[0].strip()
     if not first.isdecimal() or len(first) > 10 or int(first) <= 0:
@@ -189,7 +184,7 @@ class FileLock:
         return self._fd is not None
 
     def acquire(self) -> None:
-        """Take the lock, polling until ``timeout``; raise :meth:`busy`'s error then."""
+        """Take the lock, polling until ``timeout``; raise :meth:`busy` then."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this lock")
         with StateDir.open(self.state_dir, uid=self.uid) as state:
@@ -217,7 +212,7 @@ class FileLock:
         log.debug("lock acquired", path=self.path)
 
     def release(self) -> None:
-        """Clear the holder record, unlock, close. Safe to call when not held."""
+        """Clear the holder record, unlock, close (if held)."""
         fd, self._fd = self._fd, None
         if fd is not None:
             _unlock(fd)
@@ -243,7 +238,7 @@ class NodeLock(FileLock):
     _writer: Optional[ChildWriter] = None
 
     def writer(self, *, threads: bool = False) -> ChildWriter:
-        """A writer whose children inherit this lock; :meth:`release` minds its stuck ones."""
+        """A writer whose children inherit this lock."""
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not held")
         from vfio_manager.safety.writer import ChildWriter
@@ -252,8 +247,8 @@ class NodeLock(FileLock):
         return self._writer
 
     def release(self) -> None:
-        """Release, unless a write we gave up on is still in the kernel (a next run would queue
-        behind it): then the lock is kept by the child, and named as the holder."""
+        """Release, unless a write we gave up on is still in the kernel (a next run would
+        queue behind it): then its child keeps the lock, named as the holder."""
         writer, self._writer = self._writer, None
         stuck = writer.close() if writer is not None else []
         fd = self._fd
