@@ -1,4 +1,4 @@
-"""The one write pipeline: read once -> gate -> plan -> refusals -> apply -> report.
+"""The one write pipeline: read once -> gate -> plan -> refuse -> apply -> report.
 
 Every writing command, the daemon and the ``vfio-manage.sh`` drop-in come through
 :func:`run_transition`, and so does settling what a killed run left in the journal (one more
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
@@ -20,7 +20,7 @@ from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import Node
-from vfio_manager.pipeline.plan import Plan
+from vfio_manager.pipeline.plan import Action, Plan, RefusalKind, refuse_group_mates
 from vfio_manager.pipeline.selection import Selector, select_targets
 
 if TYPE_CHECKING:
@@ -138,7 +138,6 @@ class _Run:
     def result(self) -> TransitionResult:
         from vfio_manager.host.driver_choice import DriverResolver
         from vfio_manager.host.dynamic_ids import suspected_ids
-        from vfio_manager.pipeline.refusals import protect
 
         request = self.request
         topology = read_topology(self.sysfs)
@@ -157,8 +156,7 @@ class _Run:
                     dynamic=suspected_ids(topology.functions.values()),
                 )
         self._record_intents(targets)
-        plan = self._plan(topology, targets, resolver)
-        plan = protect(plan, self.sysfs, proc_root=self.node.proc_root, force=request.force)
+        plan = self._refuse(self._plan(topology, targets, resolver))
         report = None if request.dry_run or not plan.entries else self._apply(plan)
         notes, errors = tuple(self.notes), tuple(self.journal_errors)
         return TransitionResult(request, plan, report, notes, errors, topology)
@@ -381,6 +379,55 @@ class _Run:
                     "driver comes from modules.alias"
                 )
         return origins
+
+    def _refuse(self, plan: Plan) -> Plan:
+        """Refuse what must not move: functions a process holds, or the host needs (one /proc
+        scan and one read of the host's tables for all); ``--force`` makes them warnings."""
+        from vfio_manager.safety.holders import describe_holders, find_holders
+
+        refused: dict[PciAddress, dict[str, Any]] = {}  # how each entry is refused
+        moving = [e for e in plan.entries if e.refusal is None and e.steps]
+        to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
+        force = "pass --force to move it anyway"
+        if to_vfio:
+            from vfio_manager.safety.hostcritical import HostCritical
+
+            guard = HostCritical(self.sysfs, proc_root=self.node.proc_root)
+            for entry in to_vfio:
+                driver = entry.function.driver
+                on_host = driver is not None and not is_vfio_driver(driver)
+                found = guard.reasons(entry.address) if on_host else []
+                if found:
+                    refused[entry.address] = {
+                        "refusal": "the host needs it: " + "; ".join(found),
+                        "remedy": "move the host's disk, network or console elsewhere first, "
+                        f"or {force}",
+                        "refusal_kind": RefusalKind.HOST_CRITICAL,
+                    }
+        unbinding = [
+            e.function
+            for e in moving
+            if e.address not in refused and any(s.action is Action.UNBIND for s in e.steps)
+        ]
+        for address, holders in find_holders(self.sysfs, self.node.proc_root, unbinding).items():
+            refused[address] = {
+                "refusal": "it is in use: " + describe_holders(holders),
+                "remedy": "stop those processes (a VM: shut it down or detach the device), or "
+                f"{force} (the unbind then waits for them, up to --timeout)",
+                "refusal_kind": RefusalKind.IN_USE,
+            }
+        for address, why in refused.items() if self.request.force else ():
+            reason = why["refusal"]
+            log.warning("forced", bdf=str(address), step="protect", outcome="forced", reason=reason)
+        if self.request.force or not refused:
+            return plan
+        entries = [
+            replace(e, steps=(), **refused[e.address]) if e.address in refused else e
+            for e in plan.entries
+        ]
+        if plan.direction is Direction.TO_VFIO:
+            entries = refuse_group_mates(entries, set(refused))
+        return Plan(plan.direction, tuple(entries))
 
     def _apply(self, plan: Plan) -> Report:
         """Run the engine; a write that hangs is held by someone: one /proc scan names them."""
