@@ -1,12 +1,10 @@
 """Who holds a function: processes with its device nodes open or its BAR files mapped.
 
-Unbinding a function a VM or a process uses either yanks the device from under it or blocks
-in the kernel until the user lets go, so the pipeline refuses such a function (unless
-``--force``), naming the holders. Held means: a descriptor on its IOMMU group's
-``/dev/vfio/N``, its VFIO device node or a native driver's node (matched by path, or by
-device number when another container names it otherwise), or a mapping of one of its
-``resourceN`` files. One pass over /proc covers every function; a process that vanishes is
-skipped, one we may not inspect makes the scan incomplete (in Kubernetes: ``hostPID``).
+Unbinding a function in use yanks it from its user or blocks in the kernel, so the pipeline
+refuses it, naming the holders: descriptors on its ``/dev/vfio/N``, VFIO or native device node
+(by path, or by device number when another container names it otherwise) and mappings of its
+``resourceN`` files. One pass over /proc covers every function; a process we may not inspect
+makes the scan incomplete (in Kubernetes: ``hostPID``).
 """
 
 from __future__ import annotations
@@ -163,7 +161,7 @@ def _as_target(target: Union[Target, str]) -> Target:
         return target
     name = os.path.basename(target)
     index = name[len("resource") :].removesuffix("_wc") if name.startswith("resource") else ""
-    return Target.resource(target) if index.isdecimal() else Target(target)
+    return Target(target, mapped=index.isdecimal())
 
 
 def _needle(path: str) -> bytes:
@@ -215,42 +213,32 @@ class _Scanner:
         """Hits ``(path, via)`` of one process, and whether some of it was not readable."""
         base = self.proc.pid_dir(pid)
         hits: set[tuple[str, str]] = set()
-        fd_dir = base + "/fd"
+        denied = False
         try:
-            fds = os.listdir(fd_dir)
+            fds = os.listdir(base + "/fd")
         except OSError as exc:
             if exc.errno in _VANISHED:
                 return hits, False
-            fds = []
-            denied = True
-        else:
-            denied = self._descriptors(fd_dir + "/", fds, hits)
-        if self.read_maps:
-            maps, maps_denied = self._maps(base + "/maps")
-            hits.update((path, "mmap") for path in maps)
-            denied = denied or maps_denied
-        return hits, denied
-
-    def _descriptors(self, prefix: str, fds: list[str], hits: set[tuple[str, str]]) -> bool:
-        """Match each descriptor under ``prefix``; True when one could not be read."""
-        readlink = os.readlink
-        by_path = self.by_path
-        by_rdev = self.by_rdev
-        denied = False
+            fds, denied = [], True
+        prefix, readlink, by_path, by_rdev = base + "/fd/", os.readlink, self.by_path, self.by_rdev
         for fd in fds:
             try:
-                link = readlink(prefix + fd)
+                link = readlink(prefix + fd).removesuffix(_DELETED)
             except OSError as exc:
                 denied = denied or exc.errno not in _VANISHED
                 continue
-            if link.endswith(_DELETED):
-                link = link[: -len(_DELETED)]
             target = by_path.get(link)
             if target is None and by_rdev and link.startswith("/"):
                 target = self._by_device_number(prefix + fd, link)
             if target is not None:
                 hits.add((target.path, "fd"))
-        return denied
+        if self.read_maps:
+            try:
+                with open(base + "/maps", "rb") as handle:
+                    hits.update((path, "mmap") for path in self._mapped(handle.read()))
+            except OSError as exc:
+                denied = denied or exc.errno not in _VANISHED
+        return hits, denied
 
     def _by_device_number(self, fd_path: str, link: str) -> Optional[Target]:
         """The target a descriptor's device node is, when it names it another way."""
@@ -265,23 +253,12 @@ class _Scanner:
             return self.by_rdev.get(rdev)
         return None
 
-    def _maps(self, path: str) -> tuple[set[str], bool]:
-        """Targets named in a maps file (parsed only when it holds a target's needle)."""
-        found: set[str] = set()
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            return found, exc.errno not in _VANISHED
+    def _mapped(self, data: bytes) -> set[str]:
+        """Targets a maps file names (parsed only when it holds a target's needle)."""
         if not any(needle in data for needle in self.map_needles):
-            return found, False
-        for line in data.decode("utf-8", "replace").split("\n"):
-            parts = line.split(None, 5)
-            if len(parts) == 6:
-                name = parts[5].removesuffix(_DELETED)
-                if name in self.by_path:
-                    found.add(name)
-        return found, False
+            return set()
+        lines = (line.split(None, 5) for line in data.decode("utf-8", "replace").split("\n"))
+        return {p[5].removesuffix(_DELETED) for p in lines if len(p) == 6} & self.by_path.keys()
 
     def _comm(self, pid: int) -> str:
         try:
