@@ -1,12 +1,10 @@
 """Kernel writes under a deadline, made by a child that a stuck write cannot keep alive.
 
-An ``unbind`` blocks in the kernel while a VM holds the device, and the writes queued behind
-it block too; a thread stuck there would keep the process alive past ``--timeout``. So each
-write goes to a child, a forked process (its stdio /dev/null, the node lock's descriptor
-inherited) or, under the tests' in-memory fake kernel, a thread running the same loop. The
-caller waits for the answer until the deadline of its function (:func:`bounded`), then
-raises :class:`DeadlineExceededError` and abandons the child, which keeps the node lock
-until its write returns.
+An ``unbind`` blocks in the kernel while a VM holds the device; a thread stuck there would
+keep the process alive past ``--timeout``. So each write goes to a child (a forked process
+that inherits the node lock or, under the tests' fake kernel, a thread) and the caller waits
+for the answer until its deadline (:func:`bounded`), then abandons the child, which keeps the
+node lock until its write returns.
 """
 
 from __future__ import annotations
@@ -48,8 +46,7 @@ class DeadlineExceededError(VfioManagerError):
 
 @dataclass(frozen=True)
 class Deadline:
-    """When the writes about one function must be done (a ``clock()`` value), and what they
-    are, for the error."""
+    """When the writes about one function must be done (a ``clock()`` value), and what for."""
 
     at: float
     what: str
@@ -85,8 +82,8 @@ def bounded(
     retry: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``fn`` (writes through a :class:`ChildWriter`) under ``deadline``; with ``retry``,
-    transient errnos are retried inside it."""
+    """Call ``fn`` (writes through a :class:`ChildWriter`) under ``deadline``, retrying
+    transient errnos unless told not to."""
     token = _deadline.set(deadline)
     try:
         if not retry:
@@ -109,9 +106,8 @@ def retry_transient(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``fn``; retry it on transient errnos, waits doubling up to a second, while no wait
-    runs past ``deadline_at``; the last error is the kernel's. tenacity is imported only once
-    a first attempt failed (it is a tenth of a run's start-up)."""
+    """Call ``fn``, retrying transient errnos (waits doubling up to a second, none past
+    ``deadline_at``). tenacity, a tenth of a run's start-up, is imported at the first retry."""
 
     def wait(attempt: int) -> float:
         return float(min(_LONGEST_WAIT, _FIRST_WAIT * (2 ** min(attempt - 1, 32))))
@@ -119,7 +115,7 @@ def retry_transient(
     def exhausted(attempt: int) -> bool:
         return clock() + wait(attempt) >= deadline_at
 
-    def announce(attempt: int, exc: Optional[BaseException]) -> None:
+    def announce(attempt: int, exc: object) -> None:
         code = errno_mod.errorcode.get(getattr(exc, "errno", 0) or 0)
         log.info("transient error, retrying", attempt=attempt, errno=code, wait=wait(attempt))
 
@@ -139,23 +135,24 @@ def retry_transient(
         wait=lambda state: wait(state.attempt_number + 1),
         sleep=sleep,
         before_sleep=lambda state: announce(
-            state.attempt_number + 1,
-            state.outcome.exception() if state.outcome is not None else None,
+            state.attempt_number + 1, state.outcome and state.outcome.exception()
         ),
         reraise=True,
     )(fn)
 
 
-def _serve(receive: Callable[[], Request], answer: Callable[[int], bool], write: Write) -> None:
-    """A child's whole life: take a request, write it, answer 0 or the errno; ``None`` (or
-    an answer nobody takes) ends it."""
+def _serve(
+    receive: Callable[[], Request], answer: Callable[[int], Optional[bool]], write: Write
+) -> None:
+    """A child's life: write each request, answer 0 or the errno; ``None`` ends it, and so
+    does an answer nobody takes (``False``)."""
     while (request := receive()) is not None:
         try:
             write(*request)
             code = 0
         except OSError as exc:
             code = exc.errno or errno_mod.EIO
-        if not answer(code):
+        if answer(code) is False:
             return
 
 
@@ -253,8 +250,7 @@ def _reply(fd: int, code: int) -> bool:  # pragma: no cover - in the child
 
 
 class _Thread:
-    """A thread of this process serving the same loop over queues (pyfakefs fakes pipes);
-    ``on_exit`` is called from the thread as it ends."""
+    """A thread serving the same loop over queues (pyfakefs fakes pipes)."""
 
     def __init__(self, write: Write, on_exit: Callable[[_Thread], None]) -> None:
         self.pid = os.getpid()
@@ -263,16 +259,12 @@ class _Thread:
 
         def run() -> None:
             try:
-                _serve(self._requests.get, self._reply, write)
+                _serve(self._requests.get, self._replies.put, write)
             finally:
                 on_exit(self)
 
         self._thread = threading.Thread(target=run, name="vfio-manager: writer", daemon=True)
         self._thread.start()
-
-    def _reply(self, code: int) -> bool:
-        self._replies.put(code)
-        return True
 
     def send(self, path: str, payload: bytes) -> None:
         self._requests.put((path, payload))
@@ -302,8 +294,7 @@ class StuckWriter:
 
 class ChildWriter:
     """Sends each write to an idle child (or a new one: never a second write before the
-    first returned) and waits under the caller's deadline. ``threads``: the children are
-    threads; ``keep_fds``: what a process child inherits (the node lock). Thread-safe."""
+    first returned) and waits under the caller's deadline. Thread-safe."""
 
     def __init__(
         self, keep_fds: Sequence[int] = (), *, threads: bool = False, write: Write = direct_write
@@ -362,7 +353,7 @@ class ChildWriter:
         return self.stuck()
 
     def when_returned(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once no thread child is stuck: now, or when the last returns."""
+        """Call ``callback`` once no thread child is stuck."""
         with self._mutex:
             if any(self._children.values()):
                 self._on_returned = callback
