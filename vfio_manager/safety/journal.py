@@ -55,7 +55,7 @@ _FIELDS: dict[str, type] = {  # a record's fields past its name; all but the boo
 
 
 class JournalError(VfioManagerError):
-    """The journal could not be written: the engine must not write to the function then."""
+    """The journal could not be written (so neither may the function be)."""
 
 
 @dataclass(frozen=True)
@@ -147,21 +147,9 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_back_problem(entry: JournalEntry, payload: bytes) -> Optional[str]:
-    """Why reading ``payload`` back would set it aside, if it would."""
-    if len(payload) > _MAX_RECORD:
-        return f"{len(payload)} bytes, more than a record may have"
-    try:
-        back = JournalEntry.from_json(json.loads(payload), record=entry.record, bdf=entry.bdf or "")
-    except ValueError as exc:
-        return str(exc)
-    return None if back == entry else "it would read back different"
-
-
 class Journal:
-    """Transition and origin records of one node, in ``state_dir``; ``now`` (ISO-8601
-    timestamps) is injectable. Each method opens the state directory afresh; ``readonly``
-    (a dry run) never renames, removes or creates."""
+    """Transition and origin records of one node, in ``state_dir``; each method opens it
+    afresh. ``readonly`` (a dry run) never renames, removes or creates."""
 
     def __init__(
         self,
@@ -178,8 +166,7 @@ class Journal:
         self._set_aside: list[JournalEntry] = []
 
     def take_set_aside(self) -> list[JournalEntry]:
-        """The unreadable records found since the last call (set aside, or in a dry run
-        left where they are), so the caller can say what it did without them."""
+        """The unreadable records found since the last call, for the caller to tell of."""
         found, self._set_aside = self._set_aside, []
         return found
 
@@ -235,14 +222,12 @@ class Journal:
         return entry
 
     def drop_transition(self, bdf: str) -> None:
-        """The function reached its target, or is back in its start state: drop its
-        transition record. The origin stays."""
+        """The function reached its target, or is back in its start state: drop its record."""
         self._store(TRANSITION, bdf, None, _RECORD_KEPT)
 
     def pending(self) -> list[JournalEntry]:
         """Transitions left by runs that died, in BDF order, corrupt ones included (set
-        aside); stale temporary files are removed. :class:`JournalError` when the directory
-        cannot be listed."""
+        aside); stale temporary files are removed."""
         state = self._open()
         if state is None:
             return []
@@ -298,7 +283,6 @@ class Journal:
         self._store(ORIGIN, bdf, None, _RECORD_KEPT)
 
     def _open(self) -> Optional[StateDir]:
-        """The state directory, checked; in a dry run never created (``None`` if missing)."""
         if self.readonly:
             return StateDir.open_existing(self.state_dir, uid=self.uid)
         return StateDir.open(self.state_dir, uid=self.uid)
@@ -353,17 +337,21 @@ class Journal:
         return entry
 
     def _write(self, entry: JournalEntry, bdf: str) -> None:
-        """Atomic, durable replace of the entry's file, refused if it would not read back."""
+        """Write the entry's record, refused if reading it back would set it aside."""
         payload = (json.dumps(entry.to_json(), indent=1, sort_keys=True) + "\n").encode()
-        problem = _read_back_problem(entry, payload)
-        if problem is not None:
+        try:
+            if len(payload) > _MAX_RECORD:
+                raise ValueError(f"{len(payload)} bytes, more than a record may have")
+            if JournalEntry.from_json(json.loads(payload), record=entry.record, bdf=bdf) != entry:
+                raise ValueError("it would read back different")
+        except ValueError as exc:
             raise JournalError(
-                f"the journal record for {bdf} would not read back ({problem})",
+                f"the journal record for {bdf} would not read back ({exc})",
                 bdf=bdf,
                 step="journal",
                 remedy=f"{_NOTHING_WRITTEN}; this is a bug, please report it with the "
                 "function's driver and driver_override",
-            )
+            ) from exc
         self._store(entry.record, bdf, payload, _NOTHING_WRITTEN)
 
     def _store(self, record: str, bdf: str, payload: Optional[bytes], consequence: str) -> None:
