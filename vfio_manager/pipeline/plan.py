@@ -173,22 +173,37 @@ def _to_vfio_steps(function: PciFunction, vfio_driver: str, has_node: bool) -> t
     return tuple(steps)
 
 
-def _refusal_to_vfio(function: PciFunction) -> Optional[tuple[str, str]]:
-    """Reasons the kernel would refuse the function whatever we do, with their remedies."""
+def _refusal_to_vfio(
+    topology: Topology, function: PciFunction, moving: Collection[PciAddress]
+) -> Optional[tuple[str, str, RefusalKind]]:
+    """Why the function cannot move to vfio (the kernel would refuse it, or its group), and
+    the remedy."""
     if function.is_bridge:
         return (
             "it is a PCI bridge; vfio-pci refuses bridges",
             "select endpoint functions only (filter by --class)",
+            RefusalKind.KERNEL,
         )
     if function.iommu_group is None:
         return (
             "it has no IOMMU group (the IOMMU is off or the kernel lacks support)",
             "run `vfio-manager check` for the cause and the kernel argument to add",
+            RefusalKind.KERNEL,
         )
     if function.is_pf_with_vfs:
         return (
             f"it is an SR-IOV PF with {function.sriov_numvfs} VFs enabled; vfio-pci refuses it",
             "bind its VFs instead (select them with --device-id), or set sriov_numvfs to 0 first",
+            RefusalKind.KERNEL,
+        )
+    blockers = group_blockers(topology, function, moving=moving)
+    if blockers:
+        return (
+            f"IOMMU group {function.iommu_group} is not viable: "
+            + ", ".join(str(b) for b in blockers),
+            "add --with-group-peers to bind the other endpoint members too, or unbind the "
+            "blocking members from their host drivers first",
+            RefusalKind.GROUP,
         )
     return None
 
@@ -220,26 +235,14 @@ def plan_to_vfio(
     refused: set[PciAddress] = set()
     for function in ordered:
         vfio_driver = vfio_driver_for(function)
-        refusal, kind = _refusal_to_vfio(function), RefusalKind.KERNEL
-        blockers = group_blockers(topology, function, moving=moving)
-        if refusal is None and blockers:
-            kind = RefusalKind.GROUP
-            refusal = (
-                f"IOMMU group {function.iommu_group} is not viable: "
-                + ", ".join(str(b) for b in blockers),
-                "add --with-group-peers to bind the other endpoint members too, or unbind the "
-                "blocking members from their host drivers first",
-            )
+        refusal = _refusal_to_vfio(topology, function, moving)
         if refusal is not None:
             refused.add(function.address)
-            reason, remedy = refusal
-            entry = FunctionPlan(function, Direction.TO_VFIO, (), reason, remedy, kind, vfio_driver)
-        else:
-            has_node = topology.vfio_dev(function) is not None
-            steps = _to_vfio_steps(function, vfio_driver, has_node)
-            entry = FunctionPlan(function, Direction.TO_VFIO, steps)
-            entry = replace(entry, target_driver=vfio_driver, target_override=vfio_driver)
-        entries.append(entry)
+            entries.append(FunctionPlan(function, Direction.TO_VFIO, (), *refusal, vfio_driver))
+            continue
+        steps = _to_vfio_steps(function, vfio_driver, topology.vfio_dev(function) is not None)
+        entry = FunctionPlan(function, Direction.TO_VFIO, steps)
+        entries.append(replace(entry, target_driver=vfio_driver, target_override=vfio_driver))
     return Plan(Direction.TO_VFIO, tuple(refuse_group_mates(entries, refused)))
 
 
