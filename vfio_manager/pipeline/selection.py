@@ -1,8 +1,7 @@
 """Which functions the tool may touch: vendor, class and device-ID filters.
 
-The defaults select Rebellions NPUs (the class keeps the vendor's bridges out of reach).
-A named BDF that does not exist or is not selected refuses the whole command before any
-write, so a typo never moves the wrong function.
+The defaults select Rebellions NPUs (the class keeps the vendor's bridges out of reach). A
+named BDF that does not exist or is not selected refuses the whole command before any write.
 """
 
 from __future__ import annotations
@@ -19,18 +18,14 @@ from vfio_manager.kernel.model import PciFunction, Topology
 
 def parse_id(text: str, *, what: str, bits: int, example: str = "0x1eff") -> int:
     """Parse ``0x1eff`` / ``1eff`` (hex always, as lspci prints); raise :class:`UsageError`."""
-    raw = text.strip().lower()
-    raw = raw[2:] if raw.startswith("0x") else raw
-    try:
-        value = int(raw, 16) if set(raw) <= set("0123456789abcdef") else -1  # ASCII hex only
-    except ValueError:
-        value = -1
-    if not raw or value < 0 or value >= 1 << bits:
+    raw = text.strip().lower().removeprefix("0x")
+    ascii_hex = bool(raw) and set(raw) <= set("0123456789abcdef")  # int() takes more
+    if not ascii_hex or int(raw, 16) >= 1 << bits:
         raise UsageError(
             f"{text!r} is not a valid {what}",
             remedy=f"give a hexadecimal {what} of at most {bits // 4} digits, e.g. {example}",
         )
-    return value
+    return int(raw, 16)
 
 
 @dataclass(frozen=True)
@@ -65,8 +60,7 @@ class Selector:
 
     @classmethod
     def from_options(cls, vendor: str, pci_class: str, device_ids: tuple[str, ...]) -> Selector:
-        digits = pci_class.strip().lower()
-        width = len(digits[2:] if digits.startswith("0x") else digits)
+        width = len(pci_class.strip().lower().removeprefix("0x"))
         if width not in (4, 6):  # "0x12" is no class: 0x1200? 0x120000? 0x0012? Ask.
             raise UsageError(
                 f"{pci_class!r} is not a PCI class: it has {width} hex digits, not 4 or 6",
@@ -127,11 +121,10 @@ def select_targets(
 ) -> list[PciFunction]:
     """The functions a request moves: the ``named`` ones (checked) or every selected one;
     with ``scope``, only those in the IOMMU groups of its functions; less ``exclude``."""
-    found = (
-        named_functions(topology, selector, named)
-        if named
-        else selected_functions(topology, selector)
-    )
+    if named:
+        found = named_functions(topology, selector, named)
+    else:
+        found = selected_functions(topology, selector)
     if scope is not None:
         members = in_groups_of(topology, scope)
         found = [f for f in found if f.address in members]

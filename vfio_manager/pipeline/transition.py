@@ -96,7 +96,8 @@ def run_transition(
             return run_transition(node, request, lock=held)
     if not lock.held:
         raise RuntimeError(f"{lock.path} must be held by the caller")
-    run = _Run(node, request, node.sysfs(node.transport(lock)), node.journal())
+    writer = lock.writer(threads=node.writer == "thread")  # its children keep the lock
+    run = _Run(node, request, node.sysfs(writer), node.journal())
     try:
         result = run.result()
     except VfioManagerError:
