@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -176,11 +177,8 @@ class HostCritical:
             if not addrs and not routes:
                 continue
             what = f"interface {iface}" if iface == lower else f"interface {iface} (on {lower})"
-            parts = []
-            if addrs:
-                parts.append(f"address {_listed(addrs)}")
-            if routes:
-                parts.append(f"routes {_listed(routes)}")
+            parts = [f"address {_listed(addrs)}"] if addrs else []
+            parts += [f"routes {_listed(routes)}"] if routes else []
             reasons.append(f"its network {what} has {' and '.join(parts)}")
         return reasons
 
@@ -260,8 +258,7 @@ class HostCritical:
 
     def _routes4(
         self,
-    ) -> list[tuple[str, ipaddress.IPv4Network, Optional[ipaddress.IPv4Address]]]:
-        found = []
+    ) -> Iterator[tuple[str, ipaddress.IPv4Network, Optional[ipaddress.IPv4Address]]]:
         for line in (self._lines("net", "route") or [])[1:]:
             fields = line.split()
             if len(fields) < 8 or fields[0] == "lo":
@@ -274,9 +271,7 @@ class HostCritical:
                 continue
             if not flags & _RTF_UP or flags & _RTF_REJECT:
                 continue
-            via = gateway if flags & _RTF_GATEWAY and int(gateway) else None
-            found.append((fields[0], network, via))
-        return found
+            yield fields[0], network, gateway if flags & _RTF_GATEWAY and int(gateway) else None
 
     def _local4(self) -> list[ipaddress.IPv4Address]:
         """Local IPv4 addresses: ``|-- A.B.C.D`` leaves followed by ``/32 host LOCAL``."""
@@ -296,8 +291,7 @@ class HostCritical:
                 leaf = None
         return list(found)
 
-    def _addrs6(self) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+    def _addrs6(self) -> Iterator[tuple[str, str]]:
         for line in self._lines("net", "if_inet6") or []:
             fields = line.split()
             if len(fields) < 6 or fields[5] == "lo":
@@ -307,13 +301,10 @@ class HostCritical:
                 scope = int(fields[3], 16)
             except ValueError:
                 continue
-            if scope & (_IPV6_SCOPE_HOST | _IPV6_SCOPE_LINK):
-                continue
-            found.append((fields[5], str(addr)))
-        return found
+            if not scope & (_IPV6_SCOPE_HOST | _IPV6_SCOPE_LINK):
+                yield fields[5], str(addr)
 
-    def _routes6(self) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+    def _routes6(self) -> Iterator[tuple[str, str]]:
         for line in self._lines("net", "ipv6_route") or []:
             fields = line.split()
             if len(fields) < 10 or fields[9] == "lo":
@@ -326,10 +317,7 @@ class HostCritical:
                 network = ipaddress.IPv6Network(f"{dest}/{length}", strict=False)
             except ValueError:
                 continue
-            if flags & _RTF_REJECT or network.subnet_of(_LINK_LOCAL6):
-                continue
-            if network.subnet_of(_MULTICAST6):
+            if flags & _RTF_REJECT or any(map(network.subnet_of, (_LINK_LOCAL6, _MULTICAST6))):
                 continue
             text = "default" if length == 0 else str(network)
-            found.append((fields[9], f"{text} via {hop}" if int(hop) else text))
-        return found
+            yield fields[9], f"{text} via {hop}" if int(hop) else text

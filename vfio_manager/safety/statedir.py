@@ -56,9 +56,7 @@ def _kind(mode: int) -> str:
 def _not_a_directory_above(path: str) -> Optional[str]:
     """The first existing component of ``path`` (itself included) that is not a directory."""
     current = os.sep
-    for part in os.path.abspath(path).split(os.sep):
-        if not part:
-            continue
+    for part in filter(None, os.path.abspath(path).split(os.sep)):
         current = os.path.join(current, part)
         try:
             st = os.stat(current)  # a symlink to a directory is a directory here
@@ -75,10 +73,8 @@ def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
     return UnsafeStateDirError(
         f"state directory {path} {problem}; refusing to use it",
         path=path,
-        remedy=(
-            f"remove {path} (it is recreated, owned by UID {uid}, mode 0700) or point "
-            "--state-dir at a directory owned by this user and writable by nobody else"
-        ),
+        remedy=f"remove {path} (it is recreated, owned by UID {uid}, mode 0700) or point "
+        "--state-dir at a directory owned by this user and writable by nobody else",
     )
 
 
@@ -132,8 +128,8 @@ class StateDir:
         return cls._open_dir(path, os.geteuid() if uid is None else uid)
 
     def subdir(self, name: str, *, create: bool = False) -> Optional[StateDir]:
-        """The directory ``name`` in this one (created 0700 if missing and ``create``),
-        checked like this one; ``None`` when it does not exist."""
+        """The directory ``name`` in this one (or ``None``), checked like it; ``create``
+        makes it (0700) if missing."""
         if create:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o700, dir_fd=self.fd)
@@ -198,7 +194,6 @@ class StateDir:
         return os.path.join(self.path, name)
 
     def names(self) -> list[str]:
-        """Every name in the directory, sorted; ``OSError`` when it cannot be listed."""
         return sorted(os.listdir(self.fd))
 
     def _usable(self, name: str, st: os.stat_result, limit: Optional[int]) -> None:
@@ -210,7 +205,8 @@ class StateDir:
             raise UnusableFile(name, f"{st.st_size} bytes, more than the {limit} expected")
 
     def open_file(self, name: str, flags: int, limit: Optional[int] = None) -> Optional[int]:
-        """Look, open (never following, never blocking), check again; ``None`` if absent."""
+        """Look, open (never following, never blocking), check again; ``None`` if absent.
+        :class:`UnusableFile` unless a regular file of ours, of at most ``limit`` bytes."""
         try:
             self._usable(name, os.stat(name, dir_fd=self.fd, follow_symlinks=False), limit)
         except FileNotFoundError:
@@ -236,9 +232,8 @@ class StateDir:
         return fd
 
     def read(self, name: str, *, limit: int, whole: bool = True) -> Optional[bytes]:
-        """The content of ``name``, ``None`` if it does not exist; :class:`UnusableFile`
-        when it is not a regular file of ours, cannot be read, or (``whole``) is larger than
-        ``limit`` (else its first ``limit`` bytes)."""
+        """The content of ``name`` (``None`` if absent), refused larger than ``limit`` if
+        ``whole``, else cut there."""
         fd = self.open_file(name, os.O_RDONLY, limit if whole else None)
         if fd is None:
             return None
@@ -257,8 +252,7 @@ class StateDir:
         return data
 
     def open_lock_file(self, name: str) -> int:
-        """Open (creating it if missing) a lock file, never replaced (a waiter may hold the
-        old inode); refused, naming it, unless it is a regular file of ours."""
+        """Open (creating it if missing) a lock file, refused unless a regular file of ours."""
         path = self.path_of(name)
         try:
             fd = self.open_file(name, os.O_RDWR | os.O_CREAT, None)
@@ -284,7 +278,7 @@ class StateDir:
         _replace_at(self.fd, name, data, 0o600)
 
     def remove(self, name: str) -> bool:
-        """Remove ``name`` durably; ``False`` if it was not there, ``OSError`` on failure."""
+        """Remove ``name`` durably; ``False`` if it was not there."""
         try:
             os.unlink(name, dir_fd=self.fd)
         except FileNotFoundError:
@@ -294,7 +288,7 @@ class StateDir:
 
     def set_aside(self, name: str, suffix: str) -> str:
         """Rename whatever ``name`` is (never opened) to ``NAME<suffix>`` or
-        ``NAME.N<suffix>``; return the new name. ``OSError`` when no name is free."""
+        ``NAME.N<suffix>``; return the new name."""
         for attempt in range(100):
             target = f"{name}{suffix}" if attempt == 0 else f"{name}.{attempt}{suffix}"
             try:
@@ -306,7 +300,7 @@ class StateDir:
         raise OSError(errno_mod.EEXIST, f"no free name to set {name} aside")
 
     def sweep_temporaries(self) -> list[str]:
-        """Remove temporary files a killed run left (between create and rename)."""
+        """Remove the temporary files a killed run left."""
         removed = []
         for name in self.names():
             if name.startswith(TMP_PREFIX):
@@ -346,8 +340,8 @@ def replace_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
 
 
 def remove_file(path: str) -> bool:
-    """Remove a file anywhere (a symlink itself, never its target); ``False`` when it was
-    not there, ``OSError`` (``FileNotFoundError`` for a missing directory) on failure."""
+    """Remove a file anywhere (a symlink itself, never its target); ``False`` if not there
+    (``FileNotFoundError`` when its directory is missing)."""
     fd = os.open(os.path.dirname(path) or ".", _DIR_OPEN)
     try:
         os.unlink(os.path.basename(path), dir_fd=fd)
