@@ -75,8 +75,8 @@ class Settle(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Interrupted:
-    """A journal record this entry settles: how, why, and the state before the interrupted
-    run (what a failure of this entry restores)."""
+    """A journal record this entry settles: how, why, and the state before it (restored
+    if the entry fails)."""
 
     settle: Settle
     note: str
@@ -176,8 +176,7 @@ def _to_vfio_steps(function: PciFunction, vfio_driver: str, has_node: bool) -> t
 def _refusal_to_vfio(
     topology: Topology, function: PciFunction, moving: Collection[PciAddress]
 ) -> Optional[tuple[str, str, RefusalKind]]:
-    """Why the function cannot move to vfio (the kernel would refuse it, or its group), and
-    the remedy."""
+    """Why the function cannot move to vfio, the remedy, and whose the refusal is."""
     if function.is_bridge:
         return (
             "it is a PCI bridge; vfio-pci refuses bridges",
@@ -281,11 +280,9 @@ def host_steps(
     *,
     probe_picks: bool = True,
 ) -> tuple[Step, ...]:
-    """Steps to ``driver`` (``None``: whatever the probe picks instead of a vfio driver;
-    :data:`STAY_UNBOUND`: none) and ``override`` on the host, the override first. When the
-    probe is not trusted to pick ``driver`` (``probe_picks`` false), the override names it
-    for the probe and is set to ``override`` after: no ID table nor dynamic ID matters then.
-    """
+    """Steps to ``driver`` (``None``: whatever the probe picks; :data:`STAY_UNBOUND`: none)
+    and ``override``. Unless ``probe_picks``, the override names ``driver`` for the probe and
+    is set to ``override`` after."""
     on_vfio = is_vfio_driver(function.driver)
     if driver is None:
         attach = detach = on_vfio
@@ -323,8 +320,7 @@ def restore_steps(
     *,
     probe_picks: bool = True,
 ) -> tuple[Step, ...]:
-    """Steps that put ``function`` back to a recorded (driver, override), such as the state
-    before an interrupted run (``driver`` ``None``: it had none)."""
+    """Steps back to a recorded (driver, override) (``driver`` ``None``: it had none)."""
     if is_vfio_driver(driver):
         return _to_vfio_steps(function, driver or VFIO_PCI, has_node=True)
     return host_steps(
@@ -339,9 +335,8 @@ def plan_to_host(
     host_target_for: Callable[[PciFunction], HostTarget],
     settling: Collection[PciAddress] = (),
 ) -> Plan:
-    """Plan returning ``targets`` to the host state each was found in (its
-    :class:`~vfio_manager.host.driver_choice.HostTarget`); one in ``settling`` goes there
-    from wherever an interrupted run left it."""
+    """Plan returning ``targets`` to the host state each was found in; one in ``settling``
+    goes there from wherever an interrupted run left it."""
     del topology  # the reverse move has no group constraint
     entries = []
     for function in targets:

@@ -132,8 +132,7 @@ def select_targets(
 
 
 def in_groups_of(topology: Topology, addresses: Iterable[PciAddress]) -> frozenset[PciAddress]:
-    """``addresses`` with every member of their IOMMU groups (a group moves whole or not at
-    all); absent addresses are dropped."""
+    """``addresses`` (those present) with every member of their IOMMU groups."""
     found: set[PciAddress] = set()
     for address in addresses:
         function = topology.get(address)

@@ -1,11 +1,8 @@
 """What the journal asks this run to finish or undo, as ordinary plan input.
 
-Settling a record a killed run left is a write like any other: it goes through the same
-plan, refusals, engine and report. Per record: a function that is gone (or another device at
-its address) makes it moot (dropped, with a note); a recorded driver that is not registered
-or unknown, or a function outside the selection, is refused (the record stays); a record
-going this run's way is *finished* (planned like a target); any other is *rolled back* to
-the driver and override it had before the killed run.
+Per record a killed run left: a function gone (or another device there) makes it moot; a
+recorded driver unknown or not registered, or a function not selected, is refused; a record
+going this run's way is *finished*, any other *rolled back* to the state before it.
 """
 
 from __future__ import annotations
@@ -26,9 +23,8 @@ _VERB = {Direction.TO_VFIO: "bind to vfio", Direction.TO_HOST: "return to the ho
 
 @dataclass
 class Settlement:
-    """The journal's share of a plan: ``interrupted`` for the entries of targets (existing
-    or ``extra_targets``); ``entries``, roll-backs of other functions and refusals (which
-    replace a target's own entry); ``moot``, records of functions that are gone."""
+    """The journal's share of a plan: ``interrupted`` for targets' entries (with
+    ``extra_targets``), ``entries`` (roll-backs and refusals), ``moot`` records."""
 
     interrupted: dict[PciAddress, Interrupted] = field(default_factory=dict)
     extra_targets: list[PciFunction] = field(default_factory=list)

@@ -32,8 +32,7 @@ _COMM_LIMIT = 64
 
 @dataclass(frozen=True)
 class Target:
-    """A file a process can hold, matched by ``path`` (and ``rdev``, for a device node);
-    ``mapped`` asks for /proc/PID/maps to be read too (BAR files)."""
+    """A file a process can hold: by ``path`` (or ``rdev``, a node), or mapped (a BAR)."""
 
     path: str
     rdev: Optional[int] = None
@@ -91,7 +90,7 @@ def function_targets(
     sysfs: Sysfs, address: PciAddress, *, group: Optional[int] = None
 ) -> list[Target]:
     """Everything through which a process can hold ``address`` (and ``/dev/vfio/<group>``),
-    each under the name the host uses and the one under our roots."""
+    under the host's names and ours."""
     targets: dict[tuple[str, bool], Target] = {}
 
     def add(target: Target) -> None:
@@ -128,8 +127,7 @@ def scan_holders(
 def find_holders(
     sysfs: Sysfs, proc_root: str, functions: list[PciFunction]
 ) -> dict[PciAddress, list[Holder]]:
-    """Holders per function, from one scan of /proc: through its vfio group node when it is
-    in vfio mode, the native driver's device nodes and its BAR files otherwise."""
+    """Holders per function, from one scan of /proc (the group node of one on vfio)."""
     if not functions:
         return {}
     owner: dict[str, PciAddress] = {}
@@ -165,16 +163,14 @@ def _as_target(target: Union[Target, str]) -> Target:
 
 
 def _needle(path: str) -> bytes:
-    """A part of ``path`` a maps file naming it must contain (its last component, or two
-    when short): a cheap test that rules out most processes before any line is parsed."""
+    """A part of ``path`` a maps file naming it contains: rules most out before parsing."""
     parts = path.rstrip("/").split("/")
     tail = parts[-1] if len(parts[-1]) >= 4 or len(parts) < 2 else "/".join(parts[-2:])
     return tail.encode("utf-8", "surrogateescape")
 
 
 class _Scanner:
-    """One pass over /proc: per descriptor one ``readlink`` and a lookup (paths built by
-    concatenation: cheaper than the call); a ``stat`` only for a possible device node."""
+    """One pass over /proc: a ``readlink`` per descriptor, a ``stat`` only for a node."""
 
     def __init__(self, proc_root: str, targets: list[Target], self_pid: int) -> None:
         self.proc_root = proc_root

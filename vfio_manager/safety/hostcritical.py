@@ -1,11 +1,8 @@
 """Refuse to take away what the host itself runs on: its disks, its network, its console.
 
-A selection too wide (a vendor ID shared with a storage controller, a typo in a BDF) must
-not detach the root disk or the node's NIC. :class:`HostCritical` says why a function backs
-the host: a mounted filesystem or active swap on a block device under it (or stacked on one:
-dm, LVM, md), matched by ``MAJ:MIN`` and by source name; an interface under it (or a bridge,
-bond or VLAN on one) with an address or a route; the boot VGA device. Everything is read once
-per guard, from sysfs and the mount, swap and network tables of ``proc_root``.
+A function backs the host when a mounted filesystem or active swap is on a block device under
+it (or stacked on one: dm, LVM, md), an interface under it (or a bridge, bond or VLAN on one)
+has an address or a route, or it is the boot VGA device.
 """
 
 from __future__ import annotations
@@ -59,8 +56,7 @@ def _ipv4(hex_text: str) -> ipaddress.IPv4Address:
 
 
 class HostCritical:
-    """Why a function must not be taken from the host (none: it may be). One per command: it
-    reads the host's disks, interfaces and tables on the first :meth:`reasons` call."""
+    """Why a function must not be taken from the host; reads the host's tables once."""
 
     def __init__(self, sysfs: Sysfs, *, proc_root: str = DEFAULT_PROC_ROOT) -> None:
         self.sysfs = sysfs

@@ -1,11 +1,8 @@
 """The admin's intents: "leave this function on the host", one file per function.
 
-A daemon that puts every selected function back on vfio-pci would undo an admin's
-``vfio-manager unbind``, so ``unbind`` run while a daemon is up records an intent per function
-it returns; the daemon never moves those, and ``bind`` clears them (both in
-:func:`~vfio_manager.pipeline.transition.run_transition`). The file's *name*
-(``<state-dir>/intent/<bdf>``) is the intent; its JSON content is for humans, and a file that
-is not what we write still counts, its problem said. Read them under the node lock.
+``unbind`` run while a daemon is up records one per function it returns, so the daemon does
+not undo it; ``bind`` clears them. The file's *name* (``<state-dir>/intent/<bdf>``) is the
+intent; its JSON content is for humans (a file that is not what we write still counts).
 """
 
 from __future__ import annotations
@@ -36,8 +33,7 @@ class IntentError(VfioManagerError):
 
 @dataclass(frozen=True)
 class Intent:
-    """One function the admin asked to leave on the host; ``problem`` is set when its file
-    is not what we write (it still counts)."""
+    """One function the admin asked to leave on the host (``problem``: its file's, if any)."""
 
     bdf: str
     recorded_at: Optional[str] = None

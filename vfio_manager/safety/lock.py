@@ -55,8 +55,7 @@ class DaemonRunningError(VfioManagerError):
 
 @dataclass(frozen=True)
 class LockHolder:
-    """Who a lock file names, and what /proc says of that PID now: ``running`` False when it
-    is gone (or in another PID namespace), ``state`` ``D`` when it is stuck in the kernel."""
+    """Who a lock file names; ``running`` and ``state`` (``D``: stuck) are /proc's, now."""
 
     pid: int
     command: str
@@ -125,8 +124,8 @@ def _unlock(fd: int) -> None:
 
 
 def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
-    """True while a daemon holds ``<state-dir>/daemon``; probes with a shared lock, released
-    at once. Never creates or blocks; anything unusable means no daemon."""
+    """True while a daemon holds ``<state-dir>/daemon`` (probed with a shared lock, never
+    creating nor blocking)."""
     try:
         state = StateDir.open_existing(state_dir)
         if state is None:
@@ -149,9 +148,8 @@ def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
 
 
 class FileLock:
-    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds; a
-    context manager. Two objects conflict even in one process (each opens the file anew);
-    one object is not re-entrant. ``uid`` is the owner the state directory must have."""
+    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds (a
+    context manager, not re-entrant). Two objects conflict even in one process."""
 
     NAME: ClassVar[str]
     POLL_INTERVAL: ClassVar[float] = 0.1
@@ -231,8 +229,7 @@ class FileLock:
 
 
 class NodeLock(FileLock):
-    """One writer per node: ``state_dir/lock``, held by every writing run from its first read
-    to its last write, and by a writer child while a write the run gave up on is pending."""
+    """``state_dir/lock``, held by every writing run from its first read to its last write."""
 
     NAME = LOCK_FILE_NAME
     _writer: Optional[ChildWriter] = None
@@ -297,8 +294,7 @@ class NodeLock(FileLock):
 
 
 class DaemonPresence(FileLock):
-    """``state_dir/daemon``, held by the daemon for its whole life; a second daemon waits up
-    to ``timeout`` (a rolling update's handover), then refuses naming the first."""
+    """``state_dir/daemon``, held by the daemon for its whole life."""
 
     NAME = PRESENCE_FILE_NAME
     POLL_INTERVAL = 0.5
