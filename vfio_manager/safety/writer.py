@@ -33,10 +33,7 @@ log = get_logger("vfio_manager.safety.writer")
 T = TypeVar("T")
 Write = Callable[[str, bytes], None]
 Request = Optional[tuple[str, bytes]]  # None ends the child
-_HEADER = struct.Struct("!II")  # path length, payload length
 _REPLY = struct.Struct("!i")  # 0 or the errno
-_MAX_PATH = 4096
-_MAX_PAYLOAD = 65536
 _FIRST_WAIT, _LONGEST_WAIT = 0.05, 1.0  # between retries of a transient errno
 
 
@@ -156,16 +153,6 @@ def _serve(
             return
 
 
-def _read_exactly(fd: int, size: int) -> Optional[bytes]:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
 class _Process:
     """A forked child that keeps only ``keep_fds`` (the node lock) and its two pipes."""
 
@@ -197,9 +184,10 @@ class _Process:
         os.set_inheritable(self._replies, False)
 
     def send(self, path: str, payload: bytes) -> None:
-        os.write(
-            self._requests, _HEADER.pack(len(path.encode()), len(payload)) + path.encode() + payload
-        )
+        request = path.encode() + b"\0" + payload  # one write: the child reads it whole
+        if len(request) > select.PIPE_BUF:
+            raise OSError(errno_mod.E2BIG, f"a write of {len(request)} bytes to sysfs")
+        os.write(self._requests, request)
 
     def answer(self, timeout: Optional[float]) -> Optional[int]:
         """The errno (0: done); ``None`` when ``timeout`` passed first."""
@@ -207,7 +195,7 @@ class _Process:
         poller.register(self._replies, select.POLLIN)
         if not poller.poll(None if timeout is None else timeout * 1000):
             return None
-        reply = os.read(self._replies, _REPLY.size)  # written at once: never split
+        reply = os.read(self._replies, _REPLY.size)
         if len(reply) < _REPLY.size:
             raise OSError(errno_mod.EIO, "the writer process died")
         return int(_REPLY.unpack(reply)[0])
@@ -231,14 +219,8 @@ class _Process:
 
 
 def _receive(fd: int) -> Request:  # pragma: no cover - in the child
-    header = _read_exactly(fd, _HEADER.size)
-    if header is None:
-        return None
-    path_len, payload_len = _HEADER.unpack(header)
-    if path_len > _MAX_PATH or payload_len > _MAX_PAYLOAD:
-        return None
-    body = _read_exactly(fd, path_len + payload_len)
-    return None if body is None else (body[:path_len].decode(), body[path_len:])
+    path, nul, payload = os.read(fd, select.PIPE_BUF).partition(b"\0")
+    return (path.decode(), payload) if nul else None
 
 
 def _reply(fd: int, code: int) -> bool:  # pragma: no cover - in the child
