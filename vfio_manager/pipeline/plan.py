@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 from vfio_manager.host.driver_choice import HostTarget
@@ -80,16 +80,11 @@ class Interrupted:
 
     settle: Settle
     note: str
-    driver: Optional[str]
-    override: Optional[str]
+    original_driver: Optional[str]
+    original_override: Optional[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "settle": self.settle.value,
-            "note": self.note,
-            "original_driver": self.driver,
-            "original_override": self.override,
-        }
+        return {**asdict(self), "settle": self.settle.value}
 
 
 @dataclass(frozen=True)
@@ -111,7 +106,7 @@ class FunctionPlan:
     def start_state(self) -> tuple[Optional[str], Optional[str]]:
         """(driver, override) a failure puts back: before the interrupted run, if any."""
         if self.interrupted is not None:
-            return self.interrupted.driver, self.interrupted.override
+            return self.interrupted.original_driver, self.interrupted.original_override
         return self.function.driver, self.function.driver_override
 
     @property
