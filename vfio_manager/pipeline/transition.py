@@ -1,9 +1,8 @@
 """The one write pipeline: read once -> gate -> plan -> refuse -> apply -> report.
 
-Every writing command, the daemon and the ``vfio-manage.sh`` drop-in come through
-:func:`run_transition`, and so does settling what a killed run left in the journal (one more
-input to the plan, :mod:`vfio_manager.pipeline.settle`). A real run holds the node lock from
-the first read to the last write; a dry run takes no lock and writes nothing.
+Every writing command, the daemon and the drop-in come through :func:`run_transition`, and so
+does settling what a killed run left in the journal. A real run holds the node lock from the
+first read to the last write; a dry run takes no lock and writes nothing.
 """
 
 from __future__ import annotations
@@ -40,13 +39,9 @@ Origins = dict[PciAddress, tuple[Optional[str], Optional[str]]]
 
 @dataclass(frozen=True)
 class TransitionRequest:
-    """What the caller asks for: which functions, which way, and how carefully.
-
-    ``exclude``: never planned, not even to settle a journal record (the daemon's excluded,
-    intent and backoff sets). ``scope``: only the selected functions in the IOMMU groups of
-    these (what a uevent named). ``admin``: a one-shot command, which keeps the daemon's
-    intents (:mod:`vfio_manager.safety.intents`); the daemon's own runs never touch them.
-    """
+    """Which functions, which way, how carefully. ``exclude``: never planned, not even to
+    settle a journal record; ``scope``: only those in the IOMMU groups of these (a uevent's);
+    ``admin``: a one-shot command, which keeps the daemon's intents."""
 
     selector: Selector
     direction: Direction
@@ -75,12 +70,10 @@ class TransitionResult:
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.journal_errors:
-            return ExitCode.FAILED
-        if self.report is not None:
+        if self.report is not None and not self.journal_errors:
             return self.report.exit_code
-        refused = any(entry.refusal for entry in self.plan.entries)
-        return ExitCode.FAILED if refused else ExitCode.OK
+        failed = self.journal_errors or any(entry.refusal for entry in self.plan.entries)
+        return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def run_transition(
@@ -94,8 +87,6 @@ def run_transition(
     if lock is None:
         with node.lock() as held:
             return run_transition(node, request, lock=held)
-    if not lock.held:
-        raise RuntimeError(f"{lock.path} must be held by the caller")
     writer = lock.writer(threads=node.writer == "thread")  # its children keep the lock
     run = _Run(node, request, node.sysfs(writer), node.journal())
     try:
