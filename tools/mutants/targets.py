@@ -41,22 +41,12 @@ TARGETS: dict[str, Target] = {
         (*_PIPELINE, "tests/cli/test_recorded_replay.py"),
         sample=14,
     ),
-    "plan": Target("vfio_manager/pipeline/plan.py", _PIPELINE, sample=8),
+    "plan": Target(
+        "vfio_manager/pipeline/plan.py", (*_PIPELINE, "tests/safety/test_crash.py"), sample=16
+    ),
     "transition": Target(
         "vfio_manager/pipeline/transition.py",
         (*_PIPELINE, "tests/safety/test_lock_and_concurrency.py"),
-        sample=8,
-    ),
-    "settle": Target(
-        "vfio_manager/pipeline/settle.py",
-        (
-            SURVIVORS,
-            "tests/unit/test_transition_scope.py",
-            "tests/safety/test_pipeline_regressions.py",
-            "tests/safety/test_journal_failures.py",
-            "tests/safety/test_as_found.py",
-            "tests/safety/test_crash.py",
-        ),
         sample=8,
     ),
     "journal": Target(

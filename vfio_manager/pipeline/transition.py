@@ -228,8 +228,7 @@ class _Run:
         self, topology: Topology, targets: list[PciFunction], resolver: DriverResolver
     ) -> Plan:
         """The plan for ``targets``, with what the journal asks settled in it."""
-        from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio
-        from vfio_manager.pipeline.settle import settle
+        from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio, settle
 
         request = self.request
         pending = self._pending_records(topology)
