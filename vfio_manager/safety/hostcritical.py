@@ -25,8 +25,7 @@ _MAX_LISTED = 3
 _RTF_UP = 0x0001
 _RTF_GATEWAY = 0x0002
 _RTF_REJECT = 0x0200
-_IPV6_SCOPE_HOST = 0x10
-_IPV6_SCOPE_LINK = 0x20
+_IPV6_SCOPE_HOST_OR_LINK = 0x10 | 0x20
 _LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
 _MULTICAST6 = ipaddress.IPv6Network("ff00::/8")
 
@@ -136,13 +135,12 @@ class HostCritical:
                     below[holder] = name
                     todo.append(holder)
         # The reverse links too: a dm/md device whose slaves sit under the function.
-        for name in self._blocks:
-            if name in direct or name in below:
-                continue
-            for slave in self.sysfs.block_slaves(name):
-                if slave in direct or slave in below:
+        for name in self._blocks:  # and the reverse links: a dm/md device on slaves below
+            if name not in direct and name not in below:
+                slaves = self.sysfs.block_slaves(name)
+                slave = next((s for s in slaves if s in direct or s in below), None)
+                if slave is not None:
                     below[name] = slave
-                    break
         return below
 
     def _label(self, device: str, stacked: dict[str, str]) -> str:
@@ -297,7 +295,7 @@ class HostCritical:
                 scope = int(fields[3], 16)
             except ValueError:
                 continue
-            if not scope & (_IPV6_SCOPE_HOST | _IPV6_SCOPE_LINK):
+            if not scope & _IPV6_SCOPE_HOST_OR_LINK:
                 yield fields[5], str(addr)
 
     def _routes6(self) -> Iterator[tuple[str, str]]:
