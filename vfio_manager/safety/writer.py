@@ -178,10 +178,8 @@ class _Process:
                 _serve(lambda: _receive(req_r), lambda code: _reply(rep_w, code), write)
             finally:
                 os._exit(0)
-        os.close(req_r)
+        os.close(req_r)  # our ends are not inheritable (os.pipe): no other child gets them
         os.close(rep_w)
-        os.set_inheritable(self._requests, False)
-        os.set_inheritable(self._replies, False)
 
     def send(self, path: str, payload: bytes) -> None:
         request = path.encode() + b"\0" + payload  # one write: the child reads it whole
