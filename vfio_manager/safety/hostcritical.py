@@ -202,23 +202,14 @@ class HostCritical:
             if lines is None:
                 continue
             readable = True
-            for line in lines:
-                fields = line.split()
-                if "-" not in fields[6:]:
-                    continue
-                sep = fields.index("-", 6)
-                if len(fields) < sep + 3:
-                    continue
-                mounts.add(
-                    _Mount(
-                        fields[2], _unescape(fields[sep + 2]), _unescape(fields[4]), fields[sep + 1]
-                    )
-                )
-        if not readable:
-            for line in self._lines("mounts") or []:
-                fields = line.split()
-                if len(fields) >= 3:
-                    mounts.add(_Mount("", _unescape(fields[0]), _unescape(fields[1]), fields[2]))
+            for fields in map(str.split, lines):  # ID PARENT MAJ:MIN ROOT POINT ... - TYPE SOURCE
+                sep = fields.index("-", 6) if "-" in fields[6:] else len(fields)
+                if len(fields) >= sep + 3:
+                    source, point = _unescape(fields[sep + 2]), _unescape(fields[4])
+                    mounts.add(_Mount(fields[2], source, point, fields[sep + 1]))
+        for fields in map(str.split, [] if readable else self._lines("mounts") or []):
+            if len(fields) >= 3:
+                mounts.add(_Mount("", _unescape(fields[0]), _unescape(fields[1]), fields[2]))
         if not mounts:
             log.warning("guard: no mount table readable", proc=self.proc_root)
         return sorted(mounts, key=lambda m: (m.mountpoint, m.source))

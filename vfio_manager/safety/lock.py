@@ -138,13 +138,11 @@ def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
         return False
+    except OSError as exc:
+        return isinstance(exc, BlockingIOError)
     finally:
         os.close(fd)  # closing drops the probe's own lock
-    return False
 
 
 class FileLock:
