@@ -231,7 +231,15 @@ class _Run:
         from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio, settle
 
         request = self.request
-        pending = self._pending_records(topology)
+        pending = self.journal.pending() if self.journal is not None else []
+        # an excluded function's record is kept for a later run (one gone is settled as moot)
+        kept = {str(a) for a in request.exclude if a in topology.functions}
+        self.notes += [
+            f"journal: {e.bdf}: record kept, the function is excluded"
+            for e in pending
+            if e.bdf in kept
+        ]
+        pending = [e for e in pending if e.bdf not in kept]
         settlement = settle(
             pending,
             topology,
@@ -286,16 +294,6 @@ class _Run:
         log.error("journal", bdf=bdf, step="journal", outcome="failed", reason=err.message)
         self.journal_errors.append(text)
         self.notes.append(f"journal: {text}")
-
-    def _pending_records(self, topology: Topology) -> list[JournalEntry]:
-        """The journal's records, less those of excluded functions that are present (kept
-        for a later run; the record of a function that is gone is settled as moot)."""
-        pending = self.journal.pending() if self.journal is not None else []
-        present = {str(a) for a in self.request.exclude if a in topology.functions}
-        for entry in pending:
-            if entry.bdf in present:
-                self.notes.append(f"journal: {entry.bdf}: record kept, the function is excluded")
-        return [e for e in pending if e.bdf not in present]
 
     def _origins(
         self,
