@@ -90,7 +90,7 @@ def bounded(
         _deadline.reset(token)
 
 
-def is_transient(exc: BaseException) -> bool:
+def is_transient(exc: object) -> bool:
     """A kernel answer that may change on its own shortly: EBUSY, EAGAIN, ENODEV."""
     transient = (errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV)
     return isinstance(exc, SysfsWriteError) and exc.errno in transient
@@ -109,32 +109,29 @@ def retry_transient(
     def wait(attempt: int) -> float:
         return float(min(_LONGEST_WAIT, _FIRST_WAIT * (2 ** min(attempt - 1, 32))))
 
-    def exhausted(attempt: int) -> bool:
-        return clock() + wait(attempt) >= deadline_at
-
-    def announce(attempt: int, exc: object) -> None:
+    def again(attempt: int, exc: object) -> bool:
+        """Whether to retry after attempt ``attempt`` failed with ``exc`` (and say so)."""
+        if not is_transient(exc) or clock() + wait(attempt) >= deadline_at:
+            return False
         code = errno_mod.errorcode.get(getattr(exc, "errno", 0) or 0)
         log.info("transient error, retrying", attempt=attempt, errno=code, wait=wait(attempt))
+        return True
 
     try:
         return fn()
     except Exception as exc:
-        if not is_transient(exc) or exhausted(1):
+        if not again(1, exc):
             raise
-        announce(1, exc)
     sleep(wait(1))
 
     import tenacity  # attempts 2, 3, ...: tenacity counts them from 1
 
     return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(is_transient),
-        stop=lambda state: exhausted(state.attempt_number + 1),
-        wait=lambda state: wait(state.attempt_number + 1),
-        sleep=sleep,
-        before_sleep=lambda state: announce(
+        retry=lambda state: again(
             state.attempt_number + 1, state.outcome and state.outcome.exception()
         ),
-        reraise=True,
+        wait=lambda state: wait(state.attempt_number + 1),
+        sleep=sleep,
     )(fn)
 
 
