@@ -173,7 +173,6 @@ class _Scanner:
     """One pass over /proc: a ``readlink`` per descriptor, a ``stat`` only for a node."""
 
     def __init__(self, proc_root: str, targets: list[Target], self_pid: int) -> None:
-        self.proc_root = proc_root
         self.proc = Procfs(proc_root)
         self.self_pid = self_pid
         self.by_path = {t.path: t for t in targets}
@@ -186,7 +185,7 @@ class _Scanner:
         try:
             pids = self.proc.pids()
         except OSError as exc:
-            log.warning("in-use scan: cannot list processes", proc=self.proc_root, error=exc)
+            log.warning("in-use scan: cannot list processes", proc=self.proc.root, error=exc)
             return HolderScan((), 0, ())
         holders: set[Holder] = set()
         unreadable: list[int] = []

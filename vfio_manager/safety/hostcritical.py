@@ -59,7 +59,6 @@ class HostCritical:
 
     def __init__(self, sysfs: Sysfs, *, proc_root: str = DEFAULT_PROC_ROOT) -> None:
         self.sysfs = sysfs
-        self.proc_root = proc_root.rstrip("/") or "/"
         self.proc = Procfs(proc_root)
         self._loaded = False
         self._blocks: dict[str, str] = {}  # name -> resolved /sys path
@@ -211,7 +210,7 @@ class HostCritical:
             if len(fields) >= 3:
                 mounts.add(_Mount("", _unescape(fields[0]), _unescape(fields[1]), fields[2]))
         if not mounts:
-            log.warning("guard: no mount table readable", proc=self.proc_root)
+            log.warning("guard: no mount table readable", proc=self.proc.root)
         return sorted(mounts, key=lambda m: (m.mountpoint, m.source))
 
     def _read_swaps(self) -> list[str]:

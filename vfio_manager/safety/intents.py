@@ -62,11 +62,9 @@ class IntentStore:
         self,
         state_dir: str = DEFAULT_STATE_DIR,
         *,
-        uid: Optional[int] = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.state_dir = state_dir
-        self.uid = uid
         self.wall_clock = wall_clock
 
     def add(self, bdf: str, *, command: Optional[str] = None) -> Intent:
@@ -80,7 +78,7 @@ class IntentStore:
         intent = Intent(bdf=name, recorded_at=at, by=by, pid=os.getpid())
         payload = (json.dumps(intent.to_json(), sort_keys=True) + "\n").encode()
         try:
-            with StateDir.open(self.state_dir, uid=self.uid) as state:
+            with StateDir.open(self.state_dir) as state:
                 intents = state.subdir(INTENT_DIR, create=True)
                 if intents is None:
                     raise FileNotFoundError(errno_mod.ENOENT, "removed while opened")
@@ -126,7 +124,7 @@ class IntentStore:
         return frozenset(self.read())
 
     def _existing(self) -> Optional[StateDir]:
-        state = StateDir.open_existing(self.state_dir, uid=self.uid)
+        state = StateDir.open_existing(self.state_dir)
         if state is None:
             return None
         with state:

@@ -156,12 +156,10 @@ class Journal:
         state_dir: str = DEFAULT_STATE_DIR,
         *,
         now: Callable[[], str] = _utc_now,
-        uid: Optional[int] = None,
         readonly: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.now = now
-        self.uid = uid
         self.readonly = readonly
         self._set_aside: list[JournalEntry] = []
 
@@ -284,8 +282,8 @@ class Journal:
 
     def _open(self) -> Optional[StateDir]:
         if self.readonly:
-            return StateDir.open_existing(self.state_dir, uid=self.uid)
-        return StateDir.open(self.state_dir, uid=self.uid)
+            return StateDir.open_existing(self.state_dir)
+        return StateDir.open(self.state_dir)
 
     def _read(self, record: str, bdf: str) -> Optional[JournalEntry]:
         state = self._open()
@@ -358,7 +356,7 @@ class Journal:
         """Make ``payload`` the record's content (``None``: remove it), atomically and
         durably; :class:`JournalError` on failure."""
         name = f"{_PREFIX[record]}{PciAddress.parse(bdf)}.json"
-        with StateDir.open(self.state_dir, uid=self.uid) as state:
+        with StateDir.open(self.state_dir) as state:
             try:
                 if payload is None:
                     state.remove(name)
