@@ -1,8 +1,7 @@
 """Applies a plan: each function's steps, verified, its /dev/vfio node awaited, a failure undone.
 
-One function failing never stops the others: it is put back where it started and the report
-says so. IOMMU groups move side by side; the /dev/vfio nodes are awaited together, after the
-writes, under one deadline.
+One function failing never stops the others. IOMMU groups move side by side; the nodes are
+awaited together after the writes, under one deadline.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""The node a run acts on: its roots (sysfs, /dev, host, /proc), state directory and deadlines.
-
-Built once from the command line or the daemon's options; a test points the whole tool
-elsewhere by building another ``Node``.
-"""
+"""The node a run acts on: its roots (sysfs, /dev, host, /proc), state directory and deadlines."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Plans: the pure difference between what sysfs shows and where each function should be.
 
 No I/O, so ``--dry-run`` and every writing command share it; a converged function gets no
-steps, which is how a second run writes nothing. What the journal asks to finish or undo is
-one more input (:func:`settle`): per record a killed run left, a function gone (or another
-device there) makes it moot; a recorded driver unknown or not registered, or a function not
-selected, is refused; a record going this run's way is *finished*, any other *rolled back*.
+steps. What the journal asks to finish or undo (:func:`settle`) is one more input.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Which functions the tool may touch: vendor, class and device-ID filters.
-
-The defaults select Rebellions NPUs (the class keeps the vendor's bridges out of reach). A
-named BDF that does not exist or is not selected refuses the whole command before any write.
-"""
+"""Which functions the tool may touch: vendor, class and device-ID filters (by default the
+Rebellions NPUs); a named BDF that does not exist or is not selected refuses the command."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """The one write pipeline: read once -> gate -> plan -> refuse -> apply -> report.
 
-Every writing command, the daemon and the drop-in come through :func:`run_transition`, and so
-does settling what a killed run left in the journal. A real run holds the node lock from the
-first read to the last write; a dry run takes no lock and writes nothing.
+A real run holds the node lock from the first read to the last write; a dry run takes no lock
+and writes nothing.
 """
 
 from __future__ import annotations

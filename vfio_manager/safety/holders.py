@@ -1,10 +1,7 @@
 """Who holds a function: processes with its device nodes open or its BAR files mapped.
 
-Unbinding a function in use yanks it from its user or blocks in the kernel, so the pipeline
-refuses it, naming the holders: descriptors on its ``/dev/vfio/N``, VFIO or native device node
-(by path, or by device number when another container names it otherwise) and mappings of its
-``resourceN`` files. One pass over /proc covers every function; a process we may not inspect
-makes the scan incomplete (in Kubernetes: ``hostPID``).
+One pass over /proc covers every function; a node is matched by path or, under another
+container's name, by device number; a process we may not inspect makes the scan incomplete.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Refuse to take away what the host itself runs on: its disks, its network, its console.
-
-A function backs the host when a mounted filesystem or active swap is on a block device under
-it (or stacked on one: dm, LVM, md), an interface under it (or a bridge, bond or VLAN on one)
-has an address or a route, or it is the boot VGA device.
-"""
+"""Refuse to take away what the host itself runs on: its disks, its network, its console
+(a mount or swap on a block device under the function, or stacked on one; an interface with
+an address or route under it, or a bridge, bond or VLAN on one; the boot VGA device)."""
 
 from __future__ import annotations
 

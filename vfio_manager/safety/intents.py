@@ -1,9 +1,6 @@
-"""The admin's intents: "leave this function on the host", one file per function.
-
-``unbind`` run while a daemon is up records one per function it returns, so the daemon does
-not undo it; ``bind`` clears them. The file's *name* (``<state-dir>/intent/<bdf>``) is the
-intent; its JSON content is for humans (a file that is not what we write still counts).
-"""
+"""The admin's intents: "leave this function on the host", one file per function, named by
+its BDF, so the daemon does not undo an ``unbind``; its JSON content is for humans (a file
+that is not what we write still counts)."""
 
 from __future__ import annotations
 

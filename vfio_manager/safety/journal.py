@@ -1,11 +1,8 @@
 """What a function looked like before we touched it, kept where a killed run can find it.
 
-Two records per function, named by its canonical BDF: a *transition* (``journal-BDF.json``),
-written before the first write and dropped once the function arrived (or is back where it
-started), which a killed run leaves for the next to settle (:meth:`Journal.pending`); and an
-*origin* (``origin-BDF.json``), the driver and override found before the first move to vfio,
-kept while the function is in vfio mode or so again. An unreadable record is set aside as
-``*.corrupt``. The caller holds the node lock.
+Per function, named by its BDF: a *transition* record (``journal-BDF.json``), from before the
+first write until the function arrived or is back, which a killed run leaves for the next; and
+an *origin* (``origin-BDF.json``), how it was found before it first moved to vfio.
 """
 
 from __future__ import annotations

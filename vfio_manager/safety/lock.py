@@ -1,8 +1,7 @@
 """Exclusive ``flock`` locks on files of the state directory: the node lock and the daemon's.
 
-Every writing run holds the node lock, so two runs never interleave their writes; a daemon
-holds its presence lock for its whole life. The kernel drops a ``flock`` when its holder dies;
-the files are never unlinked (a waiter may hold the old inode) and name their holder.
+The kernel drops a ``flock`` when its holder dies; the files are never unlinked (a waiter may
+hold the old inode) and name their holder.
 """
 
 from __future__ import annotations

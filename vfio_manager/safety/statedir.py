@@ -1,9 +1,7 @@
 """The state directory's one gateway: every file of the lock, the journal and the intents.
 
-A file that is not what its name says must never hang a run nor redirect a write: the
-directory must be ours and writable by nobody else; only regular files of ours are opened
-(never following a symlink, never blocking on a FIFO), reads are bounded, and replaces are
-atomic and durable. An unusable file raises :class:`UnusableFile`; the caller decides.
+The directory must be ours and writable by nobody else; only regular files of ours are opened
+(never through a symlink, never blocking on a FIFO), reads are bounded, replaces atomic.
 """
 
 from __future__ import annotations

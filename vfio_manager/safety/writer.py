@@ -1,10 +1,8 @@
 """Kernel writes under a deadline, made by a child that a stuck write cannot keep alive.
 
-An ``unbind`` blocks in the kernel while a VM holds the device; a thread stuck there would
-keep the process alive past ``--timeout``. So each write goes to a child (a forked process
-that inherits the node lock or, under the tests' fake kernel, a thread) and the caller waits
-for the answer until its deadline (:func:`bounded`), then abandons the child, which keeps the
-node lock until its write returns.
+Each write goes to a child (a forked process that inherits the node lock or, under the tests'
+fake kernel, a thread); past its deadline the caller abandons the child, which keeps the node
+lock until the kernel lets its write return.
 """
 
 from __future__ import annotations
