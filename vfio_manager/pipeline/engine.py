@@ -115,9 +115,7 @@ def _override_verb(override: Optional[str]) -> str:
 
 
 class Engine:
-    """Runs plans against the kernel. ``write_timeout`` bounds each function's writes,
-    ``node_timeout`` the shared wait for /dev/vfio nodes; ``journal`` records each function
-    before its first write."""
+    """Runs plans against the kernel, each function's writes under ``write_timeout``."""
 
     def __init__(
         self,
@@ -141,8 +139,8 @@ class Engine:
         self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
 
     def apply(self, plan: Plan) -> Report:
-        """Refusals and converged functions are reported as they are; the others move (one
-        IOMMU group's one after another); then every node is awaited."""
+        """Move what the plan moves (an IOMMU group's functions one after another), then
+        await every node."""
         outcomes: dict[PciAddress, Outcome] = {}
         lanes: dict[object, list[FunctionPlan]] = {}
         for entry in plan.entries:
@@ -278,8 +276,7 @@ class Engine:
     def _take_off(
         self, address: PciAddress, picked: str, expected: Optional[str], deadline_at: float
     ) -> None:
-        """drivers_probe attached ``picked``, not ``expected``: unbind it (it got the function
-        a moment ago, nobody holds it) and remember why, for the report."""
+        """drivers_probe attached ``picked``, not ``expected``: unbind it, and say so later."""
         what = f"unbind {address} from {picked} (drivers_probe's choice)"
         self._write(address, "unbind", picked, deadline_at, what=what)
         self._probe_picked[address] = (picked, expected)
@@ -327,8 +324,7 @@ class Engine:
     def _close_record(
         self, entry: FunctionPlan, outcome: Outcome, *, back: bool = False
     ) -> Outcome:
-        """Drop the function's journal record now that it reached its target (or, with
-        ``back``, its start state); a state dir that refuses is reported, not raised."""
+        """Drop the journal record of a function at its target (or ``back`` where it started)."""
         if self.journal is None or (not (back or outcome.writes) and entry.interrupted is None):
             return outcome
         note = entry.interrupted.note if entry.interrupted is not None else None
@@ -368,8 +364,7 @@ class Engine:
         )
 
     def _wait_for_nodes(self, waiting: dict[PciAddress, _Waiting]) -> dict[PciAddress, Outcome]:
-        """Wait for every /dev/vfio/N at once, under a single deadline; a function that is
-        gone (hot-unplug, surprise removal) is reported as such at once, not waited for."""
+        """Wait for every /dev/vfio/N at once, under one deadline (not for a function gone)."""
         results: dict[PciAddress, Outcome] = {}
         deadline = self.clock() + self.node_timeout
         step = Action.WAIT_VFIO_NODE.value
@@ -414,8 +409,7 @@ class Engine:
         *,
         stuck: bool = False,
     ) -> Outcome:
-        """The function is left as it is (a journal record refused, a write stuck, a node
-        missing): nothing is undone, a journal record stays."""
+        """A function left as it is (its journal record refused, a write stuck, no node)."""
         refused = step == "journal"
         event, outcome = ("refused", "refused") if refused else ("transition", "failed")
         outcome = "stuck" if stuck else outcome
@@ -434,8 +428,7 @@ class Engine:
         )
 
     def _fail(self, entry: FunctionPlan, err: VfioManagerError, writes: int) -> Outcome:
-        """A step failed: put the function back to its start state (the plan's, or the
-        journal's originals when the entry settles an interrupted run)."""
+        """A step failed: put the function back to its start state."""
         bdf = entry.function.bdf
         self._probe_picked.pop(entry.address, None)
         log.error("transition", bdf=bdf, step=err.step, outcome="failed", reason=err.message)

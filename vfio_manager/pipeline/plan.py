@@ -78,8 +78,7 @@ class Settle(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Interrupted:
-    """A journal record this entry settles: how, why, and the state before it (restored
-    if the entry fails)."""
+    """A journal record this entry settles: how, why, and the state before it."""
 
     settle: Settle
     note: str
@@ -92,8 +91,7 @@ class Interrupted:
 
 @dataclass(frozen=True)
 class FunctionPlan:
-    """Steps for one function, or the reason it is refused (then it has no steps);
-    ``interrupted``: the journal record it settles once it succeeds."""
+    """Steps for one function, or the reason it is refused (then it has none)."""
 
     function: PciFunction
     direction: Direction
@@ -215,9 +213,8 @@ def plan_to_vfio(
     vfio_driver_for: Callable[[PciFunction], str] = lambda _f: VFIO_PCI,
     exclude: Collection[PciAddress] = (),
 ) -> Plan:
-    """Plan moving ``targets`` to their vfio driver. A function whose IOMMU group has a
-    member on a host driver is refused (no VM could open the group) unless that member moves
-    too: as a target, or with ``with_group_peers`` as a selected or named endpoint."""
+    """Plan moving ``targets`` to their vfio driver; ``with_group_peers`` adds the selected
+    or named members that would block their groups."""
     ordered = list(targets)
     moving = {f.address for f in ordered}
     if with_group_peers:
@@ -395,8 +392,8 @@ def settle(
     targets: Collection[PciAddress],
     probe_picks: Callable[[PciFunction, Optional[str]], bool] = lambda _f, _d: True,
 ) -> Settlement:
-    """Turn the pending journal records into plan input. ``probe_picks(function, driver)``:
-    whether ``drivers_probe`` is trusted to attach a roll-back's recorded driver."""
+    """Turn the pending journal records into plan input: a moot one is dropped, one that
+    cannot apply refused, one going this run's way *finished*, any other *rolled back*."""
     result = Settlement()
     for entry in pending:
         if entry.corrupt or entry.bdf is None or entry.direction is None:

@@ -57,8 +57,7 @@ class TransitionRequest:
 
 @dataclass(frozen=True)
 class TransitionResult:
-    """The plan, the report of applying it (``None`` for a dry run or an empty plan), notes,
-    and the topology the plan was made from."""
+    """The plan, the report of applying it (``None``: a dry run, or nothing to do), notes."""
 
     request: TransitionRequest
     plan: Plan
@@ -78,9 +77,7 @@ class TransitionResult:
 def run_transition(
     node: Node, request: TransitionRequest, *, lock: Optional[NodeLock] = None
 ) -> TransitionResult:
-    """Plan and (unless ``dry_run``) apply. ``lock``: the node lock, already held by a
-    caller who read something under it this run must agree with (the daemon, its intents);
-    by default the run takes it."""
+    """Plan and (unless ``dry_run``) apply, under ``lock`` if the caller holds it already."""
     if request.dry_run:
         return _Run(node, request, node.sysfs(), _readonly_journal(node)).result()
     if lock is None:
@@ -163,9 +160,8 @@ class _Run:
         targets: Sequence[PciFunction],
         aliases: AliasTable,
     ) -> tuple[str, ...]:
-        """The checks of ``check`` before any write, loading missing modules unless told not
-        to (a dry run counts loadable ones as loaded); returns the modules loaded. Raises
-        :class:`~vfio_manager.host.preflight.PreflightFailed` when the host is not ready."""
+        """The checks of ``check`` before any write, loading missing modules; returns those
+        loaded."""
         from vfio_manager.host import preflight
 
         request = self.request
@@ -201,9 +197,8 @@ class _Run:
                 self.recorded.append(self.intents.add(function.bdf).bdf)
 
     def update_intents(self, result: Optional[TransitionResult]) -> None:
-        """Clear the intents that no longer hold: those of a bind's functions that are on
-        vfio, and those recorded for functions this run did not return (refused, failed
-        back, never started). A state directory that refuses is logged, not raised."""
+        """Clear the intents that no longer hold: a bind's functions on vfio, and those this
+        run recorded but did not return."""
         if self.intents is None:
             return
         from vfio_manager.pipeline.engine import Result
@@ -278,8 +273,7 @@ class _Run:
         return Plan(plan.direction, (*entries, *settlement.entries))
 
     def _journal_change(self, change: Callable[[str], object], bdf: str, what: str) -> None:
-        """Drop a record (a real run only); one the state directory keeps is a note, and
-        exit code 1."""
+        """Drop a record (a real run only)."""
         if self.request.dry_run:
             return
         try:
@@ -300,11 +294,8 @@ class _Run:
         settling: Collection[PciAddress],
         pending: Sequence[JournalEntry],
     ) -> Origins:
-        """The (driver, override) each function was found in before it was first moved to
-        vfio, where the journal has it. A function seen on the host in another state was
-        changed by someone else: its origin is over and dropped, unless this run settles an
-        interrupted transition of it (which may have stopped anywhere). Notes say where the
-        native driver of a function without a readable record comes from."""
+        """The (driver, override) each function was found in before it first moved to vfio,
+        where the journal has it; one changed on the host since is over (dropped)."""
         from vfio_manager.pipeline.plan import in_vfio_mode
 
         origins: Origins = {}
@@ -369,8 +360,7 @@ class _Run:
         return origins
 
     def _refuse(self, plan: Plan) -> Plan:
-        """Refuse what must not move: functions a process holds, or the host needs (one /proc
-        scan and one read of the host's tables for all); ``--force`` makes them warnings."""
+        """Refuse what a process holds or the host needs (``--force``: warn only)."""
         from vfio_manager.safety.holders import describe_holders, find_holders
 
         refused: dict[PciAddress, dict[str, Any]] = {}  # how each entry is refused

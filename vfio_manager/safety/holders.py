@@ -112,8 +112,7 @@ def function_targets(
 def scan_holders(
     proc_root: str, targets: Iterable[Union[Target, str]], *, self_pid: Optional[int] = None
 ) -> HolderScan:
-    """Scan every process under ``proc_root`` (but ``self_pid``, default ours) once for all
-    ``targets``; a string target is a device node, or a mappable ``.../resourceN`` file."""
+    """Scan every process but ``self_pid`` (ours) once for all ``targets`` (strings: paths)."""
     wanted = [_as_target(t) for t in targets]
     if not wanted:
         return HolderScan((), 0, ())

@@ -57,13 +57,8 @@ class JournalError(VfioManagerError):
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One record: a transition in flight, or a function's origin.
-
-    ``original_driver``/``original_override``: the state before the first write (``None``:
-    none); a driver link that named no usable driver is ``None`` with
-    ``original_driver_unknown``. An unreadable record has only ``bdf`` (``None`` if its name
-    was unusable), ``problem`` and ``quarantined_as`` (where it went) set.
-    """
+    """One record, a transition or an origin; an unreadable one has only ``bdf`` (if its
+    name was one), ``problem`` and ``quarantined_as`` set."""
 
     bdf: Optional[str]
     record: str = TRANSITION
@@ -129,8 +124,7 @@ def driver_name_problem(value: str) -> Optional[str]:
 
 
 def override_problem(value: str) -> Optional[str]:
-    """Why ``value`` cannot be a ``driver_override`` sysfs showed (it is written back as it
-    was), if so."""
+    """Why ``value`` cannot be a ``driver_override`` sysfs showed, if so."""
     if value == "":
         return "is empty (an unset override is recorded as null)"
     if "\n" in value or "\0" in value:
@@ -166,9 +160,8 @@ class Journal:
         return found
 
     def record_start(self, function: PciFunction, direction: Direction) -> JournalEntry:
-        """Record ``function`` as found, before its first write; going to vfio from a host
-        state, that state is also its origin. The originals of a transition record left
-        behind (a crash not yet recovered) are kept: they are the state before its writes."""
+        """Record ``function`` as found (going to vfio from the host, also as its origin);
+        a record left behind by a crash keeps its originals."""
         bdf = function.bdf
         vendor_device = f"{function.vendor:04x}:{function.device:04x}"
         previous = self._read(TRANSITION, bdf)
@@ -221,8 +214,7 @@ class Journal:
         self._store(TRANSITION, bdf, None, _RECORD_KEPT)
 
     def pending(self) -> list[JournalEntry]:
-        """Transitions left by runs that died, in BDF order, corrupt ones included (set
-        aside); stale temporary files are removed."""
+        """Transitions left by runs that died, in BDF order, corrupt ones included."""
         state = self._open()
         if state is None:
             return []
@@ -256,8 +248,8 @@ class Journal:
         return self._read(TRANSITION, bdf)
 
     def original(self, bdf: str, *, vendor_device: Optional[str] = None) -> Optional[JournalEntry]:
-        """Where ``bdf`` came from before it was first moved to vfio; ``None`` if unknown or
-        corrupt (set aside). A record for another ``vendor_device`` is removed, not trusted."""
+        """Where ``bdf`` came from before it first moved to vfio, if known (a record for
+        another ``vendor_device`` is removed)."""
         entry = self._read(ORIGIN, bdf)
         if entry is None or entry.corrupt:
             return None
@@ -350,8 +342,7 @@ class Journal:
         self._store(entry.record, bdf, payload, _NOTHING_WRITTEN)
 
     def _store(self, record: str, bdf: str, payload: Optional[bytes], consequence: str) -> None:
-        """Make ``payload`` the record's content (``None``: remove it), atomically and
-        durably; :class:`JournalError` on failure."""
+        """Make ``payload`` the record's content (``None``: remove it)."""
         name = f"{_PREFIX[record]}{PciAddress.parse(bdf)}.json"
         with StateDir.open(self.state_dir) as state:
             try:

@@ -78,8 +78,7 @@ def command_line() -> str:
 
 
 def read_holder(lock_path: str, *, proc_root: str = DEFAULT_PROC_ROOT) -> Optional[LockHolder]:
-    """Who a lock file (``PID\ncommand\n``) names, if anyone. Never raises: it only
-    decorates messages."""
+    """Who a lock file (``PID\ncommand\n``) names, if anyone; never raises."""
     directory, name = os.path.split(lock_path)
     try:
         state = StateDir.open_existing(directory or ".")
@@ -123,8 +122,7 @@ def _unlock(fd: int) -> None:
 
 
 def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
-    """True while a daemon holds ``<state-dir>/daemon`` (probed with a shared lock, never
-    creating nor blocking)."""
+    """True while a daemon holds ``<state-dir>/daemon``; never creates nor blocks."""
     try:
         state = StateDir.open_existing(state_dir)
         if state is None:
@@ -145,8 +143,7 @@ def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
 
 
 class FileLock:
-    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds (a
-    context manager, not re-entrant). Two objects conflict even in one process."""
+    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds."""
 
     NAME: ClassVar[str]
     POLL_INTERVAL: ClassVar[float] = 0.1

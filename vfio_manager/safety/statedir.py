@@ -84,8 +84,7 @@ def _kind_at(path: str) -> str:
 
 
 class StateDir:
-    """An open, checked state directory (a context manager); ``owner`` is the UID it and its
-    files must have (default: our effective UID)."""
+    """An open, checked state directory; ``owner`` is the UID it and its files must have."""
 
     def __init__(self, path: str, fd: int, owner: int) -> None:
         self.path = path
@@ -271,8 +270,7 @@ class StateDir:
         return fd
 
     def replace(self, name: str, data: bytes) -> None:
-        """Atomically and durably make ``data`` the content of ``name`` (whatever is there is
-        replaced, never written through); ``OSError`` on failure."""
+        """Atomically and durably make ``data`` the content of ``name`` (never written through)."""
         _replace_at(self.fd, name, data, 0o600)
 
     def remove(self, name: str) -> bool:
@@ -285,8 +283,7 @@ class StateDir:
         return True
 
     def set_aside(self, name: str, suffix: str) -> str:
-        """Rename whatever ``name`` is (never opened) to ``NAME<suffix>`` or
-        ``NAME.N<suffix>``; return the new name."""
+        """Rename whatever ``name`` is to ``NAME<suffix>`` or ``NAME.N<suffix>`` (returned)."""
         for attempt in range(100):
             target = f"{name}{suffix}" if attempt == 0 else f"{name}.{attempt}{suffix}"
             try:
@@ -338,8 +335,7 @@ def replace_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
 
 
 def remove_file(path: str) -> bool:
-    """Remove a file anywhere (a symlink itself, never its target); ``False`` if not there
-    (``FileNotFoundError`` when its directory is missing)."""
+    """Remove a file anywhere (a symlink itself, never its target); ``False`` if not there."""
     fd = os.open(os.path.dirname(path) or ".", _DIR_OPEN)
     try:
         os.unlink(os.path.basename(path), dir_fd=fd)

@@ -77,8 +77,7 @@ def bounded(
     retry: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``fn`` (writes through a :class:`ChildWriter`) under ``deadline``, retrying
-    transient errnos unless told not to."""
+    """Call ``fn`` (writes through a :class:`ChildWriter`) under ``deadline``."""
     token = _deadline.set(deadline)
     try:
         if not retry:
@@ -268,8 +267,7 @@ class StuckWriter:
 
 
 class ChildWriter:
-    """Sends each write to an idle child (or a new one: never a second write before the
-    first returned) and waits under the caller's deadline. Thread-safe."""
+    """Sends each write to an idle child (or a new one) and waits under the deadline."""
 
     def __init__(
         self, keep_fds: Sequence[int] = (), *, threads: bool = False, write: Write = direct_write
