@@ -370,19 +370,6 @@ class Settlement:
     notes: list[str] = field(default_factory=list)
 
 
-def _misfit(entry: JournalEntry, topology: Topology) -> Optional[str]:
-    """Why the record cannot be applied to the function now at its address, if it cannot."""
-    if entry.original_driver_unknown:
-        return (
-            "the driver it had before was not a usable name, so it was recorded as unknown "
-            "and cannot be restored"
-        )
-    driver = entry.original_driver
-    if driver is not None and not is_vfio_driver(driver) and driver not in topology.driver_modules:
-        return f"its recorded driver {driver!r} is not a registered PCI driver"
-    return None
-
-
 def settle(
     pending: Collection[JournalEntry],
     topology: Topology,
@@ -397,13 +384,12 @@ def settle(
     result = Settlement()
     for entry in pending:
         if entry.corrupt or entry.bdf is None or entry.direction is None:
+            where = f"set aside as {entry.quarantined_as}" if entry.quarantined_as else "ignored"
+            which = f"{entry.bdf} is" if entry.bdf else "its function, if any, is"
             result.notes.append(
                 f"a journal record{' for ' + entry.bdf if entry.bdf else ''} was unreadable "
-                f"({entry.problem}); "
-                + (f"set aside as {entry.quarantined_as}" if entry.quarantined_as else "ignored")
-                + "; the interrupted run it described is not settled: "
-                + (f"{entry.bdf} is" if entry.bdf else "its function, if any, is")
-                + " planned from what sysfs shows now"
+                f"({entry.problem}); {where}; the interrupted run it described is not settled: "
+                f"{which} planned from what sysfs shows now"
             )
             continue
         address = PciAddress.parse(entry.bdf)
@@ -412,38 +398,34 @@ def settle(
         function = topology.functions.get(address)
         present = f"{function.vendor:04x}:{function.device:04x}" if function else None
         if function is None or entry.vendor_device not in (None, present):
-            gone = (
-                "the function is gone"
-                if function is None
-                else f"it was written for {entry.vendor_device}, but {present} is at that "
-                "address now"
-            )
+            gone = f"it was written for {entry.vendor_device}, but {present} is at that address now"
+            gone = "the function is gone" if function is None else gone
             result.moot.append(entry.bdf)
             result.notes.append(f"{entry.bdf}: {what} is moot ({gone}); record dropped")
             continue
-        misfit = _misfit(entry, topology)
-        if misfit is None and not selector.matches(function):
+        driver, override = entry.original_driver, entry.original_override
+        misfit = None  # why the record cannot be applied to the function now at its address
+        if entry.original_driver_unknown:
+            misfit = (
+                "the driver it had before was not a usable name, so it was recorded as unknown "
+                "and cannot be restored"
+            )
+        elif driver and not is_vfio_driver(driver) and driver not in topology.driver_modules:
+            misfit = f"its recorded driver {driver!r} is not a registered PCI driver"
+        elif not selector.matches(function):
             misfit = f"the function is outside the selection ({selector.describe()})"
         if misfit is not None:
-            result.entries.append(
-                FunctionPlan(
-                    function,
-                    entry.direction,
-                    refusal=f"a journal record asks to settle {what}, but {misfit}",
-                    remedy="run with a selection that includes it if the record is right; "
-                    "otherwise move it out of the state directory (it is kept for you)",
-                    refusal_kind=RefusalKind.JOURNAL,
-                )
+            reason = f"a journal record asks to settle {what}, but {misfit}"
+            remedy = (
+                "run with a selection that includes it if the record is right; otherwise "
+                "move it out of the state directory (it is kept for you)"
             )
+            kind = RefusalKind.JOURNAL
+            result.entries.append(FunctionPlan(function, entry.direction, (), reason, remedy, kind))
             continue
         finish = entry.direction is direction
-        driver, override = entry.original_driver, entry.original_override
-        interrupted = Interrupted(
-            Settle.FINISH if finish else Settle.ROLL_BACK,
-            f"finishing {what}" if finish else f"rolling back {what}",
-            driver,
-            override,
-        )
+        verb, how = ("finishing", Settle.FINISH) if finish else ("rolling back", Settle.ROLL_BACK)
+        interrupted = Interrupted(how, f"{verb} {what}", driver, override)
         if finish or address in targets:
             result.interrupted[address] = interrupted
             if address not in targets:
