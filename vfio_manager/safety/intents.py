@@ -66,11 +66,8 @@ class IntentStore:
 
     def add(self, bdf: str, *, command: Optional[str] = None) -> Intent:
         """Record "leave ``bdf`` on the host"; :class:`IntentError` when it cannot."""
-        import datetime
-
         name = str(PciAddress.parse(bdf))  # UsageError before any path is built
-        moment = datetime.datetime.fromtimestamp(self.wall_clock(), tz=datetime.timezone.utc)
-        at = moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall_clock()))
         by = command if command is not None else command_line()
         intent = Intent(bdf=name, recorded_at=at, by=by, pid=os.getpid())
         payload = (json.dumps(intent.to_json(), sort_keys=True) + "\n").encode()

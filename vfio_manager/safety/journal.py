@@ -7,10 +7,10 @@ an *origin* (``origin-BDF.json``), how it was found before it first moved to vfi
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
@@ -135,7 +135,7 @@ def override_problem(value: str) -> Optional[str]:
 
 
 def _utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
 
 class Journal:
