@@ -38,12 +38,9 @@ class Target:
     @classmethod
     def node(cls, path: str, numbers: Optional[str] = None) -> Target:
         """A device node; ``numbers`` is sysfs's ``MAJ:MIN`` for it, if known."""
-        rdev: Optional[int] = None
-        if numbers is not None:
-            major, _, minor = numbers.partition(":")
-            if major.isdecimal() and minor.isdecimal():
-                rdev = os.makedev(int(major), int(minor))
-        return cls(path, rdev)
+        major, _, minor = (numbers or "").partition(":")
+        known = major.isdecimal() and minor.isdecimal()
+        return cls(path, os.makedev(int(major), int(minor)) if known else None)
 
     @classmethod
     def resource(cls, path: str) -> Target:
@@ -124,8 +121,6 @@ def find_holders(
     sysfs: Sysfs, proc_root: str, functions: list[PciFunction]
 ) -> dict[PciAddress, list[Holder]]:
     """Holders per function, from one scan of /proc (the group node of one on vfio)."""
-    if not functions:
-        return {}
     owner: dict[str, PciAddress] = {}
     targets: list[Target] = []
     for function in functions:
@@ -143,10 +138,8 @@ def find_holders(
             hint="run as root with the host's PID namespace (hostPID: true in Kubernetes)",
         )
     found: dict[PciAddress, list[Holder]] = {}
-    for holder in scan.holders:
-        address = owner.get(holder.what)
-        if address is not None:
-            found.setdefault(address, []).append(holder)
+    for holder in scan.holders:  # what it holds is one of the targets
+        found.setdefault(owner[holder.what], []).append(holder)
     return found
 
 

@@ -57,12 +57,11 @@ def _not_a_directory_above(path: str) -> Optional[str]:
     for part in filter(None, os.path.abspath(path).split(os.sep)):
         current = os.path.join(current, part)
         try:
-            st = os.stat(current)  # a symlink to a directory is a directory here
+            if not stat.S_ISDIR(os.stat(current).st_mode):  # a symlink to a directory is one
+                return current
         except FileNotFoundError:
             return None
         except OSError:
-            return current
-        if not stat.S_ISDIR(st.st_mode):
             return current
     return None
 
