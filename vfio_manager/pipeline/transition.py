@@ -23,8 +23,6 @@ from vfio_manager.pipeline.selection import Selector, select_targets
 
 if TYPE_CHECKING:
     from vfio_manager.host.driver_choice import DriverResolver
-    from vfio_manager.host.files import HostFiles
-    from vfio_manager.host.modalias import AliasTable
     from vfio_manager.host.modules import Runner
     from vfio_manager.pipeline.engine import Report
     from vfio_manager.safety.intents import IntentStore
@@ -114,6 +112,7 @@ class _Run:
         self.request = request
         self.sysfs = sysfs
         self.journal = journal
+        self.host = node.host_files()
         self.notes: list[str] = []
         self.journal_errors: list[str] = []
         self.intents: Optional[IntentStore] = None
@@ -130,19 +129,14 @@ class _Run:
         request = self.request
         topology = read_topology(self.sysfs)
         targets = self._targets(topology)
-        host = self.node.host_files()
-        resolver = DriverResolver.load(topology, host, self.sysfs)
-        if request.direction is Direction.TO_VFIO and targets:
-            loaded = self._gate(host, topology, targets, resolver.aliases)
-            if loaded and not request.dry_run:  # drivers and modules changed: read again
-                topology = read_topology(self.sysfs)
-                targets = self._targets(topology)
-                resolver = DriverResolver.for_node(
-                    topology.driver_modules,
-                    resolver.aliases,
-                    self.sysfs,
-                    dynamic=suspected_ids(topology.functions.values()),
-                )
+        resolver = DriverResolver.load(topology, self.host, self.sysfs)
+        gated = request.direction is Direction.TO_VFIO and targets
+        if gated and self._gate(topology, targets, resolver) and not request.dry_run:
+            topology = read_topology(self.sysfs)  # modules loaded: drivers changed
+            targets = self._targets(topology)
+            dynamic = suspected_ids(topology.functions.values())
+            aliases = resolver.aliases
+            resolver = DriverResolver(topology.driver_modules, aliases, self.sysfs, dynamic=dynamic)
         self._record_intents(targets)
         plan = self._refuse(self._plan(topology, targets, resolver))
         report = None if request.dry_run or not plan.entries else self._apply(plan)
@@ -154,23 +148,18 @@ class _Run:
         return select_targets(topology, r.selector, named=r.named, scope=r.scope, exclude=r.exclude)
 
     def _gate(
-        self,
-        host: HostFiles,
-        topology: Topology,
-        targets: Sequence[PciFunction],
-        aliases: AliasTable,
-    ) -> tuple[str, ...]:
-        """The checks of ``check`` before any write, loading missing modules; returns those
-        loaded."""
+        self, topology: Topology, targets: list[PciFunction], resolver: DriverResolver
+    ) -> bool:
+        """The checks of ``check`` before any write, loading missing modules (if it did)."""
         from vfio_manager.host import preflight
 
         request = self.request
         dry_run, load = request.dry_run, request.load_modules
         result = preflight.run(
             self.sysfs,
-            host,
+            self.host,
             targets,
-            aliases=aliases,
+            aliases=resolver.aliases,
             driver_modules=topology.driver_modules,
             selection=request.selector.describe(),
             load=load and not dry_run,
@@ -184,7 +173,7 @@ class _Run:
         if not loaded and dry_run and load and result.pending:
             pending = ", ".join(result.pending)
             self.notes.append(f"host: would load {pending} with modprobe first (dry run)")
-        return loaded
+        return bool(loaded)
 
     def _record_intents(self, targets: Sequence[PciFunction]) -> None:
         """Returning functions while a daemon is up: one intent each, so it leaves them be."""
