@@ -441,13 +441,8 @@ class Engine:
         before = self.kernel.sysfs.writes_to(bdf)
         restored, note = self._restore(entry.address, *entry.start_state)
         writes += self.kernel.sysfs.writes_to(bdf) - before
-        log.warning(
-            "rollback",
-            bdf=bdf,
-            step="restore",
-            outcome="restored" if note is None else "incomplete",
-            restored_to=restored,
-        )
+        done = "restored" if note is None else "incomplete"
+        log.warning("rollback", bdf=bdf, step="restore", outcome=done, restored_to=restored)
         outcome = replace(
             outcome,
             driver=self.kernel.driver_of(entry.address),

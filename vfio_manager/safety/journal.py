@@ -184,10 +184,9 @@ class Journal:
             if previous.vendor_device == vendor_device:
                 driver, override = previous.original_driver, previous.original_override
                 unknown = previous.original_driver_unknown
+            was = previous.direction.value if previous.direction else None
             log.warning(
-                "journal: replacing an unrecovered transition",
-                bdf=bdf,
-                previous_direction=previous.direction.value if previous.direction else None,
+                "journal: replacing an unrecovered transition", bdf=bdf, previous_direction=was
             )
         entry = JournalEntry(
             bdf=bdf,
