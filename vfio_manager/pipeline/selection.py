@@ -64,14 +64,10 @@ class Selector:
                 remedy="give 4 hex digits for base class and subclass (0x1200, any "
                 "programming interface) or 6 to match it too (0x120000), as lspci -n prints",
             )
+        example = "0x1200" if width == 4 else "0x120000"
         return cls(
             vendor=parse_id(vendor, what="vendor ID", bits=16),
-            pci_class=parse_id(
-                pci_class,
-                what="class",
-                bits=width * 4,
-                example="0x1200" if width == 4 else "0x120000",
-            ),
+            pci_class=parse_id(pci_class, what="class", bits=width * 4, example=example),
             device_ids=frozenset(parse_id(d, what="device ID", bits=16) for d in device_ids),
             class_bits=width * 4,
         )

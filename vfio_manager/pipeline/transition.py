@@ -11,21 +11,25 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.errors import ExitCode, VfioManagerError
+from vfio_manager.host.driver_choice import DriverResolver
+from vfio_manager.host.dynamic_ids import suspected_ids
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
+from vfio_manager.pipeline.engine import Engine, Report, Result
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import Action, Plan, RefusalKind, refuse_group_mates
 from vfio_manager.pipeline.selection import Selector, select_targets
+from vfio_manager.safety.holders import describe_holders, find_holders
+from vfio_manager.safety.intents import IntentStore
+from vfio_manager.safety.lock import daemon_running
 
 if TYPE_CHECKING:
-    from vfio_manager.host.driver_choice import DriverResolver
     from vfio_manager.host.modules import Runner
-    from vfio_manager.pipeline.engine import Report
-    from vfio_manager.safety.intents import IntentStore
     from vfio_manager.safety.journal import Journal, JournalEntry
     from vfio_manager.safety.lock import NodeLock
 
@@ -118,14 +122,9 @@ class _Run:
         self.intents: Optional[IntentStore] = None
         self.recorded: list[str] = []  # the intents this run recorded
         if request.admin and not request.dry_run:
-            from vfio_manager.safety.intents import IntentStore
-
             self.intents = IntentStore(node.state_dir)
 
     def result(self) -> TransitionResult:
-        from vfio_manager.host.driver_choice import DriverResolver
-        from vfio_manager.host.dynamic_ids import suspected_ids
-
         request = self.request
         topology = read_topology(self.sysfs)
         targets = self._targets(topology)
@@ -179,8 +178,6 @@ class _Run:
         """Returning functions while a daemon is up: one intent each, so it leaves them be."""
         if self.intents is None or self.request.direction is not Direction.TO_HOST:
             return
-        from vfio_manager.safety.lock import daemon_running
-
         if daemon_running(self.node.state_dir):
             for function in targets:
                 self.recorded.append(self.intents.add(function.bdf).bdf)
@@ -190,8 +187,6 @@ class _Run:
         run recorded but did not return."""
         if self.intents is None:
             return
-        from vfio_manager.pipeline.engine import Result
-
         report = result.report if result is not None else None
         outcomes = report.outcomes if report is not None else ()
         if self.request.direction is Direction.TO_VFIO:
@@ -350,8 +345,6 @@ class _Run:
 
     def _refuse(self, plan: Plan) -> Plan:
         """Refuse what a process holds or the host needs (``--force``: warn only)."""
-        from vfio_manager.safety.holders import describe_holders, find_holders
-
         refused: dict[PciAddress, dict[str, Any]] = {}  # how each entry is refused
         moving = [e for e in plan.entries if e.refusal is None and e.steps]
         to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
@@ -398,9 +391,6 @@ class _Run:
 
     def _apply(self, plan: Plan) -> Report:
         """Run the engine; a write that hangs is held by someone: one /proc scan names them."""
-        from vfio_manager.kernel.verbs import Kernel
-        from vfio_manager.pipeline.engine import Engine
-
         engine = Engine(
             Kernel(self.sysfs),
             node_timeout=self.node.timeout,
@@ -412,8 +402,6 @@ class _Run:
         stuck = {o.bdf for o in report.outcomes if o.stuck}
         if not stuck:
             return report
-        from vfio_manager.safety.holders import describe_holders, find_holders
-
         functions = [e.function for e in plan.entries if e.function.bdf in stuck]
         found = find_holders(self.sysfs, self.node.proc_root, functions)
         named = {str(address): describe_holders(h) for address, h in found.items() if h}
