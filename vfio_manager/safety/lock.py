@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
@@ -24,9 +24,7 @@ from vfio_manager.safety.statedir import (
     UnsafeStateDirError,
     UnusableFile,
 )
-
-if TYPE_CHECKING:
-    from vfio_manager.safety.writer import ChildWriter
+from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
 
@@ -232,8 +230,6 @@ class NodeLock(FileLock):
         """A writer whose children inherit this lock."""
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not held")
-        from vfio_manager.safety.writer import ChildWriter
-
         self._writer = ChildWriter(keep_fds=[self._fd], threads=threads)
         return self._writer
 
