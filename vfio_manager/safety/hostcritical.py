@@ -57,13 +57,7 @@ class HostCritical:
     def __init__(self, sysfs: Sysfs, *, proc_root: str = DEFAULT_PROC_ROOT) -> None:
         self.sysfs = sysfs
         self.proc = Procfs(proc_root)
-        self._loaded = False
-        self._blocks: dict[str, str] = {}  # name -> resolved /sys path
-        self._mounts: list[_Mount] = []
-        self._swaps: list[str] = []
-        self._ifaces: dict[str, str] = {}  # name -> resolved /sys path
-        self._addrs: dict[str, list[str]] = {}
-        self._routes: dict[str, list[str]] = {}
+        self._loaded = False  # the tables below, read on the first reasons() call
 
     def reasons(self, address: PciAddress) -> list[str]:
         """Human-readable reasons naming the disk, mount, interface or console at stake."""
@@ -175,13 +169,12 @@ class HostCritical:
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
+        self._loaded = True  # names -> resolved /sys paths, and what the host uses them for
         self._blocks = {n: self.sysfs.block_realpath(n) for n in self.sysfs.block_devices()}
         self._mounts = self._read_mounts()
         self._swaps = self._read_swaps()
         self._ifaces = {n: self.sysfs.net_realpath(n) for n in self.sysfs.net_interfaces()}
-        if self._ifaces:
-            self._read_network()
+        self._addrs, self._routes = self._read_network() if self._ifaces else ({}, {})
 
     def _lines(self, *parts: str) -> Optional[list[str]]:
         try:
@@ -214,7 +207,8 @@ class HostCritical:
         lines = self._lines("swaps") or []
         return [_unescape(line.split()[0]) for line in lines[1:] if line.split()]
 
-    def _read_network(self) -> None:
+    def _read_network(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Addresses and routes per interface."""
         addrs: dict[str, list[str]] = {}
         routes: dict[str, list[str]] = {}
         connected: list[tuple[str, ipaddress.IPv4Network]] = []  # place local addresses
@@ -234,8 +228,10 @@ class HostCritical:
             addrs.setdefault(iface, []).append(addr)
         for iface, route_text in self._routes6():
             routes.setdefault(iface, []).append(route_text)
-        self._addrs = {k: list(dict.fromkeys(v)) for k, v in addrs.items()}
-        self._routes = {k: list(dict.fromkeys(v)) for k, v in routes.items()}
+        return (
+            {k: list(dict.fromkeys(v)) for k, v in addrs.items()},
+            {k: list(dict.fromkeys(v)) for k, v in routes.items()},
+        )
 
     def _routes4(
         self,
