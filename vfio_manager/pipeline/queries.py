@@ -52,7 +52,6 @@ class StatusResult:
 
 
 def status(node: Node, selector: Selector) -> StatusResult:
-    """Read-only view of the selected functions."""
     from vfio_manager.host.summary import HostSummary
 
     sysfs = node.sysfs()

@@ -225,7 +225,6 @@ class _Scanner:
         return hits, denied
 
     def _by_device_number(self, fd_path: str, link: str) -> Optional[Target]:
-        """The target a descriptor's device node is, when it names it another way."""
         if "/dev/" not in link and os.path.basename(link) not in self.basenames:
             return None
         try:

@@ -241,11 +241,9 @@ class StateDir:
             raise UnusableFile(name, f"unreadable: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        if len(data) > limit:
-            if whole:
-                raise UnusableFile(name, f"more than the {limit} bytes expected")
-            data = data[:limit]
-        return data
+        if len(data) > limit and whole:
+            raise UnusableFile(name, f"more than the {limit} bytes expected")
+        return data[:limit]
 
     def open_lock_file(self, name: str) -> int:
         """Open (creating it if missing) a lock file, refused unless a regular file of ours."""
@@ -294,7 +292,6 @@ class StateDir:
         raise OSError(errno_mod.EEXIST, f"no free name to set {name} aside")
 
     def sweep_temporaries(self) -> list[str]:
-        """Remove the temporary files a killed run left."""
         removed = []
         for name in self.names():
             if name.startswith(TMP_PREFIX):

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional, TypeVar, Union
+from typing import NamedTuple, Optional, TypeVar, Union
 
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
 from vfio_manager.kernel.sysfs import direct_write
@@ -258,8 +258,7 @@ class _Thread:
         return not self._thread.is_alive()
 
 
-@dataclass(frozen=True)
-class StuckWriter:
+class StuckWriter(NamedTuple):
     """A child still in the kernel with a write the run gave up on."""
 
     pid: int
@@ -285,12 +284,10 @@ class ChildWriter:
         timeout = None if deadline is None else deadline.left()
         with self._mutex:
             child = next((c for c, busy in self._children.items() if busy is None), None)
-            if child is None:
-                child = (
-                    _Thread(self._write, self._ended)
-                    if self.threads
-                    else _Process(self.keep_fds, self._write)
-                )
+            if child is None and self.threads:
+                child = _Thread(self._write, self._ended)
+            elif child is None:
+                child = _Process(self.keep_fds, self._write)
             self._children[child] = what
         try:
             child.send(path, payload)
