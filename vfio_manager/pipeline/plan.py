@@ -339,15 +339,9 @@ def plan_to_host(
         driver, override = target.driver, target.override
         # one on the host stays, but a driverless one without override whose driver is known
         # (left so by an earlier tool); one settling goes on from wherever it was left
-        moves = (
-            function.address in settling
-            or in_vfio_mode(function)
-            or (
-                function.driver is None
-                and function.driver_override is None
-                and driver not in (None, STAY_UNBOUND)
-            )
-        )
+        left = function.driver is None and function.driver_override is None
+        known = driver not in (None, STAY_UNBOUND)
+        moves = function.address in settling or in_vfio_mode(function) or (left and known)
         steps = host_steps(function, driver, override, probe_picks=target.probe_picks)
         entry = FunctionPlan(function, Direction.TO_HOST, steps if moves else ())
         entries.append(replace(entry, target_driver=driver, target_override=override))
