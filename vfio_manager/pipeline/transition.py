@@ -288,11 +288,9 @@ class _Run:
         unreadable: set[Optional[str]] = set()  # said already: their origin record
         self.journal.take_set_aside()  # the transition records': settle said them already
         for function in targets:
-            bdf = function.bdf
+            bdf, ids = function.bdf, f"{function.vendor:04x}:{function.device:04x}"
             try:
-                entry = self.journal.original(
-                    bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
-                )
+                entry = self.journal.original(bdf, vendor_device=ids)
             except VfioManagerError as err:
                 self._journal_failed(bdf, "its origin record could not be read", err)
                 continue
@@ -327,18 +325,14 @@ class _Run:
             )
         returning = {f.bdf for f in targets}
         for record in pending:  # a transition record unreadable: the origin decides
-            if not record.corrupt or record.bdf not in returning or record.bdf in unreadable:
-                continue
-            origin = origins.get(PciAddress.parse(record.bdf or ""))
-            if origin is not None:
-                driver = origin[0] or "no driver: it stays unbound"
+            if record.corrupt and record.bdf in returning and record.bdf not in unreadable:
+                origin = origins.get(PciAddress.parse(record.bdf or ""))
+                driver = (origin[0] or "no driver: it stays unbound") if origin else None
                 self.notes.append(
                     f"journal: {record.bdf}: its native driver comes from its origin record "
                     f"({driver})"
-                )
-            else:
-                self.notes.append(
-                    f"journal: {record.bdf}: it has no readable origin record; its native "
+                    if origin is not None
+                    else f"journal: {record.bdf}: it has no readable origin record; its native "
                     "driver comes from modules.alias"
                 )
         return origins
