@@ -128,13 +128,9 @@ class Engine:
         sleep: Callable[[float], None] = time.sleep,
         parallel: int = DEFAULT_PARALLEL,
     ) -> None:
-        self.kernel = kernel
-        self.parallel = parallel
-        self.node_timeout = node_timeout
-        self.write_timeout = write_timeout
-        self.journal = journal
-        self.clock = clock
-        self.sleep = sleep
+        self.kernel, self.journal, self.parallel = kernel, journal, parallel
+        self.node_timeout, self.write_timeout = node_timeout, write_timeout
+        self.clock, self.sleep = clock, sleep
         # functions drivers_probe gave to another driver than the plan's (taken off again)
         self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
 

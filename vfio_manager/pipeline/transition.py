@@ -112,10 +112,7 @@ class _Run:
     def __init__(
         self, node: Node, request: TransitionRequest, sysfs: Sysfs, journal: Optional[Journal]
     ) -> None:
-        self.node = node
-        self.request = request
-        self.sysfs = sysfs
-        self.journal = journal
+        self.node, self.request, self.sysfs, self.journal = node, request, sysfs, journal
         self.host = node.host_files()
         self.notes: list[str] = []
         self.journal_errors: list[str] = []

@@ -61,8 +61,7 @@ class IntentStore:
         *,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.state_dir = state_dir
-        self.wall_clock = wall_clock
+        self.state_dir, self.wall_clock = state_dir, wall_clock
 
     def add(self, bdf: str, *, command: Optional[str] = None) -> Intent:
         """Record "leave ``bdf`` on the host"; :class:`IntentError` when it cannot."""

@@ -149,9 +149,7 @@ class Journal:
         now: Callable[[], str] = _utc_now,
         readonly: bool = False,
     ) -> None:
-        self.state_dir = state_dir
-        self.now = now
-        self.readonly = readonly
+        self.state_dir, self.now, self.readonly = state_dir, now, readonly
         self._set_aside: list[JournalEntry] = []
 
     def take_set_aside(self) -> list[JournalEntry]:

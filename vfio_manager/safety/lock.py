@@ -161,12 +161,9 @@ class FileLock:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, self.NAME)
         self.timeout = max(0.0, timeout)
-        self.clock = clock
-        self.sleep = sleep
+        self.clock, self.sleep = clock, sleep
         self.poll_interval = self.POLL_INTERVAL if poll_interval is None else poll_interval
-        self.proc_root = proc_root
-        self.command = command
-        self.uid = uid
+        self.proc_root, self.command, self.uid = proc_root, command, uid
         self._fd: Optional[int] = None
 
     @property

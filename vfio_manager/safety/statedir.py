@@ -32,8 +32,7 @@ class UnusableFile(Exception):
 
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"{name}: {problem}")
-        self.name = name
-        self.problem = problem
+        self.name, self.problem = name, problem
 
 
 _KINDS = {
@@ -86,9 +85,7 @@ class StateDir:
     """An open, checked state directory; ``owner`` is the UID it and its files must have."""
 
     def __init__(self, path: str, fd: int, owner: int) -> None:
-        self.path = path
-        self.fd = fd
-        self.owner = owner
+        self.path, self.fd, self.owner = path, fd, owner
 
     @classmethod
     def open(cls, path: str, *, uid: Optional[int] = None) -> StateDir:

@@ -272,8 +272,7 @@ class ChildWriter:
         self, keep_fds: Sequence[int] = (), *, threads: bool = False, write: Write = direct_write
     ) -> None:
         self.keep_fds = tuple(keep_fds)
-        self.threads = threads
-        self._write = write
+        self.threads, self._write = threads, write
         self._children: dict[Union[_Process, _Thread], Optional[str]] = {}  # its write, or idle
         self._on_returned: Optional[Callable[[], None]] = None
         self._mutex = threading.Lock()
