@@ -110,10 +110,6 @@ def _label(driver: Optional[str]) -> str:
     return driver if driver is not None else "no driver"
 
 
-def _override_verb(override: Optional[str]) -> str:
-    return "clear-override" if override is None else "set-override"
-
-
 class Engine:
     """Runs plans against the kernel, each function's writes under ``write_timeout``."""
 
@@ -463,7 +459,7 @@ class Engine:
 
         try:
             if kernel.override_of(address) != override:
-                write(_override_verb(override), override)
+                write("clear-override" if override is None else "set-override", override)
             current = kernel.driver_of(address)
             if current != driver and current is not None:
                 write("unbind", current)
@@ -510,4 +506,4 @@ class Engine:
             try:
                 self._write(address, "bind", driver, deadline_at)
             finally:
-                write(_override_verb(override), override)
+                write("clear-override" if override is None else "set-override", override)

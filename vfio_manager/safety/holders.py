@@ -57,8 +57,7 @@ class Holder:
     via: str = "fd"
 
     def describe(self) -> str:
-        verb = "has" if self.via == "fd" else "maps"
-        suffix = " open" if self.via == "fd" else ""
+        verb, suffix = ("has", " open") if self.via == "fd" else ("maps", "")
         return f"PID {self.pid} ({self.comm}) {verb} {self.what}{suffix}"
 
 
