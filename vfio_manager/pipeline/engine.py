@@ -81,10 +81,8 @@ class Report:
 
     @property
     def exit_code(self) -> ExitCode:
-        ok = all(
-            o.result in (Result.CHANGED, Result.CONVERGED) and o.journal_error is None
-            for o in self.outcomes
-        )
+        done = (Result.CHANGED, Result.CONVERGED)
+        ok = all(o.result in done and o.journal_error is None for o in self.outcomes)
         return ExitCode.OK if ok else ExitCode.FAILED
 
     @property

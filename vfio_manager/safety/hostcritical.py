@@ -138,11 +138,9 @@ class HostCritical:
             return f"/dev/{device}"
         dm = self.sysfs.block_dm_name(device) if device.startswith("dm-") else None
         name = f"/dev/mapper/{dm} ({device})" if dm else f"/dev/{device}"
-        chain: list[str] = []
-        current = device
-        while current in stacked and len(chain) < 8:
-            current = stacked[current]
-            chain.append(current)
+        chain = [stacked[device]]
+        while chain[-1] in stacked and len(chain) < 8:
+            chain.append(stacked[chain[-1]])
         return f"{name}, stacked on {' on '.join(chain)}"
 
     def _network_reasons(self, prefix: str) -> list[str]:

@@ -42,8 +42,7 @@ class LockTimeoutError(VfioManagerError):
         self.holder = holder
 
     def details(self) -> dict[str, Any]:
-        holder = self.holder
-        return {**super().details(), "holder": None if holder is None else asdict(holder)}
+        return {**super().details(), "holder": asdict(self.holder) if self.holder else None}
 
 
 class DaemonRunningError(VfioManagerError):

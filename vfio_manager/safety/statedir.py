@@ -212,11 +212,9 @@ class StateDir:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno == errno_mod.ELOOP:
-                raise UnusableFile(name, "not a regular file (a symlink)") from exc
-            if exc.errno == errno_mod.ENXIO:
-                raise UnusableFile(name, "not a regular file (a socket)") from exc
-            raise UnusableFile(name, f"unreadable: {exc.strerror}") from exc
+            kinds = {errno_mod.ELOOP: "a symlink", errno_mod.ENXIO: "a socket"}
+            problem = f"not a regular file ({kinds[exc.errno]})" if exc.errno in kinds else None
+            raise UnusableFile(name, problem or f"unreadable: {exc.strerror}") from exc
         try:
             self._usable(name, os.fstat(fd), limit)
         except BaseException:

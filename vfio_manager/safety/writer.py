@@ -32,6 +32,7 @@ T = TypeVar("T")
 Write = Callable[[str, bytes], None]
 Request = Optional[tuple[str, bytes]]  # None ends the child
 _REPLY = struct.Struct("!i")  # 0 or the errno
+_TRANSIENT = frozenset({errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV})
 _FIRST_WAIT, _LONGEST_WAIT = 0.05, 1.0  # between retries of a transient errno
 
 
@@ -89,8 +90,7 @@ def bounded(
 
 def is_transient(exc: object) -> bool:
     """A kernel answer that may change on its own shortly: EBUSY, EAGAIN, ENODEV."""
-    transient = (errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV)
-    return isinstance(exc, SysfsWriteError) and exc.errno in transient
+    return isinstance(exc, SysfsWriteError) and exc.errno in _TRANSIENT
 
 
 def retry_transient(
