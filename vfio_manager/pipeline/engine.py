@@ -338,8 +338,7 @@ class Engine:
         reason = remedy = None
         picked = self._probe_picked.pop(entry.address, None)
         if picked is not None:  # say why drivers_probe picked another driver on the way
-            driver_picked, expected = picked
-            function = entry.function
+            (driver_picked, expected), function = picked, entry.function
             ids = f"{function.vendor:04x}:{function.device:04x}"
             why = (
                 f"{driver_picked} has a dynamic ID for {ids} (new_id or {driver_picked}.ids=)"

@@ -126,9 +126,5 @@ def select_targets(
 
 def in_groups_of(topology: Topology, addresses: Iterable[PciAddress]) -> frozenset[PciAddress]:
     """``addresses`` (those present) with every member of their IOMMU groups."""
-    found: set[PciAddress] = set()
-    for address in addresses:
-        function = topology.get(address)
-        if function is not None:
-            found.update(member.address for member in topology.group_members(function))
-    return frozenset(found)
+    functions = [f for f in map(topology.get, addresses) if f is not None]
+    return frozenset(m.address for f in functions for m in topology.group_members(f))

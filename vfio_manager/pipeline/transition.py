@@ -173,11 +173,9 @@ class _Run:
 
     def _record_intents(self, targets: Sequence[PciFunction]) -> None:
         """Returning functions while a daemon is up: one intent each, so it leaves them be."""
-        if self.intents is None or self.request.direction is not Direction.TO_HOST:
-            return
-        if daemon_running(self.node.state_dir):
-            for function in targets:
-                self.recorded.append(self.intents.add(function.bdf).bdf)
+        intents, to_host = self.intents, self.request.direction is Direction.TO_HOST
+        if intents is not None and to_host and daemon_running(self.node.state_dir):
+            self.recorded = [intents.add(function.bdf).bdf for function in targets]
 
     def update_intents(self, result: Optional[TransitionResult]) -> None:
         """Clear the intents that no longer hold: a bind's functions on vfio, and those this
@@ -355,11 +353,8 @@ class _Run:
                         f"or {force}",
                         "refusal_kind": RefusalKind.HOST_CRITICAL,
                     }
-        unbinding = [
-            e.function
-            for e in moving
-            if e.address not in refused and any(s.action is Action.UNBIND for s in e.steps)
-        ]
+        unbinds = [e for e in moving if any(s.action is Action.UNBIND for s in e.steps)]
+        unbinding = [e.function for e in unbinds if e.address not in refused]
         for address, holders in find_holders(self.sysfs, self.node.proc_root, unbinding).items():
             refused[address] = {
                 "refusal": "it is in use: " + describe_holders(holders),

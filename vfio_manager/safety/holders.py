@@ -89,10 +89,9 @@ def function_targets(
     def add(target: Target) -> None:
         targets.setdefault((target.path, target.mapped), target)
 
-    nodes: list[tuple[str, Optional[str]]] = []
+    nodes: list[tuple[str, Optional[str]]] = [*sysfs.char_devs_of(address)]
     if group is not None:
-        nodes.append((f"vfio/{int(group)}", sysfs.vfio_group_dev_numbers(group)))
-    nodes.extend((name, numbers) for name, numbers in sysfs.char_devs_of(address))
+        nodes.insert(0, (f"vfio/{int(group)}", sysfs.vfio_group_dev_numbers(group)))
     for devname, numbers in nodes:
         add(Target.node(Sysfs.canonical_dev_path(devname), numbers))
         add(Target.node(sysfs.dev_path(devname), numbers))
@@ -112,8 +111,7 @@ def scan_holders(
     wanted = [_as_target(t) for t in targets]
     if not wanted:
         return HolderScan((), 0, ())
-    scanner = _Scanner(proc_root, wanted, os.getpid() if self_pid is None else self_pid)
-    return scanner.run()
+    return _Scanner(proc_root, wanted, os.getpid() if self_pid is None else self_pid).run()
 
 
 def find_holders(
@@ -171,17 +169,13 @@ class _Scanner:
 
     def run(self) -> HolderScan:
         try:
-            pids = self.proc.pids()
+            pids = [pid for pid in self.proc.pids() if pid != self.self_pid]
         except OSError as exc:
             log.warning("in-use scan: cannot list processes", proc=self.proc.root, error=exc)
             return HolderScan((), 0, ())
         holders: set[Holder] = set()
         unreadable: list[int] = []
-        processes = 0
         for pid in pids:
-            if pid == self.self_pid:
-                continue
-            processes += 1
             hits, denied = self._process(pid)
             if denied:
                 unreadable.append(pid)
@@ -190,7 +184,7 @@ class _Scanner:
                 holders.update(Holder(pid, comm, what, via) for what, via in hits)
         if unreadable:
             log.debug("in-use scan: processes not inspected", count=len(unreadable))
-        return HolderScan(tuple(sorted(holders)), processes, tuple(sorted(unreadable)))
+        return HolderScan(tuple(sorted(holders)), len(pids), tuple(sorted(unreadable)))
 
     def _process(self, pid: int) -> tuple[set[tuple[str, str]], bool]:
         """Hits ``(path, via)`` of one process, and whether some of it was not readable."""

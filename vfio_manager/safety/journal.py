@@ -266,10 +266,8 @@ class Journal:
         """Drop the origin of a function someone else has changed since (it is over)."""
         self._store(ORIGIN, bdf, None, _RECORD_KEPT)
 
-    def _open(self) -> Optional[StateDir]:
-        if self.readonly:
-            return StateDir.open_existing(self.state_dir)
-        return StateDir.open(self.state_dir)
+    def _open(self) -> Optional[StateDir]:  # a dry run creates nothing
+        return (StateDir.open_existing if self.readonly else StateDir.open)(self.state_dir)
 
     def _read(self, record: str, bdf: str) -> Optional[JournalEntry]:
         state = self._open()

@@ -164,11 +164,9 @@ class _Process:
                 null = os.open(os.devnull, os.O_RDWR)
                 for std in (0, 1, 2):
                     os.dup2(null, std)
-                low = 3
-                for fd in sorted({req_r, rep_w, *keep_fds}):
-                    os.closerange(low, fd)
-                    low = fd + 1
-                os.closerange(low, 65536)
+                keep = sorted({req_r, rep_w, *keep_fds})  # close everything else
+                for low, high in zip([3, *(fd + 1 for fd in keep)], [*keep, 65536]):
+                    os.closerange(low, high)
                 _serve(lambda: _receive(req_r), lambda code: _reply(rep_w, code), write)
             finally:
                 os._exit(0)
