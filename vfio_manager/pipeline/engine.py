@@ -125,8 +125,7 @@ class Engine:
         self.kernel, self.journal, self.parallel = kernel, journal, parallel
         self.node_timeout, self.write_timeout = node_timeout, write_timeout
         self.clock, self.sleep = clock, sleep
-        # functions drivers_probe gave to another driver than the plan's (taken off again)
-        self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
+        self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}  # taken off again
 
     def apply(self, plan: Plan) -> Report:
         """Move what the plan moves (an IOMMU group's functions one after another), then
@@ -144,9 +143,8 @@ class Engine:
                 )
             elif entry.converged:  # debug: the common case, and a quiet run loads no logging
                 log.debug("converged", bdf=bdf, step="plan", outcome="converged", driver=driver)
-                outcomes[entry.address] = self._close_record(
-                    entry, Outcome(bdf, Result.CONVERGED, driver)
-                )
+                converged = Outcome(bdf, Result.CONVERGED, driver)
+                outcomes[entry.address] = self._close_record(entry, converged)
             else:
                 group = entry.function.iommu_group
                 lanes.setdefault(entry.address if group is None else group, []).append(entry)
@@ -160,8 +158,6 @@ class Engine:
         return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
 
     def _run_lanes(self, lanes: list[list[FunctionPlan]]) -> list[tuple[FunctionPlan, _Moved]]:
-        """Each lane on a thread of its own, at most :attr:`parallel` at once."""
-
         def run(lane: list[FunctionPlan]) -> list[tuple[FunctionPlan, _Moved]]:
             return [(entry, self._move(entry)) for entry in lane]
 
@@ -348,9 +344,8 @@ class Engine:
             then = f"bound {expected} explicitly" if expected else "left it unbound"
             reason = f"drivers_probe picked {driver_picked}: {why}; took it off and {then}"
             remedy = remove_id_remedy(driver_picked, function.vendor, function.device)
-        return self._close_record(
-            entry, Outcome(bdf, result, driver, reason, remedy, writes=writes)
-        )
+        outcome = Outcome(bdf, result, driver, reason, remedy, writes=writes)
+        return self._close_record(entry, outcome)
 
     def _wait_for_nodes(self, waiting: dict[PciAddress, _Waiting]) -> dict[PciAddress, Outcome]:
         """Wait for every /dev/vfio/N at once, under one deadline (not for a function gone)."""

@@ -252,7 +252,6 @@ class _Run:
         return Plan(plan.direction, (*entries, *settlement.entries))
 
     def _journal_change(self, change: Callable[[str], object], bdf: str, what: str) -> None:
-        """Drop a record (a real run only)."""
         if self.request.dry_run:
             return
         try:

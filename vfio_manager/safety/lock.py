@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
 
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT, Procfs
@@ -24,7 +24,9 @@ from vfio_manager.safety.statedir import (
     UnsafeStateDirError,
     UnusableFile,
 )
-from vfio_manager.safety.writer import ChildWriter
+
+if TYPE_CHECKING:  # status imports this module (intents), not the writer
+    from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
 
@@ -226,6 +228,8 @@ class NodeLock(FileLock):
         """A writer whose children inherit this lock."""
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not held")
+        from vfio_manager.safety.writer import ChildWriter
+
         self._writer = ChildWriter(keep_fds=[self._fd], threads=threads)
         return self._writer
 
