@@ -5,7 +5,7 @@ Examples::
     .venv/bin/python -m tools.mutants                     # the sampled run (see docs/testing.md)
     .venv/bin/python -m tools.mutants --modules lock --sample 0   # every mutant of one module
     .venv/bin/python -m tools.mutants --only engine:57 journal:12 # re-run named mutants
-    .venv/bin/python -m tools.mutants --list --modules settle     # show the mutants, run none
+    .venv/bin/python -m tools.mutants --list --modules plan       # show the mutants, run none
     .venv/bin/python -m tools.mutants --report                    # summarize the results file
 
 Never a CI gate: the exit status is 0 whatever survives (1 only when the unmutated tests fail).

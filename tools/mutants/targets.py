@@ -40,19 +40,14 @@ TARGETS: dict[str, Target] = {
         (*_PIPELINE, "tests/pipeline/test_recorded_replay.py"),
         sample=14,
     ),
-    "plan": Target("vfio_manager/pipeline/plan.py", _PIPELINE, sample=8),
-    "transition": Target("vfio_manager/pipeline/transition.py", _PIPELINE, sample=8),
-    "settle": Target(
-        "vfio_manager/pipeline/settle.py",
-        (
-            "tests/pipeline/test_engine.py",
-            "tests/pipeline/test_transition.py",
-            "tests/pipeline/test_settle.py",
-            "tests/pipeline/test_journal_failures.py",
-            "tests/safety/test_lock.py",
-            "tests/pipeline/test_as_found.py",
-            "tests/pipeline/test_crash.py",
-        ),
+    "plan": Target(
+        "vfio_manager/pipeline/plan.py",
+        (*_PIPELINE, "tests/pipeline/test_crash.py"),
+        sample=16,
+    ),
+    "transition": Target(
+        "vfio_manager/pipeline/transition.py",
+        _PIPELINE,
         sample=8,
     ),
     "journal": Target(

@@ -1,1 +1,1 @@
-"""The write pipeline: selection, plan, refusals, engine, and the transition that runs them."""
+"""The write pipeline: selection, plan, engine, and the transition that runs them."""

@@ -1,8 +1,7 @@
 """Applies a plan: each function's steps, verified, its /dev/vfio node awaited, a failure undone.
 
-One function failing never stops the others: it is put back where it started (override and
-driver) and the report says so. IOMMU groups move side by side; the /dev/vfio nodes of all
-functions are awaited together, under one deadline, after the writes.
+One function failing never stops the others. IOMMU groups move side by side; the nodes are
+awaited together after the writes, under one deadline.
 """
 
 from __future__ import annotations
@@ -11,9 +10,8 @@ import enum
 import errno as errno_mod
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from functools import partial
-from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, VfioManagerError
 from vfio_manager.host.dynamic_ids import remove_id_remedy
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
 log = get_logger("vfio_manager.pipeline.engine")
 
 _POLL_INTERVAL = 0.05
-T = TypeVar("T")
 _BIND_ERRNO_HINTS = {
     errno_mod.EINVAL: "the driver refused the function at probe (no IOMMU group, a bridge, or a "
     "denylisted ID; dmesg shows 'probe ... failed with error -22')",
@@ -67,23 +64,14 @@ class Outcome:
     journal_error: Optional[str] = None  # the state dir refused to record the outcome
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "bdf": self.bdf,
-            "outcome": self.result.value,
-            "driver": self.driver,
-            "reason": self.reason,
-            "remedy": self.remedy,
-            "step": self.step,
-            "errno": errno_mod.errorcode.get(self.errno) if self.errno else None,
-            "restored_to": self.restored_to,
-            "writes": self.writes,
-            "journal": self.journal,
-            "journal_error": self.journal_error,
-        }
+        doc = {**asdict(self), "result": self.result.value}
+        doc["errno"] = errno_mod.errorcode.get(self.errno) if self.errno else None
+        del doc["stuck"]
+        return {("outcome" if key == "result" else key): value for key, value in doc.items()}
 
 
-_LaneResult = Union[Outcome, tuple[FunctionPlan, int, int]]
-"""What moving one function gives: its outcome, or (entry, IOMMU group, writes) to wait for."""
+_Moved = Union["Outcome", tuple[int, int]]  # an outcome, or a node to await: IOMMU group, writes
+_Waiting = tuple[FunctionPlan, int, int]
 
 
 @dataclass(frozen=True)
@@ -93,10 +81,8 @@ class Report:
 
     @property
     def exit_code(self) -> ExitCode:
-        ok = all(
-            o.result in (Result.CHANGED, Result.CONVERGED) and o.journal_error is None
-            for o in self.outcomes
-        )
+        done = (Result.CHANGED, Result.CONVERGED)
+        ok = all(o.result in done and o.journal_error is None for o in self.outcomes)
         return ExitCode.OK if ok else ExitCode.FAILED
 
     @property
@@ -113,10 +99,9 @@ class Report:
 
 
 def _kept(entry: FunctionPlan) -> Optional[str]:
-    """For an entry that did not settle its record: say so (the next run sees it again)."""
-    if entry.interrupted is None:
-        return None
-    return f"{entry.interrupted.note}: not settled, the journal record is kept"
+    """What the outcome of an entry that did not settle its journal record says of it."""
+    note = entry.interrupted.note if entry.interrupted is not None else None
+    return None if note is None else f"{note}: not settled, the journal record is kept"
 
 
 def _label(driver: Optional[str]) -> str:
@@ -124,9 +109,7 @@ def _label(driver: Optional[str]) -> str:
 
 
 class Engine:
-    """Runs plans against the kernel. ``write_timeout`` bounds each function's writes,
-    ``node_timeout`` the shared wait for /dev/vfio nodes; ``journal`` records each function
-    before its first write; ``parallel`` IOMMU groups move side by side."""
+    """Runs plans against the kernel, each function's writes under ``write_timeout``."""
 
     def __init__(
         self,
@@ -139,21 +122,15 @@ class Engine:
         sleep: Callable[[float], None] = time.sleep,
         parallel: int = DEFAULT_PARALLEL,
     ) -> None:
-        self.kernel = kernel
-        self.parallel = parallel
-        self.node_timeout = node_timeout
-        self.write_timeout = write_timeout
-        self.journal = journal
-        self.clock = clock
-        self.sleep = sleep
-        # functions drivers_probe gave to another driver than the plan's (taken off again)
-        self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}
+        self.kernel, self.journal, self.parallel = kernel, journal, parallel
+        self.node_timeout, self.write_timeout = node_timeout, write_timeout
+        self.clock, self.sleep = clock, sleep
+        self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}  # taken off again
 
     def apply(self, plan: Plan) -> Report:
-        """Refusals and converged functions are reported as they are; the others move, the
-        functions of one IOMMU group one after another; then every node is awaited."""
+        """Move what the plan moves (an IOMMU group's functions one after another), then
+        await every node."""
         outcomes: dict[PciAddress, Outcome] = {}
-        waiting: dict[PciAddress, tuple[FunctionPlan, int, int]] = {}
         lanes: dict[object, list[FunctionPlan]] = {}
         for entry in plan.entries:
             bdf, driver = entry.function.bdf, entry.function.driver
@@ -166,25 +143,23 @@ class Engine:
                 )
             elif entry.converged:  # debug: the common case, and a quiet run loads no logging
                 log.debug("converged", bdf=bdf, step="plan", outcome="converged", driver=driver)
-                outcomes[entry.address] = self._close_record(
-                    entry, Outcome(bdf, Result.CONVERGED, driver)
-                )
+                converged = Outcome(bdf, Result.CONVERGED, driver)
+                outcomes[entry.address] = self._close_record(entry, converged)
             else:
                 group = entry.function.iommu_group
                 lanes.setdefault(entry.address if group is None else group, []).append(entry)
-        for address, result in self._run_lanes(list(lanes.values())):
-            if isinstance(result, Outcome):
-                outcomes[address] = result
+        waiting: dict[PciAddress, _Waiting] = {}
+        for entry, moved in self._run_lanes(list(lanes.values())):
+            if isinstance(moved, Outcome):
+                outcomes[entry.address] = moved
             else:
-                waiting[address] = result
+                waiting[entry.address] = (entry, *moved)
         outcomes.update(self._wait_for_nodes(waiting))
         return Report(plan.direction, tuple(outcomes[e.address] for e in plan.entries))
 
-    def _run_lanes(self, lanes: list[list[FunctionPlan]]) -> list[tuple[PciAddress, _LaneResult]]:
-        """Each lane on a thread of its own, at most :attr:`parallel` at once."""
-
-        def run(lane: list[FunctionPlan]) -> list[tuple[PciAddress, _LaneResult]]:
-            return [(entry.address, self._move(entry)) for entry in lane]
+    def _run_lanes(self, lanes: list[list[FunctionPlan]]) -> list[tuple[FunctionPlan, _Moved]]:
+        def run(lane: list[FunctionPlan]) -> list[tuple[FunctionPlan, _Moved]]:
+            return [(entry, self._move(entry)) for entry in lane]
 
         if len(lanes) <= 1 or self.parallel <= 1:
             return [item for lane in lanes for item in run(lane)]
@@ -195,133 +170,101 @@ class Engine:
         ) as pool:
             return [item for done in pool.map(run, lanes) for item in done]
 
-    def _move(self, entry: FunctionPlan) -> _LaneResult:
-        """One function's writes: its outcome, or what to wait for (group, writes)."""
+    def _move(self, entry: FunctionPlan) -> _Moved:
+        """One function's writes: its outcome, or what to wait for (IOMMU group, writes)."""
         bdf = entry.function.bdf
         if self.journal is not None and entry.write_count and not entry.interrupted:
             try:
                 self.journal.record_start(entry.function, entry.direction)
             except VfioManagerError as err:  # no record, no write
                 reason = f"its journal record could not be written: {err.message}"
-                log.error("refused", bdf=bdf, step="journal", outcome="refused", reason=reason)
-                return Outcome(
-                    bdf,
-                    Result.REFUSED,
-                    entry.function.driver,
-                    reason,
-                    err.remedy,
-                    "journal",
-                    err.errno,
-                    journal=_kept(entry),
-                )
+                driver = entry.function.driver
+                return self._left(entry, "journal", reason, err.remedy, 0, err.errno, driver)
         before = self.kernel.sysfs.writes_to(bdf)
         try:
             wait = self._run_steps(entry)
         except DeadlineExceededError as err:  # touched no more: an undo would queue behind it
-            log.error("transition", bdf=bdf, step=err.step, outcome="stuck", reason=err.message)
             writes = self.kernel.sysfs.writes_to(bdf) - before
-            return Outcome(
-                bdf,
-                Result.FAILED,
-                None,
-                err.message,
-                err.remedy,
-                err.step,
-                writes=writes,
-                journal=_kept(entry),
-                stuck=True,
-            )
+            return self._left(entry, err.step, err.message, err.remedy, writes, stuck=True)
         except VfioManagerError as err:
             return self._fail(entry, err, self.kernel.sysfs.writes_to(bdf) - before)
         writes = self.kernel.sysfs.writes_to(bdf) - before
         if wait is not None and wait.group is not None:
-            return (entry, wait.group, writes)
+            return (wait.group, writes)
         return self._done(entry, writes)
 
-    def _bounded(
-        self,
-        address: PciAddress,
-        step: str,
-        what: str,
-        fn: Callable[[], object],
-        deadline_at: float,
-        *,
-        retry: bool = True,
-    ) -> None:
-        """Writes under the function's deadline; transient errnos retried (with ``retry``),
-        except from a function that is gone."""
-
-        def write() -> None:
-            try:
-                fn()
-            except SysfsWriteError as err:
-                gone = err.errno in (errno_mod.ENODEV, errno_mod.ENOENT)
-                if gone and not self.kernel.exists(address):
-                    raise TransitionError(
-                        f"{address} disappeared during {step}", errno=err.errno
-                    ) from err
-                raise
-
-        deadline = Deadline(deadline_at, what, str(address), step, self.clock)
-        bounded(write if retry else fn, deadline, retry=retry, sleep=self.sleep)
-
-    # -- steps ----------------------------------------------------------------------------
     def _run_steps(self, entry: FunctionPlan) -> Optional[Step]:
         """Run the writing and verifying steps; return the wait step, if any, for later."""
         address = entry.address
         deadline_at = self.clock() + self.write_timeout
         wait: Optional[Step] = None
         for step in entry.steps:
-            if step.action is Action.WAIT_VFIO_NODE:
+            action, driver = step.action, step.driver
+            if action is Action.WAIT_VFIO_NODE:
                 wait = step
                 continue
             try:
-                self._run_step(address, step, deadline_at)
+                if action is Action.VERIFY_DRIVER:
+                    self._verify(address, driver, deadline_at)
+                elif driver is not None or action not in (Action.SET_OVERRIDE, Action.UNBIND):
+                    self._write(address, action.value, driver, deadline_at)
             except VfioManagerError as err:
-                err.step = err.step or step.action.value
+                err.step = err.step or action.value
                 err.bdf = str(address)
                 raise
-            log.info(
-                "step", bdf=str(address), step=step.action.value, outcome="done", driver=step.driver
-            )
+            log.info("step", bdf=str(address), step=action.value, outcome="done", driver=driver)
         return wait
 
-    def _run_step(self, address: PciAddress, step: Step, deadline_at: float) -> None:
-        kernel, action, driver = self.kernel, step.action, step.driver
-        if action is Action.VERIFY_DRIVER:
-            self._verify(address, driver, deadline_at)
-            return
-        if driver is None and action in (Action.SET_OVERRIDE, Action.UNBIND):
-            return
-        what, fn = {
-            Action.SET_OVERRIDE: (
+    def _write(
+        self,
+        address: PciAddress,
+        verb: str,
+        driver: Optional[str],
+        deadline_at: float,
+        *,
+        step: Optional[str] = None,
+        what: Optional[str] = None,
+    ) -> None:
+        """One kernel verb (an action's name, or ``bind``) under the function's deadline;
+        transient errnos retried, but from a function that is gone or for a bind (its errno
+        is the diagnosis)."""
+        kernel, name, step = self.kernel, driver or "", step or verb
+        calls: dict[str, tuple[str, Callable[[], object]]] = {
+            "set-override": (
                 f"set the override of {address} to {driver}",
-                lambda: kernel.set_override(address, driver or ""),
+                lambda: kernel.set_override(address, name),
             ),
-            Action.CLEAR_OVERRIDE: (
+            "clear-override": (
                 f"clear the override of {address}",
                 lambda: kernel.clear_override(address),
             ),
-            Action.UNBIND: (
-                f"unbind {address} from {driver}",
-                lambda: kernel.unbind(address, driver or ""),
-            ),
-            Action.PROBE: (f"probe {address}", lambda: kernel.probe(address)),
-        }[action]
-        self._bounded(address, action.value, what, fn, deadline_at)
+            "unbind": (f"unbind {address} from {driver}", lambda: kernel.unbind(address, name)),
+            "probe": (f"probe {address}", lambda: kernel.probe(address)),
+            "bind": (f"bind {address} to {driver}", lambda: kernel.bind(address, name)),
+        }
+        default, fn = calls[verb]
+
+        def write() -> None:
+            try:
+                fn()
+            except SysfsWriteError as err:
+                gone = err.errno in (errno_mod.ENODEV, errno_mod.ENOENT)
+                if gone and not kernel.exists(address):
+                    raise TransitionError(
+                        f"{address} disappeared during {step}", errno=err.errno
+                    ) from err
+                raise
+
+        retry = verb != "bind"
+        deadline = Deadline(deadline_at, what or default, str(address), step, self.clock)
+        bounded(write if retry else fn, deadline, retry=retry, sleep=self.sleep)
 
     def _take_off(
         self, address: PciAddress, picked: str, expected: Optional[str], deadline_at: float
     ) -> None:
-        """drivers_probe attached ``picked``, not ``expected``: unbind it (it got the function
-        a moment ago, nobody holds it) and remember why, for the report."""
-        self._bounded(
-            address,
-            Action.UNBIND.value,
-            f"unbind {address} from {picked} (drivers_probe's choice)",
-            lambda: self.kernel.unbind(address, picked),
-            deadline_at,
-        )
+        """drivers_probe attached ``picked``, not ``expected``: unbind it, and say so later."""
+        what = f"unbind {address} from {picked} (drivers_probe's choice)"
+        self._write(address, "unbind", picked, deadline_at, what=what)
         self._probe_picked[address] = (picked, expected)
         log.warning(
             "drivers_probe picked another driver",
@@ -331,30 +274,17 @@ class Engine:
             expected=expected,
         )
 
-    def _bind_once(self, address: PciAddress, driver: str, deadline_at: float, step: str) -> None:
-        """One explicit bind, no retry: its errno is the diagnosis, not a transient state."""
-        what = f"bind {address} to {driver}"
-        self._bounded(
-            address,
-            step,
-            what,
-            partial(self.kernel.bind, address, driver),
-            deadline_at,
-            retry=False,
-        )
-
     def _verify(self, address: PciAddress, expected: Optional[str], deadline_at: float) -> None:
-        """Read the driver link back. When drivers_probe attached another driver (a dynamic
-        ID, or a driver registered first), take it off; when the expected driver is absent,
-        bind it explicitly, which also gives its errno when it refuses."""
+        """Read the driver link back. Another driver drivers_probe attached (a dynamic ID, or
+        registered first) is taken off; an absent expected one is bound explicitly (its
+        errno says why it refuses)."""
         current = self.kernel.driver_of(address)
         if expected == STAY_UNBOUND:
             if current is not None:
                 raise TransitionError(f"{address} is on {current}; it was expected to stay unbound")
             return
-        if expected is None:
-            if is_vfio_driver(current) and current is not None:
-                # no host driver is known: driverless is where the kernel would leave it
+        if expected is None:  # no host driver is known: driverless is where the kernel leaves it
+            if current is not None and is_vfio_driver(current):
                 self._take_off(address, current, None, deadline_at)
             return
         if current == expected:
@@ -364,7 +294,7 @@ class Engine:
         if not self.kernel.exists(address):
             raise TransitionError(f"{address} disappeared", errno=errno_mod.ENODEV)
         try:
-            self._bind_once(address, expected, deadline_at, Action.VERIFY_DRIVER.value)
+            self._write(address, "bind", expected, deadline_at, step=Action.VERIFY_DRIVER.value)
         except SysfsWriteError as err:
             hint = _BIND_ERRNO_HINTS.get(err.errno or 0, "see dmesg")
             raise TransitionError(
@@ -380,8 +310,7 @@ class Engine:
     def _close_record(
         self, entry: FunctionPlan, outcome: Outcome, *, back: bool = False
     ) -> Outcome:
-        """Drop the function's journal record now that it reached its target (or, with
-        ``back``, its start state); a state dir that refuses is reported, not raised."""
+        """Drop the journal record of a function at its target (or ``back`` where it started)."""
         if self.journal is None or (not (back or outcome.writes) and entry.interrupted is None):
             return outcome
         note = entry.interrupted.note if entry.interrupted is not None else None
@@ -402,49 +331,39 @@ class Engine:
         log.info(
             "transition", bdf=bdf, step="done", outcome=result.value, driver=driver, writes=writes
         )
-        reason, remedy = self._probe_note(entry)
-        return self._close_record(
-            entry, Outcome(bdf, result, driver, reason, remedy, writes=writes)
-        )
-
-    def _probe_note(self, entry: FunctionPlan) -> tuple[Optional[str], Optional[str]]:
-        """What the report says when drivers_probe picked another driver on the way."""
+        reason = remedy = None
         picked = self._probe_picked.pop(entry.address, None)
-        if picked is None:
-            return None, None
-        driver, expected = picked
-        function = entry.function
-        ids = f"{function.vendor:04x}:{function.device:04x}"
-        why = (
-            f"{driver} has a dynamic ID for {ids} (new_id or {driver}.ids=)"
-            if is_vfio_driver(driver)
-            else f"{driver} claims {ids} (a dynamic ID, or it was registered first)"
-        )
-        then = f"bound {expected} explicitly" if expected else "left it unbound"
-        return (
-            f"drivers_probe picked {driver}: {why}; took it off and {then}",
-            remove_id_remedy(driver, function.vendor, function.device),
-        )
+        if picked is not None:  # say why drivers_probe picked another driver on the way
+            (driver_picked, expected), function = picked, entry.function
+            ids = f"{function.vendor:04x}:{function.device:04x}"
+            why = (
+                f"{driver_picked} has a dynamic ID for {ids} (new_id or {driver_picked}.ids=)"
+                if is_vfio_driver(driver_picked)
+                else f"{driver_picked} claims {ids} (a dynamic ID, or it was registered first)"
+            )
+            then = f"bound {expected} explicitly" if expected else "left it unbound"
+            reason = f"drivers_probe picked {driver_picked}: {why}; took it off and {then}"
+            remedy = remove_id_remedy(driver_picked, function.vendor, function.device)
+        outcome = Outcome(bdf, result, driver, reason, remedy, writes=writes)
+        return self._close_record(entry, outcome)
 
-    def _wait_for_nodes(
-        self, waiting: dict[PciAddress, tuple[FunctionPlan, int, int]]
-    ) -> dict[PciAddress, Outcome]:
-        """Wait for every /dev/vfio/N at once, under a single deadline; a function that is
-        gone (hot-unplug, surprise removal) is reported as such at once, not waited for."""
+    def _wait_for_nodes(self, waiting: dict[PciAddress, _Waiting]) -> dict[PciAddress, Outcome]:
+        """Wait for every /dev/vfio/N at once, under one deadline (not for a function gone)."""
         results: dict[PciAddress, Outcome] = {}
         deadline = self.clock() + self.node_timeout
+        step = Action.WAIT_VFIO_NODE.value
         while waiting:
             for address, (entry, group, writes) in list(waiting.items()):
-                node = self.kernel.sysfs.vfio_dev_path(group)
                 if self.kernel.sysfs.vfio_dev_exists(group):
                     results[address] = self._done(entry, writes)
                 elif not self.kernel.exists(address):
-                    self._probe_picked.pop(entry.address, None)
-                    reason = (
-                        f"{entry.function.bdf} was removed (hot-unplug) while waiting for {node}"
-                    )
+                    self._probe_picked.pop(address, None)
+                    node = self.kernel.sysfs.vfio_dev_path(group)
+                    reason = f"{address} was removed (hot-unplug) while waiting for {node}"
                     remedy = f"{_HOT_UNPLUG}; after a rescan, run the command again"
-                    results[address] = self._failed(entry, reason, remedy, writes, errno_mod.ENODEV)
+                    results[address] = self._left(
+                        entry, step, reason, remedy, writes, errno_mod.ENODEV
+                    )
                 else:
                     continue
                 del waiting[address]
@@ -459,24 +378,29 @@ class Engine:
                 "in a container, mount the host's /dev (the node is created by devtmpfs/udev "
                 "on the host); raise --timeout on slow hosts"
             )
-            results[address] = self._failed(entry, reason, remedy, writes, driver=driver)
+            results[address] = self._left(entry, step, reason, remedy, writes, driver=driver)
         return results
 
-    def _failed(
-        self,
+    @staticmethod
+    def _left(
         entry: FunctionPlan,
+        step: Optional[str],
         reason: str,
-        remedy: str,
+        remedy: Optional[str],
         writes: int,
         errno: Optional[int] = None,
         driver: Optional[str] = None,
+        *,
+        stuck: bool = False,
     ) -> Outcome:
-        """A function that failed while its /dev/vfio node was awaited."""
-        step = Action.WAIT_VFIO_NODE.value
-        log.error("transition", bdf=entry.function.bdf, step=step, outcome="failed", reason=reason)
+        """A function left as it is (its journal record refused, a write stuck, no node)."""
+        refused = step == "journal"
+        event, outcome = ("refused", "refused") if refused else ("transition", "failed")
+        outcome = "stuck" if stuck else outcome
+        log.error(event, bdf=entry.function.bdf, step=step, outcome=outcome, reason=reason)
         return Outcome(
             entry.function.bdf,
-            Result.FAILED,
+            Result.REFUSED if refused else Result.FAILED,
             driver,
             reason,
             remedy,
@@ -484,11 +408,11 @@ class Engine:
             errno,
             writes=writes,
             journal=_kept(entry),
+            stuck=stuck,
         )
 
     def _fail(self, entry: FunctionPlan, err: VfioManagerError, writes: int) -> Outcome:
-        """A step failed: put the function back to its start state (the plan's, or the
-        journal's originals when the entry settles an interrupted run)."""
+        """A step failed: put the function back to its start state."""
         bdf = entry.function.bdf
         self._probe_picked.pop(entry.address, None)
         log.error("transition", bdf=bdf, step=err.step, outcome="failed", reason=err.message)
@@ -501,13 +425,8 @@ class Engine:
         before = self.kernel.sysfs.writes_to(bdf)
         restored, note = self._restore(entry.address, *entry.start_state)
         writes += self.kernel.sysfs.writes_to(bdf) - before
-        log.warning(
-            "rollback",
-            bdf=bdf,
-            step="restore",
-            outcome="restored" if note is None else "incomplete",
-            restored_to=restored,
-        )
+        done = "restored" if note is None else "incomplete"
+        log.warning("rollback", bdf=bdf, step="restore", outcome=done, restored_to=restored)
         outcome = replace(
             outcome,
             driver=self.kernel.driver_of(entry.address),
@@ -519,67 +438,25 @@ class Engine:
         # back in its start state: the record has nothing left to settle
         return self._close_record(entry, outcome, back=True) if note is None else outcome
 
-    def _reattach(
-        self,
-        address: PciAddress,
-        driver: str,
-        override: Optional[str],
-        bounded: Callable[[str, Callable[[], object]], None],
-        deadline_at: float,
-    ) -> None:
-        """Reattach ``driver`` whatever drivers_probe picks: the probe first; another driver
-        it attached is taken off; then an explicit bind, and when ``driver`` does not match
-        the function by ID (ENODEV: pci-stub without a dynamic ID), once more with the
-        override naming it, put back to ``override`` after (its error is the one reported)."""
-        kernel = self.kernel
-        try:
-            bounded("probe", lambda: kernel.probe(address))
-        except SysfsWriteError as err:
-            log.warning(
-                "restore", bdf=str(address), step="probe", outcome="failed", reason=err.message
-            )
-        picked = kernel.driver_of(address)
-        if picked == driver:
-            return
-        if picked is not None:
-            bounded("unbind", lambda: kernel.unbind(address, picked))
-        try:
-            self._bind_once(address, driver, deadline_at, "bind")
-        except SysfsWriteError as err:
-            if err.errno != errno_mod.ENODEV or override == driver or not kernel.exists(address):
-                raise
-            bounded("set-override", lambda: kernel.set_override(address, driver))
-            try:
-                self._bind_once(address, driver, deadline_at, "bind")
-            finally:
-                if override is None:
-                    bounded("clear-override", lambda: kernel.clear_override(address))
-                else:
-                    bounded("set-override", lambda: kernel.set_override(address, override))
-
     def _restore(
         self, address: PciAddress, driver: Optional[str], override: Optional[str]
     ) -> tuple[str, Optional[str]]:
-        """Put override and driver back to ``driver`` and ``override``; never raise. Returns
-        where the function is now and, when that is not the start state, a note saying so."""
+        """Put override and driver back; never raise. Returns where the function is now and,
+        when that is not the start state, a note saying so."""
         kernel = self.kernel
         deadline_at = self.clock() + self.write_timeout
 
-        def bounded(step: str, fn: Callable[[], object]) -> None:
-            self._bounded(address, step, f"restore {address}: {step}", fn, deadline_at)
+        def write(verb: str, value: Optional[str] = None) -> None:
+            self._write(address, verb, value, deadline_at, what=f"restore {address}: {verb}")
 
         try:
             if kernel.override_of(address) != override:
-                if override is None:
-                    bounded("clear-override", lambda: kernel.clear_override(address))
-                else:
-                    bounded("set-override", lambda: kernel.set_override(address, override))
+                write("clear-override" if override is None else "set-override", override)
             current = kernel.driver_of(address)
-            if current != driver:
-                if current is not None:
-                    bounded("unbind", lambda: kernel.unbind(address, current))
-                if driver is not None:
-                    self._reattach(address, driver, override, bounded, deadline_at)
+            if current != driver and current is not None:
+                write("unbind", current)
+            if current != driver and driver is not None:
+                self._reattach(address, driver, override, write, deadline_at)
         except VfioManagerError as err:
             where = _label(kernel.driver_of(address))
             return where, f"could not restore it ({err.message}); now on {where}"
@@ -588,3 +465,37 @@ class Engine:
         if now != driver:
             return label, f"could not restore {_label(driver)}; now on {label}"
         return label, None
+
+    def _reattach(
+        self,
+        address: PciAddress,
+        driver: str,
+        override: Optional[str],
+        write: Callable[[str, Optional[str]], None],
+        deadline_at: float,
+    ) -> None:
+        """Reattach ``driver`` whatever drivers_probe picks (another driver it attached is
+        taken off) by an explicit bind; when ``driver`` does not match by ID (ENODEV: pci-stub
+        without a dynamic ID), once more with the override naming it, put back after."""
+        try:
+            write("probe", None)
+        except SysfsWriteError as err:
+            log.warning(
+                "restore", bdf=str(address), step="probe", outcome="failed", reason=err.message
+            )
+        picked = self.kernel.driver_of(address)
+        if picked == driver:
+            return
+        if picked is not None:
+            write("unbind", picked)
+        try:
+            self._write(address, "bind", driver, deadline_at)
+        except SysfsWriteError as err:
+            exists = self.kernel.exists(address)
+            if err.errno != errno_mod.ENODEV or override == driver or not exists:
+                raise
+            write("set-override", driver)
+            try:
+                self._write(address, "bind", driver, deadline_at)
+            finally:
+                write("clear-override" if override is None else "set-override", override)

@@ -1,14 +1,11 @@
-"""The node a run acts on: its roots (sysfs, /dev, host, /proc), state directory and deadlines.
-
-Built once from the command line or the daemon's options; a test points the whole tool
-elsewhere by building another ``Node``.
-"""
+"""The node a run acts on: its roots (sysfs, /dev, host, /proc), state directory and deadlines."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from vfio_manager.kernel.procfs import DEFAULT_PROC_ROOT
 from vfio_manager.kernel.sysfs import DEFAULT_DEV_ROOT, DEFAULT_SYSFS_ROOT, Sysfs, direct_write
@@ -49,16 +46,10 @@ class Node:
 
         return Journal(self.state_dir, readonly=readonly)
 
-    def lock(self, *, sleep: Optional[Callable[[float], None]] = None) -> NodeLock:
+    def lock(self, *, sleep: Callable[[float], None] = time.sleep) -> NodeLock:
         """The node lock; ``sleep`` (between polls) may raise to give up waiting."""
         from vfio_manager.safety.lock import NodeLock
 
-        if sleep is None:
-            return NodeLock(self.state_dir, timeout=self.lock_timeout, proc_root=self.proc_root)
         return NodeLock(
             self.state_dir, timeout=self.lock_timeout, proc_root=self.proc_root, sleep=sleep
         )
-
-    def transport(self, lock: NodeLock) -> Callable[[str, bytes], None]:
-        """How this run's writes reach sysfs: a writer whose children keep ``lock``."""
-        return lock.writer(threads=self.writer == "thread")

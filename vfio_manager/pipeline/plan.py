@@ -1,15 +1,15 @@
 """Plans: the pure difference between what sysfs shows and where each function should be.
 
 No I/O, so ``--dry-run`` and every writing command share it; a converged function gets no
-steps, which is how a second run writes nothing.
+steps. What the journal asks to finish or undo (:func:`settle`) is one more input.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.host.driver_choice import HostTarget
 from vfio_manager.kernel.address import PciAddress
@@ -17,6 +17,9 @@ from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, Direction, is_vf
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.viability import group_blockers
 from vfio_manager.pipeline.selection import Selector
+
+if TYPE_CHECKING:
+    from vfio_manager.safety.journal import JournalEntry
 
 
 class Action(str, enum.Enum):
@@ -26,11 +29,6 @@ class Action(str, enum.Enum):
     PROBE = "probe"
     VERIFY_DRIVER = "verify-driver"
     WAIT_VFIO_NODE = "wait-vfio-node"
-
-
-WRITING_ACTIONS = frozenset(
-    {Action.SET_OVERRIDE, Action.CLEAR_OVERRIDE, Action.UNBIND, Action.PROBE}
-)
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class Step:
 
     @property
     def writes(self) -> bool:
-        return self.action in WRITING_ACTIONS
+        return self.action not in (Action.VERIFY_DRIVER, Action.WAIT_VFIO_NODE)
 
     def describe(self) -> str:
         if self.action is Action.VERIFY_DRIVER:
@@ -80,27 +78,20 @@ class Settle(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Interrupted:
-    """A journal record this entry settles: how, why, and the state before the interrupted
-    run (what a failure of this entry restores)."""
+    """A journal record this entry settles: how, why, and the state before it."""
 
     settle: Settle
     note: str
-    driver: Optional[str]
-    override: Optional[str]
+    original_driver: Optional[str]
+    original_override: Optional[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "settle": self.settle.value,
-            "note": self.note,
-            "original_driver": self.driver,
-            "original_override": self.override,
-        }
+        return {**asdict(self), "settle": self.settle.value}
 
 
 @dataclass(frozen=True)
 class FunctionPlan:
-    """Steps for one function, or the reason it is refused (then it has no steps);
-    ``interrupted``: the journal record it settles once it succeeds."""
+    """Steps for one function, or the reason it is refused (then it has none)."""
 
     function: PciFunction
     direction: Direction
@@ -109,14 +100,14 @@ class FunctionPlan:
     remedy: Optional[str] = None
     refusal_kind: Optional[RefusalKind] = None
     target_driver: Optional[str] = None
-    interrupted: Optional[Interrupted] = None
     target_override: Optional[str] = None
+    interrupted: Optional[Interrupted] = None
 
     @property
     def start_state(self) -> tuple[Optional[str], Optional[str]]:
         """(driver, override) a failure puts back: before the interrupted run, if any."""
         if self.interrupted is not None:
-            return self.interrupted.driver, self.interrupted.override
+            return self.interrupted.original_driver, self.interrupted.original_override
         return self.function.driver, self.function.driver_override
 
     @property
@@ -150,7 +141,7 @@ class FunctionPlan:
 @dataclass(frozen=True)
 class Plan:
     direction: Direction
-    entries: tuple[FunctionPlan, ...] = field(default_factory=tuple)
+    entries: tuple[FunctionPlan, ...] = ()
 
     @property
     def write_count(self) -> int:
@@ -178,22 +169,36 @@ def _to_vfio_steps(function: PciFunction, vfio_driver: str, has_node: bool) -> t
     return tuple(steps)
 
 
-def _refusal_to_vfio(function: PciFunction) -> Optional[tuple[str, str]]:
-    """Reasons the kernel would refuse the function whatever we do, with their remedies."""
+def _refusal_to_vfio(
+    topology: Topology, function: PciFunction, moving: Collection[PciAddress]
+) -> Optional[tuple[str, str, RefusalKind]]:
+    """Why the function cannot move to vfio, the remedy, and whose the refusal is."""
     if function.is_bridge:
         return (
             "it is a PCI bridge; vfio-pci refuses bridges",
             "select endpoint functions only (filter by --class)",
+            RefusalKind.KERNEL,
         )
     if function.iommu_group is None:
         return (
             "it has no IOMMU group (the IOMMU is off or the kernel lacks support)",
             "run `vfio-manager check` for the cause and the kernel argument to add",
+            RefusalKind.KERNEL,
         )
     if function.is_pf_with_vfs:
         return (
             f"it is an SR-IOV PF with {function.sriov_numvfs} VFs enabled; vfio-pci refuses it",
             "bind its VFs instead (select them with --device-id), or set sriov_numvfs to 0 first",
+            RefusalKind.KERNEL,
+        )
+    blockers = group_blockers(topology, function, moving=moving)
+    if blockers:
+        return (
+            f"IOMMU group {function.iommu_group} is not viable: "
+            + ", ".join(str(b) for b in blockers),
+            "add --with-group-peers to bind the other endpoint members too, or unbind the "
+            "blocking members from their host drivers first",
+            RefusalKind.GROUP,
         )
     return None
 
@@ -208,9 +213,8 @@ def plan_to_vfio(
     vfio_driver_for: Callable[[PciFunction], str] = lambda _f: VFIO_PCI,
     exclude: Collection[PciAddress] = (),
 ) -> Plan:
-    """Plan moving ``targets`` to their vfio driver. A function whose IOMMU group has a
-    member on a host driver is refused (no VM could open the group) unless that member moves
-    too: as a target, or with ``with_group_peers`` as a selected or named endpoint."""
+    """Plan moving ``targets`` to their vfio driver; ``with_group_peers`` adds the selected
+    or named members that would block their groups."""
     ordered = list(targets)
     moving = {f.address for f in ordered}
     if with_group_peers:
@@ -225,65 +229,33 @@ def plan_to_vfio(
     refused: set[PciAddress] = set()
     for function in ordered:
         vfio_driver = vfio_driver_for(function)
-        reason = _refusal_to_vfio(function)
-        kind = RefusalKind.KERNEL
-        blockers = group_blockers(topology, function, moving=moving)
-        if reason is None and blockers:
-            kind = RefusalKind.GROUP
-            reason = (
-                f"IOMMU group {function.iommu_group} is not viable: "
-                + ", ".join(str(b) for b in blockers),
-                "add --with-group-peers to bind the other endpoint members too, or unbind the "
-                "blocking members from their host drivers first",
-            )
-        if reason is not None:
+        refusal = _refusal_to_vfio(topology, function, moving)
+        if refusal is not None:
             refused.add(function.address)
-            entries.append(
-                FunctionPlan(
-                    function,
-                    Direction.TO_VFIO,
-                    refusal=reason[0],
-                    remedy=reason[1],
-                    refusal_kind=kind,
-                    target_driver=vfio_driver,
-                )
-            )
+            entries.append(FunctionPlan(function, Direction.TO_VFIO, (), *refusal, vfio_driver))
             continue
-        entries.append(
-            FunctionPlan(
-                function,
-                Direction.TO_VFIO,
-                steps=_to_vfio_steps(
-                    function, vfio_driver, topology.vfio_dev(function) is not None
-                ),
-                target_driver=vfio_driver,
-                target_override=vfio_driver,
-            )
-        )
+        steps = _to_vfio_steps(function, vfio_driver, topology.vfio_dev(function) is not None)
+        entry = FunctionPlan(function, Direction.TO_VFIO, steps)
+        entries.append(replace(entry, target_driver=vfio_driver, target_override=vfio_driver))
     return Plan(Direction.TO_VFIO, tuple(refuse_group_mates(entries, refused)))
 
 
 def refuse_group_mates(entries: list[FunctionPlan], refused: set[PciAddress]) -> list[FunctionPlan]:
     """A group moves whole or not at all: if one member is refused, its movers are refused too."""
-    refused_groups: dict[int, list[PciAddress]] = {}
+    refused_in: dict[Optional[int], list[PciAddress]] = {None: []}
     for entry in entries:
         if entry.address in refused and entry.function.iommu_group is not None:
-            refused_groups.setdefault(entry.function.iommu_group, []).append(entry.address)
+            refused_in.setdefault(entry.function.iommu_group, []).append(entry.address)
     result: list[FunctionPlan] = []
     for entry in entries:
         group = entry.function.iommu_group
-        mates = (
-            [a for a in refused_groups.get(group, []) if a != entry.address]
-            if group is not None
-            else []
-        )
+        mates = [str(a) for a in refused_in.get(group, []) if a != entry.address]
         if entry.refusal is None and entry.steps and mates:
             entry = FunctionPlan(  # noqa: PLW2901 - the refused replacement of this entry
                 entry.function,
                 entry.direction,
-                refusal=f"IOMMU group {group} member "
-                + ", ".join(str(m) for m in mates)
-                + " is refused, so the group cannot be handed over",
+                refusal=f"IOMMU group {group} member {', '.join(mates)} is refused, so the "
+                "group cannot be handed over",
                 remedy="resolve the refusal of that member first",
                 refusal_kind=RefusalKind.GROUP,
                 target_driver=entry.target_driver,
@@ -303,11 +275,9 @@ def host_steps(
     *,
     probe_picks: bool = True,
 ) -> tuple[Step, ...]:
-    """Steps to ``driver`` (``None``: whatever the probe picks instead of a vfio driver;
-    :data:`STAY_UNBOUND`: none) and ``override`` on the host, the override first. When the
-    probe is not trusted to pick ``driver`` (``probe_picks`` false), the override names it
-    for the probe and is set to ``override`` after: no ID table nor dynamic ID matters then.
-    """
+    """Steps to ``driver`` (``None``: whatever the probe picks; :data:`STAY_UNBOUND`: none)
+    and ``override``. Unless ``probe_picks``, the override names ``driver`` for the probe and
+    is set to ``override`` after."""
     on_vfio = is_vfio_driver(function.driver)
     if driver is None:
         attach = detach = on_vfio
@@ -338,19 +308,6 @@ def in_vfio_mode(function: PciFunction) -> bool:
     return is_vfio_driver(function.driver) or is_vfio_driver(function.driver_override)
 
 
-def _to_host_steps(function: PciFunction, target: HostTarget) -> tuple[Step, ...]:
-    """A function in vfio mode goes to its target; one on the host is left alone, except a
-    driverless one without override whose driver is known (left so by an earlier tool)."""
-    driver = target.driver
-    if not in_vfio_mode(function) and not (
-        function.driver is None
-        and function.driver_override is None
-        and driver not in (None, STAY_UNBOUND)
-    ):
-        return ()
-    return host_steps(function, driver, target.override, probe_picks=target.probe_picks)
-
-
 def restore_steps(
     function: PciFunction,
     driver: Optional[str],
@@ -358,8 +315,7 @@ def restore_steps(
     *,
     probe_picks: bool = True,
 ) -> tuple[Step, ...]:
-    """Steps that put ``function`` back to a recorded (driver, override), such as the state
-    before an interrupted run (``driver`` ``None``: it had none)."""
+    """Steps back to a recorded (driver, override) (``driver`` ``None``: it had none)."""
     if is_vfio_driver(driver):
         return _to_vfio_steps(function, driver or VFIO_PCI, has_node=True)
     return host_steps(
@@ -374,25 +330,103 @@ def plan_to_host(
     host_target_for: Callable[[PciFunction], HostTarget],
     settling: Collection[PciAddress] = (),
 ) -> Plan:
-    """Plan returning ``targets`` to the host state each was found in (its
-    :class:`~vfio_manager.host.driver_choice.HostTarget`); one in ``settling`` goes there
-    from wherever an interrupted run left it."""
+    """Plan returning ``targets`` to the host state each was found in; one in ``settling``
+    goes there from wherever an interrupted run left it."""
     del topology  # the reverse move has no group constraint
     entries = []
     for function in targets:
         target = host_target_for(function)
-        steps = (
-            host_steps(function, target.driver, target.override, probe_picks=target.probe_picks)
-            if function.address in settling
-            else _to_host_steps(function, target)
-        )
-        entries.append(
-            FunctionPlan(
-                function,
-                Direction.TO_HOST,
-                steps=steps,
-                target_driver=target.driver,
-                target_override=target.override,
-            )
-        )
+        driver, override = target.driver, target.override
+        # one on the host stays, but a driverless one without override whose driver is known
+        # (left so by an earlier tool); one settling goes on from wherever it was left
+        left = function.driver is None and function.driver_override is None
+        known = driver not in (None, STAY_UNBOUND)
+        moves = function.address in settling or in_vfio_mode(function) or (left and known)
+        steps = host_steps(function, driver, override, probe_picks=target.probe_picks)
+        entry = FunctionPlan(function, Direction.TO_HOST, steps if moves else ())
+        entries.append(replace(entry, target_driver=driver, target_override=override))
     return Plan(Direction.TO_HOST, tuple(entries))
+
+
+# -- what the journal asks: settling the records of interrupted runs --------------------
+_VERB = {Direction.TO_VFIO: "bind to vfio", Direction.TO_HOST: "return to the host"}
+
+
+@dataclass
+class Settlement:
+    """The journal's share of a plan: ``interrupted`` for targets' entries (with
+    ``extra_targets``), ``entries`` (roll-backs and refusals), ``moot`` records."""
+
+    interrupted: dict[PciAddress, Interrupted] = field(default_factory=dict)
+    extra_targets: list[PciFunction] = field(default_factory=list)
+    entries: list[FunctionPlan] = field(default_factory=list)
+    moot: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def settle(
+    pending: Collection[JournalEntry],
+    topology: Topology,
+    *,
+    selector: Selector,
+    direction: Direction,
+    targets: Collection[PciAddress],
+    probe_picks: Callable[[PciFunction, Optional[str]], bool] = lambda _f, _d: True,
+) -> Settlement:
+    """Turn the pending journal records into plan input: a moot one is dropped, one that
+    cannot apply refused, one going this run's way *finished*, any other *rolled back*."""
+    result = Settlement()
+    for entry in pending:
+        if entry.corrupt or entry.bdf is None or entry.direction is None:
+            where = f"set aside as {entry.quarantined_as}" if entry.quarantined_as else "ignored"
+            which = f"{entry.bdf} is" if entry.bdf else "its function, if any, is"
+            result.notes.append(
+                f"a journal record{' for ' + entry.bdf if entry.bdf else ''} was unreadable "
+                f"({entry.problem}); {where}; the interrupted run it described is not settled: "
+                f"{which} planned from what sysfs shows now"
+            )
+            continue
+        address = PciAddress.parse(entry.bdf)
+        started = f"started {entry.started_at or 'at an unknown time'} by PID {entry.pid or '?'}"
+        what = f"the interrupted {_VERB[entry.direction]} ({started})"
+        function = topology.functions.get(address)
+        present = f"{function.vendor:04x}:{function.device:04x}" if function else None
+        if function is None or entry.vendor_device not in (None, present):
+            gone = f"it was written for {entry.vendor_device}, but {present} is at that address now"
+            gone = "the function is gone" if function is None else gone
+            result.moot.append(entry.bdf)
+            result.notes.append(f"{entry.bdf}: {what} is moot ({gone}); record dropped")
+            continue
+        driver, override = entry.original_driver, entry.original_override
+        misfit = None  # why the record cannot be applied to the function now at its address
+        if entry.original_driver_unknown:
+            misfit = (
+                "the driver it had before was not a usable name, so it was recorded as unknown "
+                "and cannot be restored"
+            )
+        elif driver and not is_vfio_driver(driver) and driver not in topology.driver_modules:
+            misfit = f"its recorded driver {driver!r} is not a registered PCI driver"
+        elif not selector.matches(function):
+            misfit = f"the function is outside the selection ({selector.describe()})"
+        if misfit is not None:
+            reason = f"a journal record asks to settle {what}, but {misfit}"
+            remedy = (
+                "run with a selection that includes it if the record is right; otherwise "
+                "move it out of the state directory (it is kept for you)"
+            )
+            kind = RefusalKind.JOURNAL
+            result.entries.append(FunctionPlan(function, entry.direction, (), reason, remedy, kind))
+            continue
+        finish = entry.direction is direction
+        verb, how = ("finishing", Settle.FINISH) if finish else ("rolling back", Settle.ROLL_BACK)
+        interrupted = Interrupted(how, f"{verb} {what}", driver, override)
+        if finish or address in targets:
+            result.interrupted[address] = interrupted
+            if address not in targets:
+                result.extra_targets.append(function)
+            continue
+        steps = restore_steps(function, driver, override, probe_picks=probe_picks(function, driver))
+        back = Direction.TO_HOST if entry.direction is Direction.TO_VFIO else Direction.TO_VFIO
+        plan = FunctionPlan(function, back, steps, target_driver=driver, target_override=override)
+        result.entries.append(replace(plan, interrupted=interrupted))
+    return result

@@ -1,6 +1,4 @@
-"""The read-only commands, ``status`` and ``check``: the pipeline's first stage (read once,
-select) and none of its writes (no lock, no journal, no /proc scan); the results are data.
-"""
+"""The read-only commands, ``status`` and ``check``: read once and select, no lock, no write."""
 
 from __future__ import annotations
 
@@ -54,7 +52,6 @@ class StatusResult:
 
 
 def status(node: Node, selector: Selector) -> StatusResult:
-    """Read-only view of the selected functions."""
     from vfio_manager.host.summary import HostSummary
 
     sysfs = node.sysfs()

@@ -1,9 +1,5 @@
-"""Which functions the tool may touch: vendor, class and device-ID filters.
-
-The defaults select Rebellions NPUs (the class keeps the vendor's bridges out of reach).
-A named BDF that does not exist or is not selected refuses the whole command before any
-write, so a typo never moves the wrong function.
-"""
+"""Which functions the tool may touch: vendor, class and device-ID filters (by default the
+Rebellions NPUs); a named BDF that does not exist or is not selected refuses the command."""
 
 from __future__ import annotations
 
@@ -19,18 +15,14 @@ from vfio_manager.kernel.model import PciFunction, Topology
 
 def parse_id(text: str, *, what: str, bits: int, example: str = "0x1eff") -> int:
     """Parse ``0x1eff`` / ``1eff`` (hex always, as lspci prints); raise :class:`UsageError`."""
-    raw = text.strip().lower()
-    raw = raw[2:] if raw.startswith("0x") else raw
-    try:
-        value = int(raw, 16) if set(raw) <= set("0123456789abcdef") else -1  # ASCII hex only
-    except ValueError:
-        value = -1
-    if not raw or value < 0 or value >= 1 << bits:
+    raw = text.strip().lower().removeprefix("0x")
+    ascii_hex = bool(raw) and set(raw) <= set("0123456789abcdef")  # int() takes more
+    if not ascii_hex or int(raw, 16) >= 1 << bits:
         raise UsageError(
             f"{text!r} is not a valid {what}",
             remedy=f"give a hexadecimal {what} of at most {bits // 4} digits, e.g. {example}",
         )
-    return value
+    return int(raw, 16)
 
 
 @dataclass(frozen=True)
@@ -65,22 +57,17 @@ class Selector:
 
     @classmethod
     def from_options(cls, vendor: str, pci_class: str, device_ids: tuple[str, ...]) -> Selector:
-        digits = pci_class.strip().lower()
-        width = len(digits[2:] if digits.startswith("0x") else digits)
+        width = len(pci_class.strip().lower().removeprefix("0x"))
         if width not in (4, 6):  # "0x12" is no class: 0x1200? 0x120000? 0x0012? Ask.
             raise UsageError(
                 f"{pci_class!r} is not a PCI class: it has {width} hex digits, not 4 or 6",
                 remedy="give 4 hex digits for base class and subclass (0x1200, any "
                 "programming interface) or 6 to match it too (0x120000), as lspci -n prints",
             )
+        example = "0x1200" if width == 4 else "0x120000"
         return cls(
             vendor=parse_id(vendor, what="vendor ID", bits=16),
-            pci_class=parse_id(
-                pci_class,
-                what="class",
-                bits=width * 4,
-                example="0x1200" if width == 4 else "0x120000",
-            ),
+            pci_class=parse_id(pci_class, what="class", bits=width * 4, example=example),
             device_ids=frozenset(parse_id(d, what="device ID", bits=16) for d in device_ids),
             class_bits=width * 4,
         )
@@ -127,11 +114,10 @@ def select_targets(
 ) -> list[PciFunction]:
     """The functions a request moves: the ``named`` ones (checked) or every selected one;
     with ``scope``, only those in the IOMMU groups of its functions; less ``exclude``."""
-    found = (
-        named_functions(topology, selector, named)
-        if named
-        else selected_functions(topology, selector)
-    )
+    if named:
+        found = named_functions(topology, selector, named)
+    else:
+        found = selected_functions(topology, selector)
     if scope is not None:
         members = in_groups_of(topology, scope)
         found = [f for f in found if f.address in members]
@@ -139,11 +125,6 @@ def select_targets(
 
 
 def in_groups_of(topology: Topology, addresses: Iterable[PciAddress]) -> frozenset[PciAddress]:
-    """``addresses`` with every member of their IOMMU groups (a group moves whole or not at
-    all); absent addresses are dropped."""
-    found: set[PciAddress] = set()
-    for address in addresses:
-        function = topology.get(address)
-        if function is not None:
-            found.update(member.address for member in topology.group_members(function))
-    return frozenset(found)
+    """``addresses`` (those present) with every member of their IOMMU groups."""
+    functions = [f for f in map(topology.get, addresses) if f is not None]
+    return frozenset(m.address for f in functions for m in topology.group_members(f))

@@ -1,50 +1,47 @@
-"""The one write pipeline: read once -> gate -> plan -> refusals -> apply -> report.
+"""The one write pipeline: read once -> gate -> plan -> refuse -> apply -> report.
 
-Every writing command, the daemon and the ``vfio-manage.sh`` drop-in come through
-:func:`run_transition`, and so does settling what a killed run left in the journal (one more
-input to the plan, :mod:`vfio_manager.pipeline.settle`). A real run holds the node lock from
-the first read to the last write; a dry run takes no lock and writes nothing.
+A real run holds the node lock from the first read to the last write; a dry run takes no lock
+and writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.errors import ExitCode, VfioManagerError
+from vfio_manager.host.driver_choice import DriverResolver
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
 from vfio_manager.kernel.inventory import read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
+from vfio_manager.pipeline.engine import Engine, Report, Result
 from vfio_manager.pipeline.node import Node
-from vfio_manager.pipeline.plan import Plan
+from vfio_manager.pipeline.plan import Action, Plan, RefusalKind, refuse_group_mates
 from vfio_manager.pipeline.selection import Selector, select_targets
+from vfio_manager.safety.holders import describe_holders, find_holders
+from vfio_manager.safety.intents import IntentStore
+from vfio_manager.safety.lock import daemon_running
 
 if TYPE_CHECKING:
-    from vfio_manager.host.driver_choice import DriverResolver
-    from vfio_manager.host.files import HostFiles
-    from vfio_manager.host.modalias import AliasTable
     from vfio_manager.host.modules import Runner
-    from vfio_manager.pipeline.engine import Report
-    from vfio_manager.safety.intents import IntentStore
     from vfio_manager.safety.journal import Journal, JournalEntry
     from vfio_manager.safety.lock import NodeLock
 
 log = get_logger("vfio_manager.pipeline.transition")
 
+Origins = dict[PciAddress, tuple[Optional[str], Optional[str]]]
+
 
 @dataclass(frozen=True)
 class TransitionRequest:
-    """What the caller asks for: which functions, which way, and how carefully.
-
-    ``exclude``: never planned, not even to settle a journal record (the daemon's excluded,
-    intent and backoff sets). ``scope``: only the selected functions in the IOMMU groups of
-    these (what a uevent named). ``admin``: a one-shot command, which keeps the daemon's
-    intents (:mod:`vfio_manager.safety.intents`); the daemon's own runs never touch them.
-    """
+    """Which functions, which way, how carefully. ``exclude``: never planned, not even to
+    settle a journal record; ``scope``: only those in the IOMMU groups of these (a uevent's);
+    ``admin``: a one-shot command, which keeps the daemon's intents."""
 
     selector: Selector
     direction: Direction
@@ -61,8 +58,7 @@ class TransitionRequest:
 
 @dataclass(frozen=True)
 class TransitionResult:
-    """The plan, the report of applying it (``None`` for a dry run or an empty plan), notes,
-    and the topology and targets the plan was made from."""
+    """The plan, the report of applying it (``None``: a dry run, or nothing to do), notes."""
 
     request: TransitionRequest
     plan: Plan
@@ -70,32 +66,26 @@ class TransitionResult:
     notes: tuple[str, ...] = ()
     journal_errors: tuple[str, ...] = ()  # records the state dir would not update (no entry)
     topology: Optional[Topology] = None
-    targets: tuple[PciAddress, ...] = ()
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.journal_errors:
-            return ExitCode.FAILED
-        if self.report is not None:
+        if self.report is not None and not self.journal_errors:
             return self.report.exit_code
-        refused = any(entry.refusal for entry in self.plan.entries)
-        return ExitCode.FAILED if refused else ExitCode.OK
+        failed = self.journal_errors or any(entry.refusal for entry in self.plan.entries)
+        return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def run_transition(
     node: Node, request: TransitionRequest, *, lock: Optional[NodeLock] = None
 ) -> TransitionResult:
-    """Plan and (unless ``dry_run``) apply. ``lock``: the node lock, already held by a
-    caller who read something under it this run must agree with (the daemon, its intents);
-    by default the run takes it."""
+    """Plan and (unless ``dry_run``) apply, under ``lock`` if the caller holds it already."""
     if request.dry_run:
         return _Run(node, request, node.sysfs(), _readonly_journal(node)).result()
     if lock is None:
         with node.lock() as held:
             return run_transition(node, request, lock=held)
-    if not lock.held:
-        raise RuntimeError(f"{lock.path} must be held by the caller")
-    run = _Run(node, request, node.sysfs(node.transport(lock)), node.journal())
+    writer = lock.writer(threads=node.writer == "thread")  # its children keep the lock
+    run = _Run(node, request, node.sysfs(writer), node.journal())
     try:
         result = run.result()
     except VfioManagerError:
@@ -121,70 +111,48 @@ class _Run:
     def __init__(
         self, node: Node, request: TransitionRequest, sysfs: Sysfs, journal: Optional[Journal]
     ) -> None:
-        self.node = node
-        self.request = request
-        self.sysfs = sysfs
-        self.journal = journal
+        self.node, self.request, self.sysfs, self.journal = node, request, sysfs, journal
+        self.host = node.host_files()
         self.notes: list[str] = []
         self.journal_errors: list[str] = []
-        self.unreadable_origins: set[str] = set()
         self.intents: Optional[IntentStore] = None
         self.recorded: list[str] = []  # the intents this run recorded
         if request.admin and not request.dry_run:
-            from vfio_manager.safety.intents import IntentStore
-
             self.intents = IntentStore(node.state_dir)
 
     def result(self) -> TransitionResult:
-        from vfio_manager.host.driver_choice import DriverResolver
-
+        request = self.request
         topology = read_topology(self.sysfs)
         targets = self._targets(topology)
-        host = self.node.host_files()
-        resolver = DriverResolver.load(topology, host, self.sysfs)
-        if self.request.direction is Direction.TO_VFIO and targets:
-            loaded = self._gate(host, topology, targets, resolver.aliases)
-            if loaded and not self.request.dry_run:  # drivers and modules changed: read again
-                topology = read_topology(self.sysfs)
-                targets = self._targets(topology)
-                resolver = DriverResolver.load(topology, host, self.sysfs, resolver.aliases)
+        resolver = DriverResolver.load(topology, self.host, self.sysfs)
+        gated = request.direction is Direction.TO_VFIO and targets
+        if gated and self._gate(topology, targets, resolver) and not request.dry_run:
+            topology = read_topology(self.sysfs)  # modules loaded: drivers changed
+            targets = self._targets(topology)
+            resolver = DriverResolver.load(topology, self.host, self.sysfs, resolver.aliases)
         self._record_intents(targets)
         plan = self._refuse(self._plan(topology, targets, resolver))
-        report = None if self.request.dry_run or not plan.entries else self._apply(plan)
-        return TransitionResult(
-            self.request,
-            plan,
-            report,
-            tuple(self.notes),
-            tuple(self.journal_errors),
-            topology,
-            tuple(f.address for f in targets),
-        )
+        report = None if request.dry_run or not plan.entries else self._apply(plan)
+        notes, errors = tuple(self.notes), tuple(self.journal_errors)
+        return TransitionResult(request, plan, report, notes, errors, topology)
 
-    # -- stages -----------------------------------------------------------------------------
     def _targets(self, topology: Topology) -> list[PciFunction]:
         r = self.request
         return select_targets(topology, r.selector, named=r.named, scope=r.scope, exclude=r.exclude)
 
     def _gate(
-        self,
-        host: HostFiles,
-        topology: Topology,
-        targets: Sequence[PciFunction],
-        aliases: AliasTable,
-    ) -> tuple[str, ...]:
-        """The checks of ``check`` before any write, loading missing modules unless told not
-        to (a dry run counts loadable ones as loaded); returns the modules loaded. Raises
-        :class:`~vfio_manager.host.preflight.PreflightFailed` when the host is not ready."""
+        self, topology: Topology, targets: list[PciFunction], resolver: DriverResolver
+    ) -> bool:
+        """The checks of ``check`` before any write, loading missing modules (if it did)."""
         from vfio_manager.host import preflight
 
         request = self.request
         dry_run, load = request.dry_run, request.load_modules
         result = preflight.run(
             self.sysfs,
-            host,
+            self.host,
             targets,
-            aliases=aliases,
+            aliases=resolver.aliases,
             driver_modules=topology.driver_modules,
             selection=request.selector.describe(),
             load=load and not dry_run,
@@ -198,26 +166,19 @@ class _Run:
         if not loaded and dry_run and load and result.pending:
             pending = ", ".join(result.pending)
             self.notes.append(f"host: would load {pending} with modprobe first (dry run)")
-        return loaded
+        return bool(loaded)
 
     def _record_intents(self, targets: Sequence[PciFunction]) -> None:
         """Returning functions while a daemon is up: one intent each, so it leaves them be."""
-        if self.intents is None or self.request.direction is not Direction.TO_HOST:
-            return
-        from vfio_manager.safety.lock import daemon_running
-
-        if daemon_running(self.node.state_dir):
-            for function in targets:
-                self.recorded.append(self.intents.add(function.bdf).bdf)
+        intents, to_host = self.intents, self.request.direction is Direction.TO_HOST
+        if intents is not None and to_host and daemon_running(self.node.state_dir):
+            self.recorded = [intents.add(function.bdf).bdf for function in targets]
 
     def update_intents(self, result: Optional[TransitionResult]) -> None:
-        """Clear the intents that no longer hold: those of a bind's functions that are on
-        vfio, and those recorded for functions this run did not return (refused, failed
-        back, never started). A state directory that refuses is logged, not raised."""
+        """Clear the intents that no longer hold: a bind's functions on vfio, and those this
+        run recorded but did not return."""
         if self.intents is None:
             return
-        from vfio_manager.pipeline.engine import Result
-
         report = result.report if result is not None else None
         outcomes = report.outcomes if report is not None else ()
         if self.request.direction is Direction.TO_VFIO:
@@ -236,11 +197,19 @@ class _Run:
     def _plan(
         self, topology: Topology, targets: list[PciFunction], resolver: DriverResolver
     ) -> Plan:
-        from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio
-        from vfio_manager.pipeline.settle import settle
+        """The plan for ``targets``, with what the journal asks settled in it."""
+        from vfio_manager.pipeline.plan import plan_to_host, plan_to_vfio, settle
 
         request = self.request
-        pending = self._pending_records(topology)
+        pending = self.journal.pending() if self.journal is not None else []
+        # an excluded function's record is kept for a later run (one gone is settled as moot)
+        kept = {str(a) for a in request.exclude if a in topology.functions}
+        self.notes += [
+            f"journal: {e.bdf}: record kept, the function is excluded"
+            for e in pending
+            if e.bdf in kept
+        ]
+        pending = [e for e in pending if e.bdf not in kept]
         settlement = settle(
             pending,
             topology,
@@ -250,7 +219,9 @@ class _Run:
             probe_picks=resolver.probe_picks,
         )
         self.notes += [f"journal: {note}" for note in settlement.notes]
-        self._drop_moot(settlement.moot)
+        if self.journal is not None:
+            for bdf in settlement.moot:  # the function is gone
+                self._journal_change(self.journal.drop_transition, bdf, "its moot record")
         targets = targets + settlement.extra_targets
         if request.direction is Direction.TO_VFIO:
             plan = plan_to_vfio(
@@ -264,8 +235,7 @@ class _Run:
             )
         else:
             settling = frozenset(settlement.interrupted)
-            origins = self._origins(targets, settling)
-            self.notes += _native_sources(pending, targets, origins, self.unreadable_origins)
+            origins = self._origins(targets, settling, pending)
             host = replace(resolver, origins=origins)
             plan = plan_to_host(
                 topology, targets, host_target_for=host.host_target, settling=settling
@@ -278,105 +248,131 @@ class _Run:
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
 
+    def _journal_change(self, change: Callable[[str], object], bdf: str, what: str) -> None:
+        if self.request.dry_run:
+            return
+        try:
+            change(bdf)
+        except VfioManagerError as err:
+            self._journal_failed(bdf, f"{what} could not be dropped", err)
+
     def _journal_failed(self, bdf: str, what: str, err: VfioManagerError) -> None:
-        """A record the state directory would not update: a note, and exit code 1."""
         remedy = f" (remedy: {err.remedy})" if err.remedy else ""
         text = f"{bdf}: {what}: {err.message}{remedy}"
         log.error("journal", bdf=bdf, step="journal", outcome="failed", reason=err.message)
         self.journal_errors.append(text)
         self.notes.append(f"journal: {text}")
 
-    def _drop_moot(self, moot: Sequence[str]) -> None:
-        """Drop the records of functions that are gone (a real run only)."""
-        if self.journal is None or self.request.dry_run:
-            return
-        for bdf in moot:
-            try:
-                self.journal.drop_transition(bdf)
-            except VfioManagerError as err:
-                self._journal_failed(bdf, "its moot record could not be dropped", err)
-
-    def _pending_records(self, topology: Topology) -> list[JournalEntry]:
-        """The journal's records, less those of excluded functions that are present (kept
-        for a later run; the record of a function that is gone is settled as moot)."""
-        if self.journal is None:
-            return []
-        pending = self.journal.pending()
-        if not self.request.exclude:
-            return pending
-        present = {str(a) for a in self.request.exclude if a in topology.functions}
-        for entry in pending:
-            if entry.bdf in present:
-                self.notes.append(f"journal: {entry.bdf}: record kept, the function is excluded")
-        return [e for e in pending if e.bdf not in present]
-
     def _origins(
-        self, targets: Sequence[PciFunction], settling: Collection[PciAddress]
-    ) -> dict[PciAddress, tuple[Optional[str], Optional[str]]]:
-        """The (driver, override) each function was found in before it was first moved to
-        vfio, where the journal has it. A function seen on the host in another state was
-        changed by someone else: its origin is over and dropped, unless this run settles an
-        interrupted transition of it (which may have stopped anywhere)."""
+        self,
+        targets: Sequence[PciFunction],
+        settling: Collection[PciAddress],
+        pending: Sequence[JournalEntry],
+    ) -> Origins:
+        """The (driver, override) each function was found in before it first moved to vfio,
+        where the journal has it; one changed on the host since is over (dropped)."""
         from vfio_manager.pipeline.plan import in_vfio_mode
 
-        origins: dict[PciAddress, tuple[Optional[str], Optional[str]]] = {}
+        origins: Origins = {}
         if self.journal is None:
             return origins
+        unreadable: set[Optional[str]] = set()  # said already: their origin record
         self.journal.take_set_aside()  # the transition records': settle said them already
         for function in targets:
+            bdf, ids = function.bdf, f"{function.vendor:04x}:{function.device:04x}"
             try:
-                entry = self.journal.original(
-                    function.bdf, vendor_device=f"{function.vendor:04x}:{function.device:04x}"
-                )
+                entry = self.journal.original(bdf, vendor_device=ids)
             except VfioManagerError as err:
-                self._journal_failed(function.bdf, "its origin record could not be read", err)
+                self._journal_failed(bdf, "its origin record could not be read", err)
                 continue
             if entry is None:
                 continue
             if entry.original_driver_unknown:
                 self.notes.append(
-                    f"journal: {function.bdf}: its origin record has no usable driver name "
+                    f"journal: {bdf}: its origin record has no usable driver name "
                     "(recorded as unknown); its native driver comes from modules.alias"
                 )
-                self.unreadable_origins.add(function.bdf)
+                unreadable.add(bdf)
                 continue
             found = (entry.original_driver, entry.original_override)
             now = (function.driver, function.driver_override)
             if function.address not in settling and not in_vfio_mode(function) and now != found:
                 log.info(
                     "journal: origin is over, the function was changed on the host",
-                    bdf=function.bdf,
+                    bdf=bdf,
                     step="journal",
                     recorded=list(found),
                     now=list(now),
                 )
-                if not self.request.dry_run:
-                    try:
-                        self.journal.forget_origin(function.bdf)
-                    except VfioManagerError as err:
-                        self._journal_failed(
-                            function.bdf, "its origin record could not be dropped", err
-                        )
+                self._journal_change(self.journal.forget_origin, bdf, "its origin record")
                 continue
             origins[function.address] = found
         for bad in self.journal.take_set_aside():
-            self.unreadable_origins.add(bad.bdf or "")
+            unreadable.add(bad.bdf or "")
             where = f"set aside as {bad.quarantined_as}" if bad.quarantined_as else "ignored"
             self.notes.append(
                 f"journal: {bad.bdf}: its origin record was unreadable ({bad.problem}); "
                 f"{where}; its native driver comes from modules.alias instead"
             )
+        returning = {f.bdf for f in targets}
+        for record in pending:  # a transition record unreadable: the origin decides
+            if record.corrupt and record.bdf in returning and record.bdf not in unreadable:
+                origin = origins.get(PciAddress.parse(record.bdf or ""))
+                driver = (origin[0] or "no driver: it stays unbound") if origin else None
+                self.notes.append(
+                    f"journal: {record.bdf}: its native driver comes from its origin record "
+                    f"({driver})"
+                    if origin is not None
+                    else f"journal: {record.bdf}: it has no readable origin record; its native "
+                    "driver comes from modules.alias"
+                )
         return origins
 
     def _refuse(self, plan: Plan) -> Plan:
-        from vfio_manager.pipeline.refusals import protect
+        """Refuse what a process holds or the host needs (``--force``: warn only)."""
+        refused: dict[PciAddress, dict[str, Any]] = {}  # how each entry is refused
+        moving = [e for e in plan.entries if e.refusal is None and e.steps]
+        to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
+        force = "pass --force to move it anyway"
+        if to_vfio:
+            from vfio_manager.safety.hostcritical import HostCritical
 
-        return protect(plan, self.sysfs, proc_root=self.node.proc_root, force=self.request.force)
+            guard = HostCritical(self.sysfs, proc_root=self.node.proc_root)
+            for entry in to_vfio:
+                driver = entry.function.driver
+                on_host = driver is not None and not is_vfio_driver(driver)
+                found = guard.reasons(entry.address) if on_host else []
+                if found:
+                    refused[entry.address] = {
+                        "refusal": "the host needs it: " + "; ".join(found),
+                        "remedy": "move the host's disk, network or console elsewhere first, "
+                        f"or {force}",
+                        "refusal_kind": RefusalKind.HOST_CRITICAL,
+                    }
+        unbinds = [e for e in moving if any(s.action is Action.UNBIND for s in e.steps)]
+        unbinding = [e.function for e in unbinds if e.address not in refused]
+        for address, holders in find_holders(self.sysfs, self.node.proc_root, unbinding).items():
+            refused[address] = {
+                "refusal": "it is in use: " + describe_holders(holders),
+                "remedy": "stop those processes (a VM: shut it down or detach the device), or "
+                f"{force} (the unbind then waits for them, up to --timeout)",
+                "refusal_kind": RefusalKind.IN_USE,
+            }
+        for address, why in refused.items() if self.request.force else ():
+            reason = why["refusal"]
+            log.warning("forced", bdf=str(address), step="protect", outcome="forced", reason=reason)
+        if self.request.force or not refused:
+            return plan
+        entries = [
+            replace(e, steps=(), **refused[e.address]) if e.address in refused else e
+            for e in plan.entries
+        ]
+        if plan.direction is Direction.TO_VFIO:
+            entries = refuse_group_mates(entries, set(refused))
+        return Plan(plan.direction, tuple(entries))
 
     def _apply(self, plan: Plan) -> Report:
-        from vfio_manager.kernel.verbs import Kernel
-        from vfio_manager.pipeline.engine import Engine
-
+        """Run the engine; a write that hangs is held by someone: one /proc scan names them."""
         engine = Engine(
             Kernel(self.sysfs),
             node_timeout=self.node.timeout,
@@ -385,15 +381,9 @@ class _Run:
             parallel=self.node.parallel,
         )
         report = engine.apply(plan)
-        return self._name_holders_of_stuck(report, plan)
-
-    def _name_holders_of_stuck(self, report: Report, plan: Plan) -> Report:
-        """A write that hangs is held by someone: one /proc scan names them in the report."""
         stuck = {o.bdf for o in report.outcomes if o.stuck}
         if not stuck:
             return report
-        from vfio_manager.safety.holders import describe_holders, find_holders
-
         functions = [e.function for e in plan.entries if e.function.bdf in stuck]
         found = find_holders(self.sysfs, self.node.proc_root, functions)
         named = {str(address): describe_holders(h) for address, h in found.items() if h}
@@ -402,30 +392,3 @@ class _Run:
             for o in report.outcomes
         )
         return replace(report, outcomes=outcomes)
-
-
-def _native_sources(
-    pending: Sequence[JournalEntry],
-    targets: Sequence[PciFunction],
-    origins: Mapping[PciAddress, tuple[Optional[str], Optional[str]]],
-    said: Collection[str],
-) -> list[str]:
-    """For each target whose transition record was unreadable (and not in ``said``): where
-    its native driver comes from now, its origin record or modules.alias."""
-    returning = {f.bdf for f in targets}
-    notes = []
-    for entry in pending:
-        if not entry.corrupt or entry.bdf not in returning or entry.bdf in said:
-            continue
-        address = PciAddress.parse(entry.bdf)
-        if address in origins:
-            driver = origins[address][0] or "no driver: it stays unbound"
-            notes.append(
-                f"journal: {entry.bdf}: its native driver comes from its origin record ({driver})"
-            )
-        else:
-            notes.append(
-                f"journal: {entry.bdf}: it has no readable origin record; its native driver "
-                "comes from modules.alias"
-            )
-    return notes

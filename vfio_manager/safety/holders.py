@@ -1,12 +1,7 @@
 """Who holds a function: processes with its device nodes open or its BAR files mapped.
 
-Unbinding a function a VM or a process uses either yanks the device from under it or blocks
-in the kernel until the user lets go, so the pipeline refuses such a function (unless
-``--force``), naming the holders. Held means: a descriptor on its IOMMU group's
-``/dev/vfio/N``, its VFIO device node or a native driver's node (matched by path, or by
-device number when another container names it otherwise), or a mapping of one of its
-``resourceN`` files. One pass over /proc covers every function; a process that vanishes is
-skipped, one we may not inspect makes the scan incomplete (in Kubernetes: ``hostPID``).
+One pass over /proc covers every function; a node is matched by path or, under another
+container's name, by device number; a process we may not inspect makes the scan incomplete.
 """
 
 from __future__ import annotations
@@ -34,8 +29,7 @@ _COMM_LIMIT = 64
 
 @dataclass(frozen=True)
 class Target:
-    """A file a process can hold, matched by ``path`` (and ``rdev``, for a device node);
-    ``mapped`` asks for /proc/PID/maps to be read too (BAR files)."""
+    """A file a process can hold: by ``path`` (or ``rdev``, a node), or mapped (a BAR)."""
 
     path: str
     rdev: Optional[int] = None
@@ -44,12 +38,9 @@ class Target:
     @classmethod
     def node(cls, path: str, numbers: Optional[str] = None) -> Target:
         """A device node; ``numbers`` is sysfs's ``MAJ:MIN`` for it, if known."""
-        rdev: Optional[int] = None
-        if numbers is not None:
-            major, _, minor = numbers.partition(":")
-            if major.isdecimal() and minor.isdecimal():
-                rdev = os.makedev(int(major), int(minor))
-        return cls(path, rdev)
+        major, _, minor = (numbers or "").partition(":")
+        known = major.isdecimal() and minor.isdecimal()
+        return cls(path, os.makedev(int(major), int(minor)) if known else None)
 
     @classmethod
     def resource(cls, path: str) -> Target:
@@ -66,8 +57,7 @@ class Holder:
     via: str = "fd"
 
     def describe(self) -> str:
-        verb = "has" if self.via == "fd" else "maps"
-        suffix = " open" if self.via == "fd" else ""
+        verb, suffix = ("has", " open") if self.via == "fd" else ("maps", "")
         return f"PID {self.pid} ({self.comm}) {verb} {self.what}{suffix}"
 
 
@@ -93,16 +83,15 @@ def function_targets(
     sysfs: Sysfs, address: PciAddress, *, group: Optional[int] = None
 ) -> list[Target]:
     """Everything through which a process can hold ``address`` (and ``/dev/vfio/<group>``),
-    each under the name the host uses and the one under our roots."""
+    under the host's names and ours."""
     targets: dict[tuple[str, bool], Target] = {}
 
     def add(target: Target) -> None:
         targets.setdefault((target.path, target.mapped), target)
 
-    nodes: list[tuple[str, Optional[str]]] = []
+    nodes: list[tuple[str, Optional[str]]] = [*sysfs.char_devs_of(address)]
     if group is not None:
-        nodes.append((f"vfio/{int(group)}", sysfs.vfio_group_dev_numbers(group)))
-    nodes.extend((name, numbers) for name, numbers in sysfs.char_devs_of(address))
+        nodes.insert(0, (f"vfio/{int(group)}", sysfs.vfio_group_dev_numbers(group)))
     for devname, numbers in nodes:
         add(Target.node(Sysfs.canonical_dev_path(devname), numbers))
         add(Target.node(sysfs.dev_path(devname), numbers))
@@ -116,27 +105,19 @@ def function_targets(
 
 
 def scan_holders(
-    proc_root: str,
-    targets: Iterable[Union[Target, str]],
-    *,
-    self_pid: Optional[int] = None,
+    proc_root: str, targets: Iterable[Union[Target, str]], *, self_pid: Optional[int] = None
 ) -> HolderScan:
-    """Scan every process under ``proc_root`` (but ``self_pid``, default ours) once for all
-    ``targets``; a string target is a device node, or a mappable ``.../resourceN`` file."""
+    """Scan every process but ``self_pid`` (ours) once for all ``targets`` (strings: paths)."""
     wanted = [_as_target(t) for t in targets]
     if not wanted:
         return HolderScan((), 0, ())
-    scanner = _Scanner(proc_root, wanted, os.getpid() if self_pid is None else self_pid)
-    return scanner.run()
+    return _Scanner(proc_root, wanted, os.getpid() if self_pid is None else self_pid).run()
 
 
 def find_holders(
     sysfs: Sysfs, proc_root: str, functions: list[PciFunction]
 ) -> dict[PciAddress, list[Holder]]:
-    """Holders per function, from one scan of /proc: through its vfio group node when it is
-    in vfio mode, the native driver's device nodes and its BAR files otherwise."""
-    if not functions:
-        return {}
+    """Holders per function, from one scan of /proc (the group node of one on vfio)."""
     owner: dict[str, PciAddress] = {}
     targets: list[Target] = []
     for function in functions:
@@ -154,10 +135,8 @@ def find_holders(
             hint="run as root with the host's PID namespace (hostPID: true in Kubernetes)",
         )
     found: dict[PciAddress, list[Holder]] = {}
-    for holder in scan.holders:
-        address = owner.get(holder.what)
-        if address is not None:
-            found.setdefault(address, []).append(holder)
+    for holder in scan.holders:  # what it holds is one of the targets
+        found.setdefault(owner[holder.what], []).append(holder)
     return found
 
 
@@ -166,23 +145,20 @@ def _as_target(target: Union[Target, str]) -> Target:
         return target
     name = os.path.basename(target)
     index = name[len("resource") :].removesuffix("_wc") if name.startswith("resource") else ""
-    return Target.resource(target) if index.isdecimal() else Target(target)
+    return Target(target, mapped=index.isdecimal())
 
 
 def _needle(path: str) -> bytes:
-    """A part of ``path`` a maps file naming it must contain (its last component, or two
-    when short): a cheap test that rules out most processes before any line is parsed."""
+    """A part of ``path`` a maps file naming it contains: rules most out before parsing."""
     parts = path.rstrip("/").split("/")
     tail = parts[-1] if len(parts[-1]) >= 4 or len(parts) < 2 else "/".join(parts[-2:])
     return tail.encode("utf-8", "surrogateescape")
 
 
 class _Scanner:
-    """One pass over /proc: per descriptor one ``readlink`` and a lookup (paths built by
-    concatenation: cheaper than the call); a ``stat`` only for a possible device node."""
+    """One pass over /proc: a ``readlink`` per descriptor, a ``stat`` only for a node."""
 
     def __init__(self, proc_root: str, targets: list[Target], self_pid: int) -> None:
-        self.proc_root = proc_root
         self.proc = Procfs(proc_root)
         self.self_pid = self_pid
         self.by_path = {t.path: t for t in targets}
@@ -193,17 +169,13 @@ class _Scanner:
 
     def run(self) -> HolderScan:
         try:
-            pids = self.proc.pids()
+            pids = [pid for pid in self.proc.pids() if pid != self.self_pid]
         except OSError as exc:
-            log.warning("in-use scan: cannot list processes", proc=self.proc_root, error=exc)
+            log.warning("in-use scan: cannot list processes", proc=self.proc.root, error=exc)
             return HolderScan((), 0, ())
         holders: set[Holder] = set()
         unreadable: list[int] = []
-        processes = 0
         for pid in pids:
-            if pid == self.self_pid:
-                continue
-            processes += 1
             hits, denied = self._process(pid)
             if denied:
                 unreadable.append(pid)
@@ -212,51 +184,40 @@ class _Scanner:
                 holders.update(Holder(pid, comm, what, via) for what, via in hits)
         if unreadable:
             log.debug("in-use scan: processes not inspected", count=len(unreadable))
-        return HolderScan(tuple(sorted(holders)), processes, tuple(sorted(unreadable)))
+        return HolderScan(tuple(sorted(holders)), len(pids), tuple(sorted(unreadable)))
 
     def _process(self, pid: int) -> tuple[set[tuple[str, str]], bool]:
         """Hits ``(path, via)`` of one process, and whether some of it was not readable."""
         base = self.proc.pid_dir(pid)
         hits: set[tuple[str, str]] = set()
-        fd_dir = base + "/fd"
+        denied = False
         try:
-            fds = os.listdir(fd_dir)
+            fds = os.listdir(base + "/fd")
         except OSError as exc:
             if exc.errno in _VANISHED:
                 return hits, False
-            fds = []
-            denied = True
-        else:
-            denied = self._descriptors(fd_dir + "/", fds, hits)
-        if self.read_maps:
-            maps, maps_denied = self._maps(base + "/maps")
-            hits.update((path, "mmap") for path in maps)
-            denied = denied or maps_denied
-        return hits, denied
-
-    def _descriptors(self, prefix: str, fds: list[str], hits: set[tuple[str, str]]) -> bool:
-        """Match each descriptor under ``prefix``; True when one could not be read."""
-        readlink = os.readlink
-        by_path = self.by_path
-        by_rdev = self.by_rdev
-        denied = False
+            fds, denied = [], True
+        prefix, readlink, by_path, by_rdev = base + "/fd/", os.readlink, self.by_path, self.by_rdev
         for fd in fds:
             try:
-                link = readlink(prefix + fd)
+                link = readlink(prefix + fd).removesuffix(_DELETED)
             except OSError as exc:
                 denied = denied or exc.errno not in _VANISHED
                 continue
-            if link.endswith(_DELETED):
-                link = link[: -len(_DELETED)]
             target = by_path.get(link)
             if target is None and by_rdev and link.startswith("/"):
                 target = self._by_device_number(prefix + fd, link)
             if target is not None:
                 hits.add((target.path, "fd"))
-        return denied
+        if self.read_maps:
+            try:
+                with open(base + "/maps", "rb") as handle:
+                    hits.update((path, "mmap") for path in self._mapped(handle.read()))
+            except OSError as exc:
+                denied = denied or exc.errno not in _VANISHED
+        return hits, denied
 
     def _by_device_number(self, fd_path: str, link: str) -> Optional[Target]:
-        """The target a descriptor's device node is, when it names it another way."""
         if "/dev/" not in link and os.path.basename(link) not in self.basenames:
             return None
         try:
@@ -268,23 +229,12 @@ class _Scanner:
             return self.by_rdev.get(rdev)
         return None
 
-    def _maps(self, path: str) -> tuple[set[str], bool]:
-        """Targets named in a maps file (parsed only when it holds a target's needle)."""
-        found: set[str] = set()
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            return found, exc.errno not in _VANISHED
+    def _mapped(self, data: bytes) -> set[str]:
+        """Targets a maps file names (parsed only when it holds a target's needle)."""
         if not any(needle in data for needle in self.map_needles):
-            return found, False
-        for line in data.decode("utf-8", "replace").split("\n"):
-            parts = line.split(None, 5)
-            if len(parts) == 6:
-                name = parts[5].removesuffix(_DELETED)
-                if name in self.by_path:
-                    found.add(name)
-        return found, False
+            return set()
+        lines = (line.split(None, 5) for line in data.decode("utf-8", "replace").split("\n"))
+        return {p[5].removesuffix(_DELETED) for p in lines if len(p) == 6} & self.by_path.keys()
 
     def _comm(self, pid: int) -> str:
         try:

@@ -1,17 +1,13 @@
-"""Refuse to take away what the host itself runs on: its disks, its network, its console.
-
-A selection too wide (a vendor ID shared with a storage controller, a typo in a BDF) must
-not detach the root disk or the node's NIC. :class:`HostCritical` says why a function backs
-the host: a mounted filesystem or active swap on a block device under it (or stacked on one:
-dm, LVM, md), matched by ``MAJ:MIN`` and by source name; an interface under it (or a bridge,
-bond or VLAN on one) with an address or a route; the boot VGA device. Everything is read once
-per guard, from sysfs and the mount, swap and network tables of ``proc_root``.
-"""
+"""Refuse to take away what the host itself runs on: its disks, its network, its console
+(a mount or swap on a block device under the function, or stacked on one; an interface with
+an address or route under it, or a bridge, bond or VLAN on one; the boot VGA device)."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,8 +22,7 @@ _MAX_LISTED = 3
 _RTF_UP = 0x0001
 _RTF_GATEWAY = 0x0002
 _RTF_REJECT = 0x0200
-_IPV6_SCOPE_HOST = 0x10
-_IPV6_SCOPE_LINK = 0x20
+_IPV6_SCOPE_HOST_OR_LINK = 0x10 | 0x20
 _LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
 _MULTICAST6 = ipaddress.IPv6Network("ff00::/8")
 
@@ -40,32 +35,9 @@ class _Mount:
     fstype: str
 
 
-@dataclass(frozen=True)
-class _Route4:
-    iface: str
-    network: ipaddress.IPv4Network
-    gateway: Optional[ipaddress.IPv4Address]
-
-    def describe(self) -> str:
-        dest = "default" if self.network.prefixlen == 0 else str(self.network)
-        return f"{dest} via {self.gateway}" if self.gateway is not None else dest
-
-
 def _unescape(text: str) -> str:
     """Mount tables escape space, tab, newline and backslash as ``\\NNN`` (octal)."""
-    if "\\" not in text:
-        return text
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        chunk = text[i + 1 : i + 4]
-        if text[i] == "\\" and len(chunk) == 3 and all(c in "01234567" for c in chunk):
-            out.append(chr(int(chunk, 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal[1], 8)), text)
 
 
 def _listed(items: list[str]) -> str:
@@ -80,20 +52,12 @@ def _ipv4(hex_text: str) -> ipaddress.IPv4Address:
 
 
 class HostCritical:
-    """Why a function must not be taken from the host (none: it may be). One per command: it
-    reads the host's disks, interfaces and tables on the first :meth:`reasons` call."""
+    """Why a function must not be taken from the host; reads the host's tables once."""
 
     def __init__(self, sysfs: Sysfs, *, proc_root: str = DEFAULT_PROC_ROOT) -> None:
         self.sysfs = sysfs
-        self.proc_root = proc_root.rstrip("/") or "/"
         self.proc = Procfs(proc_root)
-        self._loaded = False
-        self._blocks: dict[str, str] = {}  # name -> resolved /sys path
-        self._mounts: list[_Mount] = []
-        self._swaps: list[str] = []
-        self._ifaces: dict[str, str] = {}  # name -> resolved /sys path
-        self._addrs: dict[str, list[str]] = {}
-        self._routes: dict[str, list[str]] = {}
+        self._loaded = False  # the tables below, read on the first reasons() call
 
     def reasons(self, address: PciAddress) -> list[str]:
         """Human-readable reasons naming the disk, mount, interface or console at stake."""
@@ -161,13 +125,12 @@ class HostCritical:
                     below[holder] = name
                     todo.append(holder)
         # The reverse links too: a dm/md device whose slaves sit under the function.
-        for name in self._blocks:
-            if name in direct or name in below:
-                continue
-            for slave in self.sysfs.block_slaves(name):
-                if slave in direct or slave in below:
+        for name in self._blocks:  # and the reverse links: a dm/md device on slaves below
+            if name not in direct and name not in below:
+                slaves = self.sysfs.block_slaves(name)
+                slave = next((s for s in slaves if s in direct or s in below), None)
+                if slave is not None:
                     below[name] = slave
-                    break
         return below
 
     def _label(self, device: str, stacked: dict[str, str]) -> str:
@@ -175,11 +138,9 @@ class HostCritical:
             return f"/dev/{device}"
         dm = self.sysfs.block_dm_name(device) if device.startswith("dm-") else None
         name = f"/dev/mapper/{dm} ({device})" if dm else f"/dev/{device}"
-        chain: list[str] = []
-        current = device
-        while current in stacked and len(chain) < 8:
-            current = stacked[current]
-            chain.append(current)
+        chain = [stacked[device]]
+        while chain[-1] in stacked and len(chain) < 8:
+            chain.append(stacked[chain[-1]])
         return f"{name}, stacked on {' on '.join(chain)}"
 
     def _network_reasons(self, prefix: str) -> list[str]:
@@ -198,24 +159,20 @@ class HostCritical:
             if not addrs and not routes:
                 continue
             what = f"interface {iface}" if iface == lower else f"interface {iface} (on {lower})"
-            parts = []
-            if addrs:
-                parts.append(f"address {_listed(addrs)}")
-            if routes:
-                parts.append(f"routes {_listed(routes)}")
+            parts = [f"address {_listed(addrs)}"] if addrs else []
+            parts += [f"routes {_listed(routes)}"] if routes else []
             reasons.append(f"its network {what} has {' and '.join(parts)}")
         return reasons
 
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
+        self._loaded = True  # names -> resolved /sys paths, and what the host uses them for
         self._blocks = self.sysfs.class_devices("block")
         self._mounts = self._read_mounts()
         self._swaps = self._read_swaps()
         self._ifaces = self.sysfs.class_devices("net")
-        if self._ifaces:
-            self._read_network()
+        self._addrs, self._routes = self._read_network() if self._ifaces else ({}, {})
 
     def _lines(self, *parts: str) -> Optional[list[str]]:
         try:
@@ -232,55 +189,51 @@ class HostCritical:
             if lines is None:
                 continue
             readable = True
-            for line in lines:
-                fields = line.split()
-                if "-" not in fields[6:]:
-                    continue
-                sep = fields.index("-", 6)
-                if len(fields) < sep + 3:
-                    continue
-                mounts.add(
-                    _Mount(
-                        fields[2], _unescape(fields[sep + 2]), _unescape(fields[4]), fields[sep + 1]
-                    )
-                )
-        if not readable:
-            for line in self._lines("mounts") or []:
-                fields = line.split()
-                if len(fields) >= 3:
-                    mounts.add(_Mount("", _unescape(fields[0]), _unescape(fields[1]), fields[2]))
+            for fields in map(str.split, lines):  # ID PARENT MAJ:MIN ROOT POINT ... - TYPE SOURCE
+                sep = fields.index("-", 6) if "-" in fields[6:] else len(fields)
+                if len(fields) >= sep + 3:
+                    source, point = _unescape(fields[sep + 2]), _unescape(fields[4])
+                    mounts.add(_Mount(fields[2], source, point, fields[sep + 1]))
+        for fields in map(str.split, [] if readable else self._lines("mounts") or []):
+            if len(fields) >= 3:
+                mounts.add(_Mount("", _unescape(fields[0]), _unescape(fields[1]), fields[2]))
         if not mounts:
-            log.warning("guard: no mount table readable", proc=self.proc_root)
+            log.warning("guard: no mount table readable", proc=self.proc.root)
         return sorted(mounts, key=lambda m: (m.mountpoint, m.source))
 
     def _read_swaps(self) -> list[str]:
         lines = self._lines("swaps") or []
         return [_unescape(line.split()[0]) for line in lines[1:] if line.split()]
 
-    def _read_network(self) -> None:
+    def _read_network(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Addresses and routes per interface."""
         addrs: dict[str, list[str]] = {}
         routes: dict[str, list[str]] = {}
-        # IPv4 routes, and the connected ones to place local addresses on interfaces.
-        connected: list[_Route4] = []
-        for route in self._routes4():
-            routes.setdefault(route.iface, []).append(route.describe())
-            if route.gateway is None:
-                connected.append(route)
-        connected.sort(key=lambda r: r.network.prefixlen, reverse=True)
+        connected: list[tuple[str, ipaddress.IPv4Network]] = []  # place local addresses
+        for iface, network, gateway in self._routes4():
+            dest = "default" if network.prefixlen == 0 else str(network)
+            routes.setdefault(iface, []).append(
+                dest if gateway is None else f"{dest} via {gateway}"
+            )
+            if gateway is None:
+                connected.append((iface, network))
+        connected.sort(key=lambda route: route[1].prefixlen, reverse=True)
         for local in self._local4():
-            for route in connected:
-                if local in route.network:
-                    addrs.setdefault(route.iface, []).append(str(local))
-                    break
+            owner = next((iface for iface, net in connected if local in net), None)
+            if owner is not None:
+                addrs.setdefault(owner, []).append(str(local))
         for iface, addr in self._addrs6():
             addrs.setdefault(iface, []).append(addr)
         for iface, route_text in self._routes6():
             routes.setdefault(iface, []).append(route_text)
-        self._addrs = {k: list(dict.fromkeys(v)) for k, v in addrs.items()}
-        self._routes = {k: list(dict.fromkeys(v)) for k, v in routes.items()}
+        return (
+            {k: list(dict.fromkeys(v)) for k, v in addrs.items()},
+            {k: list(dict.fromkeys(v)) for k, v in routes.items()},
+        )
 
-    def _routes4(self) -> list[_Route4]:
-        found: list[_Route4] = []
+    def _routes4(
+        self,
+    ) -> Iterator[tuple[str, ipaddress.IPv4Network, Optional[ipaddress.IPv4Address]]]:
         for line in (self._lines("net", "route") or [])[1:]:
             fields = line.split()
             if len(fields) < 8 or fields[0] == "lo":
@@ -293,9 +246,7 @@ class HostCritical:
                 continue
             if not flags & _RTF_UP or flags & _RTF_REJECT:
                 continue
-            via = gateway if flags & _RTF_GATEWAY and int(gateway) else None
-            found.append(_Route4(fields[0], network, via))
-        return found
+            yield fields[0], network, gateway if flags & _RTF_GATEWAY and int(gateway) else None
 
     def _local4(self) -> list[ipaddress.IPv4Address]:
         """Local IPv4 addresses: ``|-- A.B.C.D`` leaves followed by ``/32 host LOCAL``."""
@@ -315,8 +266,7 @@ class HostCritical:
                 leaf = None
         return list(found)
 
-    def _addrs6(self) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+    def _addrs6(self) -> Iterator[tuple[str, str]]:
         for line in self._lines("net", "if_inet6") or []:
             fields = line.split()
             if len(fields) < 6 or fields[5] == "lo":
@@ -326,13 +276,10 @@ class HostCritical:
                 scope = int(fields[3], 16)
             except ValueError:
                 continue
-            if scope & (_IPV6_SCOPE_HOST | _IPV6_SCOPE_LINK):
-                continue
-            found.append((fields[5], str(addr)))
-        return found
+            if not scope & _IPV6_SCOPE_HOST_OR_LINK:
+                yield fields[5], str(addr)
 
-    def _routes6(self) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+    def _routes6(self) -> Iterator[tuple[str, str]]:
         for line in self._lines("net", "ipv6_route") or []:
             fields = line.split()
             if len(fields) < 10 or fields[9] == "lo":
@@ -345,10 +292,7 @@ class HostCritical:
                 network = ipaddress.IPv6Network(f"{dest}/{length}", strict=False)
             except ValueError:
                 continue
-            if flags & _RTF_REJECT or network.subnet_of(_LINK_LOCAL6):
-                continue
-            if network.subnet_of(_MULTICAST6):
+            if flags & _RTF_REJECT or any(map(network.subnet_of, (_LINK_LOCAL6, _MULTICAST6))):
                 continue
             text = "default" if length == 0 else str(network)
-            found.append((fields[9], f"{text} via {hop}" if int(hop) else text))
-        return found
+            yield fields[9], f"{text} via {hop}" if int(hop) else text

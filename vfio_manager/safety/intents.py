@@ -1,13 +1,6 @@
-"""The admin's intents: "leave this function on the host", one file per function.
-
-A daemon that puts every selected function back on vfio-pci would undo an admin's
-``vfio-manager unbind`` (a diagnostic, a firmware flash). So ``unbind`` run while a daemon is
-up records an intent per function it returns; the daemon never moves those functions, and
-``bind`` clears them (:func:`~vfio_manager.pipeline.transition.run_transition` does both).
-The file's *name* (``<state-dir>/intent/<bdf>``) is the intent; its JSON content is for
-humans. A file that is not what we write (a symlink, a FIFO, not JSON) still counts, with
-its problem said. Read them under the node lock, as the writers write them.
-"""
+"""The admin's intents: "leave this function on the host", one file per function, named by
+its BDF, so the daemon does not undo an ``unbind``; its JSON content is for humans (a file
+that is not what we write still counts)."""
 
 from __future__ import annotations
 
@@ -16,7 +9,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from vfio_manager.errors import VfioManagerError
@@ -37,8 +30,7 @@ class IntentError(VfioManagerError):
 
 @dataclass(frozen=True)
 class Intent:
-    """One function the admin asked to leave on the host; ``problem`` is set when its file
-    is not what we write (it still counts)."""
+    """One function the admin asked to leave on the host (``problem``: its file's, if any)."""
 
     bdf: str
     recorded_at: Optional[str] = None
@@ -47,13 +39,7 @@ class Intent:
     problem: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "bdf": self.bdf,
-            "recorded_at": self.recorded_at,
-            "by": self.by,
-            "pid": self.pid,
-            "problem": self.problem,
-        }
+        return asdict(self)
 
     def describe(self) -> str:
         """The reason shown in ``status`` and ``/readyz``."""
@@ -73,29 +59,19 @@ class IntentStore:
         self,
         state_dir: str = DEFAULT_STATE_DIR,
         *,
-        uid: Optional[int] = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.state_dir = state_dir
-        self.uid = uid
-        self.wall_clock = wall_clock
-
-    @property
-    def path(self) -> str:
-        return os.path.join(self.state_dir, INTENT_DIR)
+        self.state_dir, self.wall_clock = state_dir, wall_clock
 
     def add(self, bdf: str, *, command: Optional[str] = None) -> Intent:
         """Record "leave ``bdf`` on the host"; :class:`IntentError` when it cannot."""
-        import datetime
-
         name = str(PciAddress.parse(bdf))  # UsageError before any path is built
-        moment = datetime.datetime.fromtimestamp(self.wall_clock(), tz=datetime.timezone.utc)
-        at = moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall_clock()))
         by = command if command is not None else command_line()
         intent = Intent(bdf=name, recorded_at=at, by=by, pid=os.getpid())
         payload = (json.dumps(intent.to_json(), sort_keys=True) + "\n").encode()
         try:
-            with StateDir.open(self.state_dir, uid=self.uid) as state:
+            with StateDir.open(self.state_dir) as state:
                 intents = state.subdir(INTENT_DIR, create=True)
                 if intents is None:
                     raise FileNotFoundError(errno_mod.ENOENT, "removed while opened")
@@ -141,16 +117,17 @@ class IntentStore:
         return frozenset(self.read())
 
     def _existing(self) -> Optional[StateDir]:
-        state = StateDir.open_existing(self.state_dir, uid=self.uid)
+        state = StateDir.open_existing(self.state_dir)
         if state is None:
             return None
         with state:
             return state.subdir(INTENT_DIR)
 
     def _error(self, exc: OSError, verb: str, name: str) -> IntentError:
+        path = os.path.join(self.state_dir, INTENT_DIR)
         return IntentError(
-            f"cannot {verb} the intent {os.path.join(self.path, name)}: {exc.strerror}",
-            path=self.path,
+            f"cannot {verb} the intent {os.path.join(path, name)}: {exc.strerror}",
+            path=path,
             errno=exc.errno,
             remedy="the state directory must be writable and not full (default /run/vfio-manager)",
         )
@@ -165,7 +142,7 @@ def _load(intents: StateDir, name: str) -> Intent:
         return Intent(bdf=name, problem="vanished while read")
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         return Intent(bdf=name, problem=f"not valid JSON ({type(exc).__name__})")
     if not isinstance(doc, dict):
         return Intent(bdf=name, problem="not a JSON object")
@@ -174,5 +151,5 @@ def _load(intents: StateDir, name: str) -> Intent:
         bdf=name,
         recorded_at=at if isinstance(at, str) else None,
         by=by if isinstance(by, str) else None,
-        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        pid=pid if type(pid) is int else None,
     )

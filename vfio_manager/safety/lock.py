@@ -1,10 +1,7 @@
 """Exclusive ``flock`` locks on files of the state directory: the node lock and the daemon's.
 
-Every writing run holds the node lock, so two runs never interleave their writes; a daemon
-holds its presence lock for its whole life, so ``unbind`` knows one is up and a second
-daemon waits for the first. ``flock``: the kernel drops it when the holder dies, however.
-The files are never unlinked (a waiter may hold the old inode); the holder writes its PID
-and command line into them so a waiter that gives up can name it.
+The kernel drops a ``flock`` when its holder dies; the files are never unlinked (a waiter may
+hold the old inode) and name their holder.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
 
 from vfio_manager.errors import VfioManagerError
@@ -29,7 +25,7 @@ from vfio_manager.safety.statedir import (
     UnusableFile,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # status imports this module (intents), not the writer
     from vfio_manager.safety.writer import ChildWriter
 
 log = get_logger("vfio_manager.safety.lock")
@@ -48,8 +44,7 @@ class LockTimeoutError(VfioManagerError):
         self.holder = holder
 
     def details(self) -> dict[str, Any]:
-        holder = self.holder
-        return {**super().details(), "holder": None if holder is None else asdict(holder)}
+        return {**super().details(), "holder": asdict(self.holder) if self.holder else None}
 
 
 class DaemonRunningError(VfioManagerError):
@@ -58,9 +53,7 @@ class DaemonRunningError(VfioManagerError):
 
 @dataclass(frozen=True)
 class LockHolder:
-    """The PID and command line a lock file names, and what /proc says about that PID now:
-    ``running`` False when it is gone (or in another PID namespace), ``state`` ``D`` when it
-    is stuck in the kernel."""
+    """Who a lock file names; ``running`` and ``state`` (``D``: stuck) are /proc's, now."""
 
     pid: int
     command: str
@@ -84,21 +77,16 @@ def command_line() -> str:
 
 
 def read_holder(lock_path: str, *, proc_root: str = DEFAULT_PROC_ROOT) -> Optional[LockHolder]:
-    """Who a lock file (``PID\ncommand\n``) names; ``None`` when it names nobody or is not
-    a regular file of ours in a safe directory. Never raises: it only decorates messages."""
+    """Who a lock file (``PID\ncommand\n``) names, if anyone; never raises."""
     directory, name = os.path.split(lock_path)
     try:
         state = StateDir.open_existing(directory or ".")
         if state is None:
             return None
         with state:
-            data = state.read(name, limit=_HOLDER_READ_LIMIT, whole=False)
+            data = state.read(name, limit=_HOLDER_READ_LIMIT, whole=False) or b""
     except (UnusableFile, UnsafeStateDirError, OSError):
         return None
-    return _parse_holder(data, proc_root) if data is not None else None
-
-
-def _parse_holder(data: bytes, proc_root: str) -> Optional[LockHolder]:
     lines = data.decode("utf-8", "replace").split("\n")
     first = lines[0].strip()
     if not first.isdecimal() or len(first) > 10 or int(first) <= 0:
@@ -123,9 +111,17 @@ def _write_holder(fd: int, pid: int, command: str) -> None:
     os.pwrite(fd, f"{pid}\n{command.replace(chr(10), ' ')}\n".encode("utf-8", "replace"), 0)
 
 
+def _unlock(fd: int) -> None:
+    try:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # the holder record goes with the lock
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
-    """True while a daemon holds ``<state-dir>/daemon``; probes with a shared lock, released
-    at once. Never creates or blocks; anything unusable means no daemon."""
+    """True while a daemon holds ``<state-dir>/daemon``; never creates nor blocks."""
     try:
         state = StateDir.open_existing(state_dir)
         if state is None:
@@ -138,20 +134,15 @@ def daemon_running(state_dir: str = DEFAULT_STATE_DIR) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
         return False
+    except OSError as exc:
+        return isinstance(exc, BlockingIOError)
     finally:
         os.close(fd)  # closing drops the probe's own lock
-    return False
 
 
 class FileLock:
-    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds; a
-    context manager. Two objects conflict even in one process (each opens the file anew);
-    one object is not re-entrant. ``clock``, ``sleep``, ``command`` and ``uid`` (the owner
-    the state directory must have) are injectable."""
+    """An exclusive lock on ``state_dir/NAME``, waited for up to ``timeout`` seconds."""
 
     NAME: ClassVar[str]
     POLL_INTERVAL: ClassVar[float] = 0.1
@@ -169,34 +160,23 @@ class FileLock:
         uid: Optional[int] = None,
     ) -> None:
         self.state_dir = state_dir
-        self.name = self.NAME
+        self.path = os.path.join(state_dir, self.NAME)
         self.timeout = max(0.0, timeout)
-        self.clock = clock
-        self.sleep = sleep
+        self.clock, self.sleep = clock, sleep
         self.poll_interval = self.POLL_INTERVAL if poll_interval is None else poll_interval
-        self.proc_root = proc_root
-        self.command = command
-        self.uid = uid
+        self.proc_root, self.command, self.uid = proc_root, command, uid
         self._fd: Optional[int] = None
-
-    @property
-    def path(self) -> str:
-        return os.path.join(self.state_dir, self.name)
 
     @property
     def held(self) -> bool:
         return self._fd is not None
 
-    @property
-    def fd(self) -> Optional[int]:
-        return self._fd
-
     def acquire(self) -> None:
-        """Take the lock, polling until ``timeout``; raise :meth:`busy`'s error then."""
+        """Take the lock, polling until ``timeout``; raise :meth:`busy` then."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this lock")
         with StateDir.open(self.state_dir, uid=self.uid) as state:
-            fd = state.open_lock_file(self.name)
+            fd = state.open_lock_file(self.NAME)
         try:
             start = self.clock()
             while True:
@@ -206,7 +186,7 @@ class FileLock:
                 except BlockingIOError:
                     remaining = self.timeout - (self.clock() - start)
                     if remaining <= 0:
-                        raise self._busy(fd) from None
+                        raise self.busy(read_holder(self.path, proc_root=self.proc_root)) from None
                     self.sleep(min(self.poll_interval, remaining))
             try:
                 command = self.command if self.command is not None else command_line()
@@ -220,54 +200,32 @@ class FileLock:
         log.debug("lock acquired", path=self.path)
 
     def release(self) -> None:
-        """Clear the holder record, unlock, close. Safe to call when not held."""
+        """Clear the holder record, unlock, close (if held)."""
         fd, self._fd = self._fd, None
         if fd is not None:
-            self._unlock(fd)
-
-    @staticmethod
-    def _unlock(fd: int) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def _busy(self, fd: int) -> VfioManagerError:
-        """The error for a lock another process kept past ``timeout``."""
-        try:
-            data = os.pread(fd, _HOLDER_READ_LIMIT, 0)
-        except OSError:
-            data = b""
-        return self.busy(_parse_holder(data, self.proc_root))
+            _unlock(fd)
+            log.debug("lock released", path=self.path)
 
     def busy(self, holder: Optional[LockHolder]) -> VfioManagerError:
+        """The error for a lock another process kept past ``timeout``."""
         raise NotImplementedError
 
     def __enter__(self: L) -> L:
         self.acquire()
         return self
 
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
 class NodeLock(FileLock):
-    """One writer per node: ``state_dir/lock``, held by every writing run from its first read
-    to its last write. The writer it hands out (:meth:`writer`) keeps it while a write the run
-    gave up on is still in the kernel."""
+    """``state_dir/lock``, held by every writing run from its first read to its last write."""
 
     NAME = LOCK_FILE_NAME
     _writer: Optional[ChildWriter] = None
 
     def writer(self, *, threads: bool = False) -> ChildWriter:
-        """A writer whose children inherit this lock; :meth:`release` minds its stuck ones."""
+        """A writer whose children inherit this lock."""
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not held")
         from vfio_manager.safety.writer import ChildWriter
@@ -276,17 +234,15 @@ class NodeLock(FileLock):
         return self._writer
 
     def release(self) -> None:
-        """Release, unless a write we gave up on is still in the kernel (a next run would queue
-        behind it): then the lock is kept by the child, and named as the holder."""
-        fd, self._fd = self._fd, None
+        """Release, unless a write we gave up on is still in the kernel (a next run would
+        queue behind it): then its child keeps the lock, named as the holder."""
         writer, self._writer = self._writer, None
-        if fd is None:
-            return
         stuck = writer.close() if writer is not None else []
-        if writer is None or not stuck:
-            self._unlock(fd)
-            log.debug("lock released", path=self.path)
+        fd = self._fd
+        if not stuck or writer is None or fd is None:
+            super().release()
             return
+        self._fd = None
         with contextlib.suppress(OSError):
             _write_holder(fd, stuck[0].pid, f"vfio-manager writer (stuck: {stuck[0].what})")
         log.warning(
@@ -298,7 +254,7 @@ class NodeLock(FileLock):
             what=stuck[0].what,
         )
         if writer.threads:  # a thread inherits nothing: unlock when its write returns
-            writer.when_returned(lambda: self._unlock(fd))
+            writer.when_returned(lambda: _unlock(fd))
         else:  # each stuck child holds a copy; the kernel unlocks when the last one exits
             os.close(fd)
 
@@ -328,8 +284,7 @@ class NodeLock(FileLock):
 
 
 class DaemonPresence(FileLock):
-    """``state_dir/daemon``, held by the daemon for its whole life; a second daemon waits up
-    to ``timeout`` (a rolling update's handover), then refuses naming the first."""
+    """``state_dir/daemon``, held by the daemon for its whole life."""
 
     NAME = PRESENCE_FILE_NAME
     POLL_INTERVAL = 0.5

@@ -1,13 +1,7 @@
 """The state directory's one gateway: every file of the lock, the journal and the intents.
 
-Every run opens these files, mostly under the node lock, so a file that is not what its name
-says must never hang a run nor redirect a write. Hence: the directory is a real directory
-owned by us and writable by nobody else (checked on the open descriptor), and files are
-opened relative to it; a name is looked at (``lstat``) before it is opened and only a regular
-file of ours is opened, never following a symlink nor blocking on a FIFO, and checked again
-(``fstat``); reads are bounded; replaces are atomic and durable (temporary file, ``fsync``,
-``rename``, ``fsync`` of the directory). An unusable file raises :class:`UnusableFile`; the
-caller decides (the journal sets it aside, the lock refuses naming it).
+The directory must be ours and writable by nobody else; only regular files of ours are opened
+(never through a symlink, never blocking on a FIFO), reads are bounded, replaces atomic.
 """
 
 from __future__ import annotations
@@ -16,7 +10,6 @@ import contextlib
 import errno as errno_mod
 import os
 import stat
-from types import TracebackType
 from typing import Optional
 
 from vfio_manager.errors import VfioManagerError
@@ -31,8 +24,7 @@ _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeStateDirError(VfioManagerError):
-    """The state directory (or a file in it) could be controlled by someone else: refused,
-    nothing written."""
+    """The state directory (or a file in it) could be controlled by someone else."""
 
 
 class UnusableFile(Exception):
@@ -40,8 +32,7 @@ class UnusableFile(Exception):
 
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"{name}: {problem}")
-        self.name = name
-        self.problem = problem
+        self.name, self.problem = name, problem
 
 
 _KINDS = {
@@ -55,25 +46,21 @@ _KINDS = {
 }
 
 
-def kind_of(mode: int) -> str:
-    """What a file is, in words, for messages: ``a FIFO``, ``a symlink``, ..."""
+def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "not a file")
 
 
 def _not_a_directory_above(path: str) -> Optional[str]:
     """The first existing component of ``path`` (itself included) that is not a directory."""
     current = os.sep
-    for part in os.path.abspath(path).split(os.sep):
-        if not part:
-            continue
+    for part in filter(None, os.path.abspath(path).split(os.sep)):
         current = os.path.join(current, part)
         try:
-            st = os.stat(current)  # a symlink to a directory is a directory here
+            if not stat.S_ISDIR(os.stat(current).st_mode):  # a symlink to a directory is one
+                return current
         except FileNotFoundError:
             return None
         except OSError:
-            return current
-        if not stat.S_ISDIR(st.st_mode):
             return current
     return None
 
@@ -82,63 +69,44 @@ def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
     return UnsafeStateDirError(
         f"state directory {path} {problem}; refusing to use it",
         path=path,
-        remedy=(
-            f"remove {path} (it is recreated, owned by UID {uid}, mode 0700) or point "
-            "--state-dir at a directory owned by this user and writable by nobody else"
-        ),
-    )
-
-
-def _blocked_by_a_file(path: str, blocker: str, exc: OSError) -> UnsafeStateDirError:
-    return UnsafeStateDirError(
-        f"cannot use state directory {path}: {blocker} is {_kind_at(blocker)}, not a directory",
-        path=blocker,
-        errno=exc.errno,
-        remedy=f"point --state-dir at a directory that is not under {blocker} "
-        f"(or move {blocker} out of the way)",
+        remedy=f"remove {path} (it is recreated, owned by UID {uid}, mode 0700) or point "
+        "--state-dir at a directory owned by this user and writable by nobody else",
     )
 
 
 def _kind_at(path: str) -> str:
     try:
-        return kind_of(os.lstat(path).st_mode)
+        return _kind(os.lstat(path).st_mode)
     except OSError:
         return "not a directory"
 
 
 class StateDir:
-    """An open, checked state directory, used as a context manager: :meth:`open` creates it,
-    :meth:`open_existing` does not (a dry run creates nothing). ``owner`` is the UID the
-    directory and its files must have (default: our effective UID)."""
+    """An open, checked state directory; ``owner`` is the UID it and its files must have."""
 
     def __init__(self, path: str, fd: int, owner: int) -> None:
-        self.path = path
-        self.fd = fd
-        self.owner = owner
+        self.path, self.fd, self.owner = path, fd, owner
 
     @classmethod
     def open(cls, path: str, *, uid: Optional[int] = None) -> StateDir:
         """Create ``path`` (mode 0700) if missing, check it, and return it open."""
-        owner = os.geteuid() if uid is None else uid
-        parent = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
             os.mkdir(path, 0o700)
             log.debug("state dir created", path=path)
         except FileExistsError:
             pass
         except OSError as exc:
-            blocker = _not_a_directory_above(path) if exc.errno == errno_mod.ENOTDIR else None
-            if blocker is not None:
-                raise _blocked_by_a_file(path, blocker, exc) from exc
-            raise UnsafeStateDirError(
-                f"cannot create state directory {path}: {exc.strerror}",
-                path=path,
-                errno=exc.errno,
-                remedy="point --state-dir at a writable location (default /run/vfio-manager; "
-                "in a container, mount the host's /run or an emptyDir there)",
-            ) from exc
-        found = cls._open_dir(path, owner)
+            if exc.errno != errno_mod.ENOTDIR:  # a file in the way: opening names it
+                raise UnsafeStateDirError(
+                    f"cannot create state directory {path}: {exc.strerror}",
+                    path=path,
+                    errno=exc.errno,
+                    remedy="point --state-dir at a writable location (default "
+                    "/run/vfio-manager; in a container, mount the host's /run or an emptyDir "
+                    "there)",
+                ) from exc
+        found = cls.open_existing(path, uid=uid)
         if found is None:  # removed between mkdir and open
             raise UnsafeStateDirError(
                 f"state directory {path} disappeared while it was opened",
@@ -153,8 +121,8 @@ class StateDir:
         return cls._open_dir(path, os.geteuid() if uid is None else uid)
 
     def subdir(self, name: str, *, create: bool = False) -> Optional[StateDir]:
-        """The directory ``name`` in this one (created 0700 if missing and ``create``),
-        checked like this one; ``None`` when it does not exist."""
+        """The directory ``name`` in this one (or ``None``), checked like it; ``create``
+        makes it (0700) if missing."""
         if create:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o700, dir_fd=self.fd)
@@ -166,19 +134,27 @@ class StateDir:
     ) -> Optional[StateDir]:
         try:
             fd = os.open(path, _DIR_OPEN) if at is None else os.open(at[1], _DIR_OPEN, dir_fd=at[0])
-        except FileNotFoundError as exc:
-            blocker = _not_a_directory_above(path)  # some file systems say ENOENT for ENOTDIR
-            if blocker is not None:
-                raise _blocked_by_a_file(path, blocker, exc) from exc
-            return None
         except OSError as exc:
-            if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
-                blocker = _not_a_directory_above(path)
-                if os.path.islink(path):
-                    raise _unsafe(path, "is a symlink", uid=owner) from exc
-                if blocker is not None and blocker != os.path.abspath(path):
-                    raise _blocked_by_a_file(path, blocker, exc) from exc
+            not_dir = exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR)
+            if not_dir and os.path.islink(path):
+                raise _unsafe(path, "is a symlink", uid=owner) from exc
+            # some file systems say ENOENT for ENOTDIR
+            blocker = (
+                _not_a_directory_above(path) if not_dir or exc.errno == errno_mod.ENOENT else None
+            )
+            if blocker is not None and (blocker != os.path.abspath(path) or not not_dir):
+                raise UnsafeStateDirError(
+                    f"cannot use state directory {path}: {blocker} is {_kind_at(blocker)}, "
+                    "not a directory",
+                    path=blocker,
+                    errno=exc.errno,
+                    remedy=f"point --state-dir at a directory that is not under {blocker} "
+                    f"(or move {blocker} out of the way)",
+                ) from exc
+            if not_dir:
                 raise _unsafe(path, f"is {_kind_at(path)}, not a directory", uid=owner) from exc
+            if exc.errno == errno_mod.ENOENT:
+                return None
             raise UnsafeStateDirError(
                 f"cannot open state directory {path}: {exc.strerror}",
                 path=path,
@@ -204,40 +180,26 @@ class StateDir:
     def __enter__(self) -> StateDir:
         return self
 
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def path_of(self, name: str) -> str:
         return os.path.join(self.path, name)
 
     def names(self) -> list[str]:
-        """Every name in the directory, sorted; ``OSError`` when it cannot be listed."""
         return sorted(os.listdir(self.fd))
 
-    def exists(self, name: str) -> bool:
-        """Whether ``name`` is taken (by anything, a dangling symlink included)."""
-        try:
-            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
-
     def _usable(self, name: str, st: os.stat_result, limit: Optional[int]) -> None:
-        """Raise :class:`UnusableFile` unless ``st`` is a regular file of ours within limit."""
         if not stat.S_ISREG(st.st_mode):
-            raise UnusableFile(name, f"not a regular file ({kind_of(st.st_mode)})")
+            raise UnusableFile(name, f"not a regular file ({_kind(st.st_mode)})")
         if st.st_uid != self.owner:
             raise UnusableFile(name, f"owned by UID {st.st_uid}, not {self.owner}")
         if limit is not None and st.st_size > limit:
             raise UnusableFile(name, f"{st.st_size} bytes, more than the {limit} expected")
 
     def open_file(self, name: str, flags: int, limit: Optional[int] = None) -> Optional[int]:
-        """Look, open (never following, never blocking), check again; ``None`` if absent."""
+        """Look, open (never following, never blocking), check again; ``None`` if absent.
+        :class:`UnusableFile` unless a regular file of ours, of at most ``limit`` bytes."""
         try:
             self._usable(name, os.stat(name, dir_fd=self.fd, follow_symlinks=False), limit)
         except FileNotFoundError:
@@ -250,11 +212,9 @@ class StateDir:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno == errno_mod.ELOOP:
-                raise UnusableFile(name, "not a regular file (a symlink)") from exc
-            if exc.errno == errno_mod.ENXIO:
-                raise UnusableFile(name, "not a regular file (a socket)") from exc
-            raise UnusableFile(name, f"unreadable: {exc.strerror}") from exc
+            kinds = {errno_mod.ELOOP: "a symlink", errno_mod.ENXIO: "a socket"}
+            problem = f"not a regular file ({kinds[exc.errno]})" if exc.errno in kinds else None
+            raise UnusableFile(name, problem or f"unreadable: {exc.strerror}") from exc
         try:
             self._usable(name, os.fstat(fd), limit)
         except BaseException:
@@ -263,35 +223,25 @@ class StateDir:
         return fd
 
     def read(self, name: str, *, limit: int, whole: bool = True) -> Optional[bytes]:
-        """The content of ``name``, ``None`` if it does not exist; :class:`UnusableFile`
-        when it is not a regular file of ours, cannot be read, or (``whole``) is larger than
-        ``limit`` (else its first ``limit`` bytes)."""
+        """The content of ``name`` (``None`` if absent), refused larger than ``limit`` if
+        ``whole``, else cut there."""
         fd = self.open_file(name, os.O_RDONLY, limit if whole else None)
         if fd is None:
             return None
+        data = b""
         try:
-            chunks: list[bytes] = []
-            size = 0
-            while size <= limit:
-                chunk = os.read(fd, limit + 1 - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+            while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+                data += chunk
         except OSError as exc:
             raise UnusableFile(name, f"unreadable: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            if whole:
-                raise UnusableFile(name, f"more than the {limit} bytes expected")
-            data = data[:limit]
-        return data
+        if len(data) > limit and whole:
+            raise UnusableFile(name, f"more than the {limit} bytes expected")
+        return data[:limit]
 
     def open_lock_file(self, name: str) -> int:
-        """Open (creating it if missing) a lock file, never replaced (a waiter may hold the
-        old inode); refused, naming it, unless it is a regular file of ours."""
+        """Open (creating it if missing) a lock file, refused unless a regular file of ours."""
         path = self.path_of(name)
         try:
             fd = self.open_file(name, os.O_RDWR | os.O_CREAT, None)
@@ -312,13 +262,11 @@ class StateDir:
         return fd
 
     def replace(self, name: str, data: bytes) -> None:
-        """Atomically and durably make ``data`` the content of ``name``; ``OSError`` on
-        failure. Whatever is at ``name`` (a symlink, a FIFO) is replaced, never written
-        through."""
+        """Atomically and durably make ``data`` the content of ``name`` (never written through)."""
         _replace_at(self.fd, name, data, 0o600)
 
     def remove(self, name: str) -> bool:
-        """Remove ``name`` durably; ``False`` if it was not there, ``OSError`` on failure."""
+        """Remove ``name`` durably; ``False`` if it was not there."""
         try:
             os.unlink(name, dir_fd=self.fd)
         except FileNotFoundError:
@@ -327,19 +275,18 @@ class StateDir:
         return True
 
     def set_aside(self, name: str, suffix: str) -> str:
-        """Rename whatever ``name`` is (never opened) to ``NAME<suffix>`` or
-        ``NAME.N<suffix>``; return the new name. ``OSError`` when no name is free."""
+        """Rename whatever ``name`` is to ``NAME<suffix>`` or ``NAME.N<suffix>`` (returned)."""
         for attempt in range(100):
             target = f"{name}{suffix}" if attempt == 0 else f"{name}.{attempt}{suffix}"
-            if self.exists(target):
-                continue
-            os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-            os.fsync(self.fd)
-            return target
+            try:
+                os.stat(target, dir_fd=self.fd, follow_symlinks=False)
+            except FileNotFoundError:  # free (a dangling symlink is not)
+                os.rename(name, target, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+                os.fsync(self.fd)
+                return target
         raise OSError(errno_mod.EEXIST, f"no free name to set {name} aside")
 
     def sweep_temporaries(self) -> list[str]:
-        """Remove temporary files a killed run left (between create and rename)."""
         removed = []
         for name in self.names():
             if name.startswith(TMP_PREFIX):
@@ -370,8 +317,7 @@ def _replace_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
 
 
 def replace_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
-    """``StateDir.replace`` for a file anywhere (the daemon's ready file): its directory is
-    opened without following a symlink; ``OSError`` on failure."""
+    """``StateDir.replace`` for a file anywhere (the daemon's ready file)."""
     fd = os.open(os.path.dirname(path) or ".", _DIR_OPEN)
     try:
         _replace_at(fd, os.path.basename(path), data, mode)
@@ -380,8 +326,7 @@ def replace_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
 
 
 def remove_file(path: str) -> bool:
-    """Remove a file anywhere (a symlink itself, never its target); ``False`` when it was
-    not there, ``OSError`` (``FileNotFoundError`` for a missing directory) on failure."""
+    """Remove a file anywhere (a symlink itself, never its target); ``False`` if not there."""
     fd = os.open(os.path.dirname(path) or ".", _DIR_OPEN)
     try:
         os.unlink(os.path.basename(path), dir_fd=fd)

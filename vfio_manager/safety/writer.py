@@ -1,12 +1,8 @@
 """Kernel writes under a deadline, made by a child that a stuck write cannot keep alive.
 
-An ``unbind`` blocks in the kernel while a VM holds the device, and the writes queued behind
-it block too; a thread stuck there would keep the process alive past ``--timeout``. So each
-write goes to a child, a forked process (its stdio /dev/null, the node lock's descriptor
-inherited) or, under the tests' in-memory fake kernel, a thread running the same loop. The
-caller waits for the answer until the deadline of its function (:func:`bounded`), then
-raises :class:`DeadlineExceededError` and abandons the child, which keeps the node lock
-until its write returns.
+Each write goes to a child (a forked process that inherits the node lock or, under the tests'
+fake kernel, a thread); past its deadline the caller abandons the child, which keeps the node
+lock until the kernel lets its write return.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional, TypeVar, Union
+from typing import NamedTuple, Optional, TypeVar, Union
 
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
 from vfio_manager.kernel.sysfs import direct_write
@@ -34,11 +30,10 @@ log = get_logger("vfio_manager.safety.writer")
 
 T = TypeVar("T")
 Write = Callable[[str, bytes], None]
-TRANSIENT_ERRNOS = frozenset({errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV})
-_HEADER = struct.Struct("!II")  # path length, payload length
+Request = Optional[tuple[str, bytes]]  # None ends the child
 _REPLY = struct.Struct("!i")  # 0 or the errno
-_MAX_PATH = 4096
-_MAX_PAYLOAD = 65536
+_TRANSIENT = frozenset({errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV})
+_FIRST_WAIT, _LONGEST_WAIT = 0.05, 1.0  # between retries of a transient errno
 
 
 class DeadlineExceededError(VfioManagerError):
@@ -47,8 +42,7 @@ class DeadlineExceededError(VfioManagerError):
 
 @dataclass(frozen=True)
 class Deadline:
-    """When the writes about one function must be done (a ``clock()`` value), and what they
-    are, for the error."""
+    """When the writes about one function must be done (a ``clock()`` value), and what for."""
 
     at: float
     what: str
@@ -84,8 +78,7 @@ def bounded(
     retry: bool = True,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``fn`` (writes through a :class:`ChildWriter`) under ``deadline``; with ``retry``,
-    transient errnos are retried inside it."""
+    """Call ``fn`` (writes through a :class:`ChildWriter`) under ``deadline``."""
     token = _deadline.set(deadline)
     try:
         if not retry:
@@ -95,9 +88,9 @@ def bounded(
         _deadline.reset(token)
 
 
-def is_transient(exc: BaseException) -> bool:
+def is_transient(exc: object) -> bool:
     """A kernel answer that may change on its own shortly: EBUSY, EAGAIN, ENODEV."""
-    return isinstance(exc, SysfsWriteError) and exc.errno in TRANSIENT_ERRNOS
+    return isinstance(exc, SysfsWriteError) and exc.errno in _TRANSIENT
 
 
 def retry_transient(
@@ -106,85 +99,64 @@ def retry_transient(
     deadline_at: float,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    initial: float = 0.05,
-    maximum: float = 1.0,
 ) -> T:
-    """Call ``fn``; retry it on transient errnos, waits doubling from ``initial`` to
-    ``maximum``, while no wait runs past ``deadline_at``; the last error is the kernel's.
-    tenacity is imported only once a first attempt failed so (a tenth of a run's start-up)."""
+    """Call ``fn``, retrying transient errnos (waits doubling up to a second, none past
+    ``deadline_at``). tenacity, a tenth of a run's start-up, is imported at the first retry."""
 
-    def backoff(attempt: int) -> float:
-        return float(min(maximum, initial * (2 ** min(attempt - 1, 32))))
+    def wait(attempt: int) -> float:
+        return float(min(_LONGEST_WAIT, _FIRST_WAIT * (2 ** min(attempt - 1, 32))))
 
-    def exhausted(attempt: int) -> bool:
-        return clock() + backoff(attempt) >= deadline_at
-
-    def announce(attempt: int, exc: Optional[BaseException]) -> None:
+    def again(attempt: int, exc: object) -> bool:
+        """Whether to retry after attempt ``attempt`` failed with ``exc`` (and say so)."""
+        if not is_transient(exc) or clock() + wait(attempt) >= deadline_at:
+            return False
         code = errno_mod.errorcode.get(getattr(exc, "errno", 0) or 0)
-        log.info("transient error, retrying", attempt=attempt, errno=code, wait=backoff(attempt))
+        log.info("transient error, retrying", attempt=attempt, errno=code, wait=wait(attempt))
+        return True
 
     try:
         return fn()
     except Exception as exc:
-        if not is_transient(exc) or exhausted(1):
+        if not again(1, exc):
             raise
-        announce(1, exc)
-    sleep(backoff(1))
+    sleep(wait(1))
 
     import tenacity  # attempts 2, 3, ...: tenacity counts them from 1
 
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(is_transient),
-        stop=lambda state: exhausted(state.attempt_number + 1),
-        wait=lambda state: backoff(state.attempt_number + 1),
-        sleep=sleep,
-        before_sleep=lambda state: announce(
-            state.attempt_number + 1,
-            state.outcome.exception() if state.outcome is not None else None,
+    return tenacity.Retrying(
+        retry=lambda state: again(
+            state.attempt_number + 1, state.outcome and state.outcome.exception()
         ),
-        reraise=True,
-    )
-    return retrying(fn)
+        wait=lambda state: wait(state.attempt_number + 1),
+        sleep=sleep,
+    )(fn)
 
 
 def _serve(
-    receive: Callable[[], Optional[tuple[str, bytes]]], answer: Callable[[int], bool], write: Write
+    receive: Callable[[], Request], answer: Callable[[int], Optional[bool]], write: Write
 ) -> None:
-    """A child's whole life: take a request, write it, answer 0 or the errno; ``None`` (or
-    an answer nobody takes) ends it."""
-    while True:
-        request = receive()
-        if request is None:
-            return
+    """A child's life: write each request, answer 0 or the errno; ``None`` ends it, and so
+    does an answer nobody takes (``False``)."""
+    while (request := receive()) is not None:
         try:
             write(*request)
             code = 0
         except OSError as exc:
             code = exc.errno or errno_mod.EIO
-        if not answer(code):
+        if answer(code) is False:
             return
-
-
-def _read_exactly(fd: int, size: int) -> Optional[bytes]:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 class _Process:
     """A forked child that keeps only ``keep_fds`` (the node lock) and its two pipes."""
 
     def __init__(self, keep_fds: Sequence[int], write: Write) -> None:
-        req_r, req_w = os.pipe()
-        rep_r, rep_w = os.pipe()
+        req_r, self._requests = os.pipe()
+        self._replies, rep_w = os.pipe()
         with warnings.catch_warnings():  # the child runs only os-level code: no lock to inherit
             warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child; exercised by the process tests
+            self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child; exercised by the process tests
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -192,34 +164,20 @@ class _Process:
                 null = os.open(os.devnull, os.O_RDWR)
                 for std in (0, 1, 2):
                     os.dup2(null, std)
-                low = 3
-                for fd in sorted({req_r, rep_w, *keep_fds}):
-                    os.closerange(low, fd)
-                    low = fd + 1
-                os.closerange(low, 65536)
-                _serve(lambda: self._request(req_r), lambda code: _answer(rep_w, code), write)
+                keep = sorted({req_r, rep_w, *keep_fds})  # close everything else
+                for low, high in zip([3, *(fd + 1 for fd in keep)], [*keep, 65536]):
+                    os.closerange(low, high)
+                _serve(lambda: _receive(req_r), lambda code: _reply(rep_w, code), write)
             finally:
                 os._exit(0)
-        os.close(req_r)
+        os.close(req_r)  # our ends are not inheritable (os.pipe): no other child gets them
         os.close(rep_w)
-        os.set_inheritable(req_w, False)
-        os.set_inheritable(rep_r, False)
-        self.pid, self._requests, self._replies = pid, req_w, rep_r
-
-    @staticmethod
-    def _request(fd: int) -> Optional[tuple[str, bytes]]:  # pragma: no cover - in the child
-        header = _read_exactly(fd, _HEADER.size)
-        if header is None:
-            return None
-        path_len, payload_len = _HEADER.unpack(header)
-        if path_len > _MAX_PATH or payload_len > _MAX_PAYLOAD:
-            return None
-        body = _read_exactly(fd, path_len + payload_len)
-        return None if body is None else (body[:path_len].decode(), body[path_len:])
 
     def send(self, path: str, payload: bytes) -> None:
-        os.write(self._requests, _HEADER.pack(len(path.encode()), len(payload)))
-        os.write(self._requests, path.encode() + payload)
+        request = path.encode() + b"\0" + payload  # one write: the child reads it whole
+        if len(request) > select.PIPE_BUF:
+            raise OSError(errno_mod.E2BIG, f"a write of {len(request)} bytes to sysfs")
+        os.write(self._requests, request)
 
     def answer(self, timeout: Optional[float]) -> Optional[int]:
         """The errno (0: done); ``None`` when ``timeout`` passed first."""
@@ -227,8 +185,8 @@ class _Process:
         poller.register(self._replies, select.POLLIN)
         if not poller.poll(None if timeout is None else timeout * 1000):
             return None
-        reply = _read_exactly(self._replies, _REPLY.size)
-        if reply is None:
+        reply = os.read(self._replies, _REPLY.size)
+        if len(reply) < _REPLY.size:
             raise OSError(errno_mod.EIO, "the writer process died")
         return int(_REPLY.unpack(reply)[0])
 
@@ -250,7 +208,12 @@ class _Process:
             return True
 
 
-def _answer(fd: int, code: int) -> bool:  # pragma: no cover - in the child
+def _receive(fd: int) -> Request:  # pragma: no cover - in the child
+    path, nul, payload = os.read(fd, select.PIPE_BUF).partition(b"\0")
+    return (path.decode(), payload) if nul else None
+
+
+def _reply(fd: int, code: int) -> bool:  # pragma: no cover - in the child
     try:
         os.write(fd, _REPLY.pack(code))
     except OSError:  # the parent gave up on this write: we are done
@@ -259,25 +222,21 @@ def _answer(fd: int, code: int) -> bool:  # pragma: no cover - in the child
 
 
 class _Thread:
-    """A thread of this process serving the same loop over queues (pyfakefs fakes pipes)."""
+    """A thread serving the same loop over queues (pyfakefs fakes pipes)."""
 
     def __init__(self, write: Write, on_exit: Callable[[_Thread], None]) -> None:
         self.pid = os.getpid()
-        self._requests: queue.SimpleQueue[Optional[tuple[str, bytes]]] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._replies: queue.SimpleQueue[int] = queue.SimpleQueue()
 
         def run() -> None:
             try:
-                _serve(self._requests.get, self._answer, write)
+                _serve(self._requests.get, self._replies.put, write)
             finally:
                 on_exit(self)
 
         self._thread = threading.Thread(target=run, name="vfio-manager: writer", daemon=True)
         self._thread.start()
-
-    def _answer(self, code: int) -> bool:
-        self._replies.put(code)
-        return True
 
     def send(self, path: str, payload: bytes) -> None:
         self._requests.put((path, payload))
@@ -297,11 +256,7 @@ class _Thread:
         return not self._thread.is_alive()
 
 
-_Child = Union[_Process, _Thread]
-
-
-@dataclass(frozen=True)
-class StuckWriter:
+class StuckWriter(NamedTuple):
     """A child still in the kernel with a write the run gave up on."""
 
     pid: int
@@ -309,20 +264,15 @@ class StuckWriter:
 
 
 class ChildWriter:
-    """Sends each write to an idle child (or a new one: never a second write before the
-    first returned) and waits under the caller's deadline. ``threads``: the children are
-    threads; ``keep_fds``: what a process child inherits (the node lock). Thread-safe."""
+    """Sends each write to an idle child (or a new one) and waits under the deadline."""
 
     def __init__(
         self, keep_fds: Sequence[int] = (), *, threads: bool = False, write: Write = direct_write
     ) -> None:
         self.keep_fds = tuple(keep_fds)
-        self.threads = threads
-        self._write = write
-        self._idle: list[_Child] = []
-        self._busy: dict[_Child, str] = {}  # a caller waits for its answer
-        self._abandoned: dict[_Child, str] = {}  # its caller gave up
-        self._when_returned: list[Callable[[], None]] = []
+        self.threads, self._write = threads, write
+        self._children: dict[Union[_Process, _Thread], Optional[str]] = {}  # its write, or idle
+        self._on_returned: Optional[Callable[[], None]] = None
         self._mutex = threading.Lock()
 
     def __call__(self, path: str, payload: bytes) -> None:
@@ -330,63 +280,58 @@ class ChildWriter:
         deadline = _deadline.get()
         timeout = None if deadline is None else deadline.left()
         with self._mutex:
-            child = self._idle.pop() if self._idle else None
-        if child is None:
-            child = (
-                _Thread(self._write, self._ended)
-                if self.threads
-                else _Process(self.keep_fds, self._write)
-            )
-        with self._mutex:
-            self._busy[child] = what
+            child = next((c for c, busy in self._children.items() if busy is None), None)
+            if child is None and self.threads:
+                child = _Thread(self._write, self._ended)
+            elif child is None:
+                child = _Process(self.keep_fds, self._write)
+            self._children[child] = what
         try:
             child.send(path, payload)
             code = child.answer(timeout)
         except OSError as exc:
             with self._mutex:
-                del self._busy[child]
+                self._children.pop(child, None)
             child.end()
             raise OSError(errno_mod.EIO, f"the writer process failed: {exc.strerror}") from exc
-        with self._mutex:
-            del self._busy[child]
-            if code is None:
-                self._abandoned[child] = what
-            else:
-                self._idle.append(child)
-        if code is None and deadline is not None and timeout is not None:
+        if code is None and deadline is not None:  # it keeps `what` until its write returns
             child.abandon()
-            raise deadline.exceeded(timeout)
+            raise deadline.exceeded(timeout or 0.0)
+        with self._mutex:
+            self._children[child] = None
         if code:
             raise OSError(code, os.strerror(code))
 
     def stuck(self) -> list[StuckWriter]:
         """Children whose write has not returned (a process child keeps the lock held)."""
         with self._mutex:
-            for child in [c for c in self._abandoned if c.returned()]:
-                del self._abandoned[child]
-            found = {**self._busy, **self._abandoned}
-        return [StuckWriter(c.pid, what) for c, what in found.items()]
+            for child in [c for c, busy in self._children.items() if busy and c.returned()]:
+                del self._children[child]
+            return [StuckWriter(c.pid, busy) for c, busy in self._children.items() if busy]
 
     def close(self) -> list[StuckWriter]:
         """End the idle children; return the stuck ones (they end when their write returns)."""
         with self._mutex:
-            idle, self._idle = self._idle, []
+            idle = [c for c, busy in self._children.items() if busy is None]
+            for child in idle:
+                del self._children[child]
         for child in idle:
             child.end()
         return self.stuck()
 
     def when_returned(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once no thread child is stuck: now, or when the last returns."""
+        """Call ``callback`` once no thread child is stuck."""
         with self._mutex:
-            if any(not c.returned() for c in self._abandoned):
-                self._when_returned.append(callback)
+            if any(self._children.values()):
+                self._on_returned = callback
                 return
         callback()
 
     def _ended(self, child: _Thread) -> None:
         with self._mutex:
-            if self._abandoned.pop(child, None) is None or self._abandoned:
+            self._children.pop(child, None)
+            if any(self._children.values()):
                 return
-            callbacks, self._when_returned = self._when_returned, []
-        for callback in callbacks:
+            callback, self._on_returned = self._on_returned, None
+        if callback is not None:
             callback()
