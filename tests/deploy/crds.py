@@ -157,7 +157,7 @@ def is_custom(obj: dict[str, Any]) -> bool:
 
 def structural_problems(obj: dict[str, Any]) -> list[str]:
     """What the subset schema finds wrong with ``obj`` (empty when it passes)."""
-    import jsonschema  # kubernetes-validate's own dependency
+    import jsonschema  # type: ignore[import-untyped, unused-ignore]  # kubernetes-validate's
 
     schema = SCHEMAS.get(str(obj.get("kind")))
     if schema is None:
@@ -171,8 +171,11 @@ def structural_problems(obj: dict[str, Any]) -> list[str]:
 
 def model_problems(obj: dict[str, Any]) -> list[str]:
     """``obj`` against the models generated from the CRDs: it must validate and round-trip."""
-    import pydantic
-    from cloudcoil.models.prometheus_operator import v1
+    # in tools/kubernetes/check's own virtualenv only
+    import pydantic  # type: ignore[import-not-found, unused-ignore]
+    from cloudcoil.models.prometheus_operator import (  # type: ignore[import-not-found, unused-ignore]
+        v1,
+    )
 
     try:
         model = getattr(v1, obj["kind"]).model_validate(obj)
