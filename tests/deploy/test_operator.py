@@ -17,12 +17,14 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 
+from tests.daemon.ondisk import materialize
 from tests.deploy import kustomize
 from tests.deploy.manifests import (
     DEPLOY,
@@ -33,6 +35,7 @@ from tests.deploy.manifests import (
     REPO,
     the,
 )
+from tests.harness.topologies import npu_node
 from vfio_manager.cli import kubevirt
 
 OPERATOR_DIR = DEPLOY / "rbln-operator"
@@ -311,3 +314,53 @@ def test_the_plugins_g1_gate_needs_the_configmap_the_operator_deletes_when_disab
     config = volumes["rbln-vfio-manager"]["configMap"]
     assert config["name"] == "rbln-vfio-manager-config"
     assert not config.get("optional")
+
+
+def _checker_loop() -> str:
+    (checker,) = [
+        c for c in PLUGIN["spec"]["template"]["spec"]["initContainers"]
+        if c["name"] == "vfio-bind-checker"
+    ]  # fmt: skip
+    loop: str = checker["command"][2]
+    assert "/bin/vfio-manage.sh check_bind --all" in loop
+    return loop
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["converged", "one-on-the-host"])
+def test_the_plugins_checker_loop_passes_on_our_end_state_only(tmp_path: Path, bound: bool) -> None:
+    """The G1 gate's loop, run by /bin/sh against a node on disk: it finishes once every NPU
+    is on vfio-pci (our daemon's end state) and keeps waiting while one is not. The
+    script it calls is our vfio-manage drop-in (the operator's own script has the same
+    contract: every vendor 0x1eff class 0x120000 function's driver link is vfio-pci)."""
+    roots, bdfs = materialize(
+        tmp_path / "machine", lambda kernel: npu_node(kernel, count=2, driver="vfio-pci")
+    )
+    if not bound:  # a still picture: move the second NPU's driver link to the native driver
+        link = roots.host / "sys" / "bus" / "pci" / "devices" / bdfs[1] / "driver"
+        target = os.readlink(link).replace("vfio-pci", "rebellions")
+        link.unlink()
+        link.symlink_to(target)
+    drop_in = Path(sys.executable).parent / "vfio-manage"
+    loop = _checker_loop().replace("/bin/vfio-manage.sh", str(drop_in))
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "VFIO_MANAGER_SYSFS_ROOT": str(roots.host / "sys"),
+        "VFIO_MANAGER_DEV_ROOT": str(roots.host / "dev"),
+        "HOST_ROOT": str(roots.host),
+        "VFIO_MANAGER_PROC_ROOT": str(roots.host / "proc"),
+        "VFIO_MANAGER_STATE_DIR": str(tmp_path / "state"),
+    }
+    process = subprocess.Popen(["/bin/sh", "-c", loop], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        returncode = process.wait(timeout=30 if bound else 8)
+    except subprocess.TimeoutExpired:
+        returncode = None
+    finally:
+        process.kill()
+        output = process.communicate()[0]
+    if bound:
+        assert returncode == 0, output
+        assert "All 2 Rebellions NPU devices are bound to VFIO-PCI." in output
+    else:
+        assert returncode is None, output  # still waiting
+        assert f"Device {bdfs[1]} is not bound to vfio-pci" in output
