@@ -8,6 +8,7 @@ timeout the loop asked for, so every test also shows how long the loop would hav
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -155,6 +156,33 @@ def test_start_converges_then_says_ready_once(make_rig: Any) -> None:
     assert ["READY=1"] not in [m[:1] for m in rig.notifications()], "READY=1 only once"
 
 
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        ({"held": {A}}, "not converged: 1 held"),
+        ({"failing": {A: "EINVAL"}}, "not converged: 1 failed"),
+        ({"host_failing": [IOMMU_OFF]}, "host not ready (iommu); 1 pending"),
+        ({"error": VfioManagerError("lock timeout")}, "not converged: last reconcile failed: "
+         "lock timeout"),
+    ],
+)  # fmt: skip
+def test_ready_once_the_first_reconcile_finished_whatever_its_outcome(
+    make_rig: Any, fields: dict[str, Any], status: str
+) -> None:
+    """systemd's units ordered after the daemon (kubelet) wait for its first reconcile only."""
+    rig = make_rig({A: "rebellions"}, **fields)
+    rig.loop.start()
+    assert rig.notifications() == [
+        ["STATUS=starting: first reconcile under way"],
+        ["READY=1", f"STATUS={status}"],
+    ]
+    assert rig.ready_doc() is None, "the ready file still means converged"
+    assert not rig.loop.view.converged
+    rig.loop.request_resync()
+    rig.step_until_reconciled()
+    assert all(m[0] != "READY=1" for m in rig.notifications()), "READY=1 once"
+
+
 def test_nothing_to_do_is_ready_too(make_rig: Any) -> None:
     rig = make_rig({})
     rig.loop.start()
@@ -289,13 +317,13 @@ def test_excluded_is_settled_and_held_is_not(make_rig: Any) -> None:
     assert rig.ready_doc() is None
     readyz = rig.loop.view.to_json()
     assert [(f["bdf"], f["state"]) for f in readyz["not_converged"]] == [(B, "held")]
-    assert not [m for m in rig.notifications() if m[0] == "READY=1"]
+    assert rig.notifications()[-1] == ["READY=1", "STATUS=not converged: 1 held, 1 excluded"]
     rig.node.held.clear()  # the VM stops
     rig.send(pci_event("change", B))
     rig.step_until_reconciled()
     assert rig.state(B) is State.CONVERGED
     assert rig.ready_doc() is not None
-    assert rig.notifications()[-1][0] == "READY=1"
+    assert rig.notifications() == [["STATUS=converged: 1 converged, 1 excluded"]]
 
 
 # -- failures ----------------------------------------------------------------------------------
@@ -385,7 +413,8 @@ def test_a_reconcile_that_raises_keeps_the_daemon_up(make_rig: Any) -> None:
     assert rig.loop.view.error == "another vfio-manager run holds the lock"
     assert rig.ready_doc() is None
     assert rig.notifications()[-1] == [
-        "STATUS=not converged: last reconcile failed: another vfio-manager run holds the lock"
+        "READY=1",
+        "STATUS=not converged: last reconcile failed: another vfio-manager run holds the lock",
     ]
     rig.node.error = RuntimeError("a bug")
     rig.loop.request_resync()
@@ -417,13 +446,15 @@ def test_host_not_ready_stays_up_logs_once_and_recovers(
     assert len(host_logs) == 1, "the remedy is logged once"
     assert host_logs[0]["remedy"] == "intel_iommu=on"
     assert rig.loop.view.to_json()["host"]["failing"] == [IOMMU_OFF.to_json()]
-    assert not [m for m in rig.notifications() if m[0] == "READY=1"]
+    said = rig.notifications()
+    assert said[1] == ["READY=1", "STATUS=host not ready (iommu); 1 pending"], "at once"
+    assert [m for m in said if m[0] == "READY=1"] == [said[1]], "once"
     # vfio-pci gets loaded: its driver registers, the daemon resyncs at once
     rig.node.host_failing.clear()
     rig.send(driver_event("add", "vfio-pci"))
     rig.step_until_reconciled()
     assert rig.node.drivers[A] == VFIO
-    assert rig.notifications()[-1][0] == "READY=1"
+    assert rig.notifications()[-1] == ["STATUS=converged: 1 converged"]
 
 
 # -- signals -----------------------------------------------------------------------------------
@@ -496,6 +527,55 @@ def test_the_watchdog_is_pinged_at_half_its_period(make_rig: Any) -> None:
     assert max(rig.waiter.timeouts) <= 10.0
     pings = [m for m in rig.notifications() if m == ["WATCHDOG=1"]]
     assert len(pings) == 7, "one at start, one per 10 s over 60 s"
+
+
+def starved(message: str = "cannot open state directory: Too many open files") -> Exception:
+    """A reconcile's error caused by the process running out of descriptors."""
+    error = VfioManagerError(message)
+    error.__cause__ = OSError(errno.EMFILE, "Too many open files")
+    return error
+
+
+@pytest.mark.parametrize(
+    "error", [starved(), OSError(errno.EMFILE, "Too many open files"), RuntimeError("a bug")]
+)
+def test_the_watchdog_stops_while_reconciles_make_no_progress(
+    make_rig: Any, error: Exception
+) -> None:
+    """A loop whose every reconcile fails for want of descriptors (or crashes) only looks
+    alive: no WATCHDOG=1, so systemd restarts it, and /healthz fails; a reconcile that
+    finishes again brings both back."""
+    rig = make_rig(
+        {A: VFIO}, env={"WATCHDOG_USEC": "20000000"}, settings=LoopSettings(resync_interval=30)
+    )
+    rig.loop.start()
+    assert rig.loop.alive()
+    rig.notifications()
+    rig.node.error = error
+    rig.loop.request_resync()
+    rig.step_until_reconciled()
+    for _ in range(4):  # 40 s of waits, a failed resync at 30 s among them
+        rig.loop.step()
+        assert not rig.loop.alive(), "/healthz fails"
+    assert ["WATCHDOG=1"] not in rig.notifications()
+    assert len(rig.node.requests) == 3
+    rig.node.error = None
+    rig.loop.request_resync()
+    rig.step_until_reconciled()
+    assert rig.loop.alive()
+    rig.loop.step()
+    assert ["WATCHDOG=1"] in rig.notifications()
+
+
+def test_a_reconcile_refused_for_a_known_reason_is_progress(make_rig: Any) -> None:
+    """Another run holding the node lock is the loop working as designed: pings go on."""
+    rig = make_rig({A: VFIO}, env={"WATCHDOG_USEC": "20000000"})
+    rig.node.error = VfioManagerError("another vfio-manager run holds the lock", remedy="wait")
+    rig.loop.start()
+    rig.notifications()
+    rig.loop.step()
+    assert rig.loop.alive()
+    assert ["WATCHDOG=1"] in rig.notifications()
 
 
 def test_the_heartbeat_covers_the_wait_and_expires_after(make_rig: Any) -> None:
