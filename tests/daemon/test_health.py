@@ -35,6 +35,7 @@ from vfio_manager.daemon.reconciler import (
     HostReadiness,
     LastTransition,
     NodeView,
+    Reason,
     ReconcileOutcome,
     ReconcileRequest,
     State,
@@ -275,10 +276,20 @@ def test_healthz_follows_the_loops_heartbeat(
     assert client.get("/healthz")[0] == 503, "the loop missed its promise"
 
 
+HELD = FunctionState(
+    "0000:04:00.0",
+    State.HELD,
+    "it is in use: PID 812 (qemu-system-x86) holds /dev/vfio/12",
+    "stop those processes (a VM: shut it down or detach the device)",
+    Reason.IN_USE,
+)
+
+
 def test_readyz_names_what_is_not_converged(
     served: tuple[Client, DaemonMetrics], board: ReconcileLoop
 ) -> None:
     client, _ = served
+    board.beat(3600)
     code, _, body = client.get("/readyz")
     assert code == 503
     assert json.loads(body)["reason"] == "the first reconcile has not finished"
@@ -286,7 +297,7 @@ def test_readyz_names_what_is_not_converged(
     outcome = ReconcileOutcome(
         (
             FunctionState("0000:03:00.0", State.CONVERGED),
-            FunctionState("0000:04:00.0", State.HELD, "PID 812 (qemu) holds /dev/vfio/12"),
+            HELD,
             FunctionState("0000:05:00.0", State.INTENT_HOST, "left on the host by intent"),
         ),
         HostReadiness(False, (IOMMU_OFF,)),
@@ -301,8 +312,8 @@ def test_readyz_names_what_is_not_converged(
         {
             "bdf": "0000:04:00.0",
             "state": "held",
-            "reason": "PID 812 (qemu) holds /dev/vfio/12",
-            "remedy": None,
+            "reason": "in-use",
+            "remedy": "stop those processes (a VM: shut it down or detach the device)",
         }
     ]
     assert doc["counts"]["intent-host"] == 1
@@ -311,6 +322,51 @@ def test_readyz_names_what_is_not_converged(
     board.view = NodeView().merge(ReconcileRequest(None), settled)
     code, _, body = client.get("/readyz")
     assert (code, json.loads(body)["ready"], json.loads(body)["not_converged"]) == (200, True, [])
+
+
+def test_readyz_means_the_agent_works_and_the_host_can_do_vfio(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop, clock: FakeClock
+) -> None:
+    """Not "every function converged": one bad device must not stall a rolling update."""
+    client, _ = served
+    board.beat(60)
+    outcome = ReconcileOutcome((FunctionState("0000:03:00.0", State.CONVERGED), HELD))
+    board.view = NodeView().merge(ReconcileRequest(None), outcome)
+    code, _, body = client.get("/readyz")
+    doc = json.loads(body)
+    assert code == 200
+    assert (doc["ready"], doc["converged"], doc["alive"]) == (True, False, True)
+    assert [f["bdf"] for f in doc["not_converged"]] == ["0000:04:00.0"]
+    board.view = replace(board.view, error="another vfio-manager run holds the lock")
+    assert client.get("/readyz")[0] == 200, "refused for a known reason: the agent works"
+    clock.advance(61)
+    code, _, body = client.get("/readyz")
+    assert (code, json.loads(body)["alive"]) == (503, False), "a wedged loop is not ready"
+
+
+def test_readyz_names_no_process_of_another_workload(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop
+) -> None:
+    board.beat(60)
+    stuck = FunctionState(
+        "0000:05:00.0",
+        State.FAILED,
+        "unbind did not return within 5s; held by PID 4242 (qemu-kvm) holds /dev/vfio/13",
+        cause=Reason.STUCK_WRITE,
+    )
+    outcome = ReconcileOutcome((HELD, stuck))
+    board.view = replace(
+        NodeView().merge(ReconcileRequest(None), outcome),
+        error="another vfio-manager run holds /run/vfio-manager/lock: PID 99 (vfio-manager)",
+    )
+    client, _ = served
+    code, _, body = client.get("/readyz")
+    assert code == 200
+    for secret in ("812", "4242", "99", "qemu", "/dev/", "vfio-manager)"):
+        assert secret not in body, body
+    doc = json.loads(body)
+    assert [f["reason"] for f in doc["not_converged"]] == ["in-use", "stuck-write"]
+    assert "vfio-manager status" in doc["detail"]
 
 
 def test_metrics_endpoint_serves_the_text_format(served: tuple[Client, DaemonMetrics]) -> None:

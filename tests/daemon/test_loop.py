@@ -37,7 +37,7 @@ from vfio_manager.daemon.loop import (
     ReconcileLoop,
     summary,
 )
-from vfio_manager.daemon.reconciler import HostCheck, State
+from vfio_manager.daemon.reconciler import HostCheck, Reason, State
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.uevents import Uevent, UeventBatch
 from vfio_manager.safety.intents import IntentStore
@@ -315,7 +315,7 @@ def test_excluded_is_settled_and_held_is_not(make_rig: Any) -> None:
     assert rig.node.drivers == {A: "rebellions", B: "rebellions"}, "neither touched"
     assert (rig.state(A), rig.state(B)) == (State.EXCLUDED, State.HELD)
     assert rig.ready_doc() is None
-    readyz = rig.loop.view.to_json()
+    readyz = rig.loop.view.to_json(rig.loop.alive())
     assert [(f["bdf"], f["state"]) for f in readyz["not_converged"]] == [(B, "held")]
     assert rig.notifications()[-1] == ["READY=1", "STATUS=not converged: 1 held, 1 excluded"]
     rig.node.held.clear()  # the VM stops
@@ -390,6 +390,18 @@ def test_a_waiting_function_shows_its_last_reason_and_next_retry(make_rig: Any) 
     )
 
 
+def test_a_waiting_function_keeps_its_failures_bounded_reason(make_rig: Any) -> None:
+    """The reason label of a failed function's series does not flip while it backs off (an
+    alert's ``for:`` would start over at every flip)."""
+    rig = make_rig({A: "rebellions", B: VFIO}, failing={A: "EINVAL"})
+    rig.loop.start()
+    assert rig.loop.view.functions[A].cause is Reason.TRANSITION_FAILED
+    rig.send(pci_event("bind", B, driver=VFIO))
+    rig.step_until_reconciled()
+    assert rig.node.requests[-1].skip == {A}, "waiting"
+    assert rig.loop.view.functions[A].cause is Reason.TRANSITION_FAILED
+
+
 def test_something_that_keeps_moving_a_function_back_is_flapping(make_rig: Any) -> None:
     rig = make_rig({A: VFIO}, settings=LoopSettings(flap_limit=3, flap_window=60))
     rig.loop.start()
@@ -399,10 +411,12 @@ def test_something_that_keeps_moving_a_function_back_is_flapping(make_rig: Any) 
         rig.step_until_reconciled()
     assert rig.state(A) is State.FAILED
     assert "more than 3 times" in str(rig.loop.view.functions[A].reason)
+    assert rig.loop.view.functions[A].cause is Reason.FLAPPING
     rig.node.drivers[A] = "rebellions"
     rig.send(pci_event("bind", A, driver="rebellions"))
     rig.step_until_reconciled()
     assert rig.node.requests[-1].skip == {A}, "backing off: not moved again at once"
+    assert rig.loop.view.functions[A].cause is Reason.FLAPPING
     assert rig.node.drivers[A] == "rebellions"
 
 
@@ -445,7 +459,7 @@ def test_host_not_ready_stays_up_logs_once_and_recovers(
     host_logs = [e for e in errors if e["event"].startswith("host not ready")]
     assert len(host_logs) == 1, "the remedy is logged once"
     assert host_logs[0]["remedy"] == "intel_iommu=on"
-    assert rig.loop.view.to_json()["host"]["failing"] == [IOMMU_OFF.to_json()]
+    assert rig.loop.view.to_json(rig.loop.alive())["host"]["failing"] == [IOMMU_OFF.to_json()]
     said = rig.notifications()
     assert said[1] == ["READY=1", "STATUS=host not ready (iommu); 1 pending"], "at once"
     assert [m for m in said if m[0] == "READY=1"] == [said[1]], "once"

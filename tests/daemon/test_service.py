@@ -297,13 +297,16 @@ def test_a_held_function_is_never_touched_until_let_go(
     assert kernel.driver_of(first) == "rebellions"
     assert not writes_for(kernel, first)
     assert rig.state(first) is State.HELD
+    assert "PID 777 (rbln-smi)" in (rig.loop.view.functions[first].reason or "")
     assert rig.ready_doc() is None
     status, body = get(rig, "/readyz")
-    assert status == 503
+    assert status == 200, "the agent works and the host can do VFIO"
+    assert body["converged"] is False
     (why,) = body["not_converged"]
     assert why["bdf"] == first
     assert why["state"] == "held"
-    assert "PID 777 (rbln-smi)" in why["reason"]
+    assert why["reason"] == "in-use"
+    assert "777" not in json.dumps(body), "no other workload's process on the port"
     assert rig.metric("vfio_manager_transitions_total", direction="vfio", outcome="refused") == 1
     shutil.rmtree(posixpath.join(kernel.proc_root, "777"))  # the program exits
     rig.loop.request_resync()
@@ -338,7 +341,9 @@ def test_a_failing_function_backs_off_with_the_kernels_reason_then_recovers(
     assert status.state is State.FAILED
     assert "EINVAL" in (status.reason or "")
     assert rig.ready_doc() is None
-    assert get(rig, "/readyz")[0] == 503
+    status, body = get(rig, "/readyz")
+    assert status == 200, "one bad device does not make the agent unready"
+    assert body["not_converged"][0]["reason"] == "transition-failed"
     assert rig.metric("vfio_manager_transitions_total", direction="vfio", outcome="failed") == 1
 
     def attempts() -> int:
@@ -373,7 +378,8 @@ def test_a_host_that_is_not_ready_is_waited_for_then_converged(
     failing = [c["name"] for c in body["host"]["failing"]]
     assert failing == ["vfio-modules", "vfio-pci-driver", "dev-vfio", "vfio-driver"]
     assert all(c["remedy"] for c in body["host"]["failing"])
-    assert body["not_converged"][0]["reason"].startswith("the host is not ready (vfio-modules")
+    assert body["not_converged"][0]["reason"] == "host-not-ready"
+    assert rig.loop.view.functions[npu].reason.startswith("the host is not ready (vfio-modules")
     assert rig.metric("vfio_manager_host_ready") == 0
     assert rig.metric("vfio_manager_host_check_failing", check="vfio-modules") == 1
     assert rig.notifications()[-1] == [

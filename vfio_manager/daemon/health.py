@@ -307,8 +307,8 @@ class HealthServer:
                     up = alive()
                     code, body = (200 if up else 503), _json({"alive": up})
                 elif path == "/readyz":
-                    now = view()
-                    code, body = (200 if now.converged else 503), _json(now.to_json())
+                    doc = view().to_json(alive())
+                    code, body = (200 if doc["ready"] else 503), _json(doc)
                 elif path == "/metrics" and metrics is not None:
                     code, (body, content_type) = 200, metrics.render()
                 else:

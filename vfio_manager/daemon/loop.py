@@ -17,6 +17,7 @@ from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
 from vfio_manager.daemon.reconciler import (
     FunctionState,
     NodeView,
+    Reason,
     ReconcileOutcome,
     ReconcileRequest,
     State,
@@ -81,6 +82,7 @@ class _Retry:
     failures: int = 0
     at: Optional[float] = None  # None: parked, no timer
     reason: Optional[str] = None
+    cause: Reason = Reason.BACKOFF  # the last failure's kind, kept while it waits
 
 
 class Backoff:
@@ -99,10 +101,12 @@ class Backoff:
         """The wait after the ``failures``-th failure in a row (1-based)."""
         return float(min(self.initial * (2.0 ** min(max(failures, 1) - 1, 64)), self.cap))
 
-    def failed(self, key: str, reason: Optional[str] = None) -> float:
+    def failed(
+        self, key: str, reason: Optional[str] = None, cause: Reason = Reason.BACKOFF
+    ) -> float:
         failures = self.failures(key) + 1
         delay = self.delay_after(failures)
-        self._retries[key] = _Retry(failures, self.clock() + delay, reason)
+        self._retries[key] = _Retry(failures, self.clock() + delay, reason, cause)
         return delay
 
     def get(self, key: str) -> _Retry:
@@ -436,17 +440,18 @@ class ReconcileLoop:
             wait = max(0.0, retry.at - self.clock()) if retry.at is not None else 0.0
             attempt = f"attempt {retry.failures + 1}"
             remedy = f"retried automatically in {wait:.0f}s ({attempt}); a SIGHUP retries now"
-            return FunctionState(bdf, State.FAILED, retry.reason, remedy)
+            return FunctionState(bdf, State.FAILED, retry.reason, remedy, retry.cause)
         if flapping:
             reason = (
                 f"moved back to the host more than {self.flaps.limit} times within "
                 f"{self.flaps.window:g}s: something else binds it (a udev rule, another agent)"
             )
-            delay = self.backoff.failed(bdf, reason)
+            delay = self.backoff.failed(bdf, reason, Reason.FLAPPING)
             log.error("function flapping", bdf=bdf, reason=reason, retry_in=delay)
-            return FunctionState(bdf, State.FAILED, reason, "find and stop what rebinds it")
+            remedy = "find and stop what rebinds it"
+            return FunctionState(bdf, State.FAILED, reason, remedy, Reason.FLAPPING)
         if function.state is State.FAILED:
-            delay = self.backoff.failed(bdf, function.reason)
+            delay = self.backoff.failed(bdf, function.reason, function.cause)
             log.error(
                 "function failed",
                 bdf=bdf,
