@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
+import socket
 import stat
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -226,6 +230,7 @@ def test_the_process_collector_reports_memory() -> None:
 # -- HTTP ------------------------------------------------------------------------------------
 class Client:
     def __init__(self, server: HealthServer) -> None:
+        self.server = server
         host, port = server.address
         self.base = f"http://{host}:{port}"
 
@@ -399,6 +404,135 @@ def test_a_taken_port_is_a_usage_error(board: ReconcileLoop) -> None:
             HealthServer(first.address, board.alive, lambda: board.view)
     finally:
         first.stop()
+
+
+def raw(server: HealthServer, request: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send ``request`` as it is and read until the server closes (bounded by ``timeout``)."""
+    with socket.create_connection(server.address, timeout=timeout) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+def parsed(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *fields = head.decode().split("\r\n")
+    version, code, _ = status.split(" ", 2)
+    assert version == "HTTP/1.1"
+    headers = dict(f.split(": ", 1) for f in fields)
+    assert int(headers["Content-Length"]) == len(body) or body == b""
+    return int(code), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        (b"GET /healthz\r\n", 505),  # HTTP/0.9: a status line all the same
+        (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
+        (b"POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 405),
+        (b"DELETE /metrics HTTP/1.0\r\n\r\n", 405),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),  # TLS hello
+        (b"GET /healthz HTTP/1.1 extra\r\n\r\n", 400),
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_every_error_is_json_with_a_status_line(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop, request_bytes: bytes, code: int
+) -> None:
+    server = served[0].server
+    got, headers, body = parsed(raw(server, request_bytes))
+    assert got == code
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Connection"] == "close"
+    assert set(json.loads(body)) == {"error"}
+    if code == 405:
+        assert headers["Allow"] == "GET, HEAD"
+
+
+def test_head_answers_without_a_body(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop
+) -> None:
+    board.beat(60)
+    code, headers, body = parsed(raw(served[0].server, b"HEAD /healthz HTTP/1.0\r\n\r\n"))
+    assert (code, body) == (200, b"")
+    assert headers["Content-Length"] == str(len(b'{"alive": true}\n'))
+
+
+def test_the_whole_request_head_has_one_deadline(board: ReconcileLoop) -> None:
+    """One byte now and then does not keep a connection: the deadline is for the whole head,
+    not per read. Paced by the answer's own wait, never by sleeping."""
+    server = HealthServer(("127.0.0.1", 0), board.alive, lambda: board.view, head_deadline=0.5)
+    try:
+        with socket.create_connection(server.address, timeout=10) as client:
+            started = time.monotonic()
+            answer = b""
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x":
+                if select.select([client], [], [], 0.1)[0]:  # the server answered (or closed)
+                    break
+                client.send(bytes([byte]))
+            while chunk := client.recv(4096):
+                answer += chunk
+            took = time.monotonic() - started
+    finally:
+        server.stop()
+    code, _, body = parsed(answer)
+    assert code == 408
+    assert "error" in json.loads(body)
+    assert took < 3, f"cut after {took:.1f}s although a byte came every 0.1 s"
+
+
+def test_connections_are_capped_and_the_oldest_unfinished_head_gives_way(
+    board: ReconcileLoop,
+) -> None:
+    """Many clients that never finish their request cost at most ``max_connections``
+    descriptors, and a prompt request still gets its answer."""
+    board.beat(3600)
+    server = HealthServer(("127.0.0.1", 0), board.alive, lambda: board.view, max_connections=4)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            client = socket.create_connection(server.address, timeout=10)
+            client.send(b"G")
+            slow.append(client)
+        code, _, body = parsed(raw(server, b"GET /healthz HTTP/1.1\r\n\r\n"))
+        assert (code, json.loads(body)) == (200, {"alive": True})
+        assert server.connections <= 4
+        first = slow[0].recv(4096)
+        assert parsed(first + b"".join(iter(lambda: slow[0].recv(4096), b"")))[0] == 503
+    finally:
+        for client in slow:
+            client.close()
+        server.stop()
+
+
+def test_the_listen_backlog_holds_a_burst_while_the_server_is_busy(tmp_path: Path) -> None:
+    """While the server thread is busy (here: a slow view), connections wait in the kernel's
+    backlog instead of being refused: it is far above 5."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_view() -> NodeView:
+        entered.set()
+        release.wait(30)
+        return NodeView()
+
+    server = HealthServer(("127.0.0.1", 0), lambda: True, slow_view)
+    burst: list[socket.socket] = []
+    try:
+        with socket.create_connection(server.address, timeout=10) as first:
+            first.sendall(b"GET /readyz HTTP/1.1\r\n\r\n")
+            assert entered.wait(10)
+            for _ in range(32):
+                burst.append(socket.create_connection(server.address, timeout=2))
+            release.set()
+            assert first.recv(12) == b"HTTP/1.1 503"
+    finally:
+        release.set()
+        for client in burst:
+            client.close()
+        server.stop()
 
 
 @pytest.mark.parametrize(
