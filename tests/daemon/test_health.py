@@ -199,6 +199,81 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
     assert sample(text, "vfio_manager_functions", state="failed") == 0
 
 
+A, B, C = "0000:03:00.0", "0000:04:00.0", "0000:05:00.0"
+
+
+def test_each_function_has_one_series_its_current_state() -> None:
+    metrics = DaemonMetrics(process=False)
+    held = FunctionState(B, State.HELD, "PID 812 holds it", None, Reason.IN_USE, "RBLN-CA22")
+    observe(
+        metrics,
+        (
+            FunctionState(A, State.CONVERGED, product="RBLN-CA25"),
+            held,
+            FunctionState(C, State.FAILED, "EINVAL", None, Reason.TRANSITION_FAILED, "1eff-1fff"),
+        ),
+    )
+    text = metrics.render()[0].decode()
+    name = "vfio_manager_function_state"
+    assert sample(text, name, bdf=A, product="RBLN-CA25", state="converged", reason="none") == 1
+    assert sample(text, name, bdf=B, product="RBLN-CA22", state="held", reason="in-use") == 1
+    assert sample(text, name, bdf=C, state="failed", reason="transition-failed") == 1
+    assert "812" not in text, "a bounded reason, never the detail"
+
+    observe(
+        metrics,
+        (
+            FunctionState(A, State.CONVERGED, product="RBLN-CA25"),
+            replace(held, state=State.CONVERGED, cause=Reason.NONE),
+        ),
+    )
+    text = metrics.render()[0].decode()
+    assert sample(text, name, bdf=B, state="held") is None, "the old state's series is gone"
+    assert sample(text, name, bdf=B, state="converged", reason="none") == 1
+    assert sample(text, name, bdf=C) is None, "a function that left the view has no series"
+    assert len([line for line in text.splitlines() if line.startswith(name + "{")]) == 2
+
+
+def test_a_refusal_counts_once_when_it_becomes_refused() -> None:
+    """Counters count events: a held function re-planned at every resync is one refusal."""
+    metrics = DaemonMetrics(process=False)
+    refused = LastTransition(B, Direction.TO_VFIO, Result.REFUSED, "in use")
+    held = (FunctionState(B, State.HELD, cause=Reason.IN_USE),)
+    for _ in range(3):
+        observe(metrics, held, transitions=(refused,))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="refused") == 1
+    changed = LastTransition(B, Direction.TO_VFIO, Result.CHANGED)
+    observe(metrics, (FunctionState(B, State.CONVERGED),), transitions=(changed,))
+    observe(metrics, held, transitions=(refused,))
+    failed = LastTransition(C, Direction.TO_VFIO, Result.FAILED, "EINVAL")
+    for _ in range(2):  # each failed attempt wrote: each is an event
+        observe(metrics, (FunctionState(C, State.FAILED),), transitions=(failed,))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="refused") == 2
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="failed") == 2
+
+
+def test_pending_journal_records_and_the_age_of_the_oldest() -> None:
+    now = [1714564800.0]
+    metrics = DaemonMetrics(process=False, wall_clock=lambda: now[0])
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_journal_records") == 0
+    assert sample(text, "vfio_manager_journal_oldest_record_seconds") == 0
+    outcome = ReconcileOutcome((), journal=((A, now[0] - 100), (B, None)))
+    view = NodeView().merge(ReconcileRequest(None), outcome)
+    metrics.observe_reconcile(view, outcome, full=True, duration=0.01, finished_at=now[0])
+    now[0] += 20
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_journal_records") == 2
+    assert sample(text, "vfio_manager_journal_oldest_record_seconds") == 120, "at scrape time"
+    outcome = ReconcileOutcome(())
+    metrics.observe_reconcile(view, outcome, full=True, duration=0.01, finished_at=now[0])
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_journal_records") == 0
+    assert sample(text, "vfio_manager_journal_oldest_record_seconds") == 0
+
+
 def test_failing_host_checks_are_exported_and_cleared() -> None:
     metrics = DaemonMetrics(process=False)
     observe(metrics, (), host=HostReadiness(False, (IOMMU_OFF,)))

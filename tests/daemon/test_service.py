@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
+from pyfakefs.fake_filesystem_unittest import Pause
 
-from tests.daemon.kernel_rig import DAEMON_REAL_STATE, KernelRig
+from tests.daemon.kernel_rig import DAEMON_REAL_STATE, WALL, KernelRig
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.support import fake_process, invoke, native_node
@@ -308,12 +309,64 @@ def test_a_held_function_is_never_touched_until_let_go(
     assert why["reason"] == "in-use"
     assert "777" not in json.dumps(body), "no other workload's process on the port"
     assert rig.metric("vfio_manager_transitions_total", direction="vfio", outcome="refused") == 1
+    assert (
+        rig.metric(
+            "vfio_manager_function_state",
+            bdf=first,
+            product="RBLN-CA22",
+            state="held",
+            reason="in-use",
+        )
+        == 1
+    )
+    rig.loop.request_resync()
+    rig.step()
+    assert rig.metric("vfio_manager_transitions_total", direction="vfio", outcome="refused") == 1, (
+        "refused again at the resync: not a new event"
+    )
     shutil.rmtree(posixpath.join(kernel.proc_root, "777"))  # the program exits
     rig.loop.request_resync()
     rig.step()
     assert kernel.driver_of(first) == "vfio-pci"
     assert get(rig, "/readyz")[0] == 200
     assert rig.ready_doc() is not None
+    labels = {"bdf": first, "product": "RBLN-CA22"}
+    assert (
+        rig.metric("vfio_manager_function_state", **labels, state="held", reason="in-use") is None
+    )
+    assert (
+        rig.metric("vfio_manager_function_state", **labels, state="converged", reason="none") == 1
+    )
+
+
+def test_a_journal_record_kept_for_an_excluded_function_is_exported(
+    kernel: FakeKernel, make_kernel_rig: Any, real_state_dir: str
+) -> None:
+    first, _second = npu_node(kernel, count=2)
+    rig = make_kernel_rig(DaemonOptions(exclude=(first,), listen="127.0.0.1:0"))
+    with Pause(kernel.fs):
+        os.makedirs(real_state_dir, mode=0o700, exist_ok=True)
+        with open(os.path.join(real_state_dir, f"journal-{first}.json"), "w") as record:
+            json.dump(JOURNAL_RECORD | {"bdf": first}, record)
+    rig.start()
+    assert pending_records(rig) == [first], "kept: the function is excluded"
+    assert rig.metric("vfio_manager_journal_records") == 1
+    assert rig.metric("vfio_manager_journal_oldest_record_seconds") == WALL - 1714521600
+
+
+JOURNAL_RECORD = {
+    "version": 1,
+    "record": "transition",
+    "direction": "vfio",
+    "vendor_device": None,
+    "original_driver": None,
+    "original_override": None,
+    "steps_done": ["set-override"],
+    "started_at": "2024-05-01T00:00:00+00:00",
+    "updated_at": "2024-05-01T00:00:00+00:00",
+    "pid": 999999,
+    "origin_created": False,
+}
 
 
 def test_a_group_blocked_by_a_peer_is_pending(kernel: FakeKernel, make_kernel_rig: Any) -> None:

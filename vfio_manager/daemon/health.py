@@ -176,7 +176,13 @@ _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 class DaemonMetrics:
     """The series of docs/daemon.md in a registry of their own (plus the process collector)."""
 
-    def __init__(self, *, version: str = __version__, process: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        version: str = __version__,
+        process: bool = True,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         import prometheus_client as prom
         from prometheus_client.process_collector import ProcessCollector
 
@@ -193,6 +199,17 @@ class DaemonMetrics:
             return prom.Counter(f"vfio_manager_{name}", text, labels, registry=r)
 
         self.functions = gauge("functions", "Selected PCI functions by daemon state.", "state")
+        self.function_state = gauge(
+            "function_state",
+            "1 for each function's current state (the series goes when the state changes).",
+            "bdf",
+            "product",
+            "state",
+            "reason",
+        )
+        self.journal_records = gauge("journal_records", "Pending journal records.")
+        oldest = gauge("journal_oldest_record_seconds", "Age of the oldest pending journal record.")
+        oldest.set_function(lambda: 0.0 if self._oldest is None else wall_clock() - self._oldest)
         self.node_converged = gauge("node_converged", "1 while the node is converged (ready file).")
         self.transitions = counter(
             "transitions", "Transitions attempted by direction and outcome.", "direction", "outcome"
@@ -227,6 +244,10 @@ class DaemonMetrics:
         for scope in ("full", "partial"):
             self.duration.labels(scope)
         self._failing_checks: set[str] = set()
+        self._series: set[tuple[str, str, str, str]] = set()  # function_state's label sets
+        self._refused: set[tuple[str, str]] = set()  # (bdf, direction) refused, not yet counted
+        self._oldest: Optional[float] = None
+        self._first_seen: dict[str, float] = {}  # records with no readable start time
 
     def observe_uevents(self, events: Sequence[Uevent]) -> None:
         for event in events:
@@ -247,8 +268,15 @@ class DaemonMetrics:
             self.errors.inc()
         elif all(s.state is not State.FAILED for s in outcome.functions):
             self.last_success.set(finished_at)  # held or pending functions are no failures
-        for t in outcome.transitions if outcome is not None else ():
-            self.transitions.labels(t.direction.value, t.result.value).inc()
+        if outcome is not None:
+            self._count(view, outcome)
+            self._journal(outcome.journal, finished_at)
+        series = {(s.bdf, s.product, s.state.value, s.cause.value) for s in view.functions.values()}
+        for gone in self._series - series:
+            self.function_state.remove(*gone)
+        for labels in series:
+            self.function_state.labels(*labels).set(1)
+        self._series = series
         for state, count in view.counts().items():
             self.functions.labels(state).set(count)
         self.node_converged.set(1 if view.converged else 0)
@@ -257,6 +285,26 @@ class DaemonMetrics:
         for name in failing | self._failing_checks:
             self.host_check_failing.labels(name).set(1 if name in failing else 0)
         self._failing_checks |= failing
+
+    def _count(self, view: NodeView, outcome: ReconcileOutcome) -> None:
+        """Events, not reconciles: a refusal counts when it starts, not at every resync."""
+        refused = set()
+        for t in outcome.transitions:
+            key = (t.bdf, t.direction.value)
+            if t.result is Result.REFUSED:
+                refused.add(key)
+                if key in self._refused:
+                    continue
+            self.transitions.labels(t.direction.value, t.result.value).inc()
+        looked_at = {s.bdf for s in outcome.functions}
+        still = {k for k in self._refused if k[0] not in looked_at and k[0] in view.functions}
+        self._refused = refused | still
+
+    def _journal(self, records: Sequence[tuple[str, Optional[float]]], now: float) -> None:
+        seen = {bdf: since or self._first_seen.get(bdf, now) for bdf, since in records}
+        self._first_seen = {bdf: seen[bdf] for bdf, since in records if since is None}
+        self.journal_records.set(len(records))
+        self._oldest = min(seen.values(), default=None)
 
     def render(self) -> tuple[bytes, str]:
         """The ``/metrics`` body and its content type."""

@@ -440,7 +440,9 @@ class ReconcileLoop:
             wait = max(0.0, retry.at - self.clock()) if retry.at is not None else 0.0
             attempt = f"attempt {retry.failures + 1}"
             remedy = f"retried automatically in {wait:.0f}s ({attempt}); a SIGHUP retries now"
-            return FunctionState(bdf, State.FAILED, retry.reason, remedy, retry.cause)
+            return replace(
+                function, state=State.FAILED, reason=retry.reason, remedy=remedy, cause=retry.cause
+            )
         if flapping:
             reason = (
                 f"moved back to the host more than {self.flaps.limit} times within "
@@ -449,7 +451,9 @@ class ReconcileLoop:
             delay = self.backoff.failed(bdf, reason, Reason.FLAPPING)
             log.error("function flapping", bdf=bdf, reason=reason, retry_in=delay)
             remedy = "find and stop what rebinds it"
-            return FunctionState(bdf, State.FAILED, reason, remedy, Reason.FLAPPING)
+            return replace(
+                function, state=State.FAILED, reason=reason, remedy=remedy, cause=Reason.FLAPPING
+            )
         if function.state is State.FAILED:
             delay = self.backoff.failed(bdf, function.reason, function.cause)
             log.error(

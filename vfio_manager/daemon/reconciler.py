@@ -3,6 +3,7 @@ and ``--on-exit``, through the same pipeline. docs/daemon.md has the state model
 
 from __future__ import annotations
 
+import calendar
 import enum
 import errno as errno_mod
 import time
@@ -19,7 +20,12 @@ from vfio_manager.log import get_logger
 from vfio_manager.pipeline.engine import Outcome, Result
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import FunctionPlan, RefusalKind
-from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_functions
+from vfio_manager.pipeline.selection import (
+    Selector,
+    in_groups_of,
+    product_label,
+    selected_functions,
+)
 from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult, run_transition
 from vfio_manager.safety.intents import Intent, IntentStore
 
@@ -75,11 +81,16 @@ class FunctionState:
     reason: Optional[str] = None
     remedy: Optional[str] = None
     cause: Reason = Reason.NONE
+    product: str = ""  # product_label: a label value
 
     def to_json(self) -> dict[str, Any]:
         """For ``/readyz``: the bounded reason only."""
-        return {"bdf": self.bdf, "state": self.state.value, "reason": self.cause.value,
-                "remedy": self.remedy}  # fmt: skip
+        return {
+            "bdf": self.bdf,
+            "state": self.state.value,
+            "reason": self.cause.value,
+            "remedy": self.remedy,
+        }
 
 
 @dataclass(frozen=True)
@@ -128,11 +139,13 @@ class ReconcileRequest:
 
 @dataclass(frozen=True)
 class ReconcileOutcome:
-    """Every function looked at (an affected BDF missing is gone), host verdict, transitions."""
+    """Every function looked at (an affected BDF missing is gone), host verdict, transitions;
+    ``journal``: the pending journal records, each (BDF, Unix time it started, if known)."""
 
     functions: tuple[FunctionState, ...]
     host: HostReadiness = HOST_READY
     transitions: tuple[LastTransition, ...] = ()
+    journal: tuple[tuple[str, Optional[float]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,6 +231,7 @@ class PipelineReconciler:
             transition = replace(self.bind_all, exclude=left_alone, scope=scope)
             try:
                 result = run_transition(self.node, transition, lock=lock)
+                outcome = self._outcome(result, scope, intents, request.skip)
             except PreflightFailed as failed:  # not an error: the host is not ready
                 checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
                 self.host = HostReadiness(ok=False, failing=checks)
@@ -226,14 +240,23 @@ class PipelineReconciler:
                 reason = f"the host is not ready ({names}): nothing is written until it is"
                 remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
                 states = (
-                    self._left_out(f, intents, frozenset())
-                    or _as_found(f, reason, remedy, Reason.HOST_NOT_READY)
+                    _labelled(
+                        self._left_out(f, intents, frozenset())
+                        or _as_found(f, reason, remedy, Reason.HOST_NOT_READY),
+                        f,
+                    )
                     for f in self._in_scope(topology, scope)
                 )
-                return ReconcileOutcome(tuple(states), self.host)
-        for note in result.notes:
-            log.info("reconcile note", note=note)
-        return self._outcome(result, scope, intents, request.skip)
+                outcome = ReconcileOutcome(tuple(states), self.host)
+            return replace(outcome, journal=self._journal())
+
+    def _journal(self) -> tuple[tuple[str, Optional[float]], ...]:
+        """The journal's pending records (read-only); none when it cannot be read."""
+        try:
+            records = self.node.journal(readonly=True).pending()
+        except VfioManagerError:
+            return ()
+        return tuple((r.bdf or "?", _unix_time(r.started_at)) for r in records)
 
     def _in_scope(self, topology: Topology, scope: Scope) -> list[PciFunction]:
         functions = selected_functions(topology, self.selector)
@@ -264,6 +287,8 @@ class PipelineReconciler:
     def _outcome(
         self, result: TransitionResult, scope: Scope, intents: Intents, skip: frozenset[str]
     ) -> ReconcileOutcome:
+        for note in result.notes:
+            log.info("reconcile note", note=note)
         if result.topology is None:  # only a dry run has none
             raise RuntimeError("the pipeline returned no topology")
         in_scope = self._in_scope(result.topology, scope)
@@ -276,7 +301,7 @@ class PipelineReconciler:
         outcomes = {o.bdf: o for o in result.report.outcomes} if result.report is not None else {}
         functions = {f.bdf: f for f in in_scope} | {b: e.function for b, e in entries.items()}
         states = (
-            left_out.get(b) or self._planned(f, entries.get(b), outcomes.get(b))
+            (left_out.get(b) or self._planned(f, entries.get(b), outcomes.get(b)), f)
             for b, f in sorted(functions.items())
         )
         transitions = (
@@ -286,7 +311,7 @@ class PipelineReconciler:
         )
         if scope is None or any(s is None for s in left_out.values()):
             self.host = HOST_READY  # the gate passed, or nothing needed it
-        found = tuple(s for s in states if s is not None)
+        found = tuple(_labelled(s, f) for s, f in states if s is not None)
         return ReconcileOutcome(found, self.host, tuple(transitions))
 
     def _planned(
@@ -317,6 +342,18 @@ class PipelineReconciler:
         if outcome.restored_to:
             reason += f" (restored to {outcome.restored_to})"
         return FunctionState(bdf, State.FAILED, reason, outcome.remedy, _failure(outcome))
+
+
+def _labelled(state: FunctionState, function: PciFunction) -> FunctionState:
+    return replace(state, product=product_label(function))
+
+
+def _unix_time(text: Optional[str]) -> Optional[float]:
+    """A journal record's ``started_at`` (``2024-05-01T12:00:00+00:00``) as Unix time."""
+    try:
+        return float(calendar.timegm(time.strptime((text or "")[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
 
 
 def _failure(outcome: Outcome) -> Reason:
