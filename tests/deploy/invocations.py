@@ -78,6 +78,13 @@ class Invocation:
                 found[entry["name"]] = node
         return found
 
+    def create_host_paths(self, fake_host_root: str) -> None:
+        """What kubelet does for ``type: DirectoryOrCreate`` hostPaths, on the fake node."""
+        for volume in self.pod.get("volumes", []):
+            host = volume.get("hostPath")
+            if host is not None and host.get("type") == "DirectoryOrCreate":
+                os.makedirs(fake_host_root.rstrip("/") + host["path"], exist_ok=True)
+
     def config_maps(self) -> dict[str, str]:
         """``{mount path: ConfigMap name}`` of the container's whole-volume ConfigMap mounts."""
         volumes = {v["name"]: v for v in self.pod.get("volumes", [])}
