@@ -426,7 +426,6 @@ def _rendered_daemon_with(**changes: Any) -> Invocation:
     return _with(_daemon("base"), **changes)
 
 
-@needs_node_options
 def test_a_written_node_file_on_a_configmap_or_missing_volume_fails() -> None:
     daemon = _daemon("base")
     args = ["daemon", "--nfd-features-file", "/etc/vfio-manager/nodes/x"]
