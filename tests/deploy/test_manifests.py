@@ -1,9 +1,8 @@
 """deploy/kubernetes: rendered, validated against pinned Kubernetes schemas, and every
 container's command run through the real CLI (parsed, and bind-all run on a fake node).
 
-The daemon's container is parsed too; until `vfio-manager daemon` exists (issue 10) that
-case is an expected failure, strict: the day the daemon lands it passes, the run fails on
-XPASS, and whoever merged it removes the marker, so its flags are checked from then on.
+The daemon's container is parsed like the others, so a flag of `vfio-manager daemon` that the
+manifests use and the CLI does not have fails.
 """
 
 from __future__ import annotations
