@@ -1,6 +1,6 @@
 """The package's layers: a lower layer never imports an upper one, and no module cycles.
 
-Order, bottom up: errors, log and record; kernel (the kernel's view and verbs); host (readiness);
+Order, bottom up: errors and log; kernel (the kernel's view and verbs); host (readiness);
 safety (lock, journal, writer, holders); pipeline (plan, engine, transition); daemon;
 cli. Imports inside functions count too (a lazy import is still a dependency), and so do
 imports made only for type checking.
