@@ -16,7 +16,7 @@ import pytest
 import vfio_manager
 
 PACKAGE = pathlib.Path(vfio_manager.__file__).parent
-LAYERS = {"errors": 0, "log": 0, "record": 0, "kernel": 1, "host": 2, "safety": 3, "pipeline": 4}
+LAYERS = {"errors": 0, "log": 0, "kernel": 1, "host": 2, "safety": 3, "pipeline": 4}
 LAYERS |= {"daemon": 5, "cli": 6, "__main__": 7, "__init__": 0}
 
 
