@@ -2,6 +2,7 @@
 
 Boots: tools/e2e/run passes --e2e-boot=on (IOMMU enabled: every test not marked iommu_off)
 or --e2e-boot=off (intel_iommu=off: only the tests marked iommu_off).
+Tests marked sriov need the igb PF: skipped, with the reason, when the run's QEMU had no igb.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     config.addinivalue_line("markers", "iommu_off: runs only in the boot with intel_iommu=off")
     config.addinivalue_line("markers", "e2e: runs only inside the QEMU guest")
+    config.addinivalue_line("markers", "sriov: needs the igb SR-IOV PF (QEMU with igb)")
     actual = "on" if guest.iommu_on() else "off"
     wanted = config.getoption("--e2e-boot") or actual
     if wanted != actual:
@@ -72,8 +74,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     boot = config._e2e_boot  # type: ignore[attr-defined]
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
+    no_igb = pytest.mark.skip(reason="no igb SR-IOV PF: the run's QEMU has no igb (QEMU 8.0 on)")
+    igb = "vfio_e2e.igb=0" not in _cmdline().split()
     for item in items:
         item.add_marker(pytest.mark.e2e)
+        if not igb and item.get_closest_marker("sriov") is not None:
+            item.add_marker(no_igb)
         off_test = item.get_closest_marker("iommu_off") is not None
         (keep if off_test == (boot == "off") else drop).append(item)
     if drop:

@@ -9,6 +9,9 @@ select stand-ins with --vendor/--class/--device-id:
   bridge on shpchp, grouped with it and with pci-testdev 02:01.0): functions with no driver
 - e1000 8086:100e at 00:05.0 shares a group with virtio-net 1af4:1000 at 00:05.1
 
+- igb 8086:10c9 at 04:00.0 (82576, behind its own root port 00:08.0): an SR-IOV PF on
+  igb whose VFs (8086:10ca, igbvf) the tests create and remove; absent when QEMU has no igb
+
 00:02.0 and 00:03.0 are the virtio-9p functions that carry the shares: a write to them
 would kill the run, so a guard refuses any such write made from this process.
 """
@@ -35,13 +38,18 @@ EDU = "0000:00:04.0"
 EDU_BEHIND_BRIDGE = "0000:02:02.0"
 TESTDEV = "0000:02:01.0"
 BRIDGE = "0000:01:00.0"
+IGB = "0000:04:00.0"  # SR-IOV PF; its VFs come and go
 SHARES = ("0000:00:02.0", "0000:00:03.0")  # never selected, never written
 # the functions the suite may move, and so puts back after each test
-MANAGED = (E1000E, E1000, EDU, EDU_BEHIND_BRIDGE, TESTDEV, BRIDGE)
+MANAGED = (E1000E, E1000, EDU, EDU_BEHIND_BRIDGE, TESTDEV, BRIDGE) + (
+    (IGB,) if os.path.isdir(f"{PCI}/{IGB}") else ()
+)
 
 SEL_E1000E = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10d3"]
 SEL_E1000 = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x100e"]
 SEL_EDU = ["--vendor", "0x1234", "--class", "0x00ff00", "--device-id", "0x11e8"]
+SEL_IGB = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10c9"]
+SEL_IGB_VF = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10ca"]
 
 # drivers that keep an IOMMU group viable (kernel: driver_managed_dma), see
 # docs/kernel-facts.md
@@ -90,6 +98,23 @@ def vfio_dev(bdf: str) -> Optional[str]:
 
 def functions() -> list[str]:
     return sorted(os.listdir(PCI))
+
+
+def vfs(pf: str) -> list[str]:
+    """The PF's VFs, in VF order (its ``virtfnK`` links)."""
+    links = [e for e in os.listdir(f"{PCI}/{pf}") if e.startswith("virtfn")]
+    links.sort(key=lambda e: int(e[len("virtfn") :]))
+    return [os.path.basename(os.readlink(f"{PCI}/{pf}/{e}")) for e in links]
+
+
+def vfio_cdev(bdf: str) -> Optional[str]:
+    """``/dev/vfio/devices/vfioK`` of a function on a vfio driver (kernels with the cdev)."""
+    try:
+        names = os.listdir(f"{PCI}/{bdf}/vfio-dev")
+    except FileNotFoundError:
+        return None
+    path = f"/dev/vfio/devices/{names[0]}" if names else None
+    return path if path and os.path.exists(path) else None
 
 
 def iommu_on() -> bool:
@@ -230,8 +255,14 @@ def _write(path: str, data: str) -> None:
 
 
 def restore(baseline: dict[str, Optional[str]]) -> list[str]:
-    """Put each function back on its baseline driver with no override; returns what it fixed."""
+    """Put each function back on its baseline driver with no override, and an SR-IOV PF back
+    to no VFs with autoprobe on; returns what it fixed."""
     fixed = []
+    if IGB in baseline:
+        for name, want_value in (("sriov_numvfs", "0"), ("sriov_drivers_autoprobe", "1")):
+            if attr(IGB, name) != want_value:
+                fixed.append(f"{IGB}: {name} {attr(IGB, name)} -> {want_value}")
+                _write(f"{PCI}/{IGB}/{name}", want_value)
     for bdf, want in baseline.items():
         assert bdf not in SHARES
         if override(bdf) is None and driver(bdf) == want:
