@@ -117,6 +117,33 @@ def vfio_cdev(bdf: str) -> Optional[str]:
     return path if path and os.path.exists(path) else None
 
 
+def kernel_config() -> dict[str, str]:
+    """The running kernel's config (``/boot/config-REL``, which both guest images carry):
+    ``{CONFIG_X: value}``, unset symbols ``n``; empty when there is none."""
+    try:
+        with open(f"/boot/config-{os.uname().release}") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    config = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if line.startswith("CONFIG_") and sep:
+            config[key] = value
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            config[line[2 : -len(" is not set")]] = "n"
+    return config
+
+
+CDEV_CONFIG = ("CONFIG_IOMMUFD", "CONFIG_VFIO_DEVICE_CDEV")
+
+
+def cdev_config_missing() -> list[str]:
+    """The symbols of :data:`CDEV_CONFIG` the running kernel was built without."""
+    config = kernel_config()
+    return [k for k in CDEV_CONFIG if config.get(k, "n") not in ("y", "m")]
+
+
 def iommu_on() -> bool:
     return bool(
         os.path.isdir("/sys/kernel/iommu_groups") and os.listdir("/sys/kernel/iommu_groups")
@@ -364,6 +391,48 @@ def start_holder(code: str, *args: str) -> subprocess.Popen[str]:
     line = holder.stdout.readline()
     assert line.startswith("holding"), f"holder could not open the device: {line!r}"
     return holder
+
+
+# The iommufd way (what QEMU does with iommufd): the device cdev bound to /dev/iommu and
+# attached to an IOAS. Numbers from Debian's linux-source-6.12, include/uapi/linux/vfio.h and
+# iommufd.h; every one is _IO(';', nr) = (0x3b << 8) | nr, the argument struct's size in argsz:
+#   VFIO_DEVICE_BIND_IOMMUFD      = _IO(VFIO_TYPE, VFIO_BASE + 18) = 0x3b76, struct
+#       vfio_device_bind_iommufd {u32 argsz, flags; s32 iommufd; u32 out_devid}   (16 bytes)
+#   VFIO_DEVICE_ATTACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 19) = 0x3b77, struct
+#       vfio_device_attach_iommufd_pt {u32 argsz, flags, pt_id}                   (12 bytes)
+#   IOMMU_IOAS_ALLOC = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC = 0x81) = 0x3b81, struct
+#       iommu_ioas_alloc {u32 size, flags, out_ioas_id}                           (12 bytes)
+# (VFIO_TYPE = IOMMUFD_TYPE = ';', VFIO_BASE = 100.)
+VFIO_DEVICE_BIND_IOMMUFD = 0x3B76
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = 0x3B77
+IOMMU_IOAS_ALLOC = 0x3B81
+
+CDEV_HOLD = rf"""
+import fcntl, os, struct, sys, time
+
+def hold_cdev(cdev):
+    dev = os.open(cdev, os.O_RDWR)
+    iommufd = os.open("/dev/iommu", os.O_RDWR)
+    bind = bytearray(struct.pack("IIiI", 16, 0, iommufd, 0))
+    fcntl.ioctl(dev, {VFIO_DEVICE_BIND_IOMMUFD:#x}, bind, True)
+    devid = struct.unpack("IIiI", bind)[3]
+    alloc = bytearray(struct.pack("III", 12, 0, 0))
+    fcntl.ioctl(iommufd, {IOMMU_IOAS_ALLOC:#x}, alloc, True)
+    ioas = struct.unpack("III", alloc)[2]
+    attach = bytearray(struct.pack("III", 12, 0, ioas))
+    fcntl.ioctl(dev, {VFIO_DEVICE_ATTACH_IOMMUFD_PT:#x}, attach, True)
+    return dev, iommufd, devid, ioas
+"""
+
+# A separate process that holds a function through its cdev, as QEMU with iommufd, for an hour.
+CDEV_HOLDER = (
+    CDEV_HOLD
+    + r"""
+dev, iommufd, devid, ioas = hold_cdev(sys.argv[1])
+print("holding", sys.argv[1], "devid", devid, "ioas", ioas, flush=True)
+time.sleep(3600)
+"""
+)
 
 
 # ---- vfio modules ---------------------------------------------------------------------
