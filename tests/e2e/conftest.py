@@ -2,6 +2,10 @@
 
 Boots: tools/e2e/run passes --e2e-boot=on (IOMMU enabled: every test not marked iommu_off)
 or --e2e-boot=off (intel_iommu=off: only the tests marked iommu_off).
+Kernels: --e2e-kernel=debian or iommufd. Tests marked iommufd need a kernel built with
+CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV: skipped, with the reason, on a kernel whose config
+says it lacks them; the iommufd kernel's boot stops with an error if its config lacks them.
+Tests marked sriov need the igb PF: skipped, with the reason, when the run's QEMU had no igb.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "default: whatever /sys/kernel/iommu_groups says",
     )
     group.addoption(
+        "--e2e-kernel",
+        choices=["debian", "iommufd"],
+        default=None,
+        help="which kernel this is: debian (stock) or iommufd (tools/e2e/build-kernel); "
+        "default: whatever the kernel config says",
+    )
+    group.addoption(
         "--e2e-out", default=None, help="folder (on the out share) that receives the recordings"
     )
 
@@ -56,6 +67,18 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     config.addinivalue_line("markers", "iommu_off: runs only in the boot with intel_iommu=off")
     config.addinivalue_line("markers", "e2e: runs only inside the QEMU guest")
+    config.addinivalue_line(
+        "markers", "iommufd: needs CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV (--kernel iommufd)"
+    )
+    config.addinivalue_line("markers", "sriov: needs the igb SR-IOV PF (QEMU with igb)")
+    missing = guest.cdev_config_missing()
+    if config.getoption("--e2e-kernel") == "iommufd" and missing:
+        pytest.exit(
+            f"this boot was meant to run the iommufd kernel, but kernel {os.uname().release} "
+            f"has {', '.join(missing)} unset (or no /boot/config-{os.uname().release})",
+            returncode=3,
+        )
+    config._e2e_cdev_missing = missing  # type: ignore[attr-defined]
     actual = "on" if guest.iommu_on() else "off"
     wanted = config.getoption("--e2e-boot") or actual
     if wanted != actual:
@@ -72,8 +95,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     boot = config._e2e_boot  # type: ignore[attr-defined]
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
+    missing = config._e2e_cdev_missing  # type: ignore[attr-defined]
+    no_cdev = pytest.mark.skip(
+        reason=f"kernel {os.uname().release} built without {' and '.join(missing)}: "
+        "these run with tools/e2e/run --kernel iommufd"
+    )
+    no_igb = pytest.mark.skip(reason="no igb SR-IOV PF: the run's QEMU has no igb (QEMU 8.0 on)")
+    igb = "vfio_e2e.igb=0" not in _cmdline().split()
     for item in items:
         item.add_marker(pytest.mark.e2e)
+        if missing and item.get_closest_marker("iommufd") is not None:
+            item.add_marker(no_cdev)
+        if not igb and item.get_closest_marker("sriov") is not None:
+            item.add_marker(no_igb)
         off_test = item.get_closest_marker("iommu_off") is not None
         (keep if off_test == (boot == "off") else drop).append(item)
     if drop:
@@ -88,8 +122,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_header(config: pytest.Config) -> list[str]:
     import platform
 
+    missing = config._e2e_cdev_missing  # type: ignore[attr-defined]
+    cdev = "no: " + ", ".join(missing) + " unset" if missing else "yes"
     return [
         f"e2e guest: kernel {platform.release()}, IOMMU {config._e2e_boot}",  # type: ignore[attr-defined]
+        f"iommufd + VFIO device cdev: {cdev}",
         "cmdline: " + _cmdline(),
     ]
 

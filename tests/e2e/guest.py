@@ -9,6 +9,9 @@ select stand-ins with --vendor/--class/--device-id:
   bridge on shpchp, grouped with it and with pci-testdev 02:01.0): functions with no driver
 - e1000 8086:100e at 00:05.0 shares a group with virtio-net 1af4:1000 at 00:05.1
 
+- igb 8086:10c9 at 04:00.0 (82576, behind its own root port 00:08.0): an SR-IOV PF on
+  igb whose VFs (8086:10ca, igbvf) the tests create and remove; absent when QEMU has no igb
+
 00:02.0 and 00:03.0 are the virtio-9p functions that carry the shares: a write to them
 would kill the run, so a guard refuses any such write made from this process.
 """
@@ -35,13 +38,18 @@ EDU = "0000:00:04.0"
 EDU_BEHIND_BRIDGE = "0000:02:02.0"
 TESTDEV = "0000:02:01.0"
 BRIDGE = "0000:01:00.0"
+IGB = "0000:04:00.0"  # SR-IOV PF; its VFs come and go
 SHARES = ("0000:00:02.0", "0000:00:03.0")  # never selected, never written
 # the functions the suite may move, and so puts back after each test
-MANAGED = (E1000E, E1000, EDU, EDU_BEHIND_BRIDGE, TESTDEV, BRIDGE)
+MANAGED = (E1000E, E1000, EDU, EDU_BEHIND_BRIDGE, TESTDEV, BRIDGE) + (
+    (IGB,) if os.path.isdir(f"{PCI}/{IGB}") else ()
+)
 
 SEL_E1000E = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10d3"]
 SEL_E1000 = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x100e"]
 SEL_EDU = ["--vendor", "0x1234", "--class", "0x00ff00", "--device-id", "0x11e8"]
+SEL_IGB = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10c9"]
+SEL_IGB_VF = ["--vendor", "0x8086", "--class", "0x020000", "--device-id", "0x10ca"]
 
 # drivers that keep an IOMMU group viable (kernel: driver_managed_dma), see
 # docs/kernel-facts.md
@@ -90,6 +98,50 @@ def vfio_dev(bdf: str) -> Optional[str]:
 
 def functions() -> list[str]:
     return sorted(os.listdir(PCI))
+
+
+def vfs(pf: str) -> list[str]:
+    """The PF's VFs, in VF order (its ``virtfnK`` links)."""
+    links = [e for e in os.listdir(f"{PCI}/{pf}") if e.startswith("virtfn")]
+    links.sort(key=lambda e: int(e[len("virtfn") :]))
+    return [os.path.basename(os.readlink(f"{PCI}/{pf}/{e}")) for e in links]
+
+
+def vfio_cdev(bdf: str) -> Optional[str]:
+    """``/dev/vfio/devices/vfioK`` of a function on a vfio driver (kernels with the cdev)."""
+    try:
+        names = os.listdir(f"{PCI}/{bdf}/vfio-dev")
+    except FileNotFoundError:
+        return None
+    path = f"/dev/vfio/devices/{names[0]}" if names else None
+    return path if path and os.path.exists(path) else None
+
+
+def kernel_config() -> dict[str, str]:
+    """The running kernel's config (``/boot/config-REL``, which both guest images carry):
+    ``{CONFIG_X: value}``, unset symbols ``n``; empty when there is none."""
+    try:
+        with open(f"/boot/config-{os.uname().release}") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    config = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if line.startswith("CONFIG_") and sep:
+            config[key] = value
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            config[line[2 : -len(" is not set")]] = "n"
+    return config
+
+
+CDEV_CONFIG = ("CONFIG_IOMMUFD", "CONFIG_VFIO_DEVICE_CDEV")
+
+
+def cdev_config_missing() -> list[str]:
+    """The symbols of :data:`CDEV_CONFIG` the running kernel was built without."""
+    config = kernel_config()
+    return [k for k in CDEV_CONFIG if config.get(k, "n") not in ("y", "m")]
 
 
 def iommu_on() -> bool:
@@ -230,8 +282,14 @@ def _write(path: str, data: str) -> None:
 
 
 def restore(baseline: dict[str, Optional[str]]) -> list[str]:
-    """Put each function back on its baseline driver with no override; returns what it fixed."""
+    """Put each function back on its baseline driver with no override, and an SR-IOV PF back
+    to no VFs with autoprobe on; returns what it fixed."""
     fixed = []
+    if IGB in baseline:
+        for name, want_value in (("sriov_numvfs", "0"), ("sriov_drivers_autoprobe", "1")):
+            if attr(IGB, name) != want_value:
+                fixed.append(f"{IGB}: {name} {attr(IGB, name)} -> {want_value}")
+                _write(f"{PCI}/{IGB}/{name}", want_value)
     for bdf, want in baseline.items():
         assert bdf not in SHARES
         if override(bdf) is None and driver(bdf) == want:
@@ -333,6 +391,48 @@ def start_holder(code: str, *args: str) -> subprocess.Popen[str]:
     line = holder.stdout.readline()
     assert line.startswith("holding"), f"holder could not open the device: {line!r}"
     return holder
+
+
+# The iommufd way (what QEMU does with iommufd): the device cdev bound to /dev/iommu and
+# attached to an IOAS. Numbers from Debian's linux-source-6.12, include/uapi/linux/vfio.h and
+# iommufd.h; every one is _IO(';', nr) = (0x3b << 8) | nr, the argument struct's size in argsz:
+#   VFIO_DEVICE_BIND_IOMMUFD      = _IO(VFIO_TYPE, VFIO_BASE + 18) = 0x3b76, struct
+#       vfio_device_bind_iommufd {u32 argsz, flags; s32 iommufd; u32 out_devid}   (16 bytes)
+#   VFIO_DEVICE_ATTACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 19) = 0x3b77, struct
+#       vfio_device_attach_iommufd_pt {u32 argsz, flags, pt_id}                   (12 bytes)
+#   IOMMU_IOAS_ALLOC = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC = 0x81) = 0x3b81, struct
+#       iommu_ioas_alloc {u32 size, flags, out_ioas_id}                           (12 bytes)
+# (VFIO_TYPE = IOMMUFD_TYPE = ';', VFIO_BASE = 100.)
+VFIO_DEVICE_BIND_IOMMUFD = 0x3B76
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = 0x3B77
+IOMMU_IOAS_ALLOC = 0x3B81
+
+CDEV_HOLD = rf"""
+import fcntl, os, struct, sys, time
+
+def hold_cdev(cdev):
+    dev = os.open(cdev, os.O_RDWR)
+    iommufd = os.open("/dev/iommu", os.O_RDWR)
+    bind = bytearray(struct.pack("IIiI", 16, 0, iommufd, 0))
+    fcntl.ioctl(dev, {VFIO_DEVICE_BIND_IOMMUFD:#x}, bind, True)
+    devid = struct.unpack("IIiI", bind)[3]
+    alloc = bytearray(struct.pack("III", 12, 0, 0))
+    fcntl.ioctl(iommufd, {IOMMU_IOAS_ALLOC:#x}, alloc, True)
+    ioas = struct.unpack("III", alloc)[2]
+    attach = bytearray(struct.pack("III", 12, 0, ioas))
+    fcntl.ioctl(dev, {VFIO_DEVICE_ATTACH_IOMMUFD_PT:#x}, attach, True)
+    return dev, iommufd, devid, ioas
+"""
+
+# A separate process that holds a function through its cdev, as QEMU with iommufd, for an hour.
+CDEV_HOLDER = (
+    CDEV_HOLD
+    + r"""
+dev, iommufd, devid, ioas = hold_cdev(sys.argv[1])
+print("holding", sys.argv[1], "devid", devid, "ioas", ioas, flush=True)
+time.sleep(3600)
+"""
+)
 
 
 # ---- vfio modules ---------------------------------------------------------------------
