@@ -61,16 +61,16 @@ class Sysfs:
         return f"{self._devices_prefix}{address}"
 
     def _device_attr(self, address: PciAddress, name: str) -> str:
-        return os.path.join(self.device_dir(address), _valid_name(name, "attribute"))
+        return os.path.join(self.device_dir(address), valid_name(name, "attribute"))
 
     def _driver_dir(self, driver: str) -> str:
-        return self._path("bus", "pci", "drivers", _valid_name(driver, "driver"))
+        return self._path("bus", "pci", "drivers", valid_name(driver, "driver"))
 
     def vfio_dev_path(self, group: int) -> str:
         return os.path.join(self._vfio_dir, str(group))
 
     def module_dir(self, module: str) -> str:
-        return self._path("module", _valid_name(module, "module"))
+        return self._path("module", valid_name(module, "module"))
 
     @staticmethod
     def read_text(path: str) -> Optional[str]:
@@ -178,11 +178,11 @@ class Sysfs:
         self.write(self._device_attr(address, name), data, subject=str(address))
 
     def write_driver_file(self, driver: str, name: str, data: str) -> None:
-        path = os.path.join(self._driver_dir(driver), _valid_name(name, "driver file"))
+        path = os.path.join(self._driver_dir(driver), valid_name(name, "driver file"))
         self.write(path, data, subject=data.strip() or None)
 
     def write_bus_file(self, name: str, data: str) -> None:
-        path = self._path("bus", "pci", _valid_name(name, "bus file"))
+        path = self._path("bus", "pci", valid_name(name, "bus file"))
         self.write(path, data, subject=data.strip() or None)
 
     def device_realpath(self, address: PciAddress) -> str:
@@ -260,7 +260,7 @@ class Sysfs:
         return {n: os.path.realpath(os.path.join(base, n)) for n in self.list_dir(base)}
 
     def _block(self, name: str, *parts: str) -> str:
-        return os.path.join(self._path("class", "block"), _valid_name(name, "disk"), *parts)
+        return os.path.join(self._path("class", "block"), valid_name(name, "disk"), *parts)
 
     def block_dev_numbers(self, name: str) -> Optional[str]:
         return _dev_numbers(self.read_text(self._block(name, "dev")))
@@ -278,7 +278,7 @@ class Sysfs:
 
     def net_uppers(self, iface: str) -> list[str]:
         """Interfaces stacked on this one: its ``master`` (bridge, bond) and ``upper_*`` (VLAN)."""
-        base = os.path.join(self._path("class", "net"), _valid_name(iface, "interface"))
+        base = os.path.join(self._path("class", "net"), valid_name(iface, "interface"))
         uppers = [n[len("upper_") :] for n in self.list_dir(base) if n.startswith("upper_")]
         master = self.link_name(os.path.join(base, "master"))
         return [*uppers, master] if master is not None and master not in uppers else uppers
@@ -289,9 +289,10 @@ def _is_number(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
-def _valid_name(name: str, what: str) -> str:
-    """Refuse a driver, module or file name that could climb out of its folder."""
-    if not name or "/" in name or name in {".", ".."} or "\0" in name:
+def valid_name(name: str, what: str) -> str:
+    """Refuse a driver, module or file name that could climb out of its folder, or end an
+    override's value early: one path component, no blank or control character."""
+    if name in {"", ".", ".."} or "/" in name or " " in name or not name.isprintable():
         raise UsageError(f"{name!r} is not a valid {what} name")
     return name
 

@@ -4,7 +4,7 @@ what it depends on and does nothing when nothing is to do (a stale plan never wr
 from __future__ import annotations
 
 from vfio_manager.kernel.address import PciAddress
-from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.kernel.sysfs import Sysfs, valid_name
 from vfio_manager.log import get_logger
 
 log = get_logger("vfio_manager.kernel.verbs")
@@ -21,7 +21,7 @@ class Kernel:
 
     def set_override(self, address: PciAddress, driver: str) -> bool:
         """Only ``driver`` may bind the function from now on. Does not unbind or load anything."""
-        if self.sysfs.override_of(address) == driver:
+        if self.sysfs.override_of(address) == valid_name(driver, "driver"):
             return False
         self.sysfs.write_device_attr(address, "driver_override", driver + "\n")
         log.debug("sysfs write", bdf=str(address), step="set-override", value=driver)
@@ -37,7 +37,7 @@ class Kernel:
 
     def unbind(self, address: PciAddress, driver: str) -> bool:
         """Detach ``driver``; runs the driver's remove() synchronously and may block."""
-        if self.sysfs.driver_of(address) != driver:
+        if self.sysfs.driver_of(address) != valid_name(driver, "driver"):
             return False
         self.sysfs.write_driver_file(driver, "unbind", str(address))
         log.debug("sysfs write", bdf=str(address), step="unbind", driver=driver)
