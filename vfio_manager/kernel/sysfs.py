@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Optional
 
-from vfio_manager.errors import SysfsWriteError, UsageError
+from vfio_manager.errors import HostNotReadyError, SysfsWriteError, UsageError
 from vfio_manager.kernel.address import PciAddress
 
 DEFAULT_SYSFS_ROOT = "/sys"
@@ -101,8 +101,19 @@ class Sysfs:
             return []
 
     def list_functions(self) -> list[PciAddress]:
-        """Every PCI function the kernel knows, in address order (one listing)."""
-        found = (PciAddress.from_sysfs_name(n) for n in self.list_dir(self._devices_prefix))
+        """Every PCI function the kernel knows, in address order (one listing). A root
+        without ``bus/pci/devices`` is not a sysfs (a typo, an unmounted hostPath): an error."""
+        try:
+            names = os.listdir(self._devices_prefix)
+        except OSError as exc:
+            raise HostNotReadyError(
+                f"{self.root} has no bus/pci/devices ({exc.strerror}): it is not a sysfs",
+                path=self._devices_prefix,
+                errno=exc.errno,
+                remedy="point --sysfs-root (VFIO_MANAGER_SYSFS_ROOT) at the host's sysfs, "
+                "default /sys; in a container, mount the host's /sys there",
+            ) from exc
+        found = (PciAddress.from_sysfs_name(n) for n in names)
         return sorted((a for a in found if a is not None), key=_address_order)
 
     def function_exists(self, address: PciAddress) -> bool:
