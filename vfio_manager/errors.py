@@ -68,7 +68,8 @@ class SysfsWriteError(VfioManagerError):
     def from_os_error(cls, exc: OSError, *, path: str, data: str) -> SysfsWriteError:
         code = exc.errno if exc.errno is not None else errno_mod.EIO
         name = errno_mod.errorcode.get(code, str(code))
-        message = f"writing {data.strip()!r} to {path} failed: {name} ({os.strerror(code)})"
+        detail = exc.strerror or os.strerror(code)  # the writer's own words when it has some
+        message = f"writing {data.strip()!r} to {path} failed: {name} ({detail})"
         return cls(message, path=path, errno=code)
 
 

@@ -114,3 +114,24 @@ def test_a_failed_bind_puts_pci_stub_back_without_leaving_its_override(
     assert outcome["outcome"] == "failed"
     assert state(kernel, npu) == found
     assert outcome["restored_to"] == "pci-stub (override unset)"
+
+
+# -- the write count: writes that reached the kernel, not attempts -------------------------------
+@pytest.mark.parametrize("blocker", ["a directory", "nothing"])
+def test_a_write_whose_file_cannot_be_opened_is_not_counted(
+    kernel: FakeKernel, blocker: str
+) -> None:
+    """The unbind file is a directory (EISDIR at open) or missing (ENOENT): no write syscall
+    was made, so the report counts only the override set and cleared again."""
+    (npu,) = npu_node(kernel, count=1)
+    unbind = kernel.sys_path("bus/pci/drivers/rebellions/unbind")
+    kernel.fs.remove_object(unbind)
+    if blocker == "a directory":
+        kernel.fs.create_dir(unbind)
+    result = invoke(kernel, "bind-all", "--json")
+    assert result.exit_code == 1, result.stdout
+    (outcome,) = result.json()["functions"]
+    assert outcome["outcome"] == "failed"
+    assert state(kernel, npu) == ("rebellions", None)  # put back
+    assert [w.path.rsplit("/", 1)[-1] for w in kernel.writes] == ["driver_override"] * 2
+    assert outcome["writes"] == result.json()["writes"] == len(kernel.writes) == 2

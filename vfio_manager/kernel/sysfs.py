@@ -24,10 +24,20 @@ _RESOURCE_FILE = re.compile(r"resource\d+(?:_wc)?")
 _NOT_CLASS_DIRS = frozenset({"power", "msi_irqs", "driver", "subsystem", "firmware_node"})
 
 
-def direct_write(path: str, payload: bytes) -> None:
-    """One unbuffered write in this process; the kernel's errno comes back as OSError."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+class Unwritten(OSError):
+    """The write syscall was not made (its file could not be opened): nothing reached the
+    kernel, and the write is not counted."""
+
+
+def direct_write(path: str, payload: bytes, opened: Callable[[], object] = lambda: None) -> None:
+    """One unbuffered write in this process; the kernel's errno comes back as OSError.
+    ``opened`` is called between the open and the write syscall."""
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise Unwritten(exc.errno, exc.strerror, path) from exc
+    try:
+        opened()
         os.write(fd, payload)
     finally:
         os.close(fd)
@@ -172,16 +182,20 @@ class Sysfs:
 
     def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
         """One write; the errno comes back as :class:`SysfsWriteError`. ``subject``: its BDF."""
-        with self._count_lock:
-            if subject is not None:
-                self._writes_to[subject] = self._writes_to.get(subject, 0) + 1
+        made = True
         try:
             self.transport(path, data.encode())
         except OSError as exc:
+            made = not isinstance(exc, Unwritten)
             raise SysfsWriteError.from_os_error(exc, path=path, data=data) from exc
+        finally:
+            if made and subject is not None:
+                with self._count_lock:
+                    self._writes_to[subject] = self._writes_to.get(subject, 0) + 1
 
     def writes_to(self, bdf: str) -> int:
-        """Writes about one function: its attributes, and the driver and bus files given its BDF."""
+        """Writes about one function that reached the kernel (or may have: a write stuck, or
+        cut short by its writer's death): its attributes, and driver and bus files by its BDF."""
         with self._count_lock:
             return self._writes_to.get(bdf, 0)
 
