@@ -126,6 +126,7 @@ class Engine:
         self.node_timeout, self.write_timeout = node_timeout, write_timeout
         self.clock, self.sleep = clock, sleep
         self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}  # taken off again
+        self._stuck: set[PciAddress] = set()  # a write still pending: written to no more
 
     def apply(self, plan: Plan) -> Report:
         """Move what the plan moves (an IOMMU group's functions one after another), then
@@ -227,8 +228,14 @@ class Engine:
     ) -> None:
         """One kernel verb (an action's name, or ``bind``) under the function's deadline;
         transient errnos retried, but from a function that is gone or for a bind (its errno
-        is the diagnosis)."""
+        is the diagnosis). None after a write about the function stuck: it would queue."""
         kernel, name, step = self.kernel, driver or "", step or verb
+        if address in self._stuck:
+            raise DeadlineExceededError(
+                f"{what or verb}: not written, a write about {address} is still pending",
+                bdf=str(address),
+                step=step,
+            )
         calls: dict[str, tuple[str, Callable[[], object]]] = {
             "set-override": (
                 f"set the override of {address} to {driver}",
@@ -257,7 +264,11 @@ class Engine:
 
         retry = verb != "bind"
         deadline = Deadline(deadline_at, what or default, str(address), step, self.clock)
-        bounded(write if retry else fn, deadline, retry=retry, sleep=self.sleep)
+        try:
+            bounded(write if retry else fn, deadline, retry=retry, sleep=self.sleep)
+        except DeadlineExceededError:
+            self._stuck.add(address)
+            raise
 
     def _take_off(
         self, address: PciAddress, picked: str, expected: Optional[str], deadline_at: float
@@ -434,6 +445,7 @@ class Engine:
             remedy=err.remedy,
             restored_to=restored,
             writes=writes,
+            stuck=entry.address in self._stuck,
         )
         # back in its start state: the record has nothing left to settle
         return self._close_record(entry, outcome, back=True) if note is None else outcome
