@@ -107,3 +107,53 @@ def test_pf_with_vfs_is_refused_with_advice(kernel: FakeKernel) -> None:
     vf_bind = invoke(kernel, "bind-all", "--device-id", "0x1251")
     assert vf_bind.exit_code == 0, vf_bind.stdout
     assert [kernel.driver_of(vf) for vf in vfs] == ["vfio-pci", "vfio-pci"]
+
+
+# -- a group is handed over whole: the mates of a refused member stay where they are ----------
+def test_the_mates_of_a_held_function_do_not_move_to_vfio(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    held, mate = npu_node(kernel, count=2, shared_group=True)
+    native_node(fs, kernel, held)
+    fake_process(fs, kernel, 777, "rbln-smi", fds=("/dev/rbln0",))
+    result = invoke(kernel, "bind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "PID 777 (rbln-smi) has /dev/rbln0 open" in report[held]["reason"]
+    assert report[mate]["outcome"] == "refused"
+    assert f"member {held} is refused" in report[mate]["reason"]
+    assert kernel.writes == []
+
+
+def test_the_mates_of_a_host_critical_function_do_not_move_to_vfio(kernel: FakeKernel) -> None:
+    npu_node(kernel, count=0)
+    for bdf, console in (("0000:09:00.0", True), ("0000:09:00.1", False)):
+        kernel.add_function(
+            bdf, vendor=0x1EFF, device=0x1220, pci_class=0x120000, driver="rebellions",
+            iommu_group=40, boot_vga=console,
+        )  # fmt: skip
+    result = invoke(kernel, "bind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "boot VGA device" in report["0000:09:00.0"]["reason"]
+    assert "member 0000:09:00.0 is refused" in report["0000:09:00.1"]["reason"]
+    assert kernel.writes == []
+
+
+def test_the_mates_of_a_held_function_stay_on_vfio(fs: FakeFilesystem, kernel: FakeKernel) -> None:
+    """A process maps one member's BAR: the other members stay with it on vfio-pci, and the
+    report says why (a host driver's probe would find the group still owned by its user)."""
+    held, mate = npu_node(kernel, count=2, driver="vfio-pci", shared_group=True)
+    fs.create_file(posixpath.join(device_dir(kernel, held), "resource0"), st_size=0)
+    fake_process(fs, kernel, 31337, "dpdk-app", maps=(f"/sys/bus/pci/devices/{held}/resource0",))
+    result = invoke(kernel, "unbind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "PID 31337 (dpdk-app) maps" in report[held]["reason"]
+    assert report[mate]["outcome"] == "refused"
+    assert f"member {held} is refused" in report[mate]["reason"]
+    assert state(kernel, mate) == VFIO
+    assert kernel.writes == []
+    forced = invoke(kernel, "unbind-all", "--force")
+    assert forced.exit_code == 0, forced.stdout
+    assert state(kernel, held) == state(kernel, mate) == HOST

@@ -329,7 +329,8 @@ class _Run:
         return origins
 
     def _refuse(self, plan: Plan) -> Plan:
-        """Refuse what a process holds or the host needs (``--force``: warn only)."""
+        """Refuse what a process holds or the host needs, and its group mates both ways: a
+        group is handed over whole (``--force``: warn only)."""
         refused: dict[PciAddress, dict[str, Any]] = {}  # how each entry is refused
         moving = [e for e in plan.entries if e.refusal is None and e.steps]
         to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
@@ -367,9 +368,7 @@ class _Run:
             replace(e, steps=(), **refused[e.address]) if e.address in refused else e
             for e in plan.entries
         ]
-        if plan.direction is Direction.TO_VFIO:
-            entries = refuse_group_mates(entries, set(refused))
-        return Plan(plan.direction, tuple(entries))
+        return Plan(plan.direction, tuple(refuse_group_mates(entries, set(refused))))
 
     def _apply(self, plan: Plan) -> Report:
         """Run the engine; a write that hangs is held by someone: one /proc scan names them."""
