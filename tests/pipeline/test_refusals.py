@@ -157,3 +157,41 @@ def test_the_mates_of_a_held_function_stay_on_vfio(fs: FakeFilesystem, kernel: F
     forced = invoke(kernel, "unbind-all", "--force")
     assert forced.exit_code == 0, forced.stdout
     assert state(kernel, held) == state(kernel, mate) == HOST
+
+
+# -- a VFIO device fd kept after its group fd was closed (kernel-facts K24) --------------------
+def _device_fd_holder(fs: FakeFilesystem, kernel: FakeKernel, syspath: str = "") -> None:
+    """PID 4242 keeps only a VFIO device fd (fd 3); its fdinfo names ``syspath`` (6.18+)."""
+    fake_process(fs, kernel, 4242, "dpdk-app", fds=("anon_inode:[vfio-device]",))
+    named = f"vfio-device-syspath: {syspath}\n" if syspath else ""
+    fs.create_file(f"{kernel.proc_root}/4242/fdinfo/3", contents=f"pos:\t0\n{named}")
+
+
+def test_unbind_refused_while_a_process_keeps_only_the_device_fd_it_names(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    held, free = npu_node(kernel, count=2, driver="vfio-pci")
+    syspath = "/sys/" + posixpath.relpath(device_dir(kernel, held), kernel.sys_root)
+    _device_fd_holder(fs, kernel, syspath)
+    result = invoke(kernel, "unbind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert f"PID 4242 (dpdk-app) has the VFIO device of {held} open" in report[held]["reason"]
+    assert state(kernel, held) == VFIO
+    assert state(kernel, free) == HOST
+
+
+def test_unbind_refused_while_a_process_keeps_an_unnamed_device_fd(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    """Before Linux 6.18 the fd does not say which device: every function on vfio that a
+    user has open is held by it; the others are not."""
+    held, free = npu_node(kernel, count=2, driver="vfio-pci")
+    kernel.open_vfio_device(held)
+    _device_fd_holder(fs, kernel)
+    result = invoke(kernel, "unbind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "PID 4242 (dpdk-app) has a VFIO device fd" in report[held]["reason"]
+    assert state(kernel, held) == VFIO
+    assert state(kernel, free) == HOST

@@ -326,9 +326,9 @@ def _snapshot_extras(s: KernelState, fn: Function, names: set[str], *, bound: bo
 
 def _enabled(s: KernelState, fn: Function) -> bool:
     # K20: the kernel shows enable_cnt > 0; a native driver enables its device, vfio-pci
-    # only while the device is open. Matches every function in the q35 snapshots.
+    # only while the device is open (K24). Matches every function in the q35 snapshots.
     drv = s.driver_table.get(fn.driver) if fn.driver else None
-    return drv is not None and not drv.vfio
+    return drv is not None and (not drv.vfio or fn.user_open)
 
 
 def _uevent(fn: Function) -> bytes:
