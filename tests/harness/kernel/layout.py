@@ -59,6 +59,7 @@ def default_cmdline(release: str, iommu: bool, iommu_unit: str) -> str:
 # ---------------------------------------------------------------------- the machine
 def build(s: KernelState, *, lib_modules: bool) -> None:
     """The folders and files every machine has, before any function or driver."""
+    s.fs.chmod("/", 0o755)  # root's and private, as on a machine (pyfakefs makes it 0777)
     pci = "bus/pci"
     for rel in (
         f"{pci}/devices",
