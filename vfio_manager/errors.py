@@ -15,6 +15,8 @@ class ExitCode(enum.IntEnum):
     FAILED = 1  # a function failed, was refused, or is not converged
     USAGE = 2  # bad command line: unknown option, malformed BDF or ID
     HOST_NOT_READY = 3  # IOMMU off, vfio modules missing: nothing was written
+    INTERRUPTED = 130  # SIGINT (128 + 2): the functions in flight finished, none started after
+    TERMINATED = 143  # SIGTERM (128 + 15): the same
 
 
 class VfioManagerError(Exception):

@@ -538,3 +538,23 @@ def test_a_child_killed_during_its_write_counts_it_unknown_as_made(tmp_path: Pat
     assert error.errno == errno.EIO
     assert "died during its write" in error.message  # its outcome is unknown
     assert sysfs.writes_to("0000:01:00.0") == 1
+
+
+@needs_fork
+def test_a_child_outlives_sigint_and_sigterm(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group, systemd's stop SIGTERMs the whole cgroup: the
+    run decides when to stop (after the function in flight), so its children stay."""
+    target = tmp_path / "driver_override"
+    target.write_text("")
+    writer = ChildWriter()
+    try:
+        writer(str(target), b"first")
+        (child,) = writer._children  # the idle child that made the first write
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(child.pid, sig)
+        time.sleep(0.2)
+        writer(str(target), b"second")  # the same child, still there
+        assert list(writer._children) == [child]
+        assert target.read_text() == "second"
+    finally:
+        writer.close()

@@ -159,8 +159,8 @@ class _Process:
             self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - the child; exercised by the process tests
             try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                for sig in (signal.SIGINT, signal.SIGTERM):  # the run decides when to stop
+                    signal.signal(sig, signal.SIG_IGN)
                 signal.signal(signal.SIGPIPE, signal.SIG_IGN)
                 null = os.open(os.devnull, os.O_RDWR)
                 for std in (0, 1, 2):
