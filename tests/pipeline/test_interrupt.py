@@ -96,6 +96,7 @@ def test_a_signal_inside_a_one_group_bind_lets_it_finish(state: Path, sig: signa
     (outcome,) = doc["functions"]
     assert (outcome["outcome"], outcome["driver"], outcome["writes"]) == ("changed", "vfio-pci", 3)
     assert any(f"interrupted by {sig.name}" in note for note in doc["notes"]), doc
+    assert doc["ok"] is False  # the exit code is not 0
     assert Journal(str(state)).pending() == []
 
 

@@ -130,7 +130,7 @@ class Interruption:
                 signal.signal(sig, handler)
 
     def describe(self) -> str:
-        return f"interrupted by {signal.Signals(self.signum or 0).name}"
+        return f"interrupted by {signal.Signals(self.signum).name if self.signum else '?'}"
 
 
 def _kept(entry: FunctionPlan) -> Optional[str]:

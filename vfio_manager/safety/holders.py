@@ -188,10 +188,9 @@ class _Scanner:
         self.basenames = frozenset(os.path.basename(t.path) for t in targets if t.rdev)
         self.vfio_devices = any(t.path.startswith(_DEVICE_OF) for t in targets)
         self.read_maps = self.vfio_devices or any(t.mapped for t in targets)
-        needles = {_needle(p) for p in self.by_path}
-        self.map_needles = tuple(
-            sorted(needles | ({b"[vfio-device]"} if self.vfio_devices else set()))
-        )
+        device = b"[vfio-device]"  # a device target's needle: what its mapping shows
+        needles = {device if p.startswith(_DEVICE_OF) else _needle(p) for p in self.by_path}
+        self.map_needles = tuple(sorted(needles))
 
     def run(self) -> HolderScan:
         try:

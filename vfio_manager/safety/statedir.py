@@ -113,7 +113,7 @@ def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
     )
 
 
-def _problem(st: os.stat_result, owners: tuple[int, ...], *, sticky_ok: bool = False) -> str:
+def _problem(st: os.stat_result, owners: set[int], *, sticky_ok: bool = False) -> str:
     """Why a directory with ``st`` could be changed by someone else ("" if it cannot)."""
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid not in owners:
@@ -167,7 +167,7 @@ class StateDir:
         try:
             for index, part in enumerate(parts):
                 last = index == len(parts) - 1
-                if at is None and (problem := _problem(os.fstat(fd), (0, owner), sticky_ok=True)):
+                if at is None and (problem := _problem(os.fstat(fd), {0, owner}, sticky_ok=True)):
                     raise UnsafeStateDirError(
                         f"cannot trust state directory {path}: {here} {problem}",
                         path=here,
@@ -186,7 +186,7 @@ class StateDir:
             if fd != at:
                 os.close(fd)
             raise
-        problem = _problem(os.fstat(fd), (owner,))
+        problem = _problem(os.fstat(fd), {owner})
         if problem:
             os.close(fd)
             raise _unsafe(path, problem, uid=owner)
