@@ -393,10 +393,10 @@ def _transition_command(
         selector = _selector(**{k: flags.pop(k) for k in _SELECTION})
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
         request = TransitionRequest(selector, direction, named=bdfs, admin=True, **flags)
-        with Interruption.caught() as interruption:
+        with Interruption.caught() as interruption:  # until the report is out
             result = run_transition(node, request, interruption=interruption)
-        lines = render.transition_json(result) if as_json else render.transition_text(result)
-        _finish(lines, result.exit_code)
+            lines = render.transition_json(result) if as_json else render.transition_text(result)
+            _finish(lines, result.exit_code)
 
     def make(described: Callable[[], None]) -> click.Command:
         options = [_transition_options, _to_vfio_options] if to_vfio else [_transition_options]
