@@ -48,10 +48,11 @@ def test_unbind_refuses_a_process_that_keeps_only_the_device_fd(baseline: Baseli
     try:
         links = _links(holder.pid)
         device = [fd for fd, link in links.items() if link == "anon_inode:[vfio-device]"]
-        assert len(device) == 1, links
+        assert device, links  # the fd, and the copy python's mmap keeps
         assert not any(link.startswith("/dev/vfio/") for link in links.values()), links
-        with open(f"/proc/{holder.pid}/fdinfo/{device[0]}") as fdinfo:
-            assert "vfio-device-syspath" not in fdinfo.read()  # 6.1: the device is unnamed
+        for fd in device:
+            with open(f"/proc/{holder.pid}/fdinfo/{fd}") as fdinfo:
+                assert "vfio-device-syspath" not in fdinfo.read()  # 6.1: the device is unnamed
         with open(f"/proc/{holder.pid}/maps") as maps:
             assert "anon_inode:[vfio-device]" in maps.read()
         assert guest.attr(E1000E, "enable") == "1", "an open device fd enables the device"
