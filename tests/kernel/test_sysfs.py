@@ -101,3 +101,20 @@ def test_sysfs_refuses_an_attribute_or_file_name_that_is_not_one(
     with pytest.raises(UsageError, match="is not a valid"):
         sysfs.write_bus_file(name, npu)
     assert kernel.writes == []
+
+
+def test_each_verb_writes_nothing_when_there_is_nothing_to_do(kernel: FakeKernel) -> None:
+    """A stale plan never writes twice: the override already set (or already clear), the
+    driver to unbind not there, a function already bound for drivers_probe."""
+    (npu,) = npu_node(kernel, count=1, driver="vfio-pci")
+    verbs = Kernel(Sysfs(kernel.sys_root, kernel.dev_root))
+    address = PciAddress.parse(npu)
+    verbs.set_override(address, "vfio-pci")
+    verbs.unbind(address, "rebellions")
+    verbs.probe(address)
+    assert kernel.writes == []
+    verbs.clear_override(address)
+    verbs.clear_override(address)
+    verbs.unbind(address, "vfio-pci")
+    verbs.unbind(address, "vfio-pci")
+    assert [w.path.rsplit("/", 1)[-1] for w in kernel.writes] == ["driver_override", "unbind"]

@@ -327,3 +327,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_opening_the_state_dir_leaves_no_descriptor_behind(tmp_path: Path) -> None:
+    """The daemon opens it at every reconcile: a descriptor kept per open (a directory on
+    the way, the state directory after close, one refused) would end in EMFILE."""
+    state = tmp_path / "a" / "b" / "state"
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = descriptors()
+    for _ in range(50):
+        with StateDir.open(str(state)) as opened:
+            sub = opened.subdir("intent", create=True)
+            assert sub is not None
+            sub.close()
+        assert StateDir.open_existing(str(tmp_path / "missing" / "state")) is None
+        with pytest.raises(UnsafeStateDirError):
+            StateDir.open_existing(str(tmp_path / "link" / "b" / "state"))
+    assert descriptors() == before
