@@ -15,6 +15,8 @@ class ExitCode(enum.IntEnum):
     FAILED = 1  # a function failed, was refused, or is not converged
     USAGE = 2  # bad command line: unknown option, malformed BDF or ID
     HOST_NOT_READY = 3  # IOMMU off, vfio modules missing: nothing was written
+    INTERRUPTED = 130  # SIGINT (128 + 2): the functions in flight finished, none started after
+    TERMINATED = 143  # SIGTERM (128 + 15): the same
 
 
 class VfioManagerError(Exception):
@@ -68,7 +70,8 @@ class SysfsWriteError(VfioManagerError):
     def from_os_error(cls, exc: OSError, *, path: str, data: str) -> SysfsWriteError:
         code = exc.errno if exc.errno is not None else errno_mod.EIO
         name = errno_mod.errorcode.get(code, str(code))
-        message = f"writing {data.strip()!r} to {path} failed: {name} ({os.strerror(code)})"
+        detail = exc.strerror or os.strerror(code)  # the writer's own words when it has some
+        message = f"writing {data.strip()!r} to {path} failed: {name} ({detail})"
         return cls(message, path=path, errno=code)
 
 

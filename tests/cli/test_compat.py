@@ -554,3 +554,11 @@ def test_the_installed_script_runs_help_and_check_bind_on_a_fake_sysfs(tmp_path:
     unknown = run("check_bind", "--every")
     assert (unknown.returncode, unknown.stdout) == (2, "")
     assert not (tmp_path / "state").exists()  # check_bind takes no lock and writes no journal
+
+
+@pytest.mark.parametrize("command", ["check_bind", "bind", "unbind"])
+def test_a_sysfs_root_without_pci_devices_is_a_failure(manage: Manage, command: str) -> None:
+    result = manage(command, "--all", VFIO_MANAGER_SYSFS_ROOT="/nonexistent")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "No Rebellions NPU devices found." not in result.stdout
+    assert "/nonexistent has no bus/pci/devices" in result.stderr

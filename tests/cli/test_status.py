@@ -110,3 +110,27 @@ def test_json_is_one_line_for_a_pipe_and_indented_for_a_terminal(
     shown = run("status", "--json")
     assert shown.stdout.count("\n") > 10
     assert json.loads(shown.stdout) == json.loads(piped.stdout)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["status", "--check"],
+        ["status", "--json"],
+        ["check"],
+        ["bind-all"],
+        ["unbind-all", "--json"],
+        ["bind-all", "--dry-run"],
+    ],
+)
+def test_a_sysfs_root_without_pci_devices_fails_loudly(kernel: FakeKernel, argv: list[str]) -> None:
+    """A typo or an unmounted hostPath is not "no NPU here": nothing was checked."""
+    npu_node(kernel, count=1)
+    result = invoke(kernel, "--sysfs-root", "/nonexistent", *argv)
+    assert result.exit_code == 3, result.stdout + result.stderr
+    assert "/nonexistent has no bus/pci/devices" in result.stderr
+    assert "--sysfs-root" in result.stderr  # the remedy names the knob
+    if "--json" in argv:
+        assert result.json()["error"]["code"] == 3
+    assert kernel.writes == []

@@ -272,6 +272,12 @@ class FakeKernel(KernelState):
         """Hot-unplug: the function (its children and VFs first) disappears from sysfs."""
         hotplug.remove_function(self, bdf)
 
+    def open_vfio_device(self, bdf: str, opened: bool = True) -> None:
+        """A user opens (``opened=False``: closes) the function's VFIO device fd: vfio-pci
+        enables the device, so ``enable`` shows 1 while it is on a vfio driver (K20, K26)."""
+        with self.lock:
+            self.function_table[bdf].user_open = opened
+
     def defer_vfio_nodes(self, defer: bool = True) -> None:
         """Model udev/devtmpfs lag: new /dev/vfio/N nodes appear only at :meth:`settle`."""
         iommu_groups.defer_nodes(self, defer)

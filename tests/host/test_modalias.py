@@ -8,6 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.harness import FakeKernel
+from tests.harness.topologies import npu_node
+from tests.support import invoke
 from vfio_manager.host.modalias import AliasTable, glob_match
 
 ALIASES = """\
@@ -135,3 +138,40 @@ def test_glob_match_agrees_with_fnmatch(text: str, pattern: str) -> None:
 )
 def test_glob_match_on_alias_patterns(text: str, pattern: str) -> None:
     assert glob_match(text, pattern) == fnmatch.fnmatchcase(text, pattern)
+
+
+@pytest.mark.parametrize("module", ["../evil", "a/b", "..", "two words"])
+def test_a_line_naming_no_valid_module_is_skipped(module: str) -> None:
+    """Not a module name (a path, blanks): the line is skipped, the next best one answers."""
+    text = ALIASES + (
+        f"alias pci:v00001EFFd00001220sv*sd*bc*sc*i* {module}\n"
+        f"alias vfio_pci:v00001EFFd00001220sv*sd*bc*sc*i* {module}\n"
+    )
+    found = AliasTable(text.encode())
+    npu = "pci:v00001EFFd00001220sv00001EFFsd00000000bc12sc00i00"
+    assert found.native_module(npu) == "rebellions"
+    assert found.vfio_variant_module(npu) is None
+
+
+@pytest.mark.parametrize("command", ["bind-all", "unbind-all"])
+def test_a_bad_module_name_in_modules_alias_is_a_warning_not_a_usage_error(
+    kernel: FakeKernel, command: str
+) -> None:
+    npus = npu_node(kernel, count=1, driver="vfio-pci" if command == "unbind-all" else "rebellions")
+    path = f"{kernel.host_root}/lib/modules/{kernel.release}/modules.alias"
+    with open(path) as handle:
+        original = handle.read()
+    kernel.fs.remove_object(path)
+    kernel.fs.create_file(
+        path,
+        contents=original
+        + "alias pci:v00001EFFd00001220sv*sd*bc*sc*i* ../evil\n"
+        + "alias vfio_pci:v00001EFFd00001220sv*sd*bc*sc*i* a/b\n",
+    )
+    result = invoke(kernel, command, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert [f["outcome"] for f in result.json()["functions"]] == ["changed"]
+    assert kernel.driver_of(npus[0]) == ("vfio-pci" if command == "bind-all" else "rebellions")
+    warned = [e for e in result.log_events() if e.get("event") == "modules.alias line skipped"]
+    assert warned, result.stderr
+    assert {e["module"] for e in warned} <= {"../evil", "a/b"}

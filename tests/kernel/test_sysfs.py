@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
+from tests.harness import FakeKernel
+from tests.harness.topologies import npu_node
+from vfio_manager.errors import UsageError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.kernel.verbs import Kernel
 
 BDF = PciAddress.parse("0000:03:00.0")
 
@@ -64,3 +69,52 @@ def test_device_nodes_skip_links_child_functions_and_plain_files(fs: FakeFilesys
     fs.create_file("/elsewhere/y/dev", contents="9:9\n")
     fs.create_symlink(f"{base}/virtfn0", "/elsewhere")
     assert Sysfs("/sys", "/dev").char_devs_of(BDF) == [("card0", "226:0")]
+
+
+BAD_NAMES = ["../evil", "a/b", "vfio-pci/", "..", ".", "", "vfio\0pci", "vfio-pci\nx", "a b"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_the_verbs_refuse_a_driver_name_that_is_not_one(kernel: FakeKernel, name: str) -> None:
+    """A driver name is a path component and an override value: the kernel layer itself
+    refuses one that could climb out of its folder or carry a second value, before any write."""
+    (npu,) = npu_node(kernel, count=1)
+    verbs = Kernel(Sysfs(kernel.sys_root, kernel.dev_root))
+    address = PciAddress.parse(npu)
+    for verb in (verbs.set_override, verbs.unbind, verbs.bind):
+        with pytest.raises(UsageError, match="is not a valid driver name"):
+            verb(address, name)
+    assert kernel.writes == []
+    assert kernel.override_of(npu) is None
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_sysfs_refuses_an_attribute_or_file_name_that_is_not_one(
+    kernel: FakeKernel, name: str
+) -> None:
+    (npu,) = npu_node(kernel, count=1)
+    sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
+    with pytest.raises(UsageError, match="is not a valid"):
+        sysfs.write_device_attr(PciAddress.parse(npu), name, "x")
+    with pytest.raises(UsageError, match="is not a valid"):
+        sysfs.write_driver_file("vfio-pci", name, npu)
+    with pytest.raises(UsageError, match="is not a valid"):
+        sysfs.write_bus_file(name, npu)
+    assert kernel.writes == []
+
+
+def test_each_verb_writes_nothing_when_there_is_nothing_to_do(kernel: FakeKernel) -> None:
+    """A stale plan never writes twice: the override already set (or already clear), the
+    driver to unbind not there, a function already bound for drivers_probe."""
+    (npu,) = npu_node(kernel, count=1, driver="vfio-pci")
+    verbs = Kernel(Sysfs(kernel.sys_root, kernel.dev_root))
+    address = PciAddress.parse(npu)
+    verbs.set_override(address, "vfio-pci")
+    verbs.unbind(address, "rebellions")
+    verbs.probe(address)
+    assert kernel.writes == []
+    verbs.clear_override(address)
+    verbs.clear_override(address)
+    verbs.unbind(address, "vfio-pci")
+    verbs.unbind(address, "vfio-pci")
+    assert [w.path.rsplit("/", 1)[-1] for w in kernel.writes] == ["driver_override", "unbind"]

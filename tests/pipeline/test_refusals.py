@@ -107,3 +107,91 @@ def test_pf_with_vfs_is_refused_with_advice(kernel: FakeKernel) -> None:
     vf_bind = invoke(kernel, "bind-all", "--device-id", "0x1251")
     assert vf_bind.exit_code == 0, vf_bind.stdout
     assert [kernel.driver_of(vf) for vf in vfs] == ["vfio-pci", "vfio-pci"]
+
+
+# -- a group is handed over whole: the mates of a refused member stay where they are ----------
+def test_the_mates_of_a_held_function_do_not_move_to_vfio(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    held, mate = npu_node(kernel, count=2, shared_group=True)
+    native_node(fs, kernel, held)
+    fake_process(fs, kernel, 777, "rbln-smi", fds=("/dev/rbln0",))
+    result = invoke(kernel, "bind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "PID 777 (rbln-smi) has /dev/rbln0 open" in report[held]["reason"]
+    assert report[mate]["outcome"] == "refused"
+    assert f"member {held} is refused" in report[mate]["reason"]
+    assert kernel.writes == []
+
+
+def test_the_mates_of_a_host_critical_function_do_not_move_to_vfio(kernel: FakeKernel) -> None:
+    npu_node(kernel, count=0)
+    for bdf, console in (("0000:09:00.0", True), ("0000:09:00.1", False)):
+        kernel.add_function(
+            bdf, vendor=0x1EFF, device=0x1220, pci_class=0x120000, driver="rebellions",
+            iommu_group=40, boot_vga=console,
+        )  # fmt: skip
+    result = invoke(kernel, "bind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "boot VGA device" in report["0000:09:00.0"]["reason"]
+    assert "member 0000:09:00.0 is refused" in report["0000:09:00.1"]["reason"]
+    assert kernel.writes == []
+
+
+def test_the_mates_of_a_held_function_stay_on_vfio(fs: FakeFilesystem, kernel: FakeKernel) -> None:
+    """A process maps one member's BAR: the other members stay with it on vfio-pci, and the
+    report says why (a host driver's probe would find the group still owned by its user)."""
+    held, mate = npu_node(kernel, count=2, driver="vfio-pci", shared_group=True)
+    fs.create_file(posixpath.join(device_dir(kernel, held), "resource0"), st_size=0)
+    fake_process(fs, kernel, 31337, "dpdk-app", maps=(f"/sys/bus/pci/devices/{held}/resource0",))
+    result = invoke(kernel, "unbind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "PID 31337 (dpdk-app) maps" in report[held]["reason"]
+    assert report[mate]["outcome"] == "refused"
+    assert f"member {held} is refused" in report[mate]["reason"]
+    assert state(kernel, mate) == VFIO
+    assert kernel.writes == []
+    forced = invoke(kernel, "unbind-all", "--force")
+    assert forced.exit_code == 0, forced.stdout
+    assert state(kernel, held) == state(kernel, mate) == HOST
+
+
+# -- a VFIO device fd kept after its group fd was closed (kernel-facts K26) --------------------
+def _device_fd_holder(fs: FakeFilesystem, kernel: FakeKernel, syspath: str = "") -> None:
+    """PID 4242 keeps only a VFIO device fd (fd 3); its fdinfo names ``syspath`` (6.18+)."""
+    fake_process(fs, kernel, 4242, "dpdk-app", fds=("anon_inode:[vfio-device]",))
+    named = f"vfio-device-syspath: {syspath}\n" if syspath else ""
+    fs.create_file(f"{kernel.proc_root}/4242/fdinfo/3", contents=f"pos:\t0\n{named}")
+
+
+def test_unbind_refused_while_a_process_keeps_only_the_device_fd_it_names(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    held, free = npu_node(kernel, count=2, driver="vfio-pci")
+    syspath = "/sys/" + posixpath.relpath(device_dir(kernel, held), kernel.sys_root)
+    _device_fd_holder(fs, kernel, syspath)
+    result = invoke(kernel, "unbind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert f"PID 4242 (dpdk-app) has the VFIO device of {held} open" in report[held]["reason"]
+    assert state(kernel, held) == VFIO
+    assert state(kernel, free) == HOST
+
+
+def test_unbind_refused_while_a_process_keeps_an_unnamed_device_fd(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    """Before Linux 6.18 the fd does not say which device: every function on vfio that a
+    user has open is held by it; the others are not."""
+    held, free = npu_node(kernel, count=2, driver="vfio-pci")
+    kernel.open_vfio_device(held)
+    _device_fd_holder(fs, kernel)
+    result = invoke(kernel, "unbind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "PID 4242 (dpdk-app) has a VFIO device fd" in report[held]["reason"]
+    assert state(kernel, held) == VFIO
+    assert state(kernel, free) == HOST

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 from vfio_manager.errors import UsageError
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.model import PciFunction
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.safety import holders as holders_module
 from vfio_manager.safety.holders import (
@@ -283,3 +285,77 @@ def test_maps_prefilter_keeps_every_target(fs: FakeFilesystem) -> None:
         (10, "/dev/vfio/9", "mmap"),
         (12, "/sys/devices/x/resource0", "mmap"),
     ]
+
+
+# -- a VFIO device fd held without its group fd (anon_inode:[vfio-device]) --------------------
+OTHER = "0000:04:00.0"
+
+
+def vfio_device_fd(fs: FakeFilesystem, pid: int, fd: int, syspath: str | None) -> None:
+    """Process ``pid``'s fd ``fd`` is a VFIO device; its fdinfo names ``syspath`` (Linux
+    6.18 and later) or, ``None``, nothing (older kernels)."""
+    fs.create_symlink(f"{PROC}/{pid}/fd/{fd}", "anon_inode:[vfio-device]")
+    named = f"vfio-device-syspath: {syspath}\n" if syspath else ""
+    fs.create_file(
+        f"{PROC}/{pid}/fdinfo/{fd}", contents=f"pos:\t0\nflags:\t02000002\nmnt_id:\t15\n{named}"
+    )
+
+
+def on_vfio(bdf: str) -> PciFunction:
+    return PciFunction(PciAddress.parse(bdf), 0x1EFF, 0x1220, 0x120000, driver="vfio-pci",
+                       iommu_group=9 if bdf == BDF else 10)  # fmt: skip
+
+
+def holders_of(sysfs: Sysfs, *bdfs: str) -> dict[str, list[str]]:
+    found = holders_module.find_holders(sysfs, PROC, [on_vfio(b) for b in bdfs])
+    return {str(a): [h.describe() for h in hs] for a, hs in sorted(found.items())}
+
+
+def test_a_device_fd_named_in_fdinfo_holds_that_function(
+    fs: FakeFilesystem, npu_sysfs: Sysfs
+) -> None:
+    add_process(fs, 100, "dpdk-app", {})
+    vfio_device_fd(fs, 100, 7, REAL)  # the group fd closed, the device fd kept
+    add_process(fs, 200, "other-vm", {})
+    vfio_device_fd(fs, 200, 5, f"/sys/devices/pci0000:00/0000:00:02.0/{OTHER}")
+    assert holders_of(npu_sysfs, BDF) == {
+        BDF: [f"PID 100 (dpdk-app) has the VFIO device of {BDF} open"]
+    }
+
+
+def test_a_device_fd_unnamed_holds_the_functions_open_by_a_user(
+    fs: FakeFilesystem, npu_sysfs: Sysfs
+) -> None:
+    """Before Linux 6.18 fdinfo does not name the device: the fd is taken to hold every
+    function on a vfio driver that a user has open (``enable`` above 0: vfio-pci enables the
+    device when its fd is first opened); an unreadable ``enable`` counts as open."""
+    other = f"/sys/devices/pci0000:00/0000:00:02.0/{OTHER}"
+    fs.create_symlink(f"/sys/bus/pci/devices/{OTHER}", other)
+    fs.create_file(f"{REAL}/enable", contents="1\n")
+    fs.create_file(f"{other}/enable", contents="0\n")
+    add_process(fs, 100, "dpdk-app", {})
+    vfio_device_fd(fs, 100, 7, None)
+    unnamed = "PID 100 (dpdk-app) has a VFIO device fd (its device unnamed before Linux 6.18) open"
+    assert holders_of(npu_sysfs, BDF, OTHER) == {BDF: [unnamed]}
+    fs.remove_object(f"{other}/enable")
+    assert holders_of(npu_sysfs, BDF, OTHER) == {BDF: [unnamed], OTHER: [unnamed]}
+
+
+def test_a_device_mapped_after_its_fds_closed_still_holds(
+    fs: FakeFilesystem, npu_sysfs: Sysfs
+) -> None:
+    """A BAR mmapped through the device fd keeps the device open with no fd left."""
+    fs.create_file(f"{REAL}/enable", contents="1\n")
+    add_process(fs, 100, "dpdk-app", {}, [maps_line("anon_inode:[vfio-device]")])
+    assert holders_of(npu_sysfs, BDF) == {
+        BDF: ["PID 100 (dpdk-app) maps a VFIO device fd (its device unnamed before Linux 6.18)"]
+    }
+
+
+def test_a_device_fd_does_not_hold_a_function_on_its_native_driver(
+    fs: FakeFilesystem, npu_sysfs: Sysfs
+) -> None:
+    add_process(fs, 100, "dpdk-app", {})
+    vfio_device_fd(fs, 100, 7, None)
+    native = replace(on_vfio(BDF), driver="rebellions")
+    assert holders_module.find_holders(npu_sysfs, PROC, [native]) == {}

@@ -242,3 +242,109 @@ def test_the_journal_never_opens_a_fifo_for_reading(tmp_path: Path, record: str)
     else:
         assert finishes(lambda: journal.original(bdf), within=HANG, fifos=(path,)) is None
     assert kind(f"{path}.corrupt") == "fifo"
+
+
+# -- the directories above the state directory: walked from /, no link followed -----------------
+OTHER_UID = 4321
+
+
+def _theirs(path: Path, mode: int = 0o755) -> Path:
+    """A directory another user owns (needs root to make; skipped otherwise)."""
+    path.mkdir(mode=mode)
+    path.chmod(mode)
+    try:
+        os.chown(path, OTHER_UID, OTHER_UID)
+    except PermissionError:
+        pytest.skip("chown is not permitted here")
+    return path
+
+
+def test_a_state_dir_under_a_directory_another_user_owns_is_refused(tmp_path: Path) -> None:
+    """That user could swap the state directory for a link to a decoy at any time."""
+    theirs = _theirs(tmp_path / "theirs")
+    state = theirs / "state"
+    with pytest.raises(UnsafeStateDirError) as caught:
+        StateDir.open(str(state))
+    assert f"{theirs} is owned by UID {OTHER_UID}" in caught.value.message
+    assert caught.value.remedy is not None
+    assert "owned by root" in caught.value.remedy
+    assert not state.exists(), "nothing is created below an unsafe directory"
+    with pytest.raises(UnsafeStateDirError):
+        NodeLock(str(state), timeout=0).acquire()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_state_dir_under_a_directory_others_can_write_is_refused(
+    tmp_path: Path, mode: int
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    private_dir(str(shared / "state"))  # even one that is fine itself
+    with pytest.raises(UnsafeStateDirError) as caught:
+        StateDir.open_existing(str(shared / "state"))
+    assert f"{shared} is writable by group or others" in caught.value.message
+
+
+def test_a_state_dir_reached_through_a_symlinked_parent_is_refused(tmp_path: Path) -> None:
+    real = Path(private_dir(str(tmp_path / "real")))
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(UnsafeStateDirError) as caught:
+        StateDir.open(str(tmp_path / "link" / "state"))
+    assert f"{tmp_path / 'link'} is a symlink" in caught.value.message
+    assert str(real / "state") in (caught.value.remedy or "")  # where it really is
+    assert list(real.iterdir()) == [], "nothing created through the link"
+
+
+def test_a_sticky_world_writable_parent_is_fine_below_a_directory_of_ours(
+    tmp_path: Path,
+) -> None:
+    """Like /tmp: others may write there but cannot rename or remove what is ours."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    with StateDir.open(str(sticky / "ours" / "state")) as state:
+        state.replace("record", b"{}\n")
+    assert (sticky / "ours").stat().st_mode & 0o777 == 0o755 & ~_umask()
+    assert (sticky / "ours" / "state").stat().st_mode & 0o777 == 0o700
+    theirs = _theirs(sticky / "theirs")
+    with pytest.raises(UnsafeStateDirError, match="owned by UID"):
+        StateDir.open(str(theirs / "state"))
+
+
+def test_the_default_state_dirs_parents_pass(tmp_path: Path) -> None:
+    """/run (root's, 0755) and / above it: the check must let the default through."""
+    for parent in ("/", "/run"):
+        st = os.stat(parent)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            pytest.skip(f"{parent} is not root's and private on this machine")
+    found = StateDir.open_existing("/run", uid=0)  # reads only
+    assert found is not None
+    found.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_opening_the_state_dir_leaves_no_descriptor_behind(tmp_path: Path) -> None:
+    """The daemon opens it at every reconcile: a descriptor kept per open (a directory on
+    the way, the state directory after close, one refused) would end in EMFILE."""
+    state = tmp_path / "a" / "b" / "state"
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = descriptors()
+    for _ in range(50):
+        with StateDir.open(str(state)) as opened:
+            sub = opened.subdir("intent", create=True)
+            assert sub is not None
+            sub.close()
+        assert StateDir.open_existing(str(tmp_path / "missing" / "state")) is None
+        with pytest.raises(UnsafeStateDirError):
+            StateDir.open_existing(str(tmp_path / "link" / "b" / "state"))
+    assert descriptors() == before

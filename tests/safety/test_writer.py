@@ -8,7 +8,9 @@ and the caller stops waiting for its answer when the deadline passes.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +22,8 @@ import pytest
 
 from tests.support import FakeClock
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.safety.lock import LockTimeoutError, NodeLock
 from vfio_manager.safety.writer import (
     ChildWriter,
@@ -61,7 +65,13 @@ def within(
 
 
 def writer_of(write: Callable[[str, bytes], None]) -> ChildWriter:
-    return ChildWriter(threads=True, write=write)
+    """A writer whose children call ``write`` as the write syscall, its file open."""
+
+    def opened_then(path: str, data: bytes, opened: Callable[[], object]) -> None:
+        opened()
+        write(path, data)
+
+    return ChildWriter(threads=True, write=opened_then)
 
 
 # -- the writer's deadline --------------------------------------------------------------------
@@ -155,7 +165,7 @@ def test_process_exits_despite_a_stuck_write() -> None:
         "import threading, sys, time\n"
         "from vfio_manager.safety.writer import ChildWriter, Deadline, DeadlineExceededError,"
         " bounded\n"
-        "writer = ChildWriter(threads=True, write=lambda p, d: threading.Event().wait())\n"
+        "writer = ChildWriter(threads=True, write=lambda p, d, o: threading.Event().wait())\n"
         "try:\n"
         "    bounded(lambda: writer('/x', b'1'), Deadline(time.monotonic() + 0.01, 'unbind'))\n"
         "except DeadlineExceededError:\n"
@@ -455,7 +465,7 @@ def test_a_write_after_the_deadline_gets_no_time_of_its_own() -> None:
     def hang(_path: str, _data: bytes) -> None:
         release.wait(EVENT_WAIT)
 
-    writer = ChildWriter(threads=True, write=hang)
+    writer = writer_of(hang)
     before = set(threading.enumerate())
     try:
         with pytest.raises(DeadlineExceededError) as caught:
@@ -465,3 +475,86 @@ def test_a_write_after_the_deadline_gets_no_time_of_its_own() -> None:
         for thread in set(threading.enumerate()) - before:
             thread.join(EVENT_WAIT)  # leaves no pending write to the tests after this one
     assert "within 0s" in caught.value.message
+
+
+# -- the write count when a child dies: writes that reached the kernel --------------------------
+def _attribute_fifo(tmp_path: Path) -> tuple[Sysfs, Path]:
+    device = tmp_path / "sys" / "bus" / "pci" / "devices" / "0000:01:00.0"
+    device.mkdir(parents=True)
+    os.mkfifo(device / "driver_override")
+    return Sysfs(str(tmp_path / "sys"), str(tmp_path / "dev")), device / "driver_override"
+
+
+def _killed_mid_write(writer: ChildWriter, sysfs: Sysfs) -> SysfsWriteError:
+    """Start a write in a thread, SIGKILL its child once it is in the kernel (its open or its
+    write blocks), return what the write raised."""
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            sysfs.write_device_attr(PciAddress.parse("0000:01:00.0"), "driver_override", "x\n")
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    _until(lambda: bool(writer.stuck()), "the write to reach its child")
+    time.sleep(0.2)  # the child is blocked in the kernel by now (open or write)
+    (child,) = writer.stuck()
+    os.kill(child.pid, signal.SIGKILL)  # an OOM kill
+    thread.join(EVENT_WAIT)
+    (error,) = errors
+    assert isinstance(error, SysfsWriteError), error
+    return error
+
+
+@needs_fork
+def test_a_child_killed_before_its_write_counts_no_write(tmp_path: Path) -> None:
+    sysfs, _fifo = _attribute_fifo(tmp_path)  # nobody reads: the child's open blocks
+    writer = ChildWriter()
+    sysfs.transport = writer
+    try:
+        error = _killed_mid_write(writer, sysfs)
+    finally:
+        writer.close()
+    assert error.errno == errno.EIO
+    assert "died before its write" in error.message
+    assert sysfs.writes_to("0000:01:00.0") == 0
+
+
+@needs_fork
+def test_a_child_killed_during_its_write_counts_it_unknown_as_made(tmp_path: Path) -> None:
+    sysfs, fifo = _attribute_fifo(tmp_path)
+    reader = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # opens at once; never read
+    writer = ChildWriter()
+    sysfs.transport = writer
+    try:
+        fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+        os.write(reader, b"\0" * 4096)  # full: the child's write blocks in the kernel
+        error = _killed_mid_write(writer, sysfs)
+    finally:
+        writer.close()
+        os.close(reader)
+    assert error.errno == errno.EIO
+    assert "died during its write" in error.message  # its outcome is unknown
+    assert sysfs.writes_to("0000:01:00.0") == 1
+
+
+@needs_fork
+def test_a_child_outlives_sigint_and_sigterm(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group, systemd's stop SIGTERMs the whole cgroup: the
+    run decides when to stop (after the function in flight), so its children stay."""
+    target = tmp_path / "driver_override"
+    target.write_text("")
+    writer = ChildWriter()
+    try:
+        writer(str(target), b"first")
+        (child,) = writer._children  # the idle child that made the first write
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(child.pid, sig)
+        time.sleep(0.2)
+        writer(str(target), b"second")  # the same child, still there
+        assert list(writer._children) == [child]
+        assert target.read_text() == "second"
+    finally:
+        writer.close()

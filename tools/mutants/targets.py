@@ -32,6 +32,7 @@ _PIPELINE = (
     "tests/safety/test_lock.py",
     "tests/cli/test_transitions.py",
     "tests/pipeline/test_as_found.py",
+    "tests/pipeline/test_interrupt.py",
 )
 
 TARGETS: dict[str, Target] = {
@@ -95,5 +96,38 @@ TARGETS: dict[str, Target] = {
             "tests/safety/test_stuck_write_process.py",
         ),
         sample=12,
+    ),
+    "statedir": Target(
+        "vfio_manager/safety/statedir.py",
+        (
+            "tests/safety/test_statedir.py",
+            "tests/safety/test_lock.py",
+            "tests/safety/test_intents.py",
+            "tests/safety/test_journal.py",
+            "tests/cli/test_option_values.py",
+        ),
+        sample=8,
+    ),
+    "sysfs": Target(
+        "vfio_manager/kernel/sysfs.py",
+        (
+            "tests/kernel/test_sysfs.py",
+            "tests/pipeline/test_engine.py",
+            "tests/safety/test_writer.py",
+            "tests/safety/test_holders.py",
+            "tests/cli/test_status.py",
+            "tests/pipeline/test_refusals.py",
+        ),
+        sample=8,
+    ),
+    "verbs": Target(
+        "vfio_manager/kernel/verbs.py",
+        ("tests/kernel/test_sysfs.py", "tests/pipeline/test_engine.py"),
+        sample=4,
+    ),
+    "modalias": Target(
+        "vfio_manager/host/modalias.py",
+        ("tests/host/test_modalias.py", "tests/cli/test_check.py"),
+        sample=4,
     ),
 }

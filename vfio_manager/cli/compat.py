@@ -199,13 +199,15 @@ def _transition(
 
     def run(node: Node, selector: Selector, bdf: Optional[PciAddress]) -> int:
         from vfio_manager.errors import NotSelectedError
+        from vfio_manager.pipeline.engine import Interruption
         from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
         named = () if bdf is None else (bdf,)
         try:
             request = TransitionRequest(selector, direction, named=named, admin=True)
-            result = run_transition(node, request)
+            with Interruption.caught() as interruption:
+                result = run_transition(node, request, interruption=interruption)
         except NotSelectedError as err:
             log.warning("not selected", bdf=err.bdf, reason=err.message)
             if not_selected:

@@ -33,6 +33,7 @@ Exit codes:
   1  a function failed, was refused, or is not converged
   2  usage error (unknown option, malformed BDF or ID); nothing was read or written
   3  the host is not ready (IOMMU off, vfio missing); nothing was written
+  130, 143  SIGINT, SIGTERM: the functions in flight were finished, none started after
 """
 
 
@@ -390,14 +391,16 @@ def _transition_command(
     def run(node: Node, /, as_json: bool, bdfs: tuple[PciAddress, ...] = (), **flags: Any) -> None:
         from vfio_manager.cli import render
         from vfio_manager.kernel.drivers import Direction
+        from vfio_manager.pipeline.engine import Interruption
         from vfio_manager.pipeline.transition import TransitionRequest, run_transition
 
         selector = _selector(**{k: flags.pop(k) for k in _SELECTION})
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
         request = TransitionRequest(selector, direction, named=bdfs, admin=True, **flags)
-        result = run_transition(node, request)
-        lines = render.transition_json(result) if as_json else render.transition_text(result)
-        _finish(lines, result.exit_code)
+        with Interruption.caught() as interruption:  # until the report is out
+            result = run_transition(node, request, interruption=interruption)
+            lines = render.transition_json(result) if as_json else render.transition_text(result)
+            _finish(lines, result.exit_code)
 
     def make(described: Callable[[], None]) -> click.Command:
         options = [_transition_options, _to_vfio_options] if to_vfio else [_transition_options]

@@ -149,8 +149,7 @@ def transition_json(result: TransitionResult) -> list[str]:
     if result.report is None:
         return [to_json({"dry_run": result.request.dry_run, **result.plan.to_json(), **notes})]
     doc = {**result.report.to_json(), **notes}
-    if result.journal_errors:
-        doc["ok"] = False
+    doc["ok"] = doc["ok"] and result.exit_code == 0  # journal errors, an interruption
     return [to_json(doc)]
 
 

@@ -7,7 +7,12 @@ import fnmatch
 import re
 from typing import Optional
 
+from vfio_manager.errors import UsageError
 from vfio_manager.host.files import HostFiles
+from vfio_manager.kernel.sysfs import valid_name
+from vfio_manager.log import get_logger
+
+log = get_logger("vfio_manager.host.modalias")
 
 _VENDOR_PREFIX = re.compile(r"^v([0-9A-F]{8})", re.IGNORECASE)
 
@@ -60,10 +65,11 @@ class AliasTable:
             line = re.compile(
                 rf"\nalias[ \t]+{kind}:({head}\S*)[ \t]+(\S+)[ \t\r]*(?=\n|\Z)".encode()
             )
-            self._buckets[key] = [
+            found = [
                 (pattern.decode("utf-8", "replace"), module.decode("utf-8", "replace"))
                 for pattern, module in line.findall(self._text)
             ]
+            self._buckets[key] = [(p, m) for p, m in found if _module_name(kind, p, m)]
         return self._buckets[key]
 
     def _best(self, kind: str, modalias: str) -> Optional[str]:
@@ -89,3 +95,18 @@ class AliasTable:
     def vfio_variant_module(self, modalias: str) -> Optional[str]:
         """A vfio-pci variant module for the function, if the kernel ships one."""
         return self._best("vfio_pci", modalias)
+
+
+def _module_name(kind: str, pattern: str, module: str) -> bool:
+    """Whether ``module`` can be a module's name; a line naming none is skipped, said once."""
+    try:
+        valid_name(module, "module")
+    except UsageError as err:
+        log.warning(
+            "modules.alias line skipped",
+            alias=f"{kind}:{pattern}",
+            module=module,
+            reason=err.message,
+        )
+        return False
+    return True

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Optional
 
-from vfio_manager.errors import SysfsWriteError, UsageError
+from vfio_manager.errors import HostNotReadyError, SysfsWriteError, UsageError
 from vfio_manager.kernel.address import PciAddress
 
 DEFAULT_SYSFS_ROOT = "/sys"
@@ -24,10 +24,20 @@ _RESOURCE_FILE = re.compile(r"resource\d+(?:_wc)?")
 _NOT_CLASS_DIRS = frozenset({"power", "msi_irqs", "driver", "subsystem", "firmware_node"})
 
 
-def direct_write(path: str, payload: bytes) -> None:
-    """One unbuffered write in this process; the kernel's errno comes back as OSError."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+class Unwritten(OSError):
+    """The write syscall was not made (its file could not be opened): nothing reached the
+    kernel, and the write is not counted."""
+
+
+def direct_write(path: str, payload: bytes, opened: Callable[[], object] = lambda: None) -> None:
+    """One unbuffered write in this process; the kernel's errno comes back as OSError.
+    ``opened`` is called between the open and the write syscall."""
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise Unwritten(exc.errno, exc.strerror, path) from exc
+    try:
+        opened()
         os.write(fd, payload)
     finally:
         os.close(fd)
@@ -61,16 +71,16 @@ class Sysfs:
         return f"{self._devices_prefix}{address}"
 
     def _device_attr(self, address: PciAddress, name: str) -> str:
-        return os.path.join(self.device_dir(address), _valid_name(name, "attribute"))
+        return os.path.join(self.device_dir(address), valid_name(name, "attribute"))
 
     def _driver_dir(self, driver: str) -> str:
-        return self._path("bus", "pci", "drivers", _valid_name(driver, "driver"))
+        return self._path("bus", "pci", "drivers", valid_name(driver, "driver"))
 
     def vfio_dev_path(self, group: int) -> str:
         return os.path.join(self._vfio_dir, str(group))
 
     def module_dir(self, module: str) -> str:
-        return self._path("module", _valid_name(module, "module"))
+        return self._path("module", valid_name(module, "module"))
 
     @staticmethod
     def read_text(path: str) -> Optional[str]:
@@ -101,8 +111,19 @@ class Sysfs:
             return []
 
     def list_functions(self) -> list[PciAddress]:
-        """Every PCI function the kernel knows, in address order (one listing)."""
-        found = (PciAddress.from_sysfs_name(n) for n in self.list_dir(self._devices_prefix))
+        """Every PCI function the kernel knows, in address order (one listing). A root
+        without ``bus/pci/devices`` is not a sysfs (a typo, an unmounted hostPath): an error."""
+        try:
+            names = os.listdir(self._devices_prefix)
+        except OSError as exc:
+            raise HostNotReadyError(
+                f"{self.root} has no bus/pci/devices ({exc.strerror}): it is not a sysfs",
+                path=self._devices_prefix,
+                errno=exc.errno,
+                remedy="point --sysfs-root (VFIO_MANAGER_SYSFS_ROOT) at the host's sysfs, "
+                "default /sys; in a container, mount the host's /sys there",
+            ) from exc
+        found = (PciAddress.from_sysfs_name(n) for n in names)
         return sorted((a for a in found if a is not None), key=_address_order)
 
     def function_exists(self, address: PciAddress) -> bool:
@@ -161,16 +182,20 @@ class Sysfs:
 
     def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
         """One write; the errno comes back as :class:`SysfsWriteError`. ``subject``: its BDF."""
-        with self._count_lock:
-            if subject is not None:
-                self._writes_to[subject] = self._writes_to.get(subject, 0) + 1
+        made = True
         try:
             self.transport(path, data.encode())
         except OSError as exc:
+            made = not isinstance(exc, Unwritten)
             raise SysfsWriteError.from_os_error(exc, path=path, data=data) from exc
+        finally:
+            if made and subject is not None:
+                with self._count_lock:
+                    self._writes_to[subject] = self._writes_to.get(subject, 0) + 1
 
     def writes_to(self, bdf: str) -> int:
-        """Writes about one function: its attributes, and the driver and bus files given its BDF."""
+        """Writes about one function that reached the kernel (or may have: a write stuck, or
+        cut short by its writer's death): its attributes, and driver and bus files by its BDF."""
         with self._count_lock:
             return self._writes_to.get(bdf, 0)
 
@@ -178,11 +203,11 @@ class Sysfs:
         self.write(self._device_attr(address, name), data, subject=str(address))
 
     def write_driver_file(self, driver: str, name: str, data: str) -> None:
-        path = os.path.join(self._driver_dir(driver), _valid_name(name, "driver file"))
+        path = os.path.join(self._driver_dir(driver), valid_name(name, "driver file"))
         self.write(path, data, subject=data.strip() or None)
 
     def write_bus_file(self, name: str, data: str) -> None:
-        path = self._path("bus", "pci", _valid_name(name, "bus file"))
+        path = self._path("bus", "pci", valid_name(name, "bus file"))
         self.write(path, data, subject=data.strip() or None)
 
     def device_realpath(self, address: PciAddress) -> str:
@@ -260,7 +285,7 @@ class Sysfs:
         return {n: os.path.realpath(os.path.join(base, n)) for n in self.list_dir(base)}
 
     def _block(self, name: str, *parts: str) -> str:
-        return os.path.join(self._path("class", "block"), _valid_name(name, "disk"), *parts)
+        return os.path.join(self._path("class", "block"), valid_name(name, "disk"), *parts)
 
     def block_dev_numbers(self, name: str) -> Optional[str]:
         return _dev_numbers(self.read_text(self._block(name, "dev")))
@@ -278,7 +303,7 @@ class Sysfs:
 
     def net_uppers(self, iface: str) -> list[str]:
         """Interfaces stacked on this one: its ``master`` (bridge, bond) and ``upper_*`` (VLAN)."""
-        base = os.path.join(self._path("class", "net"), _valid_name(iface, "interface"))
+        base = os.path.join(self._path("class", "net"), valid_name(iface, "interface"))
         uppers = [n[len("upper_") :] for n in self.list_dir(base) if n.startswith("upper_")]
         master = self.link_name(os.path.join(base, "master"))
         return [*uppers, master] if master is not None and master not in uppers else uppers
@@ -289,9 +314,10 @@ def _is_number(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
-def _valid_name(name: str, what: str) -> str:
-    """Refuse a driver, module or file name that could climb out of its folder."""
-    if not name or "/" in name or name in {".", ".."} or "\0" in name:
+def valid_name(name: str, what: str) -> str:
+    """Refuse a driver, module or file name that could climb out of its folder, or end an
+    override's value early: one path component, no blank or control character."""
+    if name in {"", ".", ".."} or "/" in name or " " in name or not name.isprintable():
         raise UsageError(f"{name!r} is not a valid {what} name")
     return name
 

@@ -4,7 +4,7 @@ what it depends on and does nothing when nothing is to do (a stale plan never wr
 from __future__ import annotations
 
 from vfio_manager.kernel.address import PciAddress
-from vfio_manager.kernel.sysfs import Sysfs
+from vfio_manager.kernel.sysfs import Sysfs, valid_name
 from vfio_manager.log import get_logger
 
 log = get_logger("vfio_manager.kernel.verbs")
@@ -19,37 +19,29 @@ class Kernel:
         self.override_of = sysfs.override_of
         self.exists = sysfs.function_exists
 
-    def set_override(self, address: PciAddress, driver: str) -> bool:
+    def set_override(self, address: PciAddress, driver: str) -> None:
         """Only ``driver`` may bind the function from now on. Does not unbind or load anything."""
-        if self.sysfs.override_of(address) == driver:
-            return False
-        self.sysfs.write_device_attr(address, "driver_override", driver + "\n")
-        log.debug("sysfs write", bdf=str(address), step="set-override", value=driver)
-        return True
+        if self.sysfs.override_of(address) != valid_name(driver, "driver"):
+            self.sysfs.write_device_attr(address, "driver_override", driver + "\n")
+            log.debug("sysfs write", bdf=str(address), step="set-override", value=driver)
 
-    def clear_override(self, address: PciAddress) -> bool:
+    def clear_override(self, address: PciAddress) -> None:
         """Write a bare newline: a 0-byte write never reaches the kernel (kernel-facts K1)."""
-        if self.sysfs.override_of(address) is None:
-            return False
-        self.sysfs.write_device_attr(address, "driver_override", "\n")
-        log.debug("sysfs write", bdf=str(address), step="clear-override")
-        return True
+        if self.sysfs.override_of(address) is not None:
+            self.sysfs.write_device_attr(address, "driver_override", "\n")
+            log.debug("sysfs write", bdf=str(address), step="clear-override")
 
-    def unbind(self, address: PciAddress, driver: str) -> bool:
+    def unbind(self, address: PciAddress, driver: str) -> None:
         """Detach ``driver``; runs the driver's remove() synchronously and may block."""
-        if self.sysfs.driver_of(address) != driver:
-            return False
-        self.sysfs.write_driver_file(driver, "unbind", str(address))
-        log.debug("sysfs write", bdf=str(address), step="unbind", driver=driver)
-        return True
+        if self.sysfs.driver_of(address) == valid_name(driver, "driver"):
+            self.sysfs.write_driver_file(driver, "unbind", str(address))
+            log.debug("sysfs write", bdf=str(address), step="unbind", driver=driver)
 
-    def probe(self, address: PciAddress) -> bool:
+    def probe(self, address: PciAddress) -> None:
         """Ask the PCI core to attach the best driver; it reports success even when none binds."""
-        if self.sysfs.driver_of(address) is not None:
-            return False
-        self.sysfs.write_bus_file("drivers_probe", str(address))
-        log.debug("sysfs write", bdf=str(address), step="probe")
-        return True
+        if self.sysfs.driver_of(address) is None:
+            self.sysfs.write_bus_file("drivers_probe", str(address))
+            log.debug("sysfs write", bdf=str(address), step="probe")
 
     def bind(self, address: PciAddress, driver: str) -> None:
         """Probe ``driver`` on the function now; unlike drivers_probe, errors come back."""

@@ -6,10 +6,13 @@ awaited together after the writes, under one deadline.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno as errno_mod
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -98,6 +101,38 @@ class Report:
         }
 
 
+class Interruption:
+    """The signal (SIGINT, SIGTERM) that asked a writing run to stop, if one did: the run
+    finishes the function each lane is moving, starts no other, reports, and the command
+    exits 128 + its number."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def caught(cls) -> Iterator[Interruption]:
+        """SIGINT and SIGTERM set ``signum`` instead of ending the process while the block
+        runs (from the main thread: elsewhere a signal handler cannot be set)."""
+        interruption = cls()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            interruption.signum = interruption.signum or signum
+
+        if threading.current_thread() is not threading.main_thread():
+            yield interruption
+            return
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield interruption
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def describe(self) -> str:
+        return f"interrupted by {signal.Signals(self.signum).name if self.signum else '?'}"
+
+
 def _kept(entry: FunctionPlan) -> Optional[str]:
     """What the outcome of an entry that did not settle its journal record says of it."""
     note = entry.interrupted.note if entry.interrupted is not None else None
@@ -121,11 +156,14 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         parallel: int = DEFAULT_PARALLEL,
+        interruption: Optional[Interruption] = None,
     ) -> None:
         self.kernel, self.journal, self.parallel = kernel, journal, parallel
+        self.interruption = interruption or Interruption()
         self.node_timeout, self.write_timeout = node_timeout, write_timeout
         self.clock, self.sleep = clock, sleep
         self._probe_picked: dict[PciAddress, tuple[str, Optional[str]]] = {}  # taken off again
+        self._stuck: set[PciAddress] = set()  # a write still pending: written to no more
 
     def apply(self, plan: Plan) -> Report:
         """Move what the plan moves (an IOMMU group's functions one after another), then
@@ -173,6 +211,10 @@ class Engine:
     def _move(self, entry: FunctionPlan) -> _Moved:
         """One function's writes: its outcome, or what to wait for (IOMMU group, writes)."""
         bdf = entry.function.bdf
+        if self.interruption.signum is not None:
+            reason = f"not started: the run was {self.interruption.describe()}"
+            remedy = "run the command again to move it"
+            return self._left(entry, "interrupted", reason, remedy, 0, driver=entry.function.driver)
         if self.journal is not None and entry.write_count and not entry.interrupted:
             try:
                 self.journal.record_start(entry.function, entry.direction)
@@ -227,8 +269,14 @@ class Engine:
     ) -> None:
         """One kernel verb (an action's name, or ``bind``) under the function's deadline;
         transient errnos retried, but from a function that is gone or for a bind (its errno
-        is the diagnosis)."""
+        is the diagnosis). None after a write about the function stuck: it would queue."""
         kernel, name, step = self.kernel, driver or "", step or verb
+        if address in self._stuck:
+            raise DeadlineExceededError(
+                f"{what or verb}: not written, a write about {address} is still pending",
+                bdf=str(address),
+                step=step,
+            )
         calls: dict[str, tuple[str, Callable[[], object]]] = {
             "set-override": (
                 f"set the override of {address} to {driver}",
@@ -257,7 +305,11 @@ class Engine:
 
         retry = verb != "bind"
         deadline = Deadline(deadline_at, what or default, str(address), step, self.clock)
-        bounded(write if retry else fn, deadline, retry=retry, sleep=self.sleep)
+        try:
+            bounded(write if retry else fn, deadline, retry=retry, sleep=self.sleep)
+        except DeadlineExceededError:
+            self._stuck.add(address)
+            raise
 
     def _take_off(
         self, address: PciAddress, picked: str, expected: Optional[str], deadline_at: float
@@ -393,7 +445,8 @@ class Engine:
         *,
         stuck: bool = False,
     ) -> Outcome:
-        """A function left as it is (its journal record refused, a write stuck, no node)."""
+        """A function left as it is (its journal record refused, a write stuck, no node, the
+        run interrupted before it)."""
         refused = step == "journal"
         event, outcome = ("refused", "refused") if refused else ("transition", "failed")
         outcome = "stuck" if stuck else outcome
@@ -434,6 +487,7 @@ class Engine:
             remedy=err.remedy,
             restored_to=restored,
             writes=writes,
+            stuck=entry.address in self._stuck,
         )
         # back in its start state: the record has nothing left to settle
         return self._close_record(entry, outcome, back=True) if note is None else outcome

@@ -6,6 +6,7 @@ and writes nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional
@@ -19,7 +20,7 @@ from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.engine import Engine, Report, Result
+from vfio_manager.pipeline.engine import Engine, Interruption, Report, Result
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import Action, Plan, RefusalKind, refuse_group_mates
 from vfio_manager.pipeline.selection import Selector, select_targets
@@ -66,26 +67,54 @@ class TransitionResult:
     notes: tuple[str, ...] = ()
     journal_errors: tuple[str, ...] = ()  # records the state dir would not update (no entry)
     topology: Optional[Topology] = None
+    interrupted: Optional[int] = None  # the signal that stopped the run
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.interrupted is not None:
+            return ExitCode(128 + self.interrupted)
         if self.report is not None and not self.journal_errors:
             return self.report.exit_code
         failed = self.journal_errors or any(entry.refusal for entry in self.plan.entries)
         return ExitCode.FAILED if failed else ExitCode.OK
 
 
+class InterruptedRunError(VfioManagerError):
+    """A signal stopped the run while it waited for the node lock: nothing was written."""
+
+    def __init__(self, interruption: Interruption) -> None:
+        super().__init__(
+            f"{interruption.describe()} while waiting for the node lock; nothing was written",
+            remedy="run the command again",
+            step="lock",
+        )
+        self.exit_code = ExitCode(128 + (interruption.signum or 0))
+
+
 def run_transition(
-    node: Node, request: TransitionRequest, *, lock: Optional[NodeLock] = None
+    node: Node,
+    request: TransitionRequest,
+    *,
+    lock: Optional[NodeLock] = None,
+    interruption: Optional[Interruption] = None,
 ) -> TransitionResult:
-    """Plan and (unless ``dry_run``) apply, under ``lock`` if the caller holds it already."""
+    """Plan and (unless ``dry_run``) apply, under ``lock`` if the caller holds it already.
+    ``interruption`` stops the run between functions (and a wait for the lock)."""
+    interruption = interruption or Interruption()
     if request.dry_run:
-        return _Run(node, request, node.sysfs(), _readonly_journal(node)).result()
+        return _Run(node, request, node.sysfs(), _readonly_journal(node), interruption).result()
     if lock is None:
-        with node.lock() as held:
-            return run_transition(node, request, lock=held)
+
+        def sleep(seconds: float) -> None:  # between polls for the lock
+            if interruption.signum is None:
+                time.sleep(seconds)
+            if interruption.signum is not None:
+                raise InterruptedRunError(interruption)
+
+        with node.lock(sleep=sleep) as held:
+            return run_transition(node, request, lock=held, interruption=interruption)
     writer = lock.writer(threads=node.writer == "thread")  # its children keep the lock
-    run = _Run(node, request, node.sysfs(writer), node.journal())
+    run = _Run(node, request, node.sysfs(writer), node.journal(), interruption)
     try:
         result = run.result()
     except VfioManagerError:
@@ -109,9 +138,15 @@ class _Run:
     """One pass of the pipeline; each stage is a method, in the order they run."""
 
     def __init__(
-        self, node: Node, request: TransitionRequest, sysfs: Sysfs, journal: Optional[Journal]
+        self,
+        node: Node,
+        request: TransitionRequest,
+        sysfs: Sysfs,
+        journal: Optional[Journal],
+        interruption: Interruption,
     ) -> None:
         self.node, self.request, self.sysfs, self.journal = node, request, sysfs, journal
+        self.interruption = interruption
         self.host = node.host_files()
         self.notes: list[str] = []
         self.journal_errors: list[str] = []
@@ -133,8 +168,15 @@ class _Run:
         self._record_intents(targets)
         plan = self._refuse(self._plan(topology, targets, resolver))
         report = None if request.dry_run or not plan.entries else self._apply(plan)
+        signum = self.interruption.signum
+        if signum is not None and report is not None:
+            left = sum(1 for o in report.outcomes if o.step == "interrupted")
+            self.notes.append(
+                f"{self.interruption.describe()}: the functions in flight were finished, "
+                f"{left} not started; run the command again for them"
+            )
         notes, errors = tuple(self.notes), tuple(self.journal_errors)
-        return TransitionResult(request, plan, report, notes, errors, topology)
+        return TransitionResult(request, plan, report, notes, errors, topology, signum)
 
     def _targets(self, topology: Topology) -> list[PciFunction]:
         r = self.request
@@ -329,7 +371,8 @@ class _Run:
         return origins
 
     def _refuse(self, plan: Plan) -> Plan:
-        """Refuse what a process holds or the host needs (``--force``: warn only)."""
+        """Refuse what a process holds or the host needs, and its group mates both ways: a
+        group is handed over whole (``--force``: warn only)."""
         refused: dict[PciAddress, dict[str, Any]] = {}  # how each entry is refused
         moving = [e for e in plan.entries if e.refusal is None and e.steps]
         to_vfio = [e for e in moving if e.direction is Direction.TO_VFIO]
@@ -367,9 +410,7 @@ class _Run:
             replace(e, steps=(), **refused[e.address]) if e.address in refused else e
             for e in plan.entries
         ]
-        if plan.direction is Direction.TO_VFIO:
-            entries = refuse_group_mates(entries, set(refused))
-        return Plan(plan.direction, tuple(entries))
+        return Plan(plan.direction, tuple(refuse_group_mates(entries, set(refused))))
 
     def _apply(self, plan: Plan) -> Report:
         """Run the engine; a write that hangs is held by someone: one /proc scan names them."""
@@ -379,6 +420,7 @@ class _Run:
             write_timeout=self.node.timeout,
             journal=self.journal,
             parallel=self.node.parallel,
+            interruption=self.interruption,
         )
         report = engine.apply(plan)
         stuck = {o.bdf for o in report.outcomes if o.stuck}

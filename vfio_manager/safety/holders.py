@@ -1,7 +1,9 @@
-"""Who holds a function: processes with its device nodes open or its BAR files mapped.
+"""Who holds a function: processes with its device nodes or VFIO device open, or its BAR
+files mapped.
 
 One pass over /proc covers every function; a node is matched by path or, under another
-container's name, by device number; a process we may not inspect makes the scan incomplete.
+container's name, by device number; a VFIO device fd by the device its fdinfo names (kernel-facts
+K26); a process we may not inspect makes the scan incomplete.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from vfio_manager.log import get_logger
 log = get_logger("vfio_manager.safety.holders")
 
 _DELETED = " (deleted)"
+_VFIO_DEVICE = "anon_inode:[vfio-device]"  # a VFIO device fd, in /proc/PID/fd and maps
+_SYSPATH = "vfio-device-syspath:"  # its fdinfo line naming the device (Linux 6.18 and later)
+_DEVICE_OF = "the VFIO device of "
+UNNAMED_VFIO_DEVICE = "a VFIO device fd (its device unnamed before Linux 6.18)"
 _VANISHED = frozenset({errno_mod.ENOENT, errno_mod.ESRCH})
 _COMM_LIMIT = 64
+_FDINFO_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,11 @@ class Target:
     @classmethod
     def resource(cls, path: str) -> Target:
         return cls(path, None, mapped=True)
+
+    @classmethod
+    def vfio_device(cls, bdf: str) -> Target:
+        """The function's VFIO device, held through an fd its fdinfo names."""
+        return cls(_DEVICE_OF + bdf)
 
 
 @dataclass(frozen=True, order=True)
@@ -117,12 +129,16 @@ def scan_holders(
 def find_holders(
     sysfs: Sysfs, proc_root: str, functions: list[PciFunction]
 ) -> dict[PciAddress, list[Holder]]:
-    """Holders per function, from one scan of /proc (the group node of one on vfio)."""
+    """Holders per function, from one scan of /proc (the group node and VFIO device of one on
+    vfio). A VFIO device fd that names no device holds each function a user has open: its
+    ``enable`` count above 0 (vfio-pci enables the device at its first open) or unreadable."""
     owner: dict[str, PciAddress] = {}
     targets: list[Target] = []
     for function in functions:
-        group = function.iommu_group if is_vfio_driver(function.driver) else None
-        for target in function_targets(sysfs, function.address, group=group):
+        on_vfio = is_vfio_driver(function.driver)
+        group = function.iommu_group if on_vfio else None
+        device = [Target.vfio_device(function.bdf)] if on_vfio else []
+        for target in [*function_targets(sysfs, function.address, group=group), *device]:
             owner.setdefault(target.path, function.address)
             targets.append(target)
     scan = scan_holders(proc_root, targets)
@@ -134,9 +150,15 @@ def find_holders(
             unreadable_pids=list(scan.unreadable)[:20],
             hint="run as root with the host's PID namespace (hostPID: true in Kubernetes)",
         )
+    opened: list[PciAddress] = []
+    if any(h.what == UNNAMED_VFIO_DEVICE for h in scan.holders):
+        vfio = [f.address for f in functions if is_vfio_driver(f.driver)]
+        opened = [a for a in vfio if sysfs.read_device_attr(a, "enable") != "0"]
     found: dict[PciAddress, list[Holder]] = {}
-    for holder in scan.holders:  # what it holds is one of the targets
-        found.setdefault(owner[holder.what], []).append(holder)
+    for holder in scan.holders:  # what it holds is one of the targets, or an unnamed device
+        held = opened if holder.what == UNNAMED_VFIO_DEVICE else [owner[holder.what]]
+        for address in held:
+            found.setdefault(address, []).append(holder)
     return found
 
 
@@ -164,8 +186,11 @@ class _Scanner:
         self.by_path = {t.path: t for t in targets}
         self.by_rdev = {t.rdev: t for t in targets if t.rdev is not None}
         self.basenames = frozenset(os.path.basename(t.path) for t in targets if t.rdev)
-        self.read_maps = any(t.mapped for t in targets)
-        self.map_needles = tuple(sorted({_needle(p) for p in self.by_path}))
+        self.vfio_devices = any(t.path.startswith(_DEVICE_OF) for t in targets)
+        self.read_maps = self.vfio_devices or any(t.mapped for t in targets)
+        device = b"[vfio-device]"  # a device target's needle: what its mapping shows
+        needles = {device if p.startswith(_DEVICE_OF) else _needle(p) for p in self.by_path}
+        self.map_needles = tuple(sorted(needles))
 
     def run(self) -> HolderScan:
         try:
@@ -209,6 +234,10 @@ class _Scanner:
                 target = self._by_device_number(prefix + fd, link)
             if target is not None:
                 hits.add((target.path, "fd"))
+            elif link == _VFIO_DEVICE and self.vfio_devices:
+                device = self._device_named(f"{base}/fdinfo/{fd}")
+                if device is not None:
+                    hits.add((device, "fd"))
         if self.read_maps:
             try:
                 with open(base + "/maps", "rb") as handle:
@@ -229,12 +258,29 @@ class _Scanner:
             return self.by_rdev.get(rdev)
         return None
 
+    def _device_named(self, fdinfo: str) -> Optional[str]:
+        """The target a VFIO device fd's fdinfo names (``None``: not one of ours), or
+        :data:`UNNAMED_VFIO_DEVICE`; the device is the last PCI address of its path."""
+        try:
+            with open(fdinfo, encoding="utf-8", errors="replace") as handle:
+                lines = handle.read(_FDINFO_LIMIT).splitlines()
+        except OSError:
+            lines = []
+        path = next((ln[len(_SYSPATH) :] for ln in lines if ln.startswith(_SYSPATH)), None)
+        if path is None:
+            return UNNAMED_VFIO_DEVICE
+        found = (PciAddress.from_sysfs_name(p) for p in reversed(path.strip().split("/")))
+        target = _DEVICE_OF + str(next((a for a in found if a is not None), "?"))
+        return target if target in self.by_path else None
+
     def _mapped(self, data: bytes) -> set[str]:
         """Targets a maps file names (parsed only when it holds a target's needle)."""
         if not any(needle in data for needle in self.map_needles):
             return set()
         lines = (line.split(None, 5) for line in data.decode("utf-8", "replace").split("\n"))
-        return {p[5].removesuffix(_DELETED) for p in lines if len(p) == 6} & self.by_path.keys()
+        paths = {p[5].removesuffix(_DELETED) for p in lines if len(p) == 6}
+        unnamed = {UNNAMED_VFIO_DEVICE} if self.vfio_devices and _VFIO_DEVICE in paths else set()
+        return (paths & self.by_path.keys()) | unnamed
 
     def _comm(self, pid: int) -> str:
         try:

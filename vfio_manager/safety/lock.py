@@ -178,7 +178,7 @@ class FileLock:
         with StateDir.open(self.state_dir, uid=self.uid) as state:
             fd = state.open_lock_file(self.NAME)
         try:
-            start = self.clock()
+            start, waiting = self.clock(), False
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -187,6 +187,11 @@ class FileLock:
                     remaining = self.timeout - (self.clock() - start)
                     if remaining <= 0:
                         raise self.busy(read_holder(self.path, proc_root=self.proc_root)) from None
+                    if not waiting:
+                        holder = read_holder(self.path, proc_root=self.proc_root)
+                        who = holder.describe() if holder is not None else "another process"
+                        log.info("waiting for the lock", path=self.path, holder=who)
+                        waiting = True
                     self.sleep(min(self.poll_interval, remaining))
             try:
                 command = self.command if self.command is not None else command_line()

@@ -50,19 +50,58 @@ def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "not a file")
 
 
-def _not_a_directory_above(path: str) -> Optional[str]:
-    """The first existing component of ``path`` (itself included) that is not a directory."""
-    current = os.sep
-    for part in filter(None, os.path.abspath(path).split(os.sep)):
-        current = os.path.join(current, part)
-        try:
-            if not stat.S_ISDIR(os.stat(current).st_mode):  # a symlink to a directory is one
-                return current
-        except FileNotFoundError:
+def _open_child(
+    fd: int, name: str, child: str, path: str, owner: int, last: bool, create: bool
+) -> Optional[int]:
+    """``name`` in the directory ``fd`` opened as a directory without following a link (made
+    first if missing and ``create``), ``None`` if missing; ``child`` is its path on the way to
+    the state directory ``path``, and ``last`` when it is that directory."""
+    try:
+        return os.open(name, _DIR_OPEN, dir_fd=fd)
+    except OSError as exc:
+        failed = exc
+    try:
+        kind = _kind(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        if not create:
             return None
-        except OSError:
-            return current
-    return None
+        try:
+            os.mkdir(name, 0o700 if last else 0o755, dir_fd=fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise UnsafeStateDirError(
+                f"cannot create state directory {path}: {exc.strerror}",
+                path=child,
+                errno=exc.errno,
+                remedy="point --state-dir at a writable location (default /run/vfio-manager; "
+                "in a container, mount the host's /run or an emptyDir there)",
+            ) from exc
+        return _open_child(fd, name, child, path, owner, last, create=False)
+    if kind == "a directory":  # there, but not ours to open
+        raise UnsafeStateDirError(
+            f"cannot open state directory {path}: {failed.strerror}",
+            path=child,
+            errno=failed.errno,
+            remedy="check its permissions, or point --state-dir elsewhere",
+        ) from failed
+    if last:
+        problem = "is a symlink" if kind == "a symlink" else f"is {kind}, not a directory"
+        raise _unsafe(path, problem, uid=owner) from failed
+    if kind == "a symlink":
+        raise UnsafeStateDirError(
+            f"cannot trust state directory {path}: {child} is a symlink",
+            path=child,
+            remedy=f"give the path it leads to (--state-dir {os.path.realpath(path)}) if "
+            "every directory on that path is safe",
+        ) from failed
+    raise UnsafeStateDirError(
+        f"cannot use state directory {path}: {child} is {kind}, not a directory",
+        path=child,
+        errno=failed.errno,
+        remedy=f"point --state-dir at a directory that is not under {child} "
+        f"(or move {child} out of the way)",
+    ) from failed
 
 
 def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
@@ -74,11 +113,14 @@ def _unsafe(path: str, problem: str, *, uid: int) -> UnsafeStateDirError:
     )
 
 
-def _kind_at(path: str) -> str:
-    try:
-        return _kind(os.lstat(path).st_mode)
-    except OSError:
-        return "not a directory"
+def _problem(st: os.stat_result, owners: set[int], *, sticky_ok: bool = False) -> str:
+    """Why a directory with ``st`` could be changed by someone else ("" if it cannot)."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in owners:
+        return f"is owned by UID {st.st_uid}, not {' or '.join(map(str, sorted(owners)))}"
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not (sticky_ok and mode & stat.S_ISVTX):
+        return f"is writable by group or others (mode {mode:04o})"
+    return ""
 
 
 class StateDir:
@@ -89,24 +131,8 @@ class StateDir:
 
     @classmethod
     def open(cls, path: str, *, uid: Optional[int] = None) -> StateDir:
-        """Create ``path`` (mode 0700) if missing, check it, and return it open."""
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
-            os.mkdir(path, 0o700)
-            log.debug("state dir created", path=path)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            if exc.errno != errno_mod.ENOTDIR:  # a file in the way: opening names it
-                raise UnsafeStateDirError(
-                    f"cannot create state directory {path}: {exc.strerror}",
-                    path=path,
-                    errno=exc.errno,
-                    remedy="point --state-dir at a writable location (default "
-                    "/run/vfio-manager; in a container, mount the host's /run or an emptyDir "
-                    "there)",
-                ) from exc
-        found = cls.open_existing(path, uid=uid)
+        """Create ``path`` (mode 0700, missing parents 0755) if missing, check it, return it."""
+        found = cls._open_dir(path, os.geteuid() if uid is None else uid, create=True)
         if found is None:  # removed between mkdir and open
             raise UnsafeStateDirError(
                 f"state directory {path} disappeared while it was opened",
@@ -123,51 +149,45 @@ class StateDir:
     def subdir(self, name: str, *, create: bool = False) -> Optional[StateDir]:
         """The directory ``name`` in this one (or ``None``), checked like it; ``create``
         makes it (0700) if missing."""
-        if create:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, 0o700, dir_fd=self.fd)
-        return self._open_dir(self.path_of(name), self.owner, at=(self.fd, name))
+        return self._open_dir(self.path_of(name), self.owner, create=create, at=self.fd)
 
     @classmethod
     def _open_dir(
-        cls, path: str, owner: int, *, at: Optional[tuple[int, str]] = None
+        cls, path: str, owner: int, *, create: bool = False, at: Optional[int] = None
     ) -> Optional[StateDir]:
+        """Open ``path`` one component at a time from / (or its last one from ``at``, a
+        checked directory), following no link. Every directory above it is owned by root or
+        ``owner`` and writable by nobody else, or sticky (/tmp: nobody else can rename what is
+        ours in it), so nobody else can swap what is below. ``create`` makes what is missing."""
+        parts = [p for p in os.path.abspath(path).split(os.sep) if p]
+        if at is not None:
+            parts, here, fd = parts[-1:], os.path.dirname(path), at
+        else:
+            here, fd = os.sep, os.open(os.sep, _DIR_OPEN)
         try:
-            fd = os.open(path, _DIR_OPEN) if at is None else os.open(at[1], _DIR_OPEN, dir_fd=at[0])
-        except OSError as exc:
-            not_dir = exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR)
-            if not_dir and os.path.islink(path):
-                raise _unsafe(path, "is a symlink", uid=owner) from exc
-            # some file systems say ENOENT for ENOTDIR
-            blocker = (
-                _not_a_directory_above(path) if not_dir or exc.errno == errno_mod.ENOENT else None
-            )
-            if blocker is not None and (blocker != os.path.abspath(path) or not not_dir):
-                raise UnsafeStateDirError(
-                    f"cannot use state directory {path}: {blocker} is {_kind_at(blocker)}, "
-                    "not a directory",
-                    path=blocker,
-                    errno=exc.errno,
-                    remedy=f"point --state-dir at a directory that is not under {blocker} "
-                    f"(or move {blocker} out of the way)",
-                ) from exc
-            if not_dir:
-                raise _unsafe(path, f"is {_kind_at(path)}, not a directory", uid=owner) from exc
-            if exc.errno == errno_mod.ENOENT:
-                return None
-            raise UnsafeStateDirError(
-                f"cannot open state directory {path}: {exc.strerror}",
-                path=path,
-                errno=exc.errno,
-                remedy="check its permissions, or point --state-dir elsewhere",
-            ) from exc
-        st = os.fstat(fd)
-        problem: Optional[str] = None
-        if st.st_uid != owner:
-            problem = f"is owned by UID {st.st_uid}, not {owner}"
-        elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-        if problem is not None:
+            for index, part in enumerate(parts):
+                last = index == len(parts) - 1
+                if at is None and (problem := _problem(os.fstat(fd), {0, owner}, sticky_ok=True)):
+                    raise UnsafeStateDirError(
+                        f"cannot trust state directory {path}: {here} {problem}",
+                        path=here,
+                        remedy="point --state-dir at a directory whose parents are all owned "
+                        f"by root (or UID {owner}) and writable by nobody else but sticky ones "
+                        "like /tmp (the default /run/vfio-manager is one)",
+                    )
+                child = os.path.join(here, part)
+                opened = _open_child(fd, part, child, path, owner, last, create)
+                if fd != at:
+                    os.close(fd)
+                if opened is None:
+                    return None
+                here, fd = child, opened
+        except BaseException:
+            if fd != at:
+                os.close(fd)
+            raise
+        problem = _problem(os.fstat(fd), {owner})
+        if problem:
             os.close(fd)
             raise _unsafe(path, problem, uid=owner)
         return cls(path, fd, owner)

@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional, TypeVar, Union
 
 from vfio_manager.errors import SysfsWriteError, VfioManagerError
-from vfio_manager.kernel.sysfs import direct_write
+from vfio_manager.kernel.sysfs import Unwritten, direct_write
 from vfio_manager.log import get_logger
 
 log = get_logger("vfio_manager.safety.writer")
 
 T = TypeVar("T")
-Write = Callable[[str, bytes], None]
+Write = Callable[[str, bytes, Callable[[], object]], None]  # path, payload, opened
 Request = Optional[tuple[str, bytes]]  # None ends the child
-_REPLY = struct.Struct("!i")  # 0 or the errno
+_REPLY = struct.Struct("!i")  # _MADE, then 0 or the errno
+_MADE = -1  # the file is open: the write syscall follows
 _TRANSIENT = frozenset({errno_mod.EBUSY, errno_mod.EAGAIN, errno_mod.ENODEV})
 _FIRST_WAIT, _LONGEST_WAIT = 0.05, 1.0  # between retries of a transient errno
 
@@ -135,11 +136,11 @@ def retry_transient(
 def _serve(
     receive: Callable[[], Request], answer: Callable[[int], Optional[bool]], write: Write
 ) -> None:
-    """A child's life: write each request, answer 0 or the errno; ``None`` ends it, and so
-    does an answer nobody takes (``False``)."""
+    """A child's life: write each request, answer :data:`_MADE` once its file is open, then 0
+    or the errno; ``None`` ends it, and so does an answer nobody takes (``False``)."""
     while (request := receive()) is not None:
         try:
-            write(*request)
+            write(*request, lambda: answer(_MADE))
             code = 0
         except OSError as exc:
             code = exc.errno or errno_mod.EIO
@@ -158,8 +159,8 @@ class _Process:
             self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - the child; exercised by the process tests
             try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                for sig in (signal.SIGINT, signal.SIGTERM):  # the run decides when to stop
+                    signal.signal(sig, signal.SIG_IGN)
                 signal.signal(signal.SIGPIPE, signal.SIG_IGN)
                 null = os.open(os.devnull, os.O_RDWR)
                 for std in (0, 1, 2):
@@ -286,21 +287,28 @@ class ChildWriter:
             elif child is None:
                 child = _Process(self.keep_fds, self._write)
             self._children[child] = what
+        made = False
+        code: Optional[int] = _MADE
         try:
             child.send(path, payload)
-            code = child.answer(timeout)
-        except OSError as exc:
+            while code == _MADE:
+                code = child.answer(None if deadline is None else deadline.left())
+                made = made or code == _MADE
+        except OSError as exc:  # a write cut short has an unknown outcome: counted as made
             with self._mutex:
                 self._children.pop(child, None)
             child.end()
-            raise OSError(errno_mod.EIO, f"the writer process failed: {exc.strerror}") from exc
+            when = "during" if made else "before"
+            raise (OSError if made else Unwritten)(
+                errno_mod.EIO, f"the writer process died {when} its write ({exc.strerror})"
+            ) from exc
         if code is None and deadline is not None:  # it keeps `what` until its write returns
             child.abandon()
             raise deadline.exceeded(timeout or 0.0)
         with self._mutex:
             self._children[child] = None
         if code:
-            raise OSError(code, os.strerror(code))
+            raise (OSError if made else Unwritten)(code, os.strerror(code))
 
     def stuck(self) -> list[StuckWriter]:
         """Children whose write has not returned (a process child keeps the lock held)."""

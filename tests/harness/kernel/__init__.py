@@ -1,6 +1,6 @@
 """The fake kernel's rules, one module per kernel file, and the pyfakefs tree they act on.
 
-Each rule module cites the facts it encodes by number (K1 ... K23 in docs/kernel-facts.md),
+Each rule module cites the facts it encodes by number (K1 ... K26 in docs/kernel-facts.md),
 and the tests in tests/harness_tests check each fact. Tests use the facade,
 ``tests.harness.FakeKernel``; nothing here is imported by product tests.
 

@@ -59,6 +59,7 @@ def default_cmdline(release: str, iommu: bool, iommu_unit: str) -> str:
 # ---------------------------------------------------------------------- the machine
 def build(s: KernelState, *, lib_modules: bool) -> None:
     """The folders and files every machine has, before any function or driver."""
+    s.fs.chmod("/", 0o755)  # root's and private, as on a machine (pyfakefs makes it 0777)
     pci = "bus/pci"
     for rel in (
         f"{pci}/devices",
@@ -326,9 +327,9 @@ def _snapshot_extras(s: KernelState, fn: Function, names: set[str], *, bound: bo
 
 def _enabled(s: KernelState, fn: Function) -> bool:
     # K20: the kernel shows enable_cnt > 0; a native driver enables its device, vfio-pci
-    # only while the device is open. Matches every function in the q35 snapshots.
+    # only while the device is open (K26). Matches every function in the q35 snapshots.
     drv = s.driver_table.get(fn.driver) if fn.driver else None
-    return drv is not None and not drv.vfio
+    return drv is not None and (not drv.vfio or fn.user_open)
 
 
 def _uevent(fn: Function) -> bytes:

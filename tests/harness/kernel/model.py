@@ -149,6 +149,7 @@ class Function:
     driver_children: dict[str, list[str]] = field(default_factory=dict)
     waiting_for_supplier: bool = False
     noiommu_group: bool = False  # its group was made by vfio's no-IOMMU mode
+    user_open: bool = False  # a user has its VFIO device fd open (K26)
 
     @property
     def depth(self) -> int:
