@@ -15,6 +15,7 @@ from vfio_manager.daemon.reconciler import (
     HostCheck,
     HostReadiness,
     LastTransition,
+    Reason,
     ReconcileOutcome,
     ReconcileRequest,
     State,
@@ -72,19 +73,23 @@ class FakeNode:
         intents: frozenset[str],
     ) -> tuple[FunctionState, Optional[LastTransition]]:
         if bdf in self.excluded:
-            return FunctionState(bdf, State.EXCLUDED, "--exclude"), None
+            return FunctionState(bdf, State.EXCLUDED, "--exclude", cause=Reason.EXCLUDED), None
         if bdf in intents:
-            return FunctionState(bdf, State.INTENT_HOST, "left on the host by intent"), None
+            intent = FunctionState(bdf, State.INTENT_HOST, "left by intent", cause=Reason.INTENT)
+            return intent, None
         if self.drivers[bdf] == VFIO:
             return FunctionState(bdf, State.CONVERGED), None
         if bdf in self.held:
-            return FunctionState(bdf, State.HELD, "PID 812 (qemu) holds it"), None
+            return FunctionState(
+                bdf, State.HELD, "PID 812 (qemu) holds it", cause=Reason.IN_USE
+            ), None
         if not host.ok or bdf in request.skip:
-            return FunctionState(bdf, State.PENDING, "not attempted"), None
+            cause = Reason.BACKOFF if host.ok else Reason.HOST_NOT_READY
+            return FunctionState(bdf, State.PENDING, "not attempted", cause=cause), None
         if bdf in self.failing:
             reason = self.failing[bdf]
             record = LastTransition(bdf, Direction.TO_VFIO, Result.FAILED, reason)
-            return FunctionState(bdf, State.FAILED, reason), record
+            return FunctionState(bdf, State.FAILED, reason, cause=Reason.TRANSITION_FAILED), record
         self.drivers[bdf] = VFIO
         record = LastTransition(bdf, Direction.TO_VFIO, Result.CHANGED)
         return FunctionState(bdf, State.CONVERGED), record

@@ -72,12 +72,16 @@ def _collect(root: str) -> tuple[list[str], dict[str, bytes], dict[str, str]]:
     return dirs, files, links
 
 
-def materialize(dest: Path, build: Callable[[FakeKernel], T]) -> tuple[Roots, T]:
+def materialize(
+    dest: Path, build: Callable[[FakeKernel], T], *, iommu: bool = True
+) -> tuple[Roots, T]:
     """Build a machine with ``build(kernel)`` in a private fake filesystem; write it to
     ``dest``. Returns where it is and what ``build`` returned (its BDFs, say)."""
     with Patcher() as patcher:
         assert patcher.fs is not None
-        kernel = FakeKernel(patcher.fs, release="6.1.0-test", iommu=True, host_root=HOST_ROOT)
+        kernel = FakeKernel(
+            patcher.fs, release="6.1.0-test", iommu=iommu, host_root=HOST_ROOT, cmdline="ro"
+        )
         try:
             made = build(kernel)
             dirs, files, links = _collect(HOST_ROOT)

@@ -161,3 +161,27 @@ def test_the_daemon_process_from_ready_to_sigterm(
     )  # fmt: skip
     assert after.stdout.strip() == "False", "the kernel dropped the flock with the process"
     print(f"RSS {rss} KiB; SIGTERM to exit {elapsed * 1000:.0f} ms")
+
+
+def test_with_the_iommu_off_ready_comes_at_once_and_the_daemon_stays(
+    tmp_path: Path, systemd: Listener
+) -> None:
+    """kubelet, ordered after the unit, starts within seconds on a node whose IOMMU is off
+    in the BIOS; the daemon stays up, not converged, and keeps checking."""
+    roots, _ = materialize(tmp_path / "machine", lambda k: npu_node(k, count=1), iommu=False)
+    state = tmp_path / "state"
+    argv = _cli(roots, state, "daemon", "--no-load-modules", "--resync-interval", "3600")
+    daemon = Daemon(argv, _env(NOTIFY_SOCKET=systemd.env_value))
+    try:
+        assert systemd.message() == ["STATUS=starting: first reconcile under way"]
+        ready, status = systemd.message()
+        assert ready == "READY=1"
+        assert status.startswith("STATUS=host not ready (iommu")
+        assert status.endswith("; 1 pending")
+        assert not (state / "ready").exists(), "the ready file says converged, and it is not"
+        daemon.process.send_signal(signal.SIGHUP)
+        assert systemd.message() == [status], "still up, checked again"
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    finally:
+        daemon.stop()

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
+import socket
 import stat
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +39,7 @@ from vfio_manager.daemon.reconciler import (
     HostReadiness,
     LastTransition,
     NodeView,
+    Reason,
     ReconcileOutcome,
     ReconcileRequest,
     State,
@@ -194,6 +199,81 @@ def test_metrics_follow_reconciles_and_uevents() -> None:
     assert sample(text, "vfio_manager_functions", state="failed") == 0
 
 
+A, B, C = "0000:03:00.0", "0000:04:00.0", "0000:05:00.0"
+
+
+def test_each_function_has_one_series_its_current_state() -> None:
+    metrics = DaemonMetrics(process=False)
+    held = FunctionState(B, State.HELD, "PID 812 holds it", None, Reason.IN_USE, "RBLN-CA22")
+    observe(
+        metrics,
+        (
+            FunctionState(A, State.CONVERGED, product="RBLN-CA25"),
+            held,
+            FunctionState(C, State.FAILED, "EINVAL", None, Reason.TRANSITION_FAILED, "1eff-1fff"),
+        ),
+    )
+    text = metrics.render()[0].decode()
+    name = "vfio_manager_function_state"
+    assert sample(text, name, bdf=A, product="RBLN-CA25", state="converged", reason="none") == 1
+    assert sample(text, name, bdf=B, product="RBLN-CA22", state="held", reason="in-use") == 1
+    assert sample(text, name, bdf=C, state="failed", reason="transition-failed") == 1
+    assert "812" not in text, "a bounded reason, never the detail"
+
+    observe(
+        metrics,
+        (
+            FunctionState(A, State.CONVERGED, product="RBLN-CA25"),
+            replace(held, state=State.CONVERGED, cause=Reason.NONE),
+        ),
+    )
+    text = metrics.render()[0].decode()
+    assert sample(text, name, bdf=B, state="held") is None, "the old state's series is gone"
+    assert sample(text, name, bdf=B, state="converged", reason="none") == 1
+    assert sample(text, name, bdf=C) is None, "a function that left the view has no series"
+    assert len([line for line in text.splitlines() if line.startswith(name + "{")]) == 2
+
+
+def test_a_refusal_counts_once_when_it_becomes_refused() -> None:
+    """Counters count events: a held function re-planned at every resync is one refusal."""
+    metrics = DaemonMetrics(process=False)
+    refused = LastTransition(B, Direction.TO_VFIO, Result.REFUSED, "in use")
+    held = (FunctionState(B, State.HELD, cause=Reason.IN_USE),)
+    for _ in range(3):
+        observe(metrics, held, transitions=(refused,))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="refused") == 1
+    changed = LastTransition(B, Direction.TO_VFIO, Result.CHANGED)
+    observe(metrics, (FunctionState(B, State.CONVERGED),), transitions=(changed,))
+    observe(metrics, held, transitions=(refused,))
+    failed = LastTransition(C, Direction.TO_VFIO, Result.FAILED, "EINVAL")
+    for _ in range(2):  # each failed attempt wrote: each is an event
+        observe(metrics, (FunctionState(C, State.FAILED),), transitions=(failed,))
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="refused") == 2
+    assert sample(text, "vfio_manager_transitions_total", direction="vfio", outcome="failed") == 2
+
+
+def test_pending_journal_records_and_the_age_of_the_oldest() -> None:
+    now = [1714564800.0]
+    metrics = DaemonMetrics(process=False, wall_clock=lambda: now[0])
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_journal_records") == 0
+    assert sample(text, "vfio_manager_journal_oldest_record_seconds") == 0
+    outcome = ReconcileOutcome((), journal=((A, now[0] - 100), (B, None)))
+    view = NodeView().merge(ReconcileRequest(None), outcome)
+    metrics.observe_reconcile(view, outcome, full=True, duration=0.01, finished_at=now[0])
+    now[0] += 20
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_journal_records") == 2
+    assert sample(text, "vfio_manager_journal_oldest_record_seconds") == 120, "at scrape time"
+    outcome = ReconcileOutcome(())
+    metrics.observe_reconcile(view, outcome, full=True, duration=0.01, finished_at=now[0])
+    text = metrics.render()[0].decode()
+    assert sample(text, "vfio_manager_journal_records") == 0
+    assert sample(text, "vfio_manager_journal_oldest_record_seconds") == 0
+
+
 def test_failing_host_checks_are_exported_and_cleared() -> None:
     metrics = DaemonMetrics(process=False)
     observe(metrics, (), host=HostReadiness(False, (IOMMU_OFF,)))
@@ -225,6 +305,7 @@ def test_the_process_collector_reports_memory() -> None:
 # -- HTTP ------------------------------------------------------------------------------------
 class Client:
     def __init__(self, server: HealthServer) -> None:
+        self.server = server
         host, port = server.address
         self.base = f"http://{host}:{port}"
 
@@ -275,10 +356,20 @@ def test_healthz_follows_the_loops_heartbeat(
     assert client.get("/healthz")[0] == 503, "the loop missed its promise"
 
 
+HELD = FunctionState(
+    "0000:04:00.0",
+    State.HELD,
+    "it is in use: PID 812 (qemu-system-x86) holds /dev/vfio/12",
+    "stop those processes (a VM: shut it down or detach the device)",
+    Reason.IN_USE,
+)
+
+
 def test_readyz_names_what_is_not_converged(
     served: tuple[Client, DaemonMetrics], board: ReconcileLoop
 ) -> None:
     client, _ = served
+    board.beat(3600)
     code, _, body = client.get("/readyz")
     assert code == 503
     assert json.loads(body)["reason"] == "the first reconcile has not finished"
@@ -286,7 +377,7 @@ def test_readyz_names_what_is_not_converged(
     outcome = ReconcileOutcome(
         (
             FunctionState("0000:03:00.0", State.CONVERGED),
-            FunctionState("0000:04:00.0", State.HELD, "PID 812 (qemu) holds /dev/vfio/12"),
+            HELD,
             FunctionState("0000:05:00.0", State.INTENT_HOST, "left on the host by intent"),
         ),
         HostReadiness(False, (IOMMU_OFF,)),
@@ -301,8 +392,8 @@ def test_readyz_names_what_is_not_converged(
         {
             "bdf": "0000:04:00.0",
             "state": "held",
-            "reason": "PID 812 (qemu) holds /dev/vfio/12",
-            "remedy": None,
+            "reason": "in-use",
+            "remedy": "stop those processes (a VM: shut it down or detach the device)",
         }
     ]
     assert doc["counts"]["intent-host"] == 1
@@ -311,6 +402,51 @@ def test_readyz_names_what_is_not_converged(
     board.view = NodeView().merge(ReconcileRequest(None), settled)
     code, _, body = client.get("/readyz")
     assert (code, json.loads(body)["ready"], json.loads(body)["not_converged"]) == (200, True, [])
+
+
+def test_readyz_means_the_agent_works_and_the_host_can_do_vfio(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop, clock: FakeClock
+) -> None:
+    """Not "every function converged": one bad device must not stall a rolling update."""
+    client, _ = served
+    board.beat(60)
+    outcome = ReconcileOutcome((FunctionState("0000:03:00.0", State.CONVERGED), HELD))
+    board.view = NodeView().merge(ReconcileRequest(None), outcome)
+    code, _, body = client.get("/readyz")
+    doc = json.loads(body)
+    assert code == 200
+    assert (doc["ready"], doc["converged"], doc["alive"]) == (True, False, True)
+    assert [f["bdf"] for f in doc["not_converged"]] == ["0000:04:00.0"]
+    board.view = replace(board.view, error="another vfio-manager run holds the lock")
+    assert client.get("/readyz")[0] == 200, "refused for a known reason: the agent works"
+    clock.advance(61)
+    code, _, body = client.get("/readyz")
+    assert (code, json.loads(body)["alive"]) == (503, False), "a wedged loop is not ready"
+
+
+def test_readyz_names_no_process_of_another_workload(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop
+) -> None:
+    board.beat(60)
+    stuck = FunctionState(
+        "0000:05:00.0",
+        State.FAILED,
+        "unbind did not return within 5s; held by PID 4242 (qemu-kvm) holds /dev/vfio/13",
+        cause=Reason.STUCK_WRITE,
+    )
+    outcome = ReconcileOutcome((HELD, stuck))
+    board.view = replace(
+        NodeView().merge(ReconcileRequest(None), outcome),
+        error="another vfio-manager run holds /run/vfio-manager/lock: PID 99 (vfio-manager)",
+    )
+    client, _ = served
+    code, _, body = client.get("/readyz")
+    assert code == 200
+    for secret in ("812", "4242", "99", "qemu", "/dev/", "vfio-manager)"):
+        assert secret not in body, body
+    doc = json.loads(body)
+    assert [f["reason"] for f in doc["not_converged"]] == ["in-use", "stuck-write"]
+    assert "vfio-manager status" in doc["detail"]
 
 
 def test_metrics_endpoint_serves_the_text_format(served: tuple[Client, DaemonMetrics]) -> None:
@@ -343,6 +479,135 @@ def test_a_taken_port_is_a_usage_error(board: ReconcileLoop) -> None:
             HealthServer(first.address, board.alive, lambda: board.view)
     finally:
         first.stop()
+
+
+def raw(server: HealthServer, request: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send ``request`` as it is and read until the server closes (bounded by ``timeout``)."""
+    with socket.create_connection(server.address, timeout=timeout) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+def parsed(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *fields = head.decode().split("\r\n")
+    version, code, _ = status.split(" ", 2)
+    assert version == "HTTP/1.1"
+    headers = dict(f.split(": ", 1) for f in fields)
+    assert int(headers["Content-Length"]) == len(body) or body == b""
+    return int(code), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        (b"GET /healthz\r\n", 505),  # HTTP/0.9: a status line all the same
+        (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
+        (b"POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 405),
+        (b"DELETE /metrics HTTP/1.0\r\n\r\n", 405),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),  # TLS hello
+        (b"GET /healthz HTTP/1.1 extra\r\n\r\n", 400),
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_every_error_is_json_with_a_status_line(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop, request_bytes: bytes, code: int
+) -> None:
+    server = served[0].server
+    got, headers, body = parsed(raw(server, request_bytes))
+    assert got == code
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Connection"] == "close"
+    assert set(json.loads(body)) == {"error"}
+    if code == 405:
+        assert headers["Allow"] == "GET, HEAD"
+
+
+def test_head_answers_without_a_body(
+    served: tuple[Client, DaemonMetrics], board: ReconcileLoop
+) -> None:
+    board.beat(60)
+    code, headers, body = parsed(raw(served[0].server, b"HEAD /healthz HTTP/1.0\r\n\r\n"))
+    assert (code, body) == (200, b"")
+    assert headers["Content-Length"] == str(len(b'{"alive": true}\n'))
+
+
+def test_the_whole_request_head_has_one_deadline(board: ReconcileLoop) -> None:
+    """One byte now and then does not keep a connection: the deadline is for the whole head,
+    not per read. Paced by the answer's own wait, never by sleeping."""
+    server = HealthServer(("127.0.0.1", 0), board.alive, lambda: board.view, head_deadline=0.5)
+    try:
+        with socket.create_connection(server.address, timeout=10) as client:
+            started = time.monotonic()
+            answer = b""
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x":
+                if select.select([client], [], [], 0.1)[0]:  # the server answered (or closed)
+                    break
+                client.send(bytes([byte]))
+            while chunk := client.recv(4096):
+                answer += chunk
+            took = time.monotonic() - started
+    finally:
+        server.stop()
+    code, _, body = parsed(answer)
+    assert code == 408
+    assert "error" in json.loads(body)
+    assert took < 3, f"cut after {took:.1f}s although a byte came every 0.1 s"
+
+
+def test_connections_are_capped_and_the_oldest_unfinished_head_gives_way(
+    board: ReconcileLoop,
+) -> None:
+    """Many clients that never finish their request cost at most ``max_connections``
+    descriptors, and a prompt request still gets its answer."""
+    board.beat(3600)
+    server = HealthServer(("127.0.0.1", 0), board.alive, lambda: board.view, max_connections=4)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            client = socket.create_connection(server.address, timeout=10)
+            client.send(b"G")
+            slow.append(client)
+        code, _, body = parsed(raw(server, b"GET /healthz HTTP/1.1\r\n\r\n"))
+        assert (code, json.loads(body)) == (200, {"alive": True})
+        assert server.connections <= 4
+        first = slow[0].recv(4096)
+        assert parsed(first + b"".join(iter(lambda: slow[0].recv(4096), b"")))[0] == 503
+    finally:
+        for client in slow:
+            client.close()
+        server.stop()
+
+
+def test_the_listen_backlog_holds_a_burst_while_the_server_is_busy(tmp_path: Path) -> None:
+    """While the server thread is busy (here: a slow view), connections wait in the kernel's
+    backlog instead of being refused: it is far above 5."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_view() -> NodeView:
+        entered.set()
+        release.wait(30)
+        return NodeView()
+
+    server = HealthServer(("127.0.0.1", 0), lambda: True, slow_view)
+    burst: list[socket.socket] = []
+    try:
+        with socket.create_connection(server.address, timeout=10) as first:
+            first.sendall(b"GET /readyz HTTP/1.1\r\n\r\n")
+            assert entered.wait(10)
+            for _ in range(32):
+                burst.append(socket.create_connection(server.address, timeout=2))
+            release.set()
+            assert first.recv(12) == b"HTTP/1.1 503"
+    finally:
+        release.set()
+        for client in burst:
+            client.close()
+        server.stop()
 
 
 @pytest.mark.parametrize(

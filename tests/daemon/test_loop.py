@@ -8,6 +8,7 @@ timeout the loop asked for, so every test also shows how long the loop would hav
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -36,7 +37,7 @@ from vfio_manager.daemon.loop import (
     ReconcileLoop,
     summary,
 )
-from vfio_manager.daemon.reconciler import HostCheck, State
+from vfio_manager.daemon.reconciler import HostCheck, Reason, State
 from vfio_manager.errors import VfioManagerError
 from vfio_manager.kernel.uevents import Uevent, UeventBatch
 from vfio_manager.safety.intents import IntentStore
@@ -153,6 +154,33 @@ def test_start_converges_then_says_ready_once(make_rig: Any) -> None:
     assert rig.loop.view.converged
     rig.loop.step()  # the next resync
     assert ["READY=1"] not in [m[:1] for m in rig.notifications()], "READY=1 only once"
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        ({"held": {A}}, "not converged: 1 held"),
+        ({"failing": {A: "EINVAL"}}, "not converged: 1 failed"),
+        ({"host_failing": [IOMMU_OFF]}, "host not ready (iommu); 1 pending"),
+        ({"error": VfioManagerError("lock timeout")}, "not converged: last reconcile failed: "
+         "lock timeout"),
+    ],
+)  # fmt: skip
+def test_ready_once_the_first_reconcile_finished_whatever_its_outcome(
+    make_rig: Any, fields: dict[str, Any], status: str
+) -> None:
+    """systemd's units ordered after the daemon (kubelet) wait for its first reconcile only."""
+    rig = make_rig({A: "rebellions"}, **fields)
+    rig.loop.start()
+    assert rig.notifications() == [
+        ["STATUS=starting: first reconcile under way"],
+        ["READY=1", f"STATUS={status}"],
+    ]
+    assert rig.ready_doc() is None, "the ready file still means converged"
+    assert not rig.loop.view.converged
+    rig.loop.request_resync()
+    rig.step_until_reconciled()
+    assert all(m[0] != "READY=1" for m in rig.notifications()), "READY=1 once"
 
 
 def test_nothing_to_do_is_ready_too(make_rig: Any) -> None:
@@ -287,15 +315,15 @@ def test_excluded_is_settled_and_held_is_not(make_rig: Any) -> None:
     assert rig.node.drivers == {A: "rebellions", B: "rebellions"}, "neither touched"
     assert (rig.state(A), rig.state(B)) == (State.EXCLUDED, State.HELD)
     assert rig.ready_doc() is None
-    readyz = rig.loop.view.to_json()
+    readyz = rig.loop.view.to_json(rig.loop.alive())
     assert [(f["bdf"], f["state"]) for f in readyz["not_converged"]] == [(B, "held")]
-    assert not [m for m in rig.notifications() if m[0] == "READY=1"]
+    assert rig.notifications()[-1] == ["READY=1", "STATUS=not converged: 1 held, 1 excluded"]
     rig.node.held.clear()  # the VM stops
     rig.send(pci_event("change", B))
     rig.step_until_reconciled()
     assert rig.state(B) is State.CONVERGED
     assert rig.ready_doc() is not None
-    assert rig.notifications()[-1][0] == "READY=1"
+    assert rig.notifications() == [["STATUS=converged: 1 converged, 1 excluded"]]
 
 
 # -- failures ----------------------------------------------------------------------------------
@@ -362,6 +390,18 @@ def test_a_waiting_function_shows_its_last_reason_and_next_retry(make_rig: Any) 
     )
 
 
+def test_a_waiting_function_keeps_its_failures_bounded_reason(make_rig: Any) -> None:
+    """The reason label of a failed function's series does not flip while it backs off (an
+    alert's ``for:`` would start over at every flip)."""
+    rig = make_rig({A: "rebellions", B: VFIO}, failing={A: "EINVAL"})
+    rig.loop.start()
+    assert rig.loop.view.functions[A].cause is Reason.TRANSITION_FAILED
+    rig.send(pci_event("bind", B, driver=VFIO))
+    rig.step_until_reconciled()
+    assert rig.node.requests[-1].skip == {A}, "waiting"
+    assert rig.loop.view.functions[A].cause is Reason.TRANSITION_FAILED
+
+
 def test_something_that_keeps_moving_a_function_back_is_flapping(make_rig: Any) -> None:
     rig = make_rig({A: VFIO}, settings=LoopSettings(flap_limit=3, flap_window=60))
     rig.loop.start()
@@ -371,10 +411,12 @@ def test_something_that_keeps_moving_a_function_back_is_flapping(make_rig: Any) 
         rig.step_until_reconciled()
     assert rig.state(A) is State.FAILED
     assert "more than 3 times" in str(rig.loop.view.functions[A].reason)
+    assert rig.loop.view.functions[A].cause is Reason.FLAPPING
     rig.node.drivers[A] = "rebellions"
     rig.send(pci_event("bind", A, driver="rebellions"))
     rig.step_until_reconciled()
     assert rig.node.requests[-1].skip == {A}, "backing off: not moved again at once"
+    assert rig.loop.view.functions[A].cause is Reason.FLAPPING
     assert rig.node.drivers[A] == "rebellions"
 
 
@@ -385,7 +427,8 @@ def test_a_reconcile_that_raises_keeps_the_daemon_up(make_rig: Any) -> None:
     assert rig.loop.view.error == "another vfio-manager run holds the lock"
     assert rig.ready_doc() is None
     assert rig.notifications()[-1] == [
-        "STATUS=not converged: last reconcile failed: another vfio-manager run holds the lock"
+        "READY=1",
+        "STATUS=not converged: last reconcile failed: another vfio-manager run holds the lock",
     ]
     rig.node.error = RuntimeError("a bug")
     rig.loop.request_resync()
@@ -416,14 +459,16 @@ def test_host_not_ready_stays_up_logs_once_and_recovers(
     host_logs = [e for e in errors if e["event"].startswith("host not ready")]
     assert len(host_logs) == 1, "the remedy is logged once"
     assert host_logs[0]["remedy"] == "intel_iommu=on"
-    assert rig.loop.view.to_json()["host"]["failing"] == [IOMMU_OFF.to_json()]
-    assert not [m for m in rig.notifications() if m[0] == "READY=1"]
+    assert rig.loop.view.to_json(rig.loop.alive())["host"]["failing"] == [IOMMU_OFF.to_json()]
+    said = rig.notifications()
+    assert said[1] == ["READY=1", "STATUS=host not ready (iommu); 1 pending"], "at once"
+    assert [m for m in said if m[0] == "READY=1"] == [said[1]], "once"
     # vfio-pci gets loaded: its driver registers, the daemon resyncs at once
     rig.node.host_failing.clear()
     rig.send(driver_event("add", "vfio-pci"))
     rig.step_until_reconciled()
     assert rig.node.drivers[A] == VFIO
-    assert rig.notifications()[-1][0] == "READY=1"
+    assert rig.notifications()[-1] == ["STATUS=converged: 1 converged"]
 
 
 # -- signals -----------------------------------------------------------------------------------
@@ -496,6 +541,55 @@ def test_the_watchdog_is_pinged_at_half_its_period(make_rig: Any) -> None:
     assert max(rig.waiter.timeouts) <= 10.0
     pings = [m for m in rig.notifications() if m == ["WATCHDOG=1"]]
     assert len(pings) == 7, "one at start, one per 10 s over 60 s"
+
+
+def starved(message: str = "cannot open state directory: Too many open files") -> Exception:
+    """A reconcile's error caused by the process running out of descriptors."""
+    error = VfioManagerError(message)
+    error.__cause__ = OSError(errno.EMFILE, "Too many open files")
+    return error
+
+
+@pytest.mark.parametrize(
+    "error", [starved(), OSError(errno.EMFILE, "Too many open files"), RuntimeError("a bug")]
+)
+def test_the_watchdog_stops_while_reconciles_make_no_progress(
+    make_rig: Any, error: Exception
+) -> None:
+    """A loop whose every reconcile fails for want of descriptors (or crashes) only looks
+    alive: no WATCHDOG=1, so systemd restarts it, and /healthz fails; a reconcile that
+    finishes again brings both back."""
+    rig = make_rig(
+        {A: VFIO}, env={"WATCHDOG_USEC": "20000000"}, settings=LoopSettings(resync_interval=30)
+    )
+    rig.loop.start()
+    assert rig.loop.alive()
+    rig.notifications()
+    rig.node.error = error
+    rig.loop.request_resync()
+    rig.step_until_reconciled()
+    for _ in range(4):  # 40 s of waits, a failed resync at 30 s among them
+        rig.loop.step()
+        assert not rig.loop.alive(), "/healthz fails"
+    assert ["WATCHDOG=1"] not in rig.notifications()
+    assert len(rig.node.requests) == 3
+    rig.node.error = None
+    rig.loop.request_resync()
+    rig.step_until_reconciled()
+    assert rig.loop.alive()
+    rig.loop.step()
+    assert ["WATCHDOG=1"] in rig.notifications()
+
+
+def test_a_reconcile_refused_for_a_known_reason_is_progress(make_rig: Any) -> None:
+    """Another run holding the node lock is the loop working as designed: pings go on."""
+    rig = make_rig({A: VFIO}, env={"WATCHDOG_USEC": "20000000"})
+    rig.node.error = VfioManagerError("another vfio-manager run holds the lock", remedy="wait")
+    rig.loop.start()
+    rig.notifications()
+    rig.loop.step()
+    assert rig.loop.alive()
+    assert ["WATCHDOG=1"] in rig.notifications()
 
 
 def test_the_heartbeat_covers_the_wait_and_expires_after(make_rig: Any) -> None:

@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
+from pyfakefs.fake_filesystem_unittest import Pause
 
-from tests.daemon.kernel_rig import DAEMON_REAL_STATE, KernelRig
+from tests.daemon.kernel_rig import DAEMON_REAL_STATE, WALL, KernelRig
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.support import fake_process, invoke, native_node
@@ -297,20 +298,75 @@ def test_a_held_function_is_never_touched_until_let_go(
     assert kernel.driver_of(first) == "rebellions"
     assert not writes_for(kernel, first)
     assert rig.state(first) is State.HELD
+    assert "PID 777 (rbln-smi)" in (rig.loop.view.functions[first].reason or "")
     assert rig.ready_doc() is None
     status, body = get(rig, "/readyz")
-    assert status == 503
+    assert status == 200, "the agent works and the host can do VFIO"
+    assert body["converged"] is False
     (why,) = body["not_converged"]
     assert why["bdf"] == first
     assert why["state"] == "held"
-    assert "PID 777 (rbln-smi)" in why["reason"]
+    assert why["reason"] == "in-use"
+    assert "777" not in json.dumps(body), "no other workload's process on the port"
     assert rig.metric("vfio_manager_transitions_total", direction="vfio", outcome="refused") == 1
+    assert (
+        rig.metric(
+            "vfio_manager_function_state",
+            bdf=first,
+            product="RBLN-CA22",
+            state="held",
+            reason="in-use",
+        )
+        == 1
+    )
+    rig.loop.request_resync()
+    rig.step()
+    assert rig.metric("vfio_manager_transitions_total", direction="vfio", outcome="refused") == 1, (
+        "refused again at the resync: not a new event"
+    )
     shutil.rmtree(posixpath.join(kernel.proc_root, "777"))  # the program exits
     rig.loop.request_resync()
     rig.step()
     assert kernel.driver_of(first) == "vfio-pci"
     assert get(rig, "/readyz")[0] == 200
     assert rig.ready_doc() is not None
+    labels = {"bdf": first, "product": "RBLN-CA22"}
+    assert (
+        rig.metric("vfio_manager_function_state", **labels, state="held", reason="in-use") is None
+    )
+    assert (
+        rig.metric("vfio_manager_function_state", **labels, state="converged", reason="none") == 1
+    )
+
+
+def test_a_journal_record_kept_for_an_excluded_function_is_exported(
+    kernel: FakeKernel, make_kernel_rig: Any, real_state_dir: str
+) -> None:
+    first, _second = npu_node(kernel, count=2)
+    rig = make_kernel_rig(DaemonOptions(exclude=(first,), listen="127.0.0.1:0"))
+    with Pause(kernel.fs):
+        os.makedirs(real_state_dir, mode=0o700, exist_ok=True)
+        with open(os.path.join(real_state_dir, f"journal-{first}.json"), "w") as record:
+            json.dump(JOURNAL_RECORD | {"bdf": first}, record)
+    rig.start()
+    assert pending_records(rig) == [first], "kept: the function is excluded"
+    assert rig.metric("vfio_manager_journal_records") == 1
+    assert rig.metric("vfio_manager_journal_oldest_record_seconds") == WALL - 1714521600
+
+
+JOURNAL_RECORD = {
+    "version": 1,
+    "record": "transition",
+    "direction": "vfio",
+    "vendor_device": None,
+    "original_driver": None,
+    "original_override": None,
+    "steps_done": ["set-override"],
+    "started_at": "2024-05-01T00:00:00+00:00",
+    "updated_at": "2024-05-01T00:00:00+00:00",
+    "pid": 999999,
+    "origin_created": False,
+}
 
 
 def test_a_group_blocked_by_a_peer_is_pending(kernel: FakeKernel, make_kernel_rig: Any) -> None:
@@ -338,7 +394,9 @@ def test_a_failing_function_backs_off_with_the_kernels_reason_then_recovers(
     assert status.state is State.FAILED
     assert "EINVAL" in (status.reason or "")
     assert rig.ready_doc() is None
-    assert get(rig, "/readyz")[0] == 503
+    status, body = get(rig, "/readyz")
+    assert status == 200, "one bad device does not make the agent unready"
+    assert body["not_converged"][0]["reason"] == "transition-failed"
     assert rig.metric("vfio_manager_transitions_total", direction="vfio", outcome="failed") == 1
 
     def attempts() -> int:
@@ -373,12 +431,14 @@ def test_a_host_that_is_not_ready_is_waited_for_then_converged(
     failing = [c["name"] for c in body["host"]["failing"]]
     assert failing == ["vfio-modules", "vfio-pci-driver", "dev-vfio", "vfio-driver"]
     assert all(c["remedy"] for c in body["host"]["failing"])
-    assert body["not_converged"][0]["reason"].startswith("the host is not ready (vfio-modules")
+    assert body["not_converged"][0]["reason"] == "host-not-ready"
+    assert rig.loop.view.functions[npu].reason.startswith("the host is not ready (vfio-modules")
     assert rig.metric("vfio_manager_host_ready") == 0
     assert rig.metric("vfio_manager_host_check_failing", check="vfio-modules") == 1
     assert rig.notifications()[-1] == [
-        "STATUS=host not ready (vfio-modules, vfio-pci-driver, dev-vfio, vfio-driver); 1 pending"
-    ]
+        "READY=1",
+        "STATUS=host not ready (vfio-modules, vfio-pci-driver, dev-vfio, vfio-driver); 1 pending",
+    ], "READY=1 at once: kubelet, ordered after the daemon, is not held"
     rig.step()  # the next resync checks again: still not ready, still nothing written
     assert kernel.writes == []
 
@@ -387,7 +447,7 @@ def test_a_host_that_is_not_ready_is_waited_for_then_converged(
     assert kernel.driver_of(npu) == "vfio-pci"
     assert rig.loop.view.host.ok
     assert rig.metric("vfio_manager_host_check_failing", check="vfio-modules") == 0
-    assert ["READY=1", "STATUS=converged: 1 converged"] in rig.notifications()
+    assert rig.notifications()[-1] == ["STATUS=converged: 1 converged"]
 
 
 # -- stopping ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
 from vfio_manager.daemon.reconciler import (
     FunctionState,
     NodeView,
+    Reason,
     ReconcileOutcome,
     ReconcileRequest,
     State,
@@ -81,6 +82,7 @@ class _Retry:
     failures: int = 0
     at: Optional[float] = None  # None: parked, no timer
     reason: Optional[str] = None
+    cause: Reason = Reason.BACKOFF  # the last failure's kind, kept while it waits
 
 
 class Backoff:
@@ -99,10 +101,12 @@ class Backoff:
         """The wait after the ``failures``-th failure in a row (1-based)."""
         return float(min(self.initial * (2.0 ** min(max(failures, 1) - 1, 64)), self.cap))
 
-    def failed(self, key: str, reason: Optional[str] = None) -> float:
+    def failed(
+        self, key: str, reason: Optional[str] = None, cause: Reason = Reason.BACKOFF
+    ) -> float:
         failures = self.failures(key) + 1
         delay = self.delay_after(failures)
-        self._retries[key] = _Retry(failures, self.clock() + delay, reason)
+        self._retries[key] = _Retry(failures, self.clock() + delay, reason, cause)
         return delay
 
     def get(self, key: str) -> _Retry:
@@ -217,7 +221,8 @@ class ReconcileLoop:
         self.view = NodeView()
         self.reconciles = 0
         self.stop_signal: Optional[int] = None
-        self._stop = self._resync = self._ready_sent = False
+        self._stop = self._resync = self._ready_sent = self._converged = False
+        self._progress = True  # the last reconcile finished, or failed for a known reason
         self._doorbell, self._ring_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._alive_until = float("-inf")
         self._next_resync = clock()
@@ -266,8 +271,9 @@ class ReconcileLoop:
         self._alive_until = self.clock() + max(0.0, back_within)
 
     def alive(self) -> bool:
-        """The loop kept its last promise: true while idle, false once it is wedged."""
-        return self.clock() <= self._alive_until
+        """The loop kept its last promise and its last reconcile made progress: true while
+        idle, false once it is wedged or starved (out of descriptors)."""
+        return self._progress and self.clock() <= self._alive_until
 
     def run(self) -> int:
         self.start()
@@ -363,10 +369,13 @@ class ReconcileLoop:
         self._ping_watchdog()
         started = self.clock()
         outcome: Optional[ReconcileOutcome] = None
+        self._progress = False
         try:
             outcome = self.reconciler(request)
+            self._progress = True
         except VfioManagerError as exc:
             self.view = replace(self.view, error=exc.message or "unknown error")
+            self._progress = not _caused_by_os_error(exc)
             log.error("reconcile failed", error=exc.message, remedy=exc.remedy)
         except Exception as exc:  # a daemon reports a bug and keeps serving
             self.view = replace(self.view, error=f"{type(exc).__name__}: {exc}")
@@ -388,10 +397,12 @@ class ReconcileLoop:
             )
         self._log_host(view)
         line = summary(view)
-        if view.converged and not self._ready_sent:
+        if view.converged and not self._converged:
+            log.info("converged", summary=line)
+        self._converged = view.converged
+        if not self._ready_sent:  # whatever the outcome: units ordered after us wait no longer
             self._ready_sent = True
             self.notifier.ready(line)
-            log.info("converged", summary=line)
         else:
             self.notifier.status(line)
         scope = "full" if full else "partial"
@@ -429,17 +440,22 @@ class ReconcileLoop:
             wait = max(0.0, retry.at - self.clock()) if retry.at is not None else 0.0
             attempt = f"attempt {retry.failures + 1}"
             remedy = f"retried automatically in {wait:.0f}s ({attempt}); a SIGHUP retries now"
-            return FunctionState(bdf, State.FAILED, retry.reason, remedy)
+            return replace(
+                function, state=State.FAILED, reason=retry.reason, remedy=remedy, cause=retry.cause
+            )
         if flapping:
             reason = (
                 f"moved back to the host more than {self.flaps.limit} times within "
                 f"{self.flaps.window:g}s: something else binds it (a udev rule, another agent)"
             )
-            delay = self.backoff.failed(bdf, reason)
+            delay = self.backoff.failed(bdf, reason, Reason.FLAPPING)
             log.error("function flapping", bdf=bdf, reason=reason, retry_in=delay)
-            return FunctionState(bdf, State.FAILED, reason, "find and stop what rebinds it")
+            remedy = "find and stop what rebinds it"
+            return replace(
+                function, state=State.FAILED, reason=reason, remedy=remedy, cause=Reason.FLAPPING
+            )
         if function.state is State.FAILED:
-            delay = self.backoff.failed(bdf, function.reason)
+            delay = self.backoff.failed(bdf, function.reason, function.cause)
             log.error(
                 "function failed",
                 bdf=bdf,
@@ -470,7 +486,17 @@ class ReconcileLoop:
         self._host_logged = failing
 
     def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 when due, unless the last reconcile made no progress (systemd restarts)."""
         now, interval, due = self.clock(), self.notifier.watchdog_interval, self._next_watchdog
         if interval is not None and due is not None and now >= due:
-            self.notifier.watchdog()
+            if self._progress:
+                self.notifier.watchdog()
             self._next_watchdog = now + interval
+
+
+def _caused_by_os_error(exc: BaseException) -> bool:
+    """An OSError in ``exc``'s chain: the process could not do its I/O (EMFILE, ENOMEM, ...)."""
+    seen: Optional[BaseException] = exc
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen is not None

@@ -3,7 +3,9 @@ and ``--on-exit``, through the same pipeline. docs/daemon.md has the state model
 
 from __future__ import annotations
 
+import calendar
 import enum
+import errno as errno_mod
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -18,7 +20,12 @@ from vfio_manager.log import get_logger
 from vfio_manager.pipeline.engine import Outcome, Result
 from vfio_manager.pipeline.node import Node
 from vfio_manager.pipeline.plan import FunctionPlan, RefusalKind
-from vfio_manager.pipeline.selection import Selector, in_groups_of, selected_functions
+from vfio_manager.pipeline.selection import (
+    Selector,
+    in_groups_of,
+    product_label,
+    selected_functions,
+)
 from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult, run_transition
 from vfio_manager.safety.intents import Intent, IntentStore
 
@@ -43,17 +50,47 @@ class State(str, enum.Enum):
         return self in (State.CONVERGED, State.EXCLUDED, State.INTENT_HOST)
 
 
+class Reason(str, enum.Enum):
+    """Why a function is in its state, bounded: a metric label and what ``/readyz`` says. The
+    detail (which may name other workloads' processes) is for the log and ``status``."""
+
+    NONE = "none"
+    IN_USE = "in-use"
+    HOST_CRITICAL = "host-critical"
+    GROUP = "group"
+    KERNEL = "kernel"
+    JOURNAL = "journal"
+    HOST_NOT_READY = "host-not-ready"
+    BACKOFF = "backoff"
+    FLAPPING = "flapping"
+    EXCLUDED = "excluded"
+    INTENT = "intent"
+    TRANSITION_FAILED = "transition-failed"
+    STUCK_WRITE = "stuck-write"
+    NOT_RESPONDING = "not-responding"  # the device or its driver did not answer (EIO, ENODEV)
+    LEFT_SELECTION = "left-selection"
+
+
 @dataclass(frozen=True)
 class FunctionState:
-    """One function's state; ``reason`` and ``remedy`` say why it is not converged."""
+    """One function's state; ``reason`` (detail) and ``remedy`` say why it is not converged,
+    ``cause`` the bounded kind of that reason."""
 
     bdf: str
     state: State
     reason: Optional[str] = None
     remedy: Optional[str] = None
+    cause: Reason = Reason.NONE
+    product: str = ""  # product_label: a label value
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "state": self.state.value}
+        """For ``/readyz``: the bounded reason only."""
+        return {
+            "bdf": self.bdf,
+            "state": self.state.value,
+            "reason": self.cause.value,
+            "remedy": self.remedy,
+        }
 
 
 @dataclass(frozen=True)
@@ -102,11 +139,13 @@ class ReconcileRequest:
 
 @dataclass(frozen=True)
 class ReconcileOutcome:
-    """Every function looked at (an affected BDF missing is gone), host verdict, transitions."""
+    """Every function looked at (an affected BDF missing is gone), host verdict, transitions;
+    ``journal``: the pending journal records, each (BDF, Unix time it started, if known)."""
 
     functions: tuple[FunctionState, ...]
     host: HostReadiness = HOST_READY
     transitions: tuple[LastTransition, ...] = ()
+    journal: tuple[tuple[str, Optional[float]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +162,10 @@ class NodeView:
         settled = all(s.state.accepted for s in self.functions.values())
         return self.reconciled and self.error is None and self.host.ok and settled
 
+    def serving(self, alive: bool) -> bool:
+        """``/readyz``: the agent works (``alive``, reconciled) and the host can do VFIO."""
+        return alive and self.reconciled and self.host.ok
+
     def counts(self) -> dict[str, int]:
         """``{state: count}`` with every state, in declaration order."""
         return {s.value: sum(f.state is s for f in self.functions.values()) for s in State}
@@ -133,20 +176,24 @@ class NodeView:
         kept = {b: s for b, s in self.functions.items() if patched is not None and b not in patched}
         return NodeView(kept | {s.bdf: s for s in outcome.functions}, outcome.host, reconciled=True)
 
-    def to_json(self) -> dict[str, Any]:
-        """The body of ``/readyz``."""
+    def to_json(self, alive: bool) -> dict[str, Any]:
+        """The body of ``/readyz``: no process of another workload (the port is open)."""
         doc: dict[str, Any] = {
-            "ready": self.converged,
+            "ready": self.serving(alive),
+            "alive": alive,
+            "converged": self.converged,
             "host": self.host.to_json(),
             "counts": self.counts(),
             "not_converged": [
                 s.to_json() for _, s in sorted(self.functions.items()) if not s.state.accepted
             ],
+            "detail": "which process holds what, and each failure's detail: "
+            "`vfio-manager status` on the node, or the daemon's log",
         }
         if not self.reconciled:
             doc["reason"] = "the first reconcile has not finished"
         if self.error is not None:
-            doc["error"] = self.error
+            doc["error"] = "the last reconcile failed; the daemon's log says why"
         return doc
 
 
@@ -184,6 +231,7 @@ class PipelineReconciler:
             transition = replace(self.bind_all, exclude=left_alone, scope=scope)
             try:
                 result = run_transition(self.node, transition, lock=lock)
+                outcome = self._outcome(result, scope, intents, request.skip)
             except PreflightFailed as failed:  # not an error: the host is not ready
                 checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
                 self.host = HostReadiness(ok=False, failing=checks)
@@ -192,13 +240,23 @@ class PipelineReconciler:
                 reason = f"the host is not ready ({names}): nothing is written until it is"
                 remedy = "fix the failing host checks (see /readyz or `vfio-manager check`)"
                 states = (
-                    self._left_out(f, intents, frozenset()) or _as_found(f, reason, remedy)
+                    _labelled(
+                        self._left_out(f, intents, frozenset())
+                        or _as_found(f, reason, remedy, Reason.HOST_NOT_READY),
+                        f,
+                    )
                     for f in self._in_scope(topology, scope)
                 )
-                return ReconcileOutcome(tuple(states), self.host)
-        for note in result.notes:
-            log.info("reconcile note", note=note)
-        return self._outcome(result, scope, intents, request.skip)
+                outcome = ReconcileOutcome(tuple(states), self.host)
+            return replace(outcome, journal=self._journal())
+
+    def _journal(self) -> tuple[tuple[str, Optional[float]], ...]:
+        """The journal's pending records (read-only); none when it cannot be read."""
+        try:
+            records = self.node.journal(readonly=True).pending()
+        except VfioManagerError:
+            return ()
+        return tuple((r.bdf or "?", _unix_time(r.started_at)) for r in records)
 
     def _in_scope(self, topology: Topology, scope: Scope) -> list[PciFunction]:
         functions = selected_functions(topology, self.selector)
@@ -211,19 +269,26 @@ class PipelineReconciler:
         """The state of a function the run was told to leave alone, else ``None``."""
         bdf = function.bdf
         if bdf in self.exclude:
+            remedy = "remove --exclude to manage it"
             return FunctionState(
-                bdf, State.EXCLUDED, "excluded with --exclude", "remove --exclude to manage it"
+                bdf, State.EXCLUDED, "excluded with --exclude", remedy, Reason.EXCLUDED
             )
         if (intent := intents.get(bdf)) is not None:
             hand_back = f"`vfio-manager bind {bdf}` hands it back to the daemon"
-            return FunctionState(bdf, State.INTENT_HOST, intent.describe(), hand_back)
+            return FunctionState(
+                bdf, State.INTENT_HOST, intent.describe(), hand_back, Reason.INTENT
+            )
         if bdf in skip:
-            return _as_found(function, "waiting for its retry after a failure")
+            return _as_found(
+                function, "waiting for its retry after a failure", cause=Reason.BACKOFF
+            )
         return None
 
     def _outcome(
         self, result: TransitionResult, scope: Scope, intents: Intents, skip: frozenset[str]
     ) -> ReconcileOutcome:
+        for note in result.notes:
+            log.info("reconcile note", note=note)
         if result.topology is None:  # only a dry run has none
             raise RuntimeError("the pipeline returned no topology")
         in_scope = self._in_scope(result.topology, scope)
@@ -236,7 +301,7 @@ class PipelineReconciler:
         outcomes = {o.bdf: o for o in result.report.outcomes} if result.report is not None else {}
         functions = {f.bdf: f for f in in_scope} | {b: e.function for b, e in entries.items()}
         states = (
-            left_out.get(b) or self._planned(f, entries.get(b), outcomes.get(b))
+            (left_out.get(b) or self._planned(f, entries.get(b), outcomes.get(b)), f)
             for b, f in sorted(functions.items())
         )
         transitions = (
@@ -246,7 +311,7 @@ class PipelineReconciler:
         )
         if scope is None or any(s is None for s in left_out.values()):
             self.host = HOST_READY  # the gate passed, or nothing needed it
-        found = tuple(s for s in states if s is not None)
+        found = tuple(_labelled(s, f) for s, f in states if s is not None)
         return ReconcileOutcome(found, self.host, tuple(transitions))
 
     def _planned(
@@ -255,33 +320,57 @@ class PipelineReconciler:
         """The state of a function the run planned; ``None`` when it vanished meanwhile."""
         bdf = function.bdf
         if entry is None or outcome is None:
-            return _as_found(function, "not planned")
+            return _as_found(function, "not planned", cause=Reason.GROUP)
         if outcome.journal_error is not None:
             return FunctionState(
                 bdf,
                 State.FAILED,
                 f"the journal was not updated: {outcome.journal_error}",
                 "the state directory must be writable and not full",
+                Reason.JOURNAL,
             )
         if outcome.result in (Result.CHANGED, Result.CONVERGED):
             return FunctionState(bdf, State.CONVERGED)
         if outcome.result is Result.REFUSED:
-            held = entry.refusal_kind in (RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL)
+            kind = entry.refusal_kind or RefusalKind.KERNEL
+            held = kind in (RefusalKind.IN_USE, RefusalKind.HOST_CRITICAL)
             state = State.HELD if held else State.PENDING
-            return FunctionState(bdf, state, outcome.reason, outcome.remedy)
+            return FunctionState(bdf, state, outcome.reason, outcome.remedy, Reason(kind.value))
         if not self.node.sysfs().function_exists(function.address):
             return None  # gone: its remove uevent drops it from the view
         reason = outcome.reason or "failed"
         if outcome.restored_to:
             reason += f" (restored to {outcome.restored_to})"
-        return FunctionState(bdf, State.FAILED, reason, outcome.remedy)
+        return FunctionState(bdf, State.FAILED, reason, outcome.remedy, _failure(outcome))
 
 
-def _as_found(function: PciFunction, reason: str, remedy: Optional[str] = None) -> FunctionState:
+def _labelled(state: FunctionState, function: PciFunction) -> FunctionState:
+    return replace(state, product=product_label(function))
+
+
+def _unix_time(text: Optional[str]) -> Optional[float]:
+    """A journal record's ``started_at`` (``2024-05-01T12:00:00+00:00``) as Unix time."""
+    try:
+        return float(calendar.timegm(time.strptime((text or "")[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def _failure(outcome: Outcome) -> Reason:
+    if outcome.stuck:
+        return Reason.STUCK_WRITE
+    if outcome.errno in (errno_mod.EIO, errno_mod.ENODEV, errno_mod.ETIMEDOUT):
+        return Reason.NOT_RESPONDING
+    return Reason.TRANSITION_FAILED
+
+
+def _as_found(
+    function: PciFunction, reason: str, remedy: Optional[str] = None, cause: Reason = Reason.NONE
+) -> FunctionState:
     """Converged when it is on a vfio driver already, else pending for ``reason``."""
     if is_vfio_driver(function.driver):
         return FunctionState(function.bdf, State.CONVERGED)
-    return FunctionState(function.bdf, State.PENDING, reason, remedy)
+    return FunctionState(function.bdf, State.PENDING, reason, remedy, cause)
 
 
 class OnExit(str, enum.Enum):

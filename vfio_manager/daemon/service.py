@@ -105,7 +105,9 @@ def build_daemon(
         source = open_source(options)
         if source is not None:
             acquired.callback(source.close)
-        metrics = DaemonMetrics(process=process_metrics) if address is not None else None
+        metrics = None
+        if address is not None:
+            metrics = DaemonMetrics(process=process_metrics, wall_clock=wall_clock)
         ready_path = options.ready_file or default_ready_path(node.state_dir)
         ready = ReadyFile(ready_path, wall_clock=wall_clock)
         selector, load_modules = options.selector, options.load_modules

@@ -9,7 +9,11 @@ from typing import Optional
 
 from vfio_manager.errors import DeviceNotFoundError, NotSelectedError, UsageError
 from vfio_manager.kernel.address import PciAddress
-from vfio_manager.kernel.catalogue import PROCESSING_ACCELERATOR_CLASS, REBELLIONS_VENDOR
+from vfio_manager.kernel.catalogue import (
+    PROCESSING_ACCELERATOR_CLASS,
+    REBELLIONS_VENDOR,
+    catalogue_entry,
+)
 from vfio_manager.kernel.model import PciFunction, Topology
 
 
@@ -71,6 +75,15 @@ class Selector:
             device_ids=frozenset(parse_id(d, what="device ID", bits=16) for d in device_ids),
             class_bits=width * 4,
         )
+
+
+def product_label(function: PciFunction) -> str:
+    """Its product as a label value (``RBLN-CA25``, ``RBLN-CA25-VF``), else its vendor and
+    device IDs (``1eff-1fff``)."""
+    known = catalogue_entry(function.device) if function.vendor == REBELLIONS_VENDOR else None
+    if known is None:
+        return f"{function.vendor:04x}-{function.device:04x}"
+    return known.product if known.kind == "PF" else f"{known.product}-VF"
 
 
 def selected_functions(topology: Topology, selector: Selector) -> list[PciFunction]:
