@@ -492,7 +492,7 @@ def at(usec: int) -> str:
 
 
 def wait_for_kubelet(group_name: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Wait until kubelet's stand-in has started, or vfio-manager has held it HOLD_LIMIT s;
+    """Wait until kubelet's stand-in has run, or vfio-manager has held it HOLD_LIMIT s;
     then check the order: kubelet after READY=1 and within AFTER_READY_MAX s of it."""
     props = ("ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic", "ActiveState")
     while True:
@@ -500,7 +500,8 @@ def wait_for_kubelet(group_name: str) -> tuple[dict[str, str], dict[str, str]]:
         k = show(KUBELET, *props)
         d_start, k_start = int(d[props[0]] or 0), int(k[props[0]] or 0)
         held = (time.monotonic() * 1e6 - d_start) / 1e6 if d_start else 0.0
-        if k_start or held > HOLD_LIMIT or time.monotonic() - T0 > 2 * HOLD_LIMIT:
+        done = k["ActiveState"] in ("active", "failed")  # the stand-in has written its record
+        if done or held > HOLD_LIMIT or time.monotonic() - T0 > 2 * HOLD_LIMIT:
             break
         time.sleep(1)
     d_ready = int(d[props[1]] or 0)
