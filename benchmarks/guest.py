@@ -2,7 +2,7 @@
 
 Runs only with ``--guest-script PATH`` (or VFIO_BENCH_GUEST_SCRIPT): the script is not part
 of this repository; docs/performance.md says how to extract it from the operator's source.
-It is adapted in two places only, as in issue 12: the vendor (``1eff`` -> ``8086``) and the
+It is adapted in two places only: the vendor (``1eff`` -> ``8086``) and the
 class (``0x120000`` -> ``0x020000``), so that it selects the guest's emulated Intel NICs.
 
 One boot of ``tools/e2e/run --boot on --cmd ...`` (its guest, its kernel, nothing written

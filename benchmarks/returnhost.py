@@ -63,7 +63,7 @@ def run_section(ctx: Context) -> list[report.Table]:
     table.notes.append(
         "in-process fake kernel (tests/harness on pyfakefs) entered through the vfio-manager "
         "console script's entry point; the delay is slept outside the fake's model lock "
-        f"(benchmarks/slowprobe.py); the target of issue 12 is a total close to one delay "
+        f"(benchmarks/slowprobe.py); the target is a total within 1.4x of one delay "
         f"({report.seconds(ctx.probe_delay)}), not {ctx.probe_functions} of them"
     )
     return [table]

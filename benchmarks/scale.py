@@ -123,7 +123,7 @@ def run_section(ctx: Context) -> list[report.Table]:
     table.notes.append(
         f"{ctx.heavy_reps} run(s) each after {ctx.warmup} warm-up run(s); each node also has one "
         f"root port per 16 endpoints (e.g. {total} for {ctx.sizes[0]}), a quarter of the endpoints "
-        "are e1000e NICs and NVMe disks; the target of issue 12 is `status --json` <= 0.5 s "
+        "are e1000e NICs and NVMe disks; the target is `status --json` <= 0.5 s "
         "at 4,096 functions, linear"
     )
     return [table, growth]

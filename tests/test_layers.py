@@ -1,6 +1,6 @@
 """The package's layers: a lower layer never imports an upper one, and no module cycles.
 
-Order, bottom up: errors, log and record; kernel (the kernel's view and verbs); host (readiness);
+Order, bottom up: errors and log; kernel (the kernel's view and verbs); host (readiness);
 safety (lock, journal, writer, holders); pipeline (plan, engine, transition); daemon;
 cli. Imports inside functions count too (a lazy import is still a dependency), and so do
 imports made only for type checking.
@@ -16,7 +16,7 @@ import pytest
 import vfio_manager
 
 PACKAGE = pathlib.Path(vfio_manager.__file__).parent
-LAYERS = {"errors": 0, "log": 0, "record": 0, "kernel": 1, "host": 2, "safety": 3, "pipeline": 4}
+LAYERS = {"errors": 0, "log": 0, "kernel": 1, "host": 2, "safety": 3, "pipeline": 4}
 LAYERS |= {"daemon": 5, "cli": 6, "__main__": 7, "__init__": 0}
 
 

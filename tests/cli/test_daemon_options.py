@@ -81,6 +81,8 @@ def test_daemon_options_are_documented_with_their_environment(run: RunCli) -> No
         ("--listen", "VFIO_MANAGER_LISTEN"),
         ("--on-exit", "VFIO_MANAGER_ON_EXIT"),
         ("--exclude", "VFIO_MANAGER_EXCLUDE"),
+        ("--nfd-features-file", "VFIO_MANAGER_NFD_FEATURES_FILE"),
+        ("--validation-file", "VFIO_MANAGER_VALIDATION_FILE"),
         ("--vendor", "VFIO_MANAGER_VENDOR"),
         ("--device-id", "VFIO_MANAGER_DEVICE_ID"),
     ):

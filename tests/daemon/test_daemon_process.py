@@ -9,6 +9,7 @@ SIGTERM. Waits are bounded by the datagrams and the process's exit, never by the
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any, Optional
 
 import pytest
 
+from tests.daemon import nfd
 from tests.daemon.fakes import Listener
 from tests.daemon.ondisk import Roots, materialize
 from tests.harness.topologies import npu_node
@@ -185,3 +187,38 @@ def test_with_the_iommu_off_ready_comes_at_once_and_the_daemon_stays(
         assert daemon.process.wait(timeout=30) == 0
     finally:
         daemon.stop()
+
+
+def test_the_cluster_files_come_and_go_with_the_process(
+    tmp_path: Path, converged_node: tuple[Roots, str], systemd: Listener
+) -> None:
+    """The NFD feature file and the operator's validation file, written by the daemon process
+    once its first reconcile is done, removed when it stops."""
+    roots, npu = converged_node
+    features, validation = tmp_path / "features.d", tmp_path / "validations"
+    features.mkdir()
+    validation.mkdir()
+    argv = _cli(
+        roots, tmp_path / "state", "daemon", "--resync-interval", "3600",
+        "--nfd-features-file", str(features / "vfio-manager"),
+    )  # fmt: skip
+    env = _env(
+        NOTIFY_SOCKET=systemd.env_value,
+        VFIO_MANAGER_VALIDATION_FILE=str(validation / "vfio-pci-ready"),
+    )
+    daemon = Daemon(argv, env)
+    try:
+        assert systemd.message()[0].startswith("STATUS=starting")
+        assert systemd.message() == ["READY=1", "STATUS=converged: 1 converged"]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        labels = nfd.labels(features, now)
+        assert labels["feature.node.kubernetes.io/vfio-manager.converged"] == "true"
+        assert labels["feature.node.kubernetes.io/vfio-manager.vfio.RBLN-CA22"] == "1"
+        ready = (validation / "vfio-pci-ready").read_text()
+        assert ready == f"VFIO_PCI_BOUND_DEVICES={npu}\n"
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=30) == 0
+    finally:
+        daemon.stop()
+    assert os.listdir(features) == []
+    assert os.listdir(validation) == []

@@ -3,12 +3,14 @@ abstract name), metrics and the HTTP endpoints (a real server on 127.0.0.1), the
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import secrets
 import select
 import socket
 import stat
+import subprocess
 import threading
 import time
 import urllib.error
@@ -20,13 +22,16 @@ from typing import Any, Optional
 
 import pytest
 
+from tests.daemon import nfd
 from tests.daemon.fakes import Listener, sample
 from tests.support import FakeClock
 from vfio_manager.daemon.health import (
     DaemonMetrics,
     HealthServer,
+    NfdFeatures,
     Notifier,
     ReadyFile,
+    ValidationFile,
     default_ready_path,
     parse_listen,
     watchdog_interval,
@@ -695,3 +700,105 @@ def test_an_unwritable_ready_file_is_logged_once_and_never_raised(
     ready.update(True, COUNTS)
     ready.update(True, {**COUNTS, "converged": 5})
     assert errors == ["ready file not written"]
+
+
+# -- what the cluster reads: NFD's local feature file and the operator's validation file -----
+NOW = 1714564800.0
+WHEN = datetime.datetime.fromtimestamp(NOW, datetime.timezone.utc)
+NFD = "feature.node.kubernetes.io/vfio-manager"
+
+
+def view_of(*functions: FunctionState, host: HostReadiness = HOST_READY) -> NodeView:
+    return NodeView().merge(ReconcileRequest(None), ReconcileOutcome(functions, host))
+
+
+ON_VFIO = (
+    FunctionState(A, State.CONVERGED, product="RBLN-CA25"),
+    FunctionState(B, State.CONVERGED, product="RBLN-CA25"),
+    FunctionState(C, State.CONVERGED, product="RBLN-CA22-VF"),
+)
+
+
+def test_the_nfd_file_labels_the_node_as_nfd_reads_it(tmp_path: Path) -> None:
+    features = NfdFeatures(str(tmp_path / "vfio-manager"), wall_clock=lambda: NOW)
+    features.show(view_of(*ON_VFIO, FunctionState("0000:06:00.0", State.EXCLUDED)))
+    text = (tmp_path / "vfio-manager").read_text()
+    assert text.startswith("# +expiry-time=2024-05-01T13:00:00Z\n"), "the directive first"
+    assert nfd.labels(tmp_path, WHEN) == {
+        f"{NFD}.converged": "true",
+        f"{NFD}.host-ready": "true",
+        f"{NFD}.state-converged": "3",
+        f"{NFD}.state-pending": "0",
+        f"{NFD}.state-held": "0",
+        f"{NFD}.state-excluded": "1",
+        f"{NFD}.state-failed": "0",
+        f"{NFD}.state-intent-host": "0",
+        f"{NFD}.vfio.RBLN-CA25": "2",
+        f"{NFD}.vfio.RBLN-CA22-VF": "1",
+    }
+    assert nfd.labels(tmp_path, WHEN + datetime.timedelta(hours=2)) == {}, "a dead daemon's expire"
+    assert len(text.encode()) < nfd.MAX_FEATURE_FILE_SIZE
+
+
+def test_the_nfd_file_follows_the_node_and_is_rewritten_only_when_needed(tmp_path: Path) -> None:
+    now = [NOW]
+    path = tmp_path / "vfio-manager"
+    features = NfdFeatures(str(path), wall_clock=lambda: now[0])
+    features.show(view_of(*ON_VFIO))
+    inode = path.stat().st_ino
+    now[0] += 600
+    features.show(view_of(*ON_VFIO))
+    assert path.stat().st_ino == inode, "same labels, expiry far: no write"
+    held = replace(ON_VFIO[0], state=State.HELD, cause=Reason.IN_USE)
+    failing = (IOMMU_OFF,)
+    features.show(view_of(held, *ON_VFIO[1:], host=HostReadiness(False, failing)))
+    found = nfd.labels(tmp_path, WHEN)
+    assert found[f"{NFD}.converged"] == "false"
+    assert found[f"{NFD}.host-ready"] == "false"
+    assert found[f"{NFD}.state-held"] == "1"
+    assert found[f"{NFD}.vfio.RBLN-CA25"] == "1"
+    inode = path.stat().st_ino
+    now[0] += 1900  # over half of the hour gone: renewed before NFD would drop the labels
+    features.show(view_of(held, *ON_VFIO[1:], host=HostReadiness(False, failing)))
+    assert path.stat().st_ino != inode
+    assert nfd.labels(tmp_path, WHEN + datetime.timedelta(seconds=2500 + 3000)) != {}
+    features.remove()
+    assert not path.exists()
+
+
+def test_nfd_never_sees_a_half_written_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written as a dot file, then renamed: at any moment NFD reads all of it or nothing."""
+    seen: list[dict[str, str]] = []
+    rename = os.replace
+
+    def watching(src: Any, dst: Any, **kwargs: Any) -> None:
+        seen.append(nfd.labels(tmp_path, WHEN))
+        rename(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", watching)
+    NfdFeatures(str(tmp_path / "vfio-manager"), wall_clock=lambda: NOW).show(view_of(*ON_VFIO))
+    assert seen == [{}], "the temporary file is a dot file"
+    assert nfd.labels(tmp_path, WHEN)[f"{NFD}.state-converged"] == "3"
+
+
+def test_the_validation_file_is_the_validators_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "vfio-pci-ready"
+    validation = ValidationFile(str(path))
+    validation.show(view_of(*ON_VFIO, FunctionState("0000:06:00.0", State.INTENT_HOST)))
+    assert path.read_text() == f"VFIO_PCI_BOUND_DEVICES={A},{B},{C}\n"
+    shell = 'test -f "$1" && . "$1" && echo "$VFIO_PCI_BOUND_DEVICES"'
+    read = subprocess.run(
+        ["sh", "-c", shell, "sh", str(path)], capture_output=True, text=True, check=True
+    )
+    assert read.stdout == f"{A},{B},{C}\n", "as a shell reads it"
+    validation.show(view_of(ON_VFIO[0], replace(ON_VFIO[1], state=State.FAILED)))
+    assert not path.exists(), "present only while the node is converged"
+    validation.show(view_of(ON_VFIO[0]))
+    assert path.read_text() == f"VFIO_PCI_BOUND_DEVICES={A}\n"
+    validation.show(view_of(FunctionState(B, State.EXCLUDED)))
+    assert not path.exists(), "converged with no function on vfio-pci: zero devices fail"
+    validation.show(view_of(ON_VFIO[0]))
+    validation.remove()
+    assert not path.exists()

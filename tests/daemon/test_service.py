@@ -5,6 +5,7 @@ datagram socket, the ready file, /readyz and the metrics. Only time is fake.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import http.client
 import json
@@ -12,12 +13,14 @@ import os
 import posixpath
 import shutil
 import threading
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_filesystem_unittest import Pause
 
+from tests.daemon import nfd
 from tests.daemon.kernel_rig import DAEMON_REAL_STATE, WALL, KernelRig
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
@@ -28,6 +31,7 @@ from vfio_manager.safety.intents import IntentStore
 from vfio_manager.safety.lock import DaemonRunningError
 
 NEW = "0000:09:00.0"
+NFD = "feature.node.kubernetes.io/vfio-manager"
 
 pytestmark = pytest.mark.parametrize("fs", DAEMON_REAL_STATE, indirect=True)
 
@@ -378,6 +382,51 @@ def test_a_group_blocked_by_a_peer_is_pending(kernel: FakeKernel, make_kernel_ri
     assert reason is not None
     assert "is not viable" in reason
     assert kernel.writes == []
+
+
+def test_the_nfd_and_validation_files_follow_the_node(
+    kernel: FakeKernel, make_kernel_rig: Any, real_state_dir: str
+) -> None:
+    first, second = npu_node(kernel, count=2)
+    base = os.path.dirname(real_state_dir)
+    features, validation = f"{base}/features.d/vfio-manager", f"{base}/vfio-pci-ready"
+    with Pause(kernel.fs):
+        os.makedirs(f"{base}/features.d")
+
+    def read() -> tuple[dict[str, str], Optional[str]]:
+        with Pause(kernel.fs):
+            when = datetime.datetime.fromtimestamp(WALL, datetime.timezone.utc)
+            found = nfd.labels(Path(base) / "features.d", when)
+            ready = Path(validation).read_text() if os.path.exists(validation) else None
+        return found, ready
+
+    options = DaemonOptions(nfd_features_file=features, validation_file=validation)
+    rig = make_kernel_rig(options)
+    rig.start()
+    labels, ready = read()
+    assert ready == f"VFIO_PCI_BOUND_DEVICES={first},{second}\n"
+    assert labels[f"{NFD}.converged"] == "true"
+    assert labels[f"{NFD}.vfio.RBLN-CA22"] == "2"
+
+    assert cli(kernel, real_state_dir, "unbind", first).exit_code == 0  # the admin's intent
+    rig.settle()
+    labels, ready = read()
+    assert ready == f"VFIO_PCI_BOUND_DEVICES={second}\n", "converged: the one on vfio-pci"
+    assert (labels[f"{NFD}.state-intent-host"], labels[f"{NFD}.vfio.RBLN-CA22"]) == ("1", "1")
+
+    kernel.fail_probe("vfio-pci", second, errno.EINVAL)  # it goes wrong for the other one
+    write(kernel, f"bus/pci/devices/{second}/driver_override", "\n")
+    write(kernel, "bus/pci/drivers/vfio-pci/unbind", second)
+    write(kernel, "bus/pci/drivers/rebellions/bind", second)
+    rig.settle()
+    labels, ready = read()
+    assert ready is None, "not converged: no validation file"
+    assert labels[f"{NFD}.converged"] == "false"
+    assert labels[f"{NFD}.state-failed"] == "1"
+    assert f"{NFD}.vfio.RBLN-CA22" not in labels
+
+    assert rig.stop() == 0
+    assert read() == ({}, None), "a clean stop removes both"
 
 
 # -- failures and the host -----------------------------------------------------------------

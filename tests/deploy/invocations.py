@@ -23,10 +23,12 @@ from vfio_manager.cli.main import cli
 
 PROGRAM = "vfio-manager"
 ENV_PREFIXES = ("VFIO_MANAGER_",)
-ENV_NAMES = ("HOST_ROOT",)
+ENV_NAMES = ("HOST_ROOT", "NODE_NAME")
 WORKLOAD_KINDS = {"DaemonSet", "Deployment", "StatefulSet", "Job", "ReplicaSet"}
 # CLI paths the command writes under: they must not sit on a read-only mount
-WRITTEN_PATHS = ("sysfs_root", "state_dir")
+WRITTEN_PATHS = ("sysfs_root", "state_dir", "nfd_features_file", "validation_file", "ready_file")
+# the downward API fields a test can fill in for a node it names
+DOWNWARD = {"spec.nodeName"}
 
 
 class UnknownSubcommand(LookupError):
@@ -63,6 +65,34 @@ class Invocation:
     def env(self) -> dict[str, str]:
         """Literal environment values (valueFrom entries are not knowable here)."""
         return {e["name"]: str(e["value"]) for e in self.container.get("env", []) if "value" in e}
+
+    def env_on(self, node: str) -> dict[str, str]:
+        """The environment the container gets on the node named ``node``: the literal values
+        and the downward API's node name (any other valueFrom fails: not knowable here)."""
+        found = self.env
+        for entry in self.container.get("env", []):
+            if "valueFrom" in entry:
+                field = entry["valueFrom"].get("fieldRef", {}).get("fieldPath")
+                if field not in DOWNWARD:
+                    raise AssertionError(f"{self.id}: {entry['name']} from {entry['valueFrom']}")
+                found[entry["name"]] = node
+        return found
+
+    def create_host_paths(self, fake_host_root: str) -> None:
+        """What kubelet does for ``type: DirectoryOrCreate`` hostPaths, on the fake node."""
+        for volume in self.pod.get("volumes", []):
+            host = volume.get("hostPath")
+            if host is not None and host.get("type") == "DirectoryOrCreate":
+                os.makedirs(fake_host_root.rstrip("/") + host["path"], exist_ok=True)
+
+    def config_maps(self) -> dict[str, str]:
+        """``{mount path: ConfigMap name}`` of the container's whole-volume ConfigMap mounts."""
+        volumes = {v["name"]: v for v in self.pod.get("volumes", [])}
+        return {
+            m["mountPath"]: volumes[m["name"]]["configMap"]["name"]
+            for m in self.container.get("volumeMounts", [])
+            if "configMap" in volumes[m["name"]] and "subPath" not in m
+        }
 
     def mounts(self) -> list[Mount]:
         """hostPath volume mounts, plus host /proc when the pod shares the host PID namespace."""
@@ -217,14 +247,60 @@ def group_path_options(invocation: Invocation, parsed: Parsed, fake_host_root: s
     return options
 
 
-def fake_node_argv(invocation: Invocation, parsed: Parsed, fake_host_root: str) -> list[str]:
+def subcommand_path_options(
+    invocation: Invocation, parsed: Parsed, fake_host_root: str, config_maps: Mapping[str, str]
+) -> list[str]:
+    """The subcommand's path options, each followed through the pod's volumes: a hostPath
+    onto the fake host root, a ConfigMap mount onto ``config_maps[name]`` (a directory the
+    test projected the ConfigMap into). A path no volume backs fails, as does a written
+    path on a read-only mount."""
+    command = cli.get_command(click.Context(cli), parsed.subcommand)
+    assert command is not None
+    by_name = {p.name: p for p in command.params if isinstance(p, click.Option)}
+    mounted = invocation.config_maps()
+    options: list[str] = []
+    for name, value in parsed.sub_params.items():
+        if not (isinstance(value, str) and value.startswith("/")):
+            continue
+        flag = by_name[name].opts[-1]
+        inside = [m for m in mounted if value == m or value.startswith(m.rstrip("/") + "/")]
+        if inside:
+            if name in WRITTEN_PATHS:
+                raise AssertionError(f"{invocation.id}: {name}={value} is on a ConfigMap")
+            (mount,) = inside
+            options += [flag, config_maps[mounted[mount]] + value[len(mount.rstrip("/")) :]]
+            continue
+        backed = invocation.host_path(value)
+        if backed is None:
+            raise AssertionError(f"{invocation.id}: {name}={value} is on no volume")
+        host, read_only = backed
+        if read_only and name in WRITTEN_PATHS:
+            raise AssertionError(f"{invocation.id}: {name}={value} is on a read-only mount")
+        options += [flag, fake_host_root.rstrip("/") + host]
+    return options
+
+
+def fake_node_argv(
+    invocation: Invocation,
+    parsed: Parsed,
+    fake_host_root: str,
+    config_maps: Optional[Mapping[str, str]] = None,
+) -> list[str]:
     """The argv that runs this container's command against a fake node rooted there.
 
-    The path options come after the container's own global options: click keeps the last.
+    The path options come after the container's own options: click keeps the last. With
+    ``config_maps`` (ConfigMap name -> projected directory) the subcommand's paths are
+    followed too.
     """
+    sub_paths = (
+        subcommand_path_options(invocation, parsed, fake_host_root, config_maps)
+        if config_maps is not None
+        else []
+    )
     return [
         *parsed.global_tokens,
         *group_path_options(invocation, parsed, fake_host_root),
         parsed.subcommand,
         *parsed.sub_tokens,
+        *sub_paths,
     ]

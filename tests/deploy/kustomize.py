@@ -6,6 +6,9 @@ manifests keep to a subset small enough to implement exactly, and this renders i
 
 - ``resources``: YAML files (several documents each) and directories holding a
   kustomization, rendered first, in order;
+- ``components``: directories holding a ``kind: Component`` kustomization (the same fields),
+  applied after the resources, in order: its resources join the objects and its patches
+  apply to all of them (base, other components and its own);
 - ``patches``: RFC 6902 JSON patches (``add``, ``remove``, ``replace``, ``test``) with a
   ``target`` of group, version, kind, name, namespace; inline (``patch``) or a file (``path``);
 - ``images``: ``name`` with ``newName``, ``newTag`` and/or ``digest``, applied to the
@@ -27,7 +30,7 @@ from typing import Any
 import yaml
 
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-_FIELDS = {"apiVersion", "kind", "resources", "patches", "images"}
+_FIELDS = {"apiVersion", "kind", "resources", "components", "patches", "images"}
 _TARGET_FIELDS = {"group", "version", "kind", "name", "namespace"}
 _IMAGE_FIELDS = {"name", "newName", "newTag", "digest"}
 _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
@@ -58,23 +61,34 @@ def load_documents(path: Path) -> list[Obj]:
 
 def render(directory: Path) -> list[Obj]:
     """The objects ``kustomize build directory`` would print, in resource order."""
+    return _build(directory, "Kustomization", [])
+
+
+def _build(directory: Path, kind: str, objects: list[Obj]) -> list[Obj]:
+    """Add ``directory``'s resources and components to ``objects``; apply its patches to all."""
     spec = load_documents(kustomization_file(directory))[0]
     unknown = set(spec) - _FIELDS
     if unknown:
         raise UnsupportedKustomization(f"{directory}: fields {sorted(unknown)} not supported")
-    if spec.get("kind", "Kustomization") != "Kustomization":
-        raise UnsupportedKustomization(f"{directory}: kind {spec['kind']} not supported")
-    objects: list[Obj] = []
+    if spec.get("kind", "Kustomization") != kind:
+        raise UnsupportedKustomization(f"{directory}: kind {spec.get('kind')} where {kind} is")
     for entry in spec.get("resources", []):
         if Path(entry).is_absolute():
             raise UnsupportedKustomization(f"{directory}: absolute resource {entry}")
         path = (directory / entry).resolve()
         objects.extend(render(path) if path.is_dir() else load_documents(path))
+    for entry in spec.get("components", []):
+        _build((directory / entry).resolve(), "Component", objects)
     for patch in spec.get("patches", []):
         _apply_patch(directory, patch, objects)
     for image in spec.get("images", []):
         _apply_image(image, objects)
     return objects
+
+
+def kind_of(directory: Path) -> str:
+    """``Kustomization`` or ``Component``: only the first renders on its own."""
+    return str(load_documents(kustomization_file(directory))[0].get("kind", "Kustomization"))
 
 
 def _apply_patch(directory: Path, patch: Obj, objects: list[Obj]) -> None:

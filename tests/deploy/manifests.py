@@ -18,14 +18,24 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.35.0")
 KUBECTL = shutil.which("kubectl")
 
 
-def kustomizations() -> list[str]:
-    """Every kustomization under deploy/kubernetes, as a path relative to it."""
+def _directories(kind: str) -> list[str]:
     found = {
         str(p.parent.relative_to(DEPLOY))
         for name in kustomize.KUSTOMIZATION_NAMES
         for p in DEPLOY.rglob(name)
+        if kustomize.kind_of(p.parent) == kind
     }
     return sorted(found)
+
+
+def kustomizations() -> list[str]:
+    """Every kustomization under deploy/kubernetes that renders on its own, relative to it."""
+    return _directories("Kustomization")
+
+
+def components() -> list[str]:
+    """Every kustomize component (rendered through the kustomizations that use it)."""
+    return _directories("Component")
 
 
 def render_all() -> dict[str, list[dict[str, Any]]]:

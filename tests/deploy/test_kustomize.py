@@ -16,6 +16,7 @@ BASE = DEPLOY / "base"
 
 def _overlay(tmp_path: Path, text: str) -> Path:
     """A kustomization in tmp_path over the real base (kustomize wants a relative path)."""
+    tmp_path.mkdir(exist_ok=True)
     base = os.path.relpath(BASE, tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
@@ -28,7 +29,7 @@ def _overlay(tmp_path: Path, text: str) -> Path:
 def _images(objects: list[dict[str, Any]]) -> set[str]:
     (daemonset,) = [o for o in objects if o["kind"] == "DaemonSet"]
     pod = daemonset["spec"]["template"]["spec"]
-    return {c["image"] for c in pod["initContainers"] + pod["containers"]}
+    return {c["image"] for c in pod.get("initContainers", []) + pod["containers"]}
 
 
 @pytest.mark.parametrize(
@@ -104,3 +105,43 @@ def test_a_patch_whose_target_matches_nothing_fails(tmp_path: Path) -> None:
     )
     with pytest.raises(kustomize.PatchError, match="matches no object"):
         kustomize.render(_overlay(tmp_path, text))
+
+
+def _component(directory: Path, text: str) -> Path:
+    directory.mkdir()
+    (directory / "kustomization.yaml").write_text(
+        f"apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n{text}", encoding="utf-8"
+    )
+    return directory
+
+
+def test_a_component_adds_its_resources_and_patches_every_object(tmp_path: Path) -> None:
+    _component(
+        tmp_path / "comp",
+        "resources:\n  - extra.yaml\n"
+        "patches:\n  - target:\n      kind: ConfigMap\n"
+        '    patch: \'[{"op": "add", "path": "/data/patched", "value": "yes"}]\'\n',
+    )
+    (tmp_path / "comp" / "extra.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n  namespace: vfio-manager\n"
+        "data:\n  a: b\n",
+        encoding="utf-8",
+    )
+    overlay = _overlay(tmp_path / "overlay", "components:\n  - ../comp\n")
+    for objects in (
+        kustomize.render(overlay),
+        *([kustomize.render_with_kubectl(overlay)] if KUBECTL is not None else []),
+    ):
+        maps = {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
+        assert maps["extra"] == {"a": "b", "patched": "yes"}  # its own resource
+        assert maps["vfio-manager-nodes"]["patched"] == "yes"  # the base's
+
+
+def test_a_component_is_not_rendered_as_a_kustomization(tmp_path: Path) -> None:
+    component = _component(tmp_path / "comp", "")
+    with pytest.raises(kustomize.UnsupportedKustomization, match="Component"):
+        kustomize.render(component)
+    overlay = tmp_path / "overlay"
+    text = f"components:\n  - {os.path.relpath(DEPLOY / 'overlays' / 'monitoring', overlay)}\n"
+    with pytest.raises(kustomize.UnsupportedKustomization, match="Kustomization where"):
+        kustomize.render(_overlay(overlay, text))

@@ -1,31 +1,31 @@
-"""deploy/kubernetes: rendered, validated against pinned Kubernetes schemas, and every
-container's command run through the real CLI (parsed, and bind-all run on a fake node).
+"""deploy/kubernetes: rendered, validated against pinned Kubernetes schemas, the DaemonSet's
+contract (no init container, readiness, the node's files, rollouts), and every container's
+command parsed by the real CLI and followed through the pod's volumes.
 
-The daemon's container is parsed too; until `vfio-manager daemon` exists (issue 10) that
-case is an expected failure, strict: the day the daemon lands it passes, the run fails on
-XPASS, and whoever merged it removes the marker, so its flags are checked from then on.
+The daemon is run against a fake node as a process in tests/deploy/test_daemon_pod.py.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import click
 import kubernetes_validate
 import pytest
-from click.testing import CliRunner
 
-from tests.deploy import kustomize
+from tests.deploy import crds, kustomize
 from tests.deploy.invocations import (
     Invocation,
+    Parsed,
     UnknownSubcommand,
     fake_node_argv,
     invocations,
     parse,
     subcommand_of,
+    subcommand_path_options,
 )
 from tests.deploy.manifests import (
     DEPLOY,
@@ -33,14 +33,11 @@ from tests.deploy.manifests import (
     KUBECTL,
     KUBERNETES_VERSIONS,
     RENDERED,
+    components,
     kustomizations,
     the,
 )
-from tests.harness import FakeKernel
-from tests.harness.topologies import HOST_DISK, HOST_NIC, npu_node
 from vfio_manager.cli.main import cli
-from vfio_manager.host import modules
-from vfio_manager.host.modules import RunResult
 
 
 def _subcommand(invocation: Invocation) -> str:
@@ -52,10 +49,19 @@ def _cases(selected: Sequence[Invocation]) -> list[Any]:
 
 
 # -- layout, rendering, schemas -------------------------------------------------------------
-def test_layout_has_a_base_and_the_opt_in_overlay() -> None:
-    assert {"base", "overlays/release-on-exit"} <= set(kustomizations())
+def test_layout_has_a_base_components_and_overlays() -> None:
+    assert set(kustomizations()) == {"base", "overlays/monitoring", "overlays/release-on-exit"}
+    assert set(components()) == {"components/monitoring", "components/release-on-exit"}
     kinds = {o["kind"] for o in RENDERED["base"]}
-    assert {"Namespace", "ServiceAccount", "DaemonSet", "Service"} <= kinds
+    assert {
+        "Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "NetworkPolicy"
+    } <= kinds  # fmt: skip
+
+
+def test_the_base_needs_no_custom_resource_definition() -> None:
+    """A cluster without the Prometheus Operator applies the base: only built-in kinds."""
+    groups = {o["apiVersion"].rpartition("/")[0] for o in RENDERED["base"]}
+    assert groups <= {"", "apps", "networking.k8s.io"}
 
 
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl (with its kustomize) is not installed")
@@ -71,6 +77,9 @@ def test_minimal_renderer_agrees_with_kubectl_kustomize(directory: str) -> None:
 def test_every_object_validates_against_the_pinned_schemas(directory: str, version: str) -> None:
     assert RENDERED[directory]
     for obj in RENDERED[directory]:
+        if crds.is_custom(obj):  # no schema in kubernetes-validate: the CRD subset
+            assert crds.structural_problems(obj) == [], obj["kind"]
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as err:
@@ -78,6 +87,25 @@ def test_every_object_validates_against_the_pinned_schemas(directory: str, versi
             pytest.fail(
                 f"{directory}: {obj['kind']}/{obj['metadata']['name']}: {path}: {err.message}"
             )
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value"),
+    [
+        ("ServiceMonitor", ("spec", "endpoints", 0, "portt"), "metrics"),
+        ("ServiceMonitor", ("spec", "endpoints", 0, "scheme"), "ftp"),
+        ("ServiceMonitor", ("spec", "endpoints", 0, "interval"), "30 seconds"),
+        ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "for"), "15 minutes"),
+        ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "annotation"), {}),
+    ],
+)
+def test_the_crd_subset_catches_a_bad_field(kind: str, path: tuple[Any, ...], value: Any) -> None:
+    obj = copy.deepcopy(the(RENDERED["overlays/monitoring"], kind, "vfio-manager"))
+    node: Any = obj
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    assert crds.structural_problems(obj)
 
 
 def test_schema_validation_catches_a_misspelt_field() -> None:
@@ -100,61 +128,130 @@ def _container(pod: dict[str, Any], name: str, key: str = "containers") -> dict[
     return container
 
 
-def test_daemonset_runs_where_and_how_the_operator_contract_says() -> None:
+def _daemon(directory: str) -> Invocation:
+    (found,) = [
+        i for i in INVOCATIONS if i.source == directory and i.container["name"] == "vfio-manager"
+    ]
+    return found
+
+
+OPERATOR_LABEL = "rebellions.ai/npu.deploy.vfio-manager"
+NFD_FEATURES_DIR = "/etc/kubernetes/node-feature-discovery/features.d"  # nfd-worker's hostPath
+RBLN_VALIDATION_FILE = "/run/rbln/validations/vfio-pci-ready"  # the operator's validator's
+
+
+def test_daemonset_runs_where_and_how_it_must() -> None:
     pod = _pod("base")
-    assert pod["nodeSelector"] == {"rebellions.ai/npu.deploy.vfio-manager": "true"}
+    # our own opt-in label, not the one the operator's cut-over flips (docs/operator.md)
+    assert pod["nodeSelector"] == {"vfio-manager/deploy": "true"}
+    assert OPERATOR_LABEL not in str(pod)
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["hostPID"] is True
+    assert not pod.get("hostNetwork")  # the pod network: the NetworkPolicy applies
     assert pod["tolerations"]
     assert pod["terminationGracePeriodSeconds"] >= 30
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for container in pod["initContainers"] + pod["containers"]:
-        assert container["securityContext"]["privileged"] is True
-        assert container["resources"]["requests"]
-        assert container["resources"]["limits"]["memory"]
-        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-        host = {path: volumes[m["name"]].get("hostPath", {}) for path, m in mounts.items()}
-        assert host["/sys"]["path"] == "/sys"
-        assert not mounts["/sys"].get("readOnly")
-        assert host["/dev"]["path"] == "/dev"
-        assert host["/host"]["path"] == "/"
-        assert mounts["/host"]["readOnly"] is True
-        assert host["/run/vfio-manager"] == {
-            "path": "/run/vfio-manager",
-            "type": "DirectoryOrCreate",
-        }
-        env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        assert env["HOST_ROOT"] == "/host"
+    (container,) = pod["containers"]
+    assert container["securityContext"]["privileged"] is True
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+    assert not any("hostPort" in p for p in container["ports"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    host = {path: volumes[m["name"]].get("hostPath", {}) for path, m in mounts.items()}
+    assert host["/sys"]["path"] == "/sys"
+    assert not mounts["/sys"].get("readOnly")
+    assert host["/dev"]["path"] == "/dev"
+    assert host["/host"]["path"] == "/"
+    assert mounts["/host"]["readOnly"] is True
+    assert host["/run/vfio-manager"] == {"path": "/run/vfio-manager", "type": "DirectoryOrCreate"}
+    assert container["env"][:2] == [
+        {"name": "HOST_ROOT", "value": "/host"},
+        {"name": "VFIO_MANAGER_STATE_DIR", "value": "/run/vfio-manager"},
+    ]
 
 
 @pytest.mark.parametrize("directory", kustomizations())
-def test_no_prestop_hook_anywhere(directory: str) -> None:
-    """A preStop unbind fires on every rolling update: it would yank NPUs from running VMs."""
+def test_no_init_container_and_only_the_daemon(directory: str) -> None:
+    """A device problem never crash-loops the pod: no init container can exit non-zero on a
+    refusal and hide the daemon (``Init:CrashLoopBackOff``), and none re-binds at every pod
+    start what the admin excluded or returned to the host; the daemon converges at start."""
+    pod = _pod(directory)
+    assert not pod.get("initContainers")
+    assert [c["name"] for c in pod["containers"]] == ["vfio-manager"]
+    assert subcommand_of(_daemon(directory).argv) == "daemon"
+
+
+@pytest.mark.parametrize("directory", kustomizations())
+def test_no_lifecycle_hook_anywhere(directory: str) -> None:
+    """A preStop unbind fires on every rolling update: it would yank NPUs from running VMs.
+    Returning NPUs is the daemon's --on-exit, which holds the lock and sees the holders."""
     for invocation in invocations(directory, RENDERED[directory]):
-        assert "preStop" not in invocation.container.get("lifecycle", {}), invocation.id
+        assert "lifecycle" not in invocation.container, invocation.id
 
 
-def test_init_container_binds_and_main_container_runs_the_daemon() -> None:
-    pod = _pod("base")
-    (init,) = pod["initContainers"]
-    assert [*init["command"], *init.get("args", [])] == ["vfio-manager", "bind-all"]
-    main = _container(pod, "vfio-manager")
-    assert [*main["command"], *main["args"]][:2] == ["vfio-manager", "daemon"]
-    assert "--on-exit" not in " ".join(main["args"])  # the daemon's default: keep
+def _option(args: Sequence[str], name: str) -> str:
+    for index, arg in enumerate(args):
+        if arg == name:
+            return args[index + 1]
+        if arg.startswith(name + "="):
+            return arg.partition("=")[2]
+    raise AssertionError(f"no {name} in {list(args)}")
+
+
+@pytest.mark.parametrize("directory", kustomizations())
+def test_the_nodes_truth_lands_where_nfd_and_the_operator_read_it(directory: str) -> None:
+    """The NFD feature file and the validation file, followed through the pod's volumes, are
+    the host paths nfd-worker and the RBLN operator's validator use."""
+    daemon = _daemon(directory)
+    args = daemon.container["args"]
+    nfd = _option(args, "--nfd-features-file")
+    assert daemon.host_path(nfd) == (f"{NFD_FEATURES_DIR}/vfio-manager", False)
+    assert not PurePosixPath(nfd).name.startswith(".")  # NFD ignores dot files
+    validation = _option(args, "--validation-file")
+    assert daemon.host_path(validation) == (RBLN_VALIDATION_FILE, False)
+
+
+@pytest.mark.parametrize("directory", kustomizations())
+def test_the_per_node_config_is_this_nodes_configmap_key(directory: str) -> None:
+    daemon = _daemon(directory)
+    config = _option(daemon.container["args"], "--node-config")
+    # the whole ConfigMap as a directory (not subPath: kubelet refreshes it in place)
+    assert daemon.config_maps() == {config: "vfio-manager-nodes"}
+    assert daemon.env_on("node-a")["NODE_NAME"] == "node-a"
+    node_name = [e for e in daemon.container["env"] if e["name"] == "NODE_NAME"]
+    assert node_name == [
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    ]
+    volume = [v for v in _pod(directory)["volumes"] if "configMap" in v]
+    assert [v["configMap"].get("optional") for v in volume] == [None]  # shipped: must exist
+
+
+NODE_CONFIG_KEYS = {
+    "VFIO_MANAGER_DEVICE_ID",
+    "VFIO_MANAGER_PRODUCT",
+    "VFIO_MANAGER_BDF",
+    "VFIO_MANAGER_NUMA_NODE",
+    "VFIO_MANAGER_PER_NUMA_NODE",
+    "VFIO_MANAGER_EXCLUDE",
+}
+
+
+def test_the_shipped_node_config_selects_every_npu() -> None:
+    nodes = the(RENDERED["base"], "ConfigMap", "vfio-manager-nodes")
+    assert set(nodes["data"]) == {"default"}
+    for line in nodes["data"]["default"].splitlines():
+        stripped = line.strip()
+        assert not stripped or stripped.startswith("#"), line  # no key: the defaults
 
 
 def _listen_port(args: Sequence[str]) -> int:
-    for index, arg in enumerate(args):
-        if arg == "--listen":
-            return int(args[index + 1].rpartition(":")[2])
-        if arg.startswith("--listen="):
-            return int(arg.rpartition(":")[2])
-    raise AssertionError(f"no --listen in {list(args)}")
+    return int(_option(args, "--listen").rpartition(":")[2])
 
 
 @pytest.mark.parametrize("directory", kustomizations())
 def test_probes_and_service_reach_the_port_the_daemon_listens_on(directory: str) -> None:
     main = _container(_pod(directory), "vfio-manager")
+    assert _option(main["args"], "--listen") == "0.0.0.0:8080"  # the pod IP, pod network
     port = _listen_port(main["args"])
     named = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert named["metrics"] == port
@@ -180,13 +277,32 @@ def _pod_labels(directory: str) -> dict[str, str]:
     return labels
 
 
-def test_release_overlay_only_adds_on_exit_release_idle() -> None:
+@pytest.mark.parametrize("directory", kustomizations())
+def test_every_daemonset_rolls_one_node_at_a_time(directory: str) -> None:
+    """Readiness is "the agent works", so maxUnavailable counts broken agents, not devices;
+    OnDelete would leave an applied change off every running pod."""
+    strategy = the(RENDERED[directory], "DaemonSet", "vfio-manager")["spec"]["updateStrategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+
+
+def test_the_release_overlay_really_changes_the_running_pods() -> None:
+    """Applying it changes the pod template under RollingUpdate, so the DaemonSet controller
+    replaces every running pod with one that releases idle NPUs when it stops; and it
+    changes nothing else (the same selection, mounts and probes)."""
+    base_ds = the(RENDERED["base"], "DaemonSet", "vfio-manager")
+    overlay_ds = the(RENDERED["overlays/release-on-exit"], "DaemonSet", "vfio-manager")
+    assert overlay_ds["spec"]["template"] != base_ds["spec"]["template"]
+    assert overlay_ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     base = _container(_pod("base"), "vfio-manager")
     overlay = _container(_pod("overlays/release-on-exit"), "vfio-manager")
     assert overlay["args"] == [*base["args"], "--on-exit=release-idle"]
-    assert _pod("overlays/release-on-exit")["terminationGracePeriodSeconds"] > 30
-    overlay_ds = the(RENDERED["overlays/release-on-exit"], "DaemonSet", "vfio-manager")
-    assert overlay_ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert {k: v for k, v in overlay.items() if k != "args"} == {
+        k: v for k, v in base.items() if k != "args"
+    }
+    assert _pod("overlays/release-on-exit")["terminationGracePeriodSeconds"] == 120
+    parsed_on_exit = [a for a in overlay["args"] if a.startswith("--on-exit")]
+    assert parsed_on_exit == ["--on-exit=release-idle"]
+    assert the(RENDERED["overlays/monitoring"], "DaemonSet", "vfio-manager") == base_ds
 
 
 # -- every command through the CLI ----------------------------------------------------------
@@ -196,68 +312,35 @@ def test_every_rendered_container_runs_vfio_manager() -> None:
         assert invocation.argv[:1] == ["vfio-manager"], invocation.id
 
 
+def _daemon_options() -> set[str]:
+    command = cli.get_command(click.Context(cli), "daemon")
+    assert command is not None
+    return {o for p in command.params for o in getattr(p, "opts", [])}
+
+
+# The daemon options the manifests use (WAVE3 interfaces), landing with the daemon's node
+# semantics: until they exist the parse is an expected failure, strict, so it runs for real
+# the moment they do.
+NODE_OPTIONS = {"--node-config", "--nfd-features-file", "--validation-file"}
+NODE_OPTIONS_MISSING = not NODE_OPTIONS.issubset(_daemon_options())
+needs_node_options = pytest.mark.xfail(
+    NODE_OPTIONS_MISSING, reason="daemon options of the node semantics not merged", strict=True
+)
+
+
+@needs_node_options
 @pytest.mark.parametrize("invocation", _cases(INVOCATIONS))
 def test_every_container_command_parses_with_the_cli(invocation: Invocation) -> None:
-    parsed = parse(invocation.argv, invocation.env)
+    parsed = parse(invocation.argv, invocation.env_on("node-a"))
     # and its paths lead through the mounts to the node (checked against an arbitrary root)
-    fake_node_argv(invocation, parsed, "/node")
-
-
-@pytest.fixture
-def modprobe_on(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def attach(kernel: FakeKernel) -> None:
-        def run(argv: Sequence[str]) -> RunResult:
-            return RunResult(*kernel.run_modprobe(argv))
-
-        monkeypatch.setattr(modules, "subprocess_runner", run)
-
-    return attach
-
-
-def _run_on(kernel: FakeKernel, invocation: Invocation) -> Any:
-    parsed = parse(invocation.argv, invocation.env)
-    argv = fake_node_argv(invocation, parsed, kernel.host_root)
-    return CliRunner().invoke(cli, argv, env=invocation.env, catch_exceptions=False)
-
-
-BIND_ALL = [i for i in INVOCATIONS if _subcommand(i) == "bind-all"]
-
-
-@pytest.mark.parametrize("invocation", _cases(BIND_ALL))
-def test_init_container_binds_every_npu_of_a_fake_node(
-    kernel: FakeKernel, modprobe_on: Any, invocation: Invocation
-) -> None:
-    bdfs = npu_node(kernel, count=3, vfio_loaded=False)
-    modprobe_on(kernel)
-    result = _run_on(kernel, invocation)
-    assert result.exit_code == 0, result.stdout + result.stderr
-    assert all(kernel.driver_of(b) == "vfio-pci" for b in bdfs)
-    assert kernel.driver_of(HOST_NIC) == "e1000e"
-    assert kernel.driver_of(HOST_DISK) == "nvme"
-    # vfio-pci was loaded by the host's modprobe, through HOST_ROOT and the /host mount
-    assert kernel.modprobe_calls == [("chroot", kernel.host_root, "/sbin/modprobe", "vfio_pci")]
-    # an init container restarts with its pod: the second run writes nothing
-    kernel.clear_writes()
-    again = _run_on(kernel, invocation)
-    assert again.exit_code == 0
-    assert kernel.writes == []
-
-
-@pytest.mark.parametrize("invocation", _cases(BIND_ALL))
-def test_init_container_on_a_recorded_machine_without_npus_writes_nothing(
-    snapshot_kernel: Any, modprobe_on: Any, invocation: Invocation
-) -> None:
-    kernel = snapshot_kernel("q35-vfio-loaded")
-    modprobe_on(kernel)
-    result = _run_on(kernel, invocation)
-    assert result.exit_code == 0, result.stdout + result.stderr
-    assert kernel.writes == []
+    fake_node_argv(invocation, parsed, "/node", {"vfio-manager-nodes": "/projected"})
 
 
 # -- the checks catch what they are for ----------------------------------------------------
 def _base_main() -> Invocation:
-    (main,) = [i for i in INVOCATIONS if i.source == "base" and i.container["name"] == "bind-all"]
-    return main
+    """The base's daemon container with the arguments every CLI version has (the checks
+    below are about the harness, not about the node options)."""
+    return _with(_daemon("base"), args=["daemon", "--listen", "0.0.0.0:8080"])
 
 
 def _with(invocation: Invocation, **changes: Any) -> Invocation:
@@ -269,7 +352,7 @@ def _with(invocation: Invocation, **changes: Any) -> Invocation:
 
 
 def test_a_flag_the_cli_does_not_have_fails() -> None:
-    bad = _with(_base_main(), args=["bind-all", "--all"])
+    bad = _with(_base_main(), args=["daemon", "--all"])
     with pytest.raises(click.NoSuchOption):
         parse(bad.argv, bad.env)
 
@@ -320,7 +403,7 @@ def test_a_state_dir_on_a_read_only_mount_fails() -> None:
 def test_every_yaml_file_under_deploy_is_checked_somewhere() -> None:
     """A manifest no kustomization lists and no test reads would ship unchecked."""
     covered: set[Path] = set()
-    for directory in kustomizations():
+    for directory in kustomizations() + components():
         path = kustomize.kustomization_file(DEPLOY / directory)
         covered.add(path)
         for entry in kustomize.load_documents(path)[0].get("resources", []):
@@ -332,8 +415,31 @@ def test_every_yaml_file_under_deploy_is_checked_somewhere() -> None:
 
 def test_docs_name_every_kustomization_and_every_standalone_file() -> None:
     docs = (DEPLOY.parents[1] / "docs" / "kubernetes.md").read_text(encoding="utf-8")
-    names = [f"deploy/kubernetes/{k}/" for k in kustomizations()]
+    names = [f"deploy/kubernetes/{k}/" for k in kustomizations() + components()]
     for directory in ("kubevirt", "rbln-operator"):
         names += [f"deploy/kubernetes/{directory}/{p.name}" for p in (DEPLOY / directory).iterdir()]
     missing = [n for n in names if n not in docs]
     assert not missing
+
+
+def _rendered_daemon_with(**changes: Any) -> Invocation:
+    return _with(_daemon("base"), **changes)
+
+
+def test_a_written_node_file_on_a_configmap_or_missing_volume_fails() -> None:
+    daemon = _daemon("base")
+    args = ["daemon", "--nfd-features-file", "/etc/vfio-manager/nodes/x"]
+    parsed = Parsed(
+        global_tokens=[], group_params={}, subcommand="daemon", sub_tokens=args[1:],
+        sub_params={"nfd_features_file": "/etc/vfio-manager/nodes/x"}, envvars=frozenset(),
+    )  # fmt: skip
+    with pytest.raises(AssertionError, match="on a ConfigMap"):
+        subcommand_path_options(daemon, parsed, "/node", {"vfio-manager-nodes": "/p"})
+    unmounted = [m for m in daemon.container["volumeMounts"] if m["name"] != "rbln-validations"]
+    bad = _with(daemon, volumeMounts=unmounted)
+    parsed = Parsed(
+        global_tokens=[], group_params={}, subcommand="daemon", sub_tokens=[],
+        sub_params={"validation_file": RBLN_VALIDATION_FILE}, envvars=frozenset(),
+    )  # fmt: skip
+    with pytest.raises(AssertionError, match="on no volume"):
+        subcommand_path_options(bad, parsed, "/node", {"vfio-manager-nodes": "/p"})

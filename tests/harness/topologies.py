@@ -13,7 +13,7 @@ from tests.harness.fakekernel import FakeKernel
 
 REBELLIONS_VENDOR = 0x1EFF
 NPU_CLASS = 0x120000
-# RBLN-CA02 CA11 CA12 CA15 CA21 CA22 CA25 CR03 CR13 (as in vfio_manager/catalogue.py)
+# RBLN-CA02 CA11 CA12 CA15 CA21 CA22 CA25 CR03 CR13 (as in vfio_manager/kernel/catalogue.py)
 REBELLIONS_PF_IDS = (0x1020, 0x1110, 0x1120, 0x1150, 0x1210, 0x1220, 0x1250, 0x2030, 0x2130)
 REBELLIONS_VF_IDS = (0x1021, 0x1111, 0x1121, 0x1211, 0x1221, 0x1251, 0x2031, 0x2131)
 

@@ -47,7 +47,7 @@ TARGETS: dict[str, Target] = {
     ),
     "transition": Target(
         "vfio_manager/pipeline/transition.py",
-        _PIPELINE,
+        (*_PIPELINE, "tests/daemon/test_service.py"),  # intents of admin runs beside a daemon
         sample=8,
     ),
     "journal": Target(

@@ -130,6 +130,10 @@ _HELP = {  # each option's --help, by its long name
     "--all-products": "Every catalogued product's IDs instead of this host's (no selection).",
     "--resync-interval": "Seconds between full re-reads of the node (the net under uevents).",
     "--ready-file": "File present exactly while the node is converged (default <state-dir>/ready).",
+    "--nfd-features-file": "Node Feature Discovery feature file to write the node's labels to "
+    "(in Kubernetes: /etc/kubernetes/node-feature-discovery/features.d/vfio-manager).",
+    "--validation-file": "The RBLN operator's vfio-pci-ready file, present while converged "
+    "(in Kubernetes: /run/rbln/validations/vfio-pci-ready).",
     "--listen": "Serve /healthz, /readyz and /metrics over HTTP (:PORT: every IPv4 address).",
     "--on-exit": "On SIGTERM: keep all on vfio-pci, return those no process holds, or return all.",
     "--exclude": "Never touch this function; repeatable, comma-separated in the environment.",
@@ -466,6 +470,8 @@ def kubevirt_config(
 @_command()
 @_opt("--resync-interval", env="VFIO_MANAGER_RESYNC_INTERVAL", type=_seconds(1.0), default=60.0)
 @_opt("--ready-file", env="VFIO_MANAGER_READY_FILE", metavar="PATH")
+@_opt("--nfd-features-file", env="VFIO_MANAGER_NFD_FEATURES_FILE", metavar="PATH")
+@_opt("--validation-file", env="VFIO_MANAGER_VALIDATION_FILE", metavar="PATH")
 @_opt("--listen", env="VFIO_MANAGER_LISTEN", metavar="ADDR:PORT")
 @_opt(
     "--on-exit",

@@ -3,6 +3,7 @@ prometheus-client) the metrics and ``/healthz`` ``/readyz`` ``/metrics``."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -40,38 +41,37 @@ def _json(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, sort_keys=True) + "\n").encode()
 
 
-class ReadyFile:
-    """Present exactly while the node is converged: a small JSON document written atomically
-    (``O_NOFOLLOW``), rewritten only when the counts change. A failure is logged once."""
+class NodeFile:
+    """A file that tells the node's state to others: written atomically (a dot file renamed,
+    ``O_NOFOLLOW``) when its content changes, removed when it has nothing to say. A failure
+    is logged once; the daemon goes on."""
 
-    REMEDY = (
-        "make the ready file's directory exist and be writable, or point --ready-file elsewhere"
-    )
+    WHAT, OPTION = "file", ""
 
     def __init__(self, path: str, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.path, self.wall_clock = os.path.abspath(path), wall_clock
-        self._written: Optional[dict[str, int]] = None
-        self._since: Optional[float] = None
+        self._written: Optional[bytes] = None
         self._failing = False
 
-    def update(self, converged: bool, counts: Mapping[str, int]) -> None:
-        """Write the file when ``converged`` (if its content changed), remove it otherwise."""
-        if not converged:
+    def show(self, view: NodeView) -> None:
+        """Bring the file in line with ``view`` (after each reconcile)."""
+        self.publish(self.content(view))
+
+    def content(self, view: NodeView) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def publish(self, data: Optional[bytes]) -> None:
+        """Write ``data`` if it is not what the file holds; ``None`` removes the file."""
+        if data is None:
             self.remove()
-            return
-        self._since = self.wall_clock() if self._since is None else self._since
-        wanted = dict(counts)
-        if wanted == self._written and os.path.lexists(self.path):
-            return
-        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since))
-        doc = _json({"converged": True, "since": since, "pid": os.getpid(), "counts": wanted})
-        written = self._change("ready file not written", lambda: replace_file(self.path, doc))
-        self._written = wanted if written else None
+        elif data != self._written or not os.path.lexists(self.path):
+            written = self._change("not written", lambda: replace_file(self.path, data))
+            self._written = data if written else None
 
     def remove(self) -> None:
-        """Remove the file (no error when absent): the node is not, or no longer, converged."""
-        self._since = self._written = None
-        self._change("ready file not removed", lambda: remove_file(self.path), missing_ok=True)
+        """Remove the file (no error when absent)."""
+        self._written = None
+        self._change("not removed", lambda: remove_file(self.path), missing_ok=True)
 
     def _change(self, failure: str, change: Callable[[], object], missing_ok: bool = False) -> bool:
         """Run ``change``; False when it failed (logged once, unless missing and ``missing_ok``)."""
@@ -82,12 +82,93 @@ class ReadyFile:
                 return False
             if not self._failing:
                 self._failing = True
-                log.error(failure, path=self.path, error=exc.strerror, remedy=self.REMEDY)
+                remedy = f"make the {self.WHAT}'s directory exist and be writable, or point "
+                log.error(
+                    f"{self.WHAT} {failure}",
+                    path=self.path,
+                    error=exc.strerror,
+                    remedy=f"{remedy}{self.OPTION} elsewhere",
+                )
             return False
         if self._failing:
             self._failing = False
-            log.info("ready file works again", path=self.path)
+            log.info(f"{self.WHAT} works again", path=self.path)
         return True
+
+
+class ReadyFile(NodeFile):
+    """Present exactly while the node is converged: a small JSON document, rewritten only when
+    the counts change."""
+
+    WHAT, OPTION = "ready file", "--ready-file"
+
+    def __init__(self, path: str, *, wall_clock: Callable[[], float] = time.time) -> None:
+        super().__init__(path, wall_clock=wall_clock)
+        self._since: Optional[float] = None
+
+    def content(self, view: NodeView) -> Optional[bytes]:
+        return self.document(view.converged, view.counts())
+
+    def update(self, converged: bool, counts: Mapping[str, int]) -> None:
+        """Write the file when ``converged`` (if its content changed), remove it otherwise."""
+        self.publish(self.document(converged, counts))
+
+    def document(self, converged: bool, counts: Mapping[str, int]) -> Optional[bytes]:
+        if not converged:
+            return None
+        self._since = self.wall_clock() if self._since is None else self._since
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since))
+        return _json({"converged": True, "since": since, "pid": os.getpid(), "counts": counts})
+
+    def remove(self) -> None:
+        self._since = None
+        super().remove()
+
+
+NFD_PREFIX = (
+    "feature.node.kubernetes.io/vfio-manager."  # NFD's own namespace: no operator reconcile
+)
+NFD_EXPIRY = 3600.0  # labels of a daemon that died go after an hour; renewed at half of it
+
+
+class NfdFeatures(NodeFile):
+    """A Node Feature Discovery local feature file, so NFD labels the node: converged, host
+    ready, functions per state, functions on vfio per product."""
+
+    WHAT, OPTION = "NFD features file", "--nfd-features-file"
+
+    def __init__(self, path: str, *, wall_clock: Callable[[], float] = time.time) -> None:
+        super().__init__(path, wall_clock=wall_clock)
+        self._labels: Optional[bytes] = None
+        self._expires = 0.0
+
+    def content(self, view: NodeView) -> Optional[bytes]:
+        flag = {True: "true", False: "false"}
+        lines = [f"converged={flag[view.converged]}", f"host-ready={flag[view.host.ok]}"]
+        lines += [f"state-{state}={count}" for state, count in view.counts().items()]
+        on_vfio = collections.Counter(
+            s.product for s in view.functions.values() if s.state is State.CONVERGED
+        )
+        lines += [f"vfio.{product}={count}" for product, count in sorted(on_vfio.items())]
+        labels = "".join(f"{NFD_PREFIX}{line}\n" for line in lines).encode()
+        now = self.wall_clock()
+        if labels != self._labels or self._expires - now < NFD_EXPIRY / 2:
+            self._labels, self._expires = labels, now + NFD_EXPIRY
+        expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._expires))
+        return f"# +expiry-time={expiry}\n".encode() + self._labels
+
+
+class ValidationFile(NodeFile):
+    """The RBLN operator validator's ``vfio-pci-ready``, in its words: present while the node
+    is converged with at least one function on vfio-pci (zero devices fail its check)."""
+
+    WHAT, OPTION = "validation file", "--validation-file"
+
+    def content(self, view: NodeView) -> Optional[bytes]:
+        on_vfio = [b for b, s in sorted(view.functions.items()) if s.state is State.CONVERGED]
+        if not (view.converged and on_vfio):
+            return None
+        return f"VFIO_PCI_BOUND_DEVICES={','.join(on_vfio)}\n".encode()
 
 
 # -- systemd ---------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from types import FrameType
 from typing import Optional
 
-from vfio_manager.daemon.health import DaemonMetrics, Notifier, ReadyFile
+from vfio_manager.daemon.health import DaemonMetrics, NodeFile, Notifier, ReadyFile
 from vfio_manager.daemon.reconciler import (
     FunctionState,
     NodeView,
@@ -207,6 +207,7 @@ class ReconcileLoop:
         waiter: Optional[Waiter] = None,
         notifier: Optional[Notifier] = None,
         ready_file: Optional[ReadyFile] = None,
+        node_files: Sequence[NodeFile] = (),
         metrics: Optional[DaemonMetrics] = None,
         on_exit: Callable[[], None] = lambda: None,
     ) -> None:
@@ -215,6 +216,7 @@ class ReconcileLoop:
         self.waiter: Waiter = waiter or PollWaiter()
         self.notifier = notifier or Notifier(None)
         self.ready_file, self.metrics, self.on_exit = ready_file, metrics, on_exit
+        self.files = [*([ready_file] if ready_file is not None else []), *node_files]
         self.debouncer = Debouncer(settings.debounce, clock=clock)
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_cap, clock=clock)
         self.flaps = FlapGuard(settings.flap_limit, settings.flap_window, clock=clock)
@@ -282,8 +284,8 @@ class ReconcileLoop:
         return self.finish()
 
     def start(self) -> None:
-        if self.ready_file is not None:
-            self.ready_file.remove()  # a killed daemon may have left one behind
+        for stale in self.files:  # a killed daemon may have left them behind
+            stale.remove()
         self.notifier.status(summary(self.view))
         self._ping_watchdog()
         if self.source is None:
@@ -319,8 +321,8 @@ class ReconcileLoop:
         reason = signal.Signals(signum).name if signum is not None else "stop requested"
         log.info("stopping", reason=reason)
         self.notifier.stopping(f"stopping ({reason})")
-        if self.ready_file is not None:
-            self.ready_file.remove()
+        for told in self.files:
+            told.remove()
         code = 0
         try:
             self.on_exit()
@@ -389,8 +391,8 @@ class ReconcileLoop:
         if outcome is not None:
             self.view = self._merge(request, outcome)
         view = self.view
-        if self.ready_file is not None:
-            self.ready_file.update(view.converged, view.counts())
+        for told in self.files:
+            told.show(view)
         if self.metrics is not None:
             self.metrics.observe_reconcile(
                 view, outcome, full=full, duration=duration, finished_at=self.wall_clock()

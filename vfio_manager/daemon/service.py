@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Optional
 from vfio_manager.daemon.health import (
     DaemonMetrics,
     HealthServer,
+    NfdFeatures,
     Notifier,
     ReadyFile,
+    ValidationFile,
     default_ready_path,
     parse_listen,
 )
@@ -44,6 +46,8 @@ class DaemonOptions:
     exclude: tuple[str, ...] = ()
     resync_interval: float = LoopSettings.resync_interval
     ready_file: Optional[str] = None  # default <state-dir>/ready
+    nfd_features_file: Optional[str] = None
+    validation_file: Optional[str] = None
     listen: Optional[str] = None
     on_exit: OnExit = OnExit.KEEP
     load_modules: bool = True
@@ -124,6 +128,14 @@ def build_daemon(
             waiter=waiter,
             notifier=Notifier.from_environment(env),
             ready_file=ready,
+            node_files=[
+                kind(path, wall_clock=wall_clock)
+                for kind, path in (
+                    (NfdFeatures, options.nfd_features_file),
+                    (ValidationFile, options.validation_file),
+                )
+                if path is not None
+            ],
             metrics=metrics,
             on_exit=on_exit_action(options.on_exit, node, selector, excluded),
         )
@@ -143,6 +155,8 @@ def build_daemon(
         on_exit=options.on_exit.value,
         resync_interval=options.resync_interval,
         ready_file=ready.path,
+        nfd_features_file=options.nfd_features_file,
+        validation_file=options.validation_file,
         listen=f"{server.address[0]}:{server.address[1]}" if server is not None else None,
         uevents=source is not None,
         state_dir=node.state_dir,

@@ -1,1 +1,2 @@
-"""Safety mechanisms: node lock, journal, deadlines, process holders, host-critical functions."""
+"""Safety mechanisms: the state directory, node lock, journal, intents, the writer and its
+deadlines, process holders, host-critical functions."""
