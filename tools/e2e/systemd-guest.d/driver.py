@@ -781,7 +781,7 @@ def finish(rc: int) -> None:
     summary = [f"{'ok  ' if c.ok else 'FAIL'} {c.group}/{c.name}: {c.detail}" for c in RESULTS]
     summary.append("timings: " + json.dumps(TIMINGS))
     passed = sum(1 for c in RESULTS if c.ok)
-    summary.append(f"systemd-guest {BOOT}: {passed} passed, {len(RESULTS) - passed} failed")
+    summary.append(f"{BOOT}: {passed} passed, {len(RESULTS) - passed} failed")
     text = "\n".join(summary) + "\n"
     print(text, flush=True)
     try:
