@@ -84,8 +84,6 @@ class NodeConfig:
 
     def __init__(self, path: str, node_name: str, base: Selector) -> None:
         self.path, self.node_name, self.base = os.path.abspath(path), node_name, base
-        self._seen: object = None
-        self.selector = base
         if not os.path.exists(self.path):
             raise UsageError(
                 f"--node-config {path} does not exist",
@@ -116,15 +114,13 @@ class NodeConfig:
         try:
             with open(file, "rb") as handle:
                 data = handle.read(_LIMIT + 1)
+            if len(data) > _LIMIT:
+                raise UsageError(f"over {_LIMIT} bytes", remedy=_REMEDY)
+            return selection_of(data.decode("utf-8", "replace"), self.base)
         except OSError as exc:
             raise UsageError(f"{file}: {exc.strerror}", remedy=_REMEDY) from exc
-        if len(data) > _LIMIT:
-            raise UsageError(f"{file} is over {_LIMIT} bytes", remedy=_REMEDY)
-        try:
-            return selection_of(data.decode("utf-8"), self.base)
-        except (UsageError, UnicodeDecodeError) as err:
-            message = err.message if isinstance(err, UsageError) else "not UTF-8"
-            raise UsageError(f"{file}: {message}", remedy=getattr(err, "remedy", _REMEDY)) from err
+        except UsageError as err:
+            raise UsageError(f"{file}: {err.message}", remedy=err.remedy) from err
 
     def reload(self) -> bool:
         """Re-read the file if it changed; True when the selection changed. A bad file is
