@@ -389,19 +389,20 @@ class ReconcileLoop:
         self._ping_watchdog()
         started = self.clock()
         outcome: Optional[ReconcileOutcome] = None
-        self._progress = False
+        progress = False  # set once at the end: the HTTP thread reads it meanwhile
         try:
             outcome = self.reconciler(request)
-            self._progress = True
+            progress = True
         except VfioManagerError as exc:
             self.view = replace(self.view, error=exc.message or "unknown error")
-            self._progress = not _caused_by_os_error(exc)
+            progress = not _caused_by_os_error(exc)
             log.error("reconcile failed", error=exc.message, remedy=exc.remedy)
         except Exception as exc:  # a daemon reports a bug and keeps serving
             self.view = replace(self.view, error=f"{type(exc).__name__}: {exc}")
             log.error(
                 "reconcile crashed (a bug: please report it)", error=self.view.error, exc_info=True
             )
+        self._progress = progress
         duration = self.clock() - started
         self.reconciles += 1
         if full:
