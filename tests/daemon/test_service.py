@@ -508,6 +508,30 @@ def test_a_held_function_that_left_the_selection_stays_until_released(
     assert rig.metric("vfio_manager_function_state", **labels) is None
 
 
+def test_a_function_that_fails_to_go_back_is_retried_with_backoff(
+    kernel: FakeKernel, make_kernel_rig: Any
+) -> None:
+    first, second = npu_node(kernel, count=2)
+    configure(default="")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES))
+    rig.start()
+    kernel.fail_probe("rebellions", first, errno.EIO)  # its native driver refuses it
+    configure(default=f"VFIO_MANAGER_BDF={second}\n")
+    rig.step_until(lambda: rig.state(first) is State.FAILED)
+    assert kernel.driver_of(first) == "vfio-pci", "put back as it was"
+    assert rig.loop.view.functions[first].cause is Reason.NOT_RESPONDING
+    kernel.add_driver("pci-stub", module="pci_stub")  # registers: a full resync while it waits
+    rig.settle()
+    assert rig.loop.backoff.waiting() == {first}
+    waiting = rig.loop.view.functions[first]
+    assert (waiting.state, waiting.cause) == (State.FAILED, Reason.NOT_RESPONDING)
+    assert "retried automatically" in (waiting.remedy or "")
+    kernel.fail_probe("rebellions", first, None)
+    rig.step_until(lambda: kernel.driver_of(first) == "rebellions", limit=20)
+    assert rig.state(first) is None
+    assert rig.loop.view.converged
+
+
 def test_a_bad_node_configuration_is_logged_and_the_last_good_one_stays(
     kernel: FakeKernel, make_kernel_rig: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -296,8 +296,9 @@ class PipelineReconciler:
             and (members is None or a in members)
         ]
         why = "it left the selection: it goes back to the host"
+        retry = f"{why}; waiting for its retry"
         waiting = [
-            FunctionState(f.bdf, State.PENDING, f"{why}; waiting for its retry", None, LEFT)
+            _labelled(FunctionState(f.bdf, State.PENDING, retry, None, LEFT), f)
             for f in leaving
             if f.bdf in skip
         ]
