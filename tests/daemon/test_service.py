@@ -475,6 +475,25 @@ def test_the_node_configuration_applies_at_start_and_when_it_changes(
     assert rig.ready_doc()["counts"]["converged"] == 1
 
 
+def writers() -> list[threading.Thread]:
+    """The writer threads alive (the fake kernel's writes are made from threads)."""
+    return [t for t in threading.enumerate() if t.name.startswith("vfio-manager: writer")]
+
+
+def test_a_release_leaves_no_writer_behind(kernel: FakeKernel, make_kernel_rig: Any) -> None:
+    """Two runs under one node lock (bind, then the release) share its writer: none leaks."""
+    first, second = npu_node(kernel, count=2)
+    configure(default=f"VFIO_MANAGER_BDF={first}\n")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES))
+    rig.start()
+    configure(default=f"VFIO_MANAGER_BDF={second}\n")  # one reconcile: bind one, return one
+    rig.step_until(lambda: kernel.driver_of(first) == "rebellions")
+    assert kernel.driver_of(second) == "vfio-pci"
+    for thread in writers():
+        thread.join(5)
+    assert writers() == []
+
+
 def test_a_held_function_that_left_the_selection_stays_until_released(
     fs: FakeFilesystem, kernel: FakeKernel, make_kernel_rig: Any
 ) -> None:
