@@ -246,6 +246,20 @@ def test_an_admin_unbind_is_respected_until_bind_clears_it(
     assert rig.stop() == 0
 
 
+def test_a_new_daemon_starts_from_the_intents_it_finds(
+    kernel: FakeKernel, make_kernel_rig: Any, real_state_dir: str
+) -> None:
+    """No init step binds behind the admin's back: the first reconcile reads the intents."""
+    first, second = npu_node(kernel, count=2)
+    IntentStore(real_state_dir).add(first, command="vfio-manager unbind 0000:01:00.0")
+    rig = make_kernel_rig()
+    rig.start()
+    assert kernel.driver_of(first) == "rebellions"
+    assert not writes_for(kernel, first)
+    assert rig.state(first) is State.INTENT_HOST
+    assert kernel.driver_of(second) == "vfio-pci"
+
+
 def test_an_unbind_without_a_daemon_records_no_intent(
     kernel: FakeKernel, real_state_dir: str
 ) -> None:

@@ -54,7 +54,7 @@ def parse_env_file(text: str) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or not key.replace("_", "a").isalnum() or key[0].isdigit():
+        if not sep or not (key.isascii() and key.replace("_", "a").isalnum()) or key[0].isdigit():
             raise UsageError(f"line {number}: {raw.strip()!r} is not KEY=VALUE", remedy=_REMEDY)
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
