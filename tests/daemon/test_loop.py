@@ -581,6 +581,17 @@ def test_the_watchdog_stops_while_reconciles_make_no_progress(
     assert ["WATCHDOG=1"] in rig.notifications()
 
 
+def test_the_loop_stays_alive_while_a_reconcile_runs(make_rig: Any) -> None:
+    """/healthz is read from another thread: a reconcile under way is no failure."""
+    rig = make_rig({A: VFIO})
+    seen: list[bool] = []
+    rig.node.during = lambda: seen.append(rig.loop.alive())
+    rig.loop.start()
+    rig.loop.request_resync()
+    rig.step_until_reconciled()
+    assert seen == [True, True]
+
+
 def test_a_reconcile_refused_for_a_known_reason_is_progress(make_rig: Any) -> None:
     """Another run holding the node lock is the loop working as designed: pings go on."""
     rig = make_rig({A: VFIO}, env={"WATCHDOG_USEC": "20000000"})

@@ -25,8 +25,10 @@ from tests.daemon.kernel_rig import DAEMON_REAL_STATE, WALL, KernelRig
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.support import fake_process, invoke, native_node
-from vfio_manager.daemon.reconciler import OnExit, State
+from vfio_manager.daemon.reconciler import OnExit, Reason, State
 from vfio_manager.daemon.service import DaemonOptions
+from vfio_manager.kernel.address import PciAddress
+from vfio_manager.pipeline.selection import Selector
 from vfio_manager.safety.intents import IntentStore
 from vfio_manager.safety.lock import DaemonRunningError
 
@@ -40,6 +42,10 @@ pytestmark = pytest.mark.parametrize("fs", DAEMON_REAL_STATE, indirect=True)
 def _state_dir_first(real_state_dir: str) -> str:
     """The real temporary directory must exist before pyfakefs starts (autouse runs first)."""
     return real_state_dir
+
+
+def excluding(*bdfs: str) -> Selector:
+    return Selector(exclude=frozenset(PciAddress.parse(b) for b in bdfs))
 
 
 def cli(kernel: FakeKernel, state_dir: str, *args: str) -> Any:
@@ -240,6 +246,20 @@ def test_an_admin_unbind_is_respected_until_bind_clears_it(
     assert rig.stop() == 0
 
 
+def test_a_new_daemon_starts_from_the_intents_it_finds(
+    kernel: FakeKernel, make_kernel_rig: Any, real_state_dir: str
+) -> None:
+    """No init step binds behind the admin's back: the first reconcile reads the intents."""
+    first, second = npu_node(kernel, count=2)
+    IntentStore(real_state_dir).add(first, command="vfio-manager unbind 0000:01:00.0")
+    rig = make_kernel_rig()
+    rig.start()
+    assert kernel.driver_of(first) == "rebellions"
+    assert not writes_for(kernel, first)
+    assert rig.state(first) is State.INTENT_HOST
+    assert kernel.driver_of(second) == "vfio-pci"
+
+
 def test_an_unbind_without_a_daemon_records_no_intent(
     kernel: FakeKernel, real_state_dir: str
 ) -> None:
@@ -275,7 +295,7 @@ def test_an_excluded_function_is_never_touched_and_counts_as_settled(
     kernel: FakeKernel, make_kernel_rig: Any
 ) -> None:
     first, second = npu_node(kernel, count=2)
-    rig = make_kernel_rig(DaemonOptions(exclude=(first,)))
+    rig = make_kernel_rig(DaemonOptions(excluding(first)))
     rig.start()
     assert kernel.driver_of(first) == "rebellions"
     assert kernel.driver_of(second) == "vfio-pci"
@@ -347,7 +367,7 @@ def test_a_journal_record_kept_for_an_excluded_function_is_exported(
     kernel: FakeKernel, make_kernel_rig: Any, real_state_dir: str
 ) -> None:
     first, _second = npu_node(kernel, count=2)
-    rig = make_kernel_rig(DaemonOptions(exclude=(first,), listen="127.0.0.1:0"))
+    rig = make_kernel_rig(DaemonOptions(excluding(first), listen="127.0.0.1:0"))
     with Pause(kernel.fs):
         os.makedirs(real_state_dir, mode=0o700, exist_ok=True)
         with open(os.path.join(real_state_dir, f"journal-{first}.json"), "w") as record:
@@ -375,7 +395,7 @@ JOURNAL_RECORD = {
 
 def test_a_group_blocked_by_a_peer_is_pending(kernel: FakeKernel, make_kernel_rig: Any) -> None:
     first, second = npu_node(kernel, count=2, shared_group=True)
-    rig = make_kernel_rig(DaemonOptions(exclude=(first,)))
+    rig = make_kernel_rig(DaemonOptions(excluding(first)))
     rig.start()
     assert rig.state(second) is State.PENDING
     reason = rig.loop.view.functions[second].reason
@@ -427,6 +447,154 @@ def test_the_nfd_and_validation_files_follow_the_node(
 
     assert rig.stop() == 0
     assert read() == ({}, None), "a clean stop removes both"
+
+
+# -- the node's configuration, live -------------------------------------------------------
+NODES = "/etc/vfio-manager/nodes"  # on the fake file system, as a mounted ConfigMap
+
+
+def configure(**files: str) -> None:
+    os.makedirs(NODES, exist_ok=True)
+    for name, text in files.items():
+        path = posixpath.join(NODES, name)
+        with open(f"{path}.new", "w") as handle:
+            handle.write(text)
+        os.replace(f"{path}.new", path)
+
+
+def test_the_node_configuration_applies_at_start_and_when_it_changes(
+    kernel: FakeKernel, make_kernel_rig: Any
+) -> None:
+    first, second, third = npu_node(kernel, count=3)
+    configure(default=f"VFIO_MANAGER_BDF={first},{second}\nVFIO_MANAGER_EXCLUDE={second}\n")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES, node_name="node-a"))
+    rig.start()
+    assert [kernel.driver_of(b) for b in (first, second, third)] == [
+        "vfio-pci",
+        *["rebellions"] * 2,
+    ]
+    assert rig.state(second) is State.EXCLUDED, "excluded by the node's file at start"
+    assert rig.state(third) is None, "never selected: not reported, never touched"
+    assert not writes_for(kernel, second)
+    assert not writes_for(kernel, third)
+
+    configure(**{"node-a": f"VFIO_MANAGER_BDF={third}\n"})  # the node's own key wins
+    rig.step_until(lambda: kernel.driver_of(third) == "vfio-pci")
+    assert rig.clock.now - 1000.0 <= 10, "seen within a look at the file or two, no resync"
+    assert kernel.driver_of(first) == "rebellions", "left the selection: back to the host"
+    assert kernel.override_of(first) is None
+    assert kernel.driver_of(second) == "rebellions", "never selected on vfio: not touched"
+    assert rig.state(first) is None
+    assert rig.loop.view.converged
+    assert rig.ready_doc()["counts"]["converged"] == 1
+
+
+def writers() -> list[threading.Thread]:
+    """The writer threads alive (the fake kernel's writes are made from threads)."""
+    return [t for t in threading.enumerate() if t.name.startswith("vfio-manager: writer")]
+
+
+def test_a_release_leaves_no_writer_behind(kernel: FakeKernel, make_kernel_rig: Any) -> None:
+    """Two runs under one node lock (bind, then the release) share its writer: none leaks."""
+    first, second = npu_node(kernel, count=2)
+    configure(default=f"VFIO_MANAGER_BDF={first}\n")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES))
+    rig.start()
+    configure(default=f"VFIO_MANAGER_BDF={second}\n")  # one reconcile: bind one, return one
+    rig.step_until(lambda: kernel.driver_of(first) == "rebellions")
+    assert kernel.driver_of(second) == "vfio-pci"
+    for thread in writers():
+        thread.join(5)
+    assert writers() == []
+
+
+def test_a_held_function_that_left_the_selection_stays_until_released(
+    fs: FakeFilesystem, kernel: FakeKernel, make_kernel_rig: Any
+) -> None:
+    first, second = npu_node(kernel, count=2)
+    configure(default="")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES, listen="127.0.0.1:0"))
+    rig.start()
+    assert kernel.driver_of(first) == kernel.driver_of(second) == "vfio-pci"
+    fake_process(fs, kernel, 4242, "qemu-system-x86", fds=(f"/dev/vfio/{kernel.group_of(first)}",))
+    configure(default=f"VFIO_MANAGER_BDF={second}\n")
+    rig.step_until(lambda: rig.state(first) is State.HELD)
+    assert kernel.driver_of(first) == "vfio-pci", "a VM holds it: it stays"
+    held = rig.loop.view.functions[first]
+    assert held.cause is Reason.LEFT_SELECTION
+    assert "PID 4242" in (held.reason or "")
+    assert not rig.loop.view.converged
+    labels = {"bdf": first, "product": "RBLN-CA22", "state": "held", "reason": "left-selection"}
+    assert rig.metric("vfio_manager_function_state", **labels) == 1
+    status, body = get(rig, "/readyz")
+    assert (status, body["not_converged"][0]["reason"]) == (200, "left-selection")
+    rig.loop.request_resync()
+    rig.step()
+    assert kernel.driver_of(first) == "vfio-pci", "still held at the next resync"
+
+    shutil.rmtree(posixpath.join(kernel.proc_root, "4242"))  # the VM stops
+    rig.loop.request_resync()
+    rig.step()
+    assert kernel.driver_of(first) == "rebellions", "released: it goes back"
+    assert rig.state(first) is None
+    assert rig.loop.view.converged
+    assert rig.metric("vfio_manager_function_state", **labels) is None
+
+
+def test_a_function_that_fails_to_go_back_is_retried_with_backoff(
+    kernel: FakeKernel, make_kernel_rig: Any
+) -> None:
+    first, second = npu_node(kernel, count=2)
+    configure(default="")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES))
+    rig.start()
+    kernel.fail_probe("rebellions", first, errno.EIO)  # its native driver refuses it
+    configure(default=f"VFIO_MANAGER_BDF={second}\n")
+    rig.step_until(lambda: rig.state(first) is State.FAILED)
+    assert kernel.driver_of(first) == "vfio-pci", "put back as it was"
+    assert rig.loop.view.functions[first].cause is Reason.NOT_RESPONDING
+    kernel.add_driver("pci-stub", module="pci_stub")  # registers: a full resync while it waits
+    rig.settle()
+    assert rig.loop.backoff.waiting() == {first}
+    waiting = rig.loop.view.functions[first]
+    assert (waiting.state, waiting.cause) == (State.FAILED, Reason.NOT_RESPONDING)
+    assert "retried automatically" in (waiting.remedy or "")
+    kernel.fail_probe("rebellions", first, None)
+    rig.step_until(lambda: kernel.driver_of(first) == "rebellions", limit=20)
+    assert rig.state(first) is None
+    assert rig.loop.view.converged
+
+
+def test_a_bad_node_configuration_is_logged_and_the_last_good_one_stays(
+    kernel: FakeKernel, make_kernel_rig: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vfio_manager.daemon import nodeconfig
+
+    errors: list[dict[str, Any]] = []
+    monkeypatch.setattr(nodeconfig.log, "error", lambda event, **kw: errors.append(kw))
+    first, second = npu_node(kernel, count=2)
+    configure(default=f"VFIO_MANAGER_BDF={first}\n")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES))
+    rig.start()
+    configure(default="VFIO_MANAGER_VENDOR=0x8086\n")
+    for _ in range(3):
+        rig.step()
+    assert [e["error"] for e in errors] == [f"{NODES}/default: unknown key VFIO_MANAGER_VENDOR"]
+    assert "VFIO_MANAGER_BDF" in errors[0]["remedy"]
+    assert (kernel.driver_of(first), kernel.driver_of(second)) == ("vfio-pci", "rebellions")
+
+
+def test_a_bad_node_configuration_at_start_stops_the_daemon_before_anything(
+    kernel: FakeKernel, real_state_dir: str
+) -> None:
+    npu_node(kernel, count=1)
+    configure(default="VFIO_MANAGER_NUMA_NODE=zero\n")
+    result = cli(kernel, real_state_dir, "daemon", "--node-config", NODES)
+    assert result.exit_code == 2
+    assert "'zero' is not a NUMA node" in result.stderr
+    missing = cli(kernel, real_state_dir, "daemon", "--node-config", "/etc/missing")
+    assert missing.exit_code == 2
+    assert kernel.writes == []
 
 
 # -- failures and the host -----------------------------------------------------------------

@@ -48,8 +48,10 @@ Targets (one is required):
   -d, --device-id BDF   one function, e.g. 0000:3b:00.0 (wins over --all)
 
 Selection and roots come from the environment: VFIO_MANAGER_VENDOR (default 0x1eff),
-VFIO_MANAGER_CLASS (0x120000), VFIO_MANAGER_DEVICE_ID (all), VFIO_MANAGER_SYSFS_ROOT,
-VFIO_MANAGER_DEV_ROOT, HOST_ROOT, VFIO_MANAGER_STATE_DIR.
+VFIO_MANAGER_CLASS (0x120000), VFIO_MANAGER_DEVICE_ID (all), VFIO_MANAGER_PRODUCT,
+VFIO_MANAGER_BDF, VFIO_MANAGER_NUMA_NODE, VFIO_MANAGER_PER_NUMA_NODE, VFIO_MANAGER_EXCLUDE
+(never touched), VFIO_MANAGER_SYSFS_ROOT, VFIO_MANAGER_DEV_ROOT, HOST_ROOT,
+VFIO_MANAGER_STATE_DIR.
 
 Exit codes: 0 done (or nothing to do), 1 a device failed, was refused or is not on vfio-pci,
 2 usage error.  See `vfio-manager --help` for the full command line.

@@ -137,7 +137,14 @@ _HELP = {  # each option's --help, by its long name
     "(in Kubernetes: /run/rbln/validations/vfio-pci-ready).",
     "--listen": "Serve /healthz, /readyz and /metrics over HTTP (:PORT: every IPv4 address).",
     "--on-exit": "On SIGTERM: keep all on vfio-pci, return those no process holds, or return all.",
-    "--exclude": "Never touch this function; repeatable, comma-separated in the environment.",
+    "--product": "Only this product (RBLN-CA25, RBLN-CA25-VF, or IDs as 1eff-1250); repeatable.",
+    "--bdf": "Only this function; repeatable.",
+    "--numa-node": "Only functions on this NUMA node; repeatable.",
+    "--per-numa-node": "Only the first N selected functions of each NUMA node, in BDF order.",
+    "--exclude": "Never touch this function, not even in a dry run's plan; repeatable.",
+    "--node-config": "This node's selection: an environment file, or a directory of one per "
+    "node name plus default (a mounted ConfigMap); re-read when it changes.",
+    "--node-name": "The node's file in a --node-config directory (default: the host name).",
 }
 
 
@@ -168,14 +175,37 @@ _node_options = _options(
     _opt("--writer", env="VFIO_MANAGER_WRITER", type=_WRITERS, default="process", hidden=True),
 )
 
+
+def _selection_value(metavar: str, parser: str) -> _Parsed:
+    """A value one of the selection module's parsers reads (imported when one comes)."""
+
+    def parse(value: Any, _param: Param) -> Any:
+        from vfio_manager.pipeline import selection
+
+        return getattr(selection, parser)(str(value))
+
+    return _Parsed(metavar, parse)
+
+
 _selection_options = _options(
     _opt("--vendor", env="VFIO_MANAGER_VENDOR", default="0x1eff", metavar="HEX"),
     _opt("--class", "pci_class", env="VFIO_MANAGER_CLASS", default="0x120000", metavar="HEX"),
     _opt("--device-id", "device_ids", env="VFIO_MANAGER_DEVICE_ID", type=HEX, multiple=True),
-)
+    _opt("--product", "products", env="VFIO_MANAGER_PRODUCT", multiple=True,
+         type=_selection_value("NAME", "parse_product")),
+    _opt("--bdf", "bdfs", env="VFIO_MANAGER_BDF", type=BDF, multiple=True),
+    _opt("--numa-node", "numa_nodes", env="VFIO_MANAGER_NUMA_NODE", multiple=True,
+         type=_selection_value("N", "parse_numa_node")),
+    _opt("--per-numa-node", env="VFIO_MANAGER_PER_NUMA_NODE",
+         type=_selection_value("N", "parse_count")),
+    _opt("--exclude", env="VFIO_MANAGER_EXCLUDE", type=BDF, multiple=True),
+)  # fmt: skip
 
 
-_SELECTION = ("vendor", "pci_class", "device_ids")
+_SELECTION = (
+    "vendor", "pci_class", "device_ids", "products", "bdfs", "numa_nodes", "per_numa_node",
+    "exclude",
+)  # fmt: skip
 
 
 def _node(ctx: click.Context) -> Node:
@@ -199,12 +229,15 @@ def _node(ctx: click.Context) -> Node:
     return Node(**{name: ctx.params[name] for name in names})
 
 
-def _selector(vendor: str, pci_class: str, device_ids: Sequence[str]) -> Selector:
-    """The selection options' :class:`Selector` (commands take them as ``**selection``)."""
+def _selector(vendor: str, pci_class: str, device_ids: Sequence[str], **rules: Any) -> Selector:
+    """The selection options' :class:`Selector` (commands take them as ``**selection``);
+    ``rules``: products, BDFs, NUMA nodes, the count per NUMA node, exclusions (parsed)."""
     from vfio_manager.pipeline.selection import Selector
 
+    sets = ("products", "bdfs", "numa_nodes", "exclude")
+    parsed = {k: frozenset(v) if k in sets else v for k, v in rules.items()}
     try:
-        return Selector.from_options(vendor, pci_class, tuple(device_ids))
+        return Selector.from_options(vendor, pci_class, tuple(device_ids), **parsed)
     except UsageError as err:
         raise _BadValue(err, ctx=click.get_current_context(silent=True)) from err
 
@@ -388,7 +421,7 @@ def _transition_command(
 ) -> Callable[[Callable[[], None]], click.Command]:
     """The command the decorated function names and documents (to or from vfio-pci)."""
 
-    def run(node: Node, /, as_json: bool, bdfs: tuple[PciAddress, ...] = (), **flags: Any) -> None:
+    def run(node: Node, /, as_json: bool, named: tuple[PciAddress, ...] = (), **flags: Any) -> None:
         from vfio_manager.cli import render
         from vfio_manager.kernel.drivers import Direction
         from vfio_manager.pipeline.engine import Interruption
@@ -396,7 +429,7 @@ def _transition_command(
 
         selector = _selector(**{k: flags.pop(k) for k in _SELECTION})
         direction = Direction.TO_VFIO if to_vfio else Direction.TO_HOST
-        request = TransitionRequest(selector, direction, named=bdfs, admin=True, **flags)
+        request = TransitionRequest(selector, direction, named=named, admin=True, **flags)
         with Interruption.caught() as interruption:  # until the report is out
             result = run_transition(node, request, interruption=interruption)
             lines = render.transition_json(result) if as_json else render.transition_text(result)
@@ -406,7 +439,7 @@ def _transition_command(
         options = [_transition_options, _to_vfio_options] if to_vfio else [_transition_options]
         if named:
             options.insert(
-                0, click.argument("bdfs", nargs=-1, required=True, type=BDF, metavar="BDF...")
+                0, click.argument("named", nargs=-1, required=True, type=BDF, metavar="BDF...")
             )
         name = described.__name__.replace("_", "-")
         return _command(name, help=described.__doc__)(_options(*options)(run))
@@ -482,9 +515,10 @@ def kubevirt_config(
     type=click.Choice(["keep", "release-idle", "release"]),
     default="keep",
 )
-@_opt("--exclude", env="VFIO_MANAGER_EXCLUDE", type=BDF, multiple=True)
+@_opt("--node-config", env="VFIO_MANAGER_NODE_CONFIG", metavar="PATH")
+@_opt("--node-name", env="NODE_NAME", metavar="NAME")
 @_opt("--load-modules/--no-load-modules", env="VFIO_MANAGER_LOAD_MODULES", default=True)
-def daemon(node: Node, on_exit: str, exclude: tuple[PciAddress, ...], **options: Any) -> None:
+def daemon(node: Node, on_exit: str, **options: Any) -> None:
     """Keep the selected functions on vfio-pci, driven by kernel uevents.
 
     Re-plans what each uevent names and all at each resync; SIGHUP resyncs now (docs/daemon.md).
@@ -493,8 +527,7 @@ def daemon(node: Node, on_exit: str, exclude: tuple[PciAddress, ...], **options:
     from vfio_manager.daemon.service import DaemonOptions, build_daemon
 
     selector = _selector(**{k: options.pop(k) for k in _SELECTION})
-    bdfs = tuple(sorted({str(a) for a in exclude}))
-    built = build_daemon(node, DaemonOptions(selector, bdfs, on_exit=OnExit(on_exit), **options))
+    built = build_daemon(node, DaemonOptions(selector, on_exit=OnExit(on_exit), **options))
     if code := built.run():
         sys.exit(code)
 

@@ -178,6 +178,7 @@ class LoopSettings:
     flap_limit: int = 5
     flap_window: float = 60.0
     stall_after: float = 300.0
+    config_interval: float = 5.0  # between looks at --node-config (a stat; a read if changed)
 
 
 def summary(view: NodeView) -> str:
@@ -210,6 +211,7 @@ class ReconcileLoop:
         node_files: Sequence[NodeFile] = (),
         metrics: Optional[DaemonMetrics] = None,
         on_exit: Callable[[], None] = lambda: None,
+        reload: Optional[Callable[[], bool]] = None,
     ) -> None:
         self.reconciler, self.source, self.settings = reconcile, source, settings
         self.clock, self.wall_clock = clock, wall_clock
@@ -228,6 +230,8 @@ class ReconcileLoop:
         self._doorbell, self._ring_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._alive_until = float("-inf")
         self._next_resync = clock()
+        self.reload = reload  # re-reads the node's configuration; True when it changed
+        self._next_reload = None if reload is None else clock() + settings.config_interval
         self._next_watchdog = None if self.notifier.watchdog_interval is None else clock()
         self._host_logged: Optional[frozenset[str]] = None
         self._spurious = 0
@@ -296,7 +300,12 @@ class ReconcileLoop:
         """Wait for the next thing to do and do it; False once a stop was requested."""
         if self.stop_requested():
             return False
-        owed = (self._next_resync, self.debouncer.due_at(), self.backoff.next_retry_at())
+        owed = (
+            self._next_resync,
+            self.debouncer.due_at(),
+            self.backoff.next_retry_at(),
+            self._next_reload,
+        )
         due = min(t for t in (*owed, self._next_watchdog) if t is not None)
         timeout = max(0.0, due - self.clock())
         self.beat(timeout + HEARTBEAT_SLACK)
@@ -354,15 +363,24 @@ class ReconcileLoop:
 
     def _act(self) -> None:
         resync, self._resync = self._resync, False
+        reloaded = self._reload(force=resync)
         if resync:
             log.info("resync requested (SIGHUP): failed functions are retried now")
             self.backoff.retry_now()
         batch = self.debouncer.take_if_due() or Batch()
-        if resync or batch.full or self.clock() >= self._next_resync:
+        if resync or reloaded or batch.full or self.clock() >= self._next_resync:
             self.debouncer.take()  # a full reconcile covers whatever was pending
             self._reconcile(None)
         elif affected := batch.affected | self.backoff.due():
             self._reconcile(affected)
+
+    def _reload(self, *, force: bool) -> bool:
+        """Look at the node's configuration when due (or ``force``: SIGHUP); True if changed."""
+        due = self._next_reload
+        if self.reload is None or due is None or not (force or self.clock() >= due):
+            return False
+        self._next_reload = self.clock() + self.settings.config_interval
+        return self.reload()
 
     def _reconcile(self, affected: Optional[frozenset[str]]) -> None:
         full = affected is None
@@ -371,19 +389,20 @@ class ReconcileLoop:
         self._ping_watchdog()
         started = self.clock()
         outcome: Optional[ReconcileOutcome] = None
-        self._progress = False
+        progress = False  # set once at the end: the HTTP thread reads it meanwhile
         try:
             outcome = self.reconciler(request)
-            self._progress = True
+            progress = True
         except VfioManagerError as exc:
             self.view = replace(self.view, error=exc.message or "unknown error")
-            self._progress = not _caused_by_os_error(exc)
+            progress = not _caused_by_os_error(exc)
             log.error("reconcile failed", error=exc.message, remedy=exc.remedy)
         except Exception as exc:  # a daemon reports a bug and keeps serving
             self.view = replace(self.view, error=f"{type(exc).__name__}: {exc}")
             log.error(
                 "reconcile crashed (a bug: please report it)", error=self.view.error, exc_info=True
             )
+        self._progress = progress
         duration = self.clock() - started
         self.reconciles += 1
         if full:

@@ -9,7 +9,7 @@ import errno as errno_mod
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
@@ -28,6 +28,9 @@ from vfio_manager.pipeline.selection import (
 )
 from vfio_manager.pipeline.transition import TransitionRequest, TransitionResult, run_transition
 from vfio_manager.safety.intents import Intent, IntentStore
+
+if TYPE_CHECKING:
+    from vfio_manager.safety.lock import NodeLock
 
 log = get_logger("vfio_manager.daemon.reconciler")
 
@@ -115,6 +118,7 @@ class HostReadiness:
 
 
 HOST_READY = HostReadiness(ok=True)
+LEFT = Reason.LEFT_SELECTION
 
 
 @dataclass(frozen=True)
@@ -204,14 +208,22 @@ def addresses(bdfs: Iterable[str]) -> frozenset[PciAddress]:
 
 
 class PipelineReconciler:
-    """``bind_all`` per call under the node lock, without the admin's intents or ``skip``; a
-    partial call re-plans the affected groups and, moving nothing, keeps the last host verdict."""
+    """``bind_all`` per call under the node lock with the current ``selection``, without the
+    admin's intents or ``skip``; what this daemon selected before and no longer does goes
+    back to the host. A partial call re-plans the affected groups and, moving nothing, keeps
+    the last host verdict."""
 
-    def __init__(self, node: Node, bind_all: TransitionRequest) -> None:
+    def __init__(
+        self,
+        node: Node,
+        bind_all: TransitionRequest,
+        selection: Optional[Callable[[], Selector]] = None,
+    ) -> None:
         self.node, self.bind_all, self.selector = node, bind_all, bind_all.selector
-        self.exclude = frozenset(str(a) for a in bind_all.exclude)  # --exclude
+        self.selection = selection or (lambda: bind_all.selector)
         self.intents = IntentStore(node.state_dir)
         self.host = HOST_READY
+        self.managed: set[str] = set()  # selected at some reconcile, and on vfio since
 
     def __call__(self, request: ReconcileRequest) -> ReconcileOutcome:
         from vfio_manager.host.preflight import PreflightFailed
@@ -224,14 +236,18 @@ class PipelineReconciler:
                 )
             time.sleep(seconds)
 
+        self.selector = self.selection()
         with self.node.lock(sleep=sleep) as lock:
             intents = self.intents.read()
             scope = None if request.affected is None else addresses(request.affected)
-            left_alone = addresses(self.exclude | intents.keys() | request.skip)
-            transition = replace(self.bind_all, exclude=left_alone, scope=scope)
+            left_alone = addresses(intents.keys() | request.skip)
+            transition = replace(
+                self.bind_all, selector=self.selector, exclude=left_alone, scope=scope
+            )
             try:
                 result = run_transition(self.node, transition, lock=lock)
                 outcome = self._outcome(result, scope, intents, request.skip)
+                topology = result.topology or read_topology(self.node.sysfs())
             except PreflightFailed as failed:  # not an error: the host is not ready
                 checks = tuple(HostCheck(c.name, c.detail, c.remedy) for c in failed.failing)
                 self.host = HostReadiness(ok=False, failing=checks)
@@ -248,7 +264,65 @@ class PipelineReconciler:
                     for f in self._in_scope(topology, scope)
                 )
                 outcome = ReconcileOutcome(tuple(states), self.host)
-            return replace(outcome, journal=self._journal())
+            home = self._release(topology, scope, intents, request.skip, lock)
+            return replace(
+                outcome,
+                functions=outcome.functions + home.functions,
+                transitions=outcome.transitions + home.transitions,
+                journal=self._journal(),
+            )
+
+    def _release(
+        self,
+        topology: Topology,
+        scope: Scope,
+        intents: Intents,
+        skip: frozenset[str],
+        lock: NodeLock,
+    ) -> ReconcileOutcome:
+        """Functions that left the selection go back to the host (unbind-all's path and
+        refusals: a held one stays, reported, and goes at a later reconcile). Never an
+        excluded one, an intent's, or one waiting for its retry (reported as it is)."""
+        chosen = {f.bdf for f in self._in_scope(topology, None)}
+        on_vfio = {f.bdf for f in topology.functions.values() if is_vfio_driver(f.driver)}
+        self.managed = (self.managed & on_vfio) | chosen
+        members = None if scope is None else in_groups_of(topology, scope)
+        leaving = [
+            f
+            for a, f in sorted(topology.functions.items())
+            if f.bdf in self.managed - chosen
+            and a not in self.selector.exclude
+            and f.bdf not in intents
+            and (members is None or a in members)
+        ]
+        why = "it left the selection: it goes back to the host"
+        retry = f"{why}; waiting for its retry"
+        waiting = [
+            _labelled(FunctionState(f.bdf, State.PENDING, retry, None, LEFT), f)
+            for f in leaving
+            if f.bdf in skip
+        ]
+        moving = frozenset(f.address for f in leaving if f.bdf not in skip)
+        if not moving:
+            return ReconcileOutcome(tuple(waiting))
+        home = Selector(vendor=None, pci_class=None, bdfs=moving)
+        result = run_transition(self.node, TransitionRequest(home, Direction.TO_HOST), lock=lock)
+        entries = {e.function.bdf: e for e in result.plan.entries}
+        states, transitions = list(waiting), []
+        for o in result.report.outcomes if result.report is not None else ():
+            if o.result is not Result.CONVERGED:
+                transitions.append(LastTransition(o.bdf, Direction.TO_HOST, o.result, o.reason))
+            if o.result in (Result.CHANGED, Result.CONVERGED):
+                log.info("returned to the host: it left the selection", bdf=o.bdf, driver=o.driver)
+                self.managed.discard(o.bdf)
+                continue
+            state = self._planned(entries[o.bdf].function, entries[o.bdf], o)
+            if state is not None and state.cause in (Reason.IN_USE, Reason.HOST_CRITICAL):
+                remedy = "it goes back to the host once nothing holds it"
+                state = replace(state, reason=f"{why}; {state.reason}", remedy=remedy, cause=LEFT)
+            if state is not None:
+                states.append(_labelled(state, entries[o.bdf].function))
+        return ReconcileOutcome(tuple(states), transitions=tuple(transitions))
 
     def _journal(self) -> tuple[tuple[str, Optional[float]], ...]:
         """The journal's pending records (read-only); none when it cannot be read."""
@@ -259,7 +333,8 @@ class PipelineReconciler:
         return tuple((r.bdf or "?", _unix_time(r.started_at)) for r in records)
 
     def _in_scope(self, topology: Topology, scope: Scope) -> list[PciFunction]:
-        functions = selected_functions(topology, self.selector)
+        """The selected functions (the excluded ones too: reported) in ``scope``'s groups."""
+        functions = selected_functions(topology, replace(self.selector, exclude=frozenset()))
         members = None if scope is None else in_groups_of(topology, scope)
         return [f for f in functions if members is None or f.address in members]
 
@@ -268,11 +343,10 @@ class PipelineReconciler:
     ) -> Optional[FunctionState]:
         """The state of a function the run was told to leave alone, else ``None``."""
         bdf = function.bdf
-        if bdf in self.exclude:
-            remedy = "remove --exclude to manage it"
-            return FunctionState(
-                bdf, State.EXCLUDED, "excluded with --exclude", remedy, Reason.EXCLUDED
-            )
+        if function.address in self.selector.exclude:
+            reason = "excluded (--exclude, VFIO_MANAGER_EXCLUDE or the node configuration)"
+            remedy = "take it out of the exclusions to manage it"
+            return FunctionState(bdf, State.EXCLUDED, reason, remedy, Reason.EXCLUDED)
         if (intent := intents.get(bdf)) is not None:
             hand_back = f"`vfio-manager bind {bdf}` hands it back to the daemon"
             return FunctionState(
@@ -382,14 +456,16 @@ class OnExit(str, enum.Enum):
 
 
 def on_exit_action(
-    mode: OnExit, node: Node, selector: Selector, excluded: frozenset[PciAddress]
+    mode: OnExit, node: Node, selection: Callable[[], Selector]
 ) -> Callable[[], None]:
-    """The loop's ``on_exit`` for ``mode``; ``excluded`` functions are never touched."""
+    """The loop's ``on_exit`` for ``mode`` over the selection then; its excluded functions
+    are never touched."""
 
     def on_exit() -> None:
         if mode is OnExit.KEEP:
             log.info("on exit: functions kept where they are (--on-exit keep)")
             return
+        selector = selection()
         with node.lock() as lock:
             held = _held_groups(node, selector) if mode is OnExit.RELEASE_IDLE else frozenset()
             if held:
@@ -397,7 +473,7 @@ def on_exit_action(
                     "on exit: kept on vfio, their group is in use",
                     bdfs=sorted(str(a) for a in held),
                 )
-            request = TransitionRequest(selector, Direction.TO_HOST, exclude=excluded | held)
+            request = TransitionRequest(selector, Direction.TO_HOST, exclude=held)
             result = run_transition(node, request, lock=lock)
         moved = result.report.outcomes if result.report is not None else ()
         for o in moved:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from vfio_manager.daemon.health import (
     parse_listen,
 )
 from vfio_manager.daemon.loop import LoopSettings, ReconcileLoop
-from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, addresses, on_exit_action
+from vfio_manager.daemon.nodeconfig import NodeConfig
+from vfio_manager.daemon.reconciler import OnExit, PipelineReconciler, on_exit_action
 from vfio_manager.kernel.drivers import Direction
 from vfio_manager.kernel.uevents import DatagramUeventSource, Waiter, open_kernel_uevents
 from vfio_manager.log import get_logger
@@ -43,7 +45,6 @@ class DaemonOptions:
     """The daemon's command line (see docs/daemon.md); BDFs in ``exclude`` are canonical."""
 
     selector: Selector = field(default_factory=Selector)
-    exclude: tuple[str, ...] = ()
     resync_interval: float = LoopSettings.resync_interval
     ready_file: Optional[str] = None  # default <state-dir>/ready
     nfd_features_file: Optional[str] = None
@@ -51,6 +52,8 @@ class DaemonOptions:
     listen: Optional[str] = None
     on_exit: OnExit = OnExit.KEEP
     load_modules: bool = True
+    node_config: Optional[str] = None  # a file, or a directory of <node name> and default
+    node_name: Optional[str] = None  # default: the host name
 
 
 @dataclass
@@ -104,6 +107,14 @@ def build_daemon(
     """Acquire what the daemon holds; tests inject the rest, drive the loop themselves
     (``signals=False``) and may override its timing."""
     address = parse_listen(options.listen) if options.listen is not None else None
+    config = None
+    if options.node_config is not None:
+        node_name = options.node_name or socket.gethostname()
+        config = NodeConfig(options.node_config, node_name, options.selector)
+
+    def selection() -> Selector:
+        return config.selector if config is not None else options.selector
+
     with contextlib.ExitStack() as acquired:  # released at once if a later step fails
         acquired.enter_context(DaemonPresence(node.state_dir, timeout=node.lock_timeout))
         source = open_source(options)
@@ -114,13 +125,11 @@ def build_daemon(
             metrics = DaemonMetrics(process=process_metrics, wall_clock=wall_clock)
         ready_path = options.ready_file or default_ready_path(node.state_dir)
         ready = ReadyFile(ready_path, wall_clock=wall_clock)
-        selector, load_modules = options.selector, options.load_modules
-        excluded = addresses(options.exclude)
         bind_all = TransitionRequest(
-            selector, Direction.TO_VFIO, load_modules=load_modules, runner=runner, exclude=excluded
+            options.selector, Direction.TO_VFIO, load_modules=options.load_modules, runner=runner
         )
         loop = ReconcileLoop(
-            PipelineReconciler(node, bind_all),
+            PipelineReconciler(node, bind_all, selection),
             source=source,
             settings=settings or LoopSettings(resync_interval=options.resync_interval),
             clock=clock,
@@ -137,7 +146,8 @@ def build_daemon(
                 if path is not None
             ],
             metrics=metrics,
-            on_exit=on_exit_action(options.on_exit, node, selector, excluded),
+            on_exit=on_exit_action(options.on_exit, node, selection),
+            reload=config.reload if config is not None else None,
         )
         acquired.callback(loop.close)
         server = None
@@ -150,8 +160,8 @@ def build_daemon(
     log.info(
         "daemon starting",
         pid=os.getpid(),
-        selection=selector.describe(),
-        exclude=list(options.exclude),
+        selection=selection().describe(),
+        node_config=options.node_config,
         on_exit=options.on_exit.value,
         resync_interval=options.resync_interval,
         ready_file=ready.path,

@@ -57,7 +57,7 @@ def status(node: Node, selector: Selector) -> StatusResult:
     sysfs = node.sysfs()
     # the others: only what groups ask; no subsystem IDs or modalias (no driver is chosen)
     topology = read_topology(
-        sysfs, wanted=selector.matches, driver_ids=False, ids_from_modalias=True
+        sysfs, wanted=selector.may_match, driver_ids=False, ids_from_modalias=True
     )
     functions = selected_functions(topology, selector)
     records = [device_record(topology, f, sysfs) for f in functions]

@@ -1,17 +1,20 @@
-"""Which functions the tool may touch: vendor, class and device-ID filters (by default the
-Rebellions NPUs); a named BDF that does not exist or is not selected refuses the command."""
+"""Which functions the tool may touch, by the same rules for every command: vendor, class,
+device IDs (by default the Rebellions NPUs), products, BDFs, NUMA nodes, a count per NUMA
+node, exclusions; a named BDF that does not exist or is not selected refuses the command."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
 
 from vfio_manager.errors import DeviceNotFoundError, NotSelectedError, UsageError
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.catalogue import (
     PROCESSING_ACCELERATOR_CLASS,
     REBELLIONS_VENDOR,
+    catalogue_entries,
     catalogue_entry,
 )
 from vfio_manager.kernel.model import PciFunction, Topology
@@ -29,23 +32,77 @@ def parse_id(text: str, *, what: str, bits: int, example: str = "0x1eff") -> int
     return int(raw, 16)
 
 
+def parse_product(text: str) -> str:
+    """A product as :func:`product_label` spells it (``RBLN-CA25``, ``RBLN-CA25-VF``, or IDs
+    ``1eff-1fff``), any case; the lower-case label, or :class:`UsageError`."""
+    label = text.strip().lower()
+    known = {e.product.lower() + ("" if e.kind == "PF" else "-vf") for e in catalogue_entries()}
+    ids = label.split("-")
+    if label in known or (len(ids) == 2 and all(len(i) == 4 for i in ids) and _hex(label)):
+        return label
+    names = sorted({e.product for e in catalogue_entries()})
+    raise UsageError(
+        f"{text!r} is not a product",
+        remedy=f"give one of {', '.join(names)} (add -VF for a virtual function) or the "
+        "vendor and device IDs as 1eff-1250",
+    )
+
+
+def _hex(text: str) -> bool:
+    return set(text) <= set("0123456789abcdef-")
+
+
+def parse_numa_node(text: str) -> int:
+    """A NUMA node as sysfs shows it: 0, 1, ... or -1 (none)."""
+    value = text.strip()
+    if not value.lstrip("-").isdigit() or int(value) < -1:
+        raise UsageError(f"{text!r} is not a NUMA node", remedy="give 0, 1, ... (-1: none)")
+    return int(value)
+
+
+def parse_count(text: str) -> int:
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise UsageError(f"{text!r} is not a count of at least 1", remedy="give e.g. 2")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Selector:
-    """Vendor, class and device-ID filters; ``None`` means any. A class of 4 hex digits
-    (``0x1200``) matches any programming interface, one of 6 must match exactly."""
+    """Which functions the tool may touch. Per function: vendor, class and device IDs
+    (``None`` or empty: any; a class of 4 hex digits, ``0x1200``, matches any programming
+    interface, one of 6 must match exactly), products, BDFs, NUMA nodes; then over the
+    node: the first ``per_numa_node`` of each NUMA node in BDF order; then less ``exclude``."""
 
     vendor: Optional[int] = REBELLIONS_VENDOR
     pci_class: Optional[int] = PROCESSING_ACCELERATOR_CLASS
     device_ids: frozenset[int] = field(default_factory=frozenset)
     class_bits: int = 24
+    products: frozenset[str] = frozenset()  # parse_product's lower-case labels
+    bdfs: frozenset[PciAddress] = frozenset()
+    numa_nodes: frozenset[int] = frozenset()
+    per_numa_node: Optional[int] = None
+    exclude: frozenset[PciAddress] = frozenset()
 
     def matches(self, function: PciFunction) -> bool:
+        """The per-function rules (not the count per NUMA node, not ``exclude``)."""
+        if self.numa_nodes and _numa(function) not in self.numa_nodes:
+            return False
+        return self.may_match(function)
+
+    def may_match(self, function: PciFunction) -> bool:
+        """The rules a function's IDs and address decide: a prefilter for reading sysfs."""
         if self.vendor is not None and function.vendor != self.vendor:
             return False
         if self.pci_class is not None:
             actual = function.pci_class >> 8 if self.class_bits == 16 else function.pci_class
             if actual != self.pci_class:
                 return False
+        ids = f"{function.vendor:04x}-{function.device:04x}"
+        if self.products and not {product_label(function).lower(), ids} & self.products:
+            return False
+        if self.bdfs and function.address not in self.bdfs:
+            return False
         return not self.device_ids or function.device in self.device_ids
 
     def describe(self) -> str:
@@ -57,10 +114,27 @@ class Selector:
             parts.append(f"class 0x{self.pci_class:0{width}x}")
         if self.device_ids:
             parts.append("device " + "/".join(f"0x{d:04x}" for d in sorted(self.device_ids)))
+        if self.products:
+            parts.append("product " + "/".join(p.upper() for p in sorted(self.products)))
+        if self.bdfs:
+            parts.append("bdf " + "/".join(str(a) for a in sorted(self.bdfs)))
+        if self.numa_nodes:
+            parts.append("NUMA node " + "/".join(str(n) for n in sorted(self.numa_nodes)))
+        if self.per_numa_node is not None:
+            parts.append(f"{self.per_numa_node} per NUMA node")
+        if self.exclude:
+            parts.append("excluding " + "/".join(str(a) for a in sorted(self.exclude)))
         return ", ".join(parts) or "any function"
 
     @classmethod
-    def from_options(cls, vendor: str, pci_class: str, device_ids: tuple[str, ...]) -> Selector:
+    def from_options(
+        cls,
+        vendor: str,
+        pci_class: str,
+        device_ids: Sequence[str],
+        **rules: Any,
+    ) -> Selector:
+        """From the option values; ``rules`` are the other fields, parsed already."""
         width = len(pci_class.strip().lower().removeprefix("0x"))
         if width not in (4, 6):  # "0x12" is no class: 0x1200? 0x120000? 0x0012? Ask.
             raise UsageError(
@@ -74,7 +148,12 @@ class Selector:
             pci_class=parse_id(pci_class, what="class", bits=width * 4, example=example),
             device_ids=frozenset(parse_id(d, what="device ID", bits=16) for d in device_ids),
             class_bits=width * 4,
+            **rules,
         )
+
+
+def _numa(function: PciFunction) -> int:
+    return -1 if function.numa_node is None else function.numa_node
 
 
 def product_label(function: PciFunction) -> str:
@@ -87,8 +166,16 @@ def product_label(function: PciFunction) -> str:
 
 
 def selected_functions(topology: Topology, selector: Selector) -> list[PciFunction]:
-    """All functions the selection matches, in address order."""
-    return [f for a, f in sorted(topology.functions.items()) if selector.matches(f)]
+    """All functions the selection selects, in address order."""
+    found = [f for a, f in sorted(topology.functions.items()) if selector.matches(f)]
+    if selector.per_numa_node is not None:
+        kept, taken = [], collections.Counter[int]()
+        for function in found:
+            taken[_numa(function)] += 1
+            if taken[_numa(function)] <= selector.per_numa_node:
+                kept.append(function)
+        found = kept
+    return [f for f in found if f.address not in selector.exclude]
 
 
 def named_functions(
@@ -96,6 +183,9 @@ def named_functions(
 ) -> list[PciFunction]:
     """The named functions, after checking each exists and is selected (duplicates dropped)."""
     result: list[PciFunction] = []
+    chosen = {
+        f.address for f in selected_functions(topology, replace(selector, exclude=frozenset()))
+    }
     for address in dict.fromkeys(named):
         function = topology.get(address)
         if function is None:
@@ -104,14 +194,14 @@ def named_functions(
                 bdf=str(address),
                 remedy="list the functions with `vfio-manager status` or `lspci -D`",
             )
-        if not selector.matches(function):
+        if address not in chosen:
             raise NotSelectedError(
                 f"{address} ({function.vendor:04x}:{function.device:04x}, class "
                 f"0x{function.pci_class:06x}) is not selected by {selector.describe()}; "
                 "refusing to touch it",
                 bdf=str(address),
-                remedy="pass --vendor/--class/--device-id options that match it if you really "
-                "mean this function",
+                remedy="pass selection options (--vendor, --class, --device-id, --product, "
+                "--bdf, --numa-node, --per-numa-node) that select it if you really mean it",
             )
         result.append(function)
     return result
@@ -126,7 +216,9 @@ def select_targets(
     exclude: Collection[PciAddress] = (),
 ) -> list[PciFunction]:
     """The functions a request moves: the ``named`` ones (checked) or every selected one;
-    with ``scope``, only those in the IOMMU groups of its functions; less ``exclude``."""
+    with ``scope``, only those in the IOMMU groups of its functions; less ``exclude`` and the
+    selection's own."""
+    exclude = {*exclude, *selector.exclude}
     if named:
         found = named_functions(topology, selector, named)
     else:

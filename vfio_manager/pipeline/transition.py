@@ -56,6 +56,9 @@ class TransitionRequest:
     scope: Optional[frozenset[PciAddress]] = None
     admin: bool = False
 
+    def __post_init__(self) -> None:  # the selection's exclusions are the request's too
+        object.__setattr__(self, "exclude", self.exclude | self.selector.exclude)
+
 
 @dataclass(frozen=True)
 class TransitionResult:

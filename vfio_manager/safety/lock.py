@@ -230,12 +230,12 @@ class NodeLock(FileLock):
     _writer: Optional[ChildWriter] = None
 
     def writer(self, *, threads: bool = False) -> ChildWriter:
-        """A writer whose children inherit this lock."""
+        """The writer whose children inherit this lock: one per holding, closed at release."""
         if self._fd is None:
             raise RuntimeError(f"{self.path} is not held")
         from vfio_manager.safety.writer import ChildWriter
 
-        self._writer = ChildWriter(keep_fds=[self._fd], threads=threads)
+        self._writer = self._writer or ChildWriter(keep_fds=[self._fd], threads=threads)
         return self._writer
 
     def release(self) -> None:
