@@ -31,7 +31,6 @@ from tests.daemon.ondisk import Roots, materialize
 from tests.deploy import configmap
 from tests.deploy.invocations import Invocation, fake_node_argv, parse
 from tests.deploy.manifests import INVOCATIONS, RENDERED, the
-from tests.deploy.test_manifests import needs_node_options
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 
@@ -144,7 +143,6 @@ NFD_FILE = "etc/kubernetes/node-feature-discovery/features.d/vfio-manager"
 VALIDATION_FILE = "run/rbln/validations/vfio-pci-ready"
 
 
-@needs_node_options
 def test_the_daemon_container_on_a_fake_node_stays_up_ready_and_honest(
     tmp_path: Path, node: tuple[Roots, list[str]]
 ) -> None:
@@ -171,7 +169,6 @@ def test_the_daemon_container_on_a_fake_node_stays_up_ready_and_honest(
     assert not (roots.host / NFD_FILE).exists()  # removed on a clean stop
 
 
-@needs_node_options
 def test_a_converged_node_tells_nfd_and_the_operators_validator(tmp_path: Path) -> None:
     roots, bdfs = materialize(
         tmp_path / "machine", lambda k: npu_node(k, count=2, driver="vfio-pci")

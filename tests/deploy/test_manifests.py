@@ -37,7 +37,6 @@ from tests.deploy.manifests import (
     kustomizations,
     the,
 )
-from vfio_manager.cli.main import cli
 
 
 def _subcommand(invocation: Invocation) -> str:
@@ -312,23 +311,6 @@ def test_every_rendered_container_runs_vfio_manager() -> None:
         assert invocation.argv[:1] == ["vfio-manager"], invocation.id
 
 
-def _daemon_options() -> set[str]:
-    command = cli.get_command(click.Context(cli), "daemon")
-    assert command is not None
-    return {o for p in command.params for o in getattr(p, "opts", [])}
-
-
-# The daemon options the manifests use (WAVE3 interfaces), landing with the daemon's node
-# semantics: until they exist the parse is an expected failure, strict, so it runs for real
-# the moment they do.
-NODE_OPTIONS = {"--node-config", "--nfd-features-file", "--validation-file"}
-NODE_OPTIONS_MISSING = not NODE_OPTIONS.issubset(_daemon_options())
-needs_node_options = pytest.mark.xfail(
-    NODE_OPTIONS_MISSING, reason="daemon options of the node semantics not merged", strict=True
-)
-
-
-@needs_node_options
 @pytest.mark.parametrize("invocation", _cases(INVOCATIONS))
 def test_every_container_command_parses_with_the_cli(invocation: Invocation) -> None:
     parsed = parse(invocation.argv, invocation.env_on("node-a"))
