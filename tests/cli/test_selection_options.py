@@ -97,7 +97,7 @@ def test_a_named_function_outside_the_count_is_refused(kernel: FakeKernel) -> No
     [
         ({"VFIO_MANAGER_PRODUCT": "RBLN-CA99"}, "'RBLN-CA99' is not a product"),
         ({"VFIO_MANAGER_NUMA_NODE": "first"}, "'first' is not a NUMA node"),
-        ({"VFIO_MANAGER_PER_NUMA_NODE": "0"}, "'0' is not a count of at least 1"),
+        ({"VFIO_MANAGER_PER_NUMA_NODE": "two"}, "'two' is not a count"),
         ({"VFIO_MANAGER_BDF": "03:00"}, "'03:00' is not a PCI address"),
     ],
 )

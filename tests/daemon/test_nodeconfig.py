@@ -53,7 +53,7 @@ def test_keys_replace_the_command_lines_and_an_empty_one_clears_it() -> None:
         ("VFIO_MANAGER_VENDOR=0x8086", "unknown key VFIO_MANAGER_VENDOR"),
         ("VFIO_MANAGER_BDF=03:00", "VFIO_MANAGER_BDF: '03:00' is not a PCI address"),
         ("VFIO_MANAGER_PRODUCT=CA25", "VFIO_MANAGER_PRODUCT: 'CA25' is not a product"),
-        ("VFIO_MANAGER_PER_NUMA_NODE=0", "is not a count of at least 1"),
+        ("VFIO_MANAGER_PER_NUMA_NODE=-1", "'-1' is not a count"),
         ("export VFIO_MANAGER_BDF", "line 1: 'export VFIO_MANAGER_BDF' is not KEY=VALUE"),
     ],
 )

@@ -489,6 +489,22 @@ def test_the_node_configuration_applies_at_start_and_when_it_changes(
     assert rig.ready_doc()["counts"]["converged"] == 1
 
 
+def test_a_node_key_with_none_per_numa_node_returns_all_it_had(
+    kernel: FakeKernel, make_kernel_rig: Any
+) -> None:
+    """The runbook's way to give one node's NPUs back without uninstalling."""
+    functions = npu_node(kernel, count=3)
+    configure(default="")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES, node_name="node-a"))
+    rig.start()
+    assert [kernel.driver_of(b) for b in functions] == ["vfio-pci"] * 3
+
+    configure(**{"node-a": "VFIO_MANAGER_PER_NUMA_NODE=0\n"})
+    rig.step_until(lambda: all(kernel.driver_of(b) == "rebellions" for b in functions))
+    assert [kernel.override_of(b) for b in functions] == [None] * 3
+    assert rig.loop.view.converged, "nothing selected is a converged node"
+
+
 def writers() -> list[threading.Thread]:
     """The writer threads alive (the fake kernel's writes are made from threads)."""
     return [t for t in threading.enumerate() if t.name.startswith("vfio-manager: writer")]

@@ -129,6 +129,7 @@ def test_exclude_comes_last_and_frees_no_place_in_a_count(kernel: FakeKernel) ->
     a, b, c, d, e = _numa_node(kernel)
     assert _selected(kernel, Selector(exclude=frozenset({addr(b)}))) == [a, c, d, e]
     assert _selected(kernel, Selector(per_numa_node=1, exclude=frozenset({addr(a)}))) == [d]
+    assert _selected(kernel, Selector(per_numa_node=0)) == []
 
 
 def test_a_named_function_must_be_in_the_selection(kernel: FakeKernel) -> None:
@@ -157,7 +158,7 @@ def test_an_unknown_product_is_a_usage_error_naming_the_known_ones(text: str) ->
 
 
 @pytest.mark.parametrize(("parse", "text"), [(parse_numa_node, "x"), (parse_numa_node, "-2"),
-                                            (parse_count, "0"), (parse_count, "two")])  # fmt: skip
+                                            (parse_count, "-1"), (parse_count, "two")])  # fmt: skip
 def test_numa_nodes_and_counts_are_checked(parse: Any, text: str) -> None:
     with pytest.raises(UsageError):
         parse(text)

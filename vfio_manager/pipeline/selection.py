@@ -61,9 +61,10 @@ def parse_numa_node(text: str) -> int:
 
 
 def parse_count(text: str) -> int:
+    """A count of functions: 0 selects none (a node's configuration returning all it has)."""
     value = text.strip()
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise UsageError(f"{text!r} is not a count of at least 1", remedy="give e.g. 2")
+    if not (value.isascii() and value.isdigit()):
+        raise UsageError(f"{text!r} is not a count", remedy="give 0, 1, 2, ...")
     return int(value)
 
 
