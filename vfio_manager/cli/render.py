@@ -118,7 +118,17 @@ def status_text(result: StatusResult, intents: Mapping[str, Intent]) -> list[str
         for r in result.records
         if r["bdf"] in intents
     ]
-    return head + _status_lines(result.records) + warnings + held
+    return head + _status_lines(result.records) + _sriov_lines(result.records) + warnings + held
+
+
+def _sriov_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Which PF carries which VFs, one line per selected SR-IOV PF."""
+    return [
+        f"sriov: {r['bdf']} carries {r['sriov_numvfs'] or 0} VF(s)"
+        + (f": {', '.join(r['vfs'])}" if r["vfs"] else "")
+        for r in records
+        if r["vfs"] is not None
+    ]
 
 
 def status_json(result: StatusResult, intents: Mapping[str, Intent]) -> list[str]:
