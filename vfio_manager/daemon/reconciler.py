@@ -368,9 +368,13 @@ class PipelineReconciler:
         in_scope = self._in_scope(result.topology, scope)
         left_out = {f.bdf: self._left_out(f, intents, skip) for f in in_scope}
         # journal settlements outside the scope included; a record of an unselected function
-        # is one the run refused to settle (the engine logged it)
+        # is one the run refused to settle (the engine logged it); a VF its PF brings is selected
+        vfs = self.selector.vfs
+        chosen = {f.bdf for f in self._in_scope(result.topology, None)} if vfs else set()
         entries = {
-            e.function.bdf: e for e in result.plan.entries if self.selector.matches(e.function)
+            e.function.bdf: e
+            for e in result.plan.entries
+            if e.function.bdf in chosen or self.selector.matches(e.function)
         }
         outcomes = {o.bdf: o for o in result.report.outcomes} if result.report is not None else {}
         functions = {f.bdf: f for f in in_scope} | {b: e.function for b, e in entries.items()}
