@@ -248,3 +248,39 @@ def test_bad_vfs_values_are_usage_errors(kernel: FakeKernel, run: RunCli) -> Non
         result = run("bind-all", *IGB, "--vfs", bad)
         assert result.exit_code == 2, bad
     assert kernel.writes == []
+
+
+def test_status_names_a_pfs_vfs_without_selecting_them(kernel: FakeKernel, run: RunCli) -> None:
+    _igb_node(kernel)
+    vfs = kernel.add_vfs(PF, 2, driver="igbvf")
+    devices = run("status", *IGB, "--json").json()["devices"]
+    assert [(d["bdf"], d["sriov_numvfs"], d["vfs"]) for d in devices] == [(PF, 2, vfs)]
+    assert f"sriov: {PF} carries 2 VF(s): {', '.join(vfs)}" in run("status", *IGB).stdout
+
+
+def test_an_excluded_vf_is_left_alone(kernel: FakeKernel, run: RunCli) -> None:
+    _igb_node(kernel)
+    first = "0000:04:00.1"  # the fake PF's first VF (offset 1, stride 1)
+    result = run("bind-all", *IGB, "--vfs", "2", "--exclude", first)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    vfs = _vfs(kernel)
+    assert first in vfs, vfs
+    assert [kernel.driver_of(vf) for vf in vfs if vf != first] == ["vfio-pci"]
+    assert kernel.driver_of(first) is None
+    assert first not in result.stdout
+
+
+def test_unbind_dry_run_shows_the_restore_after_the_vfs(kernel: FakeKernel, run: RunCli) -> None:
+    _igb_node(kernel)
+    assert run("bind-all", *IGB, "--vfs", "2").exit_code == 0
+    kernel.clear_writes()
+    result = run("unbind-all", *IGB, "--dry-run")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    pf_at = next(i for i, line in enumerate(lines) if line.startswith(PF))
+    assert lines[pf_at + 1 : pf_at + 3] == [
+        "  1. write 0 to sriov_numvfs",
+        "  2. write 1 to sriov_drivers_autoprobe",
+    ]
+    assert all(not line.startswith(PF) for line in lines[:pf_at])
+    assert kernel.writes == []

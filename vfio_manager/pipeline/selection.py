@@ -204,6 +204,7 @@ def selected_functions(topology: Topology, selector: Selector) -> list[PciFuncti
             if taken[_numa(function)] <= selector.per_numa_node:
                 kept.append(function)
         found = kept
+    found = [f for f in found if f.address not in selector.exclude]
     if selector.vfs:
         vfs = [vf for pf in found if selector.vf_count(pf) for vf in topology.vfs_of(pf)]
         found = sorted({f.address: f for f in found + vfs}.values(), key=lambda f: f.address)

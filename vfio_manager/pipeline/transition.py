@@ -184,6 +184,7 @@ class _Run:
         self.journal_errors: list[str] = []
         self.intents: Optional[IntentStore] = None
         self.recorded: list[str] = []  # the intents this run recorded
+        self.carrying: set[str] = set()  # the PFs given their VFs by this run
         if request.admin and not request.dry_run:
             self.intents = IntentStore(node.state_dir)
 
@@ -238,6 +239,7 @@ class _Run:
         pfs = [(pf, count) for pf in found if (count := r.selector.vf_count(pf))]
         entries = [provision(pf, count, self._sriov_origin(pf)) for pf, count in pfs]
         entries = [self._record_sriov(e) if e.refusal is None else e for e in entries]
+        self.carrying = {e.function.bdf for e in entries if e.refusal is None}
         self.notes += [
             f"sriov: {e.function.bdf}: the dry run cannot plan its VFs: they do not exist yet"
             for e in entries
@@ -400,7 +402,12 @@ class _Run:
         outcomes = report.outcomes if report is not None else ()
         if self.request.direction is Direction.TO_VFIO:
             done = (Result.CHANGED, Result.CONVERGED)
-            clear = [o.bdf for o in outcomes if o.result in done and is_vfio_driver(o.driver)]
+            carrying = self.carrying  # a PF that carries its VFs stays on its driver
+            clear = [
+                o.bdf
+                for o in outcomes
+                if o.result in done and (is_vfio_driver(o.driver) or o.bdf in carrying)
+            ]
         elif report is None:
             clear = self.recorded
         else:
