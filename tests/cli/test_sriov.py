@@ -284,3 +284,21 @@ def test_unbind_dry_run_shows_the_restore_after_the_vfs(kernel: FakeKernel, run:
     ]
     assert all(not line.startswith(PF) for line in lines[:pf_at])
     assert kernel.writes == []
+
+
+def test_a_held_vf_keeps_its_pfs_record_even_with_nothing_to_restore(
+    fs: FakeFilesystem, kernel: FakeKernel, run: RunCli
+) -> None:
+    _igb_node(kernel)
+    vfs = kernel.add_vfs(PF, 2, driver="igbvf")  # the admin's: restoring them writes nothing
+    assert run("bind-all", *IGB, "--vfs", "2").exit_code == 0
+    fake_process(fs, kernel, 4242, "qemu-system-x86", fds=(f"/dev/vfio/{kernel.group_of(vfs[0])}",))
+    back = run("unbind-all", *IGB, "--json")
+    assert back.exit_code == 1
+    outcomes = {f["bdf"]: f["outcome"] for f in back.json()["functions"]}
+    assert outcomes == {vfs[0]: "refused", vfs[1]: "changed", PF: "refused"}
+    assert os.path.exists(_record(kernel)), "kept: its VF is still on vfio-pci"
+    fs.remove_object(f"{kernel.proc_root}/4242")
+    assert run("unbind-all", *IGB).exit_code == 0
+    assert [kernel.driver_of(vf) for vf in vfs] == ["igbvf", "igbvf"]
+    assert not os.path.exists(_record(kernel))

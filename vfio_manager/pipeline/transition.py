@@ -211,10 +211,11 @@ class _Run:
         targets = self._with_vfs(topology, targets, pfs)
         plan = self._refuse(self._plan(topology, targets, resolver))
         report = None if request.dry_run or not plan.entries else self._apply(plan)
-        if request.direction is Direction.TO_HOST and pfs.write_count and not request.dry_run:
-            topology = read_topology(self.sysfs)  # the VFs are back: restore their PFs
+        if request.direction is Direction.TO_HOST and pfs.entries and not request.dry_run:
+            if report is not None:  # the VFs are back: their PFs are planned from now
+                topology = read_topology(self.sysfs)
             pfs = self._release_plan(topology, [e.function for e in pfs.entries], after=True)
-            pf_report = self._apply(pfs) if pfs.entries else None
+            pf_report = self._apply(pfs) if pfs.write_count else None
         self._drop_sriov_origins(pfs, pf_report)
         plan, report = _joined(pfs, plan, pf_report, report)
         signum = self.interruption.signum
@@ -263,7 +264,7 @@ class _Run:
                 continue
             entry = release(pf, origin)
             left = [vf.bdf for vf in topology.vfs_of(pf) if in_vfio_mode(vf)]
-            if after and left and entry.steps:
+            if after and left:
                 entry = replace(
                     entry,
                     steps=(),
@@ -323,6 +324,8 @@ class _Run:
     ) -> list[PciFunction]:
         """The targets with the VFs of the PFs that carry them for us, less those PFs (they
         stay on their native driver). To vfio, a PF the kernel's rules refuse brings none."""
+        if not pfs.entries:
+            return targets
         listed = {e.address for e in pfs.entries}
         barred = {
             e.address
