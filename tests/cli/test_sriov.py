@@ -4,6 +4,7 @@ VFs on vfio-pci (the PF stays on its driver), ``unbind`` gives them back and res
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -301,4 +302,22 @@ def test_a_held_vf_keeps_its_pfs_record_even_with_nothing_to_restore(
     fs.remove_object(f"{kernel.proc_root}/4242")
     assert run("unbind-all", *IGB).exit_code == 0
     assert [kernel.driver_of(vf) for vf in vfs] == ["igbvf", "igbvf"]
+    assert not os.path.exists(_record(kernel))
+
+
+def test_a_failed_numvfs_write_is_reported_and_unbind_restores_autoprobe(
+    kernel: FakeKernel, run: RunCli
+) -> None:
+    _igb_node(kernel)
+    kernel.fail_next_write(f"bus/pci/devices/{PF}/sriov_numvfs", errno.ENOMEM)
+    result = run("bind-all", *IGB, "--vfs", "2", "--json")
+    assert result.exit_code == 1
+    (pf,) = result.json()["functions"]
+    assert (pf["bdf"], pf["outcome"], pf["errno"]) == (PF, "failed", "ENOMEM")
+    assert pf["step"] == "sriov-numvfs"
+    assert _vfs(kernel) == []
+    assert _sriov(kernel, "sriov_drivers_autoprobe") == "0"
+    assert os.path.exists(_record(kernel)), "the origin stays: autoprobe is not as found"
+    assert run("unbind-all", *IGB).exit_code == 0
+    assert _sriov(kernel, "sriov_drivers_autoprobe") == "1"
     assert not os.path.exists(_record(kernel))
