@@ -123,3 +123,39 @@ def test_after_a_reboot_a_new_daemon_creates_them_again(
         "sriov_drivers_autoprobe",
         "sriov_numvfs",
     ]
+
+
+NODES = "/etc/vfio-manager/nodes"  # on the fake file system, as a mounted ConfigMap
+
+
+def _configure(text: str) -> None:
+    os.makedirs(NODES, exist_ok=True)
+    path = posixpath.join(NODES, "default")
+    with open(f"{path}.new", "w") as handle:
+        handle.write(text)
+    os.replace(f"{path}.new", path)
+
+
+def test_the_node_configuration_changes_the_count_then_takes_the_vfs_away(
+    kernel: FakeKernel, make_kernel_rig: Any
+) -> None:
+    _node(kernel)
+    _configure("VFIO_MANAGER_DEVICE_ID=0x1250\nVFIO_MANAGER_VFS=2\n")
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES, resync_interval=30))
+    rig.start()
+    assert _on_vfio(kernel, 2)
+    _configure("VFIO_MANAGER_DEVICE_ID=0x1250\nVFIO_MANAGER_VFS=3\n")
+    rig.step_until(lambda: _on_vfio(kernel, 3))
+    assert rig.loop.view.converged
+    # no VFs any more: they go back and the PF gets its numvfs and autoprobe as found; the
+    # next resync binds the PF itself, as the selection now says
+    _configure("VFIO_MANAGER_DEVICE_ID=0x1250\n")
+    rig.step_until(lambda: not _vfs(kernel))
+    assert kernel.driver_of(PF) == "rebellions"
+    rig.step_until(lambda: kernel.driver_of(PF) == "vfio-pci", limit=20)
+    with open(
+        posixpath.join(kernel.sys_root, "bus/pci/devices", PF, "sriov_drivers_autoprobe")
+    ) as f:
+        assert f.read().strip() == "1"
+    rig.settle()
+    assert rig.loop.view.converged

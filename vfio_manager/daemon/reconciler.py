@@ -305,6 +305,9 @@ class PipelineReconciler:
         moving = frozenset(f.address for f in leaving if f.bdf not in skip)
         if not moving:
             return ReconcileOutcome(tuple(waiting))
+        # VFs leaving with their PF's count: the PF goes back to its SR-IOV origin after them
+        pfs = {topology.get(f.physfn) for f in leaving if f.physfn is not None}
+        moving |= {pf.address for pf in pfs if pf is not None and not self.selector.vf_count(pf)}
         home = Selector(vendor=None, pci_class=None, bdfs=moving)
         result = run_transition(self.node, TransitionRequest(home, Direction.TO_HOST), lock=lock)
         entries = {e.function.bdf: e for e in result.plan.entries}
