@@ -127,7 +127,11 @@ TARGETS: dict[str, Target] = {
     ),
     "sriov": Target(
         "vfio_manager/pipeline/sriov.py",
-        ("tests/cli/test_sriov.py", "tests/daemon/test_sriov.py"),
+        (
+            "tests/pipeline/test_sriov_plan.py",
+            "tests/cli/test_sriov.py",
+            "tests/daemon/test_sriov.py",
+        ),
         sample=4,
     ),
     "modalias": Target(

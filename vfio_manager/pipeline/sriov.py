@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 def provision(pf: PciFunction, count: int, origin: Optional[JournalEntry]) -> FunctionPlan:
     """The PF's steps to ``count`` VFs (none when it has them); ``origin``: its SR-IOV origin,
     present when the VFs it has are ours to remove."""
-    entry = FunctionPlan(
-        pf, Direction.TO_VFIO, target_driver=pf.driver, target_override=pf.driver_override
-    )
     found = pf.sriov_numvfs or 0
     refusal: Optional[tuple[str, str]] = None
     if pf.driver is None or is_vfio_driver(pf.driver):
@@ -43,18 +40,14 @@ def provision(pf: PciFunction, count: int, origin: Optional[JournalEntry]) -> Fu
     if refusal is not None:
         reason, remedy = refusal
         return FunctionPlan(pf, Direction.TO_VFIO, (), reason, remedy, RefusalKind.KERNEL)
-    if found == count:
-        return entry
-    steps = [Step(Action.SRIOV_AUTOPROBE, value=0)] if pf.sriov_autoprobe is not False else []
-    if found:
-        steps.append(Step(Action.SRIOV_NUMVFS, value=0))  # K17: 0 before another count
-    return FunctionPlan(
-        pf,
-        Direction.TO_VFIO,
-        (*steps, Step(Action.SRIOV_NUMVFS, value=count)),
-        target_driver=pf.driver,
-        target_override=pf.driver_override,
-    )
+    steps: list[Step] = []
+    if found != count:
+        if pf.sriov_autoprobe is not False:
+            steps.append(Step(Action.SRIOV_AUTOPROBE, value=0))
+        if found:
+            steps.append(Step(Action.SRIOV_NUMVFS, value=0))  # K17: 0 before another count
+        steps.append(Step(Action.SRIOV_NUMVFS, value=count))
+    return _stays(pf, Direction.TO_VFIO, steps)
 
 
 def release(pf: PciFunction, origin: JournalEntry) -> FunctionPlan:
@@ -69,15 +62,11 @@ def release(pf: PciFunction, origin: JournalEntry) -> FunctionPlan:
         steps.append(Step(Action.SRIOV_AUTOPROBE, value=autoprobe))
     if numvfs and found != numvfs:
         steps.append(Step(Action.SRIOV_NUMVFS, value=numvfs))
+    return _stays(pf, Direction.TO_HOST, steps)
+
+
+def _stays(pf: PciFunction, direction: Direction, steps: list[Step]) -> FunctionPlan:
+    """The PF's entry: its SR-IOV steps, its driver and override as they are."""
     return FunctionPlan(
-        pf,
-        Direction.TO_HOST,
-        tuple(steps),
-        target_driver=pf.driver,
-        target_override=pf.driver_override,
+        pf, direction, tuple(steps), target_driver=pf.driver, target_override=pf.driver_override
     )
-
-
-def is_provisioning(entry: FunctionPlan) -> bool:
-    """A PF's SR-IOV entry: its steps write autoprobe and numvfs, never its binding."""
-    return any(s.action in (Action.SRIOV_AUTOPROBE, Action.SRIOV_NUMVFS) for s in entry.steps)
