@@ -245,7 +245,7 @@ def test_kubevirt_config_names_the_vfs_device_id_before_they_exist(
 
 def test_bad_vfs_values_are_usage_errors(kernel: FakeKernel, run: RunCli) -> None:
     _igb_node(kernel)
-    for bad in ("0", "x", "RBLN-XX=2", "RBLN-CA25="):
+    for bad in ("0", "x", "RBLN-XX=2", "RBLN-CA25=", "RBLN-CA25-VF=2"):
         result = run("bind-all", *IGB, "--vfs", bad)
         assert result.exit_code == 2, bad
     assert kernel.writes == []

@@ -72,7 +72,12 @@ def parse_vfs(text: str) -> tuple[str, int]:
             f"{text!r} is not a count of VFs",
             remedy="give N (every selected SR-IOV PF) or PRODUCT=N, e.g. 4 or RBLN-CA25=4",
         ) from None
-    return (parse_product(product) if sep else ""), value
+    label = parse_product(product) if sep else ""
+    if label.endswith("-vf"):
+        raise UsageError(
+            f"{text!r} names a VF's product", remedy=f"give the PF's: {product[:-3]}={value}"
+        )
+    return label, value
 
 
 def parse_count(text: str) -> int:
@@ -207,8 +212,9 @@ def selected_functions(topology: Topology, selector: Selector) -> list[PciFuncti
     found = [f for f in found if f.address not in selector.exclude]
     if selector.vfs:
         vfs = [vf for pf in found if selector.vf_count(pf) for vf in topology.vfs_of(pf)]
+        vfs = [vf for vf in vfs if vf.address not in selector.exclude]
         found = sorted({f.address: f for f in found + vfs}.values(), key=lambda f: f.address)
-    return [f for f in found if f.address not in selector.exclude]
+    return found
 
 
 def named_functions(

@@ -332,9 +332,12 @@ class _Run:
             for e in pfs.entries
             if e.refusal_kind is RefusalKind.KERNEL and e.direction is Direction.TO_VFIO
         }
+        # a uevent's scope: the VFs of a PF with nothing to do come only as its groups say
+        scoped = self.request.scope is not None
+        bringing = {e.address for e in pfs.entries if e.steps or not scoped} - barred
         vfs = [
             vf
-            for address in listed - barred
+            for address in bringing
             if (pf := topology.get(address)) is not None
             for vf in topology.vfs_of(pf)
             if vf.address not in self.request.exclude
