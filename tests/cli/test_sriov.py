@@ -321,3 +321,19 @@ def test_a_failed_numvfs_write_is_reported_and_unbind_restores_autoprobe(
     assert run("unbind-all", *IGB).exit_code == 0
     assert _sriov(kernel, "sriov_drivers_autoprobe") == "1"
     assert not os.path.exists(_record(kernel))
+
+
+def test_naming_the_pf_moves_its_vfs_and_naming_a_vf_only_that_vf(
+    kernel: FakeKernel, run: RunCli
+) -> None:
+    _igb_node(kernel)
+    assert run("bind", PF, *IGB, "--vfs", "2").exit_code == 0
+    first, second = _vfs(kernel)
+    assert [kernel.driver_of(vf) for vf in (first, second)] == ["vfio-pci"] * 2
+    one = run("unbind", first, *IGB, "--vfs", "2")
+    assert one.exit_code == 0, one.stdout + one.stderr
+    assert (kernel.driver_of(first), kernel.driver_of(second)) == (None, "vfio-pci")
+    assert _sriov(kernel, "sriov_numvfs") == "2"
+    assert run("unbind", PF, *IGB).exit_code == 0
+    assert _vfs(kernel) == []
+    assert _sriov(kernel, "sriov_drivers_autoprobe") == "1"
