@@ -122,12 +122,11 @@ def status_text(result: StatusResult, intents: Mapping[str, Intent]) -> list[str
 
 
 def _sriov_lines(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Which PF carries which VFs, one line per selected SR-IOV PF."""
+    """Which PF carries which VFs, one line per selected PF that has VFs."""
     return [
-        f"sriov: {r['bdf']} carries {r['sriov_numvfs'] or 0} VF(s)"
-        + (f": {', '.join(r['vfs'])}" if r["vfs"] else "")
+        f"sriov: {r['bdf']} carries {len(r['vfs'])} VF(s): {', '.join(r['vfs'])}"
         for r in records
-        if r["vfs"] is not None
+        if r["vfs"]
     ]
 
 
