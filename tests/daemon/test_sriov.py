@@ -141,18 +141,18 @@ def test_the_node_configuration_changes_the_count_then_takes_the_vfs_away(
 ) -> None:
     _node(kernel)
     _configure("VFIO_MANAGER_DEVICE_ID=0x1250\nVFIO_MANAGER_VFS=2\n")
-    rig = make_kernel_rig(DaemonOptions(node_config=NODES, resync_interval=30))
+    rig = make_kernel_rig(DaemonOptions(node_config=NODES, resync_interval=3600))
     rig.start()
     assert _on_vfio(kernel, 2)
     _configure("VFIO_MANAGER_DEVICE_ID=0x1250\nVFIO_MANAGER_VFS=3\n")
     rig.step_until(lambda: _on_vfio(kernel, 3))
     assert rig.loop.view.converged
-    # no VFs any more: they go back and the PF gets its numvfs and autoprobe as found; the
-    # next resync binds the PF itself, as the selection now says
+    # no VFs any more: they go back, the PF gets its numvfs and autoprobe as found, and is
+    # bound itself in the same reconcile, as the selection now says
     _configure("VFIO_MANAGER_DEVICE_ID=0x1250\n")
     rig.step_until(lambda: not _vfs(kernel))
-    assert kernel.driver_of(PF) == "rebellions"
-    rig.step_until(lambda: kernel.driver_of(PF) == "vfio-pci", limit=20)
+    assert kernel.driver_of(PF) == "vfio-pci"
+    assert rig.state(PF) is State.CONVERGED
     with open(
         posixpath.join(kernel.sys_root, "bus/pci/devices", PF, "sriov_drivers_autoprobe")
     ) as f:
