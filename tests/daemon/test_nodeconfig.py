@@ -114,3 +114,9 @@ def test_a_bad_or_missing_file_at_start_is_a_usage_error(tmp_path: Path) -> None
 def test_a_directory_without_a_file_for_the_node_keeps_the_command_line(tmp_path: Path) -> None:
     (tmp_path / "node-b").write_text("VFIO_MANAGER_BDF=0000:02:00.0\n")
     assert NodeConfig(str(tmp_path), "node-a", BASE).selector == BASE
+
+
+def test_the_vfs_key_sets_the_count_per_product_and_for_every_pf() -> None:
+    selector = selection_of("VFIO_MANAGER_VFS=RBLN-CA25=4,2\n", Selector())
+    assert selector.vfs == frozenset({("rbln-ca25", 4), ("", 2)})
+    assert "4 VFs per RBLN-CA25 PF" in selector.describe()

@@ -541,3 +541,50 @@ def test_an_origin_whose_driver_was_unknown_gives_way_to_modules_alias(
     assert result.exit_code == 0, result.stdout
     assert kernel.driver_of(npu) == "rebellions", "not left unbound as if it had had no driver"
     assert "modules.alias" in result.stdout
+
+
+def _pf(numvfs: int, autoprobe: bool) -> PciFunction:
+    return PciFunction(
+        address=PciAddress.parse(BDF),
+        vendor=0x1EFF,
+        device=0x1250,
+        pci_class=0x120000,
+        driver="rebellions",
+        sriov_totalvfs=4,
+        sriov_numvfs=numvfs,
+        sriov_autoprobe=autoprobe,
+    )
+
+
+def test_a_pfs_sriov_origin_keeps_what_it_was_first_found_with(
+    journal: Journal, state: Path
+) -> None:
+    first = journal.record_sriov(_pf(0, True))
+    assert (first.original_numvfs, first.original_autoprobe) == (0, 1)
+    again = journal.record_sriov(_pf(2, False))  # a later run, our VFs there: kept as it was
+    assert again == first
+    doc = json.loads((state / f"sriov-{BDF}.json").read_text())
+    assert doc["record"] == "sriov"
+    assert doc["direction"] is None
+    assert (doc["original_numvfs"], doc["original_autoprobe"]) == (0, 1)
+    assert journal.sriov(BDF, vendor_device="1eff:1251") is None, "another device's"
+    assert journal.pending() == [], "no transition record"
+    journal.drop_sriov(BDF)
+    assert journal.sriov(BDF) is None
+
+
+def test_transition_and_origin_records_have_no_sriov_fields(journal: Journal, state: Path) -> None:
+    journal.record_start(npu(), Direction.TO_VFIO)
+    for name in (f"journal-{BDF}.json", f"origin-{BDF}.json"):
+        doc = json.loads((state / name).read_text())
+        assert "original_numvfs" not in doc
+        assert "original_autoprobe" not in doc
+
+
+def test_a_corrupt_sriov_origin_is_set_aside(journal: Journal, state: Path) -> None:
+    journal.record_sriov(_pf(0, True))
+    (state / f"sriov-{BDF}.json").write_text("{")
+    assert journal.sriov(BDF) is None
+    (bad,) = journal.take_set_aside()
+    assert bad.record == "sriov"
+    assert os.path.exists(state / f"sriov-{BDF}.json.corrupt")

@@ -122,7 +122,16 @@ TARGETS: dict[str, Target] = {
     ),
     "verbs": Target(
         "vfio_manager/kernel/verbs.py",
-        ("tests/kernel/test_sysfs.py", "tests/pipeline/test_engine.py"),
+        ("tests/kernel/test_sysfs.py", "tests/pipeline/test_engine.py", "tests/cli/test_sriov.py"),
+        sample=4,
+    ),
+    "sriov": Target(
+        "vfio_manager/pipeline/sriov.py",
+        (
+            "tests/pipeline/test_sriov_plan.py",
+            "tests/cli/test_sriov.py",
+            "tests/daemon/test_sriov.py",
+        ),
         sample=4,
     ),
     "modalias": Target(

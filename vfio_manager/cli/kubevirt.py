@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.kernel.catalogue import REBELLIONS_VENDOR, catalogue_entries, catalogue_entry
 from vfio_manager.kernel.model import PciFunction
+
+if TYPE_CHECKING:
+    from vfio_manager.pipeline.selection import Selector
 
 RESOURCE_PREFIX = "rebellions.ai"
 NAMINGS = ("atom", "pf")
@@ -59,10 +62,17 @@ def _entry(device: int, naming: str, *, is_vf: bool) -> PciHostDevice:
     return PciHostDevice(REBELLIONS_VENDOR, device, name, catalogue_entry(device) is not None)
 
 
-def for_functions(functions: Iterable[PciFunction], naming: str) -> list[PciHostDevice]:
-    """One entry per Rebellions device ID among ``functions`` (no plugin names others), by ID."""
+def for_functions(
+    functions: Iterable[PciFunction], naming: str, selector: Optional[Selector] = None
+) -> list[PciHostDevice]:
+    """One entry per Rebellions device ID among ``functions`` (no plugin names others), by ID,
+    and the VFs' ID of a PF ``selector`` asks to carry VFs (before they exist)."""
     rebellions = [f for f in functions if f.vendor == REBELLIONS_VENDOR]
     is_vf = {f.device: f.physfn is not None for f in reversed(rebellions)}  # the first one's kind
+    carrying = [pf for pf in rebellions if selector is not None and selector.vf_count(pf)]
+    for pf in carrying:
+        if pf.sriov_vf_device is not None:
+            is_vf.setdefault(pf.sriov_vf_device, True)
     return [_entry(device, naming, is_vf=is_vf[device]) for device in sorted(is_vf)]
 
 

@@ -142,6 +142,8 @@ _HELP = {  # each option's --help, by its long name
     "--numa-node": "Only functions on this NUMA node; repeatable.",
     "--per-numa-node": "Only the first N selected functions of each NUMA node, in BDF order.",
     "--exclude": "Never touch this function, not even in a dry run's plan; repeatable.",
+    "--vfs": "Give each selected SR-IOV PF N VFs on vfio-pci (the PF stays on its driver); "
+    "PRODUCT=N for one product's PFs; repeatable.",
     "--node-config": "This node's selection: an environment file, or a directory of one per "
     "node name plus default (a mounted ConfigMap); re-read when it changes.",
     "--node-name": "The node's file in a --node-config directory (default: the host name).",
@@ -199,12 +201,14 @@ _selection_options = _options(
     _opt("--per-numa-node", env="VFIO_MANAGER_PER_NUMA_NODE",
          type=_selection_value("N", "parse_count")),
     _opt("--exclude", env="VFIO_MANAGER_EXCLUDE", type=BDF, multiple=True),
+    _opt("--vfs", env="VFIO_MANAGER_VFS", multiple=True,
+         type=_selection_value("[PRODUCT=]N", "parse_vfs")),
 )  # fmt: skip
 
 
 _SELECTION = (
     "vendor", "pci_class", "device_ids", "products", "bdfs", "numa_nodes", "per_numa_node",
-    "exclude",
+    "exclude", "vfs",
 )  # fmt: skip
 
 
@@ -234,7 +238,7 @@ def _selector(vendor: str, pci_class: str, device_ids: Sequence[str], **rules: A
     ``rules``: products, BDFs, NUMA nodes, the count per NUMA node, exclusions (parsed)."""
     from vfio_manager.pipeline.selection import Selector
 
-    sets = ("products", "bdfs", "numa_nodes", "exclude")
+    sets = ("products", "bdfs", "numa_nodes", "exclude", "vfs")
     parsed = {k: frozenset(v) if k in sets else v for k, v in rules.items()}
     try:
         return Selector.from_options(vendor, pci_class, tuple(device_ids), **parsed)
@@ -489,7 +493,7 @@ def kubevirt_config(
 
         selector = _selector(**selection)
         topology = read_topology(node.sysfs())
-        entries = kubevirt.for_functions(selected_functions(topology, selector), naming)
+        entries = kubevirt.for_functions(selected_functions(topology, selector), naming, selector)
         if not entries:
             raise VfioManagerError(
                 f"no Rebellions function matches {selector.describe()} on this host",

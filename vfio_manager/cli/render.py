@@ -118,7 +118,16 @@ def status_text(result: StatusResult, intents: Mapping[str, Intent]) -> list[str
         for r in result.records
         if r["bdf"] in intents
     ]
-    return head + _status_lines(result.records) + warnings + held
+    return head + _status_lines(result.records) + _sriov_lines(result.records) + warnings + held
+
+
+def _sriov_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Which PF carries which VFs, one line per selected PF that has VFs."""
+    return [
+        f"sriov: {r['bdf']} carries {len(r['vfs'])} VF(s): {', '.join(r['vfs'])}"
+        for r in records
+        if r["vfs"]
+    ]
 
 
 def status_json(result: StatusResult, intents: Mapping[str, Intent]) -> list[str]:

@@ -18,6 +18,7 @@ from vfio_manager.pipeline.selection import (
     parse_id,
     parse_numa_node,
     parse_product,
+    parse_vfs,
 )
 
 log = get_logger("vfio_manager.daemon.nodeconfig")
@@ -41,6 +42,7 @@ KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VFIO_MANAGER_NUMA_NODE": ("numa_nodes", _each(parse_numa_node)),
     "VFIO_MANAGER_PER_NUMA_NODE": ("per_numa_node", lambda v: parse_count(v) if v else None),
     "VFIO_MANAGER_EXCLUDE": ("exclude", _each(PciAddress.parse)),
+    "VFIO_MANAGER_VFS": ("vfs", _each(parse_vfs)),
 }
 
 

@@ -224,6 +224,7 @@ class PipelineReconciler:
         self.intents = IntentStore(node.state_dir)
         self.host = HOST_READY
         self.managed: set[str] = set()  # selected at some reconcile, and on vfio since
+        self.restored: frozenset[PciAddress] = frozenset()  # PFs given back their VFs' count
 
     def __call__(self, request: ReconcileRequest) -> ReconcileOutcome:
         from vfio_manager.host.preflight import PreflightFailed
@@ -265,6 +266,7 @@ class PipelineReconciler:
                 )
                 outcome = ReconcileOutcome(tuple(states), self.host)
             home = self._release(topology, scope, intents, request.skip, lock)
+            home = self._bind_restored(home, transition, lock)
             return replace(
                 outcome,
                 functions=outcome.functions + home.functions,
@@ -305,6 +307,10 @@ class PipelineReconciler:
         moving = frozenset(f.address for f in leaving if f.bdf not in skip)
         if not moving:
             return ReconcileOutcome(tuple(waiting))
+        # VFs leaving with their PF's count: the PF goes back to its SR-IOV origin after them
+        found = {topology.get(f.physfn) for f in leaving if f.physfn is not None}
+        pfs = {pf.address: pf for pf in found if pf is not None and not self.selector.vf_count(pf)}
+        moving |= pfs.keys()
         home = Selector(vendor=None, pci_class=None, bdfs=moving)
         result = run_transition(self.node, TransitionRequest(home, Direction.TO_HOST), lock=lock)
         entries = {e.function.bdf: e for e in result.plan.entries}
@@ -312,6 +318,9 @@ class PipelineReconciler:
         for o in result.report.outcomes if result.report is not None else ():
             if o.result is not Result.CONVERGED:
                 transitions.append(LastTransition(o.bdf, Direction.TO_HOST, o.result, o.reason))
+            pf = pfs.get(entries[o.bdf].address)
+            if pf is not None and o.result is Result.CHANGED and self.selector.matches(pf):
+                self.restored |= {pf.address}
             if o.result in (Result.CHANGED, Result.CONVERGED):
                 log.info("returned to the host: it left the selection", bdf=o.bdf, driver=o.driver)
                 self.managed.discard(o.bdf)
@@ -323,6 +332,37 @@ class PipelineReconciler:
             if state is not None:
                 states.append(_labelled(state, entries[o.bdf].function))
         return ReconcileOutcome(tuple(states), transitions=tuple(transitions))
+
+    def _bind_restored(
+        self, home: ReconcileOutcome, transition: TransitionRequest, lock: NodeLock
+    ) -> ReconcileOutcome:
+        """A selected PF just given back its VFs' count can be bound itself: now, not at the
+        next resync (its PF-with-VFs refusal of this reconcile is replaced)."""
+        restored, self.restored = self.restored, frozenset()
+        if not restored:
+            return home
+        from vfio_manager.host.preflight import PreflightFailed
+
+        only = replace(self.selector, bdfs=restored, per_numa_node=None)
+        try:
+            result = run_transition(
+                self.node, replace(transition, selector=only, scope=None), lock=lock
+            )
+        except PreflightFailed:
+            return home  # the next reconcile says why
+        outcomes = {o.bdf: o for o in result.report.outcomes} if result.report else {}
+        states = [
+            _labelled(state, e.function)
+            for e in result.plan.entries
+            if (state := self._planned(e.function, e, outcomes.get(e.function.bdf)))
+        ]
+        moved = [
+            LastTransition(o.bdf, Direction.TO_VFIO, o.result, o.reason)
+            for o in outcomes.values()
+            if o.result is not Result.CONVERGED
+        ]
+        functions, transitions = home.functions + tuple(states), home.transitions + tuple(moved)
+        return replace(home, functions=functions, transitions=transitions)
 
     def _journal(self) -> tuple[tuple[str, Optional[float]], ...]:
         """The journal's pending records (read-only); none when it cannot be read."""
@@ -368,9 +408,13 @@ class PipelineReconciler:
         in_scope = self._in_scope(result.topology, scope)
         left_out = {f.bdf: self._left_out(f, intents, skip) for f in in_scope}
         # journal settlements outside the scope included; a record of an unselected function
-        # is one the run refused to settle (the engine logged it)
+        # is one the run refused to settle (the engine logged it); a VF its PF brings is selected
+        vfs = self.selector.vfs
+        chosen = {f.bdf for f in self._in_scope(result.topology, None)} if vfs else set()
         entries = {
-            e.function.bdf: e for e in result.plan.entries if self.selector.matches(e.function)
+            e.function.bdf: e
+            for e in result.plan.entries
+            if e.function.bdf in chosen or self.selector.matches(e.function)
         }
         outcomes = {o.bdf: o for o in result.report.outcomes} if result.report is not None else {}
         functions = {f.bdf: f for f in in_scope} | {b: e.function for b, e in entries.items()}

@@ -90,6 +90,8 @@ def read_function(
     numa = _number(read(base + "numa_node"), 10)
     physfn_name = sysfs.link_name(base + "physfn")
     totalvfs = _number(read(base + "sriov_totalvfs"), 10)
+    sriov = totalvfs is not None
+    autoprobe = _number(read(base + "sriov_drivers_autoprobe"), 10) if sriov else None
     return PciFunction(
         address=address,
         vendor=vendor,
@@ -103,7 +105,9 @@ def read_function(
         numa_node=None if numa is None or numa < 0 else numa,
         modalias=modalias if driver_ids else None,
         sriov_totalvfs=totalvfs,
-        sriov_numvfs=_number(read(base + "sriov_numvfs"), 10) if totalvfs is not None else None,
+        sriov_numvfs=_number(read(base + "sriov_numvfs"), 10) if sriov else None,
+        sriov_autoprobe=bool(autoprobe) if autoprobe is not None else None,
+        sriov_vf_device=_number(read(base + "sriov_vf_device")) if sriov else None,
         physfn=PciAddress.from_sysfs_name(physfn_name) if physfn_name else None,
     )
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -30,6 +31,8 @@ class PciFunction:
     modalias: Optional[str] = None
     sriov_totalvfs: Optional[int] = None
     sriov_numvfs: Optional[int] = None
+    sriov_autoprobe: Optional[bool] = None
+    sriov_vf_device: Optional[int] = None  # the device ID its VFs have
     physfn: Optional[PciAddress] = None
 
     @property
@@ -47,6 +50,11 @@ class PciFunction:
     @property
     def is_pf_with_vfs(self) -> bool:
         return bool(self.sriov_numvfs)
+
+    @property
+    def can_sriov(self) -> bool:
+        """A PF that can carry VFs (``sriov_totalvfs`` > 0)."""
+        return bool(self.sriov_totalvfs) and self.physfn is None
 
     @property
     def sriov_role(self) -> Optional[str]:
@@ -75,6 +83,18 @@ class Topology:
             return (function,)
         members = self.groups.get(function.iommu_group, (function.address,))
         return tuple(self.functions[a] for a in members if a in self.functions)
+
+    def vfs_of(self, pf: PciFunction) -> list[PciFunction]:
+        """The VFs of ``pf`` present, in address order."""
+        return self._vfs.get(pf.address, [])
+
+    @functools.cached_property
+    def _vfs(self) -> dict[PciAddress, list[PciFunction]]:
+        found: dict[PciAddress, list[PciFunction]] = {}
+        for _address, function in sorted(self.functions.items()):
+            if function.physfn is not None:
+                found.setdefault(function.physfn, []).append(function)
+        return found
 
     def vfio_dev(self, function: PciFunction) -> Optional[str]:
         """``/dev/vfio/N`` name of the function's group when the node exists."""

@@ -132,6 +132,12 @@ class Sysfs:
     def read_device_attr(self, address: PciAddress, name: str) -> Optional[str]:
         return self.read_text(self._device_attr(address, name))
 
+    def vfs_of(self, pf: PciAddress, count: int) -> list[PciAddress]:
+        """The PF's VFs, from its ``virtfnK`` links (K17)."""
+        names = (self.link_name(self._device_attr(pf, f"virtfn{k}")) for k in range(count))
+        found = (PciAddress.from_sysfs_name(n) for n in names if n is not None)
+        return sorted((a for a in found if a is not None), key=_address_order)
+
     def driver_of(self, address: PciAddress) -> Optional[str]:
         """The bound driver, from the ``driver`` link: the only truth about binding."""
         return self.link_name(self._device_attr(address, "driver"))

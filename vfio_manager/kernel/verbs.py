@@ -47,3 +47,17 @@ class Kernel:
         """Probe ``driver`` on the function now; unlike drivers_probe, errors come back."""
         self.sysfs.write_driver_file(driver, "bind", str(address))
         log.debug("sysfs write", bdf=str(address), step="bind", driver=driver)
+
+    def set_sriov_autoprobe(self, address: PciAddress, on: bool) -> None:
+        """Whether the PF's new VFs are probed (K24: 0 before they exist keeps them driverless)."""
+        value = "1" if on else "0"
+        if self.sysfs.read_device_attr(address, "sriov_drivers_autoprobe") != value:
+            self.sysfs.write_device_attr(address, "sriov_drivers_autoprobe", value + "\n")
+            log.debug("sysfs write", bdf=str(address), step="sriov-autoprobe", value=value)
+
+    def set_sriov_numvfs(self, address: PciAddress, count: int) -> None:
+        """Create ``count`` VFs (0: remove them all); from one non-zero count to another the
+        kernel wants 0 first (EBUSY, K17)."""
+        if self.sysfs.read_device_attr(address, "sriov_numvfs") != str(count):
+            self.sysfs.write_device_attr(address, "sriov_numvfs", f"{count}\n")
+            log.debug("sysfs write", bdf=str(address), step="sriov-numvfs", value=count)

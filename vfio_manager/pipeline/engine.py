@@ -215,7 +215,9 @@ class Engine:
             reason = f"not started: the run was {self.interruption.describe()}"
             remedy = "run the command again to move it"
             return self._left(entry, "interrupted", reason, remedy, 0, driver=entry.function.driver)
-        if self.journal is not None and entry.write_count and not entry.interrupted:
+        # a PF's SR-IOV entry: its SR-IOV origin is on file already (the transition's stage)
+        record = not any(step.value is not None for step in entry.steps)
+        if self.journal is not None and entry.write_count and not entry.interrupted and record:
             try:
                 self.journal.record_start(entry.function, entry.direction)
             except VfioManagerError as err:  # no record, no write
@@ -249,7 +251,7 @@ class Engine:
                 if action is Action.VERIFY_DRIVER:
                     self._verify(address, driver, deadline_at)
                 elif driver is not None or action not in (Action.SET_OVERRIDE, Action.UNBIND):
-                    self._write(address, action.value, driver, deadline_at)
+                    self._write(address, action.value, driver, deadline_at, value=step.value)
             except VfioManagerError as err:
                 err.step = err.step or action.value
                 err.bdf = str(address)
@@ -266,6 +268,7 @@ class Engine:
         *,
         step: Optional[str] = None,
         what: Optional[str] = None,
+        value: Optional[int] = None,
     ) -> None:
         """One kernel verb (an action's name, or ``bind``) under the function's deadline;
         transient errnos retried, but from a function that is gone or for a bind (its errno
@@ -289,6 +292,14 @@ class Engine:
             "unbind": (f"unbind {address} from {driver}", lambda: kernel.unbind(address, name)),
             "probe": (f"probe {address}", lambda: kernel.probe(address)),
             "bind": (f"bind {address} to {driver}", lambda: kernel.bind(address, name)),
+            "sriov-autoprobe": (
+                f"set sriov_drivers_autoprobe of {address} to {value}",
+                lambda: kernel.set_sriov_autoprobe(address, bool(value)),
+            ),
+            "sriov-numvfs": (
+                f"set sriov_numvfs of {address} to {value}",
+                lambda: kernel.set_sriov_numvfs(address, value or 0),
+            ),
         }
         default, fn = calls[verb]
 
@@ -303,7 +314,7 @@ class Engine:
                     ) from err
                 raise
 
-        retry = verb != "bind"
+        retry = verb not in ("bind", "sriov-numvfs")  # their errno is the diagnosis
         deadline = Deadline(deadline_at, what or default, str(address), step, self.clock)
         try:
             bounded(write if retry else fn, deadline, retry=retry, sleep=self.sleep)

@@ -29,15 +29,19 @@ class Action(str, enum.Enum):
     PROBE = "probe"
     VERIFY_DRIVER = "verify-driver"
     WAIT_VFIO_NODE = "wait-vfio-node"
+    SRIOV_AUTOPROBE = "sriov-autoprobe"  # a PF's, for the VFs it creates next
+    SRIOV_NUMVFS = "sriov-numvfs"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One kernel operation; ``driver`` is the override value, the driver left or expected."""
+    """One kernel operation; ``driver`` is the override value, the driver left or expected;
+    ``value`` a PF's autoprobe (0, 1) or number of VFs."""
 
     action: Action
     driver: Optional[str] = None
     group: Optional[int] = None
+    value: Optional[int] = None
 
     @property
     def writes(self) -> bool:
@@ -53,10 +57,13 @@ class Step:
             Action.CLEAR_OVERRIDE: "clear driver_override (write '\\n')",
             Action.UNBIND: f"unbind from {self.driver}",
             Action.PROBE: "write the address to drivers_probe",
+            Action.SRIOV_AUTOPROBE: f"write {self.value} to sriov_drivers_autoprobe",
+            Action.SRIOV_NUMVFS: f"write {self.value} to sriov_numvfs",
         }.get(self.action, f"wait for /dev/vfio/{self.group}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"action": self.action.value, "driver": self.driver, "group": self.group}
+        doc = {"action": self.action.value, "driver": self.driver, "group": self.group}
+        return doc if self.value is None else {**doc, "value": self.value}
 
 
 class RefusalKind(str, enum.Enum):
@@ -406,7 +413,7 @@ def settle(
             )
         elif driver and not is_vfio_driver(driver) and driver not in topology.driver_modules:
             misfit = f"its recorded driver {driver!r} is not a registered PCI driver"
-        elif not selector.matches(function):
+        elif not selector.matches(function) and address not in targets:  # a VF it brought
             misfit = f"the function is outside the selection ({selector.describe()})"
         if misfit is not None:
             reason = f"a journal record asks to settle {what}, but {misfit}"

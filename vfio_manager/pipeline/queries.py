@@ -36,6 +36,11 @@ def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> di
         "vfio_node": sysfs.vfio_dev_path(int(node)) if node is not None else None,
         "numa_node": function.numa_node,
         "sriov": function.sriov_role,
+        "sriov_numvfs": function.sriov_numvfs,
+        "vfs": [str(a) for a in sysfs.vfs_of(function.address, function.sriov_numvfs or 0)]
+        if function.can_sriov
+        else None,
+        "physfn": str(function.physfn) if function.physfn is not None else None,
     }
 
 
@@ -56,9 +61,8 @@ def status(node: Node, selector: Selector) -> StatusResult:
 
     sysfs = node.sysfs()
     # the others: only what groups ask; no subsystem IDs or modalias (no driver is chosen)
-    topology = read_topology(
-        sysfs, wanted=selector.may_match, driver_ids=False, ids_from_modalias=True
-    )
+    wanted = None if selector.vfs else selector.may_match  # a PF's VFs need their physfn
+    topology = read_topology(sysfs, wanted=wanted, driver_ids=False, ids_from_modalias=True)
     functions = selected_functions(topology, selector)
     records = [device_record(topology, f, sysfs) for f in functions]
     return StatusResult(selector, records, HostSummary.read(sysfs), tuple(dynamic_ids(functions)))

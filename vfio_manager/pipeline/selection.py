@@ -1,6 +1,7 @@
 """Which functions the tool may touch, by the same rules for every command: vendor, class,
 device IDs (by default the Rebellions NPUs), products, BDFs, NUMA nodes, a count per NUMA
-node, exclusions; a named BDF that does not exist or is not selected refuses the command."""
+node, exclusions, VFs per SR-IOV PF; a named BDF that does not exist or is not selected
+refuses the command."""
 
 from __future__ import annotations
 
@@ -60,6 +61,25 @@ def parse_numa_node(text: str) -> int:
     return int(value)
 
 
+def parse_vfs(text: str) -> tuple[str, int]:
+    """``N`` (every selected SR-IOV PF) or ``PRODUCT=N`` (:func:`parse_product`'s label): the
+    product ("" for every PF) and its count of VFs."""
+    product, sep, count = text.strip().rpartition("=")
+    try:
+        value = parse_count(count)
+    except UsageError:
+        raise UsageError(
+            f"{text!r} is not a count of VFs",
+            remedy="give N (every selected SR-IOV PF) or PRODUCT=N, e.g. 4 or RBLN-CA25=4",
+        ) from None
+    label = parse_product(product) if sep else ""
+    if label.endswith("-vf"):
+        raise UsageError(
+            f"{text!r} names a VF's product", remedy=f"give the PF's: {product[:-3]}={value}"
+        )
+    return label, value
+
+
 def parse_count(text: str) -> int:
     """A count of functions: 0 selects none (a node's configuration returning all it has)."""
     value = text.strip()
@@ -84,6 +104,17 @@ class Selector:
     numa_nodes: frozenset[int] = frozenset()
     per_numa_node: Optional[int] = None
     exclude: frozenset[PciAddress] = frozenset()
+    vfs: frozenset[tuple[str, int]] = frozenset()  # parse_vfs's (product or "", count)
+
+    def vf_count(self, function: PciFunction) -> Optional[int]:
+        """The VFs a PF is to carry on vfio-pci (its product's count, else the one for every
+        PF); ``None``: none asked, or it cannot do SR-IOV."""
+        if not function.can_sriov:
+            return None
+        counts = dict(self.vfs)
+        label = product_label(function).lower()
+        ids = f"{function.vendor:04x}-{function.device:04x}"
+        return counts.get(label, counts.get(ids, counts.get("")))
 
     def matches(self, function: PciFunction) -> bool:
         """The per-function rules (not the count per NUMA node, not ``exclude``)."""
@@ -123,6 +154,8 @@ class Selector:
             parts.append("NUMA node " + "/".join(str(n) for n in sorted(self.numa_nodes)))
         if self.per_numa_node is not None:
             parts.append(f"{self.per_numa_node} per NUMA node")
+        for product, count in sorted(self.vfs):
+            parts.append(f"{count} VFs per {product.upper() or 'SR-IOV'} PF")
         if self.exclude:
             parts.append("excluding " + "/".join(str(a) for a in sorted(self.exclude)))
         return ", ".join(parts) or "any function"
@@ -167,7 +200,8 @@ def product_label(function: PciFunction) -> str:
 
 
 def selected_functions(topology: Topology, selector: Selector) -> list[PciFunction]:
-    """All functions the selection selects, in address order."""
+    """All functions the selection selects, in address order; a PF asked to carry VFs
+    brings its VFs."""
     found = [f for a, f in sorted(topology.functions.items()) if selector.matches(f)]
     if selector.per_numa_node is not None:
         kept, taken = [], collections.Counter[int]()
@@ -176,7 +210,12 @@ def selected_functions(topology: Topology, selector: Selector) -> list[PciFuncti
             if taken[_numa(function)] <= selector.per_numa_node:
                 kept.append(function)
         found = kept
-    return [f for f in found if f.address not in selector.exclude]
+    found = [f for f in found if f.address not in selector.exclude]
+    if selector.vfs:
+        vfs = [vf for pf in found if selector.vf_count(pf) for vf in topology.vfs_of(pf)]
+        vfs = [vf for vf in vfs if vf.address not in selector.exclude]
+        found = sorted({f.address: f for f in found + vfs}.values(), key=lambda f: f.address)
+    return found
 
 
 def named_functions(

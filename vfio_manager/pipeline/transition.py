@@ -20,9 +20,15 @@ from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
-from vfio_manager.pipeline.engine import Engine, Interruption, Report, Result
+from vfio_manager.pipeline.engine import Engine, Interruption, Outcome, Report, Result
 from vfio_manager.pipeline.node import Node
-from vfio_manager.pipeline.plan import Action, Plan, RefusalKind, refuse_group_mates
+from vfio_manager.pipeline.plan import (
+    Action,
+    FunctionPlan,
+    Plan,
+    RefusalKind,
+    refuse_group_mates,
+)
 from vfio_manager.pipeline.selection import Selector, select_targets
 from vfio_manager.safety.holders import describe_holders, find_holders
 from vfio_manager.safety.intents import IntentStore
@@ -127,6 +133,29 @@ def run_transition(
     return result
 
 
+def _joined(
+    pfs: Plan, plan: Plan, pf_report: Optional[Report], report: Optional[Report]
+) -> tuple[Plan, Optional[Report]]:
+    """One plan and report: PFs' SR-IOV entries before their VFs' to vfio, after them back."""
+    if not pfs.entries:
+        return plan, report
+    first, then = (pfs, plan) if plan.direction is Direction.TO_VFIO else (plan, pfs)
+    joined = Plan(plan.direction, first.entries + then.entries)
+    if pf_report is None and report is None:
+        return joined, None
+    by_bdf = {o.bdf: o for r in (pf_report, report) if r is not None for o in r.outcomes}
+    missing = [e for e in joined.entries if e.function.bdf not in by_bdf]
+    for entry in missing:  # converged PFs when only the VFs ran, and the reverse
+        by_bdf[entry.function.bdf] = Outcome(
+            entry.function.bdf,
+            Result.REFUSED if entry.refusal else Result.CONVERGED,
+            entry.function.driver,
+            entry.refusal,
+            entry.remedy,
+        )
+    return joined, Report(plan.direction, tuple(by_bdf[e.function.bdf] for e in joined.entries))
+
+
 def _readonly_journal(node: Node) -> Optional[Journal]:
     journal = node.journal(readonly=True)
     try:
@@ -155,6 +184,7 @@ class _Run:
         self.journal_errors: list[str] = []
         self.intents: Optional[IntentStore] = None
         self.recorded: list[str] = []  # the intents this run recorded
+        self.carrying: set[str] = set()  # the PFs given their VFs by this run
         if request.admin and not request.dry_run:
             self.intents = IntentStore(node.state_dir)
 
@@ -169,8 +199,25 @@ class _Run:
             targets = self._targets(topology)
             resolver = DriverResolver.load(topology, self.host, self.sysfs, resolver.aliases)
         self._record_intents(targets)
+        pfs, pf_report = Plan(request.direction), None  # PFs' SR-IOV entries (VF provisioning)
+        if request.direction is Direction.TO_VFIO:
+            pfs = self._provision(topology, targets)
+            if pfs.write_count and not request.dry_run:
+                pf_report = self._apply(pfs)
+                topology = read_topology(self.sysfs)  # the VFs are there now
+                targets = self._targets(topology)
+        else:
+            pfs = self._release_plan(topology, targets)
+        targets = self._with_vfs(topology, targets, pfs)
         plan = self._refuse(self._plan(topology, targets, resolver))
         report = None if request.dry_run or not plan.entries else self._apply(plan)
+        if request.direction is Direction.TO_HOST and pfs.entries and not request.dry_run:
+            if report is not None:  # the VFs are back: their PFs are planned from now
+                topology = read_topology(self.sysfs)
+            pfs = self._release_plan(topology, [e.function for e in pfs.entries], after=True)
+            pf_report = self._apply(pfs) if pfs.write_count else None
+        self._drop_sriov_origins(pfs, pf_report)
+        plan, report = _joined(pfs, plan, pf_report, report)
         signum = self.interruption.signum
         if signum is not None and report is not None:
             left = sum(1 for o in report.outcomes if o.step == "interrupted")
@@ -180,6 +227,139 @@ class _Run:
             )
         notes, errors = tuple(self.notes), tuple(self.journal_errors)
         return TransitionResult(request, plan, report, notes, errors, topology, signum)
+
+    def _provision(self, topology: Topology, targets: Sequence[PciFunction]) -> Plan:
+        """The selected PFs asked to carry VFs (any scope: a PF reset shows as its VFs
+        going): their SR-IOV entries, their SR-IOV origins recorded first."""
+        from vfio_manager.pipeline.sriov import provision
+
+        r = self.request
+        if not r.selector.vfs:
+            return Plan(Direction.TO_VFIO)
+        found = select_targets(topology, r.selector, named=r.named, exclude=r.exclude)
+        pfs = [(pf, count) for pf in found if (count := r.selector.vf_count(pf))]
+        entries = [provision(pf, count, self._sriov_origin(pf)) for pf, count in pfs]
+        entries = [self._record_sriov(e) if e.refusal is None else e for e in entries]
+        self.carrying = {e.function.bdf for e in entries if e.refusal is None}
+        self.notes += [
+            f"sriov: {e.function.bdf}: the dry run cannot plan its VFs: they do not exist yet"
+            for e in entries
+            if r.dry_run and e.steps
+        ]
+        return self._refuse_vf_holders(Plan(Direction.TO_VFIO, tuple(entries)), topology)
+
+    def _release_plan(
+        self, topology: Topology, targets: Sequence[PciFunction], *, after: bool = False
+    ) -> Plan:
+        """The targeted PFs with an SR-IOV origin: back to it once their VFs are back
+        (``after`` the VFs' run: one still on vfio refuses its PF)."""
+        from vfio_manager.pipeline.plan import in_vfio_mode
+        from vfio_manager.pipeline.sriov import release
+
+        entries = []
+        for target in targets:
+            pf = topology.get(target.address)
+            origin = self._sriov_origin(pf) if pf is not None and pf.can_sriov else None
+            if pf is None or origin is None:
+                continue
+            entry = release(pf, origin)
+            left = [vf.bdf for vf in topology.vfs_of(pf) if in_vfio_mode(vf)]
+            if after and left:
+                entry = replace(
+                    entry,
+                    steps=(),
+                    refusal=f"its VFs {', '.join(left)} are still on vfio",
+                    remedy="resolve their refusal or failure first, then run the command again",
+                    refusal_kind=RefusalKind.GROUP,
+                )
+            entries.append(entry)
+        return self._refuse_vf_holders(Plan(Direction.TO_HOST, tuple(entries)), topology)
+
+    def _sriov_origin(self, pf: PciFunction) -> Optional[JournalEntry]:
+        if self.journal is None:
+            return None
+        try:
+            return self.journal.sriov(pf.bdf, vendor_device=f"{pf.vendor:04x}:{pf.device:04x}")
+        except VfioManagerError as err:
+            self._journal_failed(pf.bdf, "its SR-IOV origin could not be read", err)
+            return None
+
+    def _record_sriov(self, entry: FunctionPlan) -> FunctionPlan:
+        """No SR-IOV origin on file, no write to the PF."""
+        if self.journal is None or self.request.dry_run:
+            return entry
+        try:
+            self.journal.record_sriov(entry.function)
+        except VfioManagerError as err:
+            reason = f"its SR-IOV origin could not be recorded: {err.message}"
+            kind = RefusalKind.JOURNAL
+            return replace(entry, steps=(), refusal=reason, remedy=err.remedy, refusal_kind=kind)
+        return entry
+
+    def _refuse_vf_holders(self, plan: Plan, topology: Topology) -> Plan:
+        """A PF's numvfs write removes its VFs: refused while a process holds one of them
+        (``--force``: warn only; the write then waits for them, as an unbind does)."""
+        entries = []
+        for entry in plan.entries:
+            removes = any(s.action is Action.SRIOV_NUMVFS for s in entry.steps)
+            vfs = topology.vfs_of(entry.function) if removes else []
+            held = find_holders(self.sysfs, self.node.proc_root, vfs) if vfs else {}
+            named = "; ".join(f"{a}: {describe_holders(h)}" for a, h in held.items() if h)
+            if named and self.request.force:
+                log.warning("forced", bdf=entry.function.bdf, step="protect", reason=named)
+            elif named:
+                entry = replace(  # noqa: PLW2901 - the refused replacement of this entry
+                    entry,
+                    steps=(),
+                    refusal=f"changing its sriov_numvfs would remove VFs in use: {named}",
+                    remedy="stop those processes (a VM: shut it down or detach the device), "
+                    "or pass --force (the write then waits for them, up to --timeout)",
+                    refusal_kind=RefusalKind.IN_USE,
+                )
+            entries.append(entry)
+        return Plan(plan.direction, tuple(entries))
+
+    def _with_vfs(
+        self, topology: Topology, targets: list[PciFunction], pfs: Plan
+    ) -> list[PciFunction]:
+        """The targets with the VFs of the PFs that carry them for us, less those PFs (they
+        stay on their native driver). To vfio, a PF the kernel's rules refuse brings none."""
+        if not pfs.entries:
+            return targets
+        listed = {e.address for e in pfs.entries}
+        barred = {
+            e.address
+            for e in pfs.entries
+            if e.refusal_kind is RefusalKind.KERNEL and e.direction is Direction.TO_VFIO
+        }
+        # a uevent's scope: the VFs of a PF with nothing to do come only as its groups say
+        scoped = self.request.scope is not None
+        bringing = {e.address for e in pfs.entries if e.steps or not scoped} - barred
+        vfs = [
+            vf
+            for address in bringing
+            if (pf := topology.get(address)) is not None
+            for vf in topology.vfs_of(pf)
+            if vf.address not in self.request.exclude
+        ]
+        chosen = {
+            f.address: f
+            for f in [*targets, *vfs]
+            if f.address not in listed
+            and (f.physfn not in barred or self.request.selector.matches(f))
+        }
+        return sorted(chosen.values(), key=lambda f: f.address)
+
+    def _drop_sriov_origins(self, pfs: Plan, report: Optional[Report]) -> None:
+        """A PF back at its SR-IOV origin needs its record no more."""
+        if self.journal is None or self.request.dry_run or pfs.direction is Direction.TO_VFIO:
+            return
+        done = {o.bdf for o in report.outcomes if o.result is Result.CHANGED} if report else set()
+        for entry in pfs.entries:
+            if entry.converged or entry.function.bdf in done:
+                self._journal_change(
+                    self.journal.drop_sriov, entry.function.bdf, "its SR-IOV origin"
+                )
 
     def _targets(self, topology: Topology) -> list[PciFunction]:
         r = self.request
@@ -228,7 +408,12 @@ class _Run:
         outcomes = report.outcomes if report is not None else ()
         if self.request.direction is Direction.TO_VFIO:
             done = (Result.CHANGED, Result.CONVERGED)
-            clear = [o.bdf for o in outcomes if o.result in done and is_vfio_driver(o.driver)]
+            carrying = self.carrying  # a PF that carries its VFs stays on its driver
+            clear = [
+                o.bdf
+                for o in outcomes
+                if o.result in done and (is_vfio_driver(o.driver) or o.bdf in carrying)
+            ]
         elif report is None:
             clear = self.recorded
         else:

@@ -1,8 +1,10 @@
 """What a function looked like before we touched it, kept where a killed run can find it.
 
 Per function, named by its BDF: a *transition* record (``journal-BDF.json``), from before the
-first write until the function arrived or is back, which a killed run leaves for the next; and
-an *origin* (``origin-BDF.json``), how it was found before it first moved to vfio.
+first write until the function arrived or is back, which a killed run leaves for the next; an
+*origin* (``origin-BDF.json``), how it was found before it first moved to vfio; and for a PF
+whose VFs we provision, its *SR-IOV origin* (``sriov-BDF.json``): its ``sriov_numvfs`` and
+``sriov_drivers_autoprobe`` before our first write, until they are restored.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ log = get_logger("vfio_manager.safety.journal")
 SCHEMA_VERSION = 1
 TRANSITION = "transition"
 ORIGIN = "origin"
-_PREFIX = {TRANSITION: "journal-", ORIGIN: "origin-"}
+SRIOV = "sriov"
+_PREFIX = {TRANSITION: "journal-", ORIGIN: "origin-", SRIOV: "sriov-"}
 _TRANSITION_NAME = re.compile(r"^journal-(?P<bdf>[^/]+)\.json$")
 _MAX_RECORD = 256 * 1024  # the largest record (a page of override, escaped) is under 64 KiB
 _MAX_OVERRIDE = 4095  # the kernel refuses a driver_override of a page or more
@@ -48,7 +51,10 @@ _FIELDS: dict[str, type] = {  # a record's fields past its name; all but the boo
     "started_at": str,
     "pid": int,
     "origin_created": bool,
+    "original_numvfs": int,  # an SR-IOV origin's
+    "original_autoprobe": int,
 }
+_SRIOV_FIELDS = ("original_numvfs", "original_autoprobe")
 
 
 class JournalError(VfioManagerError):
@@ -70,6 +76,8 @@ class JournalEntry:
     started_at: Optional[str] = None
     pid: Optional[int] = None
     origin_created: bool = False
+    original_numvfs: Optional[int] = None
+    original_autoprobe: Optional[int] = None
     problem: Optional[str] = None
     quarantined_as: Optional[str] = field(default=None, compare=False)
 
@@ -79,7 +87,8 @@ class JournalEntry:
 
     def to_json(self) -> dict[str, Any]:
         doc = {"version": SCHEMA_VERSION, "record": self.record, "bdf": self.bdf}
-        doc.update((key, getattr(self, key)) for key in _FIELDS)
+        keys = [k for k in _FIELDS if self.record == SRIOV or k not in _SRIOV_FIELDS]
+        doc.update((key, getattr(self, key)) for key in keys)
         return {**doc, "direction": self.direction.value if self.direction else None}
 
     @classmethod
@@ -97,7 +106,8 @@ class JournalEntry:
             k: data.get(k, False if t is bool else None) for k, t in _FIELDS.items()
         }
         for key, kind in _FIELDS.items():
-            if (values[key] is not None or key == "direction") and type(values[key]) is not kind:
+            required = key == "direction" and record != SRIOV
+            if (values[key] is not None or required) and type(values[key]) is not kind:
                 raise ValueError(f"{key} is not {_TYPES[kind]}")
         steps = data.get("steps_done", [])  # accepted when present, unused
         if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
@@ -111,7 +121,8 @@ class JournalEntry:
                 raise ValueError(f"{key} {problem}")
         if values["original_driver_unknown"] and values["original_driver"] is not None:
             raise ValueError("original_driver is set, but marked unknown")
-        return cls(bdf, record, **{**values, "direction": Direction(values["direction"])})
+        direction = Direction(values["direction"]) if record != SRIOV else None
+        return cls(bdf, record, **{**values, "direction": direction})
 
 
 def driver_name_problem(value: str) -> Optional[str]:
@@ -262,6 +273,40 @@ class Journal:
             return None
         return entry
 
+    def record_sriov(self, pf: PciFunction) -> JournalEntry:
+        """Record the PF's ``sriov_numvfs`` and autoprobe as found, before our first write to
+        either; a record for it already on file keeps its originals."""
+        vendor_device = f"{pf.vendor:04x}:{pf.device:04x}"
+        kept = self.sriov(pf.bdf, vendor_device=vendor_device)
+        if kept is not None:
+            return kept
+        entry = JournalEntry(
+            bdf=pf.bdf,
+            record=SRIOV,
+            vendor_device=vendor_device,
+            original_driver=pf.driver,
+            started_at=self.now(),
+            pid=os.getpid(),
+            original_numvfs=pf.sriov_numvfs or 0,
+            original_autoprobe=int(pf.sriov_autoprobe is not False),
+        )
+        self._write(entry, pf.bdf)
+        log.debug("journal: SR-IOV origin recorded", bdf=pf.bdf)
+        return entry
+
+    def sriov(self, bdf: str, *, vendor_device: Optional[str] = None) -> Optional[JournalEntry]:
+        """The PF's SR-IOV origin, if we provisioned its VFs (one for another device: none)."""
+        entry = self._read(SRIOV, bdf)
+        if entry is None or entry.corrupt:
+            return None
+        if vendor_device is not None and entry.vendor_device != vendor_device:
+            return None
+        return entry
+
+    def drop_sriov(self, bdf: str) -> None:
+        """The PF's ``sriov_numvfs`` and autoprobe are back as found: drop its SR-IOV origin."""
+        self._store(SRIOV, bdf, None, _RECORD_KEPT)
+
     def forget_origin(self, bdf: str) -> None:
         """Drop the origin of a function someone else has changed since (it is over)."""
         self._store(ORIGIN, bdf, None, _RECORD_KEPT)
@@ -299,7 +344,7 @@ class Journal:
         self, state: StateDir, name: str, bdf: Optional[str], problem: str
     ) -> JournalEntry:
         """Set a bad record aside as ``NAME.corrupt`` (or ``NAME.N.corrupt``); report it."""
-        record = ORIGIN if name.startswith(_PREFIX[ORIGIN]) else TRANSITION
+        record = next((r for r, p in _PREFIX.items() if name.startswith(p)), TRANSITION)
         path: Optional[str] = None
         if not self.readonly:
             try:
