@@ -67,6 +67,8 @@ def parse_vfs(text: str) -> tuple[str, int]:
     product, sep, count = text.strip().rpartition("=")
     try:
         value = parse_count(count)
+        if value < 1:  # a PF without VFs is the default, not a count to ask for
+            raise UsageError(count)
     except UsageError:
         raise UsageError(
             f"{text!r} is not a count of VFs",
