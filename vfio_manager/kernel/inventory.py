@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
@@ -105,6 +106,7 @@ def read_function(
         sriov_totalvfs=totalvfs,
         sriov_numvfs=_number(read(base + "sriov_numvfs"), 10) if totalvfs is not None else None,
         physfn=PciAddress.from_sysfs_name(physfn_name) if physfn_name else None,
+        not_responding=vendor == 0xFFFF or sysfs.config_all_ones(address),
     )
 
 
@@ -115,7 +117,7 @@ def read_topology(
     driver_ids: bool = True,
     ids_from_modalias: bool = False,
 ) -> Topology:
-    """Every function and IOMMU group, the /dev/vfio nodes and the driver->module map
+    """Every function and IOMMU group, the /dev/vfio nodes and device cdevs, the driver->module map
     (``wanted``, ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`)."""
     read = functools.partial(
         read_function,
@@ -131,4 +133,6 @@ def read_topology(
         if f.iommu_group is not None:
             members.setdefault(f.iommu_group, []).append(f.address)
     groups = {n: tuple(m) for n, m in members.items()}
-    return Topology(functions, groups, sysfs.vfio_devs(), sysfs.driver_modules())
+    on_vfio = (a for a, f in functions.items() if is_vfio_driver(f.driver))
+    cdevs = {a: cdev for a in on_vfio if (cdev := sysfs.vfio_cdev_of(a)) is not None}
+    return Topology(functions, groups, sysfs.vfio_devs(), sysfs.driver_modules(), cdevs)

@@ -22,7 +22,13 @@ from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.engine import Engine, Interruption, Report, Result
 from vfio_manager.pipeline.node import Node
-from vfio_manager.pipeline.plan import Action, Plan, RefusalKind, refuse_group_mates
+from vfio_manager.pipeline.plan import (
+    Action,
+    Plan,
+    RefusalKind,
+    refuse_group_mates,
+    refuse_not_responding,
+)
 from vfio_manager.pipeline.selection import Selector, select_targets
 from vfio_manager.safety.holders import describe_holders, find_holders
 from vfio_manager.safety.intents import IntentStore
@@ -169,7 +175,7 @@ class _Run:
             targets = self._targets(topology)
             resolver = DriverResolver.load(topology, self.host, self.sysfs, resolver.aliases)
         self._record_intents(targets)
-        plan = self._refuse(self._plan(topology, targets, resolver))
+        plan = self._refuse(refuse_not_responding(self._plan(topology, targets, resolver)))
         report = None if request.dry_run or not plan.entries else self._apply(plan)
         signum = self.interruption.signum
         if signum is not None and report is not None:
