@@ -11,6 +11,7 @@ import sys
 import time
 
 import guest
+import pytest
 from conftest import Baseline
 from guest import E1000E, SEL_E1000E
 
@@ -71,6 +72,7 @@ def _start_holder(bdf: str) -> subprocess.Popen[str]:
     return guest.start_holder(guest.HOLDER, bdf, str(guest.group(bdf)))
 
 
+@pytest.mark.both_kernels
 def test_kernel_blocks_unbind_while_the_group_is_held(baseline: Baseline) -> None:
     """The kernel fact behind in-use detection: the unbind write waits for the holder.
 
