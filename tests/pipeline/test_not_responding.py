@@ -9,7 +9,7 @@ from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.support import HOST, VFIO, invoke, named_bdf, pending, state
 from vfio_manager.kernel.address import PciAddress
-from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.inventory import not_responding, read_topology
 from vfio_manager.kernel.sysfs import Sysfs
 
 
@@ -70,12 +70,18 @@ def test_status_shows_a_dead_function_with_what_to_do(kernel: FakeKernel) -> Non
     assert kernel.writes == []
 
 
-def test_a_vendor_of_ffff_reads_as_not_responding(kernel: FakeKernel) -> None:
+def test_a_vendor_of_ffff_or_a_config_of_all_ones_reads_as_not_responding(
+    kernel: FakeKernel,
+) -> None:
     kernel.add_function("0000:0a:00.0", vendor=0xFFFF, device=0xFFFF, pci_class=0xFFFFFF)
-    (npu,) = npu_node(kernel, count=1)
-    functions = read_topology(Sysfs(kernel.sys_root, kernel.dev_root)).functions
-    assert functions[PciAddress.parse("0000:0a:00.0")].not_responding
-    assert not functions[PciAddress.parse(npu)].not_responding
+    dead, alive = npu_node(kernel, count=2)
+    kernel.stop_responding(dead)
+    sysfs = Sysfs(kernel.sys_root, kernel.dev_root)
+    functions = read_topology(sysfs).functions
+    found = {str(a) for a, f in functions.items() if not_responding(sysfs, f)}
+    assert found == {"0000:0a:00.0", dead}
+    assert functions[PciAddress.parse(dead)].vendor == 0x1EFF, "sysfs keeps the cached IDs"
+    assert alive not in found
 
 
 def test_one_that_dies_half_way_is_reported_so_and_written_no_more(kernel: FakeKernel) -> None:

@@ -106,8 +106,13 @@ def read_function(
         sriov_totalvfs=totalvfs,
         sriov_numvfs=_number(read(base + "sriov_numvfs"), 10) if totalvfs is not None else None,
         physfn=PciAddress.from_sysfs_name(physfn_name) if physfn_name else None,
-        not_responding=vendor == 0xFFFF or sysfs.config_all_ones(address),
     )
+
+
+def not_responding(sysfs: Sysfs, function: PciFunction) -> bool:
+    """Its vendor reads 0xffff or its config space all-ones (kernel-facts K27): one read,
+    made only for the functions a command is about."""
+    return function.vendor == 0xFFFF or sysfs.config_all_ones(function.address)
 
 
 def read_topology(

@@ -31,7 +31,6 @@ class PciFunction:
     sriov_totalvfs: Optional[int] = None
     sriov_numvfs: Optional[int] = None
     physfn: Optional[PciAddress] = None
-    not_responding: bool = False  # its config space reads all-ones (kernel-facts K27)
 
     @property
     def bdf(self) -> str:

@@ -255,10 +255,10 @@ def plan_to_vfio(
     return Plan(Direction.TO_VFIO, tuple(refuse_group_mates(entries, refused)))
 
 
-def refuse_not_responding(plan: Plan) -> Plan:
-    """Refuse every function that reads all-ones, converged or not, and its group mates: writing
-    to it helps nothing and can wedge the driver core (no ``--force`` for this)."""
-    dead = {e.address for e in plan.entries if e.refusal is None and e.function.not_responding}
+def refuse_not_responding(plan: Plan, dead: Collection[PciAddress]) -> Plan:
+    """Refuse every ``dead`` function (it reads all-ones), converged or not, and its group
+    mates: writing to it helps nothing and can wedge the driver core (no ``--force`` here)."""
+    dead = {e.address for e in plan.entries if e.refusal is None and e.address in dead}
     if not dead:
         return plan
     entries = [e if e.address not in dead else _refused_not_responding(e) for e in plan.entries]

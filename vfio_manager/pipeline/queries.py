@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.host.dynamic_ids import DynamicId, dynamic_ids
 from vfio_manager.kernel.drivers import is_vfio_driver
-from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.inventory import not_responding, read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.viability import group_viable
@@ -36,7 +36,7 @@ def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> di
         "group_viable": group_viable(topology, function),
         "vfio_node": sysfs.vfio_dev_path(int(node)) if node is not None else None,
         "vfio_cdev": topology.vfio_cdev(function),
-        "not_responding": function.not_responding,
+        "not_responding": not_responding(sysfs, function),
         "numa_node": function.numa_node,
         "sriov": function.sriov_role,
     }

@@ -15,7 +15,7 @@ from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.host.driver_choice import DriverResolver
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
-from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.inventory import not_responding, read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.verbs import Kernel
@@ -175,7 +175,9 @@ class _Run:
             targets = self._targets(topology)
             resolver = DriverResolver.load(topology, self.host, self.sysfs, resolver.aliases)
         self._record_intents(targets)
-        plan = self._refuse(refuse_not_responding(self._plan(topology, targets, resolver)))
+        plan = self._plan(topology, targets, resolver)
+        dead = [e.address for e in plan.entries if not_responding(self.sysfs, e.function)]
+        plan = self._refuse(refuse_not_responding(plan, dead))
         report = None if request.dry_run or not plan.entries else self._apply(plan)
         signum = self.interruption.signum
         if signum is not None and report is not None:
