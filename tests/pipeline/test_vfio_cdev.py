@@ -69,7 +69,7 @@ def test_unbind_refused_while_a_process_holds_the_cdev(
     held, free = npu_node(kernel, count=2)
     assert invoke(kernel, "bind-all").exit_code == 0
     cdev = str(_devices(kernel)[held]["vfio_cdev"])
-    assert cdev.startswith(f"{kernel.dev_root}/vfio/devices/vfio")  # K: whichever lane probed first
+    assert cdev.startswith(f"{kernel.dev_root}/vfio/devices/vfio")  # vfioK, K by probe order
     node = cdev.replace(kernel.dev_root, "/dev", 1)
     # as QEMU with iommufd: the cdev and /dev/iommu, no group node (K25)
     fake_process(fs, kernel, 4242, "qemu-system-x86", fds=(node, "/dev/iommu"))
