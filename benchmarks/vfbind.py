@@ -5,6 +5,9 @@ time of ``vfio-manager bind-all`` of one VF and of ``vfs`` VFs (4 PFs' worth at 
 each VF in an IOMMU group of its own, on their native driver), vfio-pci's probe taking
 ``delay`` seconds per function (:class:`benchmarks.slowprobe.SlowProbeKernel`), with
 ``--parallel`` as many lanes as VFs under one deadline; then the writes of a second run.
+Besides the wall time, the span from the first write to the end of the last: the reads
+before the writes cost far more on pyfakefs than on a real sysfs (benchmarks/scale.py
+measures those on real files).
 Run it as its own process (pyfakefs patches ``os`` for everything imported while it is on).
 """
 
@@ -14,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 from pyfakefs.fake_filesystem_unittest import Patcher
 
@@ -25,12 +28,30 @@ VF_DEVICE = 0x1221  # the VFs of the NPUs npu_node makes (device 0x1220)
 PER_PF = 64
 
 
+class _TimedKernel(SlowProbeKernel):
+    """Notes when the first write started and the last one ended: the lanes' span, without
+    the reads before them (pyfakefs resolves paths far slower than a real sysfs)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.first_write: Optional[float] = None
+        self.last_write = 0.0
+        super().__init__(*args, **kw)
+
+    def apply_rule(self, rel: str, data: bytes) -> None:
+        if self.first_write is None:
+            self.first_write = time.monotonic()
+        try:
+            super().apply_rule(rel, data)
+        finally:
+            self.last_write = time.monotonic()
+
+
 def _bind(vfs: int, delay: float) -> dict[str, Any]:
     """One fake node of ``vfs`` VFs; bind-all twice (the second must write nothing)."""
     entry = cli_entry()
     with Patcher() as patcher:
         assert patcher.fs is not None
-        k = SlowProbeKernel(patcher.fs, probe_delay=delay, slow_drivers=("vfio-pci",))
+        k = _TimedKernel(patcher.fs, probe_delay=delay, slow_drivers=("vfio-pci",))
         try:
             pfs = npu_node(k, count=-(-vfs // PER_PF))
             bdfs: list[str] = []
@@ -43,6 +64,7 @@ def _bind(vfs: int, delay: float) -> dict[str, Any]:
             seconds = time.monotonic() - start
             bound = sum(1 for bdf in bdfs if k.driver_of(bdf) == "vfio-pci")
             probes = len(k.probes)
+            writes_span = k.last_write - (k.first_write or k.last_write)
             k.clear_writes()
             again_start = time.monotonic()
             again_code, _out = _invoke(entry, k, *argv)
@@ -56,6 +78,7 @@ def _bind(vfs: int, delay: float) -> dict[str, Any]:
         "exit_code": code,
         "bound": bound,
         "slow_probes": probes,
+        "writes_span": writes_span,
         "second_run_seconds": again,
         "second_run_exit_code": again_code,
         "second_run_writes": again_writes,
@@ -65,7 +88,13 @@ def _bind(vfs: int, delay: float) -> dict[str, Any]:
 def measure(vfs: int, delay: float) -> dict[str, Any]:
     _import_product()
     one, many = _bind(1, delay), _bind(vfs, delay)
-    return {"delay": delay, "one": one, "many": many, "ratio": many["seconds"] / one["seconds"]}
+    return {
+        "delay": delay,
+        "one": one,
+        "many": many,
+        "ratio": many["seconds"] / one["seconds"],
+        "writes_ratio": many["writes_span"] / one["writes_span"],
+    }
 
 
 def main() -> None:
