@@ -90,7 +90,18 @@ def test_the_node_wait_accepts_the_cdev_where_there_is_no_group_node(
     empty = tmp_path / "empty"
     (empty / "vfio").mkdir(parents=True)
     (empty / "vfio" / "vfio").symlink_to("/dev/vfio/vfio")
-    late = guest.run_cli("--dev-root", str(empty), "--timeout", "1", "bind", E1000E, *SEL_E1000E)
+    state = str(tmp_path / "state")  # the late bind keeps its journal record: not the default
+    late = guest.run_cli(
+        "--state-dir",
+        state,
+        "--dev-root",
+        str(empty),
+        "--timeout",
+        "1",
+        "bind",
+        E1000E,
+        *SEL_E1000E,
+    )
     assert late.exit_code == 1, late
     assert "did not appear within" in late.stdout, late
 
