@@ -42,8 +42,10 @@ def _cell(value: Optional[object]) -> str:
 
 
 def _status_lines(records: Sequence[dict[str, Any]]) -> list[str]:
-    headers: tuple[str, ...] = ("BDF", "PRODUCT", "ID", "DRIVER", "OVERRIDE", "GROUP", "VIABLE")
-    headers += ("VFIO NODE", "VFIO CDEV", "NUMA")
+    headers = (
+        *("BDF", "PRODUCT", "ID", "DRIVER", "OVERRIDE", "GROUP", "VIABLE"),
+        *("VFIO NODE", "VFIO CDEV", "NUMA"),
+    )
     viable = {True: "yes", False: "NO", None: "-"}
     rows = (
         [r["bdf"], _cell(r["product"]), f"{r['vendor'][2:]}:{r['device'][2:]}"]
