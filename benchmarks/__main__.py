@@ -18,7 +18,17 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from benchmarks import coldstart, daemon, guest, inuse, profiling, report, returnhost, scale
+from benchmarks import (
+    coldstart,
+    daemon,
+    guest,
+    inuse,
+    profiling,
+    report,
+    returnhost,
+    scale,
+    vfscale,
+)
 from benchmarks.context import Context, default_workdir_parent
 
 SECTIONS: dict[str, Callable[[Context], list[report.Table]]] = {
@@ -26,11 +36,12 @@ SECTIONS: dict[str, Callable[[Context], list[report.Table]]] = {
     "scale": scale.run_section,
     "inuse": inuse.run_section,
     "return": returnhost.run_section,
+    "vfs": vfscale.run_section,
     "guest": guest.run_section,
     "daemon": daemon.run_section,
     "profile": profiling.run_section,
 }
-DEFAULT_SECTIONS = ("cold", "scale", "inuse", "return", "daemon", "guest")
+DEFAULT_SECTIONS = ("cold", "scale", "inuse", "return", "vfs", "daemon", "guest")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

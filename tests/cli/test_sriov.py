@@ -337,3 +337,21 @@ def test_naming_the_pf_moves_its_vfs_and_naming_a_vf_only_that_vf(
     assert run("unbind", PF, *IGB).exit_code == 0
     assert _vfs(kernel) == []
     assert _sriov(kernel, "sriov_drivers_autoprobe") == "1"
+
+
+def test_a_pf_that_stopped_responding_gets_no_vfs_and_keeps_what_it_had(
+    kernel: FakeKernel, run: RunCli
+) -> None:
+    """Neither a numvfs write nor an SR-IOV record for a PF that reads all-ones (K27)."""
+    _igb_node(kernel)
+    assert run("bind-all", *IGB, "--vfs", "2").exit_code == 0
+    kernel.stop_responding(PF)
+    kernel.clear_writes()
+    for command in (["bind-all", *IGB, "--vfs", "3"], ["unbind-all", *IGB]):
+        result = run(*command, "--json")
+        assert result.exit_code == 1, result.stdout + result.stderr
+        refused = {f["bdf"]: f for f in result.json()["functions"]}[PF]
+        assert "not responding" in refused["reason"], refused
+        assert not [w.path for w in kernel.writes if PF in w.path], command
+    assert _sriov(kernel, "sriov_numvfs") == "2"
+    assert os.path.exists(_record(kernel)), "the PF's origin stays for when it answers again"

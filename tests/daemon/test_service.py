@@ -721,3 +721,27 @@ def test_sigterm_mid_transition_finishes_it_settles_the_journal_and_applies_on_e
     else:
         assert code == 1, "release has unbind-all's refusals"
         assert kernel.driver_of(first) == kernel.driver_of(second) == "rebellions"
+
+
+def test_a_dead_function_is_never_written_and_counted_as_not_responding(
+    kernel: FakeKernel, make_kernel_rig: Any
+) -> None:
+    dead, alive = npu_node(kernel, count=2)
+    kernel.stop_responding(dead)
+    rig = make_kernel_rig(DaemonOptions(listen="127.0.0.1:0"))
+    rig.start()
+    assert kernel.driver_of(alive) == "vfio-pci"
+    assert not writes_for(kernel, dead)
+    assert rig.state(dead) is State.PENDING
+    function = rig.loop.view.functions[dead]
+    assert function.cause is Reason.NOT_RESPONDING
+    assert "not responding" in (function.reason or "")
+    assert f"/sys/bus/pci/devices/{dead}/reset" in (function.remedy or "")
+    labels = {"bdf": dead, "product": "RBLN-CA22", "state": "pending"}
+    assert rig.metric("vfio_manager_function_state", **labels, reason="not-responding") == 1
+    _status, body = get(rig, "/readyz")
+    (why,) = body["not_converged"]
+    assert (why["bdf"], why["reason"]) == (dead, "not-responding")
+    rig.loop.request_resync()
+    rig.step()
+    assert not writes_for(kernel, dead), "never written, not even at a resync"

@@ -71,6 +71,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "iommufd: needs CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV (--kernel iommufd)"
     )
     config.addinivalue_line("markers", "sriov: needs the igb SR-IOV PF (QEMU with igb)")
+    config.addinivalue_line(
+        "markers", "both_kernels: a kernel fact worth showing on 6.12 too (CI's iommufd lane)"
+    )
     missing = guest.cdev_config_missing()
     if config.getoption("--e2e-kernel") == "iommufd" and missing:
         pytest.exit(

@@ -278,6 +278,12 @@ class FakeKernel(KernelState):
         with self.lock:
             self.function_table[bdf].user_open = opened
 
+    def use_vfio_cdev(self, *, group_nodes: bool = True) -> None:
+        """A kernel with the VFIO device cdev (K25): functions bound from now on get
+        /dev/vfio/devices/vfioK; ``group_nodes=False``: and no /dev/vfio/N (no VFIO_GROUP)."""
+        with self.lock:
+            self.vfio_cdev, self.vfio_group_nodes = True, group_nodes
+
     def defer_vfio_nodes(self, defer: bool = True) -> None:
         """Model udev/devtmpfs lag: new /dev/vfio/N nodes appear only at :meth:`settle`."""
         iommu_groups.defer_nodes(self, defer)
@@ -316,6 +322,19 @@ class FakeKernel(KernelState):
             self.gates[bdf] = gate
             self.all_gates.append(gate)
         return gate
+
+    def stop_responding(self, bdf: str, *, on_write: Optional[str] = None) -> None:
+        """The function's config space reads all-ones from now on (K27), or from after the
+        next write to ``on_write`` (relative to sys_root); its sysfs IDs stay as they were."""
+
+        def die() -> None:
+            with self.lock:
+                self.function_table[bdf].responding = False
+
+        if on_write is None:
+            die()
+        else:
+            self.after_write(on_write, die)
 
     def remove_function_on_write(self, path: str, bdf: str) -> None:
         """After the next write to ``path`` has run (whatever its result), ``bdf`` is unplugged."""

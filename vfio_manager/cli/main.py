@@ -172,7 +172,7 @@ _node_options = _options(
     _opt("--timeout", type=_seconds(0.1), default=30.0),
     _opt("--state-dir", env="VFIO_MANAGER_STATE_DIR", type=LOCATION, default="/run/vfio-manager"),
     _opt("--lock-timeout", type=_seconds(0.0), default=60.0),
-    _opt("--parallel", env="VFIO_MANAGER_PARALLEL", type=click.IntRange(1, 64), default=8),
+    _opt("--parallel", env="VFIO_MANAGER_PARALLEL", type=click.IntRange(1, 512), default=8),
     _opt("--proc-root", env="VFIO_MANAGER_PROC_ROOT", type=LOCATION, default="/proc", hidden=True),
     _opt("--writer", env="VFIO_MANAGER_WRITER", type=_WRITERS, default="process", hidden=True),
 )

@@ -42,12 +42,16 @@ def _cell(value: Optional[object]) -> str:
 
 
 def _status_lines(records: Sequence[dict[str, Any]]) -> list[str]:
-    headers = ("BDF", "PRODUCT", "ID", "DRIVER", "OVERRIDE", "GROUP", "VIABLE", "VFIO NODE", "NUMA")
+    headers = (
+        *("BDF", "PRODUCT", "ID", "DRIVER", "OVERRIDE", "GROUP", "VIABLE"),
+        *("VFIO NODE", "VFIO CDEV", "NUMA"),
+    )
     viable = {True: "yes", False: "NO", None: "-"}
     rows = (
         [r["bdf"], _cell(r["product"]), f"{r['vendor'][2:]}:{r['device'][2:]}"]
         + [_cell(r[k]) for k in ("driver", "driver_override", "iommu_group")]
-        + [viable[r["group_viable"]], _cell(r["vfio_node"]), _cell(r["numa_node"])]
+        + [viable[r["group_viable"]], _cell(r["vfio_node"]), _cell(r["vfio_cdev"])]
+        + [_cell(r["numa_node"])]
         for r in records
     )
     return _table(headers, rows)
@@ -110,8 +114,8 @@ def status_text(result: StatusResult, intents: Mapping[str, Intent]) -> list[str
     if not result.records:
         return [*head, _nothing_selected(result.selector)]
     warnings: list[str] = []
-    for found in result.dynamic_ids:
-        warnings += [f"warning: {found.message}", f"    remedy: {found.remedy}"]
+    for found in result.warnings:
+        warnings += [f"warning: {found['message']}", f"    remedy: {found['remedy']}"]
     held = [
         f"intent: {r['bdf']} {intents[r['bdf']].describe()}; `vfio-manager bind {r['bdf']}` "
         "hands it back to the daemon"
@@ -138,7 +142,7 @@ def status_json(result: StatusResult, intents: Mapping[str, Intent]) -> list[str
     doc: dict[str, Any] = {"devices": devices}
     if result.host is not None:
         doc["host"] = result.host.to_json()
-    doc["warnings"] = [found.to_json() for found in result.dynamic_ids]
+    doc["warnings"] = result.warnings
     return [to_json(doc)]
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.kernel.drivers import is_vfio_driver
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.log import get_logger
@@ -112,6 +113,12 @@ def read_function(
     )
 
 
+def not_responding(sysfs: Sysfs, function: PciFunction) -> bool:
+    """Its vendor reads 0xffff or its config space all-ones (kernel-facts K27): one read,
+    made only for the functions a command is about."""
+    return function.vendor == 0xFFFF or sysfs.config_all_ones(function.address)
+
+
 def read_topology(
     sysfs: Sysfs,
     *,
@@ -119,7 +126,7 @@ def read_topology(
     driver_ids: bool = True,
     ids_from_modalias: bool = False,
 ) -> Topology:
-    """Every function and IOMMU group, the /dev/vfio nodes and the driver->module map
+    """Every function and IOMMU group, the /dev/vfio nodes and device cdevs, the driver->module map
     (``wanted``, ``driver_ids``, ``ids_from_modalias``: see :func:`read_function`)."""
     read = functools.partial(
         read_function,
@@ -135,4 +142,6 @@ def read_topology(
         if f.iommu_group is not None:
             members.setdefault(f.iommu_group, []).append(f.address)
     groups = {n: tuple(m) for n, m in members.items()}
-    return Topology(functions, groups, sysfs.vfio_devs(), sysfs.driver_modules())
+    on_vfio = (a for a, f in functions.items() if is_vfio_driver(f.driver))
+    cdevs = {a: cdev for a in on_vfio if (cdev := sysfs.vfio_cdev_of(a)) is not None}
+    return Topology(functions, groups, sysfs.vfio_devs(), sysfs.driver_modules(), cdevs)

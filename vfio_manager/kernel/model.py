@@ -73,6 +73,7 @@ class Topology:
     groups: dict[int, tuple[PciAddress, ...]]
     vfio_devs: frozenset[str] = field(default_factory=frozenset)
     driver_modules: dict[str, Optional[str]] = field(default_factory=dict)
+    vfio_cdevs: dict[PciAddress, str] = field(default_factory=dict)
 
     def get(self, address: PciAddress) -> Optional[PciFunction]:
         return self.functions.get(address)
@@ -100,3 +101,7 @@ class Topology:
         """``/dev/vfio/N`` name of the function's group when the node exists."""
         name = str(function.iommu_group)
         return name if function.iommu_group is not None and name in self.vfio_devs else None
+
+    def vfio_cdev(self, function: PciFunction) -> Optional[str]:
+        """The function's ``/dev/vfio/devices/vfioK`` when the node exists (kernel-facts K25)."""
+        return self.vfio_cdevs.get(function.address)

@@ -186,6 +186,28 @@ class Sysfs:
     def vfio_dev_exists(self, group: int) -> bool:
         return os.path.exists(self.vfio_dev_path(group))
 
+    def config_all_ones(self, address: PciAddress) -> bool:
+        """The function's config space reads all-ones: it stopped responding (kernel-facts
+        K27). ``False`` when ``config`` cannot be read (we cannot tell)."""
+        try:
+            fd = os.open(self._device_attr(address, "config"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                head = os.read(fd, 4)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        return head == b"\xff\xff\xff\xff"
+
+    def vfio_cdev_of(self, address: PciAddress) -> Optional[str]:
+        """The function's VFIO device cdev, ``/dev/vfio/devices/vfioK`` under our /dev, when
+        the kernel made it (CONFIG_VFIO_DEVICE_CDEV: kernel-facts K25); ``None`` otherwise."""
+        for name in self.list_dir(os.path.join(self.device_dir(address), "vfio-dev")):
+            path = os.path.join(self._vfio_dir, "devices", name)
+            if name.startswith("vfio") and os.path.exists(path):
+                return path
+        return None
+
     def write(self, path: str, data: str, *, subject: Optional[str] = None) -> None:
         """One write; the errno comes back as :class:`SysfsWriteError`. ``subject``: its BDF."""
         made = True

@@ -23,7 +23,7 @@ from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
 from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import DEFAULT_PARALLEL, DEFAULT_WRITE_TIMEOUT
-from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Step
+from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Step, not_responding_remedy
 from vfio_manager.safety.writer import Deadline, DeadlineExceededError, bounded
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ _BIND_ERRNO_HINTS = {
     "the function is gone",
 }
 _HOT_UNPLUG = "check `dmesg` for a hot-unplug or a surprise removal"
+_DIED = "stopped responding during the transition (its config space reads all-ones)"
 
 
 class Result(str, enum.Enum):
@@ -242,11 +243,20 @@ class Engine:
         address = entry.address
         deadline_at = self.clock() + self.write_timeout
         wait: Optional[Step] = None
+        wrote = False
         for step in entry.steps:
             action, driver = step.action, step.driver
             if action is Action.WAIT_VFIO_NODE:
                 wait = step
                 continue
+            if wrote and step.writes and self.kernel.sysfs.config_all_ones(address):
+                raise TransitionError(
+                    f"{address} {_DIED}; not written: {step.describe()}",
+                    errno=errno_mod.EIO,
+                    step=action.value,
+                    bdf=str(address),
+                )
+            wrote = wrote or step.writes
             try:
                 if action is Action.VERIFY_DRIVER:
                     self._verify(address, driver, deadline_at)
@@ -257,6 +267,8 @@ class Engine:
                 err.bdf = str(address)
                 raise
             log.info("step", bdf=str(address), step=action.value, outcome="done", driver=driver)
+        if wrote and self.kernel.sysfs.config_all_ones(address):
+            raise TransitionError(f"{address} {_DIED}", errno=errno_mod.EIO, bdf=str(address))
         return wait
 
     def _write(
@@ -411,13 +423,15 @@ class Engine:
         return self._close_record(entry, outcome)
 
     def _wait_for_nodes(self, waiting: dict[PciAddress, _Waiting]) -> dict[PciAddress, Outcome]:
-        """Wait for every /dev/vfio/N at once, under one deadline (not for a function gone)."""
+        """Wait for every /dev/vfio/N at once, under one deadline (not for a function gone); a
+        function's device cdev does as well (a kernel without VFIO_GROUP has no /dev/vfio/N)."""
         results: dict[PciAddress, Outcome] = {}
         deadline = self.clock() + self.node_timeout
         step = Action.WAIT_VFIO_NODE.value
+        sysfs = self.kernel.sysfs
         while waiting:
             for address, (entry, group, writes) in list(waiting.items()):
-                if self.kernel.sysfs.vfio_dev_exists(group):
+                if sysfs.vfio_dev_exists(group) or sysfs.vfio_cdev_of(address) is not None:
                     results[address] = self._done(entry, writes)
                 elif not self.kernel.exists(address):
                     self._probe_picked.pop(address, None)
@@ -486,6 +500,11 @@ class Engine:
         if not self.kernel.exists(entry.address):
             reason = f"{err.message}; the function disappeared"
             return replace(outcome, reason=reason, remedy=_HOT_UNPLUG, writes=writes)
+        if self.kernel.sysfs.config_all_ones(entry.address):  # no undo: never written again
+            reason = err.message if _DIED in err.message else f"{err.message}; {bdf} {_DIED}"
+            remedy = not_responding_remedy(bdf)
+            driver = self.kernel.driver_of(entry.address)
+            return replace(outcome, reason=reason, remedy=remedy, writes=writes, driver=driver)
         before = self.kernel.sysfs.writes_to(bdf)
         restored, note = self._restore(entry.address, *entry.start_state)
         writes += self.kernel.sysfs.writes_to(bdf) - before

@@ -74,6 +74,20 @@ class RefusalKind(str, enum.Enum):
     IN_USE = "in-use"  # a process holds it
     HOST_CRITICAL = "host-critical"  # the host needs it: a disk, an interface, the console
     JOURNAL = "journal"  # a journal record for it that this run cannot settle
+    NOT_RESPONDING = "not-responding"  # its config space reads all-ones: never written
+
+
+NOT_RESPONDING = "it is not responding: its config space reads all-ones (vendor 0xffff)"
+
+
+def not_responding_remedy(bdf: str) -> str:
+    """What an admin can do about a function that reads all-ones (kernel-facts K27)."""
+    device = f"/sys/bus/pci/devices/{bdf}"
+    return (
+        f"check `dmesg` for AER or link errors; try `echo 1 > {device}/reset`, or remove and "
+        f"rescan it (`echo 1 > {device}/remove; echo 1 > /sys/bus/pci/rescan`); if it still "
+        "reads all-ones, reboot the host"
+    )
 
 
 class Settle(str, enum.Enum):
@@ -241,10 +255,27 @@ def plan_to_vfio(
             refused.add(function.address)
             entries.append(FunctionPlan(function, Direction.TO_VFIO, (), *refusal, vfio_driver))
             continue
-        steps = _to_vfio_steps(function, vfio_driver, topology.vfio_dev(function) is not None)
+        node, cdev = topology.vfio_dev(function), topology.vfio_cdev(function)
+        steps = _to_vfio_steps(function, vfio_driver, node is not None or cdev is not None)
         entry = FunctionPlan(function, Direction.TO_VFIO, steps)
         entries.append(replace(entry, target_driver=vfio_driver, target_override=vfio_driver))
     return Plan(Direction.TO_VFIO, tuple(refuse_group_mates(entries, refused)))
+
+
+def refuse_not_responding(plan: Plan, dead: Collection[PciAddress]) -> Plan:
+    """Refuse every ``dead`` function (it reads all-ones), converged or not, and its group
+    mates: writing to it helps nothing and can wedge the driver core (no ``--force`` here)."""
+    dead = {e.address for e in plan.entries if e.refusal is None and e.address in dead}
+    if not dead:
+        return plan
+    entries = [e if e.address not in dead else _refused_not_responding(e) for e in plan.entries]
+    return Plan(plan.direction, tuple(refuse_group_mates(entries, dead)))
+
+
+def _refused_not_responding(entry: FunctionPlan) -> FunctionPlan:
+    remedy = not_responding_remedy(entry.function.bdf)
+    kind = RefusalKind.NOT_RESPONDING
+    return replace(entry, steps=(), refusal=NOT_RESPONDING, remedy=remedy, refusal_kind=kind)
 
 
 def refuse_group_mates(entries: list[FunctionPlan], refused: set[PciAddress]) -> list[FunctionPlan]:

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.host.dynamic_ids import DynamicId, dynamic_ids
 from vfio_manager.kernel.drivers import is_vfio_driver
-from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.inventory import not_responding, read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.viability import group_viable
 from vfio_manager.pipeline.node import Node
+from vfio_manager.pipeline.plan import NOT_RESPONDING, not_responding_remedy
 from vfio_manager.pipeline.selection import Selector, selected_functions
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> di
         "iommu_group": function.iommu_group,
         "group_viable": group_viable(topology, function),
         "vfio_node": sysfs.vfio_dev_path(int(node)) if node is not None else None,
+        "vfio_cdev": topology.vfio_cdev(function),
+        "not_responding": not_responding(sysfs, function),
         "numa_node": function.numa_node,
         "sriov": function.sriov_role,
         "sriov_numvfs": function.sriov_numvfs,
@@ -54,6 +57,19 @@ class StatusResult:
     @property
     def all_on_vfio(self) -> bool:
         return all(is_vfio_driver(r["driver"]) for r in self.records)
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """``{bdf, message, remedy}`` of each dynamic ID and each function that reads all-ones."""
+        dead = [r["bdf"] for r in self.records if r["not_responding"]]
+        return [found.to_json() for found in self.dynamic_ids] + [
+            {
+                "bdf": bdf,
+                "message": f"{bdf}: {NOT_RESPONDING}",
+                "remedy": not_responding_remedy(bdf),
+            }
+            for bdf in dead
+        ]
 
 
 def status(node: Node, selector: Selector) -> StatusResult:

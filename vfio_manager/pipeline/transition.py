@@ -15,7 +15,7 @@ from vfio_manager.errors import ExitCode, VfioManagerError
 from vfio_manager.host.driver_choice import DriverResolver
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import Direction, is_vfio_driver
-from vfio_manager.kernel.inventory import read_topology
+from vfio_manager.kernel.inventory import not_responding, read_topology
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.verbs import Kernel
@@ -28,6 +28,7 @@ from vfio_manager.pipeline.plan import (
     Plan,
     RefusalKind,
     refuse_group_mates,
+    refuse_not_responding,
 )
 from vfio_manager.pipeline.selection import Selector, select_targets
 from vfio_manager.safety.holders import describe_holders, find_holders
@@ -209,7 +210,7 @@ class _Run:
         else:
             pfs = self._release_plan(topology, targets)
         targets = self._with_vfs(topology, targets, pfs)
-        plan = self._refuse(self._plan(topology, targets, resolver))
+        plan = self._refuse(self._unresponsive(self._plan(topology, targets, resolver)))
         report = None if request.dry_run or not plan.entries else self._apply(plan)
         if request.direction is Direction.TO_HOST and pfs.entries and not request.dry_run:
             if report is not None:  # the VFs are back: their PFs are planned from now
@@ -238,8 +239,13 @@ class _Run:
             return Plan(Direction.TO_VFIO)
         found = select_targets(topology, r.selector, named=r.named, exclude=r.exclude)
         pfs = [(pf, count) for pf in found if (count := r.selector.vf_count(pf))]
-        entries = [provision(pf, count, self._sriov_origin(pf)) for pf, count in pfs]
-        entries = [self._record_sriov(e) if e.refusal is None else e for e in entries]
+        planned = Plan(
+            Direction.TO_VFIO, tuple(provision(pf, n, self._sriov_origin(pf)) for pf, n in pfs)
+        )
+        entries = [
+            self._record_sriov(e) if e.refusal is None else e
+            for e in self._unresponsive(planned).entries
+        ]
         self.carrying = {e.function.bdf for e in entries if e.refusal is None}
         self.notes += [
             f"sriov: {e.function.bdf}: the dry run cannot plan its VFs: they do not exist yet"
@@ -273,7 +279,14 @@ class _Run:
                     refusal_kind=RefusalKind.GROUP,
                 )
             entries.append(entry)
-        return self._refuse_vf_holders(Plan(Direction.TO_HOST, tuple(entries)), topology)
+        plan = self._unresponsive(Plan(Direction.TO_HOST, tuple(entries)))
+        return self._refuse_vf_holders(plan, topology)
+
+    def _unresponsive(self, plan: Plan) -> Plan:
+        """Refuse the functions whose config reads all-ones (K27) before anything is recorded
+        or written."""
+        dead = [e.address for e in plan.entries if not_responding(self.sysfs, e.function)]
+        return refuse_not_responding(plan, dead)
 
     def _sriov_origin(self, pf: PciFunction) -> Optional[JournalEntry]:
         if self.journal is None:

@@ -1,6 +1,6 @@
 """The fake kernel's rules, one module per kernel file, and the pyfakefs tree they act on.
 
-Each rule module cites the facts it encodes by number (K1 ... K26 in docs/kernel-facts.md),
+Each rule module cites the facts it encodes by number (K1 ... K27 in docs/kernel-facts.md),
 and the tests in tests/harness_tests check each fact. Tests use the facade,
 ``tests.harness.FakeKernel``; nothing here is imported by product tests.
 
@@ -15,7 +15,7 @@ Paths are under /sys; DEV stands for bus/pci/devices/BDF, DRV for bus/pci/driver
 | (which driver matches, which probe succeeds) | matching.py | K8-K11, K13 |
 | DEV/sriov_numvfs, DEV/sriov_drivers_autoprobe | sriov.py | K17 |
 | DEV/remove, DEV/rescan, DEV/reset, bus/pci/rescan | remove_rescan.py, hotplug.py | K18 |
-| DEV/driver, DRV/BDF, DEV/vfio-dev/vfioK | binding.py | K2, K15, K19, K20 |
+| DEV/driver, DRV/BDF, DEV/vfio-dev/vfioK (and its cdev) | binding.py | K2, K15, K19, K20, K25 |
 | kernel/iommu_groups/N, /dev/vfio/N | iommu_groups.py | K14, K15, K22 |
 | DRV/ | drivers.py | K2, K21 |
 | /proc/modules, /sys/module/NAME, /lib/modules/REL/modules.* | modules.py | K12, K21 |

@@ -8,6 +8,7 @@ setup) ends in :func:`attach`; every way it lets go (unbind, rmmod, unplug) in
   bus/pci/drivers/NAME) and the driver's own BDF link are the binding; nothing else is.
 - K15: a vfio driver adds ``vfio-dev/vfioK`` (K the lowest free index) and makes the
   group's /dev/vfio node appear; the node goes when no member is on a vfio driver.
+- K25: with the device cdev, ``/dev/vfio/devices/vfioK`` comes and goes with ``vfio-dev``.
 - K19: a native driver's own entries (``net``, ``ptp``, ...) come with it and go with it;
   ``waiting_for_supplier`` goes at the first successful probe.
 - K20: a function idles in D3hot on vfio-pci when it has power management, D0 otherwise.
@@ -43,6 +44,10 @@ def attach(s: KernelState, fn: Function, drv: Driver) -> None:
         index = next(i for i in range(len(used) + 1) if i not in used)
         fn.vfio_index = index
         s.tree.file(f"{d}/vfio-dev/vfio{index}/dev", const(f"{VFIO_GROUP_MAJOR}:{index}\n"))
+        if s.vfio_cdev:
+            devname = f"vfio/devices/vfio{index}"
+            s.tree.file(f"{d}/vfio-dev/vfio{index}/uevent", const(f"DEVNAME={devname}\n"))
+            s.tree.chardev(f"{s.dev_root}/{devname}")
         fn.power_state = "D3hot" if fn.pm else "D0"
         if fn.group is not None:
             iommu_groups.node_add(s, fn.group)
@@ -64,6 +69,7 @@ def detach(s: KernelState, fn: Function) -> None:
     fn.driver = None
     if drv is not None and drv.vfio:
         s.tree.remove(f"{d}/vfio-dev")
+        s.tree.remove(f"{s.dev_root}/vfio/devices/vfio{fn.vfio_index}")
         fn.vfio_index = None
         fn.power_state = "D0"
         if fn.group is not None and not iommu_groups.group_on_vfio(s, fn.group):

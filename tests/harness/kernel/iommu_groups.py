@@ -73,6 +73,8 @@ def node_name(s: KernelState, group: int) -> str:
 
 
 def node_add(s: KernelState, group: int) -> None:
+    if not s.vfio_group_nodes:
+        return
     if s.defer_nodes:
         s.pending_nodes.add(group)
         return

@@ -267,20 +267,17 @@ def _kernel_files(s: KernelState, fn: Function, *, want: Callable[[str], bool]) 
     if want("uevent"):
         s.tree.file(f"{d}/uevent", lambda: _uevent(fn), writes.store(s, f"{rel}/uevent"))
     if want("config"):
-        s.tree.file(
-            f"{d}/config",
-            const(
-                config_space(
-                    vendor=fn.vendor,
-                    device=fn.device,
-                    revision=fn.revision,
-                    pci_class=fn.pci_class,
-                    header_type=fn.header_type,
-                    subvendor=fn.subsystem_vendor,
-                    subdevice=fn.subsystem_device,
-                )
-            ),
+        space = config_space(
+            vendor=fn.vendor,
+            device=fn.device,
+            revision=fn.revision,
+            pci_class=fn.pci_class,
+            header_type=fn.header_type,
+            subvendor=fn.subsystem_vendor,
+            subdevice=fn.subsystem_device,
         )
+        # a function that stopped responding reads all-ones (K27); sysfs keeps its cached IDs
+        s.tree.file(f"{d}/config", lambda: space if fn.responding else b"\xff" * len(space))
     for name in ("remove", "rescan", "reset"):  # write-only (K18)
         if want(name):
             s.tree.file(f"{d}/{name}", None, writes.store(s, f"{rel}/{name}"))

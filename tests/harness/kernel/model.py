@@ -150,6 +150,7 @@ class Function:
     waiting_for_supplier: bool = False
     noiommu_group: bool = False  # its group was made by vfio's no-IOMMU mode
     user_open: bool = False  # a user has its VFIO device fd open (K26)
+    responding: bool = True  # False: its config space reads all-ones (K27)
 
     @property
     def depth(self) -> int:

@@ -58,6 +58,10 @@ class KernelState:
         self.drivers_autoprobe = True
         self.modules_supported = modules_supported
         self.noiommu = False
+        # K25: /dev/vfio/devices/vfioK per function on vfio (CONFIG_VFIO_DEVICE_CDEV), and
+        # whether groups get /dev/vfio/N at all (CONFIG_VFIO_GROUP)
+        self.vfio_cdev = False
+        self.vfio_group_nodes = True
         # observations
         self.writes: list[Write] = []
         self.dmesg: list[str] = []
