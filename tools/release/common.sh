@@ -17,9 +17,13 @@ project_version() {
     sed -n 's/^version *= *"\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1
 }
 
-# The commit the tree is (a release is built from a clean checkout of one)
+# The commit the tree is (a release is built from a clean checkout of one; a tree with
+# uncommitted changes to tracked files says so with -dirty)
 commit_of_tree() {
-    git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown
+    local commit
+    commit=$(git -C "$REPO" rev-parse HEAD 2>/dev/null) || { echo unknown; return; }
+    [[ -z $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null) ]] || commit+=-dirty
+    echo "$commit"
 }
 
 # SOURCE_DATE_EPOCH: the commit's time, so that every timestamp a build writes is the commit's
