@@ -34,6 +34,7 @@ def test_outside_a_build_and_a_source_tree_both_are_unknown(
     package = tmp_path / "vfio_manager"
     package.mkdir()
     monkeypatch.setattr(version, "PACKAGE", package)
+    monkeypatch.setattr(version, "SOURCE", tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     assert (
         version.describe() == f"vfio-manager, version {__version__} (commit unknown, lock unknown)"

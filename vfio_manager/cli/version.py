@@ -10,17 +10,20 @@ import hashlib
 import json
 import pathlib
 import subprocess
+from importlib import resources
 
 from vfio_manager import __version__
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent
+# the package as a resource (it may be inside a zipapp), and the checkout it may sit in
+PACKAGE = resources.files("vfio_manager")
+SOURCE = pathlib.Path(__file__).resolve().parents[2]
 BUILD_INFO = "build_info.json"
 UNKNOWN = "unknown"
 
 
 def _from_build() -> dict[str, str]:
     try:
-        doc = json.loads((PACKAGE / BUILD_INFO).read_text(encoding="utf-8"))
+        doc = json.loads(PACKAGE.joinpath(BUILD_INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return {
@@ -29,7 +32,7 @@ def _from_build() -> dict[str, str]:
 
 
 def _from_source() -> dict[str, str]:
-    repo = PACKAGE.parent
+    repo = SOURCE
     found: dict[str, str] = {}
     lock = repo / "requirements" / "runtime.lock"
     if (repo / "pyproject.toml").is_file() and lock.is_file():
