@@ -4,7 +4,8 @@ Run as ``vfio-manager`` it is the CLI, as ``vfio-manage`` (or ``vfio-manage.sh``
 ``python3 vfio-manager-VERSION.pyz install [--root DIR]`` installs it: this file under
 /usr/local/lib/vfio-manager/ (by content, so a running daemon keeps reading its own), the
 links /usr/local/bin/vfio-manager and vfio-manage, the systemd units, the modules-load.d file
-and /etc/default/vfio-manager when there is none; then systemd reloads its units.
+and /etc/default/vfio-manager when there is none; then systemd reloads its units and loads
+the vfio modules (systemd-modules-load), as a boot would.
 """
 
 from __future__ import annotations
@@ -72,12 +73,15 @@ def install(args: list[str]) -> int:
             os.replace(f"{path}.tmp", path)
             print(f"installed {path}")
     if root == "/" and os.path.isdir("/run/systemd/system"):
-        subprocess.run(["systemctl", "daemon-reload"], check=True)  # noqa: S607
-        print("systemctl daemon-reload")
+        for command in (["daemon-reload"], ["restart", "systemd-modules-load.service"]):
+            subprocess.run(["systemctl", *command], check=True)  # noqa: S607
+            print("systemctl", *command)
     return 0
 
 
 def main() -> None:
+    if sys.version_info < (3, 11):  # what requirements/runtime.lock is resolved for
+        sys.exit(f"vfio-manager: this file needs Python 3.11 or later; {sys.executable} is {sys.version.split()[0]}")
     name = os.path.basename(sys.argv[0])
     if name.endswith(".pyz") and sys.argv[1:2] == ["install"]:
         sys.exit(install(sys.argv[2:]))
