@@ -22,7 +22,13 @@ from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.engine import Engine, Interruption, Report, Result
 from vfio_manager.pipeline.node import Node
-from vfio_manager.pipeline.plan import Action, Plan, RefusalKind, refuse_group_mates
+from vfio_manager.pipeline.plan import (
+    Action,
+    FunctionPlan,
+    Plan,
+    RefusalKind,
+    refuse_group_mates,
+)
 from vfio_manager.pipeline.selection import Selector, select_targets
 from vfio_manager.safety.holders import describe_holders, find_holders
 from vfio_manager.safety.intents import IntentStore
@@ -153,6 +159,7 @@ class _Run:
         self.host = node.host_files()
         self.notes: list[str] = []
         self.journal_errors: list[str] = []
+        self.newer_origins: list[JournalEntry] = []  # a later release's: their functions refused
         self.intents: Optional[IntentStore] = None
         self.recorded: list[str] = []  # the intents this run recorded
         if request.admin and not request.dry_run:
@@ -285,6 +292,7 @@ class _Run:
             plan = plan_to_host(
                 topology, targets, host_target_for=host.host_target, settling=settling
             )
+            settlement.entries.extend(self._newer_origins(targets))
         refused = {e.address for e in settlement.entries}
         entries = [
             replace(e, interrupted=settlement.interrupted.get(e.address))
@@ -292,6 +300,23 @@ class _Run:
             if e.address not in refused
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
+
+    def _newer_origins(self, targets: Sequence[PciFunction]) -> list[FunctionPlan]:
+        """Refuse to move home a function whose origin a later release recorded (kept)."""
+        from vfio_manager.safety.journal import NEWER_REMEDY
+
+        newer = {e.bdf: e for e in self.newer_origins}
+        return [
+            FunctionPlan(
+                f,
+                Direction.TO_HOST,
+                refusal=f"its origin record was {newer[f.bdf].problem}",
+                remedy=NEWER_REMEDY,
+                refusal_kind=RefusalKind.JOURNAL,
+            )
+            for f in targets
+            if f.bdf in newer
+        ]
 
     def _journal_change(self, change: Callable[[str], object], bdf: str, what: str) -> None:
         if self.request.dry_run:
@@ -354,6 +379,9 @@ class _Run:
             origins[function.address] = found
         for bad in self.journal.take_set_aside():
             unreadable.add(bad.bdf or "")
+            if bad.newer_schema is not None:
+                self.newer_origins.append(bad)
+                continue
             where = f"set aside as {bad.quarantined_as}" if bad.quarantined_as else "ignored"
             self.notes.append(
                 f"journal: {bad.bdf}: its origin record was unreadable ({bad.problem}); "
