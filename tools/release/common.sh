@@ -8,6 +8,7 @@ REQS=$REPO/requirements
 RELEASE_CACHE=${RELEASE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/vfio-manager-release}
 # The Python the shipped artifacts are locked for and built with (Debian 12's; the lock is
 # resolved for 3.11 and later, so Ubuntu 24.04's 3.12 takes the same pins).
+# shellcheck disable=SC2034 # used by tools/release/lock
 LOCK_ARGS=(--universal --python-version 3.11 --generate-hashes --custom-compile-command tools/release/lock)
 
 rlog() { printf '[release %4ds] %s\n' "$SECONDS" "$*" >&2; }
