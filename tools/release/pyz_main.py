@@ -51,11 +51,13 @@ def install(args: list[str]) -> int:
     tmp = os.path.join(lib, f".{name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-    os.chmod(tmp, 0o755)
+    os.chmod(tmp, 0o755)  # noqa: S103 - a program: root writes it, everyone may run it
     os.replace(tmp, os.path.join(lib, name))
     previous = os.path.basename(os.path.realpath(os.path.join(bindir, "vfio-manager")))
     for command in ("vfio-manager", "vfio-manage"):
-        _replace_link(os.path.join("..", "lib", "vfio-manager", name), os.path.join(bindir, command))
+        _replace_link(
+            os.path.join("..", "lib", "vfio-manager", name), os.path.join(bindir, command)
+        )
     print(f"installed {os.path.join(root, LIB, name)}; linked {BIN}/vfio-manager and vfio-manage")
     for old in os.listdir(lib):  # the one before stays, for a running daemon and a rollback
         if old.endswith(".pyz") and old not in (name, previous):
@@ -73,15 +75,16 @@ def install(args: list[str]) -> int:
             os.replace(f"{path}.tmp", path)
             print(f"installed {path}")
     if root == "/" and os.path.isdir("/run/systemd/system"):
-        for command in (["daemon-reload"], ["restart", "systemd-modules-load.service"]):
-            subprocess.run(["systemctl", *command], check=True)  # noqa: S607
-            print("systemctl", *command)
+        for verb in (["daemon-reload"], ["restart", "systemd-modules-load.service"]):
+            subprocess.run(["systemctl", *verb], check=True)  # noqa: S607
+            print("systemctl", *verb)
     return 0
 
 
 def main() -> None:
     if sys.version_info < (3, 11):  # what requirements/runtime.lock is resolved for
-        sys.exit(f"vfio-manager: this file needs Python 3.11 or later; {sys.executable} is {sys.version.split()[0]}")
+        found = f"{sys.executable} is {sys.version.split()[0]}"
+        sys.exit(f"vfio-manager: this file needs Python 3.11 or later; {found}")
     name = os.path.basename(sys.argv[0])
     if name.endswith(".pyz") and sys.argv[1:2] == ["install"]:
         sys.exit(install(sys.argv[2:]))
@@ -89,7 +92,7 @@ def main() -> None:
         from vfio_manager.cli.compat import main as run
     else:
         from vfio_manager.cli.main import main as run
-    sys.exit(run())
+    run()
 
 
 main()
