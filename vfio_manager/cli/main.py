@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import click
 
-from vfio_manager import __version__
 from vfio_manager.errors import ExitCode, UsageError, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
 
@@ -313,12 +312,27 @@ class _Cli(click.Group):
             return super().invoke(ctx)
 
 
+def _print_version(ctx: click.Context, _param: Param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from vfio_manager.cli.version import describe
+
+        click.echo(describe())
+        ctx.exit()
+
+
 @click.group(
     cls=_Cli,
     epilog=EXIT_CODES_HELP,
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
 )
-@click.version_option(__version__, prog_name="vfio-manager")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version, the commit and the runtime lock's digest, and exit.",
+)
 @_node_options
 @_opt("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto")
 @_opt("-v", "--verbose", count=True, show_default=False)

@@ -402,6 +402,21 @@ class Settlement:
     notes: list[str] = field(default_factory=list)
 
 
+def _refuse_newer(
+    result: Settlement, entry: JournalEntry, topology: Topology, direction: Direction
+) -> None:
+    """A later release's record: the function is refused, the record kept as it is."""
+    from vfio_manager.safety.journal import NEWER_REMEDY
+
+    function = topology.functions.get(PciAddress.parse(entry.bdf or ""))
+    reason = f"a journal record for it was {entry.problem}"
+    if function is None:
+        result.notes.append(f"{entry.bdf}: {reason}; the function is gone; record kept")
+        return
+    refusal = FunctionPlan(function, direction, (), reason, NEWER_REMEDY)
+    result.entries.append(replace(refusal, refusal_kind=RefusalKind.JOURNAL))
+
+
 def settle(
     pending: Collection[JournalEntry],
     topology: Topology,
@@ -415,6 +430,9 @@ def settle(
     cannot apply refused, one going this run's way *finished*, any other *rolled back*."""
     result = Settlement()
     for entry in pending:
+        if entry.newer_schema is not None and entry.bdf is not None:
+            _refuse_newer(result, entry, topology, direction)
+            continue
         if entry.corrupt or entry.bdf is None or entry.direction is None:
             where = f"set aside as {entry.quarantined_as}" if entry.quarantined_as else "ignored"
             which = f"{entry.bdf} is" if entry.bdf else "its function, if any, is"

@@ -183,6 +183,7 @@ class _Run:
         self.host = node.host_files()
         self.notes: list[str] = []
         self.journal_errors: list[str] = []
+        self.newer_origins: list[JournalEntry] = []  # a later release's: their functions refused
         self.intents: Optional[IntentStore] = None
         self.recorded: list[str] = []  # the intents this run recorded
         self.carrying: set[str] = set()  # the PFs given their VFs by this run
@@ -483,6 +484,7 @@ class _Run:
             plan = plan_to_host(
                 topology, targets, host_target_for=host.host_target, settling=settling
             )
+            settlement.entries.extend(self._newer_origins(targets))
         refused = {e.address for e in settlement.entries}
         entries = [
             replace(e, interrupted=settlement.interrupted.get(e.address))
@@ -490,6 +492,23 @@ class _Run:
             if e.address not in refused
         ]
         return Plan(plan.direction, (*entries, *settlement.entries))
+
+    def _newer_origins(self, targets: Sequence[PciFunction]) -> list[FunctionPlan]:
+        """Refuse to move home a function whose origin a later release recorded (kept)."""
+        from vfio_manager.safety.journal import NEWER_REMEDY
+
+        newer = {e.bdf: e for e in self.newer_origins}
+        return [
+            FunctionPlan(
+                f,
+                Direction.TO_HOST,
+                refusal=f"its origin record was {newer[f.bdf].problem}",
+                remedy=NEWER_REMEDY,
+                refusal_kind=RefusalKind.JOURNAL,
+            )
+            for f in targets
+            if f.bdf in newer
+        ]
 
     def _journal_change(self, change: Callable[[str], object], bdf: str, what: str) -> None:
         if self.request.dry_run:
@@ -552,6 +571,9 @@ class _Run:
             origins[function.address] = found
         for bad in self.journal.take_set_aside():
             unreadable.add(bad.bdf or "")
+            if bad.newer_schema is not None:
+                self.newer_origins.append(bad)
+                continue
             where = f"set aside as {bad.quarantined_as}" if bad.quarantined_as else "ignored"
             self.notes.append(
                 f"journal: {bad.bdf}: its origin record was unreadable ({bad.problem}); "

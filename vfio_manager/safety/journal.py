@@ -41,6 +41,11 @@ _RECORD_KEPT = (
     "the record then"
 )
 _OTHER_DEVICE_KEPT = "the record (for another device) is kept and ignored again next time"
+NEWER_REMEDY = (
+    "it is kept where it is: run the vfio-manager release that wrote it to settle this "
+    "function, or move the record out of the state directory once the function is where it "
+    "belongs"
+)
 _TYPES = {str: "a string", int: "an integer", bool: "a boolean"}
 _FIELDS: dict[str, type] = {  # a record's fields past its name; all but the booleans nullable
     "direction": str,
@@ -64,7 +69,7 @@ class JournalError(VfioManagerError):
 @dataclass(frozen=True)
 class JournalEntry:
     """One record, a transition or an origin; an unreadable one has only ``bdf`` (if its
-    name was one), ``problem`` and ``quarantined_as`` set."""
+    name was one), ``problem`` and ``quarantined_as`` (or ``newer_schema``) set."""
 
     bdf: Optional[str]
     record: str = TRANSITION
@@ -80,6 +85,7 @@ class JournalEntry:
     original_autoprobe: Optional[int] = None
     problem: Optional[str] = None
     quarantined_as: Optional[str] = field(default=None, compare=False)
+    newer_schema: Optional[int] = None  # written by a later release: kept, never acted on
 
     @property
     def corrupt(self) -> bool:
@@ -123,6 +129,20 @@ class JournalEntry:
             raise ValueError("original_driver is set, but marked unknown")
         direction = Direction(values["direction"]) if record != SRIOV else None
         return cls(bdf, record, **{**values, "direction": direction})
+
+
+def _newer_schema(data: object) -> Optional[int]:
+    version = data.get("version") if isinstance(data, dict) else None
+    return version if type(version) is int and version > SCHEMA_VERSION else None
+
+
+def _schema_on_file(state: StateDir, name: str) -> Optional[int]:
+    """The schema of a later release's record at ``name``, if that is what is there."""
+    try:
+        raw = state.read(name, limit=_MAX_RECORD)
+        return _newer_schema(json.loads(raw.decode("utf-8"))) if raw is not None else None
+    except (UnusableFile, OSError, ValueError, RecursionError):
+        return None
 
 
 def driver_name_problem(value: str) -> Optional[str]:
@@ -335,10 +355,32 @@ class Journal:
         except (ValueError, RecursionError) as exc:
             problem = f"not valid JSON ({type(exc).__name__}: {exc})"
             return self._quarantine(state, name, canonical, problem)
+        newer = _newer_schema(data)
+        if newer is not None:
+            return self._keep_newer(state, name, canonical, newer)
         try:
             return JournalEntry.from_json(data, record=record, bdf=canonical)
         except ValueError as exc:
             return self._quarantine(state, name, canonical, str(exc))
+
+    def _keep_newer(self, state: StateDir, name: str, bdf: str, schema: int) -> JournalEntry:
+        """A record of a later release's schema: left in place, reported, never acted on."""
+        record = ORIGIN if name.startswith(_PREFIX[ORIGIN]) else TRANSITION
+        problem = (
+            f"written by a newer vfio-manager (record schema {schema}; this release reads "
+            f"schema {SCHEMA_VERSION})"
+        )
+        log.error(
+            "journal: record of a newer schema kept",
+            bdf=bdf,
+            record=record,
+            file=state.path_of(name),
+            schema=schema,
+            problem=problem,
+        )
+        entry = JournalEntry(bdf=bdf, record=record, problem=problem, newer_schema=schema)
+        self._set_aside.append(entry)
+        return entry
 
     def _quarantine(
         self, state: StateDir, name: str, bdf: Optional[str], problem: str
@@ -385,6 +427,20 @@ class Journal:
         """Make ``payload`` the record's content (``None``: remove it)."""
         name = f"{_PREFIX[record]}{PciAddress.parse(bdf)}.json"
         with StateDir.open(self.state_dir) as state:
+            schema = _schema_on_file(state, name)
+            if schema is not None and payload is None:
+                log.warning("journal: record of a newer schema kept", bdf=bdf, schema=schema)
+                return
+            if schema is not None:
+                raise JournalError(
+                    f"the journal record {state.path_of(name)} was written by a newer "
+                    f"vfio-manager (record schema {schema}; this release reads schema "
+                    f"{SCHEMA_VERSION}); it is not overwritten",
+                    bdf=bdf,
+                    path=state.path_of(name),
+                    step="journal",
+                    remedy=f"{NEWER_REMEDY}; {consequence}",
+                )
             try:
                 if payload is None:
                     state.remove(name)

@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 """The checks of tools/e2e/systemd-guest, run in its guest by vfio-e2e-driver.service.
 
-The guest booted with systemd as PID 1, the project installed at /usr/local/bin/vfio-manager and
-the files of systemd/ installed as docs/bare-metal.md says. $BOOT names the boot: which unit
-is enabled, whether the machine has an IOMMU, and which checks run. The e1000e at 03:00.0
-(8086:10d3) plays the "NPU"; the daemon's boots also select the e1000 at 00:05.0, which shares
-its IOMMU group with virtio-net on a host driver: refused, so the node never converges.
+The guest booted with systemd as PID 1, the release file vfio-manager-VERSION.pyz installed by its
+own installer (/usr/local/bin/vfio-manager) and the files of systemd/ with it, as
+docs/bare-metal.md says; its python3 is Debian's, with no other Python package. $BOOT names
+the boot: which unit is enabled, whether the machine has an IOMMU, and which checks run. The
+e1000e at 03:00.0 (8086:10d3) plays the "NPU"; the daemon's boots also select the e1000 at
+00:05.0, which shares its IOMMU group with virtio-net on a host driver: refused, so the node
+never converges.
 
 BOOT=bind (IOMMU on; vfio-manager-bind.service and vfio-e2e-witness.service enabled)
   boot
@@ -15,6 +17,11 @@ BOOT=bind (IOMMU on; vfio-manager-bind.service and vfio-e2e-witness.service enab
                  e1000e to vfio-pci (its /dev/vfio/N exists); nothing else was moved.
     ordering     vfio-e2e-witness.service (After=vfio-manager-bind.service) found the e1000e on
                  vfio-pci when it started, and started after the bind had exited.
+  artifact
+    installed    /usr/local/bin/vfio-manager links to a .pyz in /usr/local/lib/vfio-manager;
+                 the guest's python3 has no pip and no click (the file brings its own).
+    version      `vfio-manager --version` names the version, a commit and the lock's digest.
+    status       `vfio-manager status --check` (the e1000e selected) exits 0.
   sandbox (each probe is a copy of the installed vfio-manager-bind.service, its command
   replaced and one setting changed by a drop-in; "shipped" changes nothing)
     in-use       two processes hold /dev/vfio/N: one as root with every capability, one as uid
@@ -369,6 +376,34 @@ def check_boot() -> None:
         f" and saw {E1000E} on {seen};"
         f" the bind ran {bind_start / 1e6:.2f}s..{bind_exit / 1e6:.2f}s",
     )
+
+
+def check_artifact() -> None:
+    g = "artifact"
+    program = os.path.realpath("/usr/local/bin/vfio-manager")
+    bare = [m for m in ("pip", "click") if run("python3", "-c", f"import {m}").returncode == 0]
+    check(
+        g,
+        "installed",
+        program.startswith("/usr/local/lib/vfio-manager/vfio-manager-")
+        and program.endswith(".pyz")
+        and not bare,
+        f"vfio-manager -> {program}; the system python3 imports {bare or 'neither pip nor click'}",
+    )
+    version = run("vfio-manager", "--version")
+    words = version.stdout.split()
+    check(
+        g,
+        "version",
+        version.returncode == 0
+        and version.stdout.startswith("vfio-manager, version ")
+        and len(words) == 7
+        and words[4] not in {"unknown,", "unknown-dirty,"}
+        and words[6].startswith("sha256:"),
+        version.stdout.strip() or version.stderr.strip(),
+    )
+    status = run("vfio-manager", "status", "--check", *SELECTION)
+    check(g, "status", status.returncode == 0, f"status --check exited {status.returncode}")
 
 
 # ---- sandbox ------------------------------------------------------------------------------------
@@ -808,7 +843,7 @@ def check_daemon_at_boot() -> None:
 
 
 BOOTS = {
-    "bind": (check_boot, check_sandbox),
+    "bind": (check_boot, check_artifact, check_sandbox),
     "daemon": (check_daemon_at_boot,),
     "iommu-off": (check_iommu_off,),
 }
