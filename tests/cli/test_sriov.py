@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from typing import Any
 
 from pyfakefs.fake_filesystem import FakeFilesystem
 
@@ -355,3 +356,19 @@ def test_a_pf_that_stopped_responding_gets_no_vfs_and_keeps_what_it_had(
         assert not [w.path for w in kernel.writes if PF in w.path], command
     assert _sriov(kernel, "sriov_numvfs") == "2"
     assert os.path.exists(_record(kernel)), "the PF's origin stays for when it answers again"
+
+
+def test_status_lists_the_vfs_the_pf_links_whatever_its_numvfs_file_says(
+    kernel: FakeKernel, run: RunCli
+) -> None:
+    """An odd ``sriov_numvfs`` (garbage, huge, or behind the links) neither hides a VF nor
+    makes ``status`` walk numbers that are not there."""
+    _igb_node(kernel)
+    assert run("bind-all", *IGB, "--vfs", "2").exit_code == 0
+    numvfs: Any = kernel.fs.resolve(kernel.sys_path(f"bus/pci/devices/{PF}/sriov_numvfs"))
+    for shown in (b"1\n", b"4294967295\n", b"two\n"):
+        numvfs._show = lambda shown=shown: shown  # the harness has no call for garbage
+        result = run("status", *IGB, "--json")
+        assert result.exit_code == 0, result.stdout + result.stderr
+        (pf,) = [d for d in result.json()["devices"] if d["bdf"] == PF]
+        assert pf["vfs"] == _vfs(kernel), shown

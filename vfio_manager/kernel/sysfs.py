@@ -132,9 +132,11 @@ class Sysfs:
     def read_device_attr(self, address: PciAddress, name: str) -> Optional[str]:
         return self.read_text(self._device_attr(address, name))
 
-    def vfs_of(self, pf: PciAddress, count: int) -> list[PciAddress]:
-        """The PF's VFs, from its ``virtfnK`` links (K17)."""
-        names = (self.link_name(self._device_attr(pf, f"virtfn{k}")) for k in range(count))
+    def vfs_of(self, pf: PciAddress) -> list[PciAddress]:
+        """The PF's VFs, from its ``virtfnK`` links (K17): one listing, so an odd
+        ``sriov_numvfs`` value costs nothing."""
+        links = [n for n in self.list_dir(self.device_dir(pf)) if n.startswith("virtfn")]
+        names = (self.link_name(self._device_attr(pf, n)) for n in links)
         found = (PciAddress.from_sysfs_name(n) for n in names if n is not None)
         return sorted((a for a in found if a is not None), key=_address_order)
 

@@ -40,9 +40,7 @@ def device_record(topology: Topology, function: PciFunction, sysfs: Sysfs) -> di
         "numa_node": function.numa_node,
         "sriov": function.sriov_role,
         "sriov_numvfs": function.sriov_numvfs,
-        "vfs": [str(a) for a in sysfs.vfs_of(function.address, function.sriov_numvfs or 0)]
-        if function.can_sriov
-        else None,
+        "vfs": [str(a) for a in sysfs.vfs_of(function.address)] if function.can_sriov else None,
         "physfn": str(function.physfn) if function.physfn is not None else None,
     }
 
