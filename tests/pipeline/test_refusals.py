@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 
+import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.harness import FakeKernel
@@ -195,3 +197,57 @@ def test_unbind_refused_while_a_process_keeps_an_unnamed_device_fd(
     assert "PID 4242 (dpdk-app) has a VFIO device fd" in report[held]["reason"]
     assert state(kernel, held) == VFIO
     assert state(kernel, free) == HOST
+
+
+# -- a dry run answers as the real run would: a refusal exits 1 --------------------------------
+def _held(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
+    (npu,) = npu_node(kernel, count=1)
+    native_node(fs, kernel, npu)
+    fake_process(fs, kernel, 777, "rbln-smi", fds=("/dev/rbln0",))
+    return ["bind", npu]
+
+
+def _host_critical(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
+    npu_node(kernel, count=0)
+    kernel.add_function(
+        "0000:09:00.0", vendor=0x1EFF, device=0x1220, pci_class=0x120000, driver="rebellions",
+        iommu_group=40, boot_vga=True,
+    )  # fmt: skip
+    return ["bind-all"]
+
+
+def _not_viable(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
+    npu_node(kernel, count=0)
+    kernel.add_function(
+        "0000:09:00.0", vendor=0x1EFF, device=0x1250, pci_class=0x120000, driver="rebellions",
+        iommu_group=40, sriov_totalvfs=4,
+    )  # fmt: skip
+    kernel.add_vfs("0000:09:00.0", 2, device=0x1251)
+    return ["bind", "0000:09:00.0"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (_held, "PID 777 (rbln-smi) has /dev/rbln0 open"),
+        (_host_critical, "boot VGA device"),
+        (_not_viable, "SR-IOV PF with 2 VFs enabled"),
+    ],
+    ids=["held", "host-critical", "not-viable"],
+)
+def test_a_dry_run_with_a_refusal_exits_1_like_the_real_run(
+    fs: FakeFilesystem,
+    kernel: FakeKernel,
+    setup: Callable[[FakeFilesystem, FakeKernel], list[str]],
+    reason: str,
+) -> None:
+    """Scripts run ``--dry-run`` as a check before a maintenance window."""
+    command = setup(fs, kernel)
+    dry = invoke(kernel, *command, "--dry-run")
+    assert dry.exit_code == 1, dry.stdout
+    assert reason in dry.stdout
+    as_json = invoke(kernel, *command, "--dry-run", "--json")
+    assert as_json.exit_code == 1
+    assert as_json.json()["dry_run"] is True
+    assert kernel.writes == []
+    assert invoke(kernel, *command).exit_code == 1  # what the dry run foretold
