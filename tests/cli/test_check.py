@@ -400,6 +400,59 @@ def test_bind_all_loads_modules_then_binds(kernel: FakeKernel, modprobe: Modprob
     assert events[0]["argv"] == ["chroot", "/node", "/sbin/modprobe", "vfio_pci"]
 
 
+def _modprobe_failing_for(
+    monkeypatch: pytest.MonkeyPatch, kernel: FakeKernel, failing: str
+) -> None:
+    """modprobe loads every module but ``failing``, for which it exits 1 (the kernel refused)."""
+
+    def run(argv: Sequence[str]) -> RunResult:
+        if argv[-1] == failing:
+            kernel.modprobe_calls.append(tuple(argv))
+            return RunResult(1, "", f"modprobe: ERROR: could not insert '{failing}': Invalid\n")
+        return RunResult(*kernel.run_modprobe(argv))
+
+    monkeypatch.setattr(modules, "subprocess_runner", run)
+
+
+def test_a_failed_module_load_stops_a_bind_before_its_first_write(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    npu_node(kernel, count=1, vfio_loaded=False)
+    _modprobe_failing_for(monkeypatch, kernel, "vfio_pci")
+    result = invoke(kernel, "bind", NPU)
+    assert result.exit_code == 3, result.stdout
+    assert kernel.modprobe_calls == [("chroot", "/node", "/sbin/modprobe", "vfio_pci")]
+    assert kernel.writes == []  # no driver_override, no drivers_probe for a driver not there
+    assert "could not insert 'vfio_pci'" in result.stderr
+    assert kernel.driver_of(NPU) == "rebellions"
+
+
+def test_a_failed_variant_load_stops_a_bind_before_its_first_write(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the load's own check fails here: vfio-pci is up, the variant it would have picked
+    is not; binding anyway would write the name of a driver that is not registered."""
+    npu_node(kernel, count=1, vfio_loaded=True)
+    kernel.declare_module(
+        "rbln_vfio_pci",
+        driver="rbln-vfio-pci",
+        ids=[(0x1EFF, 0x1220)],
+        vfio=True,
+        dma_safe=True,
+        deps=["vfio_pci_core"],
+        path="kernel/drivers/vfio/pci/rbln/rbln-vfio-pci.ko",
+    )
+    _modprobe_failing_for(monkeypatch, kernel, "rbln_vfio_pci")
+    result = invoke(kernel, "bind-all", "--json")
+    assert result.exit_code == 3, result.stdout
+    error = result.json()["error"]
+    assert error["code"] == 3
+    assert "could not insert 'rbln_vfio_pci'" in error["message"]
+    assert kernel.modprobe_calls == [("chroot", "/node", "/sbin/modprobe", "rbln_vfio_pci")]
+    assert kernel.writes == []
+    assert kernel.driver_of(NPU) == "rebellions"
+
+
 def test_bind_all_no_load_modules_refuses(kernel: FakeKernel, modprobe: Modprobe) -> None:
     npu_node(kernel, count=1, vfio_loaded=False)
     modprobe(kernel)
