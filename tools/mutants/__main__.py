@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the chosen mutants only")
     parser.add_argument("--report", action="store_true", help="summarize --out and stop")
     parser.add_argument("--timeout-factor", type=float, default=2.0)
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds per mutant; skips the unmutated run"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
     parser.add_argument(
         "--time-limit",
@@ -145,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))  # clean up the copies
     stop_at = None if args.time_limit is None else time.monotonic() + args.time_limit
-    status = _execute(plan, args.out, max(1, args.jobs), args.timeout_factor, stop_at)
+    status = _execute(
+        plan, args.out, max(1, args.jobs), stop_at, factor=args.timeout_factor, timeout=args.timeout
+    )
     print(summarize(read_results(args.out)))
     return status
 
@@ -180,15 +185,22 @@ class _Copies:
 
 
 def _execute(
-    plan: dict[str, list[tuple[int, Site]]], out: Path, jobs: int, factor: float,
+    plan: dict[str, list[tuple[int, Site]]],
+    out: Path,
+    jobs: int,
     stop_at: Optional[float],
-) -> int:  # fmt: skip
+    *,
+    factor: float,
+    timeout: Optional[float],
+) -> int:
     """Test ``plan`` on ``jobs`` copies at once, appending each verdict to ``out``; 1 when the
-    unmutated tests of a module fail. Past ``stop_at`` the runs in flight are killed, uncounted."""
+    unmutated tests of a module fail. A mutant's timeout is ``factor`` times its unmutated
+    tests' time, or ``timeout`` (then the unmutated tests do not run). Past ``stop_at`` the
+    runs in flight are killed, uncounted."""
     copies = _Copies(jobs)
     pool = concurrent.futures.ThreadPoolExecutor(jobs)
     try:
-        seconds = _unmutated(plan, copies, pool, stop_at)
+        seconds = _unmutated(plan, copies, pool, stop_at) if timeout is None else {}
         if seconds is None:
             return 1
         if copies.stopped.is_set():
@@ -197,9 +209,9 @@ def _execute(
 
         def one(module: str, index: int, site: Site) -> Callable[[Sandbox], Result]:
             target = TARGETS[module]
-            timeout = max(30.0, factor * seconds[frozenset(target.tests)])
+            limit = timeout or max(30.0, factor * seconds[frozenset(target.tests)])
             tests = list(target.tests)
-            return lambda box: run_mutant(box, module, target.path, index, site, tests, timeout)
+            return lambda box: run_mutant(box, module, target.path, index, site, tests, limit)
 
         mutants = [
             pool.submit(copies.run, one(module, index, site))
