@@ -134,3 +134,18 @@ def test_a_sysfs_root_without_pci_devices_fails_loudly(kernel: FakeKernel, argv:
     if "--json" in argv:
         assert result.json()["error"]["code"] == 3
     assert kernel.writes == []
+
+
+def test_status_json_names_each_function_s_sr_iov_role(kernel: FakeKernel, run: RunCli) -> None:
+    (plain,) = npu_node(kernel, count=1)
+    pf = "0000:09:00.0"
+    kernel.add_function(
+        pf, vendor=0x1EFF, device=0x1250, pci_class=0x120000, driver="rebellions",
+        iommu_group=40, sriov_totalvfs=4,
+    )  # fmt: skip
+    vfs = kernel.add_vfs(pf, 2, device=0x1251)
+    devices = {d["bdf"]: d for d in run("status", "--json").json()["devices"]}
+    assert devices[plain]["sriov"] is None
+    assert devices[pf]["sriov"] == "PF with 2/4 VFs"
+    assert [devices[vf]["sriov"] for vf in vfs] == [f"VF of {pf}"] * 2
+    assert devices[vfs[0]]["product"] == "RBLN-CA25 VF"

@@ -66,7 +66,7 @@ _LAYER_TESTS: dict[str, tuple[str, ...]] = {
 # Per module, when its own test files are not named test_<module>.py in its layer's folder,
 # or a process test is the only one that can notice it.
 _OWN: dict[str, tuple[str, ...]] = {
-    "kernel/catalogue": ("tests/kernel/test_inventory.py",),
+    "kernel/catalogue": ("tests/kernel/test_inventory.py", "tests/deploy/test_kubevirt_config.py"),
     "kernel/drivers": ("tests/pipeline/test_plan.py",),
     "kernel/model": ("tests/kernel/test_inventory.py",),
     "kernel/procfs": ("tests/safety/test_holders.py",),
