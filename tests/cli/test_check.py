@@ -239,6 +239,9 @@ def test_vfio_pci_ids_in_the_boot_configuration_is_a_warning(
     found = checks(result)["dynamic-ids"]
     assert found["ok"] is False
     assert found["detail"] == "vfio-pci.ids= names a selected function's ID"
+    assert str(found["remedy"]).startswith(
+        "echo 1eff 1220 > /sys/bus/pci/drivers/vfio-pci/remove_id; and remove vfio-pci.ids="
+    )
     assert isinstance(found["evidence"], list)
     assert evidence in found["evidence"]
 

@@ -199,6 +199,24 @@ def test_unbind_refused_while_a_process_keeps_an_unnamed_device_fd(
     assert state(kernel, free) == HOST
 
 
+def test_a_mapped_bar_is_not_taken_for_an_unnamed_device_fd(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    """A process that maps one function's BAR holds that function only, not every function
+    on vfio that is enabled."""
+    mapped, enabled = npu_node(kernel, count=2, driver="vfio-pci")
+    kernel.open_vfio_device(enabled)
+    fs.create_file(posixpath.join(device_dir(kernel, mapped), "resource0"), st_size=0)
+    fake_process(fs, kernel, 31337, "dpdk-app", maps=(f"/sys/bus/pci/devices/{mapped}/resource0",))
+    result = invoke(kernel, "unbind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "PID 31337 (dpdk-app) maps" in report[mapped]["reason"]
+    assert "VFIO device fd" not in report[mapped]["reason"]
+    assert report[enabled]["outcome"] == "changed", report[enabled]
+    assert state(kernel, enabled) == HOST
+
+
 # -- a dry run answers as the real run would: a refusal exits 1 --------------------------------
 def _held(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
     (npu,) = npu_node(kernel, count=1)
