@@ -26,7 +26,7 @@ def _files(folder: str, *names: str) -> tuple[str, ...]:
     return tuple(f"tests/{folder}/test_{name}.py" for name in names)
 
 
-_KERNEL = _files("kernel", "address", "inventory", "sysfs", "uevents")
+_KERNEL = _files("kernel", "address", "inventory", "procfs", "sysfs", "uevents")
 _HOST = _files("host", "modalias", "modules", "preflight")
 _SAFETY = _files(
     "safety", "intents", "holders", "hostcritical", "journal", "writer", "statedir", "lock",
@@ -69,7 +69,7 @@ _OWN: dict[str, tuple[str, ...]] = {
     "kernel/catalogue": ("tests/kernel/test_inventory.py", "tests/deploy/test_kubevirt_config.py"),
     "kernel/drivers": ("tests/pipeline/test_plan.py",),
     "kernel/model": ("tests/kernel/test_inventory.py",),
-    "kernel/procfs": ("tests/safety/test_holders.py",),
+    "kernel/procfs": ("tests/kernel/test_procfs.py", "tests/safety/test_holders.py"),
     "kernel/verbs": ("tests/kernel/test_sysfs.py",),
     "kernel/viability": ("tests/pipeline/test_refusals.py",),
     "host/driver_choice": ("tests/host/test_modalias.py",),
