@@ -120,3 +120,13 @@ def test_an_unreadable_record_names_the_origin_record_as_the_native_drivers_sour
     assert "no readable origin record" in about_second
     assert "modules.alias" in about_second
     assert kernel.driver_of(first) == kernel.driver_of(second) == "rebellions"
+
+
+def test_the_defaults_help_shows_are_those_docs_cli_documents() -> None:
+    """--parallel, --timeout and --lock-timeout: what an operator reads in docs/cli.md."""
+    table = (Path(__file__).parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    shown = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
+    for option, default in (("--parallel", "8"), ("--timeout", "30"), ("--lock-timeout", "60")):
+        assert f"| `{option}` | {default} |" in table
+        after = shown[shown.index(f"{option} ") :]
+        assert after[after.index("[default: ") :].startswith(f"[default: {default}")
