@@ -130,3 +130,13 @@ def test_the_defaults_help_shows_are_those_docs_cli_documents() -> None:
         assert f"| `{option}` | {default} |" in table
         after = shown[shown.index(f"{option} ") :]
         assert after[after.index("[default: ") :].startswith(f"[default: {default}")
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--lock-timeout"])
+def test_a_deadline_is_at_most_a_day(run: RunCli, option: str) -> None:
+    """A longer one is a typo (or a way to disable the deadline): refused, saying the bounds."""
+    refused = run(option, "86400.5", "status")
+    assert refused.exit_code == 2
+    assert "'86400.5' is not between" in refused.stderr
+    assert "and 86400 seconds" in refused.stderr
+    assert run(option, "86400", "status").exit_code == 0
