@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.support import Run, RunCli, invoke, root_args, state_dir
+from tests.support import Run, RunCli, invoke, plant_record, root_args, state_dir
 from vfio_manager.cli.main import cli
 
 
@@ -119,6 +119,19 @@ def test_an_unreadable_record_names_the_origin_record_as_the_native_drivers_sour
     (about_second,) = [line for line in lines if line.startswith(f"journal: {second}: it has")]
     assert "no readable origin record" in about_second
     assert "modules.alias" in about_second
+    assert kernel.driver_of(first) == kernel.driver_of(second) == "rebellions"
+
+
+def test_a_readable_record_adds_no_note_about_the_native_drivers_source(
+    kernel: FakeKernel,
+) -> None:
+    """Only an unreadable transition record makes the origin record's say worth a note."""
+    first, second = npu_node(kernel, count=2)
+    assert invoke(kernel, "bind-all").exit_code == 0
+    plant_record(kernel, first, vendor_device="1eff:1220", direction="vfio")
+    result = invoke(kernel, "unbind-all")
+    assert result.exit_code == 0, result.stdout
+    assert "its native driver comes from" not in result.stdout
     assert kernel.driver_of(first) == kernel.driver_of(second) == "rebellions"
 
 
