@@ -89,6 +89,19 @@ def test_boot_console_is_refused_unless_forced(kernel: FakeKernel) -> None:
     assert state(kernel, "0000:09:00.0") == VFIO
 
 
+def test_a_boot_console_without_a_driver_is_refused_too(kernel: FakeKernel) -> None:
+    """efifb or simpledrm draw the console on its BAR with no PCI driver bound to it."""
+    npu_node(kernel, count=0)
+    kernel.add_function(
+        "0000:09:00.0", vendor=0x1EFF, device=0x1220, pci_class=0x120000, driver=None,
+        iommu_group=40, boot_vga=True,
+    )  # fmt: skip
+    refused = invoke(kernel, "bind", "0000:09:00.0")
+    assert refused.exit_code == 1, refused.stdout
+    assert "boot VGA device" in refused.stdout
+    assert kernel.writes == []
+
+
 def test_pf_with_vfs_is_refused_with_advice(kernel: FakeKernel) -> None:
     npu_node(kernel, count=0)
     kernel.add_function(
