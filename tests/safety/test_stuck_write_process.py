@@ -83,25 +83,27 @@ def _run(
 def test_a_stuck_write_ends_the_run_but_keeps_the_node_locked(tmp_path: Path) -> None:
     roots = _tree(tmp_path)
     fifo = Path(roots["--sysfs-root"]) / "bus/pci/drivers/vfio-pci/unbind"
-
-    stuck = _run(roots, "--timeout", "1", "unbind-all")
-    assert stuck.returncode == 1, stuck.stdout + stuck.stderr
-    assert "did not return within" in stuck.stdout, stuck.stdout
-
-    second = _run(roots, "--lock-timeout", "0", "unbind-all")
-    assert second.returncode == 1
-    assert "vfio-manager writer" in second.stderr, second.stderr
-    assert "unbind" in second.stderr
-
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the device is let go
     try:
-        third = _run(roots, "--lock-timeout", "20", "--timeout", "1", "unbind-all")
-        assert "holds" not in third.stderr, third.stderr
-        # the stuck write reached the "kernel" (the third run's own unbind may follow it:
-        # a plain directory does not unbind anything)
-        assert os.read(reader, 64).startswith(BDF.encode())
-    finally:
-        os.close(reader)
+        stuck = _run(roots, "--timeout", "1", "unbind-all")
+        assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+        assert "did not return within" in stuck.stdout, stuck.stdout
+
+        second = _run(roots, "--lock-timeout", "0", "unbind-all")
+        assert second.returncode == 1
+        assert "vfio-manager writer" in second.stderr, second.stderr
+        assert "unbind" in second.stderr
+
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the device is let go
+        try:
+            third = _run(roots, "--lock-timeout", "20", "--timeout", "1", "unbind-all")
+            assert "holds" not in third.stderr, third.stderr
+            # the stuck write reached the "kernel" (the third run's own unbind may follow it:
+            # a plain directory does not unbind anything)
+            assert os.read(reader, 64).startswith(BDF.encode())
+        finally:
+            os.close(reader)
+    finally:  # no writer child of a failed run outlives the test
+        _release_writers(fifo)
 
 
 def _children(pid: int) -> list[int]:
