@@ -3,7 +3,7 @@
 Examples::
 
     .venv/bin/python -m tools.mutants --jobs 2            # the sampled run (see docs/testing.md)
-    .venv/bin/python -m tools.mutants --total 20 --time-limit 240   # the CI report
+    .venv/bin/python -m tools.mutants --total 20 --jobs 2 --timeout 120 --time-limit 240  # CI
     .venv/bin/python -m tools.mutants --modules lock --sample 0   # every mutant of one module
     .venv/bin/python -m tools.mutants --only engine:57 journal:12 # re-run named mutants
     .venv/bin/python -m tools.mutants --list --modules plan       # show the mutants, run none
