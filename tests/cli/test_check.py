@@ -6,6 +6,7 @@ command line is built by the product and recorded, never run on this machine).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -121,6 +122,15 @@ def test_intel_off_fails_with_exit_3_and_the_grub_remedy(fs: FakeFilesystem) -> 
     )
 
 
+def test_a_vm_without_iommu_tables_says_so_in_the_evidence(fs: FakeFilesystem) -> None:
+    kernel = fresh(fs, iommu=False, cmdline="ro quiet")
+    npu_node(kernel, count=1)
+    os.makedirs("/node/sys/firmware/acpi/tables", exist_ok=True)
+    result = invoke(kernel, "check")
+    assert result.exit_code == 3
+    assert "ACPI tables: no DMAR, no IVRS" in result.stdout
+
+
 def test_intel_iommu_off_argument_is_named(fs: FakeFilesystem) -> None:
     kernel = fresh(fs, iommu=False, cmdline="ro intel_iommu=off")
     npu_node(kernel, count=1)
@@ -205,6 +215,47 @@ def test_vfio_pci_ids_on_the_command_line_is_reported(kernel: FakeKernel) -> Non
     kernel.set_cmdline("ro intel_iommu=on vfio-pci.ids=1eff:1220")
     detail = str(checks(invoke(kernel, "check", "--json"))["kernel-cmdline"]["detail"])
     assert "vfio-pci.ids=1eff:1220: vfio-pci claims every function with this ID at boot" in detail
+
+
+@pytest.mark.parametrize("where", ["cmdline", "modprobe.d"], ids=["kernel-cmdline", "modprobe.d"])
+def test_vfio_pci_ids_in_the_boot_configuration_is_a_warning(
+    kernel: FakeKernel, fs: FakeFilesystem, where: str
+) -> None:
+    """The plain ``vendor:device`` form: after a return to the host, vfio-pci claims the
+    function again at the next boot."""
+    npu_node(kernel, count=1)
+    if where == "cmdline":
+        kernel.set_cmdline("ro intel_iommu=on vfio-pci.ids=1eff:1220")
+        evidence = "vfio-pci.ids=1eff:1220 on the kernel command line lists 1eff:1220"
+    else:
+        fs.create_file(
+            "/node/etc/modprobe.d/vfio.conf", contents="options vfio-pci ids=1eff:1220\n"
+        )
+        evidence = (
+            "/node/etc/modprobe.d/vfio.conf:1: options vfio-pci ids=1eff:1220 (lists 1eff:1220)"
+        )
+    result = invoke(kernel, "check", "--json")
+    assert result.exit_code == 0  # a warning, not a failure
+    found = checks(result)["dynamic-ids"]
+    assert found["ok"] is False
+    assert found["detail"] == "vfio-pci.ids= names a selected function's ID"
+    assert str(found["remedy"]).startswith(
+        "echo 1eff 1220 > /sys/bus/pci/drivers/vfio-pci/remove_id; and remove vfio-pci.ids="
+    )
+    assert isinstance(found["evidence"], list)
+    assert evidence in found["evidence"]
+
+
+def test_an_iommu_on_without_intel_iommu_and_no_kernel_config_is_not_blamed(
+    kernel: FakeKernel, fs: FakeFilesystem
+) -> None:
+    """On, by the platform's default: no reason about a missing intel_iommu=on is made up."""
+    npu_node(kernel, count=1)
+    kernel.set_cmdline("BOOT_IMAGE=/boot/vmlinuz root=/dev/sda1 ro quiet")
+    fs.remove("/node/boot/config-6.1.0-test")
+    result = invoke(kernel, "check", "--json")
+    assert result.exit_code == 0, result.stdout
+    assert "intel_iommu" not in str(checks(result)["iommu"]["detail"])
 
 
 # -- modules ------------------------------------------------------------------------------------
@@ -398,6 +449,59 @@ def test_bind_all_loads_modules_then_binds(kernel: FakeKernel, modprobe: Modprob
     assert kernel.driver_of(NPU) == "vfio-pci"
     events = [e for e in result.log_events() if e.get("step") == "load-module"]
     assert events[0]["argv"] == ["chroot", "/node", "/sbin/modprobe", "vfio_pci"]
+
+
+def _modprobe_failing_for(
+    monkeypatch: pytest.MonkeyPatch, kernel: FakeKernel, failing: str
+) -> None:
+    """modprobe loads every module but ``failing``, for which it exits 1 (the kernel refused)."""
+
+    def run(argv: Sequence[str]) -> RunResult:
+        if argv[-1] == failing:
+            kernel.modprobe_calls.append(tuple(argv))
+            return RunResult(1, "", f"modprobe: ERROR: could not insert '{failing}': Invalid\n")
+        return RunResult(*kernel.run_modprobe(argv))
+
+    monkeypatch.setattr(modules, "subprocess_runner", run)
+
+
+def test_a_failed_module_load_stops_a_bind_before_its_first_write(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    npu_node(kernel, count=1, vfio_loaded=False)
+    _modprobe_failing_for(monkeypatch, kernel, "vfio_pci")
+    result = invoke(kernel, "bind", NPU)
+    assert result.exit_code == 3, result.stdout
+    assert kernel.modprobe_calls == [("chroot", "/node", "/sbin/modprobe", "vfio_pci")]
+    assert kernel.writes == []  # no driver_override, no drivers_probe for a driver not there
+    assert "could not insert 'vfio_pci'" in result.stderr
+    assert kernel.driver_of(NPU) == "rebellions"
+
+
+def test_a_failed_variant_load_stops_a_bind_before_its_first_write(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the load's own check fails here: vfio-pci is up, the variant it would have picked
+    is not; binding anyway would write the name of a driver that is not registered."""
+    npu_node(kernel, count=1, vfio_loaded=True)
+    kernel.declare_module(
+        "rbln_vfio_pci",
+        driver="rbln-vfio-pci",
+        ids=[(0x1EFF, 0x1220)],
+        vfio=True,
+        dma_safe=True,
+        deps=["vfio_pci_core"],
+        path="kernel/drivers/vfio/pci/rbln/rbln-vfio-pci.ko",
+    )
+    _modprobe_failing_for(monkeypatch, kernel, "rbln_vfio_pci")
+    result = invoke(kernel, "bind-all", "--json")
+    assert result.exit_code == 3, result.stdout
+    error = result.json()["error"]
+    assert error["code"] == 3
+    assert "could not insert 'rbln_vfio_pci'" in error["message"]
+    assert kernel.modprobe_calls == [("chroot", "/node", "/sbin/modprobe", "rbln_vfio_pci")]
+    assert kernel.writes == []
+    assert kernel.driver_of(NPU) == "rebellions"
 
 
 def test_bind_all_no_load_modules_refuses(kernel: FakeKernel, modprobe: Modprobe) -> None:

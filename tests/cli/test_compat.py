@@ -144,6 +144,23 @@ def test_a_usage_error_exits_2_and_writes_nothing(
     assert kernel.writes == []
 
 
+@pytest.mark.parametrize("argv", [("-a",), ("-d", "0000:01:00.0"), ("bind",)])
+def test_a_usage_error_ends_with_the_synopsis(
+    kernel: FakeKernel, manage: Manage, argv: tuple[str, ...]
+) -> None:
+    """An option without a command is not a request for help: the script errs, and every
+    usage error says how it is called."""
+    npu_node(kernel, count=1)
+    result = manage(*argv)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    last = result.stderr.splitlines()[-1]
+    assert (
+        last == "Usage: vfio-manage COMMAND [-a|--all] [-d|--device-id BDF]; see `vfio-manage help`"
+    )
+    assert kernel.writes == []
+
+
 def test_an_empty_root_variable_is_a_usage_error(kernel: FakeKernel, manage: Manage) -> None:
     npu_node(kernel, count=1)
     result = manage("bind", "--all", VFIO_MANAGER_SYSFS_ROOT="")

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.support import Run, RunCli, invoke, root_args, state_dir
+from tests.support import Run, RunCli, invoke, plant_record, root_args, state_dir
 from vfio_manager.cli.main import cli
 
 
@@ -120,3 +120,36 @@ def test_an_unreadable_record_names_the_origin_record_as_the_native_drivers_sour
     assert "no readable origin record" in about_second
     assert "modules.alias" in about_second
     assert kernel.driver_of(first) == kernel.driver_of(second) == "rebellions"
+
+
+def test_a_readable_record_adds_no_note_about_the_native_drivers_source(
+    kernel: FakeKernel,
+) -> None:
+    """Only an unreadable transition record makes the origin record's say worth a note."""
+    first, second = npu_node(kernel, count=2)
+    assert invoke(kernel, "bind-all").exit_code == 0
+    plant_record(kernel, first, vendor_device="1eff:1220", direction="vfio")
+    result = invoke(kernel, "unbind-all")
+    assert result.exit_code == 0, result.stdout
+    assert "its native driver comes from" not in result.stdout
+    assert kernel.driver_of(first) == kernel.driver_of(second) == "rebellions"
+
+
+def test_the_defaults_help_shows_are_those_docs_cli_documents() -> None:
+    """--parallel, --timeout and --lock-timeout: what an operator reads in docs/cli.md."""
+    table = (Path(__file__).parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    shown = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
+    for option, default in (("--parallel", "8"), ("--timeout", "30"), ("--lock-timeout", "60")):
+        assert f"| `{option}` | {default} |" in table
+        after = shown[shown.index(f"{option} ") :]
+        assert after[after.index("[default: ") :].startswith(f"[default: {default}")
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--lock-timeout"])
+def test_a_deadline_is_at_most_a_day(run: RunCli, option: str) -> None:
+    """A longer one is a typo (or a way to disable the deadline): refused, saying the bounds."""
+    refused = run(option, "86400.5", "status")
+    assert refused.exit_code == 2
+    assert "'86400.5' is not between" in refused.stderr
+    assert "and 86400 seconds" in refused.stderr
+    assert run(option, "86400", "status").exit_code == 0

@@ -129,3 +129,12 @@ def test_kubevirt_config_follows_the_product_rule(kernel: FakeKernel) -> None:
     assert "1EFF:1220" in result.stdout.upper()
     none = invoke_env(kernel, {}, "kubevirt-config", "--product", "RBLN-CA25")
     assert none.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("given", "said"), [("0x1200", "class 0x1200"), ("0x120000", "class 0x120000")]
+)
+def test_a_class_is_described_as_it_was_given(run: RunCli, given: str, said: str) -> None:
+    """Four digits (base class and subclass) or six (with the interface), never padded."""
+    result = run("check", "--vendor", "0x1eff", "--class", given)
+    assert f"matching vendor 0x1eff, {said} (host root" in result.stdout.splitlines()[0]

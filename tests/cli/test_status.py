@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from tests.daemon.ondisk import materialize
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.support import RunCli, invoke
@@ -134,3 +141,42 @@ def test_a_sysfs_root_without_pci_devices_fails_loudly(kernel: FakeKernel, argv:
     if "--json" in argv:
         assert result.json()["error"]["code"] == 3
     assert kernel.writes == []
+
+
+def test_status_json_names_each_function_s_sr_iov_role(kernel: FakeKernel, run: RunCli) -> None:
+    (plain,) = npu_node(kernel, count=1)
+    pf = "0000:09:00.0"
+    kernel.add_function(
+        pf, vendor=0x1EFF, device=0x1250, pci_class=0x120000, driver="rebellions",
+        iommu_group=40, sriov_totalvfs=4,
+    )  # fmt: skip
+    vfs = kernel.add_vfs(pf, 2, device=0x1251)
+    devices = {d["bdf"]: d for d in run("status", "--json").json()["devices"]}
+    assert devices[plain]["sriov"] is None
+    assert devices[pf]["sriov"] == "PF with 2/4 VFs"
+    assert [devices[vf]["sriov"] for vf in vfs] == [f"VF of {pf}"] * 2
+    assert devices[vfs[0]]["product"] == "RBLN-CA25 VF"
+
+
+def test_json_at_a_real_terminal_is_indented(tmp_path: Path) -> None:
+    """`vfio-manager status --json` as a process whose stdout is a pseudo-terminal."""
+    roots, _ = materialize(tmp_path / "machine", lambda k: npu_node(k, count=1))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VFIO_MANAGER_")}
+    argv = [sys.executable, "-m", "vfio_manager", *roots.args(tmp_path / "state")]
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [*argv, "status", "--json"], stdout=terminal, stderr=subprocess.PIPE, env=env,
+            timeout=60, check=False,
+        )  # fmt: skip
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(controller, 65536):
+                shown += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0, done.stderr
+    text = shown.decode().replace("\r\n", "\n")
+    assert text.count("\n") > 10, text
+    assert json.loads(text)["devices"][0]["driver"] == "rebellions"

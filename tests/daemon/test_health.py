@@ -588,6 +588,30 @@ def test_connections_are_capped_and_the_oldest_unfinished_head_gives_way(
         server.stop()
 
 
+def test_a_server_that_stopped_accepting_at_the_cap_accepts_again_once_one_closes(
+    board: ReconcileLoop,
+) -> None:
+    """At the cap with every connection being answered the listener pauses; the close of
+    one of them resumes it, or the endpoint would stay deaf for the daemon's life."""
+    board.beat(3600)
+    server = HealthServer(("127.0.0.1", 0), board.alive, lambda: board.view, max_connections=1)
+    try:
+        answered = socket.create_connection(server.address, timeout=10)
+        answered.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        first = b"".join(iter(lambda: answered.recv(4096), b""))  # the server's half closes
+        assert parsed(first)[0] == 200  # the client keeps its half open: still a connection
+        with socket.create_connection(server.address, timeout=10) as waiting:
+            waiting.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            deadline = time.monotonic() + 10
+            while server._accepting and time.monotonic() < deadline:  # the cap is seen
+                time.sleep(0.01)
+            answered.close()
+            second = b"".join(iter(lambda: waiting.recv(4096), b""))
+        assert parsed(second)[0] == 200
+    finally:
+        server.stop()
+
+
 def test_the_listen_backlog_holds_a_burst_while_the_server_is_busy(tmp_path: Path) -> None:
     """While the server thread is busy (here: a slow view), connections wait in the kernel's
     backlog instead of being refused: it is far above 5."""

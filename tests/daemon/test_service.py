@@ -25,6 +25,7 @@ from tests.daemon.kernel_rig import DAEMON_REAL_STATE, WALL, KernelRig
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.support import fake_process, invoke, native_node
+from vfio_manager.daemon import loop as loop_module
 from vfio_manager.daemon.reconciler import OnExit, Reason, State
 from vfio_manager.daemon.service import DaemonOptions
 from vfio_manager.kernel.address import PciAddress
@@ -745,3 +746,22 @@ def test_a_dead_function_is_never_written_and_counted_as_not_responding(
     rig.loop.request_resync()
     rig.step()
     assert not writes_for(kernel, dead), "never written, not even at a resync"
+
+
+def test_on_exit_release_names_only_what_did_not_go_back(
+    fs: FakeFilesystem, kernel: FakeKernel, make_kernel_rig: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error of --on-exit release lists the functions left on vfio, not those returned."""
+    errors: list[dict[str, Any]] = []
+    monkeypatch.setattr(loop_module.log, "error", lambda event, **kw: errors.append(kw))
+    free, held = npu_node(kernel, count=2)
+    assert invoke(kernel, "bind-all").exit_code == 0
+    rig = make_kernel_rig(DaemonOptions(on_exit=OnExit.RELEASE))
+    fake_process(fs, kernel, 4242, "qemu-system-x86", fds=(f"/dev/vfio/{kernel.group_of(held)}",))
+    rig.loop.request_stop(15)
+    assert rig.daemon.run() == 1
+    assert kernel.driver_of(free) == "rebellions"
+    assert kernel.driver_of(held) == "vfio-pci"
+    (error,) = [e["error"] for e in errors if "--on-exit release" in str(e.get("error"))]
+    assert f"{held} refused" in error
+    assert free not in error

@@ -7,6 +7,7 @@ load a module on this machine.
 from __future__ import annotations
 
 import gzip
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -45,6 +46,9 @@ class Recorder:
     def __call__(self, argv: Sequence[str]) -> RunResult:
         self.calls.append(list(argv))
         return self.results.pop(0) if self.results else RunResult(0)
+
+
+REAL_RUNNER = modules.subprocess_runner  # run once below, on a Python one-liner only
 
 
 @pytest.fixture(autouse=True)
@@ -303,3 +307,13 @@ def test_load_stops_at_the_first_failure(node: FakeFilesystem) -> None:
     attempts = load_modules(HostFiles("/node"), ["vfio_pci", "vfio"], runner=runner)
     assert len(runner.calls) == 1
     assert [a.ok for a in attempts] == [False]
+
+
+def test_the_runner_keeps_what_the_program_says_for_the_report(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """modprobe's message is what `check` shows when a load fails, and stdout is our data: the
+    runner captures both streams (a Python one-liner stands in for modprobe)."""
+    say = "import sys; print('out'); sys.stderr.write('modprobe: ERROR: x'); sys.exit(1)"
+    assert REAL_RUNNER([sys.executable, "-c", say]) == RunResult(1, "out\n", "modprobe: ERROR: x")
+    assert capfd.readouterr() == ("", "")

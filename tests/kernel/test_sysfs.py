@@ -71,6 +71,12 @@ def test_device_nodes_skip_links_child_functions_and_plain_files(fs: FakeFilesys
     assert Sysfs("/sys", "/dev").char_devs_of(BDF) == [("card0", "226:0")]
 
 
+def test_a_function_unplugged_before_its_nodes_are_read_has_none(fs: FakeFilesystem) -> None:
+    """The holders' scan of a function hot-unplugged since the topology was read: no node."""
+    fs.create_dir("/sys/bus/pci/devices")
+    assert Sysfs("/sys", "/dev").char_devs_of(BDF) == []
+
+
 BAD_NAMES = ["../evil", "a/b", "vfio-pci/", "..", ".", "", "vfio\0pci", "vfio-pci\nx", "a b"]
 
 

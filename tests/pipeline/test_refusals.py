@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 
+import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.harness import FakeKernel
@@ -85,6 +87,19 @@ def test_boot_console_is_refused_unless_forced(kernel: FakeKernel) -> None:
     forced = invoke(kernel, "bind-all", "--force")
     assert forced.exit_code == 0, forced.stdout
     assert state(kernel, "0000:09:00.0") == VFIO
+
+
+def test_a_boot_console_without_a_driver_is_refused_too(kernel: FakeKernel) -> None:
+    """efifb or simpledrm draw the console on its BAR with no PCI driver bound to it."""
+    npu_node(kernel, count=0)
+    kernel.add_function(
+        "0000:09:00.0", vendor=0x1EFF, device=0x1220, pci_class=0x120000, driver=None,
+        iommu_group=40, boot_vga=True,
+    )  # fmt: skip
+    refused = invoke(kernel, "bind", "0000:09:00.0")
+    assert refused.exit_code == 1, refused.stdout
+    assert "boot VGA device" in refused.stdout
+    assert kernel.writes == []
 
 
 def test_pf_with_vfs_is_refused_with_advice(kernel: FakeKernel) -> None:
@@ -195,3 +210,75 @@ def test_unbind_refused_while_a_process_keeps_an_unnamed_device_fd(
     assert "PID 4242 (dpdk-app) has a VFIO device fd" in report[held]["reason"]
     assert state(kernel, held) == VFIO
     assert state(kernel, free) == HOST
+
+
+def test_a_mapped_bar_is_not_taken_for_an_unnamed_device_fd(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    """A process that maps one function's BAR holds that function only, not every function
+    on vfio that is enabled."""
+    mapped, enabled = npu_node(kernel, count=2, driver="vfio-pci")
+    kernel.open_vfio_device(enabled)
+    fs.create_file(posixpath.join(device_dir(kernel, mapped), "resource0"), st_size=0)
+    fake_process(fs, kernel, 31337, "dpdk-app", maps=(f"/sys/bus/pci/devices/{mapped}/resource0",))
+    result = invoke(kernel, "unbind-all", "--json")
+    assert result.exit_code == 1
+    report = {f["bdf"]: f for f in result.json()["functions"]}
+    assert "PID 31337 (dpdk-app) maps" in report[mapped]["reason"]
+    assert "VFIO device fd" not in report[mapped]["reason"]
+    assert report[enabled]["outcome"] == "changed", report[enabled]
+    assert state(kernel, enabled) == HOST
+
+
+# -- a dry run answers as the real run would: a refusal exits 1 --------------------------------
+def _held(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
+    (npu,) = npu_node(kernel, count=1)
+    native_node(fs, kernel, npu)
+    fake_process(fs, kernel, 777, "rbln-smi", fds=("/dev/rbln0",))
+    return ["bind", npu]
+
+
+def _host_critical(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
+    npu_node(kernel, count=0)
+    kernel.add_function(
+        "0000:09:00.0", vendor=0x1EFF, device=0x1220, pci_class=0x120000, driver="rebellions",
+        iommu_group=40, boot_vga=True,
+    )  # fmt: skip
+    return ["bind-all"]
+
+
+def _not_viable(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
+    npu_node(kernel, count=0)
+    kernel.add_function(
+        "0000:09:00.0", vendor=0x1EFF, device=0x1250, pci_class=0x120000, driver="rebellions",
+        iommu_group=40, sriov_totalvfs=4,
+    )  # fmt: skip
+    kernel.add_vfs("0000:09:00.0", 2, device=0x1251)
+    return ["bind", "0000:09:00.0"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (_held, "PID 777 (rbln-smi) has /dev/rbln0 open"),
+        (_host_critical, "boot VGA device"),
+        (_not_viable, "SR-IOV PF with 2 VFs enabled"),
+    ],
+    ids=["held", "host-critical", "not-viable"],
+)
+def test_a_dry_run_with_a_refusal_exits_1_like_the_real_run(
+    fs: FakeFilesystem,
+    kernel: FakeKernel,
+    setup: Callable[[FakeFilesystem, FakeKernel], list[str]],
+    reason: str,
+) -> None:
+    """Scripts run ``--dry-run`` as a check before a maintenance window."""
+    command = setup(fs, kernel)
+    dry = invoke(kernel, *command, "--dry-run")
+    assert dry.exit_code == 1, dry.stdout
+    assert reason in dry.stdout
+    as_json = invoke(kernel, *command, "--dry-run", "--json")
+    assert as_json.exit_code == 1
+    assert as_json.json()["dry_run"] is True
+    assert kernel.writes == []
+    assert invoke(kernel, *command).exit_code == 1  # what the dry run foretold

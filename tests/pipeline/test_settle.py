@@ -183,6 +183,34 @@ def test_a_failed_roll_back_keeps_the_record_and_exits_1(kernel: FakeKernel) -> 
     assert pending(kernel) == [first]
 
 
+def test_rolling_back_an_interrupted_bind_is_a_return_refused_while_a_vm_holds_it(
+    fs: FakeFilesystem, kernel: FakeKernel
+) -> None:
+    """The roll-back of a bind moves the function to the host: it is refused like an unbind
+    while a VM holds its group, and planned as a return."""
+    first, second = npu_node(kernel, count=2, driver="vfio-pci")
+    plant_record(
+        kernel,
+        first,
+        vendor_device="1eff:1220",
+        original_driver="rebellions",
+        original_override=None,
+        direction="vfio",
+    )
+    fake_process(fs, kernel, 4242, "qemu-system-x86", fds=(f"/dev/vfio/{kernel.group_of(first)}",))
+    dry = invoke(kernel, "unbind", second, "--dry-run", "--json").json()
+    (planned,) = [e for e in dry["functions"] if e["bdf"] == first]
+    assert planned["direction"] == "host"
+    kernel.clear_writes()
+    result = invoke(kernel, "unbind", second)
+    assert result.exit_code == 1, result.stdout
+    assert "PID 4242 (qemu-system-x86)" in result.stdout
+    assert writes_for(kernel, first) == []
+    assert state(kernel, first) == VFIO
+    assert state(kernel, second) == HOST
+    assert pending(kernel) == [first]
+
+
 def test_dry_run_shows_the_journal_writes_the_real_run_makes(kernel: FakeKernel) -> None:
     first, second = npu_node(kernel, count=2, driver="vfio-pci")
     plant_record(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tools.mutants.__main__ import choose
+from tools.mutants.__main__ import choose, quotas
 from tools.mutants.operators import mutate, sites
 from tools.mutants.targets import TARGETS
 
@@ -59,3 +59,24 @@ def test_a_mutant_id_names_the_same_change_on_every_run() -> None:
     assert mutate(source, first[7]) == mutate(source, second[7])
     assert choose("lock", first, 5, seed=9) == choose("lock", second, 5, seed=9)
     assert choose("lock", first, 5, seed=9) != choose("lock", first, 5, seed=10)
+
+
+def test_every_module_of_the_package_is_a_target_with_tests_that_exist() -> None:
+    mutated = {t.path for t in TARGETS.values()}
+    for path in sorted((REPO / "vfio_manager").rglob("*.py")):
+        relative = str(path.relative_to(REPO))
+        assert relative in mutated or not sites(path.read_text()), relative
+    for name, target in TARGETS.items():
+        missing = [test for test in target.tests if not (REPO / test).is_file()]
+        assert missing == [], name
+
+
+def test_the_sample_spans_every_module_and_follows_their_sizes() -> None:
+    counts = {"big": 400, "mid": 40, "small": 2}
+    share = quotas(counts, 30, seed=9)
+    assert sum(share.values()) == 30
+    assert min(share.values()) >= 1
+    assert share["big"] > share["mid"]
+    assert quotas(counts, 30, seed=9) == share
+    few = quotas(counts, 2, seed=9)  # fewer mutants than modules: drawn among all of them
+    assert sum(few.values()) == 2

@@ -1,13 +1,14 @@
-"""Runs mutants one at a time against a private copy of the repository.
+"""Runs mutants against private copies of the repository (one per job).
 
 The working tree is never written: the package, the tests and pyproject.toml are copied once
-into a temporary directory, each mutant overwrites one module there, the module's tests run
+per job into a temporary directory, each mutant overwrites one module there, the module's tests run
 in a fresh pytest process (first on ``PYTHONPATH``, no bytecode written or read from an older
 mutant), and the original text is put back before the next mutant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 from .operators import Site, mutate
 
-COPIED = ("vfio_manager", "tests", "pyproject.toml")
+COPIED = ("vfio_manager", "tests", "tools", "docs", "deploy", "pyproject.toml")  # tests read all
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,21 @@ class Sandbox:
                 shutil.copytree(
                     source,
                     self.root / name,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".venv"),
                 )
             else:
                 shutil.copy2(source, self.root / name)
+        self._process: Optional[subprocess.Popen[str]] = None
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def kill_tests(self) -> None:
+        """Kill the test run in flight (another thread's), if any."""
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def run_tests(self, tests: list[str], timeout: float) -> tuple[str, float, str]:
         """(``passed``/``failed``/``timeout``, seconds, first failing test) for ``tests``."""
@@ -80,6 +89,7 @@ class Sandbox:
             text=True,
             start_new_session=True,
         ) as process:
+            self._process = process
             try:
                 output, _ = process.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -90,6 +100,8 @@ class Sandbox:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.communicate()
                 raise
+            finally:
+                self._process = None
         seconds = time.monotonic() - started
         if process.returncode == 0:
             return "passed", seconds, ""
@@ -103,34 +115,29 @@ def _first_failure(output: str) -> str:
     return output.strip().splitlines()[-1] if output.strip() else ""
 
 
-def run_mutants(
-    sandbox: Sandbox,
-    module_name: str,
-    module_path: str,
-    chosen: list[tuple[int, Site]],
-    tests: list[str],
-    timeout: float,
-) -> Iterator[Result]:
-    """Each chosen mutant of one module, tested, with the module restored after each."""
+def run_mutant(
+    sandbox: Sandbox, module_name: str, module_path: str, index: int, site: Site,
+    tests: list[str], timeout: float,
+) -> Result:  # fmt: skip
+    """One mutant of one module, tested; the module is restored after it."""
     target = sandbox.root / module_path
     original = target.read_text()
     try:
-        for index, site in chosen:
-            target.write_text(mutate(original, site))
-            outcome, seconds, failed = sandbox.run_tests(tests, timeout)
-            verdict = {"passed": "survived", "failed": "killed", "timeout": "timeout"}[outcome]
-            yield Result(
-                mutant=f"{module_name}:{index}",
-                module=module_name,
-                operator=site.operator,
-                lineno=site.lineno,
-                description=site.description,
-                verdict=verdict,
-                seconds=round(seconds, 1),
-                failed_test=failed,
-            )
+        target.write_text(mutate(original, site))
+        outcome, seconds, failed = sandbox.run_tests(tests, timeout)
     finally:
         target.write_text(original)
+    verdict = {"passed": "survived", "failed": "killed", "timeout": "timeout"}[outcome]
+    return Result(
+        mutant=f"{module_name}:{index}",
+        module=module_name,
+        operator=site.operator,
+        lineno=site.lineno,
+        description=site.description,
+        verdict=verdict,
+        seconds=round(seconds, 1),
+        failed_test=failed,
+    )
 
 
 def append_result(path: Path, result: Result) -> None:

@@ -1,12 +1,14 @@
-"""The modules mutated and, for each, the tests that exercise it.
+"""Every module of the package and, for each, the fast-suite files that can notice a change to it.
 
-Each list is the fast suite's files that can notice a change to the module: its own test
-module first, then those that drive it through the pipeline or the CLI on the fake kernel,
-fast ones first so a killed mutant stops early (``pytest -x``). The slowest
-files of the fast suite (tests/pipeline/test_bad_input.py ~125 s, test_fault_matrix.py ~60 s,
-test_properties.py ~30 s) are left out: with them one mutant would cost minutes. ``sample`` is
-how many mutants of the module the default run draws (seeded), sized so the whole run stays
-within ~40 minutes on two cores shared with other work (a surviving engine mutant costs ~50 s).
+A module's list is its own test files first (a killed mutant stops early: ``pytest -x``), then
+every file of the suite that drives it: its layer's tests, the layers above that reach it
+through the pipeline or the CLI on the fake kernel. Left out everywhere, because one surviving
+mutant would cost minutes: tests/pipeline/test_fault_matrix.py, test_properties.py and
+test_bad_input.py (hypothesis and the fault matrix, ~20-60 s each alone),
+tests/daemon/test_http_process.py (the daemon as a process under 2,000 slow clients), the
+fake kernel's own tests (tests/harness_tests) and tests/deploy's manifest checks. Where a
+process test is the only one that can notice a module, it stays (tests/pipeline/test_crash.py
+for the plan, test_interrupt.py for the pipeline).
 """
 
 from __future__ import annotations
@@ -18,125 +20,104 @@ from dataclasses import dataclass
 class Target:
     path: str
     tests: tuple[str, ...]
-    sample: int
 
 
-_PIPELINE = (
-    "tests/pipeline/test_engine.py",
-    "tests/test_layers.py",
-    "tests/pipeline/test_plan.py",
-    "tests/pipeline/test_transition.py",
-    "tests/pipeline/test_refusals.py",
-    "tests/pipeline/test_settle.py",
-    "tests/pipeline/test_journal_failures.py",
-    "tests/safety/test_lock.py",
-    "tests/cli/test_transitions.py",
-    "tests/pipeline/test_as_found.py",
-    "tests/pipeline/test_interrupt.py",
-)
+def _files(folder: str, *names: str) -> tuple[str, ...]:
+    return tuple(f"tests/{folder}/test_{name}.py" for name in names)
+
+
+_KERNEL = _files("kernel", "address", "inventory", "procfs", "sysfs", "uevents")
+_HOST = _files("host", "modalias", "modules", "preflight")
+_SAFETY = _files(
+    "safety", "intents", "holders", "hostcritical", "journal", "writer", "statedir", "lock",
+    "stuck_write_process", "upgrade",
+)  # fmt: skip
+_PIPELINE = _files(
+    "pipeline", "plan", "selection", "engine", "transition", "refusals", "as_found", "settle",
+    "journal_failures", "side_by_side", "recorded_replay", "snapshots", "sriov_plan", "not_responding", "vfio_cdev",
+)  # fmt: skip
+_CLI = _files(
+    "cli", "status", "transitions", "check", "json_errors", "option_values", "selection_options",
+    "daemon_options", "compat", "sriov", "version",
+)  # fmt: skip
+_DAEMON = _files("daemon", "nodeconfig", "health", "loop", "daemon_process", "service", "sriov")
+_PACKAGE = ("tests/test_layers.py", "tests/test_log.py")
+
+# Per layer: the files that can notice a change to one of its modules (order: cheap first).
+_LAYER_TESTS: dict[str, tuple[str, ...]] = {
+    "kernel": (*_KERNEL, *_HOST, *_CLI, *_PIPELINE, *_SAFETY, *_DAEMON),
+    "host": (*_HOST, *_CLI, *_PIPELINE, "tests/safety/test_hostcritical.py", *_DAEMON),
+    "safety": (*_SAFETY, *_CLI, *_PIPELINE, "tests/pipeline/test_interrupt.py", *_DAEMON),
+    "pipeline": (*_PIPELINE, *_CLI, "tests/pipeline/test_interrupt.py", *_DAEMON),
+    "daemon": (*_DAEMON, "tests/cli/test_daemon_options.py"),
+    "cli": (
+        *_CLI,
+        *_PIPELINE,
+        "tests/pipeline/test_interrupt.py",
+        "tests/safety/test_stuck_write_process.py",
+        "tests/deploy/test_kubevirt_config.py",
+        "tests/deploy/test_doc_commands.py",
+        "tests/tools/test_fake_sysfs.py",
+        "tests/daemon/test_daemon_process.py",
+    ),
+    "": (*_PACKAGE, *_CLI, *_PIPELINE, *_SAFETY, *_KERNEL, *_HOST, *_DAEMON),
+}
+
+# Per module, when its own test files are not named test_<module>.py in its layer's folder,
+# or a process test is the only one that can notice it.
+_OWN: dict[str, tuple[str, ...]] = {
+    "kernel/catalogue": ("tests/kernel/test_inventory.py", "tests/deploy/test_kubevirt_config.py"),
+    "kernel/drivers": ("tests/pipeline/test_plan.py",),
+    "kernel/model": ("tests/kernel/test_inventory.py",),
+    "kernel/procfs": ("tests/kernel/test_procfs.py", "tests/safety/test_holders.py"),
+    "kernel/verbs": ("tests/kernel/test_sysfs.py",),
+    "kernel/viability": ("tests/pipeline/test_refusals.py",),
+    "host/driver_choice": ("tests/host/test_modalias.py",),
+    "host/dynamic_ids": ("tests/cli/test_check.py",),
+    "host/facts": ("tests/host/test_preflight.py", "tests/cli/test_check.py"),
+    "host/files": ("tests/host/test_modules.py",),
+    "host/summary": ("tests/cli/test_check.py",),
+    "pipeline/node": ("tests/cli/test_option_values.py",),
+    "pipeline/plan": ("tests/pipeline/test_crash.py",),  # after the layer: it takes ~15 s
+    "pipeline/sriov": ("tests/pipeline/test_sriov_plan.py", "tests/cli/test_sriov.py"),
+    "cli/version": ("tests/cli/test_version.py", "tests/tools/test_release.py"),
+    "pipeline/queries": ("tests/cli/test_status.py", "tests/cli/test_check.py"),
+    "daemon/reconciler": ("tests/daemon/test_loop.py",),
+    "cli/main": ("tests/cli/test_transitions.py",),
+    "cli/render": ("tests/cli/test_transitions.py", "tests/cli/test_status.py"),
+    "cli/kubevirt": ("tests/deploy/test_kubevirt_config.py",),
+    "__main__": ("tests/safety/test_stuck_write_process.py", "tests/daemon/test_daemon_process.py"),
+    "errors": ("tests/cli/test_json_errors.py",),
+}
+_LAST = {"pipeline/plan"}  # its own file is slow: after the layer's
+
+_MODULES = {
+    "kernel": (
+        "address", "catalogue", "drivers", "inventory", "model", "procfs", "sysfs", "uevents",
+        "verbs", "viability",
+    ),
+    "host": (
+        "driver_choice", "dynamic_ids", "facts", "files", "modalias", "modules", "preflight",
+        "summary",
+    ),
+    "safety": ("holders", "hostcritical", "intents", "journal", "lock", "statedir", "writer"),
+    "pipeline": ("engine", "node", "plan", "queries", "selection", "sriov", "transition"),
+    "daemon": ("health", "loop", "nodeconfig", "reconciler", "service"),
+    "cli": ("compat", "kubevirt", "main", "render", "version"),
+    "": ("errors", "log", "__main__"),
+}  # fmt: skip
+
+
+def _target(layer: str, name: str) -> Target:
+    key = f"{layer}/{name}" if layer else name
+    own = _OWN.get(key, ())
+    if not own and layer:
+        own = _files(layer, name)
+    layer_tests = _LAYER_TESTS[layer]
+    ordered = (*layer_tests, *own) if key in _LAST else (*own, *layer_tests)
+    return Target(f"vfio_manager/{key}.py", tuple(dict.fromkeys(ordered)))
+
 
 TARGETS: dict[str, Target] = {
-    "engine": Target(
-        "vfio_manager/pipeline/engine.py",
-        (*_PIPELINE, "tests/pipeline/test_recorded_replay.py"),
-        sample=14,
-    ),
-    "plan": Target(
-        "vfio_manager/pipeline/plan.py",
-        (*_PIPELINE, "tests/pipeline/test_crash.py"),
-        sample=16,
-    ),
-    "transition": Target(
-        "vfio_manager/pipeline/transition.py",
-        (*_PIPELINE, "tests/daemon/test_service.py"),  # intents of admin runs beside a daemon
-        sample=8,
-    ),
-    "journal": Target(
-        "vfio_manager/safety/journal.py",
-        (
-            "tests/safety/test_journal.py",
-            "tests/pipeline/test_engine.py",
-            "tests/pipeline/test_settle.py",
-            "tests/safety/test_statedir.py",
-            "tests/pipeline/test_journal_failures.py",
-            "tests/safety/test_lock.py",
-            "tests/pipeline/test_as_found.py",
-            "tests/cli/test_transitions.py",
-        ),
-        sample=10,
-    ),
-    "holders": Target(
-        "vfio_manager/safety/holders.py",
-        (
-            "tests/safety/test_holders.py",
-            "tests/safety/test_hostcritical.py",
-            "tests/test_layers.py",
-            "tests/pipeline/test_refusals.py",
-            "tests/pipeline/test_engine.py",
-        ),
-        sample=12,
-    ),
-    "lock": Target(
-        "vfio_manager/safety/lock.py",
-        (
-            "tests/safety/test_lock.py",
-            "tests/safety/test_writer.py",
-            "tests/safety/test_statedir.py",
-            "tests/cli/test_json_errors.py",
-            "tests/pipeline/test_engine.py",
-            "tests/safety/test_stuck_write_process.py",
-        ),
-        sample=12,
-    ),
-    "writer": Target(
-        "vfio_manager/safety/writer.py",
-        (
-            "tests/safety/test_writer.py",
-            "tests/pipeline/test_engine.py",
-            "tests/safety/test_stuck_write_process.py",
-        ),
-        sample=12,
-    ),
-    "statedir": Target(
-        "vfio_manager/safety/statedir.py",
-        (
-            "tests/safety/test_statedir.py",
-            "tests/safety/test_lock.py",
-            "tests/safety/test_intents.py",
-            "tests/safety/test_journal.py",
-            "tests/cli/test_option_values.py",
-        ),
-        sample=8,
-    ),
-    "sysfs": Target(
-        "vfio_manager/kernel/sysfs.py",
-        (
-            "tests/kernel/test_sysfs.py",
-            "tests/pipeline/test_engine.py",
-            "tests/safety/test_writer.py",
-            "tests/safety/test_holders.py",
-            "tests/cli/test_status.py",
-            "tests/pipeline/test_refusals.py",
-        ),
-        sample=8,
-    ),
-    "verbs": Target(
-        "vfio_manager/kernel/verbs.py",
-        ("tests/kernel/test_sysfs.py", "tests/pipeline/test_engine.py", "tests/cli/test_sriov.py"),
-        sample=4,
-    ),
-    "sriov": Target(
-        "vfio_manager/pipeline/sriov.py",
-        (
-            "tests/pipeline/test_sriov_plan.py",
-            "tests/cli/test_sriov.py",
-            "tests/daemon/test_sriov.py",
-        ),
-        sample=4,
-    ),
-    "modalias": Target(
-        "vfio_manager/host/modalias.py",
-        ("tests/host/test_modalias.py", "tests/cli/test_check.py"),
-        sample=4,
-    ),
+    name: _target(layer, name) for layer, names in _MODULES.items() for name in names
 }

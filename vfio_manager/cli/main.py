@@ -17,6 +17,7 @@ import click
 
 from vfio_manager.errors import ExitCode, UsageError, VfioManagerError
 from vfio_manager.kernel.address import PciAddress
+from vfio_manager.pipeline.node import DEFAULT_LOCK_TIMEOUT, DEFAULT_PARALLEL, DEFAULT_WRITE_TIMEOUT
 
 if TYPE_CHECKING:
     from vfio_manager.pipeline.node import Node
@@ -168,10 +169,15 @@ _node_options = _options(
     _opt("--sysfs-root", env="VFIO_MANAGER_SYSFS_ROOT", type=LOCATION, default="/sys"),
     _opt("--dev-root", env="VFIO_MANAGER_DEV_ROOT", type=LOCATION, default="/dev"),
     _opt("--host-root", env="HOST_ROOT", type=LOCATION, default="/"),
-    _opt("--timeout", type=_seconds(0.1), default=30.0),
+    _opt("--timeout", type=_seconds(0.1), default=DEFAULT_WRITE_TIMEOUT),
     _opt("--state-dir", env="VFIO_MANAGER_STATE_DIR", type=LOCATION, default="/run/vfio-manager"),
-    _opt("--lock-timeout", type=_seconds(0.0), default=60.0),
-    _opt("--parallel", env="VFIO_MANAGER_PARALLEL", type=click.IntRange(1, 512), default=8),
+    _opt("--lock-timeout", type=_seconds(0.0), default=DEFAULT_LOCK_TIMEOUT),
+    _opt(
+        "--parallel",
+        env="VFIO_MANAGER_PARALLEL",
+        type=click.IntRange(1, 512),
+        default=DEFAULT_PARALLEL,
+    ),
     _opt("--proc-root", env="VFIO_MANAGER_PROC_ROOT", type=LOCATION, default="/proc", hidden=True),
     _opt("--writer", env="VFIO_MANAGER_WRITER", type=_WRITERS, default="process", hidden=True),
 )

@@ -606,7 +606,7 @@ class _Run:
             guard = HostCritical(self.sysfs, proc_root=self.node.proc_root)
             for entry in to_vfio:
                 driver = entry.function.driver
-                on_host = driver is not None and not is_vfio_driver(driver)
+                on_host = not is_vfio_driver(driver)  # no driver: efifb may draw on it
                 found = guard.reasons(entry.address) if on_host else []
                 if found:
                     refused[entry.address] = {
