@@ -34,7 +34,8 @@ _SAFETY = _files(
 )  # fmt: skip
 _PIPELINE = _files(
     "pipeline", "plan", "selection", "engine", "transition", "refusals", "as_found", "settle",
-    "journal_failures", "side_by_side", "recorded_replay", "snapshots", "sriov_plan", "not_responding", "vfio_cdev",
+    "journal_failures", "side_by_side", "recorded_replay", "snapshots", "sriov_plan",
+    "not_responding", "vfio_cdev",
 )  # fmt: skip
 _CLI = _files(
     "cli", "status", "transitions", "check", "json_errors", "option_values", "selection_options",
