@@ -348,3 +348,22 @@ def test_opening_the_state_dir_leaves_no_descriptor_behind(tmp_path: Path) -> No
         with pytest.raises(UnsafeStateDirError):
             StateDir.open_existing(str(tmp_path / "link" / "b" / "state"))
     assert descriptors() == before
+
+
+def test_a_state_dir_another_run_makes_meanwhile_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs starting together: one finds no state directory, another makes it before the
+    first looks again; the first uses it rather than failing with "No such file"."""
+    path = tmp_path / "state"
+    real_open = os.open
+
+    def racing(name: str, flags: int, *args: object, **kwargs: object) -> int:
+        if name == "state" and not path.exists():
+            os.mkdir(path, 0o700)  # the other run, right after this one's open failed
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_open(name, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", racing)
+    with StateDir.open(str(path)) as state:
+        assert state.path == str(path)

@@ -78,6 +78,8 @@ def _open_child(
                 "in a container, mount the host's /run or an emptyDir there)",
             ) from exc
         return _open_child(fd, name, child, path, owner, last, create=False)
+    if kind == "a directory" and failed.errno == errno_mod.ENOENT:  # made by another run meanwhile
+        return _open_child(fd, name, child, path, owner, last, create=False)
     if kind == "a directory":  # there, but not ours to open
         raise UnsafeStateDirError(
             f"cannot open state directory {path}: {failed.strerror}",
