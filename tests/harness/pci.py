@@ -101,11 +101,13 @@ def config_space(
     header_type: int,
     subvendor: int,
     subdevice: int,
+    vf: bool = False,
 ) -> bytes:
-    """The first 256 bytes of configuration space (enough for lspci-style readers)."""
+    """The first 256 bytes of configuration space (enough for lspci-style readers); a VF's
+    vendor and device IDs read all-ones, as the SR-IOV spec has them (K24)."""
     data = bytearray(256)
-    data[0:2] = vendor.to_bytes(2, "little")
-    data[2:4] = device.to_bytes(2, "little")
+    data[0:2] = (0xFFFF if vf else vendor).to_bytes(2, "little")
+    data[2:4] = (0xFFFF if vf else device).to_bytes(2, "little")
     data[6:8] = (0x0010).to_bytes(2, "little")  # status: capability list present
     data[8] = revision & 0xFF
     data[9:12] = (pci_class & 0xFFFFFF).to_bytes(3, "little")

@@ -189,17 +189,18 @@ class Sysfs:
         return os.path.exists(self.vfio_dev_path(group))
 
     def config_all_ones(self, address: PciAddress) -> bool:
-        """The function's config space reads all-ones: it stopped responding (kernel-facts
-        K27). ``False`` when ``config`` cannot be read (we cannot tell)."""
+        """The function's config header (64 bytes) reads all-ones: it stopped responding
+        (kernel-facts K27). Not the IDs alone: a VF's read all-ones by design (K24). ``False``
+        when ``config`` cannot be read (we cannot tell)."""
         try:
             fd = os.open(self._device_attr(address, "config"), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                head = os.read(fd, 4)
+                header = os.read(fd, 64)
             finally:
                 os.close(fd)
         except OSError:
             return False
-        return head == b"\xff\xff\xff\xff"
+        return len(header) == 64 and header == b"\xff" * 64
 
     def vfio_cdev_of(self, address: PciAddress) -> Optional[str]:
         """The function's VFIO device cdev, ``/dev/vfio/devices/vfioK`` under our /dev, when

@@ -77,7 +77,7 @@ class RefusalKind(str, enum.Enum):
     NOT_RESPONDING = "not-responding"  # its config space reads all-ones: never written
 
 
-NOT_RESPONDING = "it is not responding: its config space reads all-ones (vendor 0xffff)"
+NOT_RESPONDING = "it is not responding: its config space reads all-ones"
 
 
 def not_responding_remedy(bdf: str) -> str:

@@ -275,6 +275,7 @@ def _kernel_files(s: KernelState, fn: Function, *, want: Callable[[str], bool]) 
             header_type=fn.header_type,
             subvendor=fn.subsystem_vendor,
             subdevice=fn.subsystem_device,
+            vf=fn.physfn is not None,
         )
         # a function that stopped responding reads all-ones (K27); sysfs keeps its cached IDs
         s.tree.file(f"{d}/config", lambda: space if fn.responding else b"\xff" * len(space))
