@@ -113,6 +113,19 @@ def read_function(
     )
 
 
+NOT_RESPONDING = "it is not responding: its config space reads all-ones"
+
+
+def not_responding_remedy(bdf: str) -> str:
+    """What an admin can do about a function that reads all-ones (kernel-facts K27)."""
+    device = f"/sys/bus/pci/devices/{bdf}"
+    return (
+        f"check `dmesg` for AER or link errors; try `echo 1 > {device}/reset`, or remove and "
+        f"rescan it (`echo 1 > {device}/remove; echo 1 > /sys/bus/pci/rescan`); if it still "
+        "reads all-ones, reboot the host"
+    )
+
+
 def not_responding(sysfs: Sysfs, function: PciFunction) -> bool:
     """Its vendor reads 0xffff or its config space all-ones (kernel-facts K27): one read,
     made only for the functions a command is about."""

@@ -20,10 +20,11 @@ from vfio_manager.errors import ExitCode, SysfsWriteError, TransitionError, Vfio
 from vfio_manager.host.dynamic_ids import remove_id_remedy
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, Direction, is_vfio_driver
+from vfio_manager.kernel.inventory import not_responding_remedy
 from vfio_manager.kernel.verbs import Kernel
 from vfio_manager.log import get_logger
 from vfio_manager.pipeline.node import DEFAULT_PARALLEL, DEFAULT_WRITE_TIMEOUT
-from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Step, not_responding_remedy
+from vfio_manager.pipeline.plan import Action, FunctionPlan, Plan, Step
 from vfio_manager.safety.writer import Deadline, DeadlineExceededError, bounded
 
 if TYPE_CHECKING:

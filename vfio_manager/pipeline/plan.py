@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from vfio_manager.host.driver_choice import HostTarget
 from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.drivers import STAY_UNBOUND, VFIO_PCI, Direction, is_vfio_driver
+from vfio_manager.kernel.inventory import NOT_RESPONDING, not_responding_remedy
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.viability import group_blockers
 from vfio_manager.pipeline.selection import Selector
@@ -75,19 +76,6 @@ class RefusalKind(str, enum.Enum):
     HOST_CRITICAL = "host-critical"  # the host needs it: a disk, an interface, the console
     JOURNAL = "journal"  # a journal record for it that this run cannot settle
     NOT_RESPONDING = "not-responding"  # its config space reads all-ones: never written
-
-
-NOT_RESPONDING = "it is not responding: its config space reads all-ones"
-
-
-def not_responding_remedy(bdf: str) -> str:
-    """What an admin can do about a function that reads all-ones (kernel-facts K27)."""
-    device = f"/sys/bus/pci/devices/{bdf}"
-    return (
-        f"check `dmesg` for AER or link errors; try `echo 1 > {device}/reset`, or remove and "
-        f"rescan it (`echo 1 > {device}/remove; echo 1 > /sys/bus/pci/rescan`); if it still "
-        "reads all-ones, reboot the host"
-    )
 
 
 class Settle(str, enum.Enum):

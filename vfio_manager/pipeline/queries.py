@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from vfio_manager.host.dynamic_ids import DynamicId, dynamic_ids
 from vfio_manager.kernel.drivers import is_vfio_driver
-from vfio_manager.kernel.inventory import not_responding, read_topology
+from vfio_manager.kernel.inventory import (
+    NOT_RESPONDING,
+    not_responding,
+    not_responding_remedy,
+    read_topology,
+)
 from vfio_manager.kernel.model import PciFunction, Topology
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.kernel.viability import group_viable
 from vfio_manager.pipeline.node import Node
-from vfio_manager.pipeline.plan import NOT_RESPONDING, not_responding_remedy
 from vfio_manager.pipeline.selection import Selector, selected_functions
 
 if TYPE_CHECKING:
