@@ -170,3 +170,20 @@ def test_this_release_writes_the_newest_earlier_format(tmp_path: Path) -> None:
     for name in newest:
         written = json.loads((directory / name).read_text())
         assert {**written, "pid": 4242} == json.loads(newest[name]), name
+
+
+@pytest.mark.parametrize("prefix", ["journal", "origin", "sriov"])
+def test_a_newer_record_is_reported_as_the_kind_it_is(tmp_path: Path, prefix: str) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    record = {"version": 99, "bdf": BDF}
+    (directory / f"{prefix}-{BDF}.json").write_text(json.dumps(record))
+    journal = Journal(str(directory))
+    if prefix == "journal":
+        journal.pending()
+    else:
+        {"origin": journal.original, "sriov": journal.sriov}[prefix](BDF)
+    (kept,) = journal.take_set_aside()
+    assert kept.newer_schema == 99
+    assert kept.record == {"journal": "transition"}.get(prefix, prefix)
+    assert (directory / f"{prefix}-{BDF}.json").exists(), "kept, never moved"

@@ -31,6 +31,13 @@ TRANSITION = "transition"
 ORIGIN = "origin"
 SRIOV = "sriov"
 _PREFIX = {TRANSITION: "journal-", ORIGIN: "origin-", SRIOV: "sriov-"}
+
+
+def _record_of(name: str) -> str:
+    """The kind of record a journal file name holds."""
+    return next((r for r, p in _PREFIX.items() if name.startswith(p)), TRANSITION)
+
+
 _TRANSITION_NAME = re.compile(r"^journal-(?P<bdf>[^/]+)\.json$")
 _MAX_RECORD = 256 * 1024  # the largest record (a page of override, escaped) is under 64 KiB
 _MAX_OVERRIDE = 4095  # the kernel refuses a driver_override of a page or more
@@ -365,7 +372,7 @@ class Journal:
 
     def _keep_newer(self, state: StateDir, name: str, bdf: str, schema: int) -> JournalEntry:
         """A record of a later release's schema: left in place, reported, never acted on."""
-        record = ORIGIN if name.startswith(_PREFIX[ORIGIN]) else TRANSITION
+        record = _record_of(name)
         problem = (
             f"written by a newer vfio-manager (record schema {schema}; this release reads "
             f"schema {SCHEMA_VERSION})"
@@ -386,7 +393,7 @@ class Journal:
         self, state: StateDir, name: str, bdf: Optional[str], problem: str
     ) -> JournalEntry:
         """Set a bad record aside as ``NAME.corrupt`` (or ``NAME.N.corrupt``); report it."""
-        record = next((r for r, p in _PREFIX.items() if name.startswith(p)), TRANSITION)
+        record = _record_of(name)
         path: Optional[str] = None
         if not self.readonly:
             try:
