@@ -120,10 +120,14 @@ def _children(pid: int) -> list[int]:
 
 
 def _in_fifo_open(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/wchan").read_text() == "wait_for_partner"
-    except OSError:
-        return False
+    """Whether a thread of ``pid`` waits in a FIFO's open (the child writes from threads)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (task / "wchan").read_text() == "wait_for_partner":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _release_writers(fifo: Path) -> None:

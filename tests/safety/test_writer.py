@@ -26,6 +26,7 @@ from vfio_manager.kernel.address import PciAddress
 from vfio_manager.kernel.sysfs import Sysfs
 from vfio_manager.safety.lock import LockTimeoutError, NodeLock
 from vfio_manager.safety.writer import (
+    WRITE_THREAD,
     ChildWriter,
     Deadline,
     DeadlineExceededError,
@@ -137,9 +138,10 @@ def test_a_hung_write_is_abandoned_not_awaited() -> None:
     assert err.remedy is not None
     (pending,) = writer.stuck()
     assert "0000:03:00.0" in pending.what
-    stuck = [t for t in threading.enumerate() if t not in before]
+    started_here = [t for t in threading.enumerate() if t not in before]
+    assert all(t.daemon for t in started_here), "the interpreter exits without them"
+    stuck = [t for t in started_here if t.name == WRITE_THREAD]
     assert len(stuck) == 1
-    assert stuck[0].daemon, "a daemon thread: the interpreter exits without it"
 
     release.set()  # the holder lets go: the write returns and the child ends
     stuck[0].join(EVENT_WAIT)
@@ -305,10 +307,10 @@ def test_tenacity_is_not_imported_until_a_write_is_retried() -> None:
     assert result.returncode == 0, result.stderr
 
 
-# -- the writer's children as real processes; files in a temporary folder stand for sysfs ------
-# Writes arrive from several threads at once (groups move side by side); each gets a child of
-# its own, and a child whose write is stuck in the kernel (a FIFO nobody reads, as an unbind
-# while a VM holds the device) is never handed another write and is named by ``stuck()``.
+# -- the writer's child as a real process; files in a temporary folder stand for sysfs --------
+# Writes arrive from several threads at once (groups move side by side); the one child makes
+# each from a thread of its own, so a write stuck in the kernel (a FIFO nobody reads, as an
+# unbind while a VM holds the device) holds up no other and is named by ``stuck()``.
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 
@@ -321,7 +323,7 @@ def _until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> Non
 
 
 @needs_fork
-def test_a_write_goes_on_while_another_child_is_stuck(tmp_path: Path) -> None:
+def test_a_write_goes_on_while_another_is_stuck(tmp_path: Path) -> None:
     fifo = tmp_path / "unbind"
     os.mkfifo(fifo)
     plain = tmp_path / "drivers_probe"
@@ -342,10 +344,10 @@ def test_a_write_goes_on_while_another_child_is_stuck(tmp_path: Path) -> None:
     thread.start()
     try:
         _until(lambda: bool(writer.stuck()), "the FIFO write to reach its child")
-        # the FIFO's open blocks in the first child; this write needs a second one
+        # the FIFO's open blocks in one of the child's threads; this write is made beside it
         writer(str(plain), b"0000:02:00.0")
         assert plain.read_text() == "0000:02:00.0"
-        writer(str(plain), b"0000:03:00.0")  # the idle second child is reused
+        writer(str(plain), b"0000:03:00.0")
         assert plain.read_text() == "0000:03:00.0"
         assert not stuck_done.is_set()
         (stuck,) = writer.stuck()
@@ -381,6 +383,109 @@ def test_writes_from_threads_at_once_each_arrive_once(tmp_path: Path) -> None:
     writer.close()
     assert [t.read_text() for t in targets] == [f"value {i}" for i in range(len(targets))]
     assert writer.stuck() == []
+
+
+@needs_fork
+def test_one_child_makes_the_writes_of_every_lane_side_by_side(tmp_path: Path) -> None:
+    """Lanes write at once (a probe can take seconds each): one forked child makes all their
+    writes, each from a thread of its own. Each write here returns only once every other one
+    has started, so writes made one after another would all fail."""
+    lanes = 8
+    targets = [tmp_path / f"driver_override.{i}" for i in range(lanes)]
+
+    def write_when_all_started(path: str, payload: bytes, opened: Callable[[], object]) -> None:
+        opened()
+        Path(path).write_text(f"{payload.decode()} {os.getpid()}")
+        deadline = time.monotonic() + EVENT_WAIT
+        while not all(t.exists() for t in targets):
+            if time.monotonic() > deadline:
+                raise OSError(errno.ETIMEDOUT, "the other writes never started")
+            time.sleep(0.005)
+
+    writer = ChildWriter(write=write_when_all_started)
+    barrier = threading.Barrier(lanes)
+    errors: list[BaseException] = []
+
+    def lane(index: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            writer(str(targets[index]), f"vfio-pci.{index}".encode())
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(lanes)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        child = writer._child
+    finally:
+        writer.close()
+    assert errors == []
+    written = [t.read_text().split() for t in targets]
+    assert [value for value, _pid in written] == [f"vfio-pci.{i}" for i in range(lanes)]
+    assert child is not None
+    assert {int(pid) for _value, pid in written} == {child.pid} != {os.getpid()}
+
+
+def test_a_write_the_child_has_no_thread_for_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No thread left in the child (a pids limit): that write is not made (EAGAIN, a
+    transient errno), so it is retried within the deadline, and the child serves on."""
+    written: list[bytes] = []
+    writer = writer_of(lambda _path, data: written.append(data))
+    start = threading.Thread.start
+    refused: list[str] = []
+
+    def start_once_refused(thread: threading.Thread) -> None:
+        if thread.name == WRITE_THREAD and not refused:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once_refused)
+    sysfs = Sysfs("/nonexistent/sys", transport=writer)  # the writes never reach a file
+    attempts: list[int] = []
+
+    def attempt() -> None:
+        attempts.append(1)
+        sysfs.write("/sys/bus/pci/drivers_probe", "0000:01:00.0", subject="0000:01:00.0")
+
+    bounded(attempt, within(EVENT_WAIT), sleep=lambda _s: None)
+    assert refused == [WRITE_THREAD]
+    assert len(attempts) == 2
+    assert written == [b"0000:01:00.0"]
+    assert sysfs.writes_to("0000:01:00.0") == 1  # the refused attempt made no write
+    refused.clear()
+    with pytest.raises(SysfsWriteError) as caught:  # without retries: EAGAIN, nothing made
+        sysfs.write("/sys/bus/pci/drivers_probe", "0000:02:00.0", subject="0000:02:00.0")
+    assert caught.value.errno == errno.EAGAIN
+    assert sysfs.writes_to("0000:02:00.0") == 0
+    assert written == [b"0000:01:00.0"]
+    writer.close()
+
+
+@needs_fork
+def test_a_writer_that_cannot_fork_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process left (EAGAIN from fork, as under a pids limit): the write is not made, not
+    counted, and the pipes made for the child are closed again."""
+    sysfs, _fifo = _attribute_fifo(tmp_path)
+    writer = ChildWriter()
+    sysfs.transport = writer
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(SysfsWriteError, match="cannot start the writer process") as caught:
+        sysfs.write_device_attr(PciAddress.parse("0000:01:00.0"), "driver_override", "x\n")
+    assert caught.value.errno == errno.EAGAIN
+    assert sysfs.writes_to("0000:01:00.0") == 0
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert writer.close() == []
 
 
 @needs_fork
@@ -421,7 +526,7 @@ def _stuck_write(writer: ChildWriter, fifo: Path) -> tuple[Callable[[], None], t
         bounded(
             lambda: writer(str(fifo), b"0000:01:00.0"), Deadline(time.monotonic() + 0.02, "unbind")
         )
-    (thread,) = [t for t in threading.enumerate() if t not in before]
+    (thread,) = [t for t in threading.enumerate() if t not in before and t.name == WRITE_THREAD]
 
     def release() -> None:
         with open(fifo, "rb") as reader:
@@ -549,12 +654,13 @@ def test_a_child_outlives_sigint_and_sigterm(tmp_path: Path) -> None:
     writer = ChildWriter()
     try:
         writer(str(target), b"first")
-        (child,) = writer._children  # the idle child that made the first write
+        child = writer._child  # the child that made the first write
+        assert child is not None
         for sig in (signal.SIGINT, signal.SIGTERM):
             os.kill(child.pid, sig)
         time.sleep(0.2)
         writer(str(target), b"second")  # the same child, still there
-        assert list(writer._children) == [child]
+        assert writer._child is child
         assert target.read_text() == "second"
     finally:
         writer.close()
