@@ -102,22 +102,7 @@ def _read(path: str) -> str:
 def rebind_native(node: fakenode.FakeNode, fn: fakenode.Function) -> None:
     """Put one converged NPU back on its native driver in the tree, as an admin's rebind
     leaves it: driver links on both sides, override cleared, no vfio-dev, no /dev/vfio/N."""
-    native = fakenode.NPU[3]
-    d = os.path.join(node.sys_root, fn.path)
-    ups = "../" * (fn.path.count("/") + 1)
-    os.unlink(os.path.join(d, "driver"))
-    os.unlink(os.path.join(node.sys_root, "bus/pci/drivers", fakenode.VFIO, fn.bdf))
-    os.symlink(ups + f"bus/pci/drivers/{native}", os.path.join(d, "driver"))
-    os.symlink(
-        "../../../../" + fn.path, os.path.join(node.sys_root, "bus/pci/drivers", native, fn.bdf)
-    )
-    for name, value in (("driver_override", "(null)"), ("enable", "1"), ("power_state", "D0")):
-        with open(os.path.join(d, name), "w", encoding="utf-8") as handle:
-            handle.write(value + "\n")
-    for entry in os.listdir(os.path.join(d, "vfio-dev")):
-        os.unlink(os.path.join(d, "vfio-dev", entry, "dev"))
-        os.rmdir(os.path.join(d, "vfio-dev", entry))
-    os.unlink(os.path.join(node.dev_root, "vfio", str(fn.group)))
+    fakenode.StoreFunctions(node, probe_delay=0.0).rebind(fn, None)
 
 
 def run_daemon_once(ctx: Context, node: fakenode.FakeNode, idle_seconds: float) -> DaemonRun:

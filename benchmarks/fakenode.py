@@ -17,24 +17,30 @@ machines show), written with ``os`` so a separate process can read it at disk sp
   ``sys/class/iommu/dmar0``, ``sys/firmware/acpi/tables/DMAR``, ``sys/module/NAME/``;
 * ``dev/vfio/vfio`` and ``dev/vfio/N`` for each group with a member on vfio-pci;
 * the host root: ``proc/cmdline`` (``intel_iommu=on``), ``proc/modules``,
-  ``proc/sys/kernel/osrelease``, ``boot/config-REL``, ``lib/modules/REL/modules.*``.
+  ``proc/sys/kernel/osrelease``, ``boot/config-REL``, ``lib/modules/REL/modules.*``;
+* on request (:func:`add_vfs`), an NPU's SR-IOV VFs beside it, with ``physfn`` and
+  ``virtfnK`` links, each VF in an IOMMU group of its own.
 
 Endpoints are spread 16 to a bus behind PCIe root ports (ARI-style function numbers), 248
 root ports per PCI domain, so 8,192 endpoints fit in three domains. One endpoint in
 ``other_share`` (default a quarter) is not an NPU: Intel e1000e NICs and Samsung NVMe
 controllers alternate, so a selector has something to skip. Plain files cannot run the
-kernel's store functions: a write to this tree changes the file and nothing else.
+kernel's store functions: a write to this tree changes the file and nothing else, unless
+it is routed to :class:`StoreFunctions` (the three files a move writes).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 RELEASE = "6.1.0-bench"
 NPU = (0x1EFF, 0x1220, 0x120000, "rebellions")  # RBLN-CA22
+NPU_VF = 0x1221  # its VFs' device ID
 NIC = (0x8086, 0x10D3, 0x020000, "e1000e")
 DISK = (0x144D, 0xA808, 0x010802, "nvme")
 ROOT_PORT = (0x8086, 0x7C70, 0x060400, "pcieport")
@@ -320,6 +326,7 @@ def _write_host(w: _Writer) -> None:
     base = f"{h}/lib/modules/{RELEASE}"
     aliases = [
         f"alias {_alias(NPU[0], NPU[1])} rebellions",
+        f"alias {_alias(NPU[0], NPU_VF)} rebellions",
         f"alias {_alias(NIC[0], NIC[1])} e1000e",
         "alias pci:v*d*sv*sd*bc01sc08i02 nvme",
         "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci",
@@ -344,34 +351,13 @@ def _write_host(w: _Writer) -> None:
 
 
 def converge(node: FakeNode) -> FakeNode:
-    """Move every NPU of a generated node to vfio-pci in place, as a finished bind leaves it.
-
-    Rewrites what the kernel would change: the ``driver`` links on both sides, the
-    override, ``enable``, ``power_state``, ``vfio-dev/vfioK`` and ``/dev/vfio/N``.
-    """
-    w = _Writer(node.root)
-    moved: list[Function] = []
-    index = sum(1 for f in node.functions if f.driver == VFIO)
-    for fn in node.functions:
-        if not fn.is_npu or fn.driver == VFIO:
-            moved.append(fn)
-            continue
-        d = os.path.join(node.sys_root, fn.path)
-        ups = "../" * (fn.path.count("/") + 1)
-        if fn.driver is not None:
-            os.unlink(os.path.join(node.sys_root, "bus/pci/drivers", fn.driver, fn.bdf))
-            os.unlink(os.path.join(d, "driver"))
-        os.symlink(ups + f"bus/pci/drivers/{VFIO}", os.path.join(d, "driver"))
-        w.link(f"sys/bus/pci/drivers/{VFIO}/{fn.bdf}", "../../../../" + fn.path)
-        for name, value in (("driver_override", VFIO), ("enable", "0"), ("power_state", "D3hot")):
-            w.file(f"sys/{fn.path}/{name}", value + "\n")
-        w.file(f"sys/{fn.path}/vfio-dev/vfio{index}/dev", f"511:{index}\n")
-        w.file(f"dev/vfio/{fn.group}")
-        index += 1
-        moved.append(
-            Function(fn.bdf, fn.path, fn.vendor, fn.device, fn.pci_class, VFIO, fn.group, fn.numa)
-        )
-    node.functions = moved
+    """Move every NPU of a generated node to vfio-pci in place, as a finished bind leaves it
+    (the kernel's store functions, :class:`StoreFunctions`, make the changes)."""
+    store = StoreFunctions(node, probe_delay=0.0)
+    for fn in node.npus:
+        if fn.driver != VFIO:
+            store.rebind(fn, VFIO)
+    node.functions = [replace(f, driver=VFIO) if f.is_npu else f for f in node.functions]
     return node
 
 
@@ -403,3 +389,145 @@ def generate(
     w.mkdir("state")
     w.mkdir("proc-empty")
     return node
+
+
+def add_vfs(node: FakeNode, pf: Function, count: int) -> list[Function]:
+    """Give the NPU ``pf`` ``count`` VFs on its native driver, as ``sriov_numvfs`` would.
+
+    VF ``k`` of the PF at devfn ``d`` is ``DDDD:(0x80 + d):kk.k`` beside it under its root
+    port (routing IDs behind the PF's, as a VF offset puts them), in a new IOMMU group.
+    """
+    w = _Writer(node.root)
+    domain, _bus, devfn = pf.bdf.split(":")
+    slot, func = devfn.split(".")
+    bus = 0x80 + int(slot, 16) * 8 + int(func)
+    port_path = pf.path.rsplit("/", 1)[0]
+    group = max(f.group for f in node.functions) + 1
+    vfs = []
+    for k in range(count):
+        bdf = f"{domain}:{bus:02x}:{k >> 3:02x}.{k & 7}"
+        vf = Function(
+            bdf, f"{port_path}/{bdf}", NPU[0], NPU_VF, NPU[2], pf.driver, group + k, pf.numa
+        )
+        _write_function(w, vf, None)
+        w.link(f"sys/{vf.path}/physfn", f"../{pf.bdf}")
+        w.link(f"sys/{pf.path}/virtfn{k}", f"../{bdf}")
+        vfs.append(vf)
+    for name, value in (
+        ("sriov_totalvfs", "64"),
+        ("sriov_numvfs", str(count)),
+        ("sriov_drivers_autoprobe", "1"),
+        ("sriov_vf_device", f"{NPU_VF:04x}"),
+    ):
+        w.file(f"sys/{pf.path}/{name}", value + "\n")
+    node.functions += vfs
+    return vfs
+
+
+class StoreFunctions:
+    """What the kernel does on a write to ``driver_override``, a driver's ``unbind`` and
+    ``bind``, and ``drivers_probe``, done to a generated node's files; a probe by
+    ``slow_driver`` first sleeps ``probe_delay`` seconds, as a driver loading firmware does.
+
+    :meth:`write` has the signature of the product's writer (``path, payload, opened``), so
+    its writer children run it in place of the write syscall, blocking for the probe as the
+    kernel would. It keeps no state of its own (the files are the state): forked children
+    share nothing else. Other files refuse the write (EPERM): a move writes no others.
+    """
+
+    def __init__(self, node: FakeNode, *, probe_delay: float, slow_driver: str = VFIO) -> None:
+        self.sys_root = node.sys_root
+        self.dev_root = node.dev_root
+        self.functions = {f.bdf: f for f in node.functions}
+        self.probe_delay, self.slow_driver = probe_delay, slow_driver
+
+    def write(self, path: str, payload: bytes, opened: object = None) -> None:
+        if callable(opened):
+            opened()
+        parts = os.path.relpath(path, self.sys_root).split("/")
+        text = payload.decode().strip()
+        if parts[:3] == ["bus", "pci", "devices"] and parts[4:] == ["driver_override"]:
+            self._put(self.functions[parts[3]], "driver_override", text or "(null)")
+        elif parts == ["bus", "pci", "drivers_probe"]:
+            self._probe(self._function(text), None)
+        elif parts[:3] == ["bus", "pci", "drivers"] and parts[4:] == ["unbind"]:
+            self._unbind(self._function(text), parts[3])
+        elif parts[:3] == ["bus", "pci", "drivers"] and parts[4:] == ["bind"]:
+            self._probe(self._function(text), parts[3])
+        else:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM), path)
+
+    def rebind(self, fn: Function, driver: Optional[str]) -> None:
+        """The three writes of a move: ``driver`` as the override (``None`` clears it), an
+        unbind from the driver it has, a probe."""
+        devices = os.path.join(self.sys_root, "bus/pci/devices", fn.bdf)
+        self.write(os.path.join(devices, "driver_override"), (driver or "").encode() + b"\n")
+        bound = self._driver(fn)
+        if bound is not None:
+            unbind = os.path.join(self.sys_root, "bus/pci/drivers", bound, "unbind")
+            self.write(unbind, fn.bdf.encode())
+        self.write(os.path.join(self.sys_root, "bus/pci/drivers_probe"), fn.bdf.encode())
+
+    def _function(self, bdf: str) -> Function:
+        if bdf not in self.functions:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        return self.functions[bdf]
+
+    def _dir(self, fn: Function) -> str:
+        return os.path.join(self.sys_root, fn.path)
+
+    def _put(self, fn: Function, name: str, value: str) -> None:
+        with open(os.path.join(self._dir(fn), name), "w", encoding="ascii") as handle:
+            handle.write(value + "\n")
+
+    def _driver(self, fn: Function) -> Optional[str]:
+        try:
+            return os.path.basename(os.readlink(os.path.join(self._dir(fn), "driver")))
+        except FileNotFoundError:
+            return None
+
+    def _unbind(self, fn: Function, driver: str) -> None:
+        if self._driver(fn) != driver:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        os.unlink(os.path.join(self.sys_root, "bus/pci/drivers", driver, fn.bdf))
+        os.unlink(os.path.join(self._dir(fn), "driver"))
+        if driver == VFIO:
+            vfio_dev = os.path.join(self._dir(fn), "vfio-dev")
+            for name in os.listdir(vfio_dev):
+                os.unlink(os.path.join(vfio_dev, name, "dev"))
+                os.rmdir(os.path.join(vfio_dev, name))
+            os.unlink(os.path.join(self.dev_root, f"vfio/{fn.group}"))
+        self._put(fn, "enable", "0")
+
+    def _probe(self, fn: Function, driver: Optional[str]) -> None:
+        """Bind ``driver`` (a bind file), else the override, else the native driver."""
+        if self._driver(fn) is not None:
+            if driver is None:
+                return  # drivers_probe on a bound device: nothing, no error
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        with open(os.path.join(self._dir(fn), "driver_override"), encoding="ascii") as handle:
+            override = handle.read().strip()
+        chosen = override if override != "(null)" else driver or _native(fn)
+        if driver is not None and chosen != driver:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        if chosen == self.slow_driver:
+            time.sleep(self.probe_delay)
+        ups = "../" * (fn.path.count("/") + 1)
+        os.symlink(ups + f"bus/pci/drivers/{chosen}", os.path.join(self._dir(fn), "driver"))
+        os.symlink(
+            "../../../../" + fn.path,
+            os.path.join(self.sys_root, "bus/pci/drivers", chosen, fn.bdf),
+        )
+        if chosen == VFIO:
+            self._put(fn, "power_state", "D3hot")
+            os.makedirs(os.path.join(self._dir(fn), f"vfio-dev/vfio{fn.group}"))
+            with open(os.path.join(self._dir(fn), f"vfio-dev/vfio{fn.group}/dev"), "w") as dev:
+                dev.write(f"511:{fn.group}\n")
+            open(os.path.join(self.dev_root, f"vfio/{fn.group}"), "w").close()
+        else:
+            self._put(fn, "enable", "1")
+            self._put(fn, "power_state", "D0")
+
+
+def _native(fn: Function) -> str:
+    return next(kind[3] for kind in (NPU, NIC, DISK, ROOT_PORT) if kind[0] == fn.vendor)

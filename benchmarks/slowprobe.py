@@ -22,20 +22,15 @@ imported while it is on.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.metadata
 import json
-import pkgutil
 import sys
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from click.testing import CliRunner
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-import vfio_manager
+from benchmarks.entry import Entry, cli_entry, import_product, run
 from tests.harness import FakeKernel
 from tests.harness.kernel import matching
 from tests.harness.kernel.buffers import device_name
@@ -83,29 +78,7 @@ class SlowProbeKernel(FakeKernel):
         super().apply_rule(rel, data)
 
 
-def cli_entry() -> Callable[[Sequence[str]], None]:
-    """The function the ``vfio-manager`` console script calls (wherever the CLI module is)."""
-    every: Any = importlib.metadata.entry_points()
-    scripts = (
-        every.select(group="console_scripts")
-        if hasattr(every, "select")
-        else every.get("console_scripts", [])  # Python 3.9
-    )
-    found = [ep for ep in scripts if ep.name == "vfio-manager"]
-    if not found:
-        raise LookupError("no vfio-manager console script: pip install -e . first")
-    entry: Callable[[Sequence[str]], None] = found[0].load()
-    return entry
-
-
-def _import_product() -> None:
-    """Import every product module before pyfakefs starts (it patches modules it sees)."""
-    for module in pkgutil.walk_packages(vfio_manager.__path__, "vfio_manager."):
-        if not module.name.endswith("__main__"):
-            importlib.import_module(module.name)
-
-
-def _invoke(entry: Callable[[Sequence[str]], None], k: FakeKernel, *args: str) -> tuple[int, str]:
+def _invoke(entry: Entry, k: FakeKernel, *args: str) -> tuple[int, str]:
     argv = [
         "--sysfs-root", k.sys_root, "--dev-root", k.dev_root, "--host-root", k.host_root,
         "--state-dir", f"{k.host_root}/run/vfio-manager", "--proc-root", k.proc_root,
@@ -113,19 +86,12 @@ def _invoke(entry: Callable[[Sequence[str]], None], k: FakeKernel, *args: str) -
     ]  # fmt: skip
     # the product writes from a forked child by default; a child of this process would write
     # to its own copy of the in-memory fake, so in-process runs write from a thread
-    with CliRunner().isolation(env={"VFIO_MANAGER_WRITER": "thread"}) as streams:
-        try:
-            entry(argv)
-            code = 0
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else 1
-        stdout = streams[0].getvalue().decode("utf-8", "replace")
-    return code, stdout
+    return run(entry, argv, env={"VFIO_MANAGER_WRITER": "thread"})
 
 
 def measure(functions: int, delay: float) -> dict[str, Any]:
     entry = cli_entry()
-    _import_product()
+    import_product()
     with Patcher() as patcher:
         assert patcher.fs is not None
         k = SlowProbeKernel(patcher.fs, probe_delay=delay, slow_drivers=(SLOW_DRIVER,))

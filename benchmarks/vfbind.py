@@ -5,9 +5,9 @@ time of ``vfio-manager bind-all`` of one VF and of ``vfs`` VFs (4 PFs' worth at 
 each VF in an IOMMU group of its own, on their native driver), vfio-pci's probe taking
 ``delay`` seconds per function (:class:`benchmarks.slowprobe.SlowProbeKernel`), with
 ``--parallel`` as many lanes as VFs under one deadline; then the writes of a second run.
-Besides the wall time, the span from the first write to the end of the last: the reads
-before the writes cost far more on pyfakefs than on a real sysfs (benchmarks/scale.py
-measures those on real files).
+Besides the wall time, the span from the first write to the end of the last: pyfakefs
+resolves every path the product opens in Python, about 30 ms a VF in all
+(benchmarks/vffiles.py measures the same runs on real files).
 Run it as its own process (pyfakefs patches ``os`` for everything imported while it is on).
 """
 
@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-from benchmarks.slowprobe import SlowProbeKernel, _import_product, _invoke, cli_entry
+from benchmarks.entry import cli_entry, import_product
+from benchmarks.slowprobe import SlowProbeKernel, _invoke
 from tests.harness.topologies import npu_node
 
 VF_DEVICE = 0x1221  # the VFs of the NPUs npu_node makes (device 0x1220)
@@ -63,7 +64,7 @@ def _bind(vfs: int, delay: float) -> dict[str, Any]:
             code, _out = _invoke(entry, k, *argv)
             seconds = time.monotonic() - start
             bound = sum(1 for bdf in bdfs if k.driver_of(bdf) == "vfio-pci")
-            probes = len(k.probes)
+            probes, writes = len(k.probes), len(k.writes)
             writes_span = k.last_write - (k.first_write or k.last_write)
             k.clear_writes()
             again_start = time.monotonic()
@@ -77,6 +78,7 @@ def _bind(vfs: int, delay: float) -> dict[str, Any]:
         "seconds": seconds,
         "exit_code": code,
         "bound": bound,
+        "writes": writes,
         "slow_probes": probes,
         "writes_span": writes_span,
         "second_run_seconds": again,
@@ -86,7 +88,7 @@ def _bind(vfs: int, delay: float) -> dict[str, Any]:
 
 
 def measure(vfs: int, delay: float) -> dict[str, Any]:
-    _import_product()
+    import_product()
     one, many = _bind(1, delay), _bind(vfs, delay)
     return {
         "delay": delay,

@@ -6,7 +6,9 @@ in a temp dir: 12 NPUs and 4 other endpoints, each behind a root port, in its ow
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +82,68 @@ def test_the_daemon_benchmark_puts_one_npu_back_on_its_native_driver(tmp_path: P
     others = [d for bdf, d in devices.items() if bdf != victim.bdf]
     assert {d["driver"] for d in others} == {"vfio-pci"}
     assert all(d["vfio_node"] for d in others)
+
+
+def test_vfs_are_listed_beside_their_pf_on_its_native_driver(tmp_path: Path) -> None:
+    node = fakenode.generate(str(tmp_path / "node"), 2, other_share=0)
+    pf = node.npus[0]
+    vfs = fakenode.add_vfs(node, pf, 3)
+    devices = {d["bdf"]: d for d in status(node, "--device-id", f"{fakenode.NPU_VF:#x}")}
+    assert sorted(devices) == sorted(vf.bdf for vf in vfs)
+    assert {d["driver"] for d in devices.values()} == {"rebellions"}
+    groups = [d["iommu_group"] for d in devices.values()]
+    assert len(set(groups)) == 3
+    assert not set(groups) & {f.group for f in node.functions if f not in vfs}
+    pf_sysfs = Path(node.sys_root, pf.path)
+    assert sorted(p.name for p in pf_sysfs.glob("virtfn*")) == ["virtfn0", "virtfn1", "virtfn2"]
+    assert (pf_sysfs / "sriov_numvfs").read_text() == "3\n"
+    assert os.readlink(Path(node.sys_root, vfs[0].path, "physfn")) == f"../{pf.bdf}"
+
+
+def test_store_functions_move_a_function_as_the_kernel_does(tmp_path: Path) -> None:
+    node = fakenode.generate(str(tmp_path / "node"), 2, other_share=0)
+    moved, kept = node.npus
+    store = fakenode.StoreFunctions(node, probe_delay=0.0)
+    store.rebind(moved, fakenode.VFIO)
+    devices = {d["bdf"]: d for d in status(node)}
+    assert devices[moved.bdf]["driver"] == "vfio-pci"
+    assert devices[moved.bdf]["driver_override"] == "vfio-pci"
+    assert devices[moved.bdf]["vfio_node"] == f"{node.dev_root}/vfio/{moved.group}"
+    assert devices[kept.bdf]["driver"] == "rebellions"
+    store.rebind(moved, None)  # the override cleared: the native driver probes it again
+    devices = {d["bdf"]: d for d in status(node)}
+    assert devices[moved.bdf]["driver"] == "rebellions"
+    assert devices[moved.bdf]["driver_override"] is None
+    assert devices[moved.bdf]["vfio_node"] is None
+    assert not Path(node.dev_root, "vfio", str(moved.group)).exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "code"),
+    [
+        ("bus/pci/drivers/e1000e/unbind", "{bdf}", errno.ENODEV),  # not its driver
+        ("bus/pci/drivers_probe", "0000:77:00.0", errno.ENODEV),  # no such function
+        ("bus/pci/drivers/vfio-pci/bind", "{bdf}", errno.EBUSY),  # bound already
+        ("bus/pci/devices/{bdf}/remove", "1", errno.EPERM),  # not a file a move writes
+    ],
+)
+def test_store_functions_refuse_as_the_kernel_does(
+    tmp_path: Path, path: str, payload: str, code: int
+) -> None:
+    node = fakenode.generate(str(tmp_path / "node"), 1, other_share=0)
+    (npu,) = node.npus
+    store = fakenode.StoreFunctions(node, probe_delay=0.0)
+    target = os.path.join(node.sys_root, path.format(bdf=npu.bdf))
+    with pytest.raises(OSError, match=os.strerror(code)) as caught:
+        store.write(target, payload.format(bdf=npu.bdf).encode())
+    assert caught.value.errno == code
+    assert os.readlink(Path(node.sys_root, npu.path, "driver")).endswith("/rebellions")
+
+
+def test_the_vf_benchmark_binds_every_vf_and_a_second_run_writes_nothing() -> None:
+    """benchmarks/vffiles.py as the vfs section runs it (no delay, 6 VFs over 1 PF)."""
+    from benchmarks import vffiles
+
+    found = vffiles.bind(6, 0.0)
+    assert (found["exit_code"], found["bound"], found["writes"]) == (0, 6, 18)
+    assert (found["second_run_exit_code"], found["second_run_writes"]) == (0, 0)
