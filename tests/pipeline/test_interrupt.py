@@ -178,3 +178,17 @@ def test_an_unbind_interrupted_while_waiting_for_the_lock_leaves_no_intent(
         process.communicate(timeout=60)
         assert process.returncode == 128 + sig
         assert IntentStore(str(state)).read() == {}
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_signal_during_modprobe_ends_the_run_as_interrupted(
+    state: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C reaches modprobe too and kills it: the run says it was interrupted (128 + the
+    signal), not that the module failed to load (3), and writes nothing."""
+    run = Finished(start(state, "bind-all", "--json", sig=sig, after="modprobe"))
+    assert run.code == 128 + sig, run
+    assert run.state == {FIRST: HOST}, run
+    error = run.document()["error"]
+    assert f"interrupted by {sig.name} while loading modules" in error["message"], error
+    assert "nothing was written" in error["message"]

@@ -90,13 +90,19 @@ class TransitionResult:
 
 
 class InterruptedRunError(VfioManagerError):
-    """A signal stopped the run while it waited for the node lock: nothing was written."""
+    """A signal stopped the run before its first write (while it waited for the node lock,
+    or loaded modules): nothing was written."""
 
-    def __init__(self, interruption: Interruption) -> None:
+    def __init__(
+        self,
+        interruption: Interruption,
+        during: str = "waiting for the node lock",
+        step: str = "lock",
+    ) -> None:
         super().__init__(
-            f"{interruption.describe()} while waiting for the node lock; nothing was written",
+            f"{interruption.describe()} while {during}; nothing was written",
             remedy="run the command again",
-            step="lock",
+            step=step,
         )
         self.exit_code = ExitCode(128 + (interruption.signum or 0))
 
@@ -397,6 +403,9 @@ class _Run:
             load=load and not dry_run,
             runner=request.runner,
         )
+        if result.attempts and self.interruption.signum is not None:
+            # Ctrl-C reaches the whole process group: a modprobe it killed is no host problem
+            raise InterruptedRunError(self.interruption, "loading modules", step="preflight")
         blocking = result.blocking(assume_loaded=dry_run and load)
         if blocking:
             raise preflight.PreflightFailed(result, blocking, topology)
