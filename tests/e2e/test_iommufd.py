@@ -63,9 +63,10 @@ def test_status_shows_the_cdev_of_a_function_on_vfio(baseline: Baseline) -> None
 def test_the_node_wait_accepts_the_cdev_where_there_is_no_group_node(
     baseline: Baseline, tmp_path: Path
 ) -> None:
-    """This kernel keeps VFIO_GROUP, so /dev/vfio/N always comes too; a /dev without the group
-    nodes (--dev-root: the real cdevs, container and /dev/iommu, no /dev/vfio/N) stands in for
-    a kernel built without them: the real cdev, made by the real bind, is what the wait sees."""
+    """A /dev without the group nodes (--dev-root: the real cdevs, container and /dev/iommu,
+    no /dev/vfio/N) beside this kernel's group API: the real cdev, made by the real bind, is
+    what the wait sees, and with neither node it runs out (test_cdev_only.py: a vfio built
+    without the group API)."""
     dev = tmp_path / "dev"
     (dev / "vfio").mkdir(parents=True)
     for name in ("vfio/devices", "vfio/vfio", "iommu"):
