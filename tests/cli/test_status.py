@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.daemon.ondisk import materialize
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
-from tests.support import RunCli, invoke
+from tests.support import RunCli, fake_process, invoke, native_node
 
 
 def test_no_rebellions_function_is_said_calmly(kernel: FakeKernel, run: RunCli) -> None:
@@ -180,3 +181,38 @@ def test_json_at_a_real_terminal_is_indented(tmp_path: Path) -> None:
     text = shown.decode().replace("\r\n", "\n")
     assert text.count("\n") > 10, text
     assert json.loads(text)["devices"][0]["driver"] == "rebellions"
+
+
+def test_status_holders_names_who_holds_each_function(
+    fs: FakeFilesystem, kernel: FakeKernel, run: RunCli
+) -> None:
+    """A VM holding one NPU's group, a tool holding another's native node: named on request
+    (one /proc scan), never without it."""
+    held, used, free = npu_node(kernel, count=3)
+    assert invoke(kernel, "bind", held).exit_code == 0
+    kernel.clear_writes()
+    group = kernel.group_of(held)
+    fake_process(fs, kernel, 4242, "qemu-system-x86", fds=(f"/dev/vfio/{group}",))
+    native_node(fs, kernel, used)
+    fake_process(fs, kernel, 777, "rbln-smi", fds=("/dev/rbln0",))
+    as_json = run("status", "--json", "--holders")
+    assert as_json.exit_code == 0, as_json.stderr
+    holders = {d["bdf"]: d["holders"] for d in as_json.json()["devices"]}
+    assert holders == {
+        held: [
+            {"pid": 4242, "command": "qemu-system-x86", "holds": f"/dev/vfio/{group}", "via": "fd"}
+        ],
+        used: [{"pid": 777, "command": "rbln-smi", "holds": "/dev/rbln0", "via": "fd"}],
+        free: [],
+    }
+    text = run("status", "--holders")
+    assert text.exit_code == 0
+    held_lines = [line for line in text.stdout.splitlines() if line.startswith("held: ")]
+    assert held_lines == [
+        f"held: {held}: PID 4242 (qemu-system-x86) has /dev/vfio/{group} open",
+        f"held: {used}: PID 777 (rbln-smi) has /dev/rbln0 open",
+    ]
+    plain = run("status", "--json")
+    assert all("holders" not in d for d in plain.json()["devices"])
+    assert "held: " not in run("status").stdout
+    assert kernel.writes == []

@@ -160,9 +160,9 @@ OUR_POD_EXPECTED: dict[str, Callable[[Result], Any]] = {
     "vfio-manager status --check": lambda r: r.exit_code == 0,
     "vfio-manager check": lambda r: r.exit_code == 0,
     "vfio-manager kubevirt-config": lambda r: r.exit_code == 0 and "1EFF:1220" in r.stdout,
-    # a dry run of a held function: refused, naming the holder's host PID and command
-    "vfio-manager unbind --dry-run BDF": lambda r: (
-        r.exit_code == 1 and f"PID {QEMU_PID} (qemu-kvm)" in r.stdout + r.stderr
+    # the held function's holder: its host PID and command, below the table
+    "vfio-manager status --holders": lambda r: (
+        r.exit_code == 0 and f"PID {QEMU_PID} (qemu-kvm) has /dev/vfio/" in r.stdout
     ),
 }
 

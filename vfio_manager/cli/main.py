@@ -120,6 +120,7 @@ _HELP = {  # each option's --help, by its long name
     "--verbose": "More log detail (every sysfs write).",
     "--quiet": "Log warnings and errors only.",
     "--check": "Exit 0 only when every selected function is on vfio-pci.",
+    "--holders": "Also name the processes holding each function (a VM, a tool; scans /proc).",
     "--json": "Print JSON instead of text.",
     "--load-modules": "Load missing vfio modules with the host's modprobe.",
     "--dry-run": "Print the plan; write nothing.",
@@ -378,7 +379,15 @@ def _finish(lines: Sequence[str], code: ExitCode) -> None:
 @_flag("--json", "as_json")
 @_flag("--check")
 @_opt("--wait", type=_seconds(0.0))
-def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **selection: Any) -> None:
+@_flag("--holders")
+def status(
+    node: Node,
+    as_json: bool,
+    check: bool,
+    wait: Optional[float],
+    holders: bool,
+    **selection: Any,
+) -> None:
     """Show the selected functions: driver, override, IOMMU group and its viability (read-only)."""
     from vfio_manager.cli import render
     from vfio_manager.pipeline.queries import status as read_status
@@ -391,7 +400,7 @@ def status(node: Node, as_json: bool, check: bool, wait: Optional[float], **sele
         from vfio_manager.kernel.uevents import wait_with_uevents
 
         wait_with_uevents(lambda: read_status(node, selector).all_on_vfio, timeout=wait)
-    result = read_status(node, selector)
+    result = read_status(node, selector, holders=holders)
     intents: dict[str, Any] = {}  # the admin's; an unreadable state directory shows none
     if intents_recorded(node.state_dir):
         with contextlib.suppress(VfioManagerError):

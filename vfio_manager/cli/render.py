@@ -122,7 +122,17 @@ def status_text(result: StatusResult, intents: Mapping[str, Intent]) -> list[str
         for r in result.records
         if r["bdf"] in intents
     ]
-    return head + _status_lines(result.records) + _sriov_lines(result.records) + warnings + held
+    holders: list[str] = []  # with --holders
+    if any(r.get("holders") for r in result.records):
+        from vfio_manager.safety.holders import Holder
+
+        holders = [
+            f"held: {r['bdf']}: {Holder(h['pid'], h['command'], h['holds'], h['via']).describe()}"
+            for r in result.records
+            for h in r.get("holders") or ()
+        ]
+    lines = _status_lines(result.records) + _sriov_lines(result.records) + holders
+    return head + lines + warnings + held
 
 
 def _sriov_lines(records: Sequence[dict[str, Any]]) -> list[str]:

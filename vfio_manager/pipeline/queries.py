@@ -74,7 +74,8 @@ class StatusResult:
         ]
 
 
-def status(node: Node, selector: Selector) -> StatusResult:
+def status(node: Node, selector: Selector, *, holders: bool = False) -> StatusResult:
+    """The selected functions' records; ``holders`` adds who holds each (one /proc scan)."""
     from vfio_manager.host.summary import HostSummary
 
     sysfs = node.sysfs()
@@ -83,6 +84,12 @@ def status(node: Node, selector: Selector) -> StatusResult:
     topology = read_topology(sysfs, wanted=wanted, driver_ids=False, ids_from_modalias=True)
     functions = selected_functions(topology, selector)
     records = [device_record(topology, f, sysfs) for f in functions]
+    if holders:
+        from vfio_manager.safety.holders import find_holders
+
+        found = find_holders(sysfs, node.proc_root, functions)
+        for function, record in zip(functions, records):
+            record["holders"] = [h.to_json() for h in found.get(function.address, [])]
     return StatusResult(selector, records, HostSummary.read(sysfs), tuple(dynamic_ids(functions)))
 
 

@@ -72,6 +72,9 @@ class Holder:
         verb, suffix = ("has", " open") if self.via == "fd" else ("maps", "")
         return f"PID {self.pid} ({self.comm}) {verb} {self.what}{suffix}"
 
+    def to_json(self) -> dict[str, object]:
+        return {"pid": self.pid, "command": self.comm, "holds": self.what, "via": self.via}
+
 
 @dataclass(frozen=True)
 class HolderScan:
