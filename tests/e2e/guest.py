@@ -393,6 +393,52 @@ def start_holder(code: str, *args: str) -> subprocess.Popen[str]:
     return holder
 
 
+def unbind_while_held(
+    holder: subprocess.Popen[str], bdf: str, *selection: str, deadline: float = 60
+) -> tuple[int, str]:
+    """``vfio-manager unbind BDF`` as a separate process while ``holder`` holds the function:
+    its exit status and what it printed (stdout, then stderr). A run still going after
+    ``deadline`` missed the holder (the kernel's unbind waits for it): the holder is killed so
+    that the run can end, and the test fails saying what it printed."""
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "vfio_manager", "unbind", bdf, *selection],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = cli.communicate(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        holder.kill()  # lets the kernel's remove() finish, so the CLI can end
+        out, err = cli.communicate(timeout=60)
+        raise AssertionError(
+            f"unbind did not end within {deadline:g}s while {bdf} was held; once the holder "
+            f"was killed it exited {cli.returncode} after printing:\n{out}\n{err}"
+        ) from None
+    return cli.returncode, out + err
+
+
+def force_a_stuck_unbind(state_dir: str, holder: subprocess.Popen[str]) -> None:
+    """``unbind-all --force`` of the e1000e while ``holder`` holds it, as a separate process:
+    the run ends after its ``--timeout`` (exit 1, with its report) while the write stays in
+    the kernel, the holder still holding."""
+    stuck = cli_process(
+        state_dir, "--timeout", "3", "unbind-all", "--force", *SEL_E1000E, timeout=300
+    )
+    assert holder.poll() is None, "the run ended only because the holder died"
+    assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+    assert "did not return within" in stuck.stdout, stuck.stdout
+
+
+def assert_the_node_lock_is_kept(state_dir: str) -> None:
+    """A next run cannot take the node lock (the stuck write's child holds it, named), so it
+    writes nothing behind the stuck unbind."""
+    second = cli_process(state_dir, "--lock-timeout", "1", "bind-all", *SEL_E1000E, timeout=300)
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "vfio-manager writer" in second.stderr, second.stderr
+    assert "Bind" not in second.stdout
+
+
 # The iommufd way (what QEMU does with iommufd): the device cdev bound to /dev/iommu and
 # attached to an IOAS. Numbers from Debian's linux-source-6.12, include/uapi/linux/vfio.h and
 # iommufd.h; every one is _IO(';', nr) = (0x3b << 8) | nr, the argument struct's size in argsz:

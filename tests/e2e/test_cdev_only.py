@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,15 +124,9 @@ def test_a_cdev_holder_is_refused_without_the_group_api(cdev_only: None) -> None
     assert cdev is not None
     holder = guest.start_holder(guest.CDEV_HOLDER, cdev)
     try:
-        cli = subprocess.run(
-            [sys.executable, "-m", "vfio_manager", "unbind", E1000E, *SEL_E1000E],
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE,
-            check=False,
-        )
-        assert cli.returncode == 1, cli.stdout + cli.stderr
-        assert f"PID {holder.pid} (python3) has {cdev} open" in cli.stdout, cli.stdout
+        code, printed = guest.unbind_while_held(holder, E1000E, *SEL_E1000E, deadline=DEADLINE)
+        assert code == 1, f"exit {code}\n{printed}"
+        assert f"PID {holder.pid} (python3) has {cdev} open" in printed, printed
         assert guest.driver(E1000E) == "vfio-pci", "the held function must stay on vfio-pci"
     finally:
         holder.kill()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -112,7 +110,6 @@ def test_a_cdev_holder_is_seen_and_unbind_refuses_it(baseline: Baseline) -> None
     cdev = guest.vfio_cdev(E1000E)
     assert cdev is not None
     holder = guest.start_holder(guest.CDEV_HOLDER, cdev)
-    cli = None
     try:
         links = _fd_links(holder.pid)
         assert cdev in links, links
@@ -122,29 +119,14 @@ def test_a_cdev_holder_is_seen_and_unbind_refuses_it(baseline: Baseline) -> None
         function = read_topology(sysfs).functions[PciAddress.parse(E1000E)]
         found = find_holders(sysfs, "/proc", [function])
         assert found[function.address] == [Holder(holder.pid, "python3", cdev, "fd")], found
-        cli = subprocess.Popen(
-            [sys.executable, "-m", "vfio_manager", "unbind", E1000E, *SEL_E1000E],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            out, err = cli.communicate(timeout=DEADLINE)
-        except subprocess.TimeoutExpired:
-            holder.kill()  # lets the kernel's remove() finish, so the CLI can end
-            out, err = cli.communicate(timeout=60)
-            raise AssertionError(
-                f"unbind did not end within {DEADLINE}s while the cdev was held:\n{out}\n{err}"
-            ) from None
-        assert cli.returncode == 1, f"exit {cli.returncode}\n{out}\n{err}"
-        assert f"PID {holder.pid} (python3) has {cdev} open" in out, out
+        code, printed = guest.unbind_while_held(holder, E1000E, *SEL_E1000E, deadline=DEADLINE)
+        assert code == 1, f"exit {code}\n{printed}"
+        assert f"PID {holder.pid} (python3) has {cdev} open" in printed, printed
         assert guest.driver(E1000E) == "vfio-pci", "the held function must stay on vfio-pci"
         assert guest.vfio_cdev(E1000E) == cdev
     finally:
         holder.kill()
         holder.wait()
-        if cli is not None and cli.poll() is None:
-            cli.wait(timeout=60)
     r = guest.run_cli("unbind", E1000E, *SEL_E1000E)
     assert r.exit_code == 0, r
     assert guest.driver(E1000E) == "e1000e"
@@ -159,12 +141,7 @@ def test_a_forced_unbind_of_a_cdev_holder_stays_stuck_and_keeps_the_node_locked(
     assert cdev is not None
     holder = guest.start_holder(guest.CDEV_HOLDER, cdev)
     try:
-        stuck = guest.cli_process(
-            state, "--timeout", "3", "unbind-all", "--force", *SEL_E1000E, timeout=300
-        )
-        assert holder.poll() is None, "the run ended only because the holder died"
-        assert stuck.returncode == 1, stuck.stdout + stuck.stderr
-        assert "did not return within" in stuck.stdout, stuck.stdout
+        guest.force_a_stuck_unbind(state, holder)
         # the kernel's side of the stuck unbind (K25): the cdev is deleted at once, the group
         # node stays until the holder lets go, and the holder's fd names a deleted node
         assert guest.driver(E1000E) is None
@@ -172,12 +149,7 @@ def test_a_forced_unbind_of_a_cdev_holder_stays_stuck_and_keeps_the_node_locked(
         assert not os.path.exists(f"{PCI}/{E1000E}/vfio-dev")
         assert os.path.exists(f"/dev/vfio/{group}")
         assert f"{cdev} (deleted)" in _fd_links(holder.pid)
-        second = guest.cli_process(
-            state, "--lock-timeout", "1", "bind-all", *SEL_E1000E, timeout=300
-        )
-        assert second.returncode == 1, second.stdout + second.stderr
-        assert "vfio-manager writer" in second.stderr, second.stderr
-        assert "Bind" not in second.stdout  # it wrote nothing behind the stuck unbind
+        guest.assert_the_node_lock_is_kept(state)
     finally:
         holder.kill()
         holder.wait()
