@@ -394,13 +394,17 @@ def generate(
 def add_vfs(node: FakeNode, pf: Function, count: int) -> list[Function]:
     """Give the NPU ``pf`` ``count`` VFs on its native driver, as ``sriov_numvfs`` would.
 
-    VF ``k`` of the PF at devfn ``d`` is ``DDDD:(0x80 + d):kk.k`` beside it under its root
-    port (routing IDs behind the PF's, as a VF offset puts them), in a new IOMMU group.
+    VF ``k`` of the PF at devfn ``d`` is on bus ``0x80 + d`` (its ``k``-th function) beside
+    the PF under its root port (routing IDs behind the PF's, as a VF offset puts them), in a
+    new IOMMU group. So the PFs given VFs must have distinct devfns in a domain (up to 16 on
+    one node: the endpoints of one bus).
     """
     w = _Writer(node.root)
     domain, _bus, devfn = pf.bdf.split(":")
     slot, func = devfn.split(".")
     bus = 0x80 + int(slot, 16) * 8 + int(func)
+    if any(f.bdf.startswith(f"{domain}:{bus:02x}:") for f in node.functions):
+        raise ValueError(f"bus {domain}:{bus:02x} has functions already: {pf.bdf}'s VFs go there")
     port_path = pf.path.rsplit("/", 1)[0]
     group = max(f.group for f in node.functions) + 1
     vfs = []
