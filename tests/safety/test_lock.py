@@ -145,6 +145,22 @@ def test_timeout_says_when_the_holder_is_stuck_in_the_kernel(
     assert "stop the VM or process" in caught.value.remedy
 
 
+def test_a_holder_with_a_thread_stuck_in_the_kernel_is_named_stuck(
+    tmp_path: Path, proc_root: Path
+) -> None:
+    """The writer child waits for its write threads (S); the stuck one is in D."""
+    task = proc_root / str(os.getpid()) / "task"
+    for tid, letter in ((os.getpid(), "S"), (os.getpid() + 1, "D")):
+        (task / str(tid)).mkdir(parents=True)
+        (task / str(tid) / "stat").write_text(f"{tid} (vfio-manager) {letter} 1\n")
+    state = str(tmp_path / "s")
+    with NodeLock(state, timeout=0), pytest.raises(LockTimeoutError) as caught:
+        NodeLock(state, timeout=0, proc_root=str(proc_root)).acquire()
+    assert "stuck in the kernel" in caught.value.message
+    assert caught.value.remedy is not None
+    assert "stop the VM or process" in caught.value.remedy
+
+
 def test_two_holders_in_threads_serialise(tmp_path: Path) -> None:
     """B polls while A holds the lock and gets it only after A releases."""
     state = str(tmp_path / "s")

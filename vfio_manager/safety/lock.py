@@ -96,14 +96,25 @@ def read_holder(lock_path: str, *, proc_root: str = DEFAULT_PROC_ROOT) -> Option
     proc_dir = Procfs(proc_root).pid_path(pid)
     if not os.path.isdir(proc_dir):
         return LockHolder(pid, command, False)
-    # "PID (comm) S ...": comm may hold spaces and parentheses; split at the last ')'
+    letter = _state(os.path.join(proc_dir, "stat"))
+    if letter != "D":  # a writer child writes from threads: one of them may be the stuck one
+        with contextlib.suppress(OSError):
+            tasks = os.listdir(os.path.join(proc_dir, "task"))
+            if any(_state(os.path.join(proc_dir, "task", t, "stat")) == "D" for t in tasks):
+                letter = "D"
+    return LockHolder(pid, command, True, letter)
+
+
+def _state(stat_path: str) -> Optional[str]:
+    """The state letter of a /proc stat file (``PID (comm) S ...``), or ``None``."""
     try:
-        with open(os.path.join(proc_dir, "stat"), encoding="utf-8", errors="replace") as f:
+        with open(stat_path, encoding="utf-8", errors="replace") as f:
             text = f.read(_HOLDER_READ_LIMIT)
     except OSError:
-        text = ""
+        return None
+    # comm may hold spaces and parentheses: split at the last ')'
     fields = text.rsplit(")", 1)[-1].split() if ")" in text else []
-    return LockHolder(pid, command, True, fields[0] if fields else None)
+    return fields[0] if fields else None
 
 
 def _write_holder(fd: int, pid: int, command: str) -> None:
