@@ -5,6 +5,7 @@ signal then leaves the writer in uninterruptible sleep: so the CLI runs as a sep
 here, with a deadline, and the holder is killed before anything waits on it.
 """
 
+import json
 import os
 import subprocess
 import time
@@ -28,6 +29,15 @@ def test_unbind_refuses_while_a_process_holds_the_group(baseline: Baseline) -> N
         assert guest.driver(E1000E) == "vfio-pci", "the held function must stay on vfio-pci"
         assert guest.override(E1000E) == "vfio-pci"
         assert f"PID {holder.pid} (python3) has /dev/vfio/" in printed, printed
+        # status --holders names it too, from the guest's real /proc, and writes nothing
+        node = f"/dev/vfio/{guest.group(E1000E)}"
+        shown = guest.run_cli("status", "--holders", "--json", *SEL_E1000E)
+        assert shown.exit_code == 0, shown
+        assert shown.writes == [], shown
+        (device,) = json.loads(shown.stdout)["devices"]
+        group_fd = {"pid": holder.pid, "command": "python3", "holds": node, "via": "fd"}
+        assert group_fd in device["holders"], device  # its device fd may be named too (K26)
+        assert {h["pid"] for h in device["holders"]} == {holder.pid}, device
     finally:
         holder.kill()
         holder.wait()
