@@ -12,7 +12,7 @@ from typing import Any
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.harness import FakeKernel
-from tests.harness.topologies import npu_node
+from tests.harness.topologies import ca25_pf, npu_node
 from tests.support import RunCli, fake_process, state_dir
 
 PF = "0000:04:00.0"
@@ -196,15 +196,7 @@ def test_dry_run_shows_the_pf_writes_and_writes_nothing(kernel: FakeKernel, run:
 
 def test_per_product_counts_pick_the_pfs_product(kernel: FakeKernel, run: RunCli) -> None:
     (npu,) = npu_node(kernel, count=1)
-    kernel.add_function(
-        "0000:41:00.0",
-        vendor=0x1EFF,
-        device=0x1250,
-        pci_class=0x120000,
-        driver="rebellions",
-        iommu_group=30,
-        sriov_totalvfs=4,
-    )
+    ca25_pf(kernel, "0000:41:00.0", iommu_group=30)
     result = run("bind-all", "--vfs", "RBLN-CA25=3", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     vfs = sorted(b for b in kernel.functions() if kernel.function(b).physfn == "0000:41:00.0")
@@ -224,15 +216,7 @@ def test_kubevirt_config_names_the_vfs_device_id_before_they_exist(
     kernel: FakeKernel, run: RunCli
 ) -> None:
     npu_node(kernel, count=0)
-    kernel.add_function(
-        "0000:41:00.0",
-        vendor=0x1EFF,
-        device=0x1250,
-        pci_class=0x120000,
-        driver="rebellions",
-        iommu_group=30,
-        sriov_totalvfs=4,
-    )
+    ca25_pf(kernel, "0000:41:00.0", iommu_group=30)
     plain = run("kubevirt-config", "--naming", "pf", "--format", "json")
     assert "1EFF:1251" not in plain.stdout
     result = run("kubevirt-config", "--naming", "pf", "--format", "json", "--vfs", "2")

@@ -15,7 +15,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.daemon.ondisk import materialize
 from tests.harness import FakeKernel
-from tests.harness.topologies import npu_node
+from tests.harness.topologies import ca25_pf, npu_node
 from tests.support import RunCli, fake_process, invoke, native_node
 
 
@@ -147,10 +147,7 @@ def test_a_sysfs_root_without_pci_devices_fails_loudly(kernel: FakeKernel, argv:
 def test_status_json_names_each_function_s_sr_iov_role(kernel: FakeKernel, run: RunCli) -> None:
     (plain,) = npu_node(kernel, count=1)
     pf = "0000:09:00.0"
-    kernel.add_function(
-        pf, vendor=0x1EFF, device=0x1250, pci_class=0x120000, driver="rebellions",
-        iommu_group=40, sriov_totalvfs=4,
-    )  # fmt: skip
+    ca25_pf(kernel, pf, iommu_group=40)
     vfs = kernel.add_vfs(pf, 2, device=0x1251)
     devices = {d["bdf"]: d for d in run("status", "--json").json()["devices"]}
     assert devices[plain]["sriov"] is None

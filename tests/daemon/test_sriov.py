@@ -14,7 +14,7 @@ from pyfakefs.fake_filesystem_unittest import Pause
 
 from tests.daemon.kernel_rig import DAEMON_REAL_STATE
 from tests.harness import FakeKernel
-from tests.harness.topologies import npu_node
+from tests.harness.topologies import ca25_pf, npu_node
 from vfio_manager.daemon.reconciler import State
 from vfio_manager.daemon.service import DaemonOptions
 from vfio_manager.pipeline.selection import Selector
@@ -31,15 +31,7 @@ def _state_dir_first(real_state_dir: str) -> str:
 
 def _node(kernel: FakeKernel) -> str:
     (npu,) = npu_node(kernel, count=1)
-    kernel.add_function(
-        PF,
-        vendor=0x1EFF,
-        device=0x1250,
-        pci_class=0x120000,
-        driver="rebellions",
-        iommu_group=30,
-        sriov_totalvfs=4,
-    )
+    ca25_pf(kernel, PF, iommu_group=30)
     return npu
 
 

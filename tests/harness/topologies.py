@@ -140,3 +140,18 @@ def npu_node(
         )
         bdfs.append(bdf)
     return bdfs
+
+
+def ca25_pf(k: FakeKernel, bdf: str, *, iommu_group: int) -> str:
+    """An RBLN-CA25 SR-IOV PF on rebellions (which :func:`npu_node` registers) with no VFs
+    yet, able to carry 4 (device 0x1251, :meth:`FakeKernel.add_vfs`)."""
+    k.add_function(
+        bdf,
+        vendor=0x1EFF,
+        device=0x1250,
+        pci_class=0x120000,
+        driver="rebellions",
+        iommu_group=iommu_group,
+        sriov_totalvfs=4,
+    )
+    return bdf

@@ -8,7 +8,7 @@ import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.harness import FakeKernel, ModuleInUseError, UnknownModuleError, Write
-from tests.harness.topologies import npu_node
+from tests.harness.topologies import ca25_pf, npu_node
 from tests.harness_tests._io import add_simple, dev, drv, read, write, write_errno
 
 
@@ -292,15 +292,7 @@ def test_unload_module_unbinds_and_refuses_when_in_use(kernel: FakeKernel) -> No
 def test_sriov_numvfs_writes(kernel: FakeKernel) -> None:
     npu_node(kernel, count=0)
     pf = "0000:10:00.0"
-    kernel.add_function(
-        pf,
-        vendor=0x1EFF,
-        device=0x1250,
-        pci_class=0x120000,
-        driver="rebellions",
-        iommu_group=40,
-        sriov_totalvfs=4,
-    )
+    ca25_pf(kernel, pf, iommu_group=40)
     assert read(kernel, dev(pf, "sriov_totalvfs")) == "4\n"
     assert read(kernel, dev(pf, "sriov_vf_device")) == "1251\n"
     assert write_errno(kernel, dev(pf, "sriov_numvfs"), "5") == errno.ERANGE

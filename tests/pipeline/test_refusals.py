@@ -9,7 +9,7 @@ import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.harness import FakeKernel
-from tests.harness.topologies import npu_node
+from tests.harness.topologies import ca25_pf, npu_node
 from tests.support import HOST, VFIO, device_dir, fake_process, invoke, native_node, state
 
 
@@ -104,15 +104,7 @@ def test_a_boot_console_without_a_driver_is_refused_too(kernel: FakeKernel) -> N
 
 def test_pf_with_vfs_is_refused_with_advice(kernel: FakeKernel) -> None:
     npu_node(kernel, count=0)
-    kernel.add_function(
-        "0000:09:00.0",
-        vendor=0x1EFF,
-        device=0x1250,
-        pci_class=0x120000,
-        driver="rebellions",
-        iommu_group=40,
-        sriov_totalvfs=4,
-    )
+    ca25_pf(kernel, "0000:09:00.0", iommu_group=40)
     vfs = kernel.add_vfs("0000:09:00.0", 2, device=0x1251)
     result = invoke(kernel, "bind", "0000:09:00.0")
     assert result.exit_code == 1
@@ -249,10 +241,7 @@ def _host_critical(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
 
 def _not_viable(fs: FakeFilesystem, kernel: FakeKernel) -> list[str]:
     npu_node(kernel, count=0)
-    kernel.add_function(
-        "0000:09:00.0", vendor=0x1EFF, device=0x1250, pci_class=0x120000, driver="rebellions",
-        iommu_group=40, sriov_totalvfs=4,
-    )  # fmt: skip
+    ca25_pf(kernel, "0000:09:00.0", iommu_group=40)
     kernel.add_vfs("0000:09:00.0", 2, device=0x1251)
     return ["bind", "0000:09:00.0"]
 
