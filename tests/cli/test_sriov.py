@@ -9,11 +9,13 @@ import json
 import os
 from typing import Any
 
+import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
 from tests.harness import FakeKernel
 from tests.harness.topologies import ca25_pf, npu_node
 from tests.support import RunCli, fake_process, state_dir
+from vfio_manager.safety import holders
 
 PF = "0000:04:00.0"
 IGB = ("--vendor", "0x8086", "--class", "0x0200", "--device-id", "0x10c9")
@@ -192,6 +194,36 @@ def test_dry_run_shows_the_pf_writes_and_writes_nothing(kernel: FakeKernel, run:
     assert "write 2 to sriov_numvfs" in result.stdout
     assert kernel.writes == []
     assert not os.path.exists(_record(kernel))
+
+
+def test_pfs_with_held_vfs_are_each_refused_naming_their_own_holder_from_one_scan(
+    fs: FakeFilesystem, kernel: FakeKernel, run: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    npu_node(kernel, count=0)
+    pfs = [ca25_pf(kernel, "0000:41:00.0", iommu_group=30)]
+    pfs.append(ca25_pf(kernel, "0000:42:00.0", iommu_group=31))
+    assert run("bind-all", "--vfs", "2").exit_code == 0
+    for pid, pf in zip((4242, 4343), pfs):
+        (vf, _) = sorted(b for b in kernel.functions() if kernel.function(b).physfn == pf)
+        fake_process(fs, kernel, pid, f"vm-{pid}", fds=(f"/dev/vfio/{kernel.group_of(vf)}",))
+    scanned: list[list[str]] = []
+    scan = holders.find_holders
+
+    def counted(sysfs: Any, proc_root: str, functions: list[Any]) -> Any:
+        scanned.append([f.bdf for f in functions])
+        return scan(sysfs, proc_root, functions)
+
+    monkeypatch.setattr("vfio_manager.pipeline.transition.find_holders", counted)
+    kernel.clear_writes()
+    result = run("bind-all", "--vfs", "3", "--json")
+    assert result.exit_code == 1, result.stdout
+    reasons = {f["bdf"]: f["reason"] for f in result.json()["functions"] if f["bdf"] in pfs}
+    assert "vm-4242" in reasons[pfs[0]]
+    assert "vm-4343" not in reasons[pfs[0]]
+    assert "vm-4343" in reasons[pfs[1]]
+    assert "vm-4242" not in reasons[pfs[1]]
+    assert kernel.writes == []
+    assert len([bdfs for bdfs in scanned if bdfs]) == 1  # the four VFs of both PFs at once
 
 
 def test_per_product_counts_pick_the_pfs_product(kernel: FakeKernel, run: RunCli) -> None:

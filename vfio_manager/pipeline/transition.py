@@ -319,12 +319,20 @@ class _Run:
     def _refuse_vf_holders(self, plan: Plan, topology: Topology) -> Plan:
         """A PF's numvfs write removes its VFs: refused while a process holds one of them
         (``--force``: warn only; the write then waits for them, as an unbind does)."""
+        removing = {  # the PFs whose numvfs write removes VFs, and those VFs
+            e.address: topology.vfs_of(e.function)
+            for e in plan.entries
+            if any(s.action is Action.SRIOV_NUMVFS for s in e.steps)
+        }
+        vfs = [vf for found in removing.values() for vf in found]
+        held = find_holders(self.sysfs, self.node.proc_root, vfs) if vfs else {}  # one scan
         entries = []
         for entry in plan.entries:
-            removes = any(s.action is Action.SRIOV_NUMVFS for s in entry.steps)
-            vfs = topology.vfs_of(entry.function) if removes else []
-            held = find_holders(self.sysfs, self.node.proc_root, vfs) if vfs else {}
-            named = "; ".join(f"{a}: {describe_holders(h)}" for a, h in held.items() if h)
+            named = "; ".join(
+                f"{vf.address}: {describe_holders(held[vf.address])}"
+                for vf in removing.get(entry.address, [])
+                if held.get(vf.address)
+            )
             if named and self.request.force:
                 log.warning("forced", bdf=entry.function.bdf, step="protect", reason=named)
             elif named:
