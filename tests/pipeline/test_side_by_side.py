@@ -9,9 +9,12 @@ run at once, and `--parallel 1` (one after another) shows the same case failing.
 
 from __future__ import annotations
 
+import threading
+
 from tests.harness import FakeKernel
 from tests.harness.topologies import npu_node
 from tests.support import HOST, VFIO, invoke, named_bdf, states
+from vfio_manager.safety.writer import WRITE_THREAD
 
 
 def hold_first_until_second_probed(kernel: FakeKernel, first: str, second: str) -> None:
@@ -34,6 +37,9 @@ def test_one_after_another_when_asked(kernel: FakeKernel) -> None:
     hold_first_until_second_probed(kernel, first, second)
     result = invoke(kernel, "--timeout", "1", "--parallel", "1", "unbind-all", "--json")
     kernel.release_all()
+    for thread in threading.enumerate():  # the stuck unbind returns, and unlocks, in this test
+        if thread.name == WRITE_THREAD:
+            thread.join(timeout=30)
     assert result.exit_code == 1, result.stdout
     report = {f["bdf"]: f for f in result.json()["functions"]}
     assert report[first]["outcome"] == "failed"
